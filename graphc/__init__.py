@@ -1,0 +1,39 @@
+"""graphc: a symbolic computation-graph compiler and visualizer for neural networks.
+
+>>> import numpy as np, graphc as gc
+>>> x = gc.input("x", (4, 3))
+>>> W = gc.param("W", (3, 2))
+>>> loss = gc.mean(gc.square(gc.relu(x @ W)))
+>>> f = gc.compile(loss, backend="numpy")
+>>> value = f(x=np.ones((4, 3), np.float32), **gc.init_params(loss, seed=0))
+"""
+
+from . import dtypes
+from .compiler import BackendError, CompiledFunction, FeedError, compile
+from .elementwise_ops import ElementwiseDef, ElementwiseError
+from .functions import (
+    abs, add, binary_cross_entropy_with_logits, broadcast_to, cast, concat, cos, div,
+    elementwise, elu, equal, exp, gelu, greater, greater_equal, hinge, huber, l1, l2,
+    leaky_relu, less, less_equal, log, log_softmax, logsumexp, matmul, max, maximum, mean,
+    min, minimum, mse, mul, neg, not_equal, power, prelu, reciprocal, relu, reshape, sigmoid,
+    silu, sin, softmax, softmax_cross_entropy, softplus, sqrt, square, stack, sub, sum, take,
+    tanh, transpose, where,
+)
+from .graph import Graph, check_graph, format_graph, to_networkx
+from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
+from .ir import DTypeError, GraphError, ShapeError, Tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError", "CompiledFunction", "DTypeError", "ElementwiseDef", "ElementwiseError",
+    "FeedError", "Graph", "GraphError", "INITIALIZERS", "ShapeError", "Tensor", "abs", "add",
+    "binary_cross_entropy_with_logits", "broadcast_to", "cast", "check_graph", "compile",
+    "concat", "constant", "cos", "div", "dtypes", "elementwise", "elu", "equal", "exp",
+    "format_graph", "gelu", "greater", "greater_equal", "hinge", "huber", "init_params",
+    "input", "l1", "l2", "leaky_relu", "less", "less_equal", "log", "log_softmax",
+    "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "mul", "neg",
+    "not_equal", "param", "params_of", "power", "prelu", "reciprocal", "relu", "reshape",
+    "sigmoid", "silu", "sin", "softmax", "softmax_cross_entropy", "softplus", "sqrt",
+    "square", "stack", "sub", "sum", "take", "tanh", "to_networkx", "transpose", "where",
+]

@@ -1,0 +1,126 @@
+"""``gc.compile``: validate feeds, pick a backend, run.  Shared by every backend."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import dtypes
+from .graph import Graph, check_graph, format_graph
+from .interpreter import evaluate_graph
+
+
+class FeedError(ValueError):
+    """A missing, unknown, wrongly-shaped or wrongly-typed feed; names the input."""
+
+
+class BackendError(RuntimeError):
+    """A backend that does not exist or cannot run on this machine."""
+
+
+BACKENDS = ("numpy", "numba", "cuda")
+AVAILABLE = ("numpy",)  # the Numba and CUDA backends arrive with their issues
+
+
+def _validate(graph: Graph, feeds: dict) -> dict[str, np.ndarray]:
+    wanted = {t.op.label: t for t in graph.inputs}
+    missing = [n for n in wanted if n not in feeds]
+    if missing:
+        raise FeedError(f"missing feed(s) for {', '.join(repr(n) for n in missing)}; "
+                        f"the graph needs {_describe(wanted.values())}")
+    unknown = sorted(set(feeds) - set(wanted))
+    if unknown:
+        raise FeedError(f"unknown feed(s) {', '.join(repr(n) for n in unknown)}; the graph "
+                        f"takes {', '.join(repr(n) for n in wanted) or 'no inputs'}")
+    out = {}
+    for name, t in wanted.items():
+        value = feeds[name]
+        try:
+            array = np.asarray(value)
+        except Exception as err:  # noqa: BLE001 -- report any unconvertible object
+            raise FeedError(f"feed {name!r}: cannot convert {type(value).__name__} to an "
+                            f"array ({err})") from None
+        if array.shape != t.shape:
+            raise FeedError(f"feed {name!r} has shape {array.shape}, expected {t.shape}")
+        have = array.dtype
+        if have.kind not in "biuf" or dtypes.kind(_np_kind_name(have)) != dtypes.kind(t.dtype):
+            raise FeedError(f"feed {name!r} has dtype {have}, expected {t.dtype} "
+                            f"(a {dtypes.kind(t.dtype)} array)")
+        array = array.astype(t.dtype, copy=False)
+        array = array.view()
+        array.setflags(write=False)  # backends may never write into a user's array
+        out[name] = array
+    return out
+
+
+def _np_kind_name(dtype: np.dtype) -> str:
+    return {"b": "bool", "i": "int64", "u": "int64", "f": "float64"}[dtype.kind]
+
+
+def _describe(tensors) -> str:
+    return ", ".join(f"{t.op.label} {t.shape} {t.dtype}" for t in tensors)
+
+
+class CompiledFunction:
+    """A compiled graph: call it with feeds; ``source``, ``graph`` and ``stats`` describe it.
+
+    Call as ``f(x=X, W=W)`` or ``f({"x": X, "W": W})``.  Returns a tuple of arrays, or a
+    single array when the graph has one output.
+    """
+
+    def __init__(self, outputs, backend: str):
+        start = time.perf_counter()
+        self.graph = check_graph(Graph(outputs))
+        self.backend = backend
+        self.single = not isinstance(outputs, (list, tuple))
+        self.source = format_graph(self.graph)
+        self.stats = {
+            "backend": backend,
+            "nodes": len(self.graph.nodes),
+            "passes": [],
+            "compile_seconds": time.perf_counter() - start,
+        }
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.op.label for t in self.graph.inputs)
+
+    def __call__(self, feeds=None, /, **kwargs):
+        if feeds is not None:
+            if not isinstance(feeds, dict):
+                raise FeedError(f"feeds must be a dict of name -> array, got "
+                                f"{type(feeds).__name__}")
+            overlap = set(feeds) & set(kwargs)
+            if overlap:
+                raise FeedError(f"feed(s) {sorted(overlap)} given twice")
+            kwargs = {**feeds, **kwargs}
+        arrays = _validate(self.graph, kwargs)
+        results = evaluate_graph(self.graph, arrays)
+        # Return fresh, writable arrays that never alias a feed or a constant.
+        results = [np.array(r, copy=True) for r in results]
+        return results[0] if self.single else tuple(results)
+
+    def __repr__(self) -> str:
+        return f"<CompiledFunction backend={self.backend} inputs={list(self.input_names)}>"
+
+
+def compile(outputs, backend: str | None = None) -> CompiledFunction:  # noqa: A001
+    """Compile ``outputs`` (a tensor or a list of tensors) into a callable.
+
+    ``backend``: ``"numpy"`` (the reference interpreter), ``"numba"`` (CPU) or ``"cuda"``.
+    The default is the fastest backend this version has (today: ``"numpy"``).
+
+    >>> import graphc as gc, numpy as np
+    >>> x = gc.input("x", (3,))
+    >>> f = gc.compile(gc.sum(x * x), backend="numpy")
+    >>> float(f(x=np.array([1.0, 2.0, 3.0])))
+    14.0
+    """
+    backend = AVAILABLE[-1] if backend is None else backend
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in AVAILABLE:
+        raise BackendError(f"backend {backend!r} is not part of this graphc version yet; "
+                           f"available: {', '.join(AVAILABLE)}")
+    return CompiledFunction(outputs, backend)

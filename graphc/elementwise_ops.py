@@ -1,0 +1,407 @@
+"""Elementwise ops, each declared once as a SymPy expression.
+
+An op is a name, its arguments and a SymPy expression, plus, where the textbook formula
+overflows, a numerically stable SymPy form used for evaluation.  Everything else is derived:
+the local derivatives (``sympy.diff``, simplified, and rewritten in terms of the op's output
+``y`` where that is cheaper: sigmoid' = y(1 - y)), the NumPy evaluation (a SymPy printer),
+and the text and LaTeX forms shown in diagrams.
+
+>>> import graphc as gc
+>>> gc.sigmoid.derivatives
+(y*(1 - y),)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.printing.numpy import SciPyPrinter
+
+from . import dtypes
+from .ir import DTypeError, GraphError, Op, ShapeError, Tensor, located
+
+
+class ElementwiseError(GraphError, ValueError):
+    """A custom elementwise op that is not well defined."""
+
+
+class _NumpyPrinter(SciPyPrinter):
+    """SymPy -> NumPy source.  Numbers print as Python floats so that float32 stays
+    float32 (NumPy treats Python scalars as weakly typed); Piecewise prints as nested
+    ``where`` so NaN reaches the branch that propagates it."""
+
+    def _print(self, expr, **kwargs):
+        if isinstance(expr, sp.Expr) and expr.is_number and not expr.is_Integer:
+            value = complex(expr)
+            if value.imag == 0:
+                return repr(value.real)
+        return super()._print(expr, **kwargs)
+
+    def _print_Max(self, expr):
+        return self._nested("numpy.maximum", expr.args)
+
+    def _print_Min(self, expr):
+        return self._nested("numpy.minimum", expr.args)
+
+    def _nested(self, fn, args):
+        text = self._print(args[0])
+        for a in args[1:]:
+            text = f"{fn}({text}, {self._print(a)})"
+        return text
+
+    def _print_Piecewise(self, expr):
+        *pieces, (last, cond) = expr.args
+        text = self._print(last) if cond is sp.true else \
+            f"numpy.where({self._print(cond)}, {self._print(last)}, numpy.nan)"
+        for value, cond in reversed(pieces):
+            text = f"numpy.where({self._print(cond)}, {self._print(value)}, {text})"
+        return text
+
+
+def broadcast_shapes(op: Op, inputs) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*(t.shape for t in inputs)))
+    except ValueError:
+        op.fail("shapes cannot be broadcast together", inputs)
+
+
+class ElementwiseDef:
+    """An elementwise op declared by a SymPy expression; call it on tensors.
+
+    Attributes: ``name``, ``args`` (SymPy symbols), ``params`` (static keyword parameters
+    and their defaults), ``expr`` (the mathematical definition), ``stable`` (the form that
+    is evaluated), ``derivatives`` (one SymPy expression per argument, possibly in terms of
+    the output symbol ``out``), ``derivatives_text`` and ``derivatives_latex``.
+    """
+
+    def __init__(self, name: str, fn, *, stable=None, int_ok=False, out_dtype=None,
+                 bool_args=(), differentiable=True):
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ElementwiseError(located(f"elementwise op name {name!r} is not an identifier"))
+        self.name = name
+        names, self.params = _signature(name, fn)
+        self.args = tuple(sp.Symbol(n, real=True) for n in names)
+        self.param_symbols = tuple(sp.Symbol(n, real=True) for n in self.params)
+        self.out = sp.Symbol("y" if "y" not in names + tuple(self.params) else "out", real=True)
+        self.expr = _build(name, fn, self.args + self.param_symbols, "fn")
+        self.stable = self.expr if stable is None else \
+            _build(name, stable, self.args + self.param_symbols, "stable")
+        self.int_ok = int_ok
+        self.out_dtype = out_dtype
+        self.bool_args = tuple(bool_args)
+        self.differentiable = differentiable
+        self._numpy_fns: dict = {}
+
+    @property
+    def arity(self) -> int:
+        return len(self.args)
+
+    def __repr__(self) -> str:
+        args = ", ".join(map(str, self.args + self.param_symbols))
+        return f"<elementwise {self.name}({args}) = {self.expr}>"
+
+    # -- derivatives ----------------------------------------------------------------------
+    @cached_property
+    def derivatives_x(self) -> tuple[sp.Expr, ...]:
+        """d expr / d arg for each argument, in terms of the arguments only."""
+        return tuple(sp.S.Zero if (not self.differentiable or a.name in self.bool_args)
+                     else _simplify(sp.diff(self.expr, a)) for a in self.args)
+
+    @cached_property
+    def derivatives(self) -> tuple[sp.Expr, ...]:
+        """The local derivatives, in terms of the output ``out`` where that is cheaper."""
+        if self.arity != 1 or self.params:
+            return self.derivatives_x
+        return (_in_terms_of_output(self.expr, self.derivatives_x[0], self.args[0], self.out),)
+
+    @property
+    def derivatives_text(self) -> tuple[str, ...]:
+        return tuple(str(d) for d in self.derivatives)
+
+    @property
+    def derivatives_latex(self) -> tuple[str, ...]:
+        return tuple(sp.latex(d) for d in self.derivatives)
+
+    @property
+    def text(self) -> str:
+        return str(self.expr)
+
+    @property
+    def latex(self) -> str:
+        return sp.latex(self.expr)
+
+    # -- evaluation -----------------------------------------------------------------------
+    def numpy_function(self, params: tuple):
+        """A NumPy function of the arguments evaluating the stable form for ``params``."""
+        fn = self._numpy_fns.get(params)
+        if fn is None:
+            expr = self.stable.subs(dict(zip(self.param_symbols, (p for _, p in params))))
+            fn = sp.lambdify(self.args, expr, modules=["scipy", "numpy"],
+                             printer=_NumpyPrinter, cse=True, docstring_limit=0)
+            self._numpy_fns[params] = fn
+        return fn
+
+    # -- building nodes -------------------------------------------------------------------
+    def __call__(self, *args, **params) -> Tensor:
+        if len(args) != self.arity:
+            raise ElementwiseError(located(
+                f"{self.name} takes {self.arity} argument(s), got {len(args)}"))
+        unknown = set(params) - set(self.params)
+        if unknown:
+            raise ElementwiseError(located(
+                f"{self.name}: unknown parameter(s) {sorted(unknown)}; it takes "
+                f"{sorted(self.params) or 'none'}"))
+        values = tuple((k, _param_value(self.name, k, params.get(k, d)))
+                       for k, d in self.params.items())
+        from .functions import lift_all  # the scalar/array -> constant rule lives there
+        return Tensor.make(Elementwise(self, values), lift_all(args))
+
+
+@dataclass(frozen=True)
+class Elementwise(Op):
+    """The node op of an :class:`ElementwiseDef` with its static parameter values."""
+
+    fn: ElementwiseDef
+    params: tuple = ()
+
+    @property
+    def name(self):  # type: ignore[override]
+        return self.fn.name
+
+    def attrs(self):
+        return dict(self.params)
+
+    def infer(self, inputs):
+        shape = broadcast_shapes(self, inputs)
+        fn = self.fn
+        for a, t in zip(fn.args, inputs):
+            if (a.name in fn.bool_args) != (t.dtype == "bool"):
+                need = "bool" if a.name in fn.bool_args else "a numeric dtype"
+                self.fail(f"argument {a.name!r} must be {need}, got {t.dtype}", inputs,
+                          DTypeError)
+        numeric = [t.dtype for a, t in zip(fn.args, inputs) if a.name not in fn.bool_args]
+        common = dtypes.promote(*numeric) if numeric else "bool"
+        if fn.out_dtype:
+            return shape, fn.out_dtype
+        if common == "bool":
+            self.fail("does not take bool operands; convert with gc.cast(x, 'float32')",
+                      inputs, DTypeError)
+        return shape, common if fn.int_ok else dtypes.to_float(common)
+
+    def evaluate(self, *arrays):
+        fn = self.fn
+        numeric = [a.dtype.name for a, s in zip(arrays, fn.args) if s.name not in fn.bool_args]
+        common = dtypes.promote(*numeric) if numeric else "bool"
+        work = common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common)
+        cast = [a if s.name in fn.bool_args else a.astype(work, copy=False)
+                for a, s in zip(arrays, fn.args)]
+        with np.errstate(all="ignore"):  # unselected Piecewise branches may overflow
+            result = fn.numpy_function(self.params)(*cast)
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        return np.broadcast_to(np.asarray(result, dtype=fn.out_dtype or work), shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Declaration checks
+
+
+def _signature(name, fn):
+    if not callable(fn):
+        raise ElementwiseError(located(f"elementwise {name!r}: fn must be callable, got "
+                                       f"{type(fn).__name__}"))
+    args, params = [], {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise ElementwiseError(located(
+                f"elementwise {name!r}: fn must take a fixed number of arguments, not *args"))
+        if p.default is p.empty:
+            if params:
+                raise ElementwiseError(located(
+                    f"elementwise {name!r}: tensor arguments must come before parameters"))
+            args.append(p.name)
+        else:
+            params[p.name] = _param_value(name, p.name, p.default)
+    if not args:
+        raise ElementwiseError(located(f"elementwise {name!r}: fn takes no tensor argument"))
+    return tuple(args), params
+
+
+def _param_value(op, key, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ElementwiseError(located(f"{op}: parameter {key}={value!r} must be a number"))
+    value = float(value)
+    if not math.isfinite(value):
+        raise ElementwiseError(located(f"{op}: parameter {key}={value!r} must be finite"))
+    return value
+
+
+def _build(name, fn, symbols, what):
+    try:
+        expr = fn(*symbols)
+    except Exception as err:  # noqa: BLE001 -- any failure here is a bad definition
+        raise ElementwiseError(located(
+            f"elementwise {name!r}: {what} failed on SymPy symbols ({type(err).__name__}: "
+            f"{err}); build the expression with sympy functions (sp.exp, not np.exp)")) from err
+    if not isinstance(expr, sp.Expr):
+        raise ElementwiseError(located(
+            f"elementwise {name!r}: {what} must return a SymPy expression, got "
+            f"{type(expr).__name__} {expr!r}"))
+    stray = expr.free_symbols - set(symbols)
+    if stray:
+        raise ElementwiseError(located(
+            f"elementwise {name!r}: expression has free symbols "
+            f"{sorted(map(str, stray))} that are not arguments of fn"))
+    undefined = expr.atoms(sp.core.function.AppliedUndef)
+    if undefined:
+        raise ElementwiseError(located(
+            f"elementwise {name!r}: undefined function(s) {sorted(map(str, undefined))}"))
+    if expr.has(sp.Derivative, sp.Integral, sp.zoo, sp.nan, sp.I):
+        raise ElementwiseError(located(
+            f"elementwise {name!r}: expression {expr} is not a real-valued closed form"))
+    return expr
+
+
+_CHEAP_OPS = {"ADD": 1, "SUB": 1, "MUL": 1, "NEG": 1, "DIV": 2, "POW": 2}
+
+
+def cost(expr: sp.Expr) -> int:
+    """Rough evaluation cost: arithmetic 1-2, any function (exp, cosh, erf ...) 10."""
+    ops = sp.count_ops(expr, visual=True)
+    weights = {s: _CHEAP_OPS.get(s.name, 10) for s in ops.free_symbols}
+    return int(ops.subs(weights))
+
+
+def _simplify(expr: sp.Expr) -> sp.Expr:
+    simpler = sp.simplify(expr)
+    return simpler if cost(simpler) <= cost(expr) else expr
+
+
+_SAMPLES = (-2.3, -1.7, -1.1, -0.6, -0.25, 0.3, 0.7, 1.2, 1.9, 2.6, 3.4)
+
+
+def _in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp.Expr:
+    """Rewrite d(x) as P(y) with y = f(x) and P in span{1, y, y^2, 1/y}, when one exists
+    (found by least squares, proven at 30 digits elsewhere) and is cheaper than d(x)."""
+    if f.has(sp.Piecewise) or d.free_symbols != {x}:
+        return d
+    basis = (sp.S.One, y, y**2, 1 / y)
+    rows, rhs = [], []
+    for v in _SAMPLES:
+        fv, dv = complex(f.subs(x, v).evalf()), complex(d.subs(x, v).evalf())
+        if fv.imag or dv.imag or not (math.isfinite(fv.real) and math.isfinite(dv.real)) \
+                or fv.real == 0:
+            continue
+        rows.append([1.0, fv.real, fv.real ** 2, 1.0 / fv.real])
+        rhs.append(dv.real)
+    if len(rows) < 6:
+        return d
+    coef = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
+    candidate = sum(sp.nsimplify(round(c, 9), rational=True) * b for c, b in zip(coef, basis))
+    try:  # Horner form: y*(1 - y) rather than -y**2 + y
+        candidate = min((candidate, sp.horner(candidate)), key=cost)
+    except sp.PolynomialError:
+        pass
+    for v in map(sp.Rational, ("-1.37", "-0.41", "0.53", "1.61", "2.83")):
+        fv = f.subs(x, v).evalf(30)
+        if not fv.is_real or fv == 0:
+            continue
+        if abs((d.subs(x, v) - candidate.subs(y, fv)).evalf(30)) > 1e-25:
+            return d
+    return candidate if cost(candidate) < cost(d) else d
+
+
+# ---------------------------------------------------------------------------------------
+# The registry and the built-in ops
+
+REGISTRY: dict[str, ElementwiseDef] = {}
+
+
+def elementwise(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
+    """Declare an elementwise op from a SymPy expression; its derivatives are derived.
+
+    ``fn`` takes one SymPy symbol per tensor argument (any arity); keyword arguments with
+    defaults are static numeric parameters.  ``stable`` optionally gives a numerically
+    stable SymPy form with the same value, used for evaluation.
+
+    >>> import sympy as sp, graphc as gc
+    >>> mish = gc.elementwise("mish", lambda x: x * sp.tanh(sp.log(1 + sp.exp(x))))
+    >>> mish.arity
+    1
+    """
+    op = ElementwiseDef(name, fn, stable=stable, **flags)
+    old = REGISTRY.get(name)
+    if old is not None:
+        if old.expr == op.expr and old.stable == op.stable and old.params == op.params:
+            return old  # re-running the same definition (a notebook cell) is harmless
+        raise ElementwiseError(located(
+            f"an elementwise op named {name!r} is already registered as {old.expr}; "
+            "choose another name"))
+    REGISTRY[name] = op
+    return op
+
+
+def _stable_sigmoid(x):
+    e = sp.exp(-sp.Abs(x))  # never overflows
+    return sp.Piecewise((1 / (1 + e), x >= 0), (e / (1 + e), True))
+
+
+_SQRT_2_OVER_PI = sp.sqrt(2 / sp.pi)
+
+add = elementwise("add", lambda a, b: a + b, int_ok=True)
+sub = elementwise("sub", lambda a, b: a - b, int_ok=True)
+mul = elementwise("mul", lambda a, b: a * b, int_ok=True)
+div = elementwise("div", lambda a, b: a / b)
+pow_ = elementwise("pow", lambda a, b: a**b)
+neg = elementwise("neg", lambda x: -x, int_ok=True)
+square = elementwise("square", lambda x: x**2, int_ok=True)
+reciprocal = elementwise("reciprocal", lambda x: 1 / x)
+exp = elementwise("exp", lambda x: sp.exp(x))
+log = elementwise("log", lambda x: sp.log(x))
+sqrt = elementwise("sqrt", lambda x: sp.sqrt(x))
+abs_ = elementwise("abs", lambda x: sp.Abs(x), int_ok=True)
+sin = elementwise("sin", lambda x: sp.sin(x))
+cos = elementwise("cos", lambda x: sp.cos(x))
+tanh = elementwise("tanh", lambda x: sp.tanh(x))
+sigmoid = elementwise("sigmoid", lambda x: 1 / (1 + sp.exp(-x)), stable=_stable_sigmoid)
+# ReLU'(0) = 0: the derivative of Piecewise((x, x > 0), (0, True)) is 1 only where x > 0.
+relu = elementwise("relu", lambda x: sp.Piecewise((x, x > 0), (0, True)),
+                   stable=lambda x: sp.Max(x, 0), int_ok=True)
+leaky_relu = elementwise("leaky_relu",
+                         lambda x, alpha=0.01: sp.Piecewise((x, x > 0), (alpha * x, True)))
+elu = elementwise("elu", lambda x, alpha=1.0: sp.Piecewise((x, x > 0),
+                                                           (alpha * (sp.exp(x) - 1), True)),
+                  stable=lambda x, alpha=1.0: sp.Piecewise((x, x > 0), (alpha * expm1(x), True)))
+gelu_erf = elementwise("gelu", lambda x: x / 2 * (1 + sp.erf(x / sp.sqrt(2))))
+gelu_tanh = elementwise(
+    "gelu_tanh", lambda x: x / 2 * (1 + sp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))))
+silu = elementwise("silu", lambda x: x / (1 + sp.exp(-x)),
+                   stable=lambda x: x * _stable_sigmoid(x))
+softplus = elementwise("softplus", lambda x: sp.log(1 + sp.exp(x)),
+                       stable=lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))))
+# Ties split the gradient evenly between a and b (as PyTorch and JAX do).
+maximum = elementwise("maximum", lambda a, b: sp.Piecewise((a, a > b), (b, a < b),
+                                                           ((a + b) / 2, True)), int_ok=True)
+minimum = elementwise("minimum", lambda a, b: sp.Piecewise((a, a < b), (b, a > b),
+                                                           ((a + b) / 2, True)), int_ok=True)
+prelu = elementwise("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
+where = elementwise("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
+                    int_ok=True, bool_args=("cond",))
+
+
+def _comparison(name, relation):
+    return elementwise(name, lambda a, b: sp.Piecewise((1, relation(a, b)), (0, True)),
+                       out_dtype="bool", differentiable=False)
+
+
+less = _comparison("less", sp.StrictLessThan)
+less_equal = _comparison("less_equal", sp.LessThan)
+greater = _comparison("greater", sp.StrictGreaterThan)
+greater_equal = _comparison("greater_equal", sp.GreaterThan)
+equal = _comparison("equal", sp.Eq)
+not_equal = _comparison("not_equal", sp.Ne)

@@ -1,0 +1,360 @@
+"""The public functions that build graphs, and the Tensor operators.
+
+Primitives live in :mod:`graphc.elementwise` (SymPy-declared) and :mod:`graphc.structured`;
+everything here that is not a primitive is composed from them, so it needs no derivative
+rule of its own (mean = sum / n, losses, stack, vector matmul, ...).
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+
+import numpy as np
+import sympy as sp
+
+from . import dtypes
+from . import elementwise_ops as ew
+from . import structured_ops as st
+from .inputs import constant
+from .ir import DTypeError, GraphError, ShapeError, Tensor, located
+
+# ---------------------------------------------------------------------------------------
+# Lifting Python scalars and NumPy arrays to constants
+
+
+def _is_weak(value) -> bool:
+    return isinstance(value, (bool, int, float, np.generic))
+
+
+def lift_all(args) -> list[Tensor]:
+    """``args`` as tensors.  Python and NumPy scalars take the dtype of the tensors they
+    meet (weak typing); NumPy arrays keep their own dtype."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    strong = [a.dtype for a in tensors if a.dtype != "bool"]
+    strong += [dtypes.as_dtype(np.asarray(a).dtype) for a in args
+               if not isinstance(a, Tensor) and not _is_weak(a)]
+    partner = dtypes.promote(*strong) if strong else None
+    out = []
+    for a in args:
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif _is_weak(a):
+            out.append(constant(a, dtype=dtypes.scalar_dtype(a, partner)))
+        elif isinstance(a, (list, tuple, np.ndarray)):
+            out.append(constant(np.asarray(a)) if isinstance(a, np.ndarray) else constant(a))
+        else:
+            raise GraphError(located(f"cannot use {type(a).__name__} {a!r} in a graph"))
+    return out
+
+
+def as_tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else lift_all([x])[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise functions (the ElementwiseDefs themselves: gc.sigmoid.derivatives works)
+
+exp, log, sqrt, abs, neg, square = ew.exp, ew.log, ew.sqrt, ew.abs_, ew.neg, ew.square
+reciprocal, tanh, sigmoid, relu, silu, softplus = (ew.reciprocal, ew.tanh, ew.sigmoid, ew.relu,
+                                                  ew.silu, ew.softplus)
+sin, cos, maximum, minimum, prelu = ew.sin, ew.cos, ew.maximum, ew.minimum, ew.prelu
+add, sub, mul, div, power = ew.add, ew.sub, ew.mul, ew.div, ew.pow_
+less, less_equal, greater, greater_equal = ew.less, ew.less_equal, ew.greater, ew.greater_equal
+equal, not_equal = ew.equal, ew.not_equal
+elementwise = ew.elementwise
+
+
+def leaky_relu(x, alpha=0.01) -> Tensor:
+    """max(x, alpha * x) for small alpha; derivative 1 for x > 0 else alpha."""
+    return ew.leaky_relu(x, alpha=alpha)
+
+
+def elu(x, alpha=1.0) -> Tensor:
+    """x for x > 0, alpha * (exp(x) - 1) otherwise."""
+    return ew.elu(x, alpha=alpha)
+
+
+def gelu(x, approximate="none") -> Tensor:
+    """Gaussian error linear unit: exact (erf) or the tanh approximation."""
+    if approximate == "none":
+        return ew.gelu_erf(x)
+    if approximate == "tanh":
+        return ew.gelu_tanh(x)
+    raise GraphError(located(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}"))
+
+
+def where(cond, a, b) -> Tensor:
+    """``a`` where ``cond`` (a bool tensor) is true, else ``b``; broadcasting."""
+    return ew.where(cond, a, b)
+
+
+def cast(x, dtype) -> Tensor:
+    """``x`` converted to ``dtype``."""
+    x = as_tensor(x)
+    dtype = dtypes.as_dtype(dtype)
+    return x if x.dtype == dtype else Tensor.make(st.Cast(dtype), (x,))
+
+
+# ---------------------------------------------------------------------------------------
+# Reductions
+
+
+def _reduce(kind, x, axis, keepdims) -> Tensor:
+    x = as_tensor(x)
+    probe = st.Reduce(kind, (), keepdims)
+    return Tensor.make(st.Reduce(kind, st.normalize_axes(probe, axis, x.ndim, (x,)),
+                                 bool(keepdims)), (x,))
+
+
+def sum(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
+    """Sum over ``axis`` (None: all axes)."""
+    return _reduce("sum", x, axis, keepdims)
+
+
+def max(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
+    """Maximum over ``axis``.  Gradient: split evenly among tied maxima."""
+    return _reduce("max", x, axis, keepdims)
+
+
+def min(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
+    """Minimum over ``axis``.  Gradient: split evenly among tied minima."""
+    return _reduce("min", x, axis, keepdims)
+
+
+def mean(x, axis=None, keepdims=False) -> Tensor:
+    """Arithmetic mean over ``axis`` (sum / count); integer inputs give float32."""
+    x = as_tensor(x)
+    if not dtypes.is_float(x.dtype):
+        x = cast(x, dtypes.DEFAULT_FLOAT)
+    total = sum(x, axis, keepdims)
+    count = x.size // builtins.max(total.size, 1) if x.size else 0
+    return total / count if count != 1 else total
+
+
+def logsumexp(x, axis=None, keepdims=False) -> Tensor:
+    """log(sum(exp(x))) over ``axis``, stable for large |x|."""
+    x = as_tensor(x)
+    probe = st.LogSumExp((), keepdims)
+    return Tensor.make(st.LogSumExp(st.normalize_axes(probe, axis, x.ndim, (x,)),
+                                    bool(keepdims)), (x,))
+
+
+def _one_axis(op, x, axis) -> int:
+    return st.normalize_axes(op, axis, x.ndim, (x,))[0] if x.ndim else 0
+
+
+def softmax(x, axis=-1) -> Tensor:
+    """exp(x) / sum(exp(x)) along ``axis``; Jacobian s_i (delta_ij - s_j)."""
+    x = as_tensor(x)
+    return Tensor.make(st.Softmax(_one_axis(st.Softmax(0), x, axis)), (x,))
+
+
+def log_softmax(x, axis=-1) -> Tensor:
+    """x - logsumexp(x) along ``axis``, stable for large |x|."""
+    x = as_tensor(x)
+    return Tensor.make(st.LogSoftmax(_one_axis(st.LogSoftmax(0), x, axis)), (x,))
+
+
+# ---------------------------------------------------------------------------------------
+# Structure
+
+
+def matmul(a, b) -> Tensor:
+    """Matrix product with NumPy semantics: 2-D, batched (broadcast) and vectors."""
+    a, b = lift_all([a, b])
+    if a.ndim == 0 or b.ndim == 0:
+        st.MatMul().fail("operands must not be scalars (use *)", (a, b))
+    a2 = reshape(a, (1,) + a.shape) if a.ndim == 1 else a
+    b2 = reshape(b, b.shape + (1,)) if b.ndim == 1 else b
+    out = Tensor.make(st.MatMul(), (a2, b2))
+    if a.ndim == 1:
+        out = reshape(out, out.shape[:-2] + out.shape[-1:])
+    if b.ndim == 1:
+        out = reshape(out, out.shape[:-1])
+    return out
+
+
+def reshape(x, shape) -> Tensor:
+    """``x`` with a new shape of the same size; one entry may be -1."""
+    x = as_tensor(x)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    if shape.count(-1) > 1 or builtins.any(d < -1 for d in shape):
+        st.Reshape(shape).fail(f"invalid target shape {shape}", (x,))
+    if -1 in shape:
+        known = math.prod(d for d in shape if d != -1)
+        if known == 0 or x.size % known:
+            st.Reshape(shape).fail(f"cannot reshape {x.size} elements into {shape}", (x,))
+        shape = tuple(x.size // known if d == -1 else d for d in shape)
+    return x if shape == x.shape else Tensor.make(st.Reshape(shape), (x,))
+
+
+def transpose(x, axes=None) -> Tensor:
+    """Permute axes (default: reverse them)."""
+    x = as_tensor(x)
+    perm = tuple(reversed(range(x.ndim))) if axes is None else \
+        tuple(int(a) % x.ndim if -x.ndim <= int(a) < x.ndim else int(a) for a in axes)
+    return x if perm == tuple(range(x.ndim)) else Tensor.make(st.Transpose(perm), (x,))
+
+
+def broadcast_to(x, shape) -> Tensor:
+    """``x`` broadcast to ``shape`` (NumPy rules)."""
+    x = as_tensor(x)
+    shape = tuple(int(d) for d in shape)
+    return x if shape == x.shape else Tensor.make(st.BroadcastTo(shape), (x,))
+
+
+def concat(xs, axis=0) -> Tensor:
+    """Join tensors along an existing axis."""
+    xs = lift_all(list(xs))
+    if not xs:
+        raise ShapeError(located("concat: needs at least one tensor"))
+    if xs[0].ndim == 0:
+        st.Concat(0).fail("cannot concatenate 0-d tensors (use gc.stack)", xs)
+    op = st.Concat(_one_axis(st.Concat(0), xs[0], axis))
+    return xs[0] if len(xs) == 1 else Tensor.make(op, xs)
+
+
+def stack(xs, axis=0) -> Tensor:
+    """Join tensors along a new axis."""
+    xs = lift_all(list(xs))
+    if not xs:
+        raise ShapeError(located("stack: needs at least one tensor"))
+    ndim = xs[0].ndim + 1
+    if not -ndim <= axis < ndim:
+        st.Concat(axis).fail(f"axis {axis} is out of range for stacking {ndim - 1}-d "
+                             "tensors", xs)
+    axis %= ndim
+    if builtins.any(t.shape != xs[0].shape for t in xs):
+        st.Concat(axis).fail("stack needs tensors of one shape", xs)
+    return concat([reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in xs], axis)
+
+
+def take(x, indices) -> Tensor:
+    """Rows of ``x`` picked by an integer tensor (a gather along axis 0)."""
+    x, indices = as_tensor(x), as_tensor(indices)
+    return Tensor.make(st.Take(), (x, indices))
+
+
+def getitem(x, key) -> Tensor:
+    """``x[key]``: ints, slices, None, ``...``, integer arrays and integer tensors."""
+    if isinstance(key, Tensor):
+        return take(x, key)
+    try:
+        entries = st.static_index("index", key, x.shape)
+    except IndexError as err:
+        raise ShapeError(located(f"index: {err} (operand: {x.shape} {x.dtype})")) from None
+    if builtins.all(e == ("slice", None, None, None) for e in entries) and \
+            len(entries) == x.ndim:
+        return x
+    return Tensor.make(st.Index(entries), (x,))
+
+
+# ---------------------------------------------------------------------------------------
+# Losses and penalties: compositions of primitives, so autodiff needs no rule for them.
+
+
+def _pair(name, pred, target):
+    pred, target = lift_all([pred, target])
+    if pred.shape != target.shape:
+        raise ShapeError(located(f"{name}: prediction {pred.shape} and target {target.shape} "
+                                 "must have the same shape"))
+    return pred, target
+
+
+def mse(pred, target) -> Tensor:
+    """Mean squared error over all elements."""
+    pred, target = _pair("mse", pred, target)
+    return mean(square(pred - target))
+
+
+def binary_cross_entropy_with_logits(logits, targets) -> Tensor:
+    """Mean of softplus(x) - x * t: log-loss of sigmoid(x) against t, stable for large |x|."""
+    logits, targets = _pair("binary_cross_entropy_with_logits", logits, targets)
+    return mean(softplus(logits) - logits * targets)
+
+
+def huber(pred, target, delta=1.0) -> Tensor:
+    """Mean Huber loss: 0.5 d^2 where |d| <= delta, delta (|d| - delta / 2) elsewhere."""
+    pred, target = _pair("huber", pred, target)
+    return mean(_huber_elementwise(pred - target, delta=delta))
+
+
+_huber_elementwise = ew.elementwise(
+    "huber_elementwise", lambda d, delta=1.0: sp.Piecewise(
+        (d**2 / 2, sp.Abs(d) <= delta), (delta * (sp.Abs(d) - delta / 2), True)))
+
+
+def _labels_one_hot(name, scores, labels) -> Tensor:
+    scores, labels = as_tensor(scores), as_tensor(labels)
+    if scores.ndim != 2:
+        raise ShapeError(located(f"{name}: scores must be (N, C), got {scores.shape}"))
+    if labels.dtype not in dtypes.INTS:
+        raise DTypeError(located(f"{name}: labels must be int32 or int64, got {labels.dtype}"))
+    if labels.shape != scores.shape[:1]:
+        raise ShapeError(located(f"{name}: labels {labels.shape} must be ({scores.shape[0]},) "
+                                 f"for scores {scores.shape}"))
+    classes = constant(np.arange(scores.shape[1], dtype=labels.dtype))
+    hit = equal(reshape(labels, (-1, 1)), classes)
+    return where(hit, constant(1, dtype=scores.dtype), constant(0, dtype=scores.dtype))
+
+
+def softmax_cross_entropy(logits, labels) -> Tensor:
+    """Mean over the batch of -log softmax(logits)[label]; logits (N, C), integer labels."""
+    logits = as_tensor(logits)
+    one_hot = _labels_one_hot("softmax_cross_entropy", logits, labels)
+    return -mean(sum(one_hot * log_softmax(logits, axis=1), axis=1))
+
+
+def hinge(scores, labels) -> Tensor:
+    """Multiclass SVM loss: mean over the batch of sum_{j != y} max(0, s_j - s_y + 1)."""
+    scores = as_tensor(scores)
+    one_hot = _labels_one_hot("hinge", scores, labels)
+    correct = sum(scores * one_hot, axis=1, keepdims=True)
+    return mean(sum(relu(scores - correct + 1.0) * (1.0 - one_hot), axis=1))
+
+
+def l1(x) -> Tensor:
+    """Sum of absolute values."""
+    return sum(abs(x))
+
+
+def l2(x) -> Tensor:
+    """Half the sum of squares: 0.5 * sum(x^2)."""
+    return 0.5 * sum(square(x))
+
+
+# ---------------------------------------------------------------------------------------
+# Tensor operators
+
+
+def _binary(fn, swap=False):
+    def method(self, other):
+        return fn(other, self) if swap else fn(self, other)
+    return method
+
+
+def _pow(x, p):
+    if isinstance(p, (int, float)) and not isinstance(p, bool) and p == 2:
+        return square(x)
+    return power(x, p)
+
+
+Tensor.__add__, Tensor.__radd__ = _binary(add), _binary(add, True)
+Tensor.__sub__, Tensor.__rsub__ = _binary(sub), _binary(sub, True)
+Tensor.__mul__, Tensor.__rmul__ = _binary(mul), _binary(mul, True)
+Tensor.__truediv__, Tensor.__rtruediv__ = _binary(div), _binary(div, True)
+Tensor.__pow__, Tensor.__rpow__ = _binary(_pow), _binary(power, True)
+Tensor.__matmul__, Tensor.__rmatmul__ = _binary(matmul), _binary(matmul, True)
+Tensor.__lt__, Tensor.__le__ = _binary(less), _binary(less_equal)
+Tensor.__gt__, Tensor.__ge__ = _binary(greater), _binary(greater_equal)
+Tensor.__neg__ = lambda self: neg(self)
+Tensor.__pos__ = lambda self: self
+Tensor.__abs__ = lambda self: abs(self)
+Tensor.__getitem__ = getitem
+Tensor.T = property(transpose)
+Tensor.reshape = lambda self, *shape: reshape(
+    self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+Tensor.sum = sum
+Tensor.mean = mean
+Tensor.astype = cast

@@ -1,0 +1,192 @@
+"""A graph view over outputs: topological order, checks, text printer, networkx export."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import networkx as nx
+import numpy as np
+
+from .inputs import Constant, Input
+from .ir import GraphError, Tensor, iter_nodes
+
+
+def as_outputs(outputs) -> tuple[Tensor, ...]:
+    """``outputs`` (a tensor or a sequence of them) as a tuple, checking the types."""
+    outs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
+    for t in outs:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"graph outputs must be graphc Tensors, got {type(t).__name__}")
+    if not outs:
+        raise GraphError("a graph needs at least one output")
+    return outs
+
+
+class Graph:
+    """The computation that produces ``outputs``: immutable, like its nodes.
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", (2,))
+    >>> print(gc.Graph(gc.exp(x) * 2))          # doctest: +NORMALIZE_WHITESPACE
+    graph(x: f32[2]) {
+      %0 = exp(x)                  : f32[2]
+      %1 = constant 2.0            : f32[]
+      %2 = mul(%0, %1)             : f32[2]
+      return %2
+    }
+    """
+
+    def __init__(self, outputs):
+        self.outputs = as_outputs(outputs)
+
+    @cached_property
+    def nodes(self) -> tuple[Tensor, ...]:
+        """Every node, in a deterministic topological order (inputs before users)."""
+        dfs = iter_nodes(self.outputs)
+        position = {id(t): i for i, t in enumerate(dfs)}
+        g = self._digraph(dfs)
+        return tuple(nx.lexicographical_topological_sort(g, key=lambda t: position[id(t)]))
+
+    @staticmethod
+    def _digraph(nodes) -> nx.DiGraph:
+        g = nx.DiGraph()
+        g.add_nodes_from(nodes)
+        g.add_edges_from((i, t) for t in nodes for i in t.inputs)
+        return g
+
+    @cached_property
+    def inputs(self) -> tuple[Tensor, ...]:
+        """Input and parameter leaves, in graph order."""
+        return tuple(t for t in self.nodes if isinstance(t.op, Input))
+
+    @property
+    def params(self) -> tuple[Tensor, ...]:
+        return tuple(t for t in self.inputs if t.op.is_param)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __str__(self) -> str:
+        return format_graph(self)
+
+    def __repr__(self) -> str:
+        return f"<Graph: {len(self.nodes)} nodes, {len(self.outputs)} output(s)>"
+
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """The graph as a ``networkx.MultiDiGraph`` keyed by printer names.
+
+        Node attributes: ``op``, ``shape``, ``dtype``, ``kind`` (input, param, constant,
+        op) and ``tensor``; edge attributes: ``index`` (the operand position).
+        """
+        names = node_names(self)
+        g = nx.MultiDiGraph(outputs=[names[id(t)] for t in self.outputs])
+        for t in self.nodes:
+            g.add_node(names[id(t)], op=t.op.name, shape=t.shape, dtype=t.dtype,
+                       kind=node_kind(t), tensor=t)
+            for k, i in enumerate(t.inputs):
+                g.add_edge(names[id(i)], names[id(t)], index=k)
+        return g
+
+
+def node_kind(t: Tensor) -> str:
+    if isinstance(t.op, Input):
+        return "param" if t.op.is_param else "input"
+    return "constant" if isinstance(t.op, Constant) else "op"
+
+
+def node_names(graph: Graph) -> dict[int, str]:
+    """Printer names by ``id``: inputs and named constants by name, others ``%k``."""
+    names, k = {}, 0
+    for t in graph.nodes:
+        label = getattr(t.op, "label", None)
+        if label:
+            names[id(t)] = label
+        else:
+            names[id(t)] = f"%{k}"
+            k += 1
+    return names
+
+
+_SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+
+
+def type_text(t: Tensor) -> str:
+    return f"{_SHORT[t.dtype]}[{','.join(map(str, t.shape))}]"
+
+
+def _attr_text(value) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def format_graph(graph) -> str:
+    """Deterministic text form of a graph: one line per node, SSA style, every shared
+    node named, with shapes and dtypes."""
+    graph = graph if isinstance(graph, Graph) else Graph(graph)
+    names = node_names(graph)
+    header = []
+    for t in graph.inputs:
+        tag = f" param({t.op.init if isinstance(t.op.init, str) else 'custom'})" \
+            if t.op.is_param else ""
+        header.append(f"{t.op.label}: {type_text(t)}{tag}")
+    lines = [f"graph({', '.join(header)}) {{"]
+    for t in graph.nodes:
+        if isinstance(t.op, Input):
+            continue
+        if isinstance(t.op, Constant):
+            body = f"constant {_constant_text(t.op.value.array)}"
+        else:
+            attrs = ", ".join(f"{k}={_attr_text(v)}" for k, v in t.op.attrs().items())
+            args = ", ".join(names[id(i)] for i in t.inputs)
+            body = f"{t.op.name}({args}{', ' if attrs and args else ''}{attrs})"
+        lines.append(f"  {names[id(t)]} = {body:<24} : {type_text(t)}")
+    lines.append(f"  return {', '.join(names[id(t)] for t in graph.outputs)}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _constant_text(a: np.ndarray) -> str:
+    if a.ndim == 0:
+        return repr(a.item())
+    if a.size <= 6:
+        return np.array2string(a, separator=", ").replace("\n", "")
+    return f"<{a.size} values, mean {a.mean():.4g}>"
+
+
+def check_graph(graph) -> Graph:
+    """Check that a graph is well formed; raise :class:`GraphError` listing every problem.
+
+    Checks: no cycles; every node's shape and dtype are what its op infers from its
+    inputs; input names are unique; constants hold arrays of their declared type.
+    Returns the :class:`Graph` so passes can write ``return check_graph(out)``.
+    """
+    graph = graph if isinstance(graph, Graph) else Graph(graph)
+    problems = []
+    dfs = iter_nodes(graph.outputs)
+    g = Graph._digraph(dfs)
+    if not nx.is_directed_acyclic_graph(g):
+        problems.append(f"cycle: {nx.find_cycle(g)}")
+    seen: dict[str, Tensor] = {}
+    for t in dfs:
+        if isinstance(t.op, Input):
+            other = seen.setdefault(t.op.label, t)
+            if other is not t:
+                problems.append(f"input name {t.op.label!r} is used by two different inputs: "
+                                f"{type_text(other)} and {type_text(t)}")
+        try:
+            shape, dtype = t.op.infer(t.inputs)
+        except GraphError as err:
+            problems.append(f"{t.name}: {str(err).splitlines()[0]}")
+            continue
+        if (tuple(shape), dtype) != (t.shape, t.dtype):
+            problems.append(f"{t.name}: recorded {t.shape} {t.dtype} but {t.op.name} infers "
+                            f"{tuple(shape)} {dtype}")
+    if problems:
+        raise GraphError("graph check failed:\n  " + "\n  ".join(problems))
+    return graph
+
+
+def to_networkx(outputs) -> nx.MultiDiGraph:
+    """``Graph(outputs).to_networkx()``."""
+    return Graph(outputs).to_networkx()

@@ -1,0 +1,198 @@
+"""Leaves of a graph: inputs, trainable parameters and constants, and their initializers."""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dtypes
+from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
+
+
+def _check_shape(shape, what: str) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    try:
+        shape = tuple(int(d) for d in shape)
+    except TypeError:
+        raise ShapeError(located(f"{what}: shape must be a tuple of ints, got {shape!r}")) from None
+    if any(d < 0 for d in shape):
+        raise ShapeError(located(f"{what}: shape {shape} has a negative dimension"))
+    return shape
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise GraphError(located(f"input name {name!r} is not a Python identifier"))
+    return name
+
+
+def _dtype(dtype, what: str) -> str:
+    try:
+        return dtypes.as_dtype(dtype)
+    except TypeError as err:
+        raise DTypeError(located(f"{what}: {err}")) from None
+
+
+@dataclass(frozen=True)
+class Input(Op):
+    """A value fed at call time.  ``init`` is set for trainable parameters."""
+
+    label: str
+    in_shape: tuple[int, ...]
+    in_dtype: str
+    init: object = None
+
+    name = "input"
+
+    @property
+    def is_param(self) -> bool:
+        return self.init is not None
+
+    def infer(self, inputs):
+        return self.in_shape, self.in_dtype
+
+    def attrs(self):
+        init = self.init if isinstance(self.init, str) or self.init is None else \
+            getattr(self.init, "__qualname__", repr(self.init))
+        return {"label": self.label, "shape": self.in_shape, "dtype": self.in_dtype,
+                "init": init}
+
+
+@dataclass(frozen=True)
+class Constant(Op):
+    """A constant array, stored read-only inside the graph."""
+
+    value: StaticArray
+    label: str | None = None
+
+    name = "constant"
+
+    def infer(self, inputs):
+        return self.value.array.shape, self.value.array.dtype.name
+
+    def evaluate(self):
+        return self.value.array
+
+
+def input(name: str, shape, dtype="float32") -> Tensor:
+    """A symbolic input fed when the compiled function is called.
+
+    >>> x = input("x", (128, 784))
+    >>> x.shape, x.dtype
+    ((128, 784), 'float32')
+    """
+    name = _check_name(name)
+    return Tensor.make(Input(name, _check_shape(shape, f"input {name!r}"),
+                             _dtype(dtype, f"input {name!r}")))
+
+
+INITIALIZERS = ("zeros", "ones", "normal", "xavier_normal", "xavier_uniform",
+                "he_normal", "he_uniform")
+
+
+def param(name: str, shape, init="xavier_normal", dtype="float32") -> Tensor:
+    """A trainable parameter: an input that carries an initializer.
+
+    ``init`` is one of :data:`INITIALIZERS` or a callable ``(shape, rng) -> array``.
+    Fans follow ``x @ W``: a 2-D weight is ``(fan_in, fan_out)``; a weight of 3 or more
+    dimensions is a convolution kernel ``(out, in, *kernel)``.
+
+    >>> W = param("W", (784, 256))           # Xavier normal, sigma = sqrt(2 / (784 + 256))
+    """
+    name = _check_name(name)
+    if not (callable(init) or init in INITIALIZERS):
+        raise GraphError(located(f"param {name!r}: unknown init {init!r}; use one of "
+                                 f"{', '.join(INITIALIZERS)} or a callable (shape, rng)"))
+    dtype = _dtype(dtype, f"param {name!r}")
+    if not dtypes.is_float(dtype):
+        raise DTypeError(located(f"param {name!r}: parameters must be float32 or float64, "
+                                 f"got {dtype}"))
+    return Tensor.make(Input(name, _check_shape(shape, f"param {name!r}"), dtype, init))
+
+
+def constant(value, name: str | None = None, dtype=None) -> Tensor:
+    """A constant array or scalar.  Python floats become float32, ints int64.
+
+    >>> constant([1.0, 2.0]).dtype
+    'float32'
+    """
+    if isinstance(value, Tensor):
+        raise GraphError(located("gc.constant() got a Tensor; it is already a graph value"))
+    if dtype is None:
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and not isinstance(value, np.ndarray | np.generic):
+            array = array.astype(np.float32)  # Python floats and lists: the default float
+        elif array.dtype.kind in "iu" and array.dtype.name not in dtypes.DTYPES:
+            array = array.astype(np.int64)
+    else:
+        array = np.asarray(value, dtype=_dtype(dtype, "constant"))
+    _dtype(array.dtype, "constant")
+    if name is not None:
+        _check_name(name)
+    return Tensor.make(Constant(StaticArray(array), name))
+
+
+# ---------------------------------------------------------------------------------------
+# Initializers
+
+
+def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    receptive = int(np.prod(shape[2:]))
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def initial_value(op: Input, rng: np.random.Generator) -> np.ndarray:
+    """Draw the initial value of parameter ``op`` with ``rng``."""
+    shape, init = op.in_shape, op.init
+    fan_in, fan_out = _fans(shape)
+    if callable(init):
+        value = np.asarray(init(shape, rng))
+        if value.shape != shape:
+            raise GraphError(f"param {op.label!r}: init returned shape {value.shape}, "
+                             f"expected {shape}")
+    elif init == "zeros":
+        value = np.zeros(shape)
+    elif init == "ones":
+        value = np.ones(shape)
+    elif init == "normal":
+        value = rng.standard_normal(shape)
+    elif init == "xavier_normal":
+        value = rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), shape)
+    elif init == "xavier_uniform":
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        value = rng.uniform(-limit, limit, shape)
+    elif init == "he_normal":
+        value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+    else:  # he_uniform
+        limit = np.sqrt(6.0 / fan_in)
+        value = rng.uniform(-limit, limit, shape)
+    return np.ascontiguousarray(value, dtype=op.in_dtype)
+
+
+def params_of(outputs) -> list[Tensor]:
+    """The parameters ``outputs`` depend on, in graph order."""
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    return [t for t in iter_nodes(outputs) if isinstance(t.op, Input) and t.op.is_param]
+
+
+def init_params(outputs, seed: int = 0) -> dict[str, np.ndarray]:
+    """``{name: array}`` of initial values for every param the outputs depend on.
+
+    Each parameter draws from its own stream seeded by ``seed`` and its name, so adding a
+    parameter to a model does not change the values of the others.
+    """
+    values = {}
+    for p in params_of(outputs):
+        stream = int.from_bytes(hashlib.sha1(p.op.label.encode()).digest()[:8], "little")
+        values[p.op.label] = initial_value(p.op, np.random.default_rng([seed, stream]))
+    return values

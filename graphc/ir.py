@@ -1,0 +1,264 @@
+"""The graph IR: immutable, hash-consed tensor nodes.
+
+A :class:`Tensor` is one node: an :class:`Op` (frozen, hashable, holding only static
+attributes) applied to input tensors.  Nodes are interned, so two structurally equal nodes
+are one object and common subexpressions are shared by construction::
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", (2, 3))
+    >>> (x + 1) is (x + 1)
+    True
+
+Shapes and dtypes are inferred when a node is made; a mismatch raises :class:`ShapeError`
+or :class:`DTypeError` naming the op, the shapes and the user's own ``file:line``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+import os
+import sys
+import weakref
+from dataclasses import dataclass, replace as dc_replace
+
+import numpy as np
+
+
+class GraphError(Exception):
+    """A graph that cannot be built or is not well formed."""
+
+
+class ShapeError(GraphError, ValueError):
+    """Operand shapes that an op cannot combine."""
+
+
+class DTypeError(GraphError, TypeError):
+    """Operand dtypes that an op cannot take."""
+
+
+# ---------------------------------------------------------------------------------------
+# Where the user made the mistake: the first stack frame outside the graphc packages.
+
+_INTERNAL_DIRS: tuple[str, ...] = ()
+
+
+def _internal_dirs() -> tuple[str, ...]:
+    global _INTERNAL_DIRS
+    if not _INTERNAL_DIRS:
+        here = os.path.dirname(os.path.abspath(__file__))
+        dirs = {here}
+        for sub in ("passes", "viz"):
+            mod = sys.modules.get(f"graphc.{sub}")
+            if mod is not None and getattr(mod, "__file__", None):
+                dirs.add(os.path.dirname(os.path.abspath(mod.__file__)))
+        _INTERNAL_DIRS = tuple(d + os.sep for d in dirs)
+    return _INTERNAL_DIRS
+
+
+@dataclass(frozen=True)
+class SourceLoc:
+    """A user's source position: file, line and the text of that line."""
+
+    filename: str
+    lineno: int
+    code: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno}"
+
+
+def user_location() -> SourceLoc | None:
+    """The innermost caller frame that is not graphc's own code."""
+    internal = _internal_dirs()
+    frame = sys._getframe(1)
+    while frame is not None:
+        fname = frame.f_code.co_filename
+        if not os.path.abspath(fname).startswith(internal) and not fname.startswith("<frozen"):
+            code = linecache.getline(fname, frame.f_lineno).strip()
+            return SourceLoc(fname, frame.f_lineno, code)
+        frame = frame.f_back
+    return None
+
+
+def located(message: str, loc: SourceLoc | None = None) -> str:
+    """``message`` followed by where in the user's code it happened."""
+    loc = loc or user_location()
+    if loc is None:
+        return message
+    text = f"{message}\n  at {loc}"
+    return text + (f": {loc.code}" if loc.code else "")
+
+
+# ---------------------------------------------------------------------------------------
+# Ops
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base of every op: static attributes only, frozen and hashable.
+
+    Subclasses set ``name`` and implement :meth:`infer` (shape and dtype rule) and
+    :meth:`evaluate` (the NumPy reference semantics).
+    """
+
+    name = "op"
+
+    def infer(self, inputs: tuple[Tensor, ...]) -> tuple[tuple[int, ...], str]:
+        """Output ``(shape, dtype)`` for ``inputs``; raise through :meth:`fail` if invalid."""
+        raise TypeError(f"{type(self).__name__} defines no shape rule")
+
+    def evaluate(self, *arrays: np.ndarray) -> np.ndarray:
+        """The NumPy reference semantics of the op."""
+        raise TypeError(f"{type(self).__name__} defines no NumPy evaluation")
+
+    def attrs(self) -> dict:
+        """Static attributes shown by the printer."""
+        return {k: v for k, v in self.__dict__.items()}
+
+    def key(self) -> str:
+        """A stable text identifying the op and its attributes (for digests)."""
+        body = ", ".join(f"{k}={v!r}" for k, v in sorted(self.attrs().items()))
+        return f"{self.name}({body})"
+
+    def fail(self, detail: str, inputs=(), error=None):
+        """Raise a construction error naming this op, the operand shapes and the user line."""
+        shapes = ", ".join(f"{t.shape} {t.dtype}" for t in inputs)
+        message = f"{self.name}: {detail}" + (f" (operands: {shapes})" if inputs else "")
+        raise (error or ShapeError)(located(message))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_NODES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+class Tensor:
+    """A node of the graph: ``op`` applied to ``inputs``, with a static shape and dtype.
+
+    Tensors are immutable and interned; build them with the functions of :mod:`graphc`
+    (``gc.input``, ``gc.exp``, ``a @ b`` ...), change them with :meth:`replace`.
+    """
+
+    __slots__ = ("op", "inputs", "shape", "dtype", "loc", "_digest", "__weakref__")
+    __array_ufunc__ = None  # make ``np_array * tensor`` defer to Tensor.__rmul__
+
+    op: Op
+    inputs: tuple[Tensor, ...]
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __new__(cls, *args, **kwargs):
+        raise TypeError("build tensors with gc.input, gc.param, gc.constant and graphc ops")
+
+    @classmethod
+    def make(cls, op: Op, inputs=()) -> Tensor:
+        """The interned node ``op(*inputs)``, inferring its shape and dtype."""
+        inputs = tuple(inputs)
+        key = (op, tuple(map(id, inputs)))
+        node = _NODES.get(key)
+        if node is not None:
+            return node
+        shape, dtype = op.infer(inputs)
+        node = object.__new__(cls)
+        for name, value in (("op", op), ("inputs", inputs), ("shape", tuple(shape)),
+                            ("dtype", dtype), ("loc", user_location()), ("_digest", None)):
+            object.__setattr__(node, name, value)
+        _NODES[key] = node
+        return node
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Tensor is immutable; use .replace(...) to make a changed copy")
+
+    def replace(self, op: Op | None = None, inputs=None, **attrs) -> Tensor:
+        """A node like this one with ``op``, ``inputs`` or op attributes changed."""
+        op = op or self.op
+        if attrs:
+            op = dc_replace(op, **attrs)
+        return Tensor.make(op, self.inputs if inputs is None else inputs)
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """A stable structural hash: equal across processes for equal graphs."""
+        if self._digest is None:
+            h = hashlib.sha1(self.op.key().encode())
+            for t in self.inputs:
+                h.update(t.digest.encode())
+            object.__setattr__(self, "_digest", h.hexdigest())
+        return self._digest
+
+    @property
+    def name(self) -> str:
+        own = getattr(self.op, "label", None)
+        return own if own else f"{self.op.name}_{self.digest[:6]}"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __repr__(self) -> str:
+        return (f"Tensor(name={self.name!r}, shape={self.shape}, dtype={self.dtype!r}, "
+                f"op={self.op.name})")
+
+    def __bool__(self):
+        raise TypeError("a graphc Tensor is symbolic and has no truth value; "
+                        "use gc.where(cond, a, b) for data-dependent choices")
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    # Operators are attached in graphc/functions.py, next to the functions they call.
+
+
+def iter_nodes(outputs) -> list[Tensor]:
+    """All nodes reachable from ``outputs``, inputs before users (DFS post-order)."""
+    seen: set[int] = set()
+    order: list[Tensor] = []
+    stack = [(t, False) for t in reversed(list(outputs))]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        stack.extend((i, False) for i in reversed(node.inputs) if id(i) not in seen)
+    return order
+
+
+class StaticArray:
+    """A read-only NumPy array that hashes and compares by value (for op attributes)."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, value, dtype=None):
+        array = np.array(value, dtype=dtype)
+        array.setflags(write=False)
+        self.array = array
+        digest = hashlib.sha1(array.tobytes()).hexdigest()
+        self._key = (array.dtype.str, array.shape, digest)
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, StaticArray) and self._key == other._key
+
+    def __repr__(self):
+        a = self.array
+        if a.size <= 6:
+            return np.array2string(a, separator=", ").replace("\n", "")
+        return f"array<{a.dtype}{list(a.shape)} {self._key[2][:8]}>"

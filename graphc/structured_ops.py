@@ -1,0 +1,318 @@
+"""Structured ops: matmul, reductions, the softmax family, and ops that move data.
+
+Each op declares its shape-and-dtype rule (``infer``) and its NumPy reference semantics
+(``evaluate``) side by side; the *autodiff* pass adds each one's vector-Jacobian rule here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dtypes
+from .ir import DTypeError, Op, ShapeError, StaticArray
+
+
+def normalize_axes(op: Op, axis, ndim: int, inputs) -> tuple[int, ...]:
+    """``axis`` (None, an int or a sequence) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
+            op.fail(f"axis {a!r} is out of range for a {ndim}-d tensor", inputs)
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        op.fail(f"repeated axis in {axis!r}", inputs)
+    return tuple(sorted(out))
+
+
+def _float_input(op: Op, inputs) -> str:
+    return dtypes.to_float(inputs[0].dtype)
+
+
+@dataclass(frozen=True)
+class MatMul(Op):
+    """``a @ b`` for a, b of rank >= 2; leading (batch) dimensions broadcast."""
+
+    name = "matmul"
+
+    def infer(self, inputs):
+        a, b = inputs
+        if a.ndim < 2 or b.ndim < 2:
+            self.fail("operands must have rank >= 2 (gc.matmul handles vectors)", inputs)
+        if a.shape[-1] != b.shape[-2]:
+            self.fail(f"inner dimensions differ ({a.shape[-1]} != {b.shape[-2]})", inputs)
+        try:
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            self.fail("batch dimensions cannot be broadcast together", inputs)
+        dtype = dtypes.promote(a.dtype, b.dtype)
+        if dtype == "bool":
+            self.fail("does not take bool operands", inputs, DTypeError)
+        return tuple(batch) + (a.shape[-2], b.shape[-1]), dtype
+
+    def evaluate(self, a, b):
+        dtype = np.promote_types(a.dtype, b.dtype)
+        return np.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
+
+
+@dataclass(frozen=True)
+class Reduce(Op):
+    """``sum``, ``max`` or ``min`` over ``axes`` (normalised, sorted)."""
+
+    kind: str
+    axes: tuple[int, ...]
+    keepdims: bool = False
+
+    @property
+    def name(self):  # type: ignore[override]
+        return self.kind
+
+    def attrs(self):
+        return {"axes": self.axes, "keepdims": self.keepdims}
+
+    def infer(self, inputs):
+        (x,) = inputs
+        if self.kind != "sum" and x.size == 0 and self.axes:
+            self.fail("reduction of an empty tensor has no identity", inputs)
+        shape = tuple(1 if i in self.axes else d for i, d in enumerate(x.shape)
+                      if self.keepdims or i not in self.axes)
+        dtype = x.dtype
+        if self.kind == "sum" and dtype == "bool":
+            dtype = "int64"
+        return shape, dtype
+
+    def evaluate(self, x):
+        fn = {"sum": np.sum, "max": np.max, "min": np.min}[self.kind]
+        dtype = {"sum": np.int64} if x.dtype == np.bool_ else {}
+        return np.asarray(fn(x, axis=self.axes, keepdims=self.keepdims, **dtype))
+
+
+@dataclass(frozen=True)
+class LogSumExp(Op):
+    """log(sum(exp(x))) over ``axes``, computed as m + log(sum(exp(x - m))), m = max."""
+
+    axes: tuple[int, ...]
+    keepdims: bool = False
+
+    name = "logsumexp"
+
+    def infer(self, inputs):
+        (x,) = inputs
+        shape = tuple(1 if i in self.axes else d for i, d in enumerate(x.shape)
+                      if self.keepdims or i not in self.axes)
+        return shape, _float_input(self, inputs)
+
+    def evaluate(self, x):
+        x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
+        m = np.max(x, axis=self.axes, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)  # all -inf (or inf) rows: no shift
+        with np.errstate(divide="ignore"):
+            out = m + np.log(np.sum(np.exp(x - m), axis=self.axes, keepdims=True))
+        return out if self.keepdims else np.squeeze(out, axis=self.axes)
+
+
+@dataclass(frozen=True)
+class Softmax(Op):
+    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
+
+    axis: int
+
+    name = "softmax"
+
+    def infer(self, inputs):
+        return inputs[0].shape, _float_input(self, inputs)
+
+    def evaluate(self, x):
+        x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
+        e = np.exp(x - np.max(x, axis=self.axis, keepdims=True))
+        return e / np.sum(e, axis=self.axis, keepdims=True)
+
+
+@dataclass(frozen=True)
+class LogSoftmax(Op):
+    """x - logsumexp(x) along ``axis``."""
+
+    axis: int
+
+    name = "log_softmax"
+
+    def infer(self, inputs):
+        return inputs[0].shape, _float_input(self, inputs)
+
+    def evaluate(self, x):
+        x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
+        return x - LogSumExp((self.axis,), keepdims=True).evaluate(x)
+
+
+@dataclass(frozen=True)
+class Reshape(Op):
+    new_shape: tuple[int, ...]
+
+    name = "reshape"
+
+    def infer(self, inputs):
+        (x,) = inputs
+        if int(np.prod(self.new_shape, dtype=np.int64)) != x.size:
+            self.fail(f"cannot reshape {x.size} elements into shape {self.new_shape}", inputs)
+        return self.new_shape, x.dtype
+
+    def evaluate(self, x):
+        return np.reshape(x, self.new_shape)
+
+
+@dataclass(frozen=True)
+class Transpose(Op):
+    perm: tuple[int, ...]
+
+    name = "transpose"
+
+    def infer(self, inputs):
+        (x,) = inputs
+        if sorted(self.perm) != list(range(x.ndim)):
+            self.fail(f"axes {self.perm} are not a permutation of {x.ndim} axes", inputs)
+        return tuple(x.shape[p] for p in self.perm), x.dtype
+
+    def evaluate(self, x):
+        return np.transpose(x, self.perm)
+
+
+@dataclass(frozen=True)
+class BroadcastTo(Op):
+    target: tuple[int, ...]
+
+    name = "broadcast_to"
+
+    def infer(self, inputs):
+        (x,) = inputs
+        try:
+            if np.broadcast_shapes(x.shape, self.target) != self.target:
+                raise ValueError
+        except ValueError:
+            self.fail(f"cannot broadcast {x.shape} to {self.target}", inputs)
+        return self.target, x.dtype
+
+    def evaluate(self, x):
+        return np.broadcast_to(x, self.target)
+
+
+@dataclass(frozen=True)
+class Concat(Op):
+    axis: int
+
+    name = "concat"
+
+    def infer(self, inputs):
+        first = inputs[0]
+        for t in inputs[1:]:
+            if t.ndim != first.ndim or any(a != b for i, (a, b) in
+                                           enumerate(zip(t.shape, first.shape))
+                                           if i != self.axis):
+                self.fail(f"shapes differ off the concatenation axis {self.axis}", inputs)
+        shape = list(first.shape)
+        shape[self.axis] = sum(t.shape[self.axis] for t in inputs)
+        return tuple(shape), dtypes.promote(*(t.dtype for t in inputs))
+
+    def evaluate(self, *xs):
+        return np.concatenate(xs, axis=self.axis)
+
+
+@dataclass(frozen=True)
+class Index(Op):
+    """``x[index]`` with a static index: ints, slices, None and integer arrays.
+
+    ``index`` is a tuple of ``("int", i)``, ``("slice", start, stop, step)``,
+    ``("newaxis",)`` and ``("array", StaticArray)`` entries, NumPy semantics.
+    """
+
+    index: tuple
+
+    name = "index"
+
+    def numpy_index(self) -> tuple:
+        out = []
+        for kind, *rest in self.index:
+            out.append(rest[0] if kind == "int" else slice(*rest) if kind == "slice" else
+                       None if kind == "newaxis" else rest[0].array)
+        return tuple(out)
+
+    def infer(self, inputs):
+        (x,) = inputs
+        probe = np.broadcast_to(np.empty((), np.bool_), x.shape)  # no memory per element
+        try:
+            shape = probe[self.numpy_index()].shape
+        except IndexError as err:
+            self.fail(str(err), inputs)
+        return shape, x.dtype
+
+    def evaluate(self, x):
+        return x[self.numpy_index()]
+
+
+@dataclass(frozen=True)
+class Take(Op):
+    """``x[indices]`` along axis 0 with an integer *tensor* of indices (a gather)."""
+
+    name = "take"
+
+    def infer(self, inputs):
+        x, idx = inputs
+        if idx.dtype not in dtypes.INTS:
+            self.fail(f"indices must be int32 or int64, got {idx.dtype}", inputs, DTypeError)
+        if x.ndim == 0:
+            self.fail("cannot index a 0-d tensor", inputs)
+        return idx.shape + x.shape[1:], x.dtype
+
+    def evaluate(self, x, idx):
+        if idx.size and (idx.min() < -x.shape[0] or idx.max() >= x.shape[0]):
+            raise IndexError(f"take: an index is out of range for axis 0 of size {x.shape[0]}")
+        return x[idx]
+
+
+@dataclass(frozen=True)
+class Cast(Op):
+    to: str
+
+    name = "cast"
+
+    def infer(self, inputs):
+        return inputs[0].shape, self.to
+
+    def evaluate(self, x):
+        return x.astype(self.to)
+
+
+def static_index(op_name, key, shape) -> tuple:
+    """A user's ``x[key]`` as :class:`Index` entries (Ellipsis expanded), or raise."""
+    key = key if isinstance(key, tuple) else (key,)
+    n_ellipsis = sum(k is Ellipsis for k in key)
+    if n_ellipsis > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    used = sum(1 for k in key if k is not None and k is not Ellipsis)
+    entries = []
+    for k in key:
+        if k is Ellipsis:
+            entries.extend([("slice", None, None, None)] * (len(shape) - used))
+        elif k is None:
+            entries.append(("newaxis",))
+        elif isinstance(k, (bool, np.bool_)):
+            raise IndexError(f"{op_name}: boolean scalars are not valid indices")
+        elif isinstance(k, (int, np.integer)):
+            entries.append(("int", int(k)))
+        elif isinstance(k, slice):
+            entries.append(("slice", *(None if v is None else int(v)
+                                       for v in (k.start, k.stop, k.step))))
+        else:
+            array = np.asarray(k)
+            if array.dtype.kind not in "iu":
+                raise IndexError(f"{op_name}: index arrays must hold integers, got "
+                                 f"{array.dtype}")
+            entries.append(("array", StaticArray(array.astype(np.int64))))
+    return tuple(entries)
+
+
+__all__ = ["MatMul", "Reduce", "LogSumExp", "Softmax", "LogSoftmax", "Reshape", "Transpose",
+           "BroadcastTo", "Concat", "Index", "Take", "Cast", "ShapeError"]

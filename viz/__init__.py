@@ -1,0 +1,1 @@
+"""Graphviz rendering, installed as ``graphc.viz`` (arrives with the *visualizer* issue)."""
