@@ -148,7 +148,7 @@ def format_graph(graph) -> str:
 
 def _constant_text(a: np.ndarray) -> str:
     if a.ndim == 0:
-        return repr(a.item())
+        return str(a[()])
     if a.size <= 6:
         return np.array2string(a, separator=", ").replace("\n", "")
     return f"<{a.size} values, mean {a.mean():.4g}>"
