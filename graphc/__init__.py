@@ -22,18 +22,20 @@ from .functions import (
 from .graph import Graph, check_graph, format_graph, to_networkx
 from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
 from .ir import DTypeError, GraphError, ShapeError, Tensor
+from .passes.autodiff import grad, hvp, vjp  # noqa: E402 -- graphc.passes needs the above
+from .gradcheck import GradCheckReport, check_grad  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError", "CompiledFunction", "DTypeError", "ElementwiseDef", "ElementwiseError",
-    "FeedError", "Graph", "GraphError", "INITIALIZERS", "ShapeError", "Tensor", "abs", "add",
-    "binary_cross_entropy_with_logits", "broadcast_to", "cast", "check_graph", "compile",
+    "FeedError", "GradCheckReport", "Graph", "GraphError", "INITIALIZERS", "ShapeError", "Tensor", "abs", "add",
+    "binary_cross_entropy_with_logits", "broadcast_to", "cast", "check_grad", "check_graph", "compile",
     "concat", "constant", "cos", "div", "dtypes", "elementwise", "elu", "equal", "exp",
-    "format_graph", "gelu", "greater", "greater_equal", "hinge", "huber", "init_params",
+    "format_graph", "gelu", "grad", "greater", "greater_equal", "hinge", "hvp", "huber", "init_params",
     "input", "l1", "l2", "leaky_relu", "less", "less_equal", "log", "log_softmax",
     "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "mul", "neg",
     "not_equal", "param", "params_of", "power", "prelu", "reciprocal", "relu", "reshape",
     "sigmoid", "silu", "sin", "softmax", "softmax_cross_entropy", "softplus", "sqrt",
-    "square", "stack", "sub", "sum", "take", "tanh", "to_networkx", "transpose", "where",
+    "square", "stack", "sub", "sum", "take", "tanh", "to_networkx", "transpose", "vjp", "where",
 ]

@@ -80,23 +80,35 @@ class ElementwiseDef:
     the output symbol ``out``), ``derivatives_text`` and ``derivatives_latex``.
     """
 
-    def __init__(self, name: str, fn, *, stable=None, int_ok=False, out_dtype=None,
-                 bool_args=(), differentiable=True):
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ElementwiseError(located(f"elementwise op name {name!r} is not an identifier"))
+    def __init__(self, name: str, args, params: dict, expr, stable=None, *, int_ok=False,
+                 out_dtype=None, bool_args=(), differentiable=True):
         self.name = name
-        names, self.params = _signature(name, fn)
-        self.args = tuple(sp.Symbol(n, real=True) for n in names)
+        self.args = tuple(args)
+        self.params = dict(params)
         self.param_symbols = tuple(sp.Symbol(n, real=True) for n in self.params)
-        self.out = sp.Symbol("y" if "y" not in names + tuple(self.params) else "out", real=True)
-        self.expr = _build(name, fn, self.args + self.param_symbols, "fn")
-        self.stable = self.expr if stable is None else \
-            _build(name, stable, self.args + self.param_symbols, "stable")
+        taken = {a.name for a in self.args} | set(self.params)
+        self.out = sp.Symbol(next(n for n in ("y", "out", "out_", "out__") if n not in taken),
+                             real=True)
+        self.expr = expr
+        self.stable = expr if stable is None else stable
         self.int_ok = int_ok
         self.out_dtype = out_dtype
         self.bool_args = tuple(bool_args)
         self.differentiable = differentiable
         self._numpy_fns: dict = {}
+        self._local_defs: dict = {}
+
+    @classmethod
+    def from_function(cls, name: str, fn, stable=None, **flags) -> ElementwiseDef:
+        """Declare from a Python function of SymPy symbols, checking the definition."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ElementwiseError(located(f"elementwise op name {name!r} is not an identifier"))
+        names, params = _signature(name, fn)
+        args = tuple(sp.Symbol(n, real=True) for n in names)
+        symbols = args + tuple(sp.Symbol(n, real=True) for n in params)
+        expr = _build(name, fn, symbols, "fn")
+        stable = None if stable is None else _build(name, stable, symbols, "stable")
+        return cls(name, args, params, expr, stable, **flags)
 
     @property
     def arity(self) -> int:
@@ -119,6 +131,42 @@ class ElementwiseDef:
         if self.arity != 1 or self.params:
             return self.derivatives_x
         return (_in_terms_of_output(self.expr, self.derivatives_x[0], self.args[0], self.out),)
+
+    def local_def(self, k: int) -> ElementwiseDef:
+        """The derivative w.r.t. argument ``k`` as an elementwise op of the symbols it uses
+        (arguments, then the output ``out``).  Its evaluated form is the derivative of the
+        stable form where the op has one and the plain derivative overflows (softplus' =
+        e^x / (e^x + 1) is NaN at x = 1e4 in float32)."""
+        local = self._local_defs.get(k)
+        if local is None:
+            expr = self.derivatives[k]
+            free = expr.free_symbols
+            args = [a for a in self.args if a in free] + ([self.out] if self.out in free else [])
+            stable = expr
+            if self.out not in free and self.stable is not self.expr and \
+                    not self._finite_on_probe(expr):
+                # Kinks of the stable decomposition (max, |x|) count their one-sided
+                # average (Heaviside(0) = 1/2, sign(0) = 0): right for a smooth function.
+                stable = sp.diff(self.stable, self.args[k])
+                args += [a for a in self.args if a in stable.free_symbols and a not in args]
+            local = ElementwiseDef(f"{self.name}_d{self.args[k].name}", args, self.params, expr,
+                                   stable, bool_args=[a for a in self.bool_args
+                                                      if sp.Symbol(a, real=True) in args])
+            self._local_defs[k] = local
+        return local
+
+    def _finite_on_probe(self, expr) -> bool:
+        """Whether ``expr`` evaluates finite in float32 over |x| <= 1e4 where the op does."""
+        probe = np.array([-1e4, -1e3, -100, -30, -1, 0, 1, 30, 100, 1e3, 1e4])
+        params = dict(zip(self.param_symbols, self.params.values()))
+        f = sp.lambdify(self.args, self.stable.subs(params), modules=["scipy", "numpy"],
+                        printer=_NumpyPrinter)
+        d = sp.lambdify(self.args, expr.subs(params), modules=["scipy", "numpy"],
+                        printer=_NumpyPrinter)
+        with np.errstate(all="ignore"):
+            args = [probe.astype(np.float32)] * self.arity
+            ok = np.isfinite(np.broadcast_to(f(*args), probe.shape))
+            return bool(np.isfinite(np.broadcast_to(d(*args), probe.shape))[ok].all())
 
     @property
     def derivatives_text(self) -> tuple[str, ...]:
@@ -169,13 +217,14 @@ class Elementwise(Op):
 
     fn: ElementwiseDef
     params: tuple = ()
+    dtype: str | None = None  # set on derivative nodes: the dtype of the forward node
 
     @property
     def name(self):  # type: ignore[override]
         return self.fn.name
 
     def attrs(self):
-        return dict(self.params)
+        return dict(self.params, **({"dtype": self.dtype} if self.dtype else {}))
 
     def infer(self, inputs):
         shape = broadcast_shapes(self, inputs)
@@ -187,6 +236,8 @@ class Elementwise(Op):
                           DTypeError)
         numeric = [t.dtype for a, t in zip(fn.args, inputs) if a.name not in fn.bool_args]
         common = dtypes.promote(*numeric) if numeric else "bool"
+        if self.dtype:
+            return shape, self.dtype
         if fn.out_dtype:
             return shape, fn.out_dtype
         if common == "bool":
@@ -198,7 +249,7 @@ class Elementwise(Op):
         fn = self.fn
         numeric = [a.dtype.name for a, s in zip(arrays, fn.args) if s.name not in fn.bool_args]
         common = dtypes.promote(*numeric) if numeric else "bool"
-        work = common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common)
+        work = self.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
         cast = [a if s.name in fn.bool_args else a.astype(work, copy=False)
                 for a, s in zip(arrays, fn.args)]
         with np.errstate(all="ignore"):  # unselected Piecewise branches may overflow
@@ -334,7 +385,7 @@ def elementwise(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
     >>> mish.arity
     1
     """
-    op = ElementwiseDef(name, fn, stable=stable, **flags)
+    op = ElementwiseDef.from_function(name, fn, stable, **flags)
     old = REGISTRY.get(name)
     if old is not None:
         if old.expr == op.expr and old.stable == op.stable and old.params == op.params:

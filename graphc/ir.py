@@ -141,7 +141,7 @@ class Tensor:
     (``gc.input``, ``gc.exp``, ``a @ b`` ...), change them with :meth:`replace`.
     """
 
-    __slots__ = ("op", "inputs", "shape", "dtype", "loc", "_digest", "__weakref__")
+    __slots__ = ("op", "inputs", "shape", "dtype", "loc", "meta", "_digest", "__weakref__")
     __array_ufunc__ = None  # make ``np_array * tensor`` defer to Tensor.__rmul__
 
     op: Op
@@ -163,13 +163,20 @@ class Tensor:
         shape, dtype = op.infer(inputs)
         node = object.__new__(cls)
         for name, value in (("op", op), ("inputs", inputs), ("shape", tuple(shape)),
-                            ("dtype", dtype), ("loc", user_location()), ("_digest", None)):
+                            ("dtype", dtype), ("loc", user_location()), ("meta", None),
+                            ("_digest", None)):
             object.__setattr__(node, name, value)
         _NODES[key] = node
         return node
 
     def __setattr__(self, name, value):
         raise AttributeError("Tensor is immutable; use .replace(...) to make a changed copy")
+
+    def tag(self, meta) -> None:
+        """Attach provenance metadata once (autodiff: forward node and role).  It is not
+        part of the node's identity; the first tag wins."""
+        if self.meta is None:
+            object.__setattr__(self, "meta", meta)
 
     def replace(self, op: Op | None = None, inputs=None, **attrs) -> Tensor:
         """A node like this one with ``op``, ``inputs`` or op attributes changed."""

@@ -14,6 +14,17 @@ from . import dtypes
 from .ir import DTypeError, Op, ShapeError, StaticArray
 
 
+def _F():
+    """The public functions, which build these ops (imported late: they import us)."""
+    from . import functions
+    return functions
+
+
+def _kept(g, x, axes):
+    """``g`` of a reduction's output reshaped to keep the reduced axes as size 1."""
+    return _F().reshape(g, tuple(1 if i in axes else d for i, d in enumerate(x.shape)))
+
+
 def normalize_axes(op: Op, axis, ndim: int, inputs) -> tuple[int, ...]:
     """``axis`` (None, an int or a sequence) as a sorted tuple of non-negative axes."""
     if axis is None:
@@ -29,8 +40,24 @@ def normalize_axes(op: Op, axis, ndim: int, inputs) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def unbroadcast(g, shape: tuple[int, ...]):
+    """Sum ``g`` over the axes that broadcasting added or stretched, back to ``shape``.
+    The one place where gradients meet broadcasting."""
+    if g.shape == shape:
+        return g
+    F = _F()
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
+                                      if d == 1 and g.shape[lead + i] != 1)
+    return F.reshape(F.sum(g, axes) if axes else g, shape)
+
+
 def _float_input(op: Op, inputs) -> str:
     return dtypes.to_float(inputs[0].dtype)
+
+
+def _swap_last(ndim: int) -> tuple[int, ...]:
+    return tuple(range(ndim - 2)) + (ndim - 1, ndim - 2)
 
 
 @dataclass(frozen=True)
@@ -57,6 +84,15 @@ class MatMul(Op):
     def evaluate(self, a, b):
         dtype = np.promote_types(a.dtype, b.dtype)
         return np.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
+
+    local = ("g @ bᵀ", "aᵀ @ g")
+
+    def vjp(self, z, g, k):
+        F = _F()
+        a, b = z.inputs
+        if k == 0:
+            return unbroadcast(F.matmul(g, F.transpose(b, _swap_last(b.ndim))), a.shape)
+        return unbroadcast(F.matmul(F.transpose(a, _swap_last(a.ndim)), g), b.shape)
 
 
 @dataclass(frozen=True)
@@ -90,6 +126,23 @@ class Reduce(Op):
         dtype = {"sum": np.int64} if x.dtype == np.bool_ else {}
         return np.asarray(fn(x, axis=self.axes, keepdims=self.keepdims, **dtype))
 
+    @property
+    def local(self):
+        if self.kind == "sum":
+            return ("broadcast(g)",)
+        return ("g · [x = y] / #ties",)
+
+    def vjp(self, z, g, k):
+        """sum: g broadcast back.  max/min: g to the extremal elements, split evenly among
+        ties (as torch.amax): d/dx_i = [x_i = y] / #{j: x_j = y}."""
+        F = _F()
+        (x,) = z.inputs
+        g = _kept(g, x, self.axes)
+        if self.kind == "sum":
+            return F.broadcast_to(g, x.shape)
+        hit = F.cast(F.equal(x, _kept(z, x, self.axes)), g.dtype)
+        return hit * (g / F.sum(hit, self.axes, keepdims=True))
+
 
 @dataclass(frozen=True)
 class LogSumExp(Op):
@@ -114,6 +167,13 @@ class LogSumExp(Op):
             out = m + np.log(np.sum(np.exp(x - m), axis=self.axes, keepdims=True))
         return out if self.keepdims else np.squeeze(out, axis=self.axes)
 
+    local = ("g · exp(x − y)",)
+
+    def vjp(self, z, g, k):
+        F = _F()
+        (x,) = z.inputs
+        return _kept(g, x, self.axes) * F.exp(x - _kept(z, x, self.axes))
+
 
 @dataclass(frozen=True)
 class Softmax(Op):
@@ -131,6 +191,12 @@ class Softmax(Op):
         e = np.exp(x - np.max(x, axis=self.axis, keepdims=True))
         return e / np.sum(e, axis=self.axis, keepdims=True)
 
+    local = ("y ⊙ (g − Σ g⊙y)",)
+
+    def vjp(self, z, g, k):
+        """Jacobian s_i (delta_ij - s_j), applied without forming it."""
+        return z * (g - _F().sum(g * z, self.axis, keepdims=True))
+
 
 @dataclass(frozen=True)
 class LogSoftmax(Op):
@@ -146,6 +212,12 @@ class LogSoftmax(Op):
     def evaluate(self, x):
         x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
         return x - LogSumExp((self.axis,), keepdims=True).evaluate(x)
+
+    local = ("g − exp(y) Σ g",)
+
+    def vjp(self, z, g, k):
+        F = _F()
+        return g - F.exp(z) * F.sum(g, self.axis, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -163,6 +235,11 @@ class Reshape(Op):
     def evaluate(self, x):
         return np.reshape(x, self.new_shape)
 
+    local = ("reshape(g)",)
+
+    def vjp(self, z, g, k):
+        return _F().reshape(g, z.inputs[0].shape)
+
 
 @dataclass(frozen=True)
 class Transpose(Op):
@@ -178,6 +255,11 @@ class Transpose(Op):
 
     def evaluate(self, x):
         return np.transpose(x, self.perm)
+
+    local = ("transpose(g)",)
+
+    def vjp(self, z, g, k):
+        return _F().transpose(g, tuple(np.argsort(self.perm)))
 
 
 @dataclass(frozen=True)
@@ -197,6 +279,11 @@ class BroadcastTo(Op):
 
     def evaluate(self, x):
         return np.broadcast_to(x, self.target)
+
+    local = ("sum of g over broadcast axes",)
+
+    def vjp(self, z, g, k):
+        return unbroadcast(g, z.inputs[0].shape)
 
 
 @dataclass(frozen=True)
@@ -218,6 +305,13 @@ class Concat(Op):
 
     def evaluate(self, *xs):
         return np.concatenate(xs, axis=self.axis)
+
+    local = ("slice of g",)
+
+    def vjp(self, z, g, k):
+        start = sum(t.shape[self.axis] for t in z.inputs[:k])
+        stop = start + z.inputs[k].shape[self.axis]
+        return g[(slice(None),) * self.axis + (slice(start, stop),)]
 
 
 @dataclass(frozen=True)
@@ -251,6 +345,37 @@ class Index(Op):
     def evaluate(self, x):
         return x[self.numpy_index()]
 
+    local = ("scatter-add of g",)
+
+    def vjp(self, z, g, k):
+        from .ir import Tensor
+        return Tensor.make(IndexAdd(self.index, z.inputs[0].shape), (g,))
+
+
+@dataclass(frozen=True)
+class IndexAdd(Op):
+    """The adjoint of :class:`Index`: zeros of ``shape`` with ``g`` added at ``index``
+    (repeated indices accumulate)."""
+
+    index: tuple
+    target: tuple[int, ...]
+
+    name = "index_add"
+
+    def infer(self, inputs):
+        return self.target, inputs[0].dtype
+
+    def evaluate(self, g):
+        out = np.zeros(self.target, g.dtype)
+        np.add.at(out, Index(self.index).numpy_index(), g)
+        return out
+
+    local = ("index(g)",)
+
+    def vjp(self, z, g, k):
+        from .ir import Tensor
+        return Tensor.make(Index(self.index), (g,))
+
 
 @dataclass(frozen=True)
 class Take(Op):
@@ -271,6 +396,36 @@ class Take(Op):
             raise IndexError(f"take: an index is out of range for axis 0 of size {x.shape[0]}")
         return x[idx]
 
+    local = ("scatter-add of g", "")
+
+    def vjp(self, z, g, k):
+        from .ir import Tensor
+        return Tensor.make(TakeAdd(z.inputs[0].shape[0]), (g, z.inputs[1]))
+
+
+@dataclass(frozen=True)
+class TakeAdd(Op):
+    """The adjoint of :class:`Take`: rows of ``g`` added into zeros of ``rows`` rows."""
+
+    rows: int
+
+    name = "take_add"
+
+    def infer(self, inputs):
+        g, idx = inputs
+        return (self.rows,) + g.shape[idx.ndim:], g.dtype
+
+    def evaluate(self, g, idx):
+        out = np.zeros((self.rows,) + g.shape[idx.ndim:], g.dtype)
+        np.add.at(out, idx, g)
+        return out
+
+    local = ("take(g)", "")
+
+    def vjp(self, z, g, k):
+        from .ir import Tensor
+        return Tensor.make(Take(), (g, z.inputs[1]))
+
 
 @dataclass(frozen=True)
 class Cast(Op):
@@ -283,6 +438,11 @@ class Cast(Op):
 
     def evaluate(self, x):
         return x.astype(self.to)
+
+    local = ("cast(g)",)
+
+    def vjp(self, z, g, k):
+        return _F().cast(g, z.inputs[0].dtype)
 
 
 def static_index(op_name, key, shape) -> tuple:
@@ -315,4 +475,5 @@ def static_index(op_name, key, shape) -> tuple:
 
 
 __all__ = ["MatMul", "Reduce", "LogSumExp", "Softmax", "LogSoftmax", "Reshape", "Transpose",
-           "BroadcastTo", "Concat", "Index", "Take", "Cast", "ShapeError"]
+           "BroadcastTo", "Concat", "Index", "IndexAdd", "Take", "TakeAdd", "Cast", "ShapeError",
+           "unbroadcast"]

@@ -1,0 +1,203 @@
+"""``gc.check_grad``: compare symbolic gradients with central finite differences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import dtypes
+from .compiler import compile
+from .graph import Graph
+from .inputs import Input
+from .ir import GraphError, Tensor
+
+
+@dataclass
+class TensorCheck:
+    """The check of one tensor: elementwise (sampled or full) and one directional check."""
+
+    name: str
+    shape: tuple[int, ...]
+    checked: int
+    max_abs_error: float
+    max_rel_error: float
+    worst_index: tuple[int, ...]
+    analytic: float
+    numeric: float
+    directional_error: float
+    ok: bool
+    cause: str = ""
+
+
+@dataclass
+class GradCheckReport:
+    """What :func:`check_grad` found; ``print(report)`` shows a table."""
+
+    rows: list[TensorCheck]
+    eps: float
+    rtol: float
+    atol: float
+    dtype: str
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((r.max_rel_error for r in self.rows), default=0.0)
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((r.max_abs_error for r in self.rows), default=0.0)
+
+    def __str__(self) -> str:
+        head = ("tensor", "shape", "checked", "max abs err", "max rel err", "worst index",
+                "directional", "ok")
+        body = [(r.name, str(r.shape), str(r.checked), f"{r.max_abs_error:.3g}",
+                 f"{r.max_rel_error:.3g}", str(r.worst_index), f"{r.directional_error:.3g}",
+                 "yes" if r.ok else "NO") for r in self.rows]
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+        line = "  ".join
+        verdict = "ok" if self.ok else "FAILED"
+        lines = [f"check_grad: {verdict} (central differences in {self.dtype}, eps={self.eps:g}, "
+                 f"rtol={self.rtol:g}, atol={self.atol:g})",
+                 line(h.ljust(w) for h, w in zip(head, widths))]
+        lines += [line(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+        for r in self.rows:
+            if not r.ok:
+                lines.append(f"{r.name}{list(r.worst_index)}: analytic {r.analytic:.6g}, "
+                             f"numeric {r.numeric:.6g}; likely cause: {r.cause}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _leaves(wrt) -> tuple[list[Tensor], bool]:
+    single = isinstance(wrt, Tensor)
+    wrt = [wrt] if single else list(wrt)
+    for w in wrt:
+        if not isinstance(w, Tensor) or not isinstance(w.op, Input):
+            raise GraphError("check_grad perturbs feeds: every wrt must be a gc.input or "
+                             f"gc.param, got {getattr(w, 'name', w)!r}")
+        if not dtypes.is_float(w.dtype):
+            raise GraphError(f"check_grad: {w.op.label!r} is {w.dtype}; only float inputs "
+                             "have gradients")
+    return wrt, single
+
+
+class _Probe:
+    """Evaluates the loss and its gradients at perturbed feeds, in the check's dtype."""
+
+    def __init__(self, y, wrt, feeds, dtype):
+        from graphc.passes.autodiff import grad
+        from graphc.passes.precision import with_float_dtype
+        if dtype == "float64":
+            (y,), mapping = with_float_dtype([y], "float64", "float32")
+            wrt = [mapping.get(id(w), w) for w in wrt]
+        self.names = [w.op.label for w in wrt]
+        self.f = compile(y, backend="numpy")
+        self.g = compile(grad(y, wrt), backend="numpy")
+        types = {t.op.label: t.dtype for t in Graph(y).inputs}
+        unknown = sorted(set(self.names) - set(types))
+        if unknown:
+            raise GraphError(f"check_grad: y does not depend on {unknown}")
+        self.feeds = {k: np.array(v, dtype=types[k]) if k in types else v
+                      for k, v in feeds.items()}
+
+    def loss(self, name=None, delta=None) -> float:
+        if name is None:
+            return float(self.f(self.feeds))
+        feeds = dict(self.feeds)
+        feeds[name] = self.feeds[name] + delta
+        return float(self.f(feeds))
+
+    def grads(self) -> list[np.ndarray]:
+        return [np.asarray(g, dtype=np.float64) for g in self.g(self.feeds)]
+
+    def central(self, name, index, eps) -> float:
+        delta = np.zeros_like(self.feeds[name])
+        delta[index] = eps
+        return (self.loss(name, delta) - self.loss(name, -delta)) / (2 * eps)
+
+    def one_sided(self, name, index, eps) -> tuple[float, float]:
+        delta = np.zeros_like(self.feeds[name])
+        delta[index] = eps
+        base = self.loss()
+        return (self.loss(name, delta) - base) / eps, (base - self.loss(name, -delta)) / eps
+
+
+def _close(a, n, rtol, atol) -> bool:
+    return abs(a - n) <= atol + rtol * max(abs(a), abs(n))
+
+
+def _cause(probe, name, index, analytic, eps, rtol, atol, dtype) -> str:
+    right, left = probe.one_sided(name, index, eps)
+    if not _close(right, left, 1e-3, 1e-6):
+        return (f"a kink: one-sided slopes differ ({left:.4g} from the left, {right:.4g} "
+                "from the right), so f is not differentiable here (ReLU at 0, max at a tie, "
+                "|x| at 0); move the point off the kink")
+    if _close(analytic, probe.central(name, index, 1e-4), 1e2 * rtol, 1e2 * atol):
+        return (f"eps={eps:g} is too small for this value: round-off dominates the "
+                "difference; with eps=1e-4 they agree")
+    if dtype == "float32":
+        return ("float32 precision: the check ran in float32 (dtype='float32'); run it in "
+                "float64, the default")
+    return "the analytic gradient is wrong: a wrong derivative rule for an op on this path"
+
+
+def check_grad(y, wrt, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, *, full=False,
+               max_elements=64, seed=0, dtype="float64") -> GradCheckReport:
+    """Check gc.grad(y, wrt) against central finite differences.
+
+    Every element is checked for tensors of at most ``max_elements`` elements (or with
+    ``full=True``); larger tensors are checked on a seeded random subset.  Each tensor also
+    gets a directional check, v . grad against (f(x + eps v) - f(x - eps v)) / 2 eps for a
+    random v.  The graph is evaluated in ``dtype`` (float64 by default: float32 inputs and
+    parameters are converted).
+
+    >>> import numpy as np, graphc as gc
+    >>> x = gc.input("x", (3,))
+    >>> rep = gc.check_grad(gc.sum(gc.tanh(x)), x, {"x": np.array([0.1, -0.5, 2.0])})
+    >>> rep.ok
+    True
+    """
+    if not isinstance(y, Tensor) or y.shape != ():
+        raise GraphError("check_grad: y must be a scalar tensor")
+    wrt, _ = _leaves(wrt)
+    probe = _Probe(y, wrt, feeds, dtype)
+    grads = probe.grads()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, g in zip(probe.names, grads):
+        x = probe.feeds[name]
+        flat = np.arange(x.size)
+        if not full and x.size > max_elements:
+            flat = np.sort(rng.choice(x.size, max_elements, replace=False))
+        worst = (-np.inf, (), 0.0, 0.0)  # (badness, index, analytic, numeric)
+        max_abs, max_rel, ok = 0.0, 0.0, True
+        for i in flat:
+            index = np.unravel_index(i, x.shape)
+            a, n = float(g[index]), probe.central(name, index, eps)
+            err = abs(a - n)
+            scale = max(abs(a), abs(n))
+            rel = err / scale if scale > atol else 0.0  # near-zero values: judged by atol
+            passed = _close(a, n, rtol, atol)
+            ok &= passed
+            max_abs, max_rel = max(max_abs, err), max(max_rel, rel)
+            badness = err - (atol + rtol * max(abs(a), abs(n)))
+            if badness > worst[0]:
+                worst = (badness, tuple(int(j) for j in index), a, n)
+        v = rng.standard_normal(x.shape)
+        directional = float(np.sum(v * g))
+        numeric = (probe.loss(name, eps * v) - probe.loss(name, -eps * v)) / (2 * eps)
+        direction_err = abs(directional - numeric)
+        ok &= _close(directional, numeric, rtol, atol * np.sqrt(x.size))
+        row = TensorCheck(name, x.shape, len(flat), max_abs, max_rel, *worst[1:],
+                          direction_err, bool(ok))
+        if not row.ok:
+            row.cause = _cause(probe, name, worst[1], worst[2], eps, rtol, atol, dtype)
+        rows.append(row)
+    return GradCheckReport(rows, eps, rtol, atol, dtype)

@@ -1,0 +1,242 @@
+"""Reverse-mode autodiff: a pass that builds the backward graph as ordinary IR.
+
+Before: a forward graph with outputs ``ys``.  After: gradient tensors that are ordinary
+nodes (no closures, no tape), so they can be printed, optimized, compiled, drawn and
+differentiated again.
+
+The walk visits the forward nodes in reverse topological order.  A node's gradient is the
+sum of the contributions of its users (fan-out accumulates with ``add``).  For the edge from
+``z`` to its operand ``x``:
+
+- elementwise ops: downstream = upstream * local, with ``local`` = dz/dx an elementwise
+  node built from the op's SymPy-derived derivative (sigmoid: ``y * (1 - y)``), and the
+  product summed back over broadcast axes (:func:`graphc.structured_ops.unbroadcast`);
+- structured ops: their ``vjp`` rule, declared next to their shape rule.
+
+Only nodes that lie on a path from a requested input to an output get a gradient.  Every
+backward node is tagged (``t.meta``) with the forward node it came from and its role:
+``upstream`` (dL/dz), ``local`` (dz/dx) or ``downstream`` (dL/dx through one edge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphc import dtypes
+from graphc import functions as F
+from graphc.elementwise_ops import Elementwise
+from graphc.graph import Graph, as_outputs
+from graphc.inputs import constant
+from graphc.ir import GraphError, Tensor, iter_nodes, located
+from graphc.structured_ops import unbroadcast
+
+
+@dataclass(frozen=True)
+class GradMeta:
+    """Provenance of a backward node: its forward node, role and operand index."""
+
+    forward: Tensor
+    role: str  # "upstream", "local" or "downstream"
+    operand: int | None = None
+
+
+@dataclass(frozen=True)
+class BackwardEdge:
+    """One forward edge z -> x seen backwards: the three gradients a diagram labels."""
+
+    forward: Tensor          # z
+    operand: int             # x is z.inputs[operand]
+    upstream: Tensor         # dL/dz
+    local: Tensor | None     # dz/dx as a node (elementwise ops), else None
+    local_formula: str       # dz/dx as text: SymPy formula or the structured rule
+    downstream: Tensor       # dL/dx through this edge
+
+
+@dataclass
+class Backward:
+    """The result of :func:`backward`: gradients per forward node and the labelled edges."""
+
+    grads: dict[int, Tensor] = field(default_factory=dict)
+    edges: list[BackwardEdge] = field(default_factory=list)
+
+    def grad_of(self, t: Tensor) -> Tensor:
+        """dL/dt (zeros when the outputs do not depend on ``t``)."""
+        g = self.grads.get(id(t))
+        return g if g is not None else _zeros(t)
+
+
+def _zeros(t: Tensor) -> Tensor:
+    return F.broadcast_to(constant(0, dtype=t.dtype), t.shape)
+
+
+def _differentiable(t: Tensor) -> bool:
+    return dtypes.is_float(t.dtype)
+
+
+def _tag(result: Tensor, forward_nodes: set[int], meta: GradMeta) -> None:
+    """Tag ``result`` and the untagged nodes made to compute it (not forward nodes)."""
+    stack = [result]
+    while stack:
+        t = stack.pop()
+        if id(t) in forward_nodes or t.meta is not None:
+            continue
+        t.tag(meta)
+        stack.extend(t.inputs)
+
+
+def _local(z: Tensor, k: int) -> Tensor | None:
+    """dz/dx_k of an elementwise node as a node (None when it is zero)."""
+    fn = z.op.fn
+    expr = fn.derivatives[k]
+    if expr == 0:
+        return None
+    operands = dict(zip(fn.args, z.inputs)) | {fn.out: z}
+    if expr.is_Symbol:
+        return F.cast(operands[expr], z.dtype)
+    if expr.is_number:
+        return constant(float(expr), dtype=z.dtype)
+    local = fn.local_def(k)
+    return Tensor.make(Elementwise(local, z.op.params, z.dtype),
+                       [operands[a] for a in local.args])
+
+
+def _edge(z: Tensor, k: int, g: Tensor) -> tuple[Tensor | None, Tensor | None, str]:
+    """(local node, downstream gradient, local formula) for the edge z -> z.inputs[k]."""
+    x = z.inputs[k]
+    if isinstance(z.op, Elementwise):
+        local = _local(z, k)
+        if local is None:
+            return None, None, "0"
+        formula = z.op.fn.derivatives_text[k]
+        if local.op == constant(1.0, dtype=z.dtype).op:
+            product = g
+        else:
+            product = g * local
+        return local, unbroadcast(product, x.shape), formula
+    rule = getattr(z.op, "vjp", None)
+    if rule is None:
+        raise GraphError(f"{z.op.name} has no derivative rule")
+    formula = z.op.local[k] if k < len(z.op.local) else ""
+    return None, rule(z, g, k), formula
+
+
+def backward(ys, cotangents, wrt) -> Backward:
+    """Build the backward graph of ``ys`` seeded with ``cotangents``, for inputs ``wrt``."""
+    ys, wrt = as_outputs(ys), as_outputs(wrt)
+    forward = Graph(ys).nodes
+    forward_ids = {id(t) for t in iter_nodes(ys)}
+    for w in wrt:
+        if not _differentiable(w):
+            raise GraphError(located(f"cannot differentiate with respect to {w.name!r}: it is "
+                                     f"{w.dtype}; only float tensors have gradients"))
+    wanted = {id(w) for w in wrt}
+    depends: set[int] = set()
+    for t in forward:  # inputs first: a node depends on wrt if any input does
+        if _differentiable(t) and (id(t) in wanted or any(id(i) in depends
+                                                          for i in t.inputs)):
+            depends.add(id(t))
+    pending: dict[int, list[Tensor]] = {}
+    for y, ct in zip(ys, cotangents):
+        if id(y) in depends:
+            pending.setdefault(id(y), []).append(ct)
+    out = Backward()
+    for z in reversed(forward):
+        parts = pending.pop(id(z), None)
+        if not parts:
+            continue
+        g = parts[0]
+        for p in parts[1:]:
+            g = g + p
+        _tag(g, forward_ids, GradMeta(z, "upstream"))
+        out.grads[id(z)] = g
+        for k, x in enumerate(z.inputs):
+            if id(x) not in depends:
+                continue
+            local, down, formula = _edge(z, k, g)
+            if down is None:
+                continue
+            if local is not None:
+                _tag(local, forward_ids, GradMeta(z, "local", k))
+            if down.dtype != x.dtype:
+                down = F.cast(down, x.dtype)
+            _tag(down, forward_ids, GradMeta(z, "downstream", k))
+            out.edges.append(BackwardEdge(z, k, g, local, formula, down))
+            pending.setdefault(id(x), []).append(down)
+    return out
+
+
+def _as_list(wrt) -> tuple[list[Tensor], bool]:
+    if isinstance(wrt, Tensor):
+        return [wrt], True
+    wrt = list(wrt)
+    for w in wrt:
+        if not isinstance(w, Tensor):
+            raise TypeError(f"wrt must hold graphc Tensors, got {type(w).__name__}")
+    return wrt, False
+
+
+def vjp(y, wrt, cotangent):
+    """Vector-Jacobian product: sum_i cotangent_i * dy_i/dwrt, as graph nodes.
+
+    ``cotangent`` is a tensor (or array) of ``y``'s shape; returns a tensor per ``wrt``
+    (a single tensor when ``wrt`` is one tensor).
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"vjp: y must be a graphc Tensor, got {type(y).__name__}")
+    ct = cotangent if isinstance(cotangent, Tensor) else \
+        constant(np.asarray(cotangent), dtype=y.dtype)
+    if ct.shape != y.shape:
+        raise GraphError(located(f"vjp: cotangent shape {ct.shape} differs from y {y.shape}"))
+    if ct.dtype != y.dtype:
+        ct = F.cast(ct, y.dtype)
+    wrt, single = _as_list(wrt)
+    result = backward([y], [ct], wrt)
+    grads = [result.grad_of(w) for w in wrt]
+    return grads[0] if single else grads
+
+
+def grad(y, wrt):
+    """Gradient of the scalar ``y`` with respect to ``wrt`` (a tensor or a list).
+
+    Returns tensors of the shapes of ``wrt``, built as ordinary graph nodes, so
+    ``grad(grad(...))`` works.
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", (3,), "float64")
+    >>> g = gc.grad(gc.sum(gc.sigmoid(x)), x)
+    >>> g.shape
+    (3,)
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"grad: y must be a graphc Tensor, got {type(y).__name__}")
+    if y.shape != ():
+        raise GraphError(located(f"grad: y must be a scalar, got shape {y.shape}; use "
+                                 "gc.vjp(y, wrt, cotangent) for non-scalar outputs"))
+    if not dtypes.is_float(y.dtype):
+        raise GraphError(located(f"grad: y must be a float tensor, got {y.dtype}"))
+    return vjp(y, wrt, constant(1.0, dtype=y.dtype))
+
+
+def hvp(y, wrt, v):
+    """Hessian-vector product(s) H v of the scalar ``y``, in O(graph size).
+
+    Reverse-over-reverse: the gradient of <grad y, v> with respect to ``wrt``; the Hessian
+    is never formed.  ``v`` matches ``wrt`` (a tensor, or a list of them; arrays are made
+    constants).
+    """
+    wrt_list, single = _as_list(wrt)
+    vs = [v] if single else list(v)
+    if len(vs) != len(wrt_list):
+        raise GraphError(located(f"hvp: got {len(vs)} vector(s) for {len(wrt_list)} wrt"))
+    grads = grad(y, wrt_list)
+    total = None
+    for g, w, vec in zip(grads, wrt_list, vs):
+        vec = vec if isinstance(vec, Tensor) else constant(np.asarray(vec), dtype=w.dtype)
+        if vec.shape != w.shape:
+            raise GraphError(located(f"hvp: v shape {vec.shape} differs from {w.shape}"))
+        term = F.sum(g * vec)
+        total = term if total is None else total + term
+    result = grad(total, wrt_list)
+    return result[0] if single else result
