@@ -134,17 +134,20 @@ def _close(a, n, rtol, atol) -> bool:
 
 
 def _cause(probe, name, index, analytic, eps, rtol, atol, dtype) -> str:
-    right, left = probe.one_sided(name, index, eps)
+    """The likeliest reason an element failed, by experiment at that element."""
+    if dtype == "float32":
+        return ("float32 precision: the check ran in float32 (dtype='float32'), where a "
+                "difference quotient keeps only a few digits; run it in float64, the default")
+    for other in (1e-4, 1e-6, 1e-8):
+        if other != eps and _close(analytic, probe.central(name, index, other), rtol, atol):
+            size, error = ("small", "round-off") if other > eps else ("large", "truncation")
+            return (f"eps={eps:g} is too {size} here ({error} error dominates); with "
+                    f"eps={other:g} they agree")
+    right, left = probe.one_sided(name, index, max(eps, 1e-5))
     if not _close(right, left, 1e-3, 1e-6):
         return (f"a kink: one-sided slopes differ ({left:.4g} from the left, {right:.4g} "
                 "from the right), so f is not differentiable here (ReLU at 0, max at a tie, "
                 "|x| at 0); move the point off the kink")
-    if _close(analytic, probe.central(name, index, 1e-4), 1e2 * rtol, 1e2 * atol):
-        return (f"eps={eps:g} is too small for this value: round-off dominates the "
-                "difference; with eps=1e-4 they agree")
-    if dtype == "float32":
-        return ("float32 precision: the check ran in float32 (dtype='float32'); run it in "
-                "float64, the default")
     return "the analytic gradient is wrong: a wrong derivative rule for an op on this path"
 
 

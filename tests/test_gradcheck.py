@@ -1,0 +1,130 @@
+"""gc.check_grad and `graphc check`: passes on correct gradients, fails naming the tensor,
+the index and the likely cause at a kink and for a wrong derivative rule."""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import graphc as gc
+from graphc import cli
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _mlp():
+    return cli.load_model(str(ROOT / "examples" / "mlp_check.py"))
+
+
+def test_mlp_gradients_pass_with_a_table():
+    loss, wrt, feeds = _mlp()
+    rep = gc.check_grad(loss, wrt, feeds)
+    assert rep.ok and rep.max_rel_error < 1e-5
+    text = str(rep)
+    for word in ("tensor", "shape", "max abs err", "max rel err", "worst index", "ok"):
+        assert word in text
+    assert [r.name for r in rep.rows] == ["W1", "b1", "W2", "b2", "x"]
+    assert rep.rows[0].checked == 64  # W1 has 80 elements: a seeded sample of 64
+
+
+def test_sampling_and_full():
+    x = gc.input("x", (10, 20), "float64")
+    y = gc.sum(gc.sin(x) * 0.5)
+    feeds = {"x": np.random.default_rng(1).normal(size=(10, 20))}
+    assert gc.check_grad(y, x, feeds).rows[0].checked == 64
+    assert gc.check_grad(y, x, feeds, max_elements=10).rows[0].checked == 10
+    assert gc.check_grad(y, x, feeds, full=True).rows[0].checked == 200
+    same = gc.check_grad(y, x, feeds, seed=3).rows[0].worst_index
+    assert same == gc.check_grad(y, x, feeds, seed=3).rows[0].worst_index
+
+
+def test_relu_kink_fails_naming_tensor_index_and_cause():
+    x = gc.input("x", (4,))
+    rep = gc.check_grad(gc.sum(gc.relu(x)), x, {"x": np.array([1.0, 0.5, 0.0, -2.0])})
+    assert rep.ok is False
+    row = rep.rows[0]
+    assert row.name == "x" and row.worst_index == (2,)
+    assert row.analytic == 0.0 and row.numeric == pytest.approx(0.5)  # ReLU'(0) = 0
+    assert "x[2]" in str(rep) and "kink" in str(rep)
+
+
+def test_wrong_derivative_rule_fails_with_its_cause():
+    wrong = gc.elementwise("t_gradcheck_wrong_square", lambda x: x**2)
+    wrong.__dict__["derivatives"] = (3 * wrong.args[0],)  # deliberately wrong: 3x, not 2x
+    x = gc.input("x", (3,))
+    rep = gc.check_grad(gc.sum(wrong(x)), x, {"x": np.array([1.0, 2.0, -1.5])})
+    assert not rep.ok
+    assert "wrong derivative rule" in str(rep)
+    assert rep.rows[0].worst_index == (1,)  # |3x - 2x| is largest at x = 2
+
+
+def test_eps_too_small_is_diagnosed():
+    x = gc.input("x", (3,), "float64")
+    rep = gc.check_grad(gc.sum(gc.exp(x) * 1e3), x, {"x": np.array([3.0, 2.0, 1.0])},
+                        eps=1e-13)
+    assert not rep.ok and "too small" in str(rep)
+
+
+def test_float32_check_is_diagnosed():
+    x = gc.input("x", (3,))
+    rep = gc.check_grad(gc.sum(gc.exp(x) * 1e3), x, {"x": np.array([3.0, 2.0, 1.0])},
+                        dtype="float32")
+    assert not rep.ok and "float32" in str(rep)
+
+
+def test_float32_graph_is_checked_in_float64_by_default():
+    x = gc.input("x", (5,))
+    rep = gc.check_grad(gc.sum(gc.softplus(x) * gc.sigmoid(x)), x,
+                        {"x": np.linspace(-3, 3, 5, dtype=np.float32)}, rtol=1e-7)
+    assert rep.ok and rep.dtype == "float64"
+
+
+def test_wrt_must_be_float_leaves():
+    x = gc.input("x", (3,))
+    labels = gc.input("labels", (3,), "int64")
+    with pytest.raises(gc.GraphError, match="gc.input or gc.param"):
+        gc.check_grad(gc.sum(x * 2), [x * 2], {"x": np.ones(3)})
+    with pytest.raises(gc.GraphError, match="int64"):
+        gc.check_grad(gc.sum(x * gc.cast(labels, "float32")), labels,
+                      {"x": np.ones(3), "labels": np.ones(3, np.int64)})
+
+
+def test_custom_op_gradients_check_out():
+    mish = gc.elementwise("t_gradcheck_mish", lambda x: x * sp.tanh(sp.log(1 + sp.exp(x))))
+    x = gc.input("x", (6,), "float64")
+    rep = gc.check_grad(gc.sum(mish(x)), x, {"x": np.linspace(-4, 4, 6)}, rtol=1e-7)
+    assert rep.ok
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "graphc.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_cli_check_passes_on_the_example():
+    result = _run_cli("check", "examples/mlp_check.py")
+    assert result.returncode == 0, result.stderr
+    assert "check_grad: ok" in result.stdout and "W1" in result.stdout
+
+
+def test_cli_check_fails_on_a_kink(tmp_path):
+    model = tmp_path / "kink.py"
+    model.write_text(
+        "import numpy as np, graphc as gc\n"
+        "def build():\n"
+        "    x = gc.input('x', (3,))\n"
+        "    return gc.sum(gc.relu(x)), [x], {'x': np.array([1.0, 0.0, -1.0])}\n")
+    result = _run_cli("check", str(model))
+    assert result.returncode == 1
+    assert "x[1]" in result.stdout and "kink" in result.stdout
+
+
+def test_cli_check_reports_a_bad_model_file_in_one_line(tmp_path):
+    model = tmp_path / "empty.py"
+    model.write_text("x = 1\n")
+    result = _run_cli("check", str(model))
+    assert result.returncode == 1
+    assert "defines no build()" in result.stderr and "Traceback" not in result.stderr
