@@ -105,9 +105,9 @@ class ElementwiseDef:
             raise ElementwiseError(located(f"elementwise op name {name!r} is not an identifier"))
         names, params = _signature(name, fn)
         args = tuple(sp.Symbol(n, real=True) for n in names)
-        symbols = args + tuple(sp.Symbol(n, real=True) for n in params)
-        expr = _build(name, fn, symbols, "fn")
-        stable = None if stable is None else _build(name, stable, symbols, "stable")
+        param_symbols = {n: sp.Symbol(n, real=True) for n in params}
+        expr = _build(name, fn, args, param_symbols, "fn")
+        stable = None if stable is None else _build(name, stable, args, param_symbols, "stable")
         return cls(name, args, params, expr, stable, **flags)
 
     @property
@@ -230,9 +230,8 @@ class Elementwise(Op):
         shape = broadcast_shapes(self, inputs)
         fn = self.fn
         for a, t in zip(fn.args, inputs):
-            if (a.name in fn.bool_args) != (t.dtype == "bool"):
-                need = "bool" if a.name in fn.bool_args else "a numeric dtype"
-                self.fail(f"argument {a.name!r} must be {need}, got {t.dtype}", inputs,
+            if a.name in fn.bool_args and t.dtype != "bool":
+                self.fail(f"argument {a.name!r} must be bool, got {t.dtype}", inputs,
                           DTypeError)
         numeric = [t.dtype for a, t in zip(fn.args, inputs) if a.name not in fn.bool_args]
         common = dtypes.promote(*numeric) if numeric else "bool"
@@ -272,6 +271,9 @@ def _signature(name, fn):
             raise ElementwiseError(located(
                 f"elementwise {name!r}: fn must take a fixed number of arguments, not *args"))
         if p.default is p.empty:
+            if p.kind == p.KEYWORD_ONLY:
+                raise ElementwiseError(located(
+                    f"elementwise {name!r}: keyword-only parameter {p.name!r} needs a default"))
             if params:
                 raise ElementwiseError(located(
                     f"elementwise {name!r}: tensor arguments must come before parameters"))
@@ -292,9 +294,10 @@ def _param_value(op, key, value):
     return value
 
 
-def _build(name, fn, symbols, what):
+def _build(name, fn, args, params: dict, what):
+    symbols = set(args) | set(params.values())
     try:
-        expr = fn(*symbols)
+        expr = fn(*args, **params)
     except Exception as err:  # noqa: BLE001 -- any failure here is a bad definition
         raise ElementwiseError(located(
             f"elementwise {name!r}: {what} failed on SymPy symbols ({type(err).__name__}: "
@@ -303,7 +306,7 @@ def _build(name, fn, symbols, what):
         raise ElementwiseError(located(
             f"elementwise {name!r}: {what} must return a SymPy expression, got "
             f"{type(expr).__name__} {expr!r}"))
-    stray = expr.free_symbols - set(symbols)
+    stray = expr.free_symbols - symbols
     if stray:
         raise ElementwiseError(located(
             f"elementwise {name!r}: expression has free symbols "
@@ -436,10 +439,13 @@ silu = elementwise("silu", lambda x: x / (1 + sp.exp(-x)),
 softplus = elementwise("softplus", lambda x: sp.log(1 + sp.exp(x)),
                        stable=lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))))
 # Ties split the gradient evenly between a and b (as PyTorch and JAX do).
+# The evaluated forms are NumPy's maximum/minimum: exact for int64, NaN-propagating.
 maximum = elementwise("maximum", lambda a, b: sp.Piecewise((a, a > b), (b, a < b),
-                                                           ((a + b) / 2, True)), int_ok=True)
+                                                           ((a + b) / 2, True)),
+                      stable=lambda a, b: sp.Max(a, b), int_ok=True)
 minimum = elementwise("minimum", lambda a, b: sp.Piecewise((a, a < b), (b, a > b),
-                                                           ((a + b) / 2, True)), int_ok=True)
+                                                           ((a + b) / 2, True)),
+                      stable=lambda a, b: sp.Min(a, b), int_ok=True)
 prelu = elementwise("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
 where = elementwise("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
                     int_ok=True, bool_args=("cond",))

@@ -165,6 +165,9 @@ def matmul(a, b) -> Tensor:
     a, b = lift_all([a, b])
     if a.ndim == 0 or b.ndim == 0:
         st.MatMul().fail("operands must not be scalars (use *)", (a, b))
+    inner = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if a.shape[-1] != inner:  # report the user's shapes, not the promoted 2-D ones
+        st.MatMul().fail(f"inner dimensions differ ({a.shape[-1]} != {inner})", (a, b))
     a2 = reshape(a, (1,) + a.shape) if a.ndim == 1 else a
     b2 = reshape(b, b.shape + (1,)) if b.ndim == 1 else b
     out = Tensor.make(st.MatMul(), (a2, b2))

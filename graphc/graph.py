@@ -95,12 +95,17 @@ def node_kind(t: Tensor) -> str:
 
 
 def node_names(graph: Graph) -> dict[int, str]:
-    """Printer names by ``id``: inputs and named constants by name, others ``%k``."""
+    """Printer names by ``id``: inputs by name, named constants by name where it is free
+    (else ``%k`` like every other node)."""
     names, k = {}, 0
+    taken = {t.op.label for t in graph.inputs}
     for t in graph.nodes:
         label = getattr(t.op, "label", None)
-        if label:
+        if isinstance(t.op, Input):
             names[id(t)] = label
+        elif label and label not in taken:  # a named constant, if its name is free
+            names[id(t)] = label
+            taken.add(label)
         else:
             names[id(t)] = f"%{k}"
             k += 1

@@ -16,8 +16,11 @@ def _check_shape(shape, what: str) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     try:
+        if isinstance(shape, (str, bytes)) or any(
+                isinstance(d, (bool, float, str)) for d in shape):
+            raise TypeError
         shape = tuple(int(d) for d in shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ShapeError(located(f"{what}: shape must be a tuple of ints, got {shape!r}")) from None
     if any(d < 0 for d in shape):
         raise ShapeError(located(f"{what}: shape {shape} has a negative dimension"))

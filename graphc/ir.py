@@ -172,6 +172,9 @@ class Tensor:
     def __setattr__(self, name, value):
         raise AttributeError("Tensor is immutable; use .replace(...) to make a changed copy")
 
+    def __delattr__(self, name):
+        raise AttributeError("Tensor is immutable")
+
     def tag(self, meta) -> None:
         """Attach provenance metadata once (autodiff: forward node and role).  It is not
         part of the node's identity; the first tag wins."""
@@ -264,8 +267,8 @@ class StaticArray:
     def __eq__(self, other):
         return isinstance(other, StaticArray) and self._key == other._key
 
-    def __repr__(self):
+    def __repr__(self):  # includes the dtype: Op.key() and digests are built from reprs
         a = self.array
         if a.size <= 6:
-            return np.array2string(a, separator=", ").replace("\n", "")
-        return f"array<{a.dtype}{list(a.shape)} {self._key[2][:8]}>"
+            return f"{a.dtype.name}{a.tolist()!r}"  # exact: Python reprs round-trip
+        return f"{a.dtype.name}{list(a.shape)}<{self._key[2][:12]}>"

@@ -123,7 +123,7 @@ class Reduce(Op):
 
     def evaluate(self, x):
         fn = {"sum": np.sum, "max": np.max, "min": np.min}[self.kind]
-        dtype = {"sum": np.int64} if x.dtype == np.bool_ else {}
+        dtype = {"dtype": np.int64} if self.kind == "sum" and x.dtype == np.bool_ else {}
         return np.asarray(fn(x, axis=self.axes, keepdims=self.keepdims, **dtype))
 
     @property

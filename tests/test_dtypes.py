@@ -68,9 +68,8 @@ def test_int64_plus_float32_is_float32():
 
 @pytest.mark.parametrize("other", NUMERIC)
 def test_bool_meets_a_numeric_tensor(other):
-    # BUG (reported): docs/dtypes.md's promotion table gives bool + int32 -> int32 (and so on:
-    # only bool with bool is an error), but every arithmetic elementwise op raises DTypeError
-    # as soon as one operand is bool ("argument 'a' must be a numeric dtype, got bool").
+    # docs/dtypes.md: bool + int32 -> int32 and so on; only bool with bool is an error.
+    # (Regression: arithmetic ops once raised DTypeError for any bool operand.)
     b, x = leaf("bool", "b"), leaf(other, "x")
     assert (b + x).dtype == other
     assert (x * b).dtype == other
@@ -112,7 +111,7 @@ def test_weak_scalar_values():
     got = run([f * 2.0, i + 1, i * 0.5, 1 - i, f * 3], f=F, i=In)
     want = [F * np.float32(2), In + np.int32(1), In.astype(np.float32) * np.float32(0.5),
             np.int32(1) - In, F * np.float32(3)]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype
         np.testing.assert_array_equal(g, w)
 
@@ -194,9 +193,8 @@ def test_polynomial_ops_keep_integer_dtypes(dtype):
 
 
 def test_sum_of_bool_counts():
-    # BUG (reported): Reduce.evaluate passes {"sum": np.int64} instead of {"dtype": np.int64}
-    # for bool input, so running gc.sum on a bool tensor raises
-    # "TypeError: sum() got an unexpected keyword argument 'sum'".
+    # Regression: Reduce.evaluate once passed {"sum": np.int64} to np.sum for bool input,
+    # so running gc.sum on a bool tensor raised TypeError.
     b = leaf("bool", "b")
     assert gc.sum(b).dtype == "int64"
     assert run(gc.sum(b), b=sample("bool")) == 2

@@ -82,8 +82,8 @@ def test_batched_matmul_batch_mismatch():
 
 
 def test_vector_matmul_mismatch_names_the_user_shapes():
-    # BUG (reported): gc.matmul reshapes vectors to (1, n) / (n, 1) before building the
-    # MatMul node, so the message names (1, 3) and (4, 1) instead of the user's (3,) and (4,).
+    # Regression: gc.matmul reshapes vectors to (1, n) / (n, 1); the message once named
+    # those internal shapes instead of the user's (3,) and (4,).
     u, v = gc.input("u", (3,)), gc.input("v", (4,))
     with pytest.raises(gc.ShapeError) as info:
         u @ v
@@ -236,6 +236,15 @@ def test_bool_operands_to_add():
         a * b
 
 
+def test_python_int_too_big_for_a_weak_int32():
+    # BUG (reported): the weak scalar is converted with np.asarray(2**40, dtype="int32"),
+    # and NumPy's bare OverflowError escapes without the op or the user's line.
+    i = gc.input("i", (2,), "int32")
+    with pytest.raises((gc.DTypeError, OverflowError)) as info:
+        i + 2**40
+    assert_located(info, "add", "int32")
+
+
 def test_bool_operand_to_float_only_op():
     b = gc.input("b", (2,), "bool")
     with pytest.raises(gc.DTypeError) as info:
@@ -303,8 +312,8 @@ def test_bad_shape():
 
 
 def test_shape_entries_must_be_integers():
-    # BUG (reported): _check_shape converts with int(), so (2.5, 3) is silently truncated to
-    # (2, 3), and "abc" escapes as a bare ValueError from int('a') with no location.
+    # Regression: shapes were once converted with int(), so (2.5, 3) was silently truncated
+    # to (2, 3) and "abc" escaped as a bare ValueError with no location.
     with pytest.raises(gc.ShapeError) as info:
         gc.input("x", "abc")
     assert_located(info, "'x'", "shape")

@@ -160,10 +160,9 @@ def test_format_graph_shows_constants_and_attributes():
 
 
 def test_printed_names_are_unique_with_named_constants():
-    # BUG (reported): node_names() names a named constant by its label without checking
-    # clashes, so a constant named like an input (or two named constants with one name)
-    # print under one name ("add(x, x)"), and to_networkx merges them into one node.
-    # check_graph accepts the graph.
+    # Regression: a named constant once printed under its label without a clash check, so a
+    # constant named like an input (or two constants with one name) printed as "add(x, x)"
+    # and to_networkx merged the two into one node.
     x = gc.input("x", (2,))
     for y in [x + gc.constant(np.float32(1.0), name="x"),
               x * gc.constant(np.float32(1.0), name="c") * gc.constant(np.float32(2.0),

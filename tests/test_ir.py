@@ -73,8 +73,8 @@ def test_setting_attributes_raises():
 
 
 def test_deleting_attributes_raises():
-    # BUG (reported): Tensor defines __setattr__ but not __delattr__, so `del t.shape`
-    # empties the slot of an interned node that every other user of it shares.
+    # Regression: without __delattr__, `del t.shape` emptied the slot of an interned node
+    # that every other user of it shares.
     y = gc.exp(gc.input("x_del", (2,)))
     with pytest.raises(AttributeError):
         del y.shape
@@ -150,7 +150,7 @@ def test_arithmetic_operators_build_the_right_ops_and_values():
         (3 * x, "mul", 3 * X), (1 + x, "add", 1 + X),
     ]
     outs = run([c[0] for c in cases], x=X, y=Y)
-    for (t, op, want), got in zip(cases, outs):
+    for (t, op, want), got in zip(cases, outs, strict=True):
         assert t.op.name == op
         assert t.shape == want.shape and t.dtype == "float32"
         np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -184,7 +184,7 @@ def test_batched_and_vector_matmul():
     rng = np.random.default_rng(0)
     A, B, V = (rng.standard_normal(s).astype(np.float32) for s in [(5, 2, 3), (3, 4), (3,)])
     got = run([a @ b, a @ v, v @ b, v @ v], a=A, b=B, v=V)
-    for g, w in zip(got, [A @ B, A @ V, V @ B, V @ V]):
+    for g, w in zip(got, [A @ B, A @ V, V @ B, V @ V], strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
@@ -196,7 +196,7 @@ def test_comparisons_give_bool_tensors():
              (x < 2.5, X < 2.5), (2.5 < x, 2.5 < X), (x >= 2, X >= 2)]
     for t, _ in cases:
         assert t.dtype == "bool" and t.shape == (4,)
-    for (_, want), got in zip(cases, run([t for t, _ in cases], x=X, y=Y)):
+    for (_, want), got in zip(cases, run([t for t, _ in cases], x=X, y=Y), strict=True):
         assert got.dtype == np.bool_
         np.testing.assert_array_equal(got, want)
 
@@ -208,10 +208,10 @@ def test_indexing_with_ints_slices_and_integer_arrays():
             (slice(3, 0, -1), slice(1, None)), [0, 2, 2], np.array([3, 0]),
             (slice(None), np.array([4, 0, 1])), (Ellipsis, 1), (None, 0), np.array([[0, 1]])]
     tensors = [x[k] for k in keys]
-    for k, t in zip(keys, tensors):
+    for k, t in zip(keys, tensors, strict=True):
         assert t.shape == X[k].shape, k
         assert t.dtype == "float32"
-    for k, got in zip(keys, run(tensors, x=X)):
+    for k, got in zip(keys, run(tensors, x=X), strict=True):
         np.testing.assert_array_equal(got, X[k])
 
 
@@ -296,9 +296,8 @@ def test_digest_differs_for_different_graphs():
 
 
 def test_digest_differs_for_constants_of_different_dtype_or_value():
-    # BUG (reported): Constant.key() prints the array with np.array2string, which drops
-    # the dtype and rounds to 8 digits, so distinct constants share a digest (and hence a
-    # Tensor.name, e.g. both 'constant_4b9680').
+    # Regression: Constant.key() once printed arrays with np.array2string, which drops the
+    # dtype and rounds to 8 digits, so distinct constants shared a digest (and a .name).
     a = gc.constant(np.array([1, 2], np.int32))
     b = gc.constant(np.array([1, 2], np.int64))
     assert a is not b

@@ -214,7 +214,7 @@ def run_op(name: str, arrays, variant=(), scalars=None):
     variant = dict(variant)
     scalars = scalars or {}
     args, feeds = [], {}
-    for i, (arg, a) in enumerate(zip(arg_names(name), arrays)):
+    for i, (arg, a) in enumerate(zip(arg_names(name), arrays, strict=True)):
         if i in scalars:
             args.append(scalars[i])
             continue
@@ -272,13 +272,19 @@ def op_cases(names=None, with_variants=True):
     return out
 
 
+def domains_of(name: str) -> tuple[str, ...]:
+    """The table's domains; for an op missing from the table (a failure reported by the
+    tests themselves, not at collection) plain real numbers."""
+    return OPS[name].domains if name in OPS else ("real",) * REGISTRY[name].arity
+
+
 def ops_with_arity(minimum_arity: int) -> list[str]:
     return [n for n in BUILTIN_OPS if REGISTRY[n].arity >= minimum_arity]
 
 
 def random_inputs(name, shapes, dtype, rng):
     return [sample(d, s, "bool" if d == "bool" else dtype, rng)
-            for d, s in zip(spec_for(name).domains, shapes)]
+            for d, s in zip(spec_for(name).domains, shapes, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,7 +396,7 @@ SCALAR_FOR_DOMAIN = {"real": 2.5, "wide": 2.5, "grid": 0.5, "positive": 1.5,
 def _scalar_cases():
     out = []
     for name in ops_with_arity(2):
-        for i, (arg, dom) in enumerate(zip(arg_names(name), spec_for(name).domains)):
+        for i, (arg, dom) in enumerate(zip(arg_names(name), domains_of(name), strict=True)):
             if dom != "bool":
                 out.append(pytest.param(name, i, id=f"{name}-scalar-{arg}"))
     return out
@@ -464,15 +470,18 @@ def test_tensor_tensor_promotion_follows_the_total_order():
 # Edge values and NaN
 
 EDGES = {
-    "float32": [0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 1e4, -1e4],
-    "float64": [0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 1e4, -1e4, 1e150, -1e150, 1e300, -1e300],
+    "float32": [0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 1e4, -1e4, np.inf, -np.inf],
+    "float64": [0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 1e4, -1e4, 1e150, -1e150, 1e300, -1e300,
+                np.inf, -np.inf],
 }
 
 
-def edge_inputs(name, dtype):
+def edge_inputs(name, dtype, finite_only=False):
     """Every combination of edge values over the arguments (an outer product)."""
     op = REGISTRY[name]
     values = np.array(EDGES[dtype], dtype=dtype)
+    if finite_only:
+        values = values[np.isfinite(values)]
     arrays = []
     for i, d in enumerate(spec_for(name).domains):
         v = np.array([True, False]) if d == "bool" else values
@@ -495,7 +504,9 @@ def test_edge_values_match_numpy(name, variant, dtype):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize(("name", "variant"), op_cases())
 def test_edge_values_match_torch(name, variant, dtype):
-    arrays = edge_inputs(name, dtype)
+    # Finite edges only: PyTorch's vectorised float32 kernels are themselves off at +-inf
+    # (F.gelu(inf) is nan in float32); the NumPy test above covers the infinities.
+    arrays = edge_inputs(name, dtype, finite_only=True)
     got, _ = run_op(name, arrays, variant)
     assert_values(got, torch_reference(name, arrays, variant), dtype, what=name)
 
@@ -503,7 +514,7 @@ def test_edge_values_match_torch(name, variant, dtype):
 def _nan_cases():
     out = []
     for name in BUILTIN_OPS:
-        for i, (arg, dom) in enumerate(zip(arg_names(name), spec_for(name).domains)):
+        for i, (arg, dom) in enumerate(zip(arg_names(name), domains_of(name), strict=True)):
             if dom != "bool":
                 out.append(pytest.param(name, i, id=f"{name}-nan-{arg}"))
     return out
@@ -525,6 +536,8 @@ def test_nan_propagates(name, position, dtype):
         if name == "where":  # NaN only where its branch is selected
             cond = arrays[0]
             expect_nan = nan_at & (cond if position == 1 else ~cond)
+        elif name == "prelu" and position == 1:  # alpha only counts where x <= 0
+            expect_nan = nan_at & ~(arrays[0] > 0)
         np.testing.assert_array_equal(np.isnan(got), expect_nan, err_msg=name)
     assert_values(got, reference(name, arrays, dtype=dtype), dtype, what=name)
     if torch is not None:
@@ -595,8 +608,8 @@ def test_integer_inputs(name, variant, dtype):
 @pytest.mark.parametrize("dtype", INTS)
 @pytest.mark.parametrize("name", ["add", "mul", "maximum", "minimum", "sub"])
 def test_integer_ops_exact_for_large_values(name, dtype):
-    # BUG (library): maximum/minimum evaluate ties as 0.5*a + 0.5*b in float64, so int64
-    # ties above 2**53 come back wrong (maximum(2**53 + 1, 2**53 + 1) == 2**53).
+    # Regression: maximum/minimum once evaluated ties as 0.5*a + 0.5*b in float64, so
+    # int64 ties above 2**53 came back wrong (maximum(2**53 + 1, 2**53 + 1) == 2**53).
     info = np.iinfo(dtype)
     big = np.array([info.max, info.max - 1, 2**53 + 1 if dtype == "int64" else 2**24 + 1,
                     info.min + 1, -7, 0, 5], dtype=dtype)
@@ -611,24 +624,36 @@ def test_integer_ops_exact_for_large_values(name, dtype):
     np.testing.assert_array_equal(got, want.astype(dtype))
 
 
-def test_exp_of_int_is_float32_and_sum_of_bool_is_int64():
+def test_exp_of_int_is_float32():
     i = gc.input("i", (4,), "int64")
-    flags = gc.input("flags", (2, 3), "bool")
     assert gc.exp(i).dtype == "float32"
-    assert gc.sum(flags).dtype == "int64"
-    assert gc.sum(flags, axis=1).dtype == "int64"
-    assert gc.mean(i).dtype == "float32"
-    f = gc.compile([gc.exp(i), gc.sum(flags), gc.sum(flags, axis=1), gc.mean(i)],
-                   backend="numpy")
     iv = np.array([0, 1, 2, -3])
+    got = gc.compile(gc.exp(i), backend="numpy")(i=iv)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, np.exp(iv), rtol=1e-6)
+
+
+def test_mean_of_int_is_float32():
+    i = gc.input("i", (2, 3), "int32")
+    assert gc.mean(i).dtype == "float32"
+    iv = np.array([[0, 1, 2], [-3, 7, 5]], np.int32)
+    m, m1 = gc.compile([gc.mean(i), gc.mean(i, axis=0)], backend="numpy")(i=iv)
+    assert m.dtype == np.float32 and m1.dtype == np.float32
+    np.testing.assert_allclose(m, 2.0, rtol=1e-6)
+    np.testing.assert_allclose(m1, [-1.5, 4.0, 3.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, (0, 1)])
+def test_sum_of_bool_is_int64(axis):
+    # Regression: Reduce.evaluate once passed ``sum=np.int64`` instead of
+    # ``dtype=np.int64`` to np.sum, so summing a bool tensor raised TypeError at run time.
+    flags = gc.input("flags", (2, 3), "bool")
+    out = gc.sum(flags, axis=axis)
+    assert out.dtype == "int64"
     fv = np.array([[True, False, True], [True, True, True]])
-    e, s, s1, m = f(i=iv, flags=fv)
-    assert e.dtype == np.float32 and s.dtype == np.int64 and s1.dtype == np.int64
-    assert m.dtype == np.float32
-    np.testing.assert_allclose(e, np.exp(iv), rtol=1e-6)
-    assert s == 5
-    np.testing.assert_array_equal(s1, [2, 3])
-    assert m == 0.0
+    got = gc.compile(out, backend="numpy")(flags=fv)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, np.sum(fv, axis=axis))
 
 
 def test_bool_operands_are_rejected_by_arithmetic():
@@ -698,12 +723,12 @@ def _softmax_cases():
                         torch_fn=lambda t, a=axis: torch.softmax(t, dim=a)))
         out.append(Case(f"log_softmax-axis={axis}",
                         lambda x, a=axis: gc.log_softmax(x, axis=a),
-                        lambda x, a=axis: np.log(np_softmax(x, a)),
+                        lambda x, a=axis: x - sps.logsumexp(x, axis=a, keepdims=True),
                         torch_fn=lambda t, a=axis: torch.log_softmax(t, dim=a)))
     out.append(Case("softmax-default-axis", gc.softmax, lambda x: np_softmax(x, -1),
                     torch_fn=lambda t: torch.softmax(t, dim=-1)))
     out.append(Case("log_softmax-default-axis", gc.log_softmax,
-                    lambda x: np.log(np_softmax(x, -1)),
+                    lambda x: x - sps.logsumexp(x, axis=-1, keepdims=True),
                     torch_fn=lambda t: torch.log_softmax(t, dim=-1)))
     for axis in (None, 0, -1, (0, 2)):
         for keepdims in (False, True):
@@ -802,7 +827,7 @@ INDEX_KEYS = {
     "slice,None,int": (slice(None), None, 1), "full": (slice(None), slice(None)),
     "int-array": np.array([0, 2, 1]), "neg-int-array": np.array([-1, 0, -4]),
     "int-array-2d": np.array([[0, 1], [2, 0]]), "int32-array": np.array([2, 2], np.int32),
-    "slice,array": (slice(None), np.array([3, 0])), "int,int,int": (1, 2, 3),
+    "slice,array": (slice(None), np.array([2, 0])), "int,int,int": (1, 2, 3),
     "tail,ellipsis": (slice(-2, None), Ellipsis), "list": [0, 2],
 }
 for _key_id, _key in INDEX_KEYS.items():
@@ -839,7 +864,7 @@ STRUCTURE_CASES += [
          out_dtype="bool"),
     Case("x<0.5", lambda x: x < 0.5, lambda x: x < 0.5, (Arg((3, 4), None, "grid"),),
          out_dtype="bool"),
-    Case("0.5<x (reflected)", lambda x: 0.5 < x, lambda x: 0.5 < x,
+    Case("0.5<x-reflected", lambda x: 0.5 < x, lambda x: 0.5 < x,
          (Arg((3, 4), None, "grid"),), out_dtype="bool"),
     Case("x>=y-broadcast", lambda x, y: x >= y, np.greater_equal,
          (Arg((3, 1), None, "grid"), Arg((4,), None, "grid")), out_dtype="bool"),
