@@ -47,6 +47,11 @@ def _validate(graph: Graph, feeds: dict) -> dict[str, np.ndarray]:
         if have.kind not in "biuf" or dtypes.kind(_np_kind_name(have)) != dtypes.kind(t.dtype):
             raise FeedError(f"feed {name!r} has dtype {have}, expected {t.dtype} "
                             f"(a {dtypes.kind(t.dtype)} array)")
+        if have.kind in "iu" and array.size and have != np.dtype(t.dtype):
+            info = np.iinfo(t.dtype)
+            if array.min() < info.min or array.max() > info.max:
+                raise FeedError(f"feed {name!r} has values outside the {t.dtype} range "
+                                f"[{info.min}, {info.max}]")
         array = array.astype(t.dtype, copy=False)
         array = array.view()
         array.setflags(write=False)  # backends may never write into a user's array

@@ -81,7 +81,7 @@ class ElementwiseDef:
     """
 
     def __init__(self, name: str, args, params: dict, expr, stable=None, *, int_ok=False,
-                 out_dtype=None, bool_args=(), differentiable=True):
+                 out_dtype=None, bool_args=(), differentiable=True, bool_ok=False):
         self.name = name
         self.args = tuple(args)
         self.params = dict(params)
@@ -95,6 +95,7 @@ class ElementwiseDef:
         self.out_dtype = out_dtype
         self.bool_args = tuple(bool_args)
         self.differentiable = differentiable
+        self.bool_ok = bool_ok  # bool operands allowed (where picks between bools)
         self._numpy_fns: dict = {}
         self._local_defs: dict = {}
 
@@ -208,7 +209,7 @@ class ElementwiseDef:
         values = tuple((k, _param_value(self.name, k, params.get(k, d)))
                        for k, d in self.params.items())
         from .functions import lift_all  # the scalar/array -> constant rule lives there
-        return Tensor.make(Elementwise(self, values), lift_all(args))
+        return Tensor.make(Elementwise(self, values), lift_all(args, self.name))
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ class Elementwise(Op):
             return shape, self.dtype
         if fn.out_dtype:
             return shape, fn.out_dtype
-        if common == "bool":
+        if common == "bool" and not fn.bool_ok:
             self.fail("does not take bool operands; convert with gc.cast(x, 'float32')",
                       inputs, DTypeError)
         return shape, common if fn.int_ok else dtypes.to_float(common)
@@ -448,7 +449,7 @@ minimum = elementwise("minimum", lambda a, b: sp.Piecewise((a, a < b), (b, a > b
                       stable=lambda a, b: sp.Min(a, b), int_ok=True)
 prelu = elementwise("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
 where = elementwise("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
-                    int_ok=True, bool_args=("cond",))
+                    int_ok=True, bool_ok=True, bool_args=("cond",))
 
 
 def _comparison(name, relation):

@@ -27,7 +27,7 @@ def _is_weak(value) -> bool:
     return isinstance(value, (bool, int, float, np.generic))
 
 
-def lift_all(args) -> list[Tensor]:
+def lift_all(args, op_name: str = "op") -> list[Tensor]:
     """``args`` as tensors.  Python and NumPy scalars take the dtype of the tensors they
     meet (weak typing); NumPy arrays keep their own dtype."""
     tensors = [a for a in args if isinstance(a, Tensor)]
@@ -40,7 +40,12 @@ def lift_all(args) -> list[Tensor]:
         if isinstance(a, Tensor):
             out.append(a)
         elif _is_weak(a):
-            out.append(constant(a, dtype=dtypes.scalar_dtype(a, partner)))
+            dtype = dtypes.scalar_dtype(a, partner)
+            if dtype in dtypes.INTS and not isinstance(a, (bool, np.bool_)) and \
+                    not np.iinfo(dtype).min <= a <= np.iinfo(dtype).max:
+                raise DTypeError(located(f"{op_name}: the Python int {a} does not fit the "
+                                         f"{dtype} operand; cast the tensor to int64"))
+            out.append(constant(a, dtype=dtype))
         elif isinstance(a, (list, tuple, np.ndarray)):
             out.append(constant(np.asarray(a)) if isinstance(a, np.ndarray) else constant(a))
         else:
@@ -125,6 +130,7 @@ def min(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
 def mean(x, axis=None, keepdims=False) -> Tensor:
     """Arithmetic mean over ``axis`` (sum / count); integer inputs give float32."""
     x = as_tensor(x)
+    st.normalize_axes(st.Reduce("mean", ()), axis, x.ndim, (x,))  # errors name mean
     if not dtypes.is_float(x.dtype):
         x = cast(x, dtypes.DEFAULT_FLOAT)
     total = sum(x, axis, keepdims)
@@ -244,7 +250,7 @@ def getitem(x, key) -> Tensor:
     if isinstance(key, Tensor):
         return take(x, key)
     try:
-        entries = st.static_index("index", key, x.shape)
+        entries = st.static_index(key, x.shape)
     except IndexError as err:
         raise ShapeError(located(f"index: {err} (operand: {x.shape} {x.dtype})")) from None
     if builtins.all(e == ("slice", None, None, None) for e in entries) and \

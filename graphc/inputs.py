@@ -59,8 +59,10 @@ class Input(Op):
         return self.in_shape, self.in_dtype
 
     def attrs(self):
-        init = self.init if isinstance(self.init, str) or self.init is None else \
-            getattr(self.init, "__qualname__", repr(self.init))
+        init = self.init
+        if callable(init):  # two lambdas share a qualname: the object identity tells them apart
+            init = f"{getattr(init, '__module__', '')}.{getattr(init, '__qualname__', '')}" \
+                   f"@{id(init):x}"
         return {"label": self.label, "shape": self.in_shape, "dtype": self.in_dtype,
                 "init": init}
 

@@ -445,7 +445,7 @@ class Cast(Op):
         return _F().cast(g, z.inputs[0].dtype)
 
 
-def static_index(op_name, key, shape) -> tuple:
+def static_index(key, shape) -> tuple:
     """A user's ``x[key]`` as :class:`Index` entries (Ellipsis expanded), or raise."""
     key = key if isinstance(key, tuple) else (key,)
     n_ellipsis = sum(k is Ellipsis for k in key)
@@ -459,7 +459,7 @@ def static_index(op_name, key, shape) -> tuple:
         elif k is None:
             entries.append(("newaxis",))
         elif isinstance(k, (bool, np.bool_)):
-            raise IndexError(f"{op_name}: boolean scalars are not valid indices")
+            raise IndexError("boolean scalars are not valid indices")
         elif isinstance(k, (int, np.integer)):
             entries.append(("int", int(k)))
         elif isinstance(k, slice):
@@ -468,8 +468,7 @@ def static_index(op_name, key, shape) -> tuple:
         else:
             array = np.asarray(k)
             if array.dtype.kind not in "iu":
-                raise IndexError(f"{op_name}: index arrays must hold integers, got "
-                                 f"{array.dtype}")
+                raise IndexError(f"index arrays must hold integers, got {array.dtype}")
             entries.append(("array", StaticArray(array.astype(np.int64))))
     return tuple(entries)
 

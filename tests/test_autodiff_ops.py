@@ -23,7 +23,8 @@ import torch.nn.functional as TF
 import graphc as gc
 from graphc import elementwise_ops as ew
 from graphc import functions as gcf
-from graphc.passes.autodiff import backward
+
+backward = gc.passes.autodiff.backward  # graphc.passes.autodiff.backward
 
 FD_EPS = 1e-6
 FD_RTOL = 1e-6
@@ -106,8 +107,8 @@ class Case:
 CASES: list[Case] = []
 
 
-def case(id, gc_fn, torch_fn, *inputs, **kw):
-    CASES.append(Case(id, gc_fn, torch_fn, tuple(np.asarray(a) for a in inputs), **kw))
+def case(case_id, gc_fn, torch_fn, *inputs, **kw):
+    CASES.append(Case(case_id, gc_fn, torch_fn, tuple(np.asarray(a) for a in inputs), **kw))
 
 
 # -- elementwise: one spec per registry op ----------------------------------------------
@@ -199,7 +200,7 @@ def _ew_cases():
             if name in ("maximum", "minimum"):
                 arrays = separated(*arg_shapes)
             else:
-                arrays = [d(s) for d, s in zip(spec.domains, arg_shapes)]
+                arrays = [d(s) for d, s in zip(spec.domains, arg_shapes, strict=True)]
             label = ",".join("x".join(map(str, s)) or "scalar" for s in arg_shapes)
             extra = "".join(f"-{k}={v}" for k, v in params.items())
             case(f"ew-{name}{extra}-{label}",
@@ -358,8 +359,8 @@ case("loss-bce-logits", gc.binary_cross_entropy_with_logits,
 case("loss-bce-logits-binary", gc.binary_cross_entropy_with_logits,
      TF.binary_cross_entropy_with_logits, normal(6) * 3,
      _RNG.integers(0, 2, 6).astype(float))
-_hp, _ht = normal(4, 3), None
-_ht = _hp - _huber_d((4, 3))
+_hp = normal(4, 3)
+_ht = _hp - _huber_d((4, 3))  # |pred - target| away from delta
 case("loss-huber", gc.huber, TF.huber_loss, _hp, _ht)
 case("loss-huber-delta", lambda p, t: gc.huber(p, t, delta=0.5),
      lambda p, t: TF.huber_loss(p, t, delta=0.5), _hp, _ht)
@@ -408,7 +409,7 @@ def build(case_id, float_dtype="float64") -> Built:
     C = _const(out.shape, case_id, float_dtype if out.dtype == "float32" else "float64")
     loss = gc.sum(out * C)
     names = c.float_names()
-    wrt = [x for x, k in zip(xs, feeds) if k in names]
+    wrt = [x for x, k in zip(xs, feeds, strict=True) if k in names]
     grads = gc.grad(loss, wrt)
     return Built(loss, grads, names, feeds, out.shape, C,
                  gc.compile(loss, backend="numpy"),
@@ -466,7 +467,7 @@ def test_grad_matches_finite_differences(case_id):
     c = CASE_BY_ID[case_id]
     b = build(case_id)
     values = b.f_all(b.feeds)
-    for name, g, grad_t in zip(b.names, values[1:], b.grads):
+    for name, g, grad_t in zip(b.names, values[1:], b.grads, strict=True):
         x = b.feeds[name]
         assert g.shape == x.shape and g.dtype == x.dtype, (g.shape, g.dtype)
         assert grad_t.shape == x.shape and grad_t.dtype == x.dtype.name
@@ -484,7 +485,7 @@ def test_grad_matches_torch(case_id):
     loss_t, grads_t = torch_grads(c, b.feeds, b.names, b.C)
     np.testing.assert_allclose(values[0], loss_t, rtol=TORCH_RTOL, atol=TORCH_ATOL,
                                err_msg="forward value")
-    for name, g, gt in zip(b.names, values[1:], grads_t):
+    for name, g, gt in zip(b.names, values[1:], grads_t, strict=True):
         assert g.dtype == gt.dtype
         np.testing.assert_allclose(g, gt, rtol=TORCH_RTOL, atol=TORCH_ATOL,
                                    err_msg=f"d loss / d {name}")
@@ -611,30 +612,41 @@ SMOOTH_BINARY = {
 }
 
 
+def _numpy(t):
+    return t.detach().numpy(force=True)  # force: double backward may give a ZeroTensor
+
+
 def _torch_double_backward(fn, arrays, C, Vs):
     ts = [torch.tensor(a, requires_grad=True) for a in arrays]
     y = (fn(*ts) * torch.tensor(C)).sum()
     gs = torch.autograd.grad(y, ts, create_graph=True, materialize_grads=True)
-    inner = sum((g * torch.tensor(v)).sum() for g, v in zip(gs, Vs))
-    if not inner.requires_grad:
-        return [g.detach().numpy() for g in gs], [np.zeros_like(a) for a in arrays]
+    inner = sum((g * torch.tensor(v)).sum() for g, v in zip(gs, Vs, strict=True))
+    if not inner.requires_grad:  # the gradient does not depend on the inputs
+        return [_numpy(g) for g in gs], [np.zeros_like(a) for a in arrays]
     ggs = torch.autograd.grad(inner, ts, allow_unused=True, materialize_grads=True)
-    return [g.detach().numpy() for g in gs], [g.numpy() for g in ggs]
+    return [_numpy(g) for g in gs], [_numpy(g) for g in ggs]
 
 
-def _gc_double_backward(fn, arrays, C, Vs):
+def run_numpy(outputs, feeds):
+    """Compile with the numpy backend and feed only the inputs the outputs depend on."""
+    f = gc.compile(outputs, backend="numpy")
+    return f({k: v for k, v in feeds.items() if k in f.input_names})
+
+
+def _gc_double_backward(fn, arrays, name):
     xs = [gc.input(f"x{i}", a.shape, "float64") for i, a in enumerate(arrays)]
-    y = gc.sum(fn(*xs) * C)
-    gs = gc.grad(y, xs)
+    out = fn(*xs)
+    C = _const(out.shape, "C" + name)
+    Vs = [_const(a.shape, f"V{i}{name}") for i, a in enumerate(arrays)]
+    gs = gc.grad(gc.sum(out * C), xs)
     inner = gc.sum(gs[0] * Vs[0])
-    for g, v in zip(gs[1:], Vs[1:]):
+    for g, v in zip(gs[1:], Vs[1:], strict=True):
         inner = inner + gc.sum(g * v)
     ggs = gc.grad(inner, xs)
-    for gg, x in zip(ggs, xs):
+    for gg, x in zip(ggs, xs, strict=True):
         assert gg.shape == x.shape and gg.dtype == x.dtype
-    values = gc.compile([*gs, *ggs], backend="numpy")(
-        {f"x{i}": a for i, a in enumerate(arrays)})
-    return list(values[:len(xs)]), list(values[len(xs):])
+    values = run_numpy([*gs, *ggs], {f"x{i}": a for i, a in enumerate(arrays)})
+    return C, Vs, list(values[:len(xs)]), list(values[len(xs):])
 
 
 def _double_backward_case(name):
@@ -659,17 +671,14 @@ def _double_backward_case(name):
 @pytest.mark.parametrize("name", [*SMOOTH_UNARY, *SMOOTH_BINARY])
 def test_grad_of_grad_matches_torch_double_backward(name):
     gc_fn, torch_fn, arrays = _double_backward_case(name)
-    out_shape = np.broadcast_shapes(*(a.shape for a in arrays)) if name != "matmul" else \
-        (2, 3, 5)
-    if name == "softmax-ce":
-        out_shape = ()
-    C = _const(out_shape, "C" + name)
-    Vs = [_const(a.shape, f"V{i}{name}") for i, a in enumerate(arrays)]
-    gs, ggs = _gc_double_backward(gc_fn, arrays, C, Vs)
+    # silu fails: its second derivative is built from the derivative of its *stable* form,
+    # which holds sign(x); differentiating that gives DiracDelta, which the NumPy printer
+    # cannot print (PrintMethodNotImplementedError) -- a library bug, see the report.
+    C, Vs, gs, ggs = _gc_double_backward(gc_fn, arrays, name)
     egs, eggs = _torch_double_backward(torch_fn, arrays, C, Vs)
-    for g, e in zip(gs, egs):
+    for g, e in zip(gs, egs, strict=True):
         np.testing.assert_allclose(g, e, rtol=TORCH_RTOL, atol=TORCH_ATOL)
-    for gg, e in zip(ggs, eggs):
+    for gg, e in zip(ggs, eggs, strict=True):
         np.testing.assert_allclose(gg, e, rtol=TORCH_RTOL, atol=TORCH_ATOL)
 
 
@@ -701,20 +710,19 @@ def test_hvp_of_tanh_mlp_matches_torch(wrt_names):
     if single:
         assert isinstance(hv, gc.Tensor)
         hv = [hv]
-    for h, k in zip(hv, wrt_names):
+    for h, k in zip(hv, wrt_names, strict=True):
         assert h.shape == _MLP_SHAPES[k] and h.dtype == "float64"
-    got = gc.compile(list(hv), backend="numpy")(vals)
-    got = [got] if single else list(got)
+    got = list(gc.compile(list(hv), backend="numpy")(vals))
 
     tt = {k: torch.tensor(v_, requires_grad=k in wrt_names) for k, v_ in vals.items()}
     tloss = _mlp(*tt.values(), torch)
     tw = [tt[k] for k in wrt_names]
     grads = torch.autograd.grad(tloss, tw, create_graph=True)
-    inner = sum((g * torch.tensor(vs[k])).sum() for g, k in zip(grads, wrt_names))
+    inner = sum((g * torch.tensor(vs[k])).sum() for g, k in zip(grads, wrt_names, strict=True))
     expected = torch.autograd.grad(inner, tw)
     np.testing.assert_allclose(float(gc.compile(loss, backend="numpy")(vals)),
-                               float(tloss), rtol=1e-12)
-    for h, e, k in zip(got, expected, wrt_names):
+                               float(tloss.detach()), rtol=1e-12)
+    for h, e, k in zip(got, expected, wrt_names, strict=True):
         np.testing.assert_allclose(h, e.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL, err_msg=k)
 
 
@@ -732,7 +740,7 @@ def test_hvp_against_torch_functional_hvp():
 
     _, expected = torch.autograd.functional.hvp(
         f, tuple(torch.tensor(vals[k]) for k in names), tuple(map(torch.tensor, vs)))
-    for h, e in zip(got, expected):
+    for h, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(h, e.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL)
 
 
@@ -782,7 +790,7 @@ def test_vjp_of_non_scalar_output_matches_torch(as_tensor):
     tx, tW = (torch.tensor(v, requires_grad=True) for v in (x_np, W_np))
     ty = torch.tanh(tx @ tW) * torch.sigmoid(tx[:, :1]) + torch.softmax(tx @ tW, 0)
     expected = torch.autograd.grad(ty, [tx, tW], torch.tensor(ct_np))
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL)
     single = gc.vjp(y, x, ct)  # one tensor in, one tensor out
     assert isinstance(single, gc.Tensor) and single.shape == (4, 3)
@@ -839,12 +847,35 @@ def test_grad_wrt_unused_tensor_is_zeros_of_its_shape():
 # 8. metadata of backward nodes
 
 
-def test_backward_nodes_carry_forward_node_and_role():
+def _sigmoid_grad_nodes():
     x = gc.input("x", (3,), "float64")
     s = gc.sigmoid(x)
     y = gc.sum(s)
     g = gc.grad(y, x)
     forward = {id(t): t for t in gc.Graph(y).nodes}
+    return x, s, y, g, forward
+
+
+def test_backward_nodes_of_sigmoid_edge_are_tagged():
+    x, s, y, g, forward = _sigmoid_grad_nodes()
+    tagged = [t for t in gc.Graph(g).nodes if t.meta is not None and t.meta.forward is s]
+    roles = {t.meta.role for t in tagged}
+    assert {"local", "downstream"} <= roles, roles
+    local = [t for t in tagged if t.meta.role == "local"]
+    assert any(t.op.name.startswith("sigmoid") and t.inputs == (s,) for t in local), local
+    assert all(t.meta.operand == 0 for t in tagged if t.meta.role != "upstream")
+    assert g.meta is not None and g.meta.forward is s and g.meta.role == "downstream"
+
+
+def test_backward_nodes_carry_forward_node_and_role():
+    # Another gradient graph alive at the same time (any script with two losses).  Nodes
+    # are interned, so its seed constant 1.0 and reshape(1.0, (1,)) are the very nodes the
+    # second gc.grad builds; Tensor.tag keeps the first tag, so they keep pointing at the
+    # *other* graph's sum node.  Library bug (stale meta on shared backward nodes): this
+    # test fails on it, see the report.
+    a = gc.input("a", (2,), "float64")
+    other = gc.grad(gc.sum(gc.exp(a)), a)
+    x, s, y, g, forward = _sigmoid_grad_nodes()
     created = [t for t in gc.Graph(g).nodes if id(t) not in forward]
     assert created
     roles = set()
@@ -857,6 +888,7 @@ def test_backward_nodes_carry_forward_node_and_role():
     value = gc.compile(g, backend="numpy")(x=np.array([-1.0, 0.0, 2.0]))
     sig = 1 / (1 + np.exp(-np.array([-1.0, 0.0, 2.0])))
     np.testing.assert_allclose(value, sig * (1 - sig), rtol=1e-14)
+    assert other.shape == (2,)
 
 
 def test_backward_edges_label_the_sigmoid_local_gradient():
@@ -883,7 +915,7 @@ def test_backward_edges_label_the_sigmoid_local_gradient():
 def test_float32_grads_are_float32_and_close_to_float64(case_id):
     b32, b64 = build(case_id, "float32"), build(case_id, "float64")
     v32, v64 = b32.f_all(b32.feeds), b64.f_all(b64.feeds)
-    for name, g32, g64, t in zip(b32.names, v32[1:], v64[1:], b32.grads):
+    for name, g32, g64, t in zip(b32.names, v32[1:], v64[1:], b32.grads, strict=True):
         assert t.dtype == "float32" and g32.dtype == np.float32, (name, t.dtype, g32.dtype)
         scale = max(1.0, float(np.max(np.abs(g64), initial=0.0)))
         np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-5 * scale, err_msg=name)

@@ -119,14 +119,14 @@ def test_keyword_params_default_and_override():
 
 
 def test_keyword_only_params():
-    # BUG (reported): a keyword-only parameter with a default (lambda x, *, alpha=0.5: ...)
-    # is collected as a parameter, but _build passes every symbol positionally, so the
-    # definition fails with "takes 1 positional argument but 2 were given ... (sp.exp, not
-    # np.exp)", a message that points at the wrong mistake.
+    # Regression: keyword-only parameters (lambda x, *, alpha=0.5: ...) were once passed
+    # positionally, failing with a message about np.exp that pointed at the wrong mistake.
     op = gc.elementwise("t_custom_kwonly", lambda x, *, alpha=0.5: alpha * x)
     x = gc.input("x", (2,))
     got = run(op(x, alpha=3.0), x=np.array([1.0, 2.0], np.float32))
     np.testing.assert_allclose(got, [3.0, 6.0])
+    with pytest.raises(gc.ElementwiseError, match="alpha"):  # no default: not a parameter
+        gc.elementwise("t_custom_kwonly_nodefault", lambda x, *, alpha: alpha * x)
 
 
 def test_bad_param_values_at_call():

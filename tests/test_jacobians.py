@@ -133,31 +133,31 @@ def assert_vjp_matches_jacobian(build, reference, shapes, *, point=None, seed=0,
     """
     rng = np.random.default_rng(seed)
     names = [f"x{i}" for i in range(len(shapes))]
-    syms = [symbols(f"{n}_", s) for n, s in zip(names, shapes)]
+    syms = [symbols(f"{n}_", s) for n, s in zip(names, shapes, strict=True)]
     out = np.asarray(reference(*syms), dtype=object)
     J = jacobian(out, syms)
     x0 = [rng.standard_normal(s) for s in shapes] if point is None else \
         [np.asarray(p, dtype=np.float64) for p in point]
-    subs = {s: sp.Float(float(v), DPS) for xs, xv in zip(syms, x0)
-            for s, v in zip(xs.ravel(), xv.ravel())}
+    subs = {s: sp.Float(float(v), DPS) for xs, xv in zip(syms, x0, strict=True)
+            for s, v in zip(xs.ravel(), xv.ravel(), strict=True)}
     out0 = _numeric(out.ravel(), subs).reshape(out.shape)
     J0 = np.array([_numeric(J.row(i), subs) for i in range(J.rows)]).reshape(J.shape)
     c = rng.standard_normal(out.shape)
     expected = np.asarray(c).ravel() @ J0
 
-    tensors = [gc.input(n, s, "float64") for n, s in zip(names, shapes)]
+    tensors = [gc.input(n, s, "float64") for n, s in zip(names, shapes, strict=True)]
     extra = [gc.input(n, s, d) for n, s, d in extra_inputs]
     y = build(*tensors, *extra)
     assert y.shape == out.shape, (y.shape, out.shape)
     grads = gc.vjp(y, tensors, c)
     f = gc.compile([y, *grads], backend="numpy")
-    feeds = dict(zip(names, x0)) | dict(extra_feeds or {})
+    feeds = dict(zip(names, x0, strict=True)) | dict(extra_feeds or {})
     value, *got = f(**feeds)
 
     # The reference computes the same function (else the Jacobian would prove nothing).
     np.testing.assert_allclose(value, out0, rtol=1e-12, atol=1e-12)
     start = 0
-    for name, shape, g in zip(names, shapes, got):
+    for name, shape, g in zip(names, shapes, got, strict=True):
         size = math.prod(shape)
         want = expected[start:start + size].reshape(shape)
         start += size
@@ -554,7 +554,7 @@ def _points(op, expr, derivs, n=5, seed=0):
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_elementwise_derivatives_match_sympy_diff(name):
     op = ew.REGISTRY[name]
-    params = dict(zip(op.param_symbols, op.params.values()))
+    params = dict(zip(op.param_symbols, op.params.values(), strict=True))
     expr = op.expr.subs(params)
     truth = [sp.diff(expr, a) for a in op.args]
     declared = [sp.sympify(d).subs(op.out, op.expr).subs(params) for d in op.derivatives]
@@ -562,7 +562,7 @@ def test_elementwise_derivatives_match_sympy_diff(name):
     for values in _points(op, expr, truth):
         subs = {a: sp.Float(v, DPS) if a.name not in op.bool_args else sp.Integer(v)
                 for a, v in values.items()}
-        for a, d, t in zip(op.args, declared, truth):
+        for a, d, t in zip(op.args, declared, truth, strict=True):
             if a.name in op.bool_args:
                 assert d == 0  # the condition of where has no gradient
                 continue
@@ -574,7 +574,7 @@ def test_elementwise_derivatives_match_sympy_diff(name):
 def test_elementwise_vjp_matches_sympy_diff(name):
     """gc.vjp through the op (default parameters) equals c * d expr / d arg pointwise."""
     op = ew.REGISTRY[name]
-    params = dict(zip(op.param_symbols, op.params.values()))
+    params = dict(zip(op.param_symbols, op.params.values(), strict=True))
     expr = op.expr.subs(params)
     truth = [sp.diff(expr, a) for a in op.args]
     points = _points(op, expr, truth, n=6, seed=1)
@@ -599,7 +599,7 @@ def test_elementwise_vjp_matches_sympy_diff(name):
         return float(e.xreplace(subs).evalf(DPS))
 
     np.testing.assert_allclose(value, [at(expr, p) for p in points], rtol=1e-12, atol=1e-14)
-    for (a, _), g in zip(wrt, got):
+    for (a, _), g in zip(wrt, got, strict=True):
         want = c * np.array([at(truth[op.args.index(a)], p) for p in points])
         np.testing.assert_allclose(g, want, rtol=RTOL, atol=ATOL,
                                    err_msg=f"{name}: gradient w.r.t. {a}")
