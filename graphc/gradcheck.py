@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dtypes
-from .compiler import compile
+from .compiler import FeedError, compile
 from .graph import Graph
 from .inputs import Input
 from .ir import GraphError, Tensor
@@ -104,18 +104,26 @@ class _Probe:
         unknown = sorted(set(self.names) - set(types))
         if unknown:
             raise GraphError(f"check_grad: y does not depend on {unknown}")
-        self.feeds = {k: np.array(v, dtype=types[k]) if k in types else v
-                      for k, v in feeds.items()}
+        extra = sorted(set(feeds) - set(types))
+        if extra:
+            raise FeedError(f"check_grad: unknown feed(s) {extra}; y takes {sorted(types)}")
+        self.feeds = {k: np.array(v, dtype=types[k]) if dtypes.is_float(types[k]) else v
+                      for k, v in feeds.items()}  # copies: perturbing never touches the user's
+
+    @staticmethod
+    def _call(fn, feeds):
+        """``fn`` on the feeds it takes (a gradient may not need every input)."""
+        return fn({k: feeds[k] for k in fn.input_names if k in feeds})
 
     def loss(self, name=None, delta=None) -> float:
-        if name is None:
-            return float(self.f(self.feeds))
-        feeds = dict(self.feeds)
-        feeds[name] = self.feeds[name] + delta
-        return float(self.f(feeds))
+        feeds = self.feeds
+        if name is not None:
+            feeds = dict(feeds)
+            feeds[name] = self.feeds[name] + delta
+        return float(self._call(self.f, feeds))
 
     def grads(self) -> list[np.ndarray]:
-        return [np.asarray(g, dtype=np.float64) for g in self.g(self.feeds)]
+        return [np.asarray(g, dtype=np.float64) for g in self._call(self.g, self.feeds)]
 
     def central(self, name, index, eps) -> float:
         delta = np.zeros_like(self.feeds[name])
