@@ -24,7 +24,7 @@ from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.numpy import SciPyPrinter
 
 from . import dtypes
-from .ir import DTypeError, GraphError, Op, ShapeError, Tensor, located
+from .ir import DTypeError, GraphError, Op, Tensor, located
 
 
 class ElementwiseError(GraphError, ValueError):
@@ -124,7 +124,7 @@ class ElementwiseDef:
     def derivatives_x(self) -> tuple[sp.Expr, ...]:
         """d expr / d arg for each argument, in terms of the arguments only."""
         return tuple(sp.S.Zero if (not self.differentiable or a.name in self.bool_args)
-                     else _simplify(sp.diff(self.expr, a)) for a in self.args)
+                     else _simplify(_diff(self.expr, a)) for a in self.args)
 
     @cached_property
     def derivatives(self) -> tuple[sp.Expr, ...]:
@@ -148,7 +148,7 @@ class ElementwiseDef:
                     not self._finite_on_probe(expr):
                 # Kinks of the stable decomposition (max, |x|) count their one-sided
                 # average (Heaviside(0) = 1/2, sign(0) = 0): right for a smooth function.
-                stable = sp.diff(self.stable, self.args[k])
+                stable = _diff(self.stable, self.args[k])
                 args += [a for a in self.args if a in stable.free_symbols and a not in args]
             local = ElementwiseDef(f"{self.name}_d{self.args[k].name}", args, self.params, expr,
                                    stable, bool_args=[a for a in self.bool_args
@@ -320,6 +320,12 @@ def _build(name, fn, args, params: dict, what):
         raise ElementwiseError(located(
             f"elementwise {name!r}: expression {expr} is not a real-valued closed form"))
     return expr
+
+
+def _diff(expr: sp.Expr, x: sp.Symbol) -> sp.Expr:
+    """d expr / dx with DiracDelta terms dropped: sign and Heaviside are differentiated
+    away from their jump, where their derivative is 0 (as PyTorch and JAX do)."""
+    return sp.diff(expr, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
 
 
 _CHEAP_OPS = {"ADD": 1, "SUB": 1, "MUL": 1, "NEG": 1, "DIV": 2, "POW": 2}

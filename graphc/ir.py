@@ -20,7 +20,8 @@ import linecache
 import os
 import sys
 import weakref
-from dataclasses import dataclass, replace as dc_replace
+from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 
 import numpy as np
 
@@ -175,11 +176,15 @@ class Tensor:
     def __delattr__(self, name):
         raise AttributeError("Tensor is immutable")
 
-    def tag(self, meta) -> None:
-        """Attach provenance metadata once (autodiff: forward node and role).  It is not
-        part of the node's identity; the first tag wins."""
-        if self.meta is None:
-            object.__setattr__(self, "meta", meta)
+    def tag(self, record) -> None:
+        """Add a provenance record (autodiff: forward node and role) to ``meta``.
+
+        Records are not part of the node's identity.  An interned node can belong to several
+        backward graphs (the seed ``1.0`` of every gradient is one node), so ``meta`` is a
+        tuple of records; records whose forward node has died are dropped."""
+        old = tuple(r for r in (self.meta or ()) if r.alive)
+        if record not in old:
+            object.__setattr__(self, "meta", old + (record,))
 
     def replace(self, op: Op | None = None, inputs=None, **attrs) -> Tensor:
         """A node like this one with ``op``, ``inputs`` or op attributes changed."""

@@ -14,12 +14,14 @@ sum of the contributions of its users (fan-out accumulates with ``add``).  For t
 - structured ops: their ``vjp`` rule, declared next to their shape rule.
 
 Only nodes that lie on a path from a requested input to an output get a gradient.  Every
-backward node is tagged (``t.meta``) with the forward node it came from and its role:
-``upstream`` (dL/dz), ``local`` (dz/dx) or ``downstream`` (dL/dx through one edge).
+backward node is tagged (``t.meta``, read with :func:`provenance`) with the forward node it
+came from and its role: ``upstream`` (dL/dz), ``local`` (dz/dx) or ``downstream`` (dL/dx
+through one edge).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,11 +37,30 @@ from graphc.structured_ops import unbroadcast
 
 @dataclass(frozen=True)
 class GradMeta:
-    """Provenance of a backward node: its forward node, role and operand index."""
+    """Provenance of a backward node: its forward node, role and operand index.
 
-    forward: Tensor
+    The forward node is held weakly, so tags never keep a dead graph alive."""
+
+    forward_ref: weakref.ref
     role: str  # "upstream", "local" or "downstream"
     operand: int | None = None
+
+    @property
+    def forward(self) -> Tensor | None:
+        return self.forward_ref()
+
+    @property
+    def alive(self) -> bool:
+        return self.forward_ref() is not None
+
+
+def provenance(t: Tensor, forward) -> GradMeta | None:
+    """The record of backward node ``t`` that points into ``forward`` (a Graph, outputs or
+    nodes): which forward node it came from and in which role."""
+    nodes = forward.nodes if isinstance(forward, Graph) else \
+        iter_nodes(as_outputs(forward))
+    ids = {id(n) for n in nodes}
+    return next((r for r in t.meta or () if id(r.forward) in ids), None)
 
 
 @dataclass(frozen=True)
@@ -75,13 +96,15 @@ def _differentiable(t: Tensor) -> bool:
     return dtypes.is_float(t.dtype)
 
 
-def _tag(result: Tensor, forward_nodes: set[int], meta: GradMeta) -> None:
-    """Tag ``result`` and the untagged nodes made to compute it (not forward nodes)."""
+def _tag(result: Tensor, done: set[int], meta: GradMeta) -> None:
+    """Tag ``result`` and the nodes made to compute it; ``done`` holds the forward nodes
+    and the nodes this backward pass has tagged already."""
     stack = [result]
     while stack:
         t = stack.pop()
-        if id(t) in forward_nodes or t.meta is not None:
+        if id(t) in done:
             continue
+        done.add(id(t))
         t.tag(meta)
         stack.extend(t.inputs)
 
@@ -126,7 +149,7 @@ def backward(ys, cotangents, wrt) -> Backward:
     """Build the backward graph of ``ys`` seeded with ``cotangents``, for inputs ``wrt``."""
     ys, wrt = as_outputs(ys), as_outputs(wrt)
     forward = Graph(ys).nodes
-    forward_ids = {id(t) for t in iter_nodes(ys)}
+    done = {id(t) for t in iter_nodes(ys)}  # forward nodes, then nodes tagged by this pass
     for w in wrt:
         if not _differentiable(w):
             raise GraphError(located(f"cannot differentiate with respect to {w.name!r}: it is "
@@ -149,7 +172,7 @@ def backward(ys, cotangents, wrt) -> Backward:
         g = parts[0]
         for p in parts[1:]:
             g = g + p
-        _tag(g, forward_ids, GradMeta(z, "upstream"))
+        _tag(g, done, GradMeta(weakref.ref(z), "upstream"))
         out.grads[id(z)] = g
         for k, x in enumerate(z.inputs):
             if id(x) not in depends:
@@ -158,10 +181,10 @@ def backward(ys, cotangents, wrt) -> Backward:
             if down is None:
                 continue
             if local is not None:
-                _tag(local, forward_ids, GradMeta(z, "local", k))
+                _tag(local, done, GradMeta(weakref.ref(z), "local", k))
             if down.dtype != x.dtype:
                 down = F.cast(down, x.dtype)
-            _tag(down, forward_ids, GradMeta(z, "downstream", k))
+            _tag(down, done, GradMeta(weakref.ref(z), "downstream", k))
             out.edges.append(BackwardEdge(z, k, g, local, formula, down))
             pending.setdefault(id(x), []).append(down)
     return out

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from graphc.passes.autodiff import provenance
 
 import graphc as gc
 from graphc import elementwise_ops as ew
@@ -867,37 +868,42 @@ def _sigmoid_grad_nodes():
 
 def test_backward_nodes_of_sigmoid_edge_are_tagged():
     x, s, y, g, forward = _sigmoid_grad_nodes()
-    tagged = [t for t in gc.Graph(g).nodes if t.meta is not None and t.meta.forward is s]
-    roles = {t.meta.role for t in tagged}
+    meta = {id(t): provenance(t, y) for t in gc.Graph(g).nodes}
+    tagged = [t for t in gc.Graph(g).nodes if meta[id(t)] and meta[id(t)].forward is s]
+    roles = {meta[id(t)].role for t in tagged}
     assert {"local", "downstream"} <= roles, roles
-    local = [t for t in tagged if t.meta.role == "local"]
+    local = [t for t in tagged if meta[id(t)].role == "local"]
     assert any(t.op.name.startswith("sigmoid") and t.inputs == (s,) for t in local), local
-    assert all(t.meta.operand == 0 for t in tagged if t.meta.role != "upstream")
-    assert g.meta is not None and g.meta.forward is s and g.meta.role == "downstream"
+    assert all(meta[id(t)].operand == 0 for t in tagged if meta[id(t)].role != "upstream")
+    assert meta[id(g)].forward is s and meta[id(g)].role == "downstream"
 
 
 def test_backward_nodes_carry_forward_node_and_role():
     # Another gradient graph alive at the same time (any script with two losses).  Nodes
     # are interned, so its seed constant 1.0 and reshape(1.0, (1,)) are the very nodes the
-    # second gc.grad builds; Tensor.tag keeps the first tag, so they keep pointing at the
-    # *other* graph's sum node.  Library bug (stale meta on shared backward nodes): this
-    # test fails on it, see the report.
+    # second gc.grad builds: they carry a provenance record for each graph, and
+    # provenance(t, y) picks the one that points into y's graph.
     a = gc.input("a", (2,), "float64")
-    other = gc.grad(gc.sum(gc.exp(a)), a)
+    other_loss = gc.sum(gc.exp(a))
+    other = gc.grad(other_loss, a)
     x, s, y, g, forward = _sigmoid_grad_nodes()
     created = [t for t in gc.Graph(g).nodes if id(t) not in forward]
     assert created
     roles = set()
     for t in created:
-        assert t.meta is not None, t
-        assert id(t.meta.forward) in forward, (t, t.meta)
-        assert t.meta.role in {"upstream", "local", "downstream"}, t.meta
-        roles.add(t.meta.role)
+        record = provenance(t, y)
+        assert record is not None, t
+        assert id(record.forward) in forward, (t, record)
+        assert record.role in {"upstream", "local", "downstream"}, record
+        roles.add(record.role)
     assert roles == {"upstream", "local", "downstream"}
     value = gc.compile(g, backend="numpy")(x=np.array([-1.0, 0.0, 2.0]))
     sig = 1 / (1 + np.exp(-np.array([-1.0, 0.0, 2.0])))
     np.testing.assert_allclose(value, sig * (1 - sig), rtol=1e-14)
     assert other.shape == (2,)
+    (seed,) = [t for t in created if t.op.name == "constant"]  # 1.0: in both graphs
+    assert provenance(seed, other_loss).forward is other_loss
+    assert provenance(seed, y).forward is y
 
 
 def test_backward_edges_label_the_sigmoid_local_gradient():
