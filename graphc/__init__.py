@@ -71,7 +71,7 @@ from .functions import (
 from .gradcheck import GradCheckReport, check_grad  # noqa: E402
 from .graph import Graph, check_graph, format_graph, to_networkx
 from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
-from .ir import DTypeError, GraphError, ShapeError, Tensor
+from .ir import DTypeError, GraphError, ShapeError, Tensor, scope
 from .passes.autodiff import grad, hvp, vjp  # noqa: E402 -- graphc.passes needs the above
 
 __version__ = "0.1.0"
@@ -84,7 +84,7 @@ __all__ = [
     "equal", "exp", "format_graph", "gelu", "grad", "greater", "greater_equal", "hinge", "huber",
     "hvp", "init_params", "input", "l1", "l2", "leaky_relu", "less", "less_equal", "log",
     "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "mul",
-    "neg", "not_equal", "param", "params_of", "power", "prelu", "reciprocal", "relu", "reshape",
+    "neg", "not_equal", "param", "params_of", "power", "prelu", "reciprocal", "relu", "reshape", "scope",
     "sigmoid", "silu", "sin", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square",
     "stack", "sub", "sum", "take", "tanh", "to_networkx", "transpose", "vjp", "where",
 ]

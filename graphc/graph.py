@@ -95,15 +95,15 @@ def node_kind(t: Tensor) -> str:
 
 
 def node_names(graph: Graph) -> dict[int, str]:
-    """Printer names by ``id``: inputs by name, named constants by name where it is free
-    (else ``%k`` like every other node)."""
+    """Printer names by ``id``: inputs by name; named constants and nodes given a display
+    name with ``.named()`` by that name where it is free; every other node ``%k``."""
     names, k = {}, 0
     taken = {t.op.label for t in graph.inputs}
     for t in graph.nodes:
-        label = getattr(t.op, "label", None)
+        label = t.display or getattr(t.op, "label", None)
         if isinstance(t.op, Input):
-            names[id(t)] = label
-        elif label and label not in taken:  # a named constant, if its name is free
+            names[id(t)] = t.op.label
+        elif label and label not in taken:  # a named node, if its name is free
             names[id(t)] = label
             taken.add(label)
         else:

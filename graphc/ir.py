@@ -15,6 +15,7 @@ or :class:`DTypeError` naming the op, the shapes and the user's own ``file:line`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import linecache
 import os
@@ -133,6 +134,28 @@ class Op:
 
 
 _NODES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_SCOPES: list[str] = []
+
+
+@contextlib.contextmanager
+def scope(name: str):
+    """Nodes first built inside ``with gc.scope("layer1"):`` belong to that scope: diagrams
+    draw a scope as a cluster (or, with ``collapse=True``, as one node).  Scopes nest as
+    ``"outer/inner"``.
+
+    >>> import graphc as gc
+    >>> with gc.scope("encoder"):
+    ...     h = gc.tanh(gc.input("x", (2,)) * 3.0)
+    >>> h.scope
+    'encoder'
+    """
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"a scope name must be a non-empty string without '/', got {name!r}")
+    _SCOPES.append(f"{_SCOPES[-1]}/{name}" if _SCOPES else name)
+    try:
+        yield _SCOPES[-1]
+    finally:
+        _SCOPES.pop()
 
 
 class Tensor:
@@ -142,7 +165,8 @@ class Tensor:
     (``gc.input``, ``gc.exp``, ``a @ b`` ...), change them with :meth:`replace`.
     """
 
-    __slots__ = ("op", "inputs", "shape", "dtype", "loc", "meta", "_digest", "__weakref__")
+    __slots__ = ("op", "inputs", "shape", "dtype", "loc", "meta", "scope", "display",
+                 "_digest", "__weakref__")
     __array_ufunc__ = None  # make ``np_array * tensor`` defer to Tensor.__rmul__
 
     op: Op
@@ -165,6 +189,7 @@ class Tensor:
         node = object.__new__(cls)
         for name, value in (("op", op), ("inputs", inputs), ("shape", tuple(shape)),
                             ("dtype", dtype), ("loc", user_location()), ("meta", None),
+                            ("scope", _SCOPES[-1] if _SCOPES else None), ("display", None),
                             ("_digest", None)):
             object.__setattr__(node, name, value)
         _NODES[key] = node
@@ -175,6 +200,14 @@ class Tensor:
 
     def __delattr__(self, name):
         raise AttributeError("Tensor is immutable")
+
+    def named(self, name: str) -> Tensor:
+        """Give this node a display name for printers and diagrams (``e = (a * b).named("e")``)
+        and return it.  Cosmetic: not part of the node's identity."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a display name must be a non-empty string, got {name!r}")
+        object.__setattr__(self, "display", name)
+        return self
 
     def tag(self, record) -> None:
         """Add a provenance record (autodiff: forward node and role) to ``meta``.
@@ -206,7 +239,7 @@ class Tensor:
 
     @property
     def name(self) -> str:
-        own = getattr(self.op, "label", None)
+        own = self.display or getattr(self.op, "label", None)
         return own if own else f"{self.op.name}_{self.digest[:6]}"
 
     @property

@@ -85,7 +85,9 @@ class MatMul(Op):
         dtype = np.promote_types(a.dtype, b.dtype)
         return np.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
 
-    local = ("g @ bᵀ", "aᵀ @ g")
+    # Text for diagrams: {g} upstream, {x} the operand, {y} the output, {a} {b} operands.
+    local = ("{b}ᵀ", "{a}ᵀ")
+    vjp_text = ("{g} @ {b}ᵀ", "{a}ᵀ @ {g}")
 
     def vjp(self, z, g, k):
         F = _F()
@@ -128,9 +130,11 @@ class Reduce(Op):
 
     @property
     def local(self):
-        if self.kind == "sum":
-            return ("broadcast(g)",)
-        return ("g · [x = y] / #ties",)
+        return ("1",) if self.kind == "sum" else ("[{x} = {y}] / #ties",)
+
+    @property
+    def vjp_text(self):
+        return ("broadcast({g})",) if self.kind == "sum" else ("{g} · [{x} = {y}] / #ties",)
 
     def vjp(self, z, g, k):
         """sum: g broadcast back.  max/min: g to the extremal elements, split evenly among
@@ -167,7 +171,8 @@ class LogSumExp(Op):
             out = m + np.log(np.sum(np.exp(x - m), axis=self.axes, keepdims=True))
         return out if self.keepdims else np.squeeze(out, axis=self.axes)
 
-    local = ("g · exp(x − y)",)
+    local = ("exp({x} − {y})",)
+    vjp_text = ("{g} · exp({x} − {y})",)
 
     def vjp(self, z, g, k):
         F = _F()
@@ -191,7 +196,8 @@ class Softmax(Op):
         e = np.exp(x - np.max(x, axis=self.axis, keepdims=True))
         return e / np.sum(e, axis=self.axis, keepdims=True)
 
-    local = ("y ⊙ (g − Σ g⊙y)",)
+    local = ("{y}_i (δ_ij − {y}_j)",)
+    vjp_text = ("{y} ⊙ ({g} − Σ {g} ⊙ {y})",)
 
     def vjp(self, z, g, k):
         """Jacobian s_i (delta_ij - s_j), applied without forming it."""
@@ -213,7 +219,8 @@ class LogSoftmax(Op):
         x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
         return x - LogSumExp((self.axis,), keepdims=True).evaluate(x)
 
-    local = ("g − exp(y) Σ g",)
+    local = ("δ_ij − exp({y})_j",)
+    vjp_text = ("{g} − exp({y}) Σ {g}",)
 
     def vjp(self, z, g, k):
         F = _F()
@@ -235,7 +242,8 @@ class Reshape(Op):
     def evaluate(self, x):
         return np.reshape(x, self.new_shape)
 
-    local = ("reshape(g)",)
+    local = ("identity, reshaped",)
+    vjp_text = ("reshape({g})",)
 
     def vjp(self, z, g, k):
         return _F().reshape(g, z.inputs[0].shape)
@@ -256,7 +264,8 @@ class Transpose(Op):
     def evaluate(self, x):
         return np.transpose(x, self.perm)
 
-    local = ("transpose(g)",)
+    local = ("permutation",)
+    vjp_text = ("transpose({g})",)
 
     def vjp(self, z, g, k):
         return _F().transpose(g, tuple(np.argsort(self.perm)))
@@ -280,7 +289,8 @@ class BroadcastTo(Op):
     def evaluate(self, x):
         return np.broadcast_to(x, self.target)
 
-    local = ("sum of g over broadcast axes",)
+    local = ("copies",)
+    vjp_text = ("sum of {g} over broadcast axes",)
 
     def vjp(self, z, g, k):
         return unbroadcast(g, z.inputs[0].shape)
@@ -306,7 +316,8 @@ class Concat(Op):
     def evaluate(self, *xs):
         return np.concatenate(xs, axis=self.axis)
 
-    local = ("slice of g",)
+    local = ("selection",)
+    vjp_text = ("slice of {g}",)
 
     def vjp(self, z, g, k):
         start = sum(t.shape[self.axis] for t in z.inputs[:k])
@@ -345,7 +356,8 @@ class Index(Op):
     def evaluate(self, x):
         return x[self.numpy_index()]
 
-    local = ("scatter-add of g",)
+    local = ("selection",)
+    vjp_text = ("scatter-add of {g}",)
 
     def vjp(self, z, g, k):
         from .ir import Tensor
@@ -370,7 +382,8 @@ class IndexAdd(Op):
         np.add.at(out, Index(self.index).numpy_index(), g)
         return out
 
-    local = ("index(g)",)
+    local = ("scatter",)
+    vjp_text = ("index({g})",)
 
     def vjp(self, z, g, k):
         from .ir import Tensor
@@ -396,7 +409,8 @@ class Take(Op):
             raise IndexError(f"take: an index is out of range for axis 0 of size {x.shape[0]}")
         return x[idx]
 
-    local = ("scatter-add of g", "")
+    local = ("selection", "")
+    vjp_text = ("scatter-add of {g} into rows", "")
 
     def vjp(self, z, g, k):
         from .ir import Tensor
@@ -420,7 +434,8 @@ class TakeAdd(Op):
         np.add.at(out, idx, g)
         return out
 
-    local = ("take(g)", "")
+    local = ("scatter", "")
+    vjp_text = ("take({g})", "")
 
     def vjp(self, z, g, k):
         from .ir import Tensor
@@ -439,7 +454,8 @@ class Cast(Op):
     def evaluate(self, x):
         return x.astype(self.to)
 
-    local = ("cast(g)",)
+    local = ("1",)
+    vjp_text = ("cast({g})",)
 
     def vjp(self, z, g, k):
         return _F().cast(g, z.inputs[0].dtype)

@@ -71,8 +71,9 @@ class BackwardEdge:
     operand: int             # x is z.inputs[operand]
     upstream: Tensor         # dL/dz
     local: Tensor | None     # dz/dx as a node (elementwise ops), else None
-    local_formula: str       # dz/dx as text: SymPy formula or the structured rule
+    local_formula: str       # dz/dx as text: SymPy formula, or a template ({x}, {y}, {g})
     downstream: Tensor       # dL/dx through this edge
+    vjp_text: str = ""       # structured ops: dL/dx as a template in {g}; "" = local * g
 
 
 @dataclass
@@ -125,24 +126,26 @@ def _local(z: Tensor, k: int) -> Tensor | None:
                        [operands[a] for a in local.args])
 
 
-def _edge(z: Tensor, k: int, g: Tensor) -> tuple[Tensor | None, Tensor | None, str]:
-    """(local node, downstream gradient, local formula) for the edge z -> z.inputs[k]."""
+def _edge(z: Tensor, k: int, g: Tensor) -> tuple[Tensor | None, Tensor | None, str, str]:
+    """(local node, downstream gradient, local formula, vjp text) for the edge
+    z -> z.inputs[k]."""
     x = z.inputs[k]
     if isinstance(z.op, Elementwise):
         local = _local(z, k)
         if local is None:
-            return None, None, "0"
+            return None, None, "0", ""
         formula = z.op.fn.derivatives_text[k]
         if local.op == constant(1.0, dtype=z.dtype).op:
             product = g
         else:
             product = g * local
-        return local, unbroadcast(product, x.shape), formula
+        return local, unbroadcast(product, x.shape), formula, ""
     rule = getattr(z.op, "vjp", None)
     if rule is None:
         raise GraphError(f"{z.op.name} has no derivative rule")
-    formula = z.op.local[k] if k < len(z.op.local) else ""
-    return None, rule(z, g, k), formula
+    def text(texts):  # variadic ops (concat) give one text for every operand
+        return texts[min(k, len(texts) - 1)]
+    return None, rule(z, g, k), text(z.op.local), text(z.op.vjp_text)
 
 
 def backward(ys, cotangents, wrt) -> Backward:
@@ -177,7 +180,7 @@ def backward(ys, cotangents, wrt) -> Backward:
         for k, x in enumerate(z.inputs):
             if id(x) not in depends:
                 continue
-            local, down, formula = _edge(z, k, g)
+            local, down, formula, vjp_text = _edge(z, k, g)
             if down is None:
                 continue
             if local is not None:
@@ -185,7 +188,7 @@ def backward(ys, cotangents, wrt) -> Backward:
             if down.dtype != x.dtype:
                 down = F.cast(down, x.dtype)
             _tag(down, done, GradMeta(weakref.ref(z), "downstream", k))
-            out.edges.append(BackwardEdge(z, k, g, local, formula, down))
+            out.edges.append(BackwardEdge(z, k, g, local, formula, down, vjp_text))
             pending.setdefault(id(x), []).append(down)
     return out
 

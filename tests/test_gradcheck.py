@@ -128,3 +128,24 @@ def test_cli_check_reports_a_bad_model_file_in_one_line(tmp_path):
     result = _run_cli("check", str(model))
     assert result.returncode == 1
     assert "defines no build()" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_failure_is_localised_to_the_op_with_the_wrong_rule():
+    wrong = gc.elementwise("t_gradcheck_wrong_cube", lambda x: x**3)
+    wrong.__dict__["derivatives"] = (2 * wrong.args[0] ** 2,)  # should be 3x^2
+    x = gc.input("x", (3,))
+    W = gc.param("W", (3, 3))
+    h = wrong(gc.tanh(x @ W)).named("h")
+    rep = gc.check_grad(gc.sum(h * 2.0), [W, x],
+                        {"x": np.array([1.0, 2.0, -1.5]), "W": 0.5 * np.eye(3)})
+    assert not rep.ok
+    assert [(e.node, e.operand) for e in rep.bad_edges] == [(h, 0)]
+    assert "t_gradcheck_wrong_cube node 'h'" in str(rep)
+
+
+def test_correct_graph_has_no_bad_edges_and_edges_all_pass():
+    from graphc.gradcheck import check_edges
+    loss, wrt, feeds = _mlp()
+    assert gc.check_grad(loss, wrt, feeds).bad_edges == []
+    checks = check_edges(loss, feeds)
+    assert len(checks) > 20 and all(c.ok for c in checks)
