@@ -9,6 +9,7 @@ import sys
 
 from .compiler import BackendError, FeedError
 from .ir import GraphError
+from .viz import RenderError
 
 
 def _demo(args) -> int:
@@ -29,16 +30,55 @@ def load_model(path: str):
     return build()
 
 
+def _build_model(path: str):
+    built = load_model(path)
+    if not (isinstance(built, tuple) and len(built) == 3):
+        raise ValueError(f"{path}: build() must return (loss, wrt, feeds)")
+    return built
+
+
 def _check(args) -> int:
     from .gradcheck import check_grad
-    built = load_model(args.file)
-    if not (isinstance(built, tuple) and len(built) == 3):
-        raise ValueError(f"{args.file}: build() must return (loss, wrt, feeds)")
-    loss, wrt, feeds = built
+    loss, wrt, feeds = _build_model(args.file)
     report = check_grad(loss, wrt, feeds, eps=args.eps, rtol=args.rtol, atol=args.atol,
                         full=args.full, seed=args.seed)
     print(report)
     return 0 if report.ok else 1
+
+
+def _render(args) -> int:
+    from .viz import render
+    loss, wrt, feeds = _build_model(args.file)
+    report = None
+    if args.check:
+        from .gradcheck import check_grad
+        report = check_grad(loss, wrt, feeds)
+        print(report)
+    out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".svg"
+    view = False if args.forward_only else args.view
+    render(loss, out, backward=view, values=None if args.no_values else feeds, check=report,
+           wrt=wrt, collapse=args.collapse)
+    print(f"wrote {out}")
+    return 0
+
+
+def _bench(args) -> int:
+    """Run ``benchmarks/run.py``: a folder of the source tree, next to the package, that a
+    non-editable install does not have."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "benchmarks", "run.py")
+    if not os.path.isfile(path):
+        raise OSError(f"graphc bench needs the source tree's benchmarks/ folder, not found at "
+                      f"{os.path.dirname(path)} (install from a checkout with pip install -e .)")
+    spec = importlib.util.spec_from_file_location("graphc_benchmarks_run", path)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    argv = [f"--workload={w}" for w in args.workload or ()]
+    argv += [f"--{name}={getattr(args, name)}" for name in ("threads", "seconds", "backend",
+                                                             "json", "steps")
+             if getattr(args, name) is not None]
+    return run.main(argv)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,6 +106,42 @@ def parser() -> argparse.ArgumentParser:
                        help="check every element (default: at most 64 per tensor)")
     check.add_argument("--seed", type=int, default=0, help="seed for sampled elements")
     check.set_defaults(func=_check)
+    render = sub.add_parser(
+        "render", help="draw a model's forward and backward graphs with Graphviz",
+        description="Load FILE.py (build() -> (loss, wrt, feeds), as for `check`) and draw "
+                    "its graph: every backward edge labelled with its upstream, local and "
+                    "downstream gradient, with numbers from the feeds. Needs Graphviz's dot.")
+    render.add_argument("file", metavar="FILE.py")
+    render.add_argument("-o", "--output", help="output path: .svg .png .pdf .dot "
+                                               "(default: FILE.svg in the current folder)")
+    render.add_argument("--view", choices=("combined", "backward", "ir"), default="combined",
+                        help="combined (default): forward graph with labelled backward edges; "
+                             "backward: gradients only; ir: the backward graph's IR nodes")
+    render.add_argument("--forward-only", action="store_true", help="no backward graph")
+    render.add_argument("--no-values", action="store_true", help="formulas only, no numbers")
+    render.add_argument("--check", action="store_true",
+                        help="run check_grad and colour what fails")
+    render.add_argument("--collapse", action="store_true",
+                        help="draw each gc.scope (layer) as one node")
+    render.set_defaults(func=_render)
+    bench = sub.add_parser(
+        "bench", help="time training steps against PyTorch eager and JAX jit",
+        description="Time one training step (loss and gradients, float32) of workloads W1-W4 "
+                    "in graphc, PyTorch eager and JAX jit (the `bench` extra), interleaved "
+                    "in one process; print median ms/step, the ratio to PyTorch eager next "
+                    "to its target, and compile seconds. Runs benchmarks/run.py of the "
+                    "source tree.")
+    bench.add_argument("--workload", action="append", metavar="W",
+                       help="W1, W2, W3, W4 or a comma-separated list (repeatable; default: "
+                            "all)")
+    bench.add_argument("--threads", type=int, help="threads for every framework (default 2)")
+    bench.add_argument("--seconds", type=float,
+                       help="minimum timed seconds per framework and workload (default 5)")
+    bench.add_argument("--backend", choices=("numpy", "numba", "cuda"),
+                       help="graphc backend (default: gc.compile's default)")
+    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # tests: fewer than 50
+    bench.set_defaults(func=_bench)
     return p
 
 
@@ -77,7 +153,8 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
-    except (GraphError, FeedError, BackendError, OSError, ValueError, TypeError) as err:
+    except (GraphError, FeedError, BackendError, RenderError, OSError, ValueError,
+            TypeError) as err:
         if args.debug:
             raise
         first = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -1,1 +1,6 @@
-"""Graphviz rendering, installed as ``graphc.viz`` (arrives with the *visualizer* issue)."""
+"""Graphviz rendering, installed as ``graphc.viz``: :func:`render` draws forward and backward
+graphs with the upstream, local and downstream gradient on every backward edge."""
+
+from .render import Diagram, RenderError, render
+
+__all__ = ["Diagram", "RenderError", "render"]

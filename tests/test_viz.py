@@ -1,0 +1,176 @@
+"""gc.render with the real `dot`: the three gradient words on every backward edge, their
+formulas and numbers, node styles, formats, Jupyter display, the check overlay, clusters."""
+
+import html
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+import gallery  # noqa: E402
+
+
+def texts(svg: str) -> list[str]:
+    """The text elements of an SVG, unescaped."""
+    return [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+
+
+@pytest.fixture(scope="module")
+def micrograd_svg():
+    loss, feeds = gallery.micrograd()
+    return texts(gc.render(loss, backward=True, values=feeds).svg())
+
+
+def test_every_backward_edge_has_the_three_labels(micrograd_svg):
+    ups = [t for t in micrograd_svg if t.startswith("upstream ∂L/∂")]
+    locals_ = [t for t in micrograd_svg if t.startswith("local ∂")]
+    downs = [t for t in micrograd_svg if t.startswith("downstream ∂L/∂")]
+    assert len(ups) == len(locals_) == len(downs) == 6  # six forward edges
+
+
+def test_micrograd_formulas_and_numbers(micrograd_svg):
+    for line in ("upstream ∂L/∂e = ∂d/∂e · ∂L/∂d = -2", "local ∂e/∂a = b = -3",
+                 "downstream ∂L/∂a = ∂e/∂a · ∂L/∂e = 6", "local ∂e/∂b = a = 2",
+                 "downstream ∂L/∂b = ∂e/∂b · ∂L/∂e = -4", "local ∂d/∂c = 1",
+                 "downstream ∂L/∂c = ∂d/∂c · ∂L/∂d = -2", "upstream ∂L/∂L = 1",
+                 "local ∂L/∂f = d = 4", "downstream ∂L/∂f = ∂L/∂f · ∂L/∂L = 4"):
+        assert line in micrograd_svg, line
+
+
+def test_local_formula_in_terms_of_the_output():
+    loss, feeds = gallery.sigmoid_neuron()
+    lines = texts(gc.render(loss, backward=True, values=feeds).svg())
+    local = [t for t in lines if t.startswith("local ∂y/∂z")]
+    assert local and local[0].startswith("local ∂y/∂z = y·(1 − y) = 0.2")
+
+
+def test_softmax_edge_shows_its_jacobian():
+    loss, feeds = gallery.softmax_cross_entropy()
+    lines = texts(gc.render(loss, backward=True, values=feeds).svg())
+    assert any(t.startswith("local ∂p/∂z = p_i (δ_ij − p_j)") for t in lines), lines
+
+
+def test_symbolic_labels_without_values():
+    loss, _ = gallery.micrograd()
+    lines = texts(gc.render(loss, backward=True).svg())
+    assert "local ∂e/∂a = b" in lines and "downstream ∂L/∂a = ∂e/∂a · ∂L/∂e" in lines
+
+
+def test_number_formats():
+    from graphc.viz.labels import number
+    assert number(np.float64(3.14159265)) == "3.142"
+    assert number(np.arange(8.0)) == "[0, 1, 2, 3, 4, 5, 6, 7]"
+    big = number(np.arange(9.0))
+    assert big.startswith("shape (9,): mean 4,") and "norm 14.28" in big and "min 0" in big \
+        and "max 8" in big
+
+
+def test_node_styles_and_parameter_counts():
+    loss, feeds = gallery.mlp_l2()
+    d = gc.render(loss, values=feeds)
+    source = d.source
+    assert "param W1" in source and "12 params" in source and "8 params" in source
+    assert "input x" in source and "const " in source
+    assert "peripheries=2" in source  # the output
+    assert "#fef3c7" in source and "#dbeafe" in source  # params and inputs styled apart
+    assert "cluster_" in source and "label=hidden" in source
+
+
+def test_collapse_draws_each_scope_as_one_node():
+    loss, feeds = gallery.mlp_l2()
+    source = gc.render(loss, collapse=True).source
+    assert "cluster_" not in source
+    assert 'scope_hidden [label="hidden\\n12 params\\n2 ops"' in source, source
+    assert 'scope_output [label="output\\n8 params\\n1 ops"' in source, source
+
+
+@pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".png", b"\x89PNG"),
+                                           (".pdf", b"%PDF"), (".dot", b"digraph")])
+def test_formats(tmp_path, suffix, magic):
+    loss, feeds = gallery.micrograd()
+    path = tmp_path / f"g{suffix}"
+    gc.render(loss, path, backward=True, values=feeds)
+    assert path.read_bytes().startswith(magic)
+
+
+def test_unknown_format(tmp_path):
+    loss, _ = gallery.micrograd()
+    with pytest.raises(gc.RenderError, match=".svg"):
+        gc.render(loss, tmp_path / "g.jpg")
+
+
+def test_jupyter_display():
+    loss, _ = gallery.micrograd()
+    d = gc.render(loss)
+    assert d._repr_svg_().lstrip().startswith("<?xml")
+    assert "image/svg+xml" in d._repr_mimebundle_()
+
+
+def test_missing_dot_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot` here
+    loss, _ = gallery.micrograd()
+    with pytest.raises(gc.RenderError, match="apt-get install graphviz"):
+        gc.render(loss, tmp_path / "g.svg")
+
+
+def test_check_overlay_marks_the_wrong_derivative():
+    wrong = gc.elementwise("t_viz_wrong_square", lambda x: x**2)
+    wrong.__dict__["derivatives"] = (3 * wrong.args[0],)
+    x = gc.input("x", (3,), "float64")
+    h = wrong(gc.tanh(x)).named("h")
+    loss = gc.sum(h * 2.0).named("L")
+    feeds = {"x": np.array([0.3, -0.7, 1.1])}
+    rep = gc.check_grad(loss, x, feeds)
+    assert not rep.ok
+    svg = gc.render(loss, backward=True, values=feeds, check=rep).svg()
+    lines = texts(svg)
+    assert "✗ this derivative fails gradient checking" in lines
+    # the failing edge h -> tanh is drawn red, and so is the input whose gradient failed
+    edge = svg[svg.index("local ∂h/∂"):]
+    assert 'fill="#dc2626"' in svg[svg.rindex("<g id=", 0, svg.index("local ∂h/∂")):
+                                    svg.index("local ∂h/∂")] or "#dc2626" in edge[:400]
+    assert "#fecaca" in svg
+    healthy = gc.render(loss, backward=True, values=feeds).svg()
+    assert "fails gradient checking" not in healthy and "#fecaca" not in healthy
+
+
+def test_backward_only_and_ir_views():
+    loss, feeds = gallery.micrograd()
+    only = texts(gc.render(loss, backward="backward", values=feeds).svg())
+    assert "∂L/∂a" in only and "= 6" in only and "local ∂e/∂a = b = -3" in only
+    ir = gc.render(loss, backward="ir", values=feeds).source
+    assert "downstream of" in ir or "upstream of" in ir
+    with pytest.raises(ValueError, match="backward must be"):
+        gc.render(loss, backward="sideways")
+
+
+def test_backward_needs_a_scalar_loss():
+    x = gc.input("x", (3,))
+    with pytest.raises(gc.GraphError, match="scalar"):
+        gc.render(gc.exp(x), backward=True)
+
+
+def test_long_labels_are_shortened():
+    x = gc.input("x_with_a_rather_long_name", (3, 4, 5, 6))
+    y = gc.transpose(x, (3, 2, 1, 0))
+    source = gc.render(gc.sum(y * 1.5), values={"x_with_a_rather_long_name":
+                                                np.ones((3, 4, 5, 6))}).source
+    labels = re.findall(r'label="([^"]*)"', source)
+    assert all(len(part) <= 90 for label in labels for part in label.split("\\n"))
+
+
+def test_cli_render(tmp_path):
+    out = tmp_path / "mlp.svg"
+    result = subprocess.run([sys.executable, "-m", "graphc.cli", "render",
+                             "examples/mlp_check.py", "-o", str(out)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    svg = out.read_text()
+    assert "upstream" in svg and "local" in svg and "downstream" in svg

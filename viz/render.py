@@ -1,0 +1,378 @@
+"""``gc.render``: forward and backward graphs drawn with Graphviz, every backward edge
+labelled with its upstream, local and downstream gradients (symbolic, and numbers when
+values are given)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import graphviz
+import numpy as np
+from graphc.passes.autodiff import backward as build_backward
+from graphc.passes.autodiff import provenance
+
+from graphc import dtypes
+from graphc.compiler import compile
+from graphc.elementwise_ops import Elementwise
+from graphc.graph import Graph, as_outputs, node_kind, node_names
+from graphc.inputs import Constant, Input, constant
+from graphc.ir import GraphError, Tensor
+
+from .labels import formula, number, shorten, template
+
+FORMATS = (".svg", ".png", ".pdf", ".dot")
+INSTALL_DOT = ("Graphviz's `dot` program was not found on PATH; install it: Debian/Ubuntu "
+               "`apt-get install graphviz`, macOS `brew install graphviz`, conda "
+               "`conda install graphviz`")
+
+_STYLE = {  # kind -> node attributes
+    "input": dict(shape="box", style="rounded,filled", fillcolor="#dbeafe", color="#1d4ed8"),
+    "param": dict(shape="box", style="filled", fillcolor="#fef3c7", color="#b45309"),
+    "constant": dict(shape="box", style="filled", fillcolor="#f3f4f6", color="#9ca3af",
+                     fontsize="9"),
+    "op": dict(shape="box", style="rounded", color="#374151"),
+}
+_ROLE_COLOR = {"upstream": "#2563eb", "local": "#059669", "downstream": "#dc2626"}
+_FAIL = "#dc2626"
+
+
+class RenderError(RuntimeError):
+    """Rendering failed (most often: Graphviz's ``dot`` is not installed)."""
+
+
+class Diagram:
+    """A rendered graph: ``source`` (DOT text), ``svg()``, ``save(path)``; displays itself
+    in Jupyter."""
+
+    def __init__(self, dot: graphviz.Digraph, path: str | None = None):
+        self.dot = dot
+        self.path = path
+
+    @property
+    def source(self) -> str:
+        return self.dot.source
+
+    def pipe(self, fmt: str) -> bytes:
+        try:
+            return self.dot.pipe(format=fmt)
+        except graphviz.ExecutableNotFound:
+            raise RenderError(INSTALL_DOT) from None
+        except graphviz.CalledProcessError as err:
+            raise RenderError(f"dot failed: {err.stderr.decode(errors='replace')}") from None
+
+    def svg(self) -> str:
+        return self.pipe("svg").decode()
+
+    def save(self, path) -> str:
+        path = str(path)
+        suffix = pathlib.Path(path).suffix.lower()
+        if suffix not in FORMATS:
+            raise RenderError(f"cannot render to {path!r}: use one of {', '.join(FORMATS)}")
+        data = self.source.encode() if suffix == ".dot" else self.pipe(suffix[1:])
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        self.path = path
+        return path
+
+    def _repr_svg_(self) -> str:
+        return self.svg()
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"image/svg+xml": self.svg(), "text/plain": repr(self)}
+
+    def __repr__(self) -> str:
+        return f"<Diagram{' ' + self.path if self.path else ''}>"
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class _Builder:
+    """Builds the DOT graph for one call of :func:`render`."""
+
+    def __init__(self, outputs, values, check, collapse):
+        self.outputs = outputs
+        self.graph = Graph(outputs)
+        self.names = node_names(self.graph)
+        self.values = values  # id(node) -> array, or None
+        self.check = check
+        self.collapse = collapse
+        self.dot = graphviz.Digraph("graphc", graph_attr=dict(
+            rankdir="LR", fontname="Helvetica", fontsize="11", nodesep="0.25", ranksep="0.45",
+            newrank="true"), node_attr=dict(fontname="Helvetica", fontsize="10"),
+            edge_attr=dict(fontname="Helvetica", fontsize="9", color="#6b7280"))
+        failed = {r.name for r in check.rows if not r.ok} if check else set()
+        self.failed_inputs = failed
+        self.failed_edges = {(id(e.node), e.operand) for e in check.bad_edges} if check \
+            else set()
+        self.node_ids: dict[int, str] = {}
+        self.into: dict[int, list] = {}  # id(x) -> backward edges arriving at x
+        self.lname = outputs[0].display or "L"  # the differentiated output, in labels
+
+    def set_backward(self, result):
+        for e in result.edges:
+            self.into.setdefault(id(e.forward.inputs[e.operand]), []).append(e)
+
+    # -- names and groups -----------------------------------------------------------
+    def name(self, t: Tensor) -> str:
+        return self.names.get(id(t), t.name)
+
+    def group(self, t: Tensor) -> str | None:
+        """The top-level scope a node is drawn in when collapsing."""
+        return t.scope.split("/")[0] if (self.collapse and t.scope) else None
+
+    def dot_id(self, t: Tensor) -> str:
+        g = self.group(t)
+        return f"scope_{g}" if g else self.node_ids[id(t)]
+
+    # -- forward --------------------------------------------------------------------
+    def node_label(self, t: Tensor, grad=None) -> str:
+        kind = node_kind(t)
+        shape = f"{_shape(t)} {t.dtype}"
+        name = self.name(t)
+        if kind in ("input", "param"):
+            lines = [f"{kind} {name}", shape]
+            if kind == "param":
+                lines.append(f"{t.size:,} params")
+        elif kind == "constant":
+            lines = [f"const {shorten(number(t.op.value.array), 40)}", shape]
+        else:
+            attrs = ", ".join(f"{k}={v}" for k, v in t.op.attrs().items() if k != "dtype")
+            lines = [shorten(f"{t.op.name}({attrs})" if attrs else t.op.name, 40),
+                     f"{name}: {shape}"]
+        if self.values is not None and id(t) in self.values and kind != "constant":
+            lines.append(shorten(f"= {number(self.values[id(t)])}"))
+        if grad is not None and self.values is not None and id(grad) in self.values:
+            lines.append(shorten(f"∂{self.lname}/∂{name} = {number(self.values[id(grad)])}"))
+        return "\\n".join(lines)
+
+    def add_forward(self, grads=None):
+        clusters: dict[str, graphviz.Digraph] = {}
+        for k, t in enumerate(self.graph.nodes):
+            self.node_ids[id(t)] = f"n{k}"
+        groups: dict[str, list[Tensor]] = {}
+        for t in self.graph.nodes:
+            g = self.group(t)
+            if g:
+                groups.setdefault(g, []).append(t)
+                continue
+            attrs = dict(_STYLE[node_kind(t)])
+            if any(t is o for o in self.outputs):
+                attrs.update(peripheries="2", color="#15803d", penwidth="1.6")
+            if isinstance(t.op, Input) and t.op.label in self.failed_inputs:
+                attrs.update(fillcolor="#fecaca", color=_FAIL, penwidth="2")
+            if any((id(t), k) in self.failed_edges for k in range(len(t.inputs))):
+                attrs.update(color=_FAIL, penwidth="2")
+            grad = grads.get(id(t)) if grads else None
+            target = self._cluster(clusters, t.scope) if t.scope else self.dot
+            target.node(self.node_ids[id(t)], self.node_label(t, grad), **attrs)
+        for g, members in groups.items():
+            params = sum(t.size for t in members if node_kind(t) == "param")
+            ops = sum(1 for t in members if node_kind(t) == "op")
+            self.dot.node(f"scope_{g}", f"{g}\\n{params:,} params\\n{ops} ops",
+                          shape="box3d", style="filled", fillcolor="#ede9fe", color="#6d28d9")
+        for parent, sub in sorted(clusters.items(), key=lambda kv: -kv[0].count("/")):
+            self._attach(clusters, parent, sub)
+        seen = set()
+        for t in self.graph.nodes:
+            for k, x in enumerate(t.inputs):
+                a, b = self.dot_id(x), self.dot_id(t)
+                if a == b or (a, b, k) in seen:
+                    continue
+                seen.add((a, b, k))
+                attrs = {"color": _FAIL, "penwidth": "2"} \
+                    if (id(t), k) in self.failed_edges and not grads else {}
+                self.dot.edge(a, b, **attrs)
+
+    def _cluster(self, clusters, scope: str) -> graphviz.Digraph:
+        if scope not in clusters:
+            clusters[scope] = graphviz.Digraph(
+                f"cluster_{len(clusters)}", graph_attr=dict(
+                    label=scope.split("/")[-1], style="rounded,dashed", color="#7c3aed",
+                    fontcolor="#6d28d9"))
+            if "/" in scope:
+                self._cluster(clusters, scope.rsplit("/", 1)[0])
+        return clusters[scope]
+
+    def _attach(self, clusters, scope, sub):
+        parent = scope.rsplit("/", 1)[0] if "/" in scope else None
+        (clusters[parent] if parent else self.dot).subgraph(sub)
+
+    # -- backward -------------------------------------------------------------------
+    def downstream_formula(self, e) -> str:
+        """dL/dx through edge ``e`` as a formula (the chain rule, local × upstream)."""
+        z, x = e.forward, e.forward.inputs[e.operand]
+        zn, xn = self.name(z), self.name(x)
+        if isinstance(z.op, Elementwise):
+            down = f"∂{zn}/∂{xn} · ∂{self.lname}/∂{zn}"
+            return f"Σ over broadcast axes of ({down})" if x.shape != z.shape else down
+        return template(e.vjp_text, **self._names(z, x))
+
+    def _names(self, z, x) -> dict:
+        return dict(g=f"∂{self.lname}/∂{self.name(z)}", x=self.name(x), y=self.name(z),
+                    a=self.name(z.inputs[0]), b=self.name(z.inputs[-1]))
+
+    def upstream_formula(self, z, loss) -> str:
+        """dL/dz: 1 at the loss, else the sum of the downstream gradients of z's users."""
+        if z is loss:
+            return "1"
+        return " + ".join(self.downstream_formula(e) for e in self.into.get(id(z), ()))
+
+    def edge_label(self, e, loss) -> list[str]:
+        z, x = e.forward, e.forward.inputs[e.operand]
+        zn, xn = self.name(z), self.name(x)
+        up = self.upstream_formula(z, loss)
+        if isinstance(z.op, Elementwise):
+            fn = z.op.fn
+            syms = {a: self.name(t) for a, t in zip(fn.args, z.inputs)}
+            syms.update({fn.out: zn} | {s: str(v) for s, (_, v) in
+                                         zip(fn.param_symbols, z.op.params)})
+            local = formula(fn.derivatives[e.operand], syms)
+        else:
+            local = template(e.local_formula, **self._names(z, x))
+        down = self.downstream_formula(e)
+        L = self.lname
+        lines = [f"upstream ∂{L}/∂{zn} = {up}", f"local ∂{zn}/∂{xn} = {local}",
+                 f"downstream ∂{L}/∂{xn} = {down}"]
+        if self.values is not None:
+            parts = (e.upstream, e.local, e.downstream)
+            for i, t in enumerate(parts):
+                if t is not None and id(t) in self.values:
+                    text = number(self.values[id(t)])
+                    if not lines[i].endswith(f"= {text}"):  # not "local ∂d/∂e = 1 = 1"
+                        lines[i] += f" = {text}"
+        if (id(z), e.operand) in self.failed_edges:
+            lines.append("✗ this derivative fails gradient checking")
+        return [shorten(line, 90) for line in lines]
+
+    def add_backward_edges(self, result, loss):
+        for e in result.edges:
+            x = e.forward.inputs[e.operand]
+            a, b = self.dot_id(e.forward), self.dot_id(x)
+            if a == b:
+                continue
+            failed = (id(e.forward), e.operand) in self.failed_edges
+            color = _FAIL if failed else "#c2410c"
+            label = "".join(line + "\\l" for line in self.edge_label(e, loss))
+            self.dot.edge(a, b, label=label, color=color, fontcolor=color, style="dashed",
+                          constraint="false", penwidth="2.2" if failed else "1.2",
+                          arrowhead="vee")
+
+    def add_backward_only(self, result, loss):
+        """Nodes are the gradients dL/dz; edges the labelled backward edges."""
+        for t in self.graph.nodes:
+            g = result.grads.get(id(t))
+            if g is None:
+                continue
+            lines = [f"∂{self.lname}/∂{self.name(t)}", f"{_shape(t)} {t.dtype}"]
+            if self.values is not None and id(g) in self.values:
+                lines.append(shorten(f"= {number(self.values[id(g)])}"))
+            failed = isinstance(t.op, Input) and t.op.label in self.failed_inputs
+            self.dot.node(f"g{self.node_ids[id(t)]}", "\\n".join(lines), shape="box",
+                          style="rounded,filled", fillcolor="#fecaca" if failed else "#ffedd5",
+                          color=_FAIL if failed else "#c2410c")
+        for e in result.edges:
+            failed = (id(e.forward), e.operand) in self.failed_edges
+            color = _FAIL if failed else "#c2410c"
+            self.dot.edge(f"g{self.node_ids[id(e.forward)]}",
+                          f"g{self.node_ids[id(e.forward.inputs[e.operand])]}",
+                          label="".join(line + "\\l" for line in self.edge_label(e, loss)),
+                          color=color, fontcolor=color, penwidth="2.2" if failed else "1.2")
+
+    def add_ir(self, grads, loss):
+        """The backward graph as the IR it is, nodes coloured by their role."""
+        ir = Graph(grads)
+        names = node_names(ir)
+        forward = {id(t) for t in self.graph.nodes}
+        for k, t in enumerate(ir.nodes):
+            self.node_ids.setdefault(id(t), f"b{k}")
+            record = provenance(t, self.outputs) if id(t) not in forward else None
+            attrs = dict(_STYLE[node_kind(t)])
+            label = [t.op.name if node_kind(t) == "op" else node_kind(t),
+                     f"{names[id(t)]}: {list(t.shape)} {t.dtype}"]
+            if record is not None:
+                attrs.update(color=_ROLE_COLOR[record.role], penwidth="1.8")
+                label.append(f"{record.role} of {self.name(record.forward)}")
+            if self.values is not None and id(t) in self.values:
+                label.append(shorten(f"= {number(self.values[id(t)])}"))
+            self.dot.node(self.node_ids[id(t)], "\\n".join(label), **attrs)
+        for t in ir.nodes:
+            for x in t.inputs:
+                self.dot.edge(self.node_ids[id(x)], self.node_ids[id(t)])
+
+
+def _shape(t: Tensor) -> str:
+    return "scalar" if not t.shape else "×".join(map(str, t.shape))
+
+
+def _evaluate(tensors, feeds) -> dict[int, np.ndarray]:
+    values = {id(t): t.op.value.array for t in tensors if isinstance(t.op, Constant)}
+    unique = list({id(t): t for t in tensors if id(t) not in values}.values())
+    f = compile(unique, backend="numpy")
+    missing = [n for n in f.input_names if n not in feeds]
+    if missing:
+        raise GraphError(f"render: values lack feed(s) {missing}")
+    arrays = f({n: feeds[n] for n in f.input_names})
+    return values | {id(t): a for t, a in zip(unique, arrays)}
+
+
+def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=None,
+           collapse=False) -> Diagram:
+    """Draw ``outputs`` with Graphviz; write ``path`` (.svg .png .pdf .dot) if given.
+
+    ``backward``: ``False`` (forward graph), ``True`` or ``"combined"`` (forward graph with
+    a labelled backward edge beside every forward edge), ``"backward"`` (the gradients
+    dL/dz only) or ``"ir"`` (the backward graph as the IR nodes it is made of).  The loss
+    is the first output (a scalar); gradients are taken w.r.t. ``wrt`` (default: every
+    float input and param).  Each backward edge z -> x is labelled ``upstream ∂L/∂z``,
+    ``local ∂z/∂x`` and ``downstream ∂L/∂x`` (= local × upstream) with the formula and,
+    when ``values`` (the feeds) are given, the numbers.  ``check``: a ``gc.check_grad``
+    report; failing tensors and derivatives are drawn red.  ``collapse=True`` draws each
+    top-level ``gc.scope`` as one node with its parameter count.
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", (3,))
+    >>> d = gc.render(gc.sum(gc.sigmoid(x)), backward=True)
+    >>> "local ∂" in d.source
+    True
+    """
+    outs = as_outputs(outputs)
+    mode = {False: None, None: None, True: "combined"}.get(backward, backward)
+    if mode not in (None, "combined", "backward", "ir"):
+        raise ValueError(f"backward must be False, True, 'combined', 'backward' or 'ir', "
+                         f"got {backward!r}")
+    builder = _Builder(outs, None, check, collapse)
+    result, loss, grads = None, outs[0], []
+    if mode:
+        if loss.shape != () or not dtypes.is_float(loss.dtype):
+            raise GraphError("render(backward=...): the first output must be a float scalar "
+                             f"loss, got {loss.shape} {loss.dtype}")
+        wrt = [t for t in builder.graph.inputs if dtypes.is_float(t.dtype)] if wrt is None \
+            else list(as_outputs(wrt))
+        result = build_backward([loss], [constant(1.0, dtype=loss.dtype)], wrt)
+        grads = [result.grad_of(w) for w in wrt]
+        builder.set_backward(result)
+    if values is not None:
+        wanted = list(builder.graph.nodes)
+        if result is not None:
+            wanted += list(result.grads.values())
+            wanted += [t for e in result.edges for t in (e.upstream, e.local, e.downstream)
+                       if t is not None]
+            wanted += list(Graph(grads).nodes) if mode == "ir" else []
+        builder.values = _evaluate(wanted, values)
+    if mode == "ir":
+        builder.add_ir(grads, loss)
+    elif mode == "backward":
+        builder.node_ids = {id(t): f"n{k}" for k, t in enumerate(builder.graph.nodes)}
+        builder.add_backward_only(result, loss)
+    else:
+        builder.add_forward(result.grads if result else None)
+        if result is not None:
+            builder.add_backward_edges(result, loss)
+    diagram = Diagram(builder.dot)
+    if path is not None:
+        diagram.save(path)
+    return diagram
