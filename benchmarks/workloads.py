@@ -1,0 +1,234 @@
+"""The benchmark workloads, each written once per framework.
+
+A workload is one training step: the loss and its gradients with respect to every
+parameter (and, for W3, the input), in float32.  It is defined three times, with the same
+shapes and the same math:
+
+- ``graphc``: a graph builder ``(**sizes) -> (loss, wrt)``;
+- ``torch``: an eager function ``(tensors) -> loss``;
+- ``jax``: a function ``(arrays) -> loss`` that the harness wraps in
+  ``jax.jit(jax.value_and_grad(...))``.
+
+``tensors``/``arrays`` map feed names to values: the data (seeded, from ``data``) and the
+initial parameters (``gc.init_params`` of the graphc loss), so every framework starts from
+the same numbers.  Adding a workload (W5, LeNet, once conv/pool land) is one more entry in
+:data:`WORKLOADS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import graphc as gc
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A workload instantiated at given sizes: the graphc loss, what to differentiate, and
+    the feeds (data and initial parameters) shared by every framework."""
+
+    loss: gc.Tensor
+    wrt: tuple[gc.Tensor, ...]
+    feeds: dict[str, np.ndarray]
+
+    @property
+    def wrt_names(self) -> tuple[str, ...]:
+        return tuple(t.op.label for t in self.wrt)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    target: float  # graphc ms/step divided by PyTorch eager ms/step, at 2 threads
+    sizes: dict  # the benchmark's sizes; tests pass smaller ones
+    graphc: Callable  # (**sizes) -> (loss, wrt)
+    data: Callable  # (rng, **sizes) -> {name: array} of the non-parameter feeds
+    torch: Callable  # (tensors) -> loss
+    jax: Callable  # (arrays) -> loss
+    torch_extra: dict = field(default_factory=dict)  # row name -> (tensors) -> loss
+
+    def problem(self, sizes: dict | None = None, seed: int = 0) -> Problem:
+        sizes = {**self.sizes, **(sizes or {})}
+        loss, wrt = self.graphc(**sizes)
+        feeds = self.data(np.random.default_rng(seed), **sizes)
+        feeds.update(gc.init_params(loss, seed=seed))
+        return Problem(loss, tuple(wrt), feeds)
+
+
+def _normal(rng, shape) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# W1, W2: MLP with ReLU and softmax cross-entropy.  Parameters W1, b1, W2, b2, ...
+
+
+def mlp_graphc(batch, widths):
+    x = gc.input("x", (batch, widths[0]))
+    labels = gc.input("labels", (batch,), "int64")
+    h, params = x, []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        W = gc.param(f"W{i}", (fan_in, fan_out))
+        b = gc.param(f"b{i}", (fan_out,), init="zeros")
+        h = h @ W + b
+        if i < len(widths) - 1:
+            h = gc.relu(h)
+        params += [W, b]
+    return gc.softmax_cross_entropy(h, labels), params
+
+
+def mlp_data(rng, batch, widths):
+    return {"x": _normal(rng, (batch, widths[0])),
+            "labels": rng.integers(0, widths[-1], batch).astype(np.int64)}
+
+
+def _layers(t) -> int:
+    return sum(1 for name in t if name.startswith("W"))
+
+
+def mlp_torch(t):
+    import torch
+    h, n = t["x"], _layers(t)
+    for i in range(1, n + 1):
+        h = h @ t[f"W{i}"] + t[f"b{i}"]
+        if i < n:
+            h = torch.relu(h)
+    return torch.nn.functional.cross_entropy(h, t["labels"])
+
+
+def mlp_jax(t):
+    import jax
+    import jax.numpy as jnp
+    h, n = t["x"], _layers(t)
+    for i in range(1, n + 1):
+        h = h @ t[f"W{i}"] + t[f"b{i}"]
+        if i < n:
+            h = jax.nn.relu(h)
+    logp = jax.nn.log_softmax(h, axis=1)
+    return -jnp.mean(jnp.take_along_axis(logp, t["labels"][:, None], axis=1))
+
+
+# ---------------------------------------------------------------------------------------
+# W3: a chain of elementwise ops with parameter vectors a, b; gradients w.r.t. x, a, b.
+
+
+def chain_graphc(rows, cols):
+    x = gc.input("x", (rows, cols))
+    a = gc.param("a", (cols,), init="normal")
+    b = gc.param("b", (cols,), init="normal")
+    z = gc.silu(gc.gelu(gc.sigmoid(gc.tanh(x)), approximate="tanh"))
+    return gc.mean(gc.square(gc.softplus(z * a + b))), [x, a, b]
+
+
+def chain_data(rng, rows, cols):
+    return {"x": _normal(rng, (rows, cols))}
+
+
+def chain_torch(t):
+    import torch
+    F = torch.nn.functional
+    z = F.silu(F.gelu(torch.sigmoid(torch.tanh(t["x"])), approximate="tanh"))
+    return torch.mean(torch.square(F.softplus(z * t["a"] + t["b"])))
+
+
+def chain_jax(t):
+    import jax
+    import jax.numpy as jnp
+    z = jax.nn.silu(jax.nn.gelu(jax.nn.sigmoid(jnp.tanh(t["x"])), approximate=True))
+    return jnp.mean(jnp.square(jax.nn.softplus(z * t["a"] + t["b"])))
+
+
+# ---------------------------------------------------------------------------------------
+# W4: an LSTM unrolled over `steps` time steps; loss = mean of the last hidden state.
+# One cell, gates in PyTorch's order (input, forget, cell, output):
+#   z = x_t @ Wx + h @ Wh + b;  c = f * c + i * g;  h = o * tanh(c)
+
+
+def lstm_graphc(inputs, hidden, batch, steps):
+    xs = gc.input("xs", (steps, batch, inputs))
+    Wx = gc.param("Wx", (inputs, 4 * hidden))
+    Wh = gc.param("Wh", (hidden, 4 * hidden))
+    b = gc.param("b", (4 * hidden,), init="zeros")
+    H = hidden
+    h = c = gc.constant(np.zeros((batch, hidden), np.float32))
+    for t in range(steps):
+        z = xs[t] @ Wx + h @ Wh + b
+        i, f = gc.sigmoid(z[:, :H]), gc.sigmoid(z[:, H:2 * H])
+        g, o = gc.tanh(z[:, 2 * H:3 * H]), gc.sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * gc.tanh(c)
+    return gc.mean(h), [Wx, Wh, b]
+
+
+def lstm_data(rng, inputs, hidden, batch, steps):
+    return {"xs": _normal(rng, (steps, batch, inputs))}
+
+
+def lstm_torch(t):
+    import torch
+    xs, Wx, Wh, b = t["xs"], t["Wx"], t["Wh"], t["b"]
+    H = Wh.shape[0]
+    h = c = torch.zeros(xs.shape[1], H)
+    for x in xs:
+        z = x @ Wx + h @ Wh + b
+        i, f = torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H:2 * H])
+        g, o = torch.tanh(z[:, 2 * H:3 * H]), torch.sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+    return h.mean()
+
+
+_FUSED_LSTMS: dict = {}
+
+
+def lstm_torch_fused(t):
+    """The same LSTM through ``torch.nn.LSTM`` (PyTorch's fused kernel): a reference row."""
+    import torch
+    xs, Wx, Wh, b = t["xs"], t["Wx"], t["Wh"], t["b"]
+    key = (Wx.shape[0], Wh.shape[0])
+    if key not in _FUSED_LSTMS:
+        _FUSED_LSTMS[key] = torch.nn.LSTM(*key)
+    weights = {"weight_ih_l0": Wx.T, "weight_hh_l0": Wh.T, "bias_ih_l0": b,
+               "bias_hh_l0": torch.zeros_like(b)}
+    _, (h, _) = torch.func.functional_call(_FUSED_LSTMS[key], weights, (xs,))
+    return h[-1].mean()
+
+
+def lstm_jax(t):
+    import jax
+    import jax.numpy as jnp
+    xs, Wx, Wh, b = t["xs"], t["Wx"], t["Wh"], t["b"]
+    H = Wh.shape[0]
+    h = c = jnp.zeros((xs.shape[1], H), xs.dtype)
+    for step in range(xs.shape[0]):  # unrolled, like the graphc graph
+        z = xs[step] @ Wx + h @ Wh + b
+        i, f = jax.nn.sigmoid(z[:, :H]), jax.nn.sigmoid(z[:, H:2 * H])
+        g, o = jnp.tanh(z[:, 2 * H:3 * H]), jax.nn.sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+    return jnp.mean(h)
+
+
+# ---------------------------------------------------------------------------------------
+
+WORKLOADS = {w.name: w for w in [
+    Workload("W1", "MLP 784-256-256-10, ReLU, softmax cross-entropy, batch 128", 0.8,
+             {"batch": 128, "widths": (784, 256, 256, 10)},
+             mlp_graphc, mlp_data, mlp_torch, mlp_jax),
+    Workload("W2", "MLP 784-1024-1024-10, ReLU, softmax cross-entropy, batch 256", 0.95,
+             {"batch": 256, "widths": (784, 1024, 1024, 10)},
+             mlp_graphc, mlp_data, mlp_torch, mlp_jax),
+    Workload("W3", "square(softplus(silu(gelu_tanh(sigmoid(tanh(x)))) * a + b)), "
+                   "x 256x4096, grads x, a, b", 0.4,
+             {"rows": 256, "cols": 4096},
+             chain_graphc, chain_data, chain_torch, chain_jax),
+    Workload("W4", "LSTM input 64, hidden 128, batch 32, 50 steps unrolled", 0.35,
+             {"inputs": 64, "hidden": 128, "batch": 32, "steps": 50},
+             lstm_graphc, lstm_data, lstm_torch, lstm_jax,
+             torch_extra={"torch nn.LSTM": lstm_torch_fused}),
+    # W5 (LeNet, target 1.0) joins here once gc.conv2d and gc.max_pool2d exist.
+]}

@@ -1,0 +1,149 @@
+"""The benchmark harness (benchmarks/, `graphc bench`): every workload computes the same loss
+and gradients in graphc, PyTorch eager and JAX, and the command runs end to end."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import cli
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import frameworks  # noqa: E402  -- benchmarks/ is a folder of scripts, not a package
+from workloads import WORKLOADS  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("graphc_benchmarks_run",
+                                               ROOT / "benchmarks" / "run.py")
+bench_run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_run)
+
+# Small instances of every workload; a new workload needs an entry (the test fails without).
+SMALL = {
+    "W1": {"batch": 8, "widths": (12, 7, 5, 3)},
+    "W2": {"batch": 6, "widths": (9, 11, 4)},
+    "W3": {"rows": 4, "cols": 16},
+    "W4": {"inputs": 5, "hidden": 6, "batch": 3, "steps": 4},
+}
+
+
+def _results(name, seed=0):
+    workload = WORKLOADS[name]
+    problem = workload.problem(SMALL[name], seed=seed)
+    step, _, backend = frameworks.graphc_step(problem, "numpy")
+    assert backend == "numpy"
+    return workload, problem, frameworks.as_numpy(step())
+
+
+def _assert_same(result, expected, names):
+    (loss, grads), (ref_loss, ref_grads) = result, expected
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-4, atol=1e-6)
+    assert len(grads) == len(ref_grads) == len(names)
+    for name, g, ref in zip(names, grads, ref_grads):
+        assert g.shape == ref.shape, name
+        np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_torch_matches_graphc(name):
+    workload, problem, expected = _results(name)
+    assert all(np.abs(g).max() > 0 for g in expected[1])  # every gradient is exercised
+    for fn in [workload.torch, *workload.torch_extra.values()]:
+        step, compile_s = frameworks.torch_step(problem, fn)
+        _assert_same(frameworks.as_numpy(step()), expected, problem.wrt_names)
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_jax_matches_graphc(name):
+    pytest.importorskip("jax")
+    workload, problem, expected = _results(name)
+    step, compile_s = frameworks.jax_step(problem, workload.jax)
+    assert compile_s > 0
+    _assert_same(frameworks.as_numpy(step()), expected, problem.wrt_names)
+
+
+def test_workloads_are_float32_with_seeded_data():
+    for name in WORKLOADS:
+        first, second = (WORKLOADS[name].problem(SMALL[name]) for _ in range(2))
+        assert first.loss.dtype == "float32"
+        for key, value in first.feeds.items():
+            assert value.dtype in (np.float32, np.int64), key
+            np.testing.assert_array_equal(value, second.feeds[key])
+    assert "W5" not in WORKLOADS  # LeNet waits for conv2d and max_pool2d
+
+
+def test_thread_env_sets_every_library():
+    env = bench_run.thread_env(3, {"XLA_FLAGS": "--xla_dump_to=/tmp/x"})
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS", "NPROC"):
+        assert env[var] == "3"
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+    one = bench_run.thread_env(1, {})
+    assert one["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false" and one["NPROC"] == "1"
+
+
+def test_measure_interleaves_and_honours_min_steps(monkeypatch):
+    monkeypatch.setattr(bench_run, "SLICE_SECONDS", 0.0)  # one step per turn
+    order = []
+    steps = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    times = bench_run.measure(steps, min_steps=4, seconds=0.0)
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
+    timed = order[3 * bench_run.WARMUP_STEPS:]
+    assert timed == list("abc") * 4
+
+
+def test_missing_framework_and_backend_errors_become_rows(monkeypatch):
+    workload = WORKLOADS["W1"]
+    problem = workload.problem(SMALL["W1"])
+
+    def no_jax(module):
+        if module == "jax":
+            raise frameworks.NotInstalled("jax not installed")
+    monkeypatch.setattr(frameworks, "_require", no_jax)
+
+    def no_backend(outputs, backend=None):
+        raise gc.BackendError(f"backend {backend!r} cannot run here")
+    monkeypatch.setattr(gc, "compile", no_backend)
+    rows = {name: (step, note) for name, step, _, note in
+            bench_run.prepare(workload, problem, "cuda")}
+    assert rows["jax jit"] == (None, "not installed")
+    assert rows["graphc[cuda]"] == (None, "backend 'cuda' cannot run here")
+    assert rows["torch eager"][0] is not None
+
+
+def test_bench_command_prints_the_table(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "graphc.cli", "bench", "--workload", "W1", "--seconds", "0",
+         "--steps", "3", "--backend", "numpy", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("warning:")]
+    assert lines[0].startswith("graphc bench: ") and "1 threads" in lines[0]
+    assert lines[1].split() == ["workload", "framework", "ms/step", "ratio", "target",
+                                "compile", "s", "steps"]
+    assert lines[2].startswith("W1") and "MLP 784-256-256-10" in lines[2]
+    graphc_row = lines[3].split()
+    assert graphc_row[0] == "graphc[numpy]" and graphc_row[3:5] == ["<=", "0.80"]
+    torch_row = lines[4].split()
+    assert torch_row[:2] == ["torch", "eager"] and torch_row[3] == "1.00"
+    jax_row = next(line for line in lines if "jax jit" in line)
+    assert ("not installed" in jax_row) == (importlib.util.find_spec("jax") is None)
+    report = json.loads(out.read_text())
+    assert report["machine"]["threads"] == 1
+    rows = {r["framework"]: r for r in report["results"]}
+    assert rows["graphc[numpy]"]["steps"] >= 3 and rows["graphc[numpy]"]["ms_per_step"] > 0
+    assert rows["torch eager"]["ratio"] == 1.0
+
+
+def test_bench_without_benchmarks_folder_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(cli.os.path, "isfile", lambda path: False)
+    assert cli.main(["bench"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "benchmarks/ folder" in err
