@@ -37,13 +37,13 @@ def test_dtype_names():
     assert gc.input("y", (1,)).dtype == "float32"  # the default
 
 
-@pytest.mark.parametrize("a, b", itertools.product(ORDER, ORDER))
+@pytest.mark.parametrize("a, b", list(itertools.product(ORDER, ORDER)))
 def test_promote_is_the_larger_in_the_total_order(a, b):
     want = ORDER[max(ORDER.index(a), ORDER.index(b))]
     assert dtypes.promote(a, b) == want
 
 
-@pytest.mark.parametrize("a, b", itertools.product(NUMERIC, NUMERIC))
+@pytest.mark.parametrize("a, b", list(itertools.product(NUMERIC, NUMERIC)))
 def test_binary_ops_promote_numeric_tensors(a, b):
     want = ORDER[max(ORDER.index(a), ORDER.index(b))]
     x, y = leaf(a, "x"), leaf(b, "y")
