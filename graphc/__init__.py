@@ -72,6 +72,16 @@ from .gradcheck import GradCheckReport, check_grad  # noqa: E402
 from .graph import Graph, check_graph, format_graph, to_networkx
 from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
 from .ir import DTypeError, GraphError, ShapeError, Tensor, scope
+from .nn_functions import (
+    avg_pool2d,
+    batch_norm,
+    conv2d,
+    dropout,
+    embedding,
+    global_avg_pool2d,
+    layer_norm,
+    max_pool2d,
+)
 from .passes.autodiff import grad, hvp, vjp  # noqa: E402 -- graphc.passes needs the above
 from .viz import Diagram, RenderError, render  # noqa: E402
 
@@ -80,13 +90,14 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError", "CompiledFunction", "DTypeError", "Diagram", "ElementwiseDef",
     "ElementwiseError", "FeedError", "GradCheckReport", "Graph", "GraphError", "INITIALIZERS",
-    "RenderError", "ShapeError", "Tensor", "abs", "add", "binary_cross_entropy_with_logits",
-    "broadcast_to", "cast", "check_grad", "check_graph", "compile", "concat", "constant", "cos",
-    "div", "dtypes", "elementwise", "elu", "equal", "exp", "format_graph", "gelu", "grad",
+    "RenderError", "ShapeError", "Tensor", "abs", "add", "avg_pool2d", "batch_norm",
+    "binary_cross_entropy_with_logits", "broadcast_to", "cast", "check_grad", "check_graph",
+    "compile", "concat", "constant", "conv2d", "cos", "div", "dropout", "dtypes", "elementwise",
+    "elu", "embedding", "equal", "exp", "format_graph", "gelu", "global_avg_pool2d", "grad",
     "greater", "greater_equal", "hinge", "huber", "hvp", "init_params", "input", "l1", "l2",
-    "leaky_relu", "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul", "max",
-    "maximum", "mean", "min", "minimum", "mse", "mul", "neg", "not_equal", "param", "params_of",
-    "power", "prelu", "reciprocal", "relu", "render", "reshape", "scope", "sigmoid", "silu", "sin",
-    "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "stack", "sub", "sum",
-    "take", "tanh", "to_networkx", "transpose", "vjp", "where",
+    "layer_norm", "leaky_relu", "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul",
+    "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse", "mul", "neg", "not_equal",
+    "param", "params_of", "power", "prelu", "reciprocal", "relu", "render", "reshape", "scope",
+    "sigmoid", "silu", "sin", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square",
+    "stack", "sub", "sum", "take", "tanh", "to_networkx", "transpose", "vjp", "where",
 ]
