@@ -82,13 +82,14 @@ from .nn_functions import (
     layer_norm,
     max_pool2d,
 )
+from .numba_codegen import CodegenError  # noqa: E402 -- does not import Numba
 from .passes.autodiff import grad, hvp, vjp  # noqa: E402 -- graphc.passes needs the above
 from .viz import Diagram, RenderError, render  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "CompiledFunction", "DTypeError", "Diagram", "ElementwiseDef",
+    "BackendError", "CodegenError", "CompiledFunction", "DTypeError", "Diagram", "ElementwiseDef",
     "ElementwiseError", "FeedError", "GradCheckReport", "Graph", "GraphError", "INITIALIZERS",
     "RenderError", "ShapeError", "Tensor", "abs", "add", "avg_pool2d", "batch_norm",
     "binary_cross_entropy_with_logits", "broadcast_to", "cast", "check_grad", "check_graph",

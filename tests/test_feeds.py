@@ -378,7 +378,7 @@ def test_callable_init():
 # Backends
 
 
-@pytest.mark.parametrize("backend", ["numba", "cuda"])
+@pytest.mark.parametrize("backend", ["cuda"])
 def test_unbuilt_backends_raise_backend_error(backend):
     x = gc.input("x", (2,))
     with pytest.raises(gc.BackendError) as info:

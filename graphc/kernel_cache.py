@@ -1,0 +1,334 @@
+"""The on-disk kernel cache, and loading native kernels into this process.
+
+Layout (``$GRAPHC_CACHE_DIR``, else the platform's user cache directory + ``graphc``)::
+
+    kernels-<environment tag>/      one directory per (graphc codegen, Numba, llvmlite,
+                                     host CPU and features, fastmath.py) combination
+        sigmoid_f32_F_3fa2c1d09e.py  the kernel's source; line 1: "# graphc-kernel sha256=..."
+        sigmoid_f32_F_3fa2c1d09e.o   native object: magic line, JSON header, payload
+
+A kernel's file name ends in a hash of its source and signature, so a kernel is shared
+by every graph and shape with the same body.  A warm load reads the object, checks its
+checksum and links it into an in-process MCJIT engine with llvmlite: Numba is not
+imported, which is what keeps a warm ``gc.compile`` fast.  On a miss the source is
+written, compiled by Numba (:func:`graphc.numba_codegen.compile_object`) and the object
+written.
+
+Safety: every file is written to a temporary name in the same directory and moved into
+place with ``os.replace``, so two processes compiling the same kernel at once each
+produce a complete file and readers never see a partial one; a truncated or corrupt file
+fails its checksum, is removed and rebuilt.  An unwritable cache directory is reported
+once as a warning and a temporary directory is used instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import struct
+import sys
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+
+from .numba_codegen import CODEGEN_VERSION, KernelSpec, NativeObject
+
+FORMAT = 1
+_MAGIC = b"GRAPHC-KERNEL-OBJECT 1\n"
+_SOURCE_TAG = "# graphc-kernel sha256="
+# Environment variables that change what Numba generates, so they are part of the tag.
+_NUMBA_ENV = ("NUMBA_OPT", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_LOOP_VECTORIZE",
+              "NUMBA_SLP_VECTORIZE", "NUMBA_ENABLE_AVX", "NUMBA_BOUNDSCHECK")
+
+
+def cache_root() -> str:
+    """``$GRAPHC_CACHE_DIR``, else the platform's per-user cache directory for graphc."""
+    env = os.environ.get("GRAPHC_CACHE_DIR")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    home = os.path.expanduser("~")
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, "graphc", "Cache")
+    if sys.platform == "darwin":
+        return os.path.join(home, "Library", "Caches", "graphc")
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"),
+                        "graphc")
+
+
+_TAG: str | None = None
+
+
+def environment_tag() -> str:
+    """A hash of everything besides a kernel's source that its native code depends on."""
+    global _TAG
+    if _TAG is None:
+        import importlib.metadata
+
+        import llvmlite
+        import llvmlite.binding as llvm
+        _init_llvm()
+        fastmath = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastmath.py")
+        with open(fastmath, "rb") as f:
+            fastmath_hash = hashlib.sha256(f.read()).hexdigest()
+        parts = [f"graphc codegen {CODEGEN_VERSION} cache {FORMAT}",
+                 f"numba {importlib.metadata.version('numba')}", f"llvmlite {llvmlite.__version__}",
+                 f"cpu {llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}",
+                 f"{sys.platform} {struct.calcsize('P') * 8}", f"fastmath {fastmath_hash}"]
+        parts += [f"{k}={os.environ.get(k, '')}" for k in _NUMBA_ENV]
+        _TAG = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return _TAG
+
+
+def kernel_dir() -> str:
+    return os.path.join(cache_root(), f"kernels-{environment_tag()}")
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that no reader ever sees a partial file."""
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def source_text(spec: KernelSpec) -> str:
+    """The kernel file: a checksum line, then the generated source."""
+    digest = hashlib.sha256(spec.source.encode()).hexdigest()
+    return f"{_SOURCE_TAG}{digest}\n{spec.source}"
+
+
+def source_ok(path: str, spec: KernelSpec) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read() == source_text(spec)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _digest(symbol: str, externals, code: bytes) -> str:
+    """Checksum of an object entry: the payload and the header fields it is read with."""
+    h = hashlib.sha256(json.dumps([symbol, list(externals)]).encode())
+    h.update(code)
+    return h.hexdigest()
+
+
+def encode_object(obj: NativeObject) -> bytes:
+    header = {"symbol": obj.symbol, "externals": list(obj.externals), "size": len(obj.code),
+              "sha256": _digest(obj.symbol, obj.externals, obj.code)}
+    return _MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + obj.code
+
+
+def decode_object(data: bytes) -> NativeObject | None:
+    """The object stored in ``data``, or None if it is truncated or corrupt."""
+    if not data.startswith(_MAGIC):
+        return None
+    head, sep, code = data[len(_MAGIC):].partition(b"\n")
+    try:
+        header = json.loads(head)
+        symbol, externals = str(header["symbol"]), tuple(map(str, header["externals"]))
+        if not sep or len(code) != header["size"] or \
+                _digest(symbol, externals, code) != header["sha256"]:
+            return None
+        return NativeObject(code, symbol, externals)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Native code in this process
+
+
+def _init_llvm():
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+class _NativeLoader:
+    """One MCJIT engine that native kernel objects are linked into."""
+
+    def __init__(self):
+        import llvmlite.binding as llvm
+        _init_llvm()
+        self._llvm = llvm
+        tm = llvm.Target.from_default_triple().create_target_machine()
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        self._addresses: dict[str, int] = {}
+
+    def address(self, obj: NativeObject) -> int:
+        addr = self._addresses.get(obj.symbol)
+        if addr is None:
+            missing = unresolved(obj)
+            if missing:
+                raise OSError(f"kernel needs symbols this process lacks: {', '.join(missing)}")
+            self._engine.add_object_file(self._llvm.ObjectFileRef.from_data(obj.code))
+            self._engine.finalize_object()
+            addr = self._engine.get_function_address(obj.symbol)
+            if not addr:
+                raise OSError(f"native kernel object does not define {obj.symbol}")
+            self._addresses[obj.symbol] = addr
+        return addr
+
+
+def unresolved(obj: NativeObject) -> list[str]:
+    """External symbols of ``obj`` (from its IR and, for ELF, its symbol table) that the
+    dynamic linker cannot find in this process; linking them would crash at call time."""
+    names = set(obj.externals) | set(elf_undefined_symbols(obj.code))
+    if not names or sys.platform == "win32":
+        return []
+    process = ctypes.CDLL(None)
+    return sorted(n for n in names if not hasattr(process, n))
+
+
+def elf_undefined_symbols(code: bytes) -> list[str]:
+    """Undefined symbol names of an ELF64 little-endian object ([] for other formats)."""
+    if code[:4] != b"\x7fELF" or code[4] != 2 or code[5] != 1:
+        return []
+    shoff, = struct.unpack_from("<Q", code, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", code, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", code, shoff + i * shentsize)
+                for i in range(shnum)]
+    names = []
+    for sec in sections:
+        if sec[1] != 2:  # SHT_SYMTAB
+            continue
+        strtab = sections[sec[6]]
+        for off in range(sec[4], sec[4] + sec[5], 24):
+            st_name, _info, _other, shndx = struct.unpack_from("<IBBH", code, off)
+            if shndx == 0 and st_name:
+                start = strtab[4] + st_name
+                names.append(code[start:code.index(b"\0", start)].decode())
+    return names
+
+
+# ---------------------------------------------------------------------------------------
+# The cache
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A loaded kernel: ``fn`` is a ctypes function taking pointers and sizes (it releases
+    the GIL while it runs); ``path`` is its source file."""
+
+    spec: KernelSpec
+    fn: object
+    path: str
+
+
+_LOCK = threading.RLock()
+_MEMORY: dict[str, Kernel] = {}
+_LOADER: _NativeLoader | None = None
+_WARNED: set[str] = set()
+_FALLBACK_DIR: str | None = None
+
+
+def clear_memory() -> None:
+    """Forget the kernels loaded in this process (the next load reads the disk again)."""
+    with _LOCK:
+        _MEMORY.clear()
+
+
+def _directory() -> str:
+    """The kernel directory, created if needed; a temporary one if it cannot be."""
+    global _FALLBACK_DIR
+    path = kernel_dir()
+    try:
+        os.makedirs(path, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+        raise PermissionError(f"{path} is not writable")
+    except OSError as err:
+        if path not in _WARNED:
+            _WARNED.add(path)
+            warnings.warn(f"graphc: cannot use the kernel cache {path} ({err}); compiled "
+                          "kernels will not be kept across processes", RuntimeWarning,
+                          stacklevel=3)
+        if _FALLBACK_DIR is None:
+            _FALLBACK_DIR = tempfile.mkdtemp(prefix="graphc-kernels-")
+        return _FALLBACK_DIR
+
+
+def load(spec: KernelSpec, compile_object) -> tuple[Kernel, str]:
+    """The kernel for ``spec`` and where it came from: ``"memory"``, ``"disk"``,
+    ``"compiled"`` (a miss) or ``"rebuilt"`` (the cached object was corrupt).
+
+    ``compile_object(spec, source_path) -> NativeObject`` compiles on a miss; its errors
+    propagate (the backend names the graph node)."""
+    global _LOADER
+    with _LOCK:
+        kernel = _MEMORY.get(spec.key)
+        if kernel is not None:
+            return kernel, "memory"
+        if _LOADER is None:
+            _LOADER = _NativeLoader()
+        directory = _directory()
+        source_path = os.path.join(directory, f"{spec.name}.py")
+        object_path = os.path.join(directory, f"{spec.name}.o")
+        obj, outcome = _read(object_path), "disk"
+        if obj is not None and obj is not False and obj.symbol != spec.symbol:
+            obj = False  # a valid file, but not this kernel's
+        if obj is False:
+            outcome = "rebuilt"
+        if not source_ok(source_path, spec):
+            atomic_write(source_path, source_text(spec).encode())
+        address = None
+        if obj:
+            try:
+                address = _LOADER.address(obj)
+            except OSError:
+                outcome = "rebuilt"
+        if address is None:
+            obj = compile_object(spec, source_path)
+            address = _LOADER.address(obj)
+            _write(object_path, encode_object(obj))
+            outcome = "compiled" if outcome == "disk" else outcome
+        proto = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p if p[0] == "ptr" else ctypes.c_ssize_t
+                                         for p in spec.params])
+        kernel = Kernel(spec, proto(address), source_path)
+        _MEMORY[spec.key] = kernel
+        return kernel, outcome
+
+
+def _read(path: str):
+    """The object at ``path``; None if absent; False (after removing it) if corrupt."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    obj = decode_object(data)
+    if obj is None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return False
+    return obj
+
+
+def _write(path: str, data: bytes) -> None:
+    try:
+        atomic_write(path, data)
+    except OSError as err:
+        if path not in _WARNED:
+            _WARNED.add(path)
+            warnings.warn(f"graphc: could not write the kernel cache file {path} ({err})",
+                          RuntimeWarning, stacklevel=3)

@@ -1,0 +1,918 @@
+"""The Numba CPU backend: a graph becomes a Python orchestrator that calls native kernels.
+
+``gc.compile(outputs, backend="numba")`` lowers the checked graph in four steps:
+
+1. **Fold constants**: nodes that depend on no input are evaluated once, by the reference
+   semantics, when compiling (the seed of a gradient and its broadcasts, for instance).
+2. **Choose a lowering per node** from a rule table keyed by op class, with a NumPy default:
+   matmul through BLAS (``np.matmul(..., out=)``), reductions as NumPy ufunc reductions,
+   the softmax family as row kernels, elementwise ops as one NumPy ufunc when the op *is*
+   one ufunc (``a + b``, ``exp(x)``: same result as the reference, no compile time) and
+   otherwise as a Numba kernel generated from the op's SymPy form
+   (:mod:`graphc.numba_codegen`), loaded through the on-disk cache
+   (:mod:`graphc.kernel_cache`).  Reshape, transpose, broadcast and slicing are views.
+3. **Plan memory**: intermediate results live in preallocated buffers, shared between
+   values whose lifetimes do not overlap; graph outputs are fresh arrays on every call, so
+   they are returned without a copy.
+4. **Emit** one Python statement per node (named after the node, with a comment naming
+   its op), ``exec`` it, and keep the text as ``f.source``.
+
+>>> import numpy as np, graphc as gc
+>>> x = gc.input("x", (3,), "float64")
+>>> f = gc.compile(gc.sum(gc.sigmoid(x) * 2.0), backend="numba")
+>>> float(f(x=np.zeros(3)))
+3.0
+"""
+
+from __future__ import annotations
+
+import ctypes
+import linecache
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dtypes, kernel_cache
+from . import numba_codegen as cg
+from .elementwise_ops import Elementwise
+from .graph import Graph, node_names, type_text
+from .inputs import Constant, Input
+from .ir import GraphError, Tensor, located
+from .structured_ops import (
+    BroadcastTo,
+    Cast,
+    Concat,
+    Index,
+    IndexAdd,
+    LogSoftmax,
+    LogSumExp,
+    MatMul,
+    Reduce,
+    Reshape,
+    Softmax,
+    Take,
+    TakeAdd,
+    Transpose,
+)
+
+FOLD_LIMIT_BYTES = 8 << 20  # larger constant results are computed at run time instead
+# Measured on the reference machine (AVX-512, 2 cores; docs/codegen.md): for one
+# arithmetic op (add, mul, max, compare, bias add) a generated kernel is 1.3-2x faster than
+# the NumPy ufunc from 4K to 256K elements and equal beyond; NumPy's own SIMD exp, log,
+# tanh, sin, cos are 1.1-2.7x faster than a loop calling graphc.fastmath, so a single
+# such function stays a ufunc.  Below KERNEL_MIN_SIZE elements the ufunc is as fast and
+# costs no compile time.
+NUMPY_FASTER = {"exp", "log", "tanh", "sin", "cos", "expm1", "log1p", "sqrt", "square",
+                "power", "reciprocal"}
+KERNEL_MIN_SIZE = 4096
+# Handing work to another thread costs about 90 us here, so a kernel is split across
+# threads only where the serial time is several times that: at least PARALLEL_MIN_SIZE
+# elements of a kernel that calls exp/log/tanh/erf (1M-element tanh: 0.86 -> 0.59 ms with
+# 2 threads; memory-bound kernels gain under 10%).
+PARALLEL_MIN_SIZE = 1 << 20
+_TRANSCENDENTAL = ("exp_", "expm1_", "log_", "log1p_", "tanh_", "erf_")
+
+
+def _env_count(*names) -> int | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def kernel_threads(uses_blas: bool = True) -> int:
+    """Threads for graphc's kernels: NUMBA_NUM_THREADS (default: the CPUs this process may
+    use); in a graph with matmuls, no more than the CPUs the BLAS threads leave free.
+    OpenBLAS's idle workers keep polling long after a matmul (measured: a 2-thread
+    1M-element kernel went from 0.75 to 1.27 ms once a 2-thread matmul had run; serial:
+    1.13 ms), so next to a BLAS on every core graphc's kernels stay on one thread."""
+    cpus = _cpus()
+    requested = _env_count("NUMBA_NUM_THREADS") or cpus
+    if not uses_blas:
+        return max(1, requested)
+    blas = _env_count("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") or cpus
+    return max(1, min(requested, cpus - blas + 1))
+
+
+@dataclass
+class Value:
+    """How a node's value is reached in the generated code.
+
+    ``kind``: feed, const, pool (a preallocated buffer), fresh (a new array per call, for
+    outputs), view (of another value) or alloc (an array NumPy allocates).  ``root`` is the
+    graph index of the node that owns the storage; ``base``/``base_shape`` describe a
+    broadcast view by its contiguous base.
+    """
+
+    node: Tensor
+    var: str
+    kind: str
+    root: int
+    contiguous: bool
+    define: str | None = None  # for lazily emitted views
+    source: Value | None = None  # the value a view is defined from
+    base: Value | None = None
+    base_shape: tuple | None = None
+    pointer: str | None = None
+
+
+@dataclass
+class Choice:
+    """The lowering chosen for a node: where its result lives and how to emit it."""
+
+    storage: str  # "buffer" (written into a given array), "view" or "alloc"
+    emit: object  # emit(lowering, node, out_var or None) -> None
+    how: str = "numpy"  # "kernel", "numpy" (a NumPy call), "view" or "fallback"
+
+
+class Lowering:
+    """Lower one graph; the result is a :class:`NumbaProgram`."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.nodes = graph.nodes
+        self.index = {id(t): k for k, t in enumerate(self.nodes)}
+        self.printed = node_names(graph)
+        self.outputs = {id(t) for t in graph.outputs}
+        self.namespace: dict = {"np": np, "_addr": _addr, "_waddr": _waddr,
+                                "_contig": np.ascontiguousarray, "_parallel": run_parallel}
+        self.threads = kernel_threads(any(isinstance(t.op, MatMul) for t in self.nodes))
+        self.values: dict[int, Value] = {}
+        self.lines: list[str] = []
+        self.line_nodes: dict[int, Tensor] = {}
+        self.kernels: dict[str, kernel_cache.Kernel] = {}
+        self.pool_pointers: list[Value] = []
+        self.aux: dict[int, list[str]] = {}
+        self.counts = {"memory": 0, "disk": 0, "compiled": 0, "rebuilt": 0}
+        self.kernel_seconds = 0.0
+        self.fallbacks: list[str] = []
+        self.folded: dict[int, np.ndarray] = {}
+        self.defined: set[str] = set()
+        self.lowered: dict[str, int] = {}
+
+    # -- names ----------------------------------------------------------------------------
+    def var_name(self, t: Tensor) -> str:
+        """``in<k>_<name>`` for inputs, ``v<n>_<op>`` for node %n of the text printer,
+        ``c<k>_<name>`` for named constants: identifiers made here, never user text alone."""
+        k = self.index[id(t)]
+        if isinstance(t.op, Input):
+            return f"in{k}_{cg.identifier(t.op.label, 24)}"
+        printed = self.printed[id(t)]
+        if printed.startswith("%") and printed[1:].isdigit():
+            return f"v{printed[1:]}_{cg.identifier(t.op.name, 24)}"
+        return f"c{k}_{cg.identifier(printed, 24)}"
+
+    def describe(self, t: Tensor) -> str:
+        """The node as the text printer shows it, for comments."""
+        args = ", ".join(self.printed[id(i)] for i in t.inputs)
+        return cg.comment(f"{self.printed[id(t)]} = {t.op.name}({args}) : {type_text(t)}")
+
+    # -- the pipeline -----------------------------------------------------------------------
+    def run(self) -> NumbaProgram:
+        folded = self.folded = fold_constants(self.nodes)
+        choices = {}
+        for t in self.nodes:
+            if isinstance(t.op, Input) or id(t) in folded:
+                continue
+            rule = RULES.get(type(t.op), rule_numpy)
+            choices[id(t)] = rule(self, t)
+        self.lowered = {"folded": len(folded)}
+        for c in choices.values():
+            self.lowered[c.how] = self.lowered.get(c.how, 0) + 1
+        plan = plan_memory(self.nodes, choices, self.outputs)
+        self.emit(choices, folded, plan)
+        return self.finish(plan, folded)
+
+    def emit(self, choices, folded, plan):
+        for k, t in enumerate(self.nodes):
+            if isinstance(t.op, Input):
+                self.values[id(t)] = Value(t, self.var_name(t), "feed", k, False)
+                continue
+            if id(t) in folded:
+                self.values[id(t)] = self.constant(t, folded[id(t)])
+                continue
+            choice = choices[id(t)]
+            self.lines.append(f"    # {self.describe(t)}")
+            start = len(self.lines)
+            var = self.var_name(t)
+            if choice.storage == "buffer":
+                kind = "fresh" if id(t) in self.outputs else "pool"
+                value = Value(t, var, kind, k, True)
+                self.values[id(t)] = value
+                if kind == "fresh":
+                    self.line(f"{var} = np.empty({t.shape!r}, np.{t.dtype})")
+                choice.emit(self, t, var)
+            else:
+                choice.emit(self, t, None)
+            for n in range(start, len(self.lines)):
+                self.line_nodes[n] = t
+            for r in plan.frees.get(k, ()):
+                names = [n for n in self.aux.pop(r, []) if n in self.defined]
+                if names:
+                    self.line(f"del {', '.join(names)}")
+
+    def finish(self, plan, folded) -> NumbaProgram:
+        inputs = [t for t in self.nodes if isinstance(t.op, Input)]
+        outs, seen = [], set()
+        for t in self.graph.outputs:
+            value = self.values[id(t)]
+            fresh = value.kind == "fresh" or (value.kind == "alloc" and value.contiguous)
+            text = self.use(value)
+            outs.append(text if fresh and id(t) not in seen else f"np.array({text}, copy=True)")
+            seen.add(id(t))
+        pool = [self.values[id(t)] for t in self.nodes if id(t) in plan.slot_of
+                and self.values[id(t)].kind == "pool"]
+        params = [self.var_name(t) for t in inputs] + ["_bufs", "_ptrs"]
+        head = ["def run(" + ", ".join(params) + "):"]
+        if pool:
+            head += _unpack([v.var for v in pool], "_bufs")
+        if self.pool_pointers:
+            head += _unpack([v.pointer for v in self.pool_pointers], "_ptrs")
+        body = head + self.lines + [f"    return ({', '.join(outs)},)"]
+        line_nodes = {n + len(head): t for n, t in self.line_nodes.items()}
+        banner = self.banner(inputs, len(folded))
+        source = "\n".join(banner + body) + "\n"
+        first = len(banner) + 1
+        return NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
+                            inputs, pool, plan)
+
+    def banner(self, inputs, n_folded) -> list[str]:
+        text = ", ".join(f"{self.printed[id(t)]}: {type_text(t)}" for t in inputs)
+        outs = ", ".join(self.printed[id(t)] for t in self.graph.outputs)
+        return [f"# graphc numba backend: {len(self.nodes)} nodes, {n_folded} folded into "
+                "constants",
+                f"# inputs: {cg.comment(text) or 'none'}",
+                f"# outputs: {cg.comment(outs)}",
+                "# v<k>_<op> holds node %k of the graph printer; pointers p..., kernels k_..."]
+
+    # -- helpers used by the rules --------------------------------------------------------
+    def line(self, text: str) -> None:
+        self.lines.append("    " + text)
+
+    def value(self, t: Tensor) -> Value:
+        return self.values[id(t)]
+
+    def use(self, value: Value) -> str:
+        """The variable holding ``value``, emitting its (lazy) definition first: views are
+        only materialized where something needs the array itself."""
+        if value.define is not None:
+            if value.source is not None:
+                self.use(value.source)
+            self.line(f"{value.var} = {value.define}")
+            self.defined.add(value.var)
+            value.define = None
+        return value.var
+
+    def arg(self, t: Tensor) -> str:
+        return self.use(self.value(t))
+
+    def constant(self, t: Tensor, array: np.ndarray) -> Value:
+        """A folded or literal constant, stored in the namespace.  Broadcast constants
+        (zero strides) keep their small base, which kernels read directly."""
+        k = self.index[id(t)]
+        var = self.var_name(t)
+        if array.ndim and 0 in array.strides and array.size:
+            base = np.ascontiguousarray(array[tuple(slice(0, 1) if s == 0 else slice(None)
+                                                    for s in array.strides)])
+            base_value = Value(t, var + "_base", "const", k, True)
+            self.namespace[base_value.var] = base
+            self.namespace[var] = np.broadcast_to(base, array.shape)
+            return Value(t, var, "const", k, False, base=base_value, base_shape=base.shape)
+        array = np.asarray(array, order="C")  # (np.ascontiguousarray makes 0-d 1-d)
+        array.setflags(write=False)
+        self.namespace[var] = array
+        return Value(t, var, "const", k, True)
+
+    def view(self, t: Tensor, define: str, of: Value, contiguous: bool, **extra) -> Value:
+        value = Value(t, self.var_name(t), "view", of.root, contiguous, define=define,
+                      source=of, **extra)
+        self.values[id(t)] = value
+        self.aux.setdefault(of.root, []).append(value.var)
+        return value
+
+    def alloc(self, t: Tensor, expr: str, contiguous: bool) -> Value:
+        k = self.index[id(t)]
+        value = Value(t, self.var_name(t), "alloc", k, contiguous)
+        self.values[id(t)] = value
+        self.line(f"{value.var} = {expr}")
+        self.defined.add(value.var)
+        if id(t) not in self.outputs:
+            self.aux.setdefault(k, []).append(value.var)
+        return value
+
+    def temp(self, of: Value, expr: str) -> Value:
+        """A contiguous temporary computed from ``of`` (freed with ``of``'s storage)."""
+        var = f"{of.var}_t{len(self.lines)}"
+        self.line(f"{var} = {expr}")
+        self.defined.add(var)
+        self.aux.setdefault(of.root, []).append(var)
+        return Value(of.node, var, "alloc", of.root, True)
+
+    def pointer(self, value: Value) -> str:
+        """A variable with the address of ``value``'s data, made contiguous if needed."""
+        if value.pointer is not None:
+            return value.pointer
+        if value.kind == "const" and value.contiguous:
+            value.pointer = f"p{value.var}"
+            self.namespace[value.pointer] = _addr(self.namespace[value.var])
+        elif value.contiguous and value.kind in ("pool", "view") and \
+                self.values[id(self.nodes[value.root])].kind == "pool":
+            root = self.values[id(self.nodes[value.root])]
+            if root.pointer is None:
+                root.pointer = f"p{root.var}"
+                self.pool_pointers.append(root)
+            value.pointer = root.pointer
+        else:
+            var = self.use(value)
+            if not value.contiguous:
+                var = f"{value.var}_c"
+                self.line(f"{var} = _contig({value.var})")
+                self.defined.add(var)
+                self.aux.setdefault(value.root, []).append(var)
+            value.pointer = f"p{value.var}"
+            fast = value.kind == "fresh" and value.node.size > 0
+            self.line(f"{value.pointer} = {'_waddr' if fast else '_addr'}({var})")
+        return value.pointer
+
+    def call(self, name: str, spec: cg.KernelSpec, pointers, sizes, steps) -> None:
+        """Emit a kernel call; split over threads when it is big and expensive enough.
+        ``steps[k]``: bytes pointer k advances per unit of the first size."""
+        parallel = self.threads > 1 and int(np.prod(sizes)) >= PARALLEL_MIN_SIZE and \
+            any(h.startswith(_TRANSCENDENTAL) for h in spec.helpers)
+        if parallel:
+            self.line(f"_parallel({name}, {self.threads}, ({', '.join(pointers)},), "
+                      f"{tuple(steps)!r}, {tuple(sizes)!r})")
+        else:
+            self.line(f"{name}({', '.join(pointers)}, {', '.join(map(str, sizes))})")
+
+    def kernel(self, t: Tensor, spec: cg.KernelSpec) -> str:
+        """The namespace name of the loaded kernel for ``spec``; compiling it if needed.
+        A Numba failure is re-raised naming the node, the op and the kernel's line."""
+        name = f"k_{spec.name}"
+        if name not in self.namespace:
+            start = time.perf_counter()
+            try:
+                kernel, outcome = kernel_cache.load(spec, cg.compile_object)
+            except Exception as err:  # noqa: BLE001 -- any Numba error is reported the same way
+                raise compile_failure(self, t, spec, err) from err
+            finally:
+                self.kernel_seconds += time.perf_counter() - start
+            self.counts[outcome] += 1
+            self.namespace[name] = kernel.fn
+            self.kernels[name] = kernel
+        return name
+
+
+# ---------------------------------------------------------------------------------------
+# Constant folding
+
+
+def fold_constants(nodes) -> dict[int, np.ndarray]:
+    """Values of the nodes that depend on no input, by the reference semantics.  Only ops
+    this backend knows to be pure are folded (an op added later, a random mask say, is
+    evaluated on every call, as the reference does)."""
+    values: dict[int, np.ndarray] = {}
+    for t in nodes:
+        if isinstance(t.op, Constant):
+            values[id(t)] = t.op.value.array
+        elif type(t.op) in RULES and t.inputs and all(id(i) in values for i in t.inputs):
+            try:
+                with np.errstate(all="ignore"):
+                    out = np.asarray(t.op.evaluate(*[values[id(i)] for i in t.inputs]))
+            except Exception:  # noqa: BLE001 -- leave it to run time, which reports it
+                continue
+            if out.dtype.name != t.dtype:
+                out = out.astype(t.dtype)
+            if out.shape != t.shape or (out.nbytes > FOLD_LIMIT_BYTES and 0 not in out.strides):
+                continue
+            values[id(t)] = out
+    return values
+
+
+# ---------------------------------------------------------------------------------------
+# Memory plan: liveness of storage roots, buffers shared between disjoint lifetimes
+
+
+@dataclass
+class MemoryPlan:
+    slot_of: dict[int, int]  # id(node) -> slot
+    slot_bytes: list[int]
+    frees: dict[int, list[int]]  # node index -> roots whose last use it is
+
+    @property
+    def bytes(self) -> int:
+        return int(sum(self.slot_bytes))
+
+
+def plan_memory(nodes, choices, outputs) -> MemoryPlan:
+    """Assign a buffer slot to every node stored in a buffer that is not an output.  A
+    slot is free again after the last use of every value that aliases it (views), and is
+    reused by the best fitting later node (growing if none fits)."""
+    root = {}
+    for k, t in enumerate(nodes):
+        choice = choices.get(id(t))
+        root[id(t)] = root[id(t.inputs[0])] if choice is not None and \
+            choice.storage == "view" else k
+    last = {}
+    for k, t in enumerate(nodes):
+        for i in t.inputs:
+            last[root[id(i)]] = k
+    for t in nodes:
+        if id(t) in outputs:
+            last[root[id(t)]] = len(nodes)
+    frees: dict[int, list[int]] = {}
+    for r, k in last.items():
+        frees.setdefault(k, []).append(r)
+    slot_of, sizes, free = {}, [], []
+    for k, t in enumerate(nodes):
+        choice = choices.get(id(t))
+        if choice is not None and choice.storage == "buffer" and id(t) not in outputs:
+            need = max(t.size * np.dtype(t.dtype).itemsize, 1)
+            fits = [s for s in free if sizes[s] >= need]
+            if fits:
+                slot = min(fits, key=lambda s: sizes[s])
+            elif free:
+                slot = max(free, key=lambda s: sizes[s])
+                sizes[slot] = need
+            else:
+                slot = len(sizes)
+                sizes.append(need)
+            if slot in free:
+                free.remove(slot)
+            slot_of[id(t)] = slot
+        for r in frees.get(k, ()):
+            owner = nodes[r]
+            if id(owner) in slot_of and last.get(r) == k:
+                free.append(slot_of[id(owner)])
+    return MemoryPlan(slot_of, sizes, frees)
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: one per op class, NumPy evaluation as the default
+
+
+def _unpack(names, source) -> list[str]:
+    """``(a, b, ...,) = source`` wrapped at 100 columns."""
+    lines, current = [], "    ("
+    for name in names:
+        if len(current) + len(name) > 94:
+            lines.append(current.rstrip())
+            current = "     "
+        current += f"{name}, "
+    lines.append(current.rstrip() + f") = {source}")
+    return lines
+
+
+def _np_dtype(dtype: str) -> str:
+    return f"np.{dtype}" if dtype != "bool" else "np.bool_"
+
+
+def rule_numpy(lowering: Lowering, t: Tensor) -> Choice:
+    """Default: the op's own NumPy ``evaluate`` (ops this backend has no rule for)."""
+    lowering.fallbacks.append(t.op.name)
+
+    def emit(L, t, out):
+        name = f"op{L.index[id(t)]}"
+        L.namespace[name] = _Evaluate(t.op, t.dtype)
+        L.alloc(t, f"{name}({', '.join(L.arg(i) for i in t.inputs)})", False)
+    return Choice("alloc", emit, "fallback")
+
+
+def rule_matmul(lowering, t):
+    def emit(L, t, out):
+        a, b = (_as_dtype(L, i, t.dtype) for i in t.inputs)
+        L.line(f"np.matmul({a}, {b}, out={out})")
+    return Choice("buffer", emit)
+
+
+def _as_dtype(L, t, dtype) -> str:
+    return L.arg(t) if t.dtype == dtype else f"{L.arg(t)}.astype({_np_dtype(dtype)})"
+
+
+def rule_reduce(lowering, t):
+    """A float sum over leading or trailing axes is a kernel (NumPy's reduction has more
+    per-call overhead and, over leading axes, no faster loop); everything else, a NumPy
+    ufunc reduction, which is what the reference computes."""
+    (x,) = t.inputs
+    axes = t.op.axes
+    leading = axes == tuple(range(len(axes)))
+    if t.op.kind == "sum" and dtypes.is_float(x.dtype) and x.size >= KERNEL_MIN_SIZE and \
+            axes and (leading or _trailing(axes, x.ndim)):
+        return _sum_kernel(lowering, t, "leading" if leading else "trailing")
+    ufunc = {"sum": "add", "max": "maximum", "min": "minimum"}[t.op.kind]
+
+    def emit(L, t, out):
+        (x,) = t.inputs
+        dtype = ", dtype=np.int64" if t.op.kind == "sum" and x.dtype == "bool" else ""
+        L.line(f"np.{ufunc}.reduce({L.arg(x)}, axis={t.op.axes!r}{dtype}, "
+               f"keepdims={t.op.keepdims}, out={out})")
+    return Choice("buffer", emit)
+
+
+def _sum_kernel(lowering, t, kind):
+    (x,) = t.inputs
+    spec = cg.sum_kernel(kind, t.dtype)
+    name = lowering.kernel(t, spec)
+    reduced = int(np.prod([x.shape[a] for a in t.op.axes], dtype=np.int64))
+    kept = x.size // reduced
+    sizes = (reduced, kept) if kind == "leading" else (kept, reduced)
+
+    def emit(L, t, out):
+        L.line(f"{name}({L.pointer(L.value(t))}, {L.pointer(L.value(x))}, "
+               f"{sizes[0]}, {sizes[1]})")
+    return Choice("buffer", emit, "kernel")
+
+
+def _trailing(axes, ndim) -> bool:
+    return bool(axes) and tuple(axes) == tuple(range(ndim - len(axes), ndim))
+
+
+def rule_rows(lowering, t):
+    """softmax / log_softmax / logsumexp over trailing axes: a row kernel."""
+    (x,) = t.inputs
+    axes = (t.op.axis,) if isinstance(t.op, (Softmax, LogSoftmax)) else t.op.axes
+    if x.ndim == 0 or not _trailing(axes, x.ndim) or x.dtype != t.dtype:
+        return rule_numpy(lowering, t)
+    kind = {Softmax: "softmax", LogSoftmax: "log_softmax", LogSumExp: "logsumexp"}[type(t.op)]
+    spec = cg.row_kernel(kind, t.dtype)
+    name = lowering.kernel(t, spec)
+    cols = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    rows = x.size // cols if cols else 0
+
+    size = np.dtype(t.dtype).itemsize
+    steps = (size if kind == "logsumexp" else size * cols, size * cols)
+
+    def emit(L, t, out):
+        L.call(name, spec, [L.pointer(L.value(t)), L.pointer(L.value(x))], (rows, cols), steps)
+    return Choice("buffer", emit, "kernel")
+
+
+def rule_reshape(lowering, t):
+    def emit(L, t, out):
+        x = L.value(t.inputs[0])
+        L.view(t, f"{x.var}.reshape({t.shape!r})", x, x.contiguous)
+    return Choice("view", emit, "view")
+
+
+def rule_transpose(lowering, t):
+    def emit(L, t, out):
+        x = L.value(t.inputs[0])
+        L.view(t, f"{x.var}.transpose({t.op.perm!r})", x, False)
+    return Choice("view", emit, "view")
+
+
+def rule_broadcast_to(lowering, t):
+    def emit(L, t, out):
+        x = L.value(t.inputs[0])
+        base, shape = (x.base, x.base_shape) if x.base is not None else (x, x.node.shape)
+        L.view(t, f"np.broadcast_to({x.var}, {t.shape!r})", x, False, base=base,
+               base_shape=shape)
+    return Choice("view", emit, "view")
+
+
+def rule_index(lowering, t):
+    advanced = any(e[0] == "array" for e in t.op.index)
+
+    def emit(L, t, out):
+        name = f"ix{L.index[id(t)]}"
+        x = L.value(t.inputs[0])
+        if advanced:
+            L.namespace[name] = t.op.numpy_index()
+            L.alloc(t, f"{L.use(x)}[{name}]", False)
+        else:  # the Ellipsis keeps an all-integer index a 0-d array view, not a scalar
+            L.namespace[name] = t.op.numpy_index() + (Ellipsis,)
+            L.view(t, f"{x.var}[{name}]", x, False)
+    return Choice("alloc" if advanced else "view", emit, "numpy" if advanced else "view")
+
+
+def rule_index_add(lowering, t):
+    def emit(L, t, out):
+        name = f"ix{L.index[id(t)]}"
+        L.namespace[name] = Index(t.op.index).numpy_index()
+        L.line(f"{out}[...] = 0")
+        g = L.arg(t.inputs[0])
+        if any(e[0] == "array" for e in t.op.index):
+            L.line(f"np.add.at({out}, {name}, {g})")
+        else:
+            L.line(f"{out}[{name}] = {g}")
+    return Choice("buffer", emit)
+
+
+def rule_take(lowering, t):
+    def emit(L, t, out):
+        x, idx = t.inputs
+        L.alloc(t, f"{L.arg(x)}[{L.arg(idx)}]", True)
+    return Choice("alloc", emit)
+
+
+def rule_take_add(lowering, t):
+    def emit(L, t, out):
+        g, idx = t.inputs
+        L.line(f"{out}[...] = 0")
+        L.line(f"np.add.at({out}, {L.arg(idx)}, {L.arg(g)})")
+    return Choice("buffer", emit)
+
+
+def rule_concat(lowering, t):
+    def emit(L, t, out):
+        parts = ", ".join(L.arg(i) for i in t.inputs)
+        L.line(f"np.concatenate(({parts},), axis={t.op.axis}, out={out}, casting='unsafe')")
+    return Choice("buffer", emit)
+
+
+def rule_cast(lowering, t):
+    def emit(L, t, out):
+        L.line(f"np.copyto({out}, {L.arg(t.inputs[0])}, casting='unsafe')")
+    return Choice("buffer", emit)
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise ops: one ufunc, or a generated kernel
+
+
+def work_dtype(t: Tensor) -> str:
+    """The dtype an elementwise op computes in (its evaluate's ``work``)."""
+    fn = t.op.fn
+    numeric = [i.dtype for a, i in zip(fn.args, t.inputs) if a.name not in fn.bool_args]
+    common = dtypes.promote(*numeric) if numeric else "bool"
+    return t.op.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
+
+
+def rule_elementwise(lowering, t):
+    fn, op = t.op.fn, t.op
+    work = work_dtype(t)
+    expr = fn.stable.subs(dict(zip(fn.param_symbols, (v for _, v in op.params)))) \
+        if op.params else fn.stable
+    bools = tuple(a.name in fn.bool_args for a in fn.args)
+    form = cg.ufunc_form(expr, fn.args)
+    natural = "bool" if form and form[0] in cg._UFUNC_RELATIONS.values() else work
+    if form and not any(bools) and natural == t.dtype and \
+            all(i.dtype == work for i in t.inputs) and \
+            (form[0] in NUMPY_FASTER or t.size < KERNEL_MIN_SIZE):
+        return Choice("buffer", lambda L, t, out: _emit_ufunc(L, t, out, form))
+    step = cg.Step(fn.name, expr, fn.args, tuple(("operand", k) for k in range(fn.arity)),
+                   work, t.dtype, bools)
+    shapes = [static_base_shape(lowering.folded, i) for i in t.inputs]
+    kinds, sizes = broadcast_pattern(t.shape, shapes)
+    try:
+        spec = cg.elementwise_kernel([step], [i.dtype for i in t.inputs], kinds)
+    except cg.Unsupported:
+        return rule_numpy(lowering, t)
+    name = lowering.kernel(t, spec)
+    # more than two broadcast axes: such operands are materialized at full size
+    full = [int(np.prod(shape, dtype=np.int64)) != t.size and kinds == "F" * len(kinds)
+            for shape in shapes]
+    steps = split_steps(t, kinds, sizes)
+
+    def emit(L, t, out):
+        args = []
+        for i, materialize in zip(t.inputs, full):
+            value = L.value(i)
+            if materialize:
+                base = L.temp(value, f"_contig(np.broadcast_to({L.use(value)}, "
+                                     f"{t.shape!r}))")
+            else:
+                base = value.base if value.base is not None else value
+            args.append(L.pointer(base))
+        L.call(name, spec, [L.pointer(L.value(t))] + args, sizes, steps)
+    return Choice("buffer", emit, "kernel")
+
+
+def split_steps(t: Tensor, kinds: str, sizes) -> list[int]:
+    """Bytes each pointer (output first) advances per unit of the first loop size."""
+    inner = sizes[1] if len(sizes) == 2 else 1
+    per = {"F": inner, "C": 1, "R": 0, "S": 0}
+    return [np.dtype(t.dtype).itemsize * inner] + \
+        [np.dtype(i.dtype).itemsize * per[k] for i, k in zip(t.inputs, kinds)]
+
+
+def static_base_shape(folded, t: Tensor) -> tuple:
+    """The shape of the contiguous data behind ``t``: broadcast_to chains and folded
+    broadcast constants are read from their small base."""
+    while isinstance(t.op, BroadcastTo) and id(t) not in folded:
+        t = t.inputs[0]
+    array = folded.get(id(t))
+    if array is not None and array.ndim and array.size and 0 in array.strides:
+        return tuple(1 if s == 0 else d for s, d in zip(array.strides, array.shape))
+    return t.shape
+
+
+def broadcast_pattern(out_shape, shapes):
+    """Operand kinds (F, S, R, C) and loop sizes for an output of ``out_shape``.
+
+    Size-1 output axes are dropped and adjacent axes where every operand is either
+    broadcast or not are merged; one merged axis gives a 1-D loop (F/S), two give an
+    (outer, inner) loop (F/S/R/C).  More than two: every operand is materialized."""
+    nd = len(out_shape)
+    padded = [(1,) * (nd - len(s)) + tuple(s) for s in shapes]
+    columns, sizes = [], []
+    for d in range(nd):
+        if out_shape[d] == 1:
+            continue
+        flags = tuple("b" if p[d] == 1 else "f" for p in padded)
+        if columns and columns[-1] == flags:
+            sizes[-1] *= out_shape[d]
+        else:
+            columns.append(flags)
+            sizes.append(out_shape[d])
+    if not columns:
+        return "S" * len(shapes), [1]
+    if len(columns) == 1:
+        return "".join("F" if f == "f" else "S" for f in columns[0]), sizes
+    if len(columns) == 2:
+        table = {("f", "f"): "F", ("b", "b"): "S", ("b", "f"): "R", ("f", "b"): "C"}
+        return "".join(table[(a, b)] for a, b in zip(*columns)), sizes
+    size = int(np.prod(out_shape, dtype=np.int64))
+    return "F" * len(shapes), [size]
+
+
+def _emit_ufunc(L, t, out, form):
+    name, operands = form
+    args = []
+    for tag, v in operands:
+        if tag == "arg":  # NumPy broadcasts a broadcast operand's base itself
+            value = L.value(t.inputs[v])
+            args.append(L.use(value.base if value.base is not None else value))
+        else:
+            args.append(repr(v))
+    L.line(f"np.{name}({', '.join(args)}, out={out})")
+
+
+RULES = {
+    Elementwise: rule_elementwise, MatMul: rule_matmul, Reduce: rule_reduce,
+    Softmax: rule_rows, LogSoftmax: rule_rows, LogSumExp: rule_rows,
+    Reshape: rule_reshape, Transpose: rule_transpose, BroadcastTo: rule_broadcast_to,
+    Index: rule_index, IndexAdd: rule_index_add, Take: rule_take, TakeAdd: rule_take_add,
+    Concat: rule_concat, Cast: rule_cast,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Run time
+
+
+def _addr(a: np.ndarray) -> int:
+    """The address of ``a``'s data (about 1 us; read-only arrays need this way)."""
+    return a.__array_interface__["data"][0]
+
+
+def _waddr(a: np.ndarray) -> int:
+    """The address of a writable contiguous array's data, three times faster."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(a))
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_KEY: tuple = ()
+_POOL_LOCK = threading.Lock()
+
+
+def _workers(n: int) -> ThreadPoolExecutor:
+    """``n`` worker threads for kernel chunks (recreated after a fork)."""
+    global _POOL, _POOL_KEY
+    key = (os.getpid(), n)
+    with _POOL_LOCK:
+        if _POOL_KEY != key:
+            _POOL = ThreadPoolExecutor(n, thread_name_prefix="graphc-kernel")
+            _POOL_KEY = key
+        return _POOL
+
+
+def run_parallel(fn, threads: int, pointers, steps, sizes) -> None:
+    """Run kernel ``fn`` over ``sizes[0]`` split in ``threads`` chunks: this thread takes
+    the first, workers the rest.  Kernels release the GIL and touch disjoint memory."""
+    total, rest = sizes[0], sizes[1:]
+    chunk = -(-total // threads)
+    futures = [_workers(threads - 1).submit(fn, *[p + start * s for p, s in zip(pointers, steps)],
+                                            min(chunk, total - start), *rest)
+               for start in range(chunk, total, chunk)]
+    fn(*pointers, min(chunk, total), *rest)
+    for f in futures:
+        f.result()
+
+
+class _Evaluate:
+    """A node evaluated by its op's NumPy semantics (the default rule)."""
+
+    def __init__(self, op, dtype):
+        self.op, self.dtype = op, dtype
+
+    def __call__(self, *args):
+        out = np.asarray(self.op.evaluate(*args))
+        return out if out.dtype.name == self.dtype else out.astype(self.dtype)
+
+
+class NumbaProgram:
+    """A lowered graph: call with ``{name: array}`` (validated feeds); returns fresh arrays.
+
+    ``source`` is the orchestrator followed by the source of every kernel it calls."""
+
+    _COUNTER = 0
+
+    def __init__(self, lowering: Lowering, source: str, line_nodes, inputs, pool, plan):
+        NumbaProgram._COUNTER += 1
+        self.filename = f"<graphc-numba-{NumbaProgram._COUNTER}>"
+        self.input_names = tuple(t.op.label for t in inputs)
+        self.line_nodes = line_nodes
+        self.orchestrator = source
+        self.kernels = dict(lowering.kernels)
+        # tracebacks through the orchestrator show its lines; forgotten with the program
+        linecache.cache[self.filename] = (len(source), None, source.splitlines(True),
+                                          self.filename)
+        weakref.finalize(self, linecache.cache.pop, self.filename, None)
+        namespace = lowering.namespace
+        exec(compile(source, self.filename, "exec"), namespace)  # noqa: S102 -- our text
+        self._run = namespace["run"]
+        self._layout = [(plan.slot_of[id(v.node)], v.node.shape, v.node.dtype) for v in pool]
+        self._pointer_of = [pool.index(v) for v in lowering.pool_pointers]
+        self._slot_bytes = list(plan.slot_bytes)
+        self._free: list = []
+        self.source = source + self._kernel_appendix()
+        self.stats = {
+            "kernels": len(self.kernels),
+            "kernel_cache_hits": lowering.counts["memory"] + lowering.counts["disk"],
+            "kernel_cache_misses": lowering.counts["compiled"] + lowering.counts["rebuilt"],
+            "kernel_cache_rebuilt": lowering.counts["rebuilt"],
+            "kernel_seconds": lowering.kernel_seconds,
+            "numpy_fallbacks": list(lowering.fallbacks),
+            "buffer_bytes": plan.bytes,
+            "kernel_threads": lowering.threads,
+            "lowered": dict(lowering.lowered),
+        }
+
+    def _kernel_appendix(self) -> str:
+        if not self.kernels:
+            return ""
+        parts = ["", "", "# " + "=" * 88,
+                 "# Kernels called above (k_<name>), compiled by Numba; files in "
+                 f"{cg.comment(kernel_cache.kernel_dir())}"]
+        for name, kernel in sorted(self.kernels.items()):
+            parts += ["", f"# ---- {name}: {cg.comment(kernel.path)}", kernel.spec.source]
+        return "\n".join(parts)
+
+    def _buffers(self):
+        slots = [np.empty(n, np.uint8) for n in self._slot_bytes]
+        arrays = tuple(slots[s][:int(np.prod(shape, dtype=np.int64)) * np.dtype(d).itemsize]
+                       .view(d).reshape(shape) for s, shape, d in self._layout)
+        pointers = tuple(_addr(arrays[k]) for k in self._pointer_of)
+        return arrays, pointers
+
+    def __call__(self, arrays: dict) -> list[np.ndarray]:
+        buffers = self._free.pop() if self._free else self._buffers()
+        try:
+            return list(self._run(*[arrays[n] for n in self.input_names], *buffers))
+        except (IndexError, ValueError, FloatingPointError, TypeError) as err:
+            node = self._failing_node(sys.exc_info()[2])
+            if node is None:
+                raise
+            raise GraphError(located(f"{node.op.name} ({node.name}) failed at run time: {err}",
+                                     node.loc)) from err
+        finally:
+            self._free.append(buffers)
+
+    def _failing_node(self, tb):
+        for frame, lineno in traceback.walk_tb(tb):
+            if frame.f_code.co_filename == self.filename:
+                node = self.line_nodes.get(lineno)
+                if node is not None:
+                    return node
+        return None
+
+
+def compile_failure(lowering, t, spec, err) -> cg.CodegenError:
+    """A CodegenError naming the node, its op and where in the kernel source it failed."""
+    text = str(err)
+    where = ""
+    path_hint = f"{spec.name}.py"
+    for m in re.finditer(r'File "([^"]+)", line (\d+)', text):
+        if m.group(1).endswith(path_hint):
+            where = f"{m.group(1)}:{m.group(2)}"
+            break
+    if not where:
+        kernel_path = f"{kernel_cache.kernel_dir()}/{spec.name}.py"
+        where = kernel_path
+    detail = "\n    ".join(line for line in text.strip().splitlines()[:12])
+    message = (f"numba backend: cannot compile the kernel for node {lowering.printed[id(t)]} "
+               f"({t.op.name}, {type_text(t)})\n  generated source: {where}\n  "
+               f"numba said ({type(err).__name__}):\n    {detail}")
+    return cg.CodegenError(located(cg.comment(message).replace("\\x0a", "\n"), t.loc))
+
+
+def compile_graph(graph: Graph) -> NumbaProgram:
+    """Lower ``graph`` for the Numba backend."""
+    return Lowering(graph).run()

@@ -1,0 +1,718 @@
+"""Kernel code generation for the Numba backend: SymPy -> Numba source -> native code.
+
+Elementwise ops are declared as SymPy expressions; :class:`ScalarPrinter` prints one as
+Numba-typed scalar Python in a given dtype (every literal wrapped so float32 stays float32,
+``exp``/``log``/``tanh``/``erf`` through the vectorizable functions of
+:mod:`graphc.fastmath`, ``Piecewise`` as conditional expressions that LLVM turns into
+selects).  :func:`elementwise_kernel` wraps such expressions in a loop over a flat output
+with broadcast operands, :func:`row_kernel` writes the softmax family, and
+:func:`compile_object` compiles a kernel module with Numba and emits a relocatable native
+object with a plain C entry point, which :mod:`graphc.kernel_cache` stores and loads.
+
+A kernel's source depends on the expression, the dtypes and the broadcast pattern, never on
+shapes (sizes are arguments), so one kernel serves every graph and shape with that body.
+Generated source holds only identifiers made here and numbers; user names and SymPy symbol
+names never reach it (the symbols are renamed ``x0, x1 ...``), and text from the user goes
+into comments only through :func:`comment`, which escapes it.
+
+>>> import sympy as sp
+>>> x = sp.Symbol("x", real=True)
+>>> ScalarPrinter("float32", {x: "x0"}).print(sp.Max(x, 0) + 2 * x)
+'((np.float32(2.0) * x0) + maximum(x0, np.float32(0.0)))'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+
+from .ir import GraphError
+
+CODEGEN_VERSION = 1
+
+SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b"}
+# bool arrays are passed as uint8 pointers (Numba loads a boolean pointer as a raw byte);
+# kernels read them as ``a[i] != 0`` and store bools, which convert to 0/1
+NUMBA_TYPES = {"float32": "float32", "float64": "float64", "int32": "int32",
+               "int64": "int64", "bool": "uint8"}
+
+# Options every kernel is compiled with.  error_model="numpy": 1/0 is inf, never an
+# exception; "contract" lets LLVM fuse a*b+c into one FMA (a rounding change well below
+# float32's 1e-5 and float64's 1e-12 tolerances).  Row reductions add "reassoc" so their
+# sums vectorize.  No "nnan"/"ninf": NaN and inf keep their IEEE meaning.
+ELEMENTWISE_FASTMATH = ("contract",)
+REDUCTION_FASTMATH = ("contract", "reassoc")
+
+
+class CodegenError(GraphError):
+    """Numba could not compile the kernel of a graph node; names the node, the op and the
+    line of the generated source."""
+
+
+class Unsupported(Exception):
+    """An expression the scalar printer cannot express (the node falls back to NumPy)."""
+
+
+def comment(text) -> str:
+    """``text`` made safe for a ``#`` comment: ASCII, no line breaks or control chars."""
+    text = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(ch if 32 <= ord(ch) < 127 else f"\\x{ord(ch):02x}" for ch in text)
+
+
+def identifier(text, limit: int = 40) -> str:
+    """``text`` as a safe ASCII identifier fragment (letters, digits, underscore)."""
+    out = re.sub(r"[^A-Za-z0-9_]", "_", str(text))[:limit]
+    return out if out and not out[0].isdigit() else f"_{out}"
+
+
+# ---------------------------------------------------------------------------------------
+# SymPy -> Numba scalar code
+
+# SymPy function -> (NumPy scalar function, fastmath helper name or None).  The helpers
+# exist for float32 and float64 and vectorize; the NumPy ones are scalar libm calls.
+_FASTMATH = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.erf: "erf",
+             expm1: "expm1", log1p: "log1p"}
+_NUMPY_FUNCTIONS = {sp.sin: "np.sin", sp.cos: "np.cos", sp.tan: "np.tan",
+                    sp.sinh: "np.sinh", sp.cosh: "np.cosh", sp.asin: "np.arcsin",
+                    sp.acos: "np.arccos", sp.atan: "np.arctan", sp.asinh: "np.arcsinh",
+                    sp.acosh: "np.arccosh", sp.atanh: "np.arctanh", sp.floor: "np.floor",
+                    sp.ceiling: "np.ceil"}
+_RELATIONS = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
+              sp.GreaterThan: ">=", sp.Eq: "==", sp.Ne: "!="}
+
+
+class ScalarPrinter:
+    """Print SymPy expressions as Numba scalar code in one dtype.
+
+    ``names`` maps each argument symbol to a variable; ``bool_symbols`` are the ones that
+    hold bools.  Numeric subexpressions are typed in ``dtype`` throughout: literals are
+    wrapped (``np.float32(0.5)``), since a bare Python float would promote float32 to
+    float64 inside Numba.  ``helpers`` collects the fastmath functions used.
+    """
+
+    def __init__(self, dtype: str, names: dict, bool_symbols=()):
+        self.dtype = dtype
+        self.names = dict(names)
+        self.bool_symbols = set(bool_symbols)
+        self.helpers: set[str] = set()
+
+    # -- entry points -----------------------------------------------------------------------
+    def print(self, expr) -> str:
+        """``expr`` as a numeric value of ``dtype`` (a bool result is kept as bool)."""
+        text, kind = self._p(sp.sympify(expr))
+        return text
+
+    def numeric(self, expr) -> str:
+        text, kind = self._p(expr)
+        return f"{self._cast()}({text})" if kind == "bool" else text
+
+    def boolean(self, expr) -> str:
+        text, kind = self._p(expr)
+        return text if kind == "bool" else f"({text} != {self.const(0)})"
+
+    def const(self, value) -> str:
+        """A literal of ``dtype``."""
+        if self.dtype == "bool":
+            return "True" if value else "False"
+        if self.dtype in ("int32", "int64"):
+            if float(value) != int(value):
+                raise Unsupported(f"non-integer constant {value} in {self.dtype} code")
+            return str(int(value)) if self.dtype == "int64" else f"np.int32({int(value)})"
+        value = float(value)
+        text = "np.inf" if value == np.inf else "-np.inf" if value == -np.inf else \
+            "np.nan" if value != value else repr(value)
+        return text if self.dtype == "float64" else f"np.float32({text})"
+
+    def _cast(self) -> str:
+        return {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
+                "int64": "np.int64", "bool": "bool"}[self.dtype]
+
+    def _float(self) -> bool:
+        return self.dtype in ("float32", "float64")
+
+    # -- the printer ------------------------------------------------------------------------
+    def _p(self, e) -> tuple[str, str]:
+        if e is sp.true or e is sp.false:
+            return ("True" if e is sp.true else "False"), "bool"
+        if isinstance(e, sp.Symbol):
+            if e not in self.names:
+                raise Unsupported(f"free symbol {comment(e)}")
+            return self.names[e], ("bool" if e in self.bool_symbols else "num")
+        if isinstance(e, sp.Expr) and e.is_number:
+            value = complex(e)
+            if value.imag:
+                raise Unsupported("complex constant")
+            return self.const(value.real), "num"
+        for cls, method in _DISPATCH:
+            if isinstance(e, cls):
+                return method(self, e)
+        raise Unsupported(f"no Numba form for {comment(type(e).__name__)}")
+
+    def _add(self, e):
+        terms = list(e.args)
+        numbers = [t for t in terms if t.is_number]
+        terms = [t for t in terms if not t.is_number]
+        parts = []
+        for t in terms:
+            coeff, rest = t.as_coeff_Mul()
+            if coeff.is_number and coeff < 0:
+                parts.append(("-", self.numeric(-t)))
+            else:
+                parts.append(("+", self.numeric(t)))
+        if numbers:
+            value = complex(sp.Add(*numbers)).real
+            parts.append(("-" if value < 0 else "+", self.const(abs(value))))
+        text = parts[0][1] if parts[0][0] == "+" else f"-{parts[0][1]}"
+        for sign, p in parts[1:]:
+            text += f" {sign} {p}"
+        return f"({text})", "num"
+
+    def _mul(self, e):
+        coeff = 1.0
+        num, den = [], []
+        for f in e.args:
+            if f.is_number:
+                coeff *= complex(f).real
+            elif isinstance(f, sp.Pow) and f.exp.is_number and f.exp < 0:
+                den.append(self.numeric(sp.Pow(f.base, -f.exp)))
+            else:
+                num.append(self.numeric(f))
+        if coeff == -1.0 and num:
+            text, sign = " * ".join(num), "-"
+        else:
+            text, sign = " * ".join(([self.const(coeff)] if coeff != 1.0 or not num else [])
+                                    + num), ""
+        if den:
+            if self.dtype not in ("float32", "float64"):
+                raise Unsupported("division in integer code")
+            text = f"{text} / {den[0] if len(den) == 1 else '(' + ' * '.join(den) + ')'}"
+        return f"({sign}{text})", "num"
+
+    def _pow(self, e):
+        base, exp = e.base, e.exp
+        if base == sp.E:
+            return self._function_call("exp", exp)
+        b = self.numeric(base)
+        if exp.is_Integer:
+            n = int(exp)
+            if n >= 0:
+                return (b if n == 1 else f"({b} ** {n})"), "num"
+            if not self._float():
+                raise Unsupported("negative power in integer code")
+            return f"({self.const(1)} / {b if n == -1 else f'({b} ** {-n})'})", "num"
+        if not self._float():
+            raise Unsupported("non-integer power in integer code")
+        if exp == sp.Rational(1, 2):
+            return f"np.sqrt({b})", "num"
+        if exp == sp.Rational(-1, 2):
+            return f"({self.const(1)} / np.sqrt({b}))", "num"
+        return f"np.power({b}, {self.numeric(exp)})", "num"
+
+    def _function_call(self, name, arg):
+        if not self._float():
+            raise Unsupported(f"{name} in {self.dtype} code")
+        helper = f"{name}_{SHORT[self.dtype]}"
+        self.helpers.add(helper)
+        return f"{helper}({self.numeric(arg)})", "num"
+
+    def _function(self, e):
+        cls = type(e)
+        for sym_fn, name in _FASTMATH.items():
+            if cls is sym_fn:
+                return self._function_call(name, e.args[0])
+        for sym_fn, name in _NUMPY_FUNCTIONS.items():
+            if cls is sym_fn:
+                if not self._float():
+                    raise Unsupported(f"{cls.__name__} in {self.dtype} code")
+                return f"{name}({self.numeric(e.args[0])})", "num"
+        if cls is sp.Abs:
+            return f"abs({self.numeric(e.args[0])})", "num"
+        if cls is sp.sign:
+            x = self.numeric(e.args[0])
+            one, zero = self.const(1), self.const(0)
+            return f"({one} if {x} > {zero} else (-{one} if {x} < {zero} else {x}))", "num"
+        if cls is sp.Heaviside:
+            x = self.numeric(e.args[0])
+            h0 = self.numeric(e.args[1]) if len(e.args) > 1 else self.const(0.5)
+            one, zero = self.const(1), self.const(0)
+            return (f"({one} if {x} > {zero} else ({zero} if {x} < {zero} else "
+                    f"({h0} if {x} == {zero} else {x})))"), "num"
+        if cls is sp.atan2:
+            return f"np.arctan2({self.numeric(e.args[0])}, {self.numeric(e.args[1])})", "num"
+        raise Unsupported(f"no Numba form for {comment(cls.__name__)}")
+
+    def _minmax(self, e):
+        helper = "maximum" if isinstance(e, sp.Max) else "minimum"
+        self.helpers.add(helper)
+        args = sorted(e.args, key=lambda a: (a.is_number, sp.default_sort_key(a)))
+        text = self.numeric(args[0])
+        for a in args[1:]:
+            text = f"{helper}({text}, {self.numeric(a)})"
+        return text, "num"
+
+    def _piecewise(self, e):
+        pieces = list(e.args)
+        value, cond = pieces[-1]
+        if cond is sp.true:
+            text = self._branch(value)
+        elif self._float():
+            text = f"({self._branch(value)} if {self.boolean(cond)} else {self.const(np.nan)})"
+        else:
+            raise Unsupported("Piecewise without a default in integer code")
+        for value, cond in reversed(pieces[:-1]):
+            text = f"({self._branch(value)} if {self.boolean(cond)} else {text})"
+        return text, "num" if self.dtype != "bool" else "bool"
+
+    def _branch(self, value):
+        return self.boolean(value) if self.dtype == "bool" else self.numeric(value)
+
+    def _relational(self, e):
+        lhs, rhs = e.lhs, e.rhs
+        # a bool operand compared with 0 (the condition of ``where``) is the bool itself
+        for a, b in ((lhs, rhs), (rhs, lhs)):
+            if a in self.bool_symbols and b.is_number and b == 0 and type(e) in (sp.Ne, sp.Eq):
+                return (self.names[a] if isinstance(e, sp.Ne) else f"(not {self.names[a]})"), \
+                    "bool"
+        op = _RELATIONS[type(e)]
+        return f"({self.numeric(lhs)} {op} {self.numeric(rhs)})", "bool"
+
+    def _logic(self, e):
+        if isinstance(e, sp.Not):
+            return f"(not {self.boolean(e.args[0])})", "bool"
+        op = " & " if isinstance(e, sp.And) else " | "
+        return "(" + op.join(self.boolean(a) for a in e.args) + ")", "bool"
+
+    def _ite(self, e):
+        cond, a, b = e.args
+        return f"({self._branch(a)} if {self.boolean(cond)} else {self._branch(b)})", \
+            "num" if self.dtype != "bool" else "bool"
+
+
+_DISPATCH = (
+    (sp.Add, ScalarPrinter._add), (sp.Mul, ScalarPrinter._mul), (sp.Pow, ScalarPrinter._pow),
+    (sp.Piecewise, ScalarPrinter._piecewise), (sp.Max, ScalarPrinter._minmax),
+    (sp.Min, ScalarPrinter._minmax), (sp.core.relational.Relational, ScalarPrinter._relational),
+    (sp.And, ScalarPrinter._logic), (sp.Or, ScalarPrinter._logic), (sp.Not, ScalarPrinter._logic),
+    (sp.ITE, ScalarPrinter._ite), (sp.Function, ScalarPrinter._function),
+)
+
+
+def _comparison_form(expr):
+    """``cond`` for ``Piecewise((1, cond), (0, True))`` (how comparisons are declared)."""
+    if isinstance(expr, sp.Piecewise) and len(expr.args) == 2:
+        (one, cond), (zero, last) = expr.args
+        if one == 1 and zero == 0 and last is sp.true:
+            return cond
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise kernels
+
+
+@dataclass(frozen=True)
+class Step:
+    """One elementwise op inside a kernel (a kernel holds one step, or a fused group).
+
+    ``expr`` is the op's evaluated SymPy form with parameters substituted; ``args`` its
+    argument symbols; ``inputs`` says where each argument comes from: ``("operand", k)``
+    or ``("step", j)``.  Arguments are converted to ``work`` (bool arguments stay bool);
+    the result has dtype ``out``.
+    """
+
+    label: str
+    expr: sp.Expr
+    args: tuple
+    inputs: tuple
+    work: str
+    out: str
+    bool_args: tuple = ()
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A kernel module: its source text and its C signature.
+
+    ``params`` lists the arguments: ``("ptr", dtype)`` for a pointer to a contiguous array
+    and ``("int",)`` for a size.  The key hashes everything that changes the compiled code.
+    """
+
+    stem: str
+    source: str
+    params: tuple
+    fastmath: tuple = ELEMENTWISE_FASTMATH
+    helpers: tuple = ()
+    key: str = field(init=False)
+
+    def __post_init__(self):
+        text = f"{CODEGEN_VERSION}\n{self.params}\n{self.fastmath}\n{self.source}"
+        object.__setattr__(self, "key", hashlib.sha256(text.encode()).hexdigest())
+
+    @property
+    def name(self) -> str:
+        """A readable identifier, unique per body: ``sigmoid_f32_F_3fa2c1d09e``."""
+        return f"{self.stem}_{self.key[:10]}"
+
+    @property
+    def symbol(self) -> str:
+        """The C symbol of the kernel's entry point in its native object."""
+        return f"graphc_{self.key[:32]}"
+
+
+_KIND_TEXT = {"F": "full", "S": "scalar", "R": "row (inner axis)", "C": "column (outer axes)"}
+
+
+def elementwise_kernel(steps, operand_dtypes, kinds) -> KernelSpec:
+    """The kernel computing ``steps`` over a flat output.
+
+    ``kinds`` has one letter per operand: ``F`` (same shape as the output), ``S`` (a single
+    element), ``R`` (varies along the inner axis only) or ``C`` (varies along the outer
+    axis only).  With only F and S the loop is 1-D over ``n``; otherwise the output is
+    seen as ``(n0, n1)``.
+    """
+    two_d = any(k in "RC" for k in kinds)
+    body, helpers = _step_lines(steps, operand_dtypes)
+    operands = [f"a{k}" for k in range(len(kinds))]
+    sizes = ["n0", "n1"] if two_d else ["n"]
+    lines = [f"def kernel(out, {', '.join(operands + sizes)}):"]
+    def load(k, index):
+        return f"(a{k}{index} != 0)" if operand_dtypes[k] == "bool" else f"a{k}{index}"
+
+    for k, kind in enumerate(kinds):
+        if kind == "S":
+            lines.append(f"    x{k} = {load(k, '[0]')}")
+    if two_d:
+        lines += ["    for i in range(n0):", "        base = i * n1"]
+        for k, kind in enumerate(kinds):
+            if kind == "C":
+                lines.append(f"        x{k} = {load(k, '[i]')}")
+        lines.append("        for j in range(n1):")
+        index, indent = "base + j", " " * 12
+        loads = {"F": "[base + j]", "R": "[j]"}
+    else:
+        lines.append("    for i in range(n):")
+        index, indent = "i", " " * 8
+        loads = {"F": "[i]"}
+    for k, kind in enumerate(kinds):
+        if kind in loads:
+            lines.append(f"{indent}x{k} = {load(k, loads[kind])}")
+    lines += [indent + line for line in body]
+    lines.append(f"{indent}out[{index}] = y{len(steps) - 1}")
+    header = [f"# graphc kernel: {comment(' -> '.join(s.label for s in steps))}",
+              f"# operands: {', '.join(f'a{k} {operand_dtypes[k]} {_KIND_TEXT[kind]}' for k, kind in enumerate(kinds))}",  # noqa: E501
+              f"# result: {steps[-1].out}"]
+    for s in steps:
+        header.append(f"# {comment(s.label)}: {comment(s.expr)}")
+    source = _module(header, helpers, lines)
+    stem = identifier("_".join(s.label for s in steps), 30) + \
+        f"_{SHORT[steps[-1].out]}_{''.join(kinds)}"
+    params = (("ptr", steps[-1].out),) + tuple(("ptr", d) for d in operand_dtypes) + \
+        (("int",),) * len(sizes)
+    return KernelSpec(stem, source, params, ELEMENTWISE_FASTMATH, tuple(sorted(helpers)))
+
+
+def _step_lines(steps, operand_dtypes):
+    """Loop-body statements computing ``y0, y1 ...`` from the loaded operands ``x0 ...``."""
+    lines, helpers = [], set()
+    dtypes = {("operand", k): d for k, d in enumerate(operand_dtypes)}
+    for j, s in enumerate(steps):
+        names, bools = {}, set()
+        for a, src, is_bool in zip(s.args, s.inputs, s.bool_args or (False,) * len(s.args)):
+            var = f"x{src[1]}" if src[0] == "operand" else f"y{src[1]}"
+            have = dtypes[src]
+            if is_bool or have == "bool" and s.work == "bool":
+                bools.add(a)
+            elif have != s.work:
+                cast = f"t{j}_{len(names)}"
+                lines.append(f"{cast} = {ScalarPrinter(s.work, {})._cast()}({var})")
+                var = cast
+            names[a] = var
+        printer = ScalarPrinter(s.work, names, bools)
+        cond = _comparison_form(s.expr) if s.out == "bool" else None
+        replacements, (reduced,) = sp.cse(cond if cond is not None else s.expr,
+                                          symbols=sp.numbered_symbols(f"c{j}_"))
+        for sym, sub in replacements:
+            text, kind = printer._p(sub)
+            printer.names[sym] = str(sym)
+            if kind == "bool":
+                printer.bool_symbols.add(sym)
+            lines.append(f"{sym} = {text}")
+        if s.out == "bool":
+            value = printer.boolean(reduced)
+        elif s.work == s.out:
+            value = printer.numeric(reduced)
+        else:
+            value = f"{ScalarPrinter(s.out, {})._cast()}({printer.numeric(reduced)})"
+        lines.append(f"y{j} = {value}")
+        helpers |= printer.helpers
+        dtypes[("step", j)] = s.out
+    return lines, helpers
+
+
+def _module(header, helpers, body) -> str:
+    fastmath = sorted(h for h in helpers if h not in ("maximum", "minimum"))
+    generic = sorted(h for h in helpers if h in ("maximum", "minimum"))
+    imports = ["import numpy as np"]
+    names = generic + fastmath
+    if names:
+        imports += ["", f"from graphc.fastmath import {', '.join(names)}"]
+    return "\n".join(header + [""] + imports + ["", ""] + body) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Row kernels: softmax, log_softmax, logsumexp over the last (contiguous) axis
+
+
+def row_kernel(kind: str, dtype: str) -> KernelSpec:
+    """``kind`` in softmax, log_softmax, logsumexp over rows of ``cols`` contiguous values.
+
+    The formulas are the reference's: m = max (NaN propagates), e = exp(x - m),
+    softmax = e / sum(e); logsumexp shifts by m only where m is finite, and
+    log_softmax = x - logsumexp.
+    """
+    p = ScalarPrinter(dtype, {})
+    c, exp = p.const, f"exp_{SHORT[dtype]}"
+    lines = ["def kernel(out, x, rows, cols):",
+             "    for r in range(rows):",
+             "        base = r * cols",
+             "        m = x[base]",
+             "        for j in range(1, cols):",
+             "            m = maximum(m, x[base + j])"]
+    if kind == "softmax":
+        lines += [f"        s = {c(0)}",
+                  "        for j in range(cols):",
+                  f"            e = {exp}(x[base + j] - m)",
+                  "            out[base + j] = e",
+                  "            s += e",
+                  "        for j in range(cols):",
+                  "            out[base + j] = out[base + j] / s"]
+    else:
+        lines += [f"        m = m if abs(m) < {c(np.inf)} else {c(0)}  # no shift by inf or nan",
+                  f"        s = {c(0)}",
+                  "        for j in range(cols):",
+                  f"            s += {exp}(x[base + j] - m)",
+                  f"        lse = m + {p._cast()}(np.log(np.float64(s)))"]
+        if kind == "logsumexp":
+            lines.append("        out[r] = lse")
+        else:
+            lines += ["        for j in range(cols):",
+                      "            out[base + j] = x[base + j] - lse"]
+    header = [f"# graphc kernel: {kind} over contiguous rows, {dtype}"]
+    source = _module(header, {"maximum", exp}, lines)
+    params = (("ptr", dtype), ("ptr", dtype), ("int",), ("int",))
+    return KernelSpec(f"{kind}_{SHORT[dtype]}_rows", source, params, REDUCTION_FASTMATH,
+                      ("maximum", exp))
+
+
+def sum_kernel(kind: str, dtype: str) -> KernelSpec:
+    """Sums of an ``(n0, n1)`` contiguous array: over rows (``"leading"``: out has n1
+    entries, added row by row in NumPy's order, so the result is the same to the bit) or
+    within rows (``"trailing"``: out has n0 entries; the inner sum is vectorized, which
+    reorders it as NumPy's pairwise sum does, differently)."""
+    zero = ScalarPrinter(dtype, {}).const(0)
+    if kind == "leading":
+        lines = ["def kernel(out, x, n0, n1):",
+                 "    for j in range(n1):",
+                 f"        out[j] = {zero}",
+                 "    for i in range(n0):",
+                 "        base = i * n1",
+                 "        for j in range(n1):",
+                 "            out[j] += x[base + j]"]
+        fastmath = ELEMENTWISE_FASTMATH
+    else:
+        lines = ["def kernel(out, x, n0, n1):",
+                 "    for i in range(n0):",
+                 "        base = i * n1",
+                 f"        s = {zero}",
+                 "        for j in range(n1):",
+                 "            s += x[base + j]",
+                 "        out[i] = s"]
+        fastmath = REDUCTION_FASTMATH
+    header = [f"# graphc kernel: sum over the {kind} axes of a contiguous array, {dtype}"]
+    source = _module(header, set(), lines)
+    params = (("ptr", dtype), ("ptr", dtype), ("int",), ("int",))
+    return KernelSpec(f"sum_{kind}_{SHORT[dtype]}", source, params, fastmath)
+
+
+# ---------------------------------------------------------------------------------------
+# NumPy ufunc forms: a single-ufunc expression runs as that ufunc (same results as the
+# reference interpreter, no compile time, and as fast as a loop for one operation)
+
+_UFUNC_FUNCTIONS = {sp.exp: "exp", sp.log: "log", sp.sin: "sin", sp.cos: "cos",
+                    sp.tanh: "tanh", sp.Abs: "absolute", expm1: "expm1", log1p: "log1p"}
+_UFUNC_RELATIONS = {sp.StrictLessThan: "less", sp.LessThan: "less_equal",
+                    sp.StrictGreaterThan: "greater", sp.GreaterThan: "greater_equal",
+                    sp.Eq: "equal", sp.Ne: "not_equal"}
+
+
+def ufunc_form(expr, args):
+    """``(ufunc name, operands)`` if ``expr`` is one NumPy ufunc applied to the argument
+    symbols and numbers, else None.  Operands are ``("arg", k)`` or ``("num", value)``.
+
+    >>> a, b = sp.symbols("a b", real=True)
+    >>> ufunc_form(sp.Max(0, a), (a,))
+    ('maximum', (('arg', 0), ('num', 0)))
+    >>> ufunc_form(a - b, (a, b))
+    ('subtract', (('arg', 0), ('arg', 1)))
+    """
+    index = {a: k for k, a in enumerate(args)}
+
+    def operand(e):
+        if e in index:
+            return ("arg", index[e])
+        if e.is_number and e.is_real:
+            return ("num", int(e) if e.is_Integer else float(e))
+        return None
+
+    def pack(name, *parts):
+        ops = [operand(p) for p in parts]
+        return None if any(o is None for o in ops) else (name, tuple(ops))
+
+    cond = _comparison_form(expr)
+    if cond is not None and type(cond) in _UFUNC_RELATIONS:
+        return pack(_UFUNC_RELATIONS[type(cond)], cond.lhs, cond.rhs)
+    if type(expr) in _UFUNC_FUNCTIONS:
+        return pack(_UFUNC_FUNCTIONS[type(expr)], expr.args[0])
+    if isinstance(expr, (sp.Max, sp.Min)) and len(expr.args) == 2:
+        a, b = sorted(expr.args, key=lambda e: e.is_number)
+        return pack("maximum" if isinstance(expr, sp.Max) else "minimum", a, b)
+    if isinstance(expr, sp.Pow):
+        if expr.exp == 2:
+            return pack("square", expr.base)
+        if expr.exp == sp.Rational(1, 2):
+            return pack("sqrt", expr.base)
+        if expr.exp == -1:
+            return pack("reciprocal", expr.base)
+        return pack("power", expr.base, expr.exp) if expr.exp in index else None
+    if isinstance(expr, sp.Add) and len(expr.args) == 2:
+        a, b = expr.args
+        for x, y in ((a, b), (b, a)):
+            if isinstance(y, sp.Mul) and len(y.args) == 2 and y.args[0] == -1:
+                return pack("subtract", x, y.args[1])
+        return pack("add", a, b)
+    if isinstance(expr, sp.Mul) and len(expr.args) == 2:
+        a, b = expr.args
+        if a == -1:
+            return pack("negative", b)
+        for x, y in ((a, b), (b, a)):
+            if isinstance(y, sp.Pow) and y.exp == -1 and x in index:
+                return pack("divide", x, y.base)
+        return pack("multiply", a, b)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Compiling a kernel module to a native object (needs Numba; imported only here)
+
+
+@dataclass(frozen=True)
+class NativeObject:
+    """Relocatable native code for one kernel and the C symbol of its entry point."""
+
+    code: bytes
+    symbol: str
+    externals: tuple[str, ...]
+
+
+def import_kernel_module(path: str, spec: KernelSpec):
+    """Execute the kernel file at ``path`` as a module (tracebacks point into the file)."""
+    loader_spec = importlib.util.spec_from_file_location(f"graphc_kernels.{spec.name}", path)
+    module = importlib.util.module_from_spec(loader_spec)
+    loader_spec.loader.exec_module(module)
+    return module
+
+
+def numba_signature(spec: KernelSpec):
+    from numba import types
+    args = [types.CPointer(getattr(types, NUMBA_TYPES[p[1]])) if p[0] == "ptr" else types.intp
+            for p in spec.params]
+    return types.void(*args)
+
+
+def compile_object(spec: KernelSpec, path: str) -> NativeObject:
+    """Compile the kernel module at ``path`` with Numba; return its native object.
+
+    Numba's own calling convention is ``i32 f(ret*, excinfo*, args...)``; a small LLVM
+    wrapper gives the kernel a plain C entry ``void graphc_<key>(args...)`` (our kernels
+    cannot raise, so the status is dropped), everything else is internalized and dead
+    code (Numba's CPython wrapper) removed, so the object needs no Numba runtime symbol.
+    """
+    from numba import config, njit
+
+    if config.DISABLE_JIT:
+        raise RuntimeError("NUMBA_DISABLE_JIT is set, so Numba compiles nothing; unset it or "
+                           "use backend='numpy'")
+    module = import_kernel_module(path, spec)
+    signature = numba_signature(spec)
+    dispatcher = njit(signature, error_model="numpy", fastmath=set(spec.fastmath),
+                      nogil=True, boundscheck=False)(module.kernel)
+    cres = dispatcher.overloads[signature.args]
+    return emit_object(cres.library.get_llvm_str(), cres.fndesc.llvm_func_name, spec)
+
+
+def _llvm_type(param) -> str:
+    return "ptr" if param[0] == "ptr" else "i64"
+
+
+def emit_object(llvm_ir: str, native: str, spec: KernelSpec) -> NativeObject:
+    """Wrap Numba's native function ``native`` (in ``llvm_ir``) in a C entry point and emit
+    an object file for the host CPU."""
+    import llvmlite.binding as llvm
+
+    module = llvm.parse_assembly(llvm_ir)
+    fn = module.get_function(native)
+    args = [_llvm_type(p) for p in spec.params]
+    declared = [a.type for a in fn.arguments]
+    if len(declared) != len(args) + 2:
+        raise CodegenError(f"unexpected Numba calling convention for {spec.name}: "
+                           f"{len(declared)} arguments")
+    symbol = spec.symbol
+    formals = ", ".join(f"{t} %a{k}" for k, t in enumerate(args))
+    actuals = ", ".join(f"{t} %a{k}" for k, t in enumerate(args))
+    wrapper = llvm.parse_assembly(
+        f'declare i32 @"{native}"(ptr, ptr, {", ".join(args)})\n'
+        f"define void @{symbol}({formals}) {{\n"
+        "  %ret = alloca [32 x i8], align 16\n"
+        "  %exc = alloca [32 x i8], align 16\n"
+        f'  %status = call i32 @"{native}"(ptr %ret, ptr %exc, {actuals})\n'
+        "  ret void\n}\n")
+    wrapper.triple, wrapper.data_layout = module.triple, module.data_layout
+    module.link_in(wrapper)
+    for g in list(module.functions) + list(module.global_variables):
+        if not g.is_declaration and g.name != symbol:
+            g.linkage = "internal"
+    tm = target_machine()
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    mpm = llvm.create_new_module_pass_manager()
+    mpm.add_global_dead_code_eliminate_pass()
+    mpm.add_strip_dead_prototype_pass()
+    mpm.run(module, pb)
+    module.verify()
+    externals = tuple(sorted(
+        g.name for g in list(module.functions) + list(module.global_variables)
+        if g.is_declaration and not g.name.startswith("llvm.")))
+    return NativeObject(tm.emit_object(module), symbol, externals)
+
+
+_TM = None
+
+
+def target_machine():
+    """A target machine for the host CPU with Numba's JIT settings."""
+    global _TM
+    if _TM is None:
+        import llvmlite.binding as llvm
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        target = llvm.Target.from_default_triple()
+        _TM = target.create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+            opt=3, reloc="static" if target.name.startswith("x86") else "default",
+            codemodel="jitdefault", jit=True)
+    return _TM

@@ -1,0 +1,371 @@
+"""The Numba backend against the NumPy reference interpreter, generated from the op tables.
+
+Every elementwise op in the registry (its forward and the derivative nodes ``gc.grad``
+builds for it), in float32 and float64 and with broadcast operands, and every structured
+op case of ``tests/test_ops.py`` (forward and gradients) is compiled with
+``backend="numba"`` and compared with ``backend="numpy"``: float64 to 1e-12 relative,
+float32 to 1e-5 (an absolute floor scaled to the output's magnitude covers values that
+cancel to near zero).  No test is written per op.
+
+Kernels are shared through one cache directory for the session, so each distinct kernel
+is compiled once; shapes are small because compile time, not data, is the cost.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import test_ops as table  # the op table and structured cases: one table for all backends
+import test_random_graphs as random_graphs  # and the random-graph strategy
+
+import graphc as gc
+from graphc.elementwise_ops import REGISTRY
+
+FLOATS = ("float32", "float64")
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+ATOL = {"float32": 1e-6, "float64": 1e-13}
+
+
+@pytest.fixture(autouse=True)
+def kernel_cache_dir(tmp_path_factory, monkeypatch):
+    """One kernel cache directory for the whole session, never the user's."""
+    monkeypatch.setenv("GRAPHC_CACHE_DIR",
+                       str(tmp_path_factory.getbasetemp() / "graphc-kernel-cache"))
+
+
+@pytest.fixture
+def kernels_only(monkeypatch):
+    """Every elementwise op as a generated kernel, however small (by default a single
+    ufunc-like op on a small array runs as the NumPy ufunc)."""
+    from graphc import numba_backend
+    monkeypatch.setattr(numba_backend, "KERNEL_MIN_SIZE", 0)
+    monkeypatch.setattr(numba_backend, "NUMPY_FASTER", set())
+
+
+def assert_close(got, want, dtype, what=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, \
+        f"{what}: {got.shape} {got.dtype} != {want.shape} {want.dtype}"
+    if got.dtype.kind not in "f":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    finite = np.isfinite(want)
+    scale = float(np.max(np.abs(want[finite]))) if finite.any() else 1.0
+    np.testing.assert_allclose(got, want, rtol=RTOL[dtype], atol=ATOL[dtype] * max(scale, 1.0),
+                               equal_nan=True, err_msg=what)
+
+
+def compare(outputs, feeds, dtype="float64", what=""):
+    """Compile ``outputs`` with both backends, run on ``feeds``, compare; return f."""
+    f = gc.compile(outputs, backend="numba")
+    want = gc.compile(outputs, backend="numpy")(feeds)
+    got = f(feeds)
+    if not isinstance(outputs, (list, tuple)):
+        got, want = (got,), (want,)
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert_close(g, w, dtype, f"{what} output {k}")
+    return f
+
+
+def with_grads(y, wrt):
+    """[y, d sum(y * c) / d wrt...]: the forward value and the backward graph of ``y``."""
+    wrt = [w for w in wrt if w.dtype in FLOATS]
+    if not wrt or y.dtype not in FLOATS:
+        return [y], {}
+    c = gc.input("cotangent", y.shape, y.dtype)
+    grads = gc.grad(gc.sum(y * c), wrt)
+    rng = np.random.default_rng(7)
+    return [y, *grads], {"cotangent": rng.uniform(0.5, 1.5, y.shape).astype(y.dtype)}
+
+
+def domains(name):
+    spec = table.OPS.get(name)
+    return spec.domains if spec else ("real",) * REGISTRY[name].arity
+
+
+def elementwise_case(name, shapes, dtype, seed=0):
+    """Inputs for ``REGISTRY[name]`` and the op applied to them."""
+    op = REGISTRY[name]
+    rng = table.rng_for("numba", name, dtype, seed)
+    tensors, feeds = [], {}
+    for k, (domain, shape) in enumerate(zip(domains(name), shapes)):
+        dt = "bool" if domain == "bool" else dtype
+        tensors.append(gc.input(f"a{k}", shape, dt))
+        feeds[f"a{k}"] = table.sample(domain, shape, dt, rng)
+    variant = table.OPS[name].variants[0] if name in table.OPS and table.OPS[name].variants \
+        else {}
+    return op(*tensors, **variant), tensors, feeds
+
+
+ELEMENTWISE = sorted(REGISTRY)
+
+
+@pytest.mark.parametrize("mode", ["default", "kernels"])
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_elementwise_forward_and_gradient(name, dtype, mode, request):
+    if mode == "kernels":
+        request.getfixturevalue("kernels_only")
+    y, tensors, feeds = elementwise_case(name, [(37,)] * REGISTRY[name].arity, dtype)
+    outputs, extra = with_grads(y, tensors)
+    compare(outputs, {**feeds, **extra}, dtype, name)
+
+
+BROADCASTS = {
+    1: [[(1, 5)], [(3, 1, 1)]],
+    2: [[(4, 5), (5,)], [(4, 5), (4, 1)], [(4, 1), (5,)], [(4, 5), ()], [(), (4, 5)],
+        [(3, 1, 5), (1, 4, 1)]],
+    3: [[(4, 5), (5,), (4, 1)], [(4, 1), (), (1, 5)], [(2, 1, 3), (1, 4, 1), (3,)]],
+}
+
+
+@pytest.mark.usefixtures("kernels_only")
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_elementwise_broadcasting(name):
+    """Operands of every broadcast pattern the kernels special-case (full, scalar, row,
+    column) and one they materialize (three broadcast axes), with gradients."""
+    arity = REGISTRY[name].arity
+    for k, shapes in enumerate(BROADCASTS[arity]):
+        y, tensors, feeds = elementwise_case(name, shapes, "float32", seed=k)
+        if arity == 1:  # broadcast the operand explicitly
+            y = REGISTRY[name](gc.broadcast_to(tensors[0], (3, 4, 5)))
+        outputs, extra = with_grads(y, tensors)
+        compare(outputs, {**feeds, **extra}, "float32", f"{name} {shapes}")
+
+
+INT_OPS = [n for n in ELEMENTWISE if REGISTRY[n].int_ok]
+
+
+@pytest.mark.usefixtures("kernels_only")
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+@pytest.mark.parametrize("name", INT_OPS)
+def test_integer_elementwise(name, dtype):
+    y, tensors, feeds = elementwise_case(name, [(4, 5)] * REGISTRY[name].arity, dtype)
+    compare(y, feeds, dtype, name)
+
+
+@pytest.mark.usefixtures("kernels_only")
+def test_mixed_dtype_operands_are_converted_like_the_reference():
+    i = gc.input("i", (6,), "int64")
+    x = gc.input("x", (6,), "float32")
+    f = gc.input("f", (6,), "float64")
+    feeds = {"i": np.arange(-3, 3), "x": np.linspace(-1, 1, 6, dtype=np.float32),
+             "f": np.linspace(0.5, 2, 6)}
+    compare([gc.sigmoid(i * x), gc.softplus(x + f), gc.where(i > 0, x, f),
+             gc.elu(i), gc.maximum(i, x)], feeds, "float32")
+
+
+# ---------------------------------------------------------------------------------------
+# Structured ops: the cases of tests/test_ops.py, forward and backward
+
+
+def structured_inputs(case, dtype):
+    rng = table.rng_for("numba", case.id, dtype)
+    tensors, feeds = [], {}
+    for k, arg in enumerate(case.args):
+        dt = arg.dtype or dtype
+        tensors.append(gc.input(f"in{k}", arg.shape, dt))
+        feeds[f"in{k}"] = table.sample(arg.domain, arg.shape, dt, rng)
+    return tensors, feeds
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in table.ALL_CASES])
+def test_structured_forward_and_gradient(case, dtype):
+    tensors, feeds = structured_inputs(case, dtype)
+    outputs, extra = with_grads(case.build(*tensors), tensors)
+    compare(outputs, {**feeds, **extra}, dtype, case.id)
+
+
+def _extra_cases():
+    """Paths of this backend that the shared table does not reach."""
+    return {
+        "matmul-transposed": (lambda a, b: a.T @ b.T, [(5, 3), (4, 5)]),
+        "matmul-batched-broadcast": (lambda a, b: a @ b, [(2, 1, 3, 4), (3, 4, 2)]),
+        "softmax-axis0": (lambda x: gc.softmax(x, axis=0), [(4, 5)]),
+        "log_softmax-3d-last": (lambda x: gc.log_softmax(x, axis=-1), [(2, 3, 4)]),
+        "logsumexp-trailing-two": (lambda x: gc.logsumexp(x, axis=(1, 2)), [(2, 3, 4)]),
+        "logsumexp-middle": (lambda x: gc.logsumexp(x, axis=1, keepdims=True), [(2, 3, 4)]),
+        "max-keepdims": (lambda x: gc.max(x, axis=0, keepdims=True) * x, [(4, 5)]),
+        "index-scalar": (lambda x: x[1, 2] * x, [(3, 4)]),
+        "index-advanced": (lambda x: x[[0, 2, 2], 1:3], [(3, 4)]),
+        "index-step-negative": (lambda x: x[::-2, ::2] * 2.0, [(5, 4)]),
+        "reshape-of-transpose": (lambda x: gc.reshape(x.T, (12,)), [(3, 4)]),
+        "concat-stack": (lambda a, b: gc.stack([a, gc.sigmoid(b)], axis=1), [(3, 4), (3, 4)]),
+        "broadcast-chain": (lambda x: gc.broadcast_to(gc.reshape(x, (1, 4)), (3, 4)) * x,
+                            [(4,)]),
+        "zero-size": (lambda x: gc.sigmoid(x) + 1.0, [(0, 3)]),
+        # sums big enough for the sum kernels (leading and trailing axes), and one not
+        "sum-leading-axes": (lambda x: gc.sum(x, axis=(0, 1)) * 2.0, [(6, 20, 50)]),
+        "sum-trailing-axes": (lambda x: gc.sum(x, axis=2, keepdims=True) * x, [(6, 20, 50)]),
+        "sum-all": (lambda x: gc.sum(x * x), [(80, 60)]),
+        "sum-middle-axis": (lambda x: gc.sum(x, axis=1), [(6, 20, 50)]),
+        "big-elementwise": (lambda x, y: gc.maximum(x * y - 1.0, y) / (x + 3.0),
+                            [(70, 90), (90,)]),
+        "scalar-graph": (lambda x: gc.tanh(x) * gc.exp(x), [()]),
+    }
+
+
+EXTRA = _extra_cases()
+
+
+@pytest.mark.usefixtures("kernels_only")
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", sorted(EXTRA))
+def test_backend_paths(name, dtype):
+    build, shapes = EXTRA[name]
+    rng = table.rng_for("numba-extra", name, dtype)
+    tensors = [gc.input(f"in{k}", s, dtype) for k, s in enumerate(shapes)]
+    feeds = {f"in{k}": rng.uniform(-2, 2, s).astype(dtype) for k, s in enumerate(shapes)}
+    outputs, extra = with_grads(build(*tensors), tensors)
+    compare(outputs, {**feeds, **extra}, dtype, name)
+
+
+def test_gather_and_its_gradient():
+    x = gc.input("x", (5, 3), "float64")
+    idx = gc.input("idx", (4,), "int64")
+    y = gc.sigmoid(gc.take(x, idx))
+    feeds = {"x": np.linspace(-1, 1, 15).reshape(5, 3), "idx": np.array([0, 4, -1, 0])}
+    compare([y, gc.grad(gc.sum(y), x)], feeds)
+
+
+def test_gather_out_of_range_raises_graph_error_naming_take():
+    x = gc.input("x", (3, 2))
+    idx = gc.input("idx", (2,), "int64")
+    f = gc.compile(x[idx], backend="numba")
+    with pytest.raises(gc.GraphError, match="take"):
+        f(x=np.zeros((3, 2), np.float32), idx=np.array([0, 3]))
+
+
+def test_mlp_loss_and_gradients():
+    """A small W1: matmul, bias, relu, softmax cross-entropy, gradients of every param."""
+    x = gc.input("x", (16, 12))
+    y = gc.input("y", (16,), "int64")
+    sizes, h, params = (12, 10, 8, 3), x, []
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        W, bias = gc.param(f"W{k}", (a, b)), gc.param(f"b{k}", (b,), init="normal")
+        params += [W, bias]
+        h = h @ W + bias
+        h = gc.relu(h) if k < len(sizes) - 2 else h
+    loss = gc.softmax_cross_entropy(h, y)
+    feeds = gc.init_params(loss, seed=3)
+    rng = np.random.default_rng(3)
+    feeds.update(x=rng.standard_normal((16, 12)).astype(np.float32),
+                 y=rng.integers(0, 3, 16))
+    f = compare([loss, *gc.grad(loss, params)], feeds, "float32", "mlp")
+    assert f.stats["backend"] == "numba" and f.stats["kernels"] >= 1
+    assert {"compile_seconds", "kernel_cache_hits", "kernel_cache_misses"} <= set(f.stats)
+
+
+# ---------------------------------------------------------------------------------------
+# Calling convention: fresh outputs, reused buffers, feeds untouched, threads
+
+
+def test_outputs_are_fresh_and_survive_the_next_call():
+    x = gc.input("x", (3, 4), "float64")
+    c = gc.constant(np.ones((3, 4)))
+    y = gc.sigmoid(x) * 2.0
+    f = gc.compile([y, x, c, y, gc.reshape(y, (12,))], backend="numba")
+    a = np.arange(12.0).reshape(3, 4)
+    first = f(x=a)
+    kept = [r.copy() for r in first]
+    second = f(x=-a)
+    for r, k in zip(first, kept):
+        np.testing.assert_array_equal(r, k)  # the second call wrote into none of them
+    assert not np.shares_memory(first[1], a) and first[1].flags.writeable
+    assert not np.shares_memory(first[0], first[3])
+    assert not np.shares_memory(first[0], first[4])
+    first[2][...] = 5.0  # the constant is not shared with the caller
+    np.testing.assert_array_equal(f(x=a)[2], np.ones((3, 4)))
+    assert not np.allclose(second[0], first[0])
+
+
+def test_feeds_are_not_modified_and_may_be_non_contiguous():
+    x = gc.input("x", (4, 3), "float64")
+    y = gc.softplus(x) + gc.log_softmax(x, axis=1)
+    feed = np.arange(12.0).reshape(3, 4).T  # a transposed view
+    before = feed.copy()
+    compare(y, {"x": feed})
+    np.testing.assert_array_equal(feed, before)
+
+
+def test_concurrent_calls_from_threads_agree():
+    x = gc.input("x", (64, 32), "float64")
+    W = gc.input("W", (32, 16), "float64")
+    y = gc.sum(gc.gelu(x @ W), axis=1)
+    f = gc.compile(y, backend="numba")
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((64, 32)), "W": rng.standard_normal((32, 16))}
+             for _ in range(4)]
+    want = [f(fd) for fd in feeds]
+    errors = []
+
+    def worker(k):
+        for _ in range(20):
+            if not np.array_equal(f(feeds[k]), want[k]):
+                errors.append(k)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_source_is_readable_and_names_nodes():
+    x = gc.input("x", (3,), "float32")
+    f = gc.compile(gc.sum(gc.sigmoid(x) * 2.0), backend="numba")
+    src = f.source
+    assert "def run(" in src and "# %0 = sigmoid(x)" in src
+    assert "v0_sigmoid" in src and "def kernel(" in src  # the kernel's source follows
+    assert f.stats["kernels"] == 1
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_big_kernels_split_over_numba_num_threads(threads, monkeypatch):
+    """Kernels of a million elements that call exp/tanh/erf run in NUMBA_NUM_THREADS chunks
+    (uneven ones here); everything else, and everything with one thread, runs serially."""
+    from graphc import numba_backend
+    monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # the BLAS leaves the cores free
+    monkeypatch.setattr(numba_backend, "_cpus", lambda: 4)
+    x = gc.input("x", (1031, 1021))
+    y = gc.gelu(x, approximate="tanh") + gc.softmax(x, axis=1) + gc.relu(x)
+    rng = np.random.default_rng(0)
+    f = compare(y, {"x": rng.standard_normal((1031, 1021)).astype(np.float32)}, "float32")
+    assert f.stats["kernel_threads"] == int(threads)
+    calls = [line for line in f.source.splitlines() if "_parallel(" in line]
+    assert len(calls) == (0 if threads == "1" else 2)  # gelu_tanh and softmax, not relu
+
+
+def test_kernels_leave_the_cores_a_multithreaded_blas_uses(monkeypatch):
+    from graphc import numba_backend
+    monkeypatch.setattr(numba_backend, "_cpus", lambda: 2)
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    assert numba_backend.kernel_threads() == 1  # BLAS on both cores: kernels stay serial
+    assert numba_backend.kernel_threads(uses_blas=False) == 2  # a graph without matmul
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert numba_backend.kernel_threads() == 2
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    assert numba_backend.kernel_threads() == 1
+    assert numba_backend.kernel_threads(uses_blas=False) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Random graphs (the strategy of tests/test_random_graphs.py): fan-out, views, broadcasts,
+# slices and transposes as kernel operands, forward and backward
+
+
+@pytest.mark.usefixtures("kernels_only")
+@random_graphs.SETTINGS
+@random_graphs.given(random_graphs.programs())
+def test_random_graphs_match_the_reference(program):
+    in_shapes, steps, seed = program
+    inputs, nodes, loss, feeds = random_graphs.build(in_shapes, steps, seed)
+    outputs = [*nodes[len(inputs):], loss, *gc.grad(loss, inputs)]
+    compare(outputs, feeds, "float64", f"{steps}")
