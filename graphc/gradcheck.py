@@ -72,7 +72,9 @@ class GradCheckReport:
                  f"{r.max_rel_error:.3g}", str(r.worst_index), f"{r.directional_error:.3g}",
                  "yes" if r.ok else "NO") for r in self.rows]
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-        line = "  ".join
+        def line(cells):
+            return "  ".join(cells).rstrip()
+
         verdict = "ok" if self.ok else "FAILED"
         lines = [f"check_grad: {verdict} (central differences in {self.dtype}, eps={self.eps:g}, "
                  f"rtol={self.rtol:g}, atol={self.atol:g})",
