@@ -8,7 +8,7 @@
 >>> value = f(x=np.ones((4, 3), np.float32), **gc.init_params(loss, seed=0))
 """
 
-from . import dtypes
+from . import dtypes, nn, optim, train  # noqa: E402 -- gc.nn, gc.optim, gc.train build on the above
 from .compiler import BackendError, CompiledFunction, FeedError, compile
 from .elementwise_ops import ElementwiseDef, ElementwiseError
 from .functions import (
@@ -97,8 +97,9 @@ __all__ = [
     "elu", "embedding", "equal", "exp", "format_graph", "gelu", "global_avg_pool2d", "grad",
     "greater", "greater_equal", "hinge", "huber", "hvp", "init_params", "input", "l1", "l2",
     "layer_norm", "leaky_relu", "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul",
-    "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse", "mul", "neg", "not_equal",
-    "param", "params_of", "power", "prelu", "reciprocal", "relu", "render", "reshape", "scope",
-    "sigmoid", "silu", "sin", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square",
-    "stack", "sub", "sum", "take", "tanh", "to_networkx", "transpose", "vjp", "where",
+    "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse", "mul", "neg", "nn",
+    "not_equal", "optim", "param", "params_of", "power", "prelu", "reciprocal", "relu", "render",
+    "reshape", "scope", "sigmoid", "silu", "sin", "softmax", "softmax_cross_entropy", "softplus",
+    "sqrt", "square", "stack", "sub", "sum", "take", "tanh", "to_networkx", "train", "transpose",
+    "vjp", "where",
 ]

@@ -1,0 +1,608 @@
+"""Training: one compiled step (forward, backward and optimizer update), an evaluation
+step, :func:`fit` with a progress bar and a metric history, early stopping, and parameter
+files (``.npz``).
+
+>>> import numpy as np, graphc as gc, graphc.nn, graphc.optim, graphc.train
+>>> x, y = gc.input("x", (8, 2), "float64"), gc.input("y", (8,), "int64")
+>>> model = gc.nn.Dense(2, 2, name="clf", dtype="float64")
+>>> loss = gc.softmax_cross_entropy(model(x), y)
+>>> step = gc.train.make_train_step(loss, gc.optim.SGD(lr=0.5), backend="numpy")
+>>> X = np.random.default_rng(0).normal(size=(64, 2)); Y = (X[:, 0] > 0).astype(np.int64)
+>>> hist = gc.train.fit(step, {"x": X, "y": Y}, epochs=3, progress=False)
+>>> hist["loss"][-1] < hist["loss"][0]
+True
+
+The Python side only swaps arrays: the step's outputs (new parameters, optimizer state,
+batch-norm running statistics) are fed back as its inputs at the next call.  Shapes are
+static, so the batch size is that of the graph's data inputs; :func:`fit` drops the last
+partial batch of each (reshuffled) epoch, and :meth:`EvalStep.evaluate` pads it (see its
+docstring).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import zipfile
+
+import numpy as np
+
+from . import nn
+from .compiler import FeedError, compile
+from .graph import Graph
+from .inputs import init_params, params_of
+from .ir import GraphError, Tensor, located
+from .optim import LR_INPUT, STEP_INPUT, Optimizer
+from .passes.autodiff import grad
+
+try:  # the progress bar is optional: without tqdm, fit prints one line per epoch
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover - depends on the environment
+    tqdm = None
+
+
+OPTIMIZER_PREFIX = "opt_"  # optimizer state and the step count in parameter files
+
+
+class CheckpointError(ValueError):
+    """A parameter file that is missing, unreadable, or does not match the model."""
+
+
+def _names(outputs, default: str) -> dict[str, Tensor]:
+    if outputs is None:
+        return {}
+    if isinstance(outputs, Tensor):
+        return {outputs.display or default: outputs}
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    return {f"{default}{k}": t for k, t in enumerate(outputs)}
+
+
+def _by_name(mapping) -> dict[str, Tensor]:
+    """``{input or name: tensor}`` keyed by name."""
+    return {(k.op.label if isinstance(k, Tensor) else k): v for k, v in (mapping or {}).items()}
+
+
+class _Cuts:
+    """The forward-only pre-pass that feeds :func:`graphc.nn.stop_gradient` inputs."""
+
+    def __init__(self, outputs, backend):
+        self.sources = nn.resolve_cuts(outputs)
+        self.fn = compile(list(self.sources.values()), backend) if self.sources else None
+
+    def values(self, feeds) -> dict[str, np.ndarray]:
+        if self.fn is None:
+            return {}
+        wanted = {n: feeds[n] for n in self.fn.input_names if n in feeds}
+        return dict(zip(self.sources, self.fn(wanted)))
+
+
+def _seed_value(seed: int, step: int) -> np.int64:
+    return np.int64((seed * 1_000_003 + step) % (2**31 - 1))
+
+
+# ---------------------------------------------------------------------------------------
+# The training step
+
+
+class TrainStep:
+    """One compiled training step; build it with :func:`make_train_step`.
+
+    ``step(batch)`` feeds the batch (``{input name: array}``) with the current parameters,
+    optimizer state, learning rate and step count, swaps in the new values and returns
+    ``{"loss": float, metric: float, ...}``.  ``values`` holds every parameter and state
+    array by name, ``opt_state`` the optimizer's, ``step`` the number of steps taken.
+    """
+
+    def __init__(self, loss, optimizer: Optimizer, params=None, *, metrics=None, updates=None,
+                 state=None, carry=None, backend=None, seed=0, initial=None):
+        if not isinstance(loss, Tensor) or loss.shape != ():
+            raise GraphError(located("make_train_step: loss must be a scalar tensor"))
+        self.optimizer, self.seed, self.step = optimizer, seed, 0
+        self.metrics = {"loss": loss, **_names(metrics, "metric")}
+        for name, m in self.metrics.items():
+            if m.shape != ():
+                raise GraphError(located(f"make_train_step: metric {name!r} must be a "
+                                         f"scalar, got shape {m.shape}"))
+        trained = list(params.values()) if isinstance(params, dict) else \
+            params_of(loss) if params is None else list(params)
+        self.update = optimizer.build(trained, grad(loss, trained))
+        self.updates = _by_name(updates)
+        self.carry_out = _by_name(carry)
+        outputs = [*self.metrics.values(), *self.update.new_params.values(),
+                   *self.update.new_slots.values(), *self.updates.values(),
+                   *self.carry_out.values()]
+        self.fn = compile(outputs, backend)
+        self.cuts = _Cuts(outputs, backend)
+        self._init_values(initial, state, seed)
+
+    def _init_values(self, initial, state, seed):
+        graph_inputs = {t.op.label: t for t in self.fn.graph.inputs}
+        params = [t for t in self.fn.graph.inputs if t.op.is_param]
+        self.values = init_params(params, seed) if params else {}
+        states = [t for n, t in graph_inputs.items()
+                  if n in self.updates or nn.is_state_input(t)]
+        self.values.update(nn.initial_state(states))
+        for name, value in {**(initial or {}), **(state or {})}.items():
+            if name not in self.values:
+                raise GraphError(f"make_train_step: initial value for {name!r}, which is "
+                                 f"not a param or state of the step")
+            value = np.asarray(value, dtype=self.values[name].dtype)
+            if value.shape != self.values[name].shape:
+                raise GraphError(f"make_train_step: initial value for {name!r} has shape "
+                                 f"{value.shape}, expected {self.values[name].shape}")
+            self.values[name] = value.copy()
+        self.opt_state = self.optimizer.initial_state(
+            [graph_inputs[n] for n in self.update.new_params])
+        self.carry = {n: np.zeros(graph_inputs[n].shape, graph_inputs[n].dtype)
+                      for n in self.carry_out}
+        managed = {*self.values, *self.opt_state, *self.carry, *self.cuts.sources,
+                   LR_INPUT, STEP_INPUT, nn.SEED_INPUT}
+        self.data_inputs = {n: t for n, t in graph_inputs.items() if n not in managed}
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The current values of the trained parameters."""
+        return {n: self.values[n] for n in self.update.new_params}
+
+    @property
+    def batch_size(self) -> int | None:
+        """The leading dimension shared by every data input (None if they differ)."""
+        sizes = {t.shape[0] for t in self.data_inputs.values() if t.shape}
+        return sizes.pop() if len(sizes) == 1 else None
+
+    def feeds(self, batch) -> dict[str, np.ndarray]:
+        """Everything the compiled step is fed for ``batch`` at the current step."""
+        batch = dict(batch or {})
+        unknown = sorted(set(batch) - set(self.data_inputs))
+        missing = sorted(set(self.data_inputs) - set(batch))
+        if missing:
+            raise FeedError(f"the batch lacks {', '.join(map(repr, missing))}; the training "
+                            f"step takes {', '.join(map(repr, self.data_inputs))}"
+                            + (f" (got {', '.join(map(repr, unknown))})" if unknown else ""))
+        wanted = set(self.fn.input_names)
+        feeds = {n: batch[n] for n in self.data_inputs}
+        feeds.update((n, v) for n, v in self.values.items() if n in wanted)
+        feeds.update(self.opt_state)
+        feeds.update(self.carry)
+        dtype = self.update.lr.dtype
+        feeds[LR_INPUT] = np.asarray(self.optimizer.lr_at(self.step), dtype)
+        feeds[STEP_INPUT] = np.asarray(self.step + 1, dtype)
+        if nn.SEED_INPUT in wanted or nn.SEED_INPUT in self.cuts.sources:
+            feeds[nn.SEED_INPUT] = _seed_value(self.seed, self.step)
+        feeds.update(self.cuts.values(feeds))
+        return {n: v for n, v in feeds.items() if n in wanted}
+
+    def __call__(self, batch=None, /, **arrays) -> dict[str, float]:
+        results = iter(self.fn(self.feeds({**(batch or {}), **arrays})))
+        metrics = {n: float(next(results)) for n in self.metrics}
+        for n in self.update.new_params:
+            self.values[n] = next(results)
+        for n in self.update.new_slots:
+            self.opt_state[n] = next(results)
+        for n in self.updates:
+            self.values[n] = next(results)
+        for n in self.carry_out:
+            self.carry[n] = next(results)
+        self.step += 1
+        return metrics
+
+    def reset_carry(self) -> None:
+        """Zero the carried state (start of a new sequence)."""
+        for n, v in self.carry.items():
+            self.carry[n] = np.zeros_like(v)
+
+    def save(self, path, include_optimizer: bool = False) -> str:
+        """Save ``values`` (and, optionally, the optimizer state and step) to ``.npz``."""
+        arrays = dict(self.values)
+        if include_optimizer:
+            arrays.update(self.opt_state)
+            arrays["opt_step"] = np.asarray(self.step)
+        return save_params(path, arrays)
+
+    def load(self, path) -> None:
+        """Load values saved by :meth:`save` (or :func:`save_params`), checking names,
+        shapes and dtypes; an optimizer state in the file is restored too."""
+        like = {**self.values, **self.opt_state}
+        arrays = load_params(path, like=like, require=self.values)
+        if "opt_step" in arrays:
+            self.step = int(arrays.pop("opt_step"))
+        for n, v in arrays.items():
+            (self.values if n in self.values else self.opt_state)[n] = v
+
+    def __repr__(self) -> str:
+        return (f"<TrainStep {type(self.optimizer).__name__} params={len(self.params)} "
+                f"inputs={list(self.data_inputs)} step={self.step}>")
+
+
+def make_train_step(loss, optimizer: Optimizer, params=None, *, metrics=None, model=None,
+                    updates=None, state=None, carry=None, backend=None, seed=0,
+                    initial=None) -> TrainStep:
+    """Compile the forward pass, ``gc.grad(loss, params)`` and ``optimizer``'s update into
+    one function.
+
+    - ``params``: the tensors to train (a list or ``{name: tensor}``); default: every
+      param ``loss`` depends on.  Other params are fed unchanged (frozen).
+    - ``metrics``: ``{name: scalar tensor}`` reported with the loss.
+    - ``model`` (a :class:`graphc.nn.Module`) or ``updates`` (``{state name: tensor}``):
+      state updates computed by the step and fed back (batch-norm running statistics);
+      ``state`` overrides their initial values.
+    - ``carry``: ``{input: output tensor}`` fed from the previous step's output (zeros at
+      first and after :meth:`TrainStep.reset_carry`): state carried across chunks of a
+      long sequence (stateful RNNs, chunked truncated BPTT).
+    - ``backend``: as ``gc.compile`` (default: the fastest); ``seed`` seeds the parameter
+      initialisation and the dropout masks; ``initial`` overrides initial values.
+    """
+    if model is not None:
+        updates = {**model.state_updates(), **_by_name(updates)}
+    return TrainStep(loss, optimizer, params, metrics=metrics, updates=updates, state=state,
+                     carry=carry, backend=backend, seed=seed, initial=initial)
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluation step
+
+
+class EvalStep:
+    """A compiled evaluation function of named outputs; build it with
+    :func:`make_eval_step`.  ``ev(batch, values)`` returns ``{name: array}``, where
+    ``values`` is a :class:`TrainStep` (its current parameters and state) or a dict."""
+
+    def __init__(self, outputs, backend=None):
+        self.outputs = _names(outputs, "output")
+        if not self.outputs:
+            raise GraphError(located("make_eval_step: no outputs"))
+        self.fn = compile(list(self.outputs.values()), backend)
+        self.cuts = _Cuts(list(self.outputs.values()), backend)
+        managed = set(self.cuts.sources) | {nn.SEED_INPUT}
+        self.data_inputs = {t.op.label: t for t in self.fn.graph.inputs
+                            if not (t.op.is_param or nn.is_state_input(t))
+                            and t.op.label not in managed}
+
+    @property
+    def batch_size(self) -> int | None:
+        sizes = {t.shape[0] for t in self.data_inputs.values() if t.shape}
+        return sizes.pop() if len(sizes) == 1 else None
+
+    def _feeds(self, batch, values) -> dict:
+        values = values.values if isinstance(values, TrainStep) else dict(values)
+        wanted = set(self.fn.input_names)
+        feeds = {n: v for n, v in values.items() if n in wanted}
+        feeds.update((n, v) for n, v in batch.items() if n in self.data_inputs)
+        if nn.SEED_INPUT in wanted or nn.SEED_INPUT in self.cuts.sources:
+            feeds[nn.SEED_INPUT] = np.int64(0)
+        feeds.update(self.cuts.values(feeds))
+        return {n: v for n, v in feeds.items() if n in wanted}
+
+    def __call__(self, batch, values) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.fn(self._feeds(batch, values))))
+
+    def _batches(self, data):
+        """Batches covering ``data`` once; the last is padded by wrapping around.
+        Yields (batch, number of real samples)."""
+        n, b = _length(data), self.batch_size
+        if b is None:
+            raise GraphError("evaluate: the data inputs do not share one batch size")
+        for start in range(0, n, b):
+            idx = np.arange(start, start + b) % n
+            yield {k: np.asarray(v)[idx] for k, v in data.items()}, min(b, n - start)
+
+    def predict(self, data, values) -> dict[str, np.ndarray]:
+        """Per-sample outputs (leading dimension = batch) over all of ``data``, the padding
+        of the last batch removed."""
+        parts: dict[str, list] = {n: [] for n in self.outputs}
+        for batch, real in self._batches(data):
+            for n, v in self(batch, values).items():
+                parts[n].append(v[:real])
+        return {n: np.concatenate(p) for n, p in parts.items()}
+
+    def evaluate(self, data, values) -> dict[str, float]:
+        """Mean of each output over all of ``data``.
+
+        Per-sample outputs (leading dimension = batch size) are exact: the padding of the
+        last batch is dropped.  Scalar outputs (batch means) are averaged with the last
+        batch weighted by its real samples: exact up to that one padded batch."""
+        b = self.batch_size
+        totals, count = dict.fromkeys(self.outputs, 0.0), 0
+        for batch, real in self._batches(data):
+            for n, v in self(batch, values).items():
+                v = np.asarray(v, dtype=np.float64)
+                per_sample = v.ndim > 0 and v.shape[0] == b
+                totals[n] += float((v[:real] if per_sample else v).mean()) * real
+            count += real
+        return {n: float(t / count) for n, t in totals.items()}
+
+
+def make_eval_step(outputs, backend=None) -> EvalStep:
+    """Compile ``outputs`` (a tensor, a list, or ``{name: tensor}``) for evaluation: build
+    them from the model in evaluation mode (``model(x)``), with their own batch size."""
+    return EvalStep(outputs, backend)
+
+
+def _length(data) -> int:
+    lengths = {k: len(v) for k, v in data.items()}
+    if not lengths:
+        raise ValueError("no data")
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"data arrays differ in length: {lengths}")
+    return next(iter(lengths.values()))
+
+
+# ---------------------------------------------------------------------------------------
+# History, early stopping, progress
+
+
+class History:
+    """Per-epoch metrics: ``history["loss"]`` is a list with one value per epoch
+    (``val_`` metrics come from evaluation, ``lr`` is the last learning rate used)."""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epochs = 0
+        self.stopped_early = False
+        self.best_epoch: int | None = None
+
+    def append(self, metrics: dict) -> None:
+        for k in [*self.history, *(k for k in metrics if k not in self.history)]:
+            self.history.setdefault(k, [math.nan] * self.epochs).append(
+                float(metrics.get(k, math.nan)))
+        self.epochs += 1
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __contains__(self, key):
+        return key in self.history
+
+    def keys(self):
+        return self.history.keys()
+
+    def __repr__(self) -> str:
+        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items())
+        return f"<History epochs={self.epochs} {last}>"
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    epochs in a row.  ``mode`` is ``"min"``, ``"max"`` or ``"auto"`` (max for names with
+    "acc", else min).  ``restore_best`` puts back the best epoch's values at the end."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best: bool = True):
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
+        if patience < 1:
+            raise ValueError(f"patience must be at least 1, got {patience}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
+        self.mode, self.restore_best = mode, restore_best
+        self.reset()
+
+    def reset(self) -> None:
+        self.best, self.best_epoch, self.wait, self.stopped = None, None, 0, False
+        self.epoch = -1
+
+    def improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float) -> bool:
+        """Record one epoch's value; True when training should stop now."""
+        self.epoch += 1
+        if self.improved(value):
+            self.best, self.best_epoch, self.wait = value, self.epoch, 0
+        else:
+            self.wait += 1
+        stop = self.wait >= self.patience
+        self.stopped = self.stopped or stop
+        return stop
+
+
+def _fmt(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+class _Progress:
+    """A tqdm bar per epoch when stdout is a terminal, else one printed line per epoch."""
+
+    def __init__(self, mode, epochs: int):
+        self.mode, self.epochs, self.bar = mode, epochs, None
+
+    def start(self, epoch: int, batches: int):
+        if self.mode == "bar":
+            self.bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{self.epochs}",
+                            unit="batch", leave=True, dynamic_ncols=True)
+
+    def batch(self, running: dict):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in running.items()}, refresh=False)
+
+    def end(self, epoch: int, metrics: dict, seconds: float):
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k != "lr"})
+            self.bar.close()
+            self.bar = None
+        elif self.mode == "print":
+            print(f"epoch {epoch + 1}/{self.epochs}  {_fmt(metrics)}  ({seconds:.1f}s)",
+                  flush=True)
+
+
+def _progress_mode(progress) -> str | None:
+    if not progress:
+        return None
+    if progress == "print" or tqdm is None:
+        return "print"
+    if progress == "bar" or sys.stdout.isatty():
+        return "bar"
+    return "print"
+
+
+# ---------------------------------------------------------------------------------------
+# fit
+
+
+def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *,
+        val_data=None, eval_step=None, eval_fn=None,
+        early_stopping: EarlyStopping | None = None, shuffle: bool = True, seed: int = 0,
+        progress=True) -> History:
+    """Train ``step`` on ``data`` (``{input name: array}``, samples along axis 0).
+
+    Each epoch visits the samples in a fresh random order (``shuffle``) in batches of the
+    step's static batch size (``batch_size``, if given, must equal it), dropping the last
+    partial batch (its samples are drawn in other epochs).  After each epoch,
+    ``eval_step.evaluate(val_data, step)`` adds ``val_<name>`` metrics and
+    ``eval_fn(step)`` (a function returning ``{name: float}``) adds its own;
+    ``early_stopping`` then may stop training.  ``progress``: True (a tqdm bar on a
+    terminal, else a printed line per epoch), ``"bar"``, ``"print"`` or False.
+    Returns the :class:`History`.
+    """
+    n, b = _length(data), step.batch_size
+    if b is None:
+        raise GraphError("fit: the step's data inputs do not share one batch size")
+    if batch_size is not None and batch_size != b:
+        raise ValueError(f"fit: the step was built for batches of {b}, not {batch_size} "
+                         f"(shapes are static: rebuild the graph with inputs of {batch_size})")
+    if n < b:
+        raise ValueError(f"fit: {n} samples are fewer than one batch of {b}")
+    if (val_data is None) != (eval_step is None):
+        raise ValueError("fit: give both val_data and eval_step, or neither")
+    rng = np.random.default_rng(seed)
+    data = {k: np.asarray(v) for k, v in data.items()}
+    history, bar = History(), _Progress(_progress_mode(progress), epochs)
+    best = None
+    if early_stopping is not None:
+        early_stopping.reset()
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        metrics = _train_epoch(step, data, n, b, rng, shuffle, bar, epoch)
+        metrics["lr"] = step.optimizer.lr_at(max(step.step - 1, 0))
+        if eval_step is not None:
+            metrics.update({f"val_{k}": v for k, v in eval_step.evaluate(val_data,
+                                                                          step).items()})
+        if eval_fn is not None:
+            metrics.update(eval_fn(step))
+        history.append(metrics)
+        bar.end(epoch, metrics, time.perf_counter() - start)
+        if early_stopping is not None:
+            if early_stopping.monitor not in metrics:
+                raise KeyError(f"early stopping monitors {early_stopping.monitor!r}, but the "
+                               f"metrics are {sorted(metrics)}")
+            stop = early_stopping.update(metrics[early_stopping.monitor])
+            if early_stopping.best_epoch == epoch:
+                history.best_epoch = epoch
+                best = {k: v.copy() for k, v in step.values.items()}
+            if stop:
+                history.stopped_early = True
+                break
+    if early_stopping is not None and early_stopping.restore_best and best is not None:
+        step.values.update(best)
+    return history
+
+
+def _train_epoch(step, data, n, b, rng, shuffle, bar, epoch) -> dict:
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    batches = n // b
+    bar.start(epoch, batches)
+    totals: dict[str, float] = {}
+    for k in range(batches):
+        idx = order[k * b:(k + 1) * b]
+        result = step({name: v[idx] for name, v in data.items() if name in step.data_inputs})
+        for name, v in result.items():
+            totals[name] = totals.get(name, 0.0) + v
+        bar.batch({name: t / (k + 1) for name, t in totals.items()})
+    return {name: t / batches for name, t in totals.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter files
+
+
+def _shape_dtype(value):
+    if isinstance(value, Tensor):
+        return value.shape, np.dtype(value.dtype)
+    value = np.asarray(value)
+    return value.shape, value.dtype
+
+
+def save_params(path, params) -> str:
+    """Save ``{name: array}`` (or a :class:`TrainStep`'s values) as an ``.npz`` file;
+    ``.npz`` is appended to ``path`` if missing.  Returns the path written."""
+    if isinstance(params, TrainStep):
+        params = params.values
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    arrays = {}
+    for name, value in params.items():
+        if isinstance(value, Tensor):
+            raise CheckpointError(f"save_params: {name!r} is a symbolic Tensor; save arrays "
+                                  "(step.values or gc.init_params(...))")
+        arrays[name] = np.asarray(value)
+    np.savez(path, **arrays)
+    return path
+
+
+def load_params(path, like=None, require=None) -> dict[str, np.ndarray]:
+    """Load an ``.npz`` parameter file as ``{name: array}``.
+
+    With ``like`` (``{name: array or Tensor}``, a Module, a TrainStep or Graph outputs),
+    every array must have the expected shape and dtype and no name may be unknown (except
+    optimizer state, named ``opt_...``); ``require`` (default: all of ``like``) names the
+    entries that must be present.  Every mismatch is listed in one
+    :class:`CheckpointError`.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):
+            raise CheckpointError(f"{path}: holds a single array, not named parameters")
+        with archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"no parameter file {path!r}") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable .npz parameter file ({err})") from None
+    if like is not None:
+        _check_like(path, arrays, _expected(like), require)
+    return arrays
+
+
+def _expected(like) -> dict:
+    if isinstance(like, TrainStep):
+        like = like.values
+    elif isinstance(like, nn.Module):
+        like = {**like.parameters(), **like.state()}
+    elif isinstance(like, (Tensor, list, tuple)):
+        like = {t.op.label: t for t in Graph(like).params}
+    return {n: _shape_dtype(v) for n, v in like.items()}
+
+
+def _check_like(path, arrays, expected, require):
+    required = expected if require is None else require
+    problems = [f"missing {n!r}" for n in required if n not in arrays]
+    problems += [f"unexpected {n!r}" for n in arrays
+                 if n not in expected and not n.startswith(OPTIMIZER_PREFIX)]
+    for n, (shape, dtype) in expected.items():
+        if n in arrays:
+            have = arrays[n]
+            if have.shape != tuple(shape):
+                problems.append(f"{n!r} has shape {have.shape}, expected {tuple(shape)}")
+            elif have.dtype != dtype:
+                problems.append(f"{n!r} has dtype {have.dtype}, expected {dtype}")
+    if problems:
+        raise CheckpointError(f"{path} does not match the model:\n  " + "\n  ".join(problems))
+
+
+__all__ = ["CheckpointError", "EarlyStopping", "EvalStep", "History", "TrainStep", "fit",
+           "load_params", "make_eval_step", "make_train_step", "save_params"]
