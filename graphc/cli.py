@@ -13,8 +13,13 @@ from .viz import RenderError
 
 
 def _demo(args) -> int:
-    from .demo import run
-    run()
+    from .demo import BARS, run
+    result = run(args.out, args.model, args.epochs)
+    if result["accuracy"] < BARS[args.model] or not result["report_ok"]:
+        print(f"graphc demo: the {args.model} missed its bar (test accuracy "
+              f"{result['accuracy']:.4f} < {BARS[args.model]}) or its gradient check failed",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -88,9 +93,17 @@ def parser() -> argparse.ArgumentParser:
                     "neural networks.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="the main job: build an MLP, print its graph, run it",
-                          description="Build a small MLP, print its graph as text, run it "
-                                      "on the NumPy reference interpreter and print the loss.")
+    demo = sub.add_parser(
+        "demo", help="the main job: compile, check, train, draw and report a model",
+        description="Build a model for the bundled handwritten digits, compile its training "
+                    "step, check its gradients against finite differences, train it with a "
+                    "progress bar, render its forward and backward graphs with values and "
+                    "write DIR/index.html, a self-contained report.")
+    demo.add_argument("--out", default="graphc-demo", metavar="DIR",
+                      help="where to write the report (default: ./graphc-demo)")
+    demo.add_argument("--model", choices=("mlp", "cnn", "lstm"), default="mlp",
+                      help="the model to train (default: mlp)")
+    demo.add_argument("--epochs", type=int, help="training epochs (default: per model)")
     demo.set_defaults(func=_demo)
     check = sub.add_parser(
         "check", help="check a model's gradients against finite differences",
