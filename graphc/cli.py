@@ -67,6 +67,20 @@ def _render(args) -> int:
     return 0
 
 
+def _compile(args) -> int:
+    from .compiler import compile
+    from .passes.autodiff import grad
+    loss, wrt, _ = _build_model(args.file)
+    outputs = [loss, *grad(loss, wrt)] if args.grad else [loss]
+    f = compile(outputs, backend=args.backend)
+    print(f.source)
+    print()
+    stats = f.stats
+    print(stats if isinstance(stats, str) else "\n".join(f"{k}: {v}" for k, v in
+                                                       stats.items()))
+    return 0
+
+
 def _bench(args) -> int:
     """Run ``benchmarks/run.py``: a folder of the source tree, next to the package, that a
     non-editable install does not have."""
@@ -137,6 +151,16 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--collapse", action="store_true",
                         help="draw each gc.scope (layer) as one node")
     render.set_defaults(func=_render)
+    comp = sub.add_parser(
+        "compile", help="print the generated code and f.stats of a model file",
+        description="Load FILE.py (build() -> (loss, wrt, feeds), as for `check`), compile "
+                    "the loss and its gradients and print the generated source and what "
+                    "each pass did (f.stats).")
+    comp.add_argument("file", metavar="FILE.py")
+    comp.add_argument("--backend", choices=("numpy", "numba", "cuda"), default="numba")
+    comp.add_argument("--no-grad", dest="grad", action="store_false",
+                      help="compile the forward loss only")
+    comp.set_defaults(func=_compile)
     bench = sub.add_parser(
         "bench", help="time training steps against PyTorch eager and JAX jit",
         description="Time one training step (loss and gradients, float32) of workloads W1-W4 "
@@ -166,6 +190,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:  # `graphc compile x.py | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except (GraphError, FeedError, BackendError, RenderError, OSError, ValueError,
             TypeError) as err:
         if args.debug:
