@@ -60,9 +60,10 @@ class Input(Op):
 
     def attrs(self):
         init = self.init
-        if callable(init):  # two lambdas share a qualname: the object identity tells them apart
-            init = f"{getattr(init, '__module__', '')}.{getattr(init, '__qualname__', '')}" \
-                   f"@{id(init):x}"
+        if callable(init):  # named by what it is, never by its address: digests are equal
+            # across processes (nodes are interned by the init object itself, not by this)
+            qualname = getattr(init, "__qualname__", None)
+            init = f"{getattr(init, '__module__', '')}.{qualname}" if qualname else repr(init)
         return {"label": self.label, "shape": self.in_shape, "dtype": self.in_dtype,
                 "init": init}
 

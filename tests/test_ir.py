@@ -2,6 +2,7 @@
 
 import gc as garbage
 import inspect
+import os
 import subprocess
 import sys
 
@@ -284,6 +285,25 @@ def test_digest_is_the_same_in_another_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == _mlp().digest
+
+
+def _lstm_loss():
+    x = gc.input("x", (2, 3, 4))
+    h = gc.nn.LSTM(4, 5, name="lstm")(x)  # its weights have a callable (GateInit) init
+    h = h[0] if isinstance(h, tuple) else h
+    return gc.sum(h * h)
+
+
+def test_digest_of_params_with_callable_inits_is_the_same_in_another_process():
+    # Regression: a callable init was keyed by its address, so the digests of nn layers
+    # (and the kernel cache keys of graphs sorted by digest) changed with every process.
+    code = "import graphc as gc\n" + inspect.getsource(_lstm_loss) + \
+        "print(_lstm_loss().digest)\n"
+    seeds = ["1", "2"]
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": s}).stdout.strip()
+            for s in seeds}
+    assert outs == {_lstm_loss().digest}
 
 
 def test_digest_differs_for_different_graphs():
