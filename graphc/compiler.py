@@ -23,8 +23,8 @@ BACKENDS = ("numpy", "numba", "cuda")
 AVAILABLE = ("numpy", "numba")  # the CUDA backend arrives with its issue; the last is default
 
 
-def _validate(graph: Graph, feeds: dict) -> dict[str, np.ndarray]:
-    wanted = {t.op.label: t for t in graph.inputs}
+def _validate(inputs, feeds: dict) -> dict[str, np.ndarray]:
+    wanted = {t.op.label: t for t in inputs}
     missing = [n for n in wanted if n not in feeds]
     if missing:
         raise FeedError(f"missing feed(s) for {', '.join(repr(n) for n in missing)}; "
@@ -67,16 +67,39 @@ def _describe(tensors) -> str:
     return ", ".join(f"{t.op.label} {t.shape} {t.dtype}" for t in tensors)
 
 
+class Stats(dict):
+    """``f.stats``: a dict (backend, node counts, per-pass reports, kernel and memory
+    figures) that prints as a readable table."""
+
+    def __str__(self) -> str:
+        from .passes.pipeline import format_report
+        head = (f"graphc {self['backend']}: {self['nodes_before']} nodes -> {self['nodes']} "
+                f"after {', '.join(self['pipeline']) or 'no passes'}; compiled in "
+                f"{self['compile_seconds']:.3f} s")
+        lines = [head]
+        if self["passes"]:
+            lines.append(format_report(self["passes"]))
+        rest = {k: v for k, v in self.items() if k not in
+                ("backend", "nodes", "nodes_before", "pipeline", "passes", "compile_seconds")}
+        lines += [f"{k}: {v}" for k, v in rest.items()]
+        return "\n".join(lines)
+
+
 class CompiledFunction:
     """A compiled graph: call it with feeds; ``source``, ``graph`` and ``stats`` describe it.
 
     Call as ``f(x=X, W=W)`` or ``f({"x": X, "W": W})``.  Returns a tuple of arrays, or a
-    single array when the graph has one output.
+    single array when the graph has one output.  ``graph`` is the optimized graph that was
+    compiled; the feeds it takes are those of the graph as given (an input that
+    optimization made unnecessary is still accepted, and checked).
     """
 
-    def __init__(self, outputs, backend: str):
+    def __init__(self, outputs, backend: str, passes=()):
+        from .passes import pipeline  # graphc.passes imports graphc: import late
         start = time.perf_counter()
-        self.graph = check_graph(Graph(outputs))
+        given = check_graph(Graph(outputs))
+        self.inputs = given.inputs
+        self.graph, report = pipeline.run(given, passes)
         self.backend = backend
         self.single = not isinstance(outputs, (list, tuple))
         self.source = format_graph(self.graph)
@@ -85,18 +108,24 @@ class CompiledFunction:
             from .numba_backend import compile_graph
             self._program = compile_graph(self.graph)
             self.source = self._program.source
-        self.stats = {
+        self.stats = Stats({
             "backend": backend,
+            "nodes_before": len(given.nodes),
             "nodes": len(self.graph.nodes),
-            "passes": [],
+            "pipeline": [r["pass"] for r in report],
+            "passes": report,
             "compile_seconds": time.perf_counter() - start,
-        }
+        })
+        memory = next((r for r in reversed(report) if r["pass"] == "memory"), None)
+        if memory is not None:
+            self.stats["planned_peak_bytes"] = memory["planned_peak_bytes"]
+            self.stats["naive_peak_bytes"] = memory["naive_peak_bytes"]
         if self._program is not None:
             self.stats.update(self._program.stats)
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return tuple(t.op.label for t in self.graph.inputs)
+        return tuple(t.op.label for t in self.inputs)
 
     def __call__(self, feeds=None, /, **kwargs):
         if feeds is not None:
@@ -107,7 +136,7 @@ class CompiledFunction:
             if overlap:
                 raise FeedError(f"feed(s) {sorted(overlap)} given twice")
             kwargs = {**feeds, **kwargs}
-        arrays = _validate(self.graph, kwargs)
+        arrays = _validate(self.inputs, kwargs)
         if self._program is not None:  # returns fresh arrays that alias nothing
             results = self._program(arrays)
         else:
@@ -120,11 +149,17 @@ class CompiledFunction:
         return f"<CompiledFunction backend={self.backend} inputs={list(self.input_names)}>"
 
 
-def compile(outputs, backend: str = "numba") -> CompiledFunction:  # noqa: A001
+def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
+            optimize: bool = True) -> CompiledFunction:
     """Compile ``outputs`` (a tensor or a list of tensors) into a callable.
 
     ``backend``: ``"numpy"`` (the reference interpreter), ``"numba"`` (CPU) or ``"cuda"``.
     ``backend=None`` picks the fastest backend this version has (``"numba"``).
+
+    ``passes``: the optimizing passes to run, in order (names of
+    ``graphc.passes.pipeline.PASSES`` or functions ``Graph -> Graph``); by default
+    ``DEFAULT_PIPELINE`` (simplify, cse, fusion, dce, memory).  ``optimize=False`` runs
+    none.  ``print(f.stats)`` shows what each pass did.
 
     >>> import graphc as gc, numpy as np
     >>> x = gc.input("x", (3,))
@@ -138,4 +173,9 @@ def compile(outputs, backend: str = "numba") -> CompiledFunction:  # noqa: A001
     if backend not in AVAILABLE:
         raise BackendError(f"backend {backend!r} is not part of this graphc version yet; "
                            f"available: {', '.join(AVAILABLE)}")
-    return CompiledFunction(outputs, backend)
+    if not optimize and passes:
+        raise ValueError("compile: optimize=False runs no passes; do not also give passes=")
+    if passes is None:
+        from .passes.pipeline import DEFAULT_PIPELINE
+        passes = DEFAULT_PIPELINE if optimize else ()
+    return CompiledFunction(outputs, backend, passes)

@@ -36,13 +36,14 @@ import time
 import traceback
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import dtypes, kernel_cache
 from . import numba_codegen as cg
 from .elementwise_ops import Elementwise
+from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
 from .inputs import Constant, Input
 from .ir import GraphError, Tensor, located
@@ -137,8 +138,12 @@ class Choice:
     """The lowering chosen for a node: where its result lives and how to emit it."""
 
     storage: str  # "buffer" (written into a given array), "view" or "alloc"
-    emit: object  # emit(lowering, node, out_var or None) -> None
+    emit: object  # emit(lowering, node, out_var or None) -> None; None: computed by the
+    #               first output of its fused group (a follower)
     how: str = "numpy"  # "kernel", "numpy" (a NumPy call), "view" or "fallback"
+    in_place: tuple = ()  # operands whose buffer the result may take over (dying here)
+    last_reader: int | None = None  # the node index where those operands die, if later
+    #                                 (a fused group's operands die at its last output)
 
 
 class Lowering:
@@ -146,7 +151,7 @@ class Lowering:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.nodes = graph.nodes
+        self.nodes = group_order(graph.nodes)
         self.index = {id(t): k for k, t in enumerate(self.nodes)}
         self.printed = node_names(graph)
         self.outputs = {id(t) for t in graph.outputs}
@@ -165,6 +170,8 @@ class Lowering:
         self.folded: dict[int, np.ndarray] = {}
         self.defined: set[str] = set()
         self.lowered: dict[str, int] = {}
+        self.fused: dict[tuple, FusedInstance] = {}
+        self.calls = 0  # kernel calls per run
 
     # -- names ----------------------------------------------------------------------------
     def var_name(self, t: Tensor) -> str:
@@ -208,6 +215,9 @@ class Lowering:
                 self.values[id(t)] = self.constant(t, folded[id(t)])
                 continue
             choice = choices[id(t)]
+            if choice.emit is None:  # computed with the first output of its fused group
+                self.free(plan, k)
+                continue
             self.lines.append(f"    # {self.describe(t)}")
             start = len(self.lines)
             var = self.var_name(t)
@@ -222,10 +232,13 @@ class Lowering:
                 choice.emit(self, t, None)
             for n in range(start, len(self.lines)):
                 self.line_nodes[n] = t
-            for r in plan.frees.get(k, ()):
-                names = [n for n in self.aux.pop(r, []) if n in self.defined]
-                if names:
-                    self.line(f"del {', '.join(names)}")
+            self.free(plan, k)
+
+    def free(self, plan, k):
+        for r in plan.frees.get(k, ()):
+            names = [n for n in self.aux.pop(r, []) if n in self.defined]
+            if names:
+                self.line(f"del {', '.join(names)}")
 
     def finish(self, plan, folded) -> NumbaProgram:
         inputs = [t for t in self.nodes if isinstance(t.op, Input)]
@@ -353,13 +366,16 @@ class Lowering:
     def call(self, name: str, spec: cg.KernelSpec, pointers, sizes, steps) -> None:
         """Emit a kernel call; split over threads when it is big and expensive enough.
         ``steps[k]``: bytes pointer k advances per unit of the first size."""
-        parallel = self.threads > 1 and int(np.prod(sizes)) >= PARALLEL_MIN_SIZE and \
-            any(h.startswith(_TRANSCENDENTAL) for h in spec.helpers)
-        if parallel:
+        self.calls += 1
+        if self.parallel(spec, sizes):
             self.line(f"_parallel({name}, {self.threads}, ({', '.join(pointers)},), "
                       f"{tuple(steps)!r}, {tuple(sizes)!r})")
         else:
             self.line(f"{name}({', '.join(pointers)}, {', '.join(map(str, sizes))})")
+
+    def parallel(self, spec: cg.KernelSpec, sizes) -> bool:
+        return self.threads > 1 and int(np.prod(sizes)) >= PARALLEL_MIN_SIZE and \
+            any(h.startswith(_TRANSCENDENTAL) for h in spec.helpers)
 
     def kernel(self, t: Tensor, spec: cg.KernelSpec) -> str:
         """The namespace name of the loaded kernel for ``spec``; compiling it if needed.
@@ -423,7 +439,9 @@ class MemoryPlan:
 def plan_memory(nodes, choices, outputs) -> MemoryPlan:
     """Assign a buffer slot to every node stored in a buffer that is not an output.  A
     slot is free again after the last use of every value that aliases it (views), and is
-    reused by the best fitting later node (growing if none fits)."""
+    reused by the best fitting later node (growing if none fits).  An elementwise node
+    takes over the slot of an operand of its size that dies at that node (in place: a
+    kernel or ufunc reads element i before it writes element i)."""
     root = {}
     for k, t in enumerate(nodes):
         choice = choices.get(id(t))
@@ -439,28 +457,51 @@ def plan_memory(nodes, choices, outputs) -> MemoryPlan:
     frees: dict[int, list[int]] = {}
     for r, k in last.items():
         frees.setdefault(k, []).append(r)
-    slot_of, sizes, free = {}, [], []
+    slot_of, sizes, free, handed_over = {}, [], [], set()
     for k, t in enumerate(nodes):
         choice = choices.get(id(t))
         if choice is not None and choice.storage == "buffer" and id(t) not in outputs:
             need = max(t.size * np.dtype(t.dtype).itemsize, 1)
-            fits = [s for s in free if sizes[s] >= need]
-            if fits:
-                slot = min(fits, key=lambda s: sizes[s])
-            elif free:
-                slot = max(free, key=lambda s: sizes[s])
-                sizes[slot] = need
+            r = _in_place_root(t, k, choice, root, last, slot_of, nodes, handed_over)
+            if r is not None:
+                handed_over.add(r)
+                slot = slot_of[id(nodes[r])]
             else:
-                slot = len(sizes)
-                sizes.append(need)
-            if slot in free:
-                free.remove(slot)
+                slot = _best_fit_slot(need, sizes, free)
             slot_of[id(t)] = slot
         for r in frees.get(k, ()):
             owner = nodes[r]
-            if id(owner) in slot_of and last.get(r) == k:
+            if id(owner) in slot_of and last.get(r) == k and r not in handed_over:
                 free.append(slot_of[id(owner)])
     return MemoryPlan(slot_of, sizes, frees)
+
+
+def _in_place_root(t, k, choice, root, last, slot_of, nodes, handed_over) -> int | None:
+    """The storage root of an operand whose buffer ``t`` may write over: not a view, in a
+    slot, of ``t``'s size, read once by ``t`` and by nothing after it."""
+    dies = k if choice.last_reader is None else choice.last_reader
+    for n in choice.in_place:
+        x = t.inputs[n]
+        r = root[id(x)]
+        if nodes[r] is x and last.get(r) == dies and id(x) in slot_of and \
+                r not in handed_over and sum(i is x for i in t.inputs) == 1 and \
+                x.size * np.dtype(x.dtype).itemsize == t.size * np.dtype(t.dtype).itemsize:
+            return r
+    return None
+
+
+def _best_fit_slot(need: int, sizes: list[int], free: list[int]) -> int:
+    fits = [s for s in free if sizes[s] >= need]
+    if fits:
+        slot = min(fits, key=lambda s: sizes[s])
+    elif free:
+        slot = max(free, key=lambda s: sizes[s])
+        sizes[slot] = need
+    else:
+        sizes.append(need)
+        return len(sizes) - 1
+    free.remove(slot)
+    return slot
 
 
 # ---------------------------------------------------------------------------------------
@@ -534,6 +575,7 @@ def _sum_kernel(lowering, t, kind):
     sizes = (reduced, kept) if kind == "leading" else (kept, reduced)
 
     def emit(L, t, out):
+        L.calls += 1
         L.line(f"{name}({L.pointer(L.value(t))}, {L.pointer(L.value(x))}, "
                f"{sizes[0]}, {sizes[1]})")
     return Choice("buffer", emit, "kernel")
@@ -665,7 +707,8 @@ def rule_elementwise(lowering, t):
     if form and not any(bools) and natural == t.dtype and \
             all(i.dtype == work for i in t.inputs) and \
             (form[0] in NUMPY_FASTER or t.size < KERNEL_MIN_SIZE):
-        return Choice("buffer", lambda L, t, out: _emit_ufunc(L, t, out, form))
+        return Choice("buffer", lambda L, t, out: _emit_ufunc(L, t, out, form),
+                      in_place=_same_shape_operands(t))
     step = cg.Step(fn.name, expr, fn.args, tuple(("operand", k) for k in range(fn.arity)),
                    work, t.dtype, bools)
     shapes = [static_base_shape(lowering.folded, i) for i in t.inputs]
@@ -691,7 +734,13 @@ def rule_elementwise(lowering, t):
                 base = value.base if value.base is not None else value
             args.append(L.pointer(base))
         L.call(name, spec, [L.pointer(L.value(t))] + args, sizes, steps)
-    return Choice("buffer", emit, "kernel")
+    return Choice("buffer", emit, "kernel",
+                  in_place=tuple(n for n in _same_shape_operands(t) if not full[n]))
+
+
+def _same_shape_operands(t: Tensor) -> tuple:
+    """Operands an elementwise node reads at the index it writes (same shape)."""
+    return tuple(n for n, i in enumerate(t.inputs) if i.shape == t.shape)
 
 
 def split_steps(t: Tensor, kinds: str, sizes) -> list[int]:
@@ -754,7 +803,216 @@ def _emit_ufunc(L, t, out, form):
     L.line(f"np.{name}({', '.join(args)}, out={out})")
 
 
+# ---------------------------------------------------------------------------------------
+# Fused groups: one kernel call computes every output of a group instance
+
+
+def instance_key(t: Tensor) -> tuple:
+    """Fused nodes with one group and the same inputs are outputs of one computation."""
+    return (t.op.group,) + tuple(map(id, t.inputs))
+
+
+def group_order(nodes) -> list[Tensor]:
+    """``nodes`` in a topological order where the outputs of each fused group instance
+    are adjacent (they share their inputs, so the first can compute them all)."""
+    members: dict[tuple, list] = {}
+    for t in nodes:
+        if isinstance(t.op, Fused):
+            members.setdefault(instance_key(t), []).append(t)
+    order, placed = [], set()
+    for t in nodes:
+        if id(t) in placed:
+            continue
+        group = members.get(instance_key(t)) if isinstance(t.op, Fused) else None
+        for m in group or (t,):
+            order.append(m)
+            placed.add(id(m))
+    return order
+
+
+def split_kinds(shape, shapes, lead: int):
+    """Operand kinds with ``shape`` seen as (prod of the first ``lead`` axes, prod of the
+    rest): F, S, R, C, or None for an operand that varies along part of a side only."""
+    nd = len(shape)
+    table = {("f", "f"): "F", ("b", "b"): "S", ("b", "f"): "R", ("f", "b"): "C"}
+    kinds = []
+    for s in shapes:
+        p = (1,) * (nd - len(s)) + tuple(s)
+
+        def side(axes, p=p):
+            dims = [d for d in axes if shape[d] != 1]
+            if all(p[d] == shape[d] for d in dims):
+                return "f"
+            return "b" if all(p[d] == 1 for d in dims) else None
+        outer, inner = side(range(lead)), side(range(lead, nd))
+        kinds.append(None if outer is None or inner is None else table[(outer, inner)])
+    sizes = [int(np.prod(shape[:lead], dtype=np.int64)),
+             int(np.prod(shape[lead:], dtype=np.int64))]
+    return kinds, sizes
+
+
+def _flat_split(n: int) -> list[int]:
+    """(n0, n1) with n0 * n1 = n and n1 <= 4096 as large as possible (a full sum over a
+    flat loop: n1 column accumulators, added up at the end)."""
+    for d in range(min(n, 4096), 0, -1):
+        if n % d == 0:
+            return [n // d, d]
+    return [n, 1]
+
+
+class FusedInstance:
+    """The outputs of one fused group applied to one set of inputs, and their kernel."""
+
+    def __init__(self, lowering: Lowering, first: Tensor):
+        key = instance_key(first)
+        self.members = [t for t in lowering.nodes if isinstance(t.op, Fused) and
+                        instance_key(t) == key]
+        self.leader = self.members[0]
+        self.group = group = first.op.group
+        self.inputs = first.inputs
+        self.outputs = [group.outputs[m.op.output] for m in self.members]
+        self.domain = tuple(np.broadcast_shapes(*(i.shape for i in self.inputs)))
+        self.spec = None
+        try:
+            self.plan(lowering)
+        except cg.Unsupported:
+            self.spec = None  # every member falls back to its NumPy evaluation
+
+    def plan(self, lowering: Lowering):
+        group, domain = self.group, self.domain
+        shapes = [static_base_shape(lowering.folded, i) for i in self.inputs]
+        self.accumulate = [o.reduce is not None for o in self.outputs]
+        leads = {len(o.reduce) for o in self.outputs
+                 if o.reduce is not None and len(o.reduce) < len(domain)}
+        if leads:
+            kinds, sizes = split_kinds(domain, shapes, leads.pop())
+        else:
+            kinds, sizes = broadcast_pattern(domain, shapes)
+            kinds = list(kinds)
+            if any(self.accumulate) and len(sizes) == 1:
+                sizes = _flat_split(sizes[0])
+                kinds = ["F" if k == "F" else "S" for k in kinds]
+        # an operand that varies along only part of the loop's axes (more than two
+        # broadcast patterns) is materialized at full size, as for single ops
+        size = int(np.prod(domain, dtype=np.int64))
+        self.materialize = [k is None or (k == "F" and int(np.prod(s, dtype=np.int64)) != size)
+                            for k, s in zip(kinds, shapes)]
+        self.kinds = "".join("F" if k is None else k for k in kinds)
+        self.sizes = sizes
+        symbols = group.symbols()
+        bound, exprs = group.statements(self.outputs, symbols)
+        label = "fused_" + "_".join(dict.fromkeys(s.fn.name for s in group.steps))
+        steps_text = [f"s{k} = {st.text()}" for k, st in enumerate(group.steps)]
+        steps_text.append("outputs: " + ", ".join(o.text() for o in self.outputs))
+        self.spec = cg.fused_kernel(label, steps_text, bound, exprs, symbols,
+                                    [i.dtype for i in self.inputs], self.kinds, group.dtype,
+                                    self.accumulate)
+        self.name = lowering.kernel(self.leader, self.spec)
+
+    def emit(self, L: Lowering, t: Tensor, out: str) -> None:
+        """One kernel call for every output of the instance (``t`` is the first)."""
+        parallel = L.parallel(self.spec, self.sizes)
+        rows = -(-self.sizes[0] // L.threads) if parallel else self.sizes[0]
+        call = _Call(chunks=-(-self.sizes[0] // rows) if self.sizes[0] else 1)
+        for m, o in zip(self.members, self.outputs):
+            self.output(L, t, m, o, call, parallel)
+        inner = self.sizes[1] if len(self.sizes) == 2 else 1
+        for i, kind, materialize in zip(self.inputs, self.kinds, self.materialize):
+            value = L.value(i)
+            if materialize:
+                base = L.temp(value, f"_contig(np.broadcast_to({L.use(value)}, "
+                                     f"{self.domain!r}))")
+            else:
+                base = value.base if value.base is not None else value
+            call.add(L.pointer(base), np.dtype(i.dtype).itemsize *
+                     {"F": inner, "C": 1}.get(kind, 0))
+        dtype = self.group.dtype
+        if self.spec.scratch:  # work space for the phases of a long body, one per chunk
+            scratch = f"{L.var_name(t)}_work"
+            L.line(f"{scratch} = np.empty({call.chunks * self.spec.scratch}, np.{dtype})")
+            L.defined.add(scratch)
+            call.add(f"_addr({scratch})", 0, np.dtype(dtype).itemsize * self.spec.scratch)
+            call.finish.append(f"del {scratch}")
+        L.calls += 1
+        if parallel:
+            L.line(f"_parallel({self.name}, {L.threads}, ({', '.join(call.pointers)},), "
+                   f"{tuple(call.steps)!r}, {tuple(self.sizes)!r}, "
+                   f"{tuple(call.chunk_steps)!r})")
+        else:
+            L.line(f"{self.name}({', '.join(call.pointers)}, "
+                   f"{', '.join(map(str, self.sizes))})")
+        for line in call.finish:
+            L.line(line)
+
+    def output(self, L: Lowering, t: Tensor, m: Tensor, o, call: _Call, parallel: bool):
+        """Define output ``m`` (the leader's own value exists already) and its pointer.
+        A sum accumulates n1 column sums: straight into a column-sum output, else into
+        partial sums (one row per chunk of a parallel call) added up after the call."""
+        if m is not t:
+            kind = "fresh" if id(m) in L.outputs else "pool"
+            L.values[id(m)] = Value(m, L.var_name(m), kind, L.index[id(m)], True)
+            L.line(f"# {L.describe(m)}")
+            if kind == "fresh":
+                L.line(f"{L.var_name(m)} = np.empty({m.shape!r}, np.{m.dtype})")
+        value = L.value(m)
+        item = np.dtype(self.group.dtype).itemsize
+        n1 = self.sizes[-1]
+        if o.reduce is None:
+            call.add(L.pointer(value), item * (n1 if len(self.sizes) == 2 else 1))
+            return
+        column = len(o.reduce) < len(self.domain)
+        if column and not parallel:
+            L.line(f"{L.use(value)}.fill(0)")
+            call.add(L.pointer(value), 0, item * n1)
+            return
+        acc = f"{value.var}_acc"
+        L.line(f"{acc} = np.zeros(({call.chunks}, {n1}), np.{self.group.dtype})")
+        L.defined.add(acc)
+        call.add(f"_addr({acc})", 0, item * n1)
+        target = f"{L.use(value)}.reshape({(-1,) if column else ()!r})"
+        call.finish += [f"np.add.reduce({acc}, axis={0 if column else None}, out={target})",
+                        f"del {acc}"]
+
+
+@dataclass
+class _Call:
+    """The arguments of a fused kernel call: pointers, the bytes each advances per unit
+    of the first size and per chunk of a parallel call, and lines to run after it."""
+
+    chunks: int
+    pointers: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    chunk_steps: list = field(default_factory=list)
+    finish: list = field(default_factory=list)
+
+    def add(self, pointer: str, step: int, chunk_step: int = 0) -> None:
+        self.pointers.append(pointer)
+        self.steps.append(step)
+        self.chunk_steps.append(chunk_step)
+
+
+def rule_fused(lowering, t):
+    """The first output of a group instance computes all of them in one kernel call; the
+    others are followers.  A group the kernel printer cannot express (an exotic custom op)
+    is evaluated by NumPy, output by output."""
+    key = instance_key(t)
+    instance = lowering.fused.get(key)
+    if instance is None:
+        instance = lowering.fused[key] = FusedInstance(lowering, t)
+    if instance.spec is None:
+        return rule_numpy(lowering, t)
+    out = t.op.out
+    in_place = () if out.reduce is not None else tuple(
+        n for n, (i, m) in enumerate(zip(instance.inputs, instance.materialize))
+        if i.shape == instance.domain and not m)
+    last = lowering.index[id(instance.members[-1])]
+    if t is instance.leader:
+        return Choice("buffer", instance.emit, "kernel", in_place, last)
+    return Choice("buffer", None, "fused", in_place, last)
+
+
 RULES = {
+    Fused: rule_fused,
     Elementwise: rule_elementwise, MatMul: rule_matmul, Reduce: rule_reduce,
     Softmax: rule_rows, LogSoftmax: rule_rows, LogSumExp: rule_rows,
     Reshape: rule_reshape, Transpose: rule_transpose, BroadcastTo: rule_broadcast_to,
@@ -793,14 +1051,18 @@ def _workers(n: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def run_parallel(fn, threads: int, pointers, steps, sizes) -> None:
+def run_parallel(fn, threads: int, pointers, steps, sizes, chunk_steps=None) -> None:
     """Run kernel ``fn`` over ``sizes[0]`` split in ``threads`` chunks: this thread takes
-    the first, workers the rest.  Kernels release the GIL and touch disjoint memory."""
+    the first, workers the rest.  Kernels release the GIL and touch disjoint memory.
+    Pointer k advances ``steps[k]`` bytes per unit of ``sizes[0]`` and ``chunk_steps[k]``
+    per chunk (the chunk's own partial sums of a fused group's reductions)."""
     total, rest = sizes[0], sizes[1:]
     chunk = -(-total // threads)
-    futures = [_workers(threads - 1).submit(fn, *[p + start * s for p, s in zip(pointers, steps)],
-                                            min(chunk, total - start), *rest)
-               for start in range(chunk, total, chunk)]
+    chunk_steps = chunk_steps or (0,) * len(pointers)
+    futures = [_workers(threads - 1).submit(
+        fn, *[p + start * s + (start // chunk) * c
+              for p, s, c in zip(pointers, steps, chunk_steps)],
+        min(chunk, total - start), *rest) for start in range(chunk, total, chunk)]
     fn(*pointers, min(chunk, total), *rest)
     for f in futures:
         f.result()
@@ -853,6 +1115,7 @@ class NumbaProgram:
             "buffer_bytes": plan.bytes,
             "kernel_threads": lowering.threads,
             "lowered": dict(lowering.lowered),
+            "kernel_calls": lowering.calls,
         }
 
     def _kernel_appendix(self) -> str:

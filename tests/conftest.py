@@ -16,3 +16,15 @@ def kernel_cache_dir(tmp_path_factory):
         os.environ.pop("GRAPHC_CACHE_DIR", None)
     else:
         os.environ["GRAPHC_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def check_every_pass():
+    """gc.compile runs graphc.check_graph after every optimizing pass (passes/pipeline.py)."""
+    old = os.environ.get("GRAPHC_CHECK_PASSES")
+    os.environ["GRAPHC_CHECK_PASSES"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("GRAPHC_CHECK_PASSES", None)
+    else:
+        os.environ["GRAPHC_CHECK_PASSES"] = old

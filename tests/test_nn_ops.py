@@ -489,7 +489,7 @@ def test_dropout_mask_statistics_scaling_and_reproducibility():
     np.testing.assert_allclose(grad, keep / 0.7, rtol=1e-15)          # gradient mask/(1-p)
     for backend in BACKENDS:
         again = gc.compile(y, backend=backend)(x=X)
-        np.testing.assert_array_equal(again, a)
+        np.testing.assert_allclose(again, a, rtol=1e-15)  # (fused: rounding may differ)
     assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0) is x
     np.testing.assert_array_equal(gc.compile(dropout(x, 1.0), backend="numpy")(x=X), 0 * X)
 

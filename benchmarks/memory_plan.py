@@ -1,0 +1,113 @@
+"""Peak memory of one training step: graphc's memory plan against PyTorch eager.
+
+    python benchmarks/memory_plan.py [W1 W2 ...]
+
+For each workload (loss and all gradients, float32): the memory pass's figures for the
+optimized graph (``planned``: buffers reused once dead and written in place, plus the
+outputs; ``naive``: every value its own buffer; ``live peak``: the most bytes alive at
+once), the same plan for the unoptimized graph, what the Numba backend allocates (its
+buffer pool plus the outputs), the forward values kept for the backward, and PyTorch's
+peak: allocations minus frees in the order its profiler records them (op granularity),
+for the same step (``torch.autograd.grad`` of the same loss).  Feeds and parameters are
+not counted anywhere.
+
+A second table measures rematerialization (``passes/remat.py``, off by default): the
+planned peak and the forward values kept for the backward with the default pipeline and
+with ``REMAT_PIPELINE``, and the median ms per step of each on the Numba backend.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import workloads  # noqa: E402
+
+import graphc as gc  # noqa: E402
+
+
+def torch_peak(workload, problem) -> int:
+    """Bytes PyTorch holds at most during one step, from its profiler's memory records."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    t = {k: torch.from_numpy(np.array(v)) for k, v in problem.feeds.items()}
+    leaves = [t[n].requires_grad_(True) for n in problem.wrt_names]
+
+    def step():
+        loss = workload.torch(t)
+        return loss, torch.autograd.grad(loss, leaves)
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = step()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    del result
+    return peak
+
+
+def graphc_figures(problem) -> dict:
+    outputs = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
+    f = gc.compile(outputs)
+    unopt = gc.compile(outputs, optimize=False)
+    plain = gc.compile(outputs, backend="numpy", passes=["memory"])
+    (mem,) = [r for r in f.stats["passes"] if r["pass"] == "memory"]
+    (plain_mem,) = plain.stats["passes"]
+    out_bytes = sum(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in outputs)
+    return {"planned": mem["planned_peak_bytes"], "naive": mem["naive_peak_bytes"],
+            "live": mem["peak_live_bytes"], "unfused planned": plain_mem["planned_peak_bytes"],
+            "unfused naive": plain_mem["naive_peak_bytes"],
+            "numba": f.stats["buffer_bytes"] + out_bytes,
+            "numba unfused": unopt.stats["buffer_bytes"] + out_bytes,
+            "kept for backward": mem["saved_for_backward_bytes"]}
+
+
+def remat_figures(problem, seconds: float = 2.0) -> dict:
+    from graphc.passes.pipeline import DEFAULT_PIPELINE, REMAT_PIPELINE
+    outputs = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
+    out = {}
+    for name, passes in (("default", DEFAULT_PIPELINE), ("remat", REMAT_PIPELINE)):
+        f = gc.compile(outputs, passes=passes)
+        (mem,) = [r for r in f.stats["passes"] if r["pass"] == "memory"]
+        f(problem.feeds)
+        times, start = [], time.perf_counter()
+        while time.perf_counter() - start < seconds or len(times) < 20:
+            t0 = time.perf_counter()
+            f(problem.feeds)
+            times.append(time.perf_counter() - t0)
+        out[name] = {"planned": mem["planned_peak_bytes"],
+                     "kept": mem["saved_for_backward_bytes"],
+                     "ms": statistics.median(times) * 1e3}
+    return out
+
+
+def main(names) -> None:
+    print(f"{'':6}{'planned':>10}{'naive':>10}{'live':>10}{'unfused':>10}{'unf naive':>10}"
+          f"{'numba':>10}{'numba unf':>10}{'kept fw':>10}{'torch':>10}   (MB)")
+    for name in names:
+        workload = workloads.WORKLOADS[name]
+        problem = workload.problem()
+        g = graphc_figures(problem)
+        row = [g["planned"], g["naive"], g["live"], g["unfused planned"], g["unfused naive"],
+               g["numba"], g["numba unfused"], g["kept for backward"],
+               torch_peak(workload, problem)]
+        print(f"{name:<6}" + "".join(f"{v / 1e6:>10.2f}" for v in row))
+    print("\nrematerialization (MB, ms/step on the Numba backend)")
+    print(f"{'':6}{'planned':>10}{'kept fw':>10}{'ms':>10}{'remat pl':>10}{'remat kept':>11}"
+          f"{'remat ms':>10}")
+    for name in names:
+        r = remat_figures(workloads.WORKLOADS[name].problem())
+        d, m = r["default"], r["remat"]
+        print(f"{name:<6}{d['planned'] / 1e6:>10.2f}{d['kept'] / 1e6:>10.2f}{d['ms']:>10.3f}"
+              f"{m['planned'] / 1e6:>10.2f}{m['kept'] / 1e6:>11.2f}{m['ms']:>10.3f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["W1", "W2"])

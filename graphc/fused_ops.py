@@ -1,0 +1,408 @@
+"""Fused elementwise groups: one node per output of a group of elementwise ops.
+
+The fusion pass (:mod:`graphc.passes.fusion`) replaces a connected group of elementwise
+nodes of one shape and float dtype (and sums of them, as reduction epilogues) by
+:class:`Fused` nodes.  A group is data: :class:`FusedGroup` lists its *steps*, each an
+:class:`~graphc.elementwise_ops.ElementwiseDef` applied to group inputs, earlier steps or
+numbers, and its *outputs*, each a step, optionally summed over leading axes or all axes.
+Every output of a group is its own node ``Fused(group, k)`` with the group's inputs, so the
+IR keeps one value per node: a group used for three outputs is three nodes with equal
+inputs, which the Numba backend computes in one loop nest.
+
+A group *is* an elementwise op whose expression is the composition of its steps:
+
+- ``group.expressions()``: the outputs as SymPy expressions of the input symbols, composed
+  from the steps' *stable* forms (what is evaluated; softplus stays ``max(x, 0) +
+  log1p(exp(-|x|))``) or, with ``stable=False``, from their mathematical forms (diagrams);
+- the NumPy reference evaluates the steps one by one with each op's own NumPy form, so a
+  fused node gives bit for bit what its unfused nodes give;
+- its derivative is derived from its expression DAG: :meth:`FusedGroup.derivative` applies
+  the chain rule over the steps with each step's SymPy-derived local derivative (the same
+  ``local_def`` nodes autodiff builds), giving another group.  So ``gc.grad`` of a fused
+  graph is the gradient of the unfused one, and fusing before autodiff works.
+
+>>> import numpy as np, graphc as gc
+>>> from graphc.passes.fusion import fusion
+>>> x = gc.input("x", (4,), "float64")
+>>> g = fusion(gc.Graph(gc.tanh(gc.sigmoid(x))))
+>>> [t.op.name for t in g.nodes]
+['input', 'fused']
+>>> str(g.outputs[0].op.group.expressions(stable=False)[0])
+'tanh(1/(1 + exp(-x0)))'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import sympy as sp
+
+from . import dtypes
+from . import elementwise_ops as ew
+from .ir import DTypeError, Op, Tensor
+
+# A step argument: ("in", j) the group's j-th input, ("step", s) an earlier step's value,
+# ("const", value) a number in the group's dtype.
+Ref = tuple
+
+
+@dataclass(frozen=True)
+class FusedStep:
+    """One elementwise op of a group: ``fn(*args)`` with static ``params``."""
+
+    fn: ew.ElementwiseDef
+    params: tuple
+    args: tuple  # of Ref
+
+    def text(self) -> str:
+        args = ", ".join(_ref_text(r) for r in self.args)
+        params = "".join(f", {k}={v!r}" for k, v in self.params)
+        return f"{self.fn.name}({args}{params})"
+
+
+@dataclass(frozen=True)
+class FusedOutput:
+    """An output of a group: step ``step``, summed over ``reduce`` axes if given."""
+
+    step: int
+    reduce: tuple | None = None  # axes of the group's domain, sorted
+    keepdims: bool = False
+
+    def text(self) -> str:
+        if self.reduce is None:
+            return f"s{self.step}"
+        return f"sum(s{self.step}, axes={self.reduce}{', keepdims' if self.keepdims else ''})"
+
+
+def _ref_text(r: Ref) -> str:
+    return f"x{r[1]}" if r[0] == "in" else f"s{r[1]}" if r[0] == "step" else repr(r[1])
+
+
+@dataclass(frozen=True, eq=False)
+class FusedGroup:
+    """A fused group: steps over the inputs and the outputs they give.
+
+    Every step works in and returns ``dtype`` (a float dtype); inputs of other dtypes are
+    converted on load, as an unfused op converts its operands (bool inputs stay bool where
+    a step takes a bool argument, the condition of ``where``).
+    """
+
+    steps: tuple  # of FusedStep
+    outputs: tuple  # of FusedOutput
+    dtype: str
+    input_dtypes: tuple
+    _key: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        key = (self.steps, self.outputs, self.dtype, self.input_dtypes)
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __eq__(self, other):
+        return self is other or (isinstance(other, FusedGroup) and self._key == other._key)
+
+    def __hash__(self):
+        return self._hash
+
+    @property
+    def arity(self) -> int:
+        return len(self.input_dtypes)
+
+    # -- text -------------------------------------------------------------------------------
+    @cached_property
+    def text(self) -> str:
+        """The steps, one per line, then the outputs (deterministic: used in digests)."""
+        lines = [f"s{k} = {s.text()}" for k, s in enumerate(self.steps)]
+        outs = ", ".join(o.text() for o in self.outputs)
+        return "; ".join(lines) + f" -> {outs} [{self.dtype}]"
+
+    @cached_property
+    def summary(self) -> str:
+        """Short label: the member ops in order (``tanh·sigmoid·mul``)."""
+        names = [s.fn.name for s in self.steps]
+        text = "·".join(names[:6]) + (f"·…({len(names)} ops)" if len(names) > 6 else "")
+        return text
+
+    # -- evaluation (the NumPy reference) ----------------------------------------------------
+    def evaluate_step(self, step: int, arrays) -> np.ndarray:
+        """The value of ``step`` for input ``arrays``, evaluating the needed steps one by
+        one with each op's NumPy form (exactly what the unfused nodes compute)."""
+        values: dict[int, np.ndarray] = {}
+        work = np.dtype(self.dtype)
+        for s in sorted(self.needed((step,))):
+            st = self.steps[s]
+            fn = st.fn
+            args = []
+            for a, ref in zip(fn.args, st.args):
+                if ref[0] == "in":
+                    v = arrays[ref[1]]
+                    if a.name not in fn.bool_args:
+                        v = v.astype(work, copy=False)
+                elif ref[0] == "step":
+                    v = values[ref[1]]
+                else:
+                    v = np.asarray(ref[1], dtype=work)
+                args.append(v)
+            with np.errstate(all="ignore"):
+                result = fn.numpy_function(st.params)(*args)
+            values[s] = np.asarray(result, dtype=work)
+        return values[step]
+
+    def needed(self, steps) -> set[int]:
+        """The steps that ``steps`` depend on (themselves included)."""
+        need, stack = set(), list(steps)
+        while stack:
+            s = stack.pop()
+            if s in need:
+                continue
+            need.add(s)
+            stack.extend(r[1] for r in self.steps[s].args if r[0] == "step")
+        return need
+
+    # -- SymPy forms ------------------------------------------------------------------------
+    def symbols(self) -> tuple[sp.Symbol, ...]:
+        return tuple(sp.Symbol(f"x{j}", real=True) for j in range(self.arity))
+
+    def step_expression(self, step: int, args, stable: bool = True) -> sp.Expr:
+        """Step ``step``'s SymPy form with its arguments replaced by ``args``."""
+        st = self.steps[step]
+        fn = st.fn
+        template = fn.stable if stable else fn.expr
+        subs = dict(zip(fn.param_symbols, (v for _, v in st.params)))
+        subs.update(zip(fn.args, args))
+        return template.xreplace(subs)
+
+    def expressions(self, stable: bool = True, symbols=None) -> list[sp.Expr]:
+        """Each output (before its reduction) as one SymPy expression of the inputs."""
+        symbols = self.symbols() if symbols is None else symbols
+        values: dict[int, sp.Expr] = {}
+        for s in sorted(self.needed(o.step for o in self.outputs)):
+            args = [symbols[r[1]] if r[0] == "in" else values[r[1]] if r[0] == "step"
+                    else sp.Float(r[1]) for r in self.steps[s].args]
+            values[s] = self.step_expression(s, args, stable)
+        return [values[o.step] for o in self.outputs]
+
+    def statements(self, outputs=None, symbols=None):
+        """The outputs (before their reductions) as SymPy code: ``(bound, exprs)``.
+
+        A step used once is composed into its user's expression; a step used more than
+        once (a value the DAG shares) is bound to a symbol ``s<k>``: ``bound`` lists
+        ``(symbol, expression)`` in order, ``exprs`` the outputs.  Binding shared steps
+        keeps SymPy's automatic rewriting local (sigmoid(t)**3 stays a cube of one value
+        rather than becoming a second exp) and the expressions linear in the group size."""
+        symbols = self.symbols() if symbols is None else symbols
+        outputs = self.outputs if outputs is None else outputs
+        need = self.needed(o.step for o in outputs)
+        uses = dict.fromkeys(need, 0)
+        for s in need:
+            for r in self.steps[s].args:
+                if r[0] == "step":
+                    uses[r[1]] += 1
+        for o in outputs:
+            uses[o.step] += 1
+        values: dict[int, sp.Expr] = {}
+        bound = []
+        for s in sorted(need):
+            args = [symbols[r[1]] if r[0] == "in" else values[r[1]] if r[0] == "step"
+                    else sp.Float(r[1]) for r in self.steps[s].args]
+            expr = self.step_expression(s, args)
+            if uses[s] > 1:
+                values[s] = sp.Symbol(f"s{s}", real=True)
+                bound.append((values[s], expr))
+            else:
+                values[s] = expr
+        return bound, [values[o.step] for o in outputs]
+
+    # -- derivatives ------------------------------------------------------------------------
+    def derivative(self, step: int, j: int) -> FusedGroup | None:
+        """d(step) / d(input j) as a one-output group over the same inputs, or None if it
+        is zero.  Reverse-mode chain rule over the steps, each step's local derivative
+        being its op's SymPy-derived ``local_def`` (as autodiff builds for unfused ops)."""
+        depends = self._depends_on(j)
+        if step not in depends:
+            return None
+        b = _Builder(list(self.steps))
+        adjoint: dict[int, Ref] = {step: ("const", 1.0)}
+        total = None
+        for s in sorted(self.needed((step,)), reverse=True):
+            upstream = adjoint.pop(s, None)
+            if upstream is None:
+                continue
+            st = self.steps[s]
+            for k, ref in enumerate(st.args):
+                if ref[0] == "const" or (ref[0] == "in" and ref[1] != j) or \
+                        (ref[0] == "step" and ref[1] not in depends):
+                    continue
+                local = b.local(s, k)
+                if local is None:
+                    continue
+                part = b.mul(upstream, local)
+                if ref[0] == "in":
+                    total = part if total is None else b.add(total, part)
+                else:
+                    old = adjoint.get(ref[1])
+                    adjoint[ref[1]] = part if old is None else b.add(old, part)
+        if total is None:
+            return None
+        return b.group(total, self.dtype, self.input_dtypes)
+
+    def _depends_on(self, j: int) -> set[int]:
+        out = set()
+        for s, st in enumerate(self.steps):
+            if any((r[0] == "in" and r[1] == j) or (r[0] == "step" and r[1] in out)
+                   for r in st.args):
+                out.add(s)
+        return out
+
+
+class _Builder:
+    """Appends steps for a derivative group, mirroring autodiff's rules for local
+    derivatives (passes/autodiff.py ``_local``)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.index: dict[FusedStep, int] = {st: k for k, st in enumerate(steps)}
+
+    def step(self, fn, params, args) -> Ref:
+        st = FusedStep(fn, params, tuple(args))
+        k = self.index.get(st)
+        if k is None:  # hash-consing inside the group, as in the graph
+            k = self.index[st] = len(self.steps)
+            self.steps.append(st)
+        return ("step", k)
+
+    def local(self, s: int, k: int) -> Ref | None:
+        st = self.steps[s]
+        fn = st.fn
+        expr = fn.derivatives[k]
+        if expr == 0:
+            return None
+        operands = dict(zip(fn.args, st.args)) | {fn.out: ("step", s)}
+        if expr.is_Symbol:
+            ref = operands[expr]
+            return ref if ref[0] != "in" else self.step(_COPY, (), [ref])
+        if expr.is_number:
+            return ("const", float(expr))
+        local = fn.local_def(k)
+        return self.step(local, st.params, [operands[a] for a in local.args])
+
+    def mul(self, a: Ref, b: Ref) -> Ref:
+        if a == ("const", 1.0):
+            return b
+        if b == ("const", 1.0):
+            return a
+        return self.step(ew.mul, (), [a, b])
+
+    def add(self, a: Ref, b: Ref) -> Ref:
+        return self.step(ew.add, (), [a, b])
+
+    def group(self, result: Ref, dtype, input_dtypes) -> FusedGroup:
+        if result[0] != "step":  # a constant derivative: still a step of the group
+            result = self.step(_COPY, (), [result])
+        return prune(self.steps, [FusedOutput(result[1])], dtype, input_dtypes)
+
+
+# The identity, for converting an input to the group's dtype where a derivative is the
+# input itself (d(x*y)/dx = y).  Not registered: it is internal to fused groups.
+_COPY = ew.ElementwiseDef("copy", (sp.Symbol("x", real=True),), {}, sp.Symbol("x", real=True))
+
+
+def prune(steps, outputs, dtype, input_dtypes) -> FusedGroup:
+    """A group of the steps ``outputs`` need, renumbered in order."""
+    need: set[int] = set()
+    stack = [o.step for o in outputs]
+    while stack:
+        s = stack.pop()
+        if s not in need:
+            need.add(s)
+            stack.extend(r[1] for r in steps[s].args if r[0] == "step")
+    order = sorted(need)
+    new = {s: k for k, s in enumerate(order)}
+
+    def ref(r):
+        return ("step", new[r[1]]) if r[0] == "step" else r
+    kept = tuple(FusedStep(steps[s].fn, steps[s].params, tuple(ref(r) for r in steps[s].args))
+                 for s in order)
+    outs = tuple(FusedOutput(new[o.step], o.reduce, o.keepdims) for o in outputs)
+    return FusedGroup(kept, outs, dtype, tuple(input_dtypes))
+
+
+def reduced_shape(shape, axes, keepdims) -> tuple[int, ...]:
+    return tuple(1 if i in axes else d for i, d in enumerate(shape)
+                 if keepdims or i not in axes)
+
+
+@dataclass(frozen=True)
+class Fused(Op):
+    """Output ``output`` of a fused ``group``, applied to the group's inputs."""
+
+    group: FusedGroup
+    output: int = 0
+
+    name = "fused"
+
+    @property
+    def out(self) -> FusedOutput:
+        return self.group.outputs[self.output]
+
+    def attrs(self):
+        out = self.out
+        attrs = {"ops": self.group.summary, "steps": len(self.group.steps)}
+        if out.reduce is not None:
+            attrs["sum_axes"] = out.reduce
+        return attrs
+
+    def key(self) -> str:
+        return f"fused({self.group.text}; output={self.output})"
+
+    def infer(self, inputs):
+        g = self.group
+        if len(inputs) != g.arity:
+            self.fail(f"takes {g.arity} inputs, got {len(inputs)}", inputs)
+        for t, want in zip(inputs, g.input_dtypes):
+            if t.dtype != want:
+                self.fail(f"input dtypes {tuple(t.dtype for t in inputs)} differ from the "
+                          f"group's {g.input_dtypes}", inputs, DTypeError)
+        if not dtypes.is_float(g.dtype):
+            self.fail(f"a fused group works in a float dtype, not {g.dtype}", inputs,
+                      DTypeError)
+        shape = ew.broadcast_shapes(self, inputs)
+        out = self.out
+        if out.reduce is not None:
+            if any(not 0 <= a < len(shape) for a in out.reduce):
+                self.fail(f"sum axes {out.reduce} out of range for {shape}", inputs)
+            shape = reduced_shape(shape, out.reduce, out.keepdims)
+        return shape, g.dtype
+
+    def evaluate(self, *arrays):
+        out = self.out
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        value = np.broadcast_to(self.group.evaluate_step(out.step, arrays), shape)
+        if out.reduce is None:
+            return value
+        return np.sum(value, axis=out.reduce, keepdims=out.keepdims)
+
+    # -- autodiff: the chain rule over the group's expression DAG -----------------------
+    local = ("∂fused/∂{x}",)
+    vjp_text = ("unbroadcast({g} · ∂fused/∂{x})",)
+
+    def vjp(self, z, g, k):
+        from . import functions as F
+        from .structured_ops import unbroadcast
+        out = self.out
+        x = z.inputs[k]
+        dgroup = self.group.derivative(out.step, k)
+        shape = np.broadcast_shapes(*(t.shape for t in z.inputs))
+        if dgroup is None:  # the output does not depend on this input
+            return F.broadcast_to(_zero(x), x.shape)
+        local = Tensor.make(Fused(dgroup, 0), z.inputs)
+        if out.reduce is not None:
+            g = F.reshape(g, reduced_shape(shape, out.reduce, True))
+        return unbroadcast(g * local, x.shape)
+
+
+def _zero(x: Tensor) -> Tensor:
+    from .inputs import constant
+    return constant(0, dtype=x.dtype)

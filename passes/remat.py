@@ -1,0 +1,124 @@
+"""Rematerialization: recompute cheap elementwise values in the backward instead of keeping
+them from the forward.
+
+Off by default (``passes=REMAT_PIPELINE``, or ``"remat"`` in your own list, before
+``fusion``).  It trades compute for memory: in a training step every forward value the
+backward reads stays alive from its forward use until that read (the seed notes: training
+memory grows with what is kept).  When such a value is a short chain of elementwise ops
+from values the backward keeps anyway (or from feeds and constants), the backward can
+recompute it from them, and the forward value dies at its last forward use; fused into the
+backward's groups, the recomputation costs no memory traffic of its own.
+
+Before: any well-formed graph.  After: the same values; for a graph of several outputs
+whose first is the loss (a training step: the forward is what the first output depends
+on), every backward read of a rematerialized value ``v`` reads instead a fused node that
+recomputes it (a distinct node, so interning does not merge it back into ``v``).  A value is
+rematerialized when it is a float elementwise node, not an output, computable by at most
+``max_steps`` elementwise ops of its dtype from *available* values: feeds, constants and
+forward values that the backward keeps anyway and that are not themselves rematerialized
+(seen through reshapes, transposes and broadcasts).  So the values kept for the backward
+never grow, and the forward keeps strictly fewer bytes.
+
+>>> import graphc as gc
+>>> x = gc.input("x", (64, 32)); W = gc.param("W", (32, 32))
+>>> loss = gc.sum(gc.square(gc.tanh(x @ W) * 2.0))
+>>> log = {}
+>>> g = remat(gc.Graph([loss, gc.grad(loss, W)]), log=log)
+>>> log["recomputed"], log["bytes_not_kept"]
+(1, 8192)
+"""
+
+from __future__ import annotations
+
+from graphc.elementwise_ops import Elementwise
+from graphc.fused_ops import Fused, FusedGroup, FusedOutput, FusedStep
+from graphc.graph import Graph
+from graphc.inputs import Constant, Input
+from graphc.ir import Tensor
+
+from .fusion import is_member
+from .memory import is_view, nbytes
+from .rewrite import rebuild
+
+
+def _root(t: Tensor) -> Tensor:
+    while is_view(t):
+        t = t.inputs[0]
+    return t
+
+
+def _recompute(v: Tensor, available, max_steps: int) -> Tensor | None:
+    """``v`` recomputed as one fused node reading only ``available`` values (and views of
+    them), composing the elementwise forward nodes in between; None if that needs another
+    kind of node or more than ``max_steps`` ops."""
+    steps, inputs, refs = [], [], {}
+
+    def ref(t: Tensor):
+        if id(t) in refs:
+            return refs[id(t)]
+        if t is not v and available(_root(t)):
+            refs[id(t)] = ("in", len(inputs))
+            inputs.append(t)
+        elif t is v or (isinstance(t.op, Elementwise) and is_member(t) and
+                        t.dtype == v.dtype):
+            args = [ref(i) for i in t.inputs]
+            if any(a is None for a in args) or len(steps) >= max_steps:
+                return None
+            refs[id(t)] = ("step", len(steps))
+            steps.append(FusedStep(t.op.fn, t.op.params, tuple(args)))
+        else:
+            return None
+        return refs[id(t)]
+
+    out = ref(v)
+    if out is None or out[0] != "step":
+        return None
+    group = FusedGroup(tuple(steps), (FusedOutput(out[1]),), v.dtype,
+                       tuple(i.dtype for i in inputs))
+    return Tensor.make(Fused(group, 0), inputs)
+
+
+def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph:
+    """Recompute cheap elementwise forward values in the backward (module docstring).
+
+    ``max_steps``: the most elementwise ops one recomputation may repeat.  ``log``
+    receives ``recomputed`` (how many values) and ``bytes_not_kept`` (the bytes of forward
+    values the backward no longer keeps)."""
+    chosen: dict[int, Tensor] = {}
+    if len(graph.outputs) >= 2:
+        forward = {id(t) for t in Graph(graph.outputs[:1]).nodes}
+        outputs = {id(t) for t in graph.outputs}
+        read = {}  # forward values (roots) the backward reads: id -> node
+        direct = set()  # ... of which read by a backward node directly, not through a view
+        for t in graph.nodes:
+            if id(t) in forward:
+                continue
+            for i in t.inputs:
+                r = _root(i)
+                if id(r) in forward:
+                    read[id(r)] = r
+                    if r is i:
+                        direct.add(id(r))
+
+        def available(r: Tensor) -> bool:
+            return isinstance(r.op, (Input, Constant)) or (id(r) in read and id(r) not in chosen)
+
+        for t in graph.nodes:  # topological order: operands are decided first
+            if id(t) in direct and id(t) not in outputs and isinstance(t.op, Elementwise) \
+                    and is_member(t):
+                copy = _recompute(t, available, max_steps)
+                if copy is not None:
+                    chosen[id(t)] = copy
+    if chosen:
+        def visit(node: Tensor, old: Tensor) -> Tensor:
+            if id(old) in forward or not any(id(i) in chosen for i in node.inputs):
+                return node
+            return node.replace(inputs=tuple(chosen.get(id(i), i) for i in node.inputs))
+        out = rebuild(graph, visit)
+    else:
+        out = graph
+    if log is not None:
+        nodes = {id(t): t for t in graph.nodes}
+        log["recomputed"] = len(chosen)
+        log["bytes_not_kept"] = sum(nbytes(nodes[k]) for k in chosen)
+    return out

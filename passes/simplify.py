@@ -1,0 +1,264 @@
+"""Algebraic simplification and constant folding, as a table of (pattern, replacement) rules.
+
+Before: any well-formed graph.  After: the same outputs (same shapes and dtypes, the same
+values up to rounding, the same NaN and Inf results) with every enabled rule applied
+wherever its pattern matches, to a fixed point per node, and every subexpression that
+depends on no input folded into a constant.
+
+A rule is data: a name, a pattern (:mod:`graphc.passes.rewrite`), a replacement (a
+capture name, or a function of the captures returning a node or None when it does not
+apply) and its floating-point class:
+
+- ``exact``: the same results for every input, NaN and Inf included, up to rounding (a
+  product in place of a sum of equal terms) and the sign of a zero result (x + 0 keeps -0);
+- ``overflow``: differs only where the original overflowed, giving the exact value
+  instead (log(exp(x)) is x, not inf, for x > 88 in float32);
+- ``unsafe``: may turn a NaN or Inf into a number (x·0 is NaN for x = inf, x − x and x/x
+  for x = inf or NaN, exp(log x) = NaN for x < 0).  Off by default: enable with
+  ``simplify(graph, rules=RULES)`` or ``gc.compile(..., passes=["simplify-unsafe", ...])``.
+
+>>> import graphc as gc
+>>> x = gc.input("x", (3,))
+>>> g = simplify(gc.Graph(-(-(x * 1.0))))
+>>> g.outputs[0] is x
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphc import functions as F
+from graphc.elementwise_ops import Elementwise
+from graphc.fused_ops import Fused
+from graphc.graph import Graph
+from graphc.inputs import Constant, Input, constant
+from graphc.ir import Tensor, iter_nodes
+from graphc.structured_ops import (
+    BroadcastTo,
+    Cast,
+    Concat,
+    Index,
+    IndexAdd,
+    LogSoftmax,
+    LogSumExp,
+    MatMul,
+    Reduce,
+    Reshape,
+    Softmax,
+    Take,
+    TakeAdd,
+    Transpose,
+)
+
+from .rewrite import ONE, ZERO, P, is_constant, match, rebuild
+
+# Ops known to be pure functions of their operands: a node of these whose operands are
+# all constants is folded (evaluated once by the reference semantics).
+PURE = (Elementwise, Fused, MatMul, Reduce, LogSumExp, Softmax, LogSoftmax, Reshape,
+        Transpose, BroadcastTo, Concat, Index, IndexAdd, Take, TakeAdd, Cast)
+FOLD_LIMIT_BYTES = 1 << 20  # larger constant results stay computed (at run time)
+
+
+def fit(x: Tensor, node: Tensor) -> Tensor:
+    """``x`` broadcast and cast to ``node``'s shape and dtype (a rule's result must keep
+    the node's type: x·1 with a (2, 3) one and a (3,) x is x broadcast)."""
+    if x.dtype != node.dtype:
+        x = F.cast(x, node.dtype)
+    return F.broadcast_to(x, node.shape) if x.shape != node.shape else x
+
+
+def filled(node: Tensor, value) -> Tensor:
+    return F.broadcast_to(constant(value, dtype=node.dtype), node.shape)
+
+
+# -- replacements that need more than a capture ----------------------------------------
+
+
+def _transposes(m):
+    inner, outer = m["node"].inputs[0].op.perm, m["node"].op.perm
+    perm = tuple(inner[p] for p in outer)
+    return F.transpose(m["x"], perm)
+
+
+def _reshapes(m):
+    return F.reshape(m["x"], m["node"].shape)
+
+
+def _identity_view(m):
+    return m["x"] if m["x"].shape == m["node"].shape else None
+
+
+def _sum_of_broadcast(m):
+    """sum(broadcast_to(x, S), axes): sum x over the axes it really has, times the number
+    of copies along the axes broadcasting stretched; broadcast back over the others."""
+    node, x = m["node"], m["x"]
+    if node.op.kind != "sum" or x.dtype == "bool" or x.size >= node.inputs[0].size:
+        return None
+    target = node.inputs[0].shape
+    axes = node.op.axes
+    xs = (1,) * (len(target) - x.ndim) + x.shape
+    stretched = [a for a in axes if xs[a] == 1 and target[a] != 1]
+    real = tuple(a for a in axes if a not in stretched)
+    r = F.reshape(x, xs)
+    if real:
+        r = F.sum(r, real, keepdims=True)
+    count = math.prod(target[a] for a in stretched)
+    if count != 1:
+        r = F.mul(r, constant(count, dtype=r.dtype))
+    kept = tuple(1 if a in axes else d for a, d in enumerate(target))
+    return F.reshape(F.broadcast_to(r, kept), node.shape)
+
+
+def _fold(m):
+    """Evaluate a node whose operands are all constants; broadcast results keep their
+    small base."""
+    t = m["node"]
+    values = [_constant_array(i) for i in t.inputs]
+    try:
+        with np.errstate(all="ignore"):
+            out = np.asarray(t.op.evaluate(*values))
+    except Exception:  # noqa: BLE001 -- left to run time, which reports it
+        return None
+    if out.dtype.name != t.dtype:
+        out = out.astype(t.dtype)
+    if out.shape != t.shape:
+        return None
+    if out.ndim and out.size and 0 in out.strides:
+        base = np.ascontiguousarray(out[tuple(slice(0, 1) if s == 0 else slice(None)
+                                              for s in out.strides)])
+        if base.nbytes > FOLD_LIMIT_BYTES:
+            return None
+        return F.broadcast_to(constant(base, dtype=t.dtype), t.shape)
+    if out.nbytes > FOLD_LIMIT_BYTES:
+        return None
+    return constant(np.array(out, order="C"), dtype=t.dtype)  # (ascontiguousarray: 0-d -> 1-d)
+
+
+def _constant_array(t: Tensor) -> np.ndarray:
+    chain = []
+    while not isinstance(t.op, Constant):
+        chain.append(t)
+        t = t.inputs[0]
+    value = t.op.value.array
+    for node in reversed(chain):
+        value = node.op.evaluate(value)
+    return value
+
+
+def _foldable(t: Tensor, m) -> bool:
+    if not isinstance(t.op, PURE) or not t.inputs:
+        return False
+    if isinstance(t.op, BroadcastTo) and isinstance(t.inputs[0].op, Constant):
+        return False  # already canonical: a broadcast keeps its small constant base
+    return all(is_constant(i) for i in t.inputs)
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rewrite: ``pattern`` -> ``replace`` (a capture name or a function of the
+    captures); ``ieee`` is its floating-point class (module docstring)."""
+
+    name: str
+    text: str
+    pattern: P
+    replace: object
+    ieee: str = "exact"
+
+    @property
+    def default(self) -> bool:
+        return self.ieee != "unsafe"
+
+    def apply(self, m) -> Tensor | None:
+        node = m["node"]
+        new = m[self.replace] if isinstance(self.replace, str) else self.replace(m)
+        return None if new is None else fit(new, node)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("fold", "op(constants) → constant", P(None, where=_foldable), _fold),
+    Rule("mul-one", "x·1 → x", P("mul", "x", ONE, commutative=True), "x"),
+    Rule("add-zero", "x + 0 → x", P("add", "x", ZERO, commutative=True), "x"),
+    Rule("sub-zero", "x − 0 → x", P("sub", "x", ZERO), "x"),
+    Rule("div-one", "x / 1 → x", P("div", "x", ONE), "x"),
+    Rule("neg-neg", "−(−x) → x", P("neg", P("neg", "x")), "x"),
+    Rule("sub-neg", "x − (−y) → x + y", P("sub", "x", P("neg", "y")),
+         lambda m: F.add(m["x"], m["y"])),
+    Rule("transpose-transpose", "transpose(transpose(x)) → transpose(x) or x",
+         P(Transpose, P(Transpose, "x")), _transposes),
+    Rule("reshape-reshape", "reshape(reshape(x)) → reshape(x)", P(Reshape, P(Reshape, "x")),
+         _reshapes),
+    Rule("reshape-identity", "reshape(x) to x's shape → x", P(Reshape, "x"), _identity_view),
+    Rule("broadcast-identity", "broadcast_to(x) to x's shape → x", P(BroadcastTo, "x"),
+         _identity_view),
+    Rule("log-exp", "log(exp(x)) → x", P("log", P("exp", "x")), "x", ieee="overflow"),
+    Rule("sum-broadcast", "sum(broadcast_to(x)) → n·sum(x)", P(Reduce, P(BroadcastTo, "x")),
+         _sum_of_broadcast),
+    # unsafe: off by default
+    Rule("mul-zero", "x·0 → 0", P("mul", "x", ZERO, commutative=True),
+         lambda m: filled(m["node"], 0), ieee="unsafe"),
+    Rule("sub-self", "x − x → 0", P("sub", "x", "x"), lambda m: filled(m["node"], 0),
+         ieee="unsafe"),
+    Rule("div-self", "x / x → 1", P("div", "x", "x"), lambda m: filled(m["node"], 1),
+         ieee="unsafe"),
+    Rule("exp-log", "exp(log(x)) → x", P("exp", P("log", "x")), "x", ieee="unsafe"),
+)
+DEFAULT_RULES = tuple(r for r in RULES if r.default)
+MAX_REWRITES_PER_NODE = 32
+
+
+def simplify(graph: Graph, *, rules=DEFAULT_RULES, log: dict | None = None) -> Graph:
+    """Apply ``rules`` (default: every rule that keeps NaN and Inf results) bottom-up; the
+    nodes a replacement makes are simplified too.
+
+    ``log`` (if given) receives ``rules_fired``: {rule name: times}."""
+    fired: dict[str, int] = {}
+    done: set[int] = set()  # nodes already in simplified form
+
+    def settle(t: Tensor) -> Tensor:
+        """``t`` rewritten to a fixed point of the rules (its inputs are settled)."""
+        for _ in range(MAX_REWRITES_PER_NODE):
+            if id(t) in done or isinstance(t.op, (Input, Constant)):
+                break
+            for rule in rules:
+                m = match(rule.pattern, t)
+                new = None if m is None else rule.apply(m)
+                if new is not None and new is not t:
+                    fired[rule.name] = fired.get(rule.name, 0) + 1
+                    t = settle_new(new)
+                    break
+            else:
+                break
+        done.add(id(t))
+        return t
+
+    def settle_new(t: Tensor) -> Tensor:
+        """A replacement: its new nodes are settled inputs-first, then itself."""
+        mapping: dict[int, Tensor] = {}
+        for node in iter_nodes([t]):
+            if id(node) in done:
+                mapping[id(node)] = node
+                continue
+            inputs = tuple(mapping[id(i)] for i in node.inputs)
+            if any(a is not b for a, b in zip(inputs, node.inputs)):
+                node_new = node.replace(inputs=inputs)
+            else:
+                node_new = node
+            mapping[id(node)] = node_new if node is t else settle(node_new)
+        return mapping[id(t)]
+
+    out = rebuild(graph, lambda t, old: settle(t))
+    if log is not None:
+        log["rules_fired"] = dict(sorted(fired.items()))
+    return out
+
+
+def simplify_unsafe(graph: Graph, *, log: dict | None = None) -> Graph:
+    """:func:`simplify` with every rule, the NaN/Inf-changing ones (x·0 → 0) included."""
+    return simplify(graph, rules=RULES, log=log)

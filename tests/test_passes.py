@@ -1,0 +1,521 @@
+"""The optimizing passes (passes/): pipeline, simplification rules, CSE, DCE, fusion and
+memory planning.
+
+Every pass must preserve results: graphs from the op tables of tests/test_ops.py and the
+random-graph strategy of tests/test_random_graphs.py are compiled optimized and with
+``optimize=False`` and compared, on the NumPy backend (every case) and the Numba backend
+(graphs that exercise fused kernels).  ``tests/conftest.py`` makes ``gc.compile`` run
+``check_graph`` after every pass in the whole suite.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_ops as table
+import test_random_graphs as random_graphs
+from graphc.passes import pipeline
+from graphc.passes.cse import cse
+from graphc.passes.dce import dce
+from graphc.passes.fusion import fusion
+from graphc.passes.memory import memory
+from graphc.passes.simplify import DEFAULT_RULES, RULES, simplify
+from hypothesis import given, settings
+
+import graphc as gc
+from graphc.elementwise_ops import REGISTRY
+from graphc.fused_ops import Fused
+from graphc.structured_ops import BroadcastTo, Reshape
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import workloads  # noqa: E402
+
+FLOATS = ("float32", "float64")
+RTOL = {"float32": 2e-5, "float64": 1e-11}
+
+
+def run_both(outputs, feeds, backend="numpy", **opts):
+    """(optimized, unoptimized) results of ``outputs`` on ``backend``."""
+    f = gc.compile(outputs, backend=backend, **opts)
+    g = gc.compile(outputs, backend=backend, optimize=False)
+    got, want = f(feeds), g(feeds)
+    if not isinstance(outputs, (list, tuple)):
+        got, want = (got,), (want,)
+    return f, got, want
+
+
+def assert_same(got, want, dtype="float64", what=""):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape and a.dtype == b.dtype, f"{what} output {k}"
+        if a.dtype.kind != "f":
+            np.testing.assert_array_equal(a, b, err_msg=f"{what} output {k}")
+            continue
+        finite = np.isfinite(b)
+        scale = max(float(np.max(np.abs(b[finite]))) if finite.any() else 1.0, 1.0)
+        np.testing.assert_allclose(a, b, rtol=RTOL[dtype], atol=RTOL[dtype] * scale,
+                                   equal_nan=True, err_msg=f"{what} output {k}")
+
+
+def with_grads(y, wrt):
+    """[y, d sum(y * c) / d wrt...] and the cotangent feed."""
+    wrt = [w for w in wrt if w.dtype in FLOATS]
+    if not wrt:
+        return [y], {}
+    c = gc.input("cotangent", y.shape, y.dtype)
+    loss = gc.sum(gc.tanh(y) * c)
+    cot = np.random.default_rng(1).uniform(0.5, 1.5, y.shape).astype(y.dtype)
+    return [y, loss, *gc.grad(loss, wrt)], {"cotangent": cot}
+
+
+# ---------------------------------------------------------------------------------------
+# 1. The pipeline
+
+
+def test_default_pipeline_is_explicit_ordered_and_documented():
+    assert pipeline.DEFAULT_PIPELINE == ("simplify", "cse", "fusion", "dce", "memory")
+    for name in pipeline.DEFAULT_PIPELINE:
+        module = importlib.import_module(f"graphc.passes.{name}")
+        assert "Before:" in module.__doc__ and "After:" in module.__doc__, name
+        assert pipeline.PASSES[name].doc
+
+
+def test_optimize_false_runs_no_pass_and_passes_selects_them():
+    x = gc.input("x", (4,), "float64")
+    y = gc.exp(x * 1.0) + 0.0
+    f = gc.compile(y, backend="numpy", optimize=False)
+    assert f.stats["passes"] == [] and f.stats["nodes"] == len(gc.Graph(y).nodes) == 6
+    f = gc.compile(y, backend="numpy", passes=["simplify"])
+    assert [r["pass"] for r in f.stats["passes"]] == ["simplify"]
+    assert [t.op.name for t in f.graph.nodes] == ["input", "exp"]
+
+    def double_exp(graph):
+        """A pass as a plain function Graph -> Graph."""
+        return gc.Graph([gc.exp(graph.outputs[0]) * 0.0 + graph.outputs[0]])
+    f = gc.compile(y, backend="numpy", passes=["simplify", double_exp])
+    assert f.stats["pipeline"] == ["simplify", "double_exp"]
+    with pytest.raises(ValueError, match="unknown pass"):
+        gc.compile(y, passes=["no-such-pass"])
+    with pytest.raises(ValueError, match="optimize=False"):
+        gc.compile(y, optimize=False, passes=["cse"])
+
+
+def test_graph_checker_runs_after_every_pass(monkeypatch):
+    x = gc.input("x", (3,), "float64")
+
+    def broken(graph):  # a second input named "x": a graph check_graph refuses
+        other = gc.input("x", (5,), "float64")
+        return gc.Graph([graph.outputs[0] + gc.sum(other) * 0.0])
+    monkeypatch.setenv("GRAPHC_CHECK_PASSES", "1")
+    with pytest.raises(gc.GraphError, match="input name 'x'"):
+        gc.compile(gc.exp(x), backend="numpy", passes=[broken])
+    monkeypatch.setenv("GRAPHC_CHECK_PASSES", "0")
+    gc.compile(gc.exp(x), backend="numpy", passes=[broken])  # unchecked, it compiles
+    with pytest.raises(gc.GraphError, match="changed the outputs"):
+        gc.compile(gc.exp(x), backend="numpy", passes=[lambda g: gc.Graph(gc.sum(x))])
+
+
+def test_stats_show_each_pass_and_print_as_a_table():
+    loss, wrt = workloads.mlp_graphc(8, (12, 6, 3))
+    f = gc.compile([loss, *gc.grad(loss, wrt)], backend="numpy")
+    report = f.stats["passes"]
+    assert [r["pass"] for r in report] == list(pipeline.DEFAULT_PIPELINE)
+    for r in report:
+        assert {"nodes_before", "nodes_after", "seconds"} <= set(r)
+    assert report[0]["nodes_before"] == f.stats["nodes_before"]
+    assert report[-1]["nodes_after"] == f.stats["nodes"] < f.stats["nodes_before"]
+    fusion_report = report[2]
+    assert fusion_report["groups"] >= 3 and fusion_report["bytes_saved"] > 0
+    assert f.stats["planned_peak_bytes"] < f.stats["naive_peak_bytes"]
+    text = str(f.stats)
+    for word in ("simplify", "fusion", "groups", "peak", "what it did"):
+        assert word in text
+
+
+def test_feeds_the_optimized_graph_no_longer_needs_are_still_accepted():
+    x, w = gc.input("x", (3,), "float64"), gc.input("w", (3,), "float64")
+    y = x * 0.0 + w
+    f = gc.compile(y, backend="numpy", passes=["simplify-unsafe"])
+    assert [t.op.label for t in f.graph.inputs] == ["w"]
+    assert f.input_names == ("x", "w")
+    np.testing.assert_array_equal(f(x=np.ones(3), w=np.arange(3.0)), np.arange(3.0))
+    with pytest.raises(gc.FeedError, match="'x'"):
+        f(w=np.arange(3.0))
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Simplification rules: each fires on its pattern and not otherwise
+
+X = gc.input("x", (2, 3), "float64")
+Y = gc.input("y", (2, 3), "float64")
+ROW = gc.input("row", (3,), "float64")
+
+# rule name -> (a graph where it fires, a near miss where it must not)
+RULE_CASES = {
+    "fold": (lambda: X + gc.exp(gc.constant(np.ones(3)) * 2.0), lambda: X + gc.exp(X)),
+    "mul-one": (lambda: 1.0 * gc.exp(X), lambda: 2.0 * gc.exp(X)),
+    "add-zero": (lambda: gc.exp(X) + 0.0, lambda: gc.exp(X) + 1.0),
+    "sub-zero": (lambda: gc.exp(X) - 0.0, lambda: 0.0 - gc.exp(X)),
+    "div-one": (lambda: gc.exp(X) / 1.0, lambda: 1.0 / gc.exp(X)),
+    "neg-neg": (lambda: gc.neg(gc.neg(gc.exp(X))), lambda: gc.neg(gc.exp(gc.neg(X)))),
+    "sub-neg": (lambda: X - (-Y), lambda: X - Y),
+    "transpose-transpose": (lambda: gc.transpose(gc.transpose(X)), lambda: gc.transpose(X)),
+    "reshape-reshape": (lambda: gc.reshape(gc.reshape(X, (6,)), (3, 2)),
+                        lambda: gc.reshape(gc.exp(gc.reshape(X, (6,))), (3, 2))),
+    "reshape-identity": (lambda: gc.Tensor.make(Reshape((2, 3)), (X,)),  # (gc.reshape
+                         lambda: gc.reshape(X, (6,))),                 # makes none)
+    "broadcast-identity": (lambda: gc.Tensor.make(BroadcastTo((2, 3)), (X,)),
+                           lambda: gc.broadcast_to(ROW, (2, 3))),
+    "log-exp": (lambda: gc.log(gc.exp(X)), lambda: gc.exp(gc.log(X))),
+    "sum-broadcast": (lambda: gc.sum(gc.broadcast_to(ROW, (4, 3)), axis=0),
+                      lambda: gc.sum(gc.broadcast_to(ROW, (4, 3)) * X[:1], axis=0)),
+    "mul-zero": (lambda: X * 0.0, lambda: X * 1e-300),
+    "sub-self": (lambda: gc.exp(X) - gc.exp(X), lambda: gc.exp(X) - gc.exp(Y)),
+    "div-self": (lambda: gc.exp(X) / gc.exp(X), lambda: gc.exp(X) / gc.exp(Y)),
+    "exp-log": (lambda: gc.exp(gc.log(X)), lambda: gc.log(gc.exp(X) + 1.0)),
+}
+
+
+def test_every_rule_has_a_case():
+    assert set(RULE_CASES) == {r.name for r in RULES}
+    assert {r.name for r in RULES if r.ieee == "unsafe"} == \
+        {"mul-zero", "sub-self", "div-self", "exp-log"}
+    assert {r.name for r in DEFAULT_RULES} == {r.name for r in RULES if r.ieee != "unsafe"}
+
+
+@pytest.mark.parametrize("rule", [pytest.param(r, id=r.name) for r in RULES])
+def test_rule_fires_on_its_pattern_and_not_otherwise(rule):
+    hit, miss = (make() for make in RULE_CASES[rule.name])
+    feeds = {"x": np.array([[0.5, 1.0, 2.0], [-1.0, 3.0, 0.25]]),
+             "y": np.full((2, 3), 0.75), "row": np.array([1.0, -2.0, 4.0])}
+    for graph, fires in ((hit, True), (miss, False)):
+        log = {}
+        out = simplify(gc.Graph(graph), rules=(rule,), log=log)
+        assert (rule.name in log["rules_fired"]) is fires, (rule.name, fires)
+        assert (out.outputs[0] is not graph) is fires
+        gc.check_graph(out)
+        needed = {k: v for k, v in feeds.items() if k in
+                  {t.op.label for t in gc.Graph(graph).inputs}}
+        want = gc.compile(graph, backend="numpy", optimize=False)(needed)
+        got = gc.compile(graph, backend="numpy",
+                         passes=[lambda g, r=rule: simplify(g, rules=(r,))])(needed)
+        if rule.ieee == "unsafe":  # equal where the original is a number (the point)
+            got, want = got[np.isfinite(want)], want[np.isfinite(want)]
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+def test_nan_changing_rules_are_off_by_default():
+    x = gc.input("x", (3,), "float64")
+    X_ = np.array([np.inf, np.nan, 2.0])
+    y = x * 0.0
+    assert all(r.default for r in DEFAULT_RULES) and not any(
+        r.default for r in RULES if r.name == "mul-zero")
+    f = gc.compile(y, backend="numpy")  # default pipeline: x * 0 stays
+    assert "mul-zero" not in f.stats["passes"][0]["rules_fired"]
+    np.testing.assert_array_equal(f(x=X_), [np.nan, np.nan, 0.0])
+    g = gc.compile(y, backend="numpy", passes=["simplify-unsafe"])
+    assert g.stats["passes"][0]["rules_fired"]["mul-zero"] == 1
+    np.testing.assert_array_equal(g(x=X_), [0.0, 0.0, 0.0])  # what IEEE says is NaN
+
+
+def test_sum_of_broadcast_becomes_a_product_and_bias_gradients_shrink():
+    b = gc.input("b", (5,), "float64")
+    x = gc.input("x", (7, 5), "float64")
+    loss = gc.sum(x + b)
+    (gb,) = gc.grad(loss, [b])
+    f = gc.compile(gb, backend="numpy")
+    assert [t.op.name for t in f.graph.nodes] == ["constant"]  # folded
+    np.testing.assert_array_equal(f(), np.full(5, 7.0))
+    s = gc.input("s", (1, 1), "float64")
+    (gb,) = gc.grad(gc.sum((x + b) * s), [b])  # sum over a broadcast of s
+    f = gc.compile(gb, backend="numpy")
+    assert f.stats["passes"][0]["rules_fired"]["sum-broadcast"] == 1
+    assert not any(t.op.name == "sum" for t in f.graph.nodes)
+    np.testing.assert_allclose(f(s=np.full((1, 1), 3.0)), np.full(5, 21.0))
+
+
+# ---------------------------------------------------------------------------------------
+# 3. CSE and DCE
+
+
+def test_cse_merges_commutative_duplicates():
+    a, b = gc.input("a", (3,), "float64"), gc.input("b", (3,), "float64")
+    graph = gc.Graph([gc.exp(a * b) + gc.exp(b * a)])
+    log = {}
+    out = cse(graph, log=log)
+    assert log["merged"] == 2 and len(out.nodes) == len(graph.nodes) - 2
+    feeds = {"a": np.arange(3.0), "b": np.ones(3)}
+    np.testing.assert_allclose(gc.compile(out.outputs[0], backend="numpy")(feeds),
+                               2 * np.exp(np.arange(3.0)))
+
+
+def test_dce_prunes_unused_outputs_and_steps_of_fused_groups():
+    x = gc.input("x", (4, 3), "float64")
+    a = gc.tanh(x)
+    b = gc.exp(a)
+    fused = fusion(gc.Graph([a * 2.0, gc.sin(b)]))  # one group, outputs a*2 and sin(b)
+    first = fused.outputs[0]
+    assert isinstance(first.op, Fused) and len(first.op.group.outputs) == 2
+    log = {}
+    pruned = dce(gc.Graph([first]), log=log)
+    assert log["fused_outputs_removed"] == 1 and log["fused_steps_removed"] == 2
+    assert len(pruned.outputs[0].op.group.steps) == 2  # tanh, mul
+    X_ = np.linspace(-1, 1, 12).reshape(4, 3)
+    np.testing.assert_allclose(gc.compile(pruned.outputs[0], backend="numpy")(x=X_),
+                               2 * np.tanh(X_))
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Every pass preserves results: the op tables and random graphs
+
+
+@pytest.mark.parametrize("name,variant", table.op_cases(table.ops_with_arity(1)))
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_elementwise_ops_with_gradients_unchanged_by_the_pipeline(name, variant, dtype):
+    rng = table.rng_for("passes", name, dtype)
+    arity = REGISTRY[name].arity
+    shapes = [(3, 4), (4,), (3, 1)][:arity]
+    arrays = table.random_inputs(name, shapes, dtype, rng)
+    tensors = [gc.input(n, a.shape, a.dtype.name) for n, a in
+               zip(table.arg_names(name), arrays, strict=True)]
+    y = REGISTRY[name](*tensors, **variant)
+    feeds = dict(zip(table.arg_names(name), arrays, strict=True))
+    if y.dtype in FLOATS:
+        outputs, extra = with_grads(y, tensors)
+        feeds.update(extra)
+    else:
+        outputs = [y]
+    f, got, want = run_both(outputs, feeds)
+    assert_same(got, want, dtype, name)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in table.ALL_CASES])
+def test_structured_cases_with_gradients_unchanged_by_the_pipeline(case):
+    tensors, feeds, _ = table.case_inputs(case, "float64")
+    y = case.build(*tensors)
+    outputs, extra = with_grads(y, tensors) if y.dtype == "float64" else ([y], {})
+    f, got, want = run_both(outputs, {**feeds, **extra})
+    assert_same(got, want, "float64", case.id)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(random_graphs.programs())
+def test_random_graphs_unchanged_by_the_pipeline(program):
+    inputs, nodes, loss, feeds = random_graphs.build(*program)
+    outputs = [loss, *gc.grad(loss, inputs)]
+    f, got, want = run_both(outputs, feeds)
+    assert_same(got, want, "float64", str(program[1]))
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, database=None)
+@given(random_graphs.programs())
+def test_random_graphs_numba_fused_matches_unfused(program):
+    inputs, nodes, loss, feeds = random_graphs.build(*program)
+    outputs = [loss, *gc.grad(loss, inputs)]
+    f, got, want = run_both(outputs, feeds, backend="numba")
+    assert_same(got, want, "float64", str(program[1]))
+
+
+CHAINS = (("sigmoid", "tanh", "softplus", "silu", "gelu"),
+          ("gelu_tanh", "elu", "leaky_relu", "relu", "sin"),
+          ("cos", "abs", "square", "neg", "exp", "sqrt", "log", "reciprocal"))
+
+
+def test_numba_fused_chains_of_every_op_match_unfused():
+    """Chains of every unary op and the binary ops on broadcast operands, with their
+    gradients, as fused kernels (separate groups: small kernels compile fast)."""
+    dtype = "float32"
+    x = gc.input("x", (5, 8), dtype)
+    r = gc.input("r", (8,), dtype)
+    c = gc.input("c", (5, 1), dtype)
+    outputs = []
+    for chain in CHAINS:
+        h = x
+        for name in chain:
+            h = REGISTRY[name](h * 0.5 + 0.75)
+        outputs.append(gc.sum(h))
+    h = gc.maximum(x, r) + gc.minimum(x, c) + gc.where(x > 0.0, x, c) + gc.prelu(x, r)
+    h = gc.power(gc.abs(h) + 1.0, c) / (1.0 + r * r) - x * c
+    outputs.append(gc.sum(REGISTRY["huber_elementwise"](h, delta=0.5)))
+    loss = outputs[0] + outputs[1] + outputs[2] + outputs[3]
+    rng = np.random.default_rng(3)
+    feeds = {k: rng.uniform(-2, 2, t.shape).astype(dtype) for k, t in
+             (("x", x), ("r", r), ("c", c))}
+    f, got, want = run_both([*outputs, *gc.grad(loss, [x, r, c])], feeds, backend="numba")
+    assert_same(got, want, dtype, "chains")
+    assert f.stats["passes"][2]["groups"] >= 4
+
+
+# ---------------------------------------------------------------------------------------
+# 5. Fusion
+
+
+def w3(rows=8, cols=16):
+    problem = workloads.WORKLOADS["W3"].problem({"rows": rows, "cols": cols})
+    return [problem.loss, *gc.grad(problem.loss, list(problem.wrt))], problem.feeds
+
+
+def test_w3_forward_and_backward_chain_is_one_fused_kernel():
+    outputs, feeds = w3()
+    f, got, want = run_both(outputs, feeds, backend="numba")
+    assert_same(got, want, "float32", "W3")
+    unfused = gc.compile(outputs, optimize=False)
+    lowered = unfused.stats["lowered"]  # small: single ops run as NumPy ufuncs
+    assert unfused.stats["nodes"] == 35 and lowered["kernel"] + lowered["numpy"] >= 20
+    (fusion_report,) = [r for r in f.stats["passes"] if r["pass"] == "fusion"]
+    assert fusion_report["groups"] == 1 and fusion_report["epilogues"] == 3
+    assert f.stats["nodes"] <= 10
+    assert f.stats["kernel_calls"] == 1 and f.stats["kernels"] == 1
+    fused = [t for t in f.graph.nodes if isinstance(t.op, Fused)]
+    assert len(fused) == 4 and len({t.op.group for t in fused}) == 1  # 4 outputs, 1 group
+    assert f.source.count("def kernel(") == 1 and "one loop nest" in f.source
+    steps = {s.fn.name for s in fused[0].op.group.steps}
+    assert {"tanh", "sigmoid", "gelu_tanh", "silu", "softplus", "tanh_dx", "sigmoid_dx",
+            "gelu_tanh_dx", "silu_dx", "softplus_dx"} <= steps
+
+
+def test_reduction_epilogues_only_over_leading_or_all_axes():
+    x = gc.input("x", (6, 5), "float64")
+    e = gc.exp(x) * 2.0
+    graph = fusion(gc.Graph([gc.sum(e, axis=0), gc.sum(e), gc.sum(e, axis=1)]))
+    sums = [t for t in graph.nodes if t.op.name == "sum"]
+    assert len(sums) == 1 and sums[0].op.axes == (1,)  # the row sum stays a sum
+    fused = [t for t in graph.nodes if isinstance(t.op, Fused)]
+    assert sorted(str(t.op.out.reduce) for t in fused) == ["(0, 1)", "(0,)", "None"]
+    X_ = np.random.default_rng(0).standard_normal((6, 5))
+    for backend in ("numpy", "numba"):
+        got = gc.compile(list(graph.outputs), backend=backend)(x=X_)
+        want = [(2 * np.exp(X_)).sum(0), (2 * np.exp(X_)).sum(), (2 * np.exp(X_)).sum(1)]
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_fusion_never_makes_a_cycle_through_an_outside_node():
+    x = gc.input("x", (4, 4), "float64")
+    W = gc.input("W", (4, 4), "float64")
+    y = gc.tanh(x)
+    z = gc.sin(y) * (y @ W)  # sin(y) may join tanh's group; the product may not
+    graph = fusion(gc.Graph(z))
+    gc.check_graph(graph)
+    (product,) = [t for t in graph.nodes if t is graph.outputs[0]]
+    assert any(i.op.name == "matmul" for i in product.inputs)
+    feeds = {"x": np.eye(4), "W": np.ones((4, 4))}
+    np.testing.assert_allclose(gc.compile(z, backend="numpy")(feeds),
+                               gc.compile(z, backend="numpy", optimize=False)(feeds))
+
+
+def test_fusing_before_autodiff_gives_the_same_gradients():
+    x = gc.input("x", (6, 4), "float64")
+    a = gc.input("a", (4,), "float64")
+    z = gc.silu(gc.gelu(gc.sigmoid(gc.tanh(x)), approximate="tanh"))
+    loss = gc.mean(gc.square(gc.softplus(z * a + 0.5)))
+    fused_graph = fusion(gc.Graph(loss))
+    (fused_loss,) = fused_graph.outputs
+    assert isinstance(fused_loss.inputs[0].op, Fused)
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.standard_normal((6, 4)), "a": rng.standard_normal(4)}
+    want = gc.compile(gc.grad(loss, [x, a]), backend="numpy", optimize=False)(feeds)
+    got = gc.compile(gc.grad(fused_loss, [x, a]), backend="numpy", optimize=False)(feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12)
+    # and second order: a Hessian-vector product through the fused node
+    v = [rng.standard_normal((6, 4)), rng.standard_normal(4)]
+    want = gc.compile(gc.hvp(loss, [x, a], v), backend="numpy")(feeds)
+    got = gc.compile(gc.hvp(fused_loss, [x, a], v), backend="numpy")(feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10)
+    assert gc.check_grad(fused_loss, [x, a], feeds).ok
+
+
+def test_a_fused_group_is_a_sympy_expression_of_stable_forms():
+    x = gc.input("x", (4,))
+    y = gc.softplus(gc.sigmoid(x) * 200.0 - 100.0 + x)
+    (node,) = fusion(gc.Graph(y)).outputs
+    group = node.op.group
+    (math_form,) = group.expressions(stable=False)
+    assert "log(" in str(math_form) and "exp(" in str(math_form)
+    (stable,) = group.expressions()
+    assert "log1p" in str(stable) and "Max" in str(stable)  # softplus' stable form
+    X_ = np.array([-1e4, -30.0, 30.0, 1e4], np.float32)
+    for backend in ("numpy", "numba"):
+        out = gc.compile(y, backend=backend)(x=X_)
+        assert np.isfinite(out).all(), backend
+        np.testing.assert_allclose(out, gc.compile(y, backend=backend, optimize=False)(x=X_),
+                                   rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Memory planning
+
+
+def test_memory_plan_reuses_buffers_in_place_and_keeps_only_what_backward_needs():
+    x = gc.input("x", (1000,), "float64")
+    h = gc.exp(gc.sin(gc.exp(x)))
+    log = {}
+    memory(gc.Graph([gc.sum(h)]), log=log)
+    assert log["in_place"] == 2 and log["naive_peak_bytes"] == 3 * 8000 + 8
+    assert log["planned_peak_bytes"] == 8000 + 8
+    loss, wrt = workloads.mlp_graphc(16, (20, 12, 4))
+    grads = gc.grad(loss, wrt)
+    log = {}
+    memory(gc.Graph([loss, *grads]), log=log)
+    assert 0 < log["saved_for_backward"] < 12
+    assert log["peak_live_bytes"] <= log["planned_peak_bytes"] < log["naive_peak_bytes"]
+
+
+def test_numba_buffers_are_reused_in_place():
+    x = gc.input("x", (5000,), "float64")
+    y = gc.sum(gc.exp(gc.sin(gc.exp(x) * 2.0)))
+    f = gc.compile(y, optimize=False)  # unfused: each op writes over the one before
+    assert f.stats["buffer_bytes"] == 5000 * 8
+    g = gc.compile(y)  # fused: nothing stored
+    assert g.stats["kernel_calls"] == 1 and g.stats["buffer_bytes"] <= 8
+    X_ = np.linspace(-1, 1, 5000)
+    np.testing.assert_allclose(f(x=X_), g(x=X_), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Rematerialization (off by default)
+
+
+def _tanh_mlp():
+    x = gc.input("x", (32, 24), "float64")
+    W1 = gc.param("W1", (24, 40), dtype="float64")
+    W2 = gc.param("W2", (40, 8), dtype="float64")
+    s = gc.sigmoid(x @ W1)          # kept: its derivative is written in terms of it
+    h = s * 2.0 - 1.0               # cheap, from s and constants: recomputable
+    loss = gc.mean(gc.square(gc.tanh(h @ W2)))
+    return loss, [W1, W2]
+
+
+def test_remat_recomputes_cheap_values_and_keeps_less_for_the_backward():
+    from graphc.passes.remat import remat
+    assert "remat" not in pipeline.DEFAULT_PIPELINE  # a trade-off: opt-in
+    assert pipeline.REMAT_PIPELINE.index("remat") < pipeline.REMAT_PIPELINE.index("fusion")
+    loss, wrt = _tanh_mlp()
+    outputs = [loss, *gc.grad(loss, wrt)]
+    log = {}
+    g = remat(gc.Graph(outputs), log=log)
+    assert log["recomputed"] >= 1 and log["bytes_not_kept"] >= 32 * 40 * 8
+    before, after = {}, {}
+    memory(gc.Graph(outputs), log=before)
+    memory(g, log=after)
+    assert after["saved_for_backward_bytes"] <= \
+        before["saved_for_backward_bytes"] - log["bytes_not_kept"]
+    feeds = {"x": np.random.default_rng(0).normal(size=(32, 24)), **gc.init_params(loss)}
+    for backend in ("numpy", "numba"):
+        f, got, want = run_both(outputs, feeds, backend, passes=pipeline.REMAT_PIPELINE)
+        assert_same(got, want, what=backend)
+        assert f.stats["passes"][2]["pass"] == "remat"
+        assert "recomputed in the backward" in str(f.stats)
+
+
+def test_remat_leaves_a_graph_without_a_backward_alone():
+    from graphc.passes.remat import remat
+    loss, _ = _tanh_mlp()
+    log = {}
+    assert remat(gc.Graph(loss), log=log).outputs[0] is loss and log["recomputed"] == 0
