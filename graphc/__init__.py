@@ -10,6 +10,7 @@
 
 from . import dtypes, nn, optim, train  # noqa: E402 -- gc.nn, gc.optim, gc.train build on the above
 from .compiler import BackendError, CompiledFunction, FeedError, compile
+from .cuda_backend import device_feeds, to_device  # imports numba.cuda only when used
 from .elementwise_ops import ElementwiseDef, ElementwiseError
 from .functions import (
     abs,
@@ -93,13 +94,13 @@ __all__ = [
     "ElementwiseError", "FeedError", "GradCheckReport", "Graph", "GraphError", "INITIALIZERS",
     "RenderError", "ShapeError", "Tensor", "abs", "add", "avg_pool2d", "batch_norm",
     "binary_cross_entropy_with_logits", "broadcast_to", "cast", "check_grad", "check_graph",
-    "compile", "concat", "constant", "conv2d", "cos", "div", "dropout", "dtypes", "elementwise",
-    "elu", "embedding", "equal", "exp", "format_graph", "gelu", "global_avg_pool2d", "grad",
-    "greater", "greater_equal", "hinge", "huber", "hvp", "init_params", "input", "l1", "l2",
+    "compile", "concat", "constant", "conv2d", "cos", "device_feeds", "div", "dropout", "dtypes",
+    "elementwise", "elu", "embedding", "equal", "exp", "format_graph", "gelu", "global_avg_pool2d",
+    "grad", "greater", "greater_equal", "hinge", "huber", "hvp", "init_params", "input", "l1", "l2",
     "layer_norm", "leaky_relu", "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul",
     "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse", "mul", "neg", "nn",
     "not_equal", "optim", "param", "params_of", "power", "prelu", "reciprocal", "relu", "render",
     "reshape", "scope", "sigmoid", "silu", "sin", "softmax", "softmax_cross_entropy", "softplus",
-    "sqrt", "square", "stack", "sub", "sum", "take", "tanh", "to_networkx", "train", "transpose",
-    "vjp", "where",
+    "sqrt", "square", "stack", "sub", "sum", "take", "tanh", "to_device", "to_networkx", "train",
+    "transpose", "vjp", "where",
 ]

@@ -20,7 +20,7 @@ class BackendError(RuntimeError):
 
 
 BACKENDS = ("numpy", "numba", "cuda")
-AVAILABLE = ("numpy", "numba")  # the CUDA backend arrives with its issue; the last is default
+AVAILABLE = ("numpy", "cuda", "numba")  # the last is the default
 
 
 def _validate(inputs, feeds: dict) -> dict[str, np.ndarray]:
@@ -108,6 +108,10 @@ class CompiledFunction:
             from .numba_backend import compile_graph
             self._program = compile_graph(self.graph)
             self.source = self._program.source
+        elif backend == "cuda":
+            from .cuda_backend import compile_graph as compile_cuda
+            self._program = compile_cuda(self.graph)
+            self.source = self._program.source
         self.stats = Stats({
             "backend": backend,
             "nodes_before": len(given.nodes),
@@ -136,7 +140,11 @@ class CompiledFunction:
             if overlap:
                 raise FeedError(f"feed(s) {sorted(overlap)} given twice")
             kwargs = {**feeds, **kwargs}
-        arrays = _validate(self.inputs, kwargs)
+        if self.backend == "cuda":  # device arrays (gc.to_device) are taken as they are
+            from .cuda_backend import validate_feeds
+            arrays = validate_feeds(self.inputs, kwargs, _validate)
+        else:
+            arrays = _validate(self.inputs, kwargs)
         if self._program is not None:  # returns fresh arrays that alias nothing
             results = self._program(arrays)
         else:
@@ -153,8 +161,9 @@ def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
             optimize: bool = True) -> CompiledFunction:
     """Compile ``outputs`` (a tensor or a list of tensors) into a callable.
 
-    ``backend``: ``"numpy"`` (the reference interpreter), ``"numba"`` (CPU) or ``"cuda"``.
-    ``backend=None`` picks the fastest backend this version has (``"numba"``).
+    ``backend``: ``"numpy"`` (the reference interpreter), ``"numba"`` (CPU, the default) or
+    ``"cuda"`` (numba.cuda kernels; :class:`BackendError` on a machine without a GPU unless
+    Numba's CUDA simulator is on, docs/cuda.md).  ``backend=None`` is ``"numba"``.
 
     ``passes``: the optimizing passes to run, in order (names of
     ``graphc.passes.pipeline.PASSES`` or functions ``Graph -> Graph``); by default
@@ -170,9 +179,9 @@ def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
     backend = AVAILABLE[-1] if backend is None else backend
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend not in AVAILABLE:
-        raise BackendError(f"backend {backend!r} is not part of this graphc version yet; "
-                           f"available: {', '.join(AVAILABLE)}")
+    if backend == "cuda":  # fail before any work on a machine that cannot run it
+        from .cuda_backend import require
+        require()
     if not optimize and passes:
         raise ValueError("compile: optimize=False runs no passes; do not also give passes=")
     if passes is None:

@@ -1,0 +1,319 @@
+"""The fixed CUDA kernels of the CUDA backend (``numba.cuda``), and the elementwise printer.
+
+Every kernel here is shape-agnostic: sizes, shapes and strides are arguments, so one
+compiled kernel serves every node with the same dtypes.  Kernels that need shared memory
+(row reductions, the softmax family, matmul) are made by factories per dtype, because a
+shared array's size and dtype must be compile-time constants.  Elementwise kernels are
+generated from SymPy (:func:`elementwise_source`) by :class:`CudaPrinter`, the Numba
+printer of :mod:`graphc.numba_codegen` with ``math.*`` calls, which ``numba.cuda`` maps to
+libdevice (``math.exp`` on a float32 is ``__nv_expf``, accurate to 2 ulp; the ``__expf``
+fast intrinsics are used only with ``GRAPHC_CUDA_FASTMATH=1``).
+
+Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) every thread is a Python thread,
+so blocks are kept small there (:data:`THREADS`, :data:`TILE`); the kernels are the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import config, cuda
+
+from .numba_codegen import ScalarPrinter, Unsupported
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+THREADS = 8 if SIMULATOR else 256        # threads per block of 1-D and row kernels
+MAX_BLOCKS = 4 if SIMULATOR else 65535   # grid-stride loops cover the rest
+TILE = 4 if SIMULATOR else 16            # matmul tile edge (16x16 on a GPU)
+MAX_DIMS = 8                             # rank limit of strided kernels (local arrays)
+
+
+def blocks_for(n: int) -> int:
+    return max(1, min(MAX_BLOCKS, (n + THREADS - 1) // THREADS))
+
+
+# ---------------------------------------------------------------------------------------
+# SymPy -> numba.cuda scalar code
+
+_MATH = {"np.sin": "math.sin", "np.cos": "math.cos", "np.tan": "math.tan",
+         "np.sinh": "math.sinh", "np.cosh": "math.cosh", "np.arcsin": "math.asin",
+         "np.arccos": "math.acos", "np.arctan": "math.atan", "np.arcsinh": "math.asinh",
+         "np.arccosh": "math.acosh", "np.arctanh": "math.atanh", "np.floor": "math.floor",
+         "np.ceil": "math.ceil", "np.arctan2": "math.atan2", "np.sqrt": "math.sqrt",
+         "np.power": "math.pow"}
+
+
+class CudaPrinter(ScalarPrinter):
+    """:class:`~graphc.numba_codegen.ScalarPrinter` emitting ``math.*`` (libdevice) calls
+    instead of the CPU backend's vectorizable helpers and NumPy scalar functions."""
+
+    def _function_call(self, name, arg):
+        if not self._float():
+            raise Unsupported(f"{name} in {self.dtype} code")
+        return f"math.{name}({self.numeric(arg)})", "num"
+
+    def _p(self, e):
+        text, kind = super()._p(e)
+        for old, new in _MATH.items():
+            text = text.replace(old + "(", new + "(")
+        return text, kind
+
+
+# NaN-propagating max/min, as np.maximum/np.minimum (and the CPU backend's helpers)
+@cuda.jit(device=True)
+def maximum(a, b):
+    return a if (a > b or a != a) else b
+
+
+@cuda.jit(device=True)
+def minimum(a, b):
+    return a if (a < b or a != a) else b
+
+
+class _SimulatedLibdevice:
+    """``math`` as kernels see it under the simulator: NumPy scalar functions, so float32
+    stays float32 and overflow, log(0) and NaN give inf/-inf/NaN as on a GPU (Python's
+    ``math`` computes in double and raises instead)."""
+
+    def __getattr__(self, name):
+        if name == "erf":
+            from scipy.special import erf as fn
+        else:
+            fn = getattr(np, _NUMPY_NAMES.get(name, name))
+
+        def call(*args):
+            with np.errstate(all="ignore"):
+                return fn(*args)
+        return call
+
+
+_NUMPY_NAMES = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "asinh": "arcsinh",
+                "acosh": "arccosh", "atanh": "arctanh", "atan2": "arctan2", "pow": "power"}
+
+# What kernels call as ``math``: libdevice on a GPU, NumPy under the simulator.
+mathlib = _SimulatedLibdevice() if SIMULATOR else math
+
+KERNEL_GLOBALS = {"cuda": cuda, "math": mathlib, "np": np, "maximum": maximum,
+                  "minimum": minimum}
+
+
+# ---------------------------------------------------------------------------------------
+# Data movement: one strided copy serves transpose, broadcast, basic index, concat, cast
+
+
+@cuda.jit
+def strided_copy(dst, dst_off, dst_strides, src, src_off, src_strides, shape, ndim, n):
+    """dst[dst_off + i . dst_strides] = src[src_off + i . src_strides] for every index
+    i of ``shape`` (flat arrays, strides in elements; a stride 0 broadcasts)."""
+    start = cuda.grid(1)
+    step = cuda.gridsize(1)
+    for i in range(start, n, step):
+        rem = i
+        d_at = dst_off
+        s_at = src_off
+        for d in range(ndim - 1, -1, -1):
+            c = rem % shape[d]
+            rem //= shape[d]
+            d_at += c * dst_strides[d]
+            s_at += c * src_strides[d]
+        dst[d_at] = src[s_at]
+
+
+@cuda.jit
+def fill(dst, value, n):
+    start = cuda.grid(1)
+    for i in range(start, n, cuda.gridsize(1)):
+        dst[i] = value
+
+
+@cuda.jit
+def gather(out, src, where, n):
+    """out[i] = src[where[i]] (index maps made at compile time)."""
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        out[i] = src[where[i]]
+
+
+@cuda.jit
+def gather_fill(out, src, where, n, value):
+    """out[i] = src[where[i]], or ``value`` where where[i] < 0 (padding: im2col, pooling)."""
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        at = where[i]
+        out[i] = src[at] if at >= 0 else value
+
+
+@cuda.jit
+def scatter_add(out, g, where, n):
+    """out[where[i]] += g[i] with atomics (repeated positions accumulate); positions < 0
+    (padding, in col2im) are skipped."""
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        if where[i] >= 0:
+            cuda.atomic.add(out, where[i], g[i])
+
+
+@cuda.jit
+def take_rows(out, x, idx, inner, rows, n, bad):
+    """out[i, j] = x[idx[i], j] (negative indices wrap); an index out of range sets
+    ``bad[0]`` and writes 0."""
+    start = cuda.grid(1)
+    for k in range(start, n, cuda.gridsize(1)):
+        i = k // inner
+        j = k - i * inner
+        r = idx[i]
+        if r < 0:
+            r += rows
+        if r < 0 or r >= rows:
+            bad[0] = 1
+            out[k] = 0
+        else:
+            out[k] = x[r * inner + j]
+
+
+@cuda.jit
+def take_add_rows(out, g, idx, inner, rows, n, bad):
+    """out[idx[i], j] += g[i, j] with atomics (repeated indices accumulate)."""
+    start = cuda.grid(1)
+    for k in range(start, n, cuda.gridsize(1)):
+        i = k // inner
+        j = k - i * inner
+        r = idx[i]
+        if r < 0:
+            r += rows
+        if r < 0 or r >= rows:
+            bad[0] = 1
+        else:
+            cuda.atomic.add(out, r * inner + j, g[k])
+
+
+# ---------------------------------------------------------------------------------------
+# Row kernels: one block per row (grid-stride over rows), a shared-memory tree reduction
+
+ROW_KINDS = ("sum", "max", "min", "logsumexp", "softmax", "log_softmax")
+
+
+@functools.cache
+def row_kernel(kind: str, dtype: str):
+    """The kernel ``(out, x, rows, cols)`` reducing each row of a (rows, cols) array:
+    sum/max/min/logsumexp write ``out[row]``; softmax/log_softmax write ``out[row, :]``.
+    Threads stride over the row's columns, then halve in shared memory (THREADS is a
+    power of two)."""
+    nb_dtype = getattr(numba, dtype)
+    zero = getattr(np, dtype)(0)
+    threads = THREADS
+    code = ROW_KINDS.index(kind)  # an int: the branches below fold at compile time
+
+    @cuda.jit(device=True)
+    def block_reduce(buf, tid, op):  # op: 0 sum, 1 max, 2 min
+        width = threads // 2
+        while width > 0:
+            if tid < width:
+                a = buf[tid]
+                b = buf[tid + width]
+                if op == 0:
+                    buf[tid] = a + b
+                elif op == 1:
+                    buf[tid] = a if (a > b or a != a) else b
+                else:
+                    buf[tid] = a if (a < b or a != a) else b
+            cuda.syncthreads()
+            width //= 2
+        return buf[0]
+
+    @cuda.jit(device=True)
+    def row_extreme(x, base, cols, tid, buf, op):
+        acc = x[base]  # every thread starts from the row's first element (cols >= 1)
+        for j in range(tid, cols, threads):
+            v = x[base + j]
+            if op == 1:
+                acc = acc if (acc > v or acc != acc) else v
+            else:
+                acc = acc if (acc < v or acc != acc) else v
+        buf[tid] = acc
+        cuda.syncthreads()
+        return block_reduce(buf, tid, op)
+
+    @cuda.jit
+    def kernel(out, x, rows, cols):
+        buf = cuda.shared.array(threads, nb_dtype)
+        tid = cuda.threadIdx.x
+        for row in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
+            base = row * cols
+            if code == 0:
+                acc = zero
+                for j in range(tid, cols, threads):
+                    acc += x[base + j]
+                buf[tid] = acc
+                cuda.syncthreads()
+                total = block_reduce(buf, tid, 0)
+                if tid == 0:
+                    out[row] = total
+            elif code == 1 or code == 2:
+                value = row_extreme(x, base, cols, tid, buf, code)
+                if tid == 0:
+                    out[row] = value
+            else:
+                m = row_extreme(x, base, cols, tid, buf, 1)
+                cuda.syncthreads()
+                if code != 4 and (math.isinf(m) or math.isnan(m)):  # no shift, as the reference
+                    m = zero
+                acc = zero
+                for j in range(tid, cols, threads):
+                    acc += mathlib.exp(x[base + j] - m)
+                buf[tid] = acc
+                cuda.syncthreads()
+                s = block_reduce(buf, tid, 0)
+                if code == 3:
+                    if tid == 0:
+                        out[row] = m + mathlib.log(s)
+                elif code == 5:
+                    lse = m + mathlib.log(s)
+                    for j in range(tid, cols, threads):
+                        out[base + j] = x[base + j] - lse
+                else:
+                    for j in range(tid, cols, threads):
+                        out[base + j] = mathlib.exp(x[base + j] - m) / s
+            cuda.syncthreads()  # buf is reused by the next row
+
+    return kernel
+
+
+# ---------------------------------------------------------------------------------------
+# Matmul: 16x16 shared-memory tiles (4x4 under the simulator), batched through grid z
+
+
+@functools.cache
+def matmul_kernel(dtype: str):
+    """``(c, a, b, m, k, n, batch, a_batch_stride, b_batch_stride)``: c[z] = a[z] @ b[z]
+    for flat row-major a (m, k), b (k, n), c (m, n); a batch stride 0 broadcasts."""
+    nb_dtype = getattr(numba, dtype)
+    zero = getattr(np, dtype)(0)
+    tile = TILE
+
+    @cuda.jit
+    def kernel(c, a, b, m, k, n, batch, sa, sb):
+        ta = cuda.shared.array((tile, tile), nb_dtype)
+        tb = cuda.shared.array((tile, tile), nb_dtype)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        col = cuda.blockIdx.x * tile + tx
+        row = cuda.blockIdx.y * tile + ty
+        for z in range(cuda.blockIdx.z, batch, cuda.gridDim.z):
+            a0 = z * sa
+            b0 = z * sb
+            acc = zero
+            for t in range((k + tile - 1) // tile):
+                kk = t * tile
+                ta[ty, tx] = a[a0 + row * k + kk + tx] if (row < m and kk + tx < k) \
+                    else zero
+                tb[ty, tx] = b[b0 + (kk + ty) * n + col] if (col < n and kk + ty < k) \
+                    else zero
+                cuda.syncthreads()
+                for q in range(tile):
+                    acc += ta[ty, q] * tb[q, tx]
+                cuda.syncthreads()
+            if row < m and col < n:
+                c[z * m * n + row * n + col] = acc
+
+    return kernel

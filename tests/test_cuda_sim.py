@@ -1,0 +1,320 @@
+"""The CUDA backend checked against the NumPy reference under Numba's CUDA simulator.
+
+``NUMBA_ENABLE_CUDASIM=1`` must be set before Numba is first imported, and it makes the
+whole process simulate CUDA.  So a plain ``pytest`` run leaves its own process alone: the
+cases below are skipped there and ``test_simulator_cases_in_a_subprocess`` runs this file
+again in a fresh interpreter with the variable set (the CI path).  With the variable set by
+hand (``NUMBA_ENABLE_CUDASIM=1 pytest tests/test_cuda_sim.py``) they run in-process, one
+pytest item each.  Shapes are tiny: every simulated thread is a Python thread.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import graphc as gc
+from graphc.graph import Graph
+
+IN_PROCESS = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and (
+    "numba" not in sys.modules or bool(sys.modules["numba"].config.ENABLE_CUDASIM))
+sim = pytest.mark.skipif(not IN_PROCESS, reason="needs NUMBA_ENABLE_CUDASIM=1 at start-up; "
+                         "test_simulator_cases_in_a_subprocess runs these cases")
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+rng = np.random.default_rng(0)
+
+
+def cuda_compile(outputs, passes=None):
+    """The CUDA program of ``outputs`` after the optimizing pipeline, called like
+    ``gc.compile(...)`` (through gc.compile once it is wired to backend='cuda')."""
+    from graphc.passes import pipeline
+
+    from graphc import compiler, cuda_backend
+    if "cuda" in compiler.AVAILABLE:
+        return gc.compile(outputs, backend="cuda", passes=passes)
+    graph, _ = pipeline.run(Graph(outputs), pipeline.DEFAULT_PIPELINE if passes is None
+                            else passes)
+    program = cuda_backend.compile_graph(graph)
+    single = not isinstance(outputs, (list, tuple))
+
+    def f(**feeds):
+        out = program(feeds)
+        return out[0] if single else tuple(out)
+    f.program = program
+    f.stats = program.stats
+    f.source = program.source
+    return f
+
+
+def check(outputs, feeds, passes=None):
+    """Run ``outputs`` on the CUDA backend and the NumPy reference; compare."""
+    f = cuda_compile(outputs, passes)
+    got = f(**feeds)
+    want = gc.compile(outputs, backend="numpy")(**feeds)
+    got, want = (got, want) if isinstance(outputs, (list, tuple)) else ((got,), (want,))
+    for g, w in zip(got, want):
+        assert isinstance(g, np.ndarray) and g.shape == w.shape and g.dtype == w.dtype
+        rtol = RTOL.get(w.dtype.name, 0)
+        scale = np.abs(w[np.isfinite(w)]).max(initial=1.0) if rtol else 0
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * max(1.0, scale))
+    return f
+
+
+def normal(shape, dtype="float32"):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise
+
+
+ACTIVATIONS = [gc.exp, gc.tanh, gc.sigmoid, gc.relu, gc.silu, gc.softplus, gc.sin, gc.cos,
+               gc.abs, gc.square, gc.neg, lambda v: gc.gelu(v), lambda v: gc.gelu(
+                   v, approximate="tanh"), lambda v: gc.elu(v, alpha=0.5),
+               lambda v: gc.leaky_relu(v, alpha=0.1), lambda v: gc.log(gc.abs(v) + 0.5),
+               lambda v: gc.sqrt(gc.abs(v)), lambda v: gc.reciprocal(v + 3.0)]
+
+
+@sim
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_unary_ops_match_numpy(dtype):
+    x = gc.input("x", (3, 5), dtype)
+    check([fn(x) for fn in ACTIVATIONS], {"x": normal((3, 5), dtype) * 3}, passes=())
+
+
+@sim
+def test_binary_broadcasting_comparisons_and_where():
+    x, r, c = gc.input("x", (2, 3, 4)), gc.input("r", (4,)), gc.input("c", (3, 1))
+    outs = [x + r, x * c - r, x / (gc.abs(c) + 1), gc.maximum(x, r), gc.minimum(c, x),
+            x ** 2, gc.where(x > r, x, c), x <= c, gc.equal(x, x), gc.prelu(x, r)]
+    check(outs, {"x": normal((2, 3, 4)), "r": normal(4), "c": normal((3, 1))}, passes=())
+
+
+@sim
+def test_integer_and_nan_semantics():
+    i, j = gc.input("i", (5,), "int64"), gc.input("j", (5,), "int32")
+    x = gc.input("x", (5,))
+    X = np.array([np.nan, -np.inf, 0.0, 2.0, np.inf], np.float32)
+    check([i + j, i * 3, gc.maximum(i, j), gc.maximum(x, 1.0), gc.relu(x), gc.exp(x)],
+          {"i": np.arange(5), "j": np.arange(5, dtype=np.int32) - 2, "x": X}, passes=())
+
+
+@sim
+def test_custom_sympy_op_and_its_derivative():
+    mish = gc.elementwise("mish_cuda", lambda v: v * sp.tanh(sp.log(1 + sp.exp(v))))
+    x = gc.input("x", (3, 4))
+    y = gc.sum(mish(x))
+    f = check([mish(x), gc.grad(y, x)], {"x": normal((3, 4))})
+    assert "math.tanh(" in f.source and "def kernel(" in f.source
+
+
+@sim
+def test_fused_groups_are_one_kernel_each():
+    x = gc.input("x", (3, 5))
+    y = gc.tanh(gc.sigmoid(x) * 2.0 + 1.0)
+    f = check([y, gc.sum(y * y, axis=0)], {"x": normal((3, 5))})
+    assert f.stats["lowered"].get("fused", 0) >= 1
+
+
+# ---------------------------------------------------------------------------------------
+# Reductions and the softmax family
+
+
+@sim
+def test_reductions_over_any_axes():
+    y = gc.input("y", (2, 3, 4))
+    outs = [gc.sum(y), gc.sum(y, axis=1), gc.max(y, axis=(0, 2), keepdims=True),
+            gc.min(y, axis=-1), gc.mean(y, axis=0), gc.sum(y > 0, axis=2)]
+    check(outs, {"y": normal((2, 3, 4))}, passes=())
+
+
+@sim
+def test_reductions_propagate_nan_and_handle_long_rows():
+    x = gc.input("x", (2, 37))
+    X = normal((2, 37))
+    X[1, 20] = np.nan
+    check([gc.max(x, axis=1), gc.min(x, axis=1), gc.sum(x, axis=1)], {"x": X}, passes=())
+
+
+@sim
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # -inf - -inf, as NumPy
+def test_softmax_family():
+    y = gc.input("y", (2, 3, 4))
+    Y = normal((2, 3, 4)) * 4
+    Y[0, 0, :] = -np.inf  # an all -inf row: logsumexp is -inf, as the reference
+    outs = [gc.softmax(y, axis=1), gc.log_softmax(y), gc.softmax(y[1], axis=-1),
+            gc.logsumexp(y, axis=(0, 2)), gc.logsumexp(y, axis=-1)]
+    check(outs, {"y": Y}, passes=())
+
+
+# ---------------------------------------------------------------------------------------
+# Matmul and data movement
+
+
+@sim
+def test_matmul_2d_batched_and_broadcast():
+    a, w = gc.input("a", (3, 5)), gc.input("w", (5, 6))
+    bb, c = gc.input("bb", (2, 5, 6)), gc.input("c", (2, 3, 5))
+    i, j = gc.input("i", (2, 3), "int64"), gc.input("j", (3, 2), "int64")
+    feeds = {"a": normal((3, 5)), "w": normal((5, 6)), "bb": normal((2, 5, 6)),
+             "c": normal((2, 3, 5)), "i": np.arange(6).reshape(2, 3),
+             "j": np.arange(6).reshape(3, 2) - 3}
+    check([a @ w, gc.matmul(a, bb), gc.matmul(c, bb), gc.matmul(c, w), i @ j], feeds,
+          passes=())
+
+
+@sim
+def test_data_movement():
+    a, c = gc.input("a", (3, 5)), gc.input("c", (2, 3, 5))
+    outs = [gc.transpose(c, (2, 0, 1)), gc.reshape(c, (6, 5)), gc.broadcast_to(a, (2, 3, 5)),
+            c[1, :, ::2], c[:, [2, 0]], c[..., None, -1], gc.concat([a, a * 2.0], axis=0),
+            gc.stack([a, a], axis=1), gc.cast(a, "int32"), gc.cast(a > 0, "float32"), a.T]
+    check(outs, {"a": normal((3, 5)), "c": normal((2, 3, 5))}, passes=())
+
+
+@sim
+def test_take_index_add_and_their_errors():
+    table, idx = gc.input("table", (4, 3)), gc.input("idx", (5,), "int64")
+    y = gc.sum(gc.take(table, idx) * 2.0) + gc.sum(table[1:3] ** 2) + gc.sum(table[[0, 0]])
+    feeds = {"table": normal((4, 3)), "idx": np.array([0, 3, 3, -1, 1])}
+    f = check([y, gc.grad(y, table)], feeds)
+    feeds["idx"] = np.array([0, 4, 0, 0, 0])
+    with pytest.raises(gc.GraphError, match="out of range"):
+        f(**feeds)
+
+
+@sim
+@pytest.mark.parametrize("geometry", [dict(padding=1), dict(stride=2, dilation=(1, 2)),
+                                      dict(groups=2, padding=(0, 1))])
+def test_conv2d_and_its_gradients_by_im2col_gemm(geometry):
+    x = gc.input("x", (2, 2, 4, 4))
+    w = gc.input("w", (2, 2 // geometry.get("groups", 1), 2, 2))
+    y = gc.conv2d(x, w, **geometry)
+    f = check([y, *gc.grad(gc.sum(y * y), [x, w])],
+              {"x": normal((2, 2, 4, 4)), "w": normal(w.shape)})
+    assert f.stats["host_fallbacks"] == []
+
+
+@sim
+def test_pooling_on_the_device_and_its_gradient_on_the_host():
+    x = gc.input("x", (1, 2, 5, 5))
+    y = gc.max_pool2d(x, 2, padding=1)
+    f = check([y, gc.grad(gc.sum(y * y), x)], {"x": normal((1, 2, 5, 5))})
+    assert f.stats["lowered"]["max_pool2d"] == 1
+    assert not any(h.endswith("(max_pool2d)") for h in f.stats["host_fallbacks"])
+    assert any("max_pool2d_grad" in h for h in f.stats["host_fallbacks"])  # said, not hidden
+
+
+@sim
+def test_scalars_avg_pool_losses_and_a_host_fallback_with_a_seed_feed():
+    x, s = gc.input("x", (1, 2, 4, 4)), gc.input("s", ())
+    seed = gc.input("seed", (), "int64")
+    outs = [gc.avg_pool2d(x, 2) * s, gc.dropout(x, 0.5, seed=seed),
+            gc.hinge(gc.reshape(x, (2, 16)), np.array([1, 3])), gc.huber(x, x * s), s * 2.0]
+    f = check(outs, {"x": normal((1, 2, 4, 4)), "s": np.float32(1.5), "seed": np.int64(3)})
+    assert any("dropout_mask" in h for h in f.stats["host_fallbacks"])
+
+
+# ---------------------------------------------------------------------------------------
+# Training: an MLP with softmax cross-entropy, parameters resident on the device
+
+
+def _mlp():
+    x, labels = gc.input("x", (4, 5)), gc.input("labels", (4,), "int64")
+    W1, b1 = gc.param("W1", (5, 6)), gc.param("b1", (6,))
+    W2, b2 = gc.param("W2", (6, 3)), gc.param("b2", (3,))
+    logits = gc.relu(x @ W1 + b1) @ W2 + b2
+    loss = gc.softmax_cross_entropy(logits, labels)
+    feeds = {"x": normal((4, 5)), "labels": np.array([0, 2, 1, 2]), **gc.init_params(loss)}
+    return [loss, *gc.grad(loss, [W1, b1, W2, b2])], feeds
+
+
+@sim
+def test_mlp_forward_and_backward_match_numpy():
+    outs, feeds = _mlp()
+    f = check(outs, feeds)
+    assert f.stats["host_fallbacks"] == [] and f.stats["kernels"] > 0
+
+
+@sim
+def test_device_resident_feeds_are_used_without_copies():
+    from graphc import cuda_backend
+    outs, feeds = _mlp()
+    f = cuda_compile(outs)
+    program = getattr(f, "program", None) or f._program  # wired: gc.compile's _program
+    params = cuda_backend.device_feeds({k: v for k, v in feeds.items() if k[0] in "Wb"})
+    want = gc.compile(outs, backend="numpy")(**feeds)
+    for _ in range(2):  # parameters stay on the device between steps
+        got = program({**feeds, **params})
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    if not hasattr(f, "program"):  # wired into gc.compile: device feeds pass its checks
+        for g, w in zip(f(**{**feeds, **params}), want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        with pytest.raises(gc.FeedError, match="W1"):
+            f(**{**feeds, **params, "W1": cuda_backend.to_device(np.zeros((6, 5), np.float32))})
+    on_device = program.run_device({**feeds, **params})
+    assert all(cuda_backend.is_device_array(v) for v in on_device)
+    np.testing.assert_allclose(params["W1"].copy_to_host(), feeds["W1"])  # not written
+    bad = {**feeds, **params, "W1": cuda_backend.to_device(np.zeros((6, 5), np.float32))}
+    with pytest.raises(gc.FeedError, match="W1"):
+        program(bad)
+    bad = {**feeds, **params, "W1": cuda_backend.to_device(feeds["W1"].astype(np.float64))}
+    with pytest.raises(gc.FeedError, match="dtype"):
+        program(bad)
+
+
+@sim
+def test_available_reports_the_simulator():
+    from graphc import cuda_backend
+    ok, why = cuda_backend.available()
+    assert ok and "simulator" in why
+
+
+# ---------------------------------------------------------------------------------------
+# Runs without the simulator
+
+
+_NO_GPU = """
+import graphc as gc
+from graphc import cuda_backend
+from graphc.graph import Graph
+ok, why = cuda_backend.available()
+if ok:
+    print("HAS-GPU")
+else:
+    assert "NUMBA_ENABLE_CUDASIM=1" in why, why
+    x = gc.input("x", (2,))
+    try:
+        cuda_backend.compile_graph(Graph([x * 2.0]))
+    except gc.BackendError as err:
+        assert "NUMBA_ENABLE_CUDASIM=1" in str(err) and "cuda" in str(err), err
+        print("NO-GPU-ERROR-OK")
+"""
+
+
+def _env(sim_on: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    if sim_on:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    return env
+
+
+def test_without_a_gpu_compile_raises_a_clear_error():
+    run = subprocess.run([sys.executable, "-c", _NO_GPU], env=_env(False), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    if "HAS-GPU" in run.stdout:
+        pytest.skip("this machine has a CUDA GPU")
+    assert "NO-GPU-ERROR-OK" in run.stdout
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the cases ran in this process")
+def test_simulator_cases_in_a_subprocess():
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          __file__], env=_env(True), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
