@@ -11,8 +11,7 @@ shapes and the same math:
 
 ``tensors``/``arrays`` map feed names to values: the data (seeded, from ``data``) and the
 initial parameters (``gc.init_params`` of the graphc loss), so every framework starts from
-the same numbers.  Adding a workload (W5, LeNet, once conv/pool land) is one more entry in
-:data:`WORKLOADS`.
+the same numbers.  Adding a workload is one more entry in :data:`WORKLOADS`.
 """
 
 from __future__ import annotations
@@ -214,6 +213,73 @@ def lstm_jax(t):
 
 
 # ---------------------------------------------------------------------------------------
+# W5: LeNet on 1 x 28 x 28 images: conv 1->6 5x5, ReLU, max-pool 2, conv 6->16 5x5, ReLU,
+# max-pool 2, dense 256->120->84->10 (ReLU between), softmax cross-entropy.  Parameters
+# conv1_W (6, 1, 5, 5), conv1_b, conv2_W (16, 6, 5, 5), conv2_b, fc1_W (256, 120), fc1_b, ...
+# (torch's layouts for the kernels; the dense weights follow x @ W).
+
+
+def lenet_graphc(batch, size):
+    x = gc.input("x", (batch, 1, size, size))
+    labels = gc.input("labels", (batch,), "int64")
+    params, h = [], x
+    for name, c_in, c_out in (("conv1", 1, 6), ("conv2", 6, 16)):
+        W = gc.param(f"{name}_W", (c_out, c_in, 5, 5), init="he_normal")
+        b = gc.param(f"{name}_b", (c_out,), init="zeros")
+        h = gc.max_pool2d(gc.relu(gc.conv2d(h, W, bias=b)), 2)
+        params += [W, b]
+    h = gc.reshape(h, (batch, h.size // batch))
+    widths = (h.shape[1], 120, 84, 10)
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        W = gc.param(f"fc{i}_W", (fan_in, fan_out))
+        b = gc.param(f"fc{i}_b", (fan_out,), init="zeros")
+        h = h @ W + b
+        if i < len(widths) - 1:
+            h = gc.relu(h)
+        params += [W, b]
+    return gc.softmax_cross_entropy(h, labels), params
+
+
+def lenet_data(rng, batch, size):
+    return {"x": rng.random((batch, 1, size, size), dtype=np.float32),
+            "labels": rng.integers(0, 10, batch).astype(np.int64)}
+
+
+def lenet_torch(t):
+    import torch
+    F = torch.nn.functional
+    h = t["x"]
+    for name in ("conv1", "conv2"):
+        h = F.max_pool2d(torch.relu(F.conv2d(h, t[f"{name}_W"], t[f"{name}_b"])), 2)
+    h = h.reshape(h.shape[0], -1)
+    for i in (1, 2, 3):
+        h = h @ t[f"fc{i}_W"] + t[f"fc{i}_b"]
+        if i < 3:
+            h = torch.relu(h)
+    return F.cross_entropy(h, t["labels"])
+
+
+def lenet_jax(t):
+    import jax
+    import jax.numpy as jnp
+    h = t["x"]
+    for name in ("conv1", "conv2"):
+        h = jax.lax.conv_general_dilated(h, t[f"{name}_W"], window_strides=(1, 1),
+                                         padding="VALID",
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        h = jax.nn.relu(h + t[f"{name}_b"][None, :, None, None])
+        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2),
+                                  "VALID")
+    h = h.reshape(h.shape[0], -1)
+    for i in (1, 2, 3):
+        h = h @ t[f"fc{i}_W"] + t[f"fc{i}_b"]
+        if i < 3:
+            h = jax.nn.relu(h)
+    logp = jax.nn.log_softmax(h, axis=1)
+    return -jnp.mean(jnp.take_along_axis(logp, t["labels"][:, None], axis=1))
+
+
+# ---------------------------------------------------------------------------------------
 
 WORKLOADS = {w.name: w for w in [
     Workload("W1", "MLP 784-256-256-10, ReLU, softmax cross-entropy, batch 128", 0.8,
@@ -230,5 +296,8 @@ WORKLOADS = {w.name: w for w in [
              {"inputs": 64, "hidden": 128, "batch": 32, "steps": 50},
              lstm_graphc, lstm_data, lstm_torch, lstm_jax,
              torch_extra={"torch nn.LSTM": lstm_torch_fused}),
-    # W5 (LeNet, target 1.0) joins here once gc.conv2d and gc.max_pool2d exist.
+    Workload("W5", "LeNet: conv 1-6, 6-16 5x5 + ReLU + maxpool 2, dense 256-120-84-10, "
+                   "cross-entropy, batch 64 of 1x28x28", 1.0,
+             {"batch": 64, "size": 28},
+             lenet_graphc, lenet_data, lenet_torch, lenet_jax),
 ]}

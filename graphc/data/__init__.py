@@ -1,9 +1,11 @@
 """Small real data sets shipped inside graphc, so examples and tests never download.
 
-| loader | data | size | licence |
-|---|---|---|---|
-| :func:`load_digits` | 1797 handwritten digits, 8x8 pixels, 10 classes (UCI "Optical Recognition of Handwritten Digits", test set, as bundled by scikit-learn) | 45 KB | CC BY 4.0 (data), BSD-3 (scikit-learn's copy): ``LICENSE-digits.txt`` |
-| :func:`load_text` | Shakespeare's Sonnets 1-18 (1609), plain text | 11 KB | public domain: ``LICENSE-sonnets.txt`` |
+- :func:`load_digits`: 1797 handwritten digits, 8x8 pixels, 10 classes: the test set of
+  the UCI "Optical Recognition of Handwritten Digits" (E. Alpaydin, C. Kaynak, 1998) as
+  scikit-learn ships it; ``digits.npz``, 45 KB; CC BY 4.0 (the data) and BSD-3
+  (scikit-learn's copy), see ``LICENSE-digits.txt``.
+- :func:`load_text`: Shakespeare's Sonnets 1-18 (1609); ``sonnets.txt``, 11 KB; public
+  domain, see ``LICENSE-sonnets.txt``.
 
 >>> from graphc import data
 >>> images, labels = data.load_digits()
