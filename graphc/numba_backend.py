@@ -47,6 +47,7 @@ from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
 from .inputs import Constant, Input
 from .ir import GraphError, Tensor, located
+from .passes.memory import best_fit
 from .structured_ops import (
     BroadcastTo,
     Cast,
@@ -467,7 +468,7 @@ def plan_memory(nodes, choices, outputs) -> MemoryPlan:
                 handed_over.add(r)
                 slot = slot_of[id(nodes[r])]
             else:
-                slot = _best_fit_slot(need, sizes, free)
+                slot = best_fit(need, sizes, free)
             slot_of[id(t)] = slot
         for r in frees.get(k, ()):
             owner = nodes[r]
@@ -488,20 +489,6 @@ def _in_place_root(t, k, choice, root, last, slot_of, nodes, handed_over) -> int
                 x.size * np.dtype(x.dtype).itemsize == t.size * np.dtype(t.dtype).itemsize:
             return r
     return None
-
-
-def _best_fit_slot(need: int, sizes: list[int], free: list[int]) -> int:
-    fits = [s for s in free if sizes[s] >= need]
-    if fits:
-        slot = min(fits, key=lambda s: sizes[s])
-    elif free:
-        slot = max(free, key=lambda s: sizes[s])
-        sizes[slot] = need
-    else:
-        sizes.append(need)
-        return len(sizes) - 1
-    free.remove(slot)
-    return slot
 
 
 # ---------------------------------------------------------------------------------------

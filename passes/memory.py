@@ -89,7 +89,7 @@ def plan(nodes, outputs, inplace: bool = True) -> dict:
                 if slot is not None:
                     inplace_count += 1
                 else:
-                    slot = _best_fit(need, sizes, free)
+                    slot = best_fit(need, sizes, free)
                 slot_of[k] = slot
         for r in {root[id(i)] for i in t.inputs}:
             if last.get(r) == k and owns[r]:
@@ -116,7 +116,9 @@ def _reuse(t, k, nodes, index, root, last, slot_of, inplace) -> int | None:
     return None
 
 
-def _best_fit(need: int, sizes: list[int], free: list[int]) -> int:
+def best_fit(need: int, sizes: list[int], free: list[int]) -> int:
+    """A slot for ``need`` bytes: the smallest free one that fits, else the largest free
+    one grown, else a new one (``sizes`` and ``free`` are updated)."""
     fits = [s for s in free if sizes[s] >= need]
     if fits:
         slot = min(fits, key=lambda s: sizes[s])
