@@ -1,19 +1,24 @@
-"""Time one training step per workload in graphc, PyTorch eager and JAX jit, interleaved.
+"""Time a training step per workload in graphc, PyTorch eager and JAX jit, one process each.
 
 Run as ``graphc bench [--workload W1,W3] [--threads 2] [--seconds 5] [--backend numba]
 [--json results.json]`` or ``python benchmarks/run.py ...`` (same options).
 
-Method: every framework is prepared (graphc: ``gc.grad`` + ``gc.compile`` + first call, JAX:
-first call of the jitted ``value_and_grad``: their "compile s"), warmed up, then timed in
-round-robin slices of about 50 ms, each step timed with ``time.perf_counter``, until every
-framework has at least ``--steps`` (50) steps and ``--seconds`` of timed work.  The table
-gives the median ms/step and its ratio to PyTorch eager in the same run, next to the
-issue's target.
+Method: for every workload, each framework is prepared and timed in a fresh child Python
+process of its own, one after the other, so that no framework's threads compete with
+another's (OpenBLAS's spinning workers, used by graphc's NumPy matmuls, slowed PyTorch's
+threads several-fold when they shared a process).  The child prepares its framework
+(graphc: ``gc.grad`` + ``gc.compile`` + first call, JAX: first call of the jitted
+``value_and_grad``: their "compile s"), runs 3 untimed warm-up steps, then times steps one by
+one with ``time.perf_counter`` until it has at least ``--steps`` (50) steps and ``--seconds``
+of timed work, and hands its times back to this process.  The table gives the median
+ms/step and its ratio to PyTorch eager's median in the same run, next to the issue's target.
+A framework that is not installed, whose backend is unavailable, or whose child process
+fails gets a row with a one-line note instead.
 
-Threads: thread pools are sized when their library loads, so ``--threads N`` is applied
-through the environment before NumPy, Numba, PyTorch or JAX is imported: when one of them
-already is (always, under ``graphc bench``), this script runs itself again in a child
-process with the environment set.  See :data:`THREAD_ENV` and :func:`thread_env`.
+Threads: thread pools are sized when their library loads, so every child is started with
+``--threads N`` applied through the environment (see :data:`THREAD_ENV` and
+:func:`thread_env`) before NumPy, Numba, PyTorch or JAX is imported; PyTorch's children
+also call ``torch.set_num_threads``.  This process only starts the children and reports.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,7 +42,6 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NPROC")
 MARKER = "GRAPHC_BENCH_THREADS"
 LIBRARIES = ("numpy", "numba", "torch", "jax")
-SLICE_SECONDS = 0.05
 WARMUP_STEPS = 3
 BUSY_LOAD = 1.0  # 1-minute load average: one core's worth of other work
 
@@ -64,6 +69,9 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="graphc backend (default: gc.compile's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--steps", type=int, default=50, help=argparse.SUPPRESS)  # tests: fewer
+    # Internal: run as one child process, timing one framework of one workload.
+    p.add_argument("--only-framework", metavar="NAME", help=argparse.SUPPRESS)
+    p.add_argument("--child-json", metavar="PATH", help=argparse.SUPPRESS)
     return p
 
 
@@ -83,71 +91,118 @@ def selected(names) -> list[str]:
 # Timing
 
 
-def measure(steps: dict, min_steps: int, seconds: float) -> dict[str, list[float]]:
-    """Seconds per call of each ``steps[name]()``, round-robin in slices, until each has
+def measure(step, min_steps: int, seconds: float) -> list[float]:
+    """Seconds per call of ``step()``, after ``WARMUP_STEPS`` untimed calls, until it has
     ``min_steps`` calls and ``seconds`` of timed work."""
-    for step in steps.values():
-        for _ in range(WARMUP_STEPS):
-            step()
-    times = {name: [] for name in steps}
-    pending = list(steps)
-    while pending:
-        for name in pending:
-            step, spent = steps[name], 0.0
-            while True:  # at least one step per turn
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
-                spent += times[name][-1]
-                if spent >= SLICE_SECONDS:
-                    break
-        pending = [n for n in pending if len(times[n]) < min_steps or sum(times[n]) < seconds]
+    for _ in range(WARMUP_STEPS):
+        step()
+    times, total = [], 0.0
+    while len(times) < min_steps or total < seconds:
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        total += times[-1]
     return times
 
 
-def prepare(workload, problem, backend):
-    """``[(framework, step or None, compile s, note)]`` for every framework of a workload."""
+def attempts(workload, backend) -> list[tuple]:
+    """``[(framework, make)]`` for every framework of a workload, in table order;
+    ``make(problem)`` returns ``(step, compile s[, backend used])``."""
+    import frameworks as fw
+    made = [(f"graphc[{backend or 'default'}]", lambda problem: fw.graphc_step(problem, backend)),
+            ("torch eager", lambda problem: fw.torch_step(problem, workload.torch))]
+    made += [(name, lambda problem, fn=fn: fw.torch_step(problem, fn))
+             for name, fn in workload.torch_extra.items()]
+    made.append(("jax jit", lambda problem: fw.jax_step(problem, workload.jax)))
+    return made
+
+
+def framework_names(workload, backend) -> list[str]:
+    return [name for name, _ in attempts(workload, backend)]
+
+
+def prepare(workload, problem, backend, framework):
+    """``(framework, step or None, compile s, note)`` for one framework of a workload; a
+    graphc framework is renamed after the backend it compiled for."""
     import frameworks as fw
 
     import graphc as gc
-    attempts = [(f"graphc[{backend or 'default'}]", lambda: fw.graphc_step(problem, backend)),
-                ("torch eager", lambda: fw.torch_step(problem, workload.torch))]
-    attempts += [(name, lambda fn=fn: fw.torch_step(problem, fn))
-                 for name, fn in workload.torch_extra.items()]
-    attempts.append(("jax jit", lambda: fw.jax_step(problem, workload.jax)))
-    prepared = []
-    for name, make in attempts:
+    make = dict(attempts(workload, backend)).get(framework)
+    if make is None:
+        raise ValueError(f"unknown framework {framework!r} for {workload.name}; choose from "
+                         f"{', '.join(framework_names(workload, backend))}")
+    try:
+        step, compile_s, *backend_used = make(problem)
+    except fw.NotInstalled:
+        return framework, None, None, "not installed"
+    except gc.BackendError as err:
+        return framework, None, None, str(err).splitlines()[0]
+    if backend_used:
+        framework = f"graphc[{backend_used[0]}]"
+    return framework, step, compile_s, ""
+
+
+def run_framework(workload, framework: str, args) -> dict:
+    """In a child process: prepare and time one framework of a workload.  Returns its
+    framework name, compile s, note, step times (s) and this process's id."""
+    import frameworks
+    if framework.startswith("torch"):
+        frameworks.set_torch_threads(args.threads)
+    name, step, compile_s, note = prepare(workload, workload.problem(), args.backend,
+                                          framework)
+    times = measure(step, args.steps, args.seconds) if step else []
+    return {"framework": name, "compile_s": compile_s, "note": note, "times": times,
+            "pid": os.getpid()}
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def run_child(workload_name: str, framework: str, args, json_path: str) -> dict:
+    """Run :func:`run_framework` in a fresh Python process with the thread environment set;
+    a child that fails gives a result with a one-line note (its last stderr line)."""
+    command = [sys.executable, os.path.abspath(__file__), f"--workload={workload_name}",
+               f"--threads={args.threads}", f"--seconds={args.seconds!r}",
+               f"--steps={args.steps}", f"--only-framework={framework}",
+               f"--child-json={json_path}"]
+    if args.backend:
+        command.append(f"--backend={args.backend}")
+    child = subprocess.Popen(command, env=thread_env(args.threads), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    stdout, stderr = child.communicate()
+    if child.returncode == 0:
         try:
-            step, compile_s, *backend_used = make()
-        except fw.NotInstalled:
-            prepared.append((name, None, None, "not installed"))
-            continue
-        except gc.BackendError as err:
-            prepared.append((name, None, None, str(err).splitlines()[0]))
-            continue
-        if backend_used:
-            name = f"graphc[{backend_used[0]}]"
-        prepared.append((name, step, compile_s, ""))
-    return prepared
+            with open(json_path) as result:
+                return json.load(result)
+        except (OSError, ValueError) as err:
+            stderr += f"\nno result from the child process: {err}"
+    note = (last_line(stderr) or last_line(stdout)
+            or f"child process exited with status {child.returncode}")
+    return {"framework": framework, "compile_s": None, "note": note, "times": [],
+            "pid": child.pid}
 
 
 def bench_workload(workload, args) -> list[dict]:
-    problem = workload.problem()
-    prepared = prepare(workload, problem, args.backend)
-    times = measure({name: step for name, step, _, _ in prepared if step}, args.steps,
-                    args.seconds)
-    medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:
+        results = [run_child(workload.name, framework, args, os.path.join(tmp, f"{i}.json"))
+                   for i, framework in enumerate(framework_names(workload, args.backend))]
+    medians = {r["framework"]: statistics.median(r["times"]) * 1e3
+               for r in results if r["times"]}
     baseline = medians.get("torch eager")
     rows = []
-    for name, _, compile_s, note in prepared:
+    for result in results:
+        name, times = result["framework"], result["times"]
         ms = medians.get(name)
         row = {"workload": workload.name, "framework": name, "ms_per_step": ms,
                "ratio": ms / baseline if ms is not None and baseline else None,
                "target": workload.target if name.startswith("graphc") else None,
-               "compile_s": compile_s, "steps": len(times.get(name, ())), "note": note}
-        if len(times.get(name, ())) > 1:
-            q1, _, q3 = statistics.quantiles(times[name], n=4)
-            row.update(q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, min_ms=min(times[name]) * 1e3)
+               "compile_s": result["compile_s"], "steps": len(times), "note": result["note"],
+               "pid": result["pid"]}
+        if len(times) > 1:
+            q1, _, q3 = statistics.quantiles(times, n=4)
+            row.update(q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, min_ms=min(times) * 1e3)
         rows.append(row)
     return rows
 
@@ -214,21 +269,33 @@ def table_rows(title: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def child_main(args) -> int:
+    """``--only-framework``: time one framework of one workload, write the result as JSON."""
+    if not args.child_json or not args.workload:
+        raise ValueError("--only-framework needs --child-json and one --workload")
+    if os.environ.get(MARKER) != str(args.threads):
+        if any(lib in sys.modules for lib in LIBRARIES):  # too late to size their pools
+            raise ValueError("--only-framework is internal: run with thread_env(--threads)")
+        os.environ.update(thread_env(args.threads))
+    from workloads import WORKLOADS
+    names = selected(args.workload)
+    if len(names) != 1:
+        raise ValueError("--only-framework needs exactly one workload")
+    result = run_framework(WORKLOADS[names[0]], args.only_framework, args)
+    with open(args.child_json, "w") as out:
+        json.dump(result, out)
+    return 0
+
+
 def main(argv=None) -> int:
     args = arg_parser().parse_args(argv)
     if args.threads < 1 or args.seconds < 0 or args.steps < 1:
         raise ValueError("--threads and --steps must be >= 1 and --seconds >= 0")
-    if os.environ.get(MARKER) != str(args.threads):
-        if any(lib in sys.modules for lib in LIBRARIES):  # too late to size their pools
-            argv = sys.argv[1:] if argv is None else list(argv)
-            child = [sys.executable, os.path.abspath(__file__), *argv]
-            return subprocess.run(child, env=thread_env(args.threads)).returncode
-        os.environ.update(thread_env(args.threads))
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
-    import frameworks
+    if args.only_framework:
+        return child_main(args)
     from workloads import WORKLOADS
-    frameworks.set_torch_threads(args.threads)
     names = selected(args.workload)
     info = machine_info(args.threads, args.backend)
     print(header(info), flush=True)

@@ -163,13 +163,13 @@ def parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=_compile)
     bench = sub.add_parser(
         "bench", help="time training steps against PyTorch eager and JAX jit",
-        description="Time one training step (loss and gradients, float32) of workloads W1-W4 "
-                    "in graphc, PyTorch eager and JAX jit (the `bench` extra), interleaved "
-                    "in one process; print median ms/step, the ratio to PyTorch eager next "
+        description="Time one training step (loss and gradients, float32) of workloads W1-W5 "
+                    "in graphc, PyTorch eager and JAX jit (the `bench` extra), each framework "
+                    "in its own process; print median ms/step, the ratio to PyTorch eager next "
                     "to its target, and compile seconds. Runs benchmarks/run.py of the "
                     "source tree.")
     bench.add_argument("--workload", action="append", metavar="W",
-                       help="W1, W2, W3, W4 or a comma-separated list (repeatable; default: "
+                       help="W1, W2, W3, W4, W5 or a comma-separated list (repeatable; default: "
                             "all)")
     bench.add_argument("--threads", type=int, help="threads for every framework (default 2)")
     bench.add_argument("--seconds", type=float,

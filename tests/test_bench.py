@@ -3,9 +3,11 @@ and gradients in graphc, PyTorch eager and JAX, and the command runs end to end.
 
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -30,6 +32,7 @@ SMALL = {
     "W2": {"batch": 6, "widths": (9, 11, 4)},
     "W3": {"rows": 4, "cols": 16},
     "W4": {"inputs": 5, "hidden": 6, "batch": 3, "steps": 4},
+    "W5": {"batch": 5, "size": 20},  # conv 16, pool 8, conv 4, pool 2: dense 64-120-84-10
 }
 
 
@@ -75,7 +78,16 @@ def test_workloads_are_float32_with_seeded_data():
         for key, value in first.feeds.items():
             assert value.dtype in (np.float32, np.int64), key
             np.testing.assert_array_equal(value, second.feeds[key])
-    assert "W5" not in WORKLOADS  # LeNet waits for conv2d and max_pool2d
+
+
+def test_lenet_has_the_issues_shapes():
+    problem = WORKLOADS["W5"].problem()
+    shapes = {name: problem.feeds[name].shape for name in problem.wrt_names}
+    assert shapes == {"conv1_W": (6, 1, 5, 5), "conv1_b": (6,), "conv2_W": (16, 6, 5, 5),
+                      "conv2_b": (16,), "fc1_W": (256, 120), "fc1_b": (120,),
+                      "fc2_W": (120, 84), "fc2_b": (84,), "fc3_W": (84, 10), "fc3_b": (10,)}
+    assert problem.feeds["x"].shape == (64, 1, 28, 28)
+    assert WORKLOADS["W5"].target == 1.0
 
 
 def test_thread_env_sets_every_library():
@@ -88,14 +100,12 @@ def test_thread_env_sets_every_library():
     assert one["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false" and one["NPROC"] == "1"
 
 
-def test_measure_interleaves_and_honours_min_steps(monkeypatch):
-    monkeypatch.setattr(bench_run, "SLICE_SECONDS", 0.0)  # one step per turn
-    order = []
-    steps = {name: (lambda name=name: order.append(name)) for name in "abc"}
-    times = bench_run.measure(steps, min_steps=4, seconds=0.0)
-    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
-    timed = order[3 * bench_run.WARMUP_STEPS:]
-    assert timed == list("abc") * 4
+def test_measure_warms_up_then_honours_min_steps_and_seconds():
+    calls = []
+    times = bench_run.measure(lambda: calls.append(1), min_steps=4, seconds=0.0)
+    assert len(times) == 4 and len(calls) == 4 + bench_run.WARMUP_STEPS
+    times = bench_run.measure(lambda: time.sleep(0.005), min_steps=1, seconds=0.03)
+    assert sum(times) >= 0.03 and all(t >= 0.005 for t in times)
 
 
 def test_missing_framework_and_backend_errors_become_rows(monkeypatch):
@@ -111,7 +121,9 @@ def test_missing_framework_and_backend_errors_become_rows(monkeypatch):
         raise gc.BackendError(f"backend {backend!r} cannot run here")
     monkeypatch.setattr(gc, "compile", no_backend)
     rows = {name: (step, note) for name, step, _, note in
-            bench_run.prepare(workload, problem, "cuda")}
+            (bench_run.prepare(workload, problem, "cuda", framework)
+             for framework in bench_run.framework_names(workload, "cuda"))}
+    assert list(rows) == ["graphc[cuda]", "torch eager", "jax jit"]
     assert rows["jax jit"] == (None, "not installed")
     assert rows["graphc[cuda]"] == (None, "backend 'cuda' cannot run here")
     assert rows["torch eager"][0] is not None
@@ -119,12 +131,13 @@ def test_missing_framework_and_backend_errors_become_rows(monkeypatch):
 
 def test_bench_command_prints_the_table(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run(
+    command = subprocess.Popen(
         [sys.executable, "-m", "graphc.cli", "bench", "--workload", "W1", "--seconds", "0",
          "--steps", "3", "--backend", "numpy", "--threads", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if not line.startswith("warning:")]
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = command.communicate(timeout=120)
+    assert command.returncode == 0, stderr
+    lines = [line for line in stdout.splitlines() if not line.startswith("warning:")]
     assert lines[0].startswith("graphc bench: ") and "1 threads" in lines[0]
     assert lines[1].split() == ["workload", "framework", "ms/step", "ratio", "target",
                                 "compile", "s", "steps"]
@@ -140,6 +153,34 @@ def test_bench_command_prints_the_table(tmp_path):
     rows = {r["framework"]: r for r in report["results"]}
     assert rows["graphc[numpy]"]["steps"] >= 3 and rows["graphc[numpy]"]["ms_per_step"] > 0
     assert rows["torch eager"]["ratio"] == 1.0
+    # Each framework was prepared and timed in a process of its own, not the command's.
+    pids = [r["pid"] for r in report["results"]]
+    assert len(set(pids)) == len(pids) == len(rows) and command.pid not in pids
+
+
+def test_missing_and_crashing_frameworks_become_note_rows(tmp_path):
+    # In the children: jax is not installed, torch crashes on import.
+    (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["jax"] = None\n')
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        'raise RuntimeError("torch is broken here")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--workload", "W1",
+         "--seconds", "0", "--steps", "2", "--backend", "numpy", "--threads", "1",
+         "--json", str(out)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    torch_line = next(line for line in result.stdout.splitlines() if "torch eager" in line)
+    assert torch_line.split(None, 2)[2] == "RuntimeError: torch is broken here"
+    rows = {r["framework"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["jax jit"]["note"] == "not installed" and rows["jax jit"]["steps"] == 0
+    assert rows["torch eager"]["note"] == "RuntimeError: torch is broken here"
+    assert rows["torch eager"]["ms_per_step"] is None
+    graphc_row = rows["graphc[numpy]"]  # still timed, with no baseline to compare to
+    assert graphc_row["note"] == "" and graphc_row["ms_per_step"] > 0
+    assert graphc_row["ratio"] is None
 
 
 def test_bench_without_benchmarks_folder_is_one_line(monkeypatch, capsys):
