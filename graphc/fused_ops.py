@@ -93,10 +93,11 @@ class FusedGroup:
     outputs: tuple  # of FusedOutput
     dtype: str
     input_dtypes: tuple
+    tag: str = ""  # "recomputed": a copy made by rematerialization, never merged with its original
     _key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        key = (self.steps, self.outputs, self.dtype, self.input_dtypes)
+        key = (self.steps, self.outputs, self.dtype, self.input_dtypes, self.tag)
         object.__setattr__(self, "_key", key)
         object.__setattr__(self, "_hash", hash(key))
 
@@ -116,7 +117,8 @@ class FusedGroup:
         """The steps, one per line, then the outputs (deterministic: used in digests)."""
         lines = [f"s{k} = {s.text()}" for k, s in enumerate(self.steps)]
         outs = ", ".join(o.text() for o in self.outputs)
-        return "; ".join(lines) + f" -> {outs} [{self.dtype}]"
+        tag = f" ({self.tag})" if self.tag else ""
+        return "; ".join(lines) + f" -> {outs} [{self.dtype}]{tag}"
 
     @cached_property
     def summary(self) -> str:
@@ -309,7 +311,7 @@ class _Builder:
 _COPY = ew.ElementwiseDef("copy", (sp.Symbol("x", real=True),), {}, sp.Symbol("x", real=True))
 
 
-def prune(steps, outputs, dtype, input_dtypes) -> FusedGroup:
+def prune(steps, outputs, dtype, input_dtypes, tag: str = "") -> FusedGroup:
     """A group of the steps ``outputs`` need, renumbered in order."""
     need: set[int] = set()
     stack = [o.step for o in outputs]
@@ -326,7 +328,7 @@ def prune(steps, outputs, dtype, input_dtypes) -> FusedGroup:
     kept = tuple(FusedStep(steps[s].fn, steps[s].params, tuple(ref(r) for r in steps[s].args))
                  for s in order)
     outs = tuple(FusedOutput(new[o.step], o.reduce, o.keepdims) for o in outputs)
-    return FusedGroup(kept, outs, dtype, tuple(input_dtypes))
+    return FusedGroup(kept, outs, dtype, tuple(input_dtypes), tag)
 
 
 def reduced_shape(shape, axes, keepdims) -> tuple[int, ...]:

@@ -37,7 +37,7 @@ def dce(graph: Graph, *, log: dict | None = None) -> Graph:
             continue
         keep = sorted(outs)
         new = prune(group.steps, [group.outputs[k] for k in keep], group.dtype,
-                    group.input_dtypes)
+                    group.input_dtypes, group.tag)
         pruned[key] = (new, {k: n for n, k in enumerate(keep)})
         removed["fused_outputs_removed"] += len(group.outputs) - len(keep)
         removed["fused_steps_removed"] += len(group.steps) - len(new.steps)

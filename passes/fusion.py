@@ -92,14 +92,17 @@ class _Group:
     ext: set = field(default_factory=set)  # ids of operands from outside the group
     mask: int = 0  # bits of every original group id merged into this one
     reach: int = 0  # the groups that any member depends on: the fused node needs them all
+    forward: bool = False  # holds a forward value of a training step
+    late: bool = False  # holds a backward value that must not be computed with the forward
 
 
 class _Grouping:
     """Greedy grouping in topological order (module docstring)."""
 
-    def __init__(self, graph: Graph, reductions: bool):
+    def __init__(self, graph: Graph, reductions: bool, forward=frozenset(), late=frozenset()):
         self.graph = graph
         self.reductions = reductions
+        self.forward, self.late = forward, late
         self.parent: dict[int, int] = {}
         self.groups: dict[int, _Group] = {}
         self.group_of: dict[int, int] = {}  # id(member or sum) -> original group id
@@ -144,7 +147,8 @@ class _Grouping:
     def join(self, t: Tensor) -> int:
         gid = len(self.parent)
         self.parent[gid] = gid
-        own = _Group(gid, t.shape, t.dtype, [t], ext={id(i) for i in t.inputs}, mask=1 << gid)
+        own = _Group(gid, t.shape, t.dtype, [t], ext={id(i) for i in t.inputs}, mask=1 << gid,
+                     forward=id(t) in self.forward, late=id(t) in self.late)
         self.groups[gid] = own
         self.group_of[id(t)] = gid
         candidates = []
@@ -174,6 +178,8 @@ class _Grouping:
         leads = {g.lead for g in groups if g.lead is not None}
         if len(leads) > 1:
             return False
+        if any(g.forward for g in groups) and any(g.late for g in groups):
+            return False
         target = groups[0]
         for g in groups[1:]:
             self.parent[g.gid] = target.gid
@@ -186,6 +192,8 @@ class _Grouping:
         for g in groups:
             target.reach |= g.reach
         target.lead = leads.pop() if leads else target.lead
+        target.forward = any(g.forward for g in groups)
+        target.late = any(g.late for g in groups)
         return True
 
     @property
@@ -260,7 +268,7 @@ def _build_with(group: _Group, users, outputs, look_through: bool):
         if isinstance(m.op, Elementwise):
             value[id(m)] = add(FusedStep(m.op.fn, m.op.params, tuple(refs)))
         else:  # an earlier fused node: inline its steps
-            value[id(m)] = _inline(m.op.group, m.op.out.step, refs, add)
+            value[id(m)] = inline(m.op.group, m.op.out.step, refs, add)
     outs, stands_for = [], []
     for m in group.members:
         if id(m) in outputs or any(id(u) not in members and id(u) not in sums
@@ -275,7 +283,7 @@ def _build_with(group: _Group, users, outputs, look_through: bool):
     return fused, inputs, stands_for
 
 
-def _inline(sub: FusedGroup, step: int, refs, add) -> tuple:
+def inline(sub: FusedGroup, step: int, refs, add) -> tuple:
     local: dict[int, tuple] = {}
     for s in sorted(sub.needed((step,))):
         st = sub.steps[s]
@@ -289,12 +297,20 @@ def fusion(graph: Graph, *, reductions: bool = True, log: dict | None = None) ->
     """Fuse elementwise groups (module docstring).  ``reductions=False`` leaves every sum
     unfused.  ``log`` receives ``groups`` (how many), ``nodes_fused``, ``epilogues``,
     ``bytes_saved`` (intermediate values no longer stored) and per-group details."""
-    groups = _Grouping(graph, reductions).run()
     users: dict[int, list] = {}
     for t in graph.nodes:
         for i in t.inputs:
             users.setdefault(id(i), []).append(t)
     outputs = {id(t) for t in graph.outputs}
+    forward = frozenset(id(t) for t in Graph(graph.outputs[:1]).nodes) \
+        if len(graph.outputs) > 1 else frozenset()
+    late: frozenset = frozenset()
+    for _ in range(4):  # a few rounds: each can only add backward values to ``late``
+        groups = _Grouping(graph, reductions, forward, late).run()
+        more = _stored_early(groups, users, outputs, forward) - late
+        if not more:
+            break
+        late |= more
     while True:
         replaced: dict[int, tuple] = {}  # id(member or sum) -> (group, output k or None)
         built = []
@@ -314,6 +330,24 @@ def fusion(graph: Graph, *, reductions: bool = True, log: dict | None = None) ->
     if log is not None:
         log.update(_report(groups, built, replaced))
     return out
+
+
+def _stored_early(groups, users, outputs, forward) -> frozenset:
+    """Backward members of groups that also compute forward values, when one of them is
+    used outside its group and is not a graph output.  Computed with the forward, such a
+    value would be stored from the forward until the backward reads it (a local derivative
+    like sigmoid's y(1 - y) joins its forward group easily): these groups' backward members
+    are kept out of forward groups, so they are computed where the backward needs them."""
+    late = set()
+    for g in groups:
+        if not any(id(m) in forward for m in g.members):
+            continue
+        inside = {id(m) for m in g.members} | {id(s) for s in g.sums}
+        backward = [m for m in g.members if id(m) not in forward]
+        if any(id(m) not in outputs and any(id(u) not in inside for u in users.get(id(m), ()))
+               for m in backward):
+            late.update(id(m) for m in backward)
+    return frozenset(late)
 
 
 def _remake(outputs, replaced, built) -> list[Tensor]:

@@ -20,7 +20,7 @@ suite sets it), runs :func:`graphc.check_graph` on the result.  What each pass d
 >>> x = gc.input("x", (4,))
 >>> g, report = run(gc.Graph(gc.exp(x * 1.0) + 0.0), DEFAULT_PIPELINE)
 >>> [(r["pass"], r["nodes_before"], r["nodes_after"]) for r in report]   # doctest: +ELLIPSIS
-[('simplify', 5, 2), ('cse', 2, 2), ('fusion', 2, 2), ('dce', 2, 2), ('memory', 2, 2)]
+[('simplify', 6, 2), ('cse', 2, 2), ('fusion', 2, 2), ('dce', 2, 2), ('memory', 2, 2)]
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ PASSES: dict[str, Pass] = {p.name: p for p in (
 )}
 DEFAULT_PIPELINE: tuple[str, ...] = ("simplify", "cse", "fusion", "dce", "memory")
 # Rematerialization is off by default: it trades compute for memory (passes/remat.py).
-REMAT_PIPELINE: tuple[str, ...] = ("simplify", "cse", "remat", "fusion", "dce", "memory")
+REMAT_PIPELINE: tuple[str, ...] = ("simplify", "cse", "fusion", "remat", "fusion", "dce",
+                                   "memory")
 
 
 def resolve(passes) -> list[Pass]:

@@ -1,23 +1,25 @@
 """Rematerialization: recompute cheap elementwise values in the backward instead of keeping
 them from the forward.
 
-Off by default (``passes=REMAT_PIPELINE``, or ``"remat"`` in your own list, before
-``fusion``).  It trades compute for memory: in a training step every forward value the
+Off by default (``passes=REMAT_PIPELINE``: simplify, cse, fusion, remat, fusion, dce,
+memory).  It trades compute for memory: in a training step every forward value the
 backward reads stays alive from its forward use until that read (the seed notes: training
 memory grows with what is kept).  When such a value is a short chain of elementwise ops
 from values the backward keeps anyway (or from feeds and constants), the backward can
-recompute it from them, and the forward value dies at its last forward use; fused into the
-backward's groups, the recomputation costs no memory traffic of its own.
+recompute it from them, and the forward value dies at its last forward use.  Run after
+fusion, it sees which values are really stored (a value inside a fused group never is), and
+a second fusion pass merges the recomputations into the backward's groups, where they cost
+no memory traffic of their own.
 
 Before: any well-formed graph.  After: the same values; for a graph of several outputs
 whose first is the loss (a training step: the forward is what the first output depends
 on), every backward read of a rematerialized value ``v`` reads instead a fused node that
 recomputes it (a distinct node, so interning does not merge it back into ``v``).  A value is
-rematerialized when it is a float elementwise node, not an output, computable by at most
-``max_steps`` elementwise ops of its dtype from *available* values: feeds, constants and
-forward values that the backward keeps anyway and that are not themselves rematerialized
-(seen through reshapes, transposes and broadcasts).  So the values kept for the backward
-never grow, and the forward keeps strictly fewer bytes.
+rematerialized when it is a float elementwise node (or a fused group's unsummed output),
+not an output, computable by at most ``max_steps`` elementwise ops of its dtype from
+*available* values: feeds, constants and forward values that the backward keeps anyway and
+that are not themselves rematerialized (seen through reshapes, transposes and broadcasts).
+So the values kept for the backward never grow, and the forward keeps strictly fewer bytes.
 
 >>> import graphc as gc
 >>> x = gc.input("x", (64, 32)); W = gc.param("W", (32, 32))
@@ -31,12 +33,12 @@ never grow, and the forward keeps strictly fewer bytes.
 from __future__ import annotations
 
 from graphc.elementwise_ops import Elementwise
-from graphc.fused_ops import Fused, FusedGroup, FusedOutput, FusedStep
+from graphc.fused_ops import Fused, FusedOutput, FusedStep, prune
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
 
-from .fusion import is_member
+from .fusion import inline, is_member
 from .memory import is_view, nbytes
 from .rewrite import rebuild
 
@@ -49,9 +51,18 @@ def _root(t: Tensor) -> Tensor:
 
 def _recompute(v: Tensor, available, max_steps: int) -> Tensor | None:
     """``v`` recomputed as one fused node reading only ``available`` values (and views of
-    them), composing the elementwise forward nodes in between; None if that needs another
-    kind of node or more than ``max_steps`` ops."""
-    steps, inputs, refs = [], [], {}
+    them), composing the elementwise and fused nodes in between; None if that needs another
+    kind of node or more than ``max_steps`` elementwise ops."""
+    steps: list[FusedStep] = []
+    index: dict[FusedStep, int] = {}
+    inputs: list[Tensor] = []
+    refs: dict[int, tuple] = {}
+
+    def add(step: FusedStep) -> tuple:
+        if step not in index:
+            index[step] = len(steps)
+            steps.append(step)
+        return ("step", index[step])
 
     def ref(t: Tensor):
         if id(t) in refs:
@@ -59,23 +70,31 @@ def _recompute(v: Tensor, available, max_steps: int) -> Tensor | None:
         if t is not v and available(_root(t)):
             refs[id(t)] = ("in", len(inputs))
             inputs.append(t)
-        elif t is v or (isinstance(t.op, Elementwise) and is_member(t) and
-                        t.dtype == v.dtype):
-            args = [ref(i) for i in t.inputs]
-            if any(a is None for a in args) or len(steps) >= max_steps:
-                return None
-            refs[id(t)] = ("step", len(steps))
-            steps.append(FusedStep(t.op.fn, t.op.params, tuple(args)))
-        else:
+            return refs[id(t)]
+        if not recomputable(t) or t.dtype != v.dtype:
             return None
-        return refs[id(t)]
+        args = [ref(i) for i in t.inputs]
+        if any(a is None for a in args):
+            return None
+        if isinstance(t.op, Fused):
+            refs[id(t)] = inline(t.op.group, t.op.out.step, args, add)
+        else:
+            refs[id(t)] = add(FusedStep(t.op.fn, t.op.params, tuple(args)))
+        return refs[id(t)] if len(steps) <= max_steps else None
 
     out = ref(v)
     if out is None or out[0] != "step":
         return None
-    group = FusedGroup(tuple(steps), (FusedOutput(out[1]),), v.dtype,
-                       tuple(i.dtype for i in inputs))
+    group = prune(steps, [FusedOutput(out[1])], v.dtype, [i.dtype for i in inputs],
+                  tag="recomputed")
     return Tensor.make(Fused(group, 0), inputs)
+
+
+def recomputable(t: Tensor) -> bool:
+    """An elementwise value (a single op or a fused group's unsummed output)."""
+    if isinstance(t.op, Fused):
+        return t.op.out.reduce is None
+    return isinstance(t.op, Elementwise) and is_member(t)
 
 
 def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph:
@@ -104,8 +123,7 @@ def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph
             return isinstance(r.op, (Input, Constant)) or (id(r) in read and id(r) not in chosen)
 
         for t in graph.nodes:  # topological order: operands are decided first
-            if id(t) in direct and id(t) not in outputs and isinstance(t.op, Elementwise) \
-                    and is_member(t):
+            if id(t) in direct and id(t) not in outputs and recomputable(t):
                 copy = _recompute(t, available, max_steps)
                 if copy is not None:
                     chosen[id(t)] = copy
