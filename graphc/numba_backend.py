@@ -47,6 +47,7 @@ from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
 from .inputs import Constant, Input
 from .ir import GraphError, Tensor, located
+from .nn_ops import MaxPool2d, MaxPool2dGrad
 from .passes.memory import best_fit
 from .structured_ops import (
     BroadcastTo,
@@ -568,6 +569,25 @@ def _sum_kernel(lowering, t, kind):
     return Choice("buffer", emit, "kernel")
 
 
+def rule_max_pool(lowering, t):
+    """max_pool2d and its adjoint max_pool2d_grad: loops over the windows of each plane
+    (the NumPy form makes kh*kw strided passes and an argmax table)."""
+    x = t.inputs[0]
+    if any(i.dtype != t.dtype for i in t.inputs) or not dtypes.is_float(t.dtype) or x.size == 0:
+        return rule_numpy(lowering, t)
+    kind = "grad" if isinstance(t.op, MaxPool2dGrad) else "forward"
+    name = lowering.kernel(t, cg.max_pool_kernel(kind, t.dtype))
+    n, c, h, w = x.shape
+    ho, wo = (t.inputs[1] if kind == "grad" else t).shape[2:]
+    sizes = (n * c, h, w, ho, wo, *t.op.kernel, *t.op.stride, *t.op.padding)
+
+    def emit(L, t, out):
+        L.calls += 1
+        pointers = [L.pointer(L.value(t))] + [L.pointer(L.value(i)) for i in t.inputs]
+        L.line(f"{name}({', '.join(pointers)}, {', '.join(map(str, sizes))})")
+    return Choice("buffer", emit, "kernel")
+
+
 def _trailing(axes, ndim) -> bool:
     return bool(axes) and tuple(axes) == tuple(range(ndim - len(axes), ndim))
 
@@ -1004,7 +1024,7 @@ RULES = {
     Softmax: rule_rows, LogSoftmax: rule_rows, LogSumExp: rule_rows,
     Reshape: rule_reshape, Transpose: rule_transpose, BroadcastTo: rule_broadcast_to,
     Index: rule_index, IndexAdd: rule_index_add, Take: rule_take, TakeAdd: rule_take_add,
-    Concat: rule_concat, Cast: rule_cast,
+    Concat: rule_concat, Cast: rule_cast, MaxPool2d: rule_max_pool, MaxPool2dGrad: rule_max_pool,
 }
 
 

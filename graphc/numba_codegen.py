@@ -760,6 +760,47 @@ def row_kernel(kind: str, dtype: str) -> KernelSpec:
                       ("maximum", exp))
 
 
+def max_pool_kernel(kind: str, dtype: str) -> KernelSpec:
+    """Max pooling of ``planes`` contiguous (H, W) planes, one window geometry per call
+    (sizes, not part of the compiled code): ``"forward"`` writes each (Ho, Wo) window's
+    maximum; ``"grad"`` writes an (H, W) plane per plane: each window's g added at the
+    window's first maximum (the first NaN if the window has one), the reference's rule.
+    Positions in the padding count as -inf and are never written."""
+    c = ScalarPrinter(dtype, {}).const
+    lines = ["def kernel(out, x, g, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw):"
+             if kind == "grad" else
+             "def kernel(out, x, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw):"]
+    if kind == "grad":
+        lines += ["    for k in range(planes * h * w):",
+                  f"        out[k] = {c(0)}"]
+    lines += ["    for p in range(planes):",
+              "        base = p * h * w",
+              "        for oh in range(ho):",
+              "            for ow in range(wo):",
+              f"                m = -{c(np.inf)}",
+              "                at = -1",
+              "                for i in range(kh):",
+              "                    ih = oh * sh - ph + i",
+              "                    for j in range(kw):",
+              "                        iw = ow * sw - pw + j",
+              "                        if 0 <= ih < h and 0 <= iw < w:",
+              "                            v = x[base + ih * w + iw]",
+              "                            if m == m and (v > m or v != v or at == -1):",
+              "                                m = v",
+              "                                at = ih * w + iw",
+              "                        elif at == -1:  # the padding (-inf) comes first",
+              "                            at = -2"]
+    if kind == "grad":
+        lines += ["                if at >= 0:",
+                  "                    out[base + at] += g[(p * ho + oh) * wo + ow]"]
+    else:
+        lines += ["                out[(p * ho + oh) * wo + ow] = m"]
+    header = [f"# graphc kernel: max pooling {kind} over contiguous (H, W) planes, {dtype}"]
+    source = _module(header, set(), lines)
+    params = (("ptr", dtype),) * (3 if kind == "grad" else 2) + (("int",),) * 11
+    return KernelSpec(f"max_pool_{kind}_{SHORT[dtype]}", source, params, ())
+
+
 def sum_kernel(kind: str, dtype: str) -> KernelSpec:
     """Sums of an ``(n0, n1)`` contiguous array: over rows (``"leading"``: out has n1
     entries, added row by row in NumPy's order, so the result is the same to the bit) or

@@ -544,3 +544,29 @@ def test_construction_errors_name_op_shapes_and_line(build, words):
     for word in words:
         assert word in message, message
     assert f"{__file__}:{build.__code__.co_firstlineno}" in message, message
+
+
+@pytest.mark.skipif(BACKENDS == ["numpy"], reason="the Numba backend is not available")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k, stride, padding", [(2, None, 0), (3, 1, 1), (3, 2, 1),
+                                                ((2, 3), (1, 2), (1, 1)), (2, 1, 0)])
+def test_numba_max_pool_kernels_agree_with_numpy_at_ties_nan_and_inf(dtype, k, stride, padding):
+    """max_pool2d and its gradient run as native kernels (no NumPy fallback) and route the
+    gradient as the reference does: to each window's first maximum, or its first NaN;
+    overlapping windows accumulate (in another order: float rounding only)."""
+    rng = np.random.default_rng(3)
+    x = gc.input("x", (2, 3, 7, 8), dtype)
+    y = max_pool2d(x, k, stride=stride, padding=padding)
+    c = gc.input("c", y.shape, dtype)
+    (dx,) = gc.grad(gc.sum(y * c), [x])
+    X = rng.standard_normal(x.shape).astype(dtype)
+    X[0, 0, :2, :2] = np.nan
+    X[1, 1, 3:5, 3:6] = -np.inf
+    X[0, 2, 1, :] = 1.0  # ties within windows
+    C = rng.standard_normal(y.shape).astype(dtype)
+    want = gc.compile([y, dx], backend="numpy")(x=X, c=C)
+    f = gc.compile([y, dx], backend="numba")
+    assert not {"max_pool2d", "max_pool2d_grad"} & set(f.stats["numpy_fallbacks"])
+    tol = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-13)}[dtype]
+    for a, b in zip(f(x=X, c=C), want):
+        np.testing.assert_allclose(a, b, rtol=tol[0], atol=tol[1], equal_nan=True)
