@@ -47,7 +47,7 @@ from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
 from .inputs import Constant, Input
 from .ir import GraphError, Tensor, located
-from .nn_ops import MaxPool2d, MaxPool2dGrad
+from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d, MaxPool2dGrad
 from .passes.memory import best_fit
 from .structured_ops import (
     BroadcastTo,
@@ -588,6 +588,56 @@ def rule_max_pool(lowering, t):
     return Choice("buffer", emit, "kernel")
 
 
+def rule_conv(lowering, t):
+    """conv2d and its two adjoints (one group): im2col / col2im kernels around BLAS
+    matmuls; the weight gradient is one GEMM over the whole batch.  Other cases run the
+    op's NumPy form (also im2col + BLAS)."""
+    op = t.op
+    if op.groups != 1 or any(i.dtype != t.dtype for i in t.inputs) or \
+            not dtypes.is_float(t.dtype) or any(i.size == 0 for i in t.inputs):
+        return rule_numpy(lowering, t)
+    if isinstance(op, Conv2d):
+        (x, w), y = t.inputs, t
+    elif isinstance(op, Conv2dInputGrad):
+        (y, w), x = t.inputs, t
+    else:
+        (x, y), w = t.inputs, t
+    n, c, h, wd = x.shape
+    o, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    ho, wo = y.shape[2:]
+    k, pixels = c * kh * kw, ho * wo
+    sizes = ", ".join(map(str, (n, c, h, wd, kh, kw, ho, wo, *op.stride, *op.padding,
+                                *op.dilation)))
+    dtype = _np_dtype(t.dtype)
+    if isinstance(op, Conv2dInputGrad):
+        col2im = lowering.kernel(t, cg.col2im_kernel(t.dtype))
+    else:
+        layout = "cols" if isinstance(op, Conv2d) else "kmajor"
+        im2col = lowering.kernel(t, cg.im2col_kernel(layout, t.dtype))
+
+    def emit(L, t, out):
+        cols = f"{L.var_name(t)}_cols"
+        L.defined.add(cols)
+        L.calls += 1
+        if isinstance(op, Conv2d):
+            L.line(f"{cols} = np.empty(({n}, {k}, {pixels}), {dtype})")
+            L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
+            L.line(f"np.matmul({L.arg(w)}.reshape(({o}, {k})), {cols}, "
+                   f"out={out}.reshape(({n}, {o}, {pixels})))")
+        elif isinstance(op, Conv2dWeightGrad):
+            L.line(f"{cols} = np.empty(({k}, {n * pixels}), {dtype})")
+            L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
+            L.line(f"np.matmul(np.ascontiguousarray({L.arg(y)}.reshape(({n}, {o}, {pixels}))"
+                   f".transpose(1, 0, 2)).reshape(({o}, {n * pixels})), {cols}.T, "
+                   f"out={out}.reshape(({o}, {k})))")
+        else:
+            L.line(f"{cols} = np.matmul({L.arg(w)}.reshape(({o}, {k})).T, "
+                   f"{L.arg(y)}.reshape(({n}, {o}, {pixels})))")
+            L.line(f"{col2im}({L.pointer(L.value(t))}, _addr({cols}), {sizes})")
+        L.line(f"del {cols}")
+    return Choice("buffer", emit, "kernel")
+
+
 def _trailing(axes, ndim) -> bool:
     return bool(axes) and tuple(axes) == tuple(range(ndim - len(axes), ndim))
 
@@ -1025,6 +1075,7 @@ RULES = {
     Reshape: rule_reshape, Transpose: rule_transpose, BroadcastTo: rule_broadcast_to,
     Index: rule_index, IndexAdd: rule_index_add, Take: rule_take, TakeAdd: rule_take_add,
     Concat: rule_concat, Cast: rule_cast, MaxPool2d: rule_max_pool, MaxPool2dGrad: rule_max_pool,
+    Conv2d: rule_conv, Conv2dInputGrad: rule_conv, Conv2dWeightGrad: rule_conv,
 }
 
 

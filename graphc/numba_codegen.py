@@ -801,6 +801,68 @@ def max_pool_kernel(kind: str, dtype: str) -> KernelSpec:
     return KernelSpec(f"max_pool_{kind}_{SHORT[dtype]}", source, params, ())
 
 
+_CONV_SIZES = "n, c, h, w, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw"
+
+
+def im2col_kernel(layout: str, dtype: str) -> KernelSpec:
+    """im2col of a contiguous (N, C, H, W) array for one window geometry (sizes, not part
+    of the compiled code): ``"cols"`` writes (N, K, P) (K = C*kh*kw row-major, P = Ho*Wo),
+    the right operand of ``kernel @ cols``; ``"rows"`` writes (N*P, K), for one GEMM over
+    the whole batch.  Positions in the padding read 0."""
+    zero = ScalarPrinter(dtype, {}).const(0)
+    store = ("cols[(b * kk + k) * pp + i * wo + j] = v" if layout == "cols" else
+             "cols[(k * n + b) * pp + i * wo + j] = v")
+    lines = [f"def kernel(cols, x, {_CONV_SIZES}):",
+             "    kk = c * kh * kw",
+             "    pp = ho * wo",
+             "    for b in range(n):",
+             "        for ci in range(c):",
+             "            base = (b * c + ci) * h",
+             "            for p in range(kh):",
+             "                for q in range(kw):",
+             "                    k = (ci * kh + p) * kw + q",
+             "                    for i in range(ho):",
+             "                        ih = i * sh - ph + p * dh",
+             "                        for j in range(wo):",
+             "                            iw = j * sw - pw + q * dw",
+             f"                            v = {zero}",
+             "                            if 0 <= ih < h and 0 <= iw < w:",
+             "                                v = x[(base + ih) * w + iw]",
+             f"                            {store}"]
+    header = [f"# graphc kernel: im2col into {layout} layout, {dtype}"]
+    params = (("ptr", dtype), ("ptr", dtype)) + (("int",),) * 14
+    return KernelSpec(f"im2col_{layout}_{SHORT[dtype]}", _module(header, set(), lines), params,
+                      ())
+
+
+def col2im_kernel(dtype: str) -> KernelSpec:
+    """The adjoint of :func:`im2col_kernel` (``"cols"`` layout): (N, K, P) added into a
+    zeroed contiguous (N, C, H, W) array at the positions each window read."""
+    zero = ScalarPrinter(dtype, {}).const(0)
+    lines = [f"def kernel(out, cols, {_CONV_SIZES}):",
+             "    for k in range(n * c * h * w):",
+             f"        out[k] = {zero}",
+             "    kk = c * kh * kw",
+             "    pp = ho * wo",
+             "    for b in range(n):",
+             "        for ci in range(c):",
+             "            base = (b * c + ci) * h",
+             "            for p in range(kh):",
+             "                for q in range(kw):",
+             "                    k = (ci * kh + p) * kw + q",
+             "                    for i in range(ho):",
+             "                        ih = i * sh - ph + p * dh",
+             "                        if 0 <= ih < h:",
+             "                            for j in range(wo):",
+             "                                iw = j * sw - pw + q * dw",
+             "                                if 0 <= iw < w:",
+             "                                    out[(base + ih) * w + iw] += "
+             "cols[(b * kk + k) * pp + i * wo + j]"]
+    header = [f"# graphc kernel: col2im (adjoint of im2col), {dtype}"]
+    params = (("ptr", dtype), ("ptr", dtype)) + (("int",),) * 14
+    return KernelSpec(f"col2im_{SHORT[dtype]}", _module(header, set(), lines), params, ())
+
+
 def sum_kernel(kind: str, dtype: str) -> KernelSpec:
     """Sums of an ``(n0, n1)`` contiguous array: over rows (``"leading"``: out has n1
     entries, added row by row in NumPy's order, so the result is the same to the bit) or
