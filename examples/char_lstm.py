@@ -17,8 +17,8 @@ temperature 0.5.
 
 Figure (this machine: 2 cores, Numba backend): the training loss falls from 2.30 nats per
 character (mean over the first epoch; the untrained model guesses uniformly, ln 56 = 4.03)
-to 1.40, the held-out loss from 4.06 (untrained) to 1.89.  About 13 s in all, of which
-3.2 s training, with the kernel cache warm; about 41 s on a first run, compiling ~80
+to 1.40, the held-out loss from 4.06 (untrained) to 1.89.  About 4.5 s in all, of which
+3.7 s training, with the kernel cache warm; about 36 s on a first run, which compiles the
 kernels.  The sample (wrapped):
 
     Shall I compare thee make thee I art shall then the still'd the to should beauty mear,
