@@ -48,8 +48,9 @@ from graphc import dtypes
 from graphc.elementwise_ops import Elementwise
 from graphc.fused_ops import Fused, FusedGroup, FusedOutput, FusedStep
 from graphc.graph import Graph
+from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
-from graphc.structured_ops import BroadcastTo, Reduce
+from graphc.structured_ops import BroadcastTo, Index, Reduce, Reshape, Transpose
 
 
 def work_dtype(t: Tensor) -> str:
@@ -155,7 +156,8 @@ class _Grouping:
         for i in t.inputs:
             g = self.member_group(i)
             if g is not None and g not in candidates and \
-                    (self.groups[g].shape, self.groups[g].dtype) == (t.shape, t.dtype):
+                    (self.groups[g].shape, self.groups[g].dtype) == (t.shape, t.dtype) and \
+                    not self.delays(self.groups[g], t):
                 candidates.append(g)
         if not candidates:
             return gid
@@ -164,6 +166,23 @@ class _Grouping:
                 if self.merge([gid, g]):
                     break
         return gid
+
+    def delays(self, group: _Group, t: Tensor) -> bool:
+        """Whether ``t`` joining ``group`` would keep many values alive: a fused group runs
+        once all its operands exist, so an operand of ``t`` computed after the group's
+        members (the next term of a running sum: ``((a + b) + c) + d`` with a, b, c, d
+        from matmuls far apart) postpones the group, and every value it reads stays alive
+        until then.  Joining is refused when those values (computed, full-size operands)
+        hold more than twice the bytes of ``t``, which joining would save."""
+        last = max(self.order[id(m)] for m in group.members)
+        members = {id(m) for m in group.members}
+        if not any(id(i) not in members and self.order[id(i)] > last and _transient(i)
+                   for i in t.inputs):
+            return False
+        held = sum(_nbytes(self.nodes[i]) for i in group.ext
+                   if i not in members and _transient(self.nodes[i]) and
+                   self.nodes[i].shape == group.shape)
+        return held > 2 * _nbytes(t)
 
     def merge(self, roots) -> bool:
         """Merge the groups ``roots`` if no operand from outside them reaches them."""
@@ -218,6 +237,18 @@ class _Grouping:
         self.group_of[id(t)] = g
         self.is_sum.add(id(t))
         return True
+
+
+def _transient(t: Tensor) -> bool:
+    """A value computed in the graph (not a feed or constant, seen through views)."""
+    while isinstance(t.op, (BroadcastTo, Reshape, Transpose)) or \
+            (isinstance(t.op, Index) and t.inputs):
+        t = t.inputs[0]
+    return not isinstance(t.op, (Input, Constant))
+
+
+def _nbytes(t: Tensor) -> int:
+    return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
 
 
 def _base(t: Tensor, members: set[int]) -> Tensor:

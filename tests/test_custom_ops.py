@@ -206,11 +206,16 @@ def test_output_symbol_does_not_clash_with_an_argument_named_y():
 
 
 def test_relu_derivative_at_zero_is_zero():
-    (d,) = gc.relu.derivatives
+    (d,) = gc.relu.derivatives_x
     x = gc.relu.args[0]
     assert d.subs(x, 0) == 0
     assert d.subs(x, sp.Rational(1, 10**6)) == 1
     assert d.subs(x, -1) == 0
+    # written on the output (y > 0 exactly where x > 0), so the backward reads y, not x
+    (dy,) = gc.relu.derivatives
+    assert dy.free_symbols == {gc.relu.out}
+    for v in (-1, 0, sp.Rational(1, 10**6), 3):
+        assert dy.subs(gc.relu.out, gc.relu.expr.subs(x, v)) == d.subs(x, v)
     (d,) = leaky.derivatives
     assert d.subs({leaky.args[0]: 0, leaky.param_symbols[0]: sp.Rational(1, 2)}) == \
         sp.Rational(1, 2)

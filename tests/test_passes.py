@@ -540,3 +540,24 @@ def test_backward_values_are_not_computed_with_the_forward_and_stored():
              **gc.init_params(loss)}
     _, got, want = run_both(outputs, feeds, "numba")
     assert_same(got, want, "float32")
+
+
+def test_a_running_sum_of_late_terms_is_not_fused_into_one_waiting_group():
+    # ((m1 + m2) + m3) + ... with each m_k a matmul: one fused group would run only after
+    # the last matmul, keeping every m_k alive until then (an LSTM's weight gradient sums
+    # 50 of them).  Groups stop growing once they would hold more than twice the bytes
+    # they save, so at most three terms wait together.
+    W = gc.input("W", (16, 16))
+    terms = [gc.input(f"x{k}", (8, 16)) @ W for k in range(8)]
+    total = terms[0]
+    for m in terms[1:]:
+        total = total + m
+    g = fusion(gc.Graph(gc.tanh(total)))
+    for t in g.nodes:
+        if isinstance(t.op, Fused):
+            waiting = [i for i in t.inputs if i.op.name == "matmul"]
+            assert len(waiting) <= 3, t.op.group.text
+    feeds = {f"x{k}": np.random.default_rng(k).normal(size=(8, 16)) for k in range(8)}
+    feeds["W"] = np.random.default_rng(9).normal(size=(16, 16))
+    _, got, want = run_both(gc.tanh(total), feeds, "numba")
+    assert_same(got, want, "float32")
