@@ -802,27 +802,29 @@ def max_pool_kernel(kind: str, dtype: str) -> KernelSpec:
 
 
 _CONV_SIZES = "n, c, h, w, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw"
+# The loops of im2col and col2im: batch, channel, kernel position (k), output row (ih the
+# input row it reads); the kernels add the output column loop.
+_CONV_LOOPS = ["    kk = c * kh * kw",
+               "    pp = ho * wo",
+               "    for b in range(n):",
+               "        for ci in range(c):",
+               "            base = (b * c + ci) * h",
+               "            for p in range(kh):",
+               "                for q in range(kw):",
+               "                    k = (ci * kh + p) * kw + q",
+               "                    for i in range(ho):",
+               "                        ih = i * sh - ph + p * dh"]
 
 
 def im2col_kernel(layout: str, dtype: str) -> KernelSpec:
     """im2col of a contiguous (N, C, H, W) array for one window geometry (sizes, not part
     of the compiled code): ``"cols"`` writes (N, K, P) (K = C*kh*kw row-major, P = Ho*Wo),
-    the right operand of ``kernel @ cols``; ``"rows"`` writes (N*P, K), for one GEMM over
-    the whole batch.  Positions in the padding read 0."""
+    the right operand of ``kernel @ cols``; ``"kmajor"`` writes (K, N*P), for one GEMM
+    over the whole batch.  Positions in the padding read 0."""
     zero = ScalarPrinter(dtype, {}).const(0)
     store = ("cols[(b * kk + k) * pp + i * wo + j] = v" if layout == "cols" else
              "cols[(k * n + b) * pp + i * wo + j] = v")
-    lines = [f"def kernel(cols, x, {_CONV_SIZES}):",
-             "    kk = c * kh * kw",
-             "    pp = ho * wo",
-             "    for b in range(n):",
-             "        for ci in range(c):",
-             "            base = (b * c + ci) * h",
-             "            for p in range(kh):",
-             "                for q in range(kw):",
-             "                    k = (ci * kh + p) * kw + q",
-             "                    for i in range(ho):",
-             "                        ih = i * sh - ph + p * dh",
+    lines = [f"def kernel(cols, x, {_CONV_SIZES}):", *_CONV_LOOPS,
              "                        for j in range(wo):",
              "                            iw = j * sw - pw + q * dw",
              f"                            v = {zero}",
@@ -841,17 +843,7 @@ def col2im_kernel(dtype: str) -> KernelSpec:
     zero = ScalarPrinter(dtype, {}).const(0)
     lines = [f"def kernel(out, cols, {_CONV_SIZES}):",
              "    for k in range(n * c * h * w):",
-             f"        out[k] = {zero}",
-             "    kk = c * kh * kw",
-             "    pp = ho * wo",
-             "    for b in range(n):",
-             "        for ci in range(c):",
-             "            base = (b * c + ci) * h",
-             "            for p in range(kh):",
-             "                for q in range(kw):",
-             "                    k = (ci * kh + p) * kw + q",
-             "                    for i in range(ho):",
-             "                        ih = i * sh - ph + p * dh",
+             f"        out[k] = {zero}", *_CONV_LOOPS,
              "                        if 0 <= ih < h:",
              "                            for j in range(wo):",
              "                                iw = j * sw - pw + q * dw",
