@@ -487,7 +487,7 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
     two_d = any(k in "RC" for k in kinds) or any(accumulate)
     printer = ScalarPrinter(work, {s: f"x{k}" for k, s in enumerate(symbols)},
                             {s for s, d in zip(symbols, operand_dtypes) if d == "bool"})
-    bound, exprs = _hoist_branches(bound, exprs)
+    bound, exprs = _share_powers(*_hoist_branches(bound, exprs))
     replacements, reduced = sp.cse([e for _, e in bound] + list(exprs),
                                    symbols=sp.numbered_symbols("c"))
     statements = replacements + [(sym, e) for (sym, _), e in zip(bound, reduced)]
@@ -547,7 +547,9 @@ def _load(k, index, operand_dtypes, work, printer) -> str:
 
 
 def _cost(text: str) -> int:
-    return 10 * len(_CALL.findall(text)) + text.count(" ") // 2 + 1
+    """About the cycles of a statement: 10 per function call, 4 per division (a vector
+    division takes several cycles), else about 1 per operation."""
+    return 10 * len(_CALL.findall(text)) + 4 * text.count(" / ") + text.count(" ") // 2 + 1
 
 
 def _phases(body, stores) -> list[list[int]]:
@@ -638,6 +640,43 @@ def _inline_trivial(statements, exprs):
         else:
             kept.append((sym, e))
     return kept, [e.xreplace(subs) if subs else e for e in exprs]
+
+
+def _share_powers(bound, exprs):
+    """Powers of values computed anyway, as powers of one bound value: exp(n·u) as e**n
+    with e = exp(u) where exp(u) is computed too (the derivative of a stable form brings in
+    exp(-2|x|) next to the form's own exp(-|x|): silu, sigmoid), and b**-n as r**n with
+    r = 1/b where 1/b is computed too.  A multiplication instead of an exp or a division
+    (bound symbols, because SymPy folds exp(u)**2 back into exp(2u))."""
+    everything = [e for _, e in bound] + list(exprs)
+    exp_args = {a.args[0] for e in everything for a in e.atoms(sp.exp)}
+    inverses = {a.base for e in everything for a in e.atoms(sp.Pow) if a.exp == -1}
+    shared: dict = {}  # the bound value -> [(expression, power)]
+    for a in exp_args:
+        n, rest = a.as_coeff_Mul()
+        base = rest if n > 0 else -rest
+        if n.is_Integer and 2 <= abs(n) <= 4 and base in exp_args:
+            shared.setdefault(sp.exp(base), []).append((sp.exp(a), abs(int(n))))
+    for e in everything:
+        for a in e.atoms(sp.Pow):
+            if a.exp.is_Integer and -4 <= a.exp <= -2 and a.base in inverses:
+                uses = shared.setdefault(1 / a.base, [])
+                if (a, -int(a.exp)) not in uses:
+                    uses.append((a, -int(a.exp)))
+    if not shared:
+        return bound, exprs
+    bound, defined = list(bound), [sym for sym, _ in bound]
+    ordered = sorted(shared.items(), key=lambda kv: sp.default_sort_key(kv[0]))
+    for k, (value, uses) in enumerate(ordered):
+        v = sp.Symbol(f"e{k}", real=True)
+        subs = {value: v} | {x: v ** n for x, n in uses}
+        bound = [(sym, x.xreplace(subs)) for sym, x in bound]
+        exprs = [x.xreplace(subs) for x in exprs]
+        after = [i for i, sym in enumerate(defined) if sym in value.free_symbols]
+        at = max(after) + 1 if after else 0
+        bound.insert(at, (v, value))
+        defined.insert(at, v)
+    return bound, exprs
 
 
 def _hoist_branches(bound, exprs):

@@ -561,3 +561,24 @@ def test_a_running_sum_of_late_terms_is_not_fused_into_one_waiting_group():
     feeds["W"] = np.random.default_rng(9).normal(size=(16, 16))
     _, got, want = run_both(gc.tanh(total), feeds, "numba")
     assert_same(got, want, "float32")
+
+
+def test_fused_kernels_share_powers_of_exponentials_and_reciprocals():
+    # The derivative of silu's stable form brings exp(-2|x|) next to exp(-|x|), and
+    # 1/(1 + e)**2 next to 1/(1 + e): computed as squares of the shared values, the W3
+    # kernel makes one exp and one division fewer per element.
+    import sympy as sp
+
+    from graphc.numba_codegen import _share_powers
+    x = sp.Symbol("x0", real=True)
+    u = sp.exp(-sp.Abs(x))
+    exprs = [sp.exp(-2 * sp.Abs(x)) * 3 + u, 1 / (u + 1) + x / (u + 1) ** 2]
+    bound, out = _share_powers([], exprs)
+    assert sorted(str(sym) for sym, _ in bound) == ["e0", "e1"]  # in dependency order
+    assert not any(a.args[0] == -2 * sp.Abs(x) for e in out for a in e.atoms(sp.exp))
+    assert all(p.exp != -2 for e in out for p in e.atoms(sp.Pow))
+    values = {x: sp.Rational(-3, 7)}
+    for _ in bound:  # substitute the bound values back, innermost first
+        out = [e.subs(dict(reversed(bound))) for e in out]
+    for got, want in zip(out, exprs):
+        assert abs(float((got - want).subs(values))) < 1e-12
