@@ -1,10 +1,11 @@
 """What the optimizing passes do to each workload's training step on the Numba backend.
 
-    python benchmarks/fusion.py [W1 W3 ...]
+    python benchmarks/fusion.py [--stats] [W1 W3 ...]
 
 For the graph as built (``optimize=False``) and after the default pipeline: nodes, distinct
 native kernels, kernel calls per step and the median ms per step (float32, the thread
-counts of the environment; ``graphc bench`` compares with other frameworks).
+counts of the environment; ``graphc bench`` compares with other frameworks).  ``--stats``
+prints ``f.stats`` of each optimized training step instead.
 """
 
 from __future__ import annotations
@@ -52,5 +53,15 @@ def main(names) -> None:
               f"{ms[0]:>11.3f} -> {ms[1]:<7.3f}")
 
 
+def stats(names) -> None:
+    for name in names:
+        problem = workloads.WORKLOADS[name].problem()
+        f = gc.compile([problem.loss, *gc.grad(problem.loss, list(problem.wrt))])
+        print(f"== {name}\n{f.stats}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(workloads.WORKLOADS))
+    args = sys.argv[1:]
+    show = "--stats" in args
+    names = [a for a in args if a != "--stats"] or list(workloads.WORKLOADS)
+    (stats if show else main)(names)
