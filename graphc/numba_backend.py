@@ -576,7 +576,8 @@ def rule_max_pool(lowering, t):
     if any(i.dtype != t.dtype for i in t.inputs) or not dtypes.is_float(t.dtype) or x.size == 0:
         return rule_numpy(lowering, t)
     kind = "grad" if isinstance(t.op, MaxPool2dGrad) else "forward"
-    name = lowering.kernel(t, cg.max_pool_kernel(kind, t.dtype))
+    window = (*t.op.kernel, *t.op.stride) if t.op.padding == (0, 0) else None
+    name = lowering.kernel(t, cg.max_pool_kernel(kind, t.dtype, window))
     n, c, h, w = x.shape
     ho, wo = (t.inputs[1] if kind == "grad" else t).shape[2:]
     sizes = (n * c, h, w, ho, wo, *t.op.kernel, *t.op.stride, *t.op.padding)

@@ -799,12 +799,16 @@ def row_kernel(kind: str, dtype: str) -> KernelSpec:
                       ("maximum", exp))
 
 
-def max_pool_kernel(kind: str, dtype: str) -> KernelSpec:
+def max_pool_kernel(kind: str, dtype: str, window=None) -> KernelSpec:
     """Max pooling of ``planes`` contiguous (H, W) planes, one window geometry per call
     (sizes, not part of the compiled code): ``"forward"`` writes each (Ho, Wo) window's
     maximum; ``"grad"`` writes an (H, W) plane per plane: each window's g added at the
     window's first maximum (the first NaN if the window has one), the reference's rule.
-    Positions in the padding count as -inf and are never written."""
+    Positions in the padding count as -inf and are never written.
+
+    ``window=(kh, kw, sh, sw)``: a kernel for that window and no padding, with the window
+    unrolled and no bounds checks (its size arguments are then ignored), which LLVM
+    vectorizes across output columns."""
     c = ScalarPrinter(dtype, {}).const
     lines = ["def kernel(out, x, g, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw):"
              if kind == "grad" else
@@ -812,6 +816,8 @@ def max_pool_kernel(kind: str, dtype: str) -> KernelSpec:
     if kind == "grad":
         lines += ["    for k in range(planes * h * w):",
                   f"        out[k] = {c(0)}"]
+    if window is not None:
+        return _max_pool_unrolled(kind, dtype, window, lines)
     lines += ["    for p in range(planes):",
               "        base = p * h * w",
               "        for oh in range(ho):",
@@ -838,6 +844,36 @@ def max_pool_kernel(kind: str, dtype: str) -> KernelSpec:
     source = _module(header, set(), lines)
     params = (("ptr", dtype),) * (3 if kind == "grad" else 2) + (("int",),) * 11
     return KernelSpec(f"max_pool_{kind}_{SHORT[dtype]}", source, params, ())
+
+
+def _max_pool_unrolled(kind, dtype, window, lines) -> KernelSpec:
+    kh, kw, sh, sw = window
+    lines = lines + ["    for p in range(planes):",
+                     "        base = p * h * w",
+                     "        for oh in range(ho):",
+                     f"            row = base + oh * {sh} * w",
+                     "            for ow in range(wo):",
+                     f"                b0 = row + ow * {sw}",
+                     "                m = x[b0]",
+                     "                at = 0"]
+    for i in range(kh):
+        for j in range(kw):
+            if i == j == 0:
+                continue
+            lines += [f"                v = x[b0 + {i} * w + {j}]",
+                      "                take = (m == m) & ((v > m) | (v != v))",
+                      "                m = v if take else m"]
+            if kind == "grad":
+                lines.append(f"                at = {i} * w + {j} if take else at")
+    if kind == "grad":
+        lines.append("                out[b0 + at] += g[(p * ho + oh) * wo + ow]")
+    else:
+        lines.append("                out[(p * ho + oh) * wo + ow] = m")
+    header = [f"# graphc kernel: max pooling {kind}, {kh}x{kw} windows, stride {sh}x{sw}, no "
+              f"padding, over contiguous (H, W) planes, {dtype}"]
+    params = (("ptr", dtype),) * (3 if kind == "grad" else 2) + (("int",),) * 11
+    return KernelSpec(f"max_pool_{kind}_{kh}x{kw}_{SHORT[dtype]}",
+                      _module(header, set(), lines), params, ())
 
 
 _CONV_SIZES = "n, c, h, w, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw"
