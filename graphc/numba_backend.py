@@ -339,6 +339,16 @@ class Lowering:
         self.aux.setdefault(of.root, []).append(var)
         return Value(of.node, var, "alloc", of.root, True)
 
+    def operand(self, t: Tensor, materialize: bool, shape) -> str:
+        """The pointer a kernel reads operand ``t`` through: its broadcast base (the
+        kernel broadcasts it), or a contiguous copy at ``shape`` where it cannot."""
+        value = self.value(t)
+        if materialize:
+            base = self.temp(value, f"_contig(np.broadcast_to({self.use(value)}, {shape!r}))")
+        else:
+            base = value.base if value.base is not None else value
+        return self.pointer(base)
+
     def pointer(self, value: Value) -> str:
         """A variable with the address of ``value``'s data, made contiguous if needed."""
         if value.pointer is not None:
@@ -782,15 +792,7 @@ def rule_elementwise(lowering, t):
     steps = split_steps(t, kinds, sizes)
 
     def emit(L, t, out):
-        args = []
-        for i, materialize in zip(t.inputs, full):
-            value = L.value(i)
-            if materialize:
-                base = L.temp(value, f"_contig(np.broadcast_to({L.use(value)}, "
-                                     f"{t.shape!r}))")
-            else:
-                base = value.base if value.base is not None else value
-            args.append(L.pointer(base))
+        args = [L.operand(i, materialize, t.shape) for i, materialize in zip(t.inputs, full)]
         L.call(name, spec, [L.pointer(L.value(t))] + args, sizes, steps)
     return Choice("buffer", emit, "kernel",
                   in_place=tuple(n for n in _same_shape_operands(t) if not full[n]))
@@ -976,13 +978,7 @@ class FusedInstance:
             self.output(L, t, m, o, call, parallel)
         inner = self.sizes[1] if len(self.sizes) == 2 else 1
         for i, kind, materialize in zip(self.inputs, self.kinds, self.materialize):
-            value = L.value(i)
-            if materialize:
-                base = L.temp(value, f"_contig(np.broadcast_to({L.use(value)}, "
-                                     f"{self.domain!r}))")
-            else:
-                base = value.base if value.base is not None else value
-            call.add(L.pointer(base), np.dtype(i.dtype).itemsize *
+            call.add(L.operand(i, materialize, self.domain), np.dtype(i.dtype).itemsize *
                      {"F": inner, "C": 1}.get(kind, 0))
         dtype = self.group.dtype
         if self.spec.scratch:  # work space for the phases of a long body, one per chunk
