@@ -60,14 +60,6 @@ class SwishBeta(gc.nn.Module):
         return swish_beta(x, self["beta"])
 
 
-def correct(logits, labels):
-    """Per-sample 1.0 where the arg-max of ``logits`` is the label, as a graph node."""
-    n, classes = logits.shape
-    one_hot = gc.equal(gc.reshape(labels, (n, 1)), gc.constant(np.arange(classes)))
-    picked = gc.sum(gc.where(one_hot, logits, 0.0), axis=1)
-    return gc.cast(picked >= gc.max(logits, axis=1), "float32")
-
-
 def build_model(hidden=128):
     # He initialisation, as for ReLU: swish is ReLU-like (Dense picks Xavier for a layer
     # without a built-in activation).
@@ -114,7 +106,7 @@ def main(epochs=20, progress=True, seed=0, backend=None):
     xe, ye = gc.input("x", (len(x_test), 64)), gc.input("y", (len(x_test),), "int64")
     logits = model(xe)
     evaluate = gc.train.make_eval_step(
-        {"loss": gc.softmax_cross_entropy(logits, ye), "acc": correct(logits, ye)},
+        {"loss": gc.softmax_cross_entropy(logits, ye), "acc": gc.train.correct(logits, ye)},
         backend=backend)
     history = gc.train.fit(step, {"x": x_train, "y": y_train}, epochs=epochs,
                            val_data={"x": x_test, "y": y_test}, eval_step=evaluate,

@@ -39,14 +39,6 @@ BATCH = 32
 SIZE = 16
 
 
-def correct(logits, labels):
-    """Per-sample 1.0 where the arg-max of ``logits`` is the label, as a graph node."""
-    n, classes = logits.shape
-    one_hot = gc.equal(gc.reshape(labels, (n, 1)), gc.constant(np.arange(classes)))
-    picked = gc.sum(gc.where(one_hot, logits, 0.0), axis=1)
-    return gc.cast(picked >= gc.max(logits, axis=1), "float32")
-
-
 def upsample(images):
     """(N, 8, 8) -> (N, 1, 16, 16): every pixel repeated 2 x 2, a channel axis added."""
     return images.repeat(2, axis=1).repeat(2, axis=2)[:, None]
@@ -101,7 +93,7 @@ def main(epochs=4, progress=True, seed=0, backend=None, augmentation=True):
     xe, ye = gc.input("x", (n_test, 1, SIZE, SIZE)), gc.input("y", (n_test,), "int64")
     logits = model(xe)
     evaluate = gc.train.make_eval_step(
-        {"loss": gc.softmax_cross_entropy(logits, ye), "acc": correct(logits, ye)},
+        {"loss": gc.softmax_cross_entropy(logits, ye), "acc": gc.train.correct(logits, ye)},
         backend=backend)
 
     history = gc.train.fit(step, {"x": x_train, "y": y_train}, epochs=epochs,

@@ -23,20 +23,11 @@ import time
 # ten times slower.  It must be set before NumPy loads; an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 
 import graphc as gc  # noqa: E402
 from graphc import data  # noqa: E402
 
 BATCH = 32
-
-
-def correct(logits, labels):
-    """Per-sample 1.0 where the arg-max of ``logits`` is the label, as a graph node."""
-    n, classes = logits.shape
-    one_hot = gc.equal(gc.reshape(labels, (n, 1)), gc.constant(np.arange(classes)))
-    picked = gc.sum(gc.where(one_hot, logits, 0.0), axis=1)
-    return gc.cast(picked >= gc.max(logits, axis=1), "float32")
 
 
 def build_model(hidden=256):
@@ -65,7 +56,7 @@ def main(epochs=20, progress=True, seed=0, backend=None):
     xe, ye = gc.input("x", (len(x_test), 64)), gc.input("y", (len(x_test),), "int64")
     logits = model(xe)  # the evaluation graph: same parameters, the test set's batch size
     evaluate = gc.train.make_eval_step(
-        {"loss": gc.softmax_cross_entropy(logits, ye), "acc": correct(logits, ye)},
+        {"loss": gc.softmax_cross_entropy(logits, ye), "acc": gc.train.correct(logits, ye)},
         backend=backend)
 
     history = gc.train.fit(step, {"x": x_train, "y": y_train}, epochs=epochs,

@@ -321,6 +321,24 @@ def make_eval_step(outputs, backend=None) -> EvalStep:
     return EvalStep(outputs, backend)
 
 
+def correct(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample 1.0 where the label's logit is the row maximum (a tie for the maximum
+    counts as correct), else 0.0, as a float32 graph node: its mean over a batch is the
+    accuracy, e.g. ``make_eval_step({"acc": correct(logits, y)})``.
+
+    >>> import numpy as np, graphc as gc
+    >>> z, y = gc.input("z", (3, 2)), gc.input("y", (3,), "int64")
+    >>> f = gc.compile(gc.train.correct(z, y), backend="numpy")
+    >>> f(z=np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 1.0]]), y=np.array([1, 1, 0]))
+    array([0., 1., 1.], dtype=float32)
+    """
+    from . import functions as F
+    n, classes = logits.shape
+    one_hot = F.equal(F.reshape(labels, (n, 1)), F.constant(np.arange(classes)))
+    picked = F.sum(F.where(one_hot, logits, 0.0), axis=1)
+    return F.cast(picked >= F.max(logits, axis=1), "float32")
+
+
 def _length(data) -> int:
     lengths = {k: len(v) for k, v in data.items()}
     if not lengths:
