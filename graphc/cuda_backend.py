@@ -545,25 +545,24 @@ def rule_reduce(low: Lowering, t):
     (x,) = t.inputs
     if x.dtype == "bool" and op.kind != "sum":
         _unsupported("max/min of bool")
-    dtype = t.dtype
     if not op.axes:
         return _view(low, t)
-    fn, _, _ = low.rows_fn(op.kind, x.shape, op.axes, x.dtype, dtype)
-    i, k = low.slot[id(x)], low.slot[id(t)]
-
-    def run(env):
-        env[k] = fn(env[i]).reshape(t.shape)
-    return run, low.line(t, f"row_{op.kind}_{dtype}"), "kernel"
+    return _row_reduction(low, t, op.kind, op.axes)
 
 
 def rule_logsumexp(low: Lowering, t):
+    return _row_reduction(low, t, "logsumexp", t.op.axes)
+
+
+def _row_reduction(low: Lowering, t, kind: str, axes):
+    """``kind`` over ``axes`` of the single operand: the axes moved last, a row kernel."""
     (x,) = t.inputs
-    fn, _, _ = low.rows_fn("logsumexp", x.shape, t.op.axes, x.dtype, t.dtype)
+    fn, _, _ = low.rows_fn(kind, x.shape, axes, x.dtype, t.dtype)
     i, k = low.slot[id(x)], low.slot[id(t)]
 
     def run(env):
         env[k] = fn(env[i]).reshape(t.shape)
-    return run, low.line(t, f"row_logsumexp_{t.dtype}"), "kernel"
+    return run, low.line(t, f"row_{kind}_{t.dtype}"), "kernel"
 
 
 def rule_softmax(low: Lowering, t):
