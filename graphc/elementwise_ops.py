@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import sympy as sp
@@ -49,6 +48,12 @@ class _NumpyPrinter(SciPyPrinter):
     def _print_Min(self, expr):
         return self._nested("numpy.minimum", expr.args)
 
+    def _print_And(self, expr):  # SciPyPrinter's logical_and.reduce does not broadcast
+        return self._nested("numpy.logical_and", expr.args)
+
+    def _print_Or(self, expr):
+        return self._nested("numpy.logical_or", expr.args)
+
     def _nested(self, fn, args):
         text = self._print(args[0])
         for a in args[1:]:
@@ -62,6 +67,20 @@ class _NumpyPrinter(SciPyPrinter):
         for value, cond in reversed(pieces):
             text = f"numpy.where({self._print(cond)}, {self._print(value)}, {text})"
         return text
+
+
+def _unprintable(expr: sp.Expr) -> list[str]:
+    """The innermost function applications in ``expr`` that have no NumPy form."""
+    printer = _NumpyPrinter()
+
+    def fails(f):
+        try:
+            printer.doprint(f)
+        except Exception:  # noqa: BLE001
+            return True
+        return False
+    bad = [f for f in expr.atoms(sp.Function) if fails(f)]
+    return sorted({type(f).__name__ for f in bad if not any(g != f and f.has(g) for g in bad)})
 
 
 def broadcast_shapes(op: Op, inputs) -> tuple[int, ...]:
@@ -96,6 +115,8 @@ class ElementwiseDef:
         self.bool_args = tuple(bool_args)
         self.differentiable = differentiable
         self.bool_ok = bool_ok  # bool operands allowed (where picks between bools)
+        self._derivatives_x: tuple | None = None
+        self._derivatives: tuple | None = None
         self._numpy_fns: dict = {}
         self._local_defs: dict = {}
 
@@ -120,18 +141,63 @@ class ElementwiseDef:
         return f"<elementwise {self.name}({args}) = {self.expr}>"
 
     # -- derivatives ----------------------------------------------------------------------
-    @cached_property
+    # Cached by hand, not with functools.cached_property: an ElementwiseError raised while
+    # deriving must locate the user's line, and a functools frame would count as user code.
+    @property
     def derivatives_x(self) -> tuple[sp.Expr, ...]:
         """d expr / d arg for each argument, in terms of the arguments only."""
-        return tuple(sp.S.Zero if (not self.differentiable or a.name in self.bool_args)
-                     else _simplify(_diff(self.expr, a)) for a in self.args)
+        if self._derivatives_x is None:
+            self._derivatives_x = self._derive()
+        return self._derivatives_x
 
-    @cached_property
+    def _derive(self) -> tuple[sp.Expr, ...]:
+        return tuple(sp.S.Zero if (not self.differentiable or a.name in self.bool_args)
+                     else _strong_zeros(_simplify(self._diff(a))) for a in self.args)
+
+    def _diff(self, a: sp.Symbol) -> sp.Expr:
+        d = _diff(self.expr, a)
+        stuck = sorted({type(e.expr).__name__ for e in d.atoms(sp.Derivative)})
+        if stuck:
+            raise ElementwiseError(located(
+                f"elementwise {self.name!r}: SymPy has no derivative of {', '.join(stuck)} "
+                f"(in {self.expr}), so graphc cannot differentiate it"))
+        return d
+
+    @property
     def derivatives(self) -> tuple[sp.Expr, ...]:
         """The local derivatives, in terms of the output ``out`` where that is cheaper."""
-        if self.arity != 1 or self.params:
-            return self.derivatives_x
-        return (_in_terms_of_output(self.expr, self.derivatives_x[0], self.args[0], self.out),)
+        if self._derivatives is None:
+            dx = self.derivatives_x
+            self._derivatives = dx if self.arity != 1 or self.params else \
+                (_in_terms_of_output(self.expr, dx[0], self.args[0], self.out),)
+        return self._derivatives
+
+    def check(self) -> None:
+        """Derive the derivatives and print every form a backend evaluates (the op and each
+        local derivative); an :class:`ElementwiseError` names a SymPy function that cannot
+        be differentiated or printed, at declaration rather than at a later call."""
+        try:
+            derivatives = self.derivatives
+        except ElementwiseError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- any SymPy failure is a bad definition
+            raise ElementwiseError(located(
+                f"elementwise {self.name!r}: SymPy cannot differentiate {self.expr} "
+                f"({type(err).__name__}: {err})")) from err
+        defaults = tuple(self.params.items())
+        forms = [("the op", lambda: self)] + [
+            (f"its derivative in {a}", lambda k=k: self.local_def(k))
+            for k, (a, d) in enumerate(zip(self.args, derivatives))
+            if not (d.is_number or d.is_Symbol)]
+        for what, form in forms:
+            try:
+                form().numpy_function(defaults)
+            except Exception as err:  # noqa: BLE001 -- SymPy's printers raise many kinds
+                bad = _unprintable(self.stable if what == "the op" else derivatives[0]) or \
+                    _unprintable(self.expr) or [str(err)]
+                raise ElementwiseError(located(
+                    f"elementwise {self.name!r}: graphc cannot evaluate {', '.join(bad)} "
+                    f"({what}: {type(err).__name__})")) from err
 
     def local_def(self, k: int) -> ElementwiseDef:
         """The derivative w.r.t. argument ``k`` as an elementwise op of the symbols it uses
@@ -323,9 +389,47 @@ def _build(name, fn, args, params: dict, what):
 
 
 def _diff(expr: sp.Expr, x: sp.Symbol) -> sp.Expr:
-    """d expr / dx with DiracDelta terms dropped: sign and Heaviside are differentiated
-    away from their jump, where their derivative is 0 (as PyTorch and JAX do)."""
-    return sp.diff(expr, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    """d expr / dx with the conventions of PyTorch at points where the derivative has no
+    value: DiracDelta terms are dropped (sign and Heaviside are differentiated away from
+    their jump, where their derivative is 0) and floor and ceiling have derivative 0."""
+    d = sp.diff(expr, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    d = d.replace(lambda e: isinstance(e, sp.Subs) and _is_step_derivative(e.expr), _zero)
+    return d.replace(_is_step_derivative, _zero)
+
+
+def _zero(*args):
+    return sp.S.Zero
+
+
+def _is_step_derivative(e) -> bool:
+    return isinstance(e, sp.Derivative) and isinstance(e.expr, (sp.floor, sp.ceiling))
+
+
+def _singular_factor(f) -> bool:
+    """A factor that is infinite or NaN somewhere finite: a power with a variable base and
+    a non-integer exponent (b * a**(b - 1) at a = 0), or a logarithm."""
+    if isinstance(f, sp.log):
+        return True
+    return isinstance(f, sp.Pow) and bool(f.base.free_symbols) and not f.exp.is_integer
+
+
+def _strong_zeros(d: sp.Expr) -> sp.Expr:
+    """Each product with a singular factor becomes ``Piecewise((0, zero), (product, True))``
+    where ``zero`` is where another factor is exactly 0: a polynomial factor equal to 0, or
+    u**e with e >= 0 next to log(u) at u = 0 (x log x -> 0).  Where the other factors are
+    finite this is the product itself; at the singular points it is PyTorch's value for
+    pow (0, not 0 * inf = NaN), and SymPy differentiates it again (grad of grad)."""
+    def guard(m):
+        if not isinstance(m, sp.Mul) or not any(_singular_factor(f) for f in m.args):
+            return m
+        logs = {f.args[0] for f in m.args if isinstance(f, sp.log)}
+        zeros = [sp.Eq(f, 0) for f in m.args
+                 if f.free_symbols and not f.is_number and f.is_polynomial()]
+        zeros += [sp.And(sp.Eq(f.base, 0), f.exp >= 0) for f in m.args
+                  if isinstance(f, sp.Pow) and f.base in logs]
+        zero = sp.Or(*zeros)
+        return m if zero is sp.false else sp.Piecewise((0, zero), (m, True))
+    return d.replace(lambda e: isinstance(e, sp.Mul), guard)
 
 
 _CHEAP_OPS = {"ADD": 1, "SUB": 1, "MUL": 1, "NEG": 1, "DIV": 2, "POW": 2}
@@ -338,7 +442,23 @@ def cost(expr: sp.Expr) -> int:
     return int(ops.subs(weights))
 
 
+# sp.simplify has no bound on its work (the derivative of tanh nested 6 deep: minutes), so
+# larger expressions are kept as sp.diff gives them.  Every built-in is under these bounds
+# (gelu_tanh': 38 operations, 1 function); at the bounds simplify takes about 2 s.
+SIMPLIFY_MAX_OPS = 40
+SIMPLIFY_MAX_FUNCTIONS = 4
+
+
+def simplifiable(expr: sp.Expr) -> bool:
+    """Whether ``expr`` is small enough for ``sp.simplify``: at most SIMPLIFY_MAX_OPS
+    operations and SIMPLIFY_MAX_FUNCTIONS distinct function applications."""
+    return sp.count_ops(expr) <= SIMPLIFY_MAX_OPS and \
+        len(expr.atoms(sp.Function)) <= SIMPLIFY_MAX_FUNCTIONS
+
+
 def _simplify(expr: sp.Expr) -> sp.Expr:
+    if not simplifiable(expr):
+        return expr
     simpler = sp.simplify(expr)
     return simpler if cost(simpler) <= cost(expr) else expr
 
@@ -347,52 +467,104 @@ _SAMPLES = (-2.3, -1.7, -1.1, -0.6, -0.25, 0.3, 0.7, 1.2, 1.9, 2.6, 3.4)
 
 
 def _in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp.Expr:
-    """Rewrite d(x) as P(y) with y = f(x) and P in span{1, y, y^2, 1/y}, when one exists
-    (found by least squares, proven at 30 digits elsewhere) and is cheaper than d(x)."""
-    if f.has(sp.Piecewise):
-        return _piecewise_in_terms_of_output(f, d, x, y)
-    if d.free_symbols != {x}:
+    """d(x) rewritten as P(y) with y = f(x), when that is cheaper and SymPy proves
+    d(x) = P(f(x)) on the whole real line (:func:`proves_on_output`); else d(x).  P is
+    found by least squares over span{1, y, y^2, 1/y} (sigmoid' = y(1 - y)), or, for a
+    piecewise-constant derivative, by reading its conditions on y (ReLU' = [y > 0])."""
+    if d.free_symbols != {x} or not simplifiable(d):
         return d
+    if isinstance(d, sp.Piecewise):
+        candidate = d.xreplace({x: y})
+    else:
+        candidate = _fit_on_output(f, d, x, y)
+        if candidate is None or cost(candidate) >= cost(d) or \
+                _refuted(f, d, x, y, candidate):
+            return d
+    return candidate if proves_on_output(f, d, x, y, candidate) else d
+
+
+def _refuted(f, d, x, y, candidate) -> bool:
+    """Whether d(x) != candidate(f(x)) at a sample point (a cheap way to reject a fit;
+    only a proof accepts one)."""
+    for v in map(sp.Rational, ("-1.37", "-0.41", "0.53", "1.61", "2.83")):
+        try:
+            gap = complex((d.subs(x, v) - candidate.subs(y, f.subs(x, v))).evalf(30))
+        except (TypeError, ValueError, ArithmeticError):
+            continue
+        if not abs(gap) <= 1e-25:  # NaN counts as a gap too
+            return True
+    return False
+
+
+def _fit_on_output(f, d, x, y):
     basis = (sp.S.One, y, y**2, 1 / y)
     rows, rhs = [], []
     for v in _SAMPLES:
-        fv, dv = complex(f.subs(x, v).evalf()), complex(d.subs(x, v).evalf())
+        try:
+            fv, dv = complex(f.subs(x, v).evalf()), complex(d.subs(x, v).evalf())
+        except (TypeError, ValueError, ArithmeticError):  # outside the domain of f or d
+            continue
         if fv.imag or dv.imag or not (math.isfinite(fv.real) and math.isfinite(dv.real)) \
                 or fv.real == 0:
             continue
         rows.append([1.0, fv.real, fv.real ** 2, 1.0 / fv.real])
         rhs.append(dv.real)
     if len(rows) < 6:
-        return d
+        return None
     coef = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
     candidate = sum(sp.nsimplify(round(c, 9), rational=True) * b for c, b in zip(coef, basis))
     try:  # Horner form: y*(1 - y) rather than -y**2 + y
-        candidate = min((candidate, sp.horner(candidate)), key=cost)
+        return min((candidate, sp.horner(candidate)), key=cost)
     except sp.PolynomialError:
-        pass
-    for v in map(sp.Rational, ("-1.37", "-0.41", "0.53", "1.61", "2.83")):
-        fv = f.subs(x, v).evalf(30)
-        if not fv.is_real or fv == 0:
-            continue
-        if abs((d.subs(x, v) - candidate.subs(y, fv)).evalf(30)) > 1e-25:
-            return d
-    return candidate if cost(candidate) < cost(d) else d
+        return candidate
 
 
-def _piecewise_in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol,
-                                  y: sp.Symbol) -> sp.Expr:
-    """A piecewise-constant derivative whose conditions hold on the output exactly where
-    they hold on the input is written on the output: ReLU' is 1 where y > 0 (exactly where
-    x > 0, and 0 at 0), so the backward needs y, which the forward keeps anyway, not x."""
-    if not isinstance(d, sp.Piecewise) or d.free_symbols != {x} or \
-            any(value.free_symbols for value, _ in d.args):
-        return d
-    candidate = d.xreplace({x: y})
-    for v in map(sp.Rational, ("-7", "-1", "-1/1000000", "0", "1/1000000", "1", "7")):
-        fv = f.subs(x, v)
-        if not fv.is_real or d.subs(x, v) != candidate.subs(y, fv):
-            return d
-    return candidate
+def proves_on_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol,
+                     candidate: sp.Expr) -> bool:
+    """Whether SymPy proves d(x) = candidate(f(x)) for every real x: by simplifying the
+    difference to 0, or, for piecewise-constant forms, by showing that each value is taken
+    on the same set of x (``as_set``).  Never by sampling; too large to simplify or too
+    hard to decide counts as not proven."""
+    try:
+        if isinstance(d, sp.Piecewise) or isinstance(candidate, sp.Piecewise):
+            return _same_piecewise_constant(d, _compose(candidate, y, f), x)
+        difference = d - candidate.subs(y, f)
+        if not simplifiable(difference):
+            return False
+        # exact algebra first: as a rational function of exponentials, then sp.simplify
+        return sp.cancel(sp.expand(difference.rewrite(sp.exp))) == 0 or \
+            sp.simplify(difference) == 0
+    except (TypeError, ValueError, NotImplementedError, ArithmeticError):
+        return False
+
+
+def _compose(outer: sp.Expr, y: sp.Symbol, f: sp.Expr) -> sp.Expr:
+    """outer(f) with a piecewise f folded into one Piecewise of x."""
+    if isinstance(f, sp.Piecewise):
+        return sp.piecewise_fold(sp.Piecewise(*[(outer.subs(y, v), c) for v, c in f.args]))
+    return sp.piecewise_fold(outer.subs(y, f))
+
+
+def _same_piecewise_constant(a: sp.Expr, b: sp.Expr, x: sp.Symbol) -> bool:
+    ra, rb = _level_sets(a, x), _level_sets(b, x)
+    if ra is None or rb is None:
+        return False
+    return all(ra.get(v, sp.S.EmptySet).symmetric_difference(rb.get(v, sp.S.EmptySet))
+               is sp.S.EmptySet for v in set(ra) | set(rb))
+
+
+def _level_sets(pw: sp.Expr, x: sp.Symbol):
+    """{value: the set of real x where ``pw`` takes it}, or None unless ``pw`` is a
+    piecewise constant of x with conditions SymPy turns into sets."""
+    pieces = pw.args if isinstance(pw, sp.Piecewise) else ((pw, sp.true),)
+    out, rest = {}, sp.S.Reals
+    for value, cond in pieces:
+        if value.free_symbols or cond.free_symbols - {x}:
+            return None
+        here = rest if cond is sp.true else rest.intersect(cond.as_set())
+        out[value] = out.get(value, sp.S.EmptySet).union(here)
+        rest = rest - here
+    return out if rest is sp.S.EmptySet else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -406,7 +578,9 @@ def elementwise(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
 
     ``fn`` takes one SymPy symbol per tensor argument (any arity); keyword arguments with
     defaults are static numeric parameters.  ``stable`` optionally gives a numerically
-    stable SymPy form with the same value, used for evaluation.
+    stable SymPy form with the same value, used for evaluation.  The derivatives are
+    derived and every form is printed here, so a function graphc cannot differentiate or
+    evaluate is refused now, with an :class:`ElementwiseError` naming it.
 
     >>> import sympy as sp, graphc as gc
     >>> mish = gc.elementwise("mish", lambda x: x * sp.tanh(sp.log(1 + sp.exp(x))))
@@ -421,6 +595,15 @@ def elementwise(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
         raise ElementwiseError(located(
             f"an elementwise op named {name!r} is already registered as {old.expr}; "
             "choose another name"))
+    op.check()
+    REGISTRY[name] = op
+    return op
+
+
+def _predefined(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
+    """A built-in op: declared at import without :meth:`ElementwiseDef.check`, whose
+    SymPy work would slow every import; the op tests run the check on each of them."""
+    op = ElementwiseDef.from_function(name, fn, stable, **flags)
     REGISTRY[name] = op
     return op
 
@@ -432,52 +615,53 @@ def _stable_sigmoid(x):
 
 _SQRT_2_OVER_PI = sp.sqrt(2 / sp.pi)
 
-add = elementwise("add", lambda a, b: a + b, int_ok=True)
-sub = elementwise("sub", lambda a, b: a - b, int_ok=True)
-mul = elementwise("mul", lambda a, b: a * b, int_ok=True)
-div = elementwise("div", lambda a, b: a / b)
-pow_ = elementwise("pow", lambda a, b: a**b)
-neg = elementwise("neg", lambda x: -x, int_ok=True)
-square = elementwise("square", lambda x: x**2, int_ok=True)
-reciprocal = elementwise("reciprocal", lambda x: 1 / x)
-exp = elementwise("exp", lambda x: sp.exp(x))
-log = elementwise("log", lambda x: sp.log(x))
-sqrt = elementwise("sqrt", lambda x: sp.sqrt(x))
-abs_ = elementwise("abs", lambda x: sp.Abs(x), int_ok=True)
-sin = elementwise("sin", lambda x: sp.sin(x))
-cos = elementwise("cos", lambda x: sp.cos(x))
-tanh = elementwise("tanh", lambda x: sp.tanh(x))
-sigmoid = elementwise("sigmoid", lambda x: 1 / (1 + sp.exp(-x)), stable=_stable_sigmoid)
+add = _predefined("add", lambda a, b: a + b, int_ok=True)
+sub = _predefined("sub", lambda a, b: a - b, int_ok=True)
+mul = _predefined("mul", lambda a, b: a * b, int_ok=True)
+div = _predefined("div", lambda a, b: a / b)
+pow_ = _predefined("pow", lambda a, b: a**b)
+neg = _predefined("neg", lambda x: -x, int_ok=True)
+square = _predefined("square", lambda x: x**2, int_ok=True)
+reciprocal = _predefined("reciprocal", lambda x: 1 / x)
+exp = _predefined("exp", lambda x: sp.exp(x))
+log = _predefined("log", lambda x: sp.log(x))
+sqrt = _predefined("sqrt", lambda x: sp.sqrt(x))
+abs_ = _predefined("abs", lambda x: sp.Abs(x), int_ok=True)
+sin = _predefined("sin", lambda x: sp.sin(x))
+cos = _predefined("cos", lambda x: sp.cos(x))
+tanh = _predefined("tanh", lambda x: sp.tanh(x))
+sigmoid = _predefined("sigmoid", lambda x: 1 / (1 + sp.exp(-x)), stable=_stable_sigmoid)
 # ReLU'(0) = 0: the derivative of Piecewise((x, x > 0), (0, True)) is 1 only where x > 0.
-relu = elementwise("relu", lambda x: sp.Piecewise((x, x > 0), (0, True)),
+relu = _predefined("relu", lambda x: sp.Piecewise((x, x > 0), (0, True)),
                    stable=lambda x: sp.Max(x, 0), int_ok=True)
-leaky_relu = elementwise("leaky_relu",
+leaky_relu = _predefined("leaky_relu",
                          lambda x, alpha=0.01: sp.Piecewise((x, x > 0), (alpha * x, True)))
-elu = elementwise("elu", lambda x, alpha=1.0: sp.Piecewise((x, x > 0),
+elu = _predefined("elu", lambda x, alpha=1.0: sp.Piecewise((x, x > 0),
                                                            (alpha * (sp.exp(x) - 1), True)),
                   stable=lambda x, alpha=1.0: sp.Piecewise((x, x > 0), (alpha * expm1(x), True)))
-gelu_erf = elementwise("gelu", lambda x: x / 2 * (1 + sp.erf(x / sp.sqrt(2))))
-gelu_tanh = elementwise(
+gelu_erf = _predefined("gelu", lambda x: x / 2 * (1 + sp.erf(x / sp.sqrt(2))))
+gelu_tanh = _predefined(
     "gelu_tanh", lambda x: x / 2 * (1 + sp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))))
-silu = elementwise("silu", lambda x: x / (1 + sp.exp(-x)),
+silu = _predefined("silu", lambda x: x / (1 + sp.exp(-x)),
                    stable=lambda x: x * _stable_sigmoid(x))
-softplus = elementwise("softplus", lambda x: sp.log(1 + sp.exp(x)),
+softplus = _predefined("softplus", lambda x: sp.log(1 + sp.exp(x)),
                        stable=lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))))
 # Ties split the gradient evenly between a and b (as PyTorch and JAX do).
-# The evaluated forms are NumPy's maximum/minimum: exact for int64, NaN-propagating.
-maximum = elementwise("maximum", lambda a, b: sp.Piecewise((a, a > b), (b, a < b),
+# The evaluated forms are NumPy's maximum/minimum: exact for int64, NaN-propagating; on
+# bools they are logical or/and (as torch.maximum and gc.max).
+maximum = _predefined("maximum", lambda a, b: sp.Piecewise((a, a > b), (b, a < b),
                                                            ((a + b) / 2, True)),
-                      stable=lambda a, b: sp.Max(a, b), int_ok=True)
-minimum = elementwise("minimum", lambda a, b: sp.Piecewise((a, a < b), (b, a > b),
+                      stable=lambda a, b: sp.Max(a, b), int_ok=True, bool_ok=True)
+minimum = _predefined("minimum", lambda a, b: sp.Piecewise((a, a < b), (b, a > b),
                                                            ((a + b) / 2, True)),
-                      stable=lambda a, b: sp.Min(a, b), int_ok=True)
-prelu = elementwise("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
-where = elementwise("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
+                      stable=lambda a, b: sp.Min(a, b), int_ok=True, bool_ok=True)
+prelu = _predefined("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
+where = _predefined("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
                     int_ok=True, bool_ok=True, bool_args=("cond",))
 
 
 def _comparison(name, relation):
-    return elementwise(name, lambda a, b: sp.Piecewise((1, relation(a, b)), (0, True)),
+    return _predefined(name, lambda a, b: sp.Piecewise((1, relation(a, b)), (0, True)),
                        out_dtype="bool", differentiable=False)
 
 
