@@ -418,18 +418,38 @@ def _strong_zeros(d: sp.Expr) -> sp.Expr:
     where ``zero`` is where another factor is exactly 0: a polynomial factor equal to 0, or
     u**e with e >= 0 next to log(u) at u = 0 (x log x -> 0).  Where the other factors are
     finite this is the product itself; at the singular points it is PyTorch's value for
-    pow (0, not 0 * inf = NaN), and SymPy differentiates it again (grad of grad)."""
-    def guard(m):
-        if not isinstance(m, sp.Mul) or not any(_singular_factor(f) for f in m.args):
-            return m
-        logs = {f.args[0] for f in m.args if isinstance(f, sp.log)}
-        zeros = [sp.Eq(f, 0) for f in m.args
-                 if f.free_symbols and not f.is_number and f.is_polynomial()]
-        zeros += [sp.And(sp.Eq(f.base, 0), f.exp >= 0) for f in m.args
-                  if isinstance(f, sp.Pow) and f.base in logs]
-        zero = sp.Or(*zeros)
-        return m if zero is sp.false else sp.Piecewise((0, zero), (m, True))
-    return d.replace(lambda e: isinstance(e, sp.Mul), guard)
+    pow (0, not 0 * inf = NaN), and SymPy differentiates it again (grad of grad).  Common
+    factors of a sum are pulled out first (b**2 a**(b-2) - b a**(b-2) is 0 at b = 1)."""
+    if not any(_singular_factor(f) for f in d.atoms(sp.Pow, sp.log)):
+        return d
+    if isinstance(d, sp.Add):
+        common = sp.factor_terms(d)
+        if isinstance(common, sp.Mul):
+            return _guard_product(common)
+        return sp.Add(*[_strong_zeros(t) for t in d.args])
+    if isinstance(d, sp.Mul):
+        return _guard_product(d)
+    return d.func(*[_strong_zeros(a) for a in d.args]) if d.args else d
+
+
+def _guard_product(m: sp.Mul) -> sp.Expr:
+    singular = any(_singular_factor(f) for f in m.args)
+    if any(isinstance(f, sp.Add) and any(
+            _singular_factor(g) for g in f.atoms(sp.Pow, sp.log)) for f in m.args):
+        terms = sp.expand_mul(m)  # a**(b-1)*(b*log(a) + 1): guard each term
+        if isinstance(terms, sp.Add):
+            return sp.Add(*[_guard_product(t) if isinstance(t, sp.Mul) else _strong_zeros(t)
+                            for t in terms.args])
+    m = m.func(*[_strong_zeros(f) for f in m.args])
+    if not singular or not isinstance(m, sp.Mul):
+        return m
+    logs = {f.args[0] for f in m.args if isinstance(f, sp.log)}
+    zeros = [sp.Eq(f, 0) for f in m.args
+             if f.free_symbols and not f.is_number and f.is_polynomial()]
+    zeros += [sp.And(sp.Eq(f.base, 0), f.exp >= 0) for f in m.args
+              if isinstance(f, sp.Pow) and f.base in logs]
+    zero = sp.Or(*zeros)
+    return m if zero is sp.false else sp.Piecewise((0, zero), (m, True))
 
 
 _CHEAP_OPS = {"ADD": 1, "SUB": 1, "MUL": 1, "NEG": 1, "DIV": 2, "POW": 2}

@@ -1,0 +1,232 @@
+"""Derivatives at the edges (issue 13): pow at base 0, piecewise custom ops, bool
+maximum/minimum, bounded simplification and custom ops refused at declaration.
+
+The conventions at singular points follow PyTorch 2.13 (docs/autodiff.md); each is checked
+against torch here, on both CPU backends.
+"""
+
+import time
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+import graphc as gc
+from graphc import elementwise_ops as ew
+
+BACKENDS = ["numpy", "numba"]
+
+
+def torch_grads(fn, *arrays):
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    fn(*ts).sum().backward()
+    return [t.grad.numpy() for t in ts]
+
+
+# ---------------------------------------------------------------------------------------
+# 1. pow at base 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pow_gradients_at_zero_base_match_torch(backend):
+    x, y = gc.input("x", (4,), "float64"), gc.input("y", (4,), "float64")
+    X, Y = np.zeros(4), np.array([0.0, 0.3, 2.0, -1.0])
+    dx, dy = gc.compile(gc.grad(gc.sum(x ** y), [x, y]), backend=backend)(x=X, y=Y)
+    np.testing.assert_array_equal(dx, [0.0, np.inf, 0.0, -np.inf])
+    np.testing.assert_array_equal(dy, [0.0, 0.0, 0.0, -np.inf])
+    tx, ty = torch_grads(torch.pow, X, Y)
+    np.testing.assert_array_equal(dx, tx)
+    np.testing.assert_array_equal(dy, ty)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pow_with_constant_exponent_or_base_at_zero(backend):
+    z = gc.input("z", (3,), "float64")
+    Z = np.array([0.0, 0.5, 2.0])
+    g_exp0, g_base0 = gc.compile([gc.grad(gc.sum(z ** 0.0), z), gc.grad(gc.sum(0.0 ** z), z)],
+                                 backend=backend)(z=Z)
+    np.testing.assert_array_equal(g_exp0, [0.0, 0.0, 0.0])  # z ** 0 is 1 everywhere
+    np.testing.assert_array_equal(g_base0, [0.0, 0.0, 0.0])
+    (t_exp0,) = torch_grads(lambda t: t ** 0.0, Z)
+    (t_base0,) = torch_grads(lambda t: 0.0 ** t, Z)
+    np.testing.assert_array_equal(g_exp0, t_exp0)
+    np.testing.assert_array_equal(g_base0, t_base0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_learnable_exponent_after_relu_has_finite_gradient(backend):
+    x = gc.input("x", (4,), "float64")
+    p = gc.param("p", (), dtype="float64")
+    X, P = np.array([-1.0, 0.0, 0.5, 2.0]), np.array(1.5)
+    dp, dx = gc.compile(gc.grad(gc.sum(gc.relu(x) ** p), [p, x]), backend=backend)(x=X, p=P)
+    tp, tx = torch_grads(lambda p, x: torch.relu(x) ** p, P, X)
+    assert np.isfinite(dp) and np.isfinite(dx).all()
+    np.testing.assert_allclose(dp, tp, rtol=1e-12)
+    np.testing.assert_allclose(dx, tx, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pow_second_derivatives_at_zero_base_match_torch(backend):
+    x, y = gc.input("x", (3,), "float64"), gc.input("y", (3,), "float64")
+    X, Y = np.zeros(3), np.array([0.0, 1.0, 2.0])
+    (dx,) = [gc.grad(gc.sum(x ** y), x)]
+    d2 = gc.compile(gc.grad(gc.sum(dx), [x, y]), backend=backend)(x=X, y=Y)
+    tx = torch.tensor(X, requires_grad=True)
+    ty = torch.tensor(Y, requires_grad=True)
+    (g,) = torch.autograd.grad((tx ** ty).sum(), tx, create_graph=True)
+    want_xx, want_xy = (w.numpy() for w in torch.autograd.grad(g.sum(), [tx, ty]))
+    np.testing.assert_array_equal(d2[0], [0.0, 0.0, 2.0])
+    np.testing.assert_array_equal(d2[1], [0.0, 1.0, 0.0])
+    # torch agrees except at exponent 0, where its masked 0 * inf gives NaN and graphc 0
+    # (the first derivative is 0 for every x there)
+    np.testing.assert_array_equal(d2[0][1:], want_xx[1:])
+    np.testing.assert_array_equal(d2[1][1:], want_xy[1:])
+    assert np.isnan(want_xx[0]) and np.isnan(want_xy[0])
+
+
+def test_pow_convention_lives_in_the_sympy_derivatives():
+    a, b = gc.power.args
+    assert gc.power.derivatives == (
+        sp.Piecewise((0, sp.Eq(b, 0)), (b * a ** (b - 1), True)),
+        sp.Piecewise((0, sp.Eq(a, 0) & (b >= 0)), (a ** b * sp.log(a), True)))
+    assert gc.power.derivatives_text[0] == "Piecewise((0, Eq(b, 0)), (a**(b - 1)*b, True))"
+
+
+def test_strong_zeros_also_guard_custom_ops():
+    # x**2 log x: d = 2x log x + x, whose limit at 0 is 0 (the product 2x log x is 0 at 0)
+    op = gc.elementwise("t_edge_x2logx", lambda x: x**2 * sp.log(x))
+    x = gc.input("x", (3,), "float64")
+    g = gc.compile(gc.grad(gc.sum(op(x)), x), backend="numpy")(x=np.array([0.0, 1.0, 2.0]))
+    np.testing.assert_allclose(g, [0.0, 1.0, 4 * np.log(2) + 2], rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# 2. maximum / minimum on bools
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maximum_minimum_take_bools(backend):
+    a, b = gc.input("a", (4,), "bool"), gc.input("b", (4,), "bool")
+    A, B = np.array([0, 0, 1, 1], bool), np.array([0, 1, 0, 1], bool)
+    hi, lo = gc.compile([gc.maximum(a, b), gc.minimum(a, b)], backend=backend)(a=A, b=B)
+    assert hi.dtype == lo.dtype == np.bool_
+    np.testing.assert_array_equal(hi, torch.maximum(torch.tensor(A), torch.tensor(B)).numpy())
+    np.testing.assert_array_equal(lo, torch.minimum(torch.tensor(A), torch.tensor(B)).numpy())
+
+
+# ---------------------------------------------------------------------------------------
+# 3. piecewise custom ops
+
+
+PIECEWISE_RELUS = {
+    "t_edge_max_relu": lambda x: sp.Max(x, 0),
+    "t_edge_heaviside_relu": lambda x: sp.Heaviside(x) * x,
+    "t_edge_abs_relu": lambda x: (x + sp.Abs(x)) / 2,
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(PIECEWISE_RELUS))
+def test_piecewise_custom_op_gradients(name, backend):
+    op = gc.elementwise(name, PIECEWISE_RELUS[name])
+    assert op.derivatives != (1,)
+    assert op.out not in op.derivatives[0].free_symbols  # no proof that f' = g(f) here
+    x = gc.input("x", (4,), "float64")
+    g = gc.compile(gc.grad(gc.sum(op(x)), x), backend=backend)(x=np.array([-2, -0.5, 0.5, 2]))
+    np.testing.assert_array_equal(g, [0.0, 0.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shifted_relu_derivative_stays_in_x(backend):
+    op = gc.elementwise("t_edge_shifted_relu",
+                        lambda x: sp.Piecewise((x - 1, x > 1), (0, True)))
+    (x_sym,) = op.args
+    assert op.derivatives == (sp.Piecewise((1, x_sym > 1), (0, True)),)
+    x = gc.input("x", (5,), "float64")
+    X = np.array([-1.0, 0.5, 1.5, 1.9, 3.0])
+    g = gc.compile(gc.grad(gc.sum(op(x)), x), backend=backend)(x=X)
+    np.testing.assert_array_equal(g, [0.0, 0.0, 1.0, 1.0, 1.0])
+    (t,) = torch_grads(lambda t: torch.where(t > 1, t - 1, torch.zeros_like(t)), X)
+    np.testing.assert_array_equal(g, t)
+
+
+def test_rewrite_on_the_output_needs_a_proof():
+    x, y = sp.Symbol("x", real=True), sp.Symbol("y", real=True)
+    relu = sp.Piecewise((x, x > 0), (0, True))
+    d_relu = sp.Piecewise((1, x > 0), (0, True))
+    assert ew.proves_on_output(relu, d_relu, x, y, sp.Piecewise((1, y > 0), (0, True)))
+    assert not ew.proves_on_output(relu, d_relu, x, y, sp.Piecewise((1, y > 1), (0, True)))
+    assert not ew.proves_on_output(sp.Max(x, 0), sp.Heaviside(x), x, y, sp.S.One)
+    sig = 1 / (1 + sp.exp(-x))
+    assert ew.proves_on_output(sig, sp.diff(sig, x), x, y, y * (1 - y))
+    assert not ew.proves_on_output(sig, sp.diff(sig, x), x, y, y * (1 - y) + 1e-30)
+    assert ew.proves_on_output(sp.tanh(x), 1 - sp.tanh(x) ** 2, x, y, 1 - y**2)
+    assert gc.relu.derivatives == (sp.Piecewise((1, gc.relu.out > 0), (0, True)),)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. declaration: bounded simplification, refusals, floor/ceiling
+
+
+def _deep_tanh(x):
+    for _ in range(6):
+        x = sp.tanh(x)
+    return x
+
+
+@pytest.mark.parametrize("name,fn", [
+    ("t_edge_deep_tanh", _deep_tanh),
+    ("t_edge_sines", lambda x: sum(sp.sin(k * x) for k in range(1, 41))),
+])
+def test_declaration_work_is_bounded(name, fn):
+    start = time.perf_counter()
+    op = gc.elementwise(name, fn)
+    assert time.perf_counter() - start < 5.0
+    (x_sym,) = op.args
+    raw = sp.diff(op.expr, x_sym)
+    assert not ew.simplifiable(raw) and op.derivatives == (raw,)  # unsimplified
+    x = gc.input("x", (3,), "float64")
+    X = np.array([-0.7, 0.1, 1.3])
+    f = gc.compile([op(x), gc.grad(gc.sum(op(x)), x)], backend="numpy")
+    eps = 1e-6
+    numeric = (f(x=X + eps)[0] - f(x=X - eps)[0]) / (2 * eps)
+    np.testing.assert_allclose(f(x=X)[1], numeric, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,fn,message", [
+    ("t_edge_mod", lambda x: sp.Mod(x, 1), "no derivative of Mod"),
+    ("t_edge_frac", lambda x: sp.frac(x), "no derivative of frac"),
+    ("t_edge_zeta", lambda x: sp.zeta(x), "no derivative of zeta"),
+    ("t_edge_erfinv", lambda x: sp.erfinv(x), "cannot evaluate erfinv"),
+    ("t_edge_erfinv2", lambda x: x * sp.erfinv(x / 2), "cannot evaluate erfinv"),
+])
+def test_undifferentiable_or_unprintable_functions_are_refused(name, fn, message):
+    with pytest.raises(gc.ElementwiseError, match=message) as info:
+        gc.elementwise(name, fn)
+    assert name in str(info.value)
+    assert "test_edge_derivatives.py" in str(info.value)  # the user's line
+    assert name not in ew.REGISTRY
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_floor_ceiling_have_derivative_zero(backend):
+    fl = gc.elementwise("t_edge_floor", lambda x: sp.floor(x) + x)
+    ce = gc.elementwise("t_edge_ceiling", lambda x: sp.ceiling(2 * x))
+    assert fl.derivatives == (1,) and ce.derivatives == (0,)
+    x = gc.input("x", (3,), "float64")
+    X = np.array([-0.5, 0.3, 1.7])
+    vals = gc.compile([fl(x), ce(x), gc.grad(gc.sum(fl(x) * ce(x)), x)], backend=backend)(x=X)
+    np.testing.assert_array_equal(vals[0], np.floor(X) + X)
+    np.testing.assert_array_equal(vals[1], np.ceil(2 * X))
+    (t,) = torch_grads(lambda t: (torch.floor(t) + t) * torch.ceil(2 * t), X)
+    np.testing.assert_array_equal(vals[2], t)
+
+
+def test_max_of_x_and_log_x_works_end_to_end():
+    op = gc.elementwise("t_edge_max_log", lambda x: sp.Max(x, sp.log(x)))
+    x = gc.input("x", (3,), "float64")
+    X = np.array([0.3, 1.5, 2.2])
+    y, g = gc.compile([op(x), gc.grad(gc.sum(op(x)), x)], backend="numpy")(x=X)
+    np.testing.assert_array_equal(y, X)
+    np.testing.assert_array_equal(g, [1.0, 1.0, 1.0])
