@@ -511,6 +511,51 @@ def test_no_gradient_flows_through_comparisons(name):
     np.testing.assert_allclose(gb, eb.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL)
 
 
+# -- every op at the edge points of its domain: 0, the kinks, ties, outside the domain ----
+# The conventions there follow PyTorch (docs/autodiff.md); NaN and inf must agree too.
+
+EDGE_POINTS = (-1.0, -0.5, 0.0, 0.3, 1.0, 2.0)
+
+
+@pytest.mark.parametrize("name", sorted(EW_SPECS))
+def test_grad_at_edge_points_matches_torch(name):
+    op, spec = ew.REGISTRY[name], EW_SPECS[name]
+    points = [(False, True) if a.name in op.bool_args else EDGE_POINTS for a in op.args]
+    grid = [np.array(col, dtype=bool if isinstance(col[0], bool) else np.float64)
+            for col in zip(*itertools.product(*points))]
+    xs = [gc.input(f"x{i}", g.shape, g.dtype.name) for i, g in enumerate(grid)]
+    wrt = [i for i, g in enumerate(grid) if g.dtype == np.float64]
+    for params in spec.params:
+        loss = gc.sum(op(*xs, **params))
+        grads = gc.grad(loss, [xs[i] for i in wrt])
+        with np.errstate(invalid="ignore"):  # the loss sums inf and -inf
+            _, *got = gc.compile([loss, *grads], backend="numpy")(
+                **{f"x{i}": g for i, g in enumerate(grid)})
+        ts = [torch.tensor(g, requires_grad=g.dtype == np.float64) for g in grid]
+        want = torch.autograd.grad(spec.torch_fn(*ts, **params).sum(), [ts[i] for i in wrt])
+        for i, g, w in zip(wrt, got, want, strict=True):
+            np.testing.assert_allclose(g, w.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL,
+                                       err_msg=f"{name}{params} d/d{op.args[i]} at "
+                                               f"{[list(c) for c in grid]}")
+
+
+@pytest.mark.parametrize("name", BUILTIN_EW)
+def test_built_in_passes_the_declaration_check(name):
+    ew.REGISTRY[name].check()  # derivatives derived, every form printable
+
+
+@pytest.mark.parametrize("name", BUILTIN_EW)
+def test_derivative_on_the_output_is_proven(name):
+    """A derivative written on the output y is accepted only with a SymPy proof that it
+    equals the derivative in x on the whole real line (ReLU' = [y > 0], tanh' = 1 - y^2)."""
+    op = ew.REGISTRY[name]
+    for d, dx in zip(op.derivatives, op.derivatives_x, strict=True):
+        if op.out in d.free_symbols:
+            assert ew.proves_on_output(op.expr, dx, op.args[0], op.out, d), (name, d, dx)
+        else:
+            assert d == dx
+
+
 # ---------------------------------------------------------------------------------------
 # 2. ties and 3. kinks
 
