@@ -185,16 +185,15 @@ class ElementwiseDef:
                 f"elementwise {self.name!r}: SymPy cannot differentiate {self.expr} "
                 f"({type(err).__name__}: {err})")) from err
         defaults = tuple(self.params.items())
-        forms = [("the op", lambda: self)] + [
-            (f"its derivative in {a}", lambda k=k: self.local_def(k))
+        forms = [("the op", self.stable, lambda: self)] + [
+            (f"its derivative in {a}", d, lambda k=k: self.local_def(k))
             for k, (a, d) in enumerate(zip(self.args, derivatives))
             if not (d.is_number or d.is_Symbol)]
-        for what, form in forms:
+        for what, expr, form in forms:
             try:
                 form().numpy_function(defaults)
             except Exception as err:  # noqa: BLE001 -- SymPy's printers raise many kinds
-                bad = _unprintable(self.stable if what == "the op" else derivatives[0]) or \
-                    _unprintable(self.expr) or [str(err)]
+                bad = _unprintable(expr) or _unprintable(self.expr) or [str(err)]
                 raise ElementwiseError(located(
                     f"elementwise {self.name!r}: graphc cannot evaluate {', '.join(bad)} "
                     f"({what}: {type(err).__name__})")) from err
