@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import sympy as sp
@@ -115,8 +116,6 @@ class ElementwiseDef:
         self.bool_args = tuple(bool_args)
         self.differentiable = differentiable
         self.bool_ok = bool_ok  # bool operands allowed (where picks between bools)
-        self._derivatives_x: tuple | None = None
-        self._derivatives: tuple | None = None
         self._numpy_fns: dict = {}
         self._local_defs: dict = {}
 
@@ -141,16 +140,9 @@ class ElementwiseDef:
         return f"<elementwise {self.name}({args}) = {self.expr}>"
 
     # -- derivatives ----------------------------------------------------------------------
-    # Cached by hand, not with functools.cached_property: an ElementwiseError raised while
-    # deriving must locate the user's line, and a functools frame would count as user code.
-    @property
+    @cached_property
     def derivatives_x(self) -> tuple[sp.Expr, ...]:
         """d expr / d arg for each argument, in terms of the arguments only."""
-        if self._derivatives_x is None:
-            self._derivatives_x = self._derive()
-        return self._derivatives_x
-
-    def _derive(self) -> tuple[sp.Expr, ...]:
         return tuple(sp.S.Zero if (not self.differentiable or a.name in self.bool_args)
                      else _strong_zeros(_simplify(self._diff(a))) for a in self.args)
 
@@ -163,23 +155,22 @@ class ElementwiseDef:
                 f"(in {self.expr}), so graphc cannot differentiate it"))
         return d
 
-    @property
+    @cached_property
     def derivatives(self) -> tuple[sp.Expr, ...]:
         """The local derivatives, in terms of the output ``out`` where that is cheaper."""
-        if self._derivatives is None:
-            dx = self.derivatives_x
-            self._derivatives = dx if self.arity != 1 or self.params else \
-                (_in_terms_of_output(self.expr, dx[0], self.args[0], self.out),)
-        return self._derivatives
+        if self.arity != 1 or self.params:
+            return self.derivatives_x
+        return (_in_terms_of_output(self.expr, self.derivatives_x[0], self.args[0], self.out),)
 
     def check(self) -> None:
         """Derive the derivatives and print every form a backend evaluates (the op and each
         local derivative); an :class:`ElementwiseError` names a SymPy function that cannot
         be differentiated or printed, at declaration rather than at a later call."""
+        for a in self.args:  # here, not under cached_property, so errors locate the user
+            if self.differentiable and a.name not in self.bool_args:
+                self._diff(a)
         try:
             derivatives = self.derivatives
-        except ElementwiseError:
-            raise
         except Exception as err:  # noqa: BLE001 -- any SymPy failure is a bad definition
             raise ElementwiseError(located(
                 f"elementwise {self.name!r}: SymPy cannot differentiate {self.expr} "
