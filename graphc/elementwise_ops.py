@@ -194,9 +194,9 @@ class ElementwiseDef:
         (arguments, then the output ``out``).  Its evaluated form is the derivative of the
         stable form where the op has one and the plain derivative overflows (softplus' =
         e^x / (e^x + 1) is NaN at x = 1e4 in float32)."""
-        local = self._local_defs.get(k)
+        expr = self.derivatives[k]
+        local = self._local_defs.get((k, expr))  # keyed by the formula, which tests replace
         if local is None:
-            expr = self.derivatives[k]
             free = expr.free_symbols
             args = [a for a in self.args if a in free] + ([self.out] if self.out in free else [])
             stable = expr
@@ -209,7 +209,7 @@ class ElementwiseDef:
             local = ElementwiseDef(f"{self.name}_d{self.args[k].name}", args, self.params, expr,
                                    stable, bool_args=[a for a in self.bool_args
                                                       if sp.Symbol(a, real=True) in args])
-            self._local_defs[k] = local
+            self._local_defs[k, expr] = local
         return local
 
     def _finite_on_probe(self, expr) -> bool:
