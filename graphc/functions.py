@@ -289,7 +289,7 @@ def huber(pred, target, delta=1.0) -> Tensor:
     return mean(_huber_elementwise(pred - target, delta=delta))
 
 
-_huber_elementwise = ew.elementwise(
+_huber_elementwise = ew._predefined(
     "huber_elementwise", lambda d, delta=1.0: sp.Piecewise(
         (d**2 / 2, sp.Abs(d) <= delta), (delta * (sp.Abs(d) - delta / 2), True)))
 
