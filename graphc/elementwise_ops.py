@@ -187,7 +187,8 @@ class ElementwiseDef:
                 bad = _unprintable(expr) or _unprintable(self.expr) or [str(err)]
                 raise ElementwiseError(located(
                     f"elementwise {self.name!r}: graphc cannot evaluate {', '.join(bad)} "
-                    f"({what}: {type(err).__name__})")) from err
+                    f"in {what}: SymPy's NumPy printer has no form for it "
+                    f"({type(err).__name__})")) from err
 
     def local_def(self, k: int) -> ElementwiseDef:
         """The derivative w.r.t. argument ``k`` as an elementwise op of the symbols it uses
