@@ -1,0 +1,221 @@
+"""How an elementwise op's derivatives are derived from its SymPy expression.
+
+- :func:`diff`: ``sympy.diff`` with PyTorch's conventions where a derivative has no value
+  (DiracDelta terms dropped, floor and ceiling 0);
+- :func:`simplify`: ``sympy.simplify``, bounded in the size of what it is given;
+- :func:`strong_zeros`: a product that is exactly 0 stays 0 at the singular points of its
+  other factors (d/da a**b = 0 where b = 0, as ``torch.pow``);
+- :func:`in_terms_of_output`: the derivative written on the op's output y (sigmoid' =
+  y(1 - y), ReLU' = [y > 0]), accepted only when SymPy proves it (:func:`proves_on_output`).
+
+>>> import sympy as sp
+>>> a, b = sp.symbols("a b", real=True)
+>>> strong_zeros(b * a**(b - 1))
+Piecewise((0, Eq(b, 0)), (a**(b - 1)*b, True))
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sympy as sp
+
+
+def diff(expr: sp.Expr, x: sp.Symbol) -> sp.Expr:
+    """d expr / dx with the conventions of PyTorch at points where the derivative has no
+    value: DiracDelta terms are dropped (sign and Heaviside are differentiated away from
+    their jump, where their derivative is 0) and floor and ceiling have derivative 0."""
+    d = sp.diff(expr, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    d = d.replace(lambda e: isinstance(e, sp.Subs) and _is_step_derivative(e.expr), _zero)
+    return d.replace(_is_step_derivative, _zero)
+
+
+def _zero(*args):
+    return sp.S.Zero
+
+
+def _is_step_derivative(e) -> bool:
+    return isinstance(e, sp.Derivative) and isinstance(e.expr, (sp.floor, sp.ceiling))
+
+
+def _singular_factor(f) -> bool:
+    """A factor that is infinite or NaN somewhere finite: a power with a variable base and
+    a non-integer exponent (b * a**(b - 1) at a = 0), or a logarithm."""
+    if isinstance(f, sp.log):
+        return True
+    return isinstance(f, sp.Pow) and bool(f.base.free_symbols) and not f.exp.is_integer
+
+
+def strong_zeros(d: sp.Expr) -> sp.Expr:
+    """Each product with a singular factor becomes ``Piecewise((0, zero), (product, True))``
+    where ``zero`` is where another factor is exactly 0: a polynomial factor equal to 0, or
+    u**e with e >= 0 next to log(u) at u = 0 (x log x -> 0).  Where the other factors are
+    finite this is the product itself; at the singular points it is PyTorch's value for
+    pow (0, not 0 * inf = NaN), and SymPy differentiates it again (grad of grad).  Common
+    factors of a sum are pulled out first (b**2 a**(b-2) - b a**(b-2) is 0 at b = 1)."""
+    if not any(_singular_factor(f) for f in d.atoms(sp.Pow, sp.log)):
+        return d
+    if isinstance(d, sp.Add):
+        common = sp.factor_terms(d)
+        if isinstance(common, sp.Mul):
+            return _guard_product(common)
+        return sp.Add(*[strong_zeros(t) for t in d.args])
+    if isinstance(d, sp.Mul):
+        return _guard_product(d)
+    return d.func(*[strong_zeros(a) for a in d.args]) if d.args else d
+
+
+def _guard_product(m: sp.Mul) -> sp.Expr:
+    singular = any(_singular_factor(f) for f in m.args)
+    if any(isinstance(f, sp.Add) and any(
+            _singular_factor(g) for g in f.atoms(sp.Pow, sp.log)) for f in m.args):
+        terms = sp.expand_mul(m)  # a**(b-1)*(b*log(a) + 1): guard each term
+        if isinstance(terms, sp.Add):
+            return sp.Add(*[_guard_product(t) if isinstance(t, sp.Mul) else strong_zeros(t)
+                            for t in terms.args])
+    m = m.func(*[strong_zeros(f) for f in m.args])
+    if not singular or not isinstance(m, sp.Mul):
+        return m
+    logs = {f.args[0] for f in m.args if isinstance(f, sp.log)}
+    zeros = [sp.Eq(f, 0) for f in m.args
+             if f.free_symbols and not f.is_number and f.is_polynomial()]
+    zeros += [sp.And(sp.Eq(f.base, 0), f.exp >= 0) for f in m.args
+              if isinstance(f, sp.Pow) and f.base in logs]
+    zero = sp.Or(*zeros)
+    return m if zero is sp.false else sp.Piecewise((0, zero), (m, True))
+
+
+_CHEAP_OPS = {"ADD": 1, "SUB": 1, "MUL": 1, "NEG": 1, "DIV": 2, "POW": 2}
+
+
+def cost(expr: sp.Expr) -> int:
+    """Rough evaluation cost: arithmetic 1-2, any function (exp, cosh, erf ...) 10."""
+    ops = sp.count_ops(expr, visual=True)
+    weights = {s: _CHEAP_OPS.get(s.name, 10) for s in ops.free_symbols}
+    return int(ops.subs(weights))
+
+
+# sp.simplify has no bound on its work (the derivative of tanh nested 6 deep: minutes), so
+# larger expressions are kept as sp.diff gives them.  Every built-in is under these bounds
+# (gelu_tanh': 38 operations, 1 function); at the bounds simplify takes about 2 s.
+SIMPLIFY_MAX_OPS = 40
+SIMPLIFY_MAX_FUNCTIONS = 4
+
+
+def simplifiable(expr: sp.Expr) -> bool:
+    """Whether ``expr`` is small enough for ``sp.simplify``: at most SIMPLIFY_MAX_OPS
+    operations and SIMPLIFY_MAX_FUNCTIONS distinct function applications."""
+    return sp.count_ops(expr) <= SIMPLIFY_MAX_OPS and \
+        len(expr.atoms(sp.Function)) <= SIMPLIFY_MAX_FUNCTIONS
+
+
+def simplify(expr: sp.Expr) -> sp.Expr:
+    if not simplifiable(expr):
+        return expr
+    simpler = sp.simplify(expr)
+    return simpler if cost(simpler) <= cost(expr) else expr
+
+
+_SAMPLES = (-2.3, -1.7, -1.1, -0.6, -0.25, 0.3, 0.7, 1.2, 1.9, 2.6, 3.4)
+
+
+def in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp.Expr:
+    """d(x) rewritten as P(y) with y = f(x), when that is cheaper and SymPy proves
+    d(x) = P(f(x)) on the whole real line (:func:`proves_on_output`); else d(x).  P is
+    found by least squares over span{1, y, y^2, 1/y} (sigmoid' = y(1 - y)), or, for a
+    piecewise-constant derivative, by reading its conditions on y (ReLU' = [y > 0])."""
+    if d.free_symbols != {x} or not simplifiable(d):
+        return d
+    if isinstance(d, sp.Piecewise):
+        candidate = d.xreplace({x: y})
+    else:
+        candidate = _fit_on_output(f, d, x, y)
+        if candidate is None or cost(candidate) >= cost(d) or \
+                _refuted(f, d, x, y, candidate):
+            return d
+    return candidate if proves_on_output(f, d, x, y, candidate) else d
+
+
+def _refuted(f, d, x, y, candidate) -> bool:
+    """Whether d(x) != candidate(f(x)) at a sample point (a cheap way to reject a fit;
+    only a proof accepts one)."""
+    for v in map(sp.Rational, ("-1.37", "-0.41", "0.53", "1.61", "2.83")):
+        try:
+            gap = complex((d.subs(x, v) - candidate.subs(y, f.subs(x, v))).evalf(30))
+        except (TypeError, ValueError, ArithmeticError):
+            continue
+        if not abs(gap) <= 1e-25:  # NaN counts as a gap too
+            return True
+    return False
+
+
+def _fit_on_output(f, d, x, y):
+    basis = (sp.S.One, y, y**2, 1 / y)
+    rows, rhs = [], []
+    for v in _SAMPLES:
+        try:
+            fv, dv = complex(f.subs(x, v).evalf()), complex(d.subs(x, v).evalf())
+        except (TypeError, ValueError, ArithmeticError):  # outside the domain of f or d
+            continue
+        if fv.imag or dv.imag or not (math.isfinite(fv.real) and math.isfinite(dv.real)) \
+                or fv.real == 0:
+            continue
+        rows.append([1.0, fv.real, fv.real ** 2, 1.0 / fv.real])
+        rhs.append(dv.real)
+    if len(rows) < 6:
+        return None
+    coef = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
+    candidate = sum(sp.nsimplify(round(c, 9), rational=True) * b for c, b in zip(coef, basis))
+    try:  # Horner form: y*(1 - y) rather than -y**2 + y
+        return min((candidate, sp.horner(candidate)), key=cost)
+    except sp.PolynomialError:
+        return candidate
+
+
+def proves_on_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol,
+                     candidate: sp.Expr) -> bool:
+    """Whether SymPy proves d(x) = candidate(f(x)) for every real x: by simplifying the
+    difference to 0, or, for piecewise-constant forms, by showing that each value is taken
+    on the same set of x (``as_set``).  Never by sampling; too large to simplify or too
+    hard to decide counts as not proven."""
+    try:
+        if isinstance(d, sp.Piecewise) or isinstance(candidate, sp.Piecewise):
+            return _same_piecewise_constant(d, _compose(candidate, y, f), x)
+        difference = d - candidate.subs(y, f)
+        if not simplifiable(difference):
+            return False
+        # exact algebra first: as a rational function of exponentials, then sp.simplify
+        return sp.cancel(sp.expand(difference.rewrite(sp.exp))) == 0 or \
+            sp.simplify(difference) == 0
+    except (TypeError, ValueError, NotImplementedError, ArithmeticError):
+        return False
+
+
+def _compose(outer: sp.Expr, y: sp.Symbol, f: sp.Expr) -> sp.Expr:
+    """outer(f) with a piecewise f folded into one Piecewise of x."""
+    if isinstance(f, sp.Piecewise):
+        return sp.piecewise_fold(sp.Piecewise(*[(outer.subs(y, v), c) for v, c in f.args]))
+    return sp.piecewise_fold(outer.subs(y, f))
+
+
+def _same_piecewise_constant(a: sp.Expr, b: sp.Expr, x: sp.Symbol) -> bool:
+    ra, rb = _level_sets(a, x), _level_sets(b, x)
+    if ra is None or rb is None:
+        return False
+    return all(ra.get(v, sp.S.EmptySet).symmetric_difference(rb.get(v, sp.S.EmptySet))
+               is sp.S.EmptySet for v in set(ra) | set(rb))
+
+
+def _level_sets(pw: sp.Expr, x: sp.Symbol):
+    """{value: the set of real x where ``pw`` takes it}, or None unless ``pw`` is a
+    piecewise constant of x with conditions SymPy turns into sets."""
+    pieces = pw.args if isinstance(pw, sp.Piecewise) else ((pw, sp.true),)
+    out, rest = {}, sp.S.Reals
+    for value, cond in pieces:
+        if value.free_symbols or cond.free_symbols - {x}:
+            return None
+        here = rest if cond is sp.true else rest.intersect(cond.as_set())
+        out[value] = out.get(value, sp.S.EmptySet).union(here)
+        rest = rest - here
+    return out if rest is sp.S.EmptySet else None
