@@ -71,9 +71,12 @@ class Diagram:
             raise RenderError(f"cannot render to {path!r}: use one of {', '.join(FORMATS)}")
         data = self.source.encode() if suffix == ".dot" else self.pipe(suffix[1:])
         tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as err:  # name the user's path, not the temporary file's
+            raise RenderError(f"cannot write {path}: {err.strerror}") from None
         self.path = path
         return path
 
