@@ -55,7 +55,7 @@ def test_console_script_help_lists_demo():
     assert "demo" in result.stdout and "--debug" in result.stdout and "--version" in result.stdout
 
 
-def test_user_error_is_one_line(monkeypatch, capsys):
+def test_user_error_is_one_line(monkeypatch, capsys):  # raised in the test file: its line
     def broken(args):
         import graphc as gc
         gc.input("a", (2, 3)) @ gc.input("b", (4, 5))
