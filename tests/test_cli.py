@@ -43,16 +43,20 @@ def test_demo_writes_the_promised_report(tmp_path):
     assert "upstream" in backward and "local" in backward and "downstream" in backward
 
 
-def test_demo_rejects_an_unknown_model():
-    result = graphc("demo", "--model", "gpt")
-    assert result.returncode == 2 and "invalid choice" in result.stderr
-    assert result.stderr.strip().count("\n") == 0
+def test_demo_rejects_an_unknown_model(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["demo", "--model", "gpt"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "invalid choice: 'gpt'" in err and err.count("\n") == 1
 
 
-def test_console_script_help_lists_demo():
-    result = graphc("--help")
-    assert result.returncode == 0
-    assert "demo" in result.stdout and "--debug" in result.stdout and "--version" in result.stdout
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "--debug" in out and "--version" in out
+    for command in ("demo", "check", "render", "compile", "bench"):
+        assert f"    {command} " in out
 
 
 def test_user_error_is_one_line(monkeypatch, capsys):  # raised in the test file: its line
@@ -93,14 +97,13 @@ def test_error_in_model_file_is_one_line_with_its_file_and_line(kind, tmp_path, 
     assert message in err and err.endswith("(--debug shows the traceback)")
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback(tmp_path, capsys):
     model = tmp_path / "m.py"
     model.write_text(MODELS["runtime"][0])
-    result = graphc("check", model, "--debug")
-    assert result.returncode == 1
-    assert result.stderr.startswith("Traceback (most recent call last):")
-    assert result.stderr.strip().endswith("RuntimeError: no data here")
-    assert graphc("--debug", "check", model).stderr == result.stderr
+    for argv in (["check", str(model), "--debug"], ["--debug", "check", str(model)]):
+        with pytest.raises(RuntimeError, match="no data here"):  # Python prints it
+            cli.main(argv)
+    assert capsys.readouterr().err == ""
 
 
 def test_graphc_error_raised_later_names_the_users_line(tmp_path, capsys):
@@ -174,14 +177,15 @@ KINK = ("import numpy as np\nimport graphc as gc\n\n\ndef build():\n"
         "    return gc.sum(gc.relu(z)), z, {'z': np.array([1.0, 0.0, -1.0])}\n")
 
 
-def test_render_check_exits_like_check_when_the_check_fails(tmp_path):
+def test_render_check_exits_like_check_when_the_check_fails(tmp_path, capsys):
     model = tmp_path / "kink.py"
     model.write_text(KINK)
-    checked = graphc("check", model)
-    rendered = graphc("render", model, "--check", "-o", tmp_path / "kink.dot")
-    assert checked.returncode == rendered.returncode == 1, rendered.stderr
-    assert "check_grad: FAILED" in rendered.stdout
-    assert f"wrote {tmp_path / 'kink.dot'}" in rendered.stdout  # the picture still shows why
+    assert cli.main(["check", str(model)]) == 1
+    out = tmp_path / "kink.dot"
+    assert cli.main(["render", str(model), "--check", "-o", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "check_grad: FAILED" in printed
+    assert f"wrote {out}" in printed and out.stat().st_size > 0  # the picture shows why
 
 
 def test_render_into_a_missing_folder_names_the_users_path(tmp_path, capsys):
@@ -198,7 +202,11 @@ def test_render_into_a_missing_folder_names_the_users_path(tmp_path, capsys):
 def test_python_m_graphc_and_version():
     result = graphc("--version")
     assert result.returncode == 0 and result.stdout == f"graphc {gc.__version__}\n"
-    assert graphc().returncode == 2  # no command: the help, exit 2
+
+
+def test_no_command_prints_the_help(capsys):
+    assert cli.main([]) == 2
+    assert capsys.readouterr().out.startswith("usage: graphc [-h] [--version] [--debug]")
 
 
 def test_version_is_the_installed_distributions():
