@@ -266,9 +266,12 @@ def parser() -> argparse.ArgumentParser:
 
 # -- errors --------------------------------------------------------------------------------
 def _graphc_dirs() -> tuple[str, ...]:
+    """graphc's code: the package, passes/ and viz/, and the source tree's benchmarks/."""
     from . import passes, viz
-    return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-                 for m in (sys.modules[__package__], passes, viz))
+    dirs = [os.path.dirname(os.path.abspath(m.__file__))
+            for m in (sys.modules[__package__], passes, viz)]
+    return tuple(d + os.sep for d in [*dirs, os.path.join(os.path.dirname(dirs[0]),
+                                                          "benchmarks")])
 
 
 def _library_dirs() -> tuple[str, ...]:
