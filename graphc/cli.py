@@ -62,7 +62,7 @@ def _demo(args) -> int:
         return 1
     if result["accuracy"] < BARS[args.model]:
         print(f"graphc demo: the {args.model} reached test accuracy {result['accuracy']:.4f} "
-              f"after {epochs} epochs, below its bar of {BARS[args.model]}"
+              f"after {epochs} epoch{'s' * (epochs != 1)}, below its bar of {BARS[args.model]}"
               + (f"; train longer (default --epochs {EPOCHS[args.model]})"
                  if epochs < EPOCHS[args.model] else ""), file=sys.stderr)
         return 1
