@@ -1,5 +1,6 @@
 """A model file for ``graphc check``: a 2-layer MLP with softmax cross-entropy and an L2
-penalty, J = L + s (seed 002's picture).
+penalty, J = L + s, as in D2L's backpropagation chapter (docs/gallery/mlp_l2.svg draws
+its ReLU and squared-error version).
 
     graphc check examples/mlp_check.py
 

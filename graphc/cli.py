@@ -1,24 +1,70 @@
-"""The ``graphc`` command line.  User errors print one line and exit 1 (``--debug``: the
-traceback)."""
+"""The ``graphc`` command line.
+
+Exit status: 0 success; 1 a failed check or an error in the user's model or input (one line
+naming the user's ``file:line``); 2 a usage error (one line); 3 an error inside graphc (one
+line saying so and how to report it).  ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
+import traceback
 
+from . import __version__
 from .compiler import BackendError, FeedError
 from .ir import GraphError
 from .viz import RenderError
 
+# Exceptions graphc raises on purpose, with a message written for the user.
+USER_ERRORS = (GraphError, FeedError, BackendError, RenderError, OSError)
+INTERNAL = 3
 
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line, with where to read more (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, low, strict):
+    """An argparse type: ``kind`` (int or float) > ``low`` (``strict``) or >= ``low``."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            wanted = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, "
+                                             f"got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT, NONNEGATIVE_INT = _number(int, 1, False), _number(int, 0, False)
+POSITIVE, NONNEGATIVE = _number(float, 0, True), _number(float, 0, False)
+
+
+# -- commands --------------------------------------------------------------------------------
 def _demo(args) -> int:
-    from .demo import BARS, run
+    from .demo import BARS, EPOCHS, run
     result = run(args.out, args.model, args.epochs)
-    if result["accuracy"] < BARS[args.model] or not result["report_ok"]:
-        print(f"graphc demo: the {args.model} missed its bar (test accuracy "
-              f"{result['accuracy']:.4f} < {BARS[args.model]}) or its gradient check failed",
-              file=sys.stderr)
+    epochs = args.epochs or EPOCHS[args.model]
+    if not result["report_ok"]:
+        print(f"graphc demo: the {args.model}'s gradient check failed (the table above names "
+              f"the tensor); this is a bug in graphc, please report it", file=sys.stderr)
+        return 1
+    if result["accuracy"] < BARS[args.model]:
+        print(f"graphc demo: the {args.model} reached test accuracy {result['accuracy']:.4f} "
+              f"after {epochs} epoch{'s' * (epochs != 1)}, below its bar of {BARS[args.model]}"
+              + (f"; train longer (default --epochs {EPOCHS[args.model]})"
+                 if epochs < EPOCHS[args.model] else ""), file=sys.stderr)
         return 1
     return 0
 
@@ -64,7 +110,7 @@ def _render(args) -> int:
     render(loss, out, backward=view, values=None if args.no_values else feeds, check=report,
            wrt=wrt, collapse=args.collapse)
     print(f"wrote {out}")
-    return 0
+    return 1 if report is not None and not report.ok else 0  # as `graphc check`
 
 
 def _compile(args) -> int:
@@ -100,86 +146,177 @@ def _bench(args) -> int:
     return run.main(argv)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="graphc",
-        description="graphc: a symbolic computation-graph compiler and visualizer for "
-                    "neural networks.")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser(
+# -- the parser: one function per subcommand ---------------------------------------------------
+def _add_demo(sub):
+    p = sub.add_parser(
         "demo", help="the main job: compile, check, train, draw and report a model",
         description="Build a model for the bundled handwritten digits, compile its training "
                     "step, check its gradients against finite differences, train it with a "
                     "progress bar, render its forward and backward graphs with values and "
                     "write DIR/index.html, a self-contained report.")
-    demo.add_argument("--out", default="graphc-demo", metavar="DIR",
-                      help="where to write the report (default: ./graphc-demo)")
-    demo.add_argument("--model", choices=("mlp", "cnn", "lstm"), default="mlp",
-                      help="the model to train (default: mlp)")
-    demo.add_argument("--epochs", type=int, help="training epochs (default: per model)")
-    demo.set_defaults(func=_demo)
-    check = sub.add_parser(
+    p.add_argument("--out", default="graphc-demo", metavar="DIR",
+                   help="where to write the report (default: ./graphc-demo)")
+    p.add_argument("--model", choices=("mlp", "cnn", "lstm"), default="mlp",
+                   help="the model to train (default: mlp)")
+    p.add_argument("--epochs", type=POSITIVE_INT,
+                   help="training epochs, >= 1 (default: 30 for mlp and lstm, 15 for cnn)")
+    p.set_defaults(func=_demo)
+
+
+def _model_file(p):
+    p.add_argument("file", metavar="FILE.py")
+
+
+def _add_check(sub):
+    p = sub.add_parser(
         "check", help="check a model's gradients against finite differences",
         description="Load FILE.py, call its build() -> (loss, wrt, feeds), compare "
                     "gc.grad(loss, wrt) with central finite differences in float64, print "
                     "the report and exit 1 if any gradient is wrong. Example: "
                     "examples/mlp_check.py.")
-    check.add_argument("file", metavar="FILE.py")
-    check.add_argument("--eps", type=float, default=1e-6, help="finite-difference step")
-    check.add_argument("--rtol", type=float, default=1e-5)
-    check.add_argument("--atol", type=float, default=1e-8)
-    check.add_argument("--full", action="store_true",
-                       help="check every element (default: at most 64 per tensor)")
-    check.add_argument("--seed", type=int, default=0, help="seed for sampled elements")
-    check.set_defaults(func=_check)
-    render = sub.add_parser(
+    _model_file(p)
+    p.add_argument("--eps", type=POSITIVE, default=1e-6,
+                   help="finite-difference step, > 0 (default 1e-6)")
+    p.add_argument("--rtol", type=NONNEGATIVE, default=1e-5,
+                   help="relative tolerance, >= 0 (default 1e-5)")
+    p.add_argument("--atol", type=NONNEGATIVE, default=1e-8,
+                   help="absolute tolerance, >= 0 (default 1e-8)")
+    p.add_argument("--full", action="store_true",
+                   help="check every element (default: at most 64 per tensor)")
+    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0,
+                   help="seed for sampled elements, >= 0")
+    p.set_defaults(func=_check)
+
+
+def _add_render(sub):
+    p = sub.add_parser(
         "render", help="draw a model's forward and backward graphs with Graphviz",
         description="Load FILE.py (build() -> (loss, wrt, feeds), as for `check`) and draw "
                     "its graph: every backward edge labelled with its upstream, local and "
                     "downstream gradient, with numbers from the feeds. Needs Graphviz's dot.")
-    render.add_argument("file", metavar="FILE.py")
-    render.add_argument("-o", "--output", help="output path: .svg .png .pdf .dot "
-                                               "(default: FILE.svg in the current folder)")
-    render.add_argument("--view", choices=("combined", "backward", "ir"), default="combined",
-                        help="combined (default): forward graph with labelled backward edges; "
-                             "backward: gradients only; ir: the backward graph's IR nodes")
-    render.add_argument("--forward-only", action="store_true", help="no backward graph")
-    render.add_argument("--no-values", action="store_true", help="formulas only, no numbers")
-    render.add_argument("--check", action="store_true",
-                        help="run check_grad and colour what fails")
-    render.add_argument("--collapse", action="store_true",
-                        help="draw each gc.scope (layer) as one node")
-    render.set_defaults(func=_render)
-    comp = sub.add_parser(
+    _model_file(p)
+    p.add_argument("-o", "--output", help="output path: .svg .png .pdf .dot "
+                                          "(default: FILE.svg in the current folder)")
+    p.add_argument("--view", choices=("combined", "backward", "ir"), default="combined",
+                   help="combined (default): forward graph with labelled backward edges; "
+                        "backward: gradients only; ir: the backward graph's IR nodes")
+    p.add_argument("--forward-only", action="store_true", help="no backward graph")
+    p.add_argument("--no-values", action="store_true", help="formulas only, no numbers")
+    p.add_argument("--check", action="store_true",
+                   help="run check_grad, colour what fails and exit 1 if it fails")
+    p.add_argument("--collapse", action="store_true",
+                   help="draw each gc.scope (layer) as one node")
+    p.set_defaults(func=_render)
+
+
+def _add_compile(sub):
+    p = sub.add_parser(
         "compile", help="print the generated code and f.stats of a model file",
         description="Load FILE.py (build() -> (loss, wrt, feeds), as for `check`), compile "
                     "the loss and its gradients and print the generated source and what "
                     "each pass did (f.stats).")
-    comp.add_argument("file", metavar="FILE.py")
-    comp.add_argument("--backend", choices=("numpy", "numba", "cuda"), default="numba")
-    comp.add_argument("--no-grad", dest="grad", action="store_false",
-                      help="compile the forward loss only")
-    comp.set_defaults(func=_compile)
-    bench = sub.add_parser(
+    _model_file(p)
+    p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default="numba")
+    p.add_argument("--no-grad", dest="grad", action="store_false",
+                   help="compile the forward loss only")
+    p.set_defaults(func=_compile)
+
+
+def _add_bench(sub):
+    p = sub.add_parser(
         "bench", help="time training steps against PyTorch eager and JAX jit",
         description="Time one training step (loss and gradients, float32) of workloads W1-W5 "
                     "in graphc, PyTorch eager and JAX jit (the `bench` extra), each framework "
                     "in its own process; print median ms/step, the ratio to PyTorch eager next "
                     "to its target, and compile seconds. Runs benchmarks/run.py of the "
                     "source tree.")
-    bench.add_argument("--workload", action="append", metavar="W",
-                       help="W1, W2, W3, W4, W5 or a comma-separated list (repeatable; default: "
-                            "all)")
-    bench.add_argument("--threads", type=int, help="threads for every framework (default 2)")
-    bench.add_argument("--seconds", type=float,
-                       help="minimum timed seconds per framework and workload (default 5)")
-    bench.add_argument("--backend", choices=("numpy", "numba", "cuda"),
-                       help="graphc backend (default: gc.compile's default)")
-    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    bench.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # tests: fewer than 50
-    bench.set_defaults(func=_bench)
+    p.add_argument("--workload", action="append", metavar="W",
+                   help="W1, W2, W3, W4, W5 or a comma-separated list (repeatable; default: "
+                        "all)")
+    p.add_argument("--threads", type=POSITIVE_INT,
+                   help="threads for every framework, >= 1 (default 2)")
+    p.add_argument("--seconds", type=NONNEGATIVE,
+                   help="minimum timed seconds per framework and workload (default 5)")
+    p.add_argument("--backend", choices=("numpy", "numba", "cuda"),
+                   help="graphc backend (default: gc.compile's default)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--steps", type=POSITIVE_INT, help=argparse.SUPPRESS)  # tests: fewer than 50
+    p.set_defaults(func=_bench)
+
+
+SUBCOMMANDS = (_add_demo, _add_check, _add_render, _add_compile, _add_bench)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="graphc",
+               description="graphc: a symbolic computation-graph compiler and visualizer for "
+                           "neural networks.",
+               epilog="Exit status: 0 ok; 1 a failed check, or an error in your model or "
+                      "input; 2 a usage error; 3 an error inside graphc (please report it).")
+    p.add_argument("--version", action="version", version=f"graphc {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    for command in sub.choices.values():  # `graphc check FILE --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show full tracebacks on errors")
     return p
+
+
+# -- errors --------------------------------------------------------------------------------
+def _graphc_dirs() -> tuple[str, ...]:
+    """graphc's code: the package, passes/ and viz/, and the source tree's benchmarks/."""
+    from . import passes, viz
+    dirs = [os.path.dirname(os.path.abspath(m.__file__))
+            for m in (sys.modules[__package__], passes, viz)]
+    return tuple(d + os.sep for d in [*dirs, os.path.join(os.path.dirname(dirs[0]),
+                                                          "benchmarks")])
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import site
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
+    return tuple(os.path.abspath(p) + os.sep for p in prefixes)
+
+
+def _user_location(err: BaseException) -> tuple[str | None, bool]:
+    """(the user's innermost ``file:line`` in the traceback, whether the exception was raised
+    in graphc's own code).  Files outside graphc and outside Python's and the installed
+    packages' folders are the user's."""
+    if isinstance(err, SyntaxError) and err.filename:
+        return f"{err.filename}:{err.lineno}", False
+    graphc_dirs, library = _graphc_dirs(), _library_dirs()
+    where, raised_in_graphc = None, False
+    for frame in traceback.extract_tb(err.__traceback__):
+        path = os.path.abspath(frame.filename)
+        if path.startswith(graphc_dirs):
+            raised_in_graphc = True
+        elif not (frame.filename.startswith("<") or path.startswith(library)):
+            where, raised_in_graphc = f"{frame.filename}:{frame.lineno}", False
+    if where is None:  # graphc's IR records where the user built the node
+        found = re.search(r"^\s*at (\S+:\d+)", str(err), re.M)
+        where = found.group(1) if found else None
+    return where, raised_in_graphc
+
+
+def report_error(err: BaseException, command: str) -> int:
+    """Print ``err`` as one line; return the exit status (1: the user's, 3: graphc's)."""
+    where, in_graphc = _user_location(err)
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, SyntaxError):
+        message = err.msg
+    ours = isinstance(err, USER_ERRORS) or (in_graphc and isinstance(err, (ValueError,
+                                                                         TypeError)))
+    if in_graphc and not ours:
+        print(f"graphc {command}: internal error: {type(err).__name__}: {message} -- this is "
+              f"a bug in graphc, not in your model; please report it with the output of "
+              f"`graphc --debug {command} ...`", file=sys.stderr)
+        return INTERNAL
+    text = message if ours else f"{type(err).__name__}: {message}".rstrip(": ")
+    print(f"graphc {command}: error: {where + ': ' if where else ''}{text} "
+          f"(--debug shows the traceback)", file=sys.stderr)
+    return 1
 
 
 def main(argv=None) -> int:
@@ -193,13 +330,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `graphc compile x.py | head`: the reader left; not an error
         sys.stderr.close()
         return 0
-    except (GraphError, FeedError, BackendError, RenderError, OSError, ValueError,
-            TypeError) as err:
+    except Exception as err:
         if args.debug:
             raise
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"graphc {args.command}: error: {first}", file=sys.stderr)
-        return 1
+        return report_error(err, args.command)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ def _argmax(logits):
 def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = None,
         out=print) -> dict:
     """Run the demo; print with ``out``; return its figures (accuracy, timings, files)."""
+    epochs = EPOCHS[kind] if epochs is None else epochs
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     images, labels = datasets.load_digits()
@@ -115,7 +118,7 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     test_loss, test_logits, _, ye = _graphs(model, kind, eval_n)
     ev = train.make_eval_step({"loss": test_loss, "accuracy": _accuracy(test_logits, ye)})
     t0 = time.perf_counter()
-    history = train.fit(step, {"x": x_train, "y": y_train}, epochs=epochs or EPOCHS[kind],
+    history = train.fit(step, {"x": x_train, "y": y_train}, epochs=epochs,
                         val_data={"x": x_test, "y": y_test}, eval_step=ev)
     train_s = time.perf_counter() - t0
     accuracy = history["val_accuracy"][-1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import cached_property
 
-import networkx as nx
 import numpy as np
 
 from .inputs import Constant, Input
@@ -42,17 +41,7 @@ class Graph:
     @cached_property
     def nodes(self) -> tuple[Tensor, ...]:
         """Every node, in a deterministic topological order (inputs before users)."""
-        dfs = iter_nodes(self.outputs)
-        position = {id(t): i for i, t in enumerate(dfs)}
-        g = self._digraph(dfs)
-        return tuple(nx.lexicographical_topological_sort(g, key=lambda t: position[id(t)]))
-
-    @staticmethod
-    def _digraph(nodes) -> nx.DiGraph:
-        g = nx.DiGraph()
-        g.add_nodes_from(nodes)
-        g.add_edges_from((i, t) for t in nodes for i in t.inputs)
-        return g
+        return tuple(iter_nodes(self.outputs))  # a DFS post-order is a topological order
 
     @cached_property
     def inputs(self) -> tuple[Tensor, ...]:
@@ -72,12 +61,18 @@ class Graph:
     def __repr__(self) -> str:
         return f"<Graph: {len(self.nodes)} nodes, {len(self.outputs)} output(s)>"
 
-    def to_networkx(self) -> nx.MultiDiGraph:
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter: the text form, and the diagram above it."""
+        return rich_display(self, repr(self))
+
+    def to_networkx(self):
         """The graph as a ``networkx.MultiDiGraph`` keyed by printer names.
 
         Node attributes: ``op``, ``shape``, ``dtype``, ``kind`` (input, param, constant,
         op) and ``tensor``; edge attributes: ``index`` (the operand position).
         """
+        import networkx as nx  # only here: it costs 0.2-0.3 s to import
+
         names = node_names(self)
         g = nx.MultiDiGraph(outputs=[names[id(t)] for t in self.outputs])
         for t in self.nodes:
@@ -86,6 +81,29 @@ class Graph:
             for k, i in enumerate(t.inputs):
                 g.add_edge(names[id(i)], names[id(t)], index=k)
         return g
+
+
+MAX_DRAWN = 400  # nodes; a bigger graph shows its text form only (dot would take long)
+
+
+def rich_display(graph: Graph, title: str) -> dict[str, str]:
+    """Jupyter's mime bundle for a graph: ``text/plain`` is its text form; ``text/html``
+    the diagram (scaled to the notebook's width) and the text form below it."""
+    import html
+
+    text = format_graph(graph)
+    page = (f"<details><summary><code>{html.escape(title)}</code>: text form</summary>"
+            f"<pre>{html.escape(text)}</pre></details>")
+    if len(graph) > MAX_DRAWN:
+        note = f"{len(graph)} nodes: too many to draw here; gc.render(outputs, path) draws them"
+        return {"text/plain": text, "text/html": f"<p>{note}</p>{page}"}
+    from .viz.render import RenderError, html_svg, render
+    try:
+        picture = html_svg(render(graph.outputs).svg())
+    except RenderError as err:  # no Graphviz: the text form alone
+        picture = f"<p>{html.escape(str(err))}</p>"
+    return {"text/plain": text,
+            "text/html": f'<div style="max-width:100%;overflow-x:auto">{picture}</div>{page}'}
 
 
 def node_kind(t: Tensor) -> str:
@@ -169,9 +187,11 @@ def check_graph(graph) -> Graph:
     graph = graph if isinstance(graph, Graph) else Graph(graph)
     problems = []
     dfs = iter_nodes(graph.outputs)
-    g = Graph._digraph(dfs)
-    if not nx.is_directed_acyclic_graph(g):
-        problems.append(f"cycle: {nx.find_cycle(g)}")
+    position = {id(t): k for k, t in enumerate(dfs)}
+    for t in dfs:  # immutable nodes cannot form a cycle; a node built by hand could
+        late = [i.name for i in t.inputs if position[id(i)] >= position[id(t)]]
+        if late:
+            problems.append(f"cycle: {t.name} is an input of its own input(s) {late}")
     seen: dict[str, Tensor] = {}
     for t in dfs:
         if isinstance(t.op, Input):
@@ -192,6 +212,6 @@ def check_graph(graph) -> Graph:
     return graph
 
 
-def to_networkx(outputs) -> nx.MultiDiGraph:
+def to_networkx(outputs):
     """``Graph(outputs).to_networkx()``."""
     return Graph(outputs).to_networkx()

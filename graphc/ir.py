@@ -254,6 +254,12 @@ class Tensor:
         return (f"Tensor(name={self.name!r}, shape={self.shape}, dtype={self.dtype!r}, "
                 f"op={self.op.name})")
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter: the diagram of the graph computing this tensor, and its text form."""
+        from .graph import Graph, rich_display
+        bundle = rich_display(Graph(self), repr(self))
+        return {**bundle, "text/plain": repr(self)}
+
     def __bool__(self):
         raise TypeError("a graphc Tensor is symbolic and has no truth value; "
                         "use gc.where(cond, a, b) for data-dependent choices")

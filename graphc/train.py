@@ -21,6 +21,7 @@ docstring).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import sys
@@ -37,10 +38,19 @@ from .ir import GraphError, Tensor, located
 from .optim import LR_INPUT, STEP_INPUT, Optimizer
 from .passes.autodiff import grad
 
-try:  # the progress bar is optional: without tqdm, fit prints one line per epoch
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - depends on the environment
-    tqdm = None
+
+def _tqdm():
+    """tqdm's bar class, imported when a bar is first drawn: its notebook widget where
+    ipywidgets is installed, else its text bar (``tqdm.auto`` warns in red in a notebook
+    without ipywidgets); ``None`` without tqdm, and then fit prints one line per epoch."""
+    try:
+        if importlib.util.find_spec("ipywidgets") is None:
+            from tqdm import tqdm
+        else:
+            from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return tqdm
 
 
 OPTIMIZER_PREFIX = "opt_"  # optimizer state and the step count in parameter files
@@ -436,7 +446,7 @@ class _Progress:
 
     def start(self, epoch: int, batches: int):
         if self.mode == "bar":
-            self.bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{self.epochs}",
+            self.bar = _tqdm()(total=batches, desc=f"epoch {epoch + 1}/{self.epochs}",
                             unit="batch", leave=True, dynamic_ncols=True)
 
     def batch(self, running: dict):
@@ -457,7 +467,7 @@ class _Progress:
 def _progress_mode(progress) -> str | None:
     if not progress:
         return None
-    if progress == "print" or tqdm is None:
+    if progress == "print" or _tqdm() is None:
         return "print"
     if progress == "bar" or sys.stdout.isatty():
         return "bar"

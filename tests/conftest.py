@@ -1,5 +1,8 @@
 """Test-session settings: compiled kernels go to a per-session cache directory, so tests
-never read or write the user's ~/.cache/graphc and each run starts from a known state."""
+never read or write the user's ~/.cache/graphc and each run starts from a known state.
+
+Tests that take more than about 5 s are marked ``slow``: ``python -m pytest -m "not slow"`` is
+the quick selection; CI (``.ci/run``) runs everything."""
 
 import os
 
@@ -7,7 +10,8 @@ import pytest
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than about 5 s")
+    config.addinivalue_line("markers", "slow: takes more than about 5 s; deselect with "
+                                       "-m \"not slow\" (CI runs every test)")
 
 
 @pytest.fixture(scope="session", autouse=True)

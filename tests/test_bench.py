@@ -53,6 +53,7 @@ def _assert_same(result, expected, names):
         np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_torch_matches_graphc(name):
     workload, problem, expected = _results(name)
@@ -62,6 +63,7 @@ def test_torch_matches_graphc(name):
         _assert_same(frameworks.as_numpy(step()), expected, problem.wrt_names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_jax_matches_graphc(name):
     pytest.importorskip("jax")
@@ -129,6 +131,7 @@ def test_missing_framework_and_backend_errors_become_rows(monkeypatch):
     assert rows["torch eager"][0] is not None
 
 
+@pytest.mark.slow
 def test_bench_command_prints_the_table(tmp_path):
     out = tmp_path / "bench.json"
     command = subprocess.Popen(
@@ -158,6 +161,7 @@ def test_bench_command_prints_the_table(tmp_path):
     assert len(set(pids)) == len(pids) == len(rows) and command.pid not in pids
 
 
+@pytest.mark.slow
 def test_missing_and_crashing_frameworks_become_note_rows(tmp_path):
     # In the children: jax is not installed, torch crashes on import.
     (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["jax"] = None\n')

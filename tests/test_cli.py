@@ -1,22 +1,31 @@
-"""The command line and the README's promises: `graphc demo` runs, the test command in the
-README is the one CI runs, user errors are one line."""
+"""The command line: `graphc demo` runs; a mistake in the user's model or command line is one
+line naming the user's file:line (exit 1) or option (exit 2); an error inside graphc says so
+(exit 3); `--debug` shows the traceback; `python -m graphc` is the same program."""
 
 import pathlib
 import re
 import subprocess
 import sys
 
+import pytest
+
+import graphc as gc
 from graphc import cli, demo
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def graphc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "graphc", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.slow
 def test_demo_writes_the_promised_report(tmp_path):
     """graphc demo as a new user runs it: every promised file, the HTML references the
     SVGs, the printed accuracy meets its bar, the gradient check passes."""
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "graphc.cli", "demo", "--out", str(out)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = graphc("demo", "--out", out, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     text = result.stdout
     assert re.search(r"compiled the training step .* in [0-9.]+ s", text)
@@ -34,19 +43,23 @@ def test_demo_writes_the_promised_report(tmp_path):
     assert "upstream" in backward and "local" in backward and "downstream" in backward
 
 
-def test_demo_rejects_an_unknown_model():
-    result = subprocess.run([sys.executable, "-m", "graphc.cli", "demo", "--model", "gpt"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "invalid choice" in result.stderr
+def test_demo_rejects_an_unknown_model(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["demo", "--model", "gpt"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "invalid choice: 'gpt'" in err and err.count("\n") == 1
 
 
-def test_console_script_help_lists_demo():
-    result = subprocess.run([sys.executable, "-m", "graphc.cli", "--help"],
-                            capture_output=True, text=True, check=True)
-    assert "demo" in result.stdout and "--debug" in result.stdout
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "--debug" in out and "--version" in out
+    for command in ("demo", "check", "render", "compile", "bench"):
+        assert f"    {command} " in out
 
 
-def test_user_error_is_one_line(monkeypatch, capsys):
+def test_user_error_is_one_line(monkeypatch, capsys):  # raised in the test file: its line
     def broken(args):
         import graphc as gc
         gc.input("a", (2, 3)) @ gc.input("b", (4, 5))
@@ -56,18 +69,146 @@ def test_user_error_is_one_line(monkeypatch, capsys):
     assert err.count("\n") == 0 and "matmul: inner dimensions differ" in err
 
 
-def _readme_commands():
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r"```bash\n(.*?)\n```", text, re.S)
+# -- mistakes in the user's model file: one line, the user's file:line, exit 1 -------------------
+MODELS = {
+    "value": ("import numpy as np\nimport graphc as gc\n\n\ndef build():\n"
+              "    x = np.arange(12).reshape(5, 2)\n",
+              6, "ValueError: cannot reshape array of size 12 into shape (5,2)"),
+    "runtime": ("def build():\n    raise RuntimeError('no data here')\n",
+                2, "RuntimeError: no data here"),
+    "syntax": ("def build(:\n    pass\n", 1, "SyntaxError: invalid syntax"),
+    "import": ("import graphc_no_such_module\n", 1,
+               "ModuleNotFoundError: No module named 'graphc_no_such_module'"),
+    "shape": ("import graphc as gc\n\n\ndef build():\n"
+              "    return gc.input('a', (2, 3)) @ gc.input('b', (4, 5))\n",
+              5, "matmul: inner dimensions differ (3 != 4)"),
+}
 
 
-def test_readme_has_exactly_two_setup_commands():
-    commands = _readme_commands()
-    assert len(commands) == 2
-    assert commands[0].endswith("graphc demo")
-    assert "apt-get install -y graphviz" in commands[0]
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_error_in_model_file_is_one_line_with_its_file_and_line(kind, tmp_path, capsys):
+    source, line, message = MODELS[kind]
+    model = tmp_path / f"{kind}.py"
+    model.write_text(source)
+    assert cli.main(["check", str(model)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith(f"graphc check: error: {model}:{line}: ")
+    assert message in err and err.endswith("(--debug shows the traceback)")
 
 
-def test_ci_runs_the_readme_test_command():
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert _readme_commands()[1] in ci
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    model = tmp_path / "m.py"
+    model.write_text(MODELS["runtime"][0])
+    for argv in (["check", str(model), "--debug"], ["--debug", "check", str(model)]):
+        with pytest.raises(RuntimeError, match="no data here"):  # Python prints it
+            cli.main(argv)
+    assert capsys.readouterr().err == ""
+
+
+def test_graphc_error_raised_later_names_the_users_line(tmp_path, capsys):
+    """A feed error found when graphc runs the check: the message, no traceback."""
+    model = tmp_path / "feeds.py"
+    model.write_text("import numpy as np\nimport graphc as gc\n\n\ndef build():\n"
+                     "    x = gc.input('x', (3,), 'float64')\n"
+                     "    return gc.sum(gc.exp(x)), x, {'x': np.ones(4)}\n")
+    assert cli.main(["check", str(model)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("graphc check: error: feed 'x' has shape (4,), expected (3,) "
+                   "(--debug shows the traceback)")
+
+
+def test_error_inside_graphc_says_so_and_how_to_report_it(monkeypatch, capsys):
+    # A KeyError raised by graphc's own code (here cli._demo reading BARS) is graphc's bug.
+    monkeypatch.setattr(demo, "run", lambda *a: {"accuracy": 1.0, "report_ok": True})
+    monkeypatch.setattr(demo, "BARS", {})
+    assert cli.main(["demo"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("graphc demo: internal error: KeyError: 'mlp' -- this is a bug in "
+                          "graphc, not in your model; please report it")
+    assert "graphc --debug demo" in err
+
+
+# -- every numeric option is validated by the parser: one line, exit 2 ---------------------------
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+    (["demo", "--epochs", "-1"], "argument --epochs: must be >= 1, got -1"),
+    (["demo", "--epochs", "2.5"], "argument --epochs: expected an integer, got '2.5'"),
+    (["check", "m.py", "--eps", "0"], "argument --eps: must be > 0, got 0"),
+    (["check", "m.py", "--eps", "-1"], "argument --eps: must be > 0, got -1"),
+    (["check", "m.py", "--eps", "nan"], "argument --eps: must be > 0, got nan"),
+    (["check", "m.py", "--rtol", "-0.5"], "argument --rtol: must be >= 0, got -0.5"),
+    (["check", "m.py", "--atol", "inf"], "argument --atol: must be >= 0, got inf"),
+    (["check", "m.py", "--seed", "-3"], "argument --seed: must be >= 0, got -3"),
+    (["bench", "--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    (["bench", "--seconds", "-1"], "argument --seconds: must be >= 0, got -1"),
+])
+def test_numeric_options_are_validated_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(args)
+    assert stop.value.code == 2
+    command = args[0]
+    assert capsys.readouterr().err == (f"graphc {command}: error: {message} "
+                                       f"(see graphc {command} --help)\n")
+
+
+def test_demo_rejects_zero_epochs_at_the_api_too():
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
+        demo.run(epochs=0)
+
+
+@pytest.mark.parametrize("accuracy, report_ok, message", [
+    (0.5, True, "graphc demo: the mlp reached test accuracy 0.5000 after 3 epochs, below its "
+                "bar of 0.95; train longer (default --epochs 30)"),
+    (0.99, False, "graphc demo: the mlp's gradient check failed (the table above names the "
+                  "tensor); this is a bug in graphc, please report it"),
+])
+def test_demo_says_which_promise_it_missed(accuracy, report_ok, message, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "run", lambda out, model, epochs: {"accuracy": accuracy,
+                                                                "report_ok": report_ok})
+    assert cli.main(["demo", "--epochs", "3"]) == 1
+    assert capsys.readouterr().err == message + "\n"
+
+
+# -- render --------------------------------------------------------------------------------------
+KINK = ("import numpy as np\nimport graphc as gc\n\n\ndef build():\n"
+        "    z = gc.input('z', (3,), 'float64')\n"
+        "    return gc.sum(gc.relu(z)), z, {'z': np.array([1.0, 0.0, -1.0])}\n")
+
+
+def test_render_check_exits_like_check_when_the_check_fails(tmp_path, capsys):
+    model = tmp_path / "kink.py"
+    model.write_text(KINK)
+    assert cli.main(["check", str(model)]) == 1
+    out = tmp_path / "kink.dot"
+    assert cli.main(["render", str(model), "--check", "-o", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "check_grad: FAILED" in printed
+    assert f"wrote {out}" in printed and out.stat().st_size > 0  # the picture shows why
+
+
+def test_render_into_a_missing_folder_names_the_users_path(tmp_path, capsys):
+    model = tmp_path / "kink.py"
+    model.write_text(KINK)
+    out = tmp_path / "no" / "such" / "x.dot"
+    assert cli.main(["render", str(model), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"graphc render: error: cannot write {out}: No such file or directory "
+                   "(--debug shows the traceback)\n")
+
+
+# -- python -m graphc, --version -----------------------------------------------------------------
+def test_python_m_graphc_and_version():
+    result = graphc("--version")
+    assert result.returncode == 0 and result.stdout == f"graphc {gc.__version__}\n"
+
+
+def test_no_command_prints_the_help(capsys):
+    assert cli.main([]) == 2
+    assert capsys.readouterr().out.startswith("usage: graphc [-h] [--version] [--debug]")
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+    assert gc.__version__ == version("graphc")

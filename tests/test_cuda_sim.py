@@ -312,6 +312,7 @@ def test_without_a_gpu_compile_raises_a_clear_error():
     assert "NO-GPU-ERROR-OK" in run.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(IN_PROCESS, reason="the cases ran in this process")
 def test_simulator_cases_in_a_subprocess():
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",

@@ -95,6 +95,7 @@ def test_pyproject_installs_the_data():
 # The examples, on their stated settings
 
 
+@pytest.mark.slow
 def test_logistic_regression_runs_as_a_script():
     result = subprocess.run([sys.executable, str(EXAMPLES / "logistic_regression.py")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -105,18 +106,21 @@ def test_logistic_regression_runs_as_a_script():
     assert accuracy >= 0.95
 
 
+@pytest.mark.slow
 def test_mlp_reaches_97_percent():
     results = run("mlp_digits")
     assert results["test_accuracy"] >= 0.97
     assert results["train_loss"] < 0.01
 
 
+@pytest.mark.slow
 def test_lenet_reaches_98_percent():
     results = run("lenet_digits")
     assert results["train_images"] == 5 * 1348
     assert results["test_accuracy"] >= 0.98
 
 
+@pytest.mark.slow
 def test_custom_activation_trains_and_its_derivatives_check():
     results = run("custom_activation")
     assert results["grad_check_ok"]
@@ -127,6 +131,7 @@ def test_custom_activation_trains_and_its_derivatives_check():
 
 
 
+@pytest.mark.slow
 def test_swish_beta_is_finite_where_exp_overflows():
     # The stable form keeps value and gradients finite where exp(-beta x) overflows.
     import graphc as gc
@@ -141,6 +146,7 @@ def test_swish_beta_is_finite_where_exp_overflows():
     np.testing.assert_allclose(dx[[0, 3]], [0.0, 1.0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_char_lstm_loss_falls_and_it_samples():
     results = run("char_lstm", sample_length=80)
     assert math.isclose(results["uniform_loss"], math.log(56))

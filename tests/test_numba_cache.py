@@ -44,6 +44,7 @@ def object_files(cache_dir):
     return sorted(p for p in cache_dir.rglob("*.o"))
 
 
+@pytest.mark.slow
 def test_kernels_are_reused_by_a_new_process_without_importing_numba(tmp_path):
     first = run_script(tmp_path)
     assert first["stats"]["kernels"] >= 3
@@ -55,6 +56,7 @@ def test_kernels_are_reused_by_a_new_process_without_importing_numba(tmp_path):
     assert second["value"] == first["value"] and second["grad"] == first["grad"]
 
 
+@pytest.mark.slow
 def test_two_processes_compiling_the_same_graph_at_once_both_succeed(tmp_path):
     env = {**os.environ, "GRAPHC_CACHE_DIR": str(tmp_path)}
     procs = [subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE,

@@ -78,7 +78,7 @@ def test_progress_print_and_bar(capsys):
     assert len(out) == 2 and out[1].startswith("epoch 2/2  loss ") and "acc " in out[1]
     train.fit(step, {"x": X, "y": Y}, epochs=1, progress=True)  # not a tty: prints
     assert capsys.readouterr().out.startswith("epoch 1/1")
-    if train.tqdm is not None:
+    if train._tqdm() is not None:
         train.fit(step, {"x": X, "y": Y}, epochs=1, progress="bar")
         captured = capsys.readouterr()
         assert "epoch 1/1" in captured.err and "loss=" in captured.err

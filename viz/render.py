@@ -71,20 +71,32 @@ class Diagram:
             raise RenderError(f"cannot render to {path!r}: use one of {', '.join(FORMATS)}")
         data = self.source.encode() if suffix == ".dot" else self.pipe(suffix[1:])
         tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as err:  # name the user's path, not the temporary file's
+            raise RenderError(f"cannot write {path}: {err.strerror}") from None
         self.path = path
         return path
 
     def _repr_svg_(self) -> str:
         return self.svg()
 
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return {"image/svg+xml": self.svg(), "text/plain": repr(self)}
+    def _repr_mimebundle_(self, include=None, exclude=None):  # HTML first: scaled to width
+        svg = self.svg()
+        return {"text/html": html_svg(svg), "image/svg+xml": svg, "text/plain": repr(self)}
 
     def __repr__(self) -> str:
         return f"<Diagram{' ' + self.path if self.path else ''}>"
+
+
+def html_svg(svg: str) -> str:
+    """Graphviz's SVG for an HTML page: no XML prolog, and scaled down to the page's width
+    (its ``viewBox`` keeps the proportions), so a wide graph is not clipped in a notebook or
+    its HTML export."""
+    start = svg.index("<svg")
+    return f'<svg style="max-width:100%;height:auto"{svg[start + 4:]}'
 
 
 # ---------------------------------------------------------------------------------------
