@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, ir
 from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
 
 
@@ -50,6 +50,7 @@ class Input(Op):
     init: object = None
 
     name = "input"
+    fed = True
 
     @property
     def is_param(self) -> bool:
@@ -197,8 +198,11 @@ def init_params(outputs, seed: int = 0) -> dict[str, np.ndarray]:
     Each parameter draws from its own stream seeded by ``seed`` and its name, so adding a
     parameter to a model does not change the values of the others.
     """
-    values = {}
+    values, seen = {}, {}
     for p in params_of(outputs):
+        other = seen.setdefault(p.op.label, p)
+        if other is not p:  # outputs side by side, never joined by an op
+            ir.name_clash("init_params", other, p)
         stream = int.from_bytes(hashlib.sha1(p.op.label.encode()).digest()[:8], "little")
         values[p.op.label] = initial_value(p.op, np.random.default_rng([seed, stream]))
     return values
