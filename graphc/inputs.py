@@ -134,6 +134,9 @@ def constant(value, name: str | None = None, dtype=None) -> Tensor:
         if array.dtype.kind == "f" and not isinstance(value, np.ndarray | np.generic):
             array = array.astype(np.float32)  # Python floats and lists: the default float
         elif array.dtype.kind in "iu" and array.dtype.name not in dtypes.DTYPES:
+            if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+                raise DTypeError(located(f"constant: value {array.max()} ({array.dtype}) does "
+                                         "not fit int64, graphc's widest integer dtype"))
             array = array.astype(np.int64)
     else:
         array = np.asarray(value, dtype=_dtype(dtype, "constant"))
