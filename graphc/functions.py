@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,7 +194,7 @@ def reshape(x, shape) -> Tensor:
     """``x`` with a new shape of the same size; one entry may be -1."""
     x = as_tensor(x)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape) \
-        if isinstance(shape, (tuple, list)) else None
+        if isinstance(shape, Iterable) else None
     if shape is None or not builtins.all(_is_int(d) for d in shape):
         st.Reshape(()).fail(f"the target shape must be ints, got {shape!r}", (x,))
     shape = tuple(int(d) for d in shape)

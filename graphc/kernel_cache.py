@@ -25,6 +25,7 @@ read; what it lacks is compiled into a temporary directory, reported once as a w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -355,7 +356,8 @@ def load(spec: KernelSpec, compile_object) -> tuple[Kernel, str]:
         if address is None:
             obj = compile_object(spec, source_path)
             address = _LOADER.address(obj)
-            _store(home, f"{spec.name}.o", encode_object(obj))
+            with contextlib.suppress(OSError):  # not kept on disk; this process has it
+                _store(home, f"{spec.name}.o", encode_object(obj))
             outcome = "compiled" if outcome == "disk" else outcome
         proto = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p if p[0] == "ptr" else ctypes.c_ssize_t
                                          for p in spec.params])

@@ -6,6 +6,7 @@ Each op declares its shape-and-dtype rule (``infer``) and its NumPy reference se
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ def normalize_axes(op: Op, axis, ndim: int, inputs) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis) \
-        if isinstance(axis, (tuple, list)) else None
+        if isinstance(axis, Iterable) else None
     if axes is None or not all(isinstance(a, (int, np.integer)) for a in axes):
         op.fail(f"axis must be None, an int or a tuple of ints, got {axis!r}", inputs)
     out = []
