@@ -319,7 +319,7 @@ def _labels_one_hot(name, scores, labels) -> Tensor:
     if isinstance(labels.op, Constant):
         problem = _label_error(labels.op.value.array, scores.shape[1])
         if problem:
-            raise GraphError(located(f"{name}: the labels {problem}"))
+            raise GraphError(located(f"{name}: the constant labels hold {problem}"))
     classes = constant(np.arange(scores.shape[1], dtype=labels.dtype))
     hit = equal(reshape(labels, (-1, 1)), classes)
     if getattr(labels.op, "fed", False):  # checked when fed: gc.compile runs check_feeds
@@ -332,7 +332,7 @@ def _label_error(labels: np.ndarray, classes: int) -> str | None:
     if not labels.size or (labels.min() >= 0 and labels.max() < classes):
         return None
     index = tuple(int(i) for i in np.argwhere((labels < 0) | (labels >= classes))[0])
-    return (f"holds label {labels[index]} at index {index}, out of range for a loss over "
+    return (f"label {labels[index]} at index {index}, out of range for a loss over "
             f"{classes} classes (labels of softmax_cross_entropy and hinge must be in "
             f"[0, {classes}))")
 
@@ -354,7 +354,7 @@ class LabelRange:
             problem = _label_error(labels, self.classes)
             if problem:
                 from .compiler import FeedError
-                raise FeedError(f"feed {self.label!r} {problem}")
+                raise FeedError(f"feed {self.label!r} holds {problem}")
 
 
 def softmax_cross_entropy(logits, labels) -> Tensor:

@@ -263,7 +263,7 @@ def check_grad(y, wrt, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, *, full=False,
             a, n = float(g[index]), probe.central(name, index, eps)
             err = abs(a - n)
             scale = max(abs(a), abs(n))
-            rel = err / scale if scale > atol else 0.0  # near-zero values: judged by atol
+            rel = err / scale if scale > atol or np.isnan(err) else 0.0  # ~0: judged by atol
             passed = _close(a, n, rtol, atol)
             ok &= passed
             max_abs, max_rel = _worse(max_abs, err), _worse(max_rel, rel)
