@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import time
+from functools import partial
 
 import numpy as np
 
@@ -23,40 +25,61 @@ BACKENDS = ("numpy", "numba", "cuda")
 AVAILABLE = ("numpy", "cuda", "numba")  # the last is the default
 
 
-def _validate(inputs, feeds: dict) -> dict[str, np.ndarray]:
+def _validate(inputs, feeds: dict, accepted=None) -> dict[str, np.ndarray]:
+    """Read-only arrays of the inputs' dtypes for ``inputs``, from ``feeds``.  ``accepted``:
+    inputs by name that may be fed without effect (those of a graph the outputs were
+    differentiated from); their feeds are checked, then dropped."""
     wanted = {t.op.label: t for t in inputs}
+    accepted = {k: t for k, t in (accepted or {}).items() if k not in wanted}
     missing = [n for n in wanted if n not in feeds]
     if missing:
         raise FeedError(f"missing feed(s) for {', '.join(repr(n) for n in missing)}; "
                         f"the graph needs {_describe(wanted.values())}")
-    unknown = sorted(set(feeds) - set(wanted))
+    unknown = sorted((n for n in feeds if n not in wanted and n not in accepted), key=str)
     if unknown:
-        raise FeedError(f"unknown feed(s) {', '.join(repr(n) for n in unknown)}; the graph "
-                        f"takes {', '.join(repr(n) for n in wanted) or 'no inputs'}")
-    out = {}
-    for name, t in wanted.items():
-        value = feeds[name]
-        try:
-            array = np.asarray(value)
-        except Exception as err:  # noqa: BLE001 -- report any unconvertible object
-            raise FeedError(f"feed {name!r}: cannot convert {type(value).__name__} to an "
-                            f"array ({err})") from None
-        if array.shape != t.shape:
-            raise FeedError(f"feed {name!r} has shape {array.shape}, expected {t.shape}")
-        have = array.dtype
-        if have.kind not in "biuf" or dtypes.kind(_np_kind_name(have)) != dtypes.kind(t.dtype):
-            raise FeedError(f"feed {name!r} has dtype {have}, expected {t.dtype} "
-                            f"(a {dtypes.kind(t.dtype)} array)")
-        if have.kind in "iu" and array.size and have != np.dtype(t.dtype):
-            info = np.iinfo(t.dtype)
-            if array.min() < info.min or array.max() > info.max:
-                raise FeedError(f"feed {name!r} has values outside the {t.dtype} range "
-                                f"[{info.min}, {info.max}]")
-        array = array.astype(t.dtype, copy=False)
-        array = array.view()
-        array.setflags(write=False)  # backends may never write into a user's array
-        out[name] = array
-    return out
+        raise FeedError(_unknown(unknown, wanted, accepted))
+    for name, t in accepted.items():
+        if name in feeds:
+            _array(name, t, feeds[name])
+    return {name: _array(name, t, feeds[name]) for name, t in wanted.items()}
+
+
+def _unknown(names, wanted, accepted) -> str:
+    known = [*wanted, *accepted]
+    items = []
+    for n in names:
+        close = difflib.get_close_matches(n, known, n=1) if isinstance(n, str) else []
+        items.append(repr(n) + (f" (did you mean {close[0]!r}?)" if close else ""))
+    text = (f"unknown feed{'s' if len(names) > 1 else ''} {', '.join(items)}; the graph takes "
+            f"{', '.join(repr(n) for n in wanted) or 'no inputs'}")
+    if accepted:
+        text += (f" and accepts {', '.join(repr(n) for n in accepted)} (inputs of the graph "
+                 "it was differentiated from)")
+    return text
+
+
+def _array(name: str, t, value) -> np.ndarray:
+    """The feed ``value`` for input ``t`` as a read-only array of its dtype, or raise."""
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 -- report any unconvertible object
+        raise FeedError(f"feed {name!r}: cannot convert {type(value).__name__} to an "
+                        f"array ({err})") from None
+    if array.shape != t.shape:
+        raise FeedError(f"feed {name!r} has shape {array.shape}, expected {t.shape}")
+    have = array.dtype
+    if have.kind not in "biuf" or dtypes.kind(_np_kind_name(have)) != dtypes.kind(t.dtype):
+        raise FeedError(f"feed {name!r} has dtype {have}, expected {t.dtype} "
+                        f"(a {dtypes.kind(t.dtype)} array)")
+    if have.kind in "iu" and array.size and have != np.dtype(t.dtype):
+        info = np.iinfo(t.dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise FeedError(f"feed {name!r} has values outside the {t.dtype} range "
+                            f"[{info.min}, {info.max}]")
+    array = array.astype(t.dtype, copy=False)
+    array = array.view()
+    array.setflags(write=False)  # backends may never write into a user's array
+    return array
 
 
 def _np_kind_name(dtype: np.dtype) -> str:
@@ -91,14 +114,21 @@ class CompiledFunction:
     Call as ``f(x=X, W=W)`` or ``f({"x": X, "W": W})``.  Returns a tuple of arrays, or a
     single array when the graph has one output.  ``graph`` is the optimized graph that was
     compiled; the feeds it takes are those of the graph as given (an input that
-    optimization made unnecessary is still accepted, and checked).
+    optimization made unnecessary is still needed, and checked).  Inputs of a graph the
+    outputs were differentiated from (``gc.grad(1 + z, z)`` needs no ``z``) may be fed:
+    they are checked and have no effect; any other name is an unknown feed.  Integer
+    labels fed to a loss are checked against its number of classes.
     """
 
     def __init__(self, outputs, backend: str, passes=()):
         from .passes import pipeline  # graphc.passes imports graphc: import late
         start = time.perf_counter()
+        from .passes.autodiff import differentiated_from
         given = check_graph(Graph(outputs))
         self.inputs = given.inputs
+        self.accepted = differentiated_from(given.nodes)
+        self._feed_checks = tuple({id(r): r for t in given.nodes for r in t.meta or ()
+                                   if hasattr(r, "check_feeds")}.values())
         self.graph, report = pipeline.run(given, passes)
         self.backend = backend
         self.single = not isinstance(outputs, (list, tuple))
@@ -140,11 +170,14 @@ class CompiledFunction:
             if overlap:
                 raise FeedError(f"feed(s) {sorted(overlap)} given twice")
             kwargs = {**feeds, **kwargs}
+        validate = partial(_validate, accepted=self.accepted)
         if self.backend == "cuda":  # device arrays (gc.to_device) are taken as they are
             from .cuda_backend import validate_feeds
-            arrays = validate_feeds(self.inputs, kwargs, _validate)
+            arrays = validate_feeds(self.inputs, kwargs, validate)
         else:
-            arrays = _validate(self.inputs, kwargs)
+            arrays = validate(self.inputs, kwargs)
+        for check in self._feed_checks:  # host arrays only: labels in range
+            check.check_feeds(arrays)
         if self._program is not None:  # returns fresh arrays that alias nothing
             results = self._program(arrays)
         else:

@@ -145,8 +145,9 @@ def validate_feeds(inputs, feeds: dict, validate) -> dict:
     arrays = validate(inputs, {**feeds, **stand_ins})
     wanted = {t.op.label: t for t in inputs}
     for name, value in device.items():
-        check_device_feed(name, value, wanted[name])
-        arrays[name] = value
+        if name in wanted:  # else accepted without effect, checked against its stand-in
+            check_device_feed(name, value, wanted[name])
+            arrays[name] = value
     return arrays
 
 

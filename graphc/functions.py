@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import builtins
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
@@ -16,7 +18,7 @@ import sympy as sp
 from . import dtypes
 from . import elementwise_ops as ew
 from . import structured_ops as st
-from .inputs import constant
+from .inputs import Constant, constant
 from .ir import DTypeError, GraphError, ShapeError, Tensor, located
 
 # ---------------------------------------------------------------------------------------
@@ -51,6 +53,10 @@ def lift_all(args, op_name: str = "op") -> list[Tensor]:
         else:
             raise GraphError(located(f"cannot use {type(a).__name__} {a!r} in a graph"))
     return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def as_tensor(x) -> Tensor:
@@ -187,7 +193,11 @@ def matmul(a, b) -> Tensor:
 def reshape(x, shape) -> Tensor:
     """``x`` with a new shape of the same size; one entry may be -1."""
     x = as_tensor(x)
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape) \
+        if isinstance(shape, Iterable) else None
+    if shape is None or not builtins.all(_is_int(d) for d in shape):
+        st.Reshape(()).fail(f"the target shape must be ints, got {shape!r}", (x,))
+    shape = tuple(int(d) for d in shape)
     if shape.count(-1) > 1 or builtins.any(d < -1 for d in shape):
         st.Reshape(shape).fail(f"invalid target shape {shape}", (x,))
     if -1 in shape:
@@ -230,7 +240,7 @@ def stack(xs, axis=0) -> Tensor:
     if not xs:
         raise ShapeError(located("stack: needs at least one tensor"))
     ndim = xs[0].ndim + 1
-    if not -ndim <= axis < ndim:
+    if not _is_int(axis) or not -ndim <= axis < ndim:
         st.Concat(axis).fail(f"axis {axis} is out of range for stacking {ndim - 1}-d "
                              "tensors", xs)
     axis %= ndim
@@ -286,6 +296,9 @@ def binary_cross_entropy_with_logits(logits, targets) -> Tensor:
 def huber(pred, target, delta=1.0) -> Tensor:
     """Mean Huber loss: 0.5 d^2 where |d| <= delta, delta (|d| - delta / 2) elsewhere."""
     pred, target = _pair("huber", pred, target)
+    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)) \
+            or not delta > 0:  # as PyTorch: a delta <= 0 makes a negative "loss"
+        raise GraphError(located(f"huber: delta must be a positive number, got {delta!r}"))
     return mean(_huber_elementwise(pred - target, delta=delta))
 
 
@@ -303,9 +316,45 @@ def _labels_one_hot(name, scores, labels) -> Tensor:
     if labels.shape != scores.shape[:1]:
         raise ShapeError(located(f"{name}: labels {labels.shape} must be ({scores.shape[0]},) "
                                  f"for scores {scores.shape}"))
+    if isinstance(labels.op, Constant):
+        problem = _label_error(labels.op.value.array, scores.shape[1])
+        if problem:
+            raise GraphError(located(f"{name}: the constant labels hold {problem}"))
     classes = constant(np.arange(scores.shape[1], dtype=labels.dtype))
     hit = equal(reshape(labels, (-1, 1)), classes)
+    if getattr(labels.op, "fed", False):  # checked when fed: gc.compile runs check_feeds
+        hit.tag(LabelRange(labels.op.label, scores.shape[1]))
     return where(hit, constant(1, dtype=scores.dtype), constant(0, dtype=scores.dtype))
+
+
+def _label_error(labels: np.ndarray, classes: int) -> str | None:
+    """The complaint about integer ``labels`` outside [0, classes), or None."""
+    if not labels.size or (labels.min() >= 0 and labels.max() < classes):
+        return None
+    index = tuple(int(i) for i in np.argwhere((labels < 0) | (labels >= classes))[0])
+    return (f"label {labels[index]} at index {index}, out of range for a loss over "
+            f"{classes} classes (labels of softmax_cross_entropy and hinge must be in "
+            f"[0, {classes}))")
+
+
+@dataclass(frozen=True)
+class LabelRange:
+    """Tagged on the one-hot node of a loss whose labels are input ``label``: the compiled
+    function checks the fed labels at call time (PyTorch raises for them too).  The node
+    is shared by every loss over these labels, so the record names none of them."""
+
+    label: str
+    classes: int
+
+    alive = True
+
+    def check_feeds(self, arrays) -> None:
+        labels = arrays.get(self.label)
+        if isinstance(labels, np.ndarray):  # device arrays are not copied to check them
+            problem = _label_error(labels, self.classes)
+            if problem:
+                from .compiler import FeedError
+                raise FeedError(f"feed {self.label!r} holds {problem}")
 
 
 def softmax_cross_entropy(logits, labels) -> Tensor:

@@ -191,12 +191,22 @@ class _Probe:
         return (self.loss(name, delta) - base) / eps, (base - self.loss(name, -delta)) / eps
 
 
+def _worse(a: float, b: float) -> float:
+    """The larger error, where NaN (a NaN gradient or loss) counts as the largest."""
+    return a if np.isnan(a) or b <= a else b
+
+
 def _close(a, n, rtol, atol) -> bool:
     return abs(a - n) <= atol + rtol * max(abs(a), abs(n))
 
 
 def _cause(probe, name, index, analytic, eps, rtol, atol, dtype) -> str:
     """The likeliest reason an element failed, by experiment at that element."""
+    numeric = probe.central(name, index, eps)
+    if not np.isfinite(analytic) or not np.isfinite(numeric):
+        return (f"not finite: the {'gradient' if not np.isfinite(analytic) else 'loss'} is "
+                "NaN or infinite here (log or sqrt of a negative number, 0/0, overflow); "
+                "check the feeds")
     if dtype == "float32":
         return ("float32 precision: the check ran in float32 (dtype='float32'), where a "
                 "difference quotient keeps only a few digits; run it in float64, the default")
@@ -231,6 +241,11 @@ def check_grad(y, wrt, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, *, full=False,
     """
     if not isinstance(y, Tensor) or y.shape != ():
         raise GraphError("check_grad: y must be a scalar tensor")
+    if not isinstance(feeds, dict):
+        raise FeedError(f"check_grad: feeds must be a dict of name -> array, got "
+                        f"{type(feeds).__name__}")
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"check_grad: dtype must be 'float64' or 'float32', got {dtype!r}")
     wrt, _ = _leaves(wrt)
     probe = _Probe(y, wrt, feeds, dtype)
     grads = probe.grads()
@@ -248,11 +263,11 @@ def check_grad(y, wrt, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, *, full=False,
             a, n = float(g[index]), probe.central(name, index, eps)
             err = abs(a - n)
             scale = max(abs(a), abs(n))
-            rel = err / scale if scale > atol else 0.0  # near-zero values: judged by atol
+            rel = err / scale if scale > atol or np.isnan(err) else 0.0  # ~0: judged by atol
             passed = _close(a, n, rtol, atol)
             ok &= passed
-            max_abs, max_rel = max(max_abs, err), max(max_rel, rel)
-            badness = err - (atol + rtol * max(abs(a), abs(n)))
+            max_abs, max_rel = _worse(max_abs, err), _worse(max_rel, rel)
+            badness = err - (atol + rtol * scale) if np.isfinite(err) else np.inf
             if badness > worst[0]:
                 worst = (badness, tuple(int(j) for j in index), a, n)
         v = rng.standard_normal(x.shape)

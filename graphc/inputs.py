@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, ir
 from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
 
 
@@ -50,6 +50,7 @@ class Input(Op):
     init: object = None
 
     name = "input"
+    fed = True
 
     @property
     def is_param(self) -> bool:
@@ -133,6 +134,9 @@ def constant(value, name: str | None = None, dtype=None) -> Tensor:
         if array.dtype.kind == "f" and not isinstance(value, np.ndarray | np.generic):
             array = array.astype(np.float32)  # Python floats and lists: the default float
         elif array.dtype.kind in "iu" and array.dtype.name not in dtypes.DTYPES:
+            if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+                raise DTypeError(located(f"constant: value {array.max()} ({array.dtype}) does "
+                                         "not fit int64, graphc's widest integer dtype"))
             array = array.astype(np.int64)
     else:
         array = np.asarray(value, dtype=_dtype(dtype, "constant"))
@@ -197,8 +201,11 @@ def init_params(outputs, seed: int = 0) -> dict[str, np.ndarray]:
     Each parameter draws from its own stream seeded by ``seed`` and its name, so adding a
     parameter to a model does not change the values of the others.
     """
-    values = {}
+    values, seen = {}, {}
     for p in params_of(outputs):
+        other = seen.setdefault(p.op.label, p)
+        if other is not p:  # outputs side by side, never joined by an op
+            ir.name_clash("init_params", other, p)
         stream = int.from_bytes(hashlib.sha1(p.op.label.encode()).digest()[:8], "little")
         values[p.op.label] = initial_value(p.op, np.random.default_rng([seed, stream]))
     return values

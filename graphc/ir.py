@@ -105,6 +105,7 @@ class Op:
     """
 
     name = "op"
+    fed = False  # an input or parameter: a leaf fed by its ``label``, unique in a graph
 
     def infer(self, inputs: tuple[Tensor, ...]) -> tuple[tuple[int, ...], str]:
         """Output ``(shape, dtype)`` for ``inputs``; raise through :meth:`fail` if invalid."""
@@ -166,7 +167,7 @@ class Tensor:
     """
 
     __slots__ = ("op", "inputs", "shape", "dtype", "loc", "meta", "scope", "display",
-                 "_digest", "__weakref__")
+                 "_digest", "_leaves", "__weakref__")
     __array_ufunc__ = None  # make ``np_array * tensor`` defer to Tensor.__rmul__
 
     op: Op
@@ -186,14 +187,22 @@ class Tensor:
         if node is not None:
             return node
         shape, dtype = op.infer(inputs)
+        leaves = _join_leaves(op, inputs)
         node = object.__new__(cls)
         for name, value in (("op", op), ("inputs", inputs), ("shape", tuple(shape)),
                             ("dtype", dtype), ("loc", user_location()), ("meta", None),
                             ("scope", _SCOPES[-1] if _SCOPES else None), ("display", None),
-                            ("_digest", None)):
+                            ("_digest", None), ("_leaves", leaves)):
             object.__setattr__(node, name, value)
+        if op.fed:
+            object.__setattr__(node, "_leaves", {op.label: node})
         _NODES[key] = node
         return node
+
+    @property
+    def leaves(self) -> dict[str, Tensor]:
+        """The inputs and parameters this node depends on, by name (do not modify)."""
+        return self._leaves
 
     def __setattr__(self, name, value):
         raise AttributeError("Tensor is immutable; use .replace(...) to make a changed copy")
@@ -273,6 +282,41 @@ class Tensor:
         return (self[i] for i in range(len(self)))
 
     # Operators are attached in graphc/functions.py, next to the functions they call.
+
+
+_NO_LEAVES: dict = {}
+
+
+def _join_leaves(op: Op, inputs) -> dict:
+    """The name -> leaf mapping of a node made of ``inputs``: raise if two different
+    leaves meet under one name.  Mappings are shared, never modified: a join copies only
+    when new names meet, and checks only the names of the smaller side."""
+    joined = _NO_LEAVES
+    for t in inputs:
+        other = t._leaves
+        if other is joined or not other:
+            continue
+        big, small = (joined, other) if len(joined) >= len(other) else (other, joined)
+        new = None
+        for name, leaf in small.items():
+            have = big.get(name)
+            if have is None:
+                new = new or {}
+                new[name] = leaf
+            elif have is not leaf:
+                name_clash(op.name, have, leaf)
+        joined = {**big, **new} if new else big
+    return joined
+
+
+def name_clash(what: str, a: Tensor, b: Tensor):
+    """Raise the error for two different leaves ``a`` and ``b`` with one name."""
+    def text(t):
+        kind = "param" if getattr(t.op, "init", None) is not None else "input"
+        where = f" made at {t.loc}" if t.loc else ""
+        return f"{kind} {t.shape} {t.dtype}{where}"
+    raise GraphError(located(f"{what}: two different inputs are named {a.op.label!r}: "
+                             f"{text(a)}, and {text(b)}; a name is unique in a graph"))
 
 
 def iter_nodes(outputs) -> list[Tensor]:

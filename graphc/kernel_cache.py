@@ -16,17 +16,22 @@ written.
 
 Safety: every file is written to a temporary name in the same directory and moved into
 place with ``os.replace``, so two processes compiling the same kernel at once each
-produce a complete file and readers never see a partial one; a truncated or corrupt file
-fails its checksum, is removed and rebuilt.  An unwritable cache directory is reported
-once as a warning and a temporary directory is used instead.
+produce a complete file and readers never see a partial one.  An entry is read only if
+it is a regular file (opened without blocking, so a FIFO never hangs a compile) with the
+right checksum; anything else (truncated, corrupt, a directory, a device, a FIFO, a
+dangling link) is removed and rebuilt.  A cache directory that cannot be written is still
+read; what it lacks is compiled into a temporary directory, reported once as a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import os
+import shutil
+import stat
 import struct
 import sys
 import tempfile
@@ -113,12 +118,41 @@ def source_text(spec: KernelSpec) -> str:
     return f"{_SOURCE_TAG}{digest}\n{spec.source}"
 
 
-def source_ok(path: str, spec: KernelSpec) -> bool:
+def read_entry(path: str) -> bytes | None | bool:
+    """The bytes of the regular file at ``path``; None if nothing is there; False if what
+    is there is not a readable regular file (never blocks: FIFOs are opened non-blocking
+    and refused, like directories and devices)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read() == source_text(spec)
-    except (OSError, UnicodeDecodeError):
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return False if os.path.lexists(path) else None  # else a dangling symlink
+    except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def discard(path: str) -> None:
+    """Remove a damaged entry, whatever it is; a failure leaves it (it is never read)."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def source_ok(path: str, spec: KernelSpec) -> bool:
+    return read_entry(path) == source_text(spec).encode()
 
 
 def _digest(symbol: str, externals, code: bytes) -> str:
@@ -234,7 +268,7 @@ class Kernel:
 _LOCK = threading.RLock()
 _MEMORY: dict[str, Kernel] = {}
 _LOADER: _NativeLoader | None = None
-_WARNED: set[str] = set()
+_UNWRITABLE: set[str] = set()  # cache directories found read-only (warned once)
 _FALLBACK_DIR: str | None = None
 
 
@@ -244,29 +278,57 @@ def clear_memory() -> None:
         _MEMORY.clear()
 
 
-def _directory() -> str:
-    """The kernel directory, created if needed; a temporary one if it cannot be."""
+def _writable_dir(home: str) -> str:
+    """Where new entries go: the cache directory, or a temporary one once it could not
+    be written (a read-only cache is still read)."""
     global _FALLBACK_DIR
-    path = kernel_dir()
+    if home not in _UNWRITABLE:
+        return home
+    if _FALLBACK_DIR is None:
+        _FALLBACK_DIR = tempfile.mkdtemp(prefix="graphc-kernels-")
+    return _FALLBACK_DIR
+
+
+def _store(home: str, name: str, data: bytes) -> str:
+    """Write entry ``name``; return its path (in a temporary directory if ``home`` cannot
+    be written: that is reported once as a warning)."""
+    directory = _writable_dir(home)
+    path = os.path.join(directory, name)
     try:
-        os.makedirs(path, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
-        raise PermissionError(f"{path} is not writable")
+        if directory == home:
+            os.makedirs(home, exist_ok=True)
+        if read_entry(path) is False:
+            discard(path)
+        atomic_write(path, data)
+        return path
     except OSError as err:
-        if path not in _WARNED:
-            _WARNED.add(path)
-            warnings.warn(f"graphc: cannot use the kernel cache {path} ({err}); compiled "
-                          "kernels will not be kept across processes", RuntimeWarning,
-                          stacklevel=3)
-        if _FALLBACK_DIR is None:
-            _FALLBACK_DIR = tempfile.mkdtemp(prefix="graphc-kernels-")
-        return _FALLBACK_DIR
+        if directory != home:
+            raise
+        _UNWRITABLE.add(home)
+        warnings.warn(f"graphc: cannot write the kernel cache {home} ({err}); kernels it "
+                      "lacks are compiled again in every process", RuntimeWarning,
+                      stacklevel=4)
+        return _store(home, name, data)
+
+
+def _cached_object(paths, spec: KernelSpec):
+    """This kernel's object from the first of ``paths`` that holds it; None if none has
+    it; False if a damaged entry was found (and removed)."""
+    found = None
+    for path in paths:
+        data = read_entry(path)
+        obj = decode_object(data) if data else None
+        if obj is not None and obj.symbol == spec.symbol:
+            return obj
+        if data is not None:  # damaged, or another kernel's: removed and rebuilt
+            discard(path)
+            found = False
+    return found
 
 
 def load(spec: KernelSpec, compile_object) -> tuple[Kernel, str]:
     """The kernel for ``spec`` and where it came from: ``"memory"``, ``"disk"``,
-    ``"compiled"`` (a miss) or ``"rebuilt"`` (the cached object was corrupt).
+    ``"compiled"`` (a miss) or ``"rebuilt"`` (the cached entry was damaged).
 
     ``compile_object(spec, source_path) -> NativeObject`` compiles on a miss; its errors
     propagate (the backend names the graph node)."""
@@ -277,16 +339,14 @@ def load(spec: KernelSpec, compile_object) -> tuple[Kernel, str]:
             return kernel, "memory"
         if _LOADER is None:
             _LOADER = _NativeLoader()
-        directory = _directory()
-        source_path = os.path.join(directory, f"{spec.name}.py")
-        object_path = os.path.join(directory, f"{spec.name}.o")
-        obj, outcome = _read(object_path), "disk"
-        if obj is not None and obj is not False and obj.symbol != spec.symbol:
-            obj = False  # a valid file, but not this kernel's
-        if obj is False:
-            outcome = "rebuilt"
-        if not source_ok(source_path, spec):
-            atomic_write(source_path, source_text(spec).encode())
+        home = kernel_dir()
+        dirs = list(dict.fromkeys([home, _writable_dir(home)]))
+        obj = _cached_object([os.path.join(d, f"{spec.name}.o") for d in dirs], spec)
+        outcome = "rebuilt" if obj is False else "disk"
+        source_path = next((path for path in (os.path.join(d, f"{spec.name}.py") for d in dirs)
+                            if source_ok(path, spec)), None)
+        if source_path is None:
+            source_path = _store(home, f"{spec.name}.py", source_text(spec).encode())
         address = None
         if obj:
             try:
@@ -296,39 +356,11 @@ def load(spec: KernelSpec, compile_object) -> tuple[Kernel, str]:
         if address is None:
             obj = compile_object(spec, source_path)
             address = _LOADER.address(obj)
-            _write(object_path, encode_object(obj))
+            with contextlib.suppress(OSError):  # not kept on disk; this process has it
+                _store(home, f"{spec.name}.o", encode_object(obj))
             outcome = "compiled" if outcome == "disk" else outcome
         proto = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p if p[0] == "ptr" else ctypes.c_ssize_t
                                          for p in spec.params])
         kernel = Kernel(spec, proto(address), source_path)
         _MEMORY[spec.key] = kernel
         return kernel, outcome
-
-
-def _read(path: str):
-    """The object at ``path``; None if absent; False (after removing it) if corrupt."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return False
-    obj = decode_object(data)
-    if obj is None:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        return False
-    return obj
-
-
-def _write(path: str, data: bytes) -> None:
-    try:
-        atomic_write(path, data)
-    except OSError as err:
-        if path not in _WARNED:
-            _WARNED.add(path)
-            warnings.warn(f"graphc: could not write the kernel cache file {path} ({err})",
-                          RuntimeWarning, stacklevel=3)

@@ -9,6 +9,8 @@ embedding a gather), so it needs no derivative rule of its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from . import dtypes
@@ -21,7 +23,8 @@ from .ir import DTypeError, GraphError, ShapeError, Tensor, located
 
 def _pair(op_name: str, what: str, value, low: int) -> tuple[int, int]:
     """``value`` (an int or a pair of ints) as a pair, each at least ``low``."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value) \
+        if isinstance(value, Iterable) else ()
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                  for v in pair) or min(pair) < low:
         raise ShapeError(located(f"{op_name}: {what} must be an int >= {low} or a pair of "

@@ -6,6 +6,7 @@ Each op declares its shape-and-dtype rule (``infer``) and its NumPy reference se
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,10 +30,13 @@ def normalize_axes(op: Op, axis, ndim: int, inputs) -> tuple[int, ...]:
     """``axis`` (None, an int or a sequence) as a sorted tuple of non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis) \
+        if isinstance(axis, Iterable) else None
+    if axes is None or not all(isinstance(a, (int, np.integer)) for a in axes):
+        op.fail(f"axis must be None, an int or a tuple of ints, got {axis!r}", inputs)
     out = []
     for a in axes:
-        if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
+        if not -ndim <= a < ndim:
             op.fail(f"axis {a!r} is out of range for a {ndim}-d tensor", inputs)
         out.append(int(a) % ndim)
     if len(set(out)) != len(out):
@@ -461,6 +465,11 @@ class Cast(Op):
         return _F().cast(g, z.inputs[0].dtype)
 
 
+def _slice_text(k: slice) -> str:
+    text = ":".join("" if v is None else str(v) for v in (k.start, k.stop, k.step))
+    return "[" + (text[:-1] if k.step is None else text) + "]"
+
+
 def static_index(key, shape) -> tuple:
     """A user's ``x[key]`` as :class:`Index` entries (Ellipsis expanded), or raise."""
     key = key if isinstance(key, tuple) else (key,)
@@ -479,8 +488,12 @@ def static_index(key, shape) -> tuple:
         elif isinstance(k, (int, np.integer)):
             entries.append(("int", int(k)))
         elif isinstance(k, slice):
-            entries.append(("slice", *(None if v is None else int(v)
-                                       for v in (k.start, k.stop, k.step))))
+            bounds = (k.start, k.stop, k.step)
+            if not all(v is None or isinstance(v, (int, np.integer)) for v in bounds):
+                raise IndexError(f"slice bounds must be ints or None, got {_slice_text(k)}")
+            if k.step == 0:
+                raise IndexError(f"slice step cannot be zero in {_slice_text(k)}")
+            entries.append(("slice", *(None if v is None else int(v) for v in bounds)))
         else:
             array = np.asarray(k)
             if array.dtype.kind not in "iu":

@@ -54,13 +54,37 @@ class GradMeta:
         return self.forward_ref() is not None
 
 
+@dataclass(frozen=True)
+class GradientOf:
+    """Tagged on every tensor :func:`vjp` (so ``gc.grad``, ``gc.hvp``) returns: the inputs,
+    by name, of the graph it is a gradient of and of the graphs that one was differentiated
+    from.  ``gc.compile`` accepts feeds for them even where the gradient no longer needs
+    them.  Held strongly (inputs are small leaves): the forward graph itself may be gone."""
+
+    inputs: dict
+
+    alive = True
+
+
+def differentiated_from(nodes) -> dict[str, Tensor]:
+    """The inputs, by name, of the graphs that gradients among ``nodes`` were taken of."""
+    found: dict[str, Tensor] = {}
+    for t in nodes:
+        for r in t.meta or ():
+            if isinstance(r, GradientOf):
+                for name, leaf in r.inputs.items():
+                    found.setdefault(name, leaf)
+    return found
+
+
 def provenance(t: Tensor, forward) -> GradMeta | None:
     """The record of backward node ``t`` that points into ``forward`` (a Graph, outputs or
     nodes): which forward node it came from and in which role."""
     nodes = forward.nodes if isinstance(forward, Graph) else \
         iter_nodes(as_outputs(forward))
     ids = {id(n) for n in nodes}
-    return next((r for r in t.meta or () if id(r.forward) in ids), None)
+    return next((r for r in t.meta or () if isinstance(r, GradMeta) and id(r.forward) in ids),
+                None)
 
 
 @dataclass(frozen=True)
@@ -220,6 +244,9 @@ def vjp(y, wrt, cotangent):
     wrt, single = _as_list(wrt)
     result = backward([y], [ct], wrt)
     grads = [result.grad_of(w) for w in wrt]
+    origin = GradientOf({**differentiated_from(iter_nodes([y])), **y.leaves})
+    for g in grads:  # a gradient that no longer depends on y's inputs may still be fed them
+        g.tag(origin)
     return grads[0] if single else grads
 
 

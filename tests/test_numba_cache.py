@@ -7,10 +7,13 @@ in-process tests forget the kernels loaded in memory first so that the disk is r
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -122,6 +125,141 @@ def test_a_corrupt_source_file_is_rewritten(fresh_cache):
     np.testing.assert_array_equal(got, want)
     assert [p.read_text() for p in sources] == good
     assert all(p.read_text().startswith("# graphc-kernel sha256=") for p in sources)
+
+
+def _damage(path, how):
+    """Put something that is not a regular file of the right contents at ``path``."""
+    path.unlink()
+    if how == "directory":
+        path.mkdir()
+        (path / "inside").write_text("x")
+    elif how == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif how == "fifo":
+        os.mkfifo(path)
+    elif how == "dangling":
+        path.symlink_to(path.with_name("nowhere"))
+
+
+def _without_blocking(fn, paths, seconds=120):
+    """``fn()`` in a thread; fail (after unblocking any reader of a FIFO) if it hangs."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 -- re-raised below
+            out["error"] = err
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for p in paths:  # a reader blocked in open() on a FIFO returns once a writer opens
+            if p.is_fifo():
+                os.close(os.open(p, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(30)
+        pytest.fail(f"gc.compile blocked for {seconds} s on {[str(p) for p in paths]}")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.mark.parametrize("suffix", [".o", ".py"])
+@pytest.mark.parametrize("how", ["directory", "dev-zero", "fifo", "dangling"])
+def test_an_entry_that_is_not_a_regular_file_is_discarded_and_rebuilt(fresh_cache, suffix,
+                                                                       how):
+    _, want = compile_and_run()
+    paths = sorted(fresh_cache.rglob(f"*{suffix}"))
+    assert len(paths) == 2
+    for p in paths:
+        _damage(p, how)
+    kernel_cache.clear_memory()
+    f2, got = _without_blocking(compile_and_run, paths)
+    np.testing.assert_array_equal(got, want)
+    if suffix == ".o":
+        assert f2.stats["kernel_cache_rebuilt"] == 2 and f2.stats["kernel_cache_hits"] == 0
+    for p in paths:  # each entry is a regular file again
+        assert stat.S_ISREG(os.lstat(p).st_mode), p
+    kernel_cache.clear_memory()
+    f3, again = compile_and_run()
+    assert f3.stats["kernel_cache_hits"] == 2
+    np.testing.assert_array_equal(again, want)
+
+
+def _read_only(root, monkeypatch):
+    """Make the tree at ``root`` read-only.  Tests may run as root, who ignores permission
+    bits, so then writes under ``root`` are made to fail as they would for a user."""
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & ~0o222)
+    if os.geteuid() != 0:
+        return
+    top = str(root)
+
+    def under(p):
+        return isinstance(p, (str, bytes, os.PathLike)) and \
+            os.path.abspath(os.fsdecode(p)).startswith(top)
+
+    def refuse(p):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(p))
+    real = {name: getattr(os, name) for name in
+            ("open", "access", "replace", "rename", "unlink", "remove", "rmdir", "mkdir")}
+
+    def fake_open(p, flags, *args, **kwargs):
+        if under(p) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(p)
+        return real["open"](p, flags, *args, **kwargs)
+
+    def fake_access(p, mode, *args, **kwargs):
+        return False if under(p) and mode & os.W_OK else real["access"](p, mode, *args,
+                                                                         **kwargs)
+
+    def guarded(name):
+        def call(*args, **kwargs):
+            if any(under(a) for a in args[:2]):
+                refuse(args[0])
+            return real[name](*args, **kwargs)
+        return call
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "access", fake_access)
+    for name in ("replace", "rename", "unlink", "remove", "rmdir", "mkdir"):
+        monkeypatch.setattr(os, name, guarded(name))
+
+
+def _restore_writable(root):
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) | 0o200)
+
+
+def test_a_read_only_complete_cache_is_read(fresh_cache, monkeypatch):
+    _, want = compile_and_run()
+    before = {p: p.read_bytes() for p in fresh_cache.rglob("*") if p.is_file()}
+    kernel_cache.clear_memory()
+    with monkeypatch.context() as patch:
+        _read_only(fresh_cache, patch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing to write, so nothing to warn about
+            f, got = compile_and_run()
+    _restore_writable(fresh_cache)
+    assert f.stats["kernel_cache_hits"] == 2 and f.stats["kernel_cache_misses"] == 0
+    np.testing.assert_array_equal(got, want)
+    assert {p: p.read_bytes() for p in fresh_cache.rglob("*") if p.is_file()} == before
+
+
+def test_a_read_only_cache_missing_a_kernel_compiles_it_elsewhere(fresh_cache, monkeypatch):
+    _, want = compile_and_run()
+    missing = sorted(fresh_cache.rglob("silu*.o"))
+    assert len(missing) == 1
+    missing[0].unlink()
+    before = sorted(fresh_cache.rglob("*"))
+    kernel_cache.clear_memory()
+    with monkeypatch.context() as patch:
+        _read_only(fresh_cache, patch)
+        with pytest.warns(RuntimeWarning, match="kernel cache"):
+            f, got = compile_and_run()
+    _restore_writable(fresh_cache)
+    assert f.stats["kernel_cache_hits"] == 1 and f.stats["kernel_cache_misses"] == 1
+    np.testing.assert_array_equal(got, want)
+    assert sorted(fresh_cache.rglob("*")) == before  # nothing written into it
 
 
 def test_kernels_are_shared_across_shapes_and_graphs(fresh_cache):
