@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fused_ops import Fused
 from .graph import Graph
 from .inputs import Constant, Input
 from .ir import GraphError, located
@@ -20,7 +21,7 @@ def check_sizes(nodes) -> None:
     user's line."""
     for t in nodes:
         shape = t.shape
-        if t.op.name == "fused":
+        if isinstance(t.op, Fused):
             shape = np.broadcast_shapes(*(i.shape for i in t.inputs))
         n = int(np.prod(shape, dtype=np.float64))
         if n > MAX_ELEMENTS:

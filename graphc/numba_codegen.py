@@ -472,10 +472,11 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
                  kinds, work: str, accumulate) -> KernelSpec:
     """One loop nest computing every output of a fused group.
 
-    ``bound``: ``(symbol, expression)`` statements for the values the group shares, and
-    ``exprs`` the outputs, SymPy expressions of them and of ``symbols`` (one per operand),
-    composed from the group's steps; ``sympy.cse`` extracts what they have in common, so
-    each value is computed once per element.  Operands are loaded (converted to ``work``,
+    ``bound``: ``(symbol, expression)`` statements, one per step of the group in order
+    (``FusedGroup.statements``: the graph's operations in the graph's order), and ``exprs``
+    the outputs, expressions of them and of ``symbols`` (one per operand); ``sympy.cse``
+    extracts what the statements have in common, so each value is computed once per
+    element.  Operands are loaded (converted to ``work``,
     bool operands kept bool) where a phase uses them, ``S`` operands once per call and
     ``C`` once per row.  ``accumulate[m]``: output ``m`` is a sum over the outer loop,
     added into ``out[j]`` (n1 entries: a column sum, or the partial sums of a full sum, in
