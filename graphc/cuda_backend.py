@@ -45,6 +45,7 @@ from .elementwise_ops import Elementwise
 from .fused_ops import Fused
 from .graph import Graph
 from .inputs import Constant, Input
+from .interpreter import check_sizes
 from .ir import GraphError, located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
 from .numba_codegen import Unsupported, _comparison_form, comment
@@ -216,7 +217,8 @@ class CudaProgram:
         return [env[s] for s in self.output_slots]
 
     def __call__(self, feeds: dict) -> list[np.ndarray]:
-        return [np.array(d.copy_to_host(), copy=True) for d in self.run_device(feeds)]
+        with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings
+            return [np.array(d.copy_to_host(), copy=True) for d in self.run_device(feeds)]
 
 
 def compile_graph(graph: Graph) -> CudaProgram:
@@ -263,6 +265,7 @@ class Lowering:
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> CudaProgram:
         from numba import cuda
+        check_sizes(self.graph.nodes)
         for t in self.graph.nodes:
             k = self.slot[id(t)]
             if isinstance(t.op, Input):

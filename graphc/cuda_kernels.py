@@ -268,9 +268,9 @@ def row_kernel(kind: str, dtype: str):
                     if tid == 0:
                         out[row] = m + mathlib.log(s)
                 elif code == 5:
-                    lse = m + mathlib.log(s)
+                    log_sum = mathlib.log(s)  # (x - m) - log(s): no cancellation
                     for j in range(tid, cols, threads):
-                        out[base + j] = x[base + j] - lse
+                        out[base + j] = (x[base + j] - m) - log_sum
                 else:
                     for j in range(tid, cols, threads):
                         out[base + j] = mathlib.exp(x[base + j] - m) / s

@@ -282,9 +282,17 @@ def _pair(name, pred, target):
 
 
 def mse(pred, target) -> Tensor:
-    """Mean squared error over all elements."""
+    """Mean squared error over all elements, as sum((scale) * d^2) with scale = 1/count:
+    the derivative (2 scale) d then stays finite wherever the gradient is (as PyTorch's
+    2 (x - t) / count; g · 2d of mean(square(d)) overflows near the float maximum)."""
     pred, target = _pair("mse", pred, target)
-    return mean(square(pred - target))
+    d = pred - target
+    if not dtypes.is_float(d.dtype):
+        d = cast(d, dtypes.DEFAULT_FLOAT)
+    return sum(_scaled_square(d, scale=1.0 / builtins.max(d.size, 1)))
+
+
+_scaled_square = ew.elementwise("scaled_square", lambda d, scale=1.0: scale * d**2)
 
 
 def binary_cross_entropy_with_logits(logits, targets) -> Tensor:

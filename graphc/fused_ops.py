@@ -189,32 +189,26 @@ class FusedGroup:
     def statements(self, outputs=None, symbols=None):
         """The outputs (before their reductions) as SymPy code: ``(bound, exprs)``.
 
-        A step used once is composed into its user's expression; a step used more than
-        once (a value the DAG shares) is bound to a symbol ``s<k>``: ``bound`` lists
-        ``(symbol, expression)`` in order, ``exprs`` the outputs.  Binding shared steps
-        keeps SymPy's automatic rewriting local (sigmoid(t)**3 stays a cube of one value
-        rather than becoming a second exp) and the expressions linear in the group size."""
+        Every step is its own statement: ``bound`` lists ``(s<k>, expression of step k)``
+        in step order, each expression being one op's form over the input symbols and
+        earlier ``s<k>``; ``exprs`` are the output symbols.  Composing steps into one
+        expression would let SymPy canonicalise across ops (``(a - b) + c`` becomes
+        ``a + c - b``, which rounds differently), so a fused kernel computes exactly the
+        graph's operations in the graph's order, and the code stays linear in the group
+        size.  A step whose arguments repeat a value is built unevaluated, so that
+        ``sub(s, s)`` stays ``s - s`` (NaN for an infinite ``s``), not 0."""
         symbols = self.symbols() if symbols is None else symbols
         outputs = self.outputs if outputs is None else outputs
-        need = self.needed(o.step for o in outputs)
-        uses = dict.fromkeys(need, 0)
-        for s in need:
-            for r in self.steps[s].args:
-                if r[0] == "step":
-                    uses[r[1]] += 1
-        for o in outputs:
-            uses[o.step] += 1
         values: dict[int, sp.Expr] = {}
         bound = []
-        for s in sorted(need):
+        for s in sorted(self.needed(o.step for o in outputs)):
+            refs = self.steps[s].args
             args = [symbols[r[1]] if r[0] == "in" else values[r[1]] if r[0] == "step"
-                    else sp.Float(r[1]) for r in self.steps[s].args]
-            expr = self.step_expression(s, args)
-            if uses[s] > 1:
-                values[s] = sp.Symbol(f"s{s}", real=True)
-                bound.append((values[s], expr))
-            else:
-                values[s] = expr
+                    else sp.Float(r[1]) for r in refs]
+            with sp.evaluate(len(set(refs)) == len(refs)):
+                expr = self.step_expression(s, args)
+            values[s] = sp.Symbol(f"s{s}", real=True)
+            bound.append((values[s], expr))
         return bound, [values[o.step] for o in outputs]
 
     # -- derivatives ------------------------------------------------------------------------

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fused_ops import Fused
 from .graph import Graph
 from .inputs import Constant, Input
 from .ir import GraphError, located
+
+# A value (or a fused loop's domain) of more elements than this is refused before it runs:
+# 2**34 float32 elements are 64 GiB, and a fused loop over them alone takes tens of seconds
+# (a sum over a broadcast of 2**40 elements ran for minutes and lost precision).
+MAX_ELEMENTS = 2**34
+
+
+def check_sizes(nodes) -> None:
+    """Raise GraphError naming the first node of ``nodes`` that computes more than
+    MAX_ELEMENTS elements (a fused node: over its loop's domain), with its shape and the
+    user's line."""
+    for t in nodes:
+        shape = t.shape
+        if isinstance(t.op, Fused):
+            shape = np.broadcast_shapes(*(i.shape for i in t.inputs))
+        n = int(np.prod(shape, dtype=np.float64))
+        if n > MAX_ELEMENTS:
+            raise GraphError(located(
+                f"{t.op.name} ({t.name}) of shape {tuple(shape)} has {n:.4g} elements, more "
+                f"than graphc computes (2**{MAX_ELEMENTS.bit_length() - 1}); reduce the shape "
+                f"or split the computation", t.loc))
 
 
 def evaluate_graph(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run ``graph`` on validated ``feeds``; one array per output, in graph order.
 
     Values are freed as soon as their last user has run, so peak memory follows liveness.
+    A value of more than MAX_ELEMENTS elements raises GraphError before anything runs.
     """
+    check_sizes(graph.nodes)
     last_use = {}
     for k, t in enumerate(graph.nodes):
         for i in t.inputs:
@@ -37,7 +61,10 @@ def evaluate_graph(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarra
 
 def _run(t, args) -> np.ndarray:
     try:
-        out = np.asarray(t.op.evaluate(*args))
+        # IEEE results (inf, nan) without warnings, as compiled kernels give them: every
+        # backend is silent alike (docs/codegen.md, "Floating-point exceptions")
+        with np.errstate(all="ignore"):
+            out = np.asarray(t.op.evaluate(*args))
     except (IndexError, ValueError, FloatingPointError) as err:
         raise GraphError(located(f"{t.op.name} ({t.name}) failed at run time: {err}",
                                  t.loc)) from err

@@ -46,6 +46,7 @@ from .elementwise_ops import Elementwise
 from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
 from .inputs import Constant, Input
+from .interpreter import check_sizes
 from .ir import GraphError, Tensor, located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d, MaxPool2dGrad
 from .passes.memory import best_fit
@@ -194,6 +195,7 @@ class Lowering:
 
     # -- the pipeline -----------------------------------------------------------------------
     def run(self) -> NumbaProgram:
+        check_sizes(self.nodes)
         folded = self.folded = fold_constants(self.nodes)
         choices = {}
         for t in self.nodes:
@@ -1000,8 +1002,9 @@ class FusedInstance:
 
     def output(self, L: Lowering, t: Tensor, m: Tensor, o, call: _Call, parallel: bool):
         """Define output ``m`` (the leader's own value exists already) and its pointer.
-        A sum accumulates n1 column sums: straight into a column-sum output, else into
-        partial sums (one row per chunk of a parallel call) added up after the call."""
+        A sum accumulates n1 column sums (in ``cg.accumulator_dtype``): straight into a
+        column-sum output of that dtype, else into partial sums (one row per chunk of a
+        parallel call) added up after the call."""
         if m is not t:
             kind = "fresh" if id(m) in L.outputs else "pool"
             L.values[id(m)] = Value(m, L.var_name(m), kind, L.index[id(m)], True)
@@ -1015,14 +1018,15 @@ class FusedInstance:
             call.add(L.pointer(value), item * (n1 if len(self.sizes) == 2 else 1))
             return
         column = len(o.reduce) < len(self.domain)
-        if column and not parallel:
+        acc_dtype = cg.accumulator_dtype(self.group.dtype)
+        if column and not parallel and acc_dtype == self.group.dtype:
             L.line(f"{L.use(value)}.fill(0)")
             call.add(L.pointer(value), 0, item * n1)
             return
         acc = f"{value.var}_acc"
-        L.line(f"{acc} = np.zeros(({call.chunks}, {n1}), np.{self.group.dtype})")
+        L.line(f"{acc} = np.zeros(({call.chunks}, {n1}), np.{acc_dtype})")
         L.defined.add(acc)
-        call.add(f"_addr({acc})", 0, item * n1)
+        call.add(f"_addr({acc})", 0, np.dtype(acc_dtype).itemsize * n1)
         target = f"{L.use(value)}.reshape({(-1,) if column else ()!r})"
         call.finish += [f"np.add.reduce({acc}, axis={0 if column else None}, out={target})",
                         f"del {acc}"]
@@ -1193,7 +1197,8 @@ class NumbaProgram:
     def __call__(self, arrays: dict) -> list[np.ndarray]:
         buffers = self._free.pop() if self._free else self._buffers()
         try:
-            return list(self._run(*[arrays[n] for n in self.input_names], *buffers))
+            with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings
+                return list(self._run(*[arrays[n] for n in self.input_names], *buffers))
         except (IndexError, ValueError, FloatingPointError, TypeError) as err:
             node = self._failing_node(sys.exc_info()[2])
             if node is None:

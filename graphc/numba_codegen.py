@@ -472,17 +472,18 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
                  kinds, work: str, accumulate) -> KernelSpec:
     """One loop nest computing every output of a fused group.
 
-    ``bound``: ``(symbol, expression)`` statements for the values the group shares, and
-    ``exprs`` the outputs, SymPy expressions of them and of ``symbols`` (one per operand),
-    composed from the group's steps; ``sympy.cse`` extracts what they have in common, so
-    each value is computed once per element.  Operands are loaded (converted to ``work``,
+    ``bound``: ``(symbol, expression)`` statements, one per step of the group in order
+    (``FusedGroup.statements``: the graph's operations in the graph's order), and ``exprs``
+    the outputs, expressions of them and of ``symbols`` (one per operand); ``sympy.cse``
+    extracts what the statements have in common, so each value is computed once per
+    element.  Operands are loaded (converted to ``work``,
     bool operands kept bool) where a phase uses them, ``S`` operands once per call and
     ``C`` once per row.  ``accumulate[m]``: output ``m`` is a sum over the outer loop,
-    added into ``out[j]`` (n1 entries: a column sum, or the partial sums of a full sum),
-    not stored per element.  With any ``R``/``C`` operand or accumulator the loop is
-    ``(n0, n1)``, else flat over ``n``.  A long body is split in phases (PHASE_COST); the
-    kernel then takes a scratch pointer after the operands, of ``spec.scratch`` elements
-    per call.
+    added into ``out[j]`` (n1 entries: a column sum, or the partial sums of a full sum, in
+    ``accumulator_dtype(work)``), not stored per element.  With any ``R``/``C`` operand or
+    accumulator the loop is ``(n0, n1)``, else flat over ``n``.  A long body is split in
+    phases (PHASE_COST); the kernel then takes a scratch pointer after the operands, of
+    ``spec.scratch`` elements per call.
     """
     two_d = any(k in "RC" for k in kinds) or any(accumulate)
     printer = ScalarPrinter(work, {s: f"x{k}" for k, s in enumerate(symbols)},
@@ -527,16 +528,26 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
               + (f", {len(phases)} phases over tiles of {TILE})" if len(phases) > 1 else ")"),
               "# operands: " + ", ".join(f"a{k} {operand_dtypes[k]} {_KIND_TEXT[kind]}"
                                          for k, kind in enumerate(kinds)),
-              "# outputs: " + ", ".join(f"out{m} {work} {'column sums' if a else 'full'}"
+              "# outputs: " + ", ".join(f"out{m} {accumulator_dtype(work)} column sums" if a
+                                        else f"out{m} {work} full"
                                         for m, a in enumerate(accumulate))]
     header += [f"#   {comment(text)}" for text in steps_text]
     source = _module(header, printer.helpers, lines)
     stem = identifier(label, 30) + f"_{SHORT[work]}_{''.join(kinds)}" + \
         ("_acc" if any(accumulate) else "")
-    params = (("ptr", work),) * len(exprs) + tuple(("ptr", d) for d in operand_dtypes) + \
+    params = tuple(("ptr", accumulator_dtype(work) if a else work) for a in accumulate) + \
+        tuple(("ptr", d) for d in operand_dtypes) + \
         ((("ptr", work),) if slots else ()) + (("int",),) * len(sizes)
     return KernelSpec(stem, source, params, ELEMENTWISE_FASTMATH,
                       tuple(sorted(printer.helpers)), scratch=slots * TILE)
+
+
+def accumulator_dtype(work: str) -> str:
+    """The dtype a fused sum accumulates in: float64 for float32 values.  Each of the n1
+    accumulators adds n0 values one after the other; in float32 that loses digits as
+    n0 grows (2**40 values of ~1 summed to 1.374e11 instead of 1.0995e12), in float64 the
+    error stays below NumPy's pairwise float32 sum."""
+    return "float64" if work == "float32" else work
 
 
 def _load(k, index, operand_dtypes, work, printer) -> str:
@@ -633,13 +644,14 @@ def _inline_trivial(statements, exprs):
     """Statements that only name a number or another value, substituted into their uses
     (so that no phase stores a constant or a copy in scratch)."""
     subs, kept = {}, []
-    for sym, e in statements:
-        e = e.xreplace(subs) if subs else e
-        if e.is_Atom or e.is_number:
-            subs[sym] = e
-        else:
-            kept.append((sym, e))
-    return kept, [e.xreplace(subs) if subs else e for e in exprs]
+    with sp.evaluate(False):  # substituting must not simplify: s - c with c = s is not 0
+        for sym, e in statements:
+            e = e.xreplace(subs) if subs else e
+            if e.is_Atom or e.is_number:
+                subs[sym] = e
+            else:
+                kept.append((sym, e))
+        return kept, [e.xreplace(subs) if subs else e for e in exprs]
 
 
 def _share_powers(bound, exprs):
@@ -763,7 +775,7 @@ def row_kernel(kind: str, dtype: str) -> KernelSpec:
 
     The formulas are the reference's: m = max (NaN propagates), e = exp(x - m),
     softmax = e / sum(e); logsumexp shifts by m only where m is finite, and
-    log_softmax = x - logsumexp.
+    log_softmax = (x - m) - log(s), which does not cancel as x - logsumexp would.
     """
     p = ScalarPrinter(dtype, {})
     c, exp = p.const, f"exp_{SHORT[dtype]}"
@@ -786,12 +798,12 @@ def row_kernel(kind: str, dtype: str) -> KernelSpec:
                   f"        s = {c(0)}",
                   "        for j in range(cols):",
                   f"            s += {exp}(x[base + j] - m)",
-                  f"        lse = m + {p._cast()}(np.log(np.float64(s)))"]
+                  f"        ls = {p._cast()}(np.log(np.float64(s)))"]
         if kind == "logsumexp":
-            lines.append("        out[r] = lse")
+            lines.append("        out[r] = m + ls")
         else:
             lines += ["        for j in range(cols):",
-                      "            out[base + j] = x[base + j] - lse"]
+                      "            out[base + j] = (x[base + j] - m) - ls"]
     header = [f"# graphc kernel: {kind} over contiguous rows, {dtype}"]
     source = _module(header, {"maximum", exp}, lines)
     params = (("ptr", dtype), ("ptr", dtype), ("int",), ("int",))

@@ -142,14 +142,28 @@ class Reduce(Op):
 
     def vjp(self, z, g, k):
         """sum: g broadcast back.  max/min: g to the extremal elements, split evenly among
-        ties (as torch.amax): d/dx_i = [x_i = y] / #{j: x_j = y}."""
+        ties (as torch.amax): d/dx_i = [x_i = y] / #{j: x_j = y}; where y is NaN, the
+        NaNs of x are the extremal elements."""
         F = _F()
         (x,) = z.inputs
         g = _kept(g, x, self.axes)
         if self.kind == "sum":
             return F.broadcast_to(g, x.shape)
-        hit = F.cast(F.equal(x, _kept(z, x, self.axes)), g.dtype)
+        m = _kept(z, x, self.axes)
+        # a NaN extreme (the reduction propagates NaN) is hit by the NaNs, as torch.amax
+        hit = F.cast(F.equal(x, m), g.dtype) + \
+            F.cast(F.not_equal(x, x), g.dtype) * F.cast(F.not_equal(m, m), g.dtype)
         return hit * (g / F.sum(hit, self.axes, keepdims=True))
+
+
+def _shifted_log_sum_exp(x, axes):
+    """``(m, log(sum(exp(x - m))))`` over ``axes`` (kept), ``m`` the maximum where it is
+    finite, else 0 (a row of -inf or inf is not shifted)."""
+    x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
+    m = np.max(x, axis=axes, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0).astype(x.dtype)
+    with np.errstate(all="ignore"):
+        return m, np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True))
 
 
 @dataclass(frozen=True)
@@ -168,11 +182,8 @@ class LogSumExp(Op):
         return shape, _float_input(self, inputs)
 
     def evaluate(self, x):
-        x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
-        m = np.max(x, axis=self.axes, keepdims=True)
-        m = np.where(np.isfinite(m), m, 0)  # all -inf (or inf) rows: no shift
-        with np.errstate(divide="ignore"):
-            out = m + np.log(np.sum(np.exp(x - m), axis=self.axes, keepdims=True))
+        m, log_sum = _shifted_log_sum_exp(x, self.axes)
+        out = m + log_sum
         return out if self.keepdims else np.squeeze(out, axis=self.axes)
 
     local = ("exp({x} − {y})",)
@@ -210,7 +221,7 @@ class Softmax(Op):
 
 @dataclass(frozen=True)
 class LogSoftmax(Op):
-    """x - logsumexp(x) along ``axis``."""
+    """x - logsumexp(x) along ``axis``, computed as (x - m) - log(sum(exp(x - m)))."""
 
     axis: int
 
@@ -220,8 +231,10 @@ class LogSoftmax(Op):
         return inputs[0].shape, _float_input(self, inputs)
 
     def evaluate(self, x):
-        x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
-        return x - LogSumExp((self.axis,), keepdims=True).evaluate(x)
+        # (x - m) - log(sum(exp(x - m))), as PyTorch: x - logsumexp(x) would round
+        # logsumexp (of the size of m) first and cancel (x = [1e4, 1e4, 0]: -0.69336)
+        m, log_sum = _shifted_log_sum_exp(x, (self.axis,))
+        return (x.astype(m.dtype, copy=False) - m) - log_sum
 
     local = ("δ_ij − exp({y})_j",)
     vjp_text = ("{g} − exp({y}) Σ {g}",)

@@ -43,14 +43,43 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
 
 from graphc import dtypes
+from graphc import elementwise_ops as ew
 from graphc.elementwise_ops import Elementwise
 from graphc.fused_ops import Fused, FusedGroup, FusedOutput, FusedStep
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
+from graphc.interpreter import check_sizes
 from graphc.ir import Tensor
 from graphc.structured_ops import BroadcastTo, Index, Reduce, Reshape, Transpose
+
+# A group's kernel is one Numba function, and Numba's compile time grows faster than the
+# function (each inlined exp/log/tanh/erf is typed again with the whole body): one kernel of
+# 20 chained tanh took 14 s, of 80 164 s.  A group is therefore capped at MAX_GROUP_COST
+# (CALL_COST per such call, 1 per other step): a long chain becomes a sequence of groups,
+# each compiled in bounded time, and groups with the same body share one kernel, so
+# compile time grows at most linearly with the chain.  W3's whole training step (22 ops,
+# 10 of them calls: cost 102) stays one group.
+MAX_GROUP_COST = 128
+CALL_COST = 8
+_CALLS = (sp.exp, sp.log, sp.tanh, sp.erf, expm1, log1p)
+
+
+def step_cost(fn) -> int:
+    """The cost of one step computing elementwise op ``fn`` (MAX_GROUP_COST)."""
+    calls = sum(1 for f in fn.stable.atoms(sp.Function) if isinstance(f, _CALLS))
+    return 1 + CALL_COST * calls
+
+
+def member_cost(t: Tensor) -> int:
+    """The cost of an elementwise node or of an earlier fused node's output."""
+    if isinstance(t.op, Fused):
+        g = t.op.group
+        return sum(step_cost(g.steps[s].fn) for s in g.needed((t.op.out.step,)))
+    return step_cost(t.op.fn)
 
 
 def work_dtype(t: Tensor) -> str:
@@ -93,6 +122,7 @@ class _Group:
     ext: set = field(default_factory=set)  # ids of operands from outside the group
     mask: int = 0  # bits of every original group id merged into this one
     reach: int = 0  # the groups that any member depends on: the fused node needs them all
+    cost: int = 0  # the members' step costs (MAX_GROUP_COST)
     forward: bool = False  # holds a forward value of a training step
     late: bool = False  # holds a backward value that must not be computed with the forward
 
@@ -149,7 +179,8 @@ class _Grouping:
         gid = len(self.parent)
         self.parent[gid] = gid
         own = _Group(gid, t.shape, t.dtype, [t], ext={id(i) for i in t.inputs}, mask=1 << gid,
-                     forward=id(t) in self.forward, late=id(t) in self.late)
+                     cost=member_cost(t), forward=id(t) in self.forward,
+                     late=id(t) in self.late)
         self.groups[gid] = own
         self.group_of[id(t)] = gid
         candidates = []
@@ -185,8 +216,11 @@ class _Grouping:
         return held > 2 * _nbytes(t)
 
     def merge(self, roots) -> bool:
-        """Merge the groups ``roots`` if no operand from outside them reaches them."""
+        """Merge the groups ``roots`` if no operand from outside them reaches them and
+        the result stays within MAX_GROUP_COST."""
         groups = [self.groups[g] for g in roots]
+        if sum(g.cost for g in groups) > MAX_GROUP_COST:
+            return False
         mask = 0
         for g in groups:
             mask |= g.mask
@@ -211,6 +245,7 @@ class _Grouping:
         for g in groups:
             target.reach |= g.reach
         target.lead = leads.pop() if leads else target.lead
+        target.cost = sum(g.cost for g in groups)
         target.forward = any(g.forward for g in groups)
         target.late = any(g.late for g in groups)
         return True
@@ -237,6 +272,9 @@ class _Grouping:
         self.group_of[id(t)] = g
         self.is_sum.add(id(t))
         return True
+
+
+_COMMUTATIVE = (ew.add, ew.mul)
 
 
 def _transient(t: Tensor) -> bool:
@@ -294,8 +332,25 @@ def _build_with(group: _Group, users, outputs, look_through: bool):
             steps.append(step)
         return ("step", k)
 
+    def canonical(m: Tensor) -> list[Tensor]:
+        """The operands of a commutative add or mul in a canonical order (members, then
+        known inputs by number, then computed values before feeds and constants): a long
+        chain cut into groups then gives groups with one text, which share one kernel
+        (a + b and b + a round alike)."""
+        ins = list(m.inputs)
+        if not (isinstance(m.op, Elementwise) and m.op.fn in _COMMUTATIVE):
+            return ins
+
+        def rank(k):
+            t = ins[k]
+            if id(t) in members:
+                return (0, value[id(t)][1], False, k)
+            base = _base(t, members) if look_through else t
+            return (1, index.get(id(base), len(index)), not _transient(base), k)
+        return [ins[k] for k in sorted(range(len(ins)), key=rank)]
+
     for m in group.members:
-        refs = [operand(i) for i in m.inputs]
+        refs = [operand(i) for i in canonical(m)]
         if isinstance(m.op, Elementwise):
             value[id(m)] = add(FusedStep(m.op.fn, m.op.params, tuple(refs)))
         else:  # an earlier fused node: inline its steps
@@ -327,7 +382,10 @@ def inline(sub: FusedGroup, step: int, refs, add) -> tuple:
 def fusion(graph: Graph, *, reductions: bool = True, log: dict | None = None) -> Graph:
     """Fuse elementwise groups (module docstring).  ``reductions=False`` leaves every sum
     unfused.  ``log`` receives ``groups`` (how many), ``nodes_fused``, ``epilogues``,
-    ``bytes_saved`` (intermediate values no longer stored) and per-group details."""
+    ``bytes_saved`` (intermediate values no longer stored) and per-group details.
+    A node of more than ``interpreter.MAX_ELEMENTS`` elements raises GraphError here,
+    naming it, before fusion hides it in a group's loop."""
+    check_sizes(graph.nodes)
     users: dict[int, list] = {}
     for t in graph.nodes:
         for i in t.inputs:

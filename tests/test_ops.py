@@ -148,6 +148,8 @@ OPS: dict[str, OpSpec] = {
     "not_equal": OpSpec(np.not_equal, lambda a, b: torch.ne(a, b), ("grid", "grid")),
     "huber_elementwise": OpSpec(_huber_ref, _torch_huber, ("wide",),
                                 ({"delta": 0.5}, {"delta": 2.0})),
+    "scaled_square": OpSpec(lambda d, scale=1.0: scale * d**2,
+                            lambda d, scale=1.0: scale * d**2, ("wide",), ({"scale": 0.25},)),
 }
 
 
@@ -295,7 +297,7 @@ EXPECTED_BUILTINS = {
     "add", "sub", "mul", "div", "pow", "neg", "square", "reciprocal", "exp", "log", "sqrt",
     "abs", "sin", "cos", "tanh", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh",
     "silu", "softplus", "maximum", "minimum", "prelu", "where", "less", "less_equal",
-    "greater", "greater_equal", "equal", "not_equal", "huber_elementwise",
+    "greater", "greater_equal", "equal", "not_equal", "huber_elementwise", "scaled_square",
 }
 
 

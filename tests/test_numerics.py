@@ -1,0 +1,159 @@
+"""Numerics at the edges: fusion keeps the graph's evaluation order, long chains compile
+in bounded time, sums accumulate accurately, the softmax family does not cancel, and the
+backends agree with each other (and with PyTorch's conventions) on inf, NaN and warnings."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from graphc.passes.fusion import MAX_GROUP_COST, fusion, member_cost
+
+import graphc as gc
+
+BACKENDS = ("numpy", "numba")
+
+
+def run(outputs, backend, **feeds):
+    return gc.compile(outputs, backend=backend)(**feeds)
+
+
+# -- 1, 5: fusion evaluates the graph's operations in the graph's order ----------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fusion_keeps_evaluation_order(backend):
+    a, b = gc.input("a", (3,)), gc.input("b", (3,))
+    y = (a - b) + 1.0
+    v = np.array([1e8, 3e7, 1], np.float32)
+    np.testing.assert_array_equal(run(y, backend, a=v, b=v), [1, 1, 1])
+
+
+def test_fused_kernel_binds_each_step():
+    a, b = gc.input("a", (3,)), gc.input("b", (3,))
+    f = gc.compile((a - b) + 1.0, backend="numba")
+    body = f.source[f.source.index("def kernel"):]
+    assert "s0 = (x0 - x1)" in body and "s1 = (s0 + x2)" in body, body
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_step_with_repeated_operand_is_not_simplified(backend):
+    x = gc.input("x", (3,))
+    t = gc.exp(x)
+    y = (t - t) * 2.0  # inf - inf is nan, not 0
+    out = run(y, backend, x=np.array([0, 1e3, -1e3], np.float32))
+    assert np.isnan(out[1]) and out[0] == 0 and out[2] == 0, out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hinge_at_huge_scores_matches_torch(backend):
+    s, lab = gc.input("s", (1, 3)), gc.input("l", (1,), "int64")
+    loss = gc.hinge(s, lab)
+    value, grad = run([loss, gc.grad(loss, s)], backend,
+                      s=np.array([[1e30, 1e30, -1e30]], np.float32), l=np.array([1]))
+    assert value == 1.0
+    np.testing.assert_array_equal(grad, [[1, -1, 0]])
+
+
+# -- 2: long elementwise chains are fused in bounded groups ----------------------------------
+
+def chain(links):
+    x, h = gc.input("x", (64,)), gc.input("h", (64,))
+    for _ in range(links):
+        h = gc.tanh(h) * 0.9 + x * 0.01
+    return h
+
+
+def test_long_chain_is_split_into_groups_sharing_kernels():
+    g = fusion(gc.Graph(chain(200)))
+    fused = [t for t in g.nodes if t.op.name == "fused"]
+    assert all(member_cost(t) <= MAX_GROUP_COST for t in fused)
+    texts = {t.op.group.text for t in fused}
+    assert len(fused) > 20 and len(texts) <= 4, (len(fused), len(texts))
+
+
+@pytest.mark.slow
+def test_chain_of_200_links_compiles_and_matches_reference():
+    h = chain(200)
+    feeds = {"x": np.linspace(-1, 1, 64, dtype=np.float32),
+             "h": np.linspace(1, -1, 64, dtype=np.float32)}
+    f = gc.compile(h, backend="numba")
+    assert f.stats["kernels"] <= 4, f.stats["kernels"]
+    np.testing.assert_allclose(f(**feeds), run(h, "numpy", **feeds), rtol=1e-5, atol=1e-6)
+
+
+# -- 3: sums accumulate accurately; absurd sizes are refused ---------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_float32_sum_is_accurate(backend):
+    s = gc.input("s", ())
+    n = 2**24
+    y = gc.sum(gc.exp(gc.broadcast_to(s, (n,))))
+    exact = n * np.exp(np.float64(np.float32(-2.3)))
+    got = run(y, backend, s=np.float32(-2.3))
+    assert abs(float(got) - exact) / exact < 1e-6, (float(got), exact)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_absurd_size_is_refused_naming_op_and_shape(backend):
+    s = gc.input("s", ())
+    y = gc.sum(gc.exp(gc.broadcast_to(s, (2**40,))))
+    with pytest.raises(gc.GraphError, match=r"broadcast_to.*\(1099511627776,\)"):
+        run(y, backend, s=np.float32(1))
+
+
+# -- 4: log_softmax and softmax_cross_entropy do not cancel ----------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_softmax_does_not_cancel(backend):
+    x = gc.input("x", (1, 3))
+    y = gc.log_softmax(x, axis=1)
+    out = run(y, backend, x=np.array([[1e4, 1e4, 0]], np.float32))
+    np.testing.assert_allclose(out[0, :2], -np.log(2), rtol=1e-6)
+    value, grad = run([y[0, 0], gc.grad(y[0, 0], x)], backend,
+                      x=np.array([[1e30, 1e30, -1e30]], np.float32))
+    np.testing.assert_allclose(value, -np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(grad, [[0.5, -0.5, 0]], atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_cross_entropy_is_accurate(backend):
+    z, lab = gc.input("z", (1, 2)), gc.input("l", (1,), "int64")
+    loss = run(gc.softmax_cross_entropy(z, lab), backend,
+               z=np.array([[100, 90]], np.float32), l=np.array([0]))
+    exact = np.log1p(np.exp(-10.0))  # 4.5399e-05
+    assert abs(float(loss) - exact) / exact < 2e-3, float(loss)  # was 0.8 % off
+
+
+# -- 6: no backend warns ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backends_are_silent_on_invalid_values(backend):
+    x = gc.input("x", (4,))
+    outputs = [gc.sqrt(x), gc.log(x), x ** 0.5, x ** -1.5, 1.0 / x, gc.exp(x * 100.0),
+               gc.logsumexp(x, 0), gc.grad(gc.sum(gc.sqrt(x)), x)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = run(outputs, backend, x=np.array([-1, 0, 1e30, np.inf], np.float32))
+    assert np.isnan(out[0][0]) and out[4][1] == np.inf
+
+
+# -- 7: inf and NaN at the edges follow PyTorch ----------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mse_gradient_near_float32_max_stays_finite(backend):
+    p, t = gc.input("p", (4,)), gc.input("t", (4,))
+    grad = run(gc.grad(gc.mse(p, t), p), backend,
+               p=np.array([-3e38, 1, 2, 3], np.float32), t=np.zeros(4, np.float32))
+    np.testing.assert_allclose(grad, [-1.5e38, 0.5, 1, 1.5], rtol=1e-6)  # as PyTorch
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["max", "min"])
+def test_max_min_gradient_goes_to_the_nan(backend, kind):
+    x = gc.input("x", (2, 3))
+    y = getattr(gc, kind)(x)
+    value, grad = run([y, gc.grad(y, x)], backend,
+                      x=np.array([[1, np.nan, 2], [0, 3, -1]], np.float32))
+    assert np.isnan(value)
+    np.testing.assert_array_equal(grad, [[0, 1, 0], [0, 0, 0]])  # as torch.max
