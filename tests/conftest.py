@@ -36,7 +36,3 @@ def check_every_pass():
         os.environ.pop("GRAPHC_CHECK_PASSES", None)
     else:
         os.environ["GRAPHC_CHECK_PASSES"] = old
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test that takes more than ~5 s")
