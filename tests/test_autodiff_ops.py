@@ -183,6 +183,8 @@ EW_SPECS: dict[str, EwSpec] = {
         lambda d, delta=1.0: TF.huber_loss(d, torch.zeros_like(d), reduction="none",
                                            delta=delta),
         (_huber_d,), ({}, {"delta": 0.5})),
+    "scaled_square": EwSpec(lambda d, scale=1.0: scale * torch.square(d), (_n,),
+                            ({}, {"scale": 0.25})),
 }
 
 # Comparisons have no derivative: checked separately (no gradient flows through them).
