@@ -6,6 +6,10 @@ import os
 import pytest
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than about 5 s")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache_dir(tmp_path_factory):
     old = os.environ.get("GRAPHC_CACHE_DIR")

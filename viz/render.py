@@ -22,7 +22,7 @@ from graphc.ir import GraphError, Tensor
 from .labels import formula, number, shorten, template
 
 LINE = 90  # characters in an edge label's line
-AUTO_COLLAPSE = 150  # nodes above which render(collapse=None) draws each layer as one box
+AUTO_COLLAPSE = 100  # nodes above which render(collapse=None) draws each layer as one box
 FORMATS = (".svg", ".png", ".pdf", ".dot")
 INSTALL_DOT = ("Graphviz's `dot` program was not found on PATH; install it: Debian/Ubuntu "
                "`apt-get install graphviz`, macOS `brew install graphviz`, conda "
@@ -102,7 +102,8 @@ class _Builder:
         self.values = values  # id(node) -> array, or None
         self.check = check
         self.collapse = _collapse_level(self.graph, collapse)
-        self.direction = direction or _direction(self.graph)
+        self.direction = direction or ("LR" if self.collapse is not None
+                                       else _direction(self.graph))
         self.dot = graphviz.Digraph("graphc", graph_attr=dict(
             rankdir=self.direction, fontname="Helvetica", fontsize="11", nodesep="0.25",
             ranksep="0.45", newrank="true"),
@@ -419,7 +420,7 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
     when ``values`` (the feeds) are given, the numbers.  ``check``: a ``gc.check_grad``
     report; failing tensors and derivatives are drawn red.  ``collapse=True`` draws each
     layer (the outermost ``gc.scope`` below those holding the whole model) as one node
-    with its parameter and op counts; ``None`` does so above 150 nodes and says so in the
+    with its parameter and op counts; ``None`` does so above 100 nodes and says so in the
     picture; ``False`` never.  ``direction``: ``"TB"`` (top to bottom) or ``"LR"``;
     default: top to bottom for deep chains, else left to right.
 
