@@ -313,19 +313,20 @@ class _Builder:
                           label="".join(line + "\\l" for line in self.edge_label(e, loss)),
                           color=color, fontcolor=color, penwidth="2.2" if failed else "1.2")
 
-    def add_ir(self, grads, loss):
+    def add_ir(self, grads, result):
         """The backward graph as the IR it is, nodes coloured by their role."""
-        ir = Graph(grads)
+        ir, loss = Graph(grads), self.outputs[0]
         forward = {id(t) for t in self.graph.nodes}
+        in_ir = {id(t) for t in ir.nodes}
         records = {id(t): provenance(t, self.outputs) for t in ir.nodes if id(t) not in forward}
-        known = {k: v for k, v in self.names.items() if k in {id(t) for t in ir.nodes}}
-        for t in ir.nodes:  # backward nodes named by what they are: ∂L/∂z, ∂z/∂x
-            r = records.get(id(t))
-            if r is not None and id(t) not in known:
-                z = self.name(r.forward)
-                x = self.name(r.forward.inputs[r.operand]) if r.operand is not None else z
-                name = f"∂{z}/∂{x}" if r.role == "local" else \
-                    f"∂{self.lname}/∂{z if r.role == 'upstream' else x}"
+        known = {k: v for k, v in self.names.items() if k in in_ir}
+        # the gradients and local derivatives named by what they are: ∂L/∂x, ∂z/∂x
+        named = [(g, f"∂{self.lname}/∂{self.name(x)}") for x in self.graph.nodes
+                 for g in [result.grads.get(id(x))] if g is not None]
+        named += [(e.local, f"∂{self.name(e.forward)}/∂{self.name(e.forward.inputs[e.operand])}")
+                  for e in result.edges if e.local is not None and e.forward is not loss]
+        for t, name in named:
+            if id(t) in in_ir and id(t) not in known:
                 known[id(t)] = _unique(name, set(known.values()))
         names = node_names(ir, known)
         for k, t in enumerate(ir.nodes):
@@ -457,7 +458,7 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
             wanted += list(Graph(grads).nodes) if mode == "ir" else []
         builder.values = _evaluate(wanted, values)
     if mode == "ir":
-        builder.add_ir(grads, loss)
+        builder.add_ir(grads, result)
     elif mode == "backward":
         builder.node_ids = {id(t): f"n{k}" for k, t in enumerate(builder.graph.nodes)}
         builder.add_backward_only(result, loss)
