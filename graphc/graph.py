@@ -109,9 +109,13 @@ def node_names(graph: Graph, known: dict[int, str] | None = None) -> dict[int, s
     >>> sorted(node_names(gc.Graph(h)).values())
     ['2', 'fc1.add', 'fc1.mul', 'fc1.tanh', 'fc1.tanh_2', 'x']
     """
+    return _names_in_order(graph.nodes, known)
+
+
+def _names_in_order(nodes, known=None) -> dict[int, str]:
     names = dict(known or {})
-    taken = set(names.values()) | {t.op.label for t in graph.inputs}
-    for t in graph.nodes:
+    taken = set(names.values()) | {t.op.label for t in nodes if isinstance(t.op, Input)}
+    for t in nodes:
         if id(t) in names:
             continue
         if isinstance(t.op, Input):
@@ -228,6 +232,7 @@ def check_graph(graph) -> Graph:
     if not nx.is_directed_acyclic_graph(g):
         problems.append(f"cycle: {nx.find_cycle(g)}")
     seen: dict[str, Tensor] = {}
+    names = _names_in_order(dfs)
     for t in dfs:
         if isinstance(t.op, Input):
             other = seen.setdefault(t.op.label, t)
@@ -237,10 +242,10 @@ def check_graph(graph) -> Graph:
         try:
             shape, dtype = t.op.infer(t.inputs)
         except GraphError as err:
-            problems.append(f"{t.name}: {str(err).splitlines()[0]}")
+            problems.append(f"{names[id(t)]}: {str(err).splitlines()[0]}")
             continue
         if (tuple(shape), dtype) != (t.shape, t.dtype):
-            problems.append(f"{t.name}: recorded {t.shape} {t.dtype} but {t.op.name} infers "
+            problems.append(f"{names[id(t)]}: recorded {t.shape} {t.dtype} but {t.op.name} infers "
                             f"{tuple(shape)} {dtype}")
     if problems:
         raise GraphError("graph check failed:\n  " + "\n  ".join(problems))
