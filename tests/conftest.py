@@ -28,3 +28,7 @@ def check_every_pass():
         os.environ.pop("GRAPHC_CHECK_PASSES", None)
     else:
         os.environ["GRAPHC_CHECK_PASSES"] = old
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than about 5 s")
