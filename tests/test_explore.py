@@ -73,6 +73,16 @@ def test_page_data_has_the_three_gradients_of_every_edge():
     assert len(d["edges"]) == 6
 
 
+def test_histogram_counts_match_numpy():
+    from graphc.viz.explore import HIST_BINS, _histogram
+    a = np.random.default_rng(0).normal(size=(30, 7))
+    h = _histogram(a)
+    assert h["counts"] == np.histogram(a, HIST_BINS)[0].tolist()
+    assert (h["lo"], h["hi"]) == (a.min(), a.max())
+    assert _histogram(np.arange(8.0)) is None  # small tensors are shown in full instead
+    assert _histogram(np.full(20, np.nan)) is None
+
+
 def test_jupyter_displays_the_page_in_an_iframe():
     loss, feeds = gallery.micrograd()
     ex = gc.explore(loss, values=feeds)
@@ -267,6 +277,16 @@ def test_toolbar_search_toggle_and_clicks(browser, tmp_path):
     assert page.evaluate("document.getElementById('svg').classList.contains('nobwd')")
     page.click(".node:has(text.t1:text-is('z'))")
     assert page.inner_text("#details h3") == "z"
+    # a click near a backward edge selects it (edges are matched to clicks in script)
+    page.click("#bwd")
+    h = next(n["id"] for n in page.evaluate("graphc.nodes()") if n["name"] == "h")
+    point = page.evaluate("""(() => {
+        const p = document.querySelector('.e.b[data-from="%s"]');
+        const q = p.getPointAtLength(p.getTotalLength() / 2).matrixTransform(p.getScreenCTM());
+        return [q.x, q.y]; })()""" % h)
+    page.mouse.click(*point)
+    text = page.inner_text("#details")
+    assert "z → h" in text and "upstream" in text and "downstream" in text
     page.click("#snext")
     assert "step 1 of" in page.inner_text("#details")
     before = page.evaluate("document.getElementById('vp').getAttribute('transform')")
