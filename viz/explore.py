@@ -94,7 +94,7 @@ class _Page:
     """The JSON an explorer page embeds."""
 
     def __init__(self, outs, values, wrt, check):
-        self.builder = b = _Builder(outs, None, check, collapse=False)
+        self.builder = b = _Builder(outs, None, check, collapse=False, direction="LR")
         self.loss = outs[0]
         self.result = None
         if self.loss.shape == () and dtypes.is_float(self.loss.dtype):

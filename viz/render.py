@@ -93,7 +93,7 @@ class Diagram:
 class _Builder:
     """Builds the DOT graph for one call of :func:`render`."""
 
-    def __init__(self, outputs, values, check, collapse):
+    def __init__(self, outputs, values, check, collapse, direction=None):
         self.outputs = outputs
         self.graph = Graph(outputs)
         self.names = node_names(self.graph)
@@ -101,8 +101,8 @@ class _Builder:
         self.check = check
         self.collapse = collapse
         self.dot = graphviz.Digraph("graphc", graph_attr=dict(
-            rankdir="LR", fontname="Helvetica", fontsize="11", nodesep="0.25", ranksep="0.45",
-            newrank="true"), node_attr=dict(fontname="Helvetica", fontsize="10"),
+            rankdir=direction or "LR", fontname="Helvetica", fontsize="11", nodesep="0.25",
+            ranksep="0.45", newrank="true"), node_attr=dict(fontname="Helvetica", fontsize="10"),
             edge_attr=dict(fontname="Helvetica", fontsize="9", color="#6b7280"))
         failed = {r.name for r in check.rows if not r.ok} if check else set()
         self.failed_inputs = failed
