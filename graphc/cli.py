@@ -67,6 +67,20 @@ def _render(args) -> int:
     return 0
 
 
+def _explore(args) -> int:
+    from .viz.explore import explore
+    loss, wrt, feeds = _build_model(args.file)
+    report = None
+    if args.check:
+        from .gradcheck import check_grad
+        report = check_grad(loss, wrt, feeds)
+        print(report)
+    out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".html"
+    explore(loss, out, values=None if args.no_values else feeds, wrt=wrt, check=report)
+    print(f"wrote {out}")
+    return 0
+
+
 def _compile(args) -> int:
     from .compiler import compile
     from .passes.autodiff import grad
@@ -151,6 +165,19 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--collapse", action="store_true",
                         help="draw each gc.scope (layer) as one node")
     render.set_defaults(func=_render)
+    explore = sub.add_parser(
+        "explore", help="write a model's graph as an interactive HTML page",
+        description="Load FILE.py (build() -> (loss, wrt, feeds), as for `check`) and write "
+                    "one self-contained HTML page (works offline) to explore its graph in a "
+                    "browser: groups that expand and collapse, values, gradients, the "
+                    "upstream, local and downstream gradient of every edge, a step mode.")
+    explore.add_argument("file", metavar="FILE.py")
+    explore.add_argument("-o", "--output", help="output path (default: FILE.html in the "
+                                                "current folder)")
+    explore.add_argument("--no-values", action="store_true", help="formulas only, no numbers")
+    explore.add_argument("--check", action="store_true",
+                         help="run check_grad and colour what fails")
+    explore.set_defaults(func=_explore)
     comp = sub.add_parser(
         "compile", help="print the generated code and f.stats of a model file",
         description="Load FILE.py (build() -> (loss, wrt, feeds), as for `check`), compile "

@@ -6,10 +6,6 @@ import os
 import pytest
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than about 5 s")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache_dir(tmp_path_factory):
     old = os.environ.get("GRAPHC_CACHE_DIR")
@@ -32,3 +28,7 @@ def check_every_pass():
         os.environ.pop("GRAPHC_CHECK_PASSES", None)
     else:
         os.environ["GRAPHC_CHECK_PASSES"] = old
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than about 5 s")

@@ -95,7 +95,7 @@ class Diagram:
 class _Builder:
     """Builds the DOT graph for one call of :func:`render`."""
 
-    def __init__(self, outputs, values, check, collapse, direction):
+    def __init__(self, outputs, values, check, collapse, direction=None):
         self.outputs = outputs
         self.graph = Graph(outputs)
         self.names = node_names(self.graph)
@@ -400,7 +400,7 @@ def _shape(t: Tensor) -> str:
 def _evaluate(tensors, feeds) -> dict[int, np.ndarray]:
     values = {id(t): t.op.value.array for t in tensors if isinstance(t.op, Constant)}
     unique = list({id(t): t for t in tensors if id(t) not in values}.values())
-    f = compile(unique, backend="numpy")
+    f = compile(unique, backend="numpy", optimize=False)  # values only: skip the passes
     missing = [n for n in f.input_names if n not in feeds]
     if missing:
         raise GraphError(f"render: values lack feed(s) {missing}")
