@@ -6,8 +6,9 @@ checks its gradients against finite differences (printing the ``check_grad`` tab
 trains it with a progress bar on a training split, watching a separate validation split,
 then prints its accuracy on the held-out test split; renders its forward and backward
 graphs with values, and writes ``<out>/index.html``: a self-contained report with the
-diagrams, the layers, the loss and accuracy curves (uPlot, bundled), the gradient-check
-table and the timings.
+forward and backward graphs in the interactive explorer (``gc.explore``; the static
+diagrams are written beside it), the layers, the loss and accuracy curves (uPlot,
+bundled), the gradient-check table and the timings.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .gradcheck import check_grad
 from .graph import Graph
 from .inputs import input
 from .viz import render
+from .viz.explore import explore
 
 MODELS = ("mlp", "cnn", "lstm")
 BARS = {"mlp": 0.95, "cnn": 0.95, "lstm": 0.90}  # test accuracy the demo promises
@@ -136,6 +138,8 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
                                backward=True, values=picture_feeds),
         # the model's layers, without the loss's bookkeeping
         "layers.svg": render(pic_logits, os.path.join(out_dir, "layers.svg"), collapse=True),
+        "explorer.html": explore(pic_loss, os.path.join(out_dir, "explorer.html"),
+                                 values=picture_feeds),
     }
     render_s = time.perf_counter() - t0
     timings = {"compile (training step)": compile_s, "gradient check": check_s,
@@ -145,8 +149,8 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     figures = {"accuracy": accuracy, "test_loss": test["loss"], "epochs": history.epochs,
                "split": (len(x_train), len(x_val), len(x_test))}
     with open(index, "w", encoding="utf-8") as fh:
-        fh.write(report_html(kind, figures, history, report, timings, out_dir, list(files)))
-    out(f"rendered forward and backward graphs in {render_s:.2f} s")
+        fh.write(report_html(kind, figures, history, report, timings, out_dir, files))
+    out(f"rendered forward and backward graphs (explorer and static) in {render_s:.2f} s")
     out(f"\nwrote {index} (and {', '.join(files)} beside it) in "
         f"{timings['total']:.1f} s")
     return {"accuracy": accuracy, "timings": timings, "index": index, "report_ok": report.ok,
@@ -189,6 +193,7 @@ _STYLE = """body{font-family:Helvetica,Arial,sans-serif;margin:2em;max-width:140
 .figure svg{max-width:100%;height:auto;cursor:zoom-in}
 .figure.full svg{max-width:none;cursor:zoom-out}
 .plots{display:flex;flex-wrap:wrap;gap:24px}
+iframe.explorer{width:100%;height:80vh;border:1px solid #d1d5db}
 pre{background:#f9fafb;padding:1em;overflow-x:auto}td{padding:2px 12px}
 small{font-weight:normal;color:#6b7280}"""
 
@@ -199,19 +204,28 @@ def _inline_svg(out_dir: str, name: str) -> str:
     return text[text.index("<svg"):]
 
 
-def report_html(kind, figures, history, report, timings, out_dir, svgs) -> str:
-    """The self-contained report: curves drawn by the bundled uPlot, the diagrams inline
-    (scaled to fit; click for full size) and linked, the gradient check, the timings."""
+def report_html(kind, figures, history, report, timings, out_dir, files) -> str:
+    """The self-contained report: curves drawn by the bundled uPlot, the layers picture,
+    the forward and backward graphs in the explorer (``files["explorer.html"]``, a
+    ``gc.Explorer``) with the static diagrams linked, the gradient check, the timings."""
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.2f} s</td></tr>"
                    for k, v in timings.items())
-    sections = "".join(
-        f'<h2>{title} <small><a href="{name}">{name}</a> · click the picture to zoom'
-        f'</small></h2><div class="figure" onclick="this.classList.toggle(\'full\')">'
-        f'{_inline_svg(out_dir, name)}</div>'
-        for title, name in (("Layers", "layers.svg"),
-                            ("Forward graph with values", "forward.svg"),
-                            ("Backward graph: upstream, local and downstream gradients",
-                             "backward.svg")) if name in svgs)
+    sections = ""
+    if "layers.svg" in files:
+        sections += ('<h2>Layers <small><a href="layers.svg">layers.svg</a> · click the '
+                     'picture to zoom</small></h2><div class="figure" '
+                     'onclick="this.classList.toggle(\'full\')">'
+                     f'{_inline_svg(out_dir, "layers.svg")}</div>')
+    if "explorer.html" in files:
+        static = " · ".join(f'<a href="{n}">{n}</a>' for n in ("forward.svg", "backward.svg")
+                            if n in files)
+        sections += (
+            "<h2>Forward and backward graphs <small>explorer: click a node or an edge for its "
+            "value, gradient and upstream, local and downstream formulas; expand a layer; "
+            f'step through the passes · <a href="explorer.html">full window</a> · static '
+            f"diagrams: {static}</small></h2>"
+            f'<iframe class="explorer" title="graph explorer" sandbox="allow-scripts" '
+            f'srcdoc="{html.escape(files["explorer.html"].html(), quote=True)}"></iframe>')
     n_train, n_val, n_test = figures["split"]
     data = json.dumps(curves(history)).replace("</", "<\\/")
     return f"""<!DOCTYPE html>

@@ -2,6 +2,7 @@
 by the bundled uPlot with axes, the layers view showing the model's layers, the diagrams
 scaled to fit."""
 
+import html
 import json
 import re
 
@@ -33,12 +34,13 @@ def report_page(tmp_path):
                         "val_loss": 1.2 / (k + 1), "val_accuracy": 0.45 + 0.1 * k})
     x = gc.input("x", (3,))
     loss = gc.sum(gc.tanh(x)).named("loss")
-    for name, kw in (("forward.svg", {}), ("backward.svg", {"backward": True}),
-                     ("layers.svg", {})):
-        gc.render(loss, tmp_path / name, **kw)
+    files = {name: gc.render(loss, tmp_path / name, **kw) for name, kw in (
+        ("forward.svg", {}), ("backward.svg", {"backward": True}), ("layers.svg", {}))}
+    files["explorer.html"] = gc.explore(loss, tmp_path / "explorer.html",
+                                        values={"x": np.array([0.5, -1.0, 2.0])})
     figures = {"accuracy": 0.9, "test_loss": 0.3, "epochs": 3, "split": (1146, 202, 449)}
     return demo.report_html("mlp", figures, history, "check_grad: ok", {"total": 1.0},
-                            str(tmp_path), ["forward.svg", "backward.svg", "layers.svg"])
+                            str(tmp_path), files)
 
 
 def test_curves_come_from_uplot_with_train_and_validation(report_page):
@@ -53,11 +55,16 @@ def test_curves_come_from_uplot_with_train_and_validation(report_page):
     assert "202 validation digits" in report_page and "449 test digits" in report_page
 
 
-def test_diagrams_are_scaled_to_fit_and_linked(report_page):
-    assert ".figure svg{max-width:100%;height:auto" in report_page
-    for name in ("forward.svg", "backward.svg", "layers.svg"):
+def test_graphs_are_in_the_explorer_with_the_static_diagrams_linked(report_page):
+    frame = re.search(r'<iframe class="explorer"[^>]*srcdoc="([^"]*)"', report_page).group(1)
+    page = html.unescape(frame)
+    assert page.startswith("<!DOCTYPE html>") and "window.graphc" in page
+    assert '"name":"loss"' in page  # the graph's data, forward and backward
+    for name in ("forward.svg", "backward.svg", "layers.svg", "explorer.html"):
         assert f'href="{name}"' in report_page
-    assert report_page.count("<svg") == 3 and 'viewBox="' in report_page
+    # only the layers picture is inline, scaled to fit
+    assert report_page.count("<svg") == 1 and 'viewBox="' in report_page
+    assert ".figure svg{max-width:100%;height:auto" in report_page
 
 
 @pytest.mark.slow
@@ -73,3 +80,4 @@ def test_demo_run_writes_the_report(tmp_path):
     assert "6,570 params" not in layers  # not the whole model as one box
     page = (tmp_path / "index.html").read_text()
     assert "new uPlot(" in page and result["report_ok"]
+    assert '<iframe class="explorer"' in page and (tmp_path / "explorer.html").exists()
