@@ -268,3 +268,11 @@ def test_collapse_draws_the_layers_not_the_whole_model(demo_mlp):
     for layer, params in (("fc1", "4,160"), ("fc2", "2,080"), ("out", "330")):
         assert f'label="{layer}\\n{params} params' in source, source
     assert "6,570 params" not in source  # not the whole model as one box
+
+
+def test_errors_name_nodes_as_the_diagrams_do():
+    x = gc.input("x", (3,))
+    with gc.scope("fc1"):
+        mask = x > 0.0
+    with pytest.raises(gc.GraphError, match="with respect to 'fc1.greater': it is bool"):
+        gc.grad(gc.sum(x * gc.cast(mask, "float32")), mask)
