@@ -241,7 +241,8 @@ def test_large_graphs_open_collapsed(browser, tmp_path):
     assert page.evaluate("graphc.nodes().filter(n => n.visible).length") == \
         page.evaluate("graphc.nodes().filter(n => n.group === null).length") + 5
     page.evaluate("graphc.select('W7')")  # a node in an expanded group is drawn selected
-    assert page.evaluate("document.querySelector('.node.selected text').textContent") == "W7"
+    w7 = next(n["id"] for n in page.evaluate("graphc.nodes()") if n["name"] == "W7")
+    assert page.evaluate("document.querySelector('.node.selected').dataset.n") == w7
 
 
 @needs_browser
@@ -289,6 +290,12 @@ def test_toolbar_search_toggle_and_clicks(browser, tmp_path):
     assert "z → h" in text and "upstream" in text and "downstream" in text
     page.click("#snext")
     assert "step 1 of" in page.inner_text("#details")
+    page.keyboard.press("ArrowRight")  # arrow keys step, Escape leaves step mode
+    assert "step 2 of" in page.inner_text("#details")
+    page.keyboard.press("Escape")
+    assert not page.evaluate("document.getElementById('svg').classList.contains('stepping')")
+    ops = {n["op"] for n in page.evaluate("graphc.nodes()")}  # op names without attributes
+    assert {"input", "param", "constant", "matmul", "relu", "sum", "add"} <= ops
     before = page.evaluate("document.getElementById('vp').getAttribute('transform')")
     page.mouse.move(300, 300)
     page.mouse.wheel(0, -300)

@@ -134,16 +134,14 @@ class _Page:
 
     def node(self, t) -> dict:
         b, kind = self.builder, node_kind(t)
-        if kind == "op":
-            attrs = ", ".join(f"{k}={v}" for k, v in t.op.attrs().items() if k != "dtype")
-            op = f"{t.op.name}({attrs})" if attrs else t.op.name
-        else:
-            op = kind
+        attrs = ", ".join(f"{k}={v}" for k, v in t.op.attrs().items() if k != "dtype") \
+            if kind == "op" else ""
         grad = self.result.grads.get(id(t)) if self.result else None
         value = self.value(t)
         if value is None and isinstance(t.op, Constant):
             value = {"text": number(t.op.value.array), "hist": None}
-        return {"id": self.ids[id(t)], "name": b.name(t), "op": op, "kind": kind,
+        return {"id": self.ids[id(t)], "name": b.name(t),
+                "op": t.op.name if kind == "op" else kind, "attrs": attrs, "kind": kind,
                 "group": t.scope or None, "shape": list(t.shape), "dtype": t.dtype,
                 "inputs": [self.ids[id(x)] for x in t.inputs],
                 "failed": isinstance(t.op, Input) and t.op.label in b.failed_inputs,
