@@ -86,16 +86,19 @@ from .nn_functions import (
 from .numba_codegen import CodegenError  # noqa: E402 -- does not import Numba
 from .passes.autodiff import grad, hvp, vjp  # noqa: E402 -- graphc.passes needs the above
 from .viz import Diagram, RenderError, render  # noqa: E402
+from .viz.explore import Explorer, explore  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError", "CodegenError", "CompiledFunction", "DTypeError", "Diagram", "ElementwiseDef",
-    "ElementwiseError", "FeedError", "GradCheckReport", "Graph", "GraphError", "INITIALIZERS",
+    "ElementwiseError", "Explorer",
+    "FeedError", "GradCheckReport", "Graph", "GraphError", "INITIALIZERS",
     "RenderError", "ShapeError", "Tensor", "abs", "add", "avg_pool2d", "batch_norm",
     "binary_cross_entropy_with_logits", "broadcast_to", "cast", "check_grad", "check_graph",
     "compile", "concat", "constant", "conv2d", "cos", "device_feeds", "div", "dropout", "dtypes",
-    "elementwise", "elu", "embedding", "equal", "exp", "format_graph", "gelu", "global_avg_pool2d",
+    "elementwise", "elu", "embedding", "equal", "exp", "explore",
+    "format_graph", "gelu", "global_avg_pool2d",
     "grad", "greater", "greater_equal", "hinge", "huber", "hvp", "init_params", "input", "l1", "l2",
     "layer_norm", "leaky_relu", "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul",
     "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse", "mul", "neg", "nn",

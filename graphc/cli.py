@@ -113,6 +113,20 @@ def _render(args) -> int:
     return 1 if report is not None and not report.ok else 0  # as `graphc check`
 
 
+def _explore(args) -> int:
+    from .viz.explore import explore
+    loss, wrt, feeds = _build_model(args.file)
+    report = None
+    if args.check:
+        from .gradcheck import check_grad
+        report = check_grad(loss, wrt, feeds)
+        print(report)
+    out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".html"
+    explore(loss, out, values=None if args.no_values else feeds, wrt=wrt, check=report)
+    print(f"wrote {out}")
+    return 1 if report is not None and not report.ok else 0  # as `graphc check`
+
+
 def _compile(args) -> int:
     from .compiler import compile
     from .passes.autodiff import grad
@@ -209,6 +223,22 @@ def _add_render(sub):
     p.set_defaults(func=_render)
 
 
+def _add_explore(sub):
+    p = sub.add_parser(
+        "explore", help="write a model's graph as an interactive HTML page",
+        description="Load FILE.py (build() -> (loss, wrt, feeds), as for `check`) and write "
+                    "one self-contained HTML page (works offline) to explore its graph in a "
+                    "browser: groups that expand and collapse, values, gradients, the "
+                    "upstream, local and downstream gradient of every edge, a step mode.")
+    _model_file(p)
+    p.add_argument("-o", "--output", help="output path (default: FILE.html in the current "
+                                          "folder)")
+    p.add_argument("--no-values", action="store_true", help="formulas only, no numbers")
+    p.add_argument("--check", action="store_true",
+                   help="run check_grad, colour what fails and exit 1 if it fails")
+    p.set_defaults(func=_explore)
+
+
 def _add_compile(sub):
     p = sub.add_parser(
         "compile", help="print the generated code and f.stats of a model file",
@@ -244,7 +274,8 @@ def _add_bench(sub):
     p.set_defaults(func=_bench)
 
 
-SUBCOMMANDS = (_add_demo, _add_check, _add_render, _add_compile, _add_bench)
+SUBCOMMANDS = (_add_demo, _add_check, _add_render, _add_explore, _add_compile,
+               _add_bench)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -3,16 +3,21 @@
 Builds a model for the bundled handwritten digits (an MLP by default, or a small CNN or an
 LSTM over the image rows), compiles its training step (printing the compile time),
 checks its gradients against finite differences (printing the ``check_grad`` table),
-trains it with a progress bar (printing test accuracy), renders its forward and backward
+trains it with a progress bar on a training split, watching a separate validation split,
+then prints its accuracy on the held-out test split; renders its forward and backward
 graphs with values, and writes ``<out>/index.html``: a self-contained report with the
-diagrams, the loss curve, the gradient-check table and the timings.
+forward and backward graphs in the interactive explorer (``gc.explore``; the static
+diagrams are written beside it), the layers, the loss and accuracy curves (uPlot,
+bundled), the gradient-check table and the timings.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import time
+from importlib import resources
 
 import numpy as np
 
@@ -23,6 +28,7 @@ from .gradcheck import check_grad
 from .graph import Graph
 from .inputs import input
 from .viz import render
+from .viz.explore import explore
 
 MODELS = ("mlp", "cnn", "lstm")
 BARS = {"mlp": 0.95, "cnn": 0.95, "lstm": 0.90}  # test accuracy the demo promises
@@ -59,17 +65,11 @@ def _graphs(model, kind: str, batch: int):
     return F.softmax_cross_entropy(logits, y).named("loss"), logits, x, y
 
 
-def _accuracy(logits, y):
-    hit = F.equal(F.cast(_argmax(logits), "int64"), y)
-    return F.mean(F.cast(hit, "float32"))
-
-
-def _argmax(logits):
-    """Index of the row maximum, built from comparisons (first maximum on ties)."""
-    n, c = logits.shape
-    is_max = F.greater_equal(logits, F.max(logits, axis=1, keepdims=True))
-    order = F.constant(np.arange(c, 0, -1, dtype=np.float32))  # earlier index, larger
-    return c - F.max(F.where(is_max, order, 0.0), axis=1)
+def _splits(images, labels):
+    """Train, validation (watched while training) and test (reported once, at the end)."""
+    (x_rest, y_rest), test = datasets.train_test_split(images, labels)
+    train_split, val = datasets.train_test_split(x_rest, y_rest, test_fraction=0.15, seed=1)
+    return train_split, val, test
 
 
 def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = None,
@@ -82,17 +82,20 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     os.makedirs(out_dir, exist_ok=True)
     images, labels = datasets.load_digits()
     images = images.reshape((len(images),) + _shape(kind, 1)[1:])
-    (x_train, y_train), (x_test, y_test) = datasets.train_test_split(images, labels)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = _splits(images, labels)
     model = build_model(kind)
     out(f"graphc demo: a {kind.upper()} on {len(images)} handwritten digits "
-        f"({len(x_train)} train, {len(x_test)} test), bundled in graphc.data\n")
+        f"({len(x_train)} train, {len(x_val)} validation, {len(x_test)} test), bundled in "
+        f"graphc.data\n")
 
     batch = 64
     x = input("x", _shape(kind, batch))
     y = input("y", (batch,), "int64")
-    loss = F.softmax_cross_entropy(model(x, training=True), y)
+    logits = model(x, training=True)
+    loss = F.softmax_cross_entropy(logits, y)
     t0 = time.perf_counter()
     step = train.make_train_step(loss, optim.Adam(lr=optim.cosine(1e-2, 1000, 1e-4)),
+                                 metrics={"accuracy": F.mean(train.correct(logits, y))},
                                  model=model)
     compile_s = time.perf_counter() - t0
     out(f"compiled the training step ({len(step.fn.graph)} nodes: forward, backward, "
@@ -114,20 +117,21 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     out(f"\ngradient check of every parameter against central differences, on 4 random "
         f"inputs ({check_s:.2f} s):\n{report}\n")
 
-    eval_n = 449
-    test_loss, test_logits, _, ye = _graphs(model, kind, eval_n)
-    ev = train.make_eval_step({"loss": test_loss, "accuracy": _accuracy(test_logits, ye)})
+    eval_loss, eval_logits, _, ye = _graphs(model, kind, len(x_val))
+    ev = train.make_eval_step({"loss": eval_loss, "accuracy": train.correct(eval_logits, ye)})
     t0 = time.perf_counter()
     history = train.fit(step, {"x": x_train, "y": y_train}, epochs=epochs,
-                        val_data={"x": x_test, "y": y_test}, eval_step=ev)
+                        val_data={"x": x_val, "y": y_val}, eval_step=ev)
     train_s = time.perf_counter() - t0
-    accuracy = history["val_accuracy"][-1]
-    out(f"trained {history.epochs} epochs in {train_s:.1f} s: test accuracy "
-        f"{accuracy:.4f}, test loss {history['val_loss'][-1]:.4f}")
+    test = ev.evaluate({"x": x_test, "y": y_test}, step)
+    accuracy = test["accuracy"]
+    out(f"trained {history.epochs} epochs in {train_s:.1f} s: validation accuracy "
+        f"{history['val_accuracy'][-1]:.4f}; test accuracy {accuracy:.4f}, test loss "
+        f"{test['loss']:.4f}")
 
     t0 = time.perf_counter()
     picture_feeds = {"x": x_test[:2], "y": y_test[:2], **step.values}
-    pic_loss, *_ = _graphs(model, kind, 2)
+    pic_loss, pic_logits, *_ = _graphs(model, kind, 2)
     pic_inputs = {t.op.label for t in Graph(pic_loss).inputs}
     picture_feeds = {k: v for k, v in picture_feeds.items() if k in pic_inputs}
     files = {
@@ -135,84 +139,115 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
                               values=picture_feeds),
         "backward.svg": render(pic_loss, os.path.join(out_dir, "backward.svg"),
                                backward=True, values=picture_feeds),
-        "layers.svg": render(pic_loss, os.path.join(out_dir, "layers.svg"), collapse=True),
+        # the model's layers, without the loss's bookkeeping
+        "layers.svg": render(pic_logits, os.path.join(out_dir, "layers.svg"), collapse=True),
+        "explorer.html": explore(pic_loss, os.path.join(out_dir, "explorer.html"),
+                                 values=picture_feeds),
     }
     render_s = time.perf_counter() - t0
-    with open(os.path.join(out_dir, "loss.svg"), "w", encoding="utf-8") as fh:
-        fh.write(loss_curve(history))
     timings = {"compile (training step)": compile_s, "gradient check": check_s,
                "training": train_s, "rendering": render_s,
                "total": time.perf_counter() - start}
     index = os.path.join(out_dir, "index.html")
+    figures = {"accuracy": accuracy, "test_loss": test["loss"], "epochs": history.epochs,
+               "split": (len(x_train), len(x_val), len(x_test))}
     with open(index, "w", encoding="utf-8") as fh:
-        fh.write(report_html(kind, accuracy, history, report, timings, out_dir,
-                             [*files, "loss.svg"]))
-    out(f"rendered forward and backward graphs in {render_s:.2f} s")
-    out(f"\nwrote {index} (and {', '.join([*files, 'loss.svg'])} beside it) in "
+        fh.write(report_html(kind, figures, history, report, timings, out_dir, files))
+    out(f"rendered forward and backward graphs (explorer and static) in {render_s:.2f} s")
+    out(f"\nwrote {index} (and {', '.join(files)} beside it) in "
         f"{timings['total']:.1f} s")
     return {"accuracy": accuracy, "timings": timings, "index": index, "report_ok": report.ok,
-            "files": [os.path.join(out_dir, f) for f in [*files, "loss.svg", "index.html"]]}
+            "files": [os.path.join(out_dir, f) for f in [*files, "index.html"]]}
 
 
-def loss_curve(history, width=480, height=240) -> str:
-    """The per-epoch training and test loss as a small standalone SVG line chart."""
-    series = {k: history[k] for k in ("loss", "val_loss") if k in history}
-    values = [v for s in series.values() for v in s]
-    top, bottom = max(values), min(0.0, min(values))
-    n = max(len(s) for s in series.values())
-    pad = 36
-
-    def point(i, v):
-        px = pad + (width - 2 * pad) * (i / max(n - 1, 1))
-        py = height - pad - (height - 2 * pad) * ((v - bottom) / ((top - bottom) or 1))
-        return f"{px:.1f},{py:.1f}"
-
-    colors = {"loss": "#2563eb", "val_loss": "#dc2626"}
-    lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="Helvetica" font-size="11">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
-             'stroke="#9ca3af"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#9ca3af"/>',
-             f'<text x="{pad}" y="{pad - 8}">loss ({top:.3g} at the top)</text>',
-             f'<text x="{width - pad}" y="{height - 10}" text-anchor="end">epoch {n}</text>']
-    for k, (name, s) in enumerate(series.items()):
-        pts = " ".join(point(i, v) for i, v in enumerate(s))
-        lines.append(f'<polyline fill="none" stroke="{colors[name]}" stroke-width="2" '
-                     f'points="{pts}"/>')
-        label = "train loss" if name == "loss" else "test loss"
-        lines.append(f'<text x="{width - pad}" y="{pad + 14 * k}" text-anchor="end" '
-                     f'fill="{colors[name]}">{label}: {s[-1]:.4f}</text>')
-    lines.append("</svg>")
-    return "\n".join(lines)
+def curves(history) -> dict:
+    """The per-epoch series the report plots: ``{"epoch": [...], "loss": [...], ...}``."""
+    keys = [k for k in ("loss", "val_loss", "accuracy", "val_accuracy") if k in history]
+    return {"epoch": list(range(1, history.epochs + 1)),
+            **{k: [float(v) for v in history[k]] for k in keys}}
 
 
-def report_html(kind, accuracy, history, report, timings, out_dir, svgs) -> str:
-    """The self-contained report: SVGs inline (and linked), tables, timings."""
-    def inline(name):
-        with open(os.path.join(out_dir, name), encoding="utf-8") as fh:
-            text = fh.read()
-        return text[text.index("<svg"):]
+def _asset(name: str) -> str:
+    return resources.files("graphc.viz").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+_PLOTS = """
+const D = JSON.parse(document.getElementById("curves").textContent);
+const W = Math.min(560, document.body.clientWidth - 40);
+function plot(title, keys, labels, el) {
+  const colors = ["#2563eb", "#dc2626"];
+  const series = [{label: "epoch"}].concat(keys.filter(k => k in D).map((k, i) => ({
+    label: labels[i], stroke: colors[i], width: 2,
+    value: (u, v) => v == null ? "-" : v.toFixed(4)})));
+  const data = [D.epoch].concat(keys.filter(k => k in D).map(k => D[k]));
+  new uPlot({title: title, width: W, height: 260, series: series,
+             scales: {x: {time: false}},
+             axes: [{label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100]},
+                    {label: title}]}, data, el);
+}
+plot("loss", ["loss", "val_loss"], ["train", "validation"],
+     document.getElementById("loss-plot"));
+plot("accuracy", ["accuracy", "val_accuracy"], ["train", "validation"],
+     document.getElementById("accuracy-plot"));
+"""
+
+_STYLE = """body{font-family:Helvetica,Arial,sans-serif;margin:2em;max-width:1400px}
+.figure{border:1px solid #e5e7eb;padding:8px;overflow:auto;max-height:90vh}
+.figure svg{max-width:100%;height:auto;cursor:zoom-in}
+.figure.full svg{max-width:none;cursor:zoom-out}
+.plots{display:flex;flex-wrap:wrap;gap:24px}
+iframe.explorer{width:100%;height:80vh;border:1px solid #d1d5db}
+pre{background:#f9fafb;padding:1em;overflow-x:auto}td{padding:2px 12px}
+small{font-weight:normal;color:#6b7280}"""
+
+
+def _inline_svg(out_dir: str, name: str) -> str:
+    with open(os.path.join(out_dir, name), encoding="utf-8") as fh:
+        text = fh.read()
+    return text[text.index("<svg"):]
+
+
+def report_html(kind, figures, history, report, timings, out_dir, files) -> str:
+    """The self-contained report: curves drawn by the bundled uPlot, the layers picture,
+    the forward and backward graphs in the explorer (``files["explorer.html"]``, a
+    ``gc.Explorer``) with the static diagrams linked, the gradient check, the timings."""
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.2f} s</td></tr>"
                    for k, v in timings.items())
-    sections = "".join(
-        f'<h2>{title} <small><a href="{name}">{name}</a></small></h2>'
-        f'<div class="figure">{inline(name)}</div>'
-        for title, name in (("Loss curve", "loss.svg"), ("Layers", "layers.svg"),
-                            ("Forward graph with values", "forward.svg"),
-                            ("Backward graph: upstream, local and downstream gradients",
-                             "backward.svg")) if name in svgs)
+    sections = ""
+    if "layers.svg" in files:
+        sections += ('<h2>Layers <small><a href="layers.svg">layers.svg</a> · click the '
+                     'picture to zoom</small></h2><div class="figure" '
+                     'onclick="this.classList.toggle(\'full\')">'
+                     f'{_inline_svg(out_dir, "layers.svg")}</div>')
+    if "explorer.html" in files:
+        static = " · ".join(f'<a href="{n}">{n}</a>' for n in ("forward.svg", "backward.svg")
+                            if n in files)
+        sections += (
+            "<h2>Forward and backward graphs <small>explorer: click a node or an edge for its "
+            "value, gradient and upstream, local and downstream formulas; expand a layer; "
+            f'step through the passes · <a href="explorer.html">full window</a> · static '
+            f"diagrams: {static}</small></h2>"
+            f'<iframe class="explorer" title="graph explorer" sandbox="allow-scripts" '
+            f'srcdoc="{html.escape(files["explorer.html"].html(), quote=True)}"></iframe>')
+    n_train, n_val, n_test = figures["split"]
+    data = json.dumps(curves(history)).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>graphc demo: {kind}</title>
-<style>body{{font-family:Helvetica,Arial,sans-serif;margin:2em;max-width:1400px}}
-.figure{{overflow-x:auto;border:1px solid #e5e7eb;padding:8px}}
-pre{{background:#f9fafb;padding:1em;overflow-x:auto}}td{{padding:2px 12px}}</style>
+<style>{_asset("uPlot-1.6.32.min.css")}
+{_STYLE}</style>
 </head><body>
 <h1>graphc demo: {kind.upper()} on handwritten digits</h1>
-<p>Test accuracy <b>{accuracy:.4f}</b> after {history.epochs} epochs
-(test loss {history['val_loss'][-1]:.4f}).</p>
+<p>Test accuracy <b>{figures["accuracy"]:.4f}</b> (test loss {figures["test_loss"]:.4f}) after
+{figures["epochs"]} epochs on {n_train} training digits; {n_val} validation digits were
+watched while training, the {n_test} test digits only once, at the end.</p>
+<h2>Training curves</h2>
+<div class="plots"><div id="loss-plot"></div><div id="accuracy-plot"></div></div>
+<script type="application/json" id="curves">{data}</script>
+<script>{_asset("uPlot-1.6.32.iife.min.js")}</script>
+<script>{_PLOTS}</script>
 <h2>Timings</h2><table>{rows}</table>
 <h2>Gradient check</h2><pre>{html.escape(str(report))}</pre>
 {sections}
+<p><small>Curves drawn with uPlot 1.6.32 (MIT licence, bundled).</small></p>
 </body></html>
 """

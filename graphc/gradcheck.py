@@ -8,7 +8,7 @@ import numpy as np
 
 from . import dtypes
 from .compiler import FeedError, compile
-from .graph import Graph
+from .graph import Graph, node_names
 from .inputs import Input, constant, input
 from .ir import GraphError, Tensor
 
@@ -40,6 +40,7 @@ class EdgeCheck:
     analytic: float
     numeric: float
     ok: bool
+    names: tuple[str, str] = ("", "")  # the node's and the operand's display names
 
 
 @dataclass
@@ -85,9 +86,8 @@ class GradCheckReport:
                 lines.append(f"{r.name}{list(r.worst_index)}: analytic {r.analytic:.6g}, "
                              f"numeric {r.numeric:.6g}; likely cause: {r.cause}")
         for e in self.bad_edges:
-            operand = e.node.inputs[e.operand]
-            lines.append(f"where: the derivative of {e.node.op.name} node {e.node.name!r} with "
-                         f"respect to operand {e.operand} ({operand.name!r}) fails on its own "
+            lines.append(f"where: the derivative of {e.node.op.name} node {e.names[0]!r} with "
+                         f"respect to operand {e.operand} ({e.names[1]!r}) fails on its own "
                          f"(u.J.v analytic {e.analytic:.6g}, numeric {e.numeric:.6g})")
         return "\n".join(lines)
 
@@ -115,6 +115,7 @@ def check_edges(y, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, seed=0) -> list[EdgeCh
     from graphc.passes.precision import with_float_dtype
     (y64,), mapping = with_float_dtype([y], "float64", "float32")
     original = {id(new): old for old in Graph(y).nodes for new in [mapping[id(old)]]}
+    names = node_names(Graph(y))
     nodes = Graph(y64).nodes
     run = compile(list(nodes), backend="numpy")
     values = dict(zip(map(id, nodes), run({k: feeds[k] for k in run.input_names})))
@@ -137,8 +138,10 @@ def check_edges(y, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, seed=0) -> list[EdgeCh
             shifted = [dict(at, **{h.op.label: at[h.op.label] + s * eps * v}) for s in (1, -1)]
             plus, minus = (float(np.sum(u * f(feed))) for feed in shifted)
             numeric = (plus - minus) / (2 * eps)
-            checks.append(EdgeCheck(original[id(z)], k, analytic, numeric,
-                                    _close(analytic, numeric, rtol, atol)))
+            z0 = original[id(z)]
+            checks.append(EdgeCheck(z0, k, analytic, numeric,
+                                    _close(analytic, numeric, rtol, atol),
+                                    (names[id(z0)], names[id(z0.inputs[k])])))
     return checks
 
 

@@ -28,10 +28,9 @@ class Graph:
     >>> x = gc.input("x", (2,))
     >>> print(gc.Graph(gc.exp(x) * 2))          # doctest: +NORMALIZE_WHITESPACE
     graph(x: f32[2]) {
-      %0 = exp(x)                  : f32[2]
-      %1 = constant 2.0            : f32[]
-      %2 = mul(%0, %1)             : f32[2]
-      return %2
+      exp = exp(x)                 : f32[2]
+      mul = mul(exp, 2)            : f32[2]
+      return mul
     }
     """
 
@@ -112,22 +111,75 @@ def node_kind(t: Tensor) -> str:
     return "constant" if isinstance(t.op, Constant) else "op"
 
 
-def node_names(graph: Graph) -> dict[int, str]:
-    """Printer names by ``id``: inputs by name; named constants and nodes given a display
-    name with ``.named()`` by that name where it is free; every other node ``%k``."""
-    names, k = {}, 0
-    taken = {t.op.label for t in graph.inputs}
-    for t in graph.nodes:
-        label = t.display or getattr(t.op, "label", None)
+def node_names(graph: Graph, known: dict[int, str] | None = None) -> dict[int, str]:
+    """The one naming scheme of printers, diagrams, ``check_grad`` and error messages, by
+    ``id``: inputs and params by their name; nodes named with ``.named()`` by that name;
+    scalar constants by their value (``2``); every other node by its innermost scope and
+    op (``fc1.matmul``), or its op alone outside scopes (``exp``).  Names are unique within
+    the graph (a repeat gets ``_2``, ``_3`` ... in graph order) and depend only on the
+    graph.  ``known``: names already given (a forward graph's, when naming its backward
+    graph), kept and reserved.
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", (2,))
+    >>> with gc.scope("fc1"):
+    ...     h = gc.tanh(x * 2.0) + gc.tanh(x)
+    >>> sorted(node_names(gc.Graph(h)).values())
+    ['2', 'fc1.add', 'fc1.mul', 'fc1.tanh', 'fc1.tanh_2', 'x']
+    """
+    return _names_in_order(graph.nodes, known)
+
+
+def _names_in_order(nodes, known=None) -> dict[int, str]:
+    names = dict(known or {})
+    taken = set(names.values()) | {t.op.label for t in nodes if isinstance(t.op, Input)}
+    for t in nodes:
+        if id(t) in names:
+            continue
         if isinstance(t.op, Input):
             names[id(t)] = t.op.label
-        elif label and label not in taken:  # a named node, if its name is free
-            names[id(t)] = label
-            taken.add(label)
-        else:
-            names[id(t)] = f"%{k}"
+            continue
+        base = _own_name(t) or _derived_name(t)
+        name, k = base, 1
+        while name in taken:
             k += 1
+            name = f"{base}_{k}"
+        names[id(t)] = name
+        taken.add(name)
     return names
+
+
+def display_name(t: Tensor, graph: Graph | None = None) -> str:
+    """``t``'s name as every printer and diagram shows it (see :func:`node_names`), within
+    ``graph`` (default: the graph of ``t`` alone)."""
+    return node_names(graph if graph is not None else Graph(t))[id(t)]
+
+
+def _own_name(t: Tensor) -> str | None:
+    if isinstance(t.op, Input):
+        return t.op.label
+    return t.display or getattr(t.op, "label", None)
+
+
+def _derived_name(t: Tensor) -> str:
+    if isinstance(t.op, Constant):
+        a = t.op.value.array
+        base = scalar_text(a[()]) if a.ndim == 0 else "const"
+    else:
+        base = t.op.name
+    if t.scope and not (isinstance(t.op, Constant) and t.op.value.array.ndim == 0):
+        return f"{t.scope.rsplit('/', 1)[-1]}.{base}"
+    return base
+
+
+def scalar_text(v) -> str:
+    """A scalar as people write it: ``2``, ``0.5``, ``1e-05``, ``True``; never ``-0``."""
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return f"{v + 0.0:.6g}"  # + 0.0 turns -0.0 into 0.0
 
 
 _SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
@@ -144,8 +196,9 @@ def _attr_text(value) -> str:
 
 
 def format_graph(graph) -> str:
-    """Deterministic text form of a graph: one line per node, SSA style, every shared
-    node named, with shapes and dtypes."""
+    """Deterministic text form of a graph: one line per node, SSA style, every node named
+    as diagrams name it (:func:`node_names`; scalar constants inline), with shapes and
+    dtypes."""
     graph = graph if isinstance(graph, Graph) else Graph(graph)
     names = node_names(graph)
     header = []
@@ -155,7 +208,7 @@ def format_graph(graph) -> str:
         header.append(f"{t.op.label}: {type_text(t)}{tag}")
     lines = [f"graph({', '.join(header)}) {{"]
     for t in graph.nodes:
-        if isinstance(t.op, Input):
+        if isinstance(t.op, Input) or _inlined(t, names):
             continue
         if isinstance(t.op, Constant):
             body = f"constant {_constant_text(t.op.value.array)}"
@@ -167,6 +220,12 @@ def format_graph(graph) -> str:
     lines.append(f"  return {', '.join(names[id(t)] for t in graph.outputs)}")
     lines.append("}")
     return "\n".join(lines)
+
+
+def _inlined(t: Tensor, names) -> bool:
+    """A scalar constant named by its value needs no line of its own."""
+    return (isinstance(t.op, Constant) and t.op.value.array.ndim == 0
+            and names[id(t)] == scalar_text(t.op.value.array[()]))
 
 
 def _constant_text(a: np.ndarray) -> str:
@@ -193,6 +252,7 @@ def check_graph(graph) -> Graph:
         if late:
             problems.append(f"cycle: {t.name} is an input of its own input(s) {late}")
     seen: dict[str, Tensor] = {}
+    names = _names_in_order(dfs)
     for t in dfs:
         if isinstance(t.op, Input):
             other = seen.setdefault(t.op.label, t)
@@ -202,10 +262,10 @@ def check_graph(graph) -> Graph:
         try:
             shape, dtype = t.op.infer(t.inputs)
         except GraphError as err:
-            problems.append(f"{t.name}: {str(err).splitlines()[0]}")
+            problems.append(f"{names[id(t)]}: {str(err).splitlines()[0]}")
             continue
         if (tuple(shape), dtype) != (t.shape, t.dtype):
-            problems.append(f"{t.name}: recorded {t.shape} {t.dtype} but {t.op.name} infers "
+            problems.append(f"{names[id(t)]}: recorded {t.shape} {t.dtype} but {t.op.name} infers "
                             f"{tuple(shape)} {dtype}")
     if problems:
         raise GraphError("graph check failed:\n  " + "\n  ".join(problems))

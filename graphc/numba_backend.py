@@ -178,15 +178,13 @@ class Lowering:
 
     # -- names ----------------------------------------------------------------------------
     def var_name(self, t: Tensor) -> str:
-        """``in<k>_<name>`` for inputs, ``v<n>_<op>`` for node %n of the text printer,
-        ``c<k>_<name>`` for named constants: identifiers made here, never user text alone."""
+        """``in<k>_<name>`` for inputs, ``v<k>_<name>`` for the node the text printer calls
+        ``name`` (``fc1.matmul`` -> ``v6_fc1_matmul``): identifiers made here, never user
+        text alone."""
         k = self.index[id(t)]
         if isinstance(t.op, Input):
             return f"in{k}_{cg.identifier(t.op.label, 24)}"
-        printed = self.printed[id(t)]
-        if printed.startswith("%") and printed[1:].isdigit():
-            return f"v{printed[1:]}_{cg.identifier(t.op.name, 24)}"
-        return f"c{k}_{cg.identifier(printed, 24)}"
+        return f"v{k}_{cg.identifier(self.printed[id(t)], 24).lstrip('_')}"
 
     def describe(self, t: Tensor) -> str:
         """The node as the text printer shows it, for comments."""
@@ -276,7 +274,8 @@ class Lowering:
                 "constants",
                 f"# inputs: {cg.comment(text) or 'none'}",
                 f"# outputs: {cg.comment(outs)}",
-                "# v<k>_<op> holds node %k of the graph printer; pointers p..., kernels k_..."]
+                "# v<k>_<name> holds the node the graph printer calls <name>; pointers p..., "
+                "kernels k_..."]
 
     # -- helpers used by the rules --------------------------------------------------------
     def line(self, text: str) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from graphc import dtypes
 from graphc import functions as F
 from graphc.elementwise_ops import Elementwise
-from graphc.graph import Graph, as_outputs
+from graphc.graph import Graph, as_outputs, node_names
 from graphc.inputs import constant
 from graphc.ir import GraphError, Tensor, iter_nodes, located
 from graphc.structured_ops import unbroadcast
@@ -179,7 +179,8 @@ def backward(ys, cotangents, wrt) -> Backward:
     done = {id(t) for t in iter_nodes(ys)}  # forward nodes, then nodes tagged by this pass
     for w in wrt:
         if not _differentiable(w):
-            raise GraphError(located(f"cannot differentiate with respect to {w.name!r}: it is "
+            name = node_names(Graph(ys)).get(id(w), w.name)  # as printers and diagrams name it
+            raise GraphError(located(f"cannot differentiate with respect to {name!r}: it is "
                                      f"{w.dtype}; only float tensors have gradients"))
     wanted = {id(w) for w in wrt}
     depends: set[int] = set()

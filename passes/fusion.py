@@ -32,9 +32,8 @@ legal when no operand from outside S reaches S.
 >>> loss = gc.sum(gc.square(gc.tanh(x) * 2.0))
 >>> print(fusion(gc.Graph(loss)))        # doctest: +NORMALIZE_WHITESPACE
 graph(x: f32[8,4]) {
-  %0 = constant 2.0            : f32[]
-  %1 = fused(x, %0, ops=tanh·mul·square, steps=3, sum_axes=(0, 1)) : f32[]
-  return %1
+  fused = fused(x, 2, ops=tanh·mul·square, steps=3, sum_axes=(0, 1)) : f32[]
+  return fused
 }
 """
 

@@ -33,12 +33,13 @@ def test_demo_writes_the_promised_report(tmp_path):
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", text).group(1))
     assert accuracy >= demo.BARS["mlp"]
     assert f"wrote {out / 'index.html'}" in text
-    for name in ("index.html", "forward.svg", "backward.svg", "layers.svg", "loss.svg"):
+    for name in ("index.html", "forward.svg", "backward.svg", "layers.svg", "explorer.html"):
         assert (out / name).stat().st_size > 500, name
     page = (out / "index.html").read_text()
-    for name in ("forward.svg", "backward.svg", "layers.svg", "loss.svg"):
+    for name in ("forward.svg", "backward.svg", "layers.svg", "explorer.html"):
         assert f'href="{name}"' in page
-    assert page.count("<svg") >= 4 and "check_grad: ok" in page and "Timings" in page
+    assert "<svg" in page and "new uPlot(" in page and "window.graphc" in page
+    assert "check_grad: ok" in page and "Timings" in page
     backward = (out / "backward.svg").read_text()
     assert "upstream" in backward and "local" in backward and "downstream" in backward
 

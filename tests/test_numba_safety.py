@@ -84,13 +84,13 @@ def test_a_numba_typing_failure_names_node_op_and_source_line(monkeypatch):
     # make the printer emit code Numba cannot type: np.linalg.norm of a scalar
     monkeypatch.setitem(numba_codegen._NUMPY_FUNCTIONS, sp.sin, "np.linalg.norm")
     x = gc.input("x", (5,), "float64")
-    y = sin_plus(gc.exp(x))  # the failing node is %1
+    y = sin_plus(gc.exp(x))  # the failing node, named t_numba_sin_plus
     with pytest.raises(numba_codegen.CodegenError) as info:
-        gc.compile(y, backend="numba", optimize=False)  # the unfused kernel of %1
+        gc.compile(y, backend="numba", optimize=False)  # the unfused kernel of that node
     err = info.value
     message = str(err)
     assert isinstance(err, gc.GraphError)
-    assert "%1" in message and "t_numba_sin_plus" in message
+    assert "node t_numba_sin_plus " in message and "%" not in message
     assert "t_numba_sin_plus_f64_F_" in message and ".py:" in message  # kernel file:line
     assert "test_numba_safety.py" in message  # and the user's own line
     assert "TypingError" in message

@@ -1,43 +1,115 @@
-"""Text for diagrams: numbers, formulas and names, shortened so layouts stay readable."""
+"""Text for diagrams: numbers, formulas and names, shortened by whole fields so a number is
+never cut in two.  The explorer (``gc.explore``) uses the same functions."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import sympy as sp
+from sympy.printing.str import StrPrinter
+
+from graphc.graph import display_name, node_names, scalar_text
+
+__all__ = ["display_name", "fit", "formula", "node_names", "number", "scalar_text",
+           "shorten", "template"]
 
 MAX_LABEL = 64
 
 
 def shorten(text: str, limit: int = MAX_LABEL) -> str:
-    """``text`` cut to ``limit`` characters with an ellipsis in the middle."""
+    """``text`` cut to at most ``limit`` characters at a word boundary, ending in `` …``:
+    a number or name is kept whole or left out, never cut in the middle.
+
+    >>> shorten("∂L/∂a · ∂L/∂b + ∂L/∂c", 16)
+    '∂L/∂a · ∂L/∂b …'
+    """
     if len(text) <= limit:
         return text
-    keep = (limit - 1) // 2
-    return text[:keep] + "…" + text[-(limit - 1 - keep):]
+    cut = text.rfind(" ", 0, limit - 1)
+    return (text[:cut] if cut > 0 else text[:limit - 2]).rstrip(" ,+·=") + " …"
 
 
-def number(value) -> str:
-    """A value for a label: scalars to 4 significant digits, tensors of at most 8 elements
-    in full, larger tensors as shape, mean, norm, min and max."""
+def fit(fields, limit: int, sep: str = ", ") -> str:
+    """Whole ``fields`` joined by ``sep`` while they fit in ``limit`` characters, then ``…``.
+
+    >>> fit(["mean 0.25", "norm 1.5", "min -2", "max 3"], 26)
+    'mean 0.25, norm 1.5, …'
+    """
+    out = ""
+    for k, f in enumerate(fields):
+        joined = f if not out else out + sep + f
+        more = k + 1 < len(fields)
+        if len(joined) + (len(sep) + 1 if more else 0) > limit:
+            return (out + sep + "…") if out else "…"
+        out = joined
+    return out
+
+
+def _g(v) -> str:
+    """One number to 4 significant digits, ``-0`` written ``0``."""
+    return f"{float(v) + 0.0:.4g}"
+
+
+def number(value, limit: int = MAX_LABEL) -> str:
+    """A value for a label in at most ``limit`` characters: scalars to 4 significant
+    digits, tensors of at most 8 elements in full, larger tensors as mean, norm, min and
+    max; whole fields are dropped (``…``) to fit.  Never ``-0``.
+
+    >>> number(np.array([-0.0, 1.5]))
+    '[0, 1.5]'
+    >>> number(np.arange(-4.0, 16.0), 30)
+    'mean 5.5, norm 35.64, …'
+    """
     a = np.asarray(value)
     if a.dtype == np.bool_:
         a = a.astype(np.int64)
     if a.ndim == 0:
-        return f"{a.item():.4g}"
+        return scalar_text(a[()]) if a.dtype.kind in "iub" else _g(a)
     if a.size <= 8:
-        return np.array2string(a, separator=", ", formatter={"all": lambda v: f"{v:.4g}"}
-                               ).replace("\n", "")
+        items = [str(int(v)) if a.dtype.kind in "iu" else _g(v) for v in a.ravel()]
+        text = fit(items, limit - 2)
+        return f"[{text}]" if a.ndim == 1 else f"[{text}] ({'×'.join(map(str, a.shape))})"
     a = a.astype(np.float64)
-    return (f"shape {a.shape}: mean {a.mean():.4g}, norm {np.linalg.norm(a.ravel()):.4g}, "
-            f"min {a.min():.4g}, max {a.max():.4g}")
+    return fit([f"mean {_g(a.mean())}", f"norm {_g(np.linalg.norm(a.ravel()))}",
+                f"min {_g(a.min())}", f"max {_g(a.max())}"], limit)
+
+
+class _Printer(StrPrinter):
+    """SymPy's text printer, with piecewise expressions as people write them."""
+
+    def _print_Piecewise(self, expr):
+        pieces = list(expr.args)
+        if len(pieces) == 2 and pieces[1].cond == sp.true and \
+                (pieces[0].expr, pieces[1].expr) == (1, 0):
+            return f"[{self._print(pieces[0].cond)}]"  # Iverson bracket: 1 if true else 0
+        parts = []
+        for piece in pieces:
+            value = self.parenthesize(piece.expr, 0)
+            if piece.cond == sp.true:
+                parts.append(value)
+                break
+            parts.append(f"{value} if {self._print(piece.cond)} else")
+        return "(" + " ".join(parts) + ")" if len(parts) > 1 else parts[0]
+
+    def _print_Float(self, expr):
+        return _g(expr)
 
 
 def formula(expr: sp.Expr, names: dict) -> str:
     """A SymPy expression with its symbols renamed (``names``: symbol -> text), written the
-    way a lecture note would: ``z·(1 − z)``."""
+    way a lecture note would: ``z·(1 − z)``, ``[z > 0]`` (1 where z > 0, else 0).
+
+    >>> z = sp.Symbol("z")
+    >>> formula(sp.Piecewise((1, z > 0), (0, True)), {z: "fc1.relu"})
+    '[fc1.relu > 0]'
+    >>> formula(sp.Piecewise((1, z > 0), (sp.Float(0.01), True)), {z: "h"})
+    '(1 if h > 0 else 0.01)'
+    """
     renamed = expr.xreplace({s: sp.Symbol(names[s]) for s in expr.free_symbols if s in names})
-    text = sp.sstr(renamed)
-    return text.replace("**", "^").replace("*", "·").replace(" - ", " − ").replace("-", "−")
+    text = _Printer().doprint(renamed)
+    text = text.replace("**", "^").replace("*", "·").replace(" - ", " − ")
+    return re.sub(r"(^|[(\[ ])-", r"\1−", text)
 
 
 def template(text: str, **names) -> str:

@@ -21,6 +21,8 @@ from graphc.ir import GraphError, Tensor
 
 from .labels import formula, number, shorten, template
 
+LINE = 90  # characters in an edge label's line
+AUTO_COLLAPSE = 100  # nodes above which render(collapse=None) draws each layer as one box
 FORMATS = (".svg", ".png", ".pdf", ".dot")
 INSTALL_DOT = ("Graphviz's `dot` program was not found on PATH; install it: Debian/Ubuntu "
                "`apt-get install graphviz`, macOS `brew install graphviz`, conda "
@@ -105,17 +107,24 @@ def html_svg(svg: str) -> str:
 class _Builder:
     """Builds the DOT graph for one call of :func:`render`."""
 
-    def __init__(self, outputs, values, check, collapse):
+    def __init__(self, outputs, values, check, collapse, direction=None):
         self.outputs = outputs
         self.graph = Graph(outputs)
         self.names = node_names(self.graph)
         self.values = values  # id(node) -> array, or None
         self.check = check
-        self.collapse = collapse
+        self.collapse = _collapse_level(self.graph, collapse)
+        self.direction = direction or ("LR" if self.collapse is not None
+                                       else _direction(self.graph))
         self.dot = graphviz.Digraph("graphc", graph_attr=dict(
-            rankdir="LR", fontname="Helvetica", fontsize="11", nodesep="0.25", ranksep="0.45",
-            newrank="true"), node_attr=dict(fontname="Helvetica", fontsize="10"),
+            rankdir=self.direction, fontname="Helvetica", fontsize="11", nodesep="0.25",
+            ranksep="0.45", newrank="true"),
+            node_attr=dict(fontname="Helvetica", fontsize="10"),
             edge_attr=dict(fontname="Helvetica", fontsize="9", color="#6b7280"))
+        if self.collapse is not None and collapse is None:
+            self.dot.attr(label=f"{len(self.graph.nodes)} nodes: each layer (gc.scope) is "
+                          "drawn as one box; render(..., collapse=False) draws every node",
+                          labelloc="t", fontcolor="#6d28d9")
         failed = {r.name for r in check.rows if not r.ok} if check else set()
         self.failed_inputs = failed
         self.failed_edges = {(id(e.node), e.operand) for e in check.bad_edges} if check \
@@ -133,8 +142,12 @@ class _Builder:
         return self.names.get(id(t), t.name)
 
     def group(self, t: Tensor) -> str | None:
-        """The top-level scope a node is drawn in when collapsing."""
-        return t.scope.split("/")[0] if (self.collapse and t.scope) else None
+        """The scope a node is drawn in when collapsing: the outermost one below the scopes
+        that hold every scoped node (``fc1`` in ``mlp/fc1``, not the whole ``mlp``)."""
+        if self.collapse is None or not t.scope:
+            return None
+        parts = t.scope.split("/")
+        return "/".join(parts[:self.collapse + 1]) if len(parts) > self.collapse else None
 
     def dot_id(self, t: Tensor) -> str:
         g = self.group(t)
@@ -150,15 +163,17 @@ class _Builder:
             if kind == "param":
                 lines.append(f"{t.size:,} params")
         elif kind == "constant":
-            lines = [f"const {shorten(number(t.op.value.array), 40)}", shape]
+            lines = [f"const {number(t.op.value.array, 40)}", shape]
         else:
             attrs = ", ".join(f"{k}={v}" for k, v in t.op.attrs().items() if k != "dtype")
-            lines = [shorten(f"{t.op.name}({attrs})" if attrs else t.op.name, 40),
-                     f"{name}: {shape}"]
+            lines = [shorten(f"{t.op.name}({attrs})", 40)] if attrs else \
+                [] if name.rsplit(".", 1)[-1].split("_")[0] == t.op.name else [t.op.name]
+            lines.append(f"{name}: {shape}")
         if self.values is not None and id(t) in self.values and kind != "constant":
-            lines.append(shorten(f"= {number(self.values[id(t)])}"))
+            lines.append(f"= {number(self.values[id(t)], 48)}")
         if grad is not None and self.values is not None and id(grad) in self.values:
-            lines.append(shorten(f"∂{self.lname}/∂{name} = {number(self.values[id(grad)])}"))
+            lines.append(f"∂{self.lname}/∂{name}")
+            lines.append(f"= {number(self.values[id(grad)], 48)}")
         return "\\n".join(lines)
 
     def add_forward(self, grads=None):
@@ -179,12 +194,14 @@ class _Builder:
             if any((id(t), k) in self.failed_edges for k in range(len(t.inputs))):
                 attrs.update(color=_FAIL, penwidth="2")
             grad = grads.get(id(t)) if grads else None
-            target = self._cluster(clusters, t.scope) if t.scope else self.dot
+            # leaves outside the boxes: a param inside would stretch its layer's box up to
+            # the previous layer's ranks and push the layers into a staircase
+            target = self._cluster(clusters, t.scope) if t.scope and t.inputs else self.dot
             target.node(self.node_ids[id(t)], self.node_label(t, grad), **attrs)
         for g, members in groups.items():
             params = sum(t.size for t in members if node_kind(t) == "param")
             ops = sum(1 for t in members if node_kind(t) == "op")
-            self.dot.node(f"scope_{g}", f"{g}\\n{params:,} params\\n{ops} ops",
+            self.dot.node(f"scope_{g}", f"{g.rsplit('/', 1)[-1]}\\n{params:,} params\\n{ops} ops",
                           shape="box3d", style="filled", fillcolor="#ede9fe", color="#6d28d9")
         for parent, sub in sorted(clusters.items(), key=lambda kv: -kv[0].count("/")):
             self._attach(clusters, parent, sub)
@@ -214,51 +231,65 @@ class _Builder:
         (clusters[parent] if parent else self.dot).subgraph(sub)
 
     # -- backward -------------------------------------------------------------------
-    def downstream_formula(self, e) -> str:
+    def upstream_name(self, z, loss) -> str:
+        """∂L/∂z in formulas: ``1`` at the loss itself (so no label defines itself)."""
+        return "1" if z is loss else f"∂{self.lname}/∂{self.name(z)}"
+
+    def local_formula(self, e) -> str:
+        z, x = e.forward, e.forward.inputs[e.operand]
+        if isinstance(z.op, Elementwise):
+            fn = z.op.fn
+            syms = {a: self.name(t) for a, t in zip(fn.args, z.inputs)}
+            syms.update({fn.out: self.name(z)} | {s: str(v) for s, (_, v) in
+                                                   zip(fn.param_symbols, z.op.params)})
+            return formula(fn.derivatives[e.operand], syms)
+        return template(e.local_formula, **self._names(z, x, self.outputs[0]))
+
+    def downstream_formula(self, e, loss) -> str:
         """dL/dx through edge ``e`` as a formula (the chain rule, local × upstream)."""
         z, x = e.forward, e.forward.inputs[e.operand]
-        zn, xn = self.name(z), self.name(x)
         if isinstance(z.op, Elementwise):
-            down = f"∂{zn}/∂{xn} · ∂{self.lname}/∂{zn}"
+            local = f"∂{self.name(z)}/∂{self.name(x)}"
+            if z is loss:  # ∂L/∂x = ∂L/∂x · 1 would read as defining itself
+                local = self.local_formula(e)
+                local = f"({local})" if " " in local else local
+            down = f"{local} · {self.upstream_name(z, loss)}"
             return f"Σ over broadcast axes of ({down})" if x.shape != z.shape else down
-        return template(e.vjp_text, **self._names(z, x))
+        return template(e.vjp_text, **self._names(z, x, loss))
 
-    def _names(self, z, x) -> dict:
-        return dict(g=f"∂{self.lname}/∂{self.name(z)}", x=self.name(x), y=self.name(z),
+    def _names(self, z, x, loss) -> dict:
+        return dict(g=self.upstream_name(z, loss), x=self.name(x), y=self.name(z),
                     a=self.name(z.inputs[0]), b=self.name(z.inputs[-1]))
 
     def upstream_formula(self, z, loss) -> str:
         """dL/dz: 1 at the loss, else the sum of the downstream gradients of z's users."""
         if z is loss:
             return "1"
-        return " + ".join(self.downstream_formula(e) for e in self.into.get(id(z), ()))
+        return " + ".join(self.downstream_formula(e, loss) for e in self.into.get(id(z), ()))
 
     def edge_label(self, e, loss) -> list[str]:
         z, x = e.forward, e.forward.inputs[e.operand]
         zn, xn = self.name(z), self.name(x)
-        up = self.upstream_formula(z, loss)
-        if isinstance(z.op, Elementwise):
-            fn = z.op.fn
-            syms = {a: self.name(t) for a, t in zip(fn.args, z.inputs)}
-            syms.update({fn.out: zn} | {s: str(v) for s, (_, v) in
-                                         zip(fn.param_symbols, z.op.params)})
-            local = formula(fn.derivatives[e.operand], syms)
-        else:
-            local = template(e.local_formula, **self._names(z, x))
-        down = self.downstream_formula(e)
+        local = self.local_formula(e)
         L = self.lname
-        lines = [f"upstream ∂{L}/∂{zn} = {up}", f"local ∂{zn}/∂{xn} = {local}",
-                 f"downstream ∂{L}/∂{xn} = {down}"]
+        lines = [f"upstream ∂{L}/∂{zn} = {self.upstream_formula(z, loss)}",
+                 f"local ∂{zn}/∂{xn} = {local}",
+                 f"downstream ∂{L}/∂{xn} = {self.downstream_formula(e, loss)}"]
+        lines = [shorten(line, LINE) for line in lines]
         if self.values is not None:
-            parts = (e.upstream, e.local, e.downstream)
-            for i, t in enumerate(parts):
-                if t is not None and id(t) in self.values:
-                    text = number(self.values[id(t)])
-                    if not lines[i].endswith(f"= {text}"):  # not "local ∂d/∂e = 1 = 1"
-                        lines[i] += f" = {text}"
+            for i, t in enumerate((e.upstream, e.local, e.downstream)):
+                if t is None or id(t) not in self.values:
+                    continue
+                if i == 1 and _is_number(local) or i == 0 and z is loss:
+                    continue  # "local ∂d/∂e = 1" needs no "= 1" after it
+                text = number(self.values[id(t)], LINE - 4)
+                if len(lines[i]) + 3 + len(text) <= LINE:
+                    lines[i] += f" = {text}"
+                else:  # a long formula: its numbers on a line of their own
+                    lines[i] += f"\\l    = {text}"
         if (id(z), e.operand) in self.failed_edges:
             lines.append("✗ this derivative fails gradient checking")
-        return [shorten(line, 90) for line in lines]
+        return lines
 
     def add_backward_edges(self, result, loss):
         for e in result.edges:
@@ -281,7 +312,7 @@ class _Builder:
                 continue
             lines = [f"∂{self.lname}/∂{self.name(t)}", f"{_shape(t)} {t.dtype}"]
             if self.values is not None and id(g) in self.values:
-                lines.append(shorten(f"= {number(self.values[id(g)])}"))
+                lines.append(f"= {number(self.values[id(g)], 48)}")
             failed = isinstance(t.op, Input) and t.op.label in self.failed_inputs
             self.dot.node(f"g{self.node_ids[id(t)]}", "\\n".join(lines), shape="box",
                           style="rounded,filled", fillcolor="#fecaca" if failed else "#ffedd5",
@@ -294,26 +325,84 @@ class _Builder:
                           label="".join(line + "\\l" for line in self.edge_label(e, loss)),
                           color=color, fontcolor=color, penwidth="2.2" if failed else "1.2")
 
-    def add_ir(self, grads, loss):
+    def add_ir(self, grads, result):
         """The backward graph as the IR it is, nodes coloured by their role."""
-        ir = Graph(grads)
-        names = node_names(ir)
+        ir, loss = Graph(grads), self.outputs[0]
         forward = {id(t) for t in self.graph.nodes}
+        in_ir = {id(t) for t in ir.nodes}
+        records = {id(t): provenance(t, self.outputs) for t in ir.nodes if id(t) not in forward}
+        known = {k: v for k, v in self.names.items() if k in in_ir}
+        # the gradients and local derivatives named by what they are: ∂L/∂x, ∂z/∂x
+        named = [(g, f"∂{self.lname}/∂{self.name(x)}") for x in self.graph.nodes
+                 for g in [result.grads.get(id(x))] if g is not None]
+        named += [(e.local, f"∂{self.name(e.forward)}/∂{self.name(e.forward.inputs[e.operand])}")
+                  for e in result.edges if e.local is not None and e.forward is not loss]
+        for t, name in named:
+            if id(t) in in_ir and id(t) not in known:
+                known[id(t)] = _unique(name, set(known.values()))
+        names = node_names(ir, known)
         for k, t in enumerate(ir.nodes):
             self.node_ids.setdefault(id(t), f"b{k}")
-            record = provenance(t, self.outputs) if id(t) not in forward else None
+            record = records.get(id(t))
             attrs = dict(_STYLE[node_kind(t)])
-            label = [t.op.name if node_kind(t) == "op" else node_kind(t),
-                     f"{names[id(t)]}: {list(t.shape)} {t.dtype}"]
+            kind = node_kind(t)
+            label = [t.op.name if kind == "op" else kind,
+                     f"{names[id(t)]}: {_shape(t)} {t.dtype}"]
+            if kind == "constant":
+                label[0] = f"const {number(t.op.value.array, 40)}"
             if record is not None:
                 attrs.update(color=_ROLE_COLOR[record.role], penwidth="1.8")
                 label.append(f"{record.role} of {self.name(record.forward)}")
-            if self.values is not None and id(t) in self.values:
-                label.append(shorten(f"= {number(self.values[id(t)])}"))
+            if self.values is not None and id(t) in self.values and kind != "constant":
+                label.append(f"= {number(self.values[id(t)], 48)}")
             self.dot.node(self.node_ids[id(t)], "\\n".join(label), **attrs)
         for t in ir.nodes:
             for x in t.inputs:
                 self.dot.edge(self.node_ids[id(x)], self.node_ids[id(t)])
+
+
+def _unique(name: str, taken: set) -> str:
+    out, k = name, 1
+    while out in taken:
+        k += 1
+        out = f"{name}_{k}"
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace("−", "-"))
+    except ValueError:
+        return False
+    return True
+
+
+def _direction(graph: Graph) -> str:
+    """Top to bottom for deep chains of ops (more ranks than twice the widest rank, and
+    over 6; leaves, which sit beside their users, not counted), else left to right."""
+    depth: dict[int, int] = {}
+    for t in graph.nodes:
+        depth[id(t)] = 1 + max((depth[id(i)] for i in t.inputs), default=-1)
+    ops = [depth[id(t)] for t in graph.nodes if t.inputs]
+    if not ops:
+        return "LR"
+    ranks = max(ops)
+    widest = max(ops.count(d) for d in set(ops))
+    return "TB" if ranks > 6 and ranks > 2 * widest else "LR"
+
+
+def _collapse_level(graph: Graph, collapse) -> int | None:
+    """Scope depth whose scopes are drawn as single boxes, or None to draw every node.
+    ``collapse=None`` collapses graphs over AUTO_COLLAPSE nodes that have scopes."""
+    scopes = [t.scope.split("/") for t in graph.nodes if t.scope]
+    if collapse is False or not scopes or (collapse is None
+                                           and len(graph.nodes) <= AUTO_COLLAPSE):
+        return None
+    level = 0  # skip scopes that hold every scoped node: the whole model is not a layer
+    while all(len(p) > level + 1 for p in scopes) and \
+            len({p[level] for p in scopes}) == 1:
+        level += 1
+    return level
 
 
 def _shape(t: Tensor) -> str:
@@ -323,7 +412,7 @@ def _shape(t: Tensor) -> str:
 def _evaluate(tensors, feeds) -> dict[int, np.ndarray]:
     values = {id(t): t.op.value.array for t in tensors if isinstance(t.op, Constant)}
     unique = list({id(t): t for t in tensors if id(t) not in values}.values())
-    f = compile(unique, backend="numpy")
+    f = compile(unique, backend="numpy", optimize=False)  # values only: skip the passes
     missing = [n for n in f.input_names if n not in feeds]
     if missing:
         raise GraphError(f"render: values lack feed(s) {missing}")
@@ -332,7 +421,7 @@ def _evaluate(tensors, feeds) -> dict[int, np.ndarray]:
 
 
 def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=None,
-           collapse=False) -> Diagram:
+           collapse=None, direction=None) -> Diagram:
     """Draw ``outputs`` with Graphviz; write ``path`` (.svg .png .pdf .dot) if given.
 
     ``backward``: ``False`` (forward graph), ``True`` or ``"combined"`` (forward graph with
@@ -343,7 +432,10 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
     ``local ∂z/∂x`` and ``downstream ∂L/∂x`` (= local × upstream) with the formula and,
     when ``values`` (the feeds) are given, the numbers.  ``check``: a ``gc.check_grad``
     report; failing tensors and derivatives are drawn red.  ``collapse=True`` draws each
-    top-level ``gc.scope`` as one node with its parameter count.
+    layer (the outermost ``gc.scope`` below those holding the whole model) as one node
+    with its parameter and op counts; ``None`` does so above 100 nodes and says so in the
+    picture; ``False`` never.  ``direction``: ``"TB"`` (top to bottom) or ``"LR"``;
+    default: top to bottom for deep chains, else left to right.
 
     >>> import graphc as gc
     >>> x = gc.input("x", (3,))
@@ -356,7 +448,9 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
     if mode not in (None, "combined", "backward", "ir"):
         raise ValueError(f"backward must be False, True, 'combined', 'backward' or 'ir', "
                          f"got {backward!r}")
-    builder = _Builder(outs, None, check, collapse)
+    if direction not in (None, "TB", "LR"):
+        raise ValueError(f"direction must be None, 'TB' or 'LR', got {direction!r}")
+    builder = _Builder(outs, None, check, collapse, direction)
     result, loss, grads = None, outs[0], []
     if mode:
         if loss.shape != () or not dtypes.is_float(loss.dtype):
@@ -376,7 +470,7 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
             wanted += list(Graph(grads).nodes) if mode == "ir" else []
         builder.values = _evaluate(wanted, values)
     if mode == "ir":
-        builder.add_ir(grads, loss)
+        builder.add_ir(grads, result)
     elif mode == "backward":
         builder.node_ids = {id(t): f"n{k}" for k, t in enumerate(builder.graph.nodes)}
         builder.add_backward_only(result, loss)

@@ -1,0 +1,349 @@
+"""gc.explore: the page's data and offline-ness in Python, then the page itself in headless
+Chromium (Playwright driving the system browser): every member of window.graphc, the check
+overlay, groups, the Jupyter iframe, the CLI, and the W4 scale target."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT))
+import gallery  # noqa: E402
+
+CHROMIUM = os.environ.get("GRAPHC_CHROMIUM") or shutil.which("chromium") \
+    or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def page_data(page: str) -> dict:
+    return json.loads(re.search(r'application/json">(.*?)</script>', page, re.S).group(1))
+
+
+def wrong_square_loss():
+    """A custom op whose derivative is wrong on purpose (3x instead of 2x), as in test_viz."""
+    wrong = gc.elementwise("t_explore_wrong_square", lambda x: x**2)
+    wrong.__dict__["derivatives"] = (3 * wrong.args[0],)
+    x = gc.input("x", (3,), "float64")
+    h = wrong(gc.tanh(x).named("t")).named("h")
+    loss = gc.sum(h * 2.0).named("L")
+    return loss, x, {"x": np.array([0.3, -0.7, 1.1])}
+
+
+# ---- Python side ------------------------------------------------------------------------
+
+
+def test_explore_returns_an_explorer_and_writes_the_page(tmp_path):
+    loss, feeds = gallery.micrograd()
+    ex = gc.explore(loss, tmp_path / "m.html", values=feeds)
+    assert isinstance(ex, gc.Explorer)
+    page = ex.html()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert (tmp_path / "m.html").read_text("utf-8") == page
+    assert ex.save(tmp_path / "again.html") == str(tmp_path / "again.html")
+    assert (tmp_path / "again.html").read_text("utf-8") == page
+
+
+def test_page_is_self_contained_and_offline():
+    loss, feeds = gallery.mlp_l2()
+    page = gc.explore(loss, values=feeds).html()
+    assert re.search(r"https?://|//cdn|<link\b|\bsrc=|@import|url\(", page) is None
+    assert page.count("<script") == 2  # the data and the explorer, both inline
+
+
+def test_page_data_has_the_three_gradients_of_every_edge():
+    loss, feeds = gallery.micrograd()
+    d = page_data(gc.explore(loss, values=feeds).html())
+    names = {n["id"]: n["name"] for n in d["nodes"]}
+    assert sorted(names.values()) == ["L", "a", "b", "c", "d", "e", "f"]
+    edge = next(e for e in d["edges"] if (names[e["from"]], names[e["to"]]) == ("e", "a"))
+    assert (edge["local"], edge["down"]) == ("b", "∂e/∂a · ∂L/∂e")
+    assert (edge["upValue"]["text"], edge["localValue"]["text"],
+            edge["downValue"]["text"]) == ("-2", "-3", "6")
+    assert "<mi>b</mi>" in edge["localMath"]
+    assert len(d["edges"]) == 6
+
+
+def test_histogram_counts_match_numpy():
+    from graphc.viz.explore import HIST_BINS, _histogram
+    a = np.random.default_rng(0).normal(size=(30, 7))
+    h = _histogram(a)
+    assert h["counts"] == np.histogram(a, HIST_BINS)[0].tolist()
+    assert (h["lo"], h["hi"]) == (a.min(), a.max())
+    assert _histogram(np.arange(8.0)) is None  # small tensors are shown in full instead
+    assert _histogram(np.full(20, np.nan)) is None
+
+
+def test_jupyter_displays_the_page_in_an_iframe():
+    loss, feeds = gallery.micrograd()
+    ex = gc.explore(loss, values=feeds)
+    frame = ex._repr_html_()
+    assert frame.startswith("<iframe srcdoc=") and "allow-scripts" in frame
+    assert "window.graphc" in frame and "<script" not in frame  # escaped into srcdoc
+
+
+def test_graphc_explore_command(tmp_path, capsys):
+    out = tmp_path / "mlp.html"
+    assert main(["explore", str(ROOT / "examples" / "mlp_check.py"), "-o", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    d = page_data(out.read_text("utf-8"))
+    assert {"W1", "b1", "W2", "b2", "x", "labels"} <= {n["name"] for n in d["nodes"]}
+    assert d["values"] and d["edges"]
+
+
+# ---- in the browser ---------------------------------------------------------------------
+
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: "
+                                   "apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+def open_page(browser, ex, tmp_path, name="g.html"):
+    """Load an explorer from a file with the network cut off; fail on any script error."""
+    path = ex.save(tmp_path / name)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors, requests = [], []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.route("**/*", lambda route: (requests.append(route.request.url),
+                                      route.continue_() if route.request.url.startswith("file:")
+                                      else route.abort()))
+    page.goto(pathlib.Path(path).as_uri())
+    page.wait_for_function("window.graphc && window.graphc.ready === true", timeout=20000)
+    page.errors, page.requests = errors, requests
+    return page
+
+
+@needs_browser
+def test_micrograd_nodes_select_and_edges(browser, tmp_path):
+    loss, feeds = gallery.micrograd()
+    page = open_page(browser, gc.explore(loss, values=feeds), tmp_path)
+    nodes = page.evaluate("graphc.nodes()")
+    assert {n["name"]: (n["op"], n["group"], n["visible"]) for n in nodes} == {
+        "a": ("input", None, True), "b": ("input", None, True), "c": ("input", None, True),
+        "f": ("input", None, True), "e": ("mul", None, True), "d": ("add", None, True),
+        "L": ("mul", None, True)}
+    assert page.evaluate("graphc.groups()") == []
+    ids = {n["name"]: n["id"] for n in nodes}
+    page.evaluate("graphc.select('a')")
+    text = page.inner_text("#details")
+    assert "a" in text and "input" in text and "scalar" in text and "float64" in text
+    assert re.search(r"value\s+2\b", text) and re.search(r"∂L/∂a\s+6\b", text)
+    page.evaluate(f"graphc.select({ids['e']!r})")  # by id too; incoming edges' local formulas
+    text = page.inner_text("#details")
+    assert "local ∂e/∂a = b" in text and "local ∂e/∂b = a" in text and re.search(
+        r"value\s+-6\b", text)
+    for a, b in (("a", "e"), ("e", "a"), (ids["a"], ids["e"])):  # either way round, id or name
+        page.evaluate(f"graphc.selectEdge({a!r}, {b!r})")
+        text = page.inner_text("#details")
+        assert "upstream" in text and "local" in text and "downstream" in text
+        assert "∂d/∂e · ∂L/∂d" in text and "∂e/∂a · ∂L/∂e" in text
+        assert "6 = -3 × -2" in text
+        assert page.evaluate("document.querySelectorAll('#details math').length") >= 4
+    with pytest.raises(Exception, match="no node with id or name"):
+        page.evaluate("graphc.select('nope')")
+    with pytest.raises(Exception, match="no edge between a and L"):
+        page.evaluate("graphc.selectEdge('a', 'L')")
+    assert page.errors == [] and all(u.startswith("file:") for u in page.requests)
+
+
+@needs_browser
+def test_step_walks_forward_then_backward(browser, tmp_path):
+    loss, feeds = gallery.micrograd()
+    page = open_page(browser, gc.explore(loss, values=feeds), tmp_path)
+    ids = {n["name"]: n["id"] for n in page.evaluate("graphc.nodes()")}
+    assert page.evaluate("graphc.step(0)") == {"phase": "forward", "node": None, "edge": None}
+    assert "nothing computed yet" in page.inner_text("#details")
+    walk = [page.evaluate(f"graphc.step({k})") for k in range(1, 10)]
+    assert [s["node"] for s in walk[:3]] == [ids["e"], ids["d"], ids["L"]]
+    assert all(s["phase"] == "forward" and s["edge"] is None for s in walk[:3])
+    assert all(s["phase"] == "backward" for s in walk[3:])
+    assert walk[3]["edge"][0] == ids["L"]  # the backward pass starts at the loss
+    assert {tuple(s["edge"]) for s in walk[3:]} == {
+        (ids[z], ids[x]) for z, x in [("L", "d"), ("L", "f"), ("d", "e"), ("d", "c"),
+                                      ("e", "a"), ("e", "b")]}
+    assert all(s["node"] == s["edge"][1] for s in walk[3:])
+    k = 4 + next(i for i, s in enumerate(walk[3:]) if s["edge"] == [ids["e"], ids["a"]])
+    page.evaluate(f"graphc.step({k})")
+    text = page.inner_text("#details")
+    assert f"step {k} of 9: backward pass" in text and "6 = -3 × -2" in text
+    page.evaluate("graphc.step(2)")
+    assert "d = add(e, c)" in page.inner_text("#details")
+    assert page.evaluate("graphc.step(10)") is None
+    assert page.errors == []
+
+
+@needs_browser
+def test_groups_expand_and_collapse(browser, tmp_path):
+    x = gc.input("x", (2, 4))
+    model = gc.nn.Sequential(gc.nn.Dense(4, 8, activation="relu", name="fc1"),
+                             gc.nn.Dense(8, 3, name="fc2"), name="mlp")
+    loss = gc.mean(gc.square(model(x)))
+    feeds = {"x": np.ones((2, 4), np.float32), **gc.init_params(loss)}
+    page = open_page(browser, gc.explore(loss, values=feeds), tmp_path)
+    groups = page.evaluate("graphc.groups()")
+    assert groups == [
+        {"id": "mlp", "name": "mlp", "parent": None, "expanded": True},
+        {"id": "mlp/fc1", "name": "fc1", "parent": "mlp", "expanded": True},
+        {"id": "mlp/fc2", "name": "fc2", "parent": "mlp", "expanded": True}]
+    in_fc1 = lambda: {n["name"]: n["visible"] for n in page.evaluate("graphc.nodes()")  # noqa
+                      if n["group"] == "mlp/fc1"}
+    assert "fc1_W" in in_fc1() and all(in_fc1().values())
+    page.evaluate("graphc.collapse('mlp/fc1')")
+    assert not any(in_fc1().values())
+    assert [g["expanded"] for g in page.evaluate("graphc.groups()")] == [True, False, True]
+    assert page.evaluate("document.querySelectorAll('.grp.collapsed').length") == 1
+    visible = {n["name"]: n["visible"] for n in page.evaluate("graphc.nodes()")}
+    assert visible["x"] and visible["fc2_W"]
+    page.evaluate("graphc.collapse('mlp')")
+    assert [n["name"] for n in page.evaluate("graphc.nodes()") if n["visible"]] == [
+        "x", *[n["name"] for n in page.evaluate("graphc.nodes()")
+               if n["group"] is None and n["name"] != "x"]]
+    page.evaluate("graphc.expand('mlp')")  # fc1 stays collapsed inside it
+    assert not any(in_fc1().values())
+    page.evaluate("graphc.expand('mlp/fc1')")
+    assert all(in_fc1().values())
+    with pytest.raises(Exception, match="no group"):
+        page.evaluate("graphc.expand('nope')")
+    assert page.errors == []
+
+
+@needs_browser
+def test_large_graphs_open_collapsed(browser, tmp_path):
+    h = gc.input("x", (2, 3))
+    for i in range(60):  # 60 layers of 5 nodes
+        with gc.scope(f"layer{i}"):
+            h = gc.tanh(h @ gc.param(f"W{i}", (3, 3)) + gc.param(f"b{i}", (3,)))
+    page = open_page(browser, gc.explore(gc.sum(h)), tmp_path)
+    groups = page.evaluate("graphc.groups()")
+    assert len(groups) == 60 and not any(g["expanded"] for g in groups)
+    assert page.evaluate("document.querySelectorAll('.grp.collapsed').length") == 60
+    assert page.evaluate("document.querySelectorAll('.node').length") < 10
+    page.evaluate("graphc.expand('layer7')")
+    assert page.evaluate("graphc.nodes().filter(n => n.visible).length") == \
+        page.evaluate("graphc.nodes().filter(n => n.group === null).length") + 5
+    page.evaluate("graphc.select('W7')")  # a node in an expanded group is drawn selected
+    w7 = next(n["id"] for n in page.evaluate("graphc.nodes()") if n["name"] == "W7")
+    assert page.evaluate("document.querySelector('.node.selected').dataset.n") == w7
+
+
+@needs_browser
+def test_check_overlay_marks_the_wrong_derivative(browser, tmp_path):
+    loss, x, feeds = wrong_square_loss()
+    rep = gc.check_grad(loss, x, feeds)
+    assert not rep.ok
+    page = open_page(browser, gc.explore(loss, values=feeds, check=rep), tmp_path)
+    ids = {n["name"]: n["id"] for n in page.evaluate("graphc.nodes()")}
+    page.evaluate("graphc.selectEdge('t', 'h')")
+    assert "✗ this derivative fails gradient checking" in page.inner_text("#details")
+    failed = page.evaluate("[...document.querySelectorAll('.e.failed')].map("
+                           "p => [p.dataset.from, p.dataset.to])")
+    assert [ids["t"], ids["h"]] in failed and [ids["h"], ids["t"]] in failed
+    assert page.evaluate(f"document.querySelector('[data-n=\"{ids['x']}\"]')"
+                         ".classList.contains('failed')")
+    page.evaluate("graphc.selectEdge('x', 't')")  # a healthy edge says nothing of the kind
+    assert "fails" not in page.inner_text("#details")
+    healthy = open_page(browser, gc.explore(loss, values=feeds), tmp_path, "ok.html")
+    assert healthy.evaluate("document.querySelectorAll('.failed').length") == 0
+
+
+@needs_browser
+def test_toolbar_search_toggle_and_clicks(browser, tmp_path):
+    loss, feeds = gallery.mlp_l2()
+    page = open_page(browser, gc.explore(loss, values=feeds), tmp_path)
+    page.evaluate("graphc.collapse('output')")
+    page.fill("#search", "W2")
+    page.press("#search", "Enter")
+    assert page.inner_text("#details h3") == "W2"
+    assert page.evaluate("graphc.groups().find(g => g.id === 'output').expanded")
+    page.click("#bwd")
+    assert page.evaluate("document.getElementById('svg').classList.contains('nobwd')")
+    page.click(".node:has(text.t1:text-is('z'))")
+    assert page.inner_text("#details h3") == "z"
+    # a click near a backward edge selects it (edges are matched to clicks in script)
+    page.click("#bwd")
+    h = next(n["id"] for n in page.evaluate("graphc.nodes()") if n["name"] == "h")
+    point = page.evaluate("""(() => {
+        const p = document.querySelector('.e.b[data-from="%s"]');
+        const q = p.getPointAtLength(p.getTotalLength() / 2).matrixTransform(p.getScreenCTM());
+        return [q.x, q.y]; })()""" % h)
+    page.mouse.click(*point)
+    text = page.inner_text("#details")
+    assert "z → h" in text and "upstream" in text and "downstream" in text
+    page.click("#snext")
+    assert "step 1 of" in page.inner_text("#details")
+    page.keyboard.press("ArrowRight")  # arrow keys step, Escape leaves step mode
+    assert "step 2 of" in page.inner_text("#details")
+    page.keyboard.press("Escape")
+    assert not page.evaluate("document.getElementById('svg').classList.contains('stepping')")
+    ops = {n["op"] for n in page.evaluate("graphc.nodes()")}  # op names without attributes
+    assert {"input", "param", "constant", "matmul", "relu", "sum", "add"} <= ops
+    before = page.evaluate("document.getElementById('vp').getAttribute('transform')")
+    page.mouse.move(300, 300)
+    page.mouse.wheel(0, -300)
+    assert page.evaluate("document.getElementById('vp').getAttribute('transform')") != before
+    page.click("#fit")
+    assert page.errors == []
+
+
+@needs_browser
+def test_forward_only_graph(browser, tmp_path):
+    x = gc.input("x", (2,))
+    y = gc.tanh(x).named("y")
+    page = open_page(browser, gc.explore([y * 2.0], values={"x": np.ones(2, np.float32)}),
+                     tmp_path)
+    assert page.evaluate("graphc.step(2)") == {"phase": "forward", "node": page.evaluate(
+        "graphc.nodes().at(-1).id"), "edge": None}
+    assert page.evaluate("graphc.step(3)") is None
+    page.evaluate("graphc.selectEdge('x', 'y')")
+    assert "No backward edge" in page.inner_text("#details")
+
+
+@needs_browser
+def test_scripts_run_in_the_jupyter_iframe(browser):
+    loss, feeds = gallery.micrograd()
+    page = browser.new_page()
+    page.set_content(gc.explore(loss, values=feeds)._repr_html_())
+    frame = page.frames[1]
+    frame.wait_for_function("window.graphc && window.graphc.ready === true", timeout=20000)
+    assert len(frame.evaluate("graphc.nodes()")) == 7
+
+
+@needs_browser
+@pytest.mark.slow
+def test_w4_lstm_opens_in_3_seconds(browser, tmp_path):
+    from benchmarks.workloads import WORKLOADS
+    pr = WORKLOADS["W4"].problem()
+    ex = gc.explore(pr.loss, values=pr.feeds, wrt=list(pr.wrt))
+    path = ex.save(tmp_path / "w4.html")
+    assert os.path.getsize(path) <= 10e6
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    start = time.perf_counter()
+    page.goto(pathlib.Path(path).as_uri())
+    page.wait_for_function("window.graphc && window.graphc.ready === true", timeout=20000)
+    wall = time.perf_counter() - start
+    ready_ms = page.evaluate("graphc.loadMs")  # from navigation start to ready
+    assert ready_ms <= 3000, f"ready after {ready_ms:.0f} ms (wall {wall:.2f} s)"
+    nodes = page.evaluate("graphc.nodes()")
+    assert len(nodes) > 800 and all(n["visible"] for n in nodes)
+    page.evaluate("graphc.select('Wh')")
+    assert "∂" in page.inner_text("#details")
+    assert page.evaluate(f"graphc.step({len(nodes)})")["phase"] == "backward"
