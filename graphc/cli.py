@@ -97,32 +97,33 @@ def _check(args) -> int:
     return 0 if report.ok else 1
 
 
-def _render(args) -> int:
-    from .viz import render
+def _load_and_check(args, suffix: str):
+    """The model file's (loss, wrt, feeds), the check report when --check asked for one,
+    and the output path (FILE<suffix> in the current folder unless -o says otherwise)."""
     loss, wrt, feeds = _build_model(args.file)
     report = None
     if args.check:
         from .gradcheck import check_grad
         report = check_grad(loss, wrt, feeds)
         print(report)
-    out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".svg"
+    out = args.output or os.path.splitext(os.path.basename(args.file))[0] + suffix
+    return loss, wrt, None if args.no_values else feeds, report, out
+
+
+def _render(args) -> int:
+    from .viz import render
+    loss, wrt, values, report, out = _load_and_check(args, ".svg")
     view = False if args.forward_only else args.view
-    render(loss, out, backward=view, values=None if args.no_values else feeds, check=report,
-           wrt=wrt, collapse=args.collapse)
+    render(loss, out, backward=view, values=values, check=report, wrt=wrt,
+           collapse=True if args.collapse else None, direction=args.direction)
     print(f"wrote {out}")
     return 1 if report is not None and not report.ok else 0  # as `graphc check`
 
 
 def _explore(args) -> int:
     from .viz.explore import explore
-    loss, wrt, feeds = _build_model(args.file)
-    report = None
-    if args.check:
-        from .gradcheck import check_grad
-        report = check_grad(loss, wrt, feeds)
-        print(report)
-    out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".html"
-    explore(loss, out, values=None if args.no_values else feeds, wrt=wrt, check=report)
+    loss, wrt, values, report, out = _load_and_check(args, ".html")
+    explore(loss, out, values=values, wrt=wrt, check=report)
     print(f"wrote {out}")
     return 1 if report is not None and not report.ok else 0  # as `graphc check`
 
@@ -219,7 +220,11 @@ def _add_render(sub):
     p.add_argument("--check", action="store_true",
                    help="run check_grad, colour what fails and exit 1 if it fails")
     p.add_argument("--collapse", action="store_true",
-                   help="draw each gc.scope (layer) as one node")
+                   help="draw each gc.scope (layer) as one node (default: only graphs of "
+                        "more than 100 nodes, and the picture says so)")
+    p.add_argument("--direction", choices=("TB", "LR"), default=None,
+                   help="layout direction (default: top to bottom for deep chains, "
+                        "otherwise left to right)")
     p.set_defaults(func=_render)
 
 

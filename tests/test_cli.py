@@ -199,6 +199,24 @@ def test_render_into_a_missing_folder_names_the_users_path(tmp_path, capsys):
                    "(--debug shows the traceback)\n")
 
 
+@pytest.mark.parametrize("direction", ["TB", "LR"])
+def test_render_direction_can_be_forced(tmp_path, direction):
+    model = tmp_path / "kink.py"
+    model.write_text(KINK)
+    out = tmp_path / "kink.dot"
+    assert cli.main(["render", str(model), "--direction", direction, "-o", str(out)]) == 0
+    assert f"rankdir={direction}" in out.read_text()
+
+
+def test_explore_check_exits_like_check_when_the_check_fails(tmp_path, capsys):
+    model = tmp_path / "kink.py"
+    model.write_text(KINK)
+    out = tmp_path / "kink.html"
+    assert cli.main(["explore", str(model), "--check", "-o", str(out)]) == 1
+    assert "check_grad: FAILED" in capsys.readouterr().out
+    assert "window.graphc" in out.read_text()
+
+
 # -- python -m graphc, --version -----------------------------------------------------------------
 def test_python_m_graphc_and_version():
     result = graphc("--version")
