@@ -459,15 +459,16 @@ silu = _predefined("silu", lambda x: x / (1 + sp.exp(-x)),
                    stable=lambda x: x * _stable_sigmoid(x))
 softplus = _predefined("softplus", lambda x: sp.log(1 + sp.exp(x)),
                        stable=lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))))
-# Ties split the gradient evenly between a and b (as PyTorch and JAX do).
-# The evaluated forms are NumPy's maximum/minimum: exact for int64, NaN-propagating; on
-# bools they are logical or/and (as torch.maximum and gc.max).
-maximum = _predefined("maximum", lambda a, b: sp.Piecewise((a, a > b), (b, a < b),
-                                                           ((a + b) / 2, True)),
-                      stable=lambda a, b: sp.Max(a, b), int_ok=True, bool_ok=True)
-minimum = _predefined("minimum", lambda a, b: sp.Piecewise((a, a < b), (b, a > b),
-                                                           ((a + b) / 2, True)),
-                      stable=lambda a, b: sp.Min(a, b), int_ok=True, bool_ok=True)
+# Ties split the gradient evenly between a and b (as PyTorch and JAX do); where a or b is
+# NaN no comparison holds, and the last branch (NaN either way) passes the gradient to both,
+# as PyTorch does. The evaluated forms are NumPy's maximum/minimum: exact for int64,
+# NaN-propagating; on bools they are logical or/and (as torch.maximum and gc.max).
+maximum = _predefined("maximum", lambda a, b: sp.Piecewise(
+    (a, a > b), (b, a < b), ((a + b) / 2, sp.Eq(a, b)), (a + b, True)),
+    stable=lambda a, b: sp.Max(a, b), int_ok=True, bool_ok=True)
+minimum = _predefined("minimum", lambda a, b: sp.Piecewise(
+    (a, a < b), (b, a > b), ((a + b) / 2, sp.Eq(a, b)), (a + b, True)),
+    stable=lambda a, b: sp.Min(a, b), int_ok=True, bool_ok=True)
 prelu = _predefined("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
 where = _predefined("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
                     int_ok=True, bool_ok=True, bool_args=("cond",))

@@ -231,3 +231,20 @@ def test_max_of_x_and_log_x_works_end_to_end():
     y, g = gc.compile([op(x), gc.grad(gc.sum(op(x)), x)], backend="numpy")(x=X)
     np.testing.assert_array_equal(y, X)
     np.testing.assert_array_equal(g, [1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_maximum_minimum_gradient_at_nan_matches_torch(backend, name):
+    """NaN in either operand: no comparison holds, and both operands get the gradient, as in
+    PyTorch (ties still split it evenly)."""
+    av, bv = np.array([np.nan, 1.0, 2.0, np.nan]), np.array([1.0, np.nan, 2.0, np.nan])
+    a, b = gc.input("a", (4,), "float64"), gc.input("b", (4,), "float64")
+    ga, gb = gc.grad(gc.sum(getattr(gc, name)(a, b)), [a, b])
+    got = gc.compile([ga, gb], backend=backend)(a=av, b=bv)
+    ta = torch.tensor(av, requires_grad=True)
+    tb = torch.tensor(bv, requires_grad=True)
+    getattr(torch, name)(ta, tb).sum().backward()
+    np.testing.assert_array_equal(got[0], ta.grad.numpy())
+    np.testing.assert_array_equal(got[1], tb.grad.numpy())
+    np.testing.assert_array_equal(got[0], [1, 1, 0.5, 1])
