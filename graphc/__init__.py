@@ -86,6 +86,7 @@ from .nn_functions import (
 )
 from .numba_codegen import CodegenError  # noqa: E402 -- does not import Numba
 from .passes.autodiff import grad, hvp, vjp  # noqa: E402 -- graphc.passes needs the above
+from .scan import scan, stop_gradient  # noqa: E402
 from .viz import Diagram, RenderError, render  # noqa: E402
 from .viz.explore import Explorer, explore  # noqa: E402
 
@@ -172,6 +173,7 @@ __all__ = [
     "render",
     "RenderError",
     "reshape",
+    "scan",
     "scope",
     "ShapeError",
     "sigmoid",
@@ -183,6 +185,7 @@ __all__ = [
     "sqrt",
     "square",
     "stack",
+    "stop_gradient",
     "sub",
     "sum",
     "take",

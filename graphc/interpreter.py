@@ -8,6 +8,7 @@ from .fused_ops import Fused
 from .graph import Graph
 from .inputs import Constant, Input
 from .ir import GraphError, located
+from .scan import Scan, instance_key, numpy_body, run_loop, siblings
 
 # A value (or a fused loop's domain) of more elements than this is refused before it runs:
 # 2**34 float32 elements are 64 GiB, and a fused loop over them alone takes tens of seconds
@@ -45,11 +46,14 @@ def evaluate_graph(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     for t in graph.outputs:
         last_use[id(t)] = len(graph.nodes)
     values: dict[int, np.ndarray] = {}
+    loops = siblings(graph.nodes)
     for k, t in enumerate(graph.nodes):
         if isinstance(t.op, Input):
             value = feeds[t.op.label]
         elif isinstance(t.op, Constant):
             value = t.op.value.array
+        elif isinstance(t.op, Scan):  # one run gives every output of the instance
+            value = _run_scan(t, [values[id(i)] for i in t.inputs], loops, values)
         else:
             value = _run(t, [values[id(i)] for i in t.inputs])
         values[id(t)] = value
@@ -57,6 +61,21 @@ def evaluate_graph(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarra
             if last_use[i] == k:
                 del values[i]
     return [values[id(t)] for t in graph.outputs]
+
+
+def _run_scan(t, args, loops, values) -> np.ndarray:
+    nodes = loops[instance_key(t)]
+    if t is not nodes[0]:
+        return values.pop(("scan", id(t)))
+    outs = [n.op.out for n in nodes]
+    try:
+        with np.errstate(all="ignore"):
+            results = run_loop(t.op.loop, outs, args, numpy_body(t.op.loop))
+    except GraphError as err:
+        raise GraphError(located(f"scan ({t.name}) failed at run time: {err}", t.loc)) from err
+    for n, r in zip(nodes[1:], results[1:]):
+        values[("scan", id(n))] = r
+    return results[0]
 
 
 def _run(t, args) -> np.ndarray:

@@ -193,19 +193,34 @@ def backward(ys, cotangents, wrt) -> Backward:
         if id(y) in depends:
             pending.setdefault(id(y), []).append(ct)
     out = Backward()
+    joint = _joint_groups(forward)
     for z in reversed(forward):
         parts = pending.pop(id(z), None)
-        if not parts:
+        group = joint.get(id(z))
+        if not parts and group is None:
             continue
-        g = parts[0]
-        for p in parts[1:]:
-            g = g + p
-        _tag(g, done, GradMeta(weakref.ref(z), "upstream"))
-        out.grads[id(z)] = g
+        g = None
+        if parts:
+            g = parts[0]
+            for p in parts[1:]:
+                g = g + p
+            _tag(g, done, GradMeta(weakref.ref(z), "upstream"))
+            out.grads[id(z)] = g
+        if group is not None:  # an op with several outputs: when the first is reached,
+            # every output's gradient is complete; one rule gives all the inputs' gradients
+            if z is not group[0] or all(id(m) not in out.grads for m in group):
+                continue
+            downs = z.op.joint_vjp(group, [out.grads.get(id(m)) for m in group],
+                                   [id(x) in depends for x in z.inputs])
+            g = g if g is not None else _zeros(z)
         for k, x in enumerate(z.inputs):
             if id(x) not in depends:
                 continue
-            local, down, formula, vjp_text = _edge(z, k, g)
+            if group is not None:
+                local, down = None, downs[k]
+                formula, vjp_text = z.op.local[0], z.op.vjp_text[0]
+            else:
+                local, down, formula, vjp_text = _edge(z, k, g)
             if down is None:
                 continue
             if local is not None:
@@ -216,6 +231,16 @@ def backward(ys, cotangents, wrt) -> Backward:
             out.edges.append(BackwardEdge(z, k, g, local, formula, down, vjp_text))
             pending.setdefault(id(x), []).append(down)
     return out
+
+
+def _joint_groups(forward) -> dict[int, list[Tensor]]:
+    """Nodes whose op has a ``joint_vjp`` (the outputs of one scan) grouped by instance,
+    in forward order: ``{id(node): its group}``."""
+    groups: dict[tuple, list[Tensor]] = {}
+    for t in forward:
+        if getattr(t.op, "joint_vjp", None) is not None:
+            groups.setdefault((t.op.loop,) + tuple(map(id, t.inputs)), []).append(t)
+    return {id(t): members for members in groups.values() for t in members}
 
 
 def _as_list(wrt) -> tuple[list[Tensor], bool]:

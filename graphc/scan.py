@@ -1,0 +1,519 @@
+"""Loops: ``gc.scan`` (a loop as one op of the graph) and ``gc.stop_gradient``.
+
+IR representation of a scan
+---------------------------
+A scan is a :class:`Loop` (frozen, hashable: the body and the static attributes) shared by
+one :class:`Scan` node per output, as the outputs of a fused group share their group
+(:mod:`graphc.fused_ops`): the IR keeps one value per node, and a backend runs the loop
+once for all the outputs of one instance (one loop, the same inputs).  The outputs are
+
+- ``Scan(loop, ("carry", i))``: the final carry ``i``;
+- ``Scan(loop, ("y", j))``: the ``y``s of output ``j`` stacked along axis 0 (``ys[t]`` is
+  the step that read ``xs[t]``, also when ``reverse=True``);
+- ``Scan(loop, ("cin", i))``: carry ``i`` as it entered each step, stacked the same way
+  (autodiff asks for it: these are the residuals the backward loop reads).
+
+Every one of these nodes has the same inputs, in this order: ``init`` (one per carry
+element), ``xs`` (one per scanned sequence), ``consts`` (the outer tensors the body closes
+over, weights say, made explicit so that gradients reach them).
+
+The body is a graph of its own, never part of the outer graph: ``loop.carry``,
+``loop.xs`` and ``loop.consts`` are its placeholders (:class:`~graphc.inputs.Input` nodes
+labelled ``scan.carry0``, ``scan.x0``, ``scan.const0``, one per scan input in that order;
+``scan1.`` inside a body, and so on), and ``loop.new_carry + loop.ys`` its outputs
+(``loop.graph``).  Work in ``fn`` that depends on no placeholder (``W.T``, ``b * 2``) is
+outside the body: its result is a const, computed once before the loop.
+
+The derivative of a scan is another scan running the other way (backpropagation through
+time, :func:`scan_vjp`): its body is the body's own backward graph, built by
+:func:`graphc.passes.autodiff.backward`, which recomputes the step's forward values from
+the stacked carries (memory O(T x carry), about twice the forward's compute).
+
+>>> import numpy as np, graphc as gc
+>>> xs = gc.input("xs", (4, 2), "float64")
+>>> total, running = gc.scan(lambda c, x: (c + x, c + x), gc.constant(np.zeros(2)), xs)
+>>> f = gc.compile([total, running], backend="numpy")
+>>> f(xs=np.ones((4, 2)))[1][:, 0]
+array([1., 2., 3., 4.])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from . import dtypes
+from .graph import Graph
+from .inputs import Input, constant
+from .ir import DTypeError, GraphError, Op, ShapeError, Tensor, iter_nodes, located, user_location
+
+# ---------------------------------------------------------------------------------------
+# stop_gradient
+
+
+@dataclass(frozen=True)
+class StopGradient(Op):
+    """``x`` in the forward pass; its gradient is zero (autodiff does not go through it)."""
+
+    name = "stop_gradient"
+
+    def infer(self, inputs):
+        (x,) = inputs
+        return x.shape, x.dtype
+
+    def evaluate(self, x):
+        return x
+
+    local = ("0",)
+    vjp_text = ("0",)
+
+    def vjp(self, z, g, k):
+        return None  # no gradient flows through
+
+
+def stop_gradient(x: Tensor) -> Tensor:
+    """``x`` in the forward pass, with no gradient flowing back through it.
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", (), "float64")
+    >>> g = gc.compile(gc.grad(x * gc.stop_gradient(x), x), backend="numpy")
+    >>> float(g(x=3.0))
+    3.0
+    """
+    if not isinstance(x, Tensor):
+        raise GraphError(located(f"stop_gradient: expected a graphc Tensor, got "
+                                 f"{type(x).__name__}"))
+    return Tensor.make(StopGradient(), (x,))
+
+
+# ---------------------------------------------------------------------------------------
+# The loop and its nodes
+
+
+@dataclass(frozen=True, eq=False)
+class Loop:
+    """A scan's body (placeholders and outputs) and its static attributes."""
+
+    carry: tuple      # placeholders, one per carry element
+    xs: tuple         # placeholders of one step's slices
+    consts: tuple     # placeholders of the closed-over outer tensors
+    new_carry: tuple  # body outputs: the next carry
+    ys: tuple         # body outputs: the per-step results
+    length: int
+    reverse: bool = False
+    truncate: int | None = None
+
+    @cached_property
+    def _key(self) -> tuple:
+        nodes = self.carry + self.xs + self.consts + self.new_carry + self.ys
+        return (tuple(map(id, nodes)), len(self.carry), len(self.xs), len(self.consts),
+                len(self.new_carry), self.length, self.reverse, self.truncate)
+
+    def __eq__(self, other):
+        return self is other or (isinstance(other, Loop) and self._key == other._key)
+
+    def __hash__(self):
+        return hash(self._key)
+
+    @cached_property
+    def text(self) -> str:
+        """A deterministic description (digests of the body), used in node digests."""
+        def d(ts):
+            return ",".join(t.digest[:16] for t in ts)
+        return (f"carry=[{d(self.carry)}] xs=[{d(self.xs)}] consts=[{d(self.consts)}] "
+                f"new_carry=[{d(self.new_carry)}] ys=[{d(self.ys)}] length={self.length} "
+                f"reverse={self.reverse} truncate={self.truncate}")
+
+    @cached_property
+    def tag(self) -> str:
+        """A short stable name of the loop (labels of its backward's placeholders)."""
+        return hashlib.sha1(self.text.encode()).hexdigest()[:8]
+
+    @cached_property
+    def graph(self) -> Graph:
+        """The body as a graph: outputs ``new_carry + ys``."""
+        return Graph(list(self.new_carry + self.ys))
+
+    @property
+    def params(self) -> tuple:
+        return self.carry + self.xs + self.consts
+
+    def time_order(self) -> range:
+        """The indices of ``xs`` in the order the steps run."""
+        return range(self.length - 1, -1, -1) if self.reverse else range(self.length)
+
+
+@dataclass(frozen=True)
+class Scan(Op):
+    """Output ``out`` of ``loop`` (``("carry", i)``, ``("y", j)`` or ``("cin", i)``)
+    applied to ``init..., xs..., consts...``."""
+
+    loop: Loop
+    out: tuple
+
+    name = "scan"
+
+    def attrs(self):
+        return {"out": f"{self.out[0]}{self.out[1]}", "length": self.loop.length,
+                "reverse": self.loop.reverse, "truncate": self.loop.truncate}
+
+    def key(self) -> str:
+        return f"scan({self.loop.text}; out={self.out})"
+
+    def infer(self, inputs):
+        loop = self.loop
+        params = loop.params
+        if len(inputs) != len(params):
+            self.fail(f"takes {len(params)} inputs, got {len(inputs)}", inputs)
+        n_c, n_x = len(loop.carry), len(loop.xs)
+        for k, (t, p) in enumerate(zip(inputs, params)):
+            shape = (loop.length,) + p.shape if n_c <= k < n_c + n_x else p.shape
+            if (t.shape, t.dtype) != (shape, p.dtype):
+                self.fail(f"input {k} is {t.shape} {t.dtype}, the body takes {shape} "
+                          f"{p.dtype}", inputs)
+        kind, i = self.out
+        if kind == "carry":
+            return loop.carry[i].shape, loop.carry[i].dtype
+        body = loop.ys[i] if kind == "y" else loop.carry[i]
+        return (loop.length,) + body.shape, body.dtype
+
+    def evaluate(self, *arrays):
+        return run_loop(self.loop, [self.out], arrays, numpy_body(self.loop))[0]
+
+    local = ("∂step/∂{x}, through time",)
+    vjp_text = ("reverse scan of {g}",)
+
+    def joint_vjp(self, nodes, grads, wanted):
+        """Gradients for the inputs of the instance whose outputs are ``nodes`` with
+        cotangents ``grads`` (None: none): a backward scan.  ``wanted[k]``: whether
+        input ``k`` needs one."""
+        return scan_vjp(nodes, grads, wanted)
+
+
+def instance_key(t: Tensor) -> tuple:
+    """Scan nodes with one loop and the same inputs are outputs of one run."""
+    return (t.op.loop,) + tuple(map(id, t.inputs))
+
+
+def siblings(nodes) -> dict[tuple, list]:
+    """The scan nodes among ``nodes`` by instance, in the order of ``nodes``."""
+    found: dict[tuple, list] = {}
+    for t in nodes:
+        if isinstance(t.op, Scan):
+            found.setdefault(instance_key(t), []).append(t)
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Running a loop (every backend: they differ in how they run the body)
+
+
+def numpy_body(loop: Loop):
+    """The body run by the reference interpreter: feeds by label -> outputs."""
+    from .interpreter import evaluate_graph
+    graph = loop.graph
+    return lambda feeds: evaluate_graph(graph, feeds)
+
+
+def run_loop(loop: Loop, outs, arrays, body, empty=np.empty) -> list:
+    """The values of outputs ``outs`` of ``loop`` on input ``arrays``; ``body(feeds)``
+    runs one step (feeds by placeholder label) and returns ``new_carry + ys``."""
+    n_c, n_x = len(loop.carry), len(loop.xs)
+    carry = list(arrays[:n_c])
+    xs = arrays[n_c:n_c + n_x]
+    feeds = {p.op.label: a for p, a in zip(loop.consts, arrays[n_c + n_x:])}
+    stacks = {}
+    for kind, i in outs:
+        if kind != "carry" and (kind, i) not in stacks:
+            t = loop.ys[i] if kind == "y" else loop.carry[i]
+            stacks[(kind, i)] = empty((loop.length,) + t.shape, np.dtype(t.dtype))
+    for t in loop.time_order():
+        for (kind, i), stack in stacks.items():
+            if kind == "cin":
+                stack[t] = carry[i]
+        feeds.update({p.op.label: c for p, c in zip(loop.carry, carry)})
+        feeds.update({p.op.label: x[t] for p, x in zip(loop.xs, xs)})
+        result = body(feeds)
+        carry = list(result[:n_c])
+        for (kind, i), stack in stacks.items():
+            if kind == "y":
+                stack[t] = result[n_c + i]
+    return [carry[i] if kind == "carry" else stacks[(kind, i)] for kind, i in outs]
+
+
+# ---------------------------------------------------------------------------------------
+# Building a scan: trace the body once
+
+
+_DEPTH = [0]  # scans being traced: a body's placeholders are named by their depth
+
+
+def _prefix() -> str:
+    return "scan" if _DEPTH[0] == 0 else f"scan{_DEPTH[0]}"
+
+
+def placeholder(label: str, shape, dtype: str) -> Tensor:
+    return Tensor.make(Input(label, tuple(shape), dtype))
+
+
+def _tensors(value, what: str, allow_none=False):
+    """``value`` (a Tensor or a tuple/list of them) as (list, was a single tensor)."""
+    if value is None and allow_none:
+        return [], None
+    if isinstance(value, Tensor):
+        return [value], True
+    if isinstance(value, (tuple, list)):
+        bad = [k for k, v in enumerate(value) if not isinstance(v, Tensor)]
+        if not bad:
+            return list(value), False
+        k = bad[0]
+        raise GraphError(located(f"scan: {what}[{k}] is {type(value[k]).__name__}, not a "
+                                 "graphc Tensor"))
+    raise GraphError(located(f"scan: {what} must be a Tensor or a tuple of Tensors, got "
+                             f"{type(value).__name__}"))
+
+
+def _length(xs, length) -> int:
+    for k, x in enumerate(xs):
+        if x.ndim == 0:
+            raise ShapeError(located(f"scan: xs[{k}] is 0-d; xs are scanned along axis 0"))
+    lengths = sorted({x.shape[0] for x in xs})
+    if len(lengths) > 1:
+        shapes = ", ".join(f"xs[{k}] {x.shape}" for k, x in enumerate(xs))
+        raise ShapeError(located(f"scan: xs have unequal lengths along axis 0 ({shapes})"))
+    if length is not None and (not isinstance(length, (int, np.integer)) or
+                               isinstance(length, bool) or length < 0):
+        raise GraphError(located(f"scan: length must be a non-negative int, got {length!r}"))
+    if not xs:
+        if length is None:
+            raise GraphError(located("scan: xs=None needs length= (the number of steps)"))
+        return int(length)
+    if length is not None and length != lengths[0]:
+        raise ShapeError(located(f"scan: length={length} but xs have length {lengths[0]}"))
+    return lengths[0]
+
+
+def scan(fn, init, xs=None, length=None, reverse=False, truncate=None):
+    """Loop ``fn(carry, x) -> (carry, y)`` over ``xs`` along axis 0, as ``jax.lax.scan``.
+
+    ``init`` and ``xs`` are a Tensor or a tuple of Tensors (``xs=None`` with ``length``:
+    ``x`` is None).  Returns ``(carry, ys)``: the final carry and the ``y``s stacked along
+    axis 0 (element-wise when ``y`` is a tuple).  ``fn`` is traced once into a body graph;
+    the loop is one op of the graph.  ``reverse=True`` runs from the last step to the
+    first.  ``gc.grad`` through it is backpropagation through time; ``truncate=k`` stops
+    the carry's gradient flowing into step t (in scan order) when t > 0 and t % k == 0.
+
+    >>> import graphc as gc
+    >>> h, hs = gc.scan(lambda h, x: (gc.tanh(h + x),) * 2, gc.input("h0", (3,)),
+    ...                 gc.input("xs", (5, 3)))
+    >>> h.shape, hs.shape
+    ((3,), (5, 3))
+    """
+    loc = user_location()
+    init_list, init_single = _tensors(init, "init")
+    xs_list, xs_single = _tensors(xs, "xs", allow_none=True)
+    n = _length(xs_list, length)
+    if truncate is not None and (not isinstance(truncate, (int, np.integer)) or
+                                 isinstance(truncate, bool) or truncate < 1):
+        raise GraphError(located(f"scan: truncate must be a positive int, got {truncate!r}"))
+    prefix = _prefix()
+    carry_ph = [placeholder(f"{prefix}.carry{i}", c.shape, c.dtype)
+                for i, c in enumerate(init_list)]
+    x_ph = [placeholder(f"{prefix}.x{i}", x.shape[1:], x.dtype) for i, x in enumerate(xs_list)]
+    _DEPTH[0] += 1
+    try:
+        out = fn(carry_ph[0] if init_single else tuple(carry_ph),
+                 None if xs_single is None else x_ph[0] if xs_single else tuple(x_ph))
+    finally:
+        _DEPTH[0] -= 1
+    new_carry, ys, y_single = _returns(out, init_list, init_single, loc)
+    consts, body = _close(carry_ph + x_ph, new_carry + ys, prefix)
+    loop = Loop(tuple(carry_ph), tuple(x_ph), tuple(p for p, _ in consts),
+                tuple(body[:len(new_carry)]), tuple(body[len(new_carry):]), n, bool(reverse),
+                None if truncate is None else int(truncate))
+    inputs = init_list + xs_list + [c for _, c in consts]
+    carry = [Tensor.make(Scan(loop, ("carry", i)), inputs) for i in range(len(init_list))]
+    stacked = [Tensor.make(Scan(loop, ("y", j)), inputs) for j in range(len(ys))]
+    return (carry[0] if init_single else tuple(carry),
+            None if y_single is None else stacked[0] if y_single else tuple(stacked))
+
+
+def _returns(out, init, init_single, loc):
+    """(new carry, ys, y single?) from what ``fn`` returned, checked against ``init``."""
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise GraphError(located(f"scan: fn must return a pair (carry, y), got "
+                                 f"{type(out).__name__}", loc))
+    carry, y = out
+    if init_single:
+        if not isinstance(carry, Tensor):
+            raise GraphError(located(f"scan: fn returned a {type(carry).__name__} as the "
+                                     "carry; init is a Tensor, so the carry must be one", loc))
+        carry = [carry]
+    else:
+        if not isinstance(carry, (tuple, list)) or len(carry) != len(init):
+            raise GraphError(located(f"scan: fn must return a carry of {len(init)} Tensors "
+                                     f"like init, got {_describe(carry)}", loc))
+        carry = list(carry)
+    for i, (new, old) in enumerate(zip(carry, init)):
+        name = "carry" if init_single else f"carry[{i}]"
+        if not isinstance(new, Tensor):
+            raise GraphError(located(f"scan: fn returned {type(new).__name__} as {name}, "
+                                     "not a graphc Tensor", loc))
+        made = f" (made at {new.loc})" if new.loc else ""
+        if new.shape != old.shape:
+            raise ShapeError(located(f"scan: fn changes the shape of {name} from {old.shape} "
+                                     f"to {new.shape}{made}; the carry keeps its shape", loc))
+        if new.dtype != old.dtype:
+            raise DTypeError(located(f"scan: fn changes the dtype of {name} from {old.dtype} "
+                                     f"to {new.dtype}{made}; the carry keeps its dtype "
+                                     "(cast it)", loc))
+    if y is None:
+        return carry, [], None
+    if isinstance(y, Tensor):
+        return carry, [y], True
+    if isinstance(y, (tuple, list)):
+        for j, v in enumerate(y):
+            if not isinstance(v, Tensor):
+                raise GraphError(located(f"scan: fn returned {type(v).__name__} as y[{j}], "
+                                         "not a graphc Tensor", loc))
+        return carry, list(y), False
+    raise GraphError(located(f"scan: fn returned {type(y).__name__} as y; y is a Tensor, a "
+                             "tuple of Tensors or None", loc))
+
+
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def _close(params, outputs, prefix):
+    """The closed-over outer tensors of a traced body, as ``[(placeholder, outer)]``, and
+    the body outputs rebuilt on those placeholders.  An outer tensor is a node that
+    depends on no placeholder but on some input or parameter (a node that depends on
+    constants alone stays in the body)."""
+    inner = {id(p) for p in params}
+    nodes = iter_nodes(outputs)
+    for t in nodes:
+        if id(t) not in inner and any(id(i) in inner for i in t.inputs):
+            inner.add(id(t))
+
+    def outer(t):
+        return id(t) not in inner and bool(t.leaves)
+
+    frontier: dict[int, Tensor] = {}
+    for t in nodes:
+        if id(t) in inner:
+            frontier.update((id(i), i) for i in t.inputs if outer(i))
+    frontier.update((id(o), o) for o in outputs if outer(o))
+    consts = [(placeholder(f"{prefix}.const{j}", t.shape, t.dtype), t)
+              for j, t in enumerate(frontier.values())]
+    mapping = {id(t): p for p, t in consts}
+    for t in nodes:
+        if id(t) in inner and id(t) not in mapping:
+            new_inputs = tuple(mapping.get(id(i), i) for i in t.inputs)
+            if any(a is not b for a, b in zip(new_inputs, t.inputs)):
+                new = t.replace(inputs=new_inputs)
+                if new.loc is None or new.loc != t.loc:  # the line in fn, not scan's
+                    object.__setattr__(new, "loc", t.loc)
+                if t.display and not new.display:
+                    new.named(t.display)
+                mapping[id(t)] = new
+    return consts, [mapping.get(id(o), o) for o in outputs]
+
+
+# ---------------------------------------------------------------------------------------
+# Backpropagation through time
+
+
+def scan_vjp(nodes, grads, wanted) -> list:
+    """The gradients of the inputs of one scan instance (``nodes``: its outputs in the
+    graph, ``grads``: their cotangents or None) as the outputs of a backward scan.
+    ``wanted[k]``: whether input ``k`` needs a gradient.  None where there is none."""
+    from . import functions as F
+    from .passes.autodiff import backward
+    loop = nodes[0].op.loop
+    inputs = nodes[0].inputs
+    n_c, n_x = len(loop.carry), len(loop.xs)
+    ct = {t.op.out: g for t, g in zip(nodes, grads) if g is not None}
+    tag = f"scan.{loop.tag}"
+
+    def float_(p):
+        return dtypes.is_float(p.dtype)
+
+    fc = [i for i, p in enumerate(loop.carry) if float_(p)]
+    fx = [j for j, p in enumerate(loop.xs) if float_(p) and wanted[n_c + j]]
+    fw = [j for j, p in enumerate(loop.consts) if float_(p) and wanted[n_c + n_x + j]]
+    gc_ph = [placeholder(f"{tag}.gcarry{i}", loop.carry[i].shape, loop.carry[i].dtype)
+             for i in fc]
+    gy = [j for j in range(len(loop.ys)) if ("y", j) in ct and float_(loop.ys[j])]
+    gy_ph = [placeholder(f"{tag}.gy{j}", loop.ys[j].shape, loop.ys[j].dtype) for j in gy]
+    gcin = [i for i in fc if ("cin", i) in ct]
+    gcin_ph = [placeholder(f"{tag}.gcin{i}", loop.carry[i].shape, loop.carry[i].dtype)
+               for i in gcin]
+    acc_ph = [placeholder(f"{tag}.acc{j}", loop.consts[j].shape, loop.consts[j].dtype)
+              for j in fw]
+    wrt = [loop.carry[i] for i in fc] + [loop.xs[j] for j in fx] + [loop.consts[j] for j in fw]
+    result = backward([loop.new_carry[i] for i in fc] + [loop.ys[j] for j in gy],
+                      gc_ph + gy_ph, wrt)
+    new_gc = [result.grad_of(loop.carry[i]) for i in fc]
+    keep_ph = None
+    if loop.truncate is not None and fc:
+        keep_ph = placeholder(f"{tag}.keep", (), "bool")
+        new_gc = [F.where(keep_ph, g, 0.0) for g in new_gc]
+    cin_g = dict(zip(gcin, gcin_ph))
+    new_gc = [g + cin_g[i] if i in cin_g else g for i, g in zip(fc, new_gc)]
+    new_acc = [a + result.grad_of(loop.consts[j]) for a, j in zip(acc_ph, fw)]
+    gx = [result.grad_of(loop.xs[j]) for j in fx]
+    used = {id(t) for t in iter_nodes(new_gc + new_acc + gx)}
+
+    # the backward loop: carry (dL/dcarry, weight-gradient sums), xs (the forward's
+    # carries as each step got them, its xs, the cotangents of ys, ...), consts
+    fwd_c = [i for i, p in enumerate(loop.carry) if id(p) in used]
+    fwd_x = [j for j, p in enumerate(loop.xs) if id(p) in used]
+    fwd_w = [j for j, p in enumerate(loop.consts) if id(p) in used]
+    bwd_xs = [loop.carry[i] for i in fwd_c] + [loop.xs[j] for j in fwd_x] + gy_ph + gcin_ph
+    outer_xs = [_node(loop, ("cin", i), inputs) for i in fwd_c] + \
+        [inputs[n_c + j] for j in fwd_x] + [ct[("y", j)] for j in gy] + \
+        [ct[("cin", i)] for i in gcin]
+    if keep_ph is not None:
+        bwd_xs.append(keep_ph)
+        outer_xs.append(constant(_keep_mask(loop)))
+    bwd = Loop(tuple(gc_ph + acc_ph), tuple(bwd_xs), tuple(loop.consts[j] for j in fwd_w),
+               tuple(new_gc + new_acc), tuple(gx), loop.length, not loop.reverse)
+    init = [ct.get(("carry", i), _zeros(loop.carry[i])) for i in fc] + \
+        [_zeros(loop.consts[j]) for j in fw]
+    bwd_inputs = init + outer_xs + [inputs[n_c + n_x + j] for j in fwd_w]
+    out: list = [None] * len(inputs)
+    for k, i in enumerate(fc):
+        if wanted[i]:
+            out[i] = _node(bwd, ("carry", k), bwd_inputs)
+    for k, j in enumerate(fx):
+        out[n_c + j] = _node(bwd, ("y", k), bwd_inputs)
+    for k, j in enumerate(fw):
+        out[n_c + n_x + j] = _node(bwd, ("carry", len(fc) + k), bwd_inputs)
+    return out
+
+
+def _node(loop: Loop, out, inputs) -> Tensor:
+    return Tensor.make(Scan(loop, out), inputs)
+
+
+def _zeros(p: Tensor) -> Tensor:
+    from . import functions as F
+    return F.broadcast_to(constant(0, dtype=p.dtype), p.shape)
+
+
+def _keep_mask(loop: Loop) -> np.ndarray:
+    """keep[t]: whether the carry's gradient flows into the step that reads ``xs[t]``:
+    not when that step is the s-th run (from 0), s > 0 and s % truncate == 0."""
+    keep = np.ones(loop.length, np.bool_)
+    for s, t in enumerate(loop.time_order()):
+        keep[t] = not (s > 0 and s % loop.truncate == 0)
+    return keep
+
+
+__all__ = ["Loop", "Scan", "StopGradient", "scan", "stop_gradient", "scan_vjp", "run_loop"]
