@@ -179,6 +179,7 @@ class Lowering:
         self.fused: dict[tuple, FusedInstance] = {}
         self.calls = 0  # kernel calls per run
         self.scans: dict | None = None  # scan instances: their outputs (rule_scan)
+        self.loop_sources: list[str] = []  # the programs of scan bodies, for f.source
 
     # -- names ----------------------------------------------------------------------------
     def var_name(self, t: Tensor) -> str:
@@ -1098,6 +1099,8 @@ def rule_scan(lowering, t):
         L.kernel_seconds += body.stats["kernel_seconds"]
         name = f"loop{L.index[id(t)]}"
         L.namespace[name] = LoopRunner(loop, [m.op.out for m in members], body)
+        L.loop_sources.append(f"\n\n# {'=' * 88}\n# {name}: the scan body, run {loop.length} "
+                              f"times (once per step)\n{body.source}")
         args = ", ".join(L.arg(i) for i in t.inputs)
         names = []
         for m in members:
@@ -1215,7 +1218,7 @@ class NumbaProgram:
         self._pointer_of = [pool.index(v) for v in lowering.pool_pointers]
         self._slot_bytes = list(plan.slot_bytes)
         self._free: list = []
-        self.source = source + self._kernel_appendix()
+        self.source = source + "".join(lowering.loop_sources) + self._kernel_appendix()
         self.stats = {
             "kernels": len(self.kernels),
             "kernel_cache_hits": lowering.counts["memory"] + lowering.counts["disk"],
