@@ -143,6 +143,20 @@ class Loop:
     def params(self) -> tuple:
         return self.carry + self.xs + self.consts
 
+    def stacked(self, kind: str, i: int) -> Tensor:
+        """The body value an output ``(kind, i)`` stacks: ``y`` j, ``cin`` (carry i as
+        the step got it) or ``node`` (node i of the body graph: a residual)."""
+        return self.ys[i] if kind == "y" else self.carry[i] if kind == "cin" else \
+            self.graph.nodes[i]
+
+    def step_graph(self, outs) -> Graph:
+        """What one step computes for outputs ``outs``: ``new_carry + ys`` and then the
+        body nodes that ``("node", i)`` outputs stack, by increasing ``i``."""
+        extra = sorted({i for kind, i in outs if kind == "node"})
+        if not extra:
+            return self.graph
+        return Graph(list(self.new_carry + self.ys) + [self.graph.nodes[i] for i in extra])
+
     def time_order(self) -> range:
         """The indices of ``xs`` in the order the steps run."""
         return range(self.length - 1, -1, -1) if self.reverse else range(self.length)
@@ -179,11 +193,11 @@ class Scan(Op):
         kind, i = self.out
         if kind == "carry":
             return loop.carry[i].shape, loop.carry[i].dtype
-        body = loop.ys[i] if kind == "y" else loop.carry[i]
+        body = loop.stacked(kind, i)
         return (loop.length,) + body.shape, body.dtype
 
     def evaluate(self, *arrays):
-        return run_loop(self.loop, [self.out], arrays, numpy_body(self.loop))[0]
+        return run_loop(self.loop, [self.out], arrays, numpy_body(self.loop, [self.out]))[0]
 
     local = ("∂step/∂{x}, through time",)
     vjp_text = ("reverse scan of {g}",)
@@ -213,24 +227,28 @@ def siblings(nodes) -> dict[tuple, list]:
 # Running a loop (every backend: they differ in how they run the body)
 
 
-def numpy_body(loop: Loop):
-    """The body run by the reference interpreter: feeds by label -> outputs."""
+def numpy_body(loop: Loop, outs):
+    """The step run by the reference interpreter: feeds by label -> outputs."""
     from .interpreter import evaluate_graph
-    graph = loop.graph
+    graph = loop.step_graph(outs)
     return lambda feeds: evaluate_graph(graph, feeds)
 
 
 def run_loop(loop: Loop, outs, arrays, body, empty=np.empty) -> list:
     """The values of outputs ``outs`` of ``loop`` on input ``arrays``; ``body(feeds)``
-    runs one step (feeds by placeholder label) and returns ``new_carry + ys``."""
+    runs one step (feeds by placeholder label) and returns the outputs of
+    ``loop.step_graph(outs)``."""
     n_c, n_x = len(loop.carry), len(loop.xs)
     carry = list(arrays[:n_c])
     xs = arrays[n_c:n_c + n_x]
     feeds = {p.op.label: a for p, a in zip(loop.consts, arrays[n_c + n_x:])}
+    extra = sorted({i for kind, i in outs if kind == "node"})
+    at = {("y", j): n_c + j for j in range(len(loop.ys))}
+    at.update({("node", i): n_c + len(loop.ys) + k for k, i in enumerate(extra)})
     stacks = {}
     for kind, i in outs:
         if kind != "carry" and (kind, i) not in stacks:
-            t = loop.ys[i] if kind == "y" else loop.carry[i]
+            t = loop.stacked(kind, i)
             stacks[(kind, i)] = empty((loop.length,) + t.shape, np.dtype(t.dtype))
     for t in loop.time_order():
         for (kind, i), stack in stacks.items():
@@ -240,9 +258,9 @@ def run_loop(loop: Loop, outs, arrays, body, empty=np.empty) -> list:
         feeds.update({p.op.label: x[t] for p, x in zip(loop.xs, xs)})
         result = body(feeds)
         carry = list(result[:n_c])
-        for (kind, i), stack in stacks.items():
-            if kind == "y":
-                stack[t] = result[n_c + i]
+        for key, stack in stacks.items():
+            if key[0] != "cin":
+                stack[t] = result[at[key]]
     return [carry[i] if kind == "carry" else stacks[(kind, i)] for kind, i in outs]
 
 
@@ -517,15 +535,16 @@ def scan_vjp(nodes, grads, wanted) -> list:
     fw = [j for j, p in enumerate(loop.consts) if float_(p) and wanted[n_c + n_x + j]]
     gc_ph = [placeholder(f"{tag}.gcarry{i}", loop.carry[i].shape, loop.carry[i].dtype)
              for i in fc]
-    gy = [j for j in range(len(loop.ys)) if ("y", j) in ct and float_(loop.ys[j])]
-    gy_ph = [placeholder(f"{tag}.gy{j}", loop.ys[j].shape, loop.ys[j].dtype) for j in gy]
+    gstack = sorted(k for k in ct if k[0] in ("y", "node") and float_(loop.stacked(*k)))
+    gy_ph = [placeholder(f"{tag}.g{kind}{i}", loop.stacked(kind, i).shape,
+                         loop.stacked(kind, i).dtype) for kind, i in gstack]
     gcin = [i for i in fc if ("cin", i) in ct]
     gcin_ph = [placeholder(f"{tag}.gcin{i}", loop.carry[i].shape, loop.carry[i].dtype)
                for i in gcin]
     acc_ph = [placeholder(f"{tag}.acc{j}", loop.consts[j].shape, loop.consts[j].dtype)
               for j in fw]
     wrt = [loop.carry[i] for i in fc] + [loop.xs[j] for j in fx] + [loop.consts[j] for j in fw]
-    result = backward([loop.new_carry[i] for i in fc] + [loop.ys[j] for j in gy],
+    result = backward([loop.new_carry[i] for i in fc] + [loop.stacked(*k) for k in gstack],
                       gc_ph + gy_ph, wrt)
     new_gc = [result.grad_of(loop.carry[i]) for i in fc]
     keep_ph = None
@@ -536,6 +555,14 @@ def scan_vjp(nodes, grads, wanted) -> list:
     new_gc = [g + cin_g[i] if i in cin_g else g for i, g in zip(fc, new_gc)]
     new_acc = [a + result.grad_of(loop.consts[j]) for a, j in zip(acc_ph, fw)]
     gx = [result.grad_of(loop.xs[j]) for j in fx]
+    res_ph, res_outer = [], []
+    if not REMAT:  # the forward values the backward reads are stacked by the forward
+        outs, res_ph, kept = _residuals(loop, new_gc + new_acc + gx, tag)
+        new_gc, new_acc, gx = (outs[:len(fc)], outs[len(fc):len(fc) + len(fw)],
+                               outs[len(fc) + len(fw):])
+        ys = {id(y): j for j, y in enumerate(loop.ys)}  # a y is stacked already
+        res_outer = [_node(loop, ("y", ys[id(n)]) if id(n) in ys else ("node", k), inputs)
+                     for k, n in ((k, loop.graph.nodes[k]) for k in kept)]
     used = {id(t) for t in iter_nodes(new_gc + new_acc + gx)}
 
     # the backward loop: carry (dL/dcarry, weight-gradient sums), xs (the forward's
@@ -543,9 +570,10 @@ def scan_vjp(nodes, grads, wanted) -> list:
     fwd_c = [i for i, p in enumerate(loop.carry) if id(p) in used]
     fwd_x = [j for j, p in enumerate(loop.xs) if id(p) in used]
     fwd_w = [j for j, p in enumerate(loop.consts) if id(p) in used]
-    bwd_xs = [loop.carry[i] for i in fwd_c] + [loop.xs[j] for j in fwd_x] + gy_ph + gcin_ph
+    bwd_xs = [loop.carry[i] for i in fwd_c] + [loop.xs[j] for j in fwd_x] + res_ph + \
+        gy_ph + gcin_ph
     outer_xs = [_node(loop, ("cin", i), inputs) for i in fwd_c] + \
-        [inputs[n_c + j] for j in fwd_x] + [ct[("y", j)] for j in gy] + \
+        [inputs[n_c + j] for j in fwd_x] + res_outer + [ct[k] for k in gstack] + \
         [ct[("cin", i)] for i in gcin]
     if keep_ph is not None:
         bwd_xs.append(keep_ph)
@@ -564,6 +592,29 @@ def scan_vjp(nodes, grads, wanted) -> list:
     for k, j in enumerate(fw):
         out[n_c + n_x + j] = _node(bwd, ("carry", len(fc) + k), bwd_inputs)
     return out
+
+
+REMAT = False  # True: the backward recomputes each step from the stacked carries
+
+
+def _residuals(loop: Loop, outs, tag):
+    """``outs`` (the backward body) rebuilt to read the forward body's values as slices
+    (placeholders ``<tag>.res<k>``) instead of recomputing them; returns the outputs, the
+    placeholders and the body-node indices the forward must stack."""
+    index = {id(t): k for k, t in enumerate(loop.graph.nodes)}
+    params = {id(p) for p in loop.params}
+
+    def residual(t):
+        return id(t) in index and id(t) not in params and bool(t.leaves)
+
+    kept: dict[int, Tensor] = {}
+    for t in iter_nodes(outs):
+        if id(t) not in index:
+            kept.update((id(i), i) for i in t.inputs if residual(i))
+    kept.update((id(o), o) for o in outs if residual(o))
+    ph = [placeholder(f"{tag}.res{k}", t.shape, t.dtype) for k, t in enumerate(kept.values())]
+    new = _substitute(outs, {i: p for i, p in zip(kept, ph)})
+    return new, ph, [index[i] for i in kept]
 
 
 def _node(loop: Loop, out, inputs) -> Tensor:

@@ -1,6 +1,7 @@
 """gc.scan and gc.stop_gradient: forward and gradients against the unrolled graph, PyTorch
 and finite differences; truncation; construction errors; the Numba and CUDA backends."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -151,6 +152,21 @@ def test_hvp_and_grad_of_grad_equal_the_unrolled_graph():
     feeds = feeds_for(inputs)
     close(gc.compile(second, backend="numpy")(feeds),
           gc.compile(second_u, backend="numpy")(feeds), 1e-10)
+
+
+def test_recomputing_the_steps_gives_the_gradients_of_stacked_residuals(monkeypatch):
+    scan_module = importlib.import_module("graphc.scan")  # (gc.scan is the function)
+    inputs, fn, init = model("lstm")
+    loss = loss_of(*gc.scan(fn, init, inputs[3]))
+    stored = gc.grad(loss, inputs)
+    monkeypatch.setattr(scan_module, "REMAT", True)
+    recomputed = gc.grad(loss, inputs)
+    reads = [{t.op.out[0] for t in gc.Graph(g).nodes if isinstance(t.op, Scan)
+              and not t.op.loop.reverse} for g in (stored, recomputed)]
+    assert "node" in reads[0] and "node" not in reads[1]  # residuals, or carries only
+    feeds = feeds_for(inputs)
+    close(gc.compile(stored, backend="numpy")(feeds),
+          gc.compile(recomputed, backend="numpy")(feeds))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
