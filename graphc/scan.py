@@ -10,8 +10,9 @@ once for all the outputs of one instance (one loop, the same inputs).  The outpu
 - ``Scan(loop, ("carry", i))``: the final carry ``i``;
 - ``Scan(loop, ("y", j))``: the ``y``s of output ``j`` stacked along axis 0 (``ys[t]`` is
   the step that read ``xs[t]``, also when ``reverse=True``);
-- ``Scan(loop, ("cin", i))``: carry ``i`` as it entered each step, stacked the same way
-  (autodiff asks for it: these are the residuals the backward loop reads).
+- ``Scan(loop, ("cin", i))``: carry ``i`` as it entered each step, stacked the same way,
+  and ``Scan(loop, ("node", k))``: node ``k`` of ``loop.graph.nodes`` per step (autodiff
+  asks for these: the residuals the backward loop reads).
 
 Every one of these nodes has the same inputs, in this order: ``init`` (one per carry
 element), ``xs`` (one per scanned sequence), ``consts`` (the outer tensors the body closes
@@ -26,8 +27,14 @@ outside the body: its result is a const, computed once before the loop.
 
 The derivative of a scan is another scan running the other way (backpropagation through
 time, :func:`scan_vjp`): its body is the body's own backward graph, built by
-:func:`graphc.passes.autodiff.backward`, which recomputes the step's forward values from
-the stacked carries (memory O(T x carry), about twice the forward's compute).
+:func:`graphc.passes.autodiff.backward`, reading the forward values it needs as slices of
+stacks the forward keeps (residuals).  With ``REMAT = True`` the forward keeps only its
+carries and the backward recomputes each step from them (less memory, about twice the
+forward's compute).
+
+Work in the body that does not depend on the carry and holds a matmul (the input
+projection ``x_t @ Wx``) is lifted out of the loop at construction: one large matmul over
+all steps before the loop, read by the body as one more slice (:func:`_hoist`).
 
 >>> import numpy as np, graphc as gc
 >>> xs = gc.input("xs", (4, 2), "float64")
