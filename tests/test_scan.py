@@ -121,6 +121,7 @@ def test_check_grad_passes_through_a_scanned_cell(kind):
     assert report.ok, report
 
 
+@pytest.mark.slow  # importing torch
 def test_lstm_gradients_equal_pytorch():
     torch = pytest.importorskip("torch")
     inputs, fn, init = model("lstm")
@@ -360,6 +361,7 @@ def rnn32():
     return compiled(T), compiled(3 * T)
 
 
+@pytest.mark.slow  # compiles kernels
 def test_numba_scan_matches_the_unrolled_graph(rnn32):
     inputs, fn, init, f = rnn32[0]
     loss_u = loss_of(*unroll(fn, init, inputs[3]))
@@ -372,6 +374,7 @@ def test_numba_scan_matches_the_unrolled_graph(rnn32):
     assert f"loop{''}" in f.source and f"{T} steps" in f.source
 
 
+@pytest.mark.slow
 def test_numba_body_is_compiled_once_whatever_the_length(rnn32):
     (_, _, _, f), (inputs, _, _, g) = rnn32
     assert len(g.graph.nodes) == len(f.graph.nodes)
@@ -403,6 +406,7 @@ def test_cuda_scan_matches_numpy():
     assert program.stats["host_fallbacks"] == [] and program.stats["lowered"]["loop"] >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SIM, reason="this is the simulator run itself")
 def test_cuda_scan_in_the_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
