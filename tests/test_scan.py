@@ -156,11 +156,11 @@ def test_hvp_and_grad_of_grad_equal_the_unrolled_graph():
 
 
 def test_recomputing_the_steps_gives_the_gradients_of_stacked_residuals(monkeypatch):
-    scan_module = importlib.import_module("graphc.scan")  # (gc.scan is the function)
+    bptt = importlib.import_module("graphc.bptt")
     inputs, fn, init = model("lstm")
     loss = loss_of(*gc.scan(fn, init, inputs[3]))
     stored = gc.grad(loss, inputs)
-    monkeypatch.setattr(scan_module, "REMAT", True)
+    monkeypatch.setattr(bptt, "REMAT", True)
     recomputed = gc.grad(loss, inputs)
     reads = [{t.op.out[0] for t in gc.Graph(g).nodes if isinstance(t.op, Scan)
               and not t.op.loop.reverse} for g in (stored, recomputed)]
