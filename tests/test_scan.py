@@ -121,6 +121,13 @@ def test_check_grad_passes_through_a_scanned_cell(kind):
     assert report.ok, report
 
 
+def test_check_grad_of_a_float32_scan_runs_the_body_in_float64():
+    inputs, fn, init = model("rnn", "float32")
+    loss = loss_of(*gc.scan(fn, init, inputs[3]))
+    report = gc.check_grad(loss, inputs[:2], feeds_for(inputs, "float32"))
+    assert report.ok and max(r.max_abs_error for r in report.rows) < 1e-8, report
+
+
 @pytest.mark.slow  # importing torch
 def test_lstm_gradients_equal_pytorch():
     torch = pytest.importorskip("torch")
