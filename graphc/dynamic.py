@@ -135,6 +135,17 @@ def _thaw(frozen, tensors):
     return value.value if kind == "id" else value
 
 
+def _show(frozen):
+    """A frozen argument as its value, operands as ``#i``."""
+    if isinstance(frozen, _Slot):
+        return frozen
+    kind, value = frozen
+    if kind in ("list", "tuple"):
+        items = [_show(v) for v in value]
+        return items if kind == "list" else tuple(items)
+    return value
+
+
 @dataclass(frozen=True)
 class Deferred(Op):
     """A call made on operands with dynamic dimensions, replayed at specialisation.
@@ -156,8 +167,15 @@ class Deferred(Op):
         return self.label
 
     def attrs(self):
-        fn = getattr(self.fn, "__qualname__", repr(self.fn))
-        return {"fn": fn, "args": self.args, "kwargs": self.kwargs}
+        """The static arguments of the call (operands are inputs of the node)."""
+        kwargs = dict(self.kwargs)
+        if self.fn is _make:
+            return kwargs["op"][1].attrs()
+        if self.fn is _vjp_of:
+            return {"of": kwargs["op"][1].label, "operand": kwargs["k"][1]}
+        shown = {f"arg{i}": _show(a) for i, a in enumerate(self.args)
+                 if not isinstance(a, _Slot)}
+        return shown | {k: _show(v) for k, v in kwargs.items() if not isinstance(v, _Slot)}
 
     def build(self, inputs) -> Tensor:
         """The node this call makes on ``inputs`` (of concrete shapes)."""
