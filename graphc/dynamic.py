@@ -33,20 +33,15 @@ import numpy as np
 
 from .ir import GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
 
-# Stand-in sizes for dynamic dimensions while probing: one per distinct name (None is
-# one name) in each of two runs; primes no model uses as a fixed size.
-_RUN_A = (1009, 1013, 1019, 1021, 1031, 1033, 1039, 1049)
-_RUN_B = (1051, 1061, 1063, 1069, 1087, 1091, 1093, 1097)
+# Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
+# name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes.
+_BASE = 1009
 _HOLDERS = itertools.count()
 
 
 def is_dynamic(shape) -> bool:
     """Whether ``shape`` has a dimension that is None or a name."""
     return any(d is None or isinstance(d, str) for d in shape)
-
-
-def any_dynamic(tensors) -> bool:
-    return any(is_dynamic(t.shape) for t in tensors)
 
 
 def pattern_text(shape) -> str:
@@ -265,15 +260,14 @@ def _has_dynamic(values) -> bool:
 def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
     symbols = list(dict.fromkeys(d for t in inputs for d in t.shape
                                  if d is None or isinstance(d, str)))
-    if len(symbols) > len(_RUN_A):
-        symbols = symbols[:len(_RUN_A)]
     runs = []
     try:  # each name its own size: names are told apart
-        for sizes in (_RUN_A, _RUN_B):
-            runs.append((dict(zip(symbols, sizes)), _run(op, inputs, dict(zip(symbols, sizes)))))
+        for run in (0, 1):
+            sizes = {s: _BASE + 2 * run + 10 * i for i, s in enumerate(symbols)}
+            runs.append((sizes, _run(op, inputs, sizes)))
     except GraphError:  # one size for all: None and names may stand for one another
         runs = []
-        for size in (_RUN_A[0], _RUN_B[0]):
+        for size in (_BASE, _BASE + 2):
             sizes = dict.fromkeys(symbols, size)
             try:
                 runs.append((sizes, _run(op, inputs, sizes)))
@@ -297,7 +291,7 @@ def _run(op: Deferred, inputs, sizes) -> Tensor:
     stand_ins = []
     for i, t in enumerate(inputs):
         if is_dynamic(t.shape):
-            shape = tuple(sizes.get(d, _RUN_A[0]) if d is None or isinstance(d, str) else d
+            shape = tuple(sizes[d] if d is None or isinstance(d, str) else d
                           for d in t.shape)
             t = Tensor.make(Input(f"_probe{i}", shape, t.dtype))
         stand_ins.append(t)
@@ -392,22 +386,14 @@ class DynamicFunction:
                 raise FeedError(f"feeds must be a dict of name -> array, got "
                                 f"{type(feeds).__name__}")
             kwargs = {**feeds, **kwargs}
-        if self.backend == "cuda":  # device arrays are taken as they are: shapes only here
-            wanted = set(self.input_names) | set(self.accepted)
-            unknown = sorted(set(kwargs) - wanted)
-            missing = [t.op.label for t in self.dynamic if t.op.label not in kwargs]
-            if unknown or missing:
-                raise FeedError(f"unknown feed(s) {unknown}" if unknown else
-                                f"missing feed(s) for {', '.join(map(repr, missing))}")
-            shapes = {t.op.label: tuple(np.shape(kwargs[t.op.label])) for t in self.dynamic}
-            for t in self.dynamic:
-                if not matches(shapes[t.op.label], t.shape):
-                    raise FeedError(f"feed {t.op.label!r} has shape {shapes[t.op.label]}; "
-                                    f"expected {pattern_text(t.shape)}")
-            arrays = kwargs
-        else:
-            arrays = _validate(self.inputs, kwargs, self.accepted)
-            shapes = {t.op.label: arrays[t.op.label].shape for t in self.dynamic}
+        host = kwargs
+        if self.backend == "cuda":  # device arrays: checked here through host stand-ins
+            from .cuda_backend import is_device_array
+            host = {k: np.broadcast_to(np.zeros((), np.dtype(v.dtype)), tuple(v.shape))
+                    if is_device_array(v) else v for k, v in kwargs.items()}
+        checked = _validate(self.inputs, host, self.accepted)
+        arrays = checked if host is kwargs else {k: kwargs[k] for k in checked}
+        shapes = {t.op.label: tuple(checked[t.op.label].shape) for t in self.dynamic}
         self._bind(shapes)
         key = tuple(shapes[t.op.label] for t in self.dynamic)
         fn = self.specialised.get(key)

@@ -18,7 +18,7 @@ import sympy as sp
 from . import dtypes
 from . import elementwise_ops as ew
 from . import structured_ops as st
-from .dynamic import defer, dynamic
+from .dynamic import defer, dynamic, is_dynamic
 from .inputs import Constant, constant
 from .ir import DTypeError, GraphError, ShapeError, Tensor, located
 
@@ -198,7 +198,7 @@ def reshape(x, shape) -> Tensor:
     dynamic dimensions, an entry may also be a name of one of them, or None where ``x``
     has None at that position (that dimension is kept)."""
     x = as_tensor(x)
-    if x._dyn:
+    if is_dynamic(x.shape):
         return defer(_reshape_dynamic, (x, shape, x.shape), label="reshape")
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape) \
         if isinstance(shape, Iterable) else None

@@ -90,6 +90,22 @@ def test_mean_and_losses_divide_by_the_fed_batch():
         np.testing.assert_allclose(g, np.full((n, 3), 1 / (3 * n)), rtol=1e-6)
 
 
+def test_reshape_keeps_none_and_unreached_gradients_are_zeros():
+    x = gc.input("x", (None, 2, 3))
+    flat = gc.nn.Flatten()(x)  # reshape(x, (x.shape[0], -1)): None keeps x's dimension
+    z = gc.input("z", (2,))
+    unreached = gc.grad(gc.sum(z * 2.0), [x, z])[0]
+    assert flat.shape == (None, 6) and unreached.shape == (None, 2, 3)
+    f = gc.compile([flat, unreached], backend="numpy")
+    X = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
+    got_flat, got_zero = f(x=X, z=np.ones(2, np.float32))
+    np.testing.assert_array_equal(got_flat, X.reshape(4, 6))
+    np.testing.assert_array_equal(got_zero, np.zeros((4, 2, 3), np.float32))
+    with pytest.raises(gc.ShapeError, match=r"reshape: .*'M' at position 0, which is not a "
+                       r"dynamic dimension of \(None, 2, 3\)"):
+        gc.compile(gc.reshape(x, ("M", -1)), backend="numpy")(x=X)
+
+
 def test_feed_errors_name_the_input_and_the_pattern():
     f = gc.compile(mlp(None)[0], backend="numpy")
     good = feeds(3)
