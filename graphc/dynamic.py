@@ -191,8 +191,25 @@ class Deferred(Op):
         raise GraphError(f"{self.label}: a node with dynamic dimensions is evaluated only "
                          "after specialisation (gc.compile does it per feed shape)")
 
-    local = ("∂{y}/∂{x}",)
-    vjp_text = ("vjp of {g}",)
+    def _inner(self):
+        return dict(self.kwargs)["op"][1] if self.fn is _make else None
+
+    @property
+    def local(self):
+        """The wrapped op's local derivative texts (diagrams), else a generic one."""
+        inner = self._inner()
+        texts = getattr(inner, "local", None) or \
+            getattr(getattr(inner, "fn", None), "derivatives_text", None)
+        return tuple(texts) if texts else ("∂{y}/∂{x}",)
+
+    @property
+    def vjp_text(self):
+        inner = self._inner()
+        if inner is not None and hasattr(inner, "vjp_text"):
+            return inner.vjp_text
+        if inner is not None and hasattr(getattr(inner, "fn", None), "derivatives_text"):
+            return tuple(f"{{g}} · ({t})" for t in inner.fn.derivatives_text)
+        return ("vjp of {g}",)
 
     def vjp(self, z, g, k):
         slots = tuple(_Slot(i) for i in range(len(z.inputs) + 1))
