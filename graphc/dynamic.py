@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ir import GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
+from .ir import GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located, replaying
 
 # Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
 # name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes.
@@ -341,12 +341,11 @@ def substitute(outputs, mapping: dict) -> list[Tensor]:
 
 def _replay(t: Tensor, inputs) -> Tensor:
     try:
-        return t.op.build(inputs)
+        with replaying(t):  # errors and new nodes name the user's line and scope
+            return t.op.build(inputs)
     except GraphError as err:
-        where = f" (built at {t.loc})" if t.loc else ""
         shapes = ", ".join(str(i.shape) for i in inputs)
-        raise ShapeError(f"{t.op.label}{where} on operands of shapes {shapes}: "
-                         f"{err}") from None
+        raise ShapeError(f"{t.op.label} on operands of shapes {shapes}: {err}") from None
 
 
 def specialise(outputs, shapes: dict) -> list[Tensor]:
