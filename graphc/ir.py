@@ -70,8 +70,14 @@ class SourceLoc:
         return f"{self.filename}:{self.lineno}"
 
 
+_REPLAYED: list[SourceLoc | None] = []
+
+
 def user_location() -> SourceLoc | None:
-    """The innermost caller frame that is not graphc's own code."""
+    """The innermost caller frame that is not graphc's own code (or, while a call is
+    replayed on new shapes, where the user made it)."""
+    if _REPLAYED and _REPLAYED[-1] is not None:
+        return _REPLAYED[-1]
     internal = _internal_dirs()
     frame = sys._getframe(1)
     while frame is not None:
@@ -106,6 +112,7 @@ class Op:
 
     name = "op"
     fed = False  # an input or parameter: a leaf fed by its ``label``, unique in a graph
+    dynamic = False  # takes operands with dynamic dimensions (None or a name; dynamic.py)
 
     def infer(self, inputs: tuple[Tensor, ...]) -> tuple[tuple[int, ...], str]:
         """Output ``(shape, dtype)`` for ``inputs``; raise through :meth:`fail` if invalid."""
@@ -159,6 +166,21 @@ def scope(name: str):
         _SCOPES.pop()
 
 
+@contextlib.contextmanager
+def replaying(node: Tensor):
+    """Nodes made inside record ``node``'s user line and scope: a call replayed on new
+    shapes (graphc/dynamic.py) builds nodes that belong where the user built ``node``."""
+    _REPLAYED.append(node.loc)
+    if node.scope:
+        _SCOPES.append(node.scope)
+    try:
+        yield
+    finally:
+        _REPLAYED.pop()
+        if node.scope:
+            _SCOPES.pop()
+
+
 class Tensor:
     """A node of the graph: ``op`` applied to ``inputs``, with a static shape and dtype.
 
@@ -167,7 +189,7 @@ class Tensor:
     """
 
     __slots__ = ("op", "inputs", "shape", "dtype", "loc", "meta", "scope", "display",
-                 "_digest", "_leaves", "__weakref__")
+                 "_digest", "_leaves", "_dyn", "__weakref__")
     __array_ufunc__ = None  # make ``np_array * tensor`` defer to Tensor.__rmul__
 
     op: Op
@@ -186,13 +208,17 @@ class Tensor:
         node = _NODES.get(key)
         if node is not None:
             return node
+        if not op.dynamic and any(t._dyn for t in inputs):
+            from .dynamic import defer_make  # a dynamic operand: replayed per feed shape
+            return defer_make(op, inputs)
         shape, dtype = op.infer(inputs)
         leaves = _join_leaves(op, inputs)
         node = object.__new__(cls)
         for name, value in (("op", op), ("inputs", inputs), ("shape", tuple(shape)),
                             ("dtype", dtype), ("loc", user_location()), ("meta", None),
                             ("scope", _SCOPES[-1] if _SCOPES else None), ("display", None),
-                            ("_digest", None), ("_leaves", leaves)):
+                            ("_digest", None), ("_leaves", leaves),
+                            ("_dyn", any(d is None or isinstance(d, str) for d in shape))):
             object.__setattr__(node, name, value)
         if op.fed:
             object.__setattr__(node, "_leaves", {op.label: node})
@@ -257,6 +283,9 @@ class Tensor:
 
     @property
     def size(self) -> int:
+        if self._dyn:
+            raise GraphError(located(f"{self.name} has dynamic dimensions {self.shape}: its "
+                                     "size is known only when the compiled function is fed"))
         return int(np.prod(self.shape, dtype=np.int64))
 
     def __repr__(self) -> str:
@@ -276,6 +305,8 @@ class Tensor:
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d tensor")
+        if not isinstance(self.shape[0], int):
+            raise TypeError(f"len() of a tensor whose first dimension is dynamic {self.shape}")
         return self.shape[0]
 
     def __iter__(self):

@@ -17,6 +17,7 @@ from . import dtypes
 from . import functions as F
 from . import nn_ops as nn
 from . import structured_ops as st
+from .dynamic import dynamic
 from .inputs import constant
 from .ir import DTypeError, GraphError, ShapeError, Tensor, located
 
@@ -44,6 +45,7 @@ def _float_tensor(op_name: str, x) -> Tensor:
 # Convolution and pooling
 
 
+@dynamic
 def conv2d(x, w, stride=1, padding=0, *, dilation=1, groups=1, bias=None) -> Tensor:
     """2-D cross-correlation, NCHW, as ``torch.nn.functional.conv2d``.
 
@@ -79,6 +81,7 @@ def _pool_geometry(name, x, k, stride, padding):
     return kernel, stride, _pair(name, "padding", padding, 0)
 
 
+@dynamic
 def max_pool2d(x, k, stride=None, padding=0) -> Tensor:
     """Maximum over k x k windows (or (kh, kw)) of x (N, C, H, W), as PyTorch's
     ``max_pool2d``; ``stride`` defaults to ``k``, padding (at most k / 2) counts as -inf.
@@ -95,6 +98,7 @@ def max_pool2d(x, k, stride=None, padding=0) -> Tensor:
     return Tensor.make(nn.MaxPool2d(*_pool_geometry("max_pool2d", x, k, stride, padding)), (x,))
 
 
+@dynamic
 def avg_pool2d(x, k, stride=None, padding=0, count_include_pad=True) -> Tensor:
     """Mean over k x k windows (or (kh, kw)) of x (N, C, H, W), as PyTorch's
     ``avg_pool2d``; ``stride`` defaults to ``k``.  Zero padding counts in the mean unless
@@ -125,6 +129,7 @@ def avg_pool2d(x, k, stride=None, padding=0, count_include_pad=True) -> Tensor:
     return total / constant(counts.astype(x.dtype))
 
 
+@dynamic
 def global_avg_pool2d(x) -> Tensor:
     """Mean over the spatial axes of x (N, C, H, W): an (N, C) tensor, as
     ``adaptive_avg_pool2d(x, 1)`` flattened."""
@@ -156,6 +161,7 @@ def _normalize(x, mean, var, eps, gamma, beta):
     return y + beta if beta is not None else y
 
 
+@dynamic
 def batch_norm(x, gamma=None, beta=None, running_mean=None, running_var=None, training=True,
                momentum=0.1, eps=1e-5):
     """Batch normalisation of x (N, C) or (N, C, H, W) per channel, as PyTorch's
@@ -212,6 +218,7 @@ def batch_norm(x, gamma=None, beta=None, running_mean=None, running_var=None, tr
     return y, new_mean, new_var
 
 
+@dynamic
 def layer_norm(x, gamma=None, beta=None, axis=-1, eps=1e-5) -> Tensor:
     """Layer normalisation over ``axis`` (an int or a tuple; -1: the last axis), as
     PyTorch's ``layer_norm`` with ``normalized_shape = x.shape[axis:]``:
@@ -238,6 +245,7 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, eps=1e-5) -> Tensor:
 # Dropout and embedding
 
 
+@dynamic
 def dropout(x, p=0.5, training=True, seed=0) -> Tensor:
     """Inverted dropout: y = x * mask / (1 - p) with mask ~ Bernoulli(1 - p), so the
     expected value of y is x; ``training=False`` (or p = 0) returns x itself.
@@ -274,6 +282,7 @@ def dropout(x, p=0.5, training=True, seed=0) -> Tensor:
     return x * (F.cast(keep, x.dtype) / (1.0 - float(p)))
 
 
+@dynamic
 def embedding(indices, table) -> Tensor:
     """Rows of ``table`` (num_embeddings, dim) picked by an integer tensor ``indices`` of
     any shape: an ``indices.shape + (dim,)`` tensor, as ``torch.nn.functional.embedding``.
