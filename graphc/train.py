@@ -481,7 +481,8 @@ def _progress_mode(progress) -> str | None:
 def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *,
         val_data=None, eval_step=None, eval_fn=None,
         early_stopping: EarlyStopping | None = None, shuffle: bool = True, seed: int = 0,
-        progress=True) -> History:
+        progress=True, workers: int | None = None, address=None, checkpoint=None,
+        checkpoint_every: int = 100, resume=None) -> History:
     """Train ``step`` on ``data`` (``{input name: array}``, samples along axis 0).
 
     Each epoch visits the samples in a fresh random order (``shuffle``) in batches of the
@@ -492,7 +493,22 @@ def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *
     ``early_stopping`` then may stop training.  ``progress``: True (a tqdm bar on a
     terminal, else a printed line per epoch), ``"bar"``, ``"print"`` or False.
     Returns the :class:`History`.
+
+    ``workers=N`` trains data-parallel on N Ray actors (``address``: an existing Ray
+    cluster; ``checkpoint``/``checkpoint_every``/``resume``: fault-tolerant runs); the
+    step's batch size is then per worker.  See :func:`graphc.distributed.fit`.
     """
+    if workers is not None or address is not None or checkpoint is not None or \
+            resume is not None:
+        if workers is None:
+            raise ValueError("fit: address=, checkpoint= and resume= belong to data-parallel "
+                             "training; give workers= too (workers=1 trains on one Ray actor)")
+        from .distributed import fit as fit_parallel  # imports Ray only now
+        return fit_parallel(step, data, epochs, batch_size, workers=workers, address=address,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                            resume=resume, val_data=val_data, eval_step=eval_step,
+                            eval_fn=eval_fn, early_stopping=early_stopping, shuffle=shuffle,
+                            seed=seed, progress=progress)
     n, b = _length(data), step.batch_size
     if b is None:
         raise GraphError("fit: the step's data inputs do not share one batch size")
