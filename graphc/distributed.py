@@ -82,7 +82,10 @@ class Replica:
     def __init__(self, threads: int = 1):
         # Before anything imports Numba: one thread per replica unless told otherwise.
         os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
-        self.fn = None
+        self.fn, self.seconds = None, 0.0  # seconds: time spent computing gradients
+
+    def busy(self) -> float:
+        return self.seconds
 
     def pid(self) -> int:
         return os.getpid()
@@ -106,7 +109,9 @@ class Replica:
             known = {**values, **feeds}
             cuts = self.cut_fn({n: known[n] for n in self.cut_fn.input_names})
             feeds.update(zip(self.cut_names, cuts if isinstance(cuts, tuple) else (cuts,)))
+        start = time.perf_counter()
         results = self.fn({n: v for n, v in feeds.items() if n in wanted})
+        self.seconds += time.perf_counter() - start
         return list(results) if isinstance(results, tuple) else [results]
 
 
@@ -272,6 +277,10 @@ class Workers:
         refs = [submit(rank) for rank in range(len(self.actors))]
         return [self._get(rank, step, ref, submit)
                 for rank, ref in enumerate(refs)]
+
+    def busy(self) -> list[float]:
+        """Seconds each replica has spent computing gradients (for profiling)."""
+        return self.ray.get([a.busy.remote() for a in self.actors])
 
     def close(self) -> None:
         """End the replicas' processes."""
