@@ -105,14 +105,14 @@ class Replica:
         feeds.update((n, v[index]) for n, v in self.data.items() if n in wanted)
         if nn.SEED_INPUT in wanted or nn.SEED_INPUT in self.cut_names:
             feeds[nn.SEED_INPUT] = seed
-        if self.cut_fn is not None:
+        if self.cut_fn is not None:  # compiled from lists: they return tuples
             known = {**values, **feeds}
-            cuts = self.cut_fn({n: known[n] for n in self.cut_fn.input_names})
-            feeds.update(zip(self.cut_names, cuts if isinstance(cuts, tuple) else (cuts,)))
+            feeds.update(zip(self.cut_names,
+                             self.cut_fn({n: known[n] for n in self.cut_fn.input_names})))
         start = time.perf_counter()
-        results = self.fn({n: v for n, v in feeds.items() if n in wanted})
+        results = list(self.fn({n: v for n, v in feeds.items() if n in wanted}))
         self.seconds += time.perf_counter() - start
-        return list(results) if isinstance(results, tuple) else [results]
+        return results
 
 
 class Plan:
@@ -133,7 +133,8 @@ class Plan:
         self.cut_names = list(step.cuts.sources)
         self.program = pack(outputs + list(step.cuts.sources.values()))
         self.backend = step.fn.backend
-        grad_inputs = [input(f"grad_{p.op.label}", p.shape, p.dtype) for p in self.trained]
+        grad_inputs = [input(f"mean_grad_{p.op.label}", p.shape, p.dtype)
+                       for p in self.trained]
         update = step.optimizer.build(self.trained, grad_inputs)
         self.grad_names = [g.op.label for g in grad_inputs]
         self.slot_names = list(update.new_slots)

@@ -98,6 +98,27 @@ def test_two_workers_equal_one_process_on_the_full_batch(undisturbed, data):
 
 
 @pytest.mark.slow  # the Ray cluster and its worker processes
+def test_batch_norm_running_statistics_are_averaged_over_workers(pool, data):
+    def bn_step(batch):
+        x, y = gc.input("x", (batch, FEATURES)), gc.input("y", (batch,), "int64")
+        model = gc.nn.Sequential(gc.nn.Dense(FEATURES, 4, name="d"), gc.nn.BatchNorm(4, name="bn"),
+                                 gc.nn.Dense(4, CLASSES, name="o"), name="m")
+        loss = gc.softmax_cross_entropy(model(x, training=True), y)
+        return gc.train.make_train_step(loss, gc.optim.SGD(lr=0.1), model=model,
+                                        backend="numpy")
+
+    one_step = {k: v[:GLOBAL_BATCH] for k, v in data.items()}
+    single, split = bn_step(GLOBAL_BATCH), bn_step(GLOBAL_BATCH // 2)
+    gc.train.fit(single, one_step, progress=False)
+    gc.train.fit(split, one_step, workers=pool, progress=False)
+    # the mean of the shards' batch means is the batch mean: exact up to rounding
+    np.testing.assert_allclose(split.values["bn_running_mean"],
+                               single.values["bn_running_mean"], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(split.values["bn_running_var"], single.values["bn_running_var"],
+                           rtol=1e-6)  # per-shard variances: documented, as DDP
+
+
+@pytest.mark.slow  # the Ray cluster and its worker processes
 def test_a_killed_worker_is_replaced_and_nothing_is_lost(pool, undisturbed, data, caplog,
                                                         capsys):
     reference, ref_hist, _ = undisturbed
