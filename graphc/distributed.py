@@ -51,9 +51,11 @@ def _ray():
 
 
 def pack(outputs) -> tuple:
-    """``outputs`` (tensors) as plain picklable data that :func:`unpack` rebuilds in another
-    process (graph nodes hold weak references and do not pickle themselves).  Display
-    names and the feed checks of losses (label ranges) travel with the nodes."""
+    """``outputs`` (tensors) as data that :func:`unpack` rebuilds in another process
+    (graph nodes hold weak references and do not pickle themselves; ops do, with
+    cloudpickle, Ray's pickler, which also takes the NumPy functions SymPy generated for
+    elementwise ops).  Display names and the feed checks of losses (label ranges) travel
+    with the nodes."""
     nodes = iter_nodes(outputs)
     where = {id(t): k for k, t in enumerate(nodes)}
     table = [(t.op, tuple(where[id(i)] for i in t.inputs), t.display,

@@ -7,6 +7,7 @@ installed.  Select them with ``-m distributed``.
 
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -213,6 +214,32 @@ def test_an_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatc
     assert after.keys() == before.keys()
     for k in before:
         np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_packed_graphs_pickle_and_rebuild_the_same_nodes():
+    cloudpickle = pytest.importorskip("cloudpickle")  # Ray's pickler; comes with Ray
+    step = make_step(4)
+    plan = dist.Plan(step)
+    outputs = dist.unpack(plan.program)
+    again = dist.unpack(pickle.loads(cloudpickle.dumps(plan.program)))
+    assert [t.digest for t in again] == [t.digest for t in outputs]  # the same structure
+    assert [t.shape for t in outputs[1:5]] == [(6, 8), (8,), (8, 3), (3,)]  # the gradients
+
+
+def test_uneven_shards_are_weighted_by_their_sizes(data):
+    """Shards of 3 and 1 samples average to the gradient of the 4: the driver's update
+    equals one process's step on the 4 (Plan and Replica in this process, no Ray)."""
+    batch = {k: v[:4] for k, v in data.items()}
+    single, three, one = make_step(4), make_step(3), make_step(1)
+    single(batch)
+    shards = []
+    for step, index in ((three, np.arange(3)), (one, np.arange(3, 4))):
+        replica, plan = dist.Replica(), dist.Plan(step)
+        replica.load(plan.program, plan.cut_names, plan.backend, batch)
+        shards.append((len(index), replica.grads(three.values, 0, index)))
+    dist.Plan(three).apply(three, shards)
+    for n, v in single.params.items():
+        np.testing.assert_allclose(three.params[n], v, rtol=1e-6, atol=1e-7)
 
 
 def test_import_graphc_does_not_import_ray():
