@@ -481,7 +481,7 @@ def _progress_mode(progress) -> str | None:
 def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *,
         val_data=None, eval_step=None, eval_fn=None,
         early_stopping: EarlyStopping | None = None, shuffle: bool = True, seed: int = 0,
-        progress=True, workers: int | None = None, address=None, checkpoint=None,
+        progress=True, workers=None, address=None, checkpoint=None,
         checkpoint_every: int = 100, resume=None) -> History:
     """Train ``step`` on ``data`` (``{input name: array}``, samples along axis 0).
 
@@ -494,9 +494,10 @@ def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *
     terminal, else a printed line per epoch), ``"bar"``, ``"print"`` or False.
     Returns the :class:`History`.
 
-    ``workers=N`` trains data-parallel on N Ray actors (``address``: an existing Ray
-    cluster; ``checkpoint``/``checkpoint_every``/``resume``: fault-tolerant runs); the
-    step's batch size is then per worker.  See :func:`graphc.distributed.fit`.
+    ``workers=N`` (or a :class:`graphc.distributed.Workers` pool) trains data-parallel on
+    N Ray actors (``address``: an existing Ray cluster; ``checkpoint``,
+    ``checkpoint_every`` and ``resume``: fault-tolerant runs); the step's batch size is then
+    per worker.  See :func:`graphc.distributed.fit` and docs/distributed.md.
     """
     if workers is not None or address is not None or checkpoint is not None or \
             resume is not None:
