@@ -491,7 +491,8 @@ def _progress_mode(progress) -> str | None:
 def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *,
         val_data=None, eval_step=None, eval_fn=None,
         early_stopping: EarlyStopping | None = None, shuffle: bool = True, seed: int = 0,
-        progress=True) -> History:
+        progress=True, workers=None, address=None, checkpoint=None,
+        checkpoint_every: int = 100, resume=None) -> History:
     """Train ``step`` on ``data`` (``{input name: array}``, samples along axis 0).
 
     Each epoch visits the samples in a fresh random order (``shuffle``) in batches of the
@@ -503,7 +504,23 @@ def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *
     ``early_stopping`` then may stop training.  ``progress``: True (a tqdm bar on a
     terminal, else a printed line per epoch), ``"bar"``, ``"print"`` or False.
     Returns the :class:`History`.
+
+    ``workers=N`` (or a :class:`graphc.distributed.Workers` pool) trains data-parallel on
+    N Ray actors (``address``: an existing Ray cluster; ``checkpoint``,
+    ``checkpoint_every`` and ``resume``: fault-tolerant runs); the step's batch size is then
+    per worker.  See :func:`graphc.distributed.fit` and docs/distributed.md.
     """
+    if workers is not None or address is not None or checkpoint is not None or \
+            resume is not None:
+        if workers is None:
+            raise ValueError("fit: address=, checkpoint= and resume= belong to data-parallel "
+                             "training; give workers= too (workers=1 trains on one Ray actor)")
+        from .distributed import fit as fit_parallel  # imports Ray only now
+        return fit_parallel(step, data, epochs, batch_size, workers=workers, address=address,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                            resume=resume, val_data=val_data, eval_step=eval_step,
+                            eval_fn=eval_fn, early_stopping=early_stopping, shuffle=shuffle,
+                            seed=seed, progress=progress)
     n, b = _length(data), step.batch_size
     if b is None and batch_size is not None and _dynamic_batch(step.data_inputs):
         b = batch_size  # a dynamic batch dimension: any batch size

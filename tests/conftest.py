@@ -12,6 +12,8 @@ import pytest
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than about 5 s; deselect with "
                                        "-m \"not slow\" (CI runs every test)")
+    config.addinivalue_line("markers", "distributed: data-parallel training on a local Ray "
+                                       "cluster; skipped without the distributed extra (Ray)")
 
 
 @pytest.fixture(scope="session", autouse=True)
