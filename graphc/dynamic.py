@@ -254,18 +254,18 @@ def dynamic(fn):
     of dynamic shape, it makes a :class:`Deferred` node (replayed on concrete shapes)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if _has_dynamic(args) or _has_dynamic(kwargs.values()):
+        if has_dynamic(args) or has_dynamic(kwargs.values()):
             return defer(fn, args, kwargs)
         return fn(*args, **kwargs)
     return wrapper
 
 
-def _has_dynamic(values) -> bool:
+def has_dynamic(values) -> bool:
     for v in values:
         if isinstance(v, Tensor):
             if is_dynamic(v.shape):
                 return True
-        elif isinstance(v, (list, tuple)) and _has_dynamic(v):
+        elif isinstance(v, (list, tuple)) and has_dynamic(v):
             return True
     return False
 
@@ -301,6 +301,18 @@ def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
         names = [s for s in symbols if sizes_a[s] == da and sizes_b[s] == db]
         shape.append(names[0] if len(names) == 1 else None)
     return tuple(shape), a.dtype
+
+
+def stand_ins(value, size: int = _BASE):
+    """``value`` (a tensor or nested tuples of them) with every dynamic tensor replaced by
+    an input of the same dtype whose dynamic dimensions are ``size``."""
+    from .inputs import Input
+    if isinstance(value, (list, tuple)):
+        return type(value)(stand_ins(v, size) for v in value)
+    if isinstance(value, Tensor) and is_dynamic(value.shape):
+        shape = tuple(size if d is None or isinstance(d, str) else d for d in value.shape)
+        return Tensor.make(Input(f"_probe{next(_HOLDERS)}", shape, value.dtype))
+    return value
 
 
 def _run(op: Deferred, inputs, sizes) -> Tensor:

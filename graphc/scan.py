@@ -52,6 +52,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .dynamic import has_dynamic
 from .elementwise_ops import Elementwise
 from .graph import Graph
 from .inputs import Input
@@ -342,6 +343,9 @@ def scan(fn, init, xs=None, length=None, reverse=False, truncate=None):
     loc = user_location()
     init_list, init_single = _tensors(init, "init")
     xs_list, xs_single = _tensors(xs, "xs", allow_none=True)
+    if has_dynamic(init_list + xs_list):  # replayed per fed shape: see graphc/dynamic.py
+        return _dynamic_scan(fn, init, xs, init_single, dict(
+            length=length, reverse=reverse, truncate=truncate))
     n = _length(xs_list, length)
     if truncate is not None and (not isinstance(truncate, (int, np.integer)) or
                                  isinstance(truncate, bool) or truncate < 1):
@@ -370,6 +374,67 @@ def scan(fn, init, xs=None, length=None, reverse=False, truncate=None):
     stacked = [Tensor.make(Scan(loop, ("y", j)), inputs) for j in range(len(ys))]
     return (carry[0] if init_single else tuple(carry),
             None if y_single is None else stacked[0] if y_single else tuple(stacked))
+
+
+def _flat(carry, ys) -> list:
+    """The outputs of :func:`scan` as one list: the carry, then the ys."""
+    flat = [carry] if isinstance(carry, Tensor) else list(carry)
+    return flat + ([] if ys is None else [ys] if isinstance(ys, Tensor) else list(ys))
+
+
+@dataclass(frozen=True)
+class _Closed:
+    """The outer tensors a traced ``fn`` closes over (static: compared by identity)."""
+
+    tensors: tuple
+
+
+def _scan_output(init, xs, closed_now, *, fn, index, closed, **kwargs) -> Tensor:
+    """Output ``index`` of the scan, with what ``fn`` closes over replaced by
+    ``closed_now`` (so that a gradient w.r.t. a closed-over weight reaches it)."""
+    from .dynamic import substitute
+    out = _flat(*scan(fn, init, xs, **kwargs))[index]
+    swap = {id(a): b for a, b in zip(closed.tensors, closed_now) if a is not b}
+    return substitute([out], swap)[0] if swap else out
+
+
+def _frontier(outputs, leaves) -> list:
+    """The tensors outside ``outputs``' dependence on ``leaves`` that feed into it."""
+    dep = {id(t) for t in leaves}
+    seen: dict[int, Tensor] = {}
+    for t in iter_nodes(outputs):
+        if id(t) not in dep and any(id(i) in dep for i in t.inputs):
+            dep.add(id(t))
+            seen.update((id(i), i) for i in t.inputs if id(i) not in dep)
+    return [t for k, t in seen.items() if k not in dep]
+
+
+def _dynamic_scan(fn, init, xs, init_single, kwargs):
+    """:func:`scan` on operands with dynamic dimensions: one deferred node per output, each
+    replaying the whole scan on the fed shapes (the replays hash-cons to one loop).  The
+    outer tensors ``fn`` closes over are operands of those nodes, so gradients reach them."""
+    from .dynamic import defer, stand_ins
+    n_carry = 1 if init_single else len(init)
+    probe = stand_ins((init, xs))
+    carry, ys = scan(fn, *probe, **kwargs)  # what fn returns, and its errors, once
+    flat = _flat(carry, ys)
+    leaves = [t for t in iter_nodes(list(_leaves(probe))) if isinstance(t.op, Input)]
+    closed = tuple(_frontier(flat, leaves))
+    outs = [defer(_scan_output, (init, xs, closed),
+                  dict(kwargs, fn=fn, index=i, closed=_Closed(closed)), "scan")
+            for i in range(len(flat))]
+    new_carry = outs[0] if init_single else tuple(outs[:n_carry])
+    if ys is None:
+        return new_carry, None
+    return new_carry, outs[n_carry] if isinstance(ys, Tensor) else tuple(outs[n_carry:])
+
+
+def _leaves(value):
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
 
 
 def _returns(out, init, init_single, loc):

@@ -193,3 +193,30 @@ def test_training_step_on_a_dynamic_batch():
     assert len(history.history["loss"]) == 2
     with pytest.raises(gc.GraphError, match="share one batch size"):
         gc.train.fit(dyn, data, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_scan_over_a_dynamic_batch_equals_the_fixed_shape_scan(backend):
+    """gc.scan with a dynamic batch dimension in init and xs: one deferred node per output,
+    the weights it closes over still get their gradients (not zeros)."""
+    rng = np.random.default_rng(0)
+    W = gc.param("sW", (3, 4))
+    U = gc.param("sU", (4, 4))
+
+    def build(batch):
+        xs = gc.input("sxs", (5, batch, 3))
+        h0 = gc.input("sh0", (batch, 4))
+        h, ys = gc.scan(lambda h, x: (gc.tanh(x @ W + h @ U),) * 2, h0, xs)
+        loss = gc.mean(ys) + gc.sum(h)
+        return [loss, *gc.grad(loss, [W, U, h0])]
+
+    dyn = gc.compile(build(None), backend=backend)
+    params = gc.init_params(build(None)[0], seed=1)
+    for n in (1, 3):
+        feeds = {"sxs": rng.standard_normal((5, n, 3)).astype(np.float32),
+                 "sh0": rng.standard_normal((n, 4)).astype(np.float32), **params}
+        want = gc.compile(build(n), backend="numpy")(**feeds)
+        got = dyn(**feeds)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+        assert np.abs(got[1]).max() > 0 and np.abs(got[2]).max() > 0
