@@ -223,3 +223,45 @@ def test_graph_size_does_not_depend_on_sequence_length():
     assert size(5) == size(60)
     assert size(5)[1] < 100  # forward and backward
     assert size(60, unroll=True)[0] > 10 * size(5)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Diagrams: one copy of the body, the carry as a back edge labelled with T
+
+
+def _lstm_loss(Tn):
+    lstm = nn.LSTM(3, 4, name="lstm")
+    ys, _ = lstm(gc.input("x", (2, Tn, 3)))
+    return gc.mean(ys)
+
+
+def test_render_draws_one_body_with_the_carry_as_a_back_edge():
+    src = gc.render(_lstm_loss(7), backward=True).source
+    assert src.count("scan over T=7 steps") == 1
+    assert src.count('label="carry ×T=7"') == 2  # h and c
+    assert src.count("sigmoid") == 3 and "i: 2×4 float32" in src  # gates i, f, o once
+    # the body's edges carry their gradients; the carry's comes back from step t + 1
+    assert "upstream ∂L/∂h = ∂L/∂h_prev of step t+1 + ∂L/∂ys0[t]" in src
+    assert "local ∂c/∂lstm.mul = 1" in src or "local ∂h/∂o = lstm.tanh" in src
+    assert "downstream ∂L/∂h_prev = ∂L/∂lstm.matmul_2 @ lstm_W_hᵀ" in src
+    assert "downstream ∂L/∂lstm_W_h = h_prevᵀ @ ∂L/∂lstm.matmul_2 (summed over t)" in src
+    long = gc.render(_lstm_loss(50), backward=True).source
+    assert (long.count("->"), long.count("\n")) == (src.count("->"), src.count("\n"))
+
+
+def test_explorer_shows_the_scan_as_a_group_with_its_body():
+    import json
+    page = gc.explore(_lstm_loss(5)).html()
+    start = page.index("application/json\">") + len("application/json\">")
+    data = json.loads(page[start:page.index("</script>", start)].replace("<\\/", "</"))
+    (group,) = [g for g in data["groups"] if "carry" in g]
+    assert group["name"] == "scan over T=5 steps" and group["parent"] == "lstm"
+    body = {n["name"]: n for n in data["nodes"] if n["group"] == group["id"]}
+    assert {"h_prev", "c_prev", "x_t", "i", "f", "g", "o", "c", "h"} <= set(body)
+    assert [[a, b] for a, b, _ in group["carry"]] == \
+        [[body["h"]["id"], body["h_prev"]["id"]], [body["c"]["id"], body["c_prev"]["id"]]]
+    ids = [n["id"] for n in data["nodes"]]
+    for n in data["nodes"]:  # listed in an order where every input comes first
+        assert all(ids.index(x) < ids.index(n["id"]) for x in n["inputs"])
+    ups = {e["up"] for e in data["edges"] if e["from"] == body["h"]["id"]}
+    assert ups == {"∂L/∂h_prev of step t+1 + ∂L/∂ys0[t]"}

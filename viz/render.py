@@ -381,9 +381,13 @@ class _Builder:
             if self.values is not None and id(t) in self.values and kind != "constant":
                 label.append(f"= {number(self.values[id(t)], 48)}")
             self.dot.node(self.node_ids[id(t)], "\\n".join(label), **attrs)
+        self.names = names  # the scans' bodies (forward and backward) name theirs after these
+        for k, nodes in enumerate(instances(ir.nodes)):
+            ScanDrawing(self, nodes, k).draw(self.dot)
         for t in ir.nodes:
-            for x in t.inputs:
-                self.dot.edge(self.node_ids[id(x)], self.node_ids[id(t)])
+            if not is_scan(t):
+                for x in t.inputs:
+                    self.dot.edge(self.node_ids[id(x)], self.node_ids[id(t)])
 
 
 def _unique(name: str, taken: set) -> str:
