@@ -4,6 +4,7 @@ training step (loss and the gradients of Wx, Wh, b), beside PyTorch eager and
 ``torch.nn.LSTM`` on the same numbers.
 
     python benchmarks/scan_lstm.py [--steps 50 500] [--unrolled] [--seconds 2]
+    python benchmarks/scan_lstm.py --diagrams docs    # lstm_scan_forward/backward.svg
 
 Each figure comes from a fresh child process on the Numba backend with 2 threads.  cold:
 an empty GRAPHC_CACHE_DIR, then ``gc.compile`` + the first call; warm: a new process on
@@ -46,10 +47,10 @@ def lstm_scan_graphc(inputs, hidden, batch, steps):
     def cell(carry, x):
         h, c = carry
         z = x @ Wx + h @ Wh + b
-        i, f = gc.sigmoid(z[:, :H]), gc.sigmoid(z[:, H:2 * H])
-        g, o = gc.tanh(z[:, 2 * H:3 * H]), gc.sigmoid(z[:, 3 * H:])
-        c = f * c + i * g
-        h = o * gc.tanh(c)
+        i, f = gc.sigmoid(z[:, :H]).named("i"), gc.sigmoid(z[:, H:2 * H]).named("f")
+        g, o = gc.tanh(z[:, 2 * H:3 * H]).named("g"), gc.sigmoid(z[:, 3 * H:]).named("o")
+        c = (f * c + i * g).named("c")
+        h = (o * gc.tanh(c)).named("h")  # names for the diagrams only
         return (h, c), h
 
     (h, _), _ = gc.scan(cell, (zeros, zeros), xs)
@@ -120,14 +121,33 @@ def _cell(v, fmt):
     return "" if v is None else format(v, fmt)
 
 
+def diagrams(folder: str) -> int:
+    """W4 with gc.scan (T = 50) drawn forward and with labelled backward edges."""
+    import re
+
+    import graphc as gc
+    loss, _ = lstm_scan_graphc(steps=50, **SIZES)
+    for name, backward in (("forward", False), ("backward", True)):
+        path = gc.render(loss, os.path.join(folder, f"lstm_scan_{name}.svg"),
+                         backward=backward).path
+        with open(path, encoding="utf-8") as fh:
+            w, h = re.search(r'width="(\d+)pt" height="(\d+)pt"', fh.read()).groups()
+        print(f"{path}: {int(w):,} x {int(h):,} pt")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, nargs="+", default=[50, 500])
     p.add_argument("--unrolled", action="store_true",
                    help="also the unrolled W4 (warm cache; T <= 100)")
     p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--diagrams", metavar="DIR", help="render W4 (T=50) forward and "
+                   "backward as DIR/lstm_scan_forward.svg, DIR/lstm_scan_backward.svg")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.diagrams:
+        return diagrams(args.diagrams)
     if args.child:
         form, steps, seconds = args.child
         print(json.dumps(child(form, int(steps), float(seconds))))

@@ -408,16 +408,32 @@ def _is_number(text: str) -> bool:
 
 def _direction(graph: Graph) -> str:
     """Top to bottom for deep chains of ops (more ranks than twice the widest rank, and
-    over 6; leaves, which sit beside their users, not counted), else left to right."""
-    depth: dict[int, int] = {}
-    for t in graph.nodes:
-        depth[id(t)] = 1 + max((depth[id(i)] for i in t.inputs), default=-1)
-    ops = [depth[id(t)] for t in graph.nodes if t.inputs]
+    over 6; leaves, which sit beside their users, not counted), else left to right.  A
+    scan's body is drawn inside the graph: its ops count, after the scan's inputs."""
+    ops = _depths(graph.nodes, 0)
     if not ops:
         return "LR"
     ranks = max(ops)
     widest = max(ops.count(d) for d in set(ops))
     return "TB" if ranks > 6 and ranks > 2 * widest else "LR"
+
+
+def _depths(nodes, start: int) -> list[int]:
+    """The rank of every op among ``nodes`` and in the bodies of their scans (each once)."""
+    depth: dict[int, int] = {}
+    ops, seen = [], set()
+    for t in nodes:
+        depth[id(t)] = 1 + max((depth.get(id(i), start - 1) for i in t.inputs),
+                               default=start - 1)
+        if is_scan(t):
+            body = _depths(t.op.loop.graph.nodes, depth[id(t)])
+            if t.op.loop not in seen:
+                seen.add(t.op.loop)
+                ops += body
+            depth[id(t)] = max(body, default=depth[id(t)]) + 1
+        if t.inputs:
+            ops.append(depth[id(t)])
+    return ops
 
 
 def _collapse_level(graph: Graph, collapse) -> int | None:
