@@ -139,6 +139,7 @@ class _Page:
         scope = drawing.outputs[0].scope or None
         gid = f"{scope}/scan{drawing.index}" if scope else f"scan{drawing.index}"
         groups.append({"id": gid, "name": title(loop).split(" (")[0], "parent": scope,
+                       "length": loop.length, "reverse": loop.reverse,
                        "carry": [[ids[id(new)], ids[id(p)], f"carry ×T={loop.length}"]
                                  for p, new in zip(loop.carry, loop.new_carry)]})
         outer_in = {id(p): self.ids[id(t)] for p, t in
