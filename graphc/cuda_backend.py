@@ -49,6 +49,7 @@ from .interpreter import check_sizes
 from .ir import GraphError, located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
 from .numba_codegen import Unsupported, _comparison_form, comment
+from .scan import Scan, StopGradient
 from .structured_ops import (
     BroadcastTo,
     Cast,
@@ -934,7 +935,44 @@ def _check_bad(bad, t, rows):
                                  f"out of range for axis 0 of size {rows}", t.loc))
 
 
+def rule_identity(low: Lowering, t):
+    """stop_gradient: its operand itself."""
+    i, k = low.slot[id(t.inputs[0])], low.slot[id(t)]
+
+    def run(env):
+        env[k] = env[i]
+    return run, low.line(t, "view"), "view"
+
+
+def rule_scan(low: Lowering, t):
+    """A scan: the first of an instance's outputs runs the loop and gives them all.  The
+    body is optimized and compiled once, as a CUDA program of its own whose kernels are
+    launched every step; carries and stacked values stay on the device."""
+    from numba import cuda
+
+    from .passes.pipeline import DEFAULT_PIPELINE
+    from .passes.pipeline import run as run_passes
+    from .scan import instance_key, run_loop, siblings
+    members = siblings(low.graph.nodes)[instance_key(t)]
+    if t is not members[0]:
+        return (lambda env: None), low.line(t, "scan") + " [computed with "\
+            f"{low.vname(members[0])}]", "loop"
+    loop = t.op.loop
+    body = compile_graph(run_passes(loop.graph, DEFAULT_PIPELINE)[0])
+    ins = [low.slot[id(i)] for i in t.inputs]
+    slots = [low.slot[id(m)] for m in members]
+    outs = [m.op.out for m in members]
+
+    def run(env):
+        results = run_loop(loop, outs, [env[i] for i in ins], body.run_device,
+                           empty=lambda shape, dtype: cuda.device_array(shape, dtype))
+        for k, r in zip(slots, results):
+            env[k] = r
+    return run, low.line(t, f"scan[{loop.length} steps]"), "loop"
+
+
 RULES = (
+    (Scan, rule_scan), (StopGradient, rule_identity),
     (Elementwise, rule_elementwise), (Fused, rule_fused), (Reduce, rule_reduce),
     (LogSumExp, rule_logsumexp), (Softmax, rule_softmax), (LogSoftmax, rule_softmax),
     (MatMul, rule_matmul), (Reshape, rule_reshape), (Transpose, rule_transpose),

@@ -50,6 +50,9 @@ from .interpreter import check_sizes
 from .ir import GraphError, Tensor, located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d, MaxPool2dGrad
 from .passes.memory import best_fit
+from .scan import Scan, StopGradient, run_loop
+from .scan import instance_key as scan_key
+from .scan import siblings as scan_siblings
 from .structured_ops import (
     BroadcastTo,
     Cast,
@@ -175,6 +178,8 @@ class Lowering:
         self.lowered: dict[str, int] = {}
         self.fused: dict[tuple, FusedInstance] = {}
         self.calls = 0  # kernel calls per run
+        self.scans: dict | None = None  # scan instances: their outputs (rule_scan)
+        self.loop_sources: list[str] = []  # the programs of scan bodies, for f.source
 
     # -- names ----------------------------------------------------------------------------
     def var_name(self, t: Tensor) -> str:
@@ -1068,8 +1073,59 @@ def rule_fused(lowering, t):
     return Choice("buffer", None, "fused", in_place, last)
 
 
+def rule_identity(lowering, t):
+    """stop_gradient: its operand itself."""
+    def emit(L, t, out):
+        x = L.value(t.inputs[0])
+        L.view(t, x.var, x, x.contiguous, base=x.base, base_shape=x.base_shape)
+    return Choice("view", emit, "view")
+
+
+def rule_scan(lowering, t):
+    """A scan: the first of an instance's outputs runs the loop and gives them all.  The
+    body is optimized and compiled once, as a program of its own whose buffers every step
+    reuses; the orchestrator loops over it (:func:`graphc.scan.run_loop`)."""
+    if lowering.scans is None:
+        lowering.scans = scan_siblings(lowering.nodes)
+    members = lowering.scans[scan_key(t)]
+    if t is not members[0]:
+        return Choice("alloc", None, "loop")
+
+    def emit(L, t, out):
+        from .passes.pipeline import DEFAULT_PIPELINE, run
+        loop = t.op.loop
+        body = compile_graph(run(loop.graph, DEFAULT_PIPELINE)[0])
+        L.kernels.update(body.kernels)
+        L.kernel_seconds += body.stats["kernel_seconds"]
+        name = f"loop{L.index[id(t)]}"
+        L.namespace[name] = LoopRunner(loop, [m.op.out for m in members], body)
+        L.loop_sources.append(f"\n\n# {'=' * 88}\n# {name}: the scan body, run {loop.length} "
+                              f"times (once per step)\n{body.source}")
+        args = ", ".join(L.arg(i) for i in t.inputs)
+        names = []
+        for m in members:
+            value = Value(m, L.var_name(m), "alloc", L.index[id(m)], True)
+            L.values[id(m)] = value
+            L.defined.add(value.var)
+            if id(m) not in L.outputs:
+                L.aux.setdefault(value.root, []).append(value.var)
+            names.append(value.var)
+        L.line(f"{', '.join(names)}, = {name}({args})  # {loop.length} steps")
+    return Choice("alloc", emit, "loop")
+
+
+class LoopRunner:
+    """Runs a scan's loop with a compiled body; returns the instance's outputs."""
+
+    def __init__(self, loop, outs, body):
+        self.loop, self.outs, self.body = loop, outs, body
+
+    def __call__(self, *arrays):
+        return tuple(run_loop(self.loop, self.outs, arrays, self.body))
+
+
 RULES = {
-    Fused: rule_fused,
+    Fused: rule_fused, Scan: rule_scan, StopGradient: rule_identity,
     Elementwise: rule_elementwise, MatMul: rule_matmul, Reduce: rule_reduce,
     Softmax: rule_rows, LogSoftmax: rule_rows, LogSumExp: rule_rows,
     Reshape: rule_reshape, Transpose: rule_transpose, BroadcastTo: rule_broadcast_to,
@@ -1162,7 +1218,7 @@ class NumbaProgram:
         self._pointer_of = [pool.index(v) for v in lowering.pool_pointers]
         self._slot_bytes = list(plan.slot_bytes)
         self._free: list = []
-        self.source = source + self._kernel_appendix()
+        self.source = source + "".join(lowering.loop_sources) + self._kernel_appendix()
         self.stats = {
             "kernels": len(self.kernels),
             "kernel_cache_hits": lowering.counts["memory"] + lowering.counts["disk"],

@@ -37,6 +37,7 @@ from graphc.fused_ops import Fused
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor, iter_nodes
+from graphc.scan import StopGradient
 from graphc.structured_ops import (
     BroadcastTo,
     Cast,
@@ -197,6 +198,8 @@ RULES: tuple[Rule, ...] = (
     Rule("reshape-identity", "reshape(x) to x's shape → x", P(Reshape, "x"), _identity_view),
     Rule("broadcast-identity", "broadcast_to(x) to x's shape → x", P(BroadcastTo, "x"),
          _identity_view),
+    Rule("stop-gradient", "stop_gradient(x) → x (gradients are built by now)",
+         P(StopGradient, "x"), "x"),
     Rule("log-exp", "log(exp(x)) → x", P("log", P("exp", "x")), "x", ieee="overflow"),
     Rule("sum-broadcast", "sum(broadcast_to(x)) → n·sum(x)", P(Reduce, P(BroadcastTo, "x")),
          _sum_of_broadcast),
