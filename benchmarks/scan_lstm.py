@@ -175,7 +175,7 @@ def main(argv=None) -> int:
                   f"{_cell(cold.get('compile_s'), '.2f'):>8}"
                   f"{_cell(warm.get('compile_s'), '.2f'):>8}"
                   f"{_cell(warm.get('ms'), '.2f'):>9}  "
-                  f"{cold.get('note', '')}{warm.get('note', '')}")
+                  f"{'; '.join(filter(None, (cold.get('note'), warm.get('note'))))}")
     return 0
 
 

@@ -162,16 +162,6 @@ def test_bidirectional_returns_and_errors():
         lstm(gc.input("seq", (2, 6, 3)), (gc.input("h", (2, 5)), gc.input("c", (2, 5))))
 
 
-def test_numba_runs_the_scanned_lstm_as_numpy_does():
-    layer, _, x, _, state, vals = _problem("LSTM", seed=9)
-    outs = _flat(*layer(x, state))
-    wrt = [x, *layer.parameters().values()]
-    v64, g64, _ = _values_and_grads(outs, wrt, vals)
-    v, g, _ = _values_and_grads(outs, wrt, vals, backend="numba")
-    for a, b in zip(v + g, v64 + g64):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
 # ---------------------------------------------------------------------------------------
 # Truncated BPTT and graph size
 
