@@ -1,183 +1,165 @@
-"""W4 (LSTM input 64, hidden 128, batch 32) written with ``gc.scan``, against the unrolled
-W4 of ``graphc bench``: graph size, distinct kernels, cold and warm compile, ms per
-training step (loss and the gradients of Wx, Wh, b), beside PyTorch eager and
-``torch.nn.LSTM`` on the same numbers.
+"""W4 (LSTM input 64, hidden 128, batch 32) written with gc.scan, against the unrolled W4
+of workloads.py: graph nodes, distinct kernels, cold and warm compile, step time (loss and
+gradients), and PyTorch eager and torch.nn.LSTM in the same run.
 
-    python benchmarks/scan_lstm.py [--steps 50 500] [--unrolled] [--seconds 2]
+    python benchmarks/scan_lstm.py [--steps 50 500] [--repeats 20] [--unrolled] [--nn]
     python benchmarks/scan_lstm.py --diagrams docs    # lstm_scan_forward/backward.svg
 
-Each figure comes from a fresh child process on the Numba backend with 2 threads.  cold:
-an empty GRAPHC_CACHE_DIR, then ``gc.compile`` + the first call; warm: a new process on
-the cache the cold run filled (``gc.grad`` is timed apart, as "build").  nodes: the graph
-as built (forward and backward, ``gc.Graph``), and after the passes (``f.stats``).  The
-unrolled form compiles for about a minute cold at T = 50 (and cannot be built at T = 500:
-25,000 nodes), so it is measured only with ``--unrolled``, warm, at T <= 100.
+Forms: ``scan`` (W4's cell written with ``gc.scan``), ``nn`` (``gc.nn.LSTM``, which runs
+on gc.scan: batch-first input, so two transposes more), ``unrolled`` (workloads.py's W4;
+T <= 100 only: at T = 500 it would be 25,000 nodes).  cold: gc.compile + first call in a
+fresh process on an empty GRAPHC_CACHE_DIR; warm: a new process on the cache the cold run
+filled.  A child that runs over a minute is stopped and reported as such.
 """
-
-from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
+import pathlib
+import re
 import subprocess
 import sys
 import tempfile
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-THREADS = "2"
+HERE = pathlib.Path(__file__).resolve().parent
 CHILD_TIMEOUT = 60
 
-SIZES = {"inputs": 64, "hidden": 128, "batch": 32}
+CHILD = r"""
+import json, sys, time
+import numpy as np
+import graphc as gc
+sys.path.insert(0, sys.argv[1])
+from scan_lstm import build
+loss, wrt, feeds = build(int(sys.argv[2]), sys.argv[3])
+grads = gc.grad(loss, wrt)
+t0 = time.perf_counter()
+f = gc.compile([loss, *grads])
+f(feeds)
+t1 = time.perf_counter()
+times = []
+for _ in range(int(sys.argv[4])):
+    s = time.perf_counter()
+    f(feeds)
+    times.append(time.perf_counter() - s)
+print(json.dumps({"compile": t1 - t0, "nodes": len(gc.Graph([loss, *grads]).nodes),
+                  "optimized_nodes": len(f.graph.nodes), "kernels": f.stats["kernels"],
+                  "step_ms": 1e3 * float(np.median(times)) if times else None}))
+"""
 
 
-def lstm_scan_graphc(inputs, hidden, batch, steps):
-    """W4's LSTM (benchmarks/workloads.py: ``lstm_graphc``) with the loop as one scan."""
+def build(steps: int, kind: str = "scan", inputs=64, hidden=128, batch=32):
+    """W4's loss (mean of the last hidden state), its parameters and feeds."""
     import numpy as np
 
     import graphc as gc
+    sys.path.insert(0, str(HERE))
+    from workloads import WORKLOADS
+    if kind == "unrolled":
+        problem = WORKLOADS["W4"].problem({"steps": steps})
+        return problem.loss, list(problem.wrt), problem.feeds
+    data = np.random.default_rng(0).standard_normal((steps, batch, inputs)).astype(np.float32)
+    if kind == "nn":
+        lstm = gc.nn.LSTM(inputs, hidden, name="lstm")
+        _, (h, _) = lstm(gc.input("x", (batch, steps, inputs)))
+        loss = gc.mean(h)
+        feeds = {"x": data.transpose(1, 0, 2).copy(), **gc.init_params(loss, seed=0)}
+        return loss, list(lstm.parameters().values()), feeds
     xs = gc.input("xs", (steps, batch, inputs))
     Wx = gc.param("Wx", (inputs, 4 * hidden))
     Wh = gc.param("Wh", (hidden, 4 * hidden))
     b = gc.param("b", (4 * hidden,), init="zeros")
     H = hidden
-    zeros = gc.constant(np.zeros((batch, hidden), np.float32))
 
     def cell(carry, x):
         h, c = carry
         z = x @ Wx + h @ Wh + b
         i, f = gc.sigmoid(z[:, :H]).named("i"), gc.sigmoid(z[:, H:2 * H]).named("f")
         g, o = gc.tanh(z[:, 2 * H:3 * H]).named("g"), gc.sigmoid(z[:, 3 * H:]).named("o")
-        c = (f * c + i * g).named("c")
-        h = (o * gc.tanh(c)).named("h")  # names for the diagrams only
-        return (h, c), h
+        c = (f * c + i * g).named("c")  # names for the diagrams only
+        return ((o * gc.tanh(c)).named("h"), c), None
 
+    zeros = gc.constant(np.zeros((batch, hidden), np.float32))
     (h, _), _ = gc.scan(cell, (zeros, zeros), xs)
-    return gc.mean(h), [Wx, Wh, b]
-
-
-def _median_ms(step, seconds):
-    for _ in range(2):
-        step()
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 5:
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def child(form: str, steps: int, seconds: float) -> dict:
-    """In a fresh process: build, compile and time one form of W4."""
-    import numpy as np
-    sys.path.insert(0, HERE)
-    import workloads
-
-    import graphc as gc
-    sizes = dict(SIZES, steps=steps)
-    feeds = workloads.lstm_data(np.random.default_rng(0), **sizes)
-    if form.startswith("torch"):
-        import torch
-        torch.set_num_threads(int(THREADS))
-        loss, _ = workloads.lstm_graphc(**dict(sizes, steps=1))  # the same initial values
-        feeds.update(gc.init_params(loss, seed=0))
-        fn = workloads.lstm_torch_fused if form == "torch nn.LSTM" else workloads.lstm_torch
-        tensors = {k: torch.from_numpy(np.array(v)) for k, v in feeds.items()}
-        leaves = [tensors[k].requires_grad_(True) for k in ("Wx", "Wh", "b")]
-        return {"ms": _median_ms(lambda: torch.autograd.grad(fn(tensors), leaves), seconds)}
-    build = lstm_scan_graphc if form == "scan" else workloads.lstm_graphc
-    t0 = time.perf_counter()
-    loss, wrt = build(**sizes)
-    grads = gc.grad(loss, wrt)
-    t1 = time.perf_counter()
-    f = gc.compile([loss, *grads])
+    loss = gc.mean(h)
+    feeds = {"xs": data}
     feeds.update(gc.init_params(loss, seed=0))
-    out = f(feeds)
-    t2 = time.perf_counter()
-    return {"nodes_built": len(gc.Graph([loss, *grads]).nodes), "nodes": f.stats["nodes"],
-            "kernels": f.stats["kernels"], "kernel_calls": f.stats.get("kernel_calls"),
-            "build_s": t1 - t0, "compile_s": t2 - t1, "loss": float(out[0]),
-            "ms": _median_ms(lambda: f(feeds), seconds)}
+    return loss, [Wx, Wh, b], feeds
 
 
-def run_child(form, steps, seconds, cache) -> dict:
+def child(kind: str, steps: int, repeats: int, cache: str) -> dict:
     env = {**os.environ, "GRAPHC_CACHE_DIR": cache}
-    env.update({k: THREADS for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                     "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", form, str(steps),
-           str(seconds)]
     try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=CHILD_TIMEOUT)
+        out = subprocess.run([sys.executable, "-c", CHILD, str(HERE), str(steps), kind,
+                              str(repeats)], env=env, capture_output=True, text=True,
+                             timeout=CHILD_TIMEOUT)
     except subprocess.TimeoutExpired:
-        return {"note": f"over {CHILD_TIMEOUT} s"}
-    if done.returncode:
-        return {"note": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return {"note": f"stopped after {CHILD_TIMEOUT} s"}
+    if out.returncode:
+        return {"note": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _cell(v, fmt):
-    return "" if v is None else format(v, fmt)
+def torch_ms(steps: int, repeats: int) -> dict:
+    import time
+
+    import numpy as np
+    import torch
+    sys.path.insert(0, str(HERE))
+    from workloads import lstm_torch, lstm_torch_fused
+    _, _, feeds = build(steps, "unrolled" if steps <= 100 else "scan")
+    out = {}
+    for name, fn in (("torch eager", lstm_torch), ("torch nn.LSTM", lstm_torch_fused)):
+        t = {k: torch.tensor(v, requires_grad=k != "xs") for k, v in feeds.items()}
+        times = []
+        for _ in range(repeats + 1):
+            s = time.perf_counter()
+            loss = fn(t)
+            torch.autograd.grad(loss, [t["Wx"], t["Wh"], t["b"]])
+            times.append(time.perf_counter() - s)
+        out[name] = 1e3 * float(np.median(times[1:]))
+    return out
 
 
-def diagrams(folder: str) -> int:
+def diagrams(folder: str) -> None:
     """W4 with gc.scan (T = 50) drawn forward and with labelled backward edges."""
-    import re
-
     import graphc as gc
-    loss, _ = lstm_scan_graphc(steps=50, **SIZES)
+    loss, _, _ = build(50)
     for name, backward in (("forward", False), ("backward", True)):
         path = gc.render(loss, os.path.join(folder, f"lstm_scan_{name}.svg"),
                          backward=backward).path
         with open(path, encoding="utf-8") as fh:
             w, h = re.search(r'width="(\d+)pt" height="(\d+)pt"', fh.read()).groups()
         print(f"{path}: {int(w):,} x {int(h):,} pt")
-    return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, nargs="+", default=[50, 500])
-    p.add_argument("--unrolled", action="store_true",
-                   help="also the unrolled W4 (warm cache; T <= 100)")
-    p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--diagrams", metavar="DIR", help="render W4 (T=50) forward and "
-                   "backward as DIR/lstm_scan_forward.svg, DIR/lstm_scan_backward.svg")
-    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--unrolled", action="store_true")
+    p.add_argument("--nn", action="store_true", help="also gc.nn.LSTM (on gc.scan)")
+    p.add_argument("--diagrams", metavar="DIR")
     args = p.parse_args(argv)
     if args.diagrams:
         return diagrams(args.diagrams)
-    if args.child:
-        form, steps, seconds = args.child
-        print(json.dumps(child(form, int(steps), float(seconds))))
-        return 0
-    print(f"W4 LSTM {SIZES}, Numba backend, {THREADS} threads, load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"{'form':<16}{'T':>5}{'nodes':>14}{'kernels':>9}{'cold s':>8}{'warm s':>8}"
-          f"{'ms/step':>9}  note")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for steps in args.steps:
-        rows = []
-        with tempfile.TemporaryDirectory() as cache:
-            cold = run_child("scan", steps, args.seconds, cache)
-            warm = run_child("scan", steps, args.seconds, cache)
-            rows.append(("gc.scan", cold, warm))
-        if args.unrolled and steps <= 100:
+        kinds = ["scan"] + (["nn"] if args.nn else []) + \
+            (["unrolled"] if args.unrolled and steps <= 100 else [])
+        for kind in kinds:
             with tempfile.TemporaryDirectory() as cache:
-                run_child("unrolled", steps, 0.1, cache)  # fills the cache; may time out
-                rows.append(("unrolled", {}, run_child("unrolled", steps, args.seconds,
-                                                       cache)))
-        for form in ("torch eager", "torch nn.LSTM"):
-            rows.append((form, {}, run_child(form, steps, args.seconds, "")))
-        for name, cold, warm in rows:
-            nodes = f"{warm['nodes_built']} -> {warm['nodes']}" if "nodes" in warm else ""
-            print(f"{name:<16}{steps:>5}{nodes:>14}{_cell(warm.get('kernels'), 'd'):>9}"
-                  f"{_cell(cold.get('compile_s'), '.2f'):>8}"
-                  f"{_cell(warm.get('compile_s'), '.2f'):>8}"
-                  f"{_cell(warm.get('ms'), '.2f'):>9}  "
-                  f"{'; '.join(filter(None, (cold.get('note'), warm.get('note'))))}")
-    return 0
+                cold = child(kind, steps, 0, cache)
+                warm = child(kind, steps, args.repeats, cache)
+            if "note" in cold or "note" in warm:
+                print(f"W4 {kind}, T={steps}: {cold.get('note') or warm.get('note')}")
+                continue
+            print(f"W4 {kind}, T={steps}: {cold['nodes']} nodes with gradients "
+                  f"({cold['optimized_nodes']} after the passes), {cold['kernels']} distinct "
+                  f"kernels; cold compile + first call {cold['compile']:.2f} s, warm "
+                  f"{warm['compile']:.2f} s; step {warm['step_ms']:.2f} ms")
+        for name, ms in torch_ms(steps, args.repeats).items():
+            print(f"{name}, T={steps}: step {ms:.2f} ms")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -46,9 +46,11 @@ from functools import cached_property
 import numpy as np
 
 from . import dtypes
+from .elementwise_ops import Elementwise
 from .graph import Graph
 from .inputs import Input, constant
 from .ir import DTypeError, GraphError, Op, ShapeError, Tensor, iter_nodes, located, user_location
+from .structured_ops import MatMul
 
 # ---------------------------------------------------------------------------------------
 # stop_gradient
@@ -331,10 +333,14 @@ def scan(fn, init, xs=None, length=None, reverse=False, truncate=None):
         _DEPTH[0] -= 1
     new_carry, ys, y_single = _returns(out, init_list, init_single, loc)
     consts, body = _close(carry_ph + x_ph, new_carry + ys, prefix)
-    loop = Loop(tuple(carry_ph), tuple(x_ph), tuple(p for p, _ in consts),
+    more_ph, more_xs, body = _hoist(carry_ph, x_ph, xs_list, consts, body, prefix)
+    used = {id(t) for t in iter_nodes(body)}  # what hoisting left unread is no input
+    xs_used = [(p, x) for p, x in zip(x_ph + more_ph, xs_list + more_xs) if id(p) in used]
+    consts = [(p, c) for p, c in consts if id(p) in used]
+    loop = Loop(tuple(carry_ph), tuple(p for p, _ in xs_used), tuple(p for p, _ in consts),
                 tuple(body[:len(new_carry)]), tuple(body[len(new_carry):]), n, bool(reverse),
                 None if truncate is None else int(truncate))
-    inputs = init_list + xs_list + [c for _, c in consts]
+    inputs = init_list + [x for _, x in xs_used] + [c for _, c in consts]
     carry = [Tensor.make(Scan(loop, ("carry", i)), inputs) for i in range(len(init_list))]
     stacked = [Tensor.make(Scan(loop, ("y", j)), inputs) for j in range(len(ys))]
     return (carry[0] if init_single else tuple(carry),
@@ -411,9 +417,13 @@ def _close(params, outputs, prefix):
     frontier.update((id(o), o) for o in outputs if outer(o))
     consts = [(placeholder(f"{prefix}.const{j}", t.shape, t.dtype), t)
               for j, t in enumerate(frontier.values())]
-    mapping = {id(t): p for p, t in consts}
-    for t in nodes:
-        if id(t) in inner and id(t) not in mapping:
+    return consts, _substitute(outputs, {id(t): p for p, t in consts})
+
+
+def _substitute(outputs, mapping) -> list:
+    """``outputs`` rebuilt with the nodes ``mapping`` names replaced."""
+    for t in iter_nodes(outputs):
+        if id(t) not in mapping:
             new_inputs = tuple(mapping.get(id(i), i) for i in t.inputs)
             if any(a is not b for a, b in zip(new_inputs, t.inputs)):
                 new = t.replace(inputs=new_inputs)
@@ -422,7 +432,65 @@ def _close(params, outputs, prefix):
                 if t.display and not new.display:
                     new.named(t.display)
                 mapping[id(t)] = new
-    return consts, [mapping.get(id(o), o) for o in outputs]
+    return [mapping.get(id(o), o) for o in outputs]
+
+
+def _hoist(carry_ph, x_ph, xs, consts, outputs, prefix):
+    """Loop-invariant projections moved before the loop: a body node that depends on the
+    step's slices and consts but not on the carry, and that holds a matmul (``x @ Wx``),
+    is computed for all steps at once (``xs @ Wx``, one large matmul) and read as one
+    more slice.  Lifted are elementwise ops whose sliced operands have the result's rank
+    and matmuls of a sliced operand with a 2-d invariant one.  Returns the new
+    placeholders, their outer tensors and the rebuilt outputs."""
+    outer = {id(p): x for p, x in zip(x_ph, xs)}
+    outer.update((id(p), t) for p, t in consts)
+    lifted: dict[int, Tensor] = {id(p): x for p, x in zip(x_ph, xs)}
+    varying = {id(p) for p in carry_ph}
+    has_matmul: dict[int, bool] = {}
+    nodes = iter_nodes(outputs)
+    for t in nodes:
+        if id(t) in lifted or id(t) in outer or not t.inputs:
+            continue
+        if any(id(i) in varying for i in t.inputs):
+            varying.add(id(t))
+            continue
+        new = _lift(t, lifted, outer)
+        if new is None:
+            varying.add(id(t))
+        elif new is not t:
+            lifted[id(t)] = new
+            has_matmul[id(t)] = isinstance(t.op, MatMul) or any(
+                has_matmul.get(id(i), False) for i in t.inputs)
+    users = {id(i) for t in nodes if id(t) in varying for i in t.inputs}
+    users.update(id(o) for o in outputs)
+    hoisted = [t for t in nodes if has_matmul.get(id(t)) and id(t) in users]
+    new_ph = [placeholder(f"{prefix}.x{len(x_ph) + k}", t.shape, t.dtype)
+              for k, t in enumerate(hoisted)]
+    body = _substitute(outputs, {id(t): p for t, p in zip(hoisted, new_ph)})
+    return new_ph, [lifted[id(t)] for t in hoisted], body
+
+
+def _lift(t: Tensor, lifted, outer) -> Tensor | None:
+    """``t`` for all steps at once (a leading axis of steps), ``t`` itself when it varies
+    with nothing, or None when it cannot be lifted."""
+    if not any(id(i) in lifted for i in t.inputs):
+        return t if all(id(i) in outer or not i.leaves for i in t.inputs) else None
+    args = []
+    for k, i in enumerate(t.inputs):
+        if id(i) in lifted:
+            if isinstance(t.op, MatMul) and (i.ndim < 2 or t.inputs[1 - k].ndim != 2):
+                return None
+            if isinstance(t.op, Elementwise) and i.ndim != t.ndim:
+                return None
+            args.append(lifted[id(i)])
+        elif id(i) in outer or not i.leaves:
+            args.append(outer.get(id(i), i))
+        else:
+            return None
+    if not isinstance(t.op, (MatMul, Elementwise)):
+        return None
+    new = Tensor.make(t.op, args)
+    return new if new.shape[1:] == t.shape and new.dtype == t.dtype else None
 
 
 # ---------------------------------------------------------------------------------------

@@ -224,6 +224,19 @@ def test_loop_invariant_work_in_the_body_is_computed_before_the_loop():
     assert not any(t.op.name == "transpose" for t in h.op.loop.graph.nodes)
 
 
+def test_the_input_projection_is_one_matmul_before_the_loop():
+    inputs, fn, init = model("lstm")
+    W, xs = inputs[0], inputs[3]
+    (h, _), _ = gc.scan(fn, init, xs)
+    projected = [i for i in h.inputs if i.op.name == "matmul"]
+    assert [p.inputs for p in projected] == [(xs, W)] and projected[0].shape == (T, B, 4 * H)
+    assert xs not in h.inputs and W not in h.inputs
+    body = [t.op.name for t in h.op.loop.graph.nodes]
+    assert body.count("matmul") == 1  # h @ U only
+    dW = gc.grad(gc.sum(h), W)
+    assert not any(isinstance(t.op, Scan) and t.shape == W.shape for t in gc.Graph(dW).nodes)
+
+
 def test_identical_scans_are_one_node_and_different_ones_are_not():
     inputs, fn, init = model("rnn")
     a, b = gc.scan(fn, init, inputs[3]), gc.scan(fn, init, inputs[3])
