@@ -957,11 +957,10 @@ def rule_scan(low: Lowering, t):
     if t is not members[0]:
         return (lambda env: None), low.line(t, "scan") + " [computed with "\
             f"{low.vname(members[0])}]", "loop"
-    loop = t.op.loop
-    body = compile_graph(run_passes(loop.graph, DEFAULT_PIPELINE)[0])
+    loop, outs = t.op.loop, [m.op.out for m in members]
+    body = compile_graph(run_passes(loop.step_graph(outs), DEFAULT_PIPELINE)[0])
     ins = [low.slot[id(i)] for i in t.inputs]
     slots = [low.slot[id(m)] for m in members]
-    outs = [m.op.out for m in members]
 
     def run(env):
         results = run_loop(loop, outs, [env[i] for i in ins], body.run_device,

@@ -70,7 +70,7 @@ def _run_scan(t, args, loops, values) -> np.ndarray:
     outs = [n.op.out for n in nodes]
     try:
         with np.errstate(all="ignore"):
-            results = run_loop(t.op.loop, outs, args, numpy_body(t.op.loop))
+            results = run_loop(t.op.loop, outs, args, numpy_body(t.op.loop, outs))
     except GraphError as err:
         raise GraphError(located(f"scan ({t.name}) failed at run time: {err}", t.loc)) from err
     for n, r in zip(nodes[1:], results[1:]):

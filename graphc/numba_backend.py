@@ -1093,12 +1093,12 @@ def rule_scan(lowering, t):
 
     def emit(L, t, out):
         from .passes.pipeline import DEFAULT_PIPELINE, run
-        loop = t.op.loop
-        body = compile_graph(run(loop.graph, DEFAULT_PIPELINE)[0])
+        loop, outs = t.op.loop, [m.op.out for m in members]
+        body = compile_graph(run(loop.step_graph(outs), DEFAULT_PIPELINE)[0])
         L.kernels.update(body.kernels)
         L.kernel_seconds += body.stats["kernel_seconds"]
         name = f"loop{L.index[id(t)]}"
-        L.namespace[name] = LoopRunner(loop, [m.op.out for m in members], body)
+        L.namespace[name] = LoopRunner(loop, outs, body)
         L.loop_sources.append(f"\n\n# {'=' * 88}\n# {name}: the scan body, run {loop.length} "
                               f"times (once per step)\n{body.source}")
         args = ", ".join(L.arg(i) for i in t.inputs)

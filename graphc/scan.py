@@ -10,8 +10,9 @@ once for all the outputs of one instance (one loop, the same inputs).  The outpu
 - ``Scan(loop, ("carry", i))``: the final carry ``i``;
 - ``Scan(loop, ("y", j))``: the ``y``s of output ``j`` stacked along axis 0 (``ys[t]`` is
   the step that read ``xs[t]``, also when ``reverse=True``);
-- ``Scan(loop, ("cin", i))``: carry ``i`` as it entered each step, stacked the same way
-  (autodiff asks for it: these are the residuals the backward loop reads).
+- ``Scan(loop, ("cin", i))``: carry ``i`` as it entered each step, stacked the same way,
+  and ``Scan(loop, ("node", k))``: node ``k`` of ``loop.graph.nodes`` per step (autodiff
+  asks for these: the residuals the backward loop reads).
 
 Every one of these nodes has the same inputs, in this order: ``init`` (one per carry
 element), ``xs`` (one per scanned sequence), ``consts`` (the outer tensors the body closes
@@ -25,9 +26,15 @@ labelled ``scan.carry0``, ``scan.x0``, ``scan.const0``, one per scan input in th
 outside the body: its result is a const, computed once before the loop.
 
 The derivative of a scan is another scan running the other way (backpropagation through
-time, :func:`scan_vjp`): its body is the body's own backward graph, built by
-:func:`graphc.passes.autodiff.backward`, which recomputes the step's forward values from
-the stacked carries (memory O(T x carry), about twice the forward's compute).
+time, :func:`graphc.bptt.scan_vjp`): its body is the body's own backward graph, built by
+:func:`graphc.passes.autodiff.backward`, reading the forward values it needs as slices of
+stacks the forward keeps (residuals).  With ``graphc.bptt.REMAT = True`` the forward keeps only its
+carries and the backward recomputes each step from them (less memory, about twice the
+forward's compute).
+
+Work in the body that does not depend on the carry and holds a matmul (the input
+projection ``x_t @ Wx``) is lifted out of the loop at construction: one large matmul over
+all steps before the loop, read by the body as one more slice (:func:`_hoist`).
 
 >>> import numpy as np, graphc as gc
 >>> xs = gc.input("xs", (4, 2), "float64")
@@ -45,10 +52,9 @@ from functools import cached_property
 
 import numpy as np
 
-from . import dtypes
 from .elementwise_ops import Elementwise
 from .graph import Graph
-from .inputs import Input, constant
+from .inputs import Input
 from .ir import DTypeError, GraphError, Op, ShapeError, Tensor, iter_nodes, located, user_location
 from .structured_ops import MatMul
 
@@ -143,6 +149,20 @@ class Loop:
     def params(self) -> tuple:
         return self.carry + self.xs + self.consts
 
+    def stacked(self, kind: str, i: int) -> Tensor:
+        """The body value an output ``(kind, i)`` stacks: ``y`` j, ``cin`` (carry i as
+        the step got it) or ``node`` (node i of the body graph: a residual)."""
+        return self.ys[i] if kind == "y" else self.carry[i] if kind == "cin" else \
+            self.graph.nodes[i]
+
+    def step_graph(self, outs) -> Graph:
+        """What one step computes for outputs ``outs``: ``new_carry + ys`` and then the
+        body nodes that ``("node", i)`` outputs stack, by increasing ``i``."""
+        extra = sorted({i for kind, i in outs if kind == "node"})
+        if not extra:
+            return self.graph
+        return Graph(list(self.new_carry + self.ys) + [self.graph.nodes[i] for i in extra])
+
     def time_order(self) -> range:
         """The indices of ``xs`` in the order the steps run."""
         return range(self.length - 1, -1, -1) if self.reverse else range(self.length)
@@ -179,11 +199,11 @@ class Scan(Op):
         kind, i = self.out
         if kind == "carry":
             return loop.carry[i].shape, loop.carry[i].dtype
-        body = loop.ys[i] if kind == "y" else loop.carry[i]
+        body = loop.stacked(kind, i)
         return (loop.length,) + body.shape, body.dtype
 
     def evaluate(self, *arrays):
-        return run_loop(self.loop, [self.out], arrays, numpy_body(self.loop))[0]
+        return run_loop(self.loop, [self.out], arrays, numpy_body(self.loop, [self.out]))[0]
 
     local = ("∂step/∂{x}, through time",)
     vjp_text = ("reverse scan of {g}",)
@@ -192,6 +212,7 @@ class Scan(Op):
         """Gradients for the inputs of the instance whose outputs are ``nodes`` with
         cotangents ``grads`` (None: none): a backward scan.  ``wanted[k]``: whether
         input ``k`` needs one."""
+        from .bptt import scan_vjp
         return scan_vjp(nodes, grads, wanted)
 
 
@@ -213,24 +234,28 @@ def siblings(nodes) -> dict[tuple, list]:
 # Running a loop (every backend: they differ in how they run the body)
 
 
-def numpy_body(loop: Loop):
-    """The body run by the reference interpreter: feeds by label -> outputs."""
+def numpy_body(loop: Loop, outs):
+    """The step run by the reference interpreter: feeds by label -> outputs."""
     from .interpreter import evaluate_graph
-    graph = loop.graph
+    graph = loop.step_graph(outs)
     return lambda feeds: evaluate_graph(graph, feeds)
 
 
 def run_loop(loop: Loop, outs, arrays, body, empty=np.empty) -> list:
     """The values of outputs ``outs`` of ``loop`` on input ``arrays``; ``body(feeds)``
-    runs one step (feeds by placeholder label) and returns ``new_carry + ys``."""
+    runs one step (feeds by placeholder label) and returns the outputs of
+    ``loop.step_graph(outs)``."""
     n_c, n_x = len(loop.carry), len(loop.xs)
     carry = list(arrays[:n_c])
     xs = arrays[n_c:n_c + n_x]
     feeds = {p.op.label: a for p, a in zip(loop.consts, arrays[n_c + n_x:])}
+    extra = sorted({i for kind, i in outs if kind == "node"})
+    at = {("y", j): n_c + j for j in range(len(loop.ys))}
+    at.update({("node", i): n_c + len(loop.ys) + k for k, i in enumerate(extra)})
     stacks = {}
     for kind, i in outs:
         if kind != "carry" and (kind, i) not in stacks:
-            t = loop.ys[i] if kind == "y" else loop.carry[i]
+            t = loop.stacked(kind, i)
             stacks[(kind, i)] = empty((loop.length,) + t.shape, np.dtype(t.dtype))
     for t in loop.time_order():
         for (kind, i), stack in stacks.items():
@@ -240,9 +265,9 @@ def run_loop(loop: Loop, outs, arrays, body, empty=np.empty) -> list:
         feeds.update({p.op.label: x[t] for p, x in zip(loop.xs, xs)})
         result = body(feeds)
         carry = list(result[:n_c])
-        for (kind, i), stack in stacks.items():
-            if kind == "y":
-                stack[t] = result[n_c + i]
+        for key, stack in stacks.items():
+            if key[0] != "cin":
+                stack[t] = result[at[key]]
     return [carry[i] if kind == "carry" else stacks[(kind, i)] for kind, i in outs]
 
 
@@ -493,95 +518,4 @@ def _lift(t: Tensor, lifted, outer) -> Tensor | None:
     return new if new.shape[1:] == t.shape and new.dtype == t.dtype else None
 
 
-# ---------------------------------------------------------------------------------------
-# Backpropagation through time
-
-
-def scan_vjp(nodes, grads, wanted) -> list:
-    """The gradients of the inputs of one scan instance (``nodes``: its outputs in the
-    graph, ``grads``: their cotangents or None) as the outputs of a backward scan.
-    ``wanted[k]``: whether input ``k`` needs a gradient.  None where there is none."""
-    from . import functions as F
-    from .passes.autodiff import backward
-    loop = nodes[0].op.loop
-    inputs = nodes[0].inputs
-    n_c, n_x = len(loop.carry), len(loop.xs)
-    ct = {t.op.out: g for t, g in zip(nodes, grads) if g is not None}
-    tag = f"scan.{loop.tag}"
-
-    def float_(p):
-        return dtypes.is_float(p.dtype)
-
-    fc = [i for i, p in enumerate(loop.carry) if float_(p)]
-    fx = [j for j, p in enumerate(loop.xs) if float_(p) and wanted[n_c + j]]
-    fw = [j for j, p in enumerate(loop.consts) if float_(p) and wanted[n_c + n_x + j]]
-    gc_ph = [placeholder(f"{tag}.gcarry{i}", loop.carry[i].shape, loop.carry[i].dtype)
-             for i in fc]
-    gy = [j for j in range(len(loop.ys)) if ("y", j) in ct and float_(loop.ys[j])]
-    gy_ph = [placeholder(f"{tag}.gy{j}", loop.ys[j].shape, loop.ys[j].dtype) for j in gy]
-    gcin = [i for i in fc if ("cin", i) in ct]
-    gcin_ph = [placeholder(f"{tag}.gcin{i}", loop.carry[i].shape, loop.carry[i].dtype)
-               for i in gcin]
-    acc_ph = [placeholder(f"{tag}.acc{j}", loop.consts[j].shape, loop.consts[j].dtype)
-              for j in fw]
-    wrt = [loop.carry[i] for i in fc] + [loop.xs[j] for j in fx] + [loop.consts[j] for j in fw]
-    result = backward([loop.new_carry[i] for i in fc] + [loop.ys[j] for j in gy],
-                      gc_ph + gy_ph, wrt)
-    new_gc = [result.grad_of(loop.carry[i]) for i in fc]
-    keep_ph = None
-    if loop.truncate is not None and fc:
-        keep_ph = placeholder(f"{tag}.keep", (), "bool")
-        new_gc = [F.where(keep_ph, g, 0.0) for g in new_gc]
-    cin_g = dict(zip(gcin, gcin_ph))
-    new_gc = [g + cin_g[i] if i in cin_g else g for i, g in zip(fc, new_gc)]
-    new_acc = [a + result.grad_of(loop.consts[j]) for a, j in zip(acc_ph, fw)]
-    gx = [result.grad_of(loop.xs[j]) for j in fx]
-    used = {id(t) for t in iter_nodes(new_gc + new_acc + gx)}
-
-    # the backward loop: carry (dL/dcarry, weight-gradient sums), xs (the forward's
-    # carries as each step got them, its xs, the cotangents of ys, ...), consts
-    fwd_c = [i for i, p in enumerate(loop.carry) if id(p) in used]
-    fwd_x = [j for j, p in enumerate(loop.xs) if id(p) in used]
-    fwd_w = [j for j, p in enumerate(loop.consts) if id(p) in used]
-    bwd_xs = [loop.carry[i] for i in fwd_c] + [loop.xs[j] for j in fwd_x] + gy_ph + gcin_ph
-    outer_xs = [_node(loop, ("cin", i), inputs) for i in fwd_c] + \
-        [inputs[n_c + j] for j in fwd_x] + [ct[("y", j)] for j in gy] + \
-        [ct[("cin", i)] for i in gcin]
-    if keep_ph is not None:
-        bwd_xs.append(keep_ph)
-        outer_xs.append(constant(_keep_mask(loop)))
-    bwd = Loop(tuple(gc_ph + acc_ph), tuple(bwd_xs), tuple(loop.consts[j] for j in fwd_w),
-               tuple(new_gc + new_acc), tuple(gx), loop.length, not loop.reverse)
-    init = [ct.get(("carry", i), _zeros(loop.carry[i])) for i in fc] + \
-        [_zeros(loop.consts[j]) for j in fw]
-    bwd_inputs = init + outer_xs + [inputs[n_c + n_x + j] for j in fwd_w]
-    out: list = [None] * len(inputs)
-    for k, i in enumerate(fc):
-        if wanted[i]:
-            out[i] = _node(bwd, ("carry", k), bwd_inputs)
-    for k, j in enumerate(fx):
-        out[n_c + j] = _node(bwd, ("y", k), bwd_inputs)
-    for k, j in enumerate(fw):
-        out[n_c + n_x + j] = _node(bwd, ("carry", len(fc) + k), bwd_inputs)
-    return out
-
-
-def _node(loop: Loop, out, inputs) -> Tensor:
-    return Tensor.make(Scan(loop, out), inputs)
-
-
-def _zeros(p: Tensor) -> Tensor:
-    from . import functions as F
-    return F.broadcast_to(constant(0, dtype=p.dtype), p.shape)
-
-
-def _keep_mask(loop: Loop) -> np.ndarray:
-    """keep[t]: whether the carry's gradient flows into the step that reads ``xs[t]``:
-    not when that step is the s-th run (from 0), s > 0 and s % truncate == 0."""
-    keep = np.ones(loop.length, np.bool_)
-    for s, t in enumerate(loop.time_order()):
-        keep[t] = not (s > 0 and s % loop.truncate == 0)
-    return keep
-
-
-__all__ = ["Loop", "Scan", "StopGradient", "scan", "stop_gradient", "scan_vjp", "run_loop"]
+__all__ = ["Loop", "Scan", "StopGradient", "scan", "stop_gradient", "run_loop"]

@@ -13,6 +13,7 @@ from graphc.elementwise_ops import Elementwise
 from graphc.graph import Graph, as_outputs
 from graphc.inputs import Constant, Input
 from graphc.ir import StaticArray, Tensor
+from graphc.scan import Scan
 from graphc.structured_ops import Cast
 
 
@@ -25,6 +26,13 @@ def _retyped(op, src: str, dst: str):
         return Cast(dst)
     if isinstance(op, Elementwise) and op.dtype == src:
         return replace(op, dtype=dst)
+    if isinstance(op, Scan):  # the body, retyped alike
+        loop = op.loop
+        parts = (loop.carry, loop.xs, loop.consts, loop.new_carry, loop.ys)
+        new, _ = with_float_dtype([t for part in parts for t in part], dst, src)
+        cut = [sum(map(len, parts[:k])) for k in range(len(parts) + 1)]
+        return Scan(replace(loop, **{f: tuple(new[a:b]) for f, a, b in zip(
+            ("carry", "xs", "consts", "new_carry", "ys"), cut, cut[1:])}), op.out)
     return op
 
 

@@ -1,6 +1,7 @@
 """gc.scan and gc.stop_gradient: forward and gradients against the unrolled graph, PyTorch
 and finite differences; truncation; construction errors; the Numba and CUDA backends."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -120,6 +121,14 @@ def test_check_grad_passes_through_a_scanned_cell(kind):
     assert report.ok, report
 
 
+def test_check_grad_of_a_float32_scan_runs_the_body_in_float64():
+    inputs, fn, init = model("rnn", "float32")
+    loss = loss_of(*gc.scan(fn, init, inputs[3]))
+    report = gc.check_grad(loss, inputs[:2], feeds_for(inputs, "float32"))
+    assert report.ok and max(r.max_abs_error for r in report.rows) < 1e-8, report
+
+
+@pytest.mark.slow  # importing torch
 def test_lstm_gradients_equal_pytorch():
     torch = pytest.importorskip("torch")
     inputs, fn, init = model("lstm")
@@ -151,6 +160,21 @@ def test_hvp_and_grad_of_grad_equal_the_unrolled_graph():
     feeds = feeds_for(inputs)
     close(gc.compile(second, backend="numpy")(feeds),
           gc.compile(second_u, backend="numpy")(feeds), 1e-10)
+
+
+def test_recomputing_the_steps_gives_the_gradients_of_stacked_residuals(monkeypatch):
+    bptt = importlib.import_module("graphc.bptt")
+    inputs, fn, init = model("lstm")
+    loss = loss_of(*gc.scan(fn, init, inputs[3]))
+    stored = gc.grad(loss, inputs)
+    monkeypatch.setattr(bptt, "REMAT", True)
+    recomputed = gc.grad(loss, inputs)
+    reads = [{t.op.out[0] for t in gc.Graph(g).nodes if isinstance(t.op, Scan)
+              and not t.op.loop.reverse} for g in (stored, recomputed)]
+    assert "node" in reads[0] and "node" not in reads[1]  # residuals, or carries only
+    feeds = feeds_for(inputs)
+    close(gc.compile(stored, backend="numpy")(feeds),
+          gc.compile(recomputed, backend="numpy")(feeds))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -344,6 +368,7 @@ def rnn32():
     return compiled(T), compiled(3 * T)
 
 
+@pytest.mark.slow  # compiles kernels
 def test_numba_scan_matches_the_unrolled_graph(rnn32):
     inputs, fn, init, f = rnn32[0]
     loss_u = loss_of(*unroll(fn, init, inputs[3]))
@@ -356,6 +381,7 @@ def test_numba_scan_matches_the_unrolled_graph(rnn32):
     assert f"loop{''}" in f.source and f"{T} steps" in f.source
 
 
+@pytest.mark.slow
 def test_numba_body_is_compiled_once_whatever_the_length(rnn32):
     (_, _, _, f), (inputs, _, _, g) = rnn32
     assert len(g.graph.nodes) == len(f.graph.nodes)
@@ -387,6 +413,7 @@ def test_cuda_scan_matches_numpy():
     assert program.stats["host_fallbacks"] == [] and program.stats["lowered"]["loop"] >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SIM, reason="this is the simulator run itself")
 def test_cuda_scan_in_the_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}

@@ -1,0 +1,136 @@
+"""Backpropagation through time: the derivative of a scan is a scan running the other way.
+
+:func:`scan_vjp` builds it for one scan instance (:mod:`graphc.scan` describes the IR).
+Its body is :func:`graphc.passes.autodiff.backward` of the forward body: its carry is
+the carry's gradient and the running sums of the weights' gradients, its ``xs`` the
+forward values it reads (residuals, stacked by the forward), the forward's ``xs`` and the
+cotangents of the stacked outputs, and its ``y``s the gradients of ``xs``.  ``truncate=k``
+is a bool per step, ``where(keep_t, g, 0)``, at the chunk boundaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes
+from .inputs import constant
+from .ir import Tensor, iter_nodes
+from .scan import Loop, Scan, _substitute, placeholder
+
+REMAT = False  # True: the forward keeps its carries only; the backward recomputes each step
+
+def scan_vjp(nodes, grads, wanted) -> list:
+    """The gradients of the inputs of one scan instance (``nodes``: its outputs in the
+    graph, ``grads``: their cotangents or None) as the outputs of a backward scan.
+    ``wanted[k]``: whether input ``k`` needs a gradient.  None where there is none."""
+    from . import functions as F
+    from .passes.autodiff import backward
+    loop = nodes[0].op.loop
+    inputs = nodes[0].inputs
+    n_c, n_x = len(loop.carry), len(loop.xs)
+    ct = {t.op.out: g for t, g in zip(nodes, grads) if g is not None}
+    tag = f"scan.{loop.tag}"
+
+    def float_(p):
+        return dtypes.is_float(p.dtype)
+
+    fc = [i for i, p in enumerate(loop.carry) if float_(p)]
+    fx = [j for j, p in enumerate(loop.xs) if float_(p) and wanted[n_c + j]]
+    fw = [j for j, p in enumerate(loop.consts) if float_(p) and wanted[n_c + n_x + j]]
+    gc_ph = [placeholder(f"{tag}.gcarry{i}", loop.carry[i].shape, loop.carry[i].dtype)
+             for i in fc]
+    gstack = sorted(k for k in ct if k[0] in ("y", "node") and float_(loop.stacked(*k)))
+    gy_ph = [placeholder(f"{tag}.g{kind}{i}", loop.stacked(kind, i).shape,
+                         loop.stacked(kind, i).dtype) for kind, i in gstack]
+    gcin = [i for i in fc if ("cin", i) in ct]
+    gcin_ph = [placeholder(f"{tag}.gcin{i}", loop.carry[i].shape, loop.carry[i].dtype)
+               for i in gcin]
+    acc_ph = [placeholder(f"{tag}.acc{j}", loop.consts[j].shape, loop.consts[j].dtype)
+              for j in fw]
+    wrt = [loop.carry[i] for i in fc] + [loop.xs[j] for j in fx] + [loop.consts[j] for j in fw]
+    result = backward([loop.new_carry[i] for i in fc] + [loop.stacked(*k) for k in gstack],
+                      gc_ph + gy_ph, wrt)
+    new_gc = [result.grad_of(loop.carry[i]) for i in fc]
+    keep_ph = None
+    if loop.truncate is not None and fc:
+        keep_ph = placeholder(f"{tag}.keep", (), "bool")
+        new_gc = [F.where(keep_ph, g, 0.0) for g in new_gc]
+    cin_g = dict(zip(gcin, gcin_ph))
+    new_gc = [g + cin_g[i] if i in cin_g else g for i, g in zip(fc, new_gc)]
+    new_acc = [a + result.grad_of(loop.consts[j]) for a, j in zip(acc_ph, fw)]
+    gx = [result.grad_of(loop.xs[j]) for j in fx]
+    res_ph, res_outer = [], []
+    if not REMAT:  # the forward values the backward reads are stacked by the forward
+        outs, res_ph, kept = _residuals(loop, new_gc + new_acc + gx, tag)
+        new_gc, new_acc, gx = (outs[:len(fc)], outs[len(fc):len(fc) + len(fw)],
+                               outs[len(fc) + len(fw):])
+        ys = {id(y): j for j, y in enumerate(loop.ys)}  # a y is stacked already
+        res_outer = [_node(loop, ("y", ys[id(n)]) if id(n) in ys else ("node", k), inputs)
+                     for k, n in ((k, loop.graph.nodes[k]) for k in kept)]
+    used = {id(t) for t in iter_nodes(new_gc + new_acc + gx)}
+
+    # the backward loop: carry (dL/dcarry, weight-gradient sums), xs (the forward's
+    # carries as each step got them, its xs, the cotangents of ys, ...), consts
+    fwd_c = [i for i, p in enumerate(loop.carry) if id(p) in used]
+    fwd_x = [j for j, p in enumerate(loop.xs) if id(p) in used]
+    fwd_w = [j for j, p in enumerate(loop.consts) if id(p) in used]
+    bwd_xs = [loop.carry[i] for i in fwd_c] + [loop.xs[j] for j in fwd_x] + res_ph + \
+        gy_ph + gcin_ph
+    outer_xs = [_node(loop, ("cin", i), inputs) for i in fwd_c] + \
+        [inputs[n_c + j] for j in fwd_x] + res_outer + [ct[k] for k in gstack] + \
+        [ct[("cin", i)] for i in gcin]
+    if keep_ph is not None:
+        bwd_xs.append(keep_ph)
+        outer_xs.append(constant(_keep_mask(loop)))
+    bwd = Loop(tuple(gc_ph + acc_ph), tuple(bwd_xs), tuple(loop.consts[j] for j in fwd_w),
+               tuple(new_gc + new_acc), tuple(gx), loop.length, not loop.reverse)
+    init = [ct.get(("carry", i), _zeros(loop.carry[i])) for i in fc] + \
+        [_zeros(loop.consts[j]) for j in fw]
+    bwd_inputs = init + outer_xs + [inputs[n_c + n_x + j] for j in fwd_w]
+    out: list = [None] * len(inputs)
+    for k, i in enumerate(fc):
+        if wanted[i]:
+            out[i] = _node(bwd, ("carry", k), bwd_inputs)
+    for k, j in enumerate(fx):
+        out[n_c + j] = _node(bwd, ("y", k), bwd_inputs)
+    for k, j in enumerate(fw):
+        out[n_c + n_x + j] = _node(bwd, ("carry", len(fc) + k), bwd_inputs)
+    return out
+
+
+def _residuals(loop: Loop, outs, tag):
+    """``outs`` (the backward body) rebuilt to read the forward body's values as slices
+    (placeholders ``<tag>.res<k>``) instead of recomputing them; returns the outputs, the
+    placeholders and the body-node indices the forward must stack."""
+    index = {id(t): k for k, t in enumerate(loop.graph.nodes)}
+    params = {id(p) for p in loop.params}
+
+    def residual(t):
+        return id(t) in index and id(t) not in params and bool(t.leaves)
+
+    kept: dict[int, Tensor] = {}
+    for t in iter_nodes(outs):
+        if id(t) not in index:
+            kept.update((id(i), i) for i in t.inputs if residual(i))
+    kept.update((id(o), o) for o in outs if residual(o))
+    ph = [placeholder(f"{tag}.res{k}", t.shape, t.dtype) for k, t in enumerate(kept.values())]
+    new = _substitute(outs, {i: p for i, p in zip(kept, ph)})
+    return new, ph, [index[i] for i in kept]
+
+
+def _node(loop: Loop, out, inputs) -> Tensor:
+    return Tensor.make(Scan(loop, out), inputs)
+
+
+def _zeros(p: Tensor) -> Tensor:
+    from . import functions as F
+    return F.broadcast_to(constant(0, dtype=p.dtype), p.shape)
+
+
+def _keep_mask(loop: Loop) -> np.ndarray:
+    """keep[t]: whether the carry's gradient flows into the step that reads ``xs[t]``:
+    not when that step is the s-th run (from 0), s > 0 and s % truncate == 0."""
+    keep = np.ones(loop.length, np.bool_)
+    for s, t in enumerate(loop.time_order()):
+        keep[t] = not (s > 0 and s % loop.truncate == 0)
+    return keep
