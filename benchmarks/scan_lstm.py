@@ -3,6 +3,7 @@ of workloads.py: graph nodes, distinct kernels, cold and warm compile, step time
 gradients), and PyTorch eager and torch.nn.LSTM in the same run.
 
     python benchmarks/scan_lstm.py [--steps 50 500] [--repeats 20] [--unrolled] [--nn]
+                                   [--threads N]
     python benchmarks/scan_lstm.py --diagrams docs    # lstm_scan_forward/backward.svg
 
 Forms: ``scan`` (W4's cell written with ``gc.scan``), ``nn`` (``gc.nn.LSTM``, which runs
@@ -87,6 +88,10 @@ def build(steps: int, kind: str = "scan", inputs=64, hidden=128, batch=32):
     return loss, [Wx, Wh, b], feeds
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "NUMBA_NUM_THREADS")
+
+
 def child(kind: str, steps: int, repeats: int, cache: str) -> dict:
     env = {**os.environ, "GRAPHC_CACHE_DIR": cache}
     try:
@@ -105,6 +110,7 @@ def torch_ms(steps: int, repeats: int) -> dict:
 
     import numpy as np
     import torch
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     sys.path.insert(0, str(HERE))
     from workloads import lstm_torch, lstm_torch_fused
     _, _, feeds = build(steps, "unrolled" if steps <= 100 else "scan")
@@ -140,10 +146,15 @@ def main(argv=None):
     p.add_argument("--unrolled", action="store_true")
     p.add_argument("--nn", action="store_true", help="also gc.nn.LSTM (on gc.scan)")
     p.add_argument("--diagrams", metavar="DIR")
+    p.add_argument("--threads", type=int, help="threads of every library (children and "
+                   "torch): set before they load; default: the environment's")
     args = p.parse_args(argv)
+    if args.threads:
+        os.environ.update({name: str(args.threads) for name in THREAD_ENV})
     if args.diagrams:
         return diagrams(args.diagrams)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
+          f"{os.environ.get('OMP_NUM_THREADS', 'default')} thread(s)")
     for steps in args.steps:
         kinds = ["scan"] + (["nn"] if args.nn else []) + \
             (["unrolled"] if args.unrolled and steps <= 100 else [])
