@@ -169,11 +169,12 @@ _CUT_IDS = itertools.count()
 def stop_gradient(t: Tensor, name: str | None = None) -> Tensor:
     """``t``'s value with no gradient path back through ``t``.
 
-    Graphs have no stop-gradient primitive; instead this returns a fresh *input* (named
-    ``name``, default ``cut_<k>``) that stands for ``t``.  Training and evaluation steps
+    Unlike the op ``gc.stop_gradient``, this returns a fresh *input* (named ``name``,
+    default ``cut_<k>``) that stands for ``t``.  Training and evaluation steps
     (:mod:`graphc.train`) feed it with ``t``'s value, computed in a forward-only pre-pass
-    (:func:`resolve_cuts`); with plain ``gc.compile`` feed it yourself.  Truncated BPTT
-    (``LSTM(..., truncate=k)``) is built on it.
+    (:func:`resolve_cuts`); with plain ``gc.compile`` feed it yourself.  Truncated BPTT of
+    the unrolled layers (``LSTM(..., truncate=k, unroll=True)``) is built on it; the
+    default, scanned layers truncate inside the scan.
     """
     k = next(_CUT_IDS)
     cut = input(name or f"cut_{k}", t.shape, t.dtype)
