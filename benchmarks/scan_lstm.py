@@ -1,23 +1,29 @@
-"""W4 (LSTM input 64, hidden 128, batch 32, 50 steps) written with gc.scan, against the
-unrolled W4 of workloads.py: graph nodes, distinct kernels, cold and warm compile, step
-time (loss and gradients), and PyTorch eager and torch.nn.LSTM in the same run.
+"""W4 (LSTM input 64, hidden 128, batch 32) written with gc.scan, against the unrolled W4
+of workloads.py: graph nodes, distinct kernels, cold and warm compile, step time (loss and
+gradients), and PyTorch eager and torch.nn.LSTM in the same run.
 
-    python benchmarks/scan_lstm.py [--steps 50] [--repeats 20] [--unrolled]
+    python benchmarks/scan_lstm.py [--steps 50 500] [--repeats 20] [--unrolled] [--nn]
+                                   [--threads N]
+    python benchmarks/scan_lstm.py --diagrams docs    # lstm_scan_forward/backward.svg
 
-cold: gc.compile + first call in a fresh process on an empty GRAPHC_CACHE_DIR; warm: a new
-process on the cache the cold run filled.  ``--unrolled`` also measures the unrolled graph
-(its cold compile takes tens of seconds).
+Forms: ``scan`` (W4's cell written with ``gc.scan``), ``nn`` (``gc.nn.LSTM``, which runs
+on gc.scan: batch-first input, so two transposes more), ``unrolled`` (workloads.py's W4;
+T <= 100 only: at T = 500 it would be 25,000 nodes).  cold: gc.compile + first call in a
+fresh process on an empty GRAPHC_CACHE_DIR; warm: a new process on the cache the cold run
+filled.  A child that runs over a minute is stopped and reported as such.
 """
 
 import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
+CHILD_TIMEOUT = 60
 
 CHILD = r"""
 import json, sys, time
@@ -25,7 +31,7 @@ import numpy as np
 import graphc as gc
 sys.path.insert(0, sys.argv[1])
 from scan_lstm import build
-loss, wrt, feeds = build(int(sys.argv[2]), sys.argv[3] == "unrolled")
+loss, wrt, feeds = build(int(sys.argv[2]), sys.argv[3])
 grads = gc.grad(loss, wrt)
 t0 = time.perf_counter()
 f = gc.compile([loss, *grads])
@@ -38,20 +44,28 @@ for _ in range(int(sys.argv[4])):
     times.append(time.perf_counter() - s)
 print(json.dumps({"compile": t1 - t0, "nodes": len(gc.Graph([loss, *grads]).nodes),
                   "optimized_nodes": len(f.graph.nodes), "kernels": f.stats["kernels"],
+                  "compiled": f.stats.get("kernel_cache_misses"),
                   "step_ms": 1e3 * float(np.median(times)) if times else None}))
 """
 
 
-def build(steps: int, unrolled: bool, inputs=64, hidden=128, batch=32):
+def build(steps: int, kind: str = "scan", inputs=64, hidden=128, batch=32):
     """W4's loss (mean of the last hidden state), its parameters and feeds."""
     import numpy as np
 
     import graphc as gc
     sys.path.insert(0, str(HERE))
     from workloads import WORKLOADS
-    if unrolled:
+    if kind == "unrolled":
         problem = WORKLOADS["W4"].problem({"steps": steps})
         return problem.loss, list(problem.wrt), problem.feeds
+    data = np.random.default_rng(0).standard_normal((steps, batch, inputs)).astype(np.float32)
+    if kind == "nn":
+        lstm = gc.nn.LSTM(inputs, hidden, name="lstm")
+        _, (h, _) = lstm(gc.input("x", (batch, steps, inputs)))
+        loss = gc.mean(h)
+        feeds = {"x": data.transpose(1, 0, 2).copy(), **gc.init_params(loss, seed=0)}
+        return loss, list(lstm.parameters().values()), feeds
     xs = gc.input("xs", (steps, batch, inputs))
     Wx = gc.param("Wx", (inputs, 4 * hidden))
     Wh = gc.param("Wh", (hidden, 4 * hidden))
@@ -61,24 +75,33 @@ def build(steps: int, unrolled: bool, inputs=64, hidden=128, batch=32):
     def cell(carry, x):
         h, c = carry
         z = x @ Wx + h @ Wh + b
-        i, f = gc.sigmoid(z[:, :H]), gc.sigmoid(z[:, H:2 * H])
-        g, o = gc.tanh(z[:, 2 * H:3 * H]), gc.sigmoid(z[:, 3 * H:])
-        c = f * c + i * g
-        return (o * gc.tanh(c), c), None
+        i, f = gc.sigmoid(z[:, :H]).named("i"), gc.sigmoid(z[:, H:2 * H]).named("f")
+        g, o = gc.tanh(z[:, 2 * H:3 * H]).named("g"), gc.sigmoid(z[:, 3 * H:]).named("o")
+        c = (f * c + i * g).named("c")  # names for the diagrams only
+        return ((o * gc.tanh(c)).named("h"), c), None
 
     zeros = gc.constant(np.zeros((batch, hidden), np.float32))
     (h, _), _ = gc.scan(cell, (zeros, zeros), xs)
     loss = gc.mean(h)
-    feeds = {"xs": np.random.default_rng(0).standard_normal(
-        (steps, batch, inputs)).astype(np.float32)}
+    feeds = {"xs": data}
     feeds.update(gc.init_params(loss, seed=0))
     return loss, [Wx, Wh, b], feeds
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "NUMBA_NUM_THREADS")
+
+
 def child(kind: str, steps: int, repeats: int, cache: str) -> dict:
     env = {**os.environ, "GRAPHC_CACHE_DIR": cache}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(HERE), str(steps), kind,
-                          str(repeats)], env=env, capture_output=True, text=True, check=True)
+    try:
+        out = subprocess.run([sys.executable, "-c", CHILD, str(HERE), str(steps), kind,
+                              str(repeats)], env=env, capture_output=True, text=True,
+                             timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"note": f"stopped after {CHILD_TIMEOUT} s"}
+    if out.returncode:
+        return {"note": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -87,9 +110,10 @@ def torch_ms(steps: int, repeats: int) -> dict:
 
     import numpy as np
     import torch
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     sys.path.insert(0, str(HERE))
     from workloads import lstm_torch, lstm_torch_fused
-    _, _, feeds = build(steps, False)
+    _, _, feeds = build(steps, "unrolled" if steps <= 100 else "scan")
     out = {}
     for name, fn in (("torch eager", lstm_torch), ("torch nn.LSTM", lstm_torch_fused)):
         t = {k: torch.tensor(v, requires_grad=k != "xs") for k, v in feeds.items()}
@@ -103,23 +127,54 @@ def torch_ms(steps: int, repeats: int) -> dict:
     return out
 
 
+def diagrams(folder: str) -> None:
+    """W4 with gc.scan (T = 50) drawn forward and with labelled backward edges."""
+    import graphc as gc
+    loss, _, _ = build(50)
+    for name, backward in (("forward", False), ("backward", True)):
+        path = gc.render(loss, os.path.join(folder, f"lstm_scan_{name}.svg"),
+                         backward=backward).path
+        with open(path, encoding="utf-8") as fh:
+            w, h = re.search(r'width="(\d+)pt" height="(\d+)pt"', fh.read()).groups()
+        print(f"{path}: {int(w):,} x {int(h):,} pt")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, nargs="+", default=[50, 500])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--unrolled", action="store_true")
+    p.add_argument("--nn", action="store_true", help="also gc.nn.LSTM (on gc.scan)")
+    p.add_argument("--diagrams", metavar="DIR")
+    p.add_argument("--threads", type=int, help="threads of every library (children and "
+                   "torch): set before they load; default: the environment's")
     args = p.parse_args(argv)
-    kinds = ["scan"] + (["unrolled"] if args.unrolled else [])
-    for kind in kinds:
-        with tempfile.TemporaryDirectory() as cache:
-            cold = child(kind, args.steps, 0, cache)
-            warm = child(kind, args.steps, args.repeats, cache)
-        print(f"W4 {kind}, T={args.steps}: {cold['nodes']} nodes with gradients "
-              f"({cold['optimized_nodes']} after the passes), {cold['kernels']} distinct "
-              f"kernels; cold compile + first call {cold['compile']:.2f} s, warm "
-              f"{warm['compile']:.2f} s; step {warm['step_ms']:.2f} ms")
-    for name, ms in torch_ms(args.steps, args.repeats).items():
-        print(f"{name}: step {ms:.2f} ms")
+    if args.threads:
+        os.environ.update({name: str(args.threads) for name in THREAD_ENV})
+    if args.diagrams:
+        return diagrams(args.diagrams)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
+          f"{os.environ.get('OMP_NUM_THREADS', 'default')} thread(s)")
+    for steps in args.steps:
+        kinds = ["scan"] + (["nn"] if args.nn else []) + \
+            (["unrolled"] if args.unrolled and steps <= 100 else [])
+        for kind in kinds:
+            with tempfile.TemporaryDirectory() as cache:
+                cold = child(kind, steps, 0, cache)
+                for _ in range(3):  # a cold run stopped early left the cache part filled
+                    warm = child(kind, steps, args.repeats, cache)
+                    if warm.get("compiled") == 0:
+                        break
+            if "note" in warm:
+                print(f"W4 {kind}, T={steps}: {warm['note']}")
+                continue
+            cold_s = f"{cold['compile']:.2f} s" if "compile" in cold else cold["note"]
+            print(f"W4 {kind}, T={steps}: {warm['nodes']} nodes with gradients "
+                  f"({warm['optimized_nodes']} after the passes), {warm['kernels']} distinct "
+                  f"kernels; cold compile + first call {cold_s}, warm "
+                  f"{warm['compile']:.2f} s; step {warm['step_ms']:.2f} ms")
+        for name, ms in torch_ms(steps, args.repeats).items():
+            print(f"{name}, T={steps}: step {ms:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -318,6 +318,25 @@ def test_forward_only_graph(browser, tmp_path):
 
 
 @needs_browser
+def test_scan_group_draws_the_carry_and_steps_through_time(browser, tmp_path):
+    ys, _ = gc.nn.LSTM(3, 4, name="lstm")(gc.input("x", (2, 3, 3)))
+    page = open_page(browser, gc.explore(gc.mean(ys)), tmp_path)
+    page.evaluate("graphc.expand('lstm'); graphc.expand('lstm/scan0')")
+    carry = page.evaluate("[...document.querySelectorAll('.carrylabel')].map(e => e.textContent)")
+    assert carry == ["carry ×T=3", "carry ×T=3"]
+    body = [n for n in page.evaluate("graphc.nodes()") if n["group"] == "lstm/scan0"]
+    ops = sum(1 for n in body if n["op"] != "input")
+    walk = page.evaluate("Array.from({length: graphc.steps()}, (_, k) => graphc.step(k + 1))")
+    forward = [s.get("t") for s in walk if s["phase"] == "forward" and "t" in s]
+    assert forward == [t for t in range(3) for _ in range(ops)]  # the body once per step
+    backward = [s["t"] for s in walk if s["phase"] == "backward" and "t" in s]
+    assert backward[0] == 2 and backward[-1] == 0 and sorted(set(backward)) == [0, 1, 2]
+    page.evaluate(f"graphc.step({next(k for k, s in enumerate(walk) if 't' in s) + 1})")
+    assert "time step 1 of 3 (t = 0)" in page.inner_text("#details")
+    assert page.errors == []
+
+
+@needs_browser
 def test_scripts_run_in_the_jupyter_iframe(browser):
     loss, feeds = gallery.micrograd()
     page = browser.new_page()

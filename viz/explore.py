@@ -24,7 +24,8 @@ from graphc.elementwise_ops import Elementwise
 from graphc.graph import as_outputs, node_kind
 from graphc.inputs import Constant, Input, constant
 
-from .labels import number
+from .labels import index_text, number
+from .loops import ScanDrawing, body_labels, instances, title
 from .render import _Builder, _evaluate
 
 HIST_BINS = 16
@@ -120,11 +121,52 @@ class _Page:
                         for k in range(s.count("/") + 1)})
         groups = [{"id": p, "name": p.rsplit("/", 1)[-1],
                    "parent": p.rsplit("/", 1)[0] if "/" in p else None} for p in paths]
+        nodes = [self.node(t) for t in b.graph.nodes]
+        edges = [self.edge(e) for e in self.result.edges] if self.result else []
+        for k, outs in enumerate(instances(b.graph.nodes)):
+            self.add_scan(ScanDrawing(b, outs, k), nodes, groups, edges)
         return {"loss": self.ids[id(self.loss)] if self.result is not None else None,
                 "lossName": b.lname, "values": self.values is not None,
                 "outputs": [self.ids[id(t)] for t in b.outputs],
-                "nodes": [self.node(t) for t in b.graph.nodes], "groups": groups,
-                "edges": [self.edge(e) for e in self.result.edges] if self.result else []}
+                "nodes": nodes, "groups": groups, "edges": edges}
+
+    def add_scan(self, drawing, nodes, groups, edges) -> None:
+        """A scan as a group holding one copy of its body, placed before the scan's
+        outputs (which read the body's outputs) in the node list; in the edge list, the
+        body's backward edges come where the backward pass reaches the scan."""
+        loop, ids = drawing.loop, dict(drawing.ids)
+        ids.update({id(p): self.ids[id(t)] for p, t in zip(loop.consts, drawing.inputs_consts)})
+        scope = drawing.outputs[0].scope or None
+        gid = f"{scope}/scan{drawing.index}" if scope else f"scan{drawing.index}"
+        groups.append({"id": gid, "name": title(loop).split(" (")[0], "parent": scope,
+                       "length": loop.length, "reverse": loop.reverse,
+                       "carry": [[ids[id(new)], ids[id(p)], f"carry ×T={loop.length}"]
+                                 for p, new in zip(loop.carry, loop.new_carry)]})
+        outer_in = {id(p): self.ids[id(t)] for p, t in
+                    zip(loop.carry + loop.xs, drawing.init + drawing.xs)}
+        body = []
+        for t in loop.graph.nodes:
+            if id(t) in drawing.outer:
+                continue
+            n = self.node(t, ids=ids, name=drawing.names[id(t)], group=gid)
+            if id(t) in outer_in:
+                n["inputs"] = [outer_in[id(t)]]
+            body.append(n)
+        first = min(k for k, n in enumerate(nodes)
+                    if n["id"] in {self.ids[id(t)] for t in drawing.outputs})
+        for t in drawing.outputs:
+            kind, i = t.op.out
+            src = {"carry": loop.new_carry, "y": loop.ys, "cin": loop.carry}[kind][i]
+            nodes[next(k for k, n in enumerate(nodes) if n["id"] == self.ids[id(t)])][
+                "inputs"] = [ids[id(src)]]
+        nodes[first:first] = body
+        if self.result is None:
+            return
+        labels = body_labels(loop, drawing.names, self.builder.lname, _Builder)
+        mine = [self.edge(e, labels, ids) for e in labels.result.edges]
+        scan_ids = {self.ids[id(t)] for t in drawing.outputs}
+        at = next((k for k, e in enumerate(edges) if e["from"] in scan_ids), len(edges))
+        edges[at:at] = mine
 
     def value(self, t) -> dict | None:
         if self.values is None or t is None or id(t) not in self.values:
@@ -132,39 +174,46 @@ class _Page:
         a = np.asarray(self.values[id(t)])
         return {"text": number(a), "hist": _histogram(a)}
 
-    def node(self, t) -> dict:
+    def node(self, t, ids=None, name=None, group=None) -> dict:
+        """``t`` for the page; ``ids``, ``name`` and ``group`` for a scan body's nodes."""
         b, kind = self.builder, node_kind(t)
+        ids = self.ids if ids is None else ids
         attrs = ", ".join(f"{k}={v}" for k, v in t.op.attrs().items() if k != "dtype") \
             if kind == "op" else ""
+        if t.op.name == "index":
+            attrs = index_text(t.op.index)
         grad = self.result.grads.get(id(t)) if self.result else None
         value = self.value(t)
         if value is None and isinstance(t.op, Constant):
             value = {"text": number(t.op.value.array), "hist": None}
-        return {"id": self.ids[id(t)], "name": b.name(t),
+        return {"id": ids[id(t)], "name": name or b.name(t),
                 "op": t.op.name if kind == "op" else kind, "attrs": attrs, "kind": kind,
-                "group": t.scope or None, "shape": list(t.shape), "dtype": t.dtype,
-                "inputs": [self.ids[id(x)] for x in t.inputs],
+                "group": group or t.scope or None, "shape": list(t.shape), "dtype": t.dtype,
+                "inputs": [ids[id(x)] for x in t.inputs],
                 "failed": isinstance(t.op, Input) and t.op.label in b.failed_inputs,
                 "loc": str(t.loc) if t.loc else None,
                 "value": value, "grad": self.value(grad)}
 
-    def edge(self, e) -> dict:
+    def edge(self, e, labels=None, ids=None) -> dict:
+        """A backward edge; ``labels`` (a builder) and ``ids`` for a scan body's edges."""
         b, z = self.builder, e.forward
+        labels, ids = labels or b, ids or self.ids
         x = z.inputs[e.operand]
-        lines = b.edge_label(e, self.loss)  # b.values is None: formulas only
+        lines = labels.edge_label(e, None if labels is not b else self.loss)
         up, local, down = (line.split(" = ", 1)[1] for line in lines[:3])
-        return {"from": self.ids[id(z)], "to": self.ids[id(x)], "operand": e.operand,
+        return {"from": ids[id(z)], "to": ids[id(x)], "operand": e.operand,
                 "up": up, "local": local, "down": down,
-                "localMath": self.local_mathml(e) if isinstance(z.op, Elementwise) else None,
+                "localMath": self.local_mathml(e, labels) if isinstance(z.op, Elementwise)
+                else None,
                 "upValue": self.value(e.upstream), "localValue": self.value(e.local),
                 "downValue": self.value(e.downstream),
                 "failed": (id(z), e.operand) in b.failed_edges}
 
-    def local_mathml(self, e) -> str:
+    def local_mathml(self, e, labels=None) -> str:
         """dz/dx of an elementwise op as presentation MathML, symbols named as in the graph."""
-        z, fn = e.forward, e.forward.op.fn
-        names = {a: self.builder.name(t) for a, t in zip(fn.args, z.inputs)}
-        names[fn.out] = self.builder.name(z)
+        z, fn, labels = e.forward, e.forward.op.fn, labels or self.builder
+        names = {a: labels.name(t) for a, t in zip(fn.args, z.inputs)}
+        names[fn.out] = labels.name(z)
         names.update({s: str(v) for s, (_, v) in zip(fn.param_symbols, z.op.params)})
         expr = fn.derivatives[e.operand]
         expr = expr.xreplace({s: sp.Symbol(names[s]) for s in expr.free_symbols if s in names})

@@ -11,8 +11,8 @@ from sympy.printing.str import StrPrinter
 
 from graphc.graph import display_name, node_names, scalar_text
 
-__all__ = ["display_name", "fit", "formula", "node_names", "number", "scalar_text",
-           "shorten", "template"]
+__all__ = ["display_name", "fit", "formula", "index_text", "node_names", "number",
+           "scalar_text", "shorten", "template"]
 
 MAX_LABEL = 64
 
@@ -28,6 +28,20 @@ def shorten(text: str, limit: int = MAX_LABEL) -> str:
         return text
     cut = text.rfind(" ", 0, limit - 1)
     return (text[:cut] if cut > 0 else text[:limit - 2]).rstrip(" ,+·=") + " …"
+
+
+def index_text(index) -> str:
+    """A static index (``Index.index``) as Python writes it.
+
+    >>> index_text((("slice", None, None, None), ("slice", 12, 16, None), ("int", -1)))
+    '[:, 12:16, -1]'
+    """
+    def one(kind, *rest):
+        if kind == "slice":
+            start, stop, step = ("" if v is None else str(v) for v in rest)
+            return f"{start}:{stop}" + (f":{step}" if step else "")
+        return str(rest[0]) if kind == "int" else "None" if kind == "newaxis" else "[…]"
+    return "[" + ", ".join(one(*entry) for entry in index) + "]"
 
 
 def fit(fields, limit: int, sep: str = ", ") -> str:

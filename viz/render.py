@@ -19,7 +19,8 @@ from graphc.graph import Graph, as_outputs, node_kind, node_names
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import GraphError, Tensor
 
-from .labels import formula, number, shorten, template
+from .labels import formula, index_text, number, shorten, template
+from .loops import ScanDrawing, instances, is_scan
 
 LINE = 90  # characters in an edge label's line
 AUTO_COLLAPSE = 100  # nodes above which render(collapse=None) draws each layer as one box
@@ -130,6 +131,7 @@ class _Builder:
         self.failed_edges = {(id(e.node), e.operand) for e in check.bad_edges} if check \
             else set()
         self.node_ids: dict[int, str] = {}
+        self.scans: list[ScanDrawing] = []  # the scans drawn as clusters (add_forward)
         self.into: dict[int, list] = {}  # id(x) -> backward edges arriving at x
         self.lname = outputs[0].display or "L"  # the differentiated output, in labels
 
@@ -154,16 +156,27 @@ class _Builder:
         return f"scope_{g}" if g else self.node_ids[id(t)]
 
     # -- forward --------------------------------------------------------------------
-    def node_label(self, t: Tensor, grad=None) -> str:
+    def node_label(self, t: Tensor, grad=None, names=None) -> str:
+        """``t``'s box: op, name, shape, value (and gradient); ``names``: the names of the
+        graph ``t`` is in, when it is not the outer graph (a scan's body)."""
         kind = node_kind(t)
         shape = f"{_shape(t)} {t.dtype}"
-        name = self.name(t)
-        if kind in ("input", "param"):
+        names = self.names if names is None else names
+        name = names.get(id(t), t.name)
+        if is_scan(t):
+            kind_, i = t.op.out
+            what = {"carry": "final carry", "y": "ys", "cin": "carries in"}[kind_]
+            lines = [f"scan: {what} {i}", f"{name}: {shape}"]
+        elif kind in ("input", "param"):
             lines = [f"{kind} {name}", shape]
             if kind == "param":
                 lines.append(f"{t.size:,} params")
         elif kind == "constant":
             lines = [f"const {number(t.op.value.array, 40)}", shape]
+        elif t.op.name == "index":  # lstm.add[:, 12:16]
+            x = t.inputs[0]
+            lines = [shorten(names.get(id(x), x.name) + index_text(t.op.index), 40),
+                     f"{name}: {shape}"]
         else:
             attrs = ", ".join(f"{k}={v}" for k, v in t.op.attrs().items() if k != "dtype")
             lines = [shorten(f"{t.op.name}({attrs})", 40)] if attrs else \
@@ -175,6 +188,9 @@ class _Builder:
             lines.append(f"∂{self.lname}/∂{name}")
             lines.append(f"= {number(self.values[id(grad)], 48)}")
         return "\\n".join(lines)
+
+    def style(self, t: Tensor) -> dict:
+        return dict(_STYLE[node_kind(t)])
 
     def add_forward(self, grads=None):
         clusters: dict[str, graphviz.Digraph] = {}
@@ -203,10 +219,17 @@ class _Builder:
             ops = sum(1 for t in members if node_kind(t) == "op")
             self.dot.node(f"scope_{g}", f"{g.rsplit('/', 1)[-1]}\\n{params:,} params\\n{ops} ops",
                           shape="box3d", style="filled", fillcolor="#ede9fe", color="#6d28d9")
+        self.scans = [ScanDrawing(self, nodes, k) for k, nodes in
+                      enumerate(instances(self.graph.nodes)) if not self.group(nodes[0])]
+        for drawing in self.scans:
+            scope = drawing.outputs[0].scope
+            drawing.draw(self._cluster(clusters, scope) if scope else self.dot)
         for parent, sub in sorted(clusters.items(), key=lambda kv: -kv[0].count("/")):
             self._attach(clusters, parent, sub)
         seen = set()
         for t in self.graph.nodes:
+            if is_scan(t) and not self.group(t):
+                continue  # its inputs feed the drawn body (ScanDrawing)
             for k, x in enumerate(t.inputs):
                 a, b = self.dot_id(x), self.dot_id(t)
                 if a == b or (a, b, k) in seen:
@@ -303,6 +326,8 @@ class _Builder:
             self.dot.edge(a, b, label=label, color=color, fontcolor=color, style="dashed",
                           constraint="false", penwidth="2.2" if failed else "1.2",
                           arrowhead="vee")
+        for drawing in self.scans:
+            drawing.draw_backward()
 
     def add_backward_only(self, result, loss):
         """Nodes are the gradients dL/dz; edges the labelled backward edges."""
@@ -356,9 +381,13 @@ class _Builder:
             if self.values is not None and id(t) in self.values and kind != "constant":
                 label.append(f"= {number(self.values[id(t)], 48)}")
             self.dot.node(self.node_ids[id(t)], "\\n".join(label), **attrs)
+        self.names = names  # the scans' bodies (forward and backward) name theirs after these
+        for k, nodes in enumerate(instances(ir.nodes)):
+            ScanDrawing(self, nodes, k).draw(self.dot)
         for t in ir.nodes:
-            for x in t.inputs:
-                self.dot.edge(self.node_ids[id(x)], self.node_ids[id(t)])
+            if not is_scan(t):
+                for x in t.inputs:
+                    self.dot.edge(self.node_ids[id(x)], self.node_ids[id(t)])
 
 
 def _unique(name: str, taken: set) -> str:
@@ -379,16 +408,32 @@ def _is_number(text: str) -> bool:
 
 def _direction(graph: Graph) -> str:
     """Top to bottom for deep chains of ops (more ranks than twice the widest rank, and
-    over 6; leaves, which sit beside their users, not counted), else left to right."""
-    depth: dict[int, int] = {}
-    for t in graph.nodes:
-        depth[id(t)] = 1 + max((depth[id(i)] for i in t.inputs), default=-1)
-    ops = [depth[id(t)] for t in graph.nodes if t.inputs]
+    over 6; leaves, which sit beside their users, not counted), else left to right.  A
+    scan's body is drawn inside the graph: its ops count, after the scan's inputs."""
+    ops = _depths(graph.nodes, 0)
     if not ops:
         return "LR"
     ranks = max(ops)
     widest = max(ops.count(d) for d in set(ops))
     return "TB" if ranks > 6 and ranks > 2 * widest else "LR"
+
+
+def _depths(nodes, start: int) -> list[int]:
+    """The rank of every op among ``nodes`` and in the bodies of their scans (each once)."""
+    depth: dict[int, int] = {}
+    ops, seen = [], set()
+    for t in nodes:
+        depth[id(t)] = 1 + max((depth.get(id(i), start - 1) for i in t.inputs),
+                               default=start - 1)
+        if is_scan(t):
+            body = _depths(t.op.loop.graph.nodes, depth[id(t)])
+            if t.op.loop not in seen:
+                seen.add(t.op.loop)
+                ops += body
+            depth[id(t)] = max(body, default=depth[id(t)]) + 1
+        if t.inputs:
+            ops.append(depth[id(t)])
+    return ops
 
 
 def _collapse_level(graph: Graph, collapse) -> int | None:

@@ -1,0 +1,257 @@
+"""gc.nn.RNN, LSTM and GRU built on gc.scan (graphc/nn.py): the same values and gradients
+as the unrolled form (``unroll=True``, the reference) and as torch.nn.RNN/LSTM/GRU with
+copied weights, bidirectional included, in float64 on the NumPy backend; truncated BPTT as
+torch's ``detach()`` every k steps; a graph whose size does not depend on T; and the
+diagrams of a scan (one copy of the body, the carry as a back edge labelled with T)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+import graphc.nn as nn
+
+torch = pytest.importorskip("torch")
+T = torch.nn
+
+F64 = "float64"
+GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+
+
+def _t(a, grad=False):
+    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
+
+
+def _weights(kind, layer, vals, rng, tm=None):
+    """Random weights for ``layer`` in ``vals``, copied into the torch module ``tm``."""
+    G, H, Fdim = GATES[kind], layer.hidden_size, layer.input_size
+    for suffix in ("", "_reverse") if layer.bidirectional else ("",):
+        w_ih, w_hh = rng.normal(size=(G * H, Fdim)) * 0.5, rng.normal(size=(G * H, H)) * 0.5
+        b_ih, b_hh = rng.normal(size=G * H) * 0.5, rng.normal(size=G * H) * 0.5
+        vals[layer[f"W_x{suffix}"].name] = w_ih.T
+        vals[layer[f"W_h{suffix}"].name] = w_hh.T
+        if kind == "GRU":
+            vals[layer[f"b_x{suffix}"].name] = b_ih
+            vals[layer[f"b_h{suffix}"].name] = b_hh
+        else:
+            vals[layer[f"b{suffix}"].name] = b_ih + b_hh
+        if tm is not None:
+            with torch.no_grad():
+                for name, v in (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih),
+                                ("bias_hh", b_hh)):
+                    getattr(tm, f"{name}_l0{suffix}").copy_(_t(v))
+
+
+def _problem(kind, bidirectional=False, N=2, Tn=5, Fdim=3, H=4, seed=0, with_state=True,
+             name=None):
+    """A layer, its input and initial-state tensors, feeds, and the torch twin."""
+    rng = np.random.default_rng(seed)
+    layer = getattr(nn, kind)(Fdim, H, bidirectional=bidirectional, dtype=F64, name=name)
+    tm = getattr(T, kind)(Fdim, H, batch_first=True, bidirectional=bidirectional).double()
+    x = gc.input("x", (N, Tn, Fdim), F64)
+    vals = {"x": rng.normal(size=(N, Tn, Fdim))}
+    _weights(kind, layer, vals, rng, tm)
+    D = 2 if bidirectional else 1
+    names = (["h0", "c0"] if kind == "LSTM" else ["h0"]) if with_state else []
+    ins = [gc.input(n, (D, N, H) if bidirectional else (N, H), F64) for n in names]
+    for n in names:
+        vals[n] = rng.normal(size=(D, N, H))[0 if not bidirectional else slice(None)]
+    state = (tuple(ins) if kind == "LSTM" else ins[0]) if with_state else None
+    return layer, tm, x, ins, state, vals
+
+
+def _flat(ys, last):
+    return [ys, *(last if isinstance(last, tuple) else [last])]
+
+
+def _values_and_grads(outs, wrt, vals, backend="numpy"):
+    """Values of ``outs`` and the gradients of sum_k sum(outs[k] * R_k) (R random)."""
+    rng = np.random.default_rng(123)
+    R = [rng.normal(size=t.shape) for t in outs]
+    loss = sum((gc.sum(t * gc.constant(r.astype(t.dtype))) for t, r in zip(outs, R)),
+               gc.constant(0.0, dtype=outs[0].dtype))
+    f = gc.compile([*outs, *gc.grad(loss, list(wrt))], backend=backend)
+    res = f({n: vals[n] for n in f.input_names})
+    return res[:len(outs)], res[len(outs):], R
+
+
+def _scans(outputs):
+    """The loops run by the graph of ``outputs`` (a scan is one node per output)."""
+    loops = []
+    for t in gc.Graph(outputs).nodes:
+        if t.op.name == "scan" and t.op.loop not in loops:
+            loops.append(t.op.loop)
+    return loops
+
+
+# ---------------------------------------------------------------------------------------
+# Values and gradients: scan == unrolled == torch
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_scan_matches_unrolled_and_torch(kind, bidirectional):
+    layer, tm, x, ins, state, vals = _problem(kind, bidirectional, seed=GATES[kind])
+    params = list(layer.parameters().values())
+    assert not layer.unroll  # scan is the default
+    scanned = _flat(*layer(x, state))
+    assert len(_scans(scanned)) == (2 if bidirectional else 1)
+    layer.unroll = True
+    unrolled = _flat(*layer(x, state))
+    assert not _scans(unrolled)
+    wrt = [x, *ins, *params]
+    v_scan, g_scan, R = _values_and_grads(scanned, wrt, vals)
+    v_unr, g_unr, _ = _values_and_grads(unrolled, wrt, vals)
+    for a, b in zip(v_scan + g_scan, v_unr + g_unr):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    xt = _t(vals["x"], True)
+    st = [_t(vals[n] if bidirectional else vals[n][None], True) for n in ("h0", "c0")
+          if n in vals]
+    yt, lt = tm(xt, tuple(st) if kind == "LSTM" else st[0])
+    lt = list(lt) if kind == "LSTM" else [lt]
+    lt_ours = lt if bidirectional else [s[0] for s in lt]
+    torch_outs = [yt, *lt_ours]
+    sum((o * _t(r)).sum() for o, r in zip(torch_outs, R)).backward()
+    for ours, theirs in zip(v_scan, torch_outs):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+    gx, gstate, gparams = g_scan[0], g_scan[1:1 + len(ins)], g_scan[1 + len(ins):]
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for g, s in zip(gstate, st):
+        np.testing.assert_allclose(g, s.grad.numpy() if bidirectional else s.grad[0].numpy(),
+                                   rtol=1e-10, atol=1e-12)
+    pg = dict(zip(layer.parameters(), gparams))
+    for suffix in ("", "_reverse") if bidirectional else ("",):
+        for ours, theirs in (("W_x", "weight_ih"), ("W_h", "weight_hh")):
+            np.testing.assert_allclose(pg[layer[ours + suffix].name],
+                                       getattr(tm, f"{theirs}_l0{suffix}").grad.numpy().T,
+                                       rtol=1e-10, atol=1e-12)
+        bias = "b_x" if kind == "GRU" else "b"
+        np.testing.assert_allclose(pg[layer[bias + suffix].name],
+                                   getattr(tm, f"bias_ih_l0{suffix}").grad.numpy(),
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_zero_initial_state_and_list_input():
+    layer, tm, x, _, _, vals = _problem("GRU", with_state=False, seed=4)
+    ys, h = layer(x)
+    xs = [gc.input(f"x{t}", (2, 3), F64) for t in range(5)]
+    ys_list, h_list = layer(xs)
+    assert isinstance(ys_list, list) and len(ys_list) == 5 and ys_list[0].shape == (2, 4)
+    assert len(_scans([ys, h])) == 1 and len(_scans(ys_list)) == 1
+    feeds = dict(vals, **{f"x{t}": vals["x"][:, t] for t in range(5)})
+    f = gc.compile([ys, h, h_list, *ys_list], backend="numpy")
+    y, hv, hl, *yl = f({n: feeds[n] for n in f.input_names})
+    yt, htt = tm(_t(vals["x"]))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(hv, htt[0].detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(hl, hv, rtol=1e-12)
+    np.testing.assert_allclose(np.stack(yl, 1), y, rtol=1e-12)
+
+
+def test_bidirectional_returns_and_errors():
+    lstm = nn.LSTM(3, 5, bidirectional=True, name="bi")
+    ys, (h, c) = lstm(gc.input("seq", (2, 6, 3)))
+    assert ys.shape == (2, 6, 10) and h.shape == c.shape == (2, 2, 5)
+    assert set(lstm.parameters()) == {"bi_W_x", "bi_W_h", "bi_b", "bi_W_x_reverse",
+                                      "bi_W_h_reverse", "bi_b_reverse"}
+    last = nn.GRU(3, 4, bidirectional=True, returns="last")(gc.input("seq", (2, 6, 3)))
+    assert last.shape == (2, 8)  # forward and backward final h, concatenated
+    with pytest.raises(gc.ShapeError, match=r"initial state must be \(2, 2, 5\)"):
+        lstm(gc.input("seq", (2, 6, 3)), (gc.input("h", (2, 5)), gc.input("c", (2, 5))))
+
+
+# ---------------------------------------------------------------------------------------
+# Truncated BPTT and graph size
+
+
+def _torch_truncated_lstm(tm, xv, k):
+    """torch reference for truncated BPTT: detach (h, c) every k steps."""
+    cell = T.LSTMCell(tm.input_size, tm.hidden_size).double()
+    with torch.no_grad():
+        for a in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, a).copy_(getattr(tm, f"{a}_l0"))
+    xt = _t(xv, True)
+    h = c = torch.zeros(xv.shape[0], tm.hidden_size, dtype=torch.float64)
+    outs = []
+    for t in range(xv.shape[1]):
+        if t and t % k == 0:
+            h, c = h.detach(), c.detach()
+        h, c = cell(xt[:, t], (h, c))
+        outs.append(h)
+    return xt, torch.stack(outs, 1), cell
+
+
+def test_truncated_scan_cuts_gradients_every_k_steps():
+    k = 3
+    layer, tm, x, _, _, vals = _problem("LSTM", Tn=7, with_state=False, seed=8)
+    layer.truncate = k
+    ys, _ = layer(x, training=True)
+    assert _scans([ys])[0].truncate == k
+    assert not nn.resolve_cuts(ys)  # no stop-gradient inputs to feed: the scan truncates
+    params = list(layer.parameters().values())
+    (y,), grads, R = _values_and_grads([ys], [x, *params], vals)
+    xt, yt, cell = _torch_truncated_lstm(tm, vals["x"], k)
+    (yt * _t(R[0])).sum().backward()
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10)
+    for ours, theirs in zip(grads, [xt.grad, cell.weight_ih.grad.T, cell.weight_hh.grad.T,
+                                    cell.bias_ih.grad]):
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
+    (_,), full, _ = _values_and_grads([layer(x)[0]], [x, *params], vals)
+    assert not np.allclose(full[2], grads[2])  # evaluation mode does not truncate
+
+
+def test_graph_size_does_not_depend_on_sequence_length():
+    def size(Tn, unroll=False):
+        lstm = nn.LSTM(3, 4, unroll=unroll, bidirectional=True, name=f"len{Tn}")
+        ys, (h, c) = lstm(gc.input("x", (2, Tn, 3)))
+        loss = gc.mean(ys) + gc.mean(h * c)
+        grads = [] if unroll else gc.grad(loss, list(lstm.parameters().values()))
+        return len(gc.Graph([loss]).nodes), len(gc.Graph([loss, *grads]).nodes)
+
+    assert size(5) == size(60)
+    assert size(5)[1] < 100  # forward and backward
+    assert size(60, unroll=True)[0] > 10 * size(5)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Diagrams: one copy of the body, the carry as a back edge labelled with T
+
+
+def _lstm_loss(Tn):
+    lstm = nn.LSTM(3, 4, name="lstm")
+    ys, _ = lstm(gc.input("x", (2, Tn, 3)))
+    return gc.mean(ys)
+
+
+def test_render_draws_one_body_with_the_carry_as_a_back_edge():
+    src = gc.render(_lstm_loss(7), backward=True).source
+    assert src.count("scan over T=7 steps") == 1
+    assert src.count('label="carry ×T=7"') == 2  # h and c
+    assert src.count("sigmoid") == 3 and "i: 2×4 float32" in src  # gates i, f, o once
+    # the body's edges carry their gradients; the carry's comes back from step t + 1
+    assert "upstream ∂L/∂h = ∂L/∂h_prev of step t+1 + ∂L/∂ys0[t]" in src
+    assert "local ∂c/∂lstm.mul = 1" in src or "local ∂h/∂o = lstm.tanh" in src
+    assert "downstream ∂L/∂h_prev = ∂L/∂lstm.matmul_2 @ lstm_W_hᵀ" in src
+    assert "downstream ∂L/∂lstm_W_h = h_prevᵀ @ ∂L/∂lstm.matmul_2 (summed over t)" in src
+    long = gc.render(_lstm_loss(50), backward=True).source
+    assert (long.count("->"), long.count("\n")) == (src.count("->"), src.count("\n"))
+
+
+def test_explorer_shows_the_scan_as_a_group_with_its_body():
+    import json
+    page = gc.explore(_lstm_loss(5)).html()
+    start = page.index("application/json\">") + len("application/json\">")
+    data = json.loads(page[start:page.index("</script>", start)].replace("<\\/", "</"))
+    (group,) = [g for g in data["groups"] if "carry" in g]
+    assert group["name"] == "scan over T=5 steps" and group["parent"] == "lstm"
+    body = {n["name"]: n for n in data["nodes"] if n["group"] == group["id"]}
+    assert {"h_prev", "c_prev", "x_t", "i", "f", "g", "o", "c", "h"} <= set(body)
+    assert [[a, b] for a, b, _ in group["carry"]] == \
+        [[body["h"]["id"], body["h_prev"]["id"]], [body["c"]["id"], body["c_prev"]["id"]]]
+    ids = [n["id"] for n in data["nodes"]]
+    for n in data["nodes"]:  # listed in an order where every input comes first
+        assert all(ids.index(x) < ids.index(n["id"]) for x in n["inputs"])
+    ups = {e["up"] for e in data["edges"] if e["from"] == body["h"]["id"]}
+    assert ups == {"∂L/∂h_prev of step t+1 + ∂L/∂ys0[t]"}
