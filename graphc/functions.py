@@ -73,6 +73,13 @@ sin, cos, maximum, minimum, prelu = ew.sin, ew.cos, ew.maximum, ew.minimum, ew.p
 add, sub, mul, div, power = ew.add, ew.sub, ew.mul, ew.div, ew.pow_
 less, less_equal, greater, greater_equal = ew.less, ew.less_equal, ew.greater, ew.greater_equal
 equal, not_equal = ew.equal, ew.not_equal
+relu6, hardsigmoid, hardswish, softsign = ew.relu6, ew.hardsigmoid, ew.hardswish, ew.softsign
+logsigmoid, selu, mish = ew.logsigmoid, ew.selu, ew.mish
+sign, floor, ceil, round, trunc = ew.sign, ew.floor, ew.ceil, ew.round_, ew.trunc  # noqa: A001
+erf, erfc, tan, asin, acos, atan = ew.erf, ew.erfc, ew.tan, ew.asin, ew.acos, ew.atan
+atan2, sinh, cosh, asinh, acosh, atanh = ew.atan2, ew.sinh, ew.cosh, ew.asinh, ew.acosh, ew.atanh
+log2, log10, exp2, expm1, log1p = ew.log2, ew.log10, ew.exp2, ew.expm1_, ew.log1p_
+rsqrt, cbrt = ew.rsqrt, ew.cbrt
 elementwise = ew.elementwise
 
 
@@ -84,6 +91,40 @@ def leaky_relu(x, alpha=0.01) -> Tensor:
 def elu(x, alpha=1.0) -> Tensor:
     """x for x > 0, alpha * (exp(x) - 1) otherwise."""
     return ew.elu(x, alpha=alpha)
+
+
+def _number(name, key, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise GraphError(located(f"{name}: {key} must be a number, got {value!r}"))
+    return float(value)
+
+
+def clip(x, min=None, max=None) -> Tensor:  # noqa: A002
+    """``x`` limited to [min, max] (either bound may be None), as ``torch.clamp``: the
+    gradient is 1 on [min, max], bounds included, else 0; where min > max the result is max."""
+    if min is None and max is None:
+        raise GraphError(located("clip: at least one of min and max must be a number"))
+    if max is None:
+        return ew.clip_min(x, min=_number("clip", "min", min))
+    if min is None:
+        return ew.clip_max(x, max=_number("clip", "max", max))
+    return ew.clip(x, min=_number("clip", "min", min), max=_number("clip", "max", max))
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0) -> Tensor:
+    """``x`` limited to [min_val, max_val]; gradient 1 strictly inside, 0 at and beyond the
+    bounds (as ``torch.nn.functional.hardtanh``)."""
+    lo, hi = _number("hardtanh", "min_val", min_val), _number("hardtanh", "max_val", max_val)
+    if lo > hi:
+        raise GraphError(located(f"hardtanh: min_val {lo} is greater than max_val {hi}"))
+    return ew.hardtanh(x, min_val=lo, max_val=hi)
+
+
+def celu(x, alpha=1.0) -> Tensor:
+    """x for x > 0, alpha * (exp(x / alpha) - 1) otherwise."""
+    if _number("celu", "alpha", alpha) == 0:
+        raise GraphError(located("celu: alpha must not be 0"))
+    return ew.celu(x, alpha=alpha)
 
 
 def gelu(x, approximate="none") -> Tensor:
@@ -142,6 +183,79 @@ def mean(x, axis=None, keepdims=False) -> Tensor:
     total = sum(x, axis, keepdims)
     count = x.size // builtins.max(total.size, 1) if x.size else 0
     return total / count if count != 1 else total
+
+
+def prod(x, axis=None, keepdims=False) -> Tensor:
+    """Product over ``axis``; integers give int64.  Gradient: the product of the other
+    elements, exact where x holds zeros (the second derivative is not supported)."""
+    x = as_tensor(x)
+    probe = st.Prod(())
+    return Tensor.make(st.Prod(st.normalize_axes(probe, axis, x.ndim, (x,)), bool(keepdims)),
+                       (x,))
+
+
+def var(x, axis=None, correction=1, keepdims=False) -> Tensor:
+    """Variance over ``axis``: sum((x - mean)^2) / (n - correction), as ``torch.var``
+    (``correction=1``, the default, is the unbiased estimate; 0 the population variance;
+    n <= correction gives inf or NaN, as PyTorch)."""
+    x = as_tensor(x)
+    st.normalize_axes(st.Reduce("var", ()), axis, x.ndim, (x,))  # errors name var
+    if not dtypes.is_float(x.dtype):
+        x = cast(x, dtypes.DEFAULT_FLOAT)
+    d = x - mean(x, axis, keepdims=True)
+    total = sum(square(d), axis, keepdims)
+    n = x.size // builtins.max(total.size, 1) if x.size else 0
+    return total / float(builtins.max(n - correction, 0))
+
+
+def std(x, axis=None, correction=1, keepdims=False) -> Tensor:
+    """Standard deviation: sqrt(var(x, axis, correction)); its gradient is 0 where the
+    deviation is 0 (as ``torch.std``), not 0 · inf."""
+    return _std_sqrt(var(x, axis, correction, keepdims))
+
+
+_std_sqrt = ew._predefined("std_sqrt", lambda v: sp.Piecewise((sp.sqrt(v), sp.Ne(v, 0)),
+                                                              (0, True)))
+
+
+def _arg_reduce(kind, x, axis, keepdims) -> Tensor:
+    x = as_tensor(x)
+    if axis is not None:
+        axis = _one_axis(st.ArgReduce(kind, 0), x, axis)
+    return Tensor.make(st.ArgReduce(kind, axis, bool(keepdims)), (x,))
+
+
+def argmax(x, axis=None, keepdims=False) -> Tensor:
+    """Index (int64) of the first maximum along ``axis`` (None: in the flattened x)."""
+    return _arg_reduce("argmax", x, axis, keepdims)
+
+
+def argmin(x, axis=None, keepdims=False) -> Tensor:
+    """Index (int64) of the first minimum along ``axis`` (None: in the flattened x)."""
+    return _arg_reduce("argmin", x, axis, keepdims)
+
+
+def _bool_reduce(kind, x, axis, keepdims) -> Tensor:
+    x = as_tensor(x)
+    probe = st.BoolReduce(kind, ())
+    return Tensor.make(st.BoolReduce(kind, st.normalize_axes(probe, axis, x.ndim, (x,)),
+                                     bool(keepdims)), (x,))
+
+
+def any(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
+    """Whether some element over ``axis`` is nonzero (bool)."""
+    return _bool_reduce("any", x, axis, keepdims)
+
+
+def all(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
+    """Whether every element over ``axis`` is nonzero (bool)."""
+    return _bool_reduce("all", x, axis, keepdims)
+
+
+def cumsum(x, axis) -> Tensor:
+    """Running sums along ``axis``; integers and bools give int64 (as ``torch.cumsum``)."""
+    x = as_tensor(x)
+    return Tensor.make(st.CumSum(_one_axis(st.CumSum(0), x, axis)), (x,))
 
 
 def logsumexp(x, axis=None, keepdims=False) -> Tensor:

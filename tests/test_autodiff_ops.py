@@ -122,6 +122,9 @@ class EwSpec:
     domains: tuple            # one sampler(shape) per argument
     params: tuple = ({},)     # parameter variants
     shapes: tuple | None = None  # argument shapes per variant (default: by arity)
+    edges: tuple = ()         # kinks and domain ends to add to EDGE_POINTS
+    nan_outside: tuple = ()   # (unary) points outside the domain where graphc's derivative
+    #                           is NaN and PyTorch's formula is not (docs/autodiff.md)
 
 
 def _n(shape):
@@ -142,6 +145,44 @@ def _bool(shape):
 
 def _huber_d(shape):  # away from 0, from 0.5 and from 1.0 (the deltas used)
     return from_bands(shape, [(0.05, 0.4), (0.6, 0.9), (1.3, 2.5)])
+
+
+def _avoiding(*kinks, lo=-7.0, hi=7.0):
+    """A sampler of values in [lo, hi] at least 0.05 from each kink (finite differences
+    across a kink measure neither side)."""
+    def sample(shape):
+        x = _RNG.uniform(lo, hi, shape)
+        for _ in range(100):
+            near = np.min([np.abs(x - k) for k in kinks], axis=0) < 0.05
+            if not near.any():
+                return x
+            x = np.where(near, _RNG.uniform(lo, hi, shape), x)
+        raise AssertionError("no sample away from the kinks")
+    return sample
+
+
+def _open_unit(shape):
+    return _RNG.uniform(-0.9, 0.9, shape)
+
+
+def _above_one(shape):
+    return _RNG.uniform(1.2, 3.0, shape)
+
+
+class _TorchCbrt(torch.autograd.Function):
+    """The real cube root for PyTorch (it has none), derivative 1 / (3 y^2): +inf at 0, as
+    JAX's (sign(x) |x|^(1/3) through autograd gives NaN there)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sign(x) * torch.abs(x) ** (1 / 3)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g / (3 * y * y)
 
 
 UNARY_SHAPES = (((3, 4),), ((),))
@@ -185,6 +226,47 @@ EW_SPECS: dict[str, EwSpec] = {
         (_huber_d,), ({}, {"delta": 0.5})),
     "scaled_square": EwSpec(lambda d, scale=1.0: scale * torch.square(d), (_n,),
                             ({}, {"scale": 0.25})),
+    "clip": EwSpec(lambda x, min=-1.0, max=1.0: torch.clamp(x, min, max),  # noqa: A006
+                   (_avoiding(-1, 1, -0.5, 0.5),), ({}, {"min": -0.5, "max": 0.5},
+                                                    {"min": 0.5, "max": -0.5}), edges=(0.5,)),
+    "clip_min": EwSpec(lambda x, min=0.0: torch.clamp(x, min=min),  # noqa: A006
+                       (_avoiding(0, 0.3),), ({}, {"min": 0.3})),
+    "clip_max": EwSpec(lambda x, max=0.0: torch.clamp(x, max=max),  # noqa: A006
+                       (_avoiding(0, 0.3),), ({}, {"max": 0.3})),
+    "hardtanh": EwSpec(lambda x, min_val=-1.0, max_val=1.0: TF.hardtanh(x, min_val, max_val),
+                       (_avoiding(-1, 1, 0, 2),), ({}, {"min_val": 0.0, "max_val": 2.0})),
+    "relu6": EwSpec(TF.relu6, (_avoiding(0, 6),), edges=(6.0,)),
+    "hardsigmoid": EwSpec(TF.hardsigmoid, (_avoiding(-3, 3),), edges=(-3.0, 3.0)),
+    "hardswish": EwSpec(TF.hardswish, (_avoiding(-3, 3),), edges=(-3.0, 3.0)),
+    "softsign": EwSpec(TF.softsign, (_n,)),
+    "logsigmoid": EwSpec(TF.logsigmoid, (_n,)),
+    "celu": EwSpec(lambda x, alpha=1.0: TF.celu(x, alpha), (_away,), ({}, {"alpha": 0.5})),
+    "selu": EwSpec(TF.selu, (_away,)),
+    "mish": EwSpec(TF.mish, (_n,)),
+    "sign": EwSpec(torch.sign, (_away,)),
+    "floor": EwSpec(torch.floor, (_avoiding(*range(-7, 8)),)),
+    "ceil": EwSpec(torch.ceil, (_avoiding(*range(-7, 8)),)),
+    "round": EwSpec(torch.round, (_avoiding(*np.arange(-7.5, 8)),), edges=(0.5, 2.5)),
+    "trunc": EwSpec(torch.trunc, (_avoiding(*range(-7, 8)),)),
+    "erf": EwSpec(torch.erf, (_n,)),
+    "erfc": EwSpec(torch.erfc, (_n,)),
+    "tan": EwSpec(torch.tan, (_open_unit,)),
+    "asin": EwSpec(torch.asin, (_open_unit,)),
+    "acos": EwSpec(torch.acos, (_open_unit,)),
+    "atan": EwSpec(torch.atan, (_n,)),
+    "atan2": EwSpec(torch.atan2, (_n, _away)),
+    "sinh": EwSpec(torch.sinh, (_n,)),
+    "cosh": EwSpec(torch.cosh, (_n,)),
+    "asinh": EwSpec(torch.asinh, (_n,)),
+    "acosh": EwSpec(torch.acosh, (_above_one,), nan_outside=(-1.0,)),
+    "atanh": EwSpec(torch.atanh, (_open_unit,)),
+    "log2": EwSpec(torch.log2, (_pos,)),
+    "log10": EwSpec(torch.log10, (_pos,)),
+    "exp2": EwSpec(torch.exp2, (_n,)),
+    "expm1": EwSpec(torch.expm1, (_n,)),
+    "log1p": EwSpec(torch.log1p, (_pos,)),
+    "rsqrt": EwSpec(torch.rsqrt, (_pos,)),
+    "cbrt": EwSpec(_TorchCbrt.apply, (_away,)),
 }
 
 # Comparisons have no derivative: checked separately (no gradient flows through them).
@@ -524,7 +606,8 @@ EDGE_POINTS = (-1.0, -0.5, 0.0, 0.3, 1.0, 2.0)
 @pytest.mark.parametrize("name", sorted(EW_SPECS))
 def test_grad_at_edge_points_matches_torch(name, backend):
     op, spec = ew.REGISTRY[name], EW_SPECS[name]
-    points = [(False, True) if a.name in op.bool_args else EDGE_POINTS for a in op.args]
+    points = [(False, True) if a.name in op.bool_args else EDGE_POINTS + spec.edges
+              for a in op.args]
     grid = [np.array(col, dtype=bool if isinstance(col[0], bool) else np.float64)
             for col in zip(*itertools.product(*points))]
     xs = [gc.input(f"x{i}", g.shape, g.dtype.name) for i, g in enumerate(grid)]
@@ -537,6 +620,10 @@ def test_grad_at_edge_points_matches_torch(name, backend):
                 **{f"x{i}": g for i, g in enumerate(grid)})
         ts = [torch.tensor(g, requires_grad=g.dtype == np.float64) for g in grid]
         want = torch.autograd.grad(spec.torch_fn(*ts, **params).sum(), [ts[i] for i in wrt])
+        if spec.nan_outside:
+            outside = np.isin(grid[0], spec.nan_outside)
+            assert np.isnan(got[0][outside]).all(), (name, got[0])
+            want = [torch.where(torch.from_numpy(outside), torch.nan, want[0])]
         for i, g, w in zip(wrt, got, want, strict=True):
             np.testing.assert_allclose(g, w.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL,
                                        err_msg=f"{name}{params} d/d{op.args[i]} at "

@@ -88,6 +88,19 @@ def _huber_ref(d, delta):
     return np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
 
 
+def _softplus_ref(x, beta=1.0, threshold=20.0):
+    return np.where(beta * x > threshold, x, np.logaddexp(0, beta * x) / beta)
+
+
+def _hardswish_ref(x):
+    return np.where(x <= -3, 0, np.where(x >= 3, x, x * (x + 3) / 6))
+
+
+def _selu_ref(x):
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    return scale * np.where(x > 0, x, alpha * np.expm1(x))
+
+
 def _torch_huber(d, delta):
     return F.huber_loss(d, torch.zeros_like(d), reduction="none", delta=delta)
 
@@ -134,7 +147,8 @@ OPS: dict[str, OpSpec] = {
     "gelu": OpSpec(lambda x: x * sps.ndtr(x), lambda x: F.gelu(x), ("wide",)),
     "gelu_tanh": OpSpec(_gelu_tanh_ref, lambda x: F.gelu(x, approximate="tanh"), ("wide",)),
     "silu": OpSpec(lambda x: x * sps.expit(x), lambda x: F.silu(x), ("wide",)),
-    "softplus": OpSpec(lambda x: np.logaddexp(0, x), lambda x: F.softplus(x), ("wide",)),
+    "softplus": OpSpec(_softplus_ref, lambda x, beta, threshold: F.softplus(x, beta, threshold),
+                       ("wide",), ({"beta": 2.0, "threshold": 5.0},)),
     "maximum": OpSpec(np.maximum, lambda a, b: torch.maximum(a, b), ("grid", "grid")),
     "minimum": OpSpec(np.minimum, lambda a, b: torch.minimum(a, b), ("grid", "grid")),
     "prelu": OpSpec(lambda x, alpha: np.where(x > 0, x, alpha * x),
@@ -150,6 +164,53 @@ OPS: dict[str, OpSpec] = {
                                 ({"delta": 0.5}, {"delta": 2.0})),
     "scaled_square": OpSpec(lambda d, scale=1.0: scale * d**2,
                             lambda d, scale=1.0: scale * d**2, ("wide",), ({"scale": 0.25},)),
+    "clip": OpSpec(lambda x, min, max: np.minimum(np.maximum(x, min), max),  # noqa: A006
+                   lambda x, min, max: torch.clamp(x, min, max), ("grid",),  # noqa: A006
+                   ({"min": -0.5, "max": 1.5}, {"min": 1.0, "max": -1.0})),
+    "clip_min": OpSpec(lambda x, min: np.maximum(x, min),  # noqa: A006
+                       lambda x, min: torch.clamp(x, min=min), ("grid",),  # noqa: A006
+                       ({"min": -0.5},)),
+    "clip_max": OpSpec(lambda x, max: np.minimum(x, max),  # noqa: A006
+                       lambda x, max: torch.clamp(x, max=max), ("grid",),  # noqa: A006
+                       ({"max": 1.5},)),
+    "hardtanh": OpSpec(lambda x, min_val, max_val: np.clip(x, min_val, max_val),
+                       lambda x, min_val, max_val: F.hardtanh(x, min_val, max_val), ("grid",),
+                       ({"min_val": -0.5, "max_val": 1.5},)),
+    "relu6": OpSpec(lambda x: np.clip(x, 0, 6), lambda x: F.relu6(x), ("wide",)),
+    "hardsigmoid": OpSpec(lambda x: np.clip(x / 6 + 0.5, 0, 1), lambda x: F.hardsigmoid(x),
+                          ("wide",)),
+    "hardswish": OpSpec(_hardswish_ref, lambda x: F.hardswish(x), ("wide",)),
+    "softsign": OpSpec(lambda x: x / (1 + np.abs(x)), lambda x: F.softsign(x), ("wide",)),
+    "logsigmoid": OpSpec(lambda x: -np.logaddexp(0, -x), lambda x: F.logsigmoid(x), ("wide",)),
+    "celu": OpSpec(lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(x / alpha)),
+                   lambda x, alpha: F.celu(x, alpha), ("wide",), ({"alpha": 0.5},)),
+    "selu": OpSpec(_selu_ref, lambda x: F.selu(x), ("wide",)),
+    "mish": OpSpec(lambda x: x * np.tanh(np.logaddexp(0, x)), lambda x: F.mish(x), ("wide",)),
+    "sign": OpSpec(np.sign, lambda x: torch.sign(x), ("grid",)),
+    "floor": OpSpec(np.floor, lambda x: torch.floor(x), ("grid",)),
+    "ceil": OpSpec(np.ceil, lambda x: torch.ceil(x), ("grid",)),
+    "round": OpSpec(np.rint, lambda x: torch.round(x), ("grid",)),
+    "trunc": OpSpec(np.trunc, lambda x: torch.trunc(x), ("grid",)),
+    "erf": OpSpec(sps.erf, lambda x: torch.erf(x), ("real",)),
+    "erfc": OpSpec(sps.erfc, lambda x: torch.erfc(x), ("real",)),
+    "tan": OpSpec(np.tan, lambda x: torch.tan(x), ("real",)),
+    "asin": OpSpec(np.arcsin, lambda x: torch.asin(x), ("open_unit",)),
+    "acos": OpSpec(np.arccos, lambda x: torch.acos(x), ("open_unit",)),
+    "atan": OpSpec(np.arctan, lambda x: torch.atan(x), ("real",)),
+    "atan2": OpSpec(np.arctan2, lambda y, x: torch.atan2(y, x), ("real", "real")),
+    "sinh": OpSpec(np.sinh, lambda x: torch.sinh(x), ("real",)),
+    "cosh": OpSpec(np.cosh, lambda x: torch.cosh(x), ("real",)),
+    "asinh": OpSpec(np.arcsinh, lambda x: torch.asinh(x), ("real",)),
+    "acosh": OpSpec(np.arccosh, lambda x: torch.acosh(x), ("above_one",)),
+    "atanh": OpSpec(np.arctanh, lambda x: torch.atanh(x), ("open_unit",)),
+    "log2": OpSpec(np.log2, lambda x: torch.log2(x), ("positive",)),
+    "log10": OpSpec(np.log10, lambda x: torch.log10(x), ("positive",)),
+    "exp2": OpSpec(np.exp2, lambda x: torch.exp2(x), ("real",)),
+    "expm1": OpSpec(np.expm1, lambda x: torch.expm1(x), ("real",)),
+    "log1p": OpSpec(np.log1p, lambda x: torch.log1p(x), ("positive",)),
+    "rsqrt": OpSpec(lambda x: 1 / np.sqrt(x), lambda x: torch.rsqrt(x), ("positive",)),
+    # torch has no cbrt: its real cube root, sign(x) |x|^(1/3)
+    "cbrt": OpSpec(np.cbrt, lambda x: torch.sign(x) * torch.abs(x) ** (1 / 3), ("real",)),
 }
 
 
@@ -167,7 +228,8 @@ def sample(domain: str, shape, dtype: str, rng: np.random.Generator) -> np.ndarr
 
     real [-3, 3]; wide [-8, 8]; positive [0.1, 3]; nonzero |x| in [0.25, 3];
     exponent [-2, 2]; grid: multiples of 0.5 in [-2, 2] (ties and exact zeros);
-    unit [0, 1]; bool; ``index:N`` integers in [-N, N); ``label:N`` integers in [0, N).
+    unit [0, 1]; open_unit [-0.95, 0.95]; above_one [1.05, 4]; bool; ``index:N`` integers
+    in [-N, N); ``label:N`` integers in [0, N).
     """
     shape = tuple(shape)
     if domain == "bool":
@@ -188,7 +250,8 @@ def sample(domain: str, shape, dtype: str, rng: np.random.Generator) -> np.ndarr
         out = rng.uniform(0.25, 3.0, shape) * rng.choice([-1.0, 1.0], shape)
     else:
         low, high = {"real": (-3.0, 3.0), "wide": (-8.0, 8.0), "positive": (0.1, 3.0),
-                     "exponent": (-2.0, 2.0), "unit": (0.0, 1.0)}[domain]
+                     "exponent": (-2.0, 2.0), "unit": (0.0, 1.0), "open_unit": (-0.95, 0.95),
+                     "above_one": (1.05, 4.0)}[domain]
         out = rng.uniform(low, high, shape)
     return np.asarray(out, dtype=dtype)
 
@@ -298,6 +361,10 @@ EXPECTED_BUILTINS = {
     "abs", "sin", "cos", "tanh", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh",
     "silu", "softplus", "maximum", "minimum", "prelu", "where", "less", "less_equal",
     "greater", "greater_equal", "equal", "not_equal", "huber_elementwise", "scaled_square",
+    "clip", "clip_min", "clip_max", "hardtanh", "relu6", "hardsigmoid", "hardswish", "softsign",
+    "logsigmoid", "celu", "selu", "mish", "sign", "floor", "ceil", "round", "trunc", "erf",
+    "erfc", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh",
+    "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt",
 }
 
 
@@ -392,7 +459,7 @@ def test_broadcasting(name, shapes, dtype):
 
 
 SCALAR_FOR_DOMAIN = {"real": 2.5, "wide": 2.5, "grid": 0.5, "positive": 1.5,
-                     "nonzero": 2.5, "exponent": 1.5}
+                     "nonzero": 2.5, "exponent": 1.5, "open_unit": 0.5, "above_one": 1.5}
 
 
 def _scalar_cases():
@@ -542,7 +609,7 @@ def test_nan_propagates(name, position, dtype):
             expect_nan = nan_at & ~(arrays[0] > 0)
         np.testing.assert_array_equal(np.isnan(got), expect_nan, err_msg=name)
     assert_values(got, reference(name, arrays, dtype=dtype), dtype, what=name)
-    if torch is not None:
+    if torch is not None and name != "sign":  # torch.sign(nan) is 0; graphc's NaN (NumPy)
         assert_values(got, torch_reference(name, arrays), dtype, what=f"{name} (torch)")
 
 
