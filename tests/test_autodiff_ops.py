@@ -185,6 +185,21 @@ class _TorchCbrt(torch.autograd.Function):
         return g / (3 * y * y)
 
 
+class _TorchStdSqrt(torch.autograd.Function):
+    """sqrt with derivative 0 at 0: how torch.std's backward treats a zero deviation."""
+
+    @staticmethod
+    def forward(ctx, v):
+        y = torch.sqrt(v)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.where(y == 0, torch.zeros_like(g), g / (2 * y))
+
+
 UNARY_SHAPES = (((3, 4),), ((),))
 BINARY_SHAPES = (((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3)))
 
@@ -267,6 +282,7 @@ EW_SPECS: dict[str, EwSpec] = {
     "log1p": EwSpec(torch.log1p, (_pos,)),
     "rsqrt": EwSpec(torch.rsqrt, (_pos,)),
     "cbrt": EwSpec(_TorchCbrt.apply, (_away,)),
+    "std_sqrt": EwSpec(_TorchStdSqrt.apply, (_pos,)),
 }
 
 # Comparisons have no derivative: checked separately (no gradient flows through them).
@@ -349,6 +365,20 @@ for (kind, axis, keepdims) in itertools.product(
          functools.partial(lambda f, axis, keep, x: f(x, axis, keep),
                            _TORCH_REDUCE[kind], axis, keepdims),
          normal(2, 3, 4))
+_WITH_ZERO = normal(2, 3, 4)
+_WITH_ZERO[0, 1, 2] = 0.0
+case("prod-axis=1-zero", lambda x: gc.prod(x, 1), lambda x: torch.prod(x, 1), _WITH_ZERO)
+case("prod-all", gc.prod, torch.prod, normal(2, 3))
+case("var-axis=(0,2)", lambda x: gc.var(x, (0, 2)), lambda x: torch.var(x, (0, 2)),
+     normal(2, 3, 4))
+case("var-correction=0", lambda x: gc.var(x, 1, correction=0, keepdims=True),
+     lambda x: torch.var(x, 1, correction=0, keepdim=True), normal(2, 3, 4))
+_CONST_ROW = normal(3, 4)
+_CONST_ROW[1] = 0.5  # zero deviation: std's gradient is 0 there (torch.std)
+case("std-axis=1", lambda x: gc.std(x, 1), lambda x: torch.std(x, 1), _CONST_ROW)
+case("cumsum-axis=0", lambda x: gc.cumsum(x, 0), lambda x: torch.cumsum(x, 0), normal(3, 4))
+case("cumsum-axis=-1", lambda x: gc.cumsum(x, -1), lambda x: torch.cumsum(x, -1),
+     normal(2, 3, 4))
 case("sum-method", lambda x: x.sum(), lambda x: x.sum(), normal(3, 2))
 case("mean-method", lambda x: x.mean(axis=0), lambda x: x.mean(0), normal(3, 2))
 case("max-1d", gc.max, torch.amax, normal(7))

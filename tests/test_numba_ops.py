@@ -105,7 +105,8 @@ def elementwise_case(name, shapes, dtype, seed=0):
 GROUPED = ("clip", "clip_min", "clip_max", "hardtanh", "relu6", "hardsigmoid", "hardswish",
            "softsign", "logsigmoid", "celu", "selu", "mish", "sign", "floor", "ceil", "round",
            "trunc", "erf", "erfc", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh",
-           "asinh", "acosh", "atanh", "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt")
+           "asinh", "acosh", "atanh", "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt",
+           "std_sqrt")
 ELEMENTWISE = sorted(set(REGISTRY) - set(GROUPED))
 
 

@@ -210,6 +210,7 @@ OPS: dict[str, OpSpec] = {
     "log1p": OpSpec(np.log1p, lambda x: torch.log1p(x), ("positive",)),
     "rsqrt": OpSpec(lambda x: 1 / np.sqrt(x), lambda x: torch.rsqrt(x), ("positive",)),
     # torch has no cbrt: its real cube root, sign(x) |x|^(1/3)
+    "std_sqrt": OpSpec(np.sqrt, lambda v: torch.sqrt(v), ("positive",)),
     "cbrt": OpSpec(np.cbrt, lambda x: torch.sign(x) * torch.abs(x) ** (1 / 3), ("real",)),
 }
 
@@ -993,9 +994,45 @@ def _loss_cases():
     return out
 
 
+def _more_reduction_cases():
+    def t_argmin_flat(t):
+        return torch.argmin(t)
+    return [
+        Case("prod-axis=1", lambda x: gc.prod(x, axis=1), lambda x: np.prod(x, axis=1),
+             torch_fn=lambda t: torch.prod(t, 1)),
+        Case("prod-all-keepdims", lambda x: gc.prod(x, keepdims=True),
+             lambda x: np.prod(x, keepdims=True), (Arg((2, 3)),)),
+        Case("prod-int32", lambda x: gc.prod(x, axis=0), lambda x: np.prod(x, axis=0),
+             (Arg((3, 4), "int32"),), out_dtype="int64"),
+        Case("var-axis=(0,2)", lambda x: gc.var(x, axis=(0, 2)),
+             lambda x: np.var(x, axis=(0, 2), ddof=1), torch_fn=lambda t: torch.var(t, (0, 2))),
+        Case("var-correction=0-keepdims", lambda x: gc.var(x, 1, correction=0, keepdims=True),
+             lambda x: np.var(x, axis=1, keepdims=True),
+             torch_fn=lambda t: torch.var(t, 1, correction=0, keepdim=True)),
+        Case("std-all", gc.std, lambda x: np.std(x, ddof=1), torch_fn=lambda t: torch.std(t)),
+        Case("std-axis=-1", lambda x: gc.std(x, -1), lambda x: np.std(x, axis=-1, ddof=1),
+             torch_fn=lambda t: torch.std(t, -1)),
+        Case("argmax-axis=1", lambda x: gc.argmax(x, axis=1), lambda x: np.argmax(x, axis=1),
+             out_dtype="int64", torch_fn=lambda t: torch.argmax(t, 1)),
+        Case("argmin-flat", gc.argmin, np.argmin, out_dtype="int64", torch_fn=t_argmin_flat),
+        Case("argmax-keepdims", lambda x: gc.argmax(x, -1, keepdims=True),
+             lambda x: np.argmax(x, -1, keepdims=True), (Arg((3, 4), None, "grid"),),
+             out_dtype="int64", torch_fn=lambda t: torch.argmax(t, -1, keepdim=True)),
+        Case("any-axis=0", lambda x: gc.any(x > 1.0, axis=0), lambda x: np.any(x > 1, 0),
+             out_dtype="bool"),
+        Case("all-keepdims", lambda x: gc.all(x, axis=(1, 2), keepdims=True),
+             lambda x: np.all(x, (1, 2), keepdims=True), (Arg((2, 3, 4), None, "grid"),),
+             out_dtype="bool"),
+        Case("cumsum-axis=1", lambda x: gc.cumsum(x, 1), lambda x: np.cumsum(x, 1),
+             torch_fn=lambda t: torch.cumsum(t, 1)),
+        Case("cumsum-bool", lambda x: gc.cumsum(x, -1), lambda x: np.cumsum(x, -1),
+             (Arg((3, 4), "bool", "bool"),), out_dtype="int64"),
+    ]
+
+
 LOSS_CASES = _loss_cases()
 ALL_CASES = (_reduction_cases() + _softmax_cases() + _matmul_cases() + STRUCTURE_CASES
-             + LOSS_CASES)
+             + LOSS_CASES + _more_reduction_cases())
 TORCH_CASES = [c for c in ALL_CASES if c.torch_fn is not None]
 
 
