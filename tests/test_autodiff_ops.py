@@ -422,6 +422,21 @@ for axis in (0, 1, 2, -1, -3):
     case(f"stack-axis={axis}", functools.partial(lambda a, *xs: gc.stack(list(xs), a), axis),
          functools.partial(lambda a, *xs: torch.stack(xs, a), axis),
          normal(2, 3), normal(2, 3), normal(2, 3))
+case("flip-(0,2)", lambda x: gc.flip(x, (0, 2)), lambda x: torch.flip(x, (0, 2)),
+     normal(2, 3, 4))
+case("tile-(2,1,3)", lambda x: gc.tile(x, (2, 1, 3)), lambda x: torch.tile(x, (2, 1, 3)),
+     normal(2, 3))
+case("conv1d", lambda x, w: gc.conv1d(x, w, stride=2, padding=1, dilation=2, groups=2),
+     lambda x, w: TF.conv1d(x, w, stride=2, padding=1, dilation=2, groups=2),
+     normal(2, 4, 9), normal(6, 2, 3))
+case("conv_transpose2d",
+     lambda x, w: gc.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, groups=2),
+     lambda x, w: TF.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, groups=2),
+     normal(1, 4, 3, 3), normal(4, 1, 3, 2))
+case("conv_transpose2d-dilation-bias",
+     lambda x, w, b: gc.conv_transpose2d(x, w, stride=(1, 2), dilation=2, bias=b),
+     lambda x, w, b: TF.conv_transpose2d(x, w, b, stride=(1, 2), dilation=2),
+     normal(2, 2, 3, 2), normal(2, 3, 2, 2), normal(3))
 case("concat-same-twice", lambda x: gc.concat([x, x], 0), lambda x: torch.cat([x, x], 0),
      normal(2, 3))
 
@@ -487,6 +502,26 @@ case("loss-softmax-ce-int32", gc.softmax_cross_entropy,
 _hs, _hy = hinge_scores(6, 4)
 case("loss-hinge", gc.hinge,
      lambda s, y: TF.multi_margin_loss(s, y, reduction="mean") * s.shape[1], _hs, _hy)
+case("loss-softmax-ce-none", lambda s, y: gc.softmax_cross_entropy(s, y, reduction="none"),
+     lambda s, y: TF.cross_entropy(s, y, reduction="none"), normal(5, 4),
+     np.array([0, 3, 3, 1, 2]))
+case("loss-softmax-ce-ignore", lambda s, y: gc.softmax_cross_entropy(s, y, ignore_index=-100),
+     lambda s, y: TF.cross_entropy(s, y, ignore_index=-100), normal(5, 4),
+     np.array([0, -100, 3, -100, 2]))
+case("loss-softmax-ce-ignore-sum",
+     lambda s, y: gc.softmax_cross_entropy(s, y, reduction="sum", ignore_index=1),
+     lambda s, y: TF.cross_entropy(s, y, reduction="sum", ignore_index=1), normal(5, 4),
+     np.array([0, 1, 3, 1, 2]))
+case("loss-mse-sum", lambda p, t: gc.mse(p, t, reduction="sum"),
+     lambda p, t: TF.mse_loss(p, t, reduction="sum"), normal(4, 3), normal(4, 3))
+case("loss-bce-logits-none",
+     lambda x, t: gc.binary_cross_entropy_with_logits(x, t, reduction="none"),
+     lambda x, t: TF.binary_cross_entropy_with_logits(x, t, reduction="none"), normal(4, 3) * 3,
+     _RNG.uniform(0, 1, (4, 3)))
+case("loss-huber-none", lambda p, t: gc.huber(p, t, reduction="none"),
+     lambda p, t: TF.huber_loss(p, t, reduction="none"), _hp, _ht)
+case("loss-hinge-none", lambda s, y: gc.hinge(s, y, reduction="none"),
+     lambda s, y: TF.multi_margin_loss(s, y, reduction="none") * s.shape[1], _hs, _hy)
 case("loss-l1", gc.l1, lambda x: x.abs().sum(), away(3, 4))
 case("loss-l2", gc.l2, lambda x: 0.5 * (x ** 2).sum(), normal(3, 4))
 

@@ -1030,9 +1030,63 @@ def _more_reduction_cases():
     ]
 
 
+def _more_structure_and_loss_cases():
+    def np_ce_none(s, y):
+        return sps.logsumexp(s, axis=1) - s[np.arange(len(y)), y]
+
+    def np_ce_ignore(s, y):  # label 0 ignored
+        per = np_ce_none(s, y)
+        return np.sum(per * (y != 0)) / np.sum(y != 0)
+
+    return [
+        Case("flip-axis=1", lambda x: gc.flip(x, 1), lambda x: np.flip(x, 1),
+             torch_fn=lambda t: torch.flip(t, (1,))),
+        Case("flip-all", gc.flip, np.flip, torch_fn=lambda t: torch.flip(t, (0, 1, 2))),
+        Case("tile-(2,1,3)", lambda x: gc.tile(x, (2, 1, 3)), lambda x: np.tile(x, (2, 1, 3)),
+             (Arg((2, 3)),), torch_fn=lambda t: torch.tile(t, (2, 1, 3))),
+        Case("tile-short-reps", lambda x: gc.tile(x, (2,)), lambda x: np.tile(x, 2),
+             torch_fn=lambda t: torch.tile(t, (2,))),
+        Case("one_hot", lambda y: gc.one_hot(y, 5), lambda y: np.eye(5, dtype=np.int64)[y],
+             (Arg((2, 3), "int64", "label:5"),), out_dtype="int64",
+             torch_fn=lambda t: F.one_hot(t, 5)),
+        Case("mse-sum", lambda p, t: gc.mse(p, t, reduction="sum"),
+             lambda p, t: np.sum((p - t) ** 2), (Arg((4, 5)),) * 2,
+             torch_fn=lambda p, t: F.mse_loss(p, t, reduction="sum")),
+        Case("mse-none", lambda p, t: gc.mse(p, t, reduction="none"), lambda p, t: (p - t) ** 2,
+             (Arg((4, 5)),) * 2, torch_fn=lambda p, t: F.mse_loss(p, t, reduction="none")),
+        Case("bce_with_logits-none",
+             lambda x, t: gc.binary_cross_entropy_with_logits(x, t, reduction="none"),
+             lambda x, t: np.logaddexp(0, x) - x * t,
+             (Arg((4, 5), None, "wide"), Arg((4, 5), None, "unit")),
+             torch_fn=lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="none")),
+        Case("huber-sum", lambda p, t: gc.huber(p, t, reduction="sum"),
+             lambda p, t: np.sum(_huber_ref(p - t, 1.0)), (Arg((4, 5), None, "wide"),) * 2,
+             torch_fn=lambda p, t: F.huber_loss(p, t, reduction="sum")),
+        Case("softmax_cross_entropy-none",
+             lambda s, y: gc.softmax_cross_entropy(s, y, reduction="none"), np_ce_none,
+             (Arg((6, 5), None, "wide"), Arg((6,), "int64", "label:5")),
+             torch_fn=lambda s, y: F.cross_entropy(s, y, reduction="none")),
+        Case("softmax_cross_entropy-ignore_index",
+             lambda s, y: gc.softmax_cross_entropy(s, y, ignore_index=0), np_ce_ignore,
+             (Arg((8, 3), None, "wide"), Arg((8,), "int64", "label:3")),
+             torch_fn=lambda s, y: F.cross_entropy(s, y, ignore_index=0)),
+        Case("hinge-sum", lambda s, y: gc.hinge(s, y, reduction="sum"),
+             _np_hinge_sum,
+             (Arg((6, 5)), Arg((6,), "int64", "label:5")),
+             torch_fn=lambda s, y: F.multi_margin_loss(s, y, reduction="sum") * s.shape[1]),
+    ]
+
+
+def _np_hinge_sum(s, y):
+    correct = s[np.arange(len(y)), y][:, None]
+    margins = np.maximum(0, s - correct + 1)
+    margins[np.arange(len(y)), y] = 0
+    return np.sum(margins)
+
+
 LOSS_CASES = _loss_cases()
 ALL_CASES = (_reduction_cases() + _softmax_cases() + _matmul_cases() + STRUCTURE_CASES
-             + LOSS_CASES + _more_reduction_cases())
+             + LOSS_CASES + _more_reduction_cases() + _more_structure_and_loss_cases())
 TORCH_CASES = [c for c in ALL_CASES if c.torch_fn is not None]
 
 
