@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dtypes
-from .ir import DTypeError, Op, ShapeError, StaticArray
+from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray
 
 
 def _F():
@@ -547,7 +547,7 @@ class ProdOthers(Op):
     vjp_text = ("not supported",)
 
     def vjp(self, z, g, k):
-        self.fail("the second derivative of prod is not supported", z.inputs)
+        self.fail("the second derivative of prod is not supported", z.inputs, GraphError)
 
 
 @dataclass(frozen=True)

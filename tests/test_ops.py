@@ -17,6 +17,7 @@ Everything runs on the reference interpreter, ``gc.compile(..., backend="numpy")
 from __future__ import annotations
 
 import math
+import re
 import sys
 import zlib
 from collections.abc import Callable
@@ -426,6 +427,34 @@ def test_public_functions_are_the_registered_ops():
     assert gc.huber(x, x * 2, delta=0.5).dtype == "float32"
     with pytest.raises(gc.GraphError):
         gc.gelu(x, approximate="erf")
+
+
+def test_new_functions_refuse_bad_arguments_where_called():
+    x = gc.input("x", (3,))
+    labels = gc.input("labels", (3,), "int64")
+    cases = [(lambda: gc.clip(x), "clip: at least one of min and max must be a number"),
+             (lambda: gc.clip(x, x, 1.0), "clip: min must be a number"),
+             (lambda: gc.hardtanh(x, 1.0, -1.0), "hardtanh: min_val 1.0 is greater than max_val"),
+             (lambda: gc.celu(x, 0.0), "celu: alpha must not be 0"),
+             (lambda: gc.mse(x, x, reduction="avg"), "mse: reduction must be 'mean', 'sum' or"),
+             (lambda: gc.one_hot(labels, 0), "one_hot: num_classes must be a positive int"),
+             (lambda: gc.one_hot(np.array([0, 4]), 3), "label 4 at index (1,), out of range "
+              "for one_hot over 3 classes"),
+             (lambda: gc.tile(x, (2, -1)), "tile: reps must be non-negative ints"),
+             (lambda: gc.conv_transpose2d(gc.input("i", (1, 2, 3, 3)), gc.input(
+                 "k", (2, 1, 3, 3)), stride=2, output_padding=2), "output_padding (2, 2) must "
+              "be smaller than the stride")]
+    for build, message in cases:
+        with pytest.raises(gc.GraphError, match=re.escape(message)) as info:
+            build()
+        assert "test_ops.py" in str(info.value)  # the user's line
+    f = gc.compile(gc.one_hot(labels, 3), backend="numpy")
+    with pytest.raises(gc.FeedError, match=re.escape("feed 'labels' holds label -1 at index "
+                                                     "(2,), out of range for one_hot")):
+        f(labels=np.array([0, 2, -1]))
+    g = gc.grad(gc.sum(gc.prod(x)), x)
+    with pytest.raises(gc.GraphError, match="the second derivative of prod is not supported"):
+        gc.grad(gc.sum(g), x)
 
 
 # ---------------------------------------------------------------------------------------
