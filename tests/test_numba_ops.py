@@ -207,8 +207,14 @@ def structured_inputs(case, dtype):
     return tensors, feeds
 
 
+# Other reductions of losses whose "mean" case compiles the same kernels
+SAME_KERNELS = {"mse-sum", "mse-none", "bce_with_logits-none", "huber-sum",
+                "softmax_cross_entropy-none", "hinge-sum"}
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in table.ALL_CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in table.ALL_CASES
+                                  if c.id not in SAME_KERNELS])
 def test_structured_forward_and_gradient(case, dtype):
     tensors, feeds = structured_inputs(case, dtype)
     outputs, extra = with_grads(case.build(*tensors), tensors)
