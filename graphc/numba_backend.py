@@ -547,13 +547,14 @@ def _as_dtype(L, t, dtype) -> str:
 
 def rule_reduce(lowering, t):
     """A float sum over leading or trailing axes is a kernel (NumPy's reduction has more
-    per-call overhead and, over leading axes, no faster loop); everything else, a NumPy
-    ufunc reduction, which is what the reference computes."""
+    per-call overhead and, over leading axes, no faster loop); everything else, a sum of
+    all values included (NumPy's pairwise sum; the kernel would add them one after the
+    other), a NumPy ufunc reduction, which is what the reference computes."""
     (x,) = t.inputs
     axes = t.op.axes
     leading = axes == tuple(range(len(axes)))
     if t.op.kind == "sum" and dtypes.is_float(x.dtype) and x.size >= KERNEL_MIN_SIZE and \
-            axes and (leading or _trailing(axes, x.ndim)):
+            axes and t.size > 1 and (leading or _trailing(axes, x.ndim)):
         return _sum_kernel(lowering, t, "leading" if leading else "trailing")
     ufunc = {"sum": "add", "max": "maximum", "min": "minimum"}[t.op.kind]
 
