@@ -552,13 +552,14 @@ def _as_dtype(L, t, dtype) -> str:
 
 def rule_reduce(lowering, t):
     """A float sum over leading or trailing axes is a kernel (NumPy's reduction has more
-    per-call overhead and, over leading axes, no faster loop); everything else, a NumPy
-    ufunc reduction, which is what the reference computes."""
+    per-call overhead and, over leading axes, no faster loop); everything else, a sum of
+    all values included (NumPy's pairwise sum; the kernel would add them one after the
+    other), a NumPy ufunc reduction, which is what the reference computes."""
     (x,) = t.inputs
     axes = t.op.axes
     leading = axes == tuple(range(len(axes)))
     if t.op.kind == "sum" and dtypes.is_float(x.dtype) and x.size >= KERNEL_MIN_SIZE and \
-            axes and (leading or _trailing(axes, x.ndim)):
+            axes and t.size > 1 and (leading or _trailing(axes, x.ndim)):
         return _sum_kernel(lowering, t, "leading" if leading else "trailing")
     ufunc = {"sum": "add", "max": "maximum", "min": "minimum"}[t.op.kind]
 
@@ -917,13 +918,14 @@ def split_kinds(shape, shapes, lead: int):
     return kinds, sizes
 
 
-def _flat_split(n: int) -> list[int]:
-    """(n0, n1) with n0 * n1 = n and n1 <= 4096 as large as possible (a full sum over a
-    flat loop: n1 column accumulators, added up at the end)."""
-    for d in range(min(n, 4096), 0, -1):
+def _flat_split(n: int) -> tuple[list[int], int]:
+    """A full sum over a flat loop of ``n`` as ``[n0, n1]`` rows of n1 columns and the
+    ``tail``, the n - n0 * n1 values after them (summed by one more call): n1 the largest
+    divisor of n from 2048 to 4096 (one row of n below that), else 4096 and a tail."""
+    for d in range(min(n, 4096), max(1, min(n, 2048)) - 1, -1):
         if n % d == 0:
-            return [n // d, d]
-    return [n, 1]
+            return [n // d, d], 0
+    return [n // 4096, 4096], n % 4096
 
 
 class FusedInstance:
@@ -947,16 +949,18 @@ class FusedInstance:
     def plan(self, lowering: Lowering):
         group, domain = self.group, self.domain
         shapes = [static_base_shape(lowering.folded, i) for i in self.inputs]
-        self.accumulate = [o.reduce is not None for o in self.outputs]
-        leads = {len(o.reduce) for o in self.outputs
-                 if o.reduce is not None and len(o.reduce) < len(domain)}
+        self.accumulate = [None if o.reduce is None else
+                           "column" if len(o.reduce) < len(domain) else "full"
+                           for o in self.outputs]
+        leads = {len(o.reduce) for o, a in zip(self.outputs, self.accumulate) if a == "column"}
+        self.tail = 0
         if leads:
             kinds, sizes = split_kinds(domain, shapes, leads.pop())
         else:
             kinds, sizes = broadcast_pattern(domain, shapes)
             kinds = list(kinds)
             if any(self.accumulate) and len(sizes) == 1:
-                sizes = _flat_split(sizes[0])
+                sizes, self.tail = _flat_split(sizes[0])
                 kinds = ["F" if k == "F" else "S" for k in kinds]
         # an operand that varies along only part of the loop's axes (more than two
         # broadcast patterns) is materialized at full size, as for single ops
@@ -976,10 +980,13 @@ class FusedInstance:
         self.name = lowering.kernel(self.leader, self.spec)
 
     def emit(self, L: Lowering, t: Tensor, out: str) -> None:
-        """One kernel call for every output of the instance (``t`` is the first)."""
+        """One kernel call for every output of the instance (``t`` is the first), and one
+        more for the ``tail`` of a flat sum, as one more chunk: one row of ``tail`` values
+        after the n0 rows."""
         parallel = L.parallel(self.spec, self.sizes)
         rows = -(-self.sizes[0] // L.threads) if parallel else self.sizes[0]
-        call = _Call(chunks=-(-self.sizes[0] // rows) if self.sizes[0] else 1)
+        call = _Call(chunks=-(-self.sizes[0] // rows) if self.sizes[0] else 1,
+                     blocks=max(1, -(-rows // cg.ACC_ROWS)))
         for m, o in zip(self.members, self.outputs):
             self.output(L, t, m, o, call, parallel)
         inner = self.sizes[1] if len(self.sizes) == 2 else 1
@@ -989,7 +996,8 @@ class FusedInstance:
         dtype = self.group.dtype
         if self.spec.scratch:  # work space for the phases of a long body, one per chunk
             scratch = f"{L.var_name(t)}_work"
-            L.line(f"{scratch} = np.empty({call.chunks * self.spec.scratch}, np.{dtype})")
+            L.line(f"{scratch} = np.empty({(call.chunks + bool(self.tail)) * self.spec.scratch}"
+                   f", np.{dtype})")
             L.defined.add(scratch)
             call.add(f"_addr({scratch})", 0, np.dtype(dtype).itemsize * self.spec.scratch)
             call.finish.append(f"del {scratch}")
@@ -1001,6 +1009,9 @@ class FusedInstance:
         else:
             L.line(f"{self.name}({', '.join(call.pointers)}, "
                    f"{', '.join(map(str, self.sizes))})")
+        if self.tail:
+            L.calls += 1
+            L.line(f"{self.name}({', '.join(call.after(self.sizes[0]))}, 1, {self.tail})")
         for line in call.finish:
             L.line(line)
 
@@ -1008,7 +1019,9 @@ class FusedInstance:
         """Define output ``m`` (the leader's own value exists already) and its pointer.
         A sum accumulates n1 column sums (in ``cg.accumulator_dtype``): straight into a
         column-sum output of that dtype, else into partial sums (one row per chunk of a
-        parallel call) added up after the call."""
+        parallel call; for a full sum one row per block of ``cg.ACC_ROWS`` rows of a chunk,
+        and one for the tail) added up after the call in that dtype (a full sum by NumPy's
+        pairwise sum)."""
         if m is not t:
             kind = "fresh" if id(m) in L.outputs else "pool"
             L.values[id(m)] = Value(m, L.var_name(m), kind, L.index[id(m)], True)
@@ -1028,12 +1041,16 @@ class FusedInstance:
             call.add(L.pointer(value), 0, item * n1)
             return
         acc = f"{value.var}_acc"
-        L.line(f"{acc} = np.zeros(({call.chunks}, {n1}), np.{acc_dtype})")
+        blocks = 1 if column else call.blocks
+        L.line(f"{acc} = np.zeros(({call.chunks * blocks + bool(self.tail)}, {n1}), "
+               f"np.{acc_dtype})")
         L.defined.add(acc)
-        call.add(f"_addr({acc})", 0, np.dtype(acc_dtype).itemsize * n1)
+        call.add(f"_addr({acc})", 0, np.dtype(acc_dtype).itemsize * n1 * blocks)
         target = f"{L.use(value)}.reshape({(-1,) if column else ()!r})"
-        call.finish += [f"np.add.reduce({acc}, axis={0 if column else None}, out={target})",
-                        f"del {acc}"]
+        total = f"np.add.reduce({acc}, axis={0 if column else None}"
+        # into a float32 out=, NumPy would round each row's sum to float32
+        call.finish += [f"{total}, out={target})" if acc_dtype == self.group.dtype else
+                        f"{target}[...] = {total})", f"del {acc}"]
 
 
 @dataclass
@@ -1042,6 +1059,7 @@ class _Call:
     of the first size and per chunk of a parallel call, and lines to run after it."""
 
     chunks: int
+    blocks: int  # rows of partial sums of a full sum per chunk
     pointers: list = field(default_factory=list)
     steps: list = field(default_factory=list)
     chunk_steps: list = field(default_factory=list)
@@ -1051,6 +1069,11 @@ class _Call:
         self.pointers.append(pointer)
         self.steps.append(step)
         self.chunk_steps.append(chunk_step)
+
+    def after(self, rows: int) -> list[str]:
+        """The pointers of one more chunk, starting after ``rows`` rows."""
+        offsets = [rows * s + self.chunks * c for s, c in zip(self.steps, self.chunk_steps)]
+        return [f"{p} + {o}" if o else p for p, o in zip(self.pointers, offsets)]
 
 
 def rule_fused(lowering, t):

@@ -469,6 +469,11 @@ TILE = 512
 CHEAP = 2  # cost up to which a value a later phase needs is computed again, not stored
 _CALL = re.compile(r"\b(?:exp|expm1|log|log1p|tanh|erf)_f(?:32|64)\(")
 
+# A full sum's partial sums: one per column and block of ACC_ROWS rows, added pairwise by
+# NumPy after the call (each adds at most ACC_ROWS values in turn, so the error does not
+# grow with the length as one accumulator per column did: ``FusedInstance.output``).
+ACC_ROWS = 128
+
 
 def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, operand_dtypes,
                  kinds, work: str, accumulate) -> KernelSpec:
@@ -480,12 +485,13 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
     extracts what the statements have in common, so each value is computed once per
     element.  Operands are loaded (converted to ``work``,
     bool operands kept bool) where a phase uses them, ``S`` operands once per call and
-    ``C`` once per row.  ``accumulate[m]``: output ``m`` is a sum over the outer loop,
-    added into ``out[j]`` (n1 entries: a column sum, or the partial sums of a full sum, in
-    ``accumulator_dtype(work)``), not stored per element.  With any ``R``/``C`` operand or
-    accumulator the loop is ``(n0, n1)``, else flat over ``n``.  A long body is split in
-    phases (PHASE_COST); the kernel then takes a scratch pointer after the operands, of
-    ``spec.scratch`` elements per call.
+    ``C`` once per row.  ``accumulate[m]``: None for an output stored per element, else
+    output ``m`` is a sum over the outer loop in ``accumulator_dtype(work)``: ``"column"``
+    adds row i into ``out[j]`` (n1 entries), ``"full"`` (partial sums of a full sum) into
+    ``out[(i // ACC_ROWS) * n1 + j]`` (one row of n1 per block of ACC_ROWS rows).  With any
+    ``R``/``C`` operand or accumulator the loop is ``(n0, n1)``, else flat over ``n``.  A
+    long body is split in phases (PHASE_COST); the kernel then takes a scratch pointer after
+    the operands, of ``spec.scratch`` elements per call.
     """
     two_d = any(k in "RC" for k in kinds) or any(accumulate)
     printer = ScalarPrinter(work, {s: f"x{k}" for k, s in enumerate(symbols)},
@@ -506,7 +512,8 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
     index = "base + j" if two_d else "j"
     stores = []
     for m, (expr, acc) in enumerate(zip(reduced[len(bound):], accumulate)):
-        target = f"out{m}[j]" if acc else f"out{m}[{index}]"
+        target = {"column": f"out{m}[j]", "full": f"out{m}[row + j]"}.get(
+            acc, f"out{m}[{index}]")
         stores.append((target, printer.numeric(expr),
                        {printer.names[f] for f in expr.free_symbols}, acc))
     phases = _phases(body, stores)
@@ -521,6 +528,8 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
               for k, kind in enumerate(kinds) if kind == "S"]
     if two_d:
         lines += ["    for i in range(n0):", "        base = i * n1"]
+        if "full" in accumulate:
+            lines.append(f"        row = (i // {ACC_ROWS}) * n1")
         lines += [f"        x{k} = {_load(k, '[i]', operand_dtypes, work, printer)}"
                   for k, kind in enumerate(kinds) if kind == "C"]
         lines += ["        " + line for line in loops]
@@ -530,8 +539,8 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
               + (f", {len(phases)} phases over tiles of {TILE})" if len(phases) > 1 else ")"),
               "# operands: " + ", ".join(f"a{k} {operand_dtypes[k]} {_KIND_TEXT[kind]}"
                                          for k, kind in enumerate(kinds)),
-              "# outputs: " + ", ".join(f"out{m} {accumulator_dtype(work)} column sums" if a
-                                        else f"out{m} {work} full"
+              "# outputs: " + ", ".join(f"out{m} {accumulator_dtype(work)} {_ACC_TEXT[a]}"
+                                        if a else f"out{m} {work} full"
                                         for m, a in enumerate(accumulate))]
     header += [f"#   {comment(text)}" for text in steps_text]
     source = _module(header, printer.helpers, lines)
@@ -542,6 +551,9 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
         ((("ptr", work),) if slots else ()) + (("int",),) * len(sizes)
     return KernelSpec(stem, source, params, ELEMENTWISE_FASTMATH,
                       tuple(sorted(printer.helpers)), scratch=slots * TILE)
+
+
+_ACC_TEXT = {"column": "column sums", "full": f"partial sums per {ACC_ROWS} rows"}
 
 
 def accumulator_dtype(work: str) -> str:
