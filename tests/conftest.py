@@ -19,12 +19,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache_dir(tmp_path_factory):
     old = os.environ.get("GRAPHC_CACHE_DIR")
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # workers of one run share one cache, as
-        # processes of one user do (entries are written atomically)
-        path = tmp_path_factory.getbasetemp().parent / "graphc-cache"
-        path.mkdir(exist_ok=True)
-    else:
-        path = tmp_path_factory.mktemp("graphc-cache")
+    path = tmp_path_factory.mktemp("graphc-cache")
     os.environ["GRAPHC_CACHE_DIR"] = str(path)
     yield path
     if old is None:
