@@ -48,6 +48,7 @@ from .functions import (
     mul,
     neg,
     not_equal,
+    pad,
     power,
     prelu,
     reciprocal,
@@ -72,6 +73,7 @@ from .functions import (
 from .gradcheck import GradCheckReport, check_grad  # noqa: E402
 from .graph import Graph, check_graph, format_graph, to_networkx
 from .importers import Model, UnsupportedOpError
+from .importers.onnx_import import from_onnx
 from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
 from .ir import DTypeError, GraphError, ShapeError, Tensor, scope
 from .nn_functions import (
@@ -126,6 +128,7 @@ __all__ = [
     "Explorer",
     "FeedError",
     "format_graph",
+    "from_onnx",
     "gelu",
     "global_avg_pool2d",
     "grad",
@@ -163,6 +166,7 @@ __all__ = [
     "nn",
     "not_equal",
     "optim",
+    "pad",
     "param",
     "params_of",
     "power",
