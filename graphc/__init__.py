@@ -84,6 +84,7 @@ from .nn_functions import (
     embedding,
     global_avg_pool2d,
     layer_norm,
+    local_response_norm,
     max_pool2d,
 )
 from .numba_codegen import CodegenError  # noqa: E402 -- does not import Numba
@@ -149,6 +150,7 @@ __all__ = [
     "leaky_relu",
     "less",
     "less_equal",
+    "local_response_norm",
     "log",
     "log_softmax",
     "logsumexp",

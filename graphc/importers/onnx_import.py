@@ -63,8 +63,9 @@ def from_onnx(model, dims: dict | None = None) -> Model:
     >>> m
     Model(mlp: (x: float32[2, 3]) -> (float32[2, 4]), 1 params)
     >>> f = gc.compile(m.outputs, backend="numpy")
-    >>> f(x=np.ones((2, 3), np.float32), **m.weights)[0]
-    array([3., 3., 3., 3.], dtype=float32)
+    >>> (y,) = f(x=np.ones((2, 3), np.float32), **m.weights)
+    >>> y[0], list(m.params), m.outputs[0].name
+    (array([3., 3., 3., 3.], dtype=float32), ['W'], 'y')
     """
     import onnx
 
@@ -234,10 +235,6 @@ def _common_prefix(paths: list[list[str]]) -> int:
 
 def _graphc_dtype(np_dtype, what: str) -> str:
     name = np.dtype(np_dtype).name
-    if name in ("float16", "bfloat16"):
-        return "float32"
-    if name in ("int8", "int16", "uint8", "uint16", "uint32"):
-        return "int64"
     try:
         return dtypes.as_dtype(name)
     except TypeError:

@@ -99,7 +99,10 @@ def _unary(c: Call):
 def _binary(c: Call):
     a, b = c.x(0), c.x(1)
     if c.op_type == "Div" and a.dtype in dtypes.INTS:
-        c.unsupported("integer division")
+        if a.leaves or b.leaves:
+            c.unsupported("integer division of non-constant tensors")
+        p, q = c.const(0), c.const(1)  # shape arithmetic: fold it, truncating as ONNX
+        return constant((np.sign(p) * np.sign(q) * (np.abs(p) // np.abs(q))).astype(p.dtype))
     return _BINARY[c.op_type](a, b)
 
 
@@ -541,8 +544,7 @@ def _pad(c: Call):
         flat, value = list(c.attr("pads")), c.attr("value", 0.0)
     else:
         flat = [int(v) for v in c.const(1)]
-        value = c.const(2, np.zeros(()))
-        value = float(np.asarray(value).reshape(-1)[0]) if np.size(value) else 0.0
+        value = c.x(2) if c.has(2) else 0.0
     axes = [_axis(a, x.ndim) for a in c.ints(3, "", list(range(x.ndim)))]
     n = len(axes)
     pads = [(0, 0)] * x.ndim
@@ -551,4 +553,10 @@ def _pad(c: Call):
     if any(min(p) < 0 for p in pads):  # negative pads crop
         x = x[tuple(slice(-min(b, 0), n - (-min(e, 0))) for (b, e), n in zip(pads, x.shape))]
         pads = [(max(b, 0), max(e, 0)) for b, e in pads]
-    return F.pad(x, tuple(pads), mode=mode, value=value)
+    pads = tuple(pads)
+    if not isinstance(value, Tensor):
+        return F.pad(x, pads, mode=mode, value=value)
+    if not value.leaves:
+        return F.pad(x, pads, mode=mode, value=float(c.const(2).reshape(-1)[0]))
+    border = constant(np.pad(np.zeros(x.shape, x.dtype), pads, constant_values=1))
+    return F.pad(x, pads) + border * F.reshape(value, ())  # a fed value: differentiable
