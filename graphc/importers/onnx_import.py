@@ -79,6 +79,30 @@ def from_onnx(model, dims: dict | None = None) -> Model:
     return _Importer(model, dict(dims or {})).run(source or model.graph.name)
 
 
+def build_from_file(path: str, seed: int = 0):
+    """``(loss, wrt, feeds)`` of an ONNX file, as a model file's ``build()`` gives them, for
+    ``graphc render/explore/check model.onnx``: the loss is the sum of the first output
+    (the gradient of every output element, seeded with ones), ``wrt`` the params (or the
+    float inputs when the weights are not initializers), the feeds random inputs (symbolic
+    dimensions of size 1) and the model's weights."""
+    import onnx
+
+    model = onnx.load(path)
+    inits = {t.name for t in model.graph.initializer}
+    dims = {d.dim_param or f"{v.name}:{axis}": 1 for v in model.graph.input
+            if v.name not in inits
+            for axis, d in enumerate(v.type.tensor_type.shape.dim) if not d.HasField("dim_value")}
+    m = from_onnx(model, dims=dims)
+    rng = np.random.default_rng(seed)
+    feeds = {t.name: rng.standard_normal(t.shape).astype(t.dtype) if dtypes.is_float(t.dtype)
+             else rng.integers(0, 2, t.shape).astype(t.dtype) for t in m.inputs.values()}
+    from ..functions import sum as total
+    y = m.outputs[0]
+    loss = y if y.shape == () else total(y)
+    wrt = list(m.params.values()) or [t for t in m.inputs.values() if dtypes.is_float(t.dtype)]
+    return loss, wrt, {**feeds, **m.weights}
+
+
 def _identifier(name: str) -> str:
     """``name`` as a Python identifier: other characters become ``_``."""
     out = re.sub(r"\W", "_", name) or "_"
