@@ -239,3 +239,18 @@ def test_gemm_with_transposes_alpha_and_beta_checks_its_gradient():
     loss = gc.sum(gc.tanh(m.outputs[0]))
     report = gc.check_grad(loss, [m.inputs["A"], *m.params.values()], {"A": a, **m.weights})
     assert report.ok, report
+
+
+def test_docs_list_exactly_the_supported_ops():
+    import pathlib
+    import re
+
+    from onnx import defs
+
+    from graphc.importers.onnx_ops import SUPPORTED
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "import.md").read_text()
+    table = text[text.index("### Supported ops"):text.index("Each maps to")]
+    onnx_ops = {s.name for s in defs.get_all_schemas() if s.domain == ""}
+    listed = set(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", table)) & onnx_ops
+    assert f"### Supported ops ({len(SUPPORTED)})" in table
+    assert listed == set(SUPPORTED)
