@@ -66,7 +66,12 @@ def _array(name: str, t, value) -> np.ndarray:
         raise FeedError(f"feed {name!r}: cannot convert {type(value).__name__} to an "
                         f"array ({err})") from None
     if array.shape != t.shape:
-        raise FeedError(f"feed {name!r} has shape {array.shape}, expected {t.shape}")
+        from .dynamic import is_dynamic, matches, pattern_text
+        if not is_dynamic(t.shape):
+            raise FeedError(f"feed {name!r} has shape {array.shape}, expected {t.shape}")
+        if not matches(array.shape, t.shape):
+            raise FeedError(f"feed {name!r} has shape {array.shape}; expected "
+                            f"{pattern_text(t.shape)}")
     have = array.dtype
     if have.kind not in "biuf" or dtypes.kind(_np_kind_name(have)) != dtypes.kind(t.dtype):
         raise FeedError(f"feed {name!r} has dtype {have}, expected {t.dtype} "
@@ -220,4 +225,9 @@ def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
     if passes is None:
         from .passes.pipeline import DEFAULT_PIPELINE
         passes = DEFAULT_PIPELINE if optimize else ()
+    from .dynamic import DynamicFunction, is_dynamic
+    listed = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    if any(is_dynamic(leaf.shape) for t in listed if hasattr(t, "leaves")
+           for leaf in t.leaves.values()):  # specialised per feed shape
+        return DynamicFunction(outputs, backend, passes, check_graph(Graph(outputs)))
     return CompiledFunction(outputs, backend, passes)

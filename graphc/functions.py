@@ -18,6 +18,7 @@ import sympy as sp
 from . import dtypes
 from . import elementwise_ops as ew
 from . import structured_ops as st
+from .dynamic import defer, dynamic, is_dynamic
 from .inputs import Constant, constant
 from .ir import DTypeError, GraphError, ShapeError, Tensor, located
 
@@ -133,6 +134,7 @@ def min(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
     return _reduce("min", x, axis, keepdims)
 
 
+@dynamic
 def mean(x, axis=None, keepdims=False) -> Tensor:
     """Arithmetic mean over ``axis`` (sum / count); integer inputs give float32."""
     x = as_tensor(x)
@@ -172,6 +174,7 @@ def log_softmax(x, axis=-1) -> Tensor:
 # Structure
 
 
+@dynamic
 def matmul(a, b) -> Tensor:
     """Matrix product with NumPy semantics: 2-D, batched (broadcast) and vectors."""
     a, b = lift_all([a, b])
@@ -191,8 +194,12 @@ def matmul(a, b) -> Tensor:
 
 
 def reshape(x, shape) -> Tensor:
-    """``x`` with a new shape of the same size; one entry may be -1."""
+    """``x`` with a new shape of the same size; one entry may be -1.  For ``x`` with
+    dynamic dimensions, an entry may also be a name of one of them, or None where ``x``
+    has None at that position (that dimension is kept)."""
     x = as_tensor(x)
+    if is_dynamic(x.shape):
+        return defer(_reshape_dynamic, (x, shape, x.shape), label="reshape")
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape) \
         if isinstance(shape, Iterable) else None
     if shape is None or not builtins.all(_is_int(d) for d in shape):
@@ -208,6 +215,25 @@ def reshape(x, shape) -> Tensor:
     return x if shape == x.shape else Tensor.make(st.Reshape(shape), (x,))
 
 
+def _reshape_dynamic(x, shape, pattern) -> Tensor:
+    """:func:`reshape` of ``x`` (concrete, built with dynamic ``pattern``): None and names
+    in ``shape`` are the sizes they stand for in ``x``."""
+    if not isinstance(shape, Iterable):
+        return reshape(x, shape)
+    resolved = []
+    for i, d in enumerate(shape):
+        if d is None or isinstance(d, str):
+            sizes = [x.shape[j] for j, p in enumerate(pattern)
+                     if p == d and (d is not None or j == i)]
+            if not sizes:
+                st.Reshape(()).fail(f"the target {tuple(shape)!r} has {d!r} at position {i}, "
+                                    f"which is not a dynamic dimension of {pattern} there",
+                                    (x,))
+            d = sizes[0]
+        resolved.append(d)
+    return reshape(x, resolved)
+
+
 def transpose(x, axes=None) -> Tensor:
     """Permute axes (default: reverse them)."""
     x = as_tensor(x)
@@ -216,6 +242,7 @@ def transpose(x, axes=None) -> Tensor:
     return x if perm == tuple(range(x.ndim)) else Tensor.make(st.Transpose(perm), (x,))
 
 
+@dynamic
 def broadcast_to(x, shape) -> Tensor:
     """``x`` broadcast to ``shape`` (NumPy rules)."""
     x = as_tensor(x)
@@ -223,6 +250,7 @@ def broadcast_to(x, shape) -> Tensor:
     return x if shape == x.shape else Tensor.make(st.BroadcastTo(shape), (x,))
 
 
+@dynamic
 def concat(xs, axis=0) -> Tensor:
     """Join tensors along an existing axis."""
     xs = lift_all(list(xs))
@@ -234,6 +262,7 @@ def concat(xs, axis=0) -> Tensor:
     return xs[0] if len(xs) == 1 else Tensor.make(op, xs)
 
 
+@dynamic
 def stack(xs, axis=0) -> Tensor:
     """Join tensors along a new axis."""
     xs = lift_all(list(xs))
@@ -282,6 +311,7 @@ def take(x, indices) -> Tensor:
     return Tensor.make(st.Take(), (x, indices))
 
 
+@dynamic
 def getitem(x, key) -> Tensor:
     """``x[key]``: ints, slices, None, ``...``, integer arrays and integer tensors."""
     if isinstance(key, Tensor):
@@ -308,6 +338,7 @@ def _pair(name, pred, target):
     return pred, target
 
 
+@dynamic
 def mse(pred, target) -> Tensor:
     """Mean squared error over all elements, as sum((scale) * d^2) with scale = 1/count:
     the derivative (2 scale) d then stays finite wherever the gradient is (as PyTorch's
@@ -322,12 +353,14 @@ def mse(pred, target) -> Tensor:
 _scaled_square = ew._predefined("scaled_square", lambda d, scale=1.0: scale * d**2)
 
 
+@dynamic
 def binary_cross_entropy_with_logits(logits, targets) -> Tensor:
     """Mean of softplus(x) - x * t: log-loss of sigmoid(x) against t, stable for large |x|."""
     logits, targets = _pair("binary_cross_entropy_with_logits", logits, targets)
     return mean(softplus(logits) - logits * targets)
 
 
+@dynamic
 def huber(pred, target, delta=1.0) -> Tensor:
     """Mean Huber loss: 0.5 d^2 where |d| <= delta, delta (|d| - delta / 2) elsewhere."""
     pred, target = _pair("huber", pred, target)
@@ -392,6 +425,7 @@ class LabelRange:
                 raise FeedError(f"feed {self.label!r} holds {problem}")
 
 
+@dynamic
 def softmax_cross_entropy(logits, labels) -> Tensor:
     """Mean over the batch of -log softmax(logits)[label]; logits (N, C), integer labels."""
     logits = as_tensor(logits)
@@ -399,6 +433,7 @@ def softmax_cross_entropy(logits, labels) -> Tensor:
     return -mean(sum(one_hot * log_softmax(logits, axis=1), axis=1))
 
 
+@dynamic
 def hinge(scores, labels) -> Tensor:
     """Multiclass SVM loss: mean over the batch of sum_{j != y} max(0, s_j - s_y + 1)."""
     scores = as_tensor(scores)

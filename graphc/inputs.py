@@ -12,17 +12,25 @@ from . import dtypes, ir
 from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
 
 
-def _check_shape(shape, what: str) -> tuple[int, ...]:
+def _check_shape(shape, what: str, dynamic: bool = False) -> tuple:
+    """``shape`` as a tuple of ints; with ``dynamic``, None and names (identifiers) stay."""
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     try:
         if isinstance(shape, (str, bytes)) or any(
-                isinstance(d, (bool, float, str)) for d in shape):
+                isinstance(d, (bool, float)) or (isinstance(d, str) and not dynamic) or
+                (d is None and not dynamic) for d in shape):
             raise TypeError
-        shape = tuple(int(d) for d in shape)
+        if any(isinstance(d, str) and not d.isidentifier() for d in shape):
+            raise TypeError
+        shape = tuple(d if d is None or isinstance(d, str) else int(d) for d in shape)
     except (TypeError, ValueError):
-        raise ShapeError(located(f"{what}: shape must be a tuple of ints, got {shape!r}")) from None
-    if any(d < 0 for d in shape):
+        kinds = "ints, None or names" if dynamic else "ints"
+        raise ShapeError(located(f"{what}: shape must be a tuple of {kinds}, got "
+                                 f"{shape!r}")) from None
+    if not dynamic and any(d is None or isinstance(d, str) for d in shape):
+        raise ShapeError(located(f"{what}: shape must be a tuple of ints, got {shape!r}"))
+    if any(isinstance(d, int) and d < 0 for d in shape):
         raise ShapeError(located(f"{what}: shape {shape} has a negative dimension"))
     return shape
 
@@ -86,14 +94,17 @@ class Constant(Op):
 
 
 def input(name: str, shape, dtype="float32") -> Tensor:
-    """A symbolic input fed when the compiled function is called.
+    """A symbolic input fed when the compiled function is called.  A dimension given as
+    None or a name (``"N"``) is dynamic: any size may be fed there (docs/api.md).
 
     >>> x = input("x", (128, 784))
     >>> x.shape, x.dtype
     ((128, 784), 'float32')
+    >>> input("images", (None, 784)).shape
+    (None, 784)
     """
     name = _check_name(name)
-    return Tensor.make(Input(name, _check_shape(shape, f"input {name!r}"),
+    return Tensor.make(Input(name, _check_shape(shape, f"input {name!r}", dynamic=True),
                              _dtype(dtype, f"input {name!r}")))
 
 
@@ -118,6 +129,10 @@ def param(name: str, shape, init="xavier_normal", dtype="float32") -> Tensor:
     if not dtypes.is_float(dtype):
         raise DTypeError(located(f"param {name!r}: parameters must be float32 or float64, "
                                  f"got {dtype}"))
+    if isinstance(shape, (tuple, list)) and any(d is None or isinstance(d, str) for d in shape):
+        raise ShapeError(located(f"param {name!r}: parameters have fixed shapes, got "
+                                 f"{tuple(shape)!r} (None and named dimensions are for "
+                                 "gc.input)"))
     return Tensor.make(Input(name, _check_shape(shape, f"param {name!r}"), dtype, init))
 
 

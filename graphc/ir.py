@@ -106,6 +106,7 @@ class Op:
 
     name = "op"
     fed = False  # an input or parameter: a leaf fed by its ``label``, unique in a graph
+    dynamic = False  # takes operands with dynamic dimensions (None or a name; dynamic.py)
 
     def infer(self, inputs: tuple[Tensor, ...]) -> tuple[tuple[int, ...], str]:
         """Output ``(shape, dtype)`` for ``inputs``; raise through :meth:`fail` if invalid."""
@@ -167,7 +168,7 @@ class Tensor:
     """
 
     __slots__ = ("op", "inputs", "shape", "dtype", "loc", "meta", "scope", "display",
-                 "_digest", "_leaves", "__weakref__")
+                 "_digest", "_leaves", "_dyn", "__weakref__")
     __array_ufunc__ = None  # make ``np_array * tensor`` defer to Tensor.__rmul__
 
     op: Op
@@ -186,13 +187,17 @@ class Tensor:
         node = _NODES.get(key)
         if node is not None:
             return node
+        if not op.dynamic and any(t._dyn for t in inputs):
+            from .dynamic import defer_make  # a dynamic operand: replayed per feed shape
+            return defer_make(op, inputs)
         shape, dtype = op.infer(inputs)
         leaves = _join_leaves(op, inputs)
         node = object.__new__(cls)
         for name, value in (("op", op), ("inputs", inputs), ("shape", tuple(shape)),
                             ("dtype", dtype), ("loc", user_location()), ("meta", None),
                             ("scope", _SCOPES[-1] if _SCOPES else None), ("display", None),
-                            ("_digest", None), ("_leaves", leaves)):
+                            ("_digest", None), ("_leaves", leaves),
+                            ("_dyn", any(d is None or isinstance(d, str) for d in shape))):
             object.__setattr__(node, name, value)
         if op.fed:
             object.__setattr__(node, "_leaves", {op.label: node})
@@ -257,6 +262,9 @@ class Tensor:
 
     @property
     def size(self) -> int:
+        if self._dyn:
+            raise GraphError(located(f"{self.name} has dynamic dimensions {self.shape}: its "
+                                     "size is known only when the compiled function is fed"))
         return int(np.prod(self.shape, dtype=np.int64))
 
     def __repr__(self) -> str:
@@ -276,6 +284,8 @@ class Tensor:
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d tensor")
+        if not isinstance(self.shape[0], int):
+            raise TypeError(f"len() of a tensor whose first dimension is dynamic {self.shape}")
         return self.shape[0]
 
     def __iter__(self):

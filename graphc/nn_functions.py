@@ -17,6 +17,7 @@ from . import dtypes
 from . import functions as F
 from . import nn_ops as nn
 from . import structured_ops as st
+from .dynamic import dynamic
 from .inputs import constant
 from .ir import DTypeError, GraphError, ShapeError, Tensor, located
 
@@ -44,6 +45,7 @@ def _float_tensor(op_name: str, x) -> Tensor:
 # Convolution and pooling
 
 
+@dynamic
 def conv2d(x, w, stride=1, padding=0, *, dilation=1, groups=1, bias=None) -> Tensor:
     """2-D cross-correlation, NCHW, as ``torch.nn.functional.conv2d``.
 
@@ -79,6 +81,7 @@ def _pool_geometry(name, x, k, stride, padding):
     return kernel, stride, _pair(name, "padding", padding, 0)
 
 
+@dynamic
 def max_pool2d(x, k, stride=None, padding=0, ceil_mode=False) -> Tensor:
     """Maximum over k x k windows (or (kh, kw)) of x (N, C, H, W), as PyTorch's
     ``max_pool2d``; ``stride`` defaults to ``k``, padding (at most k / 2) counts as -inf;
@@ -101,6 +104,7 @@ def max_pool2d(x, k, stride=None, padding=0, ceil_mode=False) -> Tensor:
     return pool2d("max", x, kernel, stride, tuple((p, p) for p in padding), ceil_mode=True)
 
 
+@dynamic
 def avg_pool2d(x, k, stride=None, padding=0, count_include_pad=True, ceil_mode=False) -> Tensor:
     """Mean over k x k windows (or (kh, kw)) of x (N, C, H, W), as PyTorch's
     ``avg_pool2d``; ``stride`` defaults to ``k``.  Zero padding counts in the mean unless
@@ -133,6 +137,7 @@ def _ceil_extra(n: int, k: int, s: int, before: int, after: int) -> int:
     return max(0, (out - 1) * s + k - (n + before + after))
 
 
+@dynamic
 def pool2d(kind, x, kernel, stride, pads, count_include_pad=True, ceil_mode=False) -> Tensor:
     """Max (``kind="max"``) or average (``"avg"``) pooling of x (N, C, H, W) with any
     ``pads`` ((top, bottom), (left, right)), as ONNX's MaxPool and AveragePool: the input
@@ -161,6 +166,7 @@ def pool2d(kind, x, kernel, stride, pads, count_include_pad=True, ceil_mode=Fals
     return total / constant(counts.astype(x.dtype))
 
 
+@dynamic
 def global_avg_pool2d(x) -> Tensor:
     """Mean over the spatial axes of x (N, C, H, W): an (N, C) tensor, as
     ``adaptive_avg_pool2d(x, 1)`` flattened."""
@@ -192,6 +198,7 @@ def _normalize(x, mean, var, eps, gamma, beta):
     return y + beta if beta is not None else y
 
 
+@dynamic
 def batch_norm(x, gamma=None, beta=None, running_mean=None, running_var=None, training=True,
                momentum=0.1, eps=1e-5):
     """Batch normalisation of x (N, C) or (N, C, H, W) per channel, as PyTorch's
@@ -248,6 +255,7 @@ def batch_norm(x, gamma=None, beta=None, running_mean=None, running_var=None, tr
     return y, new_mean, new_var
 
 
+@dynamic
 def layer_norm(x, gamma=None, beta=None, axis=-1, eps=1e-5) -> Tensor:
     """Layer normalisation over ``axis`` (an int or a tuple; -1: the last axis), as
     PyTorch's ``layer_norm`` with ``normalized_shape = x.shape[axis:]``:
@@ -270,6 +278,7 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, eps=1e-5) -> Tensor:
     return _normalize(x, mean, var, eps, gamma, beta)
 
 
+@dynamic
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0) -> Tensor:
     """Local response normalisation across channels of x (N, C, ...), as PyTorch's
     ``local_response_norm``: y = x / (k + alpha / size * S)^beta, S the sum of x^2 over
@@ -284,6 +293,7 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0) -> Tensor:
     return lrn(x, size, size // 2, (size - 1) // 2, alpha, beta, k)
 
 
+@dynamic
 def lrn(x, size, before, after, alpha, beta, k) -> Tensor:
     """:func:`local_response_norm` with the channel window ``before`` and ``after`` each
     channel given (ONNX's LRN puts the longer side after: (size - 1) // 2 before)."""
@@ -306,6 +316,7 @@ def lrn(x, size, before, after, alpha, beta, k) -> Tensor:
 # Dropout and embedding
 
 
+@dynamic
 def dropout(x, p=0.5, training=True, seed=0) -> Tensor:
     """Inverted dropout: y = x * mask / (1 - p) with mask ~ Bernoulli(1 - p), so the
     expected value of y is x; ``training=False`` (or p = 0) returns x itself.
@@ -342,6 +353,7 @@ def dropout(x, p=0.5, training=True, seed=0) -> Tensor:
     return x * (F.cast(keep, x.dtype) / (1.0 - float(p)))
 
 
+@dynamic
 def embedding(indices, table) -> Tensor:
     """Rows of ``table`` (num_embeddings, dim) picked by an integer tensor ``indices`` of
     any shape: an ``indices.shape + (dim,)`` tensor, as ``torch.nn.functional.embedding``.

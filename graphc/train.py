@@ -291,8 +291,12 @@ class EvalStep:
 
     def _batches(self, data):
         """Batches covering ``data`` once; the last is padded by wrapping around.
-        Yields (batch, number of real samples)."""
+        Yields (batch, number of real samples); a dynamic batch dimension takes all of
+        ``data`` at once."""
         n, b = _length(data), self.batch_size
+        if b is None and _dynamic_batch(self.data_inputs):
+            yield data, n
+            return
         if b is None:
             raise GraphError("evaluate: the data inputs do not share one batch size")
         for start in range(0, n, b):
@@ -319,7 +323,7 @@ class EvalStep:
         for batch, real in self._batches(data):
             for n, v in self(batch, values).items():
                 v = np.asarray(v, dtype=np.float64)
-                per_sample = v.ndim > 0 and v.shape[0] == b
+                per_sample = v.ndim > 0 and v.shape[0] == (real if b is None else b)
                 totals[n] += float((v[:real] if per_sample else v).mean()) * real
             count += real
         return {n: float(t / count) for n, t in totals.items()}
@@ -343,10 +347,16 @@ def correct(logits: Tensor, labels: Tensor) -> Tensor:
     array([0., 1., 1.], dtype=float32)
     """
     from . import functions as F
-    n, classes = logits.shape
-    one_hot = F.equal(F.reshape(labels, (n, 1)), F.constant(np.arange(classes)))
+    classes = logits.shape[1]
+    one_hot = F.equal(F.reshape(labels, (-1, 1)), F.constant(np.arange(classes)))
     picked = F.sum(F.where(one_hot, logits, 0.0), axis=1)
     return F.cast(picked >= F.max(logits, axis=1), "float32")
+
+
+def _dynamic_batch(data_inputs) -> bool:
+    """Whether every data input has a dynamic leading (batch) dimension."""
+    return bool(data_inputs) and all(t.shape and not isinstance(t.shape[0], int)
+                                     for t in data_inputs.values())
 
 
 def _length(data) -> int:
@@ -485,7 +495,8 @@ def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *
     """Train ``step`` on ``data`` (``{input name: array}``, samples along axis 0).
 
     Each epoch visits the samples in a fresh random order (``shuffle``) in batches of the
-    step's static batch size (``batch_size``, if given, must equal it), dropping the last
+    step's static batch size (``batch_size``, if given, must equal it; with a dynamic batch
+    dimension, ``batch_size`` is required and may be any size), dropping the last
     partial batch (its samples are drawn in other epochs).  After each epoch,
     ``eval_step.evaluate(val_data, step)`` adds ``val_<name>`` metrics and
     ``eval_fn(step)`` (a function returning ``{name: float}``) adds its own;
@@ -494,6 +505,8 @@ def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *
     Returns the :class:`History`.
     """
     n, b = _length(data), step.batch_size
+    if b is None and batch_size is not None and _dynamic_batch(step.data_inputs):
+        b = batch_size  # a dynamic batch dimension: any batch size
     if b is None:
         raise GraphError("fit: the step's data inputs do not share one batch size")
     if batch_size is not None and batch_size != b:

@@ -28,6 +28,7 @@ import numpy as np
 
 from graphc import dtypes
 from graphc import functions as F
+from graphc.dynamic import defer, is_dynamic
 from graphc.elementwise_ops import Elementwise
 from graphc.graph import Graph, as_outputs, node_names
 from graphc.inputs import constant
@@ -114,6 +115,8 @@ class Backward:
 
 
 def _zeros(t: Tensor) -> Tensor:
+    if is_dynamic(t.shape):  # its size is known when the graph is specialised
+        return defer(_zeros, (t,), label="zeros")
     return F.broadcast_to(constant(0, dtype=t.dtype), t.shape)
 
 

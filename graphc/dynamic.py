@@ -1,0 +1,428 @@
+"""Dynamic dimensions: ``gc.input("x", (None, 784))`` and named dimensions (``"N"``).
+
+A dimension given as ``None`` or a name may differ from call to call.  Graphs are built on
+such shapes lazily: a node with a dynamic operand is a :class:`Deferred` node that records
+the call that made it (the op, or a public function such as ``mean`` that reads shapes)
+and finds its own shape by *probing*, building the call on stand-in inputs of two made-up
+sizes (a dimension that follows the stand-in size is dynamic, one that does not is fixed).
+The compiled function (:class:`DynamicFunction`) *specialises* the graph once per distinct
+feed shape: it replaces the dynamic inputs by inputs of the fed shapes and replays every
+deferred call on them, so every shape rule and shape-derived constant (``mean``'s 1/N) is
+computed from the real sizes; the result is the ordinary graph a fixed-shape model builds,
+and goes through the passes and the backend as one.  Kernels are shared through the kernel
+cache.
+
+>>> import numpy as np, graphc as gc
+>>> x = gc.input("x", (None, 3))
+>>> y = gc.mean(x * 2.0, axis=1)
+>>> y.shape
+(None,)
+>>> f = gc.compile(y, backend="numpy")
+>>> f(x=np.ones((2, 3))).tolist(), f(x=np.ones((1, 3))).tolist()
+([2.0, 2.0], [2.0])
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .ir import GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
+
+# Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
+# name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes.
+_BASE = 1009
+_HOLDERS = itertools.count()
+
+
+def is_dynamic(shape) -> bool:
+    """Whether ``shape`` has a dimension that is None or a name."""
+    return any(d is None or isinstance(d, str) for d in shape)
+
+
+def pattern_text(shape) -> str:
+    """``(None, 784) (any size where None)`` for a feed error."""
+    names = sorted({repr(d) for d in shape if isinstance(d, str)})
+    where = " or ".join((["None"] if None in shape else []) + names)
+    same = ", one size per name across inputs" if names else ""
+    return f"{_shape_text(shape)} (any size where {where}{same})"
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(map(repr, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def matches(have: tuple, pattern: tuple) -> bool:
+    """Whether a concrete shape fits a pattern of ints, None and names."""
+    return len(have) == len(pattern) and all(
+        p is None or isinstance(p, str) or p == h for h, p in zip(have, pattern))
+
+
+# ---------------------------------------------------------------------------------------
+# Deferred nodes
+
+
+class _Slot:
+    """Where the ``i``-th tensor operand goes in a recorded call."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
+    def __eq__(self, other):
+        return isinstance(other, _Slot) and other.i == self.i
+
+    def __hash__(self):
+        return hash(("slot", self.i))
+
+    def __repr__(self):
+        return f"#{self.i}"
+
+
+class _ById:
+    """An unhashable static argument, compared by identity."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, _ById) and other.value is self.value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __repr__(self):
+        return f"<{type(self.value).__name__}>"
+
+
+def _freeze(value, tensors: list):
+    """``value`` with tensors replaced by slots (appended to ``tensors``), hashable."""
+    if isinstance(value, Tensor):
+        tensors.append(value)
+        return _Slot(len(tensors) - 1)
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_freeze(v, tensors) for v in value))
+    if isinstance(value, np.ndarray):
+        return ("ndarray", StaticArray(value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", _ById(value))
+    return ("value", value)
+
+
+def _thaw(frozen, tensors):
+    if isinstance(frozen, _Slot):
+        return tensors[frozen.i]
+    kind, value = frozen
+    if kind in ("list", "tuple"):
+        items = [_thaw(v, tensors) for v in value]
+        return items if kind == "list" else tuple(items)
+    if kind == "ndarray":
+        return value.array.copy()
+    return value.value if kind == "id" else value
+
+
+def _show(frozen):
+    """A frozen argument as its value, operands as ``#i``."""
+    if isinstance(frozen, _Slot):
+        return frozen
+    kind, value = frozen
+    if kind in ("list", "tuple"):
+        items = [_show(v) for v in value]
+        return items if kind == "list" else tuple(items)
+    return value
+
+
+@dataclass(frozen=True)
+class Deferred(Op):
+    """A call made on operands with dynamic dimensions, replayed at specialisation.
+
+    ``fn(*args, **kwargs)`` with the operands in the slots of ``args``/``kwargs``; ``label``
+    names the node in printers and diagrams; ``like``: the output has the shape and dtype
+    of that operand (gradients), otherwise probing finds them."""
+
+    fn: object
+    args: tuple
+    kwargs: tuple
+    label: str
+    like: int | None = field(default=None)
+
+    dynamic = True
+
+    @property
+    def name(self):  # type: ignore[override]
+        return self.label
+
+    def attrs(self):
+        """The static arguments of the call (operands are inputs of the node)."""
+        kwargs = dict(self.kwargs)
+        if self.fn is _make:
+            return kwargs["op"][1].attrs()
+        if self.fn is _vjp_of:
+            return {"of": kwargs["op"][1].label, "operand": kwargs["k"][1]}
+        shown = {f"arg{i}": _show(a) for i, a in enumerate(self.args)
+                 if not isinstance(a, _Slot)}
+        return shown | {k: _show(v) for k, v in kwargs.items() if not isinstance(v, _Slot)}
+
+    def build(self, inputs) -> Tensor:
+        """The node this call makes on ``inputs`` (of concrete shapes)."""
+        args = _thaw(("tuple", self.args), inputs)
+        kwargs = {k: _thaw(v, inputs) for k, v in self.kwargs}
+        out = self.fn(*args, **kwargs)
+        if not isinstance(out, Tensor):
+            raise GraphError(located(f"{self.label}: dynamic dimensions are supported for "
+                                     f"calls returning one tensor, not {type(out).__name__}"))
+        return out
+
+    def infer(self, inputs):
+        if self.like is not None:
+            return inputs[self.like].shape, inputs[self.like].dtype
+        return _probe(self, inputs)
+
+    def evaluate(self, *arrays):
+        raise GraphError(f"{self.label}: a node with dynamic dimensions is evaluated only "
+                         "after specialisation (gc.compile does it per feed shape)")
+
+    local = ("∂{y}/∂{x}",)
+    vjp_text = ("vjp of {g}",)
+
+    def vjp(self, z, g, k):
+        slots = tuple(_Slot(i) for i in range(len(z.inputs) + 1))
+        op = Deferred(_vjp_of, slots, (("k", ("value", k)), ("op", ("value", self))),
+                      f"d{self.label}", k)
+        return Tensor.make(op, (*z.inputs, g))
+
+
+def _vjp_of(*tensors, op: Deferred, k: int) -> Tensor:
+    """The gradient of ``op``'s call w.r.t. its ``k``-th operand (only that use of it, even
+    when the same tensor fills several slots), given the cotangent (the last tensor)."""
+    from .inputs import Input
+    from .passes.autodiff import vjp
+    xs, g = list(tensors[:-1]), tensors[-1]
+    x = xs[k]
+    holder = Tensor.make(Input(f"_holder{next(_HOLDERS)}", x.shape, x.dtype))
+    xs[k] = holder
+    grad = vjp(op.build(xs), holder, g)
+    return substitute([grad], {id(holder): x})[0]
+
+
+def defer(fn, args=(), kwargs=None, label=None) -> Tensor:
+    """The deferred node of ``fn(*args, **kwargs)`` (some tensor in them is dynamic)."""
+    tensors: list[Tensor] = []
+    frozen_args = tuple(_freeze(a, tensors) for a in args)
+    frozen_kwargs = tuple((k, _freeze(v, tensors)) for k, v in sorted((kwargs or {}).items()))
+    op = Deferred(fn, frozen_args, frozen_kwargs, label or fn.__name__)
+    return Tensor.make(op, tensors)
+
+
+def _make(*inputs, op: Op) -> Tensor:
+    return Tensor.make(op, inputs)
+
+
+def defer_make(op: Op, inputs) -> Tensor:
+    """``Tensor.make(op, inputs)`` for dynamic ``inputs``: deferred."""
+    return defer(_make, tuple(inputs), {"op": op}, op.name)
+
+
+def dynamic(fn):
+    """Decorate a public function that reads its operands' shapes: called with an operand
+    of dynamic shape, it makes a :class:`Deferred` node (replayed on concrete shapes)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _has_dynamic(args) or _has_dynamic(kwargs.values()):
+            return defer(fn, args, kwargs)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def _has_dynamic(values) -> bool:
+    for v in values:
+        if isinstance(v, Tensor):
+            if is_dynamic(v.shape):
+                return True
+        elif isinstance(v, (list, tuple)) and _has_dynamic(v):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# Probing: the shape of a deferred call
+
+
+def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
+    symbols = list(dict.fromkeys(d for t in inputs for d in t.shape
+                                 if d is None or isinstance(d, str)))
+    runs = []
+    try:  # each name its own size: names are told apart
+        for run in (0, 1):
+            sizes = {s: _BASE + 2 * run + 10 * i for i, s in enumerate(symbols)}
+            runs.append((sizes, _run(op, inputs, sizes)))
+    except GraphError:  # one size for all: None and names may stand for one another
+        runs = []
+        for size in (_BASE, _BASE + 2):
+            sizes = dict.fromkeys(symbols, size)
+            try:
+                runs.append((sizes, _run(op, inputs, sizes)))
+            except GraphError as err:
+                only = symbols[0] if len(symbols) == 1 else None
+                text = re.sub(rf"\b{size}\b", repr(only), str(err))
+                raise type(err)(text) from None
+    (sizes_a, a), (sizes_b, b) = runs
+    shape = []
+    for da, db in zip(a.shape, b.shape):
+        if da == db:
+            shape.append(da)
+            continue
+        names = [s for s in symbols if sizes_a[s] == da and sizes_b[s] == db]
+        shape.append(names[0] if len(names) == 1 else None)
+    return tuple(shape), a.dtype
+
+
+def _run(op: Deferred, inputs, sizes) -> Tensor:
+    from .inputs import Input
+    stand_ins = []
+    for i, t in enumerate(inputs):
+        if is_dynamic(t.shape):
+            shape = tuple(sizes[d] if d is None or isinstance(d, str) else d
+                          for d in t.shape)
+            t = Tensor.make(Input(f"_probe{i}", shape, t.dtype))
+        stand_ins.append(t)
+    return op.build(stand_ins)
+
+
+# ---------------------------------------------------------------------------------------
+# Specialisation
+
+
+def substitute(outputs, mapping: dict) -> list[Tensor]:
+    """``outputs`` rebuilt with the nodes in ``mapping`` (by id) replaced, every
+    :class:`Deferred` node replayed on its new operands."""
+    new = dict(mapping)
+    for t in iter_nodes(outputs):
+        if id(t) in new:
+            continue
+        inputs = tuple(new[id(i)] for i in t.inputs)
+        if isinstance(t.op, Deferred):
+            node = _replay(t, inputs)
+        elif all(a is b for a, b in zip(inputs, t.inputs)):
+            node = t
+        else:
+            node = Tensor.make(t.op, inputs)
+            for record in t.meta or ():
+                node.tag(record)
+        new[id(t)] = node
+    return [new[id(o)] for o in outputs]
+
+
+def _replay(t: Tensor, inputs) -> Tensor:
+    try:
+        return t.op.build(inputs)
+    except GraphError as err:
+        where = f" (built at {t.loc})" if t.loc else ""
+        shapes = ", ".join(str(i.shape) for i in inputs)
+        raise ShapeError(f"{t.op.label}{where} on operands of shapes {shapes}: "
+                         f"{err}") from None
+
+
+def specialise(outputs, shapes: dict) -> list[Tensor]:
+    """``outputs`` with every dynamic input replaced by one of shape ``shapes[label]``."""
+    from .inputs import Input
+    mapping = {}
+    for t in iter_nodes(outputs):
+        if isinstance(t.op, Input) and t.op.label in shapes:
+            op = Input(t.op.label, tuple(shapes[t.op.label]), t.op.in_dtype, t.op.init)
+            mapping[id(t)] = Tensor.make(op)
+    return substitute(outputs, mapping)
+
+
+class DynamicFunction:
+    """``gc.compile`` of a graph with dynamic dimensions: specialised and compiled once per
+    distinct feed shape (``specialised`` maps the shapes of the dynamic inputs to the
+    compiled function); ``graph``, ``source`` and ``stats`` describe the latest one
+    (before the first call: the graph as given)."""
+
+    def __init__(self, outputs, backend: str, passes, given):
+        from .passes.autodiff import differentiated_from
+        self.outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        self.single = not isinstance(outputs, (list, tuple))
+        self.backend, self.passes = backend, passes
+        self.inputs = given.inputs
+        self.dynamic = [t for t in given.inputs if is_dynamic(t.shape)]
+        self.accepted = differentiated_from(given.nodes)
+        self.specialised: dict[tuple, object] = {}
+        self._latest = None
+        self._given = given
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.op.label for t in self.inputs)
+
+    @property
+    def graph(self):
+        return self._latest.graph if self._latest else self._given
+
+    @property
+    def source(self) -> str:
+        from .graph import format_graph
+        return self._latest.source if self._latest else format_graph(self._given)
+
+    @property
+    def stats(self) -> dict:
+        base = dict(self._latest.stats) if self._latest else {"backend": self.backend}
+        return {**base, "specialisations": len(self.specialised)}
+
+    def __call__(self, feeds=None, /, **kwargs):
+        from .compiler import CompiledFunction, FeedError, _validate
+        if feeds is not None:
+            if not isinstance(feeds, dict):
+                raise FeedError(f"feeds must be a dict of name -> array, got "
+                                f"{type(feeds).__name__}")
+            kwargs = {**feeds, **kwargs}
+        host = kwargs
+        if self.backend == "cuda":  # device arrays: checked here through host stand-ins
+            from .cuda_backend import is_device_array
+            host = {k: np.broadcast_to(np.zeros((), np.dtype(v.dtype)), tuple(v.shape))
+                    if is_device_array(v) else v for k, v in kwargs.items()}
+        checked = _validate(self.inputs, host, self.accepted)
+        arrays = checked if host is kwargs else {k: kwargs[k] for k in checked}
+        shapes = {t.op.label: tuple(checked[t.op.label].shape) for t in self.dynamic}
+        self._bind(shapes)
+        key = tuple(shapes[t.op.label] for t in self.dynamic)
+        fn = self.specialised.get(key)
+        if fn is None:
+            try:
+                outs = specialise(self.outputs, shapes)
+            except ShapeError as err:
+                fed = ", ".join(f"{n!r} {s}" for n, s in shapes.items())
+                raise FeedError(f"feeds of shapes {fed} do not fit the graph: {err}") from None
+            fn = CompiledFunction(outs if not self.single else outs[0], self.backend,
+                                  self.passes)
+            self.specialised[key] = fn
+        self._latest = fn
+        return fn({n: arrays[n] for n in fn.input_names if n in arrays})
+
+    def _bind(self, shapes) -> None:
+        from .compiler import FeedError
+        seen: dict[str, tuple[int, str]] = {}
+        for t in self.dynamic:
+            for d, size in zip(t.shape, shapes[t.op.label]):
+                if not isinstance(d, str):
+                    continue
+                size0, name0 = seen.setdefault(d, (size, t.op.label))
+                if size0 != size:
+                    raise FeedError(
+                        f"feeds {name0!r} and {t.op.label!r} disagree on dimension {d!r}: "
+                        f"{size0} in {name0!r} {shapes[name0]} and {size} in "
+                        f"{t.op.label!r} {shapes[t.op.label]}")
+
+    def __repr__(self) -> str:
+        return (f"<DynamicFunction backend={self.backend} inputs={list(self.input_names)} "
+                f"specialised={len(self.specialised)}>")

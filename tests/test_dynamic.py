@@ -1,0 +1,187 @@
+"""Dynamic dimensions: gc.input with None or named dimensions, specialised per feed shape."""
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+IN, HID, OUT = 6, 5, 3
+
+
+def mlp(batch, labels_batch=None):
+    """An MLP, its softmax cross-entropy loss and the gradients of every parameter."""
+    x = gc.input("x", (batch, IN))
+    y = gc.input("y", (batch if labels_batch is None else labels_batch,), "int64")
+    W1, b1 = gc.param("W1", (IN, HID)), gc.param("b1", (HID,), init="normal")
+    W2 = gc.param("W2", (HID, OUT))
+    logits = gc.tanh(x @ W1 + b1) @ W2
+    loss = gc.softmax_cross_entropy(logits, y)
+    return [loss, logits, *gc.grad(loss, [W1, b1, W2])]
+
+
+def feeds(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((n, IN)).astype(np.float32),
+            "y": rng.integers(0, OUT, n)}
+
+
+PARAMS = gc.init_params(mlp(None)[0], seed=1)
+
+
+@pytest.fixture(scope="module", params=["numpy", "numba"])
+def dynamic_mlp(request):
+    return request.param, gc.compile(mlp(None), backend=request.param)
+
+
+def test_build_time_shapes_hold_none_and_names():
+    outs = mlp(None)
+    assert outs[0].shape == () and outs[1].shape == (None, OUT)
+    assert [t.shape for t in outs[2:]] == [(IN, HID), (HID,), (HID, OUT)]
+    x = gc.input("xn", ("N", 784))
+    assert x.shape == ("N", 784)
+    assert gc.reshape(x, (-1, 28, 28)).shape == ("N", 28, 28)
+    assert gc.sum(x, axis=1).shape == ("N",) and gc.mean(x, axis=0).shape == (784,)
+    assert gc.reshape(x, ("N", 2, -1)).shape == ("N", 2, 392)
+    assert gc.reshape(x, (-1,)).shape == (None,)  # N * 784: known only at call time
+
+
+@pytest.mark.parametrize("n", [1, 64])
+def test_dynamic_batch_equals_fixed_shape_graph(dynamic_mlp, n):
+    backend, f = dynamic_mlp
+    got = f(**feeds(n), **PARAMS)
+    want = gc.compile(mlp(n), backend=backend)(**feeds(n), **PARAMS)
+    assert len(got) == len(want) == 5
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_specialisation_per_shape_kernels_shared():
+    f = gc.compile(mlp("B"), backend="numba")
+    first = f(**feeds(2), **PARAMS)
+    second = f(**feeds(7), **PARAMS)
+    again = f(**feeds(2), **PARAMS)
+    assert f.stats["specialisations"] == 2 and sorted(f.specialised) == [
+        ((2, IN), (2,)), ((7, IN), (7,))]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert second[1].shape == (7, OUT)
+    later = f.specialised[((7, IN), (7,))].stats  # compiled after the batch-2 one
+    assert later["kernels"] > 0 and later["kernel_cache_misses"] == 0
+
+
+def test_mean_and_losses_divide_by_the_fed_batch():
+    x = gc.input("x", (None, 3))
+    y = gc.input("y", (None,), "int64")
+    t = gc.input("t", (None, 3))
+    outs = [gc.mean(x), gc.mean(x, axis=0), gc.softmax_cross_entropy(x, y), gc.mse(x, t),
+            gc.grad(gc.mean(x), x)]
+    f = gc.compile(outs, backend="numpy")
+    rng = np.random.default_rng(3)
+    for n in (2, 5):
+        X, T = rng.standard_normal((n, 3)), rng.standard_normal((n, 3))
+        Y = rng.integers(0, 3, n)
+        mean, col, ce, mse, g = f(x=X, y=Y, t=T)
+        logp = X - np.log(np.exp(X).sum(1, keepdims=True))
+        np.testing.assert_allclose(mean, X.mean(), rtol=1e-6)
+        np.testing.assert_allclose(col, X.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(ce, -logp[np.arange(n), Y].mean(), rtol=1e-6)
+        np.testing.assert_allclose(mse, ((X - T) ** 2).mean(), rtol=1e-6)
+        np.testing.assert_allclose(g, np.full((n, 3), 1 / (3 * n)), rtol=1e-6)
+
+
+def test_reshape_keeps_none_and_unreached_gradients_are_zeros():
+    x = gc.input("x", (None, 2, 3))
+    flat = gc.nn.Flatten()(x)  # reshape(x, (x.shape[0], -1)): None keeps x's dimension
+    z = gc.input("z", (2,))
+    unreached = gc.grad(gc.sum(z * 2.0), [x, z])[0]
+    assert flat.shape == (None, 6) and unreached.shape == (None, 2, 3)
+    f = gc.compile([flat, unreached], backend="numpy")
+    X = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
+    got_flat, got_zero = f(x=X, z=np.ones(2, np.float32))
+    np.testing.assert_array_equal(got_flat, X.reshape(4, 6))
+    np.testing.assert_array_equal(got_zero, np.zeros((4, 2, 3), np.float32))
+    with pytest.raises(gc.ShapeError, match=r"reshape: .*'M' at position 0, which is not a "
+                       r"dynamic dimension of \(None, 2, 3\)"):
+        gc.compile(gc.reshape(x, ("M", -1)), backend="numpy")(x=X)
+
+
+def test_feed_errors_name_the_input_and_the_pattern():
+    f = gc.compile(mlp(None)[0], backend="numpy")
+    good = feeds(3)
+    with pytest.raises(gc.FeedError) as err:
+        f(x=np.ones((3, IN + 1), np.float32), y=good["y"], **PARAMS)
+    assert str(err.value) == (f"feed 'x' has shape (3, {IN + 1}); expected (None, {IN}) "
+                              "(any size where None)")
+    with pytest.raises(gc.FeedError) as err:
+        f(x=np.ones(IN, np.float32), y=good["y"], **PARAMS)
+    assert str(err.value) == f"feed 'x' has shape ({IN},); expected (None, {IN}) (any size " \
+        "where None)"
+    with pytest.raises(gc.FeedError, match=r"feeds of shapes 'x' \(3, 6\), 'y' \(2,\) do not "
+                       r"fit the graph: softmax_cross_entropy \(built at .*test_dynamic.py"
+                       r":\d+\) .*labels \(2,\) must be \(3,\)"):
+        f(x=good["x"], y=good["y"][:2], **PARAMS)
+
+
+def test_named_dimensions_bind_across_inputs():
+    f = gc.compile(mlp("N"), backend="numpy")
+    assert f(**feeds(4), **PARAMS)[1].shape == (4, OUT)
+    with pytest.raises(gc.FeedError) as err:
+        f(x=feeds(4)["x"], y=feeds(3)["y"], **PARAMS)
+    assert str(err.value) == ("feeds 'x' and 'y' disagree on dimension 'N': 4 in 'x' "
+                              f"(4, {IN}) and 3 in 'y' (3,)")
+    with pytest.raises(gc.FeedError) as err:
+        f(x=np.ones((2, 1), np.float32), y=feeds(2)["y"], **PARAMS)
+    assert str(err.value) == (f"feed 'x' has shape (2, 1); expected ('N', {IN}) (any size "
+                              "where 'N', one size per name across inputs)")
+
+
+def test_build_errors_show_the_dynamic_shape():
+    x = gc.input("x", (None, 3))
+    with pytest.raises(gc.ShapeError, match=r"operands: \(None, 3\) float32, \(4,\) float32"):
+        x + gc.input("z", (4,))
+    with pytest.raises(gc.ShapeError, match="param 'W': parameters have fixed shapes, got "
+                       r"\(None, 3\)"):
+        gc.param("W", (None, 3))
+    with pytest.raises(gc.GraphError, match="dynamic dimensions"):
+        _ = x.size
+
+
+def test_grad_checks_and_hvp_on_a_dynamic_batch():
+    loss, *_ = mlp(None)
+    W1 = next(p for p in gc.params_of(loss) if p.name == "W1")
+    values = {**feeds(4), **{k: v.astype(np.float64) for k, v in PARAMS.items()}}
+    rep = gc.check_grad(loss, [W1], values)
+    assert rep.ok and rep.max_rel_error < 1e-6
+    v = np.random.default_rng(0).standard_normal((IN, HID))
+    dyn = gc.compile(gc.hvp(loss, W1, v), backend="numpy")(**feeds(4), **PARAMS)
+    fixed_loss = mlp(4)[0]
+    W1f = next(p for p in gc.params_of(fixed_loss) if p.name == "W1")
+    want = gc.compile(gc.hvp(fixed_loss, W1f, v), backend="numpy")(**feeds(4), **PARAMS)
+    np.testing.assert_allclose(dyn, want, rtol=1e-5, atol=1e-7)  # sums in another order
+
+
+def test_render_a_dynamic_graph(tmp_path):
+    loss = mlp(None)[0]
+    text = gc.render(loss, tmp_path / "m.dot", backward=True, values={**feeds(2), **PARAMS})
+    assert "softmax_cross_entropy" in str(text.source if hasattr(text, "source") else text)
+
+
+def test_training_step_on_a_dynamic_batch():
+    def step_for(batch):
+        loss = mlp(batch)[0]
+        return gc.train.make_train_step(loss, gc.optim.SGD(0.1), backend="numpy",
+                                        initial=PARAMS)
+    dyn = step_for(None)
+    for n in (3, 5):
+        fixed = step_for(n)
+        fixed.values.update({k: v.copy() for k, v in dyn.values.items()})
+        got, want = dyn(feeds(n, seed=n)), fixed(feeds(n, seed=n))
+        assert got == want
+        for name in PARAMS:
+            np.testing.assert_array_equal(dyn.values[name], fixed.values[name])
+    data = feeds(20)
+    history = gc.train.fit(dyn, data, epochs=2, batch_size=6, progress=False)
+    assert len(history.history["loss"]) == 2
+    with pytest.raises(gc.GraphError, match="share one batch size"):
+        gc.train.fit(dyn, data, epochs=1, progress=False)
