@@ -97,9 +97,25 @@ def test_gradients_of_an_imported_model_agree_with_torch_autograd(resnet):
         assert np.linalg.norm(g - ref) <= 1e-4 * np.linalg.norm(ref) + 1e-7, name
 
 
-def test_symbolic_dimensions_need_a_size(resnet):
-    with pytest.raises(gc.GraphError, match=r"symbolic dimension 'N'.*dims=\{'N': \.\.\.\}"):
-        gc.from_onnx(resnet[2])
+def test_symbolic_dimensions_become_dynamic_dimensions(resnet):
+    net, _, model = resnet
+    m = gc.from_onnx(model)
+    assert m.inputs["x"].shape == ("N", 3, 11, 11) and m.outputs[0].shape == ("N", 5)
+    labels = gc.input("labels", ("N",), "int64")
+    loss = gc.softmax_cross_entropy(m.outputs[0], labels)
+    dW = gc.grad(loss, m.params["fc.weight"])
+    f = gc.compile([m.outputs[0], loss, dW], backend="numpy")
+    for n in (1, 3):
+        x = torch.randn(n, 3, 11, 11)
+        y, value, g = f(x=x.numpy(), labels=np.arange(n), **m.weights)
+        net.zero_grad()
+        torch_loss = torch.nn.functional.cross_entropy(net(x), torch.arange(n))
+        torch_loss.backward()
+        np.testing.assert_allclose(y, net(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(g, net.fc.weight.grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert f.stats["specialisations"] == 2
+    with pytest.raises(gc.FeedError, match="feed 'x' has shape"):
+        f(x=np.zeros((2, 3, 12, 11), np.float32), labels=np.arange(2), **m.weights)
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import re
 import numpy as np
 
 from .. import dtypes
+from ..dynamic import defer, is_dynamic
 from ..graph import Graph
 from ..inputs import Constant, constant, input, param
 from ..interpreter import evaluate_graph
@@ -46,10 +47,12 @@ class OnnxInitializer:
 def from_onnx(model, dims: dict | None = None) -> Model:
     """Import an ONNX model (a file path or an ``onnx.ModelProto``) as a :class:`gc.Model`.
 
-    ``dims`` gives sizes to the model's symbolic dimensions (``{"N": 8}``; an unnamed
-    dimension is keyed ``"input_name:axis"``).  An op outside the supported set
-    (``graphc.importers.onnx_ops.SUPPORTED``) raises ``gc.UnsupportedOpError`` before
-    anything is built.
+    Symbolic dimensions become dynamic dimensions (named by the model, ``None`` where
+    unnamed): the compiled function takes any size there, importing the model once per
+    distinct feed shape.  ``dims`` fixes them instead (``{"N": 8}``; an unnamed dimension
+    is keyed ``"input_name:axis"``), which gives a graph of ordinary nodes to draw.  An op
+    outside the supported set (``graphc.importers.onnx_ops.SUPPORTED``) raises
+    ``gc.UnsupportedOpError`` before anything is built.
 
     >>> import onnx, numpy as np, graphc as gc
     >>> from onnx import helper, TensorProto as T
@@ -156,7 +159,7 @@ class _Importer:
 
     def static(self, name: str, what: str) -> np.ndarray:
         """The constant value of ``name`` (an ONNX input that acts as an attribute)."""
-        if name in self.initial and name not in self.values:
+        if name in self.initial:
             return self.initial[name]
         t = self.tensor(name)
         if isinstance(t.op, Constant):
@@ -177,17 +180,36 @@ class _Importer:
             t = input(self.unique(v.name), self.input_shape(v),
                       _onnx_dtype(v.type.tensor_type.elem_type, f"input {v.name!r}"))
             inputs[v.name] = self.values[v.name] = t
+        if any(is_dynamic(t.shape) for t in inputs.values()):
+            outputs = self.deferred()
+        else:
+            outputs = self.build()
+        used = {name for t in outputs for name in t.leaves}
+        params = {k: t for k, t in self.params.items() if t.op.label in used}
+        weights = {t.op.label: t.op.init.value for t in params.values()}
+        return Model(inputs, outputs, params, weights, source)
+
+    def build(self) -> list[Tensor]:
+        """Import every node (inside the groups of its name); the model's outputs."""
         prefix = _common_prefix([_scope_parts(n) for n in self.graph.node])
         for node in self.graph.node:
             with contextlib.ExitStack() as stack:
                 for part in _scope_parts(node)[prefix:]:
                     stack.enter_context(scope(part))
                 self.import_node(node)
-        outputs = [self.tensor(v.name) for v in self.graph.output]
-        used = {name for t in outputs for name in t.leaves}
-        params = {k: t for k, t in self.params.items() if t.op.label in used}
-        weights = {t.op.label: t.op.init.value for t in params.values()}
-        return Model(inputs, outputs, params, weights, source)
+        return [self.tensor(v.name) for v in self.graph.output]
+
+    def deferred(self) -> list[Tensor]:
+        """The outputs of a model with dynamic inputs: each one deferred call that imports
+        the model on the inputs of the fed shapes (gc.compile replays it per shape)."""
+        for name, value in self.initial.items():
+            if value.dtype.kind == "f":
+                self.tensor(name)  # the params, shared by every replay
+        names = tuple(self.values)
+        tensors = tuple(self.values[n] for n in names)
+        return [defer(_replayed_output, tensors,
+                      {"model": self.model, "names": names, "k": k}, label=v.name)
+                for k, v in enumerate(self.graph.output)]
 
     def check_supported(self) -> None:
         for node in self.graph.node:
@@ -206,11 +228,7 @@ class _Importer:
                 shape.append(d.dim_value)
                 continue
             key = d.dim_param or f"{v.name}:{axis}"
-            if key not in self.dims:
-                raise GraphError(located(
-                    f"ONNX input {v.name!r} has the symbolic dimension {key!r} (axis {axis}); "
-                    f"give its size: gc.from_onnx(model, dims={{{key!r}: ...}})"))
-            shape.append(int(self.dims[key]))
+            shape.append(int(self.dims[key]) if key in self.dims else d.dim_param or None)
         return tuple(shape)
 
     def import_node(self, node) -> None:
@@ -232,6 +250,23 @@ class _Importer:
             if not t.op.fed and t.display is None and not isinstance(t.op, Constant):
                 t.named(name)
             self.values[name] = t
+
+
+_REPLAYS: dict = {}
+
+
+def _replayed_output(*tensors, model, names, k) -> Tensor:
+    """Output ``k`` of ``model`` imported on ``tensors`` (the values ``names``, of concrete
+    shapes): what a deferred output of a model with dynamic inputs replays.  The import is
+    kept for the model's other outputs (the last few imports only)."""
+    key = (id(model), tuple(map(id, tensors)))
+    if key not in _REPLAYS:
+        importer = _Importer(model, {})
+        importer.values.update(zip(names, tensors))
+        if len(_REPLAYS) >= 4:
+            _REPLAYS.pop(next(iter(_REPLAYS)))
+        _REPLAYS[key] = (model, tensors, importer.build())
+    return _REPLAYS[key][2][k]
 
 
 def _label(node) -> str:
