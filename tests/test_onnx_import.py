@@ -270,3 +270,17 @@ def test_docs_list_exactly_the_supported_ops():
     listed = set(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", table)) & onnx_ops
     assert f"### Supported ops ({len(SUPPORTED)})" in table
     assert listed == set(SUPPORTED)
+
+
+@pytest.mark.parametrize("channels, groups", [(4, 2), (6, 6)], ids=["grouped", "depthwise"])
+def test_grouped_and_depthwise_conv_run_as_numba_kernels(channels, groups):
+    rng = np.random.default_rng(3)
+    x = gc.input("x", (2, channels, 7, 6), "float64")
+    w = gc.param("w", (6, channels // groups, 3, 3), dtype="float64")
+    y = gc.conv2d(x, w, 2, 1, groups=groups)
+    gx, gw = gc.grad(gc.sum(gc.tanh(y)), [x, w])
+    feeds = {"x": rng.standard_normal(x.shape), "w": rng.standard_normal(w.shape)}
+    f = gc.compile([y, gx, gw], backend="numba")
+    assert f.stats["numpy_fallbacks"] == [] and "conv2d_cols.reshape((2, " in f.source
+    for a, b in zip(f(**feeds), gc.compile([y, gx, gw], backend="numpy")(**feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
