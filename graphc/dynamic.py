@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ir import GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
+from .ir import GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located, replaying
 
 # Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
 # name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes.
@@ -191,8 +191,25 @@ class Deferred(Op):
         raise GraphError(f"{self.label}: a node with dynamic dimensions is evaluated only "
                          "after specialisation (gc.compile does it per feed shape)")
 
-    local = ("∂{y}/∂{x}",)
-    vjp_text = ("vjp of {g}",)
+    def _inner(self):
+        return dict(self.kwargs)["op"][1] if self.fn is _make else None
+
+    @property
+    def local(self):
+        """The wrapped op's local derivative texts (diagrams), else a generic one."""
+        inner = self._inner()
+        texts = getattr(inner, "local", None) or \
+            getattr(getattr(inner, "fn", None), "derivatives_text", None)
+        return tuple(texts) if texts else ("∂{y}/∂{x}",)
+
+    @property
+    def vjp_text(self):
+        inner = self._inner()
+        if inner is not None and hasattr(inner, "vjp_text"):
+            return inner.vjp_text
+        if inner is not None and hasattr(getattr(inner, "fn", None), "derivatives_text"):
+            return tuple(f"{{g}} · ({t})" for t in inner.fn.derivatives_text)
+        return ("vjp of {g}",)
 
     def vjp(self, z, g, k):
         slots = tuple(_Slot(i) for i in range(len(z.inputs) + 1))
@@ -324,12 +341,11 @@ def substitute(outputs, mapping: dict) -> list[Tensor]:
 
 def _replay(t: Tensor, inputs) -> Tensor:
     try:
-        return t.op.build(inputs)
+        with replaying(t):  # errors and new nodes name the user's line and scope
+            return t.op.build(inputs)
     except GraphError as err:
-        where = f" (built at {t.loc})" if t.loc else ""
         shapes = ", ".join(str(i.shape) for i in inputs)
-        raise ShapeError(f"{t.op.label}{where} on operands of shapes {shapes}: "
-                         f"{err}") from None
+        raise ShapeError(f"{t.op.label} on operands of shapes {shapes}: {err}") from None
 
 
 def specialise(outputs, shapes: dict) -> list[Tensor]:

@@ -70,8 +70,14 @@ class SourceLoc:
         return f"{self.filename}:{self.lineno}"
 
 
+_REPLAYED: list[SourceLoc | None] = []
+
+
 def user_location() -> SourceLoc | None:
-    """The innermost caller frame that is not graphc's own code."""
+    """The innermost caller frame that is not graphc's own code (or, while a call is
+    replayed on new shapes, where the user made it)."""
+    if _REPLAYED and _REPLAYED[-1] is not None:
+        return _REPLAYED[-1]
     internal = _internal_dirs()
     frame = sys._getframe(1)
     while frame is not None:
@@ -158,6 +164,21 @@ def scope(name: str):
         yield _SCOPES[-1]
     finally:
         _SCOPES.pop()
+
+
+@contextlib.contextmanager
+def replaying(node: Tensor):
+    """Nodes made inside record ``node``'s user line and scope: a call replayed on new
+    shapes (graphc/dynamic.py) builds nodes that belong where the user built ``node``."""
+    _REPLAYED.append(node.loc)
+    if node.scope:
+        _SCOPES.append(node.scope)
+    try:
+        yield
+    finally:
+        _REPLAYED.pop()
+        if node.scope:
+            _SCOPES.pop()
 
 
 class Tensor:
