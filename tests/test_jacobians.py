@@ -235,6 +235,27 @@ def test_max_min_vjp_matches_jacobian_without_ties(kind, shape, axis, keepdims):
                                 [shape], point=[point], seed=3)
 
 
+@pytest.mark.parametrize("shape, axis, keepdims", REDUCE_CASES[:4], ids=_REDUCE_IDS[:4])
+def test_prod_vjp_matches_jacobian(shape, axis, keepdims):
+    point = np.random.default_rng(5).standard_normal(shape)
+    point.flat[1] = 0.0  # the rule is exact at zeros (g * y / x is not)
+    assert_vjp_matches_jacobian(lambda x: gc.prod(x, axis, keepdims),
+                                lambda x: reduce_sym(x, axis, keepdims, lambda e: sp.Mul(*e)),
+                                [shape], point=[point], seed=5)
+
+
+@pytest.mark.parametrize("shape, axis", [((4,), 0), ((2, 3), 1), ((2, 3, 2), 0)])
+def test_cumsum_vjp_matches_jacobian(shape, axis):
+    def sym_cumsum(x):
+        moved = np.moveaxis(np.asarray(x, dtype=object), axis, -1)
+        out = np.empty(moved.shape, dtype=object)
+        for idx in np.ndindex(*moved.shape[:-1]):
+            for j in range(moved.shape[-1]):
+                out[idx + (j,)] = sp.Add(*moved[idx][:j + 1])
+        return np.moveaxis(out, -1, axis)
+    assert_vjp_matches_jacobian(lambda x: gc.cumsum(x, axis), sym_cumsum, [shape], seed=6)
+
+
 @pytest.mark.parametrize("shape, axis, keepdims", REDUCE_CASES, ids=_REDUCE_IDS)
 def test_logsumexp_vjp_matches_jacobian(shape, axis, keepdims):
     assert_vjp_matches_jacobian(lambda x: gc.logsumexp(x, axis, keepdims),
