@@ -83,7 +83,10 @@ def _axis(axis: int, ndim: int) -> int:
 
 _UNARY = {"Relu": F.relu, "Sigmoid": F.sigmoid, "Tanh": F.tanh, "Exp": F.exp, "Log": F.log,
           "Sqrt": F.sqrt, "Abs": F.abs, "Neg": F.neg, "Reciprocal": F.reciprocal,
-          "Sin": F.sin, "Cos": F.cos, "Softplus": F.softplus}
+          "Sin": F.sin, "Cos": F.cos, "Softplus": F.softplus, "Softsign": F.softsign,
+          "Tan": F.tan, "Asin": F.asin, "Acos": F.acos, "Atan": F.atan, "Sinh": F.sinh,
+          "Cosh": F.cosh, "Asinh": F.asinh, "Acosh": F.acosh, "Atanh": F.atanh, "Erf": F.erf,
+          "Sign": F.sign, "Floor": F.floor, "Ceil": F.ceil, "Round": F.round, "Mish": F.mish}
 _BINARY = {"Add": F.add, "Sub": F.sub, "Mul": F.mul, "Div": F.div, "Pow": F.power,
            "Equal": F.equal, "Less": F.less, "LessOrEqual": F.less_equal,
            "Greater": F.greater, "GreaterOrEqual": F.greater_equal}
@@ -181,10 +184,9 @@ def _hard_swish(c: Call):
     return x * _clip(x * (1 / 6) + 0.5, 0.0, 1.0)
 
 
-@onnx_op("Softsign")
-def _softsign(c: Call):
-    x = c.x(0)
-    return x / (1.0 + F.abs(x))
+@onnx_op("Celu")
+def _celu(c: Call):
+    return F.celu(c.x(0), alpha=c.attr("alpha", 1.0))
 
 
 @onnx_op("Cast")
@@ -262,6 +264,25 @@ def _conv(c: Call):
     y = nf.conv2d(x2, w2, strides, tuple(b for b, _ in pads), dilation=dilations,
                   groups=c.attr("group", 1), bias=bias)
     return F.reshape(y, y.shape[:2] + y.shape[3:]) if one_d else y
+
+
+@onnx_op("ConvTranspose")
+def _conv_transpose(c: Call):
+    x, w, bias = c.x(0), c.x(1), c.x(2)
+    if x.ndim != 4:
+        c.unsupported(f"a {x.ndim - 2}-D input {x.shape}")
+    strides = tuple(c.attr("strides", [1, 1]))
+    dilations = tuple(c.attr("dilations", [1, 1]))
+    out_pad = tuple(c.attr("output_padding", [0, 0]))
+    if "output_shape" in c.attrs or c.attr("auto_pad", "NOTSET") != "NOTSET":
+        c.unsupported("output_shape or auto_pad")
+    flat = c.attr("pads", [0] * 4)
+    pads = tuple(zip(flat[:2], flat[2:]))
+    y = nf.conv_transpose2d(x, w, strides, 0, out_pad, c.attr("group", 1), dilations, bias)
+    # pads crop the full transposed convolution (asymmetric ones too)
+    return y[(slice(None), slice(None)) + tuple(slice(b, y.shape[2 + i] - a)
+                                                for i, (b, a) in enumerate(pads))] \
+        if any(b or a for b, a in pads) else y
 
 
 def _pool(c: Call, kind: str):
@@ -360,7 +381,7 @@ def _softmax(c: Call):
 
 
 _REDUCE = {"ReduceSum": F.sum, "ReduceMean": F.mean, "ReduceMax": F.max, "ReduceMin": F.min,
-           "ReduceLogSumExp": F.logsumexp}
+           "ReduceLogSumExp": F.logsumexp, "ReduceProd": F.prod}
 
 
 @onnx_op(*_REDUCE, "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum")
@@ -382,6 +403,34 @@ def _reduce(c: Call):
     if c.op_type == "ReduceL2":
         return F.sqrt(F.sum(F.square(x), axes, keepdims=keep))
     return F.log(F.sum(x, axes, keepdims=keep))
+
+
+@onnx_op("ArgMax", "ArgMin")
+def _arg_reduce(c: Call):
+    x = c.x(0)
+    axis = _axis(c.attr("axis", 0), x.ndim)
+    keep = bool(c.attr("keepdims", 1))
+    if not c.attr("select_last_index", 0):
+        return (F.argmax if c.op_type == "ArgMax" else F.argmin)(x, axis, keepdims=keep)
+    # the last extreme: the first one of x reversed along the axis, counted from the end
+    first = (F.argmax if c.op_type == "ArgMax" else F.argmin)(F.flip(x, axis), axis,
+                                                             keepdims=keep)
+    return (x.shape[axis] - 1) - first
+
+
+@onnx_op("CumSum")
+def _cumsum(c: Call):
+    x = c.x(0)
+    axis = _axis(int(np.asarray(c.const(1)).reshape(())), x.ndim)
+    reverse, exclusive = c.attr("reverse", 0), c.attr("exclusive", 0)
+    y = F.flip(x, axis) if reverse else x
+    y = F.cumsum(y, axis)
+    if exclusive:  # shifted by one: zero first
+        lead = (slice(None),) * axis
+        pads = [(0, 0)] * x.ndim
+        pads[axis] = (1, 0)
+        y = F.pad(y[lead + (slice(0, x.shape[axis] - 1),)], tuple(pads))
+    return F.flip(y, axis) if reverse else y
 
 
 # ---------------------------------------------------------------------------------------
@@ -534,6 +583,11 @@ def _gather(c: Call):
     k = index.ndim
     order = tuple(range(k, k + axis)) + tuple(range(k)) + tuple(range(k + axis, y.ndim))
     return F.transpose(y, order)
+
+
+@onnx_op("Tile")
+def _tile(c: Call):
+    return F.tile(c.x(0), [int(r) for r in c.const(1)])
 
 
 @onnx_op("Pad")
