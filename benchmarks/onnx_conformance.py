@@ -94,8 +94,9 @@ def models(backend: str, only) -> None:
 
 def randomized(path: str, seed: int = 0):
     """The model with every ConstantOfShape of a constant shape (its weights) replaced by
-    a random initializer: He-normal for kernels and matrices, uniform in [0.5, 1.5] for
-    vectors (biases, batch-norm scales and variances stay positive)."""
+    a random initializer (He-normal for kernels and matrices, uniform in [0.5, 1.5] for
+    vectors: biases, batch-norm scales and variances stay positive), and without its final
+    Softmax (the logits are compared)."""
     import onnx
     from onnx import numpy_helper
     model = onnx.load(path)
@@ -112,6 +113,10 @@ def randomized(path: str, seed: int = 0):
             new.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
         else:
             kept.append(node)
+    if kept[-1].op_type == "Softmax":  # compare logits: a softmax of them saturates
+        softmax = kept.pop()
+        producer = next(n for n in kept if softmax.input[0] in n.output)
+        producer.output[list(producer.output).index(softmax.input[0])] = softmax.output[0]
     del model.graph.node[:]
     model.graph.node.extend(kept)
     model.graph.initializer.extend(new)
