@@ -39,6 +39,7 @@ def test_light_model_numpy(name):
     _light_run(name, "numpy")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["squeezenet", "zfnet512"])
 def test_light_model_numba(name):
     _light_run(name, "numba")

@@ -272,6 +272,7 @@ def test_docs_list_exactly_the_supported_ops():
     assert listed == set(SUPPORTED)
 
 
+@pytest.mark.slow  # Numba compiles (about 8 s cold)
 @pytest.mark.parametrize("channels, groups", [(4, 2), (6, 6)], ids=["grouped", "depthwise"])
 def test_grouped_and_depthwise_conv_run_as_numba_kernels(channels, groups):
     rng = np.random.default_rng(3)
