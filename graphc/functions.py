@@ -403,15 +403,14 @@ def pad(x, pads, mode="constant", value=0.0) -> Tensor:
     (2, 6)
     """
     x = as_tensor(x)
-    try:
-        pairs = tuple((int(p), int(p)) if _is_int(p) else (int(p[0]), int(p[1]))
-                      for p in ([pads] * x.ndim if _is_int(pads) else pads))
-        if not builtins.all(_is_int(v) for p in ([pads] if _is_int(pads) else pads)
-                            for v in ([p] if _is_int(p) else p)):
-            raise TypeError
-    except (TypeError, ValueError, IndexError):
+    sides = [pads] * x.ndim if _is_int(pads) else list(pads) if isinstance(pads, Iterable) \
+        else []
+    pairs = [(p, p) if _is_int(p) else tuple(p) if isinstance(p, Iterable) else () for p in sides]
+    if not pairs and x.ndim or not builtins.all(len(p) == 2 and builtins.all(map(_is_int, p))
+                                                for p in pairs):
         st.Pad((), mode).fail(f"pads must be an int or one (before, after) pair of ints per "
                               f"axis, got {pads!r}", (x,))
+    pairs = tuple((int(a), int(b)) for a, b in pairs)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         st.Pad(pairs, mode).fail(f"value must be a number, got {value!r}", (x,))
     if builtins.all(p == (0, 0) for p in pairs) and len(pairs) == x.ndim:

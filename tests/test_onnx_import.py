@@ -285,3 +285,15 @@ def test_grouped_and_depthwise_conv_run_as_numba_kernels(channels, groups):
     assert f.stats["numpy_fallbacks"] == [] and "conv2d_cols.reshape((2, " in f.source
     for a, b in zip(f(**feeds), gc.compile([y, gx, gw], backend="numpy")(**feeds)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_pad_errors_name_the_op_and_the_shapes():
+    x = gc.input("x", (2, 3))
+    with pytest.raises(gc.ShapeError, match=r"pad: pads must be an int or one \(before, after\) "
+                                            r"pair of ints per axis, got 'ab'"):
+        gc.pad(x, "ab")
+    with pytest.raises(gc.ShapeError, match=r"pad: pads \(\(1, 1\),\) must be one non-negative"):
+        gc.pad(x, [(1, 1)])
+    with pytest.raises(gc.ShapeError, match=r"reflect padding by \(3, 0\) needs an axis longer"):
+        gc.pad(x, ((0, 0), (3, 0)), mode="reflect")
+    assert gc.pad(x, 1).shape == (4, 5) and gc.pad(x, 0) is x
