@@ -65,6 +65,12 @@ class real_cbrt(sp.Function):  # noqa: N801
     def fdiff(self, argindex=1):
         return 1 / (3 * real_cbrt(self.args[0]) ** 2)
 
+    def _eval_evalf(self, prec):
+        x = self.args[0]._eval_evalf(prec)
+        if x is None or not x.is_real:
+            return None
+        return (sp.sign(x) * sp.Abs(x) ** sp.Rational(1, 3))._eval_evalf(prec)
+
 
 class _NumpyPrinter(SciPyPrinter):
     """SymPy -> NumPy source.  Numbers print as Python floats so that float32 stays

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from graphc.passes.autodiff import provenance
+from test_ops import NUMBA_GROUPED
 
 import graphc as gc
 from graphc import derivation
@@ -667,8 +668,18 @@ def test_no_gradient_flows_through_comparisons(name):
 EDGE_POINTS = (-1.0, -0.5, 0.0, 0.3, 1.0, 2.0)
 
 
-@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", sorted(EW_SPECS))
+def _edge_cases():
+    """(name, backend): every op on NumPy; on Numba those not in NUMBA_GROUPED, whose Numba
+    half is tests/test_numba_ops.py::test_grouped_elementwise_ops (one compile for all)."""
+    out = []
+    for name in sorted(EW_SPECS):
+        out.append(pytest.param(name, "numpy", id=f"{name}-numpy"))
+        if name not in NUMBA_GROUPED:
+            out.append(pytest.param(name, "numba", id=f"{name}-numba", marks=pytest.mark.slow))
+    return out
+
+
+@pytest.mark.parametrize(("name", "backend"), _edge_cases())
 def test_grad_at_edge_points_matches_torch(name, backend):
     op, spec = ew.REGISTRY[name], EW_SPECS[name]
     points = [(False, True) if a.name in op.bool_args else EDGE_POINTS + spec.edges

@@ -216,6 +216,16 @@ OPS: dict[str, OpSpec] = {
 }
 
 
+# Ops whose Numba code differs only in the function it prints are checked on Numba
+# together, in one compiled graph per dtype (tests/test_numba_ops.py
+# test_grouped_elementwise_ops): a compile per op and case would cost minutes.
+NUMBA_GROUPED = (
+    "clip", "clip_min", "clip_max", "hardtanh", "relu6", "hardsigmoid", "hardswish", "softsign",
+    "logsigmoid", "celu", "selu", "mish", "sign", "floor", "ceil", "round", "trunc", "erf",
+    "erfc", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh",
+    "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt", "std_sqrt")
+
+
 # ---------------------------------------------------------------------------------------
 # Helpers
 
