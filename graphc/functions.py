@@ -313,7 +313,7 @@ def reshape(x, shape) -> Tensor:
     has None at that position (that dimension is kept)."""
     x = as_tensor(x)
     if is_dynamic(x.shape):
-        return defer(_reshape_dynamic, (x, shape, x.shape), label="reshape")
+        return defer(_resolved, (x, shape, x.shape), {"fn": reshape}, "reshape")
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape) \
         if isinstance(shape, Iterable) else None
     if shape is None or not builtins.all(_is_int(d) for d in shape):
@@ -329,23 +329,24 @@ def reshape(x, shape) -> Tensor:
     return x if shape == x.shape else Tensor.make(st.Reshape(shape), (x,))
 
 
-def _reshape_dynamic(x, shape, pattern) -> Tensor:
-    """:func:`reshape` of ``x`` (concrete, built with dynamic ``pattern``): None and names
-    in ``shape`` are the sizes they stand for in ``x``."""
+def _resolved(x, shape, pattern, fn) -> Tensor:
+    """``fn(x, shape)`` (reshape, broadcast_to) of ``x``, concrete, built with the dynamic
+    ``pattern``: None and names in ``shape`` are the sizes they stand for in ``x``."""
     if not isinstance(shape, Iterable):
-        return reshape(x, shape)
-    resolved = []
+        return fn(x, shape)
+    shape, resolved = tuple(shape), []
+    lead = len(shape) - len(pattern) if fn is broadcast_to else 0  # aligned on the right
     for i, d in enumerate(shape):
         if d is None or isinstance(d, str):
             sizes = [x.shape[j] for j, p in enumerate(pattern)
-                     if p == d and (d is not None or j == i)]
+                     if p == d and (d is not None or j == i - lead)]
             if not sizes:
-                st.Reshape(()).fail(f"the target {tuple(shape)!r} has {d!r} at position {i}, "
-                                    f"which is not a dynamic dimension of {pattern} there",
-                                    (x,))
+                op = st.Reshape(()) if fn is reshape else st.BroadcastTo(())
+                op.fail(f"the target {shape!r} has {d!r} at position {i}, which is not a "
+                        f"dynamic dimension of {pattern} there", (x,))
             d = sizes[0]
         resolved.append(d)
-    return reshape(x, resolved)
+    return fn(x, resolved)
 
 
 def transpose(x, axes=None) -> Tensor:
@@ -356,10 +357,16 @@ def transpose(x, axes=None) -> Tensor:
     return x if perm == tuple(range(x.ndim)) else Tensor.make(st.Transpose(perm), (x,))
 
 
-@dynamic
 def broadcast_to(x, shape) -> Tensor:
-    """``x`` broadcast to ``shape`` (NumPy rules)."""
+    """``x`` broadcast to ``shape`` (NumPy rules).  For ``x`` with dynamic dimensions, an
+    entry of ``shape`` may also be the name of one, or None where ``x`` (aligned on the
+    right) has None."""
     x = as_tensor(x)
+    if is_dynamic(x.shape):
+        return defer(_resolved, (x, shape, x.shape), {"fn": broadcast_to}, "broadcast_to")
+    if not isinstance(shape, Iterable) or not builtins.all(_is_int(d) for d in shape):
+        st.BroadcastTo(()).fail(f"the target shape must be ints, got {shape!r} (a dynamic "
+                                "size is known only from a dynamic operand)", (x,))
     shape = tuple(int(d) for d in shape)
     return x if shape == x.shape else Tensor.make(st.BroadcastTo(shape), (x,))
 

@@ -28,7 +28,8 @@ def feeds(n, seed=0):
 PARAMS = gc.init_params(mlp(None)[0], seed=1)
 
 
-@pytest.fixture(scope="module", params=["numpy", "numba"])
+@pytest.fixture(scope="module", params=[
+    "numpy", pytest.param("numba", marks=pytest.mark.slow)])  # Numba: ~10 s of kernel compiles
 def dynamic_mlp(request):
     return request.param, gc.compile(mlp(None), backend=request.param)
 
@@ -56,6 +57,7 @@ def test_dynamic_batch_equals_fixed_shape_graph(dynamic_mlp, n):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # Numba kernel compiles (shared with the numba case above when both run)
 def test_one_specialisation_per_shape_kernels_shared():
     f = gc.compile(mlp("B"), backend="numba")
     first = f(**feeds(2), **PARAMS)
@@ -101,6 +103,9 @@ def test_reshape_keeps_none_and_unreached_gradients_are_zeros():
     got_flat, got_zero = f(x=X, z=np.ones(2, np.float32))
     np.testing.assert_array_equal(got_flat, X.reshape(4, 6))
     np.testing.assert_array_equal(got_zero, np.zeros((4, 2, 3), np.float32))
+    wide = gc.broadcast_to(gc.input("col", ("N", 1)), (2, "N", 3))
+    assert wide.shape == (2, "N", 3)
+    assert gc.compile(wide, backend="numpy")(col=np.ones((5, 1), np.float32)).shape == (2, 5, 3)
     with pytest.raises(gc.ShapeError, match=r"reshape: .*'M' at position 0, which is not a "
                        r"dynamic dimension of \(None, 2, 3\)"):
         gc.compile(gc.reshape(x, ("M", -1)), backend="numpy")(x=X)
