@@ -80,6 +80,7 @@ from .functions import (
     neg,
     not_equal,
     one_hot,
+    pad,
     power,
     prelu,
     prod,
@@ -117,6 +118,7 @@ from .functions import (
 from .gradcheck import GradCheckReport, check_grad  # noqa: E402
 from .graph import Graph, check_graph, format_graph, to_networkx
 from .importers import Model, UnsupportedOpError
+from .importers.onnx_import import from_onnx
 from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
 from .ir import DTypeError, GraphError, ShapeError, Tensor, scope
 from .nn_functions import (
@@ -129,6 +131,7 @@ from .nn_functions import (
     embedding,
     global_avg_pool2d,
     layer_norm,
+    local_response_norm,
     max_pool2d,
 )
 from .numba_codegen import CodegenError  # noqa: E402 -- does not import Numba
@@ -199,6 +202,7 @@ __all__ = [
     "flip",
     "floor",
     "format_graph",
+    "from_onnx",
     "gelu",
     "global_avg_pool2d",
     "grad",
@@ -222,6 +226,7 @@ __all__ = [
     "leaky_relu",
     "less",
     "less_equal",
+    "local_response_norm",
     "log",
     "log10",
     "log1p",
@@ -245,6 +250,7 @@ __all__ = [
     "not_equal",
     "one_hot",
     "optim",
+    "pad",
     "param",
     "params_of",
     "power",

@@ -82,6 +82,11 @@ def load_model(path: str):
 
 
 def _build_model(path: str):
+    if path.endswith(".onnx"):  # an ONNX file opens directly (gc.from_onnx)
+        from .importers.onnx_import import build_from_file
+        if not os.path.isfile(path):
+            raise OSError(f"no such model file: {path}")
+        return build_from_file(path)
     built = load_model(path)
     if not (isinstance(built, tuple) and len(built) == 3):
         raise ValueError(f"{path}: build() must return (loss, wrt, feeds)")
@@ -179,7 +184,8 @@ def _add_demo(sub):
 
 
 def _model_file(p):
-    p.add_argument("file", metavar="FILE.py")
+    p.add_argument("file", metavar="FILE.py", help="a model file, or an ONNX file (.onnx: "
+                   "the loss is the sum of its first output, the feeds random)")
 
 
 def _add_check(sub):

@@ -407,6 +407,32 @@ def stack(xs, axis=0) -> Tensor:
     return concat([reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in xs], axis)
 
 
+def pad(x, pads, mode="constant", value=0.0) -> Tensor:
+    """``x`` padded as ``numpy.pad``: ``pads`` is one ``(before, after)`` pair per axis (or
+    an int for every side); ``mode`` is ``"constant"`` (filled with ``value``),
+    ``"reflect"`` (mirrored, the edge not repeated), ``"edge"`` (the edge repeated) or
+    ``"wrap"`` (periodic).
+
+    >>> import graphc as gc
+    >>> gc.pad(gc.input("x", (2, 3)), ((0, 0), (1, 2)), mode="reflect").shape
+    (2, 6)
+    """
+    x = as_tensor(x)
+    sides = [pads] * x.ndim if _is_int(pads) else list(pads) if isinstance(pads, Iterable) \
+        else []
+    pairs = [(p, p) if _is_int(p) else tuple(p) if isinstance(p, Iterable) else () for p in sides]
+    if not pairs and x.ndim or not builtins.all(len(p) == 2 and builtins.all(map(_is_int, p))
+                                                for p in pairs):
+        st.Pad((), mode).fail(f"pads must be an int or one (before, after) pair of ints per "
+                              f"axis, got {pads!r}", (x,))
+    pairs = tuple((int(a), int(b)) for a, b in pairs)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        st.Pad(pairs, mode).fail(f"value must be a number, got {value!r}", (x,))
+    if builtins.all(p == (0, 0) for p in pairs) and len(pairs) == x.ndim:
+        return x
+    return Tensor.make(st.Pad(pairs, str(mode), float(value)), (x,))
+
+
 def take(x, indices) -> Tensor:
     """Rows of ``x`` picked by an integer tensor (a gather along axis 0)."""
     x, indices = as_tensor(x), as_tensor(indices)

@@ -82,9 +82,10 @@ def _pool_geometry(name, x, k, stride, padding):
 
 
 @dynamic
-def max_pool2d(x, k, stride=None, padding=0) -> Tensor:
+def max_pool2d(x, k, stride=None, padding=0, ceil_mode=False) -> Tensor:
     """Maximum over k x k windows (or (kh, kw)) of x (N, C, H, W), as PyTorch's
-    ``max_pool2d``; ``stride`` defaults to ``k``, padding (at most k / 2) counts as -inf.
+    ``max_pool2d``; ``stride`` defaults to ``k``, padding (at most k / 2) counts as -inf;
+    ``ceil_mode=True`` keeps a last, partial window that starts inside the input.
 
     The gradient goes to the first maximum of each window in row-major order (PyTorch's
     choice for ties); overlapping windows accumulate.
@@ -93,16 +94,22 @@ def max_pool2d(x, k, stride=None, padding=0) -> Tensor:
     >>> from graphc.nn_functions import max_pool2d
     >>> max_pool2d(gc.input("x", (8, 6, 24, 24)), 2).shape
     (8, 6, 12, 12)
+    >>> max_pool2d(gc.input("x", (1, 1, 5, 5)), 2, ceil_mode=True).shape
+    (1, 1, 3, 3)
     """
     x = _float_tensor("max_pool2d", x)
-    return Tensor.make(nn.MaxPool2d(*_pool_geometry("max_pool2d", x, k, stride, padding)), (x,))
+    kernel, stride, padding = _pool_geometry("max_pool2d", x, k, stride, padding)
+    if not ceil_mode:
+        return Tensor.make(nn.MaxPool2d(kernel, stride, padding), (x,))
+    return pool2d("max", x, kernel, stride, tuple((p, p) for p in padding), ceil_mode=True)
 
 
 @dynamic
-def avg_pool2d(x, k, stride=None, padding=0, count_include_pad=True) -> Tensor:
+def avg_pool2d(x, k, stride=None, padding=0, count_include_pad=True, ceil_mode=False) -> Tensor:
     """Mean over k x k windows (or (kh, kw)) of x (N, C, H, W), as PyTorch's
     ``avg_pool2d``; ``stride`` defaults to ``k``.  Zero padding counts in the mean unless
-    ``count_include_pad=False``.
+    ``count_include_pad=False``; ``ceil_mode=True`` keeps a last, partial window that
+    starts inside the input (its overhang never counts).
 
     A composition: a convolution of every channel with a kernel of ones, scaled.
 
@@ -113,19 +120,49 @@ def avg_pool2d(x, k, stride=None, padding=0, count_include_pad=True) -> Tensor:
     """
     x = _float_tensor("avg_pool2d", x)
     kernel, stride, padding = _pool_geometry("avg_pool2d", x, k, stride, padding)
-    if x.ndim != 4:
-        raise ShapeError(located(f"avg_pool2d: input must be (N, C, H, W), got {x.shape}"))
     if any(2 * p > q for p, q in zip(padding, kernel)):
         raise ShapeError(located(f"avg_pool2d: padding {padding} must be at most half the "
                                  f"window {kernel} (operand: {x.shape} {x.dtype})"))
+    return pool2d("avg", x, kernel, stride, tuple((p, p) for p in padding),
+                  count_include_pad=count_include_pad, ceil_mode=ceil_mode)
+
+
+def _ceil_extra(n: int, k: int, s: int, before: int, after: int) -> int:
+    """The padding ceil mode adds after an axis of ``n``: enough for one more window when
+    the stride leaves a remainder, as long as that window starts inside the input or its
+    leading padding (PyTorch's and ONNX's rule)."""
+    out = -(-(n + before + after - k) // s) + 1
+    if (out - 1) * s >= n + before:
+        out -= 1
+    return max(0, (out - 1) * s + k - (n + before + after))
+
+
+@dynamic
+def pool2d(kind, x, kernel, stride, pads, count_include_pad=True, ceil_mode=False) -> Tensor:
+    """Max (``kind="max"``) or average (``"avg"``) pooling of x (N, C, H, W) with any
+    ``pads`` ((top, bottom), (left, right)), as ONNX's MaxPool and AveragePool: the input
+    is padded explicitly (with -inf for max, zeros for avg), so pads may be asymmetric and
+    as wide as the window.  Average pooling divides by the number of window elements that
+    lie in the input (and in ``pads`` when ``count_include_pad``); the ceil-mode overhang
+    never counts."""
+    if x.ndim != 4:
+        raise ShapeError(located(f"{kind}_pool2d: input must be (N, C, H, W), got {x.shape}"))
+    extra = tuple(_ceil_extra(n, k, s, b, a) if ceil_mode else 0 for n, k, s, (b, a) in
+                  zip(x.shape[2:], kernel, stride, pads))
+    full = ((0, 0), (0, 0)) + tuple((b, a + e) for (b, a), e in zip(pads, extra))
+    if kind == "max":
+        padded = F.pad(x, full, value=-np.inf)
+        return Tensor.make(nn.MaxPool2d(kernel, stride, (0, 0)), (padded,))
     n, c, h, w = x.shape
+    padded = F.pad(x, full)
     ones = constant(np.ones((1, 1) + kernel, dtype=x.dtype))
-    total = conv2d(F.reshape(x, (n * c, 1, h, w)), ones, stride, padding)
+    total = conv2d(F.reshape(padded, (n * c, 1) + padded.shape[2:]), ones, stride)
     total = F.reshape(total, (n, c) + total.shape[2:])
-    if count_include_pad or padding == (0, 0):
+    inside = np.pad(np.ones((h, w)), pads, constant_values=1.0 if count_include_pad else 0.0)
+    inside = np.pad(inside, tuple((0, e) for e in extra))[None, None]
+    counts = nn.Conv2d(stride, (0, 0), (1, 1), 1).evaluate(inside, np.ones((1, 1) + kernel))
+    if np.all(counts == kernel[0] * kernel[1]):
         return total * (1.0 / (kernel[0] * kernel[1]))
-    counts = nn.Conv2d(stride, padding, (1, 1), 1).evaluate(
-        np.ones((1, 1, h, w), x.dtype), np.ones((1, 1) + kernel, x.dtype))
     return total / constant(counts.astype(x.dtype))
 
 
@@ -241,6 +278,40 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, eps=1e-5) -> Tensor:
     return _normalize(x, mean, var, eps, gamma, beta)
 
 
+@dynamic
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0) -> Tensor:
+    """Local response normalisation across channels of x (N, C, ...), as PyTorch's
+    ``local_response_norm``: y = x / (k + alpha / size * S)^beta, S the sum of x^2 over
+    ``size`` neighbouring channels (size // 2 before, (size - 1) // 2 after, zeros past
+    the edges).  A composition: a padded sum of channel slices, a power and a quotient.
+
+    >>> import graphc as gc
+    >>> from graphc.nn_functions import local_response_norm
+    >>> local_response_norm(gc.input("x", (2, 8, 5, 5)), 5).shape
+    (2, 8, 5, 5)
+    """
+    return lrn(x, size, size // 2, (size - 1) // 2, alpha, beta, k)
+
+
+@dynamic
+def lrn(x, size, before, after, alpha, beta, k) -> Tensor:
+    """:func:`local_response_norm` with the channel window ``before`` and ``after`` each
+    channel given (ONNX's LRN puts the longer side after: (size - 1) // 2 before)."""
+    x = _float_tensor("local_response_norm", x)
+    if x.ndim < 3:
+        raise ShapeError(located(f"local_response_norm: input must be (N, C, ...), got "
+                                 f"{x.shape}"))
+    if not isinstance(size, (int, np.integer)) or size < 1 or before + after + 1 != size:
+        raise ShapeError(located(f"local_response_norm: size must be a positive int, got "
+                                 f"{size!r}"))
+    c = x.shape[1]
+    sq = F.pad(F.square(x), ((0, 0), (before, after)) + ((0, 0),) * (x.ndim - 2))
+    total = sq[:, 0:c]
+    for i in range(1, size):
+        total = total + sq[:, i:i + c]
+    return x / (k + (alpha / size) * total) ** beta
+
+
 # ---------------------------------------------------------------------------------------
 # Dropout and embedding
 
@@ -301,7 +372,7 @@ def embedding(indices, table) -> Tensor:
 
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "batch_norm",
-           "layer_norm", "dropout", "embedding"]
+           "layer_norm", "local_response_norm", "dropout", "embedding"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -607,11 +607,12 @@ def rule_max_pool(lowering, t):
 
 
 def rule_conv(lowering, t):
-    """conv2d and its two adjoints (one group): im2col / col2im kernels around BLAS
-    matmuls; the weight gradient is one GEMM over the whole batch.  Other cases run the
-    op's NumPy form (also im2col + BLAS)."""
+    """conv2d and its two adjoints: im2col / col2im kernels around BLAS matmuls, one per
+    group (grouped and depthwise convolutions: a batch of GEMMs over the groups, whose
+    channels are contiguous rows of the columns); the weight gradient is one GEMM per group
+    over the whole batch.  Other cases run the op's NumPy form (also im2col + BLAS)."""
     op = t.op
-    if op.groups != 1 or any(i.dtype != t.dtype for i in t.inputs) or \
+    if any(i.dtype != t.dtype for i in t.inputs) or \
             not dtypes.is_float(t.dtype) or any(i.size == 0 for i in t.inputs):
         return rule_numpy(lowering, t)
     if isinstance(op, Conv2d):
@@ -633,6 +634,15 @@ def rule_conv(lowering, t):
         layout = "cols" if isinstance(op, Conv2d) else "kmajor"
         im2col = lowering.kernel(t, cg.im2col_kernel(layout, t.dtype))
 
+    g = op.groups
+    # per group: (g, o/g, k/g) kernels against (.., g, k/g, pixels) columns; g = 1 as before
+    kernel = f"({o}, {k})" if g == 1 else f"({g}, {o // g}, {k // g})"
+    rows = (lambda lead: f"({lead}, {o}, {pixels})") if g == 1 else \
+        (lambda lead: f"({lead}, {g}, {o // g}, {pixels})")
+    by_group = (lambda lead: f"({lead}, {k}, {pixels})") if g == 1 else \
+        (lambda lead: f"({lead}, {g}, {k // g}, {pixels})")
+    swap = ".T" if g == 1 else ".transpose(0, 2, 1)"
+
     def emit(L, t, out):
         cols = f"{L.var_name(t)}_cols"
         L.defined.add(cols)
@@ -640,17 +650,23 @@ def rule_conv(lowering, t):
         if isinstance(op, Conv2d):
             L.line(f"{cols} = np.empty(({n}, {k}, {pixels}), {dtype})")
             L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
-            L.line(f"np.matmul({L.arg(w)}.reshape(({o}, {k})), {cols}, "
-                   f"out={out}.reshape(({n}, {o}, {pixels})))")
+            L.line(f"np.matmul({L.arg(w)}.reshape({kernel}), {cols}.reshape({by_group(n)}), "
+                   f"out={out}.reshape({rows(n)}))")
         elif isinstance(op, Conv2dWeightGrad):
             L.line(f"{cols} = np.empty(({k}, {n * pixels}), {dtype})")
             L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
-            L.line(f"np.matmul(np.ascontiguousarray({L.arg(y)}.reshape(({n}, {o}, {pixels}))"
-                   f".transpose(1, 0, 2)).reshape(({o}, {n * pixels})), {cols}.T, "
-                   f"out={out}.reshape(({o}, {k})))")
+            dy = (f"np.ascontiguousarray({L.arg(y)}.reshape(({n}, {o}, {pixels}))"
+                  f".transpose(1, 0, 2))")
+            if g == 1:
+                L.line(f"np.matmul({dy}.reshape(({o}, {n * pixels})), {cols}.T, "
+                       f"out={out}.reshape(({o}, {k})))")
+            else:
+                L.line(f"np.matmul({dy}.reshape(({g}, {o // g}, {n * pixels})), "
+                       f"{cols}.reshape(({g}, {k // g}, {n * pixels})).transpose(0, 2, 1), "
+                       f"out={out}.reshape({kernel}))")
         else:
-            L.line(f"{cols} = np.matmul({L.arg(w)}.reshape(({o}, {k})).T, "
-                   f"{L.arg(y)}.reshape(({n}, {o}, {pixels})))")
+            L.line(f"{cols} = np.matmul({L.arg(w)}.reshape({kernel}){swap}, "
+                   f"{L.arg(y)}.reshape({rows(n)}))")
             L.line(f"{col2im}({L.pointer(L.value(t))}, _addr({cols}), {sizes})")
         L.line(f"del {cols}")
     return Choice("buffer", emit, "kernel")

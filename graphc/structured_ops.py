@@ -478,6 +478,93 @@ class Cast(Op):
         return _F().cast(g, z.inputs[0].dtype)
 
 
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+def pad_sources(pads, mode: str, shape) -> tuple[np.ndarray, ...]:
+    """Per axis, the index of ``x`` that each position of the padded array reads (``mode``
+    reflect, edge or wrap): the gather that padding is, and whose adjoint scatter-adds."""
+    return tuple(np.pad(np.arange(n), p, mode=_PAD_MODES[mode]) for n, p in zip(shape, pads))
+
+
+@dataclass(frozen=True)
+class Pad(Op):
+    """``x`` padded by ``pads`` ((before, after) per axis), as ``numpy.pad``: mode
+    ``"constant"`` (``value``), ``"reflect"`` (mirror, the edge not repeated), ``"edge"``
+    (the edge repeated) or ``"wrap"`` (periodic)."""
+
+    pads: tuple[tuple[int, int], ...]
+    mode: str = "constant"
+    value: float = 0.0
+
+    name = "pad"
+
+    def infer(self, inputs):
+        (x,) = inputs
+        if self.mode not in _PAD_MODES:
+            self.fail(f"mode must be one of {', '.join(_PAD_MODES)}, got {self.mode!r}", inputs)
+        if len(self.pads) != x.ndim or any(min(p) < 0 for p in self.pads):
+            self.fail(f"pads {self.pads} must be one non-negative (before, after) pair per "
+                      f"axis", inputs)
+        for n, (b, a) in zip(x.shape, self.pads):
+            if self.mode == "reflect" and max(b, a) >= n > 0 or \
+                    self.mode != "constant" and n == 0 and b + a:
+                self.fail(f"{self.mode} padding by {(b, a)} needs an axis longer than the pad, "
+                          f"got {n}", inputs)
+        return tuple(n + b + a for n, (b, a) in zip(x.shape, self.pads)), x.dtype
+
+    def evaluate(self, x):
+        if self.mode == "constant":
+            return np.pad(x, self.pads, constant_values=np.asarray(self.value, x.dtype))
+        return np.pad(x, self.pads, mode=_PAD_MODES[self.mode])
+
+    @property
+    def local(self):
+        return ("selection",) if self.mode == "constant" else ("selection, borders repeated",)
+
+    @property
+    def vjp_text(self):
+        return ("slice of {g}",) if self.mode == "constant" else \
+            ("{g} with its borders added back",)
+
+    def vjp(self, z, g, k):
+        x = z.inputs[0]
+        if self.mode == "constant":
+            return g[tuple(slice(b, b + n) for n, (b, _) in zip(x.shape, self.pads))]
+        from .ir import Tensor
+        return Tensor.make(PadAdd(self.pads, self.mode, x.shape), (g,))
+
+
+@dataclass(frozen=True)
+class PadAdd(Op):
+    """The adjoint of a reflect, edge or wrap :class:`Pad`: g (the padded shape) added into
+    zeros of ``target`` at the positions each padded element was read from."""
+
+    pads: tuple[tuple[int, int], ...]
+    mode: str
+    target: tuple[int, ...]
+
+    name = "pad_add"
+
+    def infer(self, inputs):
+        (g,) = inputs
+        if g.shape != tuple(n + b + a for n, (b, a) in zip(self.target, self.pads)):
+            self.fail(f"g must have the shape of {self.target} padded by {self.pads}", inputs)
+        return self.target, g.dtype
+
+    def evaluate(self, g):
+        out = np.zeros(self.target, g.dtype)
+        np.add.at(out, np.ix_(*pad_sources(self.pads, self.mode, self.target)), g)
+        return out
+
+    local = ("scatter-add",)
+    vjp_text = ("pad({g})",)
+
+    def vjp(self, z, g, k):
+        from .ir import Tensor
+        return Tensor.make(Pad(self.pads, self.mode), (g,))
+
+
 def _reduced_shape(x, axes, keepdims) -> tuple[int, ...]:
     return tuple(1 if i in axes else d for i, d in enumerate(x.shape)
                  if keepdims or i not in axes)
@@ -670,5 +757,6 @@ def static_index(key, shape) -> tuple:
 
 
 __all__ = ["MatMul", "Reduce", "LogSumExp", "Softmax", "LogSoftmax", "Reshape", "Transpose",
-           "BroadcastTo", "Concat", "Index", "IndexAdd", "Take", "TakeAdd", "Cast", "ShapeError",
-           "unbroadcast", "Prod", "ProdOthers", "ArgReduce", "BoolReduce", "CumSum"]
+           "BroadcastTo", "Concat", "Index", "IndexAdd", "Take", "TakeAdd", "Cast", "Pad", "PadAdd",
+           "ShapeError", "unbroadcast", "Prod", "ProdOthers", "ArgReduce", "BoolReduce",
+           "CumSum"]

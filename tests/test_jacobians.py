@@ -646,3 +646,27 @@ def test_custom_elementwise_vjp_matches_sympy_jacobian():
         lambda s: np.vectorize(lambda v: v * sp.tanh(sp.log(1 + sp.exp(v))),
                                otypes=[object])(s),
         [(2, 2)], seed=22)
+
+
+PAD_CASES = [("constant", ((1, 0), (2, 1))), ("reflect", ((1, 1), (2, 0))),
+             ("edge", ((0, 2), (1, 1))), ("wrap", ((2, 1), (0, 3)))]
+
+
+@pytest.mark.parametrize("mode, pads", PAD_CASES, ids=[m for m, _ in PAD_CASES])
+def test_pad_vjp_matches_jacobian(mode, pads):
+    # Pad and its adjoint PadAdd (reflect, edge, wrap) each have a rule: grad of grad.
+    assert_vjp_matches_jacobian(lambda x: gc.pad(x, pads, mode=mode, value=0.5),
+                                lambda x: np.pad(x, pads, mode=mode, constant_values=0.5)
+                                if mode == "constant" else np.pad(x, pads, mode=mode),
+                                [(3, 4)])
+    if mode != "constant":
+        from graphc.structured_ops import PadAdd, pad_sources
+        g_shape = (3 + sum(pads[0]), 4 + sum(pads[1]))
+
+        def scatter(g):
+            out = np.zeros((3, 4), dtype=object)
+            np.add.at(out, np.ix_(*pad_sources(pads, mode, (3, 4))), g)
+            return out
+
+        assert_vjp_matches_jacobian(lambda g: Tensor.make(PadAdd(pads, mode, (3, 4)), (g,)),
+                                    scatter, [g_shape])

@@ -1,0 +1,51 @@
+"""ONNX conformance: ONNX's own backend test suite (``onnx.backend.test``) judges
+``gc.from_onnx`` through graphc's ONNX backend, on the node tests of every supported op
+(exclusions with their reasons in tests/onnx_excluded.txt), plus the light model zoo shipped
+in the onnx wheel against its reference outputs.  Counts over the whole suite:
+``python benchmarks/onnx_conformance.py``; docs/import.md."""
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from onnx_suite import backend_test, light_models, load_node_cases  # noqa: E402
+
+import graphc as gc  # noqa: E402
+from graphc.importers.onnx_backend import GraphcBackend  # noqa: E402
+
+_suite = backend_test(GraphcBackend, load_node_cases(), __name__)
+globals().update(_suite.test_cases)  # OnnxBackendNodeModelTest: one test per node test
+
+
+def _light_run(name, backend):
+    from onnx import numpy_helper
+    path = light_models()[name]
+    m = gc.from_onnx(path)
+    feeds = {}
+    for t in m.inputs.values():  # the suite's dummy input: arange / size
+        n = int(np.prod(t.shape))
+        feeds[t.name] = (np.arange(n).reshape(t.shape) / n).astype(np.float32)
+    out = gc.compile(m.outputs, backend=backend)(**feeds, **m.weights)
+    ref = numpy_helper.to_array(onnx.load_tensor(path[:-len(".onnx")] + "_output_0.pb"))
+    rtol = 2e-3 if name == "densenet121" else 1e-3  # the suite's tolerances (data/real)
+    np.testing.assert_allclose(out[0], ref, rtol=rtol, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
+                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
+def test_light_model_numpy(name):
+    _light_run(name, "numpy")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet", "zfnet512"])
+def test_light_model_numba(name):
+    _light_run(name, "numba")
+
+
+def test_light_models_are_all_listed():
+    assert sorted(light_models()) == ["bvlc_alexnet", "densenet121", "inception_v1",
+                                      "inception_v2", "resnet50", "shufflenet", "squeezenet",
+                                      "vgg19", "zfnet512"]

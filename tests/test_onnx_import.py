@@ -1,0 +1,299 @@
+"""gc.from_onnx: names, groups, weights, errors, gradients against PyTorch, and the ops it
+added to graphc (pad, local response norm, pooling with ceil mode) against PyTorch.
+ONNX's own conformance suite is tests/test_onnx_conformance.py."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+
+from onnx import TensorProto, helper  # noqa: E402
+
+import graphc as gc  # noqa: E402
+from graphc.nn_functions import avg_pool2d, max_pool2d  # noqa: E402
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+# ---------------------------------------------------------------------------------------
+# A small ResNet exported by torch.onnx: values, groups, names, gradients
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1, groups=2)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, stride=2)
+        self.layer1 = torch.nn.Sequential(_Block(), _Block())
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        h = torch.nn.functional.max_pool2d(self.layer1(self.stem(x)), 2, ceil_mode=True)
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    net = _Net().eval()
+    x = torch.randn(2, 3, 11, 11)
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (x,), buffer, dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "N"}})
+    return net, x, onnx.load_from_string(buffer.getvalue())
+
+
+def test_torch_exported_resnet_matches_torch_and_keeps_its_structure(resnet):
+    net, x, model = resnet
+    m = gc.from_onnx(model, dims={"N": 2})
+    assert list(m.inputs) == ["x"] and m.outputs[0].name == "logits"
+    assert set(m.params) == {n for n, _ in net.named_parameters()}
+    assert m.params["layer1.0.conv1.weight"].name == "layer1_0_conv1_weight"
+    assert set(m.weights) == {t.name for t in m.params.values()}
+    assert {t.scope for t in gc.Graph(m.outputs).nodes} >= {
+        "stem", "layer1/layer1.0/conv1", "layer1/layer1.1/conv2", "fc"}
+    f = gc.compile(m.outputs, backend="numpy")
+    (y,) = f(x=x.numpy(), **m.weights)
+    np.testing.assert_allclose(y, net(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert gc.init_params(m.outputs).keys() == m.weights.keys()  # the model's own values
+    np.testing.assert_array_equal(gc.init_params(m.outputs)["fc_weight"], m.weights["fc_weight"])
+
+
+def test_gradients_of_an_imported_model_agree_with_torch_autograd(resnet):
+    net, x, model = resnet
+    m = gc.from_onnx(model, dims={"N": 2})
+    labels = np.array([1, 3])
+    loss = gc.softmax_cross_entropy(m.outputs[0], gc.constant(labels))
+    names = sorted(m.params)
+    grads = gc.grad(loss, [m.params[n] for n in names])
+    values = gc.compile([loss, *grads], backend="numpy")(x=x.numpy(), **m.weights)
+    torch_loss = torch.nn.functional.cross_entropy(net(x), torch.tensor(labels))
+    torch_loss.backward()
+    assert abs(values[0] - torch_loss.item()) < 1e-5
+    params = dict(net.named_parameters())
+    for name, g in zip(names, values[1:]):
+        ref = params[name].grad.numpy()
+        assert np.linalg.norm(g - ref) <= 1e-4 * np.linalg.norm(ref) + 1e-7, name
+
+
+def test_symbolic_dimensions_become_dynamic_dimensions(resnet):
+    net, _, model = resnet
+    m = gc.from_onnx(model)
+    assert m.inputs["x"].shape == ("N", 3, 11, 11) and m.outputs[0].shape == ("N", 5)
+    labels = gc.input("labels", ("N",), "int64")
+    loss = gc.softmax_cross_entropy(m.outputs[0], labels)
+    dW = gc.grad(loss, m.params["fc.weight"])
+    f = gc.compile([m.outputs[0], loss, dW], backend="numpy")
+    for n in (1, 3):
+        x = torch.randn(n, 3, 11, 11)
+        y, value, g = f(x=x.numpy(), labels=np.arange(n), **m.weights)
+        net.zero_grad()
+        torch_loss = torch.nn.functional.cross_entropy(net(x), torch.arange(n))
+        torch_loss.backward()
+        np.testing.assert_allclose(y, net(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(g, net.fc.weight.grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert f.stats["specialisations"] == 2
+    with pytest.raises(gc.FeedError, match="feed 'x' has shape"):
+        f(x=np.zeros((2, 3, 12, 11), np.float32), labels=np.arange(2), **m.weights)
+
+
+# ---------------------------------------------------------------------------------------
+# Errors, names, laziness
+
+
+def test_unsupported_op_names_the_op_the_node_and_the_supported_set():
+    model = _model([helper.make_node("Relu", ["x"], ["h"], name="act"),
+                    helper.make_node("TopK", ["h", "k"], ["v", "i"], name="top")],
+                   [_vi("x", [4]), _vi("k", [1], TensorProto.INT64)], [_vi("v", [2])])
+    with pytest.raises(gc.UnsupportedOpError) as err:
+        gc.from_onnx(model)
+    text = str(err.value)
+    assert "ONNX op 'TopK' (node 'top') is not supported by gc.from_onnx" in text
+    assert "the supported ops are: Abs, Acos, Acosh, Add" in text and "Relu" in text
+    assert isinstance(err.value, gc.GraphError)
+
+
+def test_names_become_unique_identifiers_and_attribute_inputs_must_be_constant():
+    inits = [helper.make_tensor("a.b", TensorProto.FLOAT, [2], [1, 2]),
+             helper.make_tensor("a_b", TensorProto.FLOAT, [2], [3, 4]),
+             helper.make_tensor("1x", TensorProto.INT64, [1], [2])]
+    model = _model([helper.make_node("Add", ["a.b", "a_b"], ["s"]),
+                    helper.make_node("Add", ["s", "x"], ["y"])],
+                   [_vi("x", [2])], [_vi("y", [2])], inits)
+    m = gc.from_onnx(model)
+    assert [t.name for t in m.params.values()] == ["a_b", "a_b_2"]
+    (y,) = gc.compile(m.outputs, backend="numpy")(x=np.ones(2, np.float32), **m.weights)
+    np.testing.assert_array_equal(y, [5, 7])
+    shape_from_input = _model([helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")],
+                              [_vi("x", [2]), _vi("s", [1], TensorProto.INT64)],
+                              [_vi("y", [2])])
+    with pytest.raises(gc.UnsupportedOpError, match="input 's' must be constant"):
+        gc.from_onnx(shape_from_input)
+
+
+def test_import_graphc_does_not_import_onnx():
+    code = "import sys, graphc; print('onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_graphc_render_and_explore_open_an_onnx_file(tmp_path):
+    from graphc.cli import main
+    model = _model([helper.make_node("Gemm", ["x", "W"], ["h"], name="/fc/Gemm", transB=1),
+                    helper.make_node("Tanh", ["h"], ["y"], name="/act/Tanh")],
+                   [_vi("x", ["N", 3])], [_vi("y", ["N", 2])],
+                   [helper.make_tensor("W", TensorProto.FLOAT, [2, 3], np.arange(6.0))])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model, path)
+    assert main(["render", str(path), "-o", str(tmp_path / "tiny.dot")]) == 0
+    dot = (tmp_path / "tiny.dot").read_text()
+    assert "W" in dot and "fc" in dot
+    assert main(["explore", str(path), "-o", str(tmp_path / "tiny.html")]) == 0
+    assert "window.graphc" in (tmp_path / "tiny.html").read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# The ops the importer added to graphc, against PyTorch
+
+
+def _torch_grad(fn, x, w):
+    t = torch.tensor(x, requires_grad=True)
+    y = fn(t)
+    (y * torch.tensor(w)).sum().backward()
+    return y.detach().numpy(), t.grad.numpy()
+
+
+def _graphc_grad(fn, x, w):
+    xt = gc.input("x", x.shape, "float64")
+    y = fn(xt)
+    g = gc.grad(gc.sum(y * gc.constant(w)), xt)
+    return gc.compile([y, g], backend="numpy")(x=x)
+
+
+@pytest.mark.parametrize("mode, torch_mode", [("constant", "constant"), ("reflect", "reflect"),
+                                              ("edge", "replicate"), ("wrap", "circular")])
+def test_pad_matches_torch(mode, torch_mode):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 6))
+    pads = ((0, 0), (0, 0), (2, 1), (1, 3))
+    w = rng.standard_normal((2, 3, 8, 10))
+    ours = _graphc_grad(lambda t: gc.pad(t, pads, mode=mode), x, w)
+    ref = _torch_grad(lambda t: torch.nn.functional.pad(t, (1, 3, 2, 1), mode=torch_mode), x, w)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_local_response_norm_matches_torch(size):
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((2, 6, 3, 3))
+    w = rng.standard_normal(x.shape)
+    ours = _graphc_grad(lambda t: gc.local_response_norm(t, size, 0.1, 0.75, 2.0), x, w)
+    ref = _torch_grad(lambda t: torch.nn.functional.local_response_norm(t, size, 0.1, 0.75,
+                                                                        2.0), x, w)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+POOLS = [("max", dict(k=3, stride=2, padding=1, ceil_mode=True)),
+         ("max", dict(k=2, stride=2, ceil_mode=True)),
+         ("avg", dict(k=3, stride=2, padding=1, ceil_mode=True)),
+         ("avg", dict(k=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+         ("avg", dict(k=(3, 2), stride=(2, 3), padding=(1, 0), ceil_mode=True))]
+
+
+@pytest.mark.parametrize("kind, kw", POOLS, ids=[f"{k}{i}" for i, (k, _) in enumerate(POOLS)])
+def test_pooling_with_ceil_mode_matches_torch(kind, kw):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 7, 8))
+    ours_fn = max_pool2d if kind == "max" else avg_pool2d
+    torch_fn = torch.nn.functional.max_pool2d if kind == "max" else \
+        torch.nn.functional.avg_pool2d
+    tkw = {("kernel_size" if k == "k" else k): v for k, v in kw.items()}
+    shape = torch_fn(torch.tensor(x), **tkw).shape
+    w = rng.standard_normal(shape)
+    ours = _graphc_grad(lambda t: ours_fn(t, **kw), x, w)
+    ref = _torch_grad(lambda t: torch_fn(t, **tkw), x, w)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_with_transposes_alpha_and_beta_checks_its_gradient():
+    rng = np.random.default_rng(2)
+    a, b, c = rng.standard_normal((4, 3)), rng.standard_normal((5, 4)), rng.standard_normal(5)
+    inits = [helper.make_tensor("B", TensorProto.DOUBLE, b.shape, b.ravel()),
+             helper.make_tensor("C", TensorProto.DOUBLE, c.shape, c)]
+    model = _model([helper.make_node("Gemm", ["A", "B", "C"], ["Y"], transA=1, transB=1,
+                                     alpha=0.5, beta=2.0)],
+                   [_vi("A", [4, 3], TensorProto.DOUBLE)], [_vi("Y", [3, 5], TensorProto.DOUBLE)],
+                   inits)
+    m = gc.from_onnx(model)
+    (y,) = gc.compile(m.outputs, backend="numpy")(A=a, **m.weights)
+    np.testing.assert_allclose(y, 0.5 * a.T @ b.T + 2.0 * c, rtol=1e-12)
+    loss = gc.sum(gc.tanh(m.outputs[0]))
+    report = gc.check_grad(loss, [m.inputs["A"], *m.params.values()], {"A": a, **m.weights})
+    assert report.ok, report
+
+
+def test_docs_list_exactly_the_supported_ops():
+    import pathlib
+    import re
+
+    from onnx import defs
+
+    from graphc.importers.onnx_ops import SUPPORTED
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "import.md").read_text()
+    table = text[text.index("### Supported ops"):text.index("Each maps to")]
+    onnx_ops = {s.name for s in defs.get_all_schemas() if s.domain == ""}
+    listed = set(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", table)) & onnx_ops
+    assert f"### Supported ops ({len(SUPPORTED)})" in table
+    assert listed == set(SUPPORTED)
+
+
+@pytest.mark.slow  # Numba compiles (about 8 s cold)
+@pytest.mark.parametrize("channels, groups", [(4, 2), (6, 6)], ids=["grouped", "depthwise"])
+def test_grouped_and_depthwise_conv_run_as_numba_kernels(channels, groups):
+    rng = np.random.default_rng(3)
+    x = gc.input("x", (2, channels, 7, 6), "float64")
+    w = gc.param("w", (6, channels // groups, 3, 3), dtype="float64")
+    y = gc.conv2d(x, w, 2, 1, groups=groups)
+    gx, gw = gc.grad(gc.sum(gc.tanh(y)), [x, w])
+    feeds = {"x": rng.standard_normal(x.shape), "w": rng.standard_normal(w.shape)}
+    f = gc.compile([y, gx, gw], backend="numba")
+    assert f.stats["numpy_fallbacks"] == [] and "conv2d_cols.reshape((2, " in f.source
+    for a, b in zip(f(**feeds), gc.compile([y, gx, gw], backend="numpy")(**feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_pad_errors_name_the_op_and_the_shapes():
+    x = gc.input("x", (2, 3))
+    with pytest.raises(gc.ShapeError, match=r"pad: pads must be an int or one \(before, after\) "
+                                            r"pair of ints per axis, got 'ab'"):
+        gc.pad(x, "ab")
+    with pytest.raises(gc.ShapeError, match=r"pad: pads \(\(1, 1\),\) must be one non-negative"):
+        gc.pad(x, [(1, 1)])
+    with pytest.raises(gc.ShapeError, match=r"reflect padding by \(3, 0\) needs an axis longer"):
+        gc.pad(x, ((0, 0), (3, 0)), mode="reflect")
+    assert gc.pad(x, 1).shape == (4, 5) and gc.pad(x, 0) is x
