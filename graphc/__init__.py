@@ -72,6 +72,7 @@ from .functions import (
 from .gradcheck import GradCheckReport, check_grad  # noqa: E402
 from .graph import Graph, check_graph, format_graph, to_networkx
 from .importers import Model, UnsupportedOpError
+from .importers.torch_import import from_torch
 from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
 from .ir import DTypeError, GraphError, ShapeError, Tensor, scope
 from .nn_functions import (
@@ -126,6 +127,7 @@ __all__ = [
     "Explorer",
     "FeedError",
     "format_graph",
+    "from_torch",
     "gelu",
     "global_avg_pool2d",
     "grad",

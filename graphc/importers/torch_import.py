@@ -1,0 +1,489 @@
+"""``gc.from_torch``: a ``torch.nn.Module`` as graphc nodes, through ``torch.export``.
+
+The module is exported in the mode it is in (``eval()`` or ``train()``) and decomposed to
+the core ATen opset (``run_decompositions()``); each ATen node becomes graphc functions
+(:data:`ATEN`, one short rule per op).  Parameters become ``gc.param`` leaves and buffers
+``gc.input`` leaves, both named after their torch names made identifiers
+(``layer1.0.conv1.weight`` -> ``layer1_0_conv1_weight``); every node is built inside the
+``gc.scope`` of its ``nn.Module`` path (``layer1`` / ``layer1.0`` / ``layer1.0.conv1``), so
+diagrams group and collapse by module.  torch is imported only when ``from_torch`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import keyword
+import operator
+import re
+
+import numpy as np
+
+from .. import functions as F
+from .. import nn_functions as NF
+from ..inputs import constant, input, param
+from ..ir import GraphError, Tensor, located, scope
+from .model import Model, UnsupportedOpError
+
+
+def from_torch(module, example_args) -> Model:
+    """Import ``module`` (a ``torch.nn.Module``) traced with ``torch.export`` on
+    ``example_args`` (a tuple of tensors or arrays; shapes are fixed by them).
+
+    >>> import torch, numpy as np, graphc as gc
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()).eval()
+    >>> m = gc.from_torch(net, (torch.zeros(2, 3),))
+    >>> list(m.inputs), sorted(m.params), sorted(m.weights), m.outputs[0].shape
+    (['input'], ['0.bias', '0.weight'], ['p_0_bias', 'p_0_weight'], (2, 4))
+    >>> f = gc.compile(m.outputs, backend="numpy")
+    >>> (y,) = f(input=np.ones((2, 3), np.float32), **m.weights)
+    >>> bool(np.allclose(y, net(torch.ones(2, 3)).detach().numpy(), atol=1e-6))
+    True
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(located(f"from_torch: expected a torch.nn.Module, got "
+                                f"{type(module).__name__}"))
+    args = example_args if isinstance(example_args, (tuple, list)) else (example_args,)
+    args = tuple(torch.from_numpy(np.asarray(a)) if isinstance(a, np.ndarray) else a
+                 for a in args)
+    program = torch.export.export(module, args).run_decompositions()
+    return _Importer(program, type(module).__name__).run()
+
+
+class _Importer:
+    """One import: the exported program's nodes turned into graphc tensors in order."""
+
+    def __init__(self, program, source: str):
+        self.program, self.source = program, source
+        self.env: dict[str, object] = {}  # fx node name -> Tensor, tuple, or None
+        self.taken: set[str] = set()
+        self.values: dict[str, np.ndarray] = {}  # graphc leaf name -> value
+        self.params: dict[str, Tensor] = {}  # torch name -> param
+        self.inputs: dict[str, Tensor] = {}
+        self.dropouts = 0
+
+    def run(self) -> Model:
+        from torch.export.graph_signature import InputKind, OutputKind
+
+        kinds = {spec.arg.name: spec for spec in self.program.graph_signature.input_specs}
+        outs = [spec.arg for spec in self.program.graph_signature.output_specs
+                if spec.kind == OutputKind.USER_OUTPUT]
+        nodes = {n.name: n for n in self.program.graph.nodes}
+        needed = _needed([nodes[a.name] for a in outs if hasattr(a, "name")])
+        for spec in sorted(kinds.values(), key=lambda s: s.kind != InputKind.USER_INPUT):
+            if spec.arg.name in needed:  # user inputs first: they keep their own names
+                self.env[spec.arg.name] = self.leaf(spec, nodes[spec.arg.name])
+        for node in self.program.graph.nodes:
+            if node.op == "call_function" and node.name in needed:
+                self.env[node.name] = self.call(node)
+        outputs = []
+        for a in outs:
+            value = self.env.get(getattr(a, "name", None))
+            if not isinstance(value, Tensor):
+                raise GraphError(located(f"from_torch: output {a} of {self.source} is not a "
+                                         "tensor"))
+            outputs.append(value)
+        used = {}
+        for t in outputs:
+            used.update(t.leaves)
+        return Model(inputs=self.inputs, outputs=outputs,
+                     params={k: p for k, p in self.params.items() if p.op.label in used},
+                     weights={k: v for k, v in self.values.items() if k in used},
+                     source=self.source)
+
+    def name(self, text: str, prefix: str = "x") -> str:
+        """``text`` as a fresh Python identifier (``layer1.0.conv1.weight`` ->
+        ``layer1_0_conv1_weight``, ``0.weight`` -> ``p_0_weight`` as torch.export names
+        it; a repeat gets ``_2``)."""
+        base = re.sub(r"\W", "_", text)
+        if not base or base[0].isdigit() or keyword.iskeyword(base):
+            base = f"{prefix}_{base}"
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+    def leaf(self, spec, node) -> Tensor:
+        from torch.export.graph_signature import InputKind
+
+        shape, dtype = _meta(node)
+        if spec.kind == InputKind.USER_INPUT:
+            t = input(self.name(node.name), shape, dtype)
+            self.inputs[node.name] = t
+            return t
+        target = spec.target
+        value = (self.program.state_dict[target] if target in self.program.state_dict
+                 else self.program.constants[target])
+        value = value.detach().cpu().numpy().copy()
+        if spec.kind == InputKind.CONSTANT_TENSOR:
+            return constant(value)
+        with _scopes(_module_path(target.rsplit(".", 1)[0] if "." in target else "")):
+            name = self.name(target, "p" if spec.kind == InputKind.PARAMETER else "b")
+            if spec.kind == InputKind.PARAMETER:
+                t = param(name, shape, _TorchValue(value), dtype)
+                self.params[target] = t
+            else:
+                t = input(name, shape, dtype)
+        self.values[name] = value
+        return t
+
+    def call(self, node):
+        args = [self.arg(a, node) for a in node.args]
+        kwargs = {k: self.arg(a, node) for k, a in node.kwargs.items()}
+        if node.target is operator.getitem:
+            value = args[0][args[1]]
+            if value is None:
+                _unsupported(node, f"output {args[1]} of {node.args[0].target} is not "
+                                   "imported (only the op's first output is)")
+            return value
+        rule = ATEN.get(_op_name(node))
+        if rule is None:
+            _unsupported(node)
+        with _scopes(_stack_paths(node)):
+            try:
+                return rule(self, node, *args, **kwargs)
+            except UnsupportedOpError:
+                raise
+            except GraphError as err:
+                raise type(err)(f"from_torch: node {node.name!r} ({node.target}): "
+                                f"{err}") from None
+
+    def arg(self, a, node):
+        import torch.fx
+
+        if isinstance(a, torch.fx.Node):
+            return self.env[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.arg(b, node) for b in a)
+        return a
+
+
+class _TorchValue:
+    """A param's initializer: the module's own value (``gc.init_params`` gives it)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: np.ndarray):
+        self.value = value
+
+    def __call__(self, shape, rng) -> np.ndarray:
+        return self.value.copy()
+
+    def __repr__(self) -> str:
+        return "torch_value"
+
+
+# ---------------------------------------------------------------------------------------
+# The exported graph: names, metadata, module paths
+
+
+def _needed(outputs) -> set[str]:
+    """Names of the fx nodes the outputs depend on (running-statistic updates are not)."""
+    seen, stack = set(), list(outputs)
+    while stack:
+        node = stack.pop()
+        if node.name not in seen:
+            seen.add(node.name)
+            stack.extend(node.all_input_nodes)
+    return seen
+
+
+def _op_name(node) -> str:
+    """``aten.relu`` for ``aten.relu.default``: rules are per op, overloads by arguments."""
+    target = node.target
+    packet = getattr(target, "_overloadpacket", None)
+    return f"aten.{packet.__name__}" if packet is not None else str(target)
+
+
+_DTYPES = {"torch.float32": "float32", "torch.float64": "float64", "torch.int64": "int64",
+           "torch.int32": "int32", "torch.bool": "bool"}
+
+
+def _meta(node, index=None) -> tuple[tuple[int, ...], str]:
+    """Shape and graphc dtype of ``node``'s result (or of its output ``index``)."""
+    val = node.meta["val"]
+    val = val[index] if index is not None else val
+    dtype = _DTYPES.get(str(val.dtype))
+    if dtype is None:
+        _unsupported(node, f"dtype {val.dtype} has no graphc dtype")
+    return tuple(int(d) for d in val.shape), dtype
+
+
+def _module_path(path: str) -> list[str]:
+    """Scopes of a module path: ``layer1.0.conv1`` -> layer1, layer1.0, layer1.0.conv1."""
+    parts = path.split(".") if path else []
+    return [".".join(parts[:k + 1]) for k in range(len(parts))]
+
+
+def _stack_paths(node) -> list[str]:
+    """Scopes of the nn.Module calls a node was made in, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [path for path, _ in stack.values() if path]
+    return [p for k, p in enumerate(paths) if k == 0 or p != paths[k - 1]]
+
+
+@contextlib.contextmanager
+def _scopes(paths):
+    with contextlib.ExitStack() as stack:
+        for p in paths:
+            stack.enter_context(scope(p))
+        yield
+
+
+def _module_of(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, kind = list(stack.values())[-1]
+    kind = kind if isinstance(kind, str) else getattr(kind, "__qualname__", str(kind))
+    return f" in module {path!r} ({kind})" if path else f" in {kind}"
+
+
+def _unsupported(node, detail: str | None = None):
+    what = f"{node.target}" + (f": {detail}" if detail else " is not supported")
+    raise UnsupportedOpError(located(
+        f"from_torch: {what} (node {node.name!r}{_module_of(node)}); supported ATen ops: "
+        f"{', '.join(sorted(ATEN))}"))
+
+
+# ---------------------------------------------------------------------------------------
+# The ATen ops: one rule each, (importer, node, *args, **kwargs) -> graphc value(s)
+
+
+def _pair(v) -> tuple[int, int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return (int(v[0]), int(v[-1]))
+
+
+def _convolution(im, node, x, w, b, stride, padding, dilation, transposed, output_padding,
+                 groups):
+    if transposed or x.ndim != 4:
+        _unsupported(node, "only 2-D convolutions that are not transposed are supported")
+    return NF.conv2d(x, w, _pair(stride), _pair(padding), dilation=_pair(dilation),
+                     groups=groups, bias=b)
+
+
+def _bn_eval(im, node, x, w, b, mean, var, momentum, eps):
+    return (NF.batch_norm(x, w, b, mean, var, training=False, eps=eps), None, None)
+
+
+def _bn(im, node, x, w, b, mean, var, training, momentum, eps):
+    """_native_batch_norm_legit(_functional): batch statistics in training; the running
+    statistics it also returns are not imported (graphs are pure)."""
+    if not training:
+        return _bn_eval(im, node, x, w, b, mean, var, momentum, eps) + (None, None)
+    return (NF.batch_norm(x, w, b, training=True, eps=eps), None, None, None, None)
+
+
+def _bn_no_stats(im, node, x, w, b, training, momentum, eps):
+    return _bn(im, node, x, w, b, None, None, True, momentum, eps)
+
+
+def _layer_norm(im, node, x, shape, w=None, b=None, eps=1e-5):
+    return (NF.layer_norm(x, w, b, tuple(range(-len(shape), 0)), eps), None, None)
+
+
+def _ceil_extra(node, x, kernel, stride, padding):
+    """Rows and columns a ceil_mode pooling reads past the floor-mode end."""
+    val = node.meta["val"]
+    out = (val[0] if isinstance(val, (tuple, list)) else val).shape[2:]
+    return [(o - 1) * s + k - (n + 2 * p) for o, s, k, n, p in
+            zip(out, stride, kernel, x.shape[2:], padding)]
+
+
+def _max_pool(im, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+    kernel, padding = _pair(kernel), _pair(padding)
+    stride = _pair(stride) if stride else kernel
+    if _pair(dilation) != (1, 1):
+        _unsupported(node, "dilated max pooling is not supported")
+    for axis, extra in zip((2, 3), _ceil_extra(node, x, kernel, stride, padding)):
+        if extra > 0:  # ceil_mode: the last window reaches past the end; -inf fills it
+            fill = list(x.shape)
+            fill[axis] = extra
+            x = F.concat([x, constant(np.full(fill, -np.inf, x.dtype))], axis)
+    return NF.max_pool2d(x, kernel, stride, padding), None
+
+
+def _avg_pool(im, node, x, kernel, stride=(), padding=0, ceil_mode=False,
+              count_include_pad=True, divisor_override=None):
+    kernel, padding = _pair(kernel), _pair(padding)
+    stride = _pair(stride) if stride else kernel
+    if divisor_override is not None:
+        _unsupported(node, "divisor_override is not supported")
+    if any(e > 0 for e in _ceil_extra(node, x, kernel, stride, padding)):
+        _unsupported(node, "ceil_mode windows past the end are not supported")
+    return NF.avg_pool2d(x, kernel, stride, padding, count_include_pad)
+
+
+def _adaptive_matrix(n: int, m: int, dtype) -> np.ndarray:
+    """(m, n): row i averages PyTorch's adaptive window [floor(i n / m), ceil((i+1) n / m))."""
+    p = np.zeros((m, n), dtype)
+    for i in range(m):
+        lo, hi = (i * n) // m, -(-(i + 1) * n // m)
+        p[i, lo:hi] = 1.0 / (hi - lo)
+    return p
+
+
+def _adaptive_avg_pool(im, node, x, size):
+    (oh, ow), (h, w) = _pair(size), x.shape[2:]
+    if (oh, ow) == (h, w):
+        return x
+    if (oh, ow) == (1, 1):
+        return F.mean(x, (2, 3), keepdims=True)
+    rows = F.matmul(constant(_adaptive_matrix(h, oh, x.dtype)), x)
+    return F.matmul(rows, constant(_adaptive_matrix(w, ow, x.dtype).T.copy()))
+
+
+def _addmm(im, node, bias, a, b, beta=1, alpha=1):
+    y = F.matmul(a, b)
+    y = y * alpha if alpha != 1 else y
+    return y + (bias * beta if beta != 1 else bias)
+
+
+def _reshape(im, node, x, *_, **__):
+    return F.reshape(x, _meta(node)[0])
+
+
+def _same(im, node, x, *_, **__):
+    return x
+
+
+def _to_copy(im, node, x, **_):
+    return F.cast(x, _meta(node)[1])
+
+
+def _slice(im, node, x, dim=0, start=None, end=None, step=1):
+    dim %= x.ndim
+    start, stop, step = slice(start, end, step).indices(x.shape[dim])
+    return x[(slice(None),) * dim + (slice(start, stop, step),)]
+
+
+def _select(im, node, x, dim, index):
+    return x[(slice(None),) * (dim % x.ndim) + (index,)]
+
+
+def _split_with_sizes(im, node, x, sizes, dim=0):
+    starts = np.cumsum([0] + list(sizes))
+    return tuple(_slice(im, node, x, dim, int(a), int(b)) for a, b in zip(starts, starts[1:]))
+
+
+def _split(im, node, x, size, dim=0):
+    n = x.shape[dim % x.ndim]
+    return _split_with_sizes(im, node, x, [min(size, n - a) for a in range(0, n, size)], dim)
+
+
+def _reduction(fn):
+    def rule(im, node, x, dim=None, keepdim=False, **_):
+        return fn(x, tuple(dim) if dim else None, keepdim)
+    return rule
+
+
+def _clamp(below, above):
+    """clamp keeps the gradient at the bounds, hardtanh does not (as PyTorch); NaN stays."""
+    def rule(im, node, x, low=None, high=None):
+        if low is not None:
+            x = F.where(below(x, low), low, x)
+        if high is not None:
+            x = F.where(above(x, high), high, x)
+        return x
+    return rule
+
+
+def _binary(fn):
+    def rule(im, node, a, b, alpha=1, rounding_mode=None):
+        if rounding_mode is not None:
+            _unsupported(node, f"rounding_mode={rounding_mode!r} is not supported")
+        return fn(a, b * alpha if alpha != 1 else b)
+    return rule
+
+
+def _unary(fn):
+    return lambda im, node, x, *args, **kwargs: fn(x, *args, **kwargs)
+
+
+def _full(im, node, size, value, **_):
+    shape, dtype = _meta(node)
+    return constant(np.full(shape, value, dtype))
+
+
+def _dropout(im, node, x, p, train):
+    """Training-mode dropout draws graphc's own mask (seeded per node), not torch's."""
+    im.dropouts += 1
+    return NF.dropout(x, p, training=bool(train), seed=im.dropouts), None
+
+
+ATEN = {
+    "aten.convolution": _convolution,
+    "aten._native_batch_norm_legit_no_training": _bn_eval,
+    "aten._native_batch_norm_legit_functional": _bn,
+    "aten._native_batch_norm_legit": lambda im, node, *a: (
+        _bn_no_stats(im, node, *a) if len(a) == 6 else _bn(im, node, *a)),
+    "aten.native_layer_norm": _layer_norm,
+    "aten.max_pool2d_with_indices": _max_pool,
+    "aten.avg_pool2d": _avg_pool,
+    "aten._adaptive_avg_pool2d": _adaptive_avg_pool,
+    "aten.addmm": _addmm,
+    "aten.mm": _unary(F.matmul),
+    "aten.bmm": _unary(F.matmul),
+    "aten.view": _reshape,
+    "aten._unsafe_view": _reshape,
+    "aten.reshape": _reshape,
+    "aten.squeeze": _reshape,
+    "aten.unsqueeze": _reshape,
+    "aten.permute": _unary(F.transpose),
+    "aten.expand": lambda im, node, x, *_: F.broadcast_to(x, _meta(node)[0]),
+    "aten.clone": _same,
+    "aten.alias": _same,
+    "aten._to_copy": _to_copy,
+    "aten.cat": lambda im, node, xs, dim=0: F.concat(xs, dim),
+    "aten.slice": _slice,
+    "aten.select": _select,
+    "aten.split_with_sizes": _split_with_sizes,
+    "aten.split": _split,
+    "aten.mean": _reduction(F.mean),
+    "aten.sum": _reduction(F.sum),
+    "aten.amax": _reduction(F.max),
+    "aten.amin": _reduction(F.min),
+    "aten._softmax": lambda im, node, x, dim, half=False: F.softmax(x, dim),
+    "aten._log_softmax": lambda im, node, x, dim, half=False: F.log_softmax(x, dim),
+    "aten.relu": _unary(F.relu),
+    "aten.sigmoid": _unary(F.sigmoid),
+    "aten.tanh": _unary(F.tanh),
+    "aten.exp": _unary(F.exp),
+    "aten.log": _unary(F.log),
+    "aten.sqrt": _unary(F.sqrt),
+    "aten.rsqrt": _unary(lambda x: F.reciprocal(F.sqrt(x))),
+    "aten.neg": _unary(F.neg),
+    "aten.abs": _unary(F.abs),
+    "aten.reciprocal": _unary(F.reciprocal),
+    "aten.sin": _unary(F.sin),
+    "aten.cos": _unary(F.cos),
+    "aten.gelu": lambda im, node, x, approximate="none": F.gelu(x, approximate),
+    "aten.leaky_relu": _unary(F.leaky_relu),
+    "aten.elu": lambda im, node, x, alpha=1.0, scale=1, input_scale=1: (
+        F.elu(x, alpha) if scale == input_scale == 1
+        else _unsupported(node, "scale and input_scale other than 1 are not supported")),
+    "aten.hardtanh": _clamp(F.less_equal, F.greater_equal),
+    "aten.clamp": _clamp(F.less, F.greater),
+    "aten.add": _binary(F.add),
+    "aten.sub": _binary(F.sub),
+    "aten.mul": _binary(F.mul),
+    "aten.div": _binary(F.div),
+    "aten.pow": _unary(F.power),
+    "aten.maximum": _unary(F.maximum),
+    "aten.minimum": _unary(F.minimum),
+    "aten.where": _unary(F.where),
+    "aten.eq": _unary(F.equal),
+    "aten.ne": _unary(F.not_equal),
+    "aten.lt": _unary(F.less),
+    "aten.le": _unary(F.less_equal),
+    "aten.gt": _unary(F.greater),
+    "aten.ge": _unary(F.greater_equal),
+    "aten.full": _full,
+    "aten.scalar_tensor": _full,
+    "aten.native_dropout": _dropout,
+    "aten.embedding": lambda im, node, table, indices, *_: NF.embedding(indices, table),
+}
