@@ -184,10 +184,11 @@ class Inner(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(2, 2, 1)
+        self.bn = nn.BatchNorm2d(2)
         self.b_c = nn.Linear(2, 2)
 
     def forward(self, x):
-        return torch.relu(self.conv(x))
+        return torch.relu(self.bn(self.conv(x)))
 
 
 class Outer(nn.Module):
@@ -206,19 +207,25 @@ class Outer(nn.Module):
 def test_names_are_torch_names_and_scopes_are_module_paths():
     m = gc.from_torch(Outer().eval(), (torch.zeros(1, 2, 1, 2),))
     assert list(m.inputs) == ["x"]
-    assert sorted(m.params) == ["a.b_c.bias", "a.b_c.weight", "a_b.c.bias", "a_b.c.weight",
-                                "blocks.0.conv.bias", "blocks.0.conv.weight",
-                                "blocks.1.conv.bias", "blocks.1.conv.weight"]
+    assert sorted(m.params) == ["a.b_c.bias", "a.b_c.weight", "a_b.c.bias", "a_b.c.weight"] + [
+        f"blocks.{k}.{layer}.{what}" for k in "01" for layer in ("bn", "conv")
+        for what in ("bias", "weight")]  # not b_c: unused by forward
     labels = {k: p.op.label for k, p in m.params.items()}
     assert labels["blocks.1.conv.weight"] == "blocks_1_conv_weight"
     assert labels["a.b_c.weight"] == "a_b_c_weight" and labels["a_b.c.weight"] == "a_b_c_weight_2"
-    assert set(m.weights) == set(labels.values())
+    assert set(m.weights) == set(labels.values()) | {
+        f"blocks_{k}_bn_running_{what}" for k in "01" for what in ("mean", "var")}
     assert m.params["blocks.0.conv.weight"].scope == "blocks/blocks.0/blocks.0.conv"
     text = gc.format_graph(m.outputs)
     assert "blocks.1.conv.conv2d = conv2d(blocks.0.relu, blocks_1_conv_weight" in text
     assert "blocks.1.relu = relu(" in text
-    diagram = gc.render(m.outputs, collapse=True)
-    assert "blocks\\n" in diagram.source and "blocks.0.conv" not in diagram.source
+    layers = gc.render(m.outputs, collapse=True).source
+    assert "blocks\\n" in layers and "blocks.0\\n" not in layers
+    blocks = gc.render(m.outputs, collapse=2).source  # a scope per block
+    assert "blocks.0\\n" in blocks and "blocks.1\\n" in blocks and "a.b_c\\n" in blocks
+    assert "blocks.0.conv\\n" not in blocks
+    # one edge from block 0 to block 1: the scalar constants they share are not drawn
+    assert blocks.count('"scope_blocks/blocks.0" -> "scope_blocks/blocks.1"') == 1
 
 
 def test_unsupported_op_names_op_node_and_supported_set():

@@ -2,8 +2,9 @@
 
 The module is exported in the mode it is in (``eval()`` or ``train()``) and decomposed to
 the core ATen opset (``run_decompositions()``); each ATen node becomes graphc functions
-(:data:`ATEN`, one short rule per op).  Parameters become ``gc.param`` leaves and buffers
-``gc.input`` leaves, both named after their torch names made identifiers
+(:data:`ATEN`, one short rule per op).  Parameters become ``gc.param`` leaves (initialised
+to the module's values) and buffers state inputs (``gc.nn.state_input``, which
+``gc.train`` steps carry), both named after their torch names made identifiers
 (``layer1.0.conv1.weight`` -> ``layer1_0_conv1_weight``); every node is built inside the
 ``gc.scope`` of its ``nn.Module`` path (``layer1`` / ``layer1.0`` / ``layer1.0.conv1``), so
 diagrams group and collapse by module.  torch is imported only when ``from_torch`` runs.
@@ -15,6 +16,7 @@ import contextlib
 import keyword
 import operator
 import re
+import warnings
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from .. import functions as F
 from .. import nn_functions as NF
 from ..inputs import constant, input, param
 from ..ir import GraphError, Tensor, located, scope
+from ..nn import state_input
 from .model import Model, UnsupportedOpError
 
 
@@ -47,7 +50,9 @@ def from_torch(module, example_args) -> Model:
     args = example_args if isinstance(example_args, (tuple, list)) else (example_args,)
     args = tuple(torch.from_numpy(np.asarray(a)) if isinstance(a, np.ndarray) else a
                  for a in args)
-    program = torch.export.export(module, args).run_decompositions()
+    with warnings.catch_warnings():  # torch's own deprecation noise, not the user's
+        warnings.filterwarnings("ignore", r".*treespec, LeafSpec", FutureWarning)
+        program = torch.export.export(module, args).run_decompositions()
     return _Importer(program, type(module).__name__).run()
 
 
@@ -125,8 +130,8 @@ class _Importer:
             if spec.kind == InputKind.PARAMETER:
                 t = param(name, shape, _TorchValue(value), dtype)
                 self.params[target] = t
-            else:
-                t = input(name, shape, dtype)
+            else:  # a buffer: state that gc.train steps carry (and evaluation reads)
+                t = state_input(name, shape, dtype=dtype)
         self.values[name] = value
         return t
 
@@ -142,7 +147,7 @@ class _Importer:
         rule = ATEN.get(_op_name(node))
         if rule is None:
             _unsupported(node)
-        with _scopes(_stack_paths(node)):
+        with _scopes(_module_path(_node_module(node)[0])):
             try:
                 return rule(self, node, *args, **kwargs)
             except UnsupportedOpError:
@@ -218,11 +223,13 @@ def _module_path(path: str) -> list[str]:
     return [".".join(parts[:k + 1]) for k in range(len(parts))]
 
 
-def _stack_paths(node) -> list[str]:
-    """Scopes of the nn.Module calls a node was made in, outermost first."""
+def _node_module(node) -> tuple[str, str]:
+    """The path and type name of the innermost nn.Module a node was made in."""
     stack = node.meta.get("nn_module_stack") or {}
-    paths = [path for path, _ in stack.values() if path]
-    return [p for k, p in enumerate(paths) if k == 0 or p != paths[k - 1]]
+    if not stack:
+        return "", ""
+    path, kind = list(stack.values())[-1]
+    return path, kind if isinstance(kind, str) else getattr(kind, "__qualname__", str(kind))
 
 
 @contextlib.contextmanager
@@ -233,19 +240,12 @@ def _scopes(paths):
         yield
 
 
-def _module_of(node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path, kind = list(stack.values())[-1]
-    kind = kind if isinstance(kind, str) else getattr(kind, "__qualname__", str(kind))
-    return f" in module {path!r} ({kind})" if path else f" in {kind}"
-
-
 def _unsupported(node, detail: str | None = None):
     what = f"{node.target}" + (f": {detail}" if detail else " is not supported")
+    path, kind = _node_module(node)
+    where = f" in module {path!r} ({kind})" if path else f" in {kind}" if kind else ""
     raise UnsupportedOpError(located(
-        f"from_torch: {what} (node {node.name!r}{_module_of(node)}); supported ATen ops: "
+        f"from_torch: {what} (node {node.name!r}{where}); supported ATen ops: "
         f"{', '.join(sorted(ATEN))}"))
 
 
