@@ -236,8 +236,9 @@ def test_unsupported_op_names_op_node_and_supported_set():
     with pytest.raises(gc.UnsupportedOpError) as info:
         gc.from_torch(Cumulative(), (torch.zeros(2, 3),))
     text = str(info.value)
-    assert text.startswith("from_torch: aten.cumsum.default is not supported (node 'cumsum'")
-    assert "supported ATen ops: aten._adaptive_avg_pool2d, " in text
+    assert text.startswith("ATen op aten.cumsum.default (node 'cumsum' in Cumulative) is not "
+                           "supported by gc.from_torch; the supported ops are: "
+                           "aten._adaptive_avg_pool2d, ")
     assert "aten.convolution" in text and "aten.relu" in text
     assert "test_torch_import.py" in text  # the user's line
 
@@ -245,9 +246,10 @@ def test_unsupported_op_names_op_node_and_supported_set():
 def test_unsupported_variant_is_raised_at_import():
     up = nn.Sequential(nn.ConvTranspose2d(2, 2, 3))
     with pytest.raises(gc.UnsupportedOpError,
-                       match=r"aten.convolution.default: only 2-D convolutions that are not "
-                             r"transposed are supported \(node 'convolution' in module '0' "
-                             r"\(torch.nn.modules.conv.ConvTranspose2d\)\)"):
+                       match=r"^ATen op aten.convolution.default \(node 'convolution' in module "
+                             r"'0' \(torch.nn.modules.conv.ConvTranspose2d\)\) is not supported "
+                             r"by gc.from_torch \(only 2-D convolutions that are not "
+                             r"transposed\); the supported ops are: aten._adaptive"):
         gc.from_torch(up, (torch.zeros(1, 2, 4, 4),))
 
 

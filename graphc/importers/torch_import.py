@@ -141,8 +141,8 @@ class _Importer:
         if node.target is operator.getitem:
             value = args[0][args[1]]
             if value is None:
-                _unsupported(node, f"output {args[1]} of {node.args[0].target} is not "
-                                   "imported (only the op's first output is)")
+                _unsupported(node.args[0], f"its output {args[1]} is used, by "
+                                           f"{node.name!r}; only the first is imported")
             return value
         rule = ATEN.get(_op_name(node))
         if rule is None:
@@ -213,7 +213,7 @@ def _meta(node, index=None) -> tuple[tuple[int, ...], str]:
     val = val[index] if index is not None else val
     dtype = _DTYPES.get(str(val.dtype))
     if dtype is None:
-        _unsupported(node, f"dtype {val.dtype} has no graphc dtype")
+        _unsupported(node, f"dtype {val.dtype}: graphc has no such dtype")
     return tuple(int(d) for d in val.shape), dtype
 
 
@@ -241,12 +241,15 @@ def _scopes(paths):
 
 
 def _unsupported(node, detail: str | None = None):
-    what = f"{node.target}" + (f": {detail}" if detail else " is not supported")
+    """Raise the import-time error naming the op, the node (and its module), why (for an
+    op supported in other forms) and the supported set."""
     path, kind = _node_module(node)
-    where = f" in module {path!r} ({kind})" if path else f" in {kind}" if kind else ""
+    where = f" in module {path!r} ({kind})" if path else \
+        f" in {kind.rsplit('.', 1)[-1]}" if kind else ""  # the root module: its class
+    why = f" ({detail})" if detail else ""
     raise UnsupportedOpError(located(
-        f"from_torch: {what} (node {node.name!r}{where}); supported ATen ops: "
-        f"{', '.join(sorted(ATEN))}"))
+        f"ATen op {node.target} (node {node.name!r}{where}) is not supported by "
+        f"gc.from_torch{why}; the supported ops are: {', '.join(sorted(ATEN))}"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ def _pair(v) -> tuple[int, int]:
 def _convolution(im, node, x, w, b, stride, padding, dilation, transposed, output_padding,
                  groups):
     if transposed or x.ndim != 4:
-        _unsupported(node, "only 2-D convolutions that are not transposed are supported")
+        _unsupported(node, "only 2-D convolutions that are not transposed")
     return NF.conv2d(x, w, _pair(stride), _pair(padding), dilation=_pair(dilation),
                      groups=groups, bias=b)
 
@@ -298,7 +301,7 @@ def _max_pool(im, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=F
     kernel, padding = _pair(kernel), _pair(padding)
     stride = _pair(stride) if stride else kernel
     if _pair(dilation) != (1, 1):
-        _unsupported(node, "dilated max pooling is not supported")
+        _unsupported(node, "dilation > 1")
     for axis, extra in zip((2, 3), _ceil_extra(node, x, kernel, stride, padding)):
         if extra > 0:  # ceil_mode: the last window reaches past the end; -inf fills it
             fill = list(x.shape)
@@ -312,9 +315,9 @@ def _avg_pool(im, node, x, kernel, stride=(), padding=0, ceil_mode=False,
     kernel, padding = _pair(kernel), _pair(padding)
     stride = _pair(stride) if stride else kernel
     if divisor_override is not None:
-        _unsupported(node, "divisor_override is not supported")
+        _unsupported(node, "divisor_override")
     if any(e > 0 for e in _ceil_extra(node, x, kernel, stride, padding)):
-        _unsupported(node, "ceil_mode windows past the end are not supported")
+        _unsupported(node, "ceil_mode with windows past the end")
     return NF.avg_pool2d(x, kernel, stride, padding, count_include_pad)
 
 
@@ -395,7 +398,7 @@ def _clamp(below, above):
 def _binary(fn):
     def rule(im, node, a, b, alpha=1, rounding_mode=None):
         if rounding_mode is not None:
-            _unsupported(node, f"rounding_mode={rounding_mode!r} is not supported")
+            _unsupported(node, f"rounding_mode={rounding_mode!r}")
         return fn(a, b * alpha if alpha != 1 else b)
     return rule
 
@@ -465,7 +468,7 @@ ATEN = {
     "aten.leaky_relu": _unary(F.leaky_relu),
     "aten.elu": lambda im, node, x, alpha=1.0, scale=1, input_scale=1: (
         F.elu(x, alpha) if scale == input_scale == 1
-        else _unsupported(node, "scale and input_scale other than 1 are not supported")),
+        else _unsupported(node, "scale or input_scale other than 1")),
     "aten.hardtanh": _clamp(F.less_equal, F.greater_equal),
     "aten.clamp": _clamp(F.less, F.greater),
     "aten.add": _binary(F.add),
