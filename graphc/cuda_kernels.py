@@ -43,7 +43,9 @@ _MATH = {"np.sin": "math.sin", "np.cos": "math.cos", "np.tan": "math.tan",
          "np.arccos": "math.acos", "np.arctan": "math.atan", "np.arcsinh": "math.asinh",
          "np.arccosh": "math.acosh", "np.arctanh": "math.atanh", "np.floor": "math.floor",
          "np.ceil": "math.ceil", "np.arctan2": "math.atan2", "np.sqrt": "math.sqrt",
-         "np.power": "math.pow"}
+         "np.power": "math.pow", "np.log2": "math.log2", "np.log10": "math.log10"}
+# Functions that numba.cuda's ``math`` lacks, from libdevice (``f`` suffix: float32)
+_LIBDEVICE = {"np.rint": "rint", "np.cbrt": "cbrt", "np.exp2": "exp2"}
 
 
 class CudaPrinter(ScalarPrinter):
@@ -59,6 +61,9 @@ class CudaPrinter(ScalarPrinter):
         text, kind = super()._p(e)
         for old, new in _MATH.items():
             text = text.replace(old + "(", new + "(")
+        suffix = "f" if self.dtype == "float32" else ""
+        for old, new in _LIBDEVICE.items():
+            text = text.replace(old + "(", f"libdevice.{new}{suffix}(")
         return text, kind
 
 
@@ -79,8 +84,9 @@ class _SimulatedLibdevice:
     ``math`` computes in double and raises instead)."""
 
     def __getattr__(self, name):
-        if name == "erf":
-            from scipy.special import erf as fn
+        if name in ("erf", "erfc"):
+            from scipy import special
+            fn = getattr(special, name)
         else:
             fn = getattr(np, _NUMPY_NAMES.get(name, name))
 
@@ -93,11 +99,23 @@ class _SimulatedLibdevice:
 _NUMPY_NAMES = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "asinh": "arcsinh",
                 "acosh": "arccosh", "atanh": "arctanh", "atan2": "arctan2", "pow": "power"}
 
+class _SimulatedExtraLibdevice:
+    """``numba.cuda.libdevice`` as kernels see it under the simulator (the ``f`` variants
+    are the float32 ones; NumPy keeps float32 in float32)."""
+
+    def __getattr__(self, name):
+        return getattr(np, name[:-1] if name.endswith("f") else name)
+
+
 # What kernels call as ``math``: libdevice on a GPU, NumPy under the simulator.
 mathlib = _SimulatedLibdevice() if SIMULATOR else math
+if SIMULATOR:
+    libdevice = _SimulatedExtraLibdevice()
+else:
+    from numba.cuda import libdevice
 
 KERNEL_GLOBALS = {"cuda": cuda, "math": mathlib, "np": np, "maximum": maximum,
-                  "minimum": minimum}
+                  "minimum": minimum, "libdevice": libdevice}
 
 
 # ---------------------------------------------------------------------------------------

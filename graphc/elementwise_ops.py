@@ -20,6 +20,7 @@ from functools import cached_property
 
 import numpy as np
 import sympy as sp
+from sympy.codegen import cfunctions as cf
 from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.numpy import SciPyPrinter
 
@@ -30,6 +31,45 @@ from .ir import DTypeError, GraphError, Op, Tensor, located
 
 class ElementwiseError(GraphError, ValueError):
     """A custom elementwise op that is not well defined."""
+
+
+class rint(sp.Function):  # noqa: N801 -- named as the C and NumPy function it prints as
+    """Round half to even (``numpy.rint``, ``torch.round``); derivative 0, as PyTorch's."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_integer:
+            return arg
+        if arg.is_Number:
+            return sp.Integer(int(np.rint(float(arg))))
+        return None
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+
+class real_cbrt(sp.Function):  # noqa: N801
+    """The real cube root (``numpy.cbrt``); derivative 1 / (3 cbrt(x)^2), +inf at 0 (as
+    JAX; SymPy's ``cbrt`` is the principal complex root, NaN for x < 0 in NumPy)."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_zero:
+            return sp.S.Zero
+        return None
+
+    def fdiff(self, argindex=1):
+        return 1 / (3 * real_cbrt(self.args[0]) ** 2)
+
+    def _eval_evalf(self, prec):
+        x = self.args[0]._eval_evalf(prec)
+        if x is None or not x.is_real:
+            return None
+        return (sp.sign(x) * sp.Abs(x) ** sp.Rational(1, 3))._eval_evalf(prec)
 
 
 class _NumpyPrinter(SciPyPrinter):
@@ -46,6 +86,12 @@ class _NumpyPrinter(SciPyPrinter):
 
     def _print_Max(self, expr):
         return self._nested("numpy.maximum", expr.args)
+
+    def _print_rint(self, expr):
+        return f"numpy.rint({self._print(expr.args[0])})"
+
+    def _print_real_cbrt(self, expr):
+        return f"numpy.cbrt({self._print(expr.args[0])})"
 
     def _print_Min(self, expr):
         return self._nested("numpy.minimum", expr.args)
@@ -403,8 +449,10 @@ def elementwise(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
     op = ElementwiseDef.from_function(name, fn, stable, **flags)
     old = REGISTRY.get(name)
     if old is not None:
-        if old.expr == op.expr and old.stable == op.stable and old.params == op.params:
-            return old  # re-running the same definition (a notebook cell) is harmless
+        if old.expr == op.expr and old.params == op.params and \
+                (old.stable == op.stable or op.stable is op.expr):
+            return old  # re-running the same definition (a notebook cell), or declaring
+            # a built-in as it is (mish), is harmless: the registered op is returned
         raise ElementwiseError(located(
             f"an elementwise op named {name!r} is already registered as {old.expr}; "
             "choose another name"))
@@ -457,8 +505,13 @@ gelu_tanh = _predefined(
     "gelu_tanh", lambda x: x / 2 * (1 + sp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))))
 silu = _predefined("silu", lambda x: x / (1 + sp.exp(-x)),
                    stable=lambda x: x * _stable_sigmoid(x))
-softplus = _predefined("softplus", lambda x: sp.log(1 + sp.exp(x)),
-                       stable=lambda x: sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x))))
+# As torch's F.softplus: log(1 + exp(beta x)) / beta, and x itself where beta x > threshold.
+softplus = _predefined(
+    "softplus", lambda x, beta=1.0, threshold=20.0: sp.Piecewise(
+        (x, beta * x > threshold), (sp.log(1 + sp.exp(beta * x)) / beta, True)),
+    stable=lambda x, beta=1.0, threshold=20.0: sp.Piecewise(
+        (x, beta * x > threshold),
+        ((sp.Max(beta * x, 0) + log1p(sp.exp(-sp.Abs(beta * x)))) / beta, True)))
 # Ties split the gradient evenly between a and b (as PyTorch and JAX do); where a or b is
 # NaN no comparison holds, and the last branch (NaN either way) passes the gradient to both,
 # as PyTorch does. The evaluated forms are NumPy's maximum/minimum: exact for int64,
@@ -472,6 +525,66 @@ minimum = _predefined("minimum", lambda a, b: sp.Piecewise(
 prelu = _predefined("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
 where = _predefined("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
                     int_ok=True, bool_ok=True, bool_args=("cond",))
+
+
+
+# Clipping, PyTorch's conventions: torch.clamp passes the gradient on [min, max] (bounds
+# included; min > max gives max everywhere, gradient 0); hardtanh, relu6 and hardsigmoid
+# pass it only strictly inside their range.
+clip = _predefined("clip", lambda x, min=-1.0, max=1.0: sp.Piecewise(  # noqa: A006
+    (max, (x > max) | (min > max)), (min, x < min), (x, True)))
+clip_min = _predefined("clip_min", lambda x, min=0.0: sp.Piecewise(  # noqa: A006
+    (min, x < min), (x, True)))
+clip_max = _predefined("clip_max", lambda x, max=0.0: sp.Piecewise(  # noqa: A006
+    (max, x > max), (x, True)))
+hardtanh = _predefined("hardtanh", lambda x, min_val=-1.0, max_val=1.0: sp.Piecewise(
+    (min_val, x <= min_val), (max_val, x >= max_val), (x, True)))
+relu6 = _predefined("relu6", lambda x: sp.Piecewise((0, x <= 0), (6, x >= 6), (x, True)))
+hardsigmoid = _predefined("hardsigmoid", lambda x: sp.Piecewise(
+    (0, x <= -3), (1, x >= 3), (x / 6 + sp.Rational(1, 2), True)))
+hardswish = _predefined("hardswish", lambda x: sp.Piecewise(
+    (0, x <= -3), (x, x >= 3), (x * (x + 3) / 6, True)))
+softsign = _predefined("softsign", lambda x: x / (1 + sp.Abs(x)))
+logsigmoid = _predefined("logsigmoid", lambda x: -sp.log(1 + sp.exp(-x)),
+                         stable=lambda x: sp.Min(x, 0) - log1p(sp.exp(-sp.Abs(x))))
+celu = _predefined("celu", lambda x, alpha=1.0: sp.Piecewise(
+    (x, x > 0), (alpha * (sp.exp(x / alpha) - 1), True)),
+    stable=lambda x, alpha=1.0: sp.Piecewise((x, x > 0), (alpha * expm1(x / alpha), True)))
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+selu = _predefined("selu", lambda x: _SELU_SCALE * sp.Piecewise(
+    (x, x > 0), (_SELU_ALPHA * (sp.exp(x) - 1), True)),
+    stable=lambda x: _SELU_SCALE * sp.Piecewise((x, x > 0), (_SELU_ALPHA * expm1(x), True)))
+mish = _predefined("mish", lambda x: x * sp.tanh(sp.log(1 + sp.exp(x))),
+                   stable=lambda x: x * sp.tanh(sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x)))))
+# Steps: derivative 0 everywhere (SymPy's DiracDelta dropped), as PyTorch.  sign(NaN) is NaN
+# (as NumPy and JAX; torch.sign gives 0).
+sign = _predefined("sign", lambda x: sp.sign(x), int_ok=True)
+floor = _predefined("floor", lambda x: sp.floor(x))
+ceil = _predefined("ceil", lambda x: sp.ceiling(x))
+round_ = _predefined("round", lambda x: rint(x))
+trunc = _predefined("trunc", lambda x: sp.Piecewise((sp.ceiling(x), x < 0), (sp.floor(x), True)))
+erf = _predefined("erf", lambda x: sp.erf(x))
+erfc = _predefined("erfc", lambda x: sp.erfc(x))
+tan = _predefined("tan", lambda x: sp.tan(x))
+asin = _predefined("asin", lambda x: sp.asin(x))
+acos = _predefined("acos", lambda x: sp.acos(x))
+atan = _predefined("atan", lambda x: sp.atan(x))
+# d atan2 = (x dy - y dx) / (x^2 + y^2), 0 at (0, 0) as PyTorch's (its value there keeps
+# the signs of zeros: the stable form is what is evaluated)
+atan2 = _predefined("atan2", lambda y, x: sp.Piecewise(
+    (sp.atan2(y, x), sp.Ne(x**2 + y**2, 0)), (0, True)), stable=lambda y, x: sp.atan2(y, x))
+sinh = _predefined("sinh", lambda x: sp.sinh(x))
+cosh = _predefined("cosh", lambda x: sp.cosh(x))
+asinh = _predefined("asinh", lambda x: sp.asinh(x))
+acosh = _predefined("acosh", lambda x: sp.acosh(x))
+atanh = _predefined("atanh", lambda x: sp.atanh(x))
+log2 = _predefined("log2", lambda x: cf.log2(x))
+log10 = _predefined("log10", lambda x: cf.log10(x))
+exp2 = _predefined("exp2", lambda x: cf.exp2(x))
+expm1_ = _predefined("expm1", lambda x: expm1(x))
+log1p_ = _predefined("log1p", lambda x: log1p(x))
+rsqrt = _predefined("rsqrt", lambda x: 1 / sp.sqrt(x))
+cbrt = _predefined("cbrt", lambda x: real_cbrt(x))
 
 
 def _comparison(name, relation):

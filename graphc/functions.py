@@ -73,6 +73,13 @@ sin, cos, maximum, minimum, prelu = ew.sin, ew.cos, ew.maximum, ew.minimum, ew.p
 add, sub, mul, div, power = ew.add, ew.sub, ew.mul, ew.div, ew.pow_
 less, less_equal, greater, greater_equal = ew.less, ew.less_equal, ew.greater, ew.greater_equal
 equal, not_equal = ew.equal, ew.not_equal
+relu6, hardsigmoid, hardswish, softsign = ew.relu6, ew.hardsigmoid, ew.hardswish, ew.softsign
+logsigmoid, selu, mish = ew.logsigmoid, ew.selu, ew.mish
+sign, floor, ceil, round, trunc = ew.sign, ew.floor, ew.ceil, ew.round_, ew.trunc  # noqa: A001
+erf, erfc, tan, asin, acos, atan = ew.erf, ew.erfc, ew.tan, ew.asin, ew.acos, ew.atan
+atan2, sinh, cosh, asinh, acosh, atanh = ew.atan2, ew.sinh, ew.cosh, ew.asinh, ew.acosh, ew.atanh
+log2, log10, exp2, expm1, log1p = ew.log2, ew.log10, ew.exp2, ew.expm1_, ew.log1p_
+rsqrt, cbrt = ew.rsqrt, ew.cbrt
 elementwise = ew.elementwise
 
 
@@ -84,6 +91,40 @@ def leaky_relu(x, alpha=0.01) -> Tensor:
 def elu(x, alpha=1.0) -> Tensor:
     """x for x > 0, alpha * (exp(x) - 1) otherwise."""
     return ew.elu(x, alpha=alpha)
+
+
+def _number(name, key, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise GraphError(located(f"{name}: {key} must be a number, got {value!r}"))
+    return float(value)
+
+
+def clip(x, min=None, max=None) -> Tensor:  # noqa: A002
+    """``x`` limited to [min, max] (either bound may be None), as ``torch.clamp``: the
+    gradient is 1 on [min, max], bounds included, else 0; where min > max the result is max."""
+    if min is None and max is None:
+        raise GraphError(located("clip: at least one of min and max must be a number"))
+    if max is None:
+        return ew.clip_min(x, min=_number("clip", "min", min))
+    if min is None:
+        return ew.clip_max(x, max=_number("clip", "max", max))
+    return ew.clip(x, min=_number("clip", "min", min), max=_number("clip", "max", max))
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0) -> Tensor:
+    """``x`` limited to [min_val, max_val]; gradient 1 strictly inside, 0 at and beyond the
+    bounds (as ``torch.nn.functional.hardtanh``)."""
+    lo, hi = _number("hardtanh", "min_val", min_val), _number("hardtanh", "max_val", max_val)
+    if lo > hi:
+        raise GraphError(located(f"hardtanh: min_val {lo} is greater than max_val {hi}"))
+    return ew.hardtanh(x, min_val=lo, max_val=hi)
+
+
+def celu(x, alpha=1.0) -> Tensor:
+    """x for x > 0, alpha * (exp(x / alpha) - 1) otherwise."""
+    if _number("celu", "alpha", alpha) == 0:
+        raise GraphError(located("celu: alpha must not be 0"))
+    return ew.celu(x, alpha=alpha)
 
 
 def gelu(x, approximate="none") -> Tensor:
@@ -142,6 +183,79 @@ def mean(x, axis=None, keepdims=False) -> Tensor:
     total = sum(x, axis, keepdims)
     count = x.size // builtins.max(total.size, 1) if x.size else 0
     return total / count if count != 1 else total
+
+
+def prod(x, axis=None, keepdims=False) -> Tensor:
+    """Product over ``axis``; integers give int64.  Gradient: the product of the other
+    elements, exact where x holds zeros (the second derivative is not supported)."""
+    x = as_tensor(x)
+    probe = st.Prod(())
+    return Tensor.make(st.Prod(st.normalize_axes(probe, axis, x.ndim, (x,)), bool(keepdims)),
+                       (x,))
+
+
+def var(x, axis=None, correction=1, keepdims=False) -> Tensor:
+    """Variance over ``axis``: sum((x - mean)^2) / (n - correction), as ``torch.var``
+    (``correction=1``, the default, is the unbiased estimate; 0 the population variance;
+    n <= correction gives inf or NaN, as PyTorch)."""
+    x = as_tensor(x)
+    st.normalize_axes(st.Reduce("var", ()), axis, x.ndim, (x,))  # errors name var
+    if not dtypes.is_float(x.dtype):
+        x = cast(x, dtypes.DEFAULT_FLOAT)
+    d = x - mean(x, axis, keepdims=True)
+    total = sum(square(d), axis, keepdims)
+    n = x.size // builtins.max(total.size, 1) if x.size else 0
+    return total / float(builtins.max(n - correction, 0))
+
+
+def std(x, axis=None, correction=1, keepdims=False) -> Tensor:
+    """Standard deviation: sqrt(var(x, axis, correction)); its gradient is 0 where the
+    deviation is 0 (as ``torch.std``), not 0 · inf."""
+    return _std_sqrt(var(x, axis, correction, keepdims))
+
+
+_std_sqrt = ew._predefined("std_sqrt", lambda v: sp.Piecewise((sp.sqrt(v), sp.Ne(v, 0)),
+                                                              (0, True)))
+
+
+def _arg_reduce(kind, x, axis, keepdims) -> Tensor:
+    x = as_tensor(x)
+    if axis is not None:
+        axis = _one_axis(st.ArgReduce(kind, 0), x, axis)
+    return Tensor.make(st.ArgReduce(kind, axis, bool(keepdims)), (x,))
+
+
+def argmax(x, axis=None, keepdims=False) -> Tensor:
+    """Index (int64) of the first maximum along ``axis`` (None: in the flattened x)."""
+    return _arg_reduce("argmax", x, axis, keepdims)
+
+
+def argmin(x, axis=None, keepdims=False) -> Tensor:
+    """Index (int64) of the first minimum along ``axis`` (None: in the flattened x)."""
+    return _arg_reduce("argmin", x, axis, keepdims)
+
+
+def _bool_reduce(kind, x, axis, keepdims) -> Tensor:
+    x = as_tensor(x)
+    probe = st.BoolReduce(kind, ())
+    return Tensor.make(st.BoolReduce(kind, st.normalize_axes(probe, axis, x.ndim, (x,)),
+                                     bool(keepdims)), (x,))
+
+
+def any(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
+    """Whether some element over ``axis`` is nonzero (bool)."""
+    return _bool_reduce("any", x, axis, keepdims)
+
+
+def all(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
+    """Whether every element over ``axis`` is nonzero (bool)."""
+    return _bool_reduce("all", x, axis, keepdims)
+
+
+def cumsum(x, axis) -> Tensor:
+    """Running sums along ``axis``; integers and bools give int64 (as ``torch.cumsum``)."""
+    x = as_tensor(x)
+    return Tensor.make(st.CumSum(_one_axis(st.CumSum(0), x, axis)), (x,))
 
 
 def logsumexp(x, axis=None, keepdims=False) -> Tensor:
@@ -281,33 +395,62 @@ def _pair(name, pred, target):
     return pred, target
 
 
-def mse(pred, target) -> Tensor:
-    """Mean squared error over all elements, as sum((scale) * d^2) with scale = 1/count:
-    the derivative (2 scale) d then stays finite wherever the gradient is (as PyTorch's
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduction(name, reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise GraphError(located(f"{name}: reduction must be 'mean', 'sum' or 'none', got "
+                                 f"{reduction!r}"))
+    return reduction
+
+
+def _reduce_loss(per_element, reduction) -> Tensor:
+    return per_element if reduction == "none" else \
+        mean(per_element) if reduction == "mean" else sum(per_element)
+
+
+def mse(pred, target, reduction="mean") -> Tensor:
+    """Squared error, averaged over all elements (``reduction="mean"``), summed ("sum") or
+    per element ("none").  The mean is sum((scale) * d^2) with scale = 1/count: the
+    derivative (2 scale) d then stays finite wherever the gradient is (as PyTorch's
     2 (x - t) / count; g · 2d of mean(square(d)) overflows near the float maximum)."""
     pred, target = _pair("mse", pred, target)
+    reduction = _reduction("mse", reduction)
     d = pred - target
     if not dtypes.is_float(d.dtype):
         d = cast(d, dtypes.DEFAULT_FLOAT)
-    return sum(_scaled_square(d, scale=1.0 / builtins.max(d.size, 1)))
+    if reduction == "none":
+        return _scaled_square(d, scale=1.0)
+    return sum(_scaled_square(d, scale=1.0 / builtins.max(d.size, 1) if reduction == "mean"
+                              else 1.0))
 
 
 _scaled_square = ew._predefined("scaled_square", lambda d, scale=1.0: scale * d**2)
 
 
-def binary_cross_entropy_with_logits(logits, targets) -> Tensor:
-    """Mean of softplus(x) - x * t: log-loss of sigmoid(x) against t, stable for large |x|."""
+# softplus's threshold above every finite float32, where log1p(exp(-x)) is 0 anyway: exact
+_NO_THRESHOLD = 3e38
+
+
+def binary_cross_entropy_with_logits(logits, targets, reduction="mean") -> Tensor:
+    """softplus(x) - x * t, the log-loss of sigmoid(x) against t, stable for large |x|;
+    averaged over all elements (``reduction="mean"``), summed ("sum") or not ("none")."""
     logits, targets = _pair("binary_cross_entropy_with_logits", logits, targets)
-    return mean(softplus(logits) - logits * targets)
+    reduction = _reduction("binary_cross_entropy_with_logits", reduction)
+    return _reduce_loss(softplus(logits, threshold=_NO_THRESHOLD) - logits * targets,
+                        reduction)
 
 
-def huber(pred, target, delta=1.0) -> Tensor:
-    """Mean Huber loss: 0.5 d^2 where |d| <= delta, delta (|d| - delta / 2) elsewhere."""
+def huber(pred, target, delta=1.0, reduction="mean") -> Tensor:
+    """Huber loss: 0.5 d^2 where |d| <= delta, delta (|d| - delta / 2) elsewhere; averaged
+    over all elements (``reduction="mean"``), summed ("sum") or not ("none")."""
     pred, target = _pair("huber", pred, target)
+    reduction = _reduction("huber", reduction)
     if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)) \
             or not delta > 0:  # as PyTorch: a delta <= 0 makes a negative "loss"
         raise GraphError(located(f"huber: delta must be a positive number, got {delta!r}"))
-    return mean(_huber_elementwise(pred - target, delta=delta))
+    return _reduce_loss(_huber_elementwise(pred - target, delta=delta), reduction)
 
 
 _huber_elementwise = ew._predefined(
@@ -315,34 +458,51 @@ _huber_elementwise = ew._predefined(
         (d**2 / 2, sp.Abs(d) <= delta), (delta * (sp.Abs(d) - delta / 2), True)))
 
 
-def _labels_one_hot(name, scores, labels) -> Tensor:
+def _labels_one_hot(name, scores, labels, ignore_index=None) -> Tensor:
     scores, labels = as_tensor(scores), as_tensor(labels)
     if scores.ndim != 2:
         raise ShapeError(located(f"{name}: scores must be (N, C), got {scores.shape}"))
-    if labels.dtype not in dtypes.INTS:
-        raise DTypeError(located(f"{name}: labels must be int32 or int64, got {labels.dtype}"))
     if labels.shape != scores.shape[:1]:
         raise ShapeError(located(f"{name}: labels {labels.shape} must be ({scores.shape[0]},) "
                                  f"for scores {scores.shape}"))
-    if isinstance(labels.op, Constant):
-        problem = _label_error(labels.op.value.array, scores.shape[1])
-        if problem:
-            raise GraphError(located(f"{name}: the constant labels hold {problem}"))
-    classes = constant(np.arange(scores.shape[1], dtype=labels.dtype))
-    hit = equal(reshape(labels, (-1, 1)), classes)
-    if getattr(labels.op, "fed", False):  # checked when fed: gc.compile runs check_feeds
-        hit.tag(LabelRange(labels.op.label, scores.shape[1]))
+    hit, check = _hits(name, labels, scores.shape[1], ignore_index)
+    if check:
+        hit.tag(check)
     return where(hit, constant(1, dtype=scores.dtype), constant(0, dtype=scores.dtype))
 
 
-def _label_error(labels: np.ndarray, classes: int) -> str | None:
+def _hits(name, labels, classes, ignore_index=None, what="a loss"):
+    """labels[..., None] == arange(classes) (bool), after checking that integer ``labels``
+    are in [0, classes) or ``ignore_index``: constants now; for fed labels, the
+    :class:`LabelRange` record to tag on a node (or None).  Labels equal to ``ignore_index``
+    hit no class."""
+    if labels.dtype not in dtypes.INTS:
+        raise DTypeError(located(f"{name}: labels must be int32 or int64, got {labels.dtype}"))
+    if isinstance(labels.op, Constant):
+        problem = _label_error(labels.op.value.array, classes, ignore_index, what)
+        if problem:
+            raise GraphError(located(f"{name}: the constant labels hold {problem}"))
+    safe = labels if ignore_index is None else \
+        where(not_equal(labels, constant(ignore_index, dtype=labels.dtype)), labels,
+              constant(-1, dtype=labels.dtype))  # -1: no class
+    hit = equal(reshape(safe, labels.shape + (1,)),
+                constant(np.arange(classes, dtype=labels.dtype)))
+    fed = getattr(labels.op, "fed", False)  # checked when fed: gc.compile runs check_feeds
+    return hit, LabelRange(labels.op.label, classes, ignore_index, what) if fed else None
+
+
+def _label_error(labels: np.ndarray, classes: int, ignore_index=None,
+                 what="a loss") -> str | None:
     """The complaint about integer ``labels`` outside [0, classes), or None."""
-    if not labels.size or (labels.min() >= 0 and labels.max() < classes):
+    bad = ((labels < 0) | (labels >= classes)) & (labels != ignore_index if ignore_index
+                                                  is not None else True)
+    if not bad.any():
         return None
-    index = tuple(int(i) for i in np.argwhere((labels < 0) | (labels >= classes))[0])
-    return (f"label {labels[index]} at index {index}, out of range for a loss over "
-            f"{classes} classes (labels of softmax_cross_entropy and hinge must be in "
-            f"[0, {classes}))")
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    where_from = ("labels of softmax_cross_entropy and hinge" if what == "a loss" else
+                  "labels of one_hot")
+    return (f"label {labels[index]} at index {index}, out of range for {what} over "
+            f"{classes} classes ({where_from} must be in [0, {classes}))")
 
 
 @dataclass(frozen=True)
@@ -353,31 +513,83 @@ class LabelRange:
 
     label: str
     classes: int
+    ignore_index: int | None = None
+    what: str = "a loss"
 
     alive = True
 
     def check_feeds(self, arrays) -> None:
         labels = arrays.get(self.label)
         if isinstance(labels, np.ndarray):  # device arrays are not copied to check them
-            problem = _label_error(labels, self.classes)
+            problem = _label_error(labels, self.classes, self.ignore_index, self.what)
             if problem:
                 from .compiler import FeedError
                 raise FeedError(f"feed {self.label!r} holds {problem}")
 
 
-def softmax_cross_entropy(logits, labels) -> Tensor:
-    """Mean over the batch of -log softmax(logits)[label]; logits (N, C), integer labels."""
-    logits = as_tensor(logits)
-    one_hot = _labels_one_hot("softmax_cross_entropy", logits, labels)
-    return -mean(sum(one_hot * log_softmax(logits, axis=1), axis=1))
+def softmax_cross_entropy(logits, labels, reduction="mean", ignore_index=None) -> Tensor:
+    """-log softmax(logits)[label] per sample, logits (N, C), integer labels, as
+    ``torch.nn.functional.cross_entropy``: averaged over the batch (``reduction="mean"``),
+    summed ("sum") or per sample ("none").  Samples whose label is ``ignore_index`` count 0
+    and are left out of the mean (all of them left out: NaN, as PyTorch)."""
+    logits, labels = as_tensor(logits), as_tensor(labels)
+    reduction = _reduction("softmax_cross_entropy", reduction)
+    if ignore_index is not None and not _is_int(ignore_index):
+        raise GraphError(located(f"softmax_cross_entropy: ignore_index must be an int, got "
+                                 f"{ignore_index!r}"))
+    one_hot = _labels_one_hot("softmax_cross_entropy", logits, labels, ignore_index)
+    nll = -sum(one_hot * log_softmax(logits, axis=1), axis=1)
+    if ignore_index is None or reduction != "mean":
+        return _reduce_loss(nll, reduction)
+    kept = cast(not_equal(labels, constant(ignore_index, dtype=labels.dtype)), nll.dtype)
+    return sum(nll) / sum(kept)
 
 
-def hinge(scores, labels) -> Tensor:
-    """Multiclass SVM loss: mean over the batch of sum_{j != y} max(0, s_j - s_y + 1)."""
+def hinge(scores, labels, reduction="mean") -> Tensor:
+    """Multiclass SVM loss per sample, sum_{j != y} max(0, s_j - s_y + 1), averaged over the
+    batch (``reduction="mean"``), summed ("sum") or not ("none")."""
     scores = as_tensor(scores)
+    reduction = _reduction("hinge", reduction)
     one_hot = _labels_one_hot("hinge", scores, labels)
     correct = sum(scores * one_hot, axis=1, keepdims=True)
-    return mean(sum(relu(scores - correct + 1.0) * (1.0 - one_hot), axis=1))
+    return _reduce_loss(sum(relu(scores - correct + 1.0) * (1.0 - one_hot), axis=1), reduction)
+
+
+def one_hot(labels, num_classes) -> Tensor:
+    """(..., num_classes) int64: 1 at each label, as ``torch.nn.functional.one_hot``
+    (labels outside [0, num_classes) raise: constants when built, fed ones when fed)."""
+    labels = as_tensor(labels)
+    if not _is_int(num_classes) or num_classes < 1:
+        raise GraphError(located(f"one_hot: num_classes must be a positive int, got "
+                                 f"{num_classes!r}"))
+    hit, check = _hits("one_hot", labels, int(num_classes), what="one_hot")
+    out = cast(hit, "int64")
+    if check:
+        out.tag(check)
+    return out
+
+
+def flip(x, axis=None) -> Tensor:
+    """``x`` reversed along ``axis`` (an int, a tuple, or None: every axis), as
+    ``numpy.flip``; the gradient is flipped back."""
+    x = as_tensor(x)
+    axes = st.normalize_axes(st.Index(()), axis, x.ndim, (x,))
+    return x[tuple(slice(None, None, -1) if i in axes else slice(None) for i in range(x.ndim))]
+
+
+def tile(x, reps) -> Tensor:
+    """``x`` repeated ``reps[i]`` times along axis i, as ``numpy.tile``/``torch.tile``
+    (reps shorter than x.ndim count from the last axis; longer add leading axes)."""
+    x = as_tensor(x)
+    reps = (reps,) if _is_int(reps) else tuple(reps) if isinstance(reps, Iterable) else None
+    if reps is None or not builtins.all(_is_int(r) and r >= 0 for r in reps):
+        raise ShapeError(located(f"tile: reps must be non-negative ints, got {reps!r}"))
+    ndim = builtins.max(x.ndim, len(reps))
+    shape = (1,) * (ndim - x.ndim) + x.shape
+    reps = (1,) * (ndim - len(reps)) + tuple(int(r) for r in reps)
+    spread = reshape(x, tuple(v for d in shape for v in (1, d)))
+    out = broadcast_to(spread, tuple(v for r, d in zip(reps, shape) for v in (r, d)))
+    return reshape(out, tuple(r * d for r, d in zip(reps, shape)))
 
 
 def l1(x) -> Tensor:

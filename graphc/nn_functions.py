@@ -293,3 +293,77 @@ def embedding(indices, table) -> Tensor:
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "batch_norm",
            "layer_norm", "dropout", "embedding"]
+
+
+# ---------------------------------------------------------------------------------------
+# 1-D and transposed convolution: the 2-D convolution and its input adjoint
+
+
+def _one(op_name: str, what: str, value, low: int) -> int:
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ShapeError(located(f"{op_name}: {what} must be an int >= {low}, got {value!r}"))
+    return int(value)
+
+
+def conv1d(x, w, stride=1, padding=0, *, dilation=1, groups=1, bias=None) -> Tensor:
+    """1-D cross-correlation, NCL, as ``torch.nn.functional.conv1d``: ``x`` (N, C, L), ``w``
+    (C_out, C / groups, k); the 2-D convolution of x seen as (N, C, 1, L).
+
+    >>> import graphc as gc
+    >>> gc.conv1d(gc.input("x", (2, 3, 10)), gc.param("w", (4, 3, 3)), padding=1).shape
+    (2, 4, 10)
+    """
+    x, w = F.lift_all([x, w], "conv1d")
+    if x.ndim != 3 or w.ndim != 3:
+        raise ShapeError(located(f"conv1d: input must be (N, C, L) and kernel (C_out, "
+                                 f"C_in/groups, k), got {x.shape} and {w.shape}"))
+    geometry = [(low, _one("conv1d", name, v, low)) for name, v, low in
+                (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1))]
+    y = conv2d(F.reshape(x, (x.shape[0], x.shape[1], 1, x.shape[2])),
+               F.reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2])), *geometry[:2],
+               dilation=geometry[2], groups=groups, bias=bias)
+    return F.reshape(y, (y.shape[0], y.shape[1], y.shape[3]))
+
+
+def conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                     bias=None) -> Tensor:
+    """Transposed 2-D convolution, NCHW, as ``torch.nn.functional.conv_transpose2d``
+    (the gradient of conv2d with respect to its input): ``x`` (N, C_in, H, W), ``w`` (C_in,
+    C_out / groups, kh, kw); the output is (N, C_out, Ho, Wo) with Ho = (H - 1) stride -
+    2 padding + dilation (kh - 1) + output_padding + 1.
+
+    >>> import graphc as gc
+    >>> gc.conv_transpose2d(gc.input("x", (1, 4, 5, 5)), gc.param("w", (4, 2, 3, 3)),
+    ...                     stride=2, padding=1, output_padding=1).shape
+    (1, 2, 10, 10)
+    """
+    x, w = F.lift_all([x, w], "conv_transpose2d")
+    if x.ndim != 4 or w.ndim != 4:
+        raise ShapeError(located(f"conv_transpose2d: input must be (N, C_in, H, W) and kernel "
+                                 f"(C_in, C_out/groups, kh, kw), got {x.shape} and {w.shape}"))
+    s, p = _pair("conv_transpose2d", "stride", stride, 1), \
+        _pair("conv_transpose2d", "padding", padding, 0)
+    d = _pair("conv_transpose2d", "dilation", dilation, 1)
+    op_ = _pair("conv_transpose2d", "output_padding", output_padding, 0)
+    if any(o >= max(si, di) for o, si, di in zip(op_, s, d)):
+        raise ShapeError(located(f"conv_transpose2d: output_padding {op_} must be smaller "
+                                 f"than the stride {s} or the dilation {d}"))
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1 \
+            or x.shape[1] % groups or x.shape[1] != w.shape[0]:
+        raise ShapeError(located(f"conv_transpose2d: the kernel {w.shape} must have the "
+                                 f"input's {x.shape[1]} channels first, and groups={groups!r} "
+                                 "must divide them"))
+    in_hw = tuple((n - 1) * si - 2 * pi + di * (k - 1) + o + 1 for n, si, pi, di, k, o in
+                  zip(x.shape[2:], s, p, d, w.shape[2:], op_))
+    if min(in_hw) < 1:
+        raise ShapeError(located(f"conv_transpose2d: the output would be {in_hw}"))
+    y = Tensor.make(nn.Conv2dInputGrad(s, p, d, int(groups), in_hw), (x, w))
+    if bias is None:
+        return y
+    bias = F.as_tensor(bias)
+    if bias.shape != (y.shape[1],):
+        raise ShapeError(located(f"conv_transpose2d: bias must have shape ({y.shape[1]},), "
+                                 f"got {bias.shape}"))
+    return y + F.reshape(bias, (1, -1, 1, 1))

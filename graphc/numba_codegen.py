@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
-from sympy.codegen.cfunctions import expm1, log1p
+from sympy.codegen.cfunctions import exp2, expm1, log1p, log2, log10
 
+from .elementwise_ops import real_cbrt, rint
 from .ir import GraphError
 
 CODEGEN_VERSION = 1
@@ -82,7 +83,8 @@ _NUMPY_FUNCTIONS = {sp.sin: "np.sin", sp.cos: "np.cos", sp.tan: "np.tan",
                     sp.sinh: "np.sinh", sp.cosh: "np.cosh", sp.asin: "np.arcsin",
                     sp.acos: "np.arccos", sp.atan: "np.arctan", sp.asinh: "np.arcsinh",
                     sp.acosh: "np.arccosh", sp.atanh: "np.arctanh", sp.floor: "np.floor",
-                    sp.ceiling: "np.ceil"}
+                    sp.ceiling: "np.ceil", log2: "np.log2", log10: "np.log10", exp2: "np.exp2",
+                    rint: "np.rint", real_cbrt: "np.cbrt", sp.erfc: "math.erfc"}
 _RELATIONS = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
               sp.GreaterThan: ">=", sp.Eq: "==", sp.Ne: "!="}
 
@@ -760,6 +762,8 @@ def _module(header, helpers, body) -> str:
     fastmath = sorted(h for h in helpers if h not in ("maximum", "minimum"))
     generic = sorted(h for h in helpers if h in ("maximum", "minimum"))
     imports = ["import numpy as np"]
+    if any("math.erfc(" in line for line in body):  # the one libm function NumPy lacks
+        imports = ["import math", ""] + imports
     names = generic + fastmath
     if names:
         imports += ["", f"from graphc.fastmath import {', '.join(names)}"]

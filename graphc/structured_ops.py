@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dtypes
-from .ir import DTypeError, Op, ShapeError, StaticArray
+from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray
 
 
 def _F():
@@ -478,6 +478,160 @@ class Cast(Op):
         return _F().cast(g, z.inputs[0].dtype)
 
 
+def _reduced_shape(x, axes, keepdims) -> tuple[int, ...]:
+    return tuple(1 if i in axes else d for i, d in enumerate(x.shape)
+                 if keepdims or i not in axes)
+
+
+def _int64_or(dtype: str) -> str:
+    """Products and running sums of bool and integer tensors are int64 (as PyTorch)."""
+    return dtype if dtypes.is_float(dtype) else "int64"
+
+
+def _groups(x: np.ndarray, axes) -> tuple[np.ndarray, tuple]:
+    """``x`` with ``axes`` moved last and flattened: (rest..., K), and the moved shape."""
+    moved = np.moveaxis(x, axes, tuple(range(-len(axes), 0)))
+    return moved.reshape(moved.shape[:moved.ndim - len(axes)] + (-1,)), moved.shape
+
+
+@dataclass(frozen=True)
+class Prod(Op):
+    """The product over ``axes``.  Its gradient is the product of the *other* elements
+    (:class:`ProdOthers`), exact where x holds zeros (g · y / x would be 0/0 there)."""
+
+    axes: tuple[int, ...]
+    keepdims: bool = False
+
+    name = "prod"
+
+    def infer(self, inputs):
+        (x,) = inputs
+        if x.dtype == "bool":
+            self.fail("does not take bool operands", inputs, DTypeError)
+        return _reduced_shape(x, self.axes, self.keepdims), _int64_or(x.dtype)
+
+    def evaluate(self, x):
+        return np.asarray(np.prod(x, axis=self.axes, keepdims=self.keepdims,
+                                  dtype=_int64_or(x.dtype.name)))
+
+    local = ("Π_{j≠i} {x}_j",)
+    vjp_text = ("{g} · Π_{j≠i} {x}_j",)
+
+    def vjp(self, z, g, k):
+        from .ir import Tensor
+        (x,) = z.inputs
+        return _kept(g, x, self.axes) * Tensor.make(ProdOthers(self.axes), (x,))
+
+
+@dataclass(frozen=True)
+class ProdOthers(Op):
+    """For each element, the product of the other elements of its group over ``axes``:
+    exclusive products from the left times exclusive products from the right."""
+
+    axes: tuple[int, ...]
+
+    name = "prod_others"
+
+    def infer(self, inputs):
+        return inputs[0].shape, inputs[0].dtype
+
+    def evaluate(self, x):
+        flat, moved = _groups(x, self.axes)
+        ones = np.ones(flat.shape[:-1] + (1,), x.dtype)
+        left = np.cumprod(np.concatenate([ones, flat[..., :-1]], -1), -1)
+        right = np.cumprod(np.concatenate([ones, flat[..., :0:-1]], -1), -1)[..., ::-1]
+        out = (left * right).reshape(moved)
+        return np.moveaxis(out, tuple(range(-len(self.axes), 0)), self.axes)
+
+    local = ("Π_{j≠i,m} {x}_j",)
+    vjp_text = ("not supported",)
+
+    def vjp(self, z, g, k):
+        self.fail("the second derivative of prod is not supported", z.inputs, GraphError)
+
+
+@dataclass(frozen=True)
+class ArgReduce(Op):
+    """``argmax``/``argmin`` along ``axis`` (None: of the flattened x), int64, as NumPy and
+    PyTorch: the first extremum, a NaN counting as the extremum.  No gradient."""
+
+    kind: str
+    axis: int | None
+    keepdims: bool = False
+
+    @property
+    def name(self):  # type: ignore[override]
+        return self.kind
+
+    def infer(self, inputs):
+        (x,) = inputs
+        if x.size == 0:
+            self.fail("of an empty tensor", inputs)
+        if self.axis is None:
+            return ((1,) * x.ndim if self.keepdims else ()), "int64"
+        return _reduced_shape(x, (self.axis,), self.keepdims), "int64"
+
+    def evaluate(self, x):
+        fn = np.argmax if self.kind == "argmax" else np.argmin
+        return np.asarray(fn(x, axis=self.axis, keepdims=self.keepdims), np.int64)
+
+    local = ("0",)
+    vjp_text = ("0",)
+
+    def vjp(self, z, g, k):
+        return None
+
+
+@dataclass(frozen=True)
+class BoolReduce(Op):
+    """``any``/``all`` over ``axes``: whether some/every element is nonzero.  Bool."""
+
+    kind: str
+    axes: tuple[int, ...]
+    keepdims: bool = False
+
+    @property
+    def name(self):  # type: ignore[override]
+        return self.kind
+
+    def infer(self, inputs):
+        return _reduced_shape(inputs[0], self.axes, self.keepdims), "bool"
+
+    def evaluate(self, x):
+        fn = np.any if self.kind == "any" else np.all
+        return np.asarray(fn(x, axis=self.axes, keepdims=self.keepdims))
+
+    local = ("0",)
+    vjp_text = ("0",)
+
+    def vjp(self, z, g, k):
+        return None
+
+
+@dataclass(frozen=True)
+class CumSum(Op):
+    """Running sums along ``axis`` (of bool and integers: int64).  Its adjoint is the running sum
+    from the other end: g reversed, summed, reversed."""
+
+    axis: int
+
+    name = "cumsum"
+
+    def infer(self, inputs):
+        return inputs[0].shape, _int64_or(inputs[0].dtype)
+
+    def evaluate(self, x):
+        return np.cumsum(x, axis=self.axis, dtype=_int64_or(x.dtype.name))
+
+    local = ("[j ≤ i]",)
+    vjp_text = ("reverse cumsum of {g}",)
+
+    def vjp(self, z, g, k):
+        from .ir import Tensor
+        flip = (slice(None),) * self.axis + (slice(None, None, -1),)
+        return Tensor.make(CumSum(self.axis), (g[flip],))[flip]
+
+
 def _slice_text(k: slice) -> str:
     text = ":".join("" if v is None else str(v) for v in (k.start, k.stop, k.step))
     return "[" + (text[:-1] if k.step is None else text) + "]"
@@ -517,4 +671,4 @@ def static_index(key, shape) -> tuple:
 
 __all__ = ["MatMul", "Reduce", "LogSumExp", "Softmax", "LogSoftmax", "Reshape", "Transpose",
            "BroadcastTo", "Concat", "Index", "IndexAdd", "Take", "TakeAdd", "Cast", "ShapeError",
-           "unbroadcast"]
+           "unbroadcast", "Prod", "ProdOthers", "ArgReduce", "BoolReduce", "CumSum"]

@@ -122,6 +122,9 @@ class EwSpec:
     domains: tuple            # one sampler(shape) per argument
     params: tuple = ({},)     # parameter variants
     shapes: tuple | None = None  # argument shapes per variant (default: by arity)
+    edges: tuple = ()         # kinks and domain ends to add to EDGE_POINTS
+    nan_outside: tuple = ()   # (unary) points outside the domain where graphc's derivative
+    #                           is NaN and PyTorch's formula is not (docs/autodiff.md)
 
 
 def _n(shape):
@@ -142,6 +145,59 @@ def _bool(shape):
 
 def _huber_d(shape):  # away from 0, from 0.5 and from 1.0 (the deltas used)
     return from_bands(shape, [(0.05, 0.4), (0.6, 0.9), (1.3, 2.5)])
+
+
+def _avoiding(*kinks, lo=-7.0, hi=7.0):
+    """A sampler of values in [lo, hi] at least 0.05 from each kink (finite differences
+    across a kink measure neither side)."""
+    def sample(shape):
+        x = _RNG.uniform(lo, hi, shape)
+        for _ in range(100):
+            near = np.min([np.abs(x - k) for k in kinks], axis=0) < 0.05
+            if not near.any():
+                return x
+            x = np.where(near, _RNG.uniform(lo, hi, shape), x)
+        raise AssertionError("no sample away from the kinks")
+    return sample
+
+
+def _open_unit(shape):
+    return _RNG.uniform(-0.9, 0.9, shape)
+
+
+def _above_one(shape):
+    return _RNG.uniform(1.2, 3.0, shape)
+
+
+class _TorchCbrt(torch.autograd.Function):
+    """The real cube root for PyTorch (it has none), derivative 1 / (3 y^2): +inf at 0, as
+    JAX's (sign(x) |x|^(1/3) through autograd gives NaN there)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sign(x) * torch.abs(x) ** (1 / 3)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g / (3 * y * y)
+
+
+class _TorchStdSqrt(torch.autograd.Function):
+    """sqrt with derivative 0 at 0: how torch.std's backward treats a zero deviation."""
+
+    @staticmethod
+    def forward(ctx, v):
+        y = torch.sqrt(v)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.where(y == 0, torch.zeros_like(g), g / (2 * y))
 
 
 UNARY_SHAPES = (((3, 4),), ((),))
@@ -185,6 +241,48 @@ EW_SPECS: dict[str, EwSpec] = {
         (_huber_d,), ({}, {"delta": 0.5})),
     "scaled_square": EwSpec(lambda d, scale=1.0: scale * torch.square(d), (_n,),
                             ({}, {"scale": 0.25})),
+    "clip": EwSpec(lambda x, min=-1.0, max=1.0: torch.clamp(x, min, max),  # noqa: A006
+                   (_avoiding(-1, 1, -0.5, 0.5),), ({}, {"min": -0.5, "max": 0.5},
+                                                    {"min": 0.5, "max": -0.5}), edges=(0.5,)),
+    "clip_min": EwSpec(lambda x, min=0.0: torch.clamp(x, min=min),  # noqa: A006
+                       (_avoiding(0, 0.3),), ({}, {"min": 0.3})),
+    "clip_max": EwSpec(lambda x, max=0.0: torch.clamp(x, max=max),  # noqa: A006
+                       (_avoiding(0, 0.3),), ({}, {"max": 0.3})),
+    "hardtanh": EwSpec(lambda x, min_val=-1.0, max_val=1.0: TF.hardtanh(x, min_val, max_val),
+                       (_avoiding(-1, 1, 0, 2),), ({}, {"min_val": 0.0, "max_val": 2.0})),
+    "relu6": EwSpec(TF.relu6, (_avoiding(0, 6),), edges=(6.0,)),
+    "hardsigmoid": EwSpec(TF.hardsigmoid, (_avoiding(-3, 3),), edges=(-3.0, 3.0)),
+    "hardswish": EwSpec(TF.hardswish, (_avoiding(-3, 3),), edges=(-3.0, 3.0)),
+    "softsign": EwSpec(TF.softsign, (_n,)),
+    "logsigmoid": EwSpec(TF.logsigmoid, (_n,)),
+    "celu": EwSpec(lambda x, alpha=1.0: TF.celu(x, alpha), (_away,), ({}, {"alpha": 0.5})),
+    "selu": EwSpec(TF.selu, (_away,)),
+    "mish": EwSpec(TF.mish, (_n,)),
+    "sign": EwSpec(torch.sign, (_away,)),
+    "floor": EwSpec(torch.floor, (_avoiding(*range(-7, 8)),)),
+    "ceil": EwSpec(torch.ceil, (_avoiding(*range(-7, 8)),)),
+    "round": EwSpec(torch.round, (_avoiding(*np.arange(-7.5, 8)),), edges=(0.5, 2.5)),
+    "trunc": EwSpec(torch.trunc, (_avoiding(*range(-7, 8)),)),
+    "erf": EwSpec(torch.erf, (_n,)),
+    "erfc": EwSpec(torch.erfc, (_n,)),
+    "tan": EwSpec(torch.tan, (_open_unit,)),
+    "asin": EwSpec(torch.asin, (_open_unit,)),
+    "acos": EwSpec(torch.acos, (_open_unit,)),
+    "atan": EwSpec(torch.atan, (_n,)),
+    "atan2": EwSpec(torch.atan2, (_n, _away)),
+    "sinh": EwSpec(torch.sinh, (_n,)),
+    "cosh": EwSpec(torch.cosh, (_n,)),
+    "asinh": EwSpec(torch.asinh, (_n,)),
+    "acosh": EwSpec(torch.acosh, (_above_one,), nan_outside=(-1.0,)),
+    "atanh": EwSpec(torch.atanh, (_open_unit,)),
+    "log2": EwSpec(torch.log2, (_pos,)),
+    "log10": EwSpec(torch.log10, (_pos,)),
+    "exp2": EwSpec(torch.exp2, (_n,)),
+    "expm1": EwSpec(torch.expm1, (_n,)),
+    "log1p": EwSpec(torch.log1p, (_pos,)),
+    "rsqrt": EwSpec(torch.rsqrt, (_pos,)),
+    "cbrt": EwSpec(_TorchCbrt.apply, (_away,)),
+    "std_sqrt": EwSpec(_TorchStdSqrt.apply, (_pos,)),
 }
 
 # Comparisons have no derivative: checked separately (no gradient flows through them).
@@ -267,6 +365,20 @@ for (kind, axis, keepdims) in itertools.product(
          functools.partial(lambda f, axis, keep, x: f(x, axis, keep),
                            _TORCH_REDUCE[kind], axis, keepdims),
          normal(2, 3, 4))
+_WITH_ZERO = normal(2, 3, 4)
+_WITH_ZERO[0, 1, 2] = 0.0
+case("prod-axis=1-zero", lambda x: gc.prod(x, 1), lambda x: torch.prod(x, 1), _WITH_ZERO)
+case("prod-all", gc.prod, torch.prod, normal(2, 3))
+case("var-axis=(0,2)", lambda x: gc.var(x, (0, 2)), lambda x: torch.var(x, (0, 2)),
+     normal(2, 3, 4))
+case("var-correction=0", lambda x: gc.var(x, 1, correction=0, keepdims=True),
+     lambda x: torch.var(x, 1, correction=0, keepdim=True), normal(2, 3, 4))
+_CONST_ROW = normal(3, 4)
+_CONST_ROW[1] = 0.5  # zero deviation: std's gradient is 0 there (torch.std)
+case("std-axis=1", lambda x: gc.std(x, 1), lambda x: torch.std(x, 1), _CONST_ROW)
+case("cumsum-axis=0", lambda x: gc.cumsum(x, 0), lambda x: torch.cumsum(x, 0), normal(3, 4))
+case("cumsum-axis=-1", lambda x: gc.cumsum(x, -1), lambda x: torch.cumsum(x, -1),
+     normal(2, 3, 4))
 case("sum-method", lambda x: x.sum(), lambda x: x.sum(), normal(3, 2))
 case("mean-method", lambda x: x.mean(axis=0), lambda x: x.mean(0), normal(3, 2))
 case("max-1d", gc.max, torch.amax, normal(7))
@@ -310,6 +422,21 @@ for axis in (0, 1, 2, -1, -3):
     case(f"stack-axis={axis}", functools.partial(lambda a, *xs: gc.stack(list(xs), a), axis),
          functools.partial(lambda a, *xs: torch.stack(xs, a), axis),
          normal(2, 3), normal(2, 3), normal(2, 3))
+case("flip-(0,2)", lambda x: gc.flip(x, (0, 2)), lambda x: torch.flip(x, (0, 2)),
+     normal(2, 3, 4))
+case("tile-(2,1,3)", lambda x: gc.tile(x, (2, 1, 3)), lambda x: torch.tile(x, (2, 1, 3)),
+     normal(2, 3))
+case("conv1d", lambda x, w: gc.conv1d(x, w, stride=2, padding=1, dilation=2, groups=2),
+     lambda x, w: TF.conv1d(x, w, stride=2, padding=1, dilation=2, groups=2),
+     normal(2, 4, 9), normal(6, 2, 3))
+case("conv_transpose2d",
+     lambda x, w: gc.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, groups=2),
+     lambda x, w: TF.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, groups=2),
+     normal(1, 4, 3, 3), normal(4, 1, 3, 2))
+case("conv_transpose2d-dilation-bias",
+     lambda x, w, b: gc.conv_transpose2d(x, w, stride=(1, 2), dilation=2, bias=b),
+     lambda x, w, b: TF.conv_transpose2d(x, w, b, stride=(1, 2), dilation=2),
+     normal(2, 2, 3, 2), normal(2, 3, 2, 2), normal(3))
 case("concat-same-twice", lambda x: gc.concat([x, x], 0), lambda x: torch.cat([x, x], 0),
      normal(2, 3))
 
@@ -375,6 +502,26 @@ case("loss-softmax-ce-int32", gc.softmax_cross_entropy,
 _hs, _hy = hinge_scores(6, 4)
 case("loss-hinge", gc.hinge,
      lambda s, y: TF.multi_margin_loss(s, y, reduction="mean") * s.shape[1], _hs, _hy)
+case("loss-softmax-ce-none", lambda s, y: gc.softmax_cross_entropy(s, y, reduction="none"),
+     lambda s, y: TF.cross_entropy(s, y, reduction="none"), normal(5, 4),
+     np.array([0, 3, 3, 1, 2]))
+case("loss-softmax-ce-ignore", lambda s, y: gc.softmax_cross_entropy(s, y, ignore_index=-100),
+     lambda s, y: TF.cross_entropy(s, y, ignore_index=-100), normal(5, 4),
+     np.array([0, -100, 3, -100, 2]))
+case("loss-softmax-ce-ignore-sum",
+     lambda s, y: gc.softmax_cross_entropy(s, y, reduction="sum", ignore_index=1),
+     lambda s, y: TF.cross_entropy(s, y, reduction="sum", ignore_index=1), normal(5, 4),
+     np.array([0, 1, 3, 1, 2]))
+case("loss-mse-sum", lambda p, t: gc.mse(p, t, reduction="sum"),
+     lambda p, t: TF.mse_loss(p, t, reduction="sum"), normal(4, 3), normal(4, 3))
+case("loss-bce-logits-none",
+     lambda x, t: gc.binary_cross_entropy_with_logits(x, t, reduction="none"),
+     lambda x, t: TF.binary_cross_entropy_with_logits(x, t, reduction="none"), normal(4, 3) * 3,
+     _RNG.uniform(0, 1, (4, 3)))
+case("loss-huber-none", lambda p, t: gc.huber(p, t, reduction="none"),
+     lambda p, t: TF.huber_loss(p, t, reduction="none"), _hp, _ht)
+case("loss-hinge-none", lambda s, y: gc.hinge(s, y, reduction="none"),
+     lambda s, y: TF.multi_margin_loss(s, y, reduction="none") * s.shape[1], _hs, _hy)
 case("loss-l1", gc.l1, lambda x: x.abs().sum(), away(3, 4))
 case("loss-l2", gc.l2, lambda x: 0.5 * (x ** 2).sum(), normal(3, 4))
 
@@ -524,7 +671,8 @@ EDGE_POINTS = (-1.0, -0.5, 0.0, 0.3, 1.0, 2.0)
 @pytest.mark.parametrize("name", sorted(EW_SPECS))
 def test_grad_at_edge_points_matches_torch(name, backend):
     op, spec = ew.REGISTRY[name], EW_SPECS[name]
-    points = [(False, True) if a.name in op.bool_args else EDGE_POINTS for a in op.args]
+    points = [(False, True) if a.name in op.bool_args else EDGE_POINTS + spec.edges
+              for a in op.args]
     grid = [np.array(col, dtype=bool if isinstance(col[0], bool) else np.float64)
             for col in zip(*itertools.product(*points))]
     xs = [gc.input(f"x{i}", g.shape, g.dtype.name) for i, g in enumerate(grid)]
@@ -537,6 +685,10 @@ def test_grad_at_edge_points_matches_torch(name, backend):
                 **{f"x{i}": g for i, g in enumerate(grid)})
         ts = [torch.tensor(g, requires_grad=g.dtype == np.float64) for g in grid]
         want = torch.autograd.grad(spec.torch_fn(*ts, **params).sum(), [ts[i] for i in wrt])
+        if spec.nan_outside:
+            outside = np.isin(grid[0], spec.nan_outside)
+            assert np.isnan(got[0][outside]).all(), (name, got[0])
+            want = [torch.where(torch.from_numpy(outside), torch.nan, want[0])]
         for i, g, w in zip(wrt, got, want, strict=True):
             np.testing.assert_allclose(g, w.numpy(), rtol=TORCH_RTOL, atol=TORCH_ATOL,
                                        err_msg=f"{name}{params} d/d{op.args[i]} at "

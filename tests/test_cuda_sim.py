@@ -85,6 +85,29 @@ def test_unary_ops_match_numpy(dtype):
     check([fn(x) for fn in ACTIVATIONS], {"x": normal((3, 5), dtype) * 3}, passes=())
 
 
+NEW_UNARY = [gc.relu6, gc.hardsigmoid, gc.hardswish, gc.softsign, gc.logsigmoid, gc.selu,
+             gc.mish, gc.sign, gc.floor, gc.ceil, gc.round, gc.trunc, gc.erf, gc.erfc, gc.tan,
+             gc.atan, gc.sinh, gc.cosh, gc.asinh, gc.exp2, gc.expm1, gc.cbrt,
+             lambda v: gc.clip(v, -0.5, 0.5), lambda v: gc.hardtanh(v), lambda v: gc.celu(v),
+             lambda v: gc.softplus(v, beta=2.0, threshold=3.0), lambda v: gc.atan2(v, v + 0.5),
+             lambda v: gc.asin(0.9 * gc.tanh(v)), lambda v: gc.acos(0.9 * gc.tanh(v)),
+             lambda v: gc.atanh(0.9 * gc.tanh(v)), lambda v: gc.acosh(1.5 + gc.abs(v)),
+             lambda v: gc.log2(gc.abs(v) + 0.5), lambda v: gc.log10(gc.abs(v) + 0.5),
+             lambda v: gc.log1p(gc.abs(v)), lambda v: gc.rsqrt(gc.abs(v) + 0.5)]
+
+
+@sim
+def test_new_elementwise_ops_and_gradients_match_numpy():
+    """The ops whose CUDA code calls math.* or libdevice functions (rint, cbrt, exp2), one
+    graph, float32: kernels of their values and of their derivatives."""
+    x = gc.input("x", (2, 3))
+    X = np.array([[-2.5, -0.5, 0.0], [0.5, 1.3, np.nan]], np.float32)
+    ys = [fn(x) for fn in NEW_UNARY]
+    loss = gc.sum(gc.stack([gc.sum(y) for y in ys]))
+    with np.errstate(all="ignore"):
+        check(ys + [gc.grad(loss, x)], {"x": X}, passes=())
+
+
 @sim
 def test_binary_broadcasting_comparisons_and_where():
     x, r, c = gc.input("x", (2, 3, 4)), gc.input("r", (4,)), gc.input("c", (3, 1))

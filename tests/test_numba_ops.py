@@ -99,7 +99,15 @@ def elementwise_case(name, shapes, dtype, seed=0):
     return op(*tensors, **variant), tensors, feeds
 
 
-ELEMENTWISE = sorted(REGISTRY)
+# Ops whose Numba code differs only in the function it prints are checked together, in one
+# compiled graph per dtype (test_grouped_elementwise_ops): a compile per op and case would
+# cost minutes of test time.
+GROUPED = ("clip", "clip_min", "clip_max", "hardtanh", "relu6", "hardsigmoid", "hardswish",
+           "softsign", "logsigmoid", "celu", "selu", "mish", "sign", "floor", "ceil", "round",
+           "trunc", "erf", "erfc", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh",
+           "asinh", "acosh", "atanh", "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt",
+           "std_sqrt")
+ELEMENTWISE = sorted(set(REGISTRY) - set(GROUPED))
 
 
 @pytest.mark.parametrize("mode", ["default", "kernels"])
@@ -111,6 +119,34 @@ def test_elementwise_forward_and_gradient(name, dtype, mode, request):
     y, tensors, feeds = elementwise_case(name, [(37,)] * REGISTRY[name].arity, dtype)
     outputs, extra = with_grads(y, tensors)
     compare(outputs, {**feeds, **extra}, dtype, name)
+
+
+# each op's argument, from one input x in [-3, 3], in the domain of its table entry
+_INTO_DOMAIN = {"real": lambda x: x, "wide": lambda x: 2.5 * x, "grid": lambda x: x,
+                "positive": lambda x: gc.exp(x / 2), "open_unit": lambda x: 0.9 * gc.tanh(x),
+                "above_one": lambda x: 1.05 + gc.exp(x)}
+
+
+@pytest.mark.slow  # about 30 s of CPU per dtype: one large kernel to compile
+@pytest.mark.usefixtures("kernels_only")
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_grouped_elementwise_ops(dtype):
+    """Every op of GROUPED (with its table variant) and its gradient, fused into one loop:
+    y = sum_k (k + 1) op_k(x) over x in [-3, 3] mapped into each op's domain, plus NaN,
+    infinities and signed zeros (which make those elements of y NaN or inf)."""
+    x = gc.input("x", (43,), dtype)
+    y = gc.constant(0.0, dtype)
+    for k, name in enumerate(GROUPED):
+        spec, op = table.OPS[name], REGISTRY[name]
+        variant = spec.variants[0] if spec.variants else {}
+        args = [_INTO_DOMAIN[d](x * (1.0 - 0.1 * i)) for i, d in enumerate(spec.domains)]
+        y = y + op(*args, **variant) * (k + 1.0)
+    values = table.sample("real", (37,), dtype, table.rng_for("grouped", dtype))
+    feeds = {"x": np.concatenate([values, [np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5]])
+             .astype(dtype)}
+    with np.errstate(all="ignore"):
+        f = compare([y, gc.grad(gc.sum(y), x)], feeds, dtype, "grouped")
+    assert f.stats["kernels"] <= 6, f.stats["kernels"]
 
 
 BROADCASTS = {
@@ -171,8 +207,14 @@ def structured_inputs(case, dtype):
     return tensors, feeds
 
 
+# Other reductions of losses whose "mean" case compiles the same kernels
+SAME_KERNELS = {"mse-sum", "mse-none", "bce_with_logits-none", "huber-sum",
+                "softmax_cross_entropy-none", "hinge-sum"}
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in table.ALL_CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in table.ALL_CASES
+                                  if c.id not in SAME_KERNELS])
 def test_structured_forward_and_gradient(case, dtype):
     tensors, feeds = structured_inputs(case, dtype)
     outputs, extra = with_grads(case.build(*tensors), tensors)

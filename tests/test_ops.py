@@ -17,6 +17,7 @@ Everything runs on the reference interpreter, ``gc.compile(..., backend="numpy")
 from __future__ import annotations
 
 import math
+import re
 import sys
 import zlib
 from collections.abc import Callable
@@ -88,6 +89,19 @@ def _huber_ref(d, delta):
     return np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
 
 
+def _softplus_ref(x, beta=1.0, threshold=20.0):
+    return np.where(beta * x > threshold, x, np.logaddexp(0, beta * x) / beta)
+
+
+def _hardswish_ref(x):
+    return np.where(x <= -3, 0, np.where(x >= 3, x, x * (x + 3) / 6))
+
+
+def _selu_ref(x):
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    return scale * np.where(x > 0, x, alpha * np.expm1(x))
+
+
 def _torch_huber(d, delta):
     return F.huber_loss(d, torch.zeros_like(d), reduction="none", delta=delta)
 
@@ -134,7 +148,8 @@ OPS: dict[str, OpSpec] = {
     "gelu": OpSpec(lambda x: x * sps.ndtr(x), lambda x: F.gelu(x), ("wide",)),
     "gelu_tanh": OpSpec(_gelu_tanh_ref, lambda x: F.gelu(x, approximate="tanh"), ("wide",)),
     "silu": OpSpec(lambda x: x * sps.expit(x), lambda x: F.silu(x), ("wide",)),
-    "softplus": OpSpec(lambda x: np.logaddexp(0, x), lambda x: F.softplus(x), ("wide",)),
+    "softplus": OpSpec(_softplus_ref, lambda x, beta, threshold: F.softplus(x, beta, threshold),
+                       ("wide",), ({"beta": 2.0, "threshold": 5.0},)),
     "maximum": OpSpec(np.maximum, lambda a, b: torch.maximum(a, b), ("grid", "grid")),
     "minimum": OpSpec(np.minimum, lambda a, b: torch.minimum(a, b), ("grid", "grid")),
     "prelu": OpSpec(lambda x, alpha: np.where(x > 0, x, alpha * x),
@@ -150,6 +165,54 @@ OPS: dict[str, OpSpec] = {
                                 ({"delta": 0.5}, {"delta": 2.0})),
     "scaled_square": OpSpec(lambda d, scale=1.0: scale * d**2,
                             lambda d, scale=1.0: scale * d**2, ("wide",), ({"scale": 0.25},)),
+    "clip": OpSpec(lambda x, min, max: np.minimum(np.maximum(x, min), max),  # noqa: A006
+                   lambda x, min, max: torch.clamp(x, min, max), ("grid",),  # noqa: A006
+                   ({"min": -0.5, "max": 1.5}, {"min": 1.0, "max": -1.0})),
+    "clip_min": OpSpec(lambda x, min: np.maximum(x, min),  # noqa: A006
+                       lambda x, min: torch.clamp(x, min=min), ("grid",),  # noqa: A006
+                       ({"min": -0.5},)),
+    "clip_max": OpSpec(lambda x, max: np.minimum(x, max),  # noqa: A006
+                       lambda x, max: torch.clamp(x, max=max), ("grid",),  # noqa: A006
+                       ({"max": 1.5},)),
+    "hardtanh": OpSpec(lambda x, min_val, max_val: np.clip(x, min_val, max_val),
+                       lambda x, min_val, max_val: F.hardtanh(x, min_val, max_val), ("grid",),
+                       ({"min_val": -0.5, "max_val": 1.5},)),
+    "relu6": OpSpec(lambda x: np.clip(x, 0, 6), lambda x: F.relu6(x), ("wide",)),
+    "hardsigmoid": OpSpec(lambda x: np.clip(x / 6 + 0.5, 0, 1), lambda x: F.hardsigmoid(x),
+                          ("wide",)),
+    "hardswish": OpSpec(_hardswish_ref, lambda x: F.hardswish(x), ("wide",)),
+    "softsign": OpSpec(lambda x: x / (1 + np.abs(x)), lambda x: F.softsign(x), ("wide",)),
+    "logsigmoid": OpSpec(lambda x: -np.logaddexp(0, -x), lambda x: F.logsigmoid(x), ("wide",)),
+    "celu": OpSpec(lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(x / alpha)),
+                   lambda x, alpha: F.celu(x, alpha), ("wide",), ({"alpha": 0.5},)),
+    "selu": OpSpec(_selu_ref, lambda x: F.selu(x), ("wide",)),
+    "mish": OpSpec(lambda x: x * np.tanh(np.logaddexp(0, x)), lambda x: F.mish(x), ("wide",)),
+    "sign": OpSpec(np.sign, lambda x: torch.sign(x), ("grid",)),
+    "floor": OpSpec(np.floor, lambda x: torch.floor(x), ("grid",)),
+    "ceil": OpSpec(np.ceil, lambda x: torch.ceil(x), ("grid",)),
+    "round": OpSpec(np.rint, lambda x: torch.round(x), ("grid",)),
+    "trunc": OpSpec(np.trunc, lambda x: torch.trunc(x), ("grid",)),
+    "erf": OpSpec(sps.erf, lambda x: torch.erf(x), ("real",)),
+    "erfc": OpSpec(sps.erfc, lambda x: torch.erfc(x), ("real",)),
+    "tan": OpSpec(np.tan, lambda x: torch.tan(x), ("real",)),
+    "asin": OpSpec(np.arcsin, lambda x: torch.asin(x), ("open_unit",)),
+    "acos": OpSpec(np.arccos, lambda x: torch.acos(x), ("open_unit",)),
+    "atan": OpSpec(np.arctan, lambda x: torch.atan(x), ("real",)),
+    "atan2": OpSpec(np.arctan2, lambda y, x: torch.atan2(y, x), ("real", "real")),
+    "sinh": OpSpec(np.sinh, lambda x: torch.sinh(x), ("real",)),
+    "cosh": OpSpec(np.cosh, lambda x: torch.cosh(x), ("real",)),
+    "asinh": OpSpec(np.arcsinh, lambda x: torch.asinh(x), ("real",)),
+    "acosh": OpSpec(np.arccosh, lambda x: torch.acosh(x), ("above_one",)),
+    "atanh": OpSpec(np.arctanh, lambda x: torch.atanh(x), ("open_unit",)),
+    "log2": OpSpec(np.log2, lambda x: torch.log2(x), ("positive",)),
+    "log10": OpSpec(np.log10, lambda x: torch.log10(x), ("positive",)),
+    "exp2": OpSpec(np.exp2, lambda x: torch.exp2(x), ("real",)),
+    "expm1": OpSpec(np.expm1, lambda x: torch.expm1(x), ("real",)),
+    "log1p": OpSpec(np.log1p, lambda x: torch.log1p(x), ("positive",)),
+    "rsqrt": OpSpec(lambda x: 1 / np.sqrt(x), lambda x: torch.rsqrt(x), ("positive",)),
+    # torch has no cbrt: its real cube root, sign(x) |x|^(1/3)
+    "std_sqrt": OpSpec(np.sqrt, lambda v: torch.sqrt(v), ("positive",)),
+    "cbrt": OpSpec(np.cbrt, lambda x: torch.sign(x) * torch.abs(x) ** (1 / 3), ("real",)),
 }
 
 
@@ -167,7 +230,8 @@ def sample(domain: str, shape, dtype: str, rng: np.random.Generator) -> np.ndarr
 
     real [-3, 3]; wide [-8, 8]; positive [0.1, 3]; nonzero |x| in [0.25, 3];
     exponent [-2, 2]; grid: multiples of 0.5 in [-2, 2] (ties and exact zeros);
-    unit [0, 1]; bool; ``index:N`` integers in [-N, N); ``label:N`` integers in [0, N).
+    unit [0, 1]; open_unit [-0.95, 0.95]; above_one [1.05, 4]; bool; ``index:N`` integers
+    in [-N, N); ``label:N`` integers in [0, N).
     """
     shape = tuple(shape)
     if domain == "bool":
@@ -188,7 +252,8 @@ def sample(domain: str, shape, dtype: str, rng: np.random.Generator) -> np.ndarr
         out = rng.uniform(0.25, 3.0, shape) * rng.choice([-1.0, 1.0], shape)
     else:
         low, high = {"real": (-3.0, 3.0), "wide": (-8.0, 8.0), "positive": (0.1, 3.0),
-                     "exponent": (-2.0, 2.0), "unit": (0.0, 1.0)}[domain]
+                     "exponent": (-2.0, 2.0), "unit": (0.0, 1.0), "open_unit": (-0.95, 0.95),
+                     "above_one": (1.05, 4.0)}[domain]
         out = rng.uniform(low, high, shape)
     return np.asarray(out, dtype=dtype)
 
@@ -298,6 +363,10 @@ EXPECTED_BUILTINS = {
     "abs", "sin", "cos", "tanh", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh",
     "silu", "softplus", "maximum", "minimum", "prelu", "where", "less", "less_equal",
     "greater", "greater_equal", "equal", "not_equal", "huber_elementwise", "scaled_square",
+    "clip", "clip_min", "clip_max", "hardtanh", "relu6", "hardsigmoid", "hardswish", "softsign",
+    "logsigmoid", "celu", "selu", "mish", "sign", "floor", "ceil", "round", "trunc", "erf",
+    "erfc", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh",
+    "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt",
 }
 
 
@@ -360,6 +429,34 @@ def test_public_functions_are_the_registered_ops():
         gc.gelu(x, approximate="erf")
 
 
+def test_new_functions_refuse_bad_arguments_where_called():
+    x = gc.input("x", (3,))
+    labels = gc.input("labels", (3,), "int64")
+    cases = [(lambda: gc.clip(x), "clip: at least one of min and max must be a number"),
+             (lambda: gc.clip(x, x, 1.0), "clip: min must be a number"),
+             (lambda: gc.hardtanh(x, 1.0, -1.0), "hardtanh: min_val 1.0 is greater than max_val"),
+             (lambda: gc.celu(x, 0.0), "celu: alpha must not be 0"),
+             (lambda: gc.mse(x, x, reduction="avg"), "mse: reduction must be 'mean', 'sum' or"),
+             (lambda: gc.one_hot(labels, 0), "one_hot: num_classes must be a positive int"),
+             (lambda: gc.one_hot(np.array([0, 4]), 3), "label 4 at index (1,), out of range "
+              "for one_hot over 3 classes"),
+             (lambda: gc.tile(x, (2, -1)), "tile: reps must be non-negative ints"),
+             (lambda: gc.conv_transpose2d(gc.input("i", (1, 2, 3, 3)), gc.input(
+                 "k", (2, 1, 3, 3)), stride=2, output_padding=2), "output_padding (2, 2) must "
+              "be smaller than the stride")]
+    for build, message in cases:
+        with pytest.raises(gc.GraphError, match=re.escape(message)) as info:
+            build()
+        assert "test_ops.py" in str(info.value)  # the user's line
+    f = gc.compile(gc.one_hot(labels, 3), backend="numpy")
+    with pytest.raises(gc.FeedError, match=re.escape("feed 'labels' holds label -1 at index "
+                                                     "(2,), out of range for one_hot")):
+        f(labels=np.array([0, 2, -1]))
+    g = gc.grad(gc.sum(gc.prod(x)), x)
+    with pytest.raises(gc.GraphError, match="the second derivative of prod is not supported"):
+        gc.grad(gc.sum(g), x)
+
+
 # ---------------------------------------------------------------------------------------
 # Broadcasting and weak Python scalars
 
@@ -392,7 +489,7 @@ def test_broadcasting(name, shapes, dtype):
 
 
 SCALAR_FOR_DOMAIN = {"real": 2.5, "wide": 2.5, "grid": 0.5, "positive": 1.5,
-                     "nonzero": 2.5, "exponent": 1.5}
+                     "nonzero": 2.5, "exponent": 1.5, "open_unit": 0.5, "above_one": 1.5}
 
 
 def _scalar_cases():
@@ -542,7 +639,7 @@ def test_nan_propagates(name, position, dtype):
             expect_nan = nan_at & ~(arrays[0] > 0)
         np.testing.assert_array_equal(np.isnan(got), expect_nan, err_msg=name)
     assert_values(got, reference(name, arrays, dtype=dtype), dtype, what=name)
-    if torch is not None:
+    if torch is not None and name != "sign":  # torch.sign(nan) is 0; graphc's NaN (NumPy)
         assert_values(got, torch_reference(name, arrays), dtype, what=f"{name} (torch)")
 
 
@@ -926,9 +1023,99 @@ def _loss_cases():
     return out
 
 
+def _more_reduction_cases():
+    def t_argmin_flat(t):
+        return torch.argmin(t)
+    return [
+        Case("prod-axis=1", lambda x: gc.prod(x, axis=1), lambda x: np.prod(x, axis=1),
+             torch_fn=lambda t: torch.prod(t, 1)),
+        Case("prod-all-keepdims", lambda x: gc.prod(x, keepdims=True),
+             lambda x: np.prod(x, keepdims=True), (Arg((2, 3)),)),
+        Case("prod-int32", lambda x: gc.prod(x, axis=0), lambda x: np.prod(x, axis=0),
+             (Arg((3, 4), "int32"),), out_dtype="int64"),
+        Case("var-axis=(0,2)", lambda x: gc.var(x, axis=(0, 2)),
+             lambda x: np.var(x, axis=(0, 2), ddof=1), torch_fn=lambda t: torch.var(t, (0, 2))),
+        Case("var-correction=0-keepdims", lambda x: gc.var(x, 1, correction=0, keepdims=True),
+             lambda x: np.var(x, axis=1, keepdims=True),
+             torch_fn=lambda t: torch.var(t, 1, correction=0, keepdim=True)),
+        Case("std-all", gc.std, lambda x: np.std(x, ddof=1), torch_fn=lambda t: torch.std(t)),
+        Case("std-axis=-1", lambda x: gc.std(x, -1), lambda x: np.std(x, axis=-1, ddof=1),
+             torch_fn=lambda t: torch.std(t, -1)),
+        Case("argmax-axis=1", lambda x: gc.argmax(x, axis=1), lambda x: np.argmax(x, axis=1),
+             out_dtype="int64", torch_fn=lambda t: torch.argmax(t, 1)),
+        Case("argmin-flat", gc.argmin, np.argmin, out_dtype="int64", torch_fn=t_argmin_flat),
+        Case("argmax-keepdims", lambda x: gc.argmax(x, -1, keepdims=True),
+             lambda x: np.argmax(x, -1, keepdims=True), (Arg((3, 4), None, "grid"),),
+             out_dtype="int64", torch_fn=lambda t: torch.argmax(t, -1, keepdim=True)),
+        Case("any-axis=0", lambda x: gc.any(x > 1.0, axis=0), lambda x: np.any(x > 1, 0),
+             out_dtype="bool"),
+        Case("all-keepdims", lambda x: gc.all(x, axis=(1, 2), keepdims=True),
+             lambda x: np.all(x, (1, 2), keepdims=True), (Arg((2, 3, 4), None, "grid"),),
+             out_dtype="bool"),
+        Case("cumsum-axis=1", lambda x: gc.cumsum(x, 1), lambda x: np.cumsum(x, 1),
+             torch_fn=lambda t: torch.cumsum(t, 1)),
+        Case("cumsum-bool", lambda x: gc.cumsum(x, -1), lambda x: np.cumsum(x, -1),
+             (Arg((3, 4), "bool", "bool"),), out_dtype="int64"),
+    ]
+
+
+def _more_structure_and_loss_cases():
+    def np_ce_none(s, y):
+        return sps.logsumexp(s, axis=1) - s[np.arange(len(y)), y]
+
+    def np_ce_ignore(s, y):  # label 0 ignored
+        per = np_ce_none(s, y)
+        return np.sum(per * (y != 0)) / np.sum(y != 0)
+
+    return [
+        Case("flip-axis=1", lambda x: gc.flip(x, 1), lambda x: np.flip(x, 1),
+             torch_fn=lambda t: torch.flip(t, (1,))),
+        Case("flip-all", gc.flip, np.flip, torch_fn=lambda t: torch.flip(t, (0, 1, 2))),
+        Case("tile-(2,1,3)", lambda x: gc.tile(x, (2, 1, 3)), lambda x: np.tile(x, (2, 1, 3)),
+             (Arg((2, 3)),), torch_fn=lambda t: torch.tile(t, (2, 1, 3))),
+        Case("tile-short-reps", lambda x: gc.tile(x, (2,)), lambda x: np.tile(x, 2),
+             torch_fn=lambda t: torch.tile(t, (2,))),
+        Case("one_hot", lambda y: gc.one_hot(y, 5), lambda y: np.eye(5, dtype=np.int64)[y],
+             (Arg((2, 3), "int64", "label:5"),), out_dtype="int64",
+             torch_fn=lambda t: F.one_hot(t, 5)),
+        Case("mse-sum", lambda p, t: gc.mse(p, t, reduction="sum"),
+             lambda p, t: np.sum((p - t) ** 2), (Arg((4, 5)),) * 2,
+             torch_fn=lambda p, t: F.mse_loss(p, t, reduction="sum")),
+        Case("mse-none", lambda p, t: gc.mse(p, t, reduction="none"), lambda p, t: (p - t) ** 2,
+             (Arg((4, 5)),) * 2, torch_fn=lambda p, t: F.mse_loss(p, t, reduction="none")),
+        Case("bce_with_logits-none",
+             lambda x, t: gc.binary_cross_entropy_with_logits(x, t, reduction="none"),
+             lambda x, t: np.logaddexp(0, x) - x * t,
+             (Arg((4, 5), None, "wide"), Arg((4, 5), None, "unit")),
+             torch_fn=lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="none")),
+        Case("huber-sum", lambda p, t: gc.huber(p, t, reduction="sum"),
+             lambda p, t: np.sum(_huber_ref(p - t, 1.0)), (Arg((4, 5), None, "wide"),) * 2,
+             torch_fn=lambda p, t: F.huber_loss(p, t, reduction="sum")),
+        Case("softmax_cross_entropy-none",
+             lambda s, y: gc.softmax_cross_entropy(s, y, reduction="none"), np_ce_none,
+             (Arg((6, 5), None, "wide"), Arg((6,), "int64", "label:5")),
+             torch_fn=lambda s, y: F.cross_entropy(s, y, reduction="none")),
+        Case("softmax_cross_entropy-ignore_index",
+             lambda s, y: gc.softmax_cross_entropy(s, y, ignore_index=0), np_ce_ignore,
+             (Arg((8, 3), None, "wide"), Arg((8,), "int64", "label:3")),
+             torch_fn=lambda s, y: F.cross_entropy(s, y, ignore_index=0)),
+        Case("hinge-sum", lambda s, y: gc.hinge(s, y, reduction="sum"),
+             _np_hinge_sum,
+             (Arg((6, 5)), Arg((6,), "int64", "label:5")),
+             torch_fn=lambda s, y: F.multi_margin_loss(s, y, reduction="sum") * s.shape[1]),
+    ]
+
+
+def _np_hinge_sum(s, y):
+    correct = s[np.arange(len(y)), y][:, None]
+    margins = np.maximum(0, s - correct + 1)
+    margins[np.arange(len(y)), y] = 0
+    return np.sum(margins)
+
+
 LOSS_CASES = _loss_cases()
 ALL_CASES = (_reduction_cases() + _softmax_cases() + _matmul_cases() + STRUCTURE_CASES
-             + LOSS_CASES)
+             + LOSS_CASES + _more_reduction_cases() + _more_structure_and_loss_cases())
 TORCH_CASES = [c for c in ALL_CASES if c.torch_fn is not None]
 
 
