@@ -153,6 +153,32 @@ def test_mlp_float64_matches_torch():
     assert_close(m, x, ours, theirs, names, "numpy", 1e-12)
 
 
+class Extras(nn.Module):
+    """The ops PyTorch decomposes SELU, Softplus, Mish and friends into, 1-D and transposed
+    convolutions, and the reductions and scans."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, x):
+        h = nn.functional.selu(self.conv(x)).reshape(len(x), 4, 2, 2)
+        u = self.up(h)
+        u = nn.functional.softplus(u) + nn.functional.mish(u) * nn.functional.hardsigmoid(u)
+        v = torch.cumsum(u, 3) + u.flip(2) * torch.erf(u) + torch.log1p(u.abs())
+        return v.var(dim=1, keepdim=True) + nn.functional.celu(v, 0.5).clamp(max=2.0)
+
+
+def test_decomposed_activations_and_convolutions_match_torch():
+    torch.manual_seed(4)
+    x = torch.randn(3, 2, 8, dtype=torch.float64)
+    m, ours, theirs, names = imported_gradients(Extras().double(), x)
+    # 1e-7, not 1e-12: torch's hardsigmoid backward multiplies by 1.0f / 6.0f, a float32
+    # sixth, even in float64 (graphc's 1/6 is exact)
+    assert_close(m, x, ours, theirs, names, "numpy", 1e-7)
+
+
 def test_batch_norm_train_mode_uses_batch_statistics(net):
     module = copy.deepcopy(net).double().train()  # float64: batch norm's cancellations
     module.head[0].p = 0.0  # graphc's dropout masks are not torch's
@@ -229,28 +255,28 @@ def test_names_are_torch_names_and_scopes_are_module_paths():
 
 
 def test_unsupported_op_names_op_node_and_supported_set():
-    class Cumulative(nn.Module):
+    class Remainder(nn.Module):
         def forward(self, x):
-            return torch.cumsum(torch.relu(x), 1)
+            return torch.remainder(torch.relu(x), 2.0)
 
     with pytest.raises(gc.UnsupportedOpError) as info:
-        gc.from_torch(Cumulative(), (torch.zeros(2, 3),))
+        gc.from_torch(Remainder(), (torch.zeros(2, 3),))
     text = str(info.value)
-    assert text.startswith("ATen op aten.cumsum.default (node 'cumsum' in Cumulative) is not "
-                           "supported by gc.from_torch; the supported ops are: "
+    assert text.startswith("ATen op aten.remainder.Scalar (node 'remainder' in Remainder) is "
+                           "not supported by gc.from_torch; the supported ops are: "
                            "aten._adaptive_avg_pool2d, ")
     assert "aten.convolution" in text and "aten.relu" in text
     assert "test_torch_import.py" in text  # the user's line
 
 
 def test_unsupported_variant_is_raised_at_import():
-    up = nn.Sequential(nn.ConvTranspose2d(2, 2, 3))
+    volume = nn.Sequential(nn.Conv3d(2, 2, 3))
     with pytest.raises(gc.UnsupportedOpError,
                        match=r"^ATen op aten.convolution.default \(node 'convolution' in module "
-                             r"'0' \(torch.nn.modules.conv.ConvTranspose2d\)\) is not supported "
-                             r"by gc.from_torch \(only 2-D convolutions that are not "
+                             r"'0' \(torch.nn.modules.conv.Conv3d\)\) is not supported by "
+                             r"gc.from_torch \(only 1-D and 2-D convolutions, 2-D if "
                              r"transposed\); the supported ops are: aten._adaptive"):
-        gc.from_torch(up, (torch.zeros(1, 2, 4, 4),))
+        gc.from_torch(volume, (torch.zeros(1, 2, 4, 4, 4),))
 
 
 def test_import_graphc_does_not_import_torch():

@@ -263,8 +263,14 @@ def _pair(v) -> tuple[int, int]:
 
 def _convolution(im, node, x, w, b, stride, padding, dilation, transposed, output_padding,
                  groups):
-    if transposed or x.ndim != 4:
-        _unsupported(node, "only 2-D convolutions that are not transposed")
+    if x.ndim == 3 and not transposed:
+        return NF.conv1d(x, w, stride[0], padding[0], dilation=dilation[0], groups=groups,
+                         bias=b)
+    if x.ndim != 4:
+        _unsupported(node, "only 1-D and 2-D convolutions, 2-D if transposed")
+    if transposed:
+        return NF.conv_transpose2d(x, w, _pair(stride), _pair(padding), _pair(output_padding),
+                                   groups, _pair(dilation), bias=b)
     return NF.conv2d(x, w, _pair(stride), _pair(padding), dilation=_pair(dilation),
                      groups=groups, bias=b)
 
@@ -380,19 +386,33 @@ def _split(im, node, x, size, dim=0):
 
 def _reduction(fn):
     def rule(im, node, x, dim=None, keepdim=False, **_):
-        return fn(x, tuple(dim) if dim else None, keepdim)
+        dim = tuple(dim) if isinstance(dim, (list, tuple)) else dim
+        return fn(x, dim if dim not in ((), []) else None, keepdim)
     return rule
 
 
-def _clamp(below, above):
-    """clamp keeps the gradient at the bounds, hardtanh does not (as PyTorch); NaN stays."""
-    def rule(im, node, x, low=None, high=None):
-        if low is not None:
-            x = F.where(below(x, low), low, x)
-        if high is not None:
-            x = F.where(above(x, high), high, x)
-        return x
-    return rule
+def _var(im, node, x, dim=None, *, correction=None, keepdim=False):
+    dim = tuple(dim) if dim else None
+    return F.var(x, dim, 1 if correction is None else correction, keepdim)
+
+
+def _clamp(im, node, x, low=None, high=None):
+    """clamp.default as gc.clip; clamp.Tensor (tensor bounds) as where: gradient 1 on the
+    closed interval, as PyTorch's; NaN stays NaN."""
+    if not isinstance(low, Tensor) and not isinstance(high, Tensor):
+        return F.clip(x, low, high)
+    if low is not None:
+        x = F.where(F.less(x, low), low, x)
+    return F.where(F.greater(x, high), high, x) if high is not None else x
+
+
+def _elu(im, node, x, alpha=1.0, scale=1.0, input_scale=1.0):
+    """elu, and selu/celu as PyTorch decomposes them: scale * elu(x) with the negative
+    side alpha * (exp(input_scale * x) - 1)."""
+    if scale == input_scale == 1:
+        return F.elu(x, alpha)
+    return F.where(F.greater(x, 0.0), x * scale,
+                   F.expm1(x * input_scale) * (alpha * scale))
 
 
 def _binary(fn):
@@ -447,6 +467,14 @@ ATEN = {
     "aten.split_with_sizes": _split_with_sizes,
     "aten.split": _split,
     "aten.mean": _reduction(F.mean),
+    "aten.prod": _reduction(F.prod),
+    "aten.var": _var,
+    "aten.argmax": _reduction(F.argmax),
+    "aten.argmin": _reduction(F.argmin),
+    "aten.any": _reduction(F.any),
+    "aten.all": _reduction(F.all),
+    "aten.cumsum": lambda im, node, x, dim, **_: F.cumsum(x, dim),
+    "aten.flip": lambda im, node, x, dims: F.flip(x, tuple(dims)),
     "aten.sum": _reduction(F.sum),
     "aten.amax": _reduction(F.max),
     "aten.amin": _reduction(F.min),
@@ -458,19 +486,38 @@ ATEN = {
     "aten.exp": _unary(F.exp),
     "aten.log": _unary(F.log),
     "aten.sqrt": _unary(F.sqrt),
-    "aten.rsqrt": _unary(lambda x: F.reciprocal(F.sqrt(x))),
+    "aten.rsqrt": _unary(F.rsqrt),
     "aten.neg": _unary(F.neg),
     "aten.abs": _unary(F.abs),
     "aten.reciprocal": _unary(F.reciprocal),
     "aten.sin": _unary(F.sin),
     "aten.cos": _unary(F.cos),
+    "aten.log1p": _unary(F.log1p),
+    "aten.expm1": _unary(F.expm1),
+    "aten.erf": _unary(F.erf),
+    "aten.sign": _unary(F.sign),
+    "aten.floor": _unary(F.floor),
+    "aten.ceil": _unary(F.ceil),
+    "aten.round": _unary(F.round),
+    "aten.trunc": _unary(F.trunc),
+    "aten.tan": _unary(F.tan),
+    "aten.asin": _unary(F.asin),
+    "aten.acos": _unary(F.acos),
+    "aten.atan": _unary(F.atan),
+    "aten.atan2": _unary(F.atan2),
+    "aten.sinh": _unary(F.sinh),
+    "aten.cosh": _unary(F.cosh),
+    "aten.asinh": _unary(F.asinh),
+    "aten.acosh": _unary(F.acosh),
+    "aten.atanh": _unary(F.atanh),
+    "aten.log2": _unary(F.log2),
+    "aten.log10": _unary(F.log10),
+    "aten.exp2": _unary(F.exp2),
     "aten.gelu": lambda im, node, x, approximate="none": F.gelu(x, approximate),
     "aten.leaky_relu": _unary(F.leaky_relu),
-    "aten.elu": lambda im, node, x, alpha=1.0, scale=1, input_scale=1: (
-        F.elu(x, alpha) if scale == input_scale == 1
-        else _unsupported(node, "scale or input_scale other than 1")),
-    "aten.hardtanh": _clamp(F.less_equal, F.greater_equal),
-    "aten.clamp": _clamp(F.less, F.greater),
+    "aten.elu": _elu,
+    "aten.hardtanh": _unary(F.hardtanh),
+    "aten.clamp": _clamp,
     "aten.add": _binary(F.add),
     "aten.sub": _binary(F.sub),
     "aten.mul": _binary(F.mul),
