@@ -14,6 +14,8 @@ definitions need none of those ops, so :func:`torchvision_models` imports
 import copy
 import importlib
 import importlib.util
+import json
+import pathlib
 import subprocess
 import sys
 import types
@@ -319,3 +321,22 @@ def test_torchvision_gradients_match_autograd(name, size):
     assert abs(ours - ref) < 1e-5 * abs(ref)
     worst = max(errors, key=errors.get)
     assert errors[worst] < 1e-4, f"{name}: {worst} relative error {errors[worst]:.2e}"
+
+
+@pytest.mark.slow
+def test_resnet18_finetune_example(tmp_path):
+    """examples/resnet18_finetune.py, 3 steps, in a fresh process (as run by hand)."""
+    torchvision_models()  # skips where torchvision is missing
+    svg = tmp_path / "blocks.svg"
+    code = ("import json, sys; sys.path.insert(0, 'examples'); import resnet18_finetune as ex; "
+            f"print('RESULTS', json.dumps(ex.main(steps=3, progress=False, diagram={str(svg)!r})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=pathlib.Path(__file__).resolve().parent.parent, timeout=600)
+    assert result.returncode == 0, result.stderr
+    line = next(li for li in result.stdout.splitlines() if li.startswith("RESULTS "))
+    results = json.loads(line[len("RESULTS "):])
+    assert results["params"] == 62 and results["steps"] == 3
+    assert results["test_accuracy"] > results["test_accuracy_before"] + 0.05
+    labels = svg.read_text()
+    assert all(f">layer{k}.{j}</text>" in labels for k in range(1, 5) for j in (0, 1))
+    assert ">layer1.0.conv1</text>" not in labels and "upstream ∂L/∂" in labels
