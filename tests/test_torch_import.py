@@ -291,7 +291,7 @@ def test_import_graphc_does_not_import_torch():
 # ---------------------------------------------------------------------------------------
 # torchvision: gradients of a cross-entropy loss w.r.t. every parameter vs autograd
 
-TORCHVISION = [("resnet18", 32), ("mobilenet_v2", 32), ("squeezenet1_1", 64)]
+TORCHVISION = [("resnet18", 32), ("squeezenet1_1", 64)]  # more in docs/import.md (test time)
 
 
 def cross_entropy_gradients(module, x, labels, backend):
