@@ -119,6 +119,7 @@ from .gradcheck import GradCheckReport, check_grad  # noqa: E402
 from .graph import Graph, check_graph, format_graph, to_networkx
 from .importers import Model, UnsupportedOpError
 from .importers.onnx_import import from_onnx
+from .importers.torch_import import from_torch
 from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
 from .ir import DTypeError, GraphError, ShapeError, Tensor, scope
 from .nn_functions import (
@@ -203,6 +204,7 @@ __all__ = [
     "floor",
     "format_graph",
     "from_onnx",
+    "from_torch",
     "gelu",
     "global_avg_pool2d",
     "grad",

@@ -114,7 +114,7 @@ class _Builder:
         self.names = node_names(self.graph)
         self.values = values  # id(node) -> array, or None
         self.check = check
-        self.collapse = _collapse_level(self.graph, collapse)
+        self.top, self.collapse = _collapse_level(self.graph, collapse)
         self.direction = direction or ("LR" if self.collapse is not None
                                        else _direction(self.graph))
         self.dot = graphviz.Digraph("graphc", graph_attr=dict(
@@ -145,11 +145,17 @@ class _Builder:
 
     def group(self, t: Tensor) -> str | None:
         """The scope a node is drawn in when collapsing: the outermost one below the scopes
-        that hold every scoped node (``fc1`` in ``mlp/fc1``, not the whole ``mlp``)."""
+        that hold every scoped node (``fc1`` in ``mlp/fc1``, not the whole ``mlp``), or
+        ``collapse`` levels below them, or the node's own scope where that is shallower."""
         if self.collapse is None or not t.scope:
             return None
         parts = t.scope.split("/")
-        return "/".join(parts[:self.collapse + 1]) if len(parts) > self.collapse else None
+        return "/".join(parts[:self.collapse + 1]) if len(parts) > self.top else None
+
+    def hidden(self, t: Tensor) -> bool:
+        """Collapsed diagrams leave out scalar constants: interned, one of them (batch
+        norm's eps) is shared by every layer and would tie them all to the first."""
+        return self.collapse is not None and isinstance(t.op, Constant) and not t.shape
 
     def dot_id(self, t: Tensor) -> str:
         g = self.group(t)
@@ -199,6 +205,8 @@ class _Builder:
         groups: dict[str, list[Tensor]] = {}
         for t in self.graph.nodes:
             g = self.group(t)
+            if self.hidden(t):
+                continue
             if g:
                 groups.setdefault(g, []).append(t)
                 continue
@@ -232,7 +240,7 @@ class _Builder:
                 continue  # its inputs feed the drawn body (ScanDrawing)
             for k, x in enumerate(t.inputs):
                 a, b = self.dot_id(x), self.dot_id(t)
-                if a == b or (a, b, k) in seen:
+                if a == b or (a, b, k) in seen or self.hidden(x):
                     continue
                 seen.add((a, b, k))
                 attrs = {"color": _FAIL, "penwidth": "2"} \
@@ -436,18 +444,24 @@ def _depths(nodes, start: int) -> list[int]:
     return ops
 
 
-def _collapse_level(graph: Graph, collapse) -> int | None:
-    """Scope depth whose scopes are drawn as single boxes, or None to draw every node.
-    ``collapse=None`` collapses graphs over AUTO_COLLAPSE nodes that have scopes."""
+def _collapse_level(graph: Graph, collapse) -> tuple[int, int | None]:
+    """The depth of the outermost layers (below the scopes that hold every scoped node),
+    and the scope depth drawn as single boxes (``collapse`` levels deeper when it is an
+    int), or None to draw every node.  ``collapse=None`` collapses graphs over
+    AUTO_COLLAPSE nodes that have scopes."""
+    if not (collapse is None or isinstance(collapse, bool)
+            or isinstance(collapse, int) and collapse >= 1):
+        raise ValueError(f"collapse must be None, True, False or a depth >= 1, got "
+                         f"{collapse!r}")
     scopes = [t.scope.split("/") for t in graph.nodes if t.scope]
     if collapse is False or not scopes or (collapse is None
                                            and len(graph.nodes) <= AUTO_COLLAPSE):
-        return None
+        return 0, None
     level = 0  # skip scopes that hold every scoped node: the whole model is not a layer
     while all(len(p) > level + 1 for p in scopes) and \
             len({p[level] for p in scopes}) == 1:
         level += 1
-    return level
+    return level, level + (1 if collapse is None or collapse is True else collapse) - 1
 
 
 def _shape(t: Tensor) -> str:
@@ -478,8 +492,9 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
     when ``values`` (the feeds) are given, the numbers.  ``check``: a ``gc.check_grad``
     report; failing tensors and derivatives are drawn red.  ``collapse=True`` draws each
     layer (the outermost ``gc.scope`` below those holding the whole model) as one node
-    with its parameter and op counts; ``None`` does so above 100 nodes and says so in the
-    picture; ``False`` never.  ``direction``: ``"TB"`` (top to bottom) or ``"LR"``;
+    with its parameter and op counts; an int ``k`` draws the scopes ``k`` levels deep as
+    boxes (``collapse=2``: a ResNet's blocks); ``None`` collapses above 100 nodes and says so
+    in the picture; ``False`` never.  ``direction``: ``"TB"`` (top to bottom) or ``"LR"``;
     default: top to bottom for deep chains, else left to right.
 
     >>> import graphc as gc

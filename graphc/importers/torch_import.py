@@ -1,0 +1,539 @@
+"""``gc.from_torch``: a ``torch.nn.Module`` as graphc nodes, through ``torch.export``.
+
+The module is exported in the mode it is in (``eval()`` or ``train()``) and decomposed to
+the core ATen opset (``run_decompositions()``); each ATen node becomes graphc functions
+(:data:`ATEN`, one short rule per op).  Parameters become ``gc.param`` leaves (initialised
+to the module's values) and buffers state inputs (``gc.nn.state_input``, which
+``gc.train`` steps carry), both named after their torch names made identifiers
+(``layer1.0.conv1.weight`` -> ``layer1_0_conv1_weight``); every node is built inside the
+``gc.scope`` of its ``nn.Module`` path (``layer1`` / ``layer1.0`` / ``layer1.0.conv1``), so
+diagrams group and collapse by module.  torch is imported only when ``from_torch`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import keyword
+import operator
+import re
+import warnings
+
+import numpy as np
+
+from .. import functions as F
+from .. import nn_functions as NF
+from ..inputs import constant, input, param
+from ..ir import GraphError, Tensor, located, scope
+from ..nn import state_input
+from .model import Model, UnsupportedOpError
+
+
+def from_torch(module, example_args) -> Model:
+    """Import ``module`` (a ``torch.nn.Module``) traced with ``torch.export`` on
+    ``example_args`` (a tuple of tensors or arrays; shapes are fixed by them).
+
+    >>> import torch, numpy as np, graphc as gc
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()).eval()
+    >>> m = gc.from_torch(net, (torch.zeros(2, 3),))
+    >>> list(m.inputs), sorted(m.params), sorted(m.weights), m.outputs[0].shape
+    (['input'], ['0.bias', '0.weight'], ['p_0_bias', 'p_0_weight'], (2, 4))
+    >>> f = gc.compile(m.outputs, backend="numpy")
+    >>> (y,) = f(input=np.ones((2, 3), np.float32), **m.weights)
+    >>> bool(np.allclose(y, net(torch.ones(2, 3)).detach().numpy(), atol=1e-6))
+    True
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(located(f"from_torch: expected a torch.nn.Module, got "
+                                f"{type(module).__name__}"))
+    args = example_args if isinstance(example_args, (tuple, list)) else (example_args,)
+    args = tuple(torch.from_numpy(np.asarray(a)) if isinstance(a, np.ndarray) else a
+                 for a in args)
+    with warnings.catch_warnings():  # torch's own deprecation noise, not the user's
+        warnings.filterwarnings("ignore", r".*treespec, LeafSpec", FutureWarning)
+        program = torch.export.export(module, args).run_decompositions()
+    return _Importer(program, type(module).__name__).run()
+
+
+class _Importer:
+    """One import: the exported program's nodes turned into graphc tensors in order."""
+
+    def __init__(self, program, source: str):
+        self.program, self.source = program, source
+        self.env: dict[str, object] = {}  # fx node name -> Tensor, tuple, or None
+        self.taken: set[str] = set()
+        self.values: dict[str, np.ndarray] = {}  # graphc leaf name -> value
+        self.params: dict[str, Tensor] = {}  # torch name -> param
+        self.inputs: dict[str, Tensor] = {}
+        self.dropouts = 0
+
+    def run(self) -> Model:
+        from torch.export.graph_signature import InputKind, OutputKind
+
+        kinds = {spec.arg.name: spec for spec in self.program.graph_signature.input_specs}
+        outs = [spec.arg for spec in self.program.graph_signature.output_specs
+                if spec.kind == OutputKind.USER_OUTPUT]
+        nodes = {n.name: n for n in self.program.graph.nodes}
+        needed = _needed([nodes[a.name] for a in outs if hasattr(a, "name")])
+        for spec in sorted(kinds.values(), key=lambda s: s.kind != InputKind.USER_INPUT):
+            if spec.arg.name in needed:  # user inputs first: they keep their own names
+                self.env[spec.arg.name] = self.leaf(spec, nodes[spec.arg.name])
+        for node in self.program.graph.nodes:
+            if node.op == "call_function" and node.name in needed:
+                self.env[node.name] = self.call(node)
+        outputs = []
+        for a in outs:
+            value = self.env.get(getattr(a, "name", None))
+            if not isinstance(value, Tensor):
+                raise GraphError(located(f"from_torch: output {a} of {self.source} is not a "
+                                         "tensor"))
+            outputs.append(value)
+        used = {}
+        for t in outputs:
+            used.update(t.leaves)
+        return Model(inputs=self.inputs, outputs=outputs,
+                     params={k: p for k, p in self.params.items() if p.op.label in used},
+                     weights={k: v for k, v in self.values.items() if k in used},
+                     source=self.source)
+
+    def name(self, text: str, prefix: str = "x") -> str:
+        """``text`` as a fresh Python identifier (``layer1.0.conv1.weight`` ->
+        ``layer1_0_conv1_weight``, ``0.weight`` -> ``p_0_weight`` as torch.export names
+        it; a repeat gets ``_2``)."""
+        base = re.sub(r"\W", "_", text)
+        if not base or base[0].isdigit() or keyword.iskeyword(base):
+            base = f"{prefix}_{base}"
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+    def leaf(self, spec, node) -> Tensor:
+        from torch.export.graph_signature import InputKind
+
+        shape, dtype = _meta(node)
+        if spec.kind == InputKind.USER_INPUT:
+            t = input(self.name(node.name), shape, dtype)
+            self.inputs[node.name] = t
+            return t
+        target = spec.target
+        value = (self.program.state_dict[target] if target in self.program.state_dict
+                 else self.program.constants[target])
+        value = value.detach().cpu().numpy().copy()
+        if spec.kind == InputKind.CONSTANT_TENSOR:
+            return constant(value)
+        with _scopes(_module_path(target.rsplit(".", 1)[0] if "." in target else "")):
+            name = self.name(target, "p" if spec.kind == InputKind.PARAMETER else "b")
+            if spec.kind == InputKind.PARAMETER:
+                t = param(name, shape, _TorchValue(value), dtype)
+                self.params[target] = t
+            else:  # a buffer: state that gc.train steps carry (and evaluation reads)
+                t = state_input(name, shape, dtype=dtype)
+        self.values[name] = value
+        return t
+
+    def call(self, node):
+        args = [self.arg(a, node) for a in node.args]
+        kwargs = {k: self.arg(a, node) for k, a in node.kwargs.items()}
+        if node.target is operator.getitem:
+            value = args[0][args[1]]
+            if value is None:
+                _unsupported(node.args[0], f"its output {args[1]} is used, by "
+                                           f"{node.name!r}; only the first is imported")
+            return value
+        rule = ATEN.get(_op_name(node))
+        if rule is None:
+            _unsupported(node)
+        with _scopes(_module_path(_node_module(node)[0])):
+            try:
+                return rule(self, node, *args, **kwargs)
+            except UnsupportedOpError:
+                raise
+            except GraphError as err:
+                raise type(err)(f"from_torch: node {node.name!r} ({node.target}): "
+                                f"{err}") from None
+
+    def arg(self, a, node):
+        import torch.fx
+
+        if isinstance(a, torch.fx.Node):
+            return self.env[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.arg(b, node) for b in a)
+        return a
+
+
+class _TorchValue:
+    """A param's initializer: the module's own value (``gc.init_params`` gives it)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: np.ndarray):
+        self.value = value
+
+    def __call__(self, shape, rng) -> np.ndarray:
+        return self.value.copy()
+
+    def __repr__(self) -> str:
+        return "torch_value"
+
+
+# ---------------------------------------------------------------------------------------
+# The exported graph: names, metadata, module paths
+
+
+def _needed(outputs) -> set[str]:
+    """Names of the fx nodes the outputs depend on (running-statistic updates are not)."""
+    seen, stack = set(), list(outputs)
+    while stack:
+        node = stack.pop()
+        if node.name not in seen:
+            seen.add(node.name)
+            stack.extend(node.all_input_nodes)
+    return seen
+
+
+def _op_name(node) -> str:
+    """``aten.relu`` for ``aten.relu.default``: rules are per op, overloads by arguments."""
+    target = node.target
+    packet = getattr(target, "_overloadpacket", None)
+    return f"aten.{packet.__name__}" if packet is not None else str(target)
+
+
+_DTYPES = {"torch.float32": "float32", "torch.float64": "float64", "torch.int64": "int64",
+           "torch.int32": "int32", "torch.bool": "bool"}
+
+
+def _meta(node, index=None) -> tuple[tuple[int, ...], str]:
+    """Shape and graphc dtype of ``node``'s result (or of its output ``index``)."""
+    val = node.meta["val"]
+    val = val[index] if index is not None else val
+    dtype = _DTYPES.get(str(val.dtype))
+    if dtype is None:
+        _unsupported(node, f"dtype {val.dtype}: graphc has no such dtype")
+    return tuple(int(d) for d in val.shape), dtype
+
+
+def _module_path(path: str) -> list[str]:
+    """Scopes of a module path: ``layer1.0.conv1`` -> layer1, layer1.0, layer1.0.conv1."""
+    parts = path.split(".") if path else []
+    return [".".join(parts[:k + 1]) for k in range(len(parts))]
+
+
+def _node_module(node) -> tuple[str, str]:
+    """The path and type name of the innermost nn.Module a node was made in."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, kind = list(stack.values())[-1]
+    return path, kind if isinstance(kind, str) else getattr(kind, "__qualname__", str(kind))
+
+
+@contextlib.contextmanager
+def _scopes(paths):
+    with contextlib.ExitStack() as stack:
+        for p in paths:
+            stack.enter_context(scope(p))
+        yield
+
+
+def _unsupported(node, detail: str | None = None):
+    """Raise the import-time error naming the op, the node (and its module), why (for an
+    op supported in other forms) and the supported set."""
+    path, kind = _node_module(node)
+    where = f" in module {path!r} ({kind})" if path else \
+        f" in {kind.rsplit('.', 1)[-1]}" if kind else ""  # the root module: its class
+    why = f" ({detail})" if detail else ""
+    raise UnsupportedOpError(located(
+        f"ATen op {node.target} (node {node.name!r}{where}) is not supported by "
+        f"gc.from_torch{why}; the supported ops are: {', '.join(sorted(ATEN))}"))
+
+
+# ---------------------------------------------------------------------------------------
+# The ATen ops: one rule each, (importer, node, *args, **kwargs) -> graphc value(s)
+
+
+def _pair(v) -> tuple[int, int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return (int(v[0]), int(v[-1]))
+
+
+def _convolution(im, node, x, w, b, stride, padding, dilation, transposed, output_padding,
+                 groups):
+    if x.ndim == 3 and not transposed:
+        return NF.conv1d(x, w, stride[0], padding[0], dilation=dilation[0], groups=groups,
+                         bias=b)
+    if x.ndim != 4:
+        _unsupported(node, "only 1-D and 2-D convolutions, 2-D if transposed")
+    if transposed:
+        return NF.conv_transpose2d(x, w, _pair(stride), _pair(padding), _pair(output_padding),
+                                   groups, _pair(dilation), bias=b)
+    return NF.conv2d(x, w, _pair(stride), _pair(padding), dilation=_pair(dilation),
+                     groups=groups, bias=b)
+
+
+def _bn_eval(im, node, x, w, b, mean, var, momentum, eps):
+    return (NF.batch_norm(x, w, b, mean, var, training=False, eps=eps), None, None)
+
+
+def _bn(im, node, x, w, b, mean, var, training, momentum, eps):
+    """_native_batch_norm_legit(_functional): batch statistics in training; the running
+    statistics it also returns are not imported (graphs are pure)."""
+    if not training:
+        return _bn_eval(im, node, x, w, b, mean, var, momentum, eps) + (None, None)
+    return (NF.batch_norm(x, w, b, training=True, eps=eps), None, None, None, None)
+
+
+def _bn_no_stats(im, node, x, w, b, training, momentum, eps):
+    return _bn(im, node, x, w, b, None, None, True, momentum, eps)
+
+
+def _layer_norm(im, node, x, shape, w=None, b=None, eps=1e-5):
+    return (NF.layer_norm(x, w, b, tuple(range(-len(shape), 0)), eps), None, None)
+
+
+def _ceil_extra(node, x, kernel, stride, padding):
+    """Rows and columns a ceil_mode pooling reads past the floor-mode end."""
+    val = node.meta["val"]
+    out = (val[0] if isinstance(val, (tuple, list)) else val).shape[2:]
+    return [(o - 1) * s + k - (n + 2 * p) for o, s, k, n, p in
+            zip(out, stride, kernel, x.shape[2:], padding)]
+
+
+def _max_pool(im, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+    kernel, padding = _pair(kernel), _pair(padding)
+    stride = _pair(stride) if stride else kernel
+    if _pair(dilation) != (1, 1):
+        _unsupported(node, "dilation > 1")
+    for axis, extra in zip((2, 3), _ceil_extra(node, x, kernel, stride, padding)):
+        if extra > 0:  # ceil_mode: the last window reaches past the end; -inf fills it
+            fill = list(x.shape)
+            fill[axis] = extra
+            x = F.concat([x, constant(np.full(fill, -np.inf, x.dtype))], axis)
+    return NF.max_pool2d(x, kernel, stride, padding), None
+
+
+def _avg_pool(im, node, x, kernel, stride=(), padding=0, ceil_mode=False,
+              count_include_pad=True, divisor_override=None):
+    kernel, padding = _pair(kernel), _pair(padding)
+    stride = _pair(stride) if stride else kernel
+    if divisor_override is not None:
+        _unsupported(node, "divisor_override")
+    if any(e > 0 for e in _ceil_extra(node, x, kernel, stride, padding)):
+        _unsupported(node, "ceil_mode with windows past the end")
+    return NF.avg_pool2d(x, kernel, stride, padding, count_include_pad)
+
+
+def _adaptive_matrix(n: int, m: int, dtype) -> np.ndarray:
+    """(m, n): row i averages PyTorch's adaptive window [floor(i n / m), ceil((i+1) n / m))."""
+    p = np.zeros((m, n), dtype)
+    for i in range(m):
+        lo, hi = (i * n) // m, -(-(i + 1) * n // m)
+        p[i, lo:hi] = 1.0 / (hi - lo)
+    return p
+
+
+def _adaptive_avg_pool(im, node, x, size):
+    (oh, ow), (h, w) = _pair(size), x.shape[2:]
+    if (oh, ow) == (h, w):
+        return x
+    if (oh, ow) == (1, 1):
+        return F.mean(x, (2, 3), keepdims=True)
+    rows = F.matmul(constant(_adaptive_matrix(h, oh, x.dtype)), x)
+    return F.matmul(rows, constant(_adaptive_matrix(w, ow, x.dtype).T.copy()))
+
+
+def _addmm(im, node, bias, a, b, beta=1, alpha=1):
+    y = F.matmul(a, b)
+    y = y * alpha if alpha != 1 else y
+    return y + (bias * beta if beta != 1 else bias)
+
+
+def _reshape(im, node, x, *_, **__):
+    return F.reshape(x, _meta(node)[0])
+
+
+def _same(im, node, x, *_, **__):
+    return x
+
+
+def _to_copy(im, node, x, **_):
+    return F.cast(x, _meta(node)[1])
+
+
+def _slice(im, node, x, dim=0, start=None, end=None, step=1):
+    dim %= x.ndim
+    start, stop, step = slice(start, end, step).indices(x.shape[dim])
+    return x[(slice(None),) * dim + (slice(start, stop, step),)]
+
+
+def _select(im, node, x, dim, index):
+    return x[(slice(None),) * (dim % x.ndim) + (index,)]
+
+
+def _split_with_sizes(im, node, x, sizes, dim=0):
+    starts = np.cumsum([0] + list(sizes))
+    return tuple(_slice(im, node, x, dim, int(a), int(b)) for a, b in zip(starts, starts[1:]))
+
+
+def _split(im, node, x, size, dim=0):
+    n = x.shape[dim % x.ndim]
+    return _split_with_sizes(im, node, x, [min(size, n - a) for a in range(0, n, size)], dim)
+
+
+def _reduction(fn):
+    def rule(im, node, x, dim=None, keepdim=False, **_):
+        dim = tuple(dim) if isinstance(dim, (list, tuple)) else dim
+        return fn(x, dim if dim not in ((), []) else None, keepdim)
+    return rule
+
+
+def _var(im, node, x, dim=None, *, correction=None, keepdim=False):
+    dim = tuple(dim) if dim else None
+    return F.var(x, dim, 1 if correction is None else correction, keepdim)
+
+
+def _clamp(im, node, x, low=None, high=None):
+    """clamp.default as gc.clip; clamp.Tensor (tensor bounds) as where: gradient 1 on the
+    closed interval, as PyTorch's; NaN stays NaN."""
+    if not isinstance(low, Tensor) and not isinstance(high, Tensor):
+        return F.clip(x, low, high)
+    if low is not None:
+        x = F.where(F.less(x, low), low, x)
+    return F.where(F.greater(x, high), high, x) if high is not None else x
+
+
+def _elu(im, node, x, alpha=1.0, scale=1.0, input_scale=1.0):
+    """elu, and selu/celu as PyTorch decomposes them: scale * elu(x) with the negative
+    side alpha * (exp(input_scale * x) - 1)."""
+    if scale == input_scale == 1:
+        return F.elu(x, alpha)
+    return F.where(F.greater(x, 0.0), x * scale,
+                   F.expm1(x * input_scale) * (alpha * scale))
+
+
+def _binary(fn):
+    def rule(im, node, a, b, alpha=1, rounding_mode=None):
+        if rounding_mode is not None:
+            _unsupported(node, f"rounding_mode={rounding_mode!r}")
+        return fn(a, b * alpha if alpha != 1 else b)
+    return rule
+
+
+def _unary(fn):
+    return lambda im, node, x, *args, **kwargs: fn(x, *args, **kwargs)
+
+
+def _full(im, node, size, value, **_):
+    shape, dtype = _meta(node)
+    return constant(np.full(shape, value, dtype))
+
+
+def _dropout(im, node, x, p, train):
+    """Training-mode dropout draws graphc's own mask (seeded per node), not torch's."""
+    im.dropouts += 1
+    return NF.dropout(x, p, training=bool(train), seed=im.dropouts), None
+
+
+ATEN = {
+    "aten.convolution": _convolution,
+    "aten._native_batch_norm_legit_no_training": _bn_eval,
+    "aten._native_batch_norm_legit_functional": _bn,
+    "aten._native_batch_norm_legit": lambda im, node, *a: (
+        _bn_no_stats(im, node, *a) if len(a) == 6 else _bn(im, node, *a)),
+    "aten.native_layer_norm": _layer_norm,
+    "aten.max_pool2d_with_indices": _max_pool,
+    "aten.avg_pool2d": _avg_pool,
+    "aten._adaptive_avg_pool2d": _adaptive_avg_pool,
+    "aten.addmm": _addmm,
+    "aten.mm": _unary(F.matmul),
+    "aten.bmm": _unary(F.matmul),
+    "aten.view": _reshape,
+    "aten._unsafe_view": _reshape,
+    "aten.reshape": _reshape,
+    "aten.squeeze": _reshape,
+    "aten.unsqueeze": _reshape,
+    "aten.permute": _unary(F.transpose),
+    "aten.expand": lambda im, node, x, *_: F.broadcast_to(x, _meta(node)[0]),
+    "aten.clone": _same,
+    "aten.alias": _same,
+    "aten._to_copy": _to_copy,
+    "aten.cat": lambda im, node, xs, dim=0: F.concat(xs, dim),
+    "aten.slice": _slice,
+    "aten.select": _select,
+    "aten.split_with_sizes": _split_with_sizes,
+    "aten.split": _split,
+    "aten.mean": _reduction(F.mean),
+    "aten.prod": _reduction(F.prod),
+    "aten.var": _var,
+    "aten.argmax": _reduction(F.argmax),
+    "aten.argmin": _reduction(F.argmin),
+    "aten.any": _reduction(F.any),
+    "aten.all": _reduction(F.all),
+    "aten.cumsum": lambda im, node, x, dim, **_: F.cumsum(x, dim),
+    "aten.flip": lambda im, node, x, dims: F.flip(x, tuple(dims)),
+    "aten.sum": _reduction(F.sum),
+    "aten.amax": _reduction(F.max),
+    "aten.amin": _reduction(F.min),
+    "aten._softmax": lambda im, node, x, dim, half=False: F.softmax(x, dim),
+    "aten._log_softmax": lambda im, node, x, dim, half=False: F.log_softmax(x, dim),
+    "aten.relu": _unary(F.relu),
+    "aten.sigmoid": _unary(F.sigmoid),
+    "aten.tanh": _unary(F.tanh),
+    "aten.exp": _unary(F.exp),
+    "aten.log": _unary(F.log),
+    "aten.sqrt": _unary(F.sqrt),
+    "aten.rsqrt": _unary(F.rsqrt),
+    "aten.neg": _unary(F.neg),
+    "aten.abs": _unary(F.abs),
+    "aten.reciprocal": _unary(F.reciprocal),
+    "aten.sin": _unary(F.sin),
+    "aten.cos": _unary(F.cos),
+    "aten.log1p": _unary(F.log1p),
+    "aten.expm1": _unary(F.expm1),
+    "aten.erf": _unary(F.erf),
+    "aten.sign": _unary(F.sign),
+    "aten.floor": _unary(F.floor),
+    "aten.ceil": _unary(F.ceil),
+    "aten.round": _unary(F.round),
+    "aten.trunc": _unary(F.trunc),
+    "aten.tan": _unary(F.tan),
+    "aten.asin": _unary(F.asin),
+    "aten.acos": _unary(F.acos),
+    "aten.atan": _unary(F.atan),
+    "aten.atan2": _unary(F.atan2),
+    "aten.sinh": _unary(F.sinh),
+    "aten.cosh": _unary(F.cosh),
+    "aten.asinh": _unary(F.asinh),
+    "aten.acosh": _unary(F.acosh),
+    "aten.atanh": _unary(F.atanh),
+    "aten.log2": _unary(F.log2),
+    "aten.log10": _unary(F.log10),
+    "aten.exp2": _unary(F.exp2),
+    "aten.gelu": lambda im, node, x, approximate="none": F.gelu(x, approximate),
+    "aten.leaky_relu": _unary(F.leaky_relu),
+    "aten.elu": _elu,
+    "aten.hardtanh": _unary(F.hardtanh),
+    "aten.clamp": _clamp,
+    "aten.add": _binary(F.add),
+    "aten.sub": _binary(F.sub),
+    "aten.mul": _binary(F.mul),
+    "aten.div": _binary(F.div),
+    "aten.pow": _unary(F.power),
+    "aten.maximum": _unary(F.maximum),
+    "aten.minimum": _unary(F.minimum),
+    "aten.where": _unary(F.where),
+    "aten.eq": _unary(F.equal),
+    "aten.ne": _unary(F.not_equal),
+    "aten.lt": _unary(F.less),
+    "aten.le": _unary(F.less_equal),
+    "aten.gt": _unary(F.greater),
+    "aten.ge": _unary(F.greater_equal),
+    "aten.full": _full,
+    "aten.scalar_tensor": _full,
+    "aten.native_dropout": _dropout,
+    "aten.embedding": lambda im, node, table, indices, *_: NF.embedding(indices, table),
+}

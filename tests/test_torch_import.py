@@ -1,0 +1,342 @@
+"""gc.from_torch: imported modules compute what PyTorch computes, forward and backward.
+
+Small modules cover every ATen rule against torch's forward outputs and autograd gradients
+on the NumPy and Numba backends; torchvision's classification models (random init, nothing
+downloaded) are compared on their cross-entropy gradients w.r.t. every parameter.
+
+torchvision 0.28.0's wheel here is a CUDA build: its compiled ops fail to load with the CPU
+torch, and ``import torchvision`` then dies registering ``torchvision::nms``.  The model
+definitions need none of those ops, so :func:`torchvision_models` imports
+``torchvision.models`` under a bare ``torchvision`` package that does not run
+``torchvision/__init__.py`` (which loads the ops).
+"""
+
+import copy
+import importlib
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def torchvision_models():
+    """``torchvision.models`` without ``torchvision/__init__.py``'s op registration."""
+    if "torchvision" not in sys.modules:
+        spec = importlib.util.find_spec("torchvision")
+        if spec is None:
+            pytest.skip("torchvision is not installed (pip install torchvision==0.28.0)")
+        package = types.ModuleType("torchvision")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__, package.__file__ = spec, spec.origin
+        sys.modules["torchvision"] = package
+    try:
+        return importlib.import_module("torchvision.models")
+    except ImportError as err:  # e.g. Pillow, which torchvision.utils imports
+        pytest.skip(f"torchvision.models does not import: {err}")
+
+
+def imported_gradients(module, x, wrt_input=True):
+    """The imported module, its output and the gradients of sum(out * w) (w fixed,
+    random) w.r.t. every param (and the input) as graphc tensors, and torch autograd's."""
+    m = gc.from_torch(module, (x,))
+    (out,) = m.outputs
+    w = np.random.default_rng(1).standard_normal(out.shape).astype(out.dtype)
+    names = list(m.params)
+    (xin,) = m.inputs.values()
+    wrt = [m.params[k] for k in names] + ([xin] if wrt_input else [])
+    xt = x.clone().requires_grad_(wrt_input)
+    y = module(xt)
+    params = dict(module.named_parameters())
+    theirs = torch.autograd.grad((y * torch.from_numpy(w)).sum(),
+                                 [params[k] for k in names] + ([xt] if wrt_input else []))
+    ours = [out, *gc.grad(gc.sum(out * gc.constant(w)), wrt)]
+    return m, ours, [y.detach().numpy()] + [g.numpy() for g in theirs], names
+
+
+def assert_close(m, x, ours, theirs, names, backend, rtol, atol=0.0):
+    """Run the graphc side with ``backend`` and compare each result with torch's."""
+    (xin,) = m.inputs.values()
+    values = gc.compile(ours, backend=backend)(**{xin.name: x.numpy()}, **m.weights)
+    for k, (a, b) in enumerate(zip(values, theirs)):
+        what = "output" if k == 0 else names[k - 1] if k - 1 < len(names) else "input"
+        assert a.shape == b.shape, what
+        err = np.linalg.norm(a - b)
+        assert err <= rtol * np.linalg.norm(b) + atol, \
+            f"{what}: relative error {err / np.linalg.norm(b):.2e}"
+
+
+# ---------------------------------------------------------------------------------------
+# Small modules: every rule, forward and backward, NumPy and Numba
+
+
+class Net(nn.Module):
+    """Convolutions of every geometry, both poolings, batch norm, activations and the
+    structural ops (cat, split, slice, select, permute, flatten)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
+                                  nn.ReLU6())
+        self.grouped = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(24, 16), nn.GELU(),
+                                  nn.Linear(16, 5))
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = self.bn(self.grouped(h)) + nn.functional.hardswish(self.depthwise(h)) * 0.5
+        h = nn.functional.leaky_relu(h, 0.1) - nn.functional.elu(-h)
+        a, b = torch.split(h, [3, 5], dim=1)
+        h = torch.cat([torch.sigmoid(a), torch.tanh(b)], 1)
+        p = nn.functional.avg_pool2d(self.pool(h), 2, stride=1, padding=1,
+                                     count_include_pad=False)
+        q = nn.functional.adaptive_avg_pool2d(h, 2)[:, :, 1]  # select
+        g = torch.flatten(nn.functional.adaptive_avg_pool2d(p, 1), 1)
+        z = torch.cat([g, q.permute(0, 2, 1).reshape(len(x), -1)], 1)
+        z = self.head[2](self.head[1](self.head[0](z)))
+        z = self.norm(z).clamp(-1.5, 1.5)
+        return torch.log_softmax(self.head[3](z), -1) + torch.softmax(z[:, 1:6], 1)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    module = Net()
+    with torch.no_grad():  # running statistics that are not the identity
+        for bn in (module.stem[1], module.bn):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def cnn(net):
+    x = torch.randn(2, 3, 13, 11)
+    return (x, *imported_gradients(net, x))
+
+
+def test_small_cnn_matches_torch_forward_and_gradients(cnn):
+    x, m, ours, theirs, names = cnn
+    assert len(names) == 15 and "stem.1.weight" in names
+    assert {"stem_1_running_mean", "bn_running_var"} <= set(m.weights)
+    assert_close(m, x, ours, theirs, names, "numpy", 1e-5)
+
+
+def test_numba_runs_an_imported_cnn():
+    torch.manual_seed(3)
+    module = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, groups=2), nn.BatchNorm2d(4),
+                           nn.ReLU6(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(),
+                           nn.Linear(36, 3), nn.LogSoftmax(1)).eval()
+    x = torch.randn(2, 2, 5, 5)
+    m, ours, theirs, names = imported_gradients(module, x)
+    assert_close(m, x, ours, theirs, names, "numba", 1e-5)
+
+
+def test_mlp_float64_matches_torch():
+    torch.manual_seed(1)
+    mlp = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 10), nn.SiLU(),
+                        nn.Linear(10, 3), nn.Sigmoid()).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    m, ours, theirs, names = imported_gradients(mlp, x)
+    assert list(m.inputs) == ["input"]  # a Sequential's forward argument
+    assert_close(m, x, ours, theirs, names, "numpy", 1e-12)
+
+
+class Extras(nn.Module):
+    """The ops PyTorch decomposes SELU, Softplus, Mish and friends into, 1-D and transposed
+    convolutions, and the reductions and scans."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, x):
+        h = nn.functional.selu(self.conv(x)).reshape(len(x), 4, 2, 2)
+        u = self.up(h)
+        u = nn.functional.softplus(u) + nn.functional.mish(u) * nn.functional.hardsigmoid(u)
+        v = torch.cumsum(u, 3) + u.flip(2) * torch.erf(u) + torch.log1p(u.abs())
+        return v.var(dim=1, keepdim=True) + nn.functional.celu(v, 0.5).clamp(max=2.0)
+
+
+def test_decomposed_activations_and_convolutions_match_torch():
+    torch.manual_seed(4)
+    x = torch.randn(3, 2, 8, dtype=torch.float64)
+    m, ours, theirs, names = imported_gradients(Extras().double(), x)
+    # 1e-7, not 1e-12: torch's hardsigmoid backward multiplies by 1.0f / 6.0f, a float32
+    # sixth, even in float64 (graphc's 1/6 is exact)
+    assert_close(m, x, ours, theirs, names, "numpy", 1e-7)
+
+
+def test_batch_norm_train_mode_uses_batch_statistics(net):
+    module = copy.deepcopy(net).double().train()  # float64: batch norm's cancellations
+    module.head[0].p = 0.0  # graphc's dropout masks are not torch's
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    m, ours, theirs, names = imported_gradients(module, x)
+    assert len(m.outputs) == 1  # running-statistic updates are not outputs
+    assert not any("running" in k for k in m.weights)  # batch statistics: not fed
+    # stem.0.bias feeds a batch norm: its gradient is 0 up to round-off, hence atol
+    assert_close(m, x, ours, theirs, names, "numpy", 1e-10, atol=1e-12)
+
+
+def test_imported_params_feed_init_params_and_check_grad():
+    torch.manual_seed(2)
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    m = gc.from_torch(mlp, (torch.zeros(5, 3, dtype=torch.float64),))
+    values = gc.init_params(m.outputs)
+    assert set(values) == set(m.weights)
+    np.testing.assert_array_equal(values["p_0_weight"], mlp[0].weight.detach().numpy())
+    loss = gc.sum(gc.square(m.outputs[0]))
+    report = gc.check_grad(loss, m.params.values(), {"input": np.ones((5, 3)), **m.weights})
+    assert report.ok, report
+
+
+# ---------------------------------------------------------------------------------------
+# Names, scopes, errors
+
+
+class Inner(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.bn = nn.BatchNorm2d(2)
+        self.b_c = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(Inner(), Inner())
+        self.a = nn.Module()
+        self.a.b_c = nn.Linear(4, 2)
+        self.a_b = nn.Module()
+        self.a_b.c = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.a_b.c(self.a.b_c(self.blocks(x).flatten(1)))
+
+
+def test_names_are_torch_names_and_scopes_are_module_paths():
+    m = gc.from_torch(Outer().eval(), (torch.zeros(1, 2, 1, 2),))
+    assert list(m.inputs) == ["x"]
+    assert sorted(m.params) == ["a.b_c.bias", "a.b_c.weight", "a_b.c.bias", "a_b.c.weight"] + [
+        f"blocks.{k}.{layer}.{what}" for k in "01" for layer in ("bn", "conv")
+        for what in ("bias", "weight")]  # not b_c: unused by forward
+    labels = {k: p.op.label for k, p in m.params.items()}
+    assert labels["blocks.1.conv.weight"] == "blocks_1_conv_weight"
+    assert labels["a.b_c.weight"] == "a_b_c_weight" and labels["a_b.c.weight"] == "a_b_c_weight_2"
+    assert set(m.weights) == set(labels.values()) | {
+        f"blocks_{k}_bn_running_{what}" for k in "01" for what in ("mean", "var")}
+    assert m.params["blocks.0.conv.weight"].scope == "blocks/blocks.0/blocks.0.conv"
+    text = gc.format_graph(m.outputs)
+    assert "blocks.1.conv.conv2d = conv2d(blocks.0.relu, blocks_1_conv_weight" in text
+    assert "blocks.1.relu = relu(" in text
+    layers = gc.render(m.outputs, collapse=True).source
+    assert "blocks\\n" in layers and "blocks.0\\n" not in layers
+    blocks = gc.render(m.outputs, collapse=2).source  # a scope per block
+    assert "blocks.0\\n" in blocks and "blocks.1\\n" in blocks and "a.b_c\\n" in blocks
+    assert "blocks.0.conv\\n" not in blocks
+    # one edge from block 0 to block 1: the scalar constants they share are not drawn
+    assert blocks.count('"scope_blocks/blocks.0" -> "scope_blocks/blocks.1"') == 1
+
+
+def test_unsupported_op_names_op_node_and_supported_set():
+    class Remainder(nn.Module):
+        def forward(self, x):
+            return torch.remainder(torch.relu(x), 2.0)
+
+    with pytest.raises(gc.UnsupportedOpError) as info:
+        gc.from_torch(Remainder(), (torch.zeros(2, 3),))
+    text = str(info.value)
+    assert text.startswith("ATen op aten.remainder.Scalar (node 'remainder' in Remainder) is "
+                           "not supported by gc.from_torch; the supported ops are: "
+                           "aten._adaptive_avg_pool2d, ")
+    assert "aten.convolution" in text and "aten.relu" in text
+    assert "test_torch_import.py" in text  # the user's line
+
+
+def test_unsupported_variant_is_raised_at_import():
+    volume = nn.Sequential(nn.Conv3d(2, 2, 3))
+    with pytest.raises(gc.UnsupportedOpError,
+                       match=r"^ATen op aten.convolution.default \(node 'convolution' in module "
+                             r"'0' \(torch.nn.modules.conv.Conv3d\)\) is not supported by "
+                             r"gc.from_torch \(only 1-D and 2-D convolutions, 2-D if "
+                             r"transposed\); the supported ops are: aten._adaptive"):
+        gc.from_torch(volume, (torch.zeros(1, 2, 4, 4, 4),))
+
+
+def test_import_graphc_does_not_import_torch():
+    code = "import sys, graphc; assert 'torch' not in sys.modules; print(graphc.from_torch)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "function from_torch" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision: gradients of a cross-entropy loss w.r.t. every parameter vs autograd
+
+TORCHVISION = [("resnet18", 32), ("squeezenet1_1", 64)]  # more in docs/import.md (test time)
+
+
+def cross_entropy_gradients(module, x, labels, backend):
+    m = gc.from_torch(module, (x,))
+    y = gc.input("labels", labels.shape, "int64")
+    loss = gc.softmax_cross_entropy(m.outputs[0], y)
+    names = list(m.params)
+    f = gc.compile([loss, *gc.grad(loss, [m.params[k] for k in names])], backend=backend)
+    ours = f(**{m.inputs["x"].name: x.numpy(), "labels": labels.numpy()}, **m.weights)
+    ref = nn.functional.cross_entropy(module(x), labels)
+    params = dict(module.named_parameters())
+    theirs = torch.autograd.grad(ref, [params[k] for k in names])
+    assert len(names) == len(params)
+    errors = {k: np.linalg.norm(a - b.numpy()) / np.linalg.norm(b.numpy())
+              for k, a, b in zip(names, ours[1:], theirs)}
+    return float(ours[0]), ref.item(), errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", TORCHVISION)
+def test_torchvision_gradients_match_autograd(name, size):
+    models = torchvision_models()
+    torch.manual_seed(0)
+    module = getattr(models, name)(num_classes=10).eval()
+    x, labels = torch.randn(2, 3, size, size), torch.tensor([3, 7])
+    ours, ref, errors = cross_entropy_gradients(module, x, labels, "numpy")
+    assert abs(ours - ref) < 1e-5 * abs(ref)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-4, f"{name}: {worst} relative error {errors[worst]:.2e}"
+
+
+@pytest.mark.slow
+def test_resnet18_finetune_example(tmp_path):
+    """examples/resnet18_finetune.py, 3 steps, in a fresh process (as run by hand)."""
+    torchvision_models()  # skips where torchvision is missing
+    svg = tmp_path / "blocks.svg"
+    code = ("import json, sys; sys.path.insert(0, 'examples'); import resnet18_finetune as ex; "
+            f"print('RESULTS', json.dumps(ex.main(steps=3, progress=False, diagram={str(svg)!r})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=pathlib.Path(__file__).resolve().parent.parent, timeout=600)
+    assert result.returncode == 0, result.stderr
+    line = next(li for li in result.stdout.splitlines() if li.startswith("RESULTS "))
+    results = json.loads(line[len("RESULTS "):])
+    assert results["params"] == 62 and results["steps"] == 3
+    assert results["test_accuracy"] > results["test_accuracy_before"] + 0.05
+    labels = svg.read_text()
+    assert all(f">layer{k}.{j}</text>" in labels for k in range(1, 5) for j in (0, 1))
+    assert ">layer1.0.conv1</text>" not in labels and "upstream ∂L/∂" in labels
