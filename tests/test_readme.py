@@ -29,7 +29,7 @@ def test_readme_test_command_is_exactly_what_ci_runs():
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line and not line.startswith(("#", "set ", "cd ", "export "))]
     assert ci == [blocks[1]]
-    assert blocks[1].endswith("&& python -m pytest")  # everything, slow tests included
+    assert blocks[1].endswith("&& python -m pytest -n auto --dist loadfile")  # everything
 
 
 def test_readme_documents_the_quick_selection():
