@@ -65,12 +65,16 @@ def conv2d(x, w, stride=1, padding=0, *, dilation=1, groups=1, bias=None) -> Ten
         raise ShapeError(located(f"conv2d: groups must be a positive int, got {groups!r}"))
     op = nn.Conv2d(_pair("conv2d", "stride", stride, 1), _pair("conv2d", "padding", padding, 0),
                    _pair("conv2d", "dilation", dilation, 1), int(groups))
-    y = Tensor.make(op, (x, w))
+    return _channel_bias("conv2d", Tensor.make(op, (x, w)), bias)
+
+
+def _channel_bias(name, y, bias) -> Tensor:
+    """``y`` (N, C, H, W) plus a bias of shape (C,) on every channel, if one is given."""
     if bias is None:
         return y
     bias = F.as_tensor(bias)
     if bias.shape != (y.shape[1],):
-        raise ShapeError(located(f"conv2d: bias must have shape ({y.shape[1]},), got "
+        raise ShapeError(located(f"{name}: bias must have shape ({y.shape[1]},), got "
                                  f"{bias.shape}"))
     return y + F.reshape(bias, (1, -1, 1, 1))
 
@@ -441,11 +445,6 @@ def conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, groups=1, dila
                   zip(x.shape[2:], s, p, d, w.shape[2:], op_))
     if min(in_hw) < 1:
         raise ShapeError(located(f"conv_transpose2d: the output would be {in_hw}"))
-    y = Tensor.make(nn.Conv2dInputGrad(s, p, d, int(groups), in_hw), (x, w))
-    if bias is None:
-        return y
-    bias = F.as_tensor(bias)
-    if bias.shape != (y.shape[1],):
-        raise ShapeError(located(f"conv_transpose2d: bias must have shape ({y.shape[1]},), "
-                                 f"got {bias.shape}"))
-    return y + F.reshape(bias, (1, -1, 1, 1))
+    return _channel_bias("conv_transpose2d",
+                         Tensor.make(nn.Conv2dInputGrad(s, p, d, int(groups), in_hw), (x, w)),
+                         bias)
