@@ -54,6 +54,9 @@ import tempfile
 import time
 import types
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from onnx_suite import randomized  # noqa: E402  (imports onnx and numpy only when called)
+
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")
 DROP_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -85,34 +88,11 @@ def light_model_path(name: str) -> str:
 
 
 def onnx_model(name: str, batch: int):
-    """The light zoo model with random weights (He-normal kernels, uniform [0.5, 1.5]
-    vectors, seed 0, and without the final softmax, as onnx_conformance.py's
-    ``randomized``: its output would be one-hot and compare equal whatever); for a
-    batch other than 1, with the batch re-declared as the symbolic dimension ``N``."""
-    import numpy as np
-    import onnx
+    """The light zoo model with random weights and without its final softmax
+    (tests/onnx_suite.py's ``randomized``, as onnx_conformance.py uses it); for a batch
+    other than 1, with the batch re-declared as the symbolic dimension ``N``."""
     from onnx import numpy_helper
-    model = onnx.load(light_model_path(name))
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    rng = np.random.default_rng(0)
-    kept, new = [], []
-    for node in model.graph.node:
-        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
-            shape = tuple(int(d) for d in inits[node.input[0]])
-            if len(shape) == 1:
-                value = rng.uniform(0.5, 1.5, shape)
-            else:
-                value = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
-            new.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
-        else:
-            kept.append(node)
-    if kept[-1].op_type == "Softmax":  # logits: a softmax of random-weight logits saturates
-        softmax = kept.pop()
-        producer = next(n for n in kept if softmax.input[0] in n.output)
-        producer.output[list(producer.output).index(softmax.input[0])] = softmax.output[0]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    model.graph.initializer.extend(new)
+    model = randomized(light_model_path(name))
     if batch != 1:
         for value in list(model.graph.input) + list(model.graph.output):
             dim = value.type.tensor_type.shape.dim[0]

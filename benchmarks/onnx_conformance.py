@@ -25,7 +25,13 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
-from onnx_suite import backend_test, excluded, light_models, node_ops  # noqa: E402
+from onnx_suite import (  # noqa: E402
+    backend_test,
+    excluded,
+    light_models,
+    node_ops,
+    randomized,
+)
 
 import graphc as gc  # noqa: E402
 from graphc.importers.onnx_backend import GraphcBackend, GraphcNumbaBackend  # noqa: E402
@@ -90,37 +96,6 @@ def models(backend: str, only) -> None:
               f"{t2 - t1:5.2f} s  run {t3 - t2:5.2f} s  max |err| {np.abs(y - ref).max():.2g}")
     print(f"light models ({backend}): {passed} passed / {len(paths)} supported / "
           f"{len(light_models())} total")
-
-
-def randomized(path: str, seed: int = 0):
-    """The model with every ConstantOfShape of a constant shape (its weights) replaced by
-    a random initializer (He-normal for kernels and matrices, uniform in [0.5, 1.5] for
-    vectors: biases, batch-norm scales and variances stay positive), and without its final
-    Softmax (the logits are compared)."""
-    import onnx
-    from onnx import numpy_helper
-    model = onnx.load(path)
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    rng = np.random.default_rng(seed)
-    kept, new = [], []
-    for node in model.graph.node:
-        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
-            shape = tuple(int(d) for d in inits[node.input[0]])
-            if len(shape) == 1:
-                value = rng.uniform(0.5, 1.5, shape)
-            else:
-                value = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
-            new.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
-        else:
-            kept.append(node)
-    if kept[-1].op_type == "Softmax":  # compare logits: a softmax of them saturates
-        softmax = kept.pop()
-        producer = next(n for n in kept if softmax.input[0] in n.output)
-        producer.output[list(producer.output).index(softmax.input[0])] = softmax.output[0]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    model.graph.initializer.extend(new)
-    return model
 
 
 def random_vs_onnxruntime(backend: str, only) -> None:

@@ -1,6 +1,7 @@
 """Shared by tests/test_onnx_conformance.py and benchmarks/onnx_conformance.py: which ONNX
 node tests graphc supports, the excluded ones (tests/onnx_excluded.txt) and the light
-models shipped in the onnx wheel."""
+models shipped in the onnx wheel (and the same models with random weights).
+benchmarks/import_bench.py uses it too."""
 
 from __future__ import annotations
 
@@ -62,3 +63,35 @@ def light_models() -> dict[str, str]:
     folder = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
     return {re.sub(r"^light_|\.onnx$", "", f): os.path.join(folder, f)
             for f in sorted(os.listdir(folder)) if f.endswith(".onnx")}
+
+
+def randomized(path: str, seed: int = 0):
+    """The model with every ConstantOfShape of a constant shape (its weights) replaced by
+    a random initializer (He-normal for kernels and matrices, uniform in [0.5, 1.5] for
+    vectors: biases, batch-norm scales and variances stay positive), and without its final
+    Softmax (the logits are compared)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    kept, new = [], []
+    for node in model.graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+            shape = tuple(int(d) for d in inits[node.input[0]])
+            if len(shape) == 1:
+                value = rng.uniform(0.5, 1.5, shape)
+            else:
+                value = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
+            new.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
+        else:
+            kept.append(node)
+    if kept[-1].op_type == "Softmax":  # compare logits: a softmax of them saturates
+        softmax = kept.pop()
+        producer = next(n for n in kept if softmax.input[0] in n.output)
+        producer.output[list(producer.output).index(softmax.input[0])] = softmax.output[0]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(new)
+    return model
