@@ -15,12 +15,10 @@ import graphc.nn as nn
 torch = pytest.importorskip("torch")
 T = torch.nn
 
+from test_nn_modules import _t, _torch_truncated_lstm  # noqa: E402  (the same torch references)
+
 F64 = "float64"
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
-
-
-def _t(a, grad=False):
-    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
 
 
 def _weights(kind, layer, vals, rng, tm=None):
@@ -164,23 +162,6 @@ def test_bidirectional_returns_and_errors():
 
 # ---------------------------------------------------------------------------------------
 # Truncated BPTT and graph size
-
-
-def _torch_truncated_lstm(tm, xv, k):
-    """torch reference for truncated BPTT: detach (h, c) every k steps."""
-    cell = T.LSTMCell(tm.input_size, tm.hidden_size).double()
-    with torch.no_grad():
-        for a in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(cell, a).copy_(getattr(tm, f"{a}_l0"))
-    xt = _t(xv, True)
-    h = c = torch.zeros(xv.shape[0], tm.hidden_size, dtype=torch.float64)
-    outs = []
-    for t in range(xv.shape[1]):
-        if t and t % k == 0:
-            h, c = h.detach(), c.detach()
-        h, c = cell(xt[:, t], (h, c))
-        outs.append(h)
-    return xt, torch.stack(outs, 1), cell
 
 
 def test_truncated_scan_cuts_gradients_every_k_steps():
