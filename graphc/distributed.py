@@ -31,6 +31,7 @@ from .ir import GraphError, Tensor, iter_nodes
 from .optim import LR_INPUT, STEP_INPUT
 from .passes.autodiff import grad
 from .train import CheckpointError, EarlyStopping, History, TrainStep, load_params
+from .train_loop import _length, _progress_mode, _tqdm
 
 log = logging.getLogger("graphc.distributed")
 
@@ -92,12 +93,8 @@ class Replica:
     def pid(self) -> int:
         return os.getpid()
 
-    def load(self, program, cut_names, backend, data) -> int:
-        outputs = unpack(program)
-        split = len(outputs) - len(cut_names)
-        self.fn = compile(outputs[:split], backend)
-        self.cut_names = list(cut_names)
-        self.cut_fn = compile(outputs[split:], backend) if cut_names else None
+    def load(self, program, backend, data) -> int:
+        self.fn = compile(unpack(program), backend)
         self.data = data
         return os.getpid()
 
@@ -105,12 +102,8 @@ class Replica:
         wanted = set(self.fn.input_names)
         feeds = {n: v for n, v in values.items() if n in wanted}
         feeds.update((n, v[index]) for n, v in self.data.items() if n in wanted)
-        if nn.SEED_INPUT in wanted or nn.SEED_INPUT in self.cut_names:
+        if nn.SEED_INPUT in wanted:
             feeds[nn.SEED_INPUT] = seed
-        if self.cut_fn is not None:  # compiled from lists: they return tuples
-            known = {**values, **feeds}
-            feeds.update(zip(self.cut_names,
-                             self.cut_fn({n: known[n] for n in self.cut_fn.input_names})))
         start = time.perf_counter()
         results = list(self.fn({n: v for n, v in feeds.items() if n in wanted}))
         self.seconds += time.perf_counter() - start
@@ -132,8 +125,7 @@ class Plan:
         self.update_names = list(step.updates)
         grads = grad(step.metrics["loss"], self.trained)
         outputs = [*step.metrics.values(), *grads, *step.updates.values()]
-        self.cut_names = list(step.cuts.sources)
-        self.program = pack(outputs + list(step.cuts.sources.values()))
+        self.program = pack(outputs)
         self.backend = step.fn.backend
         grad_inputs = [input(f"mean_grad_{p.op.label}", p.shape, p.dtype)
                        for p in self.trained]
@@ -241,7 +233,7 @@ class Workers:
 
     def _load(self, actor):
         p = self.plan
-        return actor.load.remote(p.program, p.cut_names, p.backend, self.data_ref)
+        return actor.load.remote(p.program, p.backend, self.data_ref)
 
     def _replace(self, rank: int, step: int, err) -> None:
         when = f"at step {step + 1}" if step >= 0 else "while loading"
@@ -353,7 +345,7 @@ class _Progress:
         self.mode, self.workers, self.epochs = mode, workers, epochs
         self.bar = None
         if mode == "bar":
-            self.bar = _train._tqdm()(total=total, initial=done, unit="step", dynamic_ncols=True,
+            self.bar = _tqdm()(total=total, initial=done, unit="step", dynamic_ncols=True,
                                desc=f"fit on {workers} worker{'s' * (workers > 1)}")
         self.start, self.samples = time.perf_counter(), 0
 
@@ -409,7 +401,7 @@ def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *
     if batch_size is not None and batch_size not in (b, global_batch):
         raise ValueError(f"fit: the step was built for batches of {b} per worker "
                          f"({global_batch} in all on {workers} workers), not {batch_size}")
-    n = _train._length(data)
+    n = _length(data)
     if n < global_batch:
         raise ValueError(f"fit: {n} samples are fewer than one global batch of "
                          f"{global_batch} ({workers} workers x {b})")
@@ -426,7 +418,7 @@ def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *
     try:
         pool.load(plan, data, max_restarts)
         return _loop(step, plan, pool, epochs, run, position, checkpoint, checkpoint_every,
-                     val_data, eval_step, eval_fn, early_stopping, _train._progress_mode(progress),
+                     val_data, eval_step, eval_fn, early_stopping, _progress_mode(progress),
                      on_step)
     finally:
         if own:

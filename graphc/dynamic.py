@@ -366,7 +366,8 @@ def specialise(outputs, shapes: dict) -> list[Tensor]:
     mapping = {}
     for t in iter_nodes(outputs):
         if isinstance(t.op, Input) and t.op.label in shapes:
-            op = Input(t.op.label, tuple(shapes[t.op.label]), t.op.in_dtype, t.op.init)
+            op = Input(t.op.label, tuple(shapes[t.op.label]), t.op.in_dtype, t.op.init,
+                       t.op.state)
             mapping[id(t)] = Tensor.make(op)
     return substitute(outputs, mapping)
 

@@ -50,12 +50,15 @@ def _dtype(dtype, what: str) -> str:
 
 @dataclass(frozen=True)
 class Input(Op):
-    """A value fed at call time.  ``init`` is set for trainable parameters."""
+    """A value fed at call time.  ``init`` is set for trainable parameters; ``state`` (the
+    initial value of every element) for non-trainable state that a training step feeds
+    back from its own outputs (batch-norm running statistics, ``gc.nn.state_input``)."""
 
     label: str
     in_shape: tuple[int, ...]
     in_dtype: str
     init: object = None
+    state: float | None = None
 
     name = "input"
     fed = True
@@ -63,6 +66,10 @@ class Input(Op):
     @property
     def is_param(self) -> bool:
         return self.init is not None
+
+    @property
+    def is_state(self) -> bool:
+        return self.state is not None
 
     def infer(self, inputs):
         return self.in_shape, self.in_dtype
@@ -73,8 +80,9 @@ class Input(Op):
             # across processes (nodes are interned by the init object itself, not by this)
             qualname = getattr(init, "__qualname__", None)
             init = f"{getattr(init, '__module__', '')}.{qualname}" if qualname else repr(init)
+        state = {} if self.state is None else {"state": self.state}
         return {"label": self.label, "shape": self.in_shape, "dtype": self.in_dtype,
-                "init": init}
+                "init": init, **state}
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,13 @@ The Python side only swaps arrays: the step's outputs (new parameters, optimizer
 batch-norm running statistics) are fed back as its inputs at the next call.  Shapes are
 static, so the batch size is that of the graph's data inputs; :func:`fit` drops the last
 partial batch of each (reshuffled) epoch, and :meth:`EvalStep.evaluate` pads it (see its
-docstring).
+docstring).  The loop (:func:`fit`, :class:`History`, :class:`EarlyStopping`) is in
+:mod:`graphc.train_loop`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
-import sys
-import time
 import zipfile
 
 import numpy as np
@@ -37,21 +34,7 @@ from .inputs import init_params, params_of
 from .ir import GraphError, Tensor, located
 from .optim import LR_INPUT, STEP_INPUT, Optimizer
 from .passes.autodiff import grad
-
-
-def _tqdm():
-    """tqdm's bar class, imported when a bar is first drawn: its notebook widget where
-    ipywidgets is installed, else its text bar (``tqdm.auto`` warns in red in a notebook
-    without ipywidgets); ``None`` without tqdm, and then fit prints one line per epoch."""
-    try:
-        if importlib.util.find_spec("ipywidgets") is None:
-            from tqdm import tqdm
-        else:
-            from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-    return tqdm
-
+from .train_loop import EarlyStopping, History, _dynamic_batch, _length, fit
 
 OPTIMIZER_PREFIX = "opt_"  # optimizer state and the step count in parameter files
 
@@ -73,20 +56,6 @@ def _names(outputs, default: str) -> dict[str, Tensor]:
 def _by_name(mapping) -> dict[str, Tensor]:
     """``{input or name: tensor}`` keyed by name."""
     return {(k.op.label if isinstance(k, Tensor) else k): v for k, v in (mapping or {}).items()}
-
-
-class _Cuts:
-    """The forward-only pre-pass that feeds :func:`graphc.nn.stop_gradient` inputs."""
-
-    def __init__(self, outputs, backend):
-        self.sources = nn.resolve_cuts(outputs)
-        self.fn = compile(list(self.sources.values()), backend) if self.sources else None
-
-    def values(self, feeds) -> dict[str, np.ndarray]:
-        if self.fn is None:
-            return {}
-        wanted = {n: feeds[n] for n in self.fn.input_names if n in feeds}
-        return dict(zip(self.sources, self.fn(wanted)))
 
 
 def _seed_value(seed: int, step: int) -> np.int64:
@@ -124,8 +93,7 @@ class TrainStep:
         outputs = [*self.metrics.values(), *self.update.new_params.values(),
                    *self.update.new_slots.values(), *self.updates.values(),
                    *self.carry_out.values()]
-        self.fn = compile(outputs, backend)
-        self.cuts = _Cuts(outputs, backend)
+        self.fn = compile(outputs, backend)  # the step's one compiled function
         self._init_values(initial, state, seed)
 
     def _init_values(self, initial, state, seed):
@@ -133,7 +101,7 @@ class TrainStep:
         params = [t for t in self.fn.graph.inputs if t.op.is_param]
         self.values = init_params(params, seed) if params else {}
         states = [t for n, t in graph_inputs.items()
-                  if n in self.updates or nn.is_state_input(t)]
+                  if n in self.updates or t.op.is_state]
         self.values.update(nn.initial_state(states))
         for name, value in {**(initial or {}), **(state or {})}.items():
             if name not in self.values:
@@ -148,8 +116,8 @@ class TrainStep:
             [graph_inputs[n] for n in self.update.new_params])
         self.carry = {n: np.zeros(graph_inputs[n].shape, graph_inputs[n].dtype)
                       for n in self.carry_out}
-        managed = {*self.values, *self.opt_state, *self.carry, *self.cuts.sources,
-                   LR_INPUT, STEP_INPUT, nn.SEED_INPUT}
+        managed = {*self.values, *self.opt_state, *self.carry, LR_INPUT, STEP_INPUT,
+                   nn.SEED_INPUT}
         self.data_inputs = {n: t for n, t in graph_inputs.items() if n not in managed}
 
     @property
@@ -180,9 +148,8 @@ class TrainStep:
         dtype = self.update.lr.dtype
         feeds[LR_INPUT] = np.asarray(self.optimizer.lr_at(self.step), dtype)
         feeds[STEP_INPUT] = np.asarray(self.step + 1, dtype)
-        if nn.SEED_INPUT in wanted or nn.SEED_INPUT in self.cuts.sources:
+        if nn.SEED_INPUT in wanted:
             feeds[nn.SEED_INPUT] = _seed_value(self.seed, self.step)
-        feeds.update(self.cuts.values(feeds))
         return {n: v for n, v in feeds.items() if n in wanted}
 
     def __call__(self, batch=None, /, **arrays) -> dict[str, float]:
@@ -265,11 +232,9 @@ class EvalStep:
         if not self.outputs:
             raise GraphError(located("make_eval_step: no outputs"))
         self.fn = compile(list(self.outputs.values()), backend)
-        self.cuts = _Cuts(list(self.outputs.values()), backend)
-        managed = set(self.cuts.sources) | {nn.SEED_INPUT}
         self.data_inputs = {t.op.label: t for t in self.fn.graph.inputs
-                            if not (t.op.is_param or nn.is_state_input(t))
-                            and t.op.label not in managed}
+                            if not (t.op.is_param or t.op.is_state)
+                            and t.op.label != nn.SEED_INPUT}
 
     @property
     def batch_size(self) -> int | None:
@@ -281,9 +246,8 @@ class EvalStep:
         wanted = set(self.fn.input_names)
         feeds = {n: v for n, v in values.items() if n in wanted}
         feeds.update((n, v) for n, v in batch.items() if n in self.data_inputs)
-        if nn.SEED_INPUT in wanted or nn.SEED_INPUT in self.cuts.sources:
+        if nn.SEED_INPUT in wanted:
             feeds[nn.SEED_INPUT] = np.int64(0)
-        feeds.update(self.cuts.values(feeds))
         return {n: v for n, v in feeds.items() if n in wanted}
 
     def __call__(self, batch, values) -> dict[str, np.ndarray]:
@@ -351,233 +315,6 @@ def correct(logits: Tensor, labels: Tensor) -> Tensor:
     one_hot = F.equal(F.reshape(labels, (-1, 1)), F.constant(np.arange(classes)))
     picked = F.sum(F.where(one_hot, logits, 0.0), axis=1)
     return F.cast(picked >= F.max(logits, axis=1), "float32")
-
-
-def _dynamic_batch(data_inputs) -> bool:
-    """Whether every data input has a dynamic leading (batch) dimension."""
-    return bool(data_inputs) and all(t.shape and not isinstance(t.shape[0], int)
-                                     for t in data_inputs.values())
-
-
-def _length(data) -> int:
-    lengths = {k: len(v) for k, v in data.items()}
-    if not lengths:
-        raise ValueError("no data")
-    if len(set(lengths.values())) != 1:
-        raise ValueError(f"data arrays differ in length: {lengths}")
-    return next(iter(lengths.values()))
-
-
-# ---------------------------------------------------------------------------------------
-# History, early stopping, progress
-
-
-class History:
-    """Per-epoch metrics: ``history["loss"]`` is a list with one value per epoch
-    (``val_`` metrics come from evaluation, ``lr`` is the last learning rate used)."""
-
-    def __init__(self):
-        self.history: dict[str, list[float]] = {}
-        self.epochs = 0
-        self.stopped_early = False
-        self.best_epoch: int | None = None
-
-    def append(self, metrics: dict) -> None:
-        for k in [*self.history, *(k for k in metrics if k not in self.history)]:
-            self.history.setdefault(k, [math.nan] * self.epochs).append(
-                float(metrics.get(k, math.nan)))
-        self.epochs += 1
-
-    def __getitem__(self, key):
-        return self.history[key]
-
-    def __contains__(self, key):
-        return key in self.history
-
-    def keys(self):
-        return self.history.keys()
-
-    def __repr__(self) -> str:
-        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items())
-        return f"<History epochs={self.epochs} {last}>"
-
-
-class EarlyStopping:
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
-    epochs in a row.  ``mode`` is ``"min"``, ``"max"`` or ``"auto"`` (max for names with
-    "acc", else min).  ``restore_best`` puts back the best epoch's values at the end."""
-
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 mode: str = "auto", restore_best: bool = True):
-        if mode == "auto":
-            mode = "max" if "acc" in monitor else "min"
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
-        if patience < 1:
-            raise ValueError(f"patience must be at least 1, got {patience}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
-        self.mode, self.restore_best = mode, restore_best
-        self.reset()
-
-    def reset(self) -> None:
-        self.best, self.best_epoch, self.wait, self.stopped = None, None, 0, False
-        self.epoch = -1
-
-    def improved(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        if self.best is None:
-            return True
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
-
-    def update(self, value: float) -> bool:
-        """Record one epoch's value; True when training should stop now."""
-        self.epoch += 1
-        if self.improved(value):
-            self.best, self.best_epoch, self.wait = value, self.epoch, 0
-        else:
-            self.wait += 1
-        stop = self.wait >= self.patience
-        self.stopped = self.stopped or stop
-        return stop
-
-
-def _fmt(metrics: dict) -> str:
-    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-
-
-class _Progress:
-    """A tqdm bar per epoch when stdout is a terminal, else one printed line per epoch."""
-
-    def __init__(self, mode, epochs: int):
-        self.mode, self.epochs, self.bar = mode, epochs, None
-
-    def start(self, epoch: int, batches: int):
-        if self.mode == "bar":
-            self.bar = _tqdm()(total=batches, desc=f"epoch {epoch + 1}/{self.epochs}",
-                            unit="batch", leave=True, dynamic_ncols=True)
-
-    def batch(self, running: dict):
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in running.items()}, refresh=False)
-
-    def end(self, epoch: int, metrics: dict, seconds: float):
-        if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k != "lr"})
-            self.bar.close()
-            self.bar = None
-        elif self.mode == "print":
-            print(f"epoch {epoch + 1}/{self.epochs}  {_fmt(metrics)}  ({seconds:.1f}s)",
-                  flush=True)
-
-
-def _progress_mode(progress) -> str | None:
-    if not progress:
-        return None
-    if progress == "print" or _tqdm() is None:
-        return "print"
-    if progress == "bar" or sys.stdout.isatty():
-        return "bar"
-    return "print"
-
-
-# ---------------------------------------------------------------------------------------
-# fit
-
-
-def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *,
-        val_data=None, eval_step=None, eval_fn=None,
-        early_stopping: EarlyStopping | None = None, shuffle: bool = True, seed: int = 0,
-        progress=True, workers=None, address=None, checkpoint=None,
-        checkpoint_every: int = 100, resume=None) -> History:
-    """Train ``step`` on ``data`` (``{input name: array}``, samples along axis 0).
-
-    Each epoch visits the samples in a fresh random order (``shuffle``) in batches of the
-    step's static batch size (``batch_size``, if given, must equal it; with a dynamic batch
-    dimension, ``batch_size`` is required and may be any size), dropping the last
-    partial batch (its samples are drawn in other epochs).  After each epoch,
-    ``eval_step.evaluate(val_data, step)`` adds ``val_<name>`` metrics and
-    ``eval_fn(step)`` (a function returning ``{name: float}``) adds its own;
-    ``early_stopping`` then may stop training.  ``progress``: True (a tqdm bar on a
-    terminal, else a printed line per epoch), ``"bar"``, ``"print"`` or False.
-    Returns the :class:`History`.
-
-    ``workers=N`` (or a :class:`graphc.distributed.Workers` pool) trains data-parallel on
-    N Ray actors (``address``: an existing Ray cluster; ``checkpoint``,
-    ``checkpoint_every`` and ``resume``: fault-tolerant runs); the step's batch size is then
-    per worker.  See :func:`graphc.distributed.fit` and docs/distributed.md.
-    """
-    if workers is not None or address is not None or checkpoint is not None or \
-            resume is not None:
-        if workers is None:
-            raise ValueError("fit: address=, checkpoint= and resume= belong to data-parallel "
-                             "training; give workers= too (workers=1 trains on one Ray actor)")
-        from .distributed import fit as fit_parallel  # imports Ray only now
-        return fit_parallel(step, data, epochs, batch_size, workers=workers, address=address,
-                            checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                            resume=resume, val_data=val_data, eval_step=eval_step,
-                            eval_fn=eval_fn, early_stopping=early_stopping, shuffle=shuffle,
-                            seed=seed, progress=progress)
-    n, b = _length(data), step.batch_size
-    if b is None and batch_size is not None and _dynamic_batch(step.data_inputs):
-        b = batch_size  # a dynamic batch dimension: any batch size
-    if b is None:
-        raise GraphError("fit: the step's data inputs do not share one batch size")
-    if batch_size is not None and batch_size != b:
-        raise ValueError(f"fit: the step was built for batches of {b}, not {batch_size} "
-                         f"(shapes are static: rebuild the graph with inputs of {batch_size})")
-    if n < b:
-        raise ValueError(f"fit: {n} samples are fewer than one batch of {b}")
-    if (val_data is None) != (eval_step is None):
-        raise ValueError("fit: give both val_data and eval_step, or neither")
-    rng = np.random.default_rng(seed)
-    data = {k: np.asarray(v) for k, v in data.items()}
-    history, bar = History(), _Progress(_progress_mode(progress), epochs)
-    best = None
-    if early_stopping is not None:
-        early_stopping.reset()
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        metrics = _train_epoch(step, data, n, b, rng, shuffle, bar, epoch)
-        metrics["lr"] = step.optimizer.lr_at(max(step.step - 1, 0))
-        if eval_step is not None:
-            metrics.update({f"val_{k}": v for k, v in eval_step.evaluate(val_data,
-                                                                          step).items()})
-        if eval_fn is not None:
-            metrics.update(eval_fn(step))
-        history.append(metrics)
-        bar.end(epoch, metrics, time.perf_counter() - start)
-        if early_stopping is not None:
-            if early_stopping.monitor not in metrics:
-                raise KeyError(f"early stopping monitors {early_stopping.monitor!r}, but the "
-                               f"metrics are {sorted(metrics)}")
-            stop = early_stopping.update(metrics[early_stopping.monitor])
-            if early_stopping.best_epoch == epoch:
-                history.best_epoch = epoch
-                best = {k: v.copy() for k, v in step.values.items()}
-            if stop:
-                history.stopped_early = True
-                break
-    if early_stopping is not None and early_stopping.restore_best and best is not None:
-        step.values.update(best)
-    return history
-
-
-def _train_epoch(step, data, n, b, rng, shuffle, bar, epoch) -> dict:
-    order = rng.permutation(n) if shuffle else np.arange(n)
-    batches = n // b
-    bar.start(epoch, batches)
-    totals: dict[str, float] = {}
-    for k in range(batches):
-        idx = order[k * b:(k + 1) * b]
-        result = step({name: v[idx] for name, v in data.items() if name in step.data_inputs})
-        for name, v in result.items():
-            totals[name] = totals.get(name, 0.0) + v
-        bar.batch({name: t / (k + 1) for name, t in totals.items()})
-    return {name: t / batches for name, t in totals.items()}
 
 
 # ---------------------------------------------------------------------------------------

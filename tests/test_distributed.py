@@ -235,7 +235,7 @@ def test_uneven_shards_are_weighted_by_their_sizes(data):
     shards = []
     for step, index in ((three, np.arange(3)), (one, np.arange(3, 4))):
         replica, plan = dist.Replica(), dist.Plan(step)
-        replica.load(plan.program, plan.cut_names, plan.backend, batch)
+        replica.load(plan.program, plan.backend, batch)
         shards.append((len(index), replica.grads(three.values, 0, index)))
     dist.Plan(three).apply(three, shards)
     for n, v in single.params.items():

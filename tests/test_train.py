@@ -11,6 +11,7 @@ import graphc as gc
 import graphc.nn as nn
 import graphc.optim as optim
 import graphc.train as train
+import graphc.train_loop as train_loop
 
 
 def _blobs(n, seed=0):
@@ -78,7 +79,7 @@ def test_progress_print_and_bar(capsys):
     assert len(out) == 2 and out[1].startswith("epoch 2/2  loss ") and "acc " in out[1]
     train.fit(step, {"x": X, "y": Y}, epochs=1, progress=True)  # not a tty: prints
     assert capsys.readouterr().out.startswith("epoch 1/1")
-    if train._tqdm() is not None:
+    if train_loop._tqdm() is not None:
         train.fit(step, {"x": X, "y": Y}, epochs=1, progress="bar")
         captured = capsys.readouterr()
         assert "epoch 1/1" in captured.err and "loss=" in captured.err
@@ -166,7 +167,8 @@ def test_batch_norm_state_is_fed_back_and_used_in_evaluation():
     x = gc.input("x", (8, 3), "float64")
     loss = gc.mean(gc.square(model(x, training=True)))
     step = train.make_train_step(loss, optim.SGD(lr=0.0), model=model, backend="numpy")
-    assert (step.values["bn_running_var"] == 1).all()
+    assert (step.values["bn_running_var"] == 1).all()  # carried by the input op itself
+    assert model.state()["bn_running_var"].op.state == 1.0
     b1, b2 = rng.normal(size=(8, 3)) + 3, rng.normal(size=(8, 3)) - 1
     step(x=b1)
     step(x=b2)
@@ -218,13 +220,38 @@ def test_carried_state_links_chunks_of_a_sequence():
     assert not step.carry["h0"].any()
 
 
-def test_truncated_lstm_trains_with_the_cut_prepass():
+class _Counted:
+    """A compiled function that counts its calls."""
+
+    def __init__(self, fn, calls):
+        self.fn, self.calls = fn, calls
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(1)
+        return self.fn(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
+
+
+def test_truncated_lstm_trains_in_one_compiled_call_per_step(monkeypatch):
+    """The unrolled truncated LSTM cuts with the op gc.stop_gradient: the step compiles one
+    function and calls it once per step (no forward pre-pass feeding cut inputs)."""
     rng = np.random.default_rng(7)
-    lstm = nn.LSTM(2, 3, truncate=2, unroll=True, name="tb", dtype="float64")  # cut inputs
+    made, calls = [], []
+    real = train.compile
+    monkeypatch.setattr(train, "compile",
+                        lambda *a, **k: made.append(_Counted(real(*a, **k), calls)) or made[-1])
+    lstm = nn.LSTM(2, 3, truncate=2, unroll=True, name="tb", dtype="float64")
     x = gc.input("x", (4, 5, 2), "float64")
     loss = gc.mean(gc.square(lstm(x, training=True)[0] - 0.5))
     step = train.make_train_step(loss, optim.Adam(lr=0.05), backend="numpy")
-    assert len(step.cuts.sources) == 4 and set(step.data_inputs) == {"x"}
+    step_ir = gc.Graph([loss, *step.update.new_params.values()])
+    cuts = [t for t in step_ir.nodes if t.op.name == "stop_gradient"]
+    assert len(cuts) == 4 and {t.inputs[0].name for t in cuts} == {"h", "c"}  # t = 2, 4
+    assert set(step.fn.input_names) == {"x", *lstm.parameters(), *step.opt_state,
+                                        "opt_lr", "opt_t"}  # no cut inputs to feed
+    assert len(made) == 1 and set(step.data_inputs) == {"x"}
     xv = rng.normal(size=(4, 5, 2))
     plain = gc.compile(gc.mean(gc.square(lstm(x)[0] - 0.5)), backend="numpy")
     expected = plain(x=xv, **{k: step.values[k] for k in lstm.parameters()})
@@ -232,7 +259,7 @@ def test_truncated_lstm_trains_with_the_cut_prepass():
     assert first == pytest.approx(float(expected), rel=1e-12)  # same forward value
     for _ in range(30):
         last = step(x=xv)["loss"]
-    assert last < first
+    assert last < first and len(made) == 1 and len(calls) == 31
 
 
 def test_save_and_load_round_trip(tmp_path):
