@@ -197,14 +197,7 @@ def fit(step, data, epochs: int = 1, batch_size: int | None = None, *,
                             resume=resume, val_data=val_data, eval_step=eval_step,
                             eval_fn=eval_fn, early_stopping=early_stopping, shuffle=shuffle,
                             seed=seed, progress=progress)
-    n, b = _length(data), step.batch_size
-    if b is None and batch_size is not None and _dynamic_batch(step.data_inputs):
-        b = batch_size  # a dynamic batch dimension: any batch size
-    if b is None:
-        raise GraphError("fit: the step's data inputs do not share one batch size")
-    if batch_size is not None and batch_size != b:
-        raise ValueError(f"fit: the step was built for batches of {b}, not {batch_size} "
-                         f"(shapes are static: rebuild the graph with inputs of {batch_size})")
+    n, b = _length(data), _fit_batch_size(step, batch_size)
     if n < b:
         raise ValueError(f"fit: {n} samples are fewer than one batch of {b}")
     if (val_data is None) != (eval_step is None):
@@ -227,19 +220,38 @@ def fit(step, data, epochs: int = 1, batch_size: int | None = None, *,
         history.append(metrics)
         bar.end(epoch, metrics, time.perf_counter() - start)
         if early_stopping is not None:
-            if early_stopping.monitor not in metrics:
-                raise KeyError(f"early stopping monitors {early_stopping.monitor!r}, but the "
-                               f"metrics are {sorted(metrics)}")
-            stop = early_stopping.update(metrics[early_stopping.monitor])
-            if early_stopping.best_epoch == epoch:
-                history.best_epoch = epoch
-                best = {k: v.copy() for k, v in step.values.items()}
-            if stop:
-                history.stopped_early = True
+            best = _best_values(early_stopping, metrics, epoch, history, step) or best
+            if history.stopped_early:
                 break
     if early_stopping is not None and early_stopping.restore_best and best is not None:
         step.values.update(best)
     return history
+
+
+def _fit_batch_size(step, batch_size) -> int:
+    """The batch size ``fit`` trains ``step`` with (``batch_size`` checked against it)."""
+    b = step.batch_size
+    if b is None and batch_size is not None and _dynamic_batch(step.data_inputs):
+        b = batch_size  # a dynamic batch dimension: any batch size
+    if b is None:
+        raise GraphError("fit: the step's data inputs do not share one batch size")
+    if batch_size is not None and batch_size != b:
+        raise ValueError(f"fit: the step was built for batches of {b}, not {batch_size} "
+                         f"(shapes are static: rebuild the graph with inputs of {batch_size})")
+    return b
+
+
+def _best_values(early_stopping, metrics, epoch, history, step) -> dict | None:
+    """Record ``epoch`` with ``early_stopping`` (``history.stopped_early`` when it says
+    stop); a copy of ``step``'s values when this epoch is the best so far, else None."""
+    if early_stopping.monitor not in metrics:
+        raise KeyError(f"early stopping monitors {early_stopping.monitor!r}, but the "
+                       f"metrics are {sorted(metrics)}")
+    history.stopped_early = early_stopping.update(metrics[early_stopping.monitor])
+    if early_stopping.best_epoch != epoch:
+        return None
+    history.best_epoch = epoch
+    return {k: v.copy() for k, v in step.values.items()}
 
 
 def _train_epoch(step, data, n, b, rng, shuffle, bar, epoch) -> dict:
