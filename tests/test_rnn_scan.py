@@ -183,6 +183,25 @@ def test_truncated_scan_cuts_gradients_every_k_steps():
     assert not np.allclose(full[2], grads[2])  # evaluation mode does not truncate
 
 
+def test_unrolled_truncation_cuts_with_stop_gradient_as_the_scan_does():
+    """``unroll=True`` cuts the state with the op gc.stop_gradient at the scan's steps, in
+    both directions: the same values and gradients as the truncated scans."""
+    layer, _, x, ins, state, vals = _problem("GRU", bidirectional=True, Tn=5, seed=9)
+    layer.truncate = 2
+    wrt = [x, *ins, *layer.parameters().values()]
+    scanned = _flat(*layer(x, state, training=True))
+    layer.unroll = True
+    unrolled = _flat(*layer(x, state, training=True))
+    cuts = [t for t in gc.Graph(unrolled).nodes if t.op.name == "stop_gradient"]
+    assert len(cuts) == 2 * 2 and not _scans(unrolled)  # t = 2, 4 in each direction
+    v_scan, g_scan, _ = _values_and_grads(scanned, wrt, vals)
+    v_unr, g_unr, _ = _values_and_grads(unrolled, wrt, vals)
+    for a, b in zip(v_scan + g_scan, v_unr + g_unr):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    _, full, _ = _values_and_grads(_flat(*layer(x, state)), wrt, vals)  # evaluation mode
+    assert not np.allclose(full[0], g_unr[0])  # the cuts changed the gradient
+
+
 def test_graph_size_does_not_depend_on_sequence_length():
     def size(Tn, unroll=False):
         lstm = nn.LSTM(3, 4, unroll=unroll, bidirectional=True, name=f"len{Tn}")
