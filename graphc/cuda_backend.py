@@ -9,9 +9,13 @@ are copied back.
 =====================================  ===========================================
 op                                     lowering
 =====================================  ===========================================
-elementwise, fused groups              one generated kernel per node from the op's
+elementwise                            one generated kernel per node from the op's
                                        stable SymPy form (:class:`CudaPrinter`)
-sum / max / min, fused sums            permute reduced axes last, then a row kernel
+fused groups                           one generated kernel per group instance storing
+                                       every output (:func:`cuda_kernels.fused_source`);
+                                       a sum output: its values stored with the summed
+                                       axes last, then a row kernel
+sum / max / min                        permute reduced axes last, then a row kernel
                                        (block tree reduction in shared memory)
 softmax, log_softmax, logsumexp        row kernels on the (moved) last axes
 matmul (2-D, batched)                  tiled shared-memory kernel
@@ -568,28 +572,18 @@ def rule_fused(low: Lowering, t):
     members = [m for m in low.graph.nodes
                if isinstance(m.op, Fused) and _instance_key(m) == key]
     domain = tuple(np.broadcast_shapes(*(i.shape for i in t.inputs)))
-    stores: dict[tuple, int] = {}  # (step, axes order) -> store
-    outputs = []                   # (member, store, summed axes)
-    for m in members:
-        axes = m.op.out.reduce or ()
-        order = tuple(a for a in range(len(domain)) if a not in axes) + tuple(axes)
-        outputs.append((m, stores.setdefault((m.op.out.step, order), len(stores)), axes))
-    kinds = _operand_kinds(t.inputs, domain)
+    stores, outputs = _fused_stores(members, domain)
     identity = tuple(range(len(domain)))
     source = ck.fused_source(group, [(step, order != identity) for step, order in stores],
-                             [i.dtype for i in t.inputs], kinds)
+                             [i.dtype for i in t.inputs], _operand_kinds(t.inputs, domain))
     stem = "fused_" + "_".join(dict.fromkeys(s.fn.name for s in group.steps))
     name, kernel = _compile_kernel(low, stem, source)
-    shapes, meta = [], []
-    for _, order in stores:
-        shapes.append(tuple(domain[a] for a in order))
-        strides = dict(zip(order, _contiguous_strides(shapes[-1])))
-        meta.append(cuda.to_device(np.asarray([strides[a] for a in identity] or [0],
-                                              np.int64)))
+    shapes = [tuple(domain[a] for a in order) for _, order in stores]
+    meta = [_store_strides(order, shape) for (_, order), shape in zip(stores, shapes)]
+    meta += _operand_strides(t.inputs, domain)
     plan = [(low.slot[id(m)], store, m.shape, None if not axes else low.rows_fn(
         "sum", shapes[store], tuple(range(len(domain) - len(axes), len(domain))), work,
         work)[0]) for m, store, axes in outputs]
-    meta += _operand_strides(t.inputs, domain)
     shape = cuda.to_device(np.asarray(domain or (1,), np.int64))
     n, ndim = _size(domain), max(1, len(domain))
     ins = [low.slot[id(x)] for x in t.inputs]
@@ -608,6 +602,27 @@ def rule_fused(low: Lowering, t):
     args = ", ".join(low.vname(i) for i in t.inputs)
     line = f"{', '.join(low.vname(m) for m, _, _ in outputs)} = {name}({args})  # fused: {said}"
     return run, line, "kernel"
+
+
+def _fused_stores(members, domain):
+    """``(stores, outputs)`` of a group instance's kernel: ``stores`` maps each distinct
+    (step, order of the domain's axes, summed axes last) to its index; ``outputs`` lists
+    (member, its store, its summed axes)."""
+    stores: dict[tuple, int] = {}
+    outputs = []
+    for m in members:
+        axes = m.op.out.reduce or ()
+        order = tuple(a for a in range(len(domain)) if a not in axes) + tuple(axes)
+        outputs.append((m, stores.setdefault((m.op.out.step, order), len(stores)), axes))
+    return stores, outputs
+
+
+def _store_strides(order, shape):
+    """The strides, over the domain's axes, of a contiguous array of ``shape`` holding the
+    domain's axes in ``order`` (on the device)."""
+    from numba import cuda
+    strides = dict(zip(order, _contiguous_strides(shape)))
+    return cuda.to_device(np.asarray([strides[a] for a in range(len(order))] or [0], np.int64))
 
 
 def rule_reduce(low: Lowering, t):
