@@ -9,9 +9,13 @@ are copied back.
 =====================================  ===========================================
 op                                     lowering
 =====================================  ===========================================
-elementwise, fused groups              one generated kernel per node from the op's
+elementwise                            one generated kernel per node from the op's
                                        stable SymPy form (:class:`CudaPrinter`)
-sum / max / min, fused sums            permute reduced axes last, then a row kernel
+fused groups                           one generated kernel per group instance storing
+                                       every output (:func:`cuda_kernels.fused_source`);
+                                       a sum output: its values stored with the summed
+                                       axes last, then a row kernel
+sum / max / min                        permute reduced axes last, then a row kernel
                                        (block tree reduction in shared memory)
 softmax, log_softmax, logsumexp        row kernels on the (moved) last axes
 matmul (2-D, batched)                  tiled shared-memory kernel
@@ -261,6 +265,7 @@ class Lowering:
         self.kernels: dict[str, str] = {}      # name -> source (generated) or "" (fixed)
         self.fallbacks: list[str] = []
         self.lowered: dict[str, int] = {}
+        self.fused: dict[tuple, object] = {}   # fused group instance -> its first node
         self.output_slots = [self.slot[id(t)] for t in graph.outputs]
 
     # -- driver ---------------------------------------------------------------------------
@@ -416,15 +421,9 @@ _KERNELS: dict = {}  # generated source -> compiled kernel, shared by every prog
 
 
 def _expression(t):
-    """(symbols, bound, expr, work dtype, bool symbols, domain shape) of an elementwise or
-    fused node: ``bound`` lists shared subexpressions ``(symbol, expr)`` of a fused group."""
+    """(symbols, expr, work dtype, bool symbols, domain shape) of an elementwise node."""
     syms = tuple(sp.Symbol(f"x{j}", real=True) for j in range(len(t.inputs)))
     shape = tuple(np.broadcast_shapes(*(i.shape for i in t.inputs)))
-    if isinstance(t.op, Fused):
-        g = t.op.group
-        bound, (expr,) = g.statements(outputs=(t.op.out,), symbols=syms)
-        bools = {s for s, i in zip(syms, t.inputs) if i.dtype == "bool"}
-        return syms, bound, expr, g.dtype, bools, shape
     fn = t.op.fn
     subs = dict(zip(fn.param_symbols, (v for _, v in t.op.params)))
     subs.update(zip(fn.args, syms))
@@ -434,18 +433,20 @@ def _expression(t):
     work = t.op.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
     bools = {s for s, a, i in zip(syms, fn.args, t.inputs)
              if a.name in fn.bool_args or (i.dtype == "bool" and work == "bool")}
-    return syms, [], expr, work, bools, shape
+    return syms, expr, work, bools, shape
 
 
 def elementwise_source(t, kinds, out_dtype) -> str:
-    """The kernel source of elementwise/fused node ``t``: a grid-stride loop over the flat
+    """The kernel source of elementwise node ``t``: a grid-stride loop over the flat
     output; operand k is read at ``i`` (kind F), ``0`` (S) or through its strides (B)."""
     from .cuda_kernels import CudaPrinter
-    syms, bound, expr, work, bools, _ = _expression(t)
+    syms, expr, work, bools, _ = _expression(t)
     printer = CudaPrinter(work, {s: s.name for s in syms}, bools)
     cast = printer._cast()
     args = ", ".join(f"a{k}, s{k}" for k in range(len(kinds)))
-    lines = [f"# {comment(t.op.name)}: {comment(expr)}  [work {work}, out {out_dtype}]",
+    params = "".join(f", {k}={v!r}" for k, v in t.op.params)
+    call = f"{t.op.name}({', '.join(s.name for s in syms)}{params})"
+    lines = [f"# {comment(call)}  [work {work}, out {out_dtype}]",
              f"def kernel(out, n, ndim, shape, {args}):",
              "    for i in range(cuda.grid(1), n, cuda.gridsize(1)):"]
     strided = [k for k, kind in enumerate(kinds) if kind == "B"]
@@ -462,9 +463,6 @@ def elementwise_source(t, kinds, out_dtype) -> str:
         if s not in bools and x.dtype != work:
             load = f"{cast}({load})"
         lines.append(f"        {s.name} = {load}")
-    for sym, sub in bound:
-        printer.names[sym] = sym.name
-        lines.append(f"        {sym.name} = {printer.numeric(sub)}")
     cond = _comparison_form(expr) if out_dtype == "bool" else None
     target = cond if cond is not None else expr
     repl, (reduced,) = sp.cse(target, symbols=sp.numbered_symbols("c_"))
@@ -484,14 +482,18 @@ def elementwise_source(t, kinds, out_dtype) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compile_kernel(low: Lowering, t, source: str):
+def _compile_kernel(low: Lowering, stem: str, source: str):
+    """``(name, kernel)`` of ``source`` (which defines ``kernel``), renamed
+    ``k_<stem>_<hash of source>``."""
     import hashlib
 
     from numba import cuda
 
     from . import cuda_kernels as ck
     from .numba_codegen import identifier
-    name = f"k_{identifier(t.op.name, 24)}_{hashlib.sha256(source.encode()).hexdigest()[:8]}"
+    digest = hashlib.sha256(source.encode()).hexdigest()[:8]
+    name = f"k_{identifier(stem, len(stem)).lstrip('_')}_{digest}"
+    source = source.replace("def kernel(", f"def {name}(", 1)
     low.kernels[name] = source
     kernel = _KERNELS.get(source)
     if kernel is None:
@@ -500,7 +502,7 @@ def _compile_kernel(low: Lowering, t, source: str):
         import linecache
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         exec(compile(source, filename, "exec"), namespace)  # noqa: S102 -- our own text
-        kernel = cuda.jit(fastmath=FASTMATH)(namespace["kernel"])
+        kernel = cuda.jit(fastmath=FASTMATH)(namespace[name])
         _KERNELS[source] = kernel
     return name, kernel
 
@@ -509,40 +511,118 @@ def rule_elementwise(low: Lowering, t):
     from numba import cuda
 
     from . import cuda_kernels as ck
-    *_, work, _, domain = _expression(t)
-    reduce = t.op.out.reduce if isinstance(t.op, Fused) else None
-    out_dtype = work if reduce is not None else t.dtype
-    kinds = ["F" if x.shape == domain else "S" if x.size == 1 else "B" for x in t.inputs]
-    source = elementwise_source(t, kinds, out_dtype)
-    name, kernel = _compile_kernel(low, t, source)
+    domain = _expression(t)[-1]
+    kinds = _operand_kinds(t.inputs, domain)
+    name, kernel = _compile_kernel(low, t.op.name, elementwise_source(t, kinds, t.dtype))
     shp = domain or (1,)
-    meta = [cuda.to_device(np.asarray(shp, np.int64))]
-    for x in t.inputs:
-        xs = _contiguous_strides(x.shape)
-        lead = len(domain) - x.ndim
-        st = (0,) * lead + tuple(s if d != 1 else 0 for s, d in zip(xs, x.shape))
-        meta.append(cuda.to_device(np.asarray(st or (0,), np.int64)))
+    meta = [cuda.to_device(np.asarray(shp, np.int64))] + _operand_strides(t.inputs, domain)
     n, ndim = _size(domain), len(shp)
     ins = [low.slot[id(x)] for x in t.inputs]
     k = low.slot[id(t)]
-    summed = None
-    if reduce is not None:
-        summed = low.rows_fn("sum", domain, reduce, work, work)[0] if reduce else None
 
     def run(env):
-        out = low.empty(domain, out_dtype)
+        out = low.empty(domain, t.dtype)
         if n:
             args = []
             for j, i in enumerate(ins):
                 args += [_flat(env[i]), meta[j + 1]]
             kernel[ck.blocks_for(n), ck.THREADS](_flat(out), n, ndim, meta[0], *args)
-        if summed is not None:
-            out = summed(out)
         env[k] = out.reshape(t.shape)
     return run, low.line(t, name), "kernel"
 
 
-rule_fused = rule_elementwise
+def _operand_kinds(inputs, domain) -> list[str]:
+    """F (the domain's shape: read at i), S (one element: at 0), B (through strides)."""
+    return ["F" if x.shape == domain else "S" if x.size == 1 else "B" for x in inputs]
+
+
+def _operand_strides(inputs, domain) -> list:
+    """Each operand's strides over the domain's axes (0 where it broadcasts), on the
+    device."""
+    from numba import cuda
+    out = []
+    for x in inputs:
+        xs = _contiguous_strides(x.shape)
+        lead = len(domain) - x.ndim
+        st = (0,) * lead + tuple(s if d != 1 else 0 for s, d in zip(xs, x.shape))
+        out.append(cuda.to_device(np.asarray(st or (0,), np.int64)))
+    return out
+
+
+def _instance_key(t) -> tuple:
+    """Fused nodes of one group with the same inputs are outputs of one computation."""
+    return (t.op.group, *map(id, t.inputs))
+
+
+def rule_fused(low: Lowering, t):
+    """One kernel launch stores every output of a fused group instance (its nodes with the
+    same inputs), each step computed once per element.  The first node met launches it
+    and sets every member's value; the others follow, with nothing to run.  A summed
+    output: the kernel stores the values to sum with the summed axes last (through
+    strides; a full-size output of the same step is that store already when they are
+    last), then the row-sum kernel reduces each row."""
+    from numba import cuda
+
+    from . import cuda_kernels as ck
+    key = _instance_key(t)
+    if key in low.fused:
+        return (lambda env: None), f"# {low.vname(t)}: {t.dtype}{list(t.shape)}, " \
+            f"computed with {low.vname(low.fused[key])}", "fused"
+    group, work = t.op.group, t.op.group.dtype
+    members = [m for m in low.graph.nodes
+               if isinstance(m.op, Fused) and _instance_key(m) == key]
+    domain = tuple(np.broadcast_shapes(*(i.shape for i in t.inputs)))
+    stores, outputs = _fused_stores(members, domain)
+    identity = tuple(range(len(domain)))
+    source = ck.fused_source(group, [(step, order != identity) for step, order in stores],
+                             [i.dtype for i in t.inputs], _operand_kinds(t.inputs, domain))
+    stem = "fused_" + "_".join(dict.fromkeys(s.fn.name for s in group.steps))
+    name, kernel = _compile_kernel(low, stem, source)
+    shapes = [tuple(domain[a] for a in order) for _, order in stores]
+    meta = [_store_strides(order, shape) for (_, order), shape in zip(stores, shapes)]
+    meta += _operand_strides(t.inputs, domain)
+    plan = [(low.slot[id(m)], store, m.shape, None if not axes else low.rows_fn(
+        "sum", shapes[store], tuple(range(len(domain) - len(axes), len(domain))), work,
+        work)[0]) for m, store, axes in outputs]
+    shape = cuda.to_device(np.asarray(domain or (1,), np.int64))
+    n, ndim = _size(domain), max(1, len(domain))
+    ins = [low.slot[id(x)] for x in t.inputs]
+    low.fused[key] = t
+
+    def run(env):
+        arrays = [low.empty(s, work) for s in shapes] + [env[i] for i in ins]
+        if n:
+            args = [a for array, st in zip(arrays, meta) for a in (_flat(array), st)]
+            kernel[ck.blocks_for(n), ck.THREADS](n, ndim, shape, *args)
+        for slot, store, out_shape, summed in plan:
+            value = arrays[store] if summed is None else summed(arrays[store])
+            env[slot] = value.reshape(out_shape)
+    said = ", ".join(f"{m.dtype}{list(m.shape)}" + (f" (sum over {axes})" if axes else "")
+                     for m, _, axes in outputs)
+    args = ", ".join(low.vname(i) for i in t.inputs)
+    line = f"{', '.join(low.vname(m) for m, _, _ in outputs)} = {name}({args})  # fused: {said}"
+    return run, line, "kernel"
+
+
+def _fused_stores(members, domain):
+    """``(stores, outputs)`` of a group instance's kernel: ``stores`` maps each distinct
+    (step, order of the domain's axes, summed axes last) to its index; ``outputs`` lists
+    (member, its store, its summed axes)."""
+    stores: dict[tuple, int] = {}
+    outputs = []
+    for m in members:
+        axes = m.op.out.reduce or ()
+        order = tuple(a for a in range(len(domain)) if a not in axes) + tuple(axes)
+        outputs.append((m, stores.setdefault((m.op.out.step, order), len(stores)), axes))
+    return stores, outputs
+
+
+def _store_strides(order, shape):
+    """The strides, over the domain's axes, of a contiguous array of ``shape`` holding the
+    domain's axes in ``order`` (on the device)."""
+    from numba import cuda
+    strides = dict(zip(order, _contiguous_strides(shape)))
+    return cuda.to_device(np.asarray([strides[a] for a in range(len(order))] or [0], np.int64))
 
 
 def rule_reduce(low: Lowering, t):

@@ -4,7 +4,8 @@ Every kernel here is shape-agnostic: sizes, shapes and strides are arguments, so
 compiled kernel serves every node with the same dtypes.  Kernels that need shared memory
 (row reductions, the softmax family, matmul) are made by factories per dtype, because a
 shared array's size and dtype must be compile-time constants.  Elementwise kernels are
-generated from SymPy (:func:`elementwise_source`) by :class:`CudaPrinter`, the Numba
+generated from SymPy (:func:`~graphc.cuda_backend.elementwise_source`, and
+:func:`fused_source` for a fused group) by :class:`CudaPrinter`, the Numba
 printer of :mod:`graphc.numba_codegen` with ``math.*`` calls, which ``numba.cuda`` maps to
 libdevice (``math.exp`` on a float32 is ``__nv_expf``, accurate to 2 ulp; the ``__expf``
 fast intrinsics are used only with ``GRAPHC_CUDA_FASTMATH=1``).
@@ -22,7 +23,8 @@ import numba
 import numpy as np
 from numba import config, cuda
 
-from .numba_codegen import ScalarPrinter, Unsupported
+from .fused_ops import FusedOutput
+from .numba_codegen import ScalarPrinter, Unsupported, comment
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 THREADS = 8 if SIMULATOR else 256        # threads per block of 1-D and row kernels
@@ -335,3 +337,53 @@ def matmul_kernel(dtype: str):
                 c[z * m * n + row * n + col] = acc
 
     return kernel
+
+
+# ---------------------------------------------------------------------------------------
+# Fused groups: one kernel stores every output of a group instance
+
+
+def fused_source(group, stores, operand_dtypes, kinds) -> str:
+    """The source of ``def kernel(n, ndim, shape, out0, out0_st, ..., a0, a0_st, ...)``
+    computing fused ``group`` once per element of its flat domain (a grid-stride loop):
+    one statement per step, in the group's order, with a comment naming the op.  Operand
+    k (of ``operand_dtypes[k]``, converted to the group's dtype on load unless bool) is
+    read at ``i`` (kind ``F``), ``0`` (``S``) or through its strides ``a<k>_st`` (``B``).
+    ``stores[m] = (step, strided)``: ``out<m>`` gets step ``step`` at ``i``, or with
+    ``strided`` through its strides ``out<m>_st`` (a layout with the summed axes last)."""
+    work = group.dtype
+    symbols = group.symbols()
+    bools = {s for s, d in zip(symbols, operand_dtypes) if d == "bool"}
+    printer = CudaPrinter(work, {s: s.name for s in symbols}, bools)
+    steps = dict.fromkeys(step for step, _ in stores)
+    bound, _ = group.statements([FusedOutput(step) for step in steps], symbols)
+    targets = [f"out{m}[out{m}_at]" if strided else f"out{m}[i]"
+               for m, (_, strided) in enumerate(stores)]
+    walk = [f"a{k}" for k, kind in enumerate(kinds) if kind == "B"] + \
+        [f"out{m}" for m, (_, strided) in enumerate(stores) if strided]
+    params = [f"out{m}, out{m}_st" for m in range(len(stores))] + \
+        [f"a{k}, a{k}_st" for k in range(len(kinds))]
+    said = [f"out{m} = s{step}" + (" (summed axes last)" if strided else "")
+            for m, (step, strided) in enumerate(stores)]
+    lines = [f"# fused group in {work}: {', '.join(said)}",
+             f"def kernel(n, ndim, shape, {', '.join(params)}):",
+             "    for i in range(cuda.grid(1), n, cuda.gridsize(1)):"]
+    if walk:  # the element's coordinates, for strided reads and stores
+        lines.append("        rem = i")
+        lines += [f"        {a}_at = 0" for a in walk]
+        lines += ["        for d in range(ndim - 1, -1, -1):",
+                  "            c = rem % shape[d]",
+                  "            rem //= shape[d]"]
+        lines += [f"            {a}_at += c * {a}_st[d]" for a in walk]
+    for k, (kind, s, dtype) in enumerate(zip(kinds, symbols, operand_dtypes)):
+        load = f"a{k}[{ {'F': 'i', 'S': '0', 'B': f'a{k}_at'}[kind] }]"
+        if s not in bools and dtype != work:
+            load = f"{printer._cast()}({load})"
+        lines.append(f"        {s.name} = {load}")
+    for sym, expr in bound:
+        text = printer.numeric(expr)
+        printer.names[sym] = sym.name
+        step = group.steps[int(sym.name[1:])]
+        lines.append(f"        {sym.name} = {text}  # {comment(step.text())}")
+    lines += [f"        {target} = s{step}" for target, (step, _) in zip(targets, stores)]
+    return "\n".join(lines) + "\n"

@@ -131,15 +131,67 @@ def test_custom_sympy_op_and_its_derivative():
     x = gc.input("x", (3, 4))
     y = gc.sum(mish(x))
     f = check([mish(x), gc.grad(y, x)], {"x": normal((3, 4))})
-    assert "math.tanh(" in f.source and "def kernel(" in f.source
+    assert "math.tanh(" in f.source and "def k_mish_cuda_" in f.source
+
+
+def launches(f, feeds) -> dict:
+    """``{kernel name: launches}`` of one call ``f(**feeds)``, counted where the simulator
+    configures a launch (``kernel[grid, block]``); the row and matmul kernels are all
+    named ``kernel``, the generated ones by their own names."""
+    from numba.cuda.simulator import kernel as simulated
+    counts: dict = {}
+    configure = simulated.FakeCUDAKernel.__getitem__
+
+    def counting(self, config):
+        counts[self.fn.__name__] = counts.get(self.fn.__name__, 0) + 1
+        return configure(self, config)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(simulated.FakeCUDAKernel, "__getitem__", counting)
+        f(**feeds)
+    return counts
+
+
+def fused_kernels(f) -> list[str]:
+    return [line for line in f.source.splitlines() if line.startswith("# ---- kernel k_fused_")]
 
 
 @sim
-def test_fused_groups_are_one_kernel_each():
-    x = gc.input("x", (3, 5))
-    y = gc.tanh(gc.sigmoid(x) * 2.0 + 1.0)
-    f = check([y, gc.sum(y * y, axis=0)], {"x": normal((3, 5))})
-    assert f.stats["lowered"].get("fused", 0) >= 1
+def test_a_fused_group_is_one_kernel_computing_every_output():
+    """Four outputs of one group (two full, two sums): one launch of one kernel, each op
+    computed once per element.  The sum over the leading axis is stored with that axis
+    last by the kernel itself (no transposing copy), the full sum reads the full output
+    of its step (no second store).  40 elements > the simulator's 32 threads: the
+    grid-stride loop runs twice (a step named like an operand's strides array once broke
+    its second round)."""
+    x, b = gc.input("x", (5, 8)), gc.input("b", (8,))
+    h = gc.tanh(x * b)
+    e = gc.exp(h)
+    outs = [e + h, e * h, gc.sum(e * h, axis=0), gc.sum(e + h)]
+    feeds = {"x": normal((5, 8)), "b": normal(8)}
+    f = check(outs, feeds)
+    (header,) = fused_kernels(f)
+    name = header.split()[-1]
+    assert name == "k_fused_mul_tanh_exp_add_" + name.rsplit("_", 1)[-1]
+    assert "# fused group in float32: out0 = s3, out1 = s4, out2 = s4 (summed axes last)\n" \
+        f"def {name}(" in f.source
+    assert f.source.count("math.tanh(") == 1 and f.source.count("math.exp(") == 1
+    assert f.stats["kernel_steps"] == 1 and f.stats["lowered"] == {"fused": 4}
+    assert launches(f, feeds) == {name: 1, "kernel": 2}  # + two row sums, no copy
+
+
+@sim
+def test_a_fused_group_with_piecewise_ops_prints_conditionals():
+    x, b = gc.input("x", (3, 4)), gc.input("b", (4,))
+    y = gc.relu(x) * gc.abs(x - b) + gc.leaky_relu(x, alpha=0.1)
+    X = normal((3, 4))
+    X[0, :2] = 0.0  # relu'(0) = 0, and abs'(0) = 0 where b is 0
+    B = normal(4)
+    B[:2] = 0.0
+    feeds = {"x": X, "b": B}
+    f = check([y, gc.grad(gc.sum(y), x)], feeds)
+    assert len(fused_kernels(f)) == 1 and f.stats["kernel_steps"] == 1
+    assert "Piecewise" not in f.source and " if " in f.source
+    assert "  # relu(x0)" in f.source and "  # abs(s1)" in f.source
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,9 +309,17 @@ def _mlp():
 
 @sim
 def test_mlp_forward_and_backward_match_numpy():
+    """...with one launch per fused group instance (fewer than the fused nodes)."""
+    from graphc.passes import pipeline
     outs, feeds = _mlp()
     f = check(outs, feeds)
     assert f.stats["host_fallbacks"] == [] and f.stats["kernels"] > 0
+    graph, _ = pipeline.run(Graph(outs), pipeline.DEFAULT_PIPELINE)
+    fused = [t for t in graph.nodes if t.op.name == "fused"]
+    instances = {(t.op.group, *map(id, t.inputs)) for t in fused}
+    counts = launches(f, feeds)
+    assert sum(n for k, n in counts.items() if k.startswith("k_fused_")) == len(instances)
+    assert len(instances) < len(fused) and len(fused_kernels(f)) <= len(instances)
 
 
 @sim
