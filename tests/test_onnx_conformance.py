@@ -1,21 +1,41 @@
 """ONNX conformance: ONNX's own backend test suite (``onnx.backend.test``) judges
-``gc.from_onnx`` through graphc's ONNX backend, on the node tests of every supported op
-(exclusions with their reasons in tests/onnx_excluded.txt), plus the light model zoo shipped
-in the onnx wheel against its reference outputs.  Counts over the whole suite:
-``python benchmarks/onnx_conformance.py``; docs/import.md."""
+``gc.from_onnx`` through graphc's ONNX backends, on the node tests of every supported op
+(exclusions with their reasons in tests/onnx_excluded.txt) on the NumPy interpreter and on
+Numba (every elementwise op a generated kernel: tests/onnx_suite.numba_kernels_only), plus
+the light model zoo shipped in the onnx wheel against its reference outputs.  Counts over
+the whole suite: ``python benchmarks/onnx_conformance.py``; docs/import.md."""
 
 import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from onnx_suite import backend_test, light_models, load_node_cases  # noqa: E402
+from onnx_suite import (  # noqa: E402
+    backend_test,
+    light_models,
+    load_node_cases,
+    numba_kernels_only,
+)
 
 import graphc as gc  # noqa: E402
-from graphc.importers.onnx_backend import GraphcBackend  # noqa: E402
+from graphc.importers.onnx_backend import GraphcBackend, GraphcNumbaBackend  # noqa: E402
 
-_suite = backend_test(GraphcBackend, load_node_cases(), __name__)
-globals().update(_suite.test_cases)  # OnnxBackendNodeModelTest: one test per node test
+_cases = load_node_cases()
+# one test per node test and backend: OnnxBackendNodeModelTest::test_abs_cpu (numpy),
+# NumbaOnnxBackendNodeModelTest::test_abs_cpu (numba)
+globals().update(backend_test(GraphcBackend, _cases, __name__).test_cases)
+_numba = {f"Numba{name}": case for name, case in
+          backend_test(GraphcNumbaBackend, _cases, __name__).test_cases.items()}
+globals().update(_numba)
+
+
+@pytest.fixture(autouse=True)
+def _numba_kernels(request):
+    if request.cls in _numba.values():
+        with numba_kernels_only():
+            yield
+    else:
+        yield
 
 
 def _light_run(name, backend):
