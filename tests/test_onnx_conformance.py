@@ -22,9 +22,10 @@ from graphc.importers.onnx_backend import GraphcBackend, GraphcNumbaBackend  # n
 
 _cases = load_node_cases()
 # one test per node test and backend: OnnxBackendNodeModelTest::test_abs_cpu (numpy),
-# NumbaOnnxBackendNodeModelTest::test_abs_cpu (numba)
+# NumbaOnnxBackendNodeModelTest::test_abs_cpu (numba: slow, about 65 s of CPU in all with
+# an empty kernel cache, up to 4 s for one test: the kernels of mish)
 globals().update(backend_test(GraphcBackend, _cases, __name__).test_cases)
-_numba = {f"Numba{name}": case for name, case in
+_numba = {f"Numba{name}": pytest.mark.slow(case) for name, case in
           backend_test(GraphcNumbaBackend, _cases, __name__).test_cases.items()}
 globals().update(_numba)
 
