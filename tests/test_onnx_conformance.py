@@ -5,6 +5,8 @@ Numba (every elementwise op a generated kernel: tests/onnx_suite.numba_kernels_o
 the light model zoo shipped in the onnx wheel against its reference outputs.  Counts over
 the whole suite: ``python benchmarks/onnx_conformance.py``; docs/import.md."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,24 @@ def _numba_kernels(request):
         yield
 
 
+def test_numba_node_tests_run_generated_kernels():
+    """With the default thresholds a small Abs is the NumPy ufunc; the Numba node tests
+    compile it as a generated kernel."""
+    from onnx import TensorProto, helper
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in "xy"]
+    model = helper.make_model(helper.make_graph([helper.make_node("Abs", ["x"], ["y"])], "g",
+                                                info[:1], info[1:]))
+    lowered = []
+    for context in (contextlib.nullcontext, numba_kernels_only):
+        rep = GraphcNumbaBackend.prepare(model)
+        with context():
+            (y,) = rep.run([np.array([-1.5, 0.0, 2.0], np.float32)])
+        np.testing.assert_array_equal(y, [1.5, 0.0, 2.0])
+        ((_, f),) = rep.compiled.values()
+        lowered.append(f.stats["lowered"])
+    assert lowered == [{"folded": 0, "numpy": 1}, {"folded": 0, "kernel": 1}]
+
+
 def _light_run(name, backend):
     from onnx import numpy_helper
     path = light_models()[name]
@@ -61,7 +81,8 @@ def test_light_model_numpy(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["squeezenet", "zfnet512"])
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
+                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
 def test_light_model_numba(name):
     _light_run(name, "numba")
 
