@@ -2,7 +2,7 @@
 passed / supported / total.
 
     python benchmarks/onnx_conformance.py nodes                    # numpy backend, ~35 s
-    python benchmarks/onnx_conformance.py nodes --backend numba    # ~90 s of CPU, cold cache
+    python benchmarks/onnx_conformance.py nodes --backend numba    # ~75 s of CPU, cold cache
     python benchmarks/onnx_conformance.py models --backend numba [--only vgg19,resnet50]
     python benchmarks/onnx_conformance.py random --backend numpy   # vs onnxruntime
 

@@ -1,6 +1,7 @@
 """Shared by tests/test_onnx_conformance.py and benchmarks/onnx_conformance.py: which ONNX
-node tests graphc supports, the excluded ones (tests/onnx_excluded.txt) and the light
-models shipped in the onnx wheel (and the same models with random weights).
+node tests graphc supports, the excluded ones (tests/onnx_excluded.txt), the switch that
+makes the Numba backend compile every elementwise op, and the light models shipped in the
+onnx wheel (and the same models with random weights).
 benchmarks/import_bench.py uses it too."""
 
 from __future__ import annotations
