@@ -2,18 +2,22 @@
 passed / supported / total.
 
     python benchmarks/onnx_conformance.py nodes                    # numpy backend, ~35 s
+    python benchmarks/onnx_conformance.py nodes --backend numba    # ~75 s of CPU, cold cache
     python benchmarks/onnx_conformance.py models --backend numba [--only vgg19,resnet50]
     python benchmarks/onnx_conformance.py random --backend numpy   # vs onnxruntime
 
 nodes: every node test of ONNX's backend suite (the onnx wheel's case generators); a test
 is *supported* when graphc imports every op of its model, and passes when graphc's outputs
 match at the suite's tolerances.  Failures are checked against tests/onnx_excluded.txt.
+On numba every elementwise op is a generated kernel, however small (as in the tests:
+tests/onnx_suite.numba_kernels_only).
 models: the light model zoo in the onnx wheel against its reference outputs (the suite's
 dummy input, arange / size).  random: the same models with their constant weights
 (ConstantOfShape) replaced by random ones, against onnxruntime (an oracle only).
 """
 
 import argparse
+import contextlib
 import pathlib
 import re
 import sys
@@ -30,6 +34,7 @@ from onnx_suite import (  # noqa: E402
     excluded,
     light_models,
     node_ops,
+    numba_kernels_only,
     randomized,
 )
 
@@ -41,7 +46,7 @@ from graphc.importers.onnx_ops import SUPPORTED  # noqa: E402
 def nodes(backend) -> None:
     from onnx.backend.test.loader import load_model_tests
     warnings.simplefilter("ignore")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     cases = load_model_tests(kind="node")
     supported = [c for c in cases if node_ops(c) <= set(SUPPORTED)]
     suite = backend_test(backend, supported, "__main__")
@@ -50,14 +55,16 @@ def nodes(backend) -> None:
     tests = unittest.TestSuite()
     for case in suite.test_cases.values():
         tests.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(case))
-    result = unittest.TextTestRunner(stream=open("/dev/null", "w"), verbosity=0).run(tests)
+    with numba_kernels_only() if backend.backend == "numba" else contextlib.nullcontext():
+        result = unittest.TextTestRunner(stream=open("/dev/null", "w"), verbosity=0).run(tests)
     failed = {t.id().rsplit(".", 1)[-1] for t, _ in result.failures + result.errors}
     patterns = list(excluded())
     unlisted = sorted(n for n in failed if not any(re.search(p, n) for p in patterns))
     passing_listed = sorted(p for p in patterns if not any(re.search(p, n) for n in failed))
     ran = len(supported)
     print(f"node tests ({backend.backend}): {ran - len(failed)} passed / {ran} supported / "
-          f"{len(cases)} total ({time.perf_counter() - t0:.0f} s)")
+          f"{len(cases)} total ({time.perf_counter() - t0:.0f} s, "
+          f"{time.process_time() - cpu0:.0f} s of CPU)")
     missing = sorted({op for c in cases for op in node_ops(c)} - set(SUPPORTED))
     print(f"ops in the suite that graphc does not import: {len(missing)}")
     if unlisted or passing_listed:
@@ -82,7 +89,7 @@ def models(backend: str, only) -> None:
     from onnx import numpy_helper
     passed, paths = 0, {k: v for k, v in light_models().items() if not only or k in only}
     for name, path in paths.items():
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         m = gc.from_onnx(path)
         t1 = time.perf_counter()
         f = gc.compile(m.outputs, backend=backend)
@@ -93,7 +100,8 @@ def models(backend: str, only) -> None:
         ok = np.allclose(y, ref, rtol=2e-3 if name == "densenet121" else 1e-3, atol=1e-7)
         passed += ok
         print(f"{name:14s} {'ok  ' if ok else 'FAIL'} import {t1 - t0:5.2f} s  compile "
-              f"{t2 - t1:5.2f} s  run {t3 - t2:5.2f} s  max |err| {np.abs(y - ref).max():.2g}")
+              f"{t2 - t1:5.2f} s  run {t3 - t2:5.2f} s  (CPU {time.process_time() - cpu0:5.1f} s)  "
+              f"max |err| {np.abs(y - ref).max():.2g}")
     print(f"light models ({backend}): {passed} passed / {len(paths)} supported / "
           f"{len(light_models())} total")
 

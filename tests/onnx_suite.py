@@ -1,10 +1,12 @@
 """Shared by tests/test_onnx_conformance.py and benchmarks/onnx_conformance.py: which ONNX
-node tests graphc supports, the excluded ones (tests/onnx_excluded.txt) and the light
-models shipped in the onnx wheel (and the same models with random weights).
+node tests graphc supports, the excluded ones (tests/onnx_excluded.txt), the switch that
+makes the Numba backend compile every elementwise op, and the light models shipped in the
+onnx wheel (and the same models with random weights).
 benchmarks/import_bench.py uses it too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -55,6 +57,21 @@ def backend_test(backend, cases, module_name: str):
     for pattern in excluded():
         suite.exclude(pattern)
     return suite
+
+
+@contextlib.contextmanager
+def numba_kernels_only():
+    """On the Numba backend, every elementwise op and sum as a generated kernel however
+    small.  By default one ufunc-like op on fewer than ``KERNEL_MIN_SIZE`` elements runs as
+    the NumPy ufunc, and the node tests' arrays are that small: Numba's code would go
+    untested."""
+    from graphc import numba_backend
+    old = numba_backend.KERNEL_MIN_SIZE, numba_backend.NUMPY_FASTER
+    numba_backend.KERNEL_MIN_SIZE, numba_backend.NUMPY_FASTER = 0, set()
+    try:
+        yield
+    finally:
+        numba_backend.KERNEL_MIN_SIZE, numba_backend.NUMPY_FASTER = old
 
 
 def light_models() -> dict[str, str]:

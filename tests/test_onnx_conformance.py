@@ -1,21 +1,62 @@
 """ONNX conformance: ONNX's own backend test suite (``onnx.backend.test``) judges
-``gc.from_onnx`` through graphc's ONNX backend, on the node tests of every supported op
-(exclusions with their reasons in tests/onnx_excluded.txt), plus the light model zoo shipped
-in the onnx wheel against its reference outputs.  Counts over the whole suite:
-``python benchmarks/onnx_conformance.py``; docs/import.md."""
+``gc.from_onnx`` through graphc's ONNX backends, on the node tests of every supported op
+(exclusions with their reasons in tests/onnx_excluded.txt) on the NumPy interpreter and on
+Numba (every elementwise op a generated kernel: tests/onnx_suite.numba_kernels_only), plus
+the light model zoo shipped in the onnx wheel against its reference outputs.  Counts over
+the whole suite: ``python benchmarks/onnx_conformance.py``; docs/import.md."""
+
+import contextlib
 
 import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from onnx_suite import backend_test, light_models, load_node_cases  # noqa: E402
+from onnx_suite import (  # noqa: E402
+    backend_test,
+    light_models,
+    load_node_cases,
+    numba_kernels_only,
+)
 
 import graphc as gc  # noqa: E402
-from graphc.importers.onnx_backend import GraphcBackend  # noqa: E402
+from graphc.importers.onnx_backend import GraphcBackend, GraphcNumbaBackend  # noqa: E402
 
-_suite = backend_test(GraphcBackend, load_node_cases(), __name__)
-globals().update(_suite.test_cases)  # OnnxBackendNodeModelTest: one test per node test
+_cases = load_node_cases()
+# one test per node test and backend: OnnxBackendNodeModelTest::test_abs_cpu (numpy),
+# NumbaOnnxBackendNodeModelTest::test_abs_cpu (numba: slow, about 65 s of CPU in all with
+# an empty kernel cache, up to 4 s for one test: the kernels of mish)
+globals().update(backend_test(GraphcBackend, _cases, __name__).test_cases)
+_numba = {f"Numba{name}": pytest.mark.slow(case) for name, case in
+          backend_test(GraphcNumbaBackend, _cases, __name__).test_cases.items()}
+globals().update(_numba)
+
+
+@pytest.fixture(autouse=True)
+def _numba_kernels(request):
+    if request.cls in _numba.values():
+        with numba_kernels_only():
+            yield
+    else:
+        yield
+
+
+def test_numba_node_tests_run_generated_kernels():
+    """With the default thresholds a small Abs is the NumPy ufunc; the Numba node tests
+    compile it as a generated kernel."""
+    from onnx import TensorProto, helper
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in "xy"]
+    model = helper.make_model(helper.make_graph([helper.make_node("Abs", ["x"], ["y"])], "g",
+                                                info[:1], info[1:]))
+    lowered = []
+    for context in (contextlib.nullcontext, numba_kernels_only):
+        rep = GraphcNumbaBackend.prepare(model)
+        with context():
+            (y,) = rep.run([np.array([-1.5, 0.0, 2.0], np.float32)])
+        np.testing.assert_array_equal(y, [1.5, 0.0, 2.0])
+        ((_, f),) = rep.compiled.values()
+        lowered.append(f.stats["lowered"])
+    assert lowered == [{"folded": 0, "numpy": 1}, {"folded": 0, "kernel": 1}]
 
 
 def _light_run(name, backend):
@@ -40,7 +81,8 @@ def test_light_model_numpy(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["squeezenet", "zfnet512"])
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
+                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
 def test_light_model_numba(name):
     _light_run(name, "numba")
 
