@@ -9,17 +9,9 @@ from functools import partial
 import numpy as np
 
 from . import dtypes
+from .errors import BackendError, FeedError
 from .graph import Graph, check_graph, format_graph
 from .interpreter import evaluate_graph
-
-
-class FeedError(ValueError):
-    """A missing, unknown, wrongly-shaped or wrongly-typed feed; names the input."""
-
-
-class BackendError(RuntimeError):
-    """A backend that does not exist or cannot run on this machine."""
-
 
 BACKENDS = ("numpy", "numba", "cuda")
 AVAILABLE = ("numpy", "cuda", "numba")  # the last is the default
@@ -113,6 +105,20 @@ class Stats(dict):
         return "\n".join(lines)
 
 
+def _device_feeds(inputs, feeds: dict, validate) -> dict:
+    """``validate(inputs, feeds)`` with CUDA device arrays allowed: each is checked by name,
+    shape and dtype against a host stand-in and passed on as it is (no conversion, no copy)."""
+    from .cuda_backend import check_device_feed, host_stand_ins
+    host = host_stand_ins(feeds)
+    arrays = validate(inputs, host)
+    for t in inputs:  # an accepted feed without effect is checked against its stand-in only
+        name = t.op.label
+        if name in feeds and host[name] is not feeds[name]:
+            check_device_feed(name, feeds[name], t)
+            arrays[name] = feeds[name]
+    return arrays
+
+
 class CompiledFunction:
     """A compiled graph: call it with feeds; ``source``, ``graph`` and ``stats`` describe it.
 
@@ -177,8 +183,7 @@ class CompiledFunction:
             kwargs = {**feeds, **kwargs}
         validate = partial(_validate, accepted=self.accepted)
         if self.backend == "cuda":  # device arrays (gc.to_device) are taken as they are
-            from .cuda_backend import validate_feeds
-            arrays = validate_feeds(self.inputs, kwargs, validate)
+            arrays = _device_feeds(self.inputs, kwargs, validate)
         else:
             arrays = validate(self.inputs, kwargs)
         for check in self._feed_checks:  # host arrays only: labels in range

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ir import GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located, replaying
+from .errors import FeedError, GraphError, ShapeError
+from .ir import Op, StaticArray, Tensor, iter_nodes, located, replaying
 
 # Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
 # name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes.
@@ -408,7 +409,7 @@ class DynamicFunction:
         return {**base, "specialisations": len(self.specialised)}
 
     def __call__(self, feeds=None, /, **kwargs):
-        from .compiler import CompiledFunction, FeedError, _validate
+        from .compiler import CompiledFunction, _validate
         if feeds is not None:
             if not isinstance(feeds, dict):
                 raise FeedError(f"feeds must be a dict of name -> array, got "
@@ -416,9 +417,8 @@ class DynamicFunction:
             kwargs = {**feeds, **kwargs}
         host = kwargs
         if self.backend == "cuda":  # device arrays: checked here through host stand-ins
-            from .cuda_backend import is_device_array
-            host = {k: np.broadcast_to(np.zeros((), np.dtype(v.dtype)), tuple(v.shape))
-                    if is_device_array(v) else v for k, v in kwargs.items()}
+            from .cuda_backend import host_stand_ins
+            host = host_stand_ins(kwargs)
         checked = _validate(self.inputs, host, self.accepted)
         arrays = checked if host is kwargs else {k: kwargs[k] for k in checked}
         shapes = {t.op.label: tuple(checked[t.op.label].shape) for t in self.dynamic}
@@ -438,7 +438,6 @@ class DynamicFunction:
         return fn({n: arrays[n] for n in fn.input_names if n in arrays})
 
     def _bind(self, shapes) -> None:
-        from .compiler import FeedError
         seen: dict[str, tuple[int, str]] = {}
         for t in self.dynamic:
             for d, size in zip(t.shape, shapes[t.op.label]):

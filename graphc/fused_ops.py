@@ -41,7 +41,8 @@ import sympy as sp
 
 from . import dtypes
 from . import elementwise_ops as ew
-from .ir import DTypeError, Op, Tensor
+from .errors import DTypeError
+from .ir import Op, Tensor
 
 # A step argument: ("in", j) the group's j-th input, ("step", s) an earlier step's value,
 # ("const", value) a number in the group's dtype.

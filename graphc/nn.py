@@ -36,9 +36,10 @@ import numpy as np
 from . import functions as F
 from . import ir
 from . import nn_functions as NF
+from .errors import GraphError, ShapeError
 from .graph import as_outputs
 from .inputs import constant, init_params, input, param
-from .ir import GraphError, ShapeError, Tensor, located, scope
+from .ir import Tensor, located, scope
 from .scan import scan
 
 # ---------------------------------------------------------------------------------------

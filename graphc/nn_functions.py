@@ -18,8 +18,9 @@ from . import functions as F
 from . import nn_ops as nn
 from . import structured_ops as st
 from .dynamic import dynamic
+from .errors import DTypeError, GraphError, ShapeError
 from .inputs import constant
-from .ir import DTypeError, GraphError, ShapeError, Tensor, located
+from .ir import Tensor, located
 
 
 def _pair(op_name: str, what: str, value, low: int) -> tuple[int, int]:

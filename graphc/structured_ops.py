@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dtypes
-from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray
+from .errors import DTypeError, GraphError, ShapeError
+from .ir import Op, StaticArray
 
 
 def _F():

@@ -31,10 +31,11 @@ import zipfile
 import numpy as np
 
 from . import nn
-from .compiler import FeedError, compile
+from .compiler import compile
+from .errors import CheckpointError, FeedError, GraphError
 from .graph import Graph
 from .inputs import init_params, params_of
-from .ir import GraphError, Tensor, located
+from .ir import Tensor, located
 from .optim import LR_INPUT, STEP_INPUT, Optimizer
 from .passes.autodiff import grad
 
@@ -54,10 +55,6 @@ def _tqdm():
 
 
 OPTIMIZER_PREFIX = "opt_"  # optimizer state and the step count in parameter files
-
-
-class CheckpointError(ValueError):
-    """A parameter file that is missing, unreadable, or does not match the model."""
 
 
 def _names(outputs, default: str) -> dict[str, Tensor]:

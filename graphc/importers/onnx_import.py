@@ -20,11 +20,12 @@ import numpy as np
 
 from .. import dtypes
 from ..dynamic import defer, is_dynamic
+from ..errors import DTypeError, GraphError, UnsupportedOpError
 from ..graph import Graph
 from ..inputs import Constant, constant, input, param
 from ..interpreter import evaluate_graph
-from ..ir import DTypeError, GraphError, Tensor, located, scope
-from .model import Model, UnsupportedOpError
+from ..ir import Tensor, located, scope
+from .model import Model
 
 # ONNX TensorProto element types graphc has (FLOAT16, INT8 ... have no graphc dtype).
 ONNX_DTYPES = {1: "float32", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}

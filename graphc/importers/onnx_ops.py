@@ -16,9 +16,9 @@ import numpy as np
 from .. import dtypes
 from .. import functions as F
 from .. import nn_functions as nf
+from ..errors import UnsupportedOpError
 from ..inputs import constant
 from ..ir import Tensor, located
-from .model import UnsupportedOpError
 
 SUPPORTED: dict = {}
 
