@@ -332,7 +332,7 @@ class _Builder:
                           constraint="false", penwidth="2.2" if failed else "1.2",
                           arrowhead="vee")
         for drawing in self.scans:
-            drawing.draw_backward()
+            drawing.draw_backward(_Builder)
 
     def add_backward_only(self, result, loss):
         """Nodes are the gradients dL/dz; edges the labelled backward edges."""

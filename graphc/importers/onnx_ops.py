@@ -16,9 +16,31 @@ import numpy as np
 from .. import dtypes
 from .. import functions as F
 from .. import nn_functions as nf
-from ..errors import UnsupportedOpError
+from ..errors import DTypeError, UnsupportedOpError
 from ..inputs import constant
 from ..ir import Tensor, located
+
+# ONNX TensorProto element types graphc has (FLOAT16, INT8 ... have no graphc dtype).
+ONNX_DTYPES = {1: "float32", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
+
+
+def graphc_dtype(np_dtype, what: str) -> str:
+    name = np.dtype(np_dtype).name
+    try:
+        return dtypes.as_dtype(name)
+    except TypeError:
+        raise DTypeError(located(f"{what} has dtype {name}, which graphc does not "
+                                 f"have")) from None
+
+
+def onnx_dtype(elem_type: int, what: str) -> str:
+    if elem_type not in ONNX_DTYPES:
+        from onnx import TensorProto
+        raise DTypeError(located(f"{what} has ONNX type {TensorProto.DataType.Name(elem_type)}, "
+                                 f"which graphc does not have (it has "
+                                 f"{', '.join(dtypes.DTYPES)})"))
+    return ONNX_DTYPES[elem_type]
+
 
 SUPPORTED: dict = {}
 
@@ -191,8 +213,7 @@ def _celu(c: Call):
 
 @onnx_op("Cast")
 def _cast(c: Call):
-    from .onnx_import import _onnx_dtype
-    return F.cast(c.x(0), _onnx_dtype(c.attr("to"), f"{c.describe()}: to"))
+    return F.cast(c.x(0), onnx_dtype(c.attr("to"), f"{c.describe()}: to"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,8 +471,7 @@ def _constant(c: Call):
 
 
 def _constant_of(c: Call, value: np.ndarray) -> Tensor:
-    from .onnx_import import _graphc_dtype
-    return constant(np.asarray(value).astype(_graphc_dtype(value.dtype, c.describe())))
+    return constant(np.asarray(value).astype(graphc_dtype(value.dtype, c.describe())))
 
 
 @onnx_op("ConstantOfShape")
