@@ -10,7 +10,6 @@
 
 from . import dtypes, nn, optim, train  # noqa: E402 -- gc.nn, gc.optim, gc.train build on the above
 from .compiler import CompiledFunction, compile
-from .cuda_backend import device_feeds, to_device  # imports numba.cuda only when used
 from .elementwise_ops import ElementwiseDef
 from .errors import (
     BackendError,
@@ -154,6 +153,16 @@ from .viz import Diagram, render  # noqa: E402
 from .viz.explore import Explorer, explore  # noqa: E402
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``gc.to_device`` and ``gc.device_feeds`` load the CUDA backend module when first
+    used, not at ``import graphc``."""
+    if name in ("to_device", "device_feeds"):
+        from . import cuda_backend
+        return getattr(cuda_backend, name)
+    raise AttributeError(f"module 'graphc' has no attribute {name!r}")
+
 
 __all__ = [
     "abs",

@@ -223,9 +223,14 @@ def test_errors_is_the_bottom():
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
-def test_import_graphc_loads_no_heavy_package():
+def test_import_graphc_loads_no_heavy_package_and_no_backend():
     code = ("import sys, graphc; "
-            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules)); "
+            "print(' '.join(m for m in sys.modules if m.startswith('graphc.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, check=True)
-    assert result.stdout.split() == [], f"import graphc loaded {result.stdout.strip()}"
+    heavy, ours = result.stdout.split("\n")[:2]
+    assert heavy.split() == [], f"import graphc loaded {heavy}"
+    backends = [m for m in ours.split() if re.match(r"graphc\.(numba|cuda)_", m)]
+    assert backends == [], f"import graphc loaded {backends}"
+    assert "graphc.compiler" in ours.split()  # the list is real
