@@ -20,7 +20,8 @@ PACKAGES = {"graphc": ROOT / "graphc", "graphc.passes": ROOT / "passes",
 BACKEND = re.compile(r"(numba_\w*|cuda_\w*|kernel_cache|fastmath|lowering)")
 HEAVY = ("numba", "numba.cuda", "networkx", "torch", "onnx", "ray")
 # The imports that still point up the layers, each inside a function, with why.  The test
-# fails when one is gone (delete its line) and when a new one closes a cycle.
+# fails when one is gone (delete its line) and when a new one closes a cycle; an entry for a
+# module that does not exist (yet, or any more: files are being split) is skipped.
 LATE = {
     ("graphc.ir", "graphc.dynamic"): "Tensor.make defers a node with a dynamic operand",
     ("graphc.ir", "graphc.graph"): "Tensor's Jupyter display is its graph's",
@@ -31,6 +32,7 @@ LATE = {
     ("graphc.scan", "graphc.interpreter"): "a loop's NumPy evaluation runs its body graph",
     ("graphc.dynamic", "graphc.passes.autodiff"): "a deferred node's vjp differentiates it",
     ("graphc.train", "graphc.distributed"): "fit(workers=N) hands over to distributed.fit",
+    ("graphc.train_loop", "graphc.distributed"): "the same, once fit moves to train_loop.py",
 }
 
 
@@ -175,17 +177,23 @@ def _cycle_text(graph, cycle) -> str:
         f"{a} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
 
 
+def _late(graph) -> list[tuple[str, str]]:
+    """The LATE imports between modules that exist."""
+    return [(a, b) for a, b in LATE if a in graph and b in graph]
+
+
 def test_the_import_graph_is_acyclic():
     """Top-level imports have no cycle at all; with function-level imports too, none but
     through the listed upward imports (LATE)."""
     top = import_graph(top_level=True)
     assert find_cycle(top) is None, _cycle_text(top, find_cycle(top))
     graph = import_graph()
-    stale = [f"{a} -> {b}" for a, b in LATE if b not in graph[a]]
+    late = _late(graph)
+    stale = [f"{a} -> {b}" for a, b in late if b not in graph[a]]
     assert not stale, f"no longer imported: delete from LATE: {stale}"
-    early = [f"{a} -> {b} (line {top[a][b]})" for a, b in LATE if b in top[a]]
+    early = [f"{a} -> {b} (line {top[a][b]})" for a, b in late if b in top[a]]
     assert not early, f"a LATE import is at the top of its module: {early}"
-    for a, b in LATE:
+    for a, b in late:
         del graph[a][b]
     cycle = find_cycle(graph)
     assert cycle is None, _cycle_text(graph, cycle)
@@ -203,8 +211,8 @@ def test_ir_ops_and_passes_never_reach_a_backend():
     """Not directly, nor through other modules' imports (the LATE ones aside: through
     Jupyter's display of a Tensor everything is reachable)."""
     graph = import_graph()
-    for a, b in LATE:
-        del graph[a][b]
+    for a, b in _late(graph):
+        graph[a].pop(b, None)
     core = {"graphc.ir", "graphc.errors"} | op_modules(source_modules())
     core |= {m for m in graph if m.startswith("graphc.passes")}
     assert len(core) > 15, sorted(core)
