@@ -34,7 +34,7 @@ from . import nn
 from .compiler import compile
 from .errors import CheckpointError, FeedError, GraphError
 from .graph import Graph
-from .inputs import init_params, params_of
+from .inputs import constant, init_params, params_of
 from .ir import Tensor, located
 from .optim import LR_INPUT, STEP_INPUT, Optimizer
 from .passes.autodiff import grad
@@ -345,7 +345,7 @@ def correct(logits: Tensor, labels: Tensor) -> Tensor:
     """
     from . import functions as F
     classes = logits.shape[1]
-    one_hot = F.equal(F.reshape(labels, (-1, 1)), F.constant(np.arange(classes)))
+    one_hot = F.equal(F.reshape(labels, (-1, 1)), constant(np.arange(classes)))
     picked = F.sum(F.where(one_hot, logits, 0.0), axis=1)
     return F.cast(picked >= F.max(logits, axis=1), "float32")
 

@@ -25,9 +25,8 @@ from ..graph import Graph
 from ..inputs import Constant, constant, input, param
 from ..interpreter import evaluate_graph
 from ..ir import Tensor, located, scope
-from . import onnx_ops
 from .model import Model
-from .onnx_ops import graphc_dtype, onnx_dtype
+from .onnx_dtypes import graphc_dtype, onnx_dtype
 
 
 class OnnxInitializer:
@@ -118,6 +117,7 @@ class _Importer:
     def __init__(self, model, dims: dict):
         from onnx import numpy_helper
 
+        from . import onnx_ops  # its table of ops is loaded with the first import
         self.ops = onnx_ops
         self.model, self.graph, self.dims = model, model.graph, dims
         self.opset = next((o.version for o in model.opset_import
