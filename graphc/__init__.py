@@ -9,9 +9,19 @@
 """
 
 from . import dtypes, nn, optim, train  # noqa: E402 -- gc.nn, gc.optim, gc.train build on the above
-from .compiler import BackendError, CompiledFunction, FeedError, compile
-from .cuda_backend import device_feeds, to_device  # imports numba.cuda only when used
-from .elementwise_ops import ElementwiseDef, ElementwiseError
+from .compiler import CompiledFunction, compile
+from .elementwise_ops import ElementwiseDef
+from .errors import (
+    BackendError,
+    CodegenError,
+    DTypeError,
+    ElementwiseError,
+    FeedError,
+    GraphError,
+    RenderError,
+    ShapeError,
+    UnsupportedOpError,
+)
 from .functions import (
     abs,
     acos,
@@ -26,7 +36,6 @@ from .functions import (
     atan,
     atan2,
     atanh,
-    binary_cross_entropy_with_logits,
     broadcast_to,
     cast,
     cbrt,
@@ -54,10 +63,6 @@ from .functions import (
     hardsigmoid,
     hardswish,
     hardtanh,
-    hinge,
-    huber,
-    l1,
-    l2,
     leaky_relu,
     less,
     less_equal,
@@ -75,11 +80,9 @@ from .functions import (
     min,
     minimum,
     mish,
-    mse,
     mul,
     neg,
     not_equal,
-    one_hot,
     pad,
     power,
     prelu,
@@ -97,7 +100,6 @@ from .functions import (
     sin,
     sinh,
     softmax,
-    softmax_cross_entropy,
     softplus,
     softsign,
     sqrt,
@@ -117,11 +119,21 @@ from .functions import (
 )
 from .gradcheck import GradCheckReport, check_grad  # noqa: E402
 from .graph import Graph, check_graph, format_graph, to_networkx
-from .importers import Model, UnsupportedOpError
+from .importers import Model
 from .importers.onnx_import import from_onnx
 from .importers.torch_import import from_torch
 from .inputs import INITIALIZERS, constant, init_params, input, param, params_of
-from .ir import DTypeError, GraphError, ShapeError, Tensor, scope
+from .ir import Tensor, scope
+from .losses import (
+    binary_cross_entropy_with_logits,
+    hinge,
+    huber,
+    l1,
+    l2,
+    mse,
+    one_hot,
+    softmax_cross_entropy,
+)
 from .nn_functions import (
     avg_pool2d,
     batch_norm,
@@ -135,13 +147,22 @@ from .nn_functions import (
     local_response_norm,
     max_pool2d,
 )
-from .numba_codegen import CodegenError  # noqa: E402 -- does not import Numba
 from .passes.autodiff import grad, hvp, vjp  # noqa: E402 -- graphc.passes needs the above
 from .scan import scan, stop_gradient  # noqa: E402
-from .viz import Diagram, RenderError, render  # noqa: E402
+from .viz import Diagram, render  # noqa: E402
 from .viz.explore import Explorer, explore  # noqa: E402
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``gc.to_device`` and ``gc.device_feeds`` load the CUDA backend module when first
+    used, not at ``import graphc``."""
+    if name in ("to_device", "device_feeds"):
+        from . import cuda_backend
+        return getattr(cuda_backend, name)
+    raise AttributeError(f"module 'graphc' has no attribute {name!r}")
+
 
 __all__ = [
     "abs",

@@ -15,9 +15,7 @@ import sys
 import traceback
 
 from . import __version__
-from .compiler import BackendError, FeedError
-from .ir import GraphError
-from .viz import RenderError
+from .errors import BackendError, FeedError, GraphError, RenderError
 
 # Exceptions graphc raises on purpose, with a message written for the user.
 USER_ERRORS = (GraphError, FeedError, BackendError, RenderError, OSError)

@@ -9,17 +9,10 @@ from functools import partial
 import numpy as np
 
 from . import dtypes
+from .dynamic import is_dynamic, matches, pattern_text, specialise
+from .errors import BackendError, FeedError, ShapeError
 from .graph import Graph, check_graph, format_graph
 from .interpreter import evaluate_graph
-
-
-class FeedError(ValueError):
-    """A missing, unknown, wrongly-shaped or wrongly-typed feed; names the input."""
-
-
-class BackendError(RuntimeError):
-    """A backend that does not exist or cannot run on this machine."""
-
 
 BACKENDS = ("numpy", "numba", "cuda")
 AVAILABLE = ("numpy", "cuda", "numba")  # the last is the default
@@ -66,7 +59,6 @@ def _array(name: str, t, value) -> np.ndarray:
         raise FeedError(f"feed {name!r}: cannot convert {type(value).__name__} to an "
                         f"array ({err})") from None
     if array.shape != t.shape:
-        from .dynamic import is_dynamic, matches, pattern_text
         if not is_dynamic(t.shape):
             raise FeedError(f"feed {name!r} has shape {array.shape}, expected {t.shape}")
         if not matches(array.shape, t.shape):
@@ -111,6 +103,20 @@ class Stats(dict):
                 ("backend", "nodes", "nodes_before", "pipeline", "passes", "compile_seconds")}
         lines += [f"{k}: {v}" for k, v in rest.items()]
         return "\n".join(lines)
+
+
+def _device_feeds(inputs, feeds: dict, validate) -> dict:
+    """``validate(inputs, feeds)`` with CUDA device arrays allowed: each is checked by name,
+    shape and dtype against a host stand-in and passed on as it is (no conversion, no copy)."""
+    from .cuda_backend import check_device_feed, host_stand_ins
+    host = host_stand_ins(feeds)
+    arrays = validate(inputs, host)
+    for t in inputs:  # an accepted feed without effect is checked against its stand-in only
+        name = t.op.label
+        if name in feeds and host[name] is not feeds[name]:
+            check_device_feed(name, feeds[name], t)
+            arrays[name] = feeds[name]
+    return arrays
 
 
 class CompiledFunction:
@@ -177,8 +183,7 @@ class CompiledFunction:
             kwargs = {**feeds, **kwargs}
         validate = partial(_validate, accepted=self.accepted)
         if self.backend == "cuda":  # device arrays (gc.to_device) are taken as they are
-            from .cuda_backend import validate_feeds
-            arrays = validate_feeds(self.inputs, kwargs, validate)
+            arrays = _device_feeds(self.inputs, kwargs, validate)
         else:
             arrays = validate(self.inputs, kwargs)
         for check in self._feed_checks:  # host arrays only: labels in range
@@ -193,6 +198,87 @@ class CompiledFunction:
 
     def __repr__(self) -> str:
         return f"<CompiledFunction backend={self.backend} inputs={list(self.input_names)}>"
+
+
+class DynamicFunction:
+    """``gc.compile`` of a graph with dynamic dimensions: specialised and compiled once per
+    distinct feed shape (``specialised`` maps the shapes of the dynamic inputs to the
+    compiled function); ``graph``, ``source`` and ``stats`` describe the latest one
+    (before the first call: the graph as given)."""
+
+    def __init__(self, outputs, backend: str, passes, given):
+        from .passes.autodiff import differentiated_from
+        self.outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        self.single = not isinstance(outputs, (list, tuple))
+        self.backend, self.passes = backend, passes
+        self.inputs = given.inputs
+        self.dynamic = [t for t in given.inputs if is_dynamic(t.shape)]
+        self.accepted = differentiated_from(given.nodes)
+        self.specialised: dict[tuple, object] = {}
+        self._latest = None
+        self._given = given
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.op.label for t in self.inputs)
+
+    @property
+    def graph(self):
+        return self._latest.graph if self._latest else self._given
+
+    @property
+    def source(self) -> str:
+        return self._latest.source if self._latest else format_graph(self._given)
+
+    @property
+    def stats(self) -> dict:
+        base = dict(self._latest.stats) if self._latest else {"backend": self.backend}
+        return {**base, "specialisations": len(self.specialised)}
+
+    def __call__(self, feeds=None, /, **kwargs):
+        if feeds is not None:
+            if not isinstance(feeds, dict):
+                raise FeedError(f"feeds must be a dict of name -> array, got "
+                                f"{type(feeds).__name__}")
+            kwargs = {**feeds, **kwargs}
+        host = kwargs
+        if self.backend == "cuda":  # device arrays: checked here through host stand-ins
+            from .cuda_backend import host_stand_ins
+            host = host_stand_ins(kwargs)
+        checked = _validate(self.inputs, host, self.accepted)
+        arrays = checked if host is kwargs else {k: kwargs[k] for k in checked}
+        shapes = {t.op.label: tuple(checked[t.op.label].shape) for t in self.dynamic}
+        self._bind(shapes)
+        key = tuple(shapes[t.op.label] for t in self.dynamic)
+        fn = self.specialised.get(key)
+        if fn is None:
+            try:
+                outs = specialise(self.outputs, shapes)
+            except ShapeError as err:
+                fed = ", ".join(f"{n!r} {s}" for n, s in shapes.items())
+                raise FeedError(f"feeds of shapes {fed} do not fit the graph: {err}") from None
+            fn = CompiledFunction(outs if not self.single else outs[0], self.backend,
+                                  self.passes)
+            self.specialised[key] = fn
+        self._latest = fn
+        return fn({n: arrays[n] for n in fn.input_names if n in arrays})
+
+    def _bind(self, shapes) -> None:
+        seen: dict[str, tuple[int, str]] = {}
+        for t in self.dynamic:
+            for d, size in zip(t.shape, shapes[t.op.label]):
+                if not isinstance(d, str):
+                    continue
+                size0, name0 = seen.setdefault(d, (size, t.op.label))
+                if size0 != size:
+                    raise FeedError(
+                        f"feeds {name0!r} and {t.op.label!r} disagree on dimension {d!r}: "
+                        f"{size0} in {name0!r} {shapes[name0]} and {size} in "
+                        f"{t.op.label!r} {shapes[t.op.label]}")
+
+    def __repr__(self) -> str:
+        return (f"<DynamicFunction backend={self.backend} inputs={list(self.input_names)} "
+                f"specialised={len(self.specialised)}>")
 
 
 def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
@@ -225,7 +311,6 @@ def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
     if passes is None:
         from .passes.pipeline import DEFAULT_PIPELINE
         passes = DEFAULT_PIPELINE if optimize else ()
-    from .dynamic import DynamicFunction, is_dynamic
     listed = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     if any(is_dynamic(leaf.shape) for t in listed if hasattr(t, "leaves")
            for leaf in t.leaves.values()):  # specialised per feed shape

@@ -44,13 +44,13 @@ import numpy as np
 import sympy as sp
 
 from . import dtypes
-from .compiler import BackendError
 from .elementwise_ops import Elementwise
+from .errors import BackendError, FeedError, GraphError
 from .fused_ops import Fused
 from .graph import Graph
 from .inputs import Constant, Input
 from .interpreter import check_sizes
-from .ir import GraphError, located
+from .ir import located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
 from .numba_codegen import Unsupported, _comparison_form, comment
 from .scan import Scan, StopGradient
@@ -139,28 +139,17 @@ def device_feeds(feeds: dict, dtype=None) -> dict:
     return {name: to_device(value, dtype) for name, value in feeds.items()}
 
 
-def validate_feeds(inputs, feeds: dict, validate) -> dict:
-    """``validate(inputs, feeds)`` (``gc.compile``'s feed check) with device arrays allowed:
-    each is checked by name, shape and dtype against a zero-stride host stand-in (no copy,
-    so the values of integer device feeds are not range-checked) and passed on as is."""
-    device = {k: v for k, v in feeds.items() if is_device_array(v)}
-    if not device:
-        return validate(inputs, feeds)
-    stand_ins = {k: np.broadcast_to(np.zeros((), np.dtype(v.dtype)), tuple(v.shape))
-                 for k, v in device.items()}
-    arrays = validate(inputs, {**feeds, **stand_ins})
-    wanted = {t.op.label: t for t in inputs}
-    for name, value in device.items():
-        if name in wanted:  # else accepted without effect, checked against its stand-in
-            check_device_feed(name, value, wanted[name])
-            arrays[name] = value
-    return arrays
+def host_stand_ins(feeds: dict) -> dict:
+    """``feeds`` with each device array replaced by a zero-stride host array of its shape
+    and dtype, for ``gc.compile``'s feed check (no copy, so the values of integer device
+    feeds are not range-checked)."""
+    return {k: np.broadcast_to(np.zeros((), np.dtype(v.dtype)), tuple(v.shape))
+            if is_device_array(v) else v for k, v in feeds.items()}
 
 
 def check_device_feed(name: str, value, tensor) -> None:
     """Raise ``gc.FeedError`` if a device feed's shape or dtype differs from ``tensor``'s
     (device feeds are used as they are: no conversion, no copy)."""
-    from .compiler import FeedError
     if tuple(value.shape) != tensor.shape:
         raise FeedError(f"feed {name!r} has shape {tuple(value.shape)}, expected {tensor.shape}")
     if np.dtype(value.dtype) != np.dtype(tensor.dtype):

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import data as datasets
 from . import functions as F
-from . import nn, optim, train
+from . import losses, nn, optim, train
 from .gradcheck import check_grad
 from .graph import Graph
 from .inputs import input
@@ -62,7 +62,7 @@ def _graphs(model, kind: str, batch: int):
     x = input("x", _shape(kind, batch))
     y = input("y", (batch,), "int64")
     logits = model(x)
-    return F.softmax_cross_entropy(logits, y).named("loss"), logits, x, y
+    return losses.softmax_cross_entropy(logits, y).named("loss"), logits, x, y
 
 
 def _splits(images, labels):
@@ -92,7 +92,7 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     x = input("x", _shape(kind, batch))
     y = input("y", (batch,), "int64")
     logits = model(x, training=True)
-    loss = F.softmax_cross_entropy(logits, y)
+    loss = losses.softmax_cross_entropy(logits, y)
     t0 = time.perf_counter()
     step = train.make_train_step(loss, optim.Adam(lr=optim.cosine(1e-2, 1000, 1e-4)),
                                  metrics={"accuracy": F.mean(train.correct(logits, y))},

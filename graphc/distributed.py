@@ -26,11 +26,12 @@ import numpy as np
 from . import nn
 from . import train as _train
 from .compiler import compile
+from .errors import CheckpointError, GraphError
 from .inputs import input
-from .ir import GraphError, Tensor, iter_nodes
+from .ir import Tensor, iter_nodes
 from .optim import LR_INPUT, STEP_INPUT
 from .passes.autodiff import grad
-from .train import CheckpointError, EarlyStopping, History, TrainStep, load_params
+from .train import EarlyStopping, History, TrainStep, load_params
 from .train_loop import _length, _progress_mode, _tqdm
 
 log = logging.getLogger("graphc.distributed")

@@ -5,12 +5,12 @@ such shapes lazily: a node with a dynamic operand is a :class:`Deferred` node th
 the call that made it (the op, or a public function such as ``mean`` that reads shapes)
 and finds its own shape by *probing*, building the call on stand-in inputs of two made-up
 sizes (a dimension that follows the stand-in size is dynamic, one that does not is fixed).
-The compiled function (:class:`DynamicFunction`) *specialises* the graph once per distinct
-feed shape: it replaces the dynamic inputs by inputs of the fed shapes and replays every
-deferred call on them, so every shape rule and shape-derived constant (``mean``'s 1/N) is
-computed from the real sizes; the result is the ordinary graph a fixed-shape model builds,
-and goes through the passes and the backend as one.  Kernels are shared through the kernel
-cache.
+The compiled function (:class:`graphc.compiler.DynamicFunction`) *specialises* the graph
+once per distinct feed shape: it replaces the dynamic inputs by inputs of the fed shapes and
+replays every deferred call on them, so every shape rule and shape-derived constant
+(``mean``'s 1/N) is computed from the real sizes; the result is the ordinary graph a
+fixed-shape model builds, and goes through the passes and the backend as one.  Kernels are
+shared through the kernel cache.
 
 >>> import numpy as np, graphc as gc
 >>> x = gc.input("x", (None, 3))
@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ir import GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located, replaying
+from .errors import GraphError, ShapeError
+from .inputs import Input
+from .ir import Op, StaticArray, Tensor, iter_nodes, located, replaying
 
 # Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
 # name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes.
@@ -221,7 +223,6 @@ class Deferred(Op):
 def _vjp_of(*tensors, op: Deferred, k: int) -> Tensor:
     """The gradient of ``op``'s call w.r.t. its ``k``-th operand (only that use of it, even
     when the same tensor fills several slots), given the cotangent (the last tensor)."""
-    from .inputs import Input
     from .passes.autodiff import vjp
     xs, g = list(tensors[:-1]), tensors[-1]
     x = xs[k]
@@ -306,7 +307,6 @@ def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
 def stand_ins(value, size: int = _BASE):
     """``value`` (a tensor or nested tuples of them) with every dynamic tensor replaced by
     an input of the same dtype whose dynamic dimensions are ``size``."""
-    from .inputs import Input
     if isinstance(value, (list, tuple)):
         return type(value)(stand_ins(v, size) for v in value)
     if isinstance(value, Tensor) and is_dynamic(value.shape):
@@ -316,7 +316,6 @@ def stand_ins(value, size: int = _BASE):
 
 
 def _run(op: Deferred, inputs, sizes) -> Tensor:
-    from .inputs import Input
     stand_ins = []
     for i, t in enumerate(inputs):
         if is_dynamic(t.shape):
@@ -362,7 +361,6 @@ def _replay(t: Tensor, inputs) -> Tensor:
 
 def specialise(outputs, shapes: dict) -> list[Tensor]:
     """``outputs`` with every dynamic input replaced by one of shape ``shapes[label]``."""
-    from .inputs import Input
     mapping = {}
     for t in iter_nodes(outputs):
         if isinstance(t.op, Input) and t.op.label in shapes:
@@ -370,88 +368,3 @@ def specialise(outputs, shapes: dict) -> list[Tensor]:
                        t.op.state)
             mapping[id(t)] = Tensor.make(op)
     return substitute(outputs, mapping)
-
-
-class DynamicFunction:
-    """``gc.compile`` of a graph with dynamic dimensions: specialised and compiled once per
-    distinct feed shape (``specialised`` maps the shapes of the dynamic inputs to the
-    compiled function); ``graph``, ``source`` and ``stats`` describe the latest one
-    (before the first call: the graph as given)."""
-
-    def __init__(self, outputs, backend: str, passes, given):
-        from .passes.autodiff import differentiated_from
-        self.outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-        self.single = not isinstance(outputs, (list, tuple))
-        self.backend, self.passes = backend, passes
-        self.inputs = given.inputs
-        self.dynamic = [t for t in given.inputs if is_dynamic(t.shape)]
-        self.accepted = differentiated_from(given.nodes)
-        self.specialised: dict[tuple, object] = {}
-        self._latest = None
-        self._given = given
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t.op.label for t in self.inputs)
-
-    @property
-    def graph(self):
-        return self._latest.graph if self._latest else self._given
-
-    @property
-    def source(self) -> str:
-        from .graph import format_graph
-        return self._latest.source if self._latest else format_graph(self._given)
-
-    @property
-    def stats(self) -> dict:
-        base = dict(self._latest.stats) if self._latest else {"backend": self.backend}
-        return {**base, "specialisations": len(self.specialised)}
-
-    def __call__(self, feeds=None, /, **kwargs):
-        from .compiler import CompiledFunction, FeedError, _validate
-        if feeds is not None:
-            if not isinstance(feeds, dict):
-                raise FeedError(f"feeds must be a dict of name -> array, got "
-                                f"{type(feeds).__name__}")
-            kwargs = {**feeds, **kwargs}
-        host = kwargs
-        if self.backend == "cuda":  # device arrays: checked here through host stand-ins
-            from .cuda_backend import is_device_array
-            host = {k: np.broadcast_to(np.zeros((), np.dtype(v.dtype)), tuple(v.shape))
-                    if is_device_array(v) else v for k, v in kwargs.items()}
-        checked = _validate(self.inputs, host, self.accepted)
-        arrays = checked if host is kwargs else {k: kwargs[k] for k in checked}
-        shapes = {t.op.label: tuple(checked[t.op.label].shape) for t in self.dynamic}
-        self._bind(shapes)
-        key = tuple(shapes[t.op.label] for t in self.dynamic)
-        fn = self.specialised.get(key)
-        if fn is None:
-            try:
-                outs = specialise(self.outputs, shapes)
-            except ShapeError as err:
-                fed = ", ".join(f"{n!r} {s}" for n, s in shapes.items())
-                raise FeedError(f"feeds of shapes {fed} do not fit the graph: {err}") from None
-            fn = CompiledFunction(outs if not self.single else outs[0], self.backend,
-                                  self.passes)
-            self.specialised[key] = fn
-        self._latest = fn
-        return fn({n: arrays[n] for n in fn.input_names if n in arrays})
-
-    def _bind(self, shapes) -> None:
-        from .compiler import FeedError
-        seen: dict[str, tuple[int, str]] = {}
-        for t in self.dynamic:
-            for d, size in zip(t.shape, shapes[t.op.label]):
-                if not isinstance(d, str):
-                    continue
-                size0, name0 = seen.setdefault(d, (size, t.op.label))
-                if size0 != size:
-                    raise FeedError(
-                        f"feeds {name0!r} and {t.op.label!r} disagree on dimension {d!r}: "
-                        f"{size0} in {name0!r} {shapes[name0]} and {size} in "
-                        f"{t.op.label!r} {shapes[t.op.label]}")
-
-    def __repr__(self) -> str:
-        return (f"<DynamicFunction backend={self.backend} inputs={list(self.input_names)} "
-                f"specialised={len(self.specialised)}>")

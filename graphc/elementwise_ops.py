@@ -26,11 +26,9 @@ from sympy.printing.numpy import SciPyPrinter
 
 from . import derivation as dv
 from . import dtypes
-from .ir import DTypeError, GraphError, Op, Tensor, located
-
-
-class ElementwiseError(GraphError, ValueError):
-    """A custom elementwise op that is not well defined."""
+from .errors import DTypeError, ElementwiseError
+from .inputs import lift_all
+from .ir import Op, Tensor, located
 
 
 class rint(sp.Function):  # noqa: N801 -- named as the C and NumPy function it prints as
@@ -312,7 +310,6 @@ class ElementwiseDef:
                 f"{sorted(self.params) or 'none'}"))
         values = tuple((k, _param_value(self.name, k, params.get(k, d)))
                        for k, d in self.params.items())
-        from .functions import lift_all  # the scalar/array -> constant rule lives there
         return Tensor.make(Elementwise(self, values), lift_all(args, self.name))
 
 

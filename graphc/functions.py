@@ -1,8 +1,10 @@
 """The public functions that build graphs, and the Tensor operators.
 
-Primitives live in :mod:`graphc.elementwise` (SymPy-declared) and :mod:`graphc.structured`;
-everything here that is not a primitive is composed from them, so it needs no derivative
-rule of its own (mean = sum / n, losses, stack, vector matmul, ...).
+Primitives live in :mod:`graphc.elementwise_ops` (SymPy-declared) and
+:mod:`graphc.structured_ops`; everything here that is not a primitive is composed from them,
+so it needs no derivative rule of its own (mean = sum / n, stack, vector matmul, ...).
+The losses are in :mod:`graphc.losses`; lifting Python values to constants in
+:mod:`graphc.inputs`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
@@ -19,49 +20,13 @@ from . import dtypes
 from . import elementwise_ops as ew
 from . import structured_ops as st
 from .dynamic import defer, dynamic, is_dynamic
-from .inputs import Constant, constant
-from .ir import DTypeError, GraphError, ShapeError, Tensor, located
-
-# ---------------------------------------------------------------------------------------
-# Lifting Python scalars and NumPy arrays to constants
+from .errors import GraphError, ShapeError
+from .inputs import as_tensor, lift_all
+from .ir import Tensor, located
 
 
-def _is_weak(value) -> bool:
-    return isinstance(value, (bool, int, float, np.generic))
-
-
-def lift_all(args, op_name: str = "op") -> list[Tensor]:
-    """``args`` as tensors.  Python and NumPy scalars take the dtype of the tensors they
-    meet (weak typing); NumPy arrays keep their own dtype."""
-    tensors = [a for a in args if isinstance(a, Tensor)]
-    strong = [a.dtype for a in tensors if a.dtype != "bool"]
-    strong += [dtypes.as_dtype(np.asarray(a).dtype) for a in args
-               if not isinstance(a, Tensor) and not _is_weak(a)]
-    partner = dtypes.promote(*strong) if strong else None
-    out = []
-    for a in args:
-        if isinstance(a, Tensor):
-            out.append(a)
-        elif _is_weak(a):
-            dtype = dtypes.scalar_dtype(a, partner)
-            if dtype in dtypes.INTS and not isinstance(a, (bool, np.bool_)) and \
-                    not np.iinfo(dtype).min <= a <= np.iinfo(dtype).max:
-                raise DTypeError(located(f"{op_name}: the Python int {a} does not fit the "
-                                         f"{dtype} operand; cast the tensor to int64"))
-            out.append(constant(a, dtype=dtype))
-        elif isinstance(a, (list, tuple, np.ndarray)):
-            out.append(constant(np.asarray(a)) if isinstance(a, np.ndarray) else constant(a))
-        else:
-            raise GraphError(located(f"cannot use {type(a).__name__} {a!r} in a graph"))
-    return out
-
-
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def as_tensor(x) -> Tensor:
-    return x if isinstance(x, Tensor) else lift_all([x])[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,7 +289,7 @@ def reshape(x, shape) -> Tensor:
         return defer(_resolved, (x, shape, x.shape), {"fn": reshape}, "reshape")
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape) \
         if isinstance(shape, Iterable) else None
-    if shape is None or not builtins.all(_is_int(d) for d in shape):
+    if shape is None or not builtins.all(is_int(d) for d in shape):
         st.Reshape(()).fail(f"the target shape must be ints, got {shape!r}", (x,))
     shape = tuple(int(d) for d in shape)
     if shape.count(-1) > 1 or builtins.any(d < -1 for d in shape):
@@ -372,7 +337,7 @@ def broadcast_to(x, shape) -> Tensor:
     x = as_tensor(x)
     if is_dynamic(x.shape):
         return defer(_resolved, (x, shape, x.shape), {"fn": broadcast_to}, "broadcast_to")
-    if not isinstance(shape, Iterable) or not builtins.all(_is_int(d) for d in shape):
+    if not isinstance(shape, Iterable) or not builtins.all(is_int(d) for d in shape):
         st.BroadcastTo(()).fail(f"the target shape must be ints, got {shape!r} (a dynamic "
                                 "size is known only from a dynamic operand)", (x,))
     shape = tuple(int(d) for d in shape)
@@ -398,7 +363,7 @@ def stack(xs, axis=0) -> Tensor:
     if not xs:
         raise ShapeError(located("stack: needs at least one tensor"))
     ndim = xs[0].ndim + 1
-    if not _is_int(axis) or not -ndim <= axis < ndim:
+    if not is_int(axis) or not -ndim <= axis < ndim:
         st.Concat(axis).fail(f"axis {axis} is out of range for stacking {ndim - 1}-d "
                              "tensors", xs)
     axis %= ndim
@@ -418,10 +383,10 @@ def pad(x, pads, mode="constant", value=0.0) -> Tensor:
     (2, 6)
     """
     x = as_tensor(x)
-    sides = [pads] * x.ndim if _is_int(pads) else list(pads) if isinstance(pads, Iterable) \
+    sides = [pads] * x.ndim if is_int(pads) else list(pads) if isinstance(pads, Iterable) \
         else []
-    pairs = [(p, p) if _is_int(p) else tuple(p) if isinstance(p, Iterable) else () for p in sides]
-    if not pairs and x.ndim or not builtins.all(len(p) == 2 and builtins.all(map(_is_int, p))
+    pairs = [(p, p) if is_int(p) else tuple(p) if isinstance(p, Iterable) else () for p in sides]
+    if not pairs and x.ndim or not builtins.all(len(p) == 2 and builtins.all(map(is_int, p))
                                                 for p in pairs):
         st.Pad((), mode).fail(f"pads must be an int or one (before, after) pair of ints per "
                               f"axis, got {pads!r}", (x,))
@@ -454,198 +419,6 @@ def getitem(x, key) -> Tensor:
     return Tensor.make(st.Index(entries), (x,))
 
 
-# ---------------------------------------------------------------------------------------
-# Losses and penalties: compositions of primitives, so autodiff needs no rule for them.
-
-
-def _pair(name, pred, target):
-    pred, target = lift_all([pred, target])
-    if pred.shape != target.shape:
-        raise ShapeError(located(f"{name}: prediction {pred.shape} and target {target.shape} "
-                                 "must have the same shape"))
-    return pred, target
-
-
-REDUCTIONS = ("mean", "sum", "none")
-
-
-def _reduction(name, reduction) -> str:
-    if reduction not in REDUCTIONS:
-        raise GraphError(located(f"{name}: reduction must be 'mean', 'sum' or 'none', got "
-                                 f"{reduction!r}"))
-    return reduction
-
-
-def _reduce_loss(per_element, reduction) -> Tensor:
-    return per_element if reduction == "none" else \
-        mean(per_element) if reduction == "mean" else sum(per_element)
-
-
-@dynamic
-def mse(pred, target, reduction="mean") -> Tensor:
-    """Squared error, averaged over all elements (``reduction="mean"``), summed ("sum") or
-    per element ("none").  The mean is sum((scale) * d^2) with scale = 1/count: the
-    derivative (2 scale) d then stays finite wherever the gradient is (as PyTorch's
-    2 (x - t) / count; g · 2d of mean(square(d)) overflows near the float maximum)."""
-    pred, target = _pair("mse", pred, target)
-    reduction = _reduction("mse", reduction)
-    d = pred - target
-    if not dtypes.is_float(d.dtype):
-        d = cast(d, dtypes.DEFAULT_FLOAT)
-    if reduction == "none":
-        return _scaled_square(d, scale=1.0)
-    return sum(_scaled_square(d, scale=1.0 / builtins.max(d.size, 1) if reduction == "mean"
-                              else 1.0))
-
-
-_scaled_square = ew._predefined("scaled_square", lambda d, scale=1.0: scale * d**2)
-
-
-# softplus's threshold above every finite float32, where log1p(exp(-x)) is 0 anyway: exact
-_NO_THRESHOLD = 3e38
-
-
-@dynamic
-def binary_cross_entropy_with_logits(logits, targets, reduction="mean") -> Tensor:
-    """softplus(x) - x * t, the log-loss of sigmoid(x) against t, stable for large |x|;
-    averaged over all elements (``reduction="mean"``), summed ("sum") or not ("none")."""
-    logits, targets = _pair("binary_cross_entropy_with_logits", logits, targets)
-    reduction = _reduction("binary_cross_entropy_with_logits", reduction)
-    return _reduce_loss(softplus(logits, threshold=_NO_THRESHOLD) - logits * targets,
-                        reduction)
-
-
-@dynamic
-def huber(pred, target, delta=1.0, reduction="mean") -> Tensor:
-    """Huber loss: 0.5 d^2 where |d| <= delta, delta (|d| - delta / 2) elsewhere; averaged
-    over all elements (``reduction="mean"``), summed ("sum") or not ("none")."""
-    pred, target = _pair("huber", pred, target)
-    reduction = _reduction("huber", reduction)
-    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)) \
-            or not delta > 0:  # as PyTorch: a delta <= 0 makes a negative "loss"
-        raise GraphError(located(f"huber: delta must be a positive number, got {delta!r}"))
-    return _reduce_loss(_huber_elementwise(pred - target, delta=delta), reduction)
-
-
-_huber_elementwise = ew._predefined(
-    "huber_elementwise", lambda d, delta=1.0: sp.Piecewise(
-        (d**2 / 2, sp.Abs(d) <= delta), (delta * (sp.Abs(d) - delta / 2), True)))
-
-
-def _labels_one_hot(name, scores, labels, ignore_index=None) -> Tensor:
-    scores, labels = as_tensor(scores), as_tensor(labels)
-    if scores.ndim != 2:
-        raise ShapeError(located(f"{name}: scores must be (N, C), got {scores.shape}"))
-    if labels.shape != scores.shape[:1]:
-        raise ShapeError(located(f"{name}: labels {labels.shape} must be ({scores.shape[0]},) "
-                                 f"for scores {scores.shape}"))
-    hit, check = _hits(name, labels, scores.shape[1], ignore_index)
-    if check:
-        hit.tag(check)
-    return where(hit, constant(1, dtype=scores.dtype), constant(0, dtype=scores.dtype))
-
-
-def _hits(name, labels, classes, ignore_index=None, what="a loss"):
-    """labels[..., None] == arange(classes) (bool), after checking that integer ``labels``
-    are in [0, classes) or ``ignore_index``: constants now; for fed labels, the
-    :class:`LabelRange` record to tag on a node (or None).  Labels equal to ``ignore_index``
-    hit no class."""
-    if labels.dtype not in dtypes.INTS:
-        raise DTypeError(located(f"{name}: labels must be int32 or int64, got {labels.dtype}"))
-    if isinstance(labels.op, Constant):
-        problem = _label_error(labels.op.value.array, classes, ignore_index, what)
-        if problem:
-            raise GraphError(located(f"{name}: the constant labels hold {problem}"))
-    safe = labels if ignore_index is None else \
-        where(not_equal(labels, constant(ignore_index, dtype=labels.dtype)), labels,
-              constant(-1, dtype=labels.dtype))  # -1: no class
-    hit = equal(reshape(safe, labels.shape + (1,)),
-                constant(np.arange(classes, dtype=labels.dtype)))
-    fed = getattr(labels.op, "fed", False)  # checked when fed: gc.compile runs check_feeds
-    return hit, LabelRange(labels.op.label, classes, ignore_index, what) if fed else None
-
-
-def _label_error(labels: np.ndarray, classes: int, ignore_index=None,
-                 what="a loss") -> str | None:
-    """The complaint about integer ``labels`` outside [0, classes), or None."""
-    bad = ((labels < 0) | (labels >= classes)) & (labels != ignore_index if ignore_index
-                                                  is not None else True)
-    if not bad.any():
-        return None
-    index = tuple(int(i) for i in np.argwhere(bad)[0])
-    where_from = ("labels of softmax_cross_entropy and hinge" if what == "a loss" else
-                  "labels of one_hot")
-    return (f"label {labels[index]} at index {index}, out of range for {what} over "
-            f"{classes} classes ({where_from} must be in [0, {classes}))")
-
-
-@dataclass(frozen=True)
-class LabelRange:
-    """Tagged on the one-hot node of a loss whose labels are input ``label``: the compiled
-    function checks the fed labels at call time (PyTorch raises for them too).  The node
-    is shared by every loss over these labels, so the record names none of them."""
-
-    label: str
-    classes: int
-    ignore_index: int | None = None
-    what: str = "a loss"
-
-    alive = True
-
-    def check_feeds(self, arrays) -> None:
-        labels = arrays.get(self.label)
-        if isinstance(labels, np.ndarray):  # device arrays are not copied to check them
-            problem = _label_error(labels, self.classes, self.ignore_index, self.what)
-            if problem:
-                from .compiler import FeedError
-                raise FeedError(f"feed {self.label!r} holds {problem}")
-
-
-@dynamic
-def softmax_cross_entropy(logits, labels, reduction="mean", ignore_index=None) -> Tensor:
-    """-log softmax(logits)[label] per sample, logits (N, C), integer labels, as
-    ``torch.nn.functional.cross_entropy``: averaged over the batch (``reduction="mean"``),
-    summed ("sum") or per sample ("none").  Samples whose label is ``ignore_index`` count 0
-    and are left out of the mean (all of them left out: NaN, as PyTorch)."""
-    logits, labels = as_tensor(logits), as_tensor(labels)
-    reduction = _reduction("softmax_cross_entropy", reduction)
-    if ignore_index is not None and not _is_int(ignore_index):
-        raise GraphError(located(f"softmax_cross_entropy: ignore_index must be an int, got "
-                                 f"{ignore_index!r}"))
-    one_hot = _labels_one_hot("softmax_cross_entropy", logits, labels, ignore_index)
-    nll = -sum(one_hot * log_softmax(logits, axis=1), axis=1)
-    if ignore_index is None or reduction != "mean":
-        return _reduce_loss(nll, reduction)
-    kept = cast(not_equal(labels, constant(ignore_index, dtype=labels.dtype)), nll.dtype)
-    return sum(nll) / sum(kept)
-
-
-@dynamic
-def hinge(scores, labels, reduction="mean") -> Tensor:
-    """Multiclass SVM loss per sample, sum_{j != y} max(0, s_j - s_y + 1), averaged over the
-    batch (``reduction="mean"``), summed ("sum") or not ("none")."""
-    scores = as_tensor(scores)
-    reduction = _reduction("hinge", reduction)
-    one_hot = _labels_one_hot("hinge", scores, labels)
-    correct = sum(scores * one_hot, axis=1, keepdims=True)
-    return _reduce_loss(sum(relu(scores - correct + 1.0) * (1.0 - one_hot), axis=1), reduction)
-
-
-@dynamic
-def one_hot(labels, num_classes) -> Tensor:
-    """(..., num_classes) int64: 1 at each label, as ``torch.nn.functional.one_hot``
-    (labels outside [0, num_classes) raise: constants when built, fed ones when fed)."""
-    labels = as_tensor(labels)
-    if not _is_int(num_classes) or num_classes < 1:
-        raise GraphError(located(f"one_hot: num_classes must be a positive int, got "
-                                 f"{num_classes!r}"))
-    hit, check = _hits("one_hot", labels, int(num_classes), what="one_hot")
-    out = cast(hit, "int64")
-    if check:
-        out.tag(check)
-    return out
-
-
 @dynamic
 def flip(x, axis=None) -> Tensor:
     """``x`` reversed along ``axis`` (an int, a tuple, or None: every axis), as
@@ -660,8 +433,8 @@ def tile(x, reps) -> Tensor:
     """``x`` repeated ``reps[i]`` times along axis i, as ``numpy.tile``/``torch.tile``
     (reps shorter than x.ndim count from the last axis; longer add leading axes)."""
     x = as_tensor(x)
-    reps = (reps,) if _is_int(reps) else tuple(reps) if isinstance(reps, Iterable) else None
-    if reps is None or not builtins.all(_is_int(r) and r >= 0 for r in reps):
+    reps = (reps,) if is_int(reps) else tuple(reps) if isinstance(reps, Iterable) else None
+    if reps is None or not builtins.all(is_int(r) and r >= 0 for r in reps):
         raise ShapeError(located(f"tile: reps must be non-negative ints, got {reps!r}"))
     ndim = builtins.max(x.ndim, len(reps))
     shape = (1,) * (ndim - x.ndim) + x.shape
@@ -669,16 +442,6 @@ def tile(x, reps) -> Tensor:
     spread = reshape(x, tuple(v for d in shape for v in (1, d)))
     out = broadcast_to(spread, tuple(v for r, d in zip(reps, shape) for v in (r, d)))
     return reshape(out, tuple(r * d for r, d in zip(reps, shape)))
-
-
-def l1(x) -> Tensor:
-    """Sum of absolute values."""
-    return sum(abs(x))
-
-
-def l2(x) -> Tensor:
-    """Half the sum of squares: 0.5 * sum(x^2)."""
-    return 0.5 * sum(square(x))
 
 
 # ---------------------------------------------------------------------------------------

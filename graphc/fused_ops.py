@@ -41,7 +41,10 @@ import sympy as sp
 
 from . import dtypes
 from . import elementwise_ops as ew
-from .ir import DTypeError, Op, Tensor
+from .errors import DTypeError
+from .inputs import constant
+from .ir import Op, Tensor
+from .structured_ops import unbroadcast
 
 # A step argument: ("in", j) the group's j-th input, ("step", s) an earlier step's value,
 # ("const", value) a number in the group's dtype.
@@ -386,7 +389,6 @@ class Fused(Op):
 
     def vjp(self, z, g, k):
         from . import functions as F
-        from .structured_ops import unbroadcast
         out = self.out
         x = z.inputs[k]
         dgroup = self.group.derivative(out.step, k)
@@ -400,5 +402,4 @@ class Fused(Op):
 
 
 def _zero(x: Tensor) -> Tensor:
-    from .inputs import constant
     return constant(0, dtype=x.dtype)

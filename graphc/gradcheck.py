@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dtypes
-from .compiler import FeedError, compile
+from .compiler import compile
+from .errors import FeedError, GraphError
 from .graph import Graph, node_names
 from .inputs import Input, constant, input
-from .ir import GraphError, Tensor
+from .ir import Tensor
 
 
 @dataclass

@@ -6,8 +6,9 @@ from functools import cached_property
 
 import numpy as np
 
+from .errors import GraphError, RenderError
 from .inputs import Constant, Input
-from .ir import GraphError, Tensor, iter_nodes
+from .ir import Tensor, iter_nodes
 
 
 def as_outputs(outputs) -> tuple[Tensor, ...]:
@@ -96,7 +97,7 @@ def rich_display(graph: Graph, title: str) -> dict[str, str]:
     if len(graph) > MAX_DRAWN:
         note = f"{len(graph)} nodes: too many to draw here; gc.render(outputs, path) draws them"
         return {"text/plain": text, "text/html": f"<p>{note}</p>{page}"}
-    from .viz.render import RenderError, html_svg, render
+    from .viz.render import html_svg, render
     try:
         picture = html_svg(render(graph.outputs).svg())
     except RenderError as err:  # no Graphviz: the text form alone

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dtypes, ir
-from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray, Tensor, iter_nodes, located
+from .errors import DTypeError, GraphError, ShapeError
+from .ir import Op, StaticArray, Tensor, iter_nodes, located
 
 
 def _check_shape(shape, what: str, dynamic: bool = False) -> tuple:
@@ -232,3 +233,41 @@ def init_params(outputs, seed: int = 0) -> dict[str, np.ndarray]:
         stream = int.from_bytes(hashlib.sha1(p.op.label.encode()).digest()[:8], "little")
         values[p.op.label] = initial_value(p.op, np.random.default_rng([seed, stream]))
     return values
+
+
+# ---------------------------------------------------------------------------------------
+# Lifting Python scalars and NumPy arrays to constants: the rule every op builder uses
+
+
+def _is_weak(value) -> bool:
+    return isinstance(value, (bool, int, float, np.generic))
+
+
+def lift_all(args, op_name: str = "op") -> list[Tensor]:
+    """``args`` as tensors.  Python and NumPy scalars take the dtype of the tensors they
+    meet (weak typing); NumPy arrays keep their own dtype."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    strong = [a.dtype for a in tensors if a.dtype != "bool"]
+    strong += [dtypes.as_dtype(np.asarray(a).dtype) for a in args
+               if not isinstance(a, Tensor) and not _is_weak(a)]
+    partner = dtypes.promote(*strong) if strong else None
+    out = []
+    for a in args:
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif _is_weak(a):
+            dtype = dtypes.scalar_dtype(a, partner)
+            if dtype in dtypes.INTS and not isinstance(a, (bool, np.bool_)) and \
+                    not np.iinfo(dtype).min <= a <= np.iinfo(dtype).max:
+                raise DTypeError(located(f"{op_name}: the Python int {a} does not fit the "
+                                         f"{dtype} operand; cast the tensor to int64"))
+            out.append(constant(a, dtype=dtype))
+        elif isinstance(a, (list, tuple, np.ndarray)):
+            out.append(constant(np.asarray(a)) if isinstance(a, np.ndarray) else constant(a))
+        else:
+            raise GraphError(located(f"cannot use {type(a).__name__} {a!r} in a graph"))
+    return out
+
+
+def as_tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else lift_all([x])[0]

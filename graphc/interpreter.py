@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import GraphError
 from .fused_ops import Fused
 from .graph import Graph
 from .inputs import Constant, Input
-from .ir import GraphError, located
+from .ir import located
 from .scan import Scan, instance_key, numpy_body, run_loop, siblings
 
 # A value (or a fused loop's domain) of more elements than this is refused before it runs:

@@ -26,18 +26,7 @@ from dataclasses import replace as dc_replace
 
 import numpy as np
 
-
-class GraphError(Exception):
-    """A graph that cannot be built or is not well formed."""
-
-
-class ShapeError(GraphError, ValueError):
-    """Operand shapes that an op cannot combine."""
-
-
-class DTypeError(GraphError, TypeError):
-    """Operand dtypes that an op cannot take."""
-
+from .errors import GraphError, ShapeError
 
 # ---------------------------------------------------------------------------------------
 # Where the user made the mistake: the first stack frame outside the graphc packages.

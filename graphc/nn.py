@@ -30,8 +30,9 @@ import numpy as np
 
 from . import functions as F
 from . import nn_functions as NF
+from .errors import GraphError, ShapeError
 from .inputs import constant
-from .ir import GraphError, ShapeError, located
+from .ir import located
 from .nn_module import (
     ACTIVATIONS,
     SEED_INPUT,

@@ -18,8 +18,9 @@ from . import functions as F
 from . import nn_ops as nn
 from . import structured_ops as st
 from .dynamic import dynamic
-from .inputs import constant
-from .ir import DTypeError, GraphError, ShapeError, Tensor, located
+from .errors import DTypeError, GraphError, ShapeError
+from .inputs import as_tensor, constant, lift_all
+from .ir import Tensor, located
 
 
 def _pair(op_name: str, what: str, value, low: int) -> tuple[int, int]:
@@ -34,7 +35,7 @@ def _pair(op_name: str, what: str, value, low: int) -> tuple[int, int]:
 
 
 def _float_tensor(op_name: str, x) -> Tensor:
-    x = F.as_tensor(x)
+    x = as_tensor(x)
     if not dtypes.is_float(x.dtype):
         raise DTypeError(located(f"{op_name}: takes a float tensor, got {x.dtype} "
                                  f"(operand: {x.shape} {x.dtype})"))
@@ -60,7 +61,7 @@ def conv2d(x, w, stride=1, padding=0, *, dilation=1, groups=1, bias=None) -> Ten
     >>> y.shape
     (8, 16, 32, 32)
     """
-    x, w = F.lift_all([x, w], "conv2d")
+    x, w = lift_all([x, w], "conv2d")
     if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
         raise ShapeError(located(f"conv2d: groups must be a positive int, got {groups!r}"))
     op = nn.Conv2d(_pair("conv2d", "stride", stride, 1), _pair("conv2d", "padding", padding, 0),
@@ -72,7 +73,7 @@ def _channel_bias(name, y, bias) -> Tensor:
     """``y`` (N, C, H, W) plus a bias of shape (C,) on every channel, if one is given."""
     if bias is None:
         return y
-    bias = F.as_tensor(bias)
+    bias = as_tensor(bias)
     if bias.shape != (y.shape[1],):
         raise ShapeError(located(f"{name}: bias must have shape ({y.shape[1]},), got "
                                  f"{bias.shape}"))
@@ -189,7 +190,7 @@ def _per_channel(name, what, t, channels, shape):
     """An optional per-channel tensor ``t`` of shape ``channels`` reshaped to broadcast."""
     if t is None:
         return None
-    t = F.as_tensor(t)
+    t = as_tensor(t)
     if t.shape != channels:
         raise ShapeError(located(f"{name}: {what} must have shape {channels}, got {t.shape}"))
     return F.reshape(t, shape)
@@ -233,7 +234,7 @@ def batch_norm(x, gamma=None, beta=None, running_mean=None, running_var=None, tr
         raise GraphError(located("batch_norm: give both running_mean and running_var, "
                                  "or neither"))
     if running_mean is not None:
-        running_mean, running_var = F.as_tensor(running_mean), F.as_tensor(running_var)
+        running_mean, running_var = as_tensor(running_mean), as_tensor(running_var)
     c = (x.shape[1],)
     shape = (1,) + c + (1,) * (x.ndim - 2)
     gamma, beta, mean0, var0 = (_per_channel("batch_norm", what, t, c, shape) for what, t in
@@ -368,7 +369,7 @@ def embedding(indices, table) -> Tensor:
     >>> embedding(gc.input("tokens", (2, 7), "int64"), gc.param("E", (100, 16))).shape
     (2, 7, 16)
     """
-    table = F.as_tensor(table)
+    table = as_tensor(table)
     if table.ndim != 2:
         raise ShapeError(located(f"embedding: the table must be (num_embeddings, dim), got "
                                  f"{table.shape}"))
@@ -400,7 +401,7 @@ def conv1d(x, w, stride=1, padding=0, *, dilation=1, groups=1, bias=None) -> Ten
     >>> gc.conv1d(gc.input("x", (2, 3, 10)), gc.param("w", (4, 3, 3)), padding=1).shape
     (2, 4, 10)
     """
-    x, w = F.lift_all([x, w], "conv1d")
+    x, w = lift_all([x, w], "conv1d")
     if x.ndim != 3 or w.ndim != 3:
         raise ShapeError(located(f"conv1d: input must be (N, C, L) and kernel (C_out, "
                                  f"C_in/groups, k), got {x.shape} and {w.shape}"))
@@ -425,7 +426,7 @@ def conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, groups=1, dila
     ...                     stride=2, padding=1, output_padding=1).shape
     (1, 2, 10, 10)
     """
-    x, w = F.lift_all([x, w], "conv_transpose2d")
+    x, w = lift_all([x, w], "conv_transpose2d")
     if x.ndim != 4 or w.ndim != 4:
         raise ShapeError(located(f"conv_transpose2d: input must be (N, C_in, H, W) and kernel "
                                  f"(C_in, C_out/groups, kh, kw), got {x.shape} and {w.shape}"))

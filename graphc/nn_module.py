@@ -19,8 +19,9 @@ import numpy as np
 
 from . import functions as F
 from . import ir
+from .errors import GraphError, ShapeError
 from .inputs import init_params, input, param
-from .ir import GraphError, ShapeError, Tensor, located, scope
+from .ir import Tensor, located, scope
 
 # ---------------------------------------------------------------------------------------
 # Activations and initializers

@@ -31,7 +31,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import dtypes
-from .ir import DTypeError, Op, Tensor
+from .errors import DTypeError
+from .ir import Op, Tensor
 
 Pair = tuple[int, int]
 

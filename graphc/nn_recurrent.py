@@ -8,8 +8,9 @@ import contextlib
 import numpy as np
 
 from . import functions as F
+from .errors import GraphError, ShapeError
 from .inputs import constant
-from .ir import GraphError, ShapeError, Tensor, located, scope
+from .ir import Tensor, located, scope
 from .nn_module import GateInit, Module, _check_features, get_activation
 from .scan import scan, stop_gradient
 

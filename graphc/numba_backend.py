@@ -43,11 +43,12 @@ import numpy as np
 from . import dtypes, kernel_cache
 from . import numba_codegen as cg
 from .elementwise_ops import Elementwise
+from .errors import GraphError
 from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
 from .inputs import Constant, Input
 from .interpreter import check_sizes
-from .ir import GraphError, Tensor, located
+from .ir import Tensor, located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d, MaxPool2dGrad
 from .passes.memory import best_fit
 from .scan import Scan, StopGradient, run_loop

@@ -33,7 +33,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import exp2, expm1, log1p, log2, log10
 
 from .elementwise_ops import real_cbrt, rint
-from .ir import GraphError
+from .errors import CodegenError
 
 CODEGEN_VERSION = 1
 
@@ -49,11 +49,6 @@ NUMBA_TYPES = {"float32": "float32", "float64": "float64", "int32": "int32",
 # sums vectorize.  No "nnan"/"ninf": NaN and inf keep their IEEE meaning.
 ELEMENTWISE_FASTMATH = ("contract",)
 REDUCTION_FASTMATH = ("contract", "reassoc")
-
-
-class CodegenError(GraphError):
-    """Numba could not compile the kernel of a graph node; names the node, the op and the
-    line of the generated source."""
 
 
 class Unsupported(Exception):

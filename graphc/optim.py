@@ -25,8 +25,9 @@ import numpy as np
 
 from . import dtypes
 from . import functions as F
+from .errors import GraphError
 from .inputs import input
-from .ir import GraphError, Tensor, located
+from .ir import Tensor, located
 
 LR_INPUT, STEP_INPUT = "opt_lr", "opt_t"
 

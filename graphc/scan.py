@@ -54,9 +54,10 @@ import numpy as np
 
 from .dynamic import has_dynamic
 from .elementwise_ops import Elementwise
+from .errors import DTypeError, GraphError, ShapeError
 from .graph import Graph
 from .inputs import Input
-from .ir import DTypeError, GraphError, Op, ShapeError, Tensor, iter_nodes, located, user_location
+from .ir import Op, Tensor, iter_nodes, located, user_location
 from .structured_ops import MatMul
 
 # ---------------------------------------------------------------------------------------

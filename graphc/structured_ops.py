@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dtypes
-from .ir import DTypeError, GraphError, Op, ShapeError, StaticArray
+from .errors import DTypeError, GraphError, ShapeError
+from .ir import Op, StaticArray, Tensor
 
 
 def _F():
@@ -377,7 +378,6 @@ class Index(Op):
     vjp_text = ("scatter-add of {g}",)
 
     def vjp(self, z, g, k):
-        from .ir import Tensor
         return Tensor.make(IndexAdd(self.index, z.inputs[0].shape), (g,))
 
 
@@ -403,7 +403,6 @@ class IndexAdd(Op):
     vjp_text = ("index({g})",)
 
     def vjp(self, z, g, k):
-        from .ir import Tensor
         return Tensor.make(Index(self.index), (g,))
 
 
@@ -430,7 +429,6 @@ class Take(Op):
     vjp_text = ("scatter-add of {g} into rows", "")
 
     def vjp(self, z, g, k):
-        from .ir import Tensor
         return Tensor.make(TakeAdd(z.inputs[0].shape[0]), (g, z.inputs[1]))
 
 
@@ -455,7 +453,6 @@ class TakeAdd(Op):
     vjp_text = ("take({g})", "")
 
     def vjp(self, z, g, k):
-        from .ir import Tensor
         return Tensor.make(Take(), (g, z.inputs[1]))
 
 
@@ -531,7 +528,6 @@ class Pad(Op):
         x = z.inputs[0]
         if self.mode == "constant":
             return g[tuple(slice(b, b + n) for n, (b, _) in zip(x.shape, self.pads))]
-        from .ir import Tensor
         return Tensor.make(PadAdd(self.pads, self.mode, x.shape), (g,))
 
 
@@ -561,7 +557,6 @@ class PadAdd(Op):
     vjp_text = ("pad({g})",)
 
     def vjp(self, z, g, k):
-        from .ir import Tensor
         return Tensor.make(Pad(self.pads, self.mode), (g,))
 
 
@@ -605,7 +600,6 @@ class Prod(Op):
     vjp_text = ("{g} · Π_{j≠i} {x}_j",)
 
     def vjp(self, z, g, k):
-        from .ir import Tensor
         (x,) = z.inputs
         return _kept(g, x, self.axes) * Tensor.make(ProdOthers(self.axes), (x,))
 
@@ -714,7 +708,6 @@ class CumSum(Op):
     vjp_text = ("reverse cumsum of {g}",)
 
     def vjp(self, z, g, k):
-        from .ir import Tensor
         flip = (slice(None),) * self.axis + (slice(None, None, -1),)
         return Tensor.make(CumSum(self.axis), (g[flip],))[flip]
 

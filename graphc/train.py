@@ -28,19 +28,16 @@ import zipfile
 import numpy as np
 
 from . import nn
-from .compiler import FeedError, compile
+from .compiler import compile
+from .errors import CheckpointError, FeedError, GraphError
 from .graph import Graph
-from .inputs import init_params, params_of
-from .ir import GraphError, Tensor, located
+from .inputs import constant, init_params, params_of
+from .ir import Tensor, located
 from .optim import LR_INPUT, STEP_INPUT, Optimizer
 from .passes.autodiff import grad
 from .train_loop import EarlyStopping, History, _dynamic_batch, _length, fit
 
 OPTIMIZER_PREFIX = "opt_"  # optimizer state and the step count in parameter files
-
-
-class CheckpointError(ValueError):
-    """A parameter file that is missing, unreadable, or does not match the model."""
 
 
 def _names(outputs, default: str) -> dict[str, Tensor]:
@@ -312,7 +309,7 @@ def correct(logits: Tensor, labels: Tensor) -> Tensor:
     """
     from . import functions as F
     classes = logits.shape[1]
-    one_hot = F.equal(F.reshape(labels, (-1, 1)), F.constant(np.arange(classes)))
+    one_hot = F.equal(F.reshape(labels, (-1, 1)), constant(np.arange(classes)))
     picked = F.sum(F.where(one_hot, logits, 0.0), axis=1)
     return F.cast(picked >= F.max(logits, axis=1), "float32")
 

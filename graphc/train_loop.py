@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .ir import GraphError
+from .errors import GraphError
 
 
 def _tqdm():

@@ -30,9 +30,10 @@ from graphc import dtypes
 from graphc import functions as F
 from graphc.dynamic import defer, is_dynamic
 from graphc.elementwise_ops import Elementwise
+from graphc.errors import GraphError
 from graphc.graph import Graph, as_outputs, node_names
 from graphc.inputs import constant
-from graphc.ir import GraphError, Tensor, iter_nodes, located
+from graphc.ir import Tensor, iter_nodes, located
 from graphc.structured_ops import unbroadcast
 
 

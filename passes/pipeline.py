@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
+from graphc.errors import GraphError
 from graphc.graph import Graph, check_graph
-from graphc.ir import GraphError
 
 from .cse import cse
 from .dce import dce

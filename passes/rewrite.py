@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphc.elementwise_ops import Elementwise
+from graphc.errors import GraphError
 from graphc.graph import Graph
 from graphc.inputs import Constant
-from graphc.ir import GraphError, Tensor
+from graphc.ir import Tensor
 from graphc.structured_ops import BroadcastTo, Reshape
 
 

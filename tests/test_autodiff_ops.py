@@ -23,7 +23,7 @@ from graphc.passes.autodiff import provenance
 from test_ops import NUMBA_GROUPED
 
 import graphc as gc
-from graphc import derivation
+from graphc import derivation, losses
 from graphc import elementwise_ops as ew
 from graphc import functions as gcf
 
@@ -37,7 +37,7 @@ TORCH_ATOL = 1e-10
 
 # The built-in elementwise ops: registry entries that graphc's own modules define (ops that
 # other test files register at import time are custom, not built-in).  Snapshot at import.
-_MODULE_OBJECTS = [v for mod in (ew, gcf) for v in vars(mod).values()]
+_MODULE_OBJECTS = [v for mod in (ew, gcf, losses) for v in vars(mod).values()]
 BUILTIN_EW = tuple(name for name, op in ew.REGISTRY.items()
                    if any(op is v for v in _MODULE_OBJECTS))
 

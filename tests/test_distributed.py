@@ -193,7 +193,7 @@ def test_a_worker_error_surfaces_as_its_own_type_with_the_worker_traceback(pool,
     assert text.startswith("feed 'y' holds label 7 at index (4,), out of range for a loss "
                            "over 3 classes")
     assert f"(raised in data-parallel worker 1, pid {pool.pids[1]}; its traceback:)" in text
-    assert 'graphc/functions.py", line' in text and "in check_feeds" in text
+    assert 'graphc/losses.py", line' in text and "in check_feeds" in text
 
 
 def test_an_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):

@@ -110,11 +110,10 @@ class ScanDrawing:
             b.dot.edge(self.src(body), b.dot_id(out), label=text, color=CARRY,
                        fontcolor=CARRY)
 
-    def draw_backward(self) -> None:
-        """The body's backward edges, labelled as :meth:`_Builder.edge_label` labels."""
-        from .render import _Builder  # render imports this module
-
-        labels = body_labels(self.loop, self.names, self.b.lname, _Builder)
+    def draw_backward(self, builder_cls) -> None:
+        """The body's backward edges, labelled as ``builder_cls.edge_label`` labels (the
+        renderer passes its own builder class: it imports this module)."""
+        labels = body_labels(self.loop, self.names, self.b.lname, builder_cls)
         for e in labels.result.edges:
             x = e.forward.inputs[e.operand]
             text = "".join(line + "\\l" for line in labels.edge_label(e, None))

@@ -15,9 +15,10 @@ from graphc.passes.autodiff import provenance
 from graphc import dtypes
 from graphc.compiler import compile
 from graphc.elementwise_ops import Elementwise
+from graphc.errors import GraphError, RenderError
 from graphc.graph import Graph, as_outputs, node_kind, node_names
 from graphc.inputs import Constant, Input, constant
-from graphc.ir import GraphError, Tensor
+from graphc.ir import Tensor
 
 from .labels import formula, index_text, number, shorten, template
 from .loops import ScanDrawing, instances, is_scan
@@ -38,10 +39,6 @@ _STYLE = {  # kind -> node attributes
 }
 _ROLE_COLOR = {"upstream": "#2563eb", "local": "#059669", "downstream": "#dc2626"}
 _FAIL = "#dc2626"
-
-
-class RenderError(RuntimeError):
-    """Rendering failed (most often: Graphviz's ``dot`` is not installed)."""
 
 
 class Diagram:
@@ -335,7 +332,7 @@ class _Builder:
                           constraint="false", penwidth="2.2" if failed else "1.2",
                           arrowhead="vee")
         for drawing in self.scans:
-            drawing.draw_backward()
+            drawing.draw_backward(_Builder)
 
     def add_backward_only(self, result, loss):
         """Nodes are the gradients dL/dz; edges the labelled backward edges."""

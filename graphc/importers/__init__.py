@@ -4,6 +4,7 @@ Each importer turns a model into ordinary graphc graph nodes and returns a :clas
 an op it cannot express raises :class:`UnsupportedOpError` at import time.
 """
 
-from .model import Model, UnsupportedOpError
+from ..errors import UnsupportedOpError
+from .model import Model
 
 __all__ = ["Model", "UnsupportedOpError"]

@@ -6,14 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import GraphError, Tensor
-
-
-class UnsupportedOpError(GraphError, NotImplementedError):
-    """An op of an imported model that graphc cannot express.
-
-    The message names the op type, the node and the set of supported ops.
-    """
+from ..ir import Tensor
 
 
 @dataclass

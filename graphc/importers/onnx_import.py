@@ -20,14 +20,13 @@ import numpy as np
 
 from .. import dtypes
 from ..dynamic import defer, is_dynamic
+from ..errors import GraphError, UnsupportedOpError
 from ..graph import Graph
 from ..inputs import Constant, constant, input, param
 from ..interpreter import evaluate_graph
-from ..ir import DTypeError, GraphError, Tensor, located, scope
-from .model import Model, UnsupportedOpError
-
-# ONNX TensorProto element types graphc has (FLOAT16, INT8 ... have no graphc dtype).
-ONNX_DTYPES = {1: "float32", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
+from ..ir import Tensor, located, scope
+from .model import Model
+from .onnx_dtypes import graphc_dtype, onnx_dtype
 
 
 class OnnxInitializer:
@@ -118,7 +117,7 @@ class _Importer:
     def __init__(self, model, dims: dict):
         from onnx import numpy_helper
 
-        from . import onnx_ops
+        from . import onnx_ops  # its table of ops is loaded with the first import
         self.ops = onnx_ops
         self.model, self.graph, self.dims = model, model.graph, dims
         self.opset = next((o.version for o in model.opset_import
@@ -146,7 +145,7 @@ class _Importer:
             if name not in self.initial:
                 raise GraphError(f"ONNX value {name!r} is used before it is defined")
             value = self.initial[name]
-            dtype = _graphc_dtype(value.dtype, f"initializer {name!r}")
+            dtype = graphc_dtype(value.dtype, f"initializer {name!r}")
             if dtypes.is_float(dtype):
                 value = np.ascontiguousarray(value, dtype)
                 t = param(self.unique(name), value.shape, init=OnnxInitializer(value),
@@ -178,7 +177,7 @@ class _Importer:
             if v.name in self.initial:
                 continue  # an initializer listed as an input (before opset 9): a weight
             t = input(self.unique(v.name), self.input_shape(v),
-                      _onnx_dtype(v.type.tensor_type.elem_type, f"input {v.name!r}"))
+                      onnx_dtype(v.type.tensor_type.elem_type, f"input {v.name!r}"))
             inputs[v.name] = self.values[v.name] = t
         if any(is_dynamic(t.shape) for t in inputs.values()):
             outputs = self.deferred()
@@ -290,21 +289,3 @@ def _common_prefix(paths: list[list[str]]) -> int:
     while k < n and all(p[k] == paths[0][k] for p in paths):
         k += 1
     return k
-
-
-def _graphc_dtype(np_dtype, what: str) -> str:
-    name = np.dtype(np_dtype).name
-    try:
-        return dtypes.as_dtype(name)
-    except TypeError:
-        raise DTypeError(located(f"{what} has dtype {name}, which graphc does not "
-                                 f"have")) from None
-
-
-def _onnx_dtype(elem_type: int, what: str) -> str:
-    if elem_type not in ONNX_DTYPES:
-        from onnx import TensorProto
-        raise DTypeError(located(f"{what} has ONNX type {TensorProto.DataType.Name(elem_type)}, "
-                                 f"which graphc does not have (it has "
-                                 f"{', '.join(dtypes.DTYPES)})"))
-    return ONNX_DTYPES[elem_type]

@@ -16,9 +16,10 @@ import numpy as np
 from .. import dtypes
 from .. import functions as F
 from .. import nn_functions as nf
+from ..errors import UnsupportedOpError
 from ..inputs import constant
 from ..ir import Tensor, located
-from .model import UnsupportedOpError
+from .onnx_dtypes import graphc_dtype, onnx_dtype
 
 SUPPORTED: dict = {}
 
@@ -191,8 +192,7 @@ def _celu(c: Call):
 
 @onnx_op("Cast")
 def _cast(c: Call):
-    from .onnx_import import _onnx_dtype
-    return F.cast(c.x(0), _onnx_dtype(c.attr("to"), f"{c.describe()}: to"))
+    return F.cast(c.x(0), onnx_dtype(c.attr("to"), f"{c.describe()}: to"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,8 +450,7 @@ def _constant(c: Call):
 
 
 def _constant_of(c: Call, value: np.ndarray) -> Tensor:
-    from .onnx_import import _graphc_dtype
-    return constant(np.asarray(value).astype(_graphc_dtype(value.dtype, c.describe())))
+    return constant(np.asarray(value).astype(graphc_dtype(value.dtype, c.describe())))
 
 
 @onnx_op("ConstantOfShape")

@@ -22,10 +22,11 @@ import numpy as np
 
 from .. import functions as F
 from .. import nn_functions as NF
+from ..errors import GraphError, UnsupportedOpError
 from ..inputs import constant, input, param
-from ..ir import GraphError, Tensor, located, scope
+from ..ir import Tensor, located, scope
 from ..nn import state_input
-from .model import Model, UnsupportedOpError
+from .model import Model
 
 
 def from_torch(module, example_args) -> Model:
