@@ -261,6 +261,30 @@ def test_the_input_projection_is_one_matmul_before_the_loop():
     assert not any(isinstance(t.op, Scan) and t.shape == W.shape for t in gc.Graph(dW).nodes)
 
 
+@pytest.mark.parametrize("kind,reverse", [("rnn", False), ("lstm", True), ("gru", False)])
+def test_weight_gradients_are_one_matmul_after_the_reverse_loop(kind, reverse):
+    inputs, fn, init = model(kind, steps=5)
+    U, xs = inputs[1], inputs[3]
+    loss = loss_of(*gc.scan(fn, init, xs, reverse=reverse))
+    grads = gc.grad(loss, inputs)
+    (bwd,) = {t.op.loop for t in gc.Graph(grads).nodes
+              if isinstance(t.op, Scan) and t.op.loop.reverse != reverse}
+    # the reverse loop carries the carry's gradient only: no running sum of a weight's
+    assert len(bwd.carry) == len(init if isinstance(init, tuple) else [init])
+    consts = {id(p) for p in bwd.consts}
+    for t in bwd.graph.nodes:  # each matmul left in the body reads a weight: g @ Uᵀ
+        if t.op.name == "matmul":
+            assert any(id(i) in consts or id(i.inputs[0] if i.inputs else i) in consts
+                       for i in t.inputs), t
+    dU = grads[1]
+    outer = [t for t in gc.Graph(dU).nodes if t.op.name == "matmul" and t.shape == U.shape]
+    assert [t.inputs[0].shape for t in outer] == [(H, 5 * B)]  # h_{t-1}ᵀ of all steps at once
+    loss_u = loss_of(*unroll(fn, init, xs, reverse))
+    feeds = feeds_for(inputs)
+    close(gc.compile(grads, backend="numpy")(feeds),
+          gc.compile(gc.grad(loss_u, inputs), backend="numpy")(feeds))
+
+
 def test_identical_scans_are_one_node_and_different_ones_are_not():
     inputs, fn, init = model("rnn")
     a, b = gc.scan(fn, init, inputs[3]), gc.scan(fn, init, inputs[3])
