@@ -1,7 +1,6 @@
 """gc.scan and gc.stop_gradient: forward and gradients against the unrolled graph, PyTorch
 and finite differences; truncation; construction errors; the Numba and CUDA backends."""
 
-import importlib
 import os
 import subprocess
 import sys
@@ -162,19 +161,25 @@ def test_hvp_and_grad_of_grad_equal_the_unrolled_graph():
           gc.compile(second_u, backend="numpy")(feeds), 1e-10)
 
 
-def test_recomputing_the_steps_gives_the_gradients_of_stacked_residuals(monkeypatch):
-    bptt = importlib.import_module("graphc.bptt")
-    inputs, fn, init = model("lstm")
-    loss = loss_of(*gc.scan(fn, init, inputs[3]))
-    stored = gc.grad(loss, inputs)
-    monkeypatch.setattr(bptt, "REMAT", True)
-    recomputed = gc.grad(loss, inputs)
-    reads = [{t.op.out[0] for t in gc.Graph(g).nodes if isinstance(t.op, Scan)
-              and not t.op.loop.reverse} for g in (stored, recomputed)]
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_remat_pipeline_recomputes_the_steps_instead_of_stacking_residuals(kind):
+    from graphc.passes import pipeline
+    inputs, fn, init = model(kind, steps=6)
+    loss = loss_of(*gc.scan(fn, init, inputs[3], truncate=4))
+    outs = [loss] + gc.grad(loss, inputs)
+    stored = gc.compile(outs, backend="numpy")
+    remat = gc.compile(outs, backend="numpy", passes=pipeline.REMAT_PIPELINE)
+    reads = [{t.op.out[0] for t in f.graph.nodes if isinstance(t.op, Scan)
+              and not t.op.loop.reverse} for f in (stored, remat)]
     assert "node" in reads[0] and "node" not in reads[1]  # residuals, or carries only
+    (log,) = [e for e in remat.stats["passes"] if e["pass"] == "remat"]
+    assert log["recomputed"] >= 3 and log["bytes_not_kept"] >= 3 * 6 * B * H * 8
+    plans = [[e for e in f.stats["passes"] if e["pass"] == "memory"][0] for f in (stored, remat)]
+    assert plans[1]["planned_peak_bytes"] < plans[0]["planned_peak_bytes"]
     feeds = feeds_for(inputs)
-    close(gc.compile(stored, backend="numpy")(feeds),
-          gc.compile(recomputed, backend="numpy")(feeds))
+    close(remat(feeds), stored(feeds))
+    loss_u = loss_of(*unroll(fn, init, inputs[3], cut=lambda s: s > 0 and s % 4 == 0))
+    close(remat(feeds), gc.compile([loss_u] + gc.grad(loss_u, inputs), backend="numpy")(feeds))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
