@@ -320,6 +320,33 @@ def test_a_scan_inside_a_scan_body():
     assert rep.ok, rep
 
 
+def test_the_text_form_prints_each_body_once_indented_with_its_inputs_and_outputs():
+    xs = gc.input("xs", (3, 4), "float64")
+
+    def outer(c, row):
+        inner, _ = gc.scan(lambda s, v: (s + v * c, None), gc.constant(0.0, dtype="float64"),
+                           row)
+        return c + inner, inner
+
+    c, ys = gc.scan(outer, gc.constant(1.0, dtype="float64"), xs)
+    text = str(gc.Graph([c, ys]))
+    assert text.count("body of scan, 3 steps {") == 1  # two outputs, one run, one body
+    inner = [line for line in text.splitlines() if line.startswith(" " * 8)]
+    assert inner == [
+        "        body of scan, 4 steps {",
+        "          carry scan1.carry0: f64[] = 0",
+        "          x scan1.x0: f64[] = scan.x0[t]",
+        "          const scan1.const0: f64[] = scan.carry0",
+        "          mul = mul(scan1.x0, scan1.const0) : f64[]",
+        "          add = add(scan1.carry0, mul)   : f64[]",
+        "          return carry add; ys ()",
+        "        }"]
+    assert "      return carry add; ys scan\n    }\n  scan_2 = scan(1, xs, out=y0" in text
+    backward = str(gc.Graph(gc.grad(c, xs)))
+    assert "body of scan_2, 3 steps, reverse {" in backward
+    assert "      x scan.carry0: f64[] = scan[t]" in backward  # the carries each step got
+
+
 # ---------------------------------------------------------------------------------------
 # Construction errors: raised at the call, naming the carry element and the user's line
 
