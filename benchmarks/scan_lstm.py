@@ -4,6 +4,7 @@ gradients), and PyTorch eager and torch.nn.LSTM in the same run.
 
     python benchmarks/scan_lstm.py [--steps 50 500] [--repeats 20] [--unrolled] [--nn]
                                    [--threads N]
+    python benchmarks/scan_lstm.py --memory [--steps 50 500] [--repeats 5] [--backend numpy]
     python benchmarks/scan_lstm.py --diagrams docs    # lstm_scan_forward/backward.svg
 
 Forms: ``scan`` (W4's cell written with ``gc.scan``), ``nn`` (``gc.nn.LSTM``, which runs
@@ -11,6 +12,13 @@ on gc.scan: batch-first input, so two transposes more), ``unrolled`` (workloads.
 T <= 100 only: at T = 500 it would be 25,000 nodes).  cold: gc.compile + first call in a
 fresh process on an empty GRAPHC_CACHE_DIR; warm: a new process on the cache the cold run
 filled.  A child that runs over a minute is stopped and reported as such.
+
+``--memory``: the ``scan`` form compiled with the default pipeline (the forward stacks the
+residuals its backward loop reads) and with ``REMAT_PIPELINE`` (it stacks the carries only;
+the backward recomputes each step): the memory pass's planned peak and what the forward
+keeps for the backward, the peak of one call by tracemalloc (NumPy's allocations) and the
+process's RSS peak during it (VmHWM after clearing it; the process, libraries and the
+compiled program's buffer pool included), and the step time (median).
 """
 
 import argparse
@@ -47,6 +55,67 @@ print(json.dumps({"compile": t1 - t0, "nodes": len(gc.Graph([loss, *grads]).node
                   "compiled": f.stats.get("kernel_cache_misses"),
                   "step_ms": 1e3 * float(np.median(times)) if times else None}))
 """
+
+MEMORY_CHILD = r"""
+import json, sys, time, tracemalloc
+import numpy as np
+import graphc as gc
+from graphc.passes import pipeline
+sys.path.insert(0, sys.argv[1])
+from scan_lstm import build
+loss, wrt, feeds = build(int(sys.argv[2]), "scan")
+passes = pipeline.REMAT_PIPELINE if sys.argv[3] == "remat" else pipeline.DEFAULT_PIPELINE
+f = gc.compile([loss, *gc.grad(loss, wrt)], passes=passes, backend=sys.argv[5])
+want = f(feeds)
+times = []
+for _ in range(int(sys.argv[4])):
+    s = time.perf_counter()
+    f(feeds)
+    times.append(time.perf_counter() - s)
+def rss(field):
+    with open("/proc/self/status") as fh:
+        return 1024 * int(next(l for l in fh if l.startswith(field)).split()[1])
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # VmHWM := VmRSS
+before = rss("VmRSS:")
+f(feeds)
+rss_peak = rss("VmHWM:")
+tracemalloc.start()
+f(feeds)
+traced = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+(plan,) = [e for e in f.stats["passes"] if e["pass"] == "memory"]
+print(json.dumps({"planned": plan["planned_peak_bytes"], "kept": plan["saved_for_backward_bytes"],
+                  "traced": traced, "rss": rss_peak, "rss_before": before,
+                  "step_ms": 1e3 * float(np.median(times))}))
+"""
+
+
+def memory(steps: int, repeats: int, cache: str, backend: str) -> None:
+    """Default vs REMAT_PIPELINE for the scan form at ``steps`` (module docstring)."""
+    env = {**os.environ, "GRAPHC_CACHE_DIR": cache}
+    for mode in ("default", "remat"):
+        for _ in range(3):  # a child stopped while compiling left the kernel cache part filled
+            try:
+                out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(HERE),
+                                      str(steps), mode, str(repeats), backend], env=env,
+                                     capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+                break
+            except subprocess.TimeoutExpired:
+                out = None
+        if out is None:
+            print(f"W4 scan, T={steps}, {mode}: stopped after {CHILD_TIMEOUT} s, 3 times")
+            continue
+        if out.returncode:
+            print(f"W4 scan, T={steps}, {mode}: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"W4 scan ({backend}), T={steps}, {mode:<7}: planned peak "
+              f"{r['planned'] / 1e6:7.2f} MB, "
+              f"forward keeps {r['kept'] / 1e6:7.2f} MB; one call: tracemalloc peak "
+              f"{r['traced'] / 1e6:7.2f} MB, RSS peak {r['rss'] / 1e6:7.1f} MB (before it "
+              f"{r['rss_before'] / 1e6:.1f} MB); "
+              f"step {r['step_ms']:.1f} ms")
 
 
 def build(steps: int, kind: str = "scan", inputs=64, hidden=128, batch=32):
@@ -146,6 +215,9 @@ def main(argv=None):
     p.add_argument("--unrolled", action="store_true")
     p.add_argument("--nn", action="store_true", help="also gc.nn.LSTM (on gc.scan)")
     p.add_argument("--diagrams", metavar="DIR")
+    p.add_argument("--memory", action="store_true", help="peak memory and step time with "
+                   "and without rematerialisation (scan form only)")
+    p.add_argument("--backend", default="numba", help="of --memory: numba or numpy")
     p.add_argument("--threads", type=int, help="threads of every library (children and "
                    "torch): set before they load; default: the environment's")
     args = p.parse_args(argv)
@@ -155,6 +227,12 @@ def main(argv=None):
         return diagrams(args.diagrams)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
           f"{os.environ.get('OMP_NUM_THREADS', 'default')} thread(s)")
+    if args.memory:  # a GRAPHC_CACHE_DIR of the environment is kept between runs
+        with tempfile.TemporaryDirectory() as cache:
+            for steps in args.steps:
+                memory(steps, args.repeats, os.environ.get("GRAPHC_CACHE_DIR", cache),
+                       args.backend)
+        return
     for steps in args.steps:
         kinds = ["scan"] + (["nn"] if args.nn else []) + \
             (["unrolled"] if args.unrolled and steps <= 100 else [])

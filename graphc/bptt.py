@@ -2,10 +2,14 @@
 
 :func:`scan_vjp` builds it for one scan instance (:mod:`graphc.scan` describes the IR).
 Its body is :func:`graphc.passes.autodiff.backward` of the forward body: its carry is
-the carry's gradient and the running sums of the weights' gradients, its ``xs`` the
-forward values it reads (residuals, stacked by the forward), the forward's ``xs`` and the
-cotangents of the stacked outputs, and its ``y``s the gradients of ``xs``.  ``truncate=k``
-is a bool per step, ``where(keep_t, g, 0)``, at the chunk boundaries.
+the carry's gradient, its ``xs`` the forward values it reads (residuals, stacked by the
+forward), the forward's ``xs`` and the cotangents of the stacked outputs, and its ``y``s
+the gradients of ``xs``.  A weight's gradient is a sum over the steps; its terms that are
+products of per-step values (``h_{t-1}ᵀ @ g_t``) are not summed in the loop but computed
+after it as one matmul over all T steps (``hsᵀ @ gs``, the per-step values stacked), and
+its sums of a value the loop stacks anyway (the bias's ``sum(g_t, 0)``) as one sum
+(:class:`_Stacks`); what is left, if anything, is a running sum carried by the loop.
+``truncate=k`` is a bool per step, ``where(keep_t, g, 0)``, at the chunk boundaries.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes
+from .elementwise_ops import Elementwise
 from .inputs import constant
 from .ir import Tensor, iter_nodes
-from .scan import Loop, Scan, _substitute, placeholder
+from .scan import Loop, Scan, _substitute, instance_key, placeholder
+from .structured_ops import MatMul, Reduce, Transpose
 
-REMAT = False  # True: the forward keeps its carries only; the backward recomputes each step
 
 def scan_vjp(nodes, grads, wanted) -> list:
     """The gradients of the inputs of one scan instance (``nodes``: its outputs in the
@@ -57,20 +62,20 @@ def scan_vjp(nodes, grads, wanted) -> list:
         new_gc = [F.where(keep_ph, g, 0.0) for g in new_gc]
     cin_g = dict(zip(gcin, gcin_ph))
     new_gc = [g + cin_g[i] if i in cin_g else g for i, g in zip(fc, new_gc)]
-    new_acc = [a + result.grad_of(loop.consts[j]) for a, j in zip(acc_ph, fw)]
+    wgrad = [result.grad_of(loop.consts[j]) for j in fw]
     gx = [result.grad_of(loop.xs[j]) for j in fx]
-    res_ph, res_outer = [], []
-    if not REMAT:  # the forward values the backward reads are stacked by the forward
-        outs, res_ph, kept = _residuals(loop, new_gc + new_acc + gx, tag)
-        new_gc, new_acc, gx = (outs[:len(fc)], outs[len(fc):len(fc) + len(fw)],
-                               outs[len(fc) + len(fw):])
-        ys = {id(y): j for j, y in enumerate(loop.ys)}  # a y is stacked already
-        res_outer = [_node(loop, ("y", ys[id(n)]) if id(n) in ys else ("node", k), inputs)
-                     for k, n in ((k, loop.graph.nodes[k]) for k in kept)]
-    used = {id(t) for t in iter_nodes(new_gc + new_acc + gx)}
+    # the forward values the backward reads are stacked by the forward (the remat pass
+    # may have the backward recompute them instead: recomputed below)
+    outs, res_ph, kept = _residuals(loop, new_gc + wgrad + gx, tag)
+    new_gc, wgrad, gx = (outs[:len(fc)], outs[len(fc):len(fc) + len(fw)],
+                         outs[len(fc) + len(fw):])
+    ys = {id(y): j for j, y in enumerate(loop.ys)}  # a y is stacked already
+    res_outer = [_node(loop, ("y", ys[id(n)]) if id(n) in ys else ("node", k), inputs)
+                 for k, n in ((k, loop.graph.nodes[k]) for k in kept)]
+    used = {id(t) for t in iter_nodes(new_gc + wgrad + gx)}
 
-    # the backward loop: carry (dL/dcarry, weight-gradient sums), xs (the forward's
-    # carries as each step got them, its xs, the cotangents of ys, ...), consts
+    # the backward loop: carry (dL/dcarry, what is left of the weight-gradient sums), xs
+    # (the forward's carries as each step got them, its xs, the cotangents of ys, ...)
     fwd_c = [i for i, p in enumerate(loop.carry) if id(p) in used]
     fwd_x = [j for j, p in enumerate(loop.xs) if id(p) in used]
     fwd_w = [j for j, p in enumerate(loop.consts) if id(p) in used]
@@ -82,10 +87,15 @@ def scan_vjp(nodes, grads, wanted) -> list:
     if keep_ph is not None:
         bwd_xs.append(keep_ph)
         outer_xs.append(constant(_keep_mask(loop)))
-    bwd = Loop(tuple(gc_ph + acc_ph), tuple(bwd_xs), tuple(loop.consts[j] for j in fwd_w),
-               tuple(new_gc + new_acc), tuple(gx), loop.length, not loop.reverse)
+    stacks = _Stacks(gc_ph, bwd_xs, outer_xs, gx, loop.length)
+    after = [stacks.split(g) for g in wgrad]  # (sum left in the loop, products after it)
+    kept_w = [k for k, (rest, _) in enumerate(after) if rest is not None]
+    new_acc = [acc_ph[k] + after[k][0] for k in kept_w]
+    bwd = Loop(tuple(gc_ph + [acc_ph[k] for k in kept_w]), tuple(bwd_xs),
+               tuple(loop.consts[j] for j in fwd_w), tuple(new_gc + new_acc),
+               tuple(gx + stacks.ys), loop.length, not loop.reverse)
     init = [ct.get(("carry", i), _zeros(loop.carry[i])) for i in fc] + \
-        [_zeros(loop.consts[j]) for j in fw]
+        [_zeros(loop.consts[fw[k]]) for k in kept_w]
     bwd_inputs = init + outer_xs + [inputs[n_c + n_x + j] for j in fwd_w]
     out: list = [None] * len(inputs)
     for k, i in enumerate(fc):
@@ -93,9 +103,101 @@ def scan_vjp(nodes, grads, wanted) -> list:
             out[i] = _node(bwd, ("carry", k), bwd_inputs)
     for k, j in enumerate(fx):
         out[n_c + j] = _node(bwd, ("y", k), bwd_inputs)
-    for k, j in enumerate(fw):
-        out[n_c + n_x + j] = _node(bwd, ("carry", len(fc) + k), bwd_inputs)
+    for k, (j, (rest, products)) in enumerate(zip(fw, after)):
+        total = None if rest is None else _node(bwd, ("carry", len(fc) + kept_w.index(k)),
+                                                bwd_inputs)
+        for p in products:
+            p = p(lambda key: _node(bwd, key, bwd_inputs))
+            total = p if total is None else total + p
+        out[n_c + n_x + j] = total
     return out
+
+
+class _Stacks:
+    """Values of the backward body over all steps, as outer tensors of shape (T, ...): a
+    stacked ``xs`` as it is fed, a carry of the loop as its ``("cin", k)`` output, another
+    per-step value as one more ``y``.  :meth:`split` takes a weight gradient's products of
+    per-step values out of the loop: ``sum_t a_t @ b_t`` is one matmul over all T steps
+    after it, and ``sum_t sum(v_t)`` one sum over a ``v`` the loop stacks anyway."""
+
+    def __init__(self, carry, xs, outer_xs, ys, length):
+        self.carry = {id(p): k for k, p in enumerate(carry)}
+        self.xs = {id(p): o for p, o in zip(xs, outer_xs)}
+        self.step = set(self.carry) | set(self.xs)
+        self.n_old, self.all_ys, self.length = len(ys), list(ys), length
+
+    @property
+    def ys(self) -> list:
+        """The ys added for the products."""
+        return self.all_ys[self.n_old:]
+
+    def per_step(self, t: Tensor) -> bool:
+        return any(id(n) in self.step for n in iter_nodes([t]))
+
+    def stacked(self, t: Tensor, add: bool = True):
+        """``t`` over all steps: a function ``node -> tensor`` (``node(out)``: the loop's
+        output ``out``), or None when ``t`` is not per-step (or, ``add`` false, when the
+        loop does not stack it already)."""
+        if id(t) in self.xs:
+            outer = self.xs[id(t)]
+            return lambda node: outer
+        if id(t) in self.carry:
+            key = ("cin", self.carry[id(t)])
+        else:
+            at = [k for k, y in enumerate(self.all_ys) if y is t]
+            if not at and (not add or not self.per_step(t)):
+                return None
+            if not at:
+                self.all_ys.append(t)
+            key = ("y", at[0] if at else len(self.all_ys) - 1)
+        return lambda node: node(key)
+
+    def split(self, g: Tensor):
+        """``g`` (a weight's gradient in one step) as (the sum of its terms left in the
+        loop or None, functions ``node -> tensor`` giving the others over all steps)."""
+        rest, after = None, []
+        for term in _terms(g):
+            product = self._product(term)
+            if product is not None:
+                after.append(product)
+            else:
+                rest = term if rest is None else rest + term
+        return rest, after
+
+    def _product(self, t: Tensor):
+        from . import functions as F
+        T = self.length
+        if isinstance(t.op, Reduce) and t.op.kind == "sum":
+            v = self.stacked(t.inputs[0], add=False)
+            if v is None:
+                return None
+            axes = (0,) + tuple(a + 1 for a in t.op.axes)
+            return lambda node: F.reshape(F.sum(v(node), axis=axes), t.shape)
+        if not (isinstance(t.op, MatMul) and t.ndim == 2 and
+                all(i.ndim == 2 for i in t.inputs)):
+            return None
+        a, b = t.inputs
+        (d, n), h = a.shape, b.shape[1]
+        x = a.inputs[0] if isinstance(a.op, Transpose) else None  # a = xᵀ: stack x
+        if not all(self.per_step(v) for v in (a, b)):
+            return None
+        xs = self.stacked(x) if x is not None else None
+        a_s = self.stacked(a) if xs is None else None
+        b_s = self.stacked(b)
+
+        def a_all(node):  # (d, T·n): the a_t side by side
+            if xs is not None:
+                return F.transpose(F.reshape(xs(node), (T * n, d)))
+            return F.reshape(F.transpose(a_s(node), (1, 0, 2)), (d, T * n))
+        return lambda node: F.matmul(a_all(node), F.reshape(b_s(node), (T * n, h)))
+
+
+def _terms(g: Tensor) -> list:
+    """The summands of ``g``: the operands of its chain of same-shape adds."""
+    if isinstance(g.op, Elementwise) and g.op.fn.name == "add" and \
+            all((i.shape, i.dtype) == (g.shape, g.dtype) for i in g.inputs):
+        return _terms(g.inputs[0]) + _terms(g.inputs[1])
+    return [g]
 
 
 def _residuals(loop: Loop, outs, tag):
@@ -116,6 +218,57 @@ def _residuals(loop: Loop, outs, tag):
     ph = [placeholder(f"{tag}.res{k}", t.shape, t.dtype) for k, t in enumerate(kept.values())]
     new = _substitute(outs, {i: p for i, p in zip(kept, ph)})
     return new, ph, [index[i] for i in kept]
+
+
+def recomputed(t: Tensor, memo: dict) -> Tensor:
+    """Scan node ``t`` rebuilt to recompute each step the forward values its body reads as
+    stacks of another scan (the residuals): their placeholders become the forward body's
+    nodes, computed from the forward's carry as each step got it (its ``("cin", i)``
+    stack), xs and consts.  ``t`` itself when it reads none, or where that cannot be done
+    (a forward placeholder fed otherwise).  ``memo``: per instance, the rebuilt loop, its
+    inputs and the stacks no longer read (one rebuild for all of an instance's outputs)."""
+    key = instance_key(t)
+    if key not in memo:
+        memo[key] = _recompute_loop(t.op.loop, t.inputs)
+    found = memo[key]
+    if found is None or t.op.out[0] == "node":  # a node index of the old body: keep it
+        return t
+    return _node(found[0], t.op.out, found[1])
+
+
+def _recompute_loop(loop: Loop, inputs):
+    n_c, n_x = len(loop.carry), len(loop.xs)
+    fed = {id(p): o for p, o in zip(loop.params, inputs)}
+    swap: dict[int, Tensor] = {}
+    read, more_xs, more_consts = [], [], []
+    for p, o in zip(loop.xs, inputs[n_c:n_c + n_x]):
+        if not (isinstance(o.op, Scan) and o.op.out[0] in ("y", "node")):
+            continue
+        f, fi = o.op.loop, o.inputs
+        value = f.stacked(*o.op.out)
+        needs = {id(n) for n in iter_nodes([value])}
+        fc, fx = len(f.carry), len(f.xs)
+        feeds = [(q, _node(f, ("cin", i), fi), more_xs) for i, q in enumerate(f.carry)] + \
+            [(q, fi[fc + j], more_xs) for j, q in enumerate(f.xs)] + \
+            [(q, fi[fc + fx + j], more_consts) for j, q in enumerate(f.consts)]
+        feeds = [e for e in feeds if id(e[0]) in needs]
+        if any(fed.get(id(q), outer) is not outer for q, outer, _ in feeds):
+            continue
+        for q, outer, into in feeds:
+            if id(q) not in fed:
+                fed[id(q)] = outer
+                into.append((q, outer))
+        swap[id(p)] = value
+        read.append(o)
+    if not swap:
+        return None
+    xs = [(p, o) for p, o in zip(loop.xs, inputs[n_c:n_c + n_x]) if id(p) not in swap]
+    xs += more_xs
+    consts = list(zip(loop.consts, inputs[n_c + n_x:])) + more_consts
+    body = _substitute(list(loop.new_carry + loop.ys), dict(swap))
+    new = Loop(loop.carry, tuple(p for p, _ in xs), tuple(p for p, _ in consts),
+               tuple(body[:n_c]), tuple(body[n_c:]), loop.length, loop.reverse, loop.truncate)
+    return new, list(inputs[:n_c]) + [o for _, o in xs] + [o for _, o in consts], read
 
 
 def _node(loop: Loop, out, inputs) -> Tensor:

@@ -199,7 +199,29 @@ def _attr_text(value) -> str:
 def format_graph(graph) -> str:
     """Deterministic text form of a graph: one line per node, SSA style, every node named
     as diagrams name it (:func:`node_names`; scalar constants inline), with shapes and
-    dtypes."""
+    dtypes.  A scan's body follows its first output's line, indented: its placeholders
+    with what feeds them (``xs[t]``: step t's slice), its nodes, and what it returns.
+
+    >>> import graphc as gc
+    >>> W = gc.input("W", (2, 2))
+    >>> h, hs = gc.scan(lambda h, x: (gc.tanh(h @ W + x),) * 2, gc.input("h0", (1, 2)),
+    ...                 gc.input("xs", (3, 1, 2)))
+    >>> print(gc.Graph([h, hs]))                # doctest: +NORMALIZE_WHITESPACE
+    graph(h0: f32[1,2], xs: f32[3,1,2], W: f32[2,2]) {
+      scan = scan(h0, xs, W, out=carry0, length=3, reverse=False, truncate=None) : f32[1,2]
+        body of scan, 3 steps {
+          carry scan.carry0: f32[1,2] = h0
+          x scan.x0: f32[1,2] = xs[t]
+          const scan.const0: f32[2,2] = W
+          matmul = matmul(scan.carry0, scan.const0) : f32[1,2]
+          add = add(matmul, scan.x0)     : f32[1,2]
+          tanh = tanh(add)               : f32[1,2]
+          return carry tanh; ys tanh
+        }
+      scan_2 = scan(h0, xs, W, out=y0, length=3, reverse=False, truncate=None) : f32[3,1,2]
+      return scan, scan_2
+    }
+    """
     graph = graph if isinstance(graph, Graph) else Graph(graph)
     names = node_names(graph)
     header = []
@@ -208,6 +230,15 @@ def format_graph(graph) -> str:
             if t.op.is_param else ""
         header.append(f"{t.op.label}: {type_text(t)}{tag}")
     lines = [f"graph({', '.join(header)}) {{"]
+    lines += _node_lines(graph, names, "  ")
+    lines.append(f"  return {', '.join(names[id(t)] for t in graph.outputs)}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _node_lines(graph: Graph, names, indent: str) -> list[str]:
+    from .scan import Scan, instance_key
+    lines, shown = [], set()
     for t in graph.nodes:
         if isinstance(t.op, Input) or _inlined(t, names):
             continue
@@ -217,10 +248,31 @@ def format_graph(graph) -> str:
             attrs = ", ".join(f"{k}={_attr_text(v)}" for k, v in t.op.attrs().items())
             args = ", ".join(names[id(i)] for i in t.inputs)
             body = f"{t.op.name}({args}{', ' if attrs and args else ''}{attrs})"
-        lines.append(f"  {names[id(t)]} = {body:<24} : {type_text(t)}")
-    lines.append(f"  return {', '.join(names[id(t)] for t in graph.outputs)}")
-    lines.append("}")
-    return "\n".join(lines)
+        lines.append(f"{indent}{names[id(t)]} = {body:<24} : {type_text(t)}")
+        if isinstance(t.op, Scan) and instance_key(t) not in shown:  # one body per run
+            shown.add(instance_key(t))
+            lines += _loop_lines(t, names, indent + "  ")
+    return lines
+
+
+def _loop_lines(t: Tensor, names, indent: str) -> list[str]:
+    """The body of scan node ``t``: placeholders and what feeds them, nodes, outputs."""
+    loop = t.op.loop
+    n_c, n_x = len(loop.carry), len(loop.xs)
+    order = ", reverse" if loop.reverse else ""
+    lines = [f"{indent}body of {names[id(t)]}, {loop.length} steps{order} {{"]
+    inner = indent + "  "
+    for k, (p, outer) in enumerate(zip(loop.params, t.inputs)):
+        role = "carry" if k < n_c else "x" if k < n_c + n_x else "const"
+        fed = f"{names[id(outer)]}[t]" if role == "x" else names[id(outer)]
+        lines.append(f"{inner}{role} {p.op.label}: {type_text(p)} = {fed}")
+    body_names = node_names(loop.graph)
+    lines += _node_lines(loop.graph, body_names, inner)
+    carry = ", ".join(body_names[id(c)] for c in loop.new_carry)
+    ys = ", ".join(body_names[id(y)] for y in loop.ys)
+    lines.append(f"{inner}return carry {carry or '()'}; ys {ys or '()'}")
+    lines.append(f"{indent}}}")
+    return lines
 
 
 def _inlined(t: Tensor, names) -> bool:

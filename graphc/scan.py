@@ -28,9 +28,10 @@ outside the body: its result is a const, computed once before the loop.
 The derivative of a scan is another scan running the other way (backpropagation through
 time, :func:`graphc.bptt.scan_vjp`): its body is the body's own backward graph, built by
 :func:`graphc.passes.autodiff.backward`, reading the forward values it needs as slices of
-stacks the forward keeps (residuals).  With ``graphc.bptt.REMAT = True`` the forward keeps only its
-carries and the backward recomputes each step from them (less memory, about twice the
-forward's compute).
+stacks the forward keeps (residuals).  Compiled with the rematerialisation pipeline
+(``gc.compile(..., passes=pipeline.REMAT_PIPELINE)``, :mod:`graphc.passes.remat`), the
+forward keeps only its carries and the backward recomputes each step from them (less
+memory, the forward body run twice).
 
 Work in the body that does not depend on the carry and holds a matmul (the input
 projection ``x_t @ Wx``) is lifted out of the loop at construction: one large matmul over

@@ -14,8 +14,9 @@ holds the memory plan of one call in the graph's topological order:
 - ``peak_live_bytes``: the most bytes alive at once, a lower bound for any plan without
   in-place updates;
 - for a training step (outputs = loss and gradients), ``saved_for_backward``: the forward
-  values (those the first output depends on) that the backward still reads, the only
-  forward values kept past their forward use.
+  values (those the first output depends on, and the stacks a forward
+  scan keeps for its backward loop) that the backward still reads, the only forward values
+  kept past their forward use.
 
 The Numba backend plans its buffers by the same rules (``graphc.numba_backend``) and
 reports what it allocated as ``buffer_bytes``.
@@ -37,6 +38,7 @@ from graphc.fused_ops import Fused
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
+from graphc.scan import siblings
 from graphc.structured_ops import BroadcastTo, Index, Reshape, Transpose
 
 
@@ -138,6 +140,9 @@ def saved_for_backward(graph: Graph) -> tuple[int, int]:
     if len(graph.outputs) < 2:
         return 0, 0
     forward = {id(t) for t in Graph(graph.outputs[:1]).nodes}
+    for members in siblings(graph.nodes).values():  # one loop run computes all of them
+        if any(id(m) in forward for m in members):
+            forward.update(id(m) for m in members)
     kept = {}
     for t in graph.nodes:
         if id(t) in forward:

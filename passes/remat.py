@@ -21,6 +21,14 @@ not an output, computable by at most ``max_steps`` elementwise ops of its dtype 
 that are not themselves rematerialized (seen through reshapes, transposes and broadcasts).
 So the values kept for the backward never grow, and the forward keeps strictly fewer bytes.
 
+Loops: a backward loop (backpropagation through time, :mod:`graphc.bptt`) reads the
+forward values its body needs as stacks over all steps that the forward scan keeps (its
+residuals: the gates of every step, say).  Here it recomputes them instead, each step, from
+the forward's carry as that step got it, its xs and consts
+(:func:`graphc.bptt.recomputed`): the forward then keeps its carries only, at the cost of
+running the forward body a second time.  Such stacks count in ``recomputed`` and
+``bytes_not_kept`` as the values above do.
+
 >>> import graphc as gc
 >>> x = gc.input("x", (64, 32)); W = gc.param("W", (32, 32))
 >>> loss = gc.sum(gc.square(gc.tanh(x @ W) * 2.0))
@@ -32,11 +40,13 @@ So the values kept for the backward never grow, and the forward keeps strictly f
 
 from __future__ import annotations
 
+from graphc.bptt import recomputed
 from graphc.elementwise_ops import Elementwise
 from graphc.fused_ops import Fused, FusedOutput, FusedStep, prune
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
+from graphc.scan import Scan
 
 from .fusion import inline, is_member
 from .memory import is_view, nbytes
@@ -98,11 +108,13 @@ def recomputable(t: Tensor) -> bool:
 
 
 def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph:
-    """Recompute cheap elementwise forward values in the backward (module docstring).
+    """Recompute cheap elementwise forward values, and the residuals of loops, in the
+    backward (module docstring).
 
     ``max_steps``: the most elementwise ops one recomputation may repeat.  ``log``
     receives ``recomputed`` (how many values) and ``bytes_not_kept`` (the bytes of forward
     values the backward no longer keeps)."""
+    graph, stacks, stack_bytes = _loops(graph)
     chosen: dict[int, Tensor] = {}
     if len(graph.outputs) >= 2:
         forward = {id(t) for t in Graph(graph.outputs[:1]).nodes}
@@ -137,6 +149,17 @@ def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph
         out = graph
     if log is not None:
         nodes = {id(t): t for t in graph.nodes}
-        log["recomputed"] = len(chosen)
-        log["bytes_not_kept"] = sum(nbytes(nodes[k]) for k in chosen)
+        log["recomputed"] = len(chosen) + stacks
+        log["bytes_not_kept"] = sum(nbytes(nodes[k]) for k in chosen) + stack_bytes
     return out
+
+
+def _loops(graph: Graph) -> tuple[Graph, int, int]:
+    """Backward loops rebuilt to recompute their residuals; returns the graph, how many
+    stacks they no longer read and the bytes of those the forward no longer keeps."""
+    memo: dict = {}
+    out = rebuild(graph, lambda node, old: recomputed(node, memo)
+                  if isinstance(node.op, Scan) else node)
+    read = {id(o): o for found in memo.values() if found for o in found[2]}
+    kept = {id(t) for t in out.nodes}
+    return out, len(read), sum(nbytes(o) for k, o in read.items() if k not in kept)

@@ -1,7 +1,6 @@
 """gc.scan and gc.stop_gradient: forward and gradients against the unrolled graph, PyTorch
 and finite differences; truncation; construction errors; the Numba and CUDA backends."""
 
-import importlib
 import os
 import subprocess
 import sys
@@ -162,19 +161,25 @@ def test_hvp_and_grad_of_grad_equal_the_unrolled_graph():
           gc.compile(second_u, backend="numpy")(feeds), 1e-10)
 
 
-def test_recomputing_the_steps_gives_the_gradients_of_stacked_residuals(monkeypatch):
-    bptt = importlib.import_module("graphc.bptt")
-    inputs, fn, init = model("lstm")
-    loss = loss_of(*gc.scan(fn, init, inputs[3]))
-    stored = gc.grad(loss, inputs)
-    monkeypatch.setattr(bptt, "REMAT", True)
-    recomputed = gc.grad(loss, inputs)
-    reads = [{t.op.out[0] for t in gc.Graph(g).nodes if isinstance(t.op, Scan)
-              and not t.op.loop.reverse} for g in (stored, recomputed)]
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_remat_pipeline_recomputes_the_steps_instead_of_stacking_residuals(kind):
+    from graphc.passes import pipeline
+    inputs, fn, init = model(kind, steps=6)
+    loss = loss_of(*gc.scan(fn, init, inputs[3], truncate=4))
+    outs = [loss] + gc.grad(loss, inputs)
+    stored = gc.compile(outs, backend="numpy")
+    remat = gc.compile(outs, backend="numpy", passes=pipeline.REMAT_PIPELINE)
+    reads = [{t.op.out[0] for t in f.graph.nodes if isinstance(t.op, Scan)
+              and not t.op.loop.reverse} for f in (stored, remat)]
     assert "node" in reads[0] and "node" not in reads[1]  # residuals, or carries only
+    (log,) = [e for e in remat.stats["passes"] if e["pass"] == "remat"]
+    assert log["recomputed"] >= 3 and log["bytes_not_kept"] >= 3 * 6 * B * H * 8
+    plans = [[e for e in f.stats["passes"] if e["pass"] == "memory"][0] for f in (stored, remat)]
+    assert plans[1]["planned_peak_bytes"] < plans[0]["planned_peak_bytes"]
     feeds = feeds_for(inputs)
-    close(gc.compile(stored, backend="numpy")(feeds),
-          gc.compile(recomputed, backend="numpy")(feeds))
+    close(remat(feeds), stored(feeds))
+    loss_u = loss_of(*unroll(fn, init, inputs[3], cut=lambda s: s > 0 and s % 4 == 0))
+    close(remat(feeds), gc.compile([loss_u] + gc.grad(loss_u, inputs), backend="numpy")(feeds))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -261,6 +266,30 @@ def test_the_input_projection_is_one_matmul_before_the_loop():
     assert not any(isinstance(t.op, Scan) and t.shape == W.shape for t in gc.Graph(dW).nodes)
 
 
+@pytest.mark.parametrize("kind,reverse", [("rnn", False), ("lstm", True), ("gru", False)])
+def test_weight_gradients_are_one_matmul_after_the_reverse_loop(kind, reverse):
+    inputs, fn, init = model(kind, steps=5)
+    U, xs = inputs[1], inputs[3]
+    loss = loss_of(*gc.scan(fn, init, xs, reverse=reverse))
+    grads = gc.grad(loss, inputs)
+    (bwd,) = {t.op.loop for t in gc.Graph(grads).nodes
+              if isinstance(t.op, Scan) and t.op.loop.reverse != reverse}
+    # the reverse loop carries the carry's gradient only: no running sum of a weight's
+    assert len(bwd.carry) == len(init if isinstance(init, tuple) else [init])
+    consts = {id(p) for p in bwd.consts}
+    for t in bwd.graph.nodes:  # each matmul left in the body reads a weight: g @ Uᵀ
+        if t.op.name == "matmul":
+            assert any(id(i) in consts or id(i.inputs[0] if i.inputs else i) in consts
+                       for i in t.inputs), t
+    dU = grads[1]
+    outer = [t for t in gc.Graph(dU).nodes if t.op.name == "matmul" and t.shape == U.shape]
+    assert [t.inputs[0].shape for t in outer] == [(H, 5 * B)]  # h_{t-1}ᵀ of all steps at once
+    loss_u = loss_of(*unroll(fn, init, xs, reverse))
+    feeds = feeds_for(inputs)
+    close(gc.compile(grads, backend="numpy")(feeds),
+          gc.compile(gc.grad(loss_u, inputs), backend="numpy")(feeds))
+
+
 def test_identical_scans_are_one_node_and_different_ones_are_not():
     inputs, fn, init = model("rnn")
     a, b = gc.scan(fn, init, inputs[3]), gc.scan(fn, init, inputs[3])
@@ -289,6 +318,33 @@ def test_a_scan_inside_a_scan_body():
     close(got[:2], [want_c, want_ys])
     rep = gc.check_grad(c, xs, {"xs": X})
     assert rep.ok, rep
+
+
+def test_the_text_form_prints_each_body_once_indented_with_its_inputs_and_outputs():
+    xs = gc.input("xs", (3, 4), "float64")
+
+    def outer(c, row):
+        inner, _ = gc.scan(lambda s, v: (s + v * c, None), gc.constant(0.0, dtype="float64"),
+                           row)
+        return c + inner, inner
+
+    c, ys = gc.scan(outer, gc.constant(1.0, dtype="float64"), xs)
+    text = str(gc.Graph([c, ys]))
+    assert text.count("body of scan, 3 steps {") == 1  # two outputs, one run, one body
+    inner = [line for line in text.splitlines() if line.startswith(" " * 8)]
+    assert inner == [
+        "        body of scan, 4 steps {",
+        "          carry scan1.carry0: f64[] = 0",
+        "          x scan1.x0: f64[] = scan.x0[t]",
+        "          const scan1.const0: f64[] = scan.carry0",
+        "          mul = mul(scan1.x0, scan1.const0) : f64[]",
+        "          add = add(scan1.carry0, mul)   : f64[]",
+        "          return carry add; ys ()",
+        "        }"]
+    assert "      return carry add; ys scan\n    }\n  scan_2 = scan(1, xs, out=y0" in text
+    backward = str(gc.Graph(gc.grad(c, xs)))
+    assert "body of scan_2, 3 steps, reverse {" in backward
+    assert "      x scan.carry0: f64[] = scan[t]" in backward  # the carries each step got
 
 
 # ---------------------------------------------------------------------------------------
