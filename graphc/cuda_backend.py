@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from . import dtypes
 from .compiler import BackendError
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
@@ -48,7 +47,7 @@ from .inputs import Constant, Input
 from .interpreter import check_sizes
 from .ir import GraphError, located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
-from .numba_codegen import Unsupported, _comparison_form, comment
+from .numba_codegen import Unsupported, _comparison_form, comment, formula
 from .scan import Scan, StopGradient
 from .structured_ops import (
     BroadcastTo,
@@ -424,14 +423,12 @@ def _expression(t):
         g = t.op.group
         bound, (expr,) = g.statements(outputs=(t.op.out,), symbols=syms)
         bools = {s for s, i in zip(syms, t.inputs) if i.dtype == "bool"}
-        return syms, bound, expr, g.dtype, bools, shape
+        return syms, bound, expr, t.op.work_dtype(), bools, shape
     fn = t.op.fn
     subs = dict(zip(fn.param_symbols, (v for _, v in t.op.params)))
     subs.update(zip(fn.args, syms))
     expr = fn.stable.xreplace(subs)
-    numeric = [i.dtype for a, i in zip(fn.args, t.inputs) if a.name not in fn.bool_args]
-    common = dtypes.promote(*numeric) if numeric else "bool"
-    work = t.op.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
+    work = t.op.work_dtype([i.dtype for i in t.inputs])
     bools = {s for s, a, i in zip(syms, fn.args, t.inputs)
              if a.name in fn.bool_args or (i.dtype == "bool" and work == "bool")}
     return syms, [], expr, work, bools, shape
@@ -445,7 +442,7 @@ def elementwise_source(t, kinds, out_dtype) -> str:
     printer = CudaPrinter(work, {s: s.name for s in syms}, bools)
     cast = printer._cast()
     args = ", ".join(f"a{k}, s{k}" for k in range(len(kinds)))
-    lines = [f"# {comment(t.op.name)}: {comment(expr)}  [work {work}, out {out_dtype}]",
+    lines = [f"# {comment(t.op.name)}: {formula(expr)}  [work {work}, out {out_dtype}]",
              f"def kernel(out, n, ndim, shape, {args}):",
              "    for i in range(cuda.grid(1), n, cuda.gridsize(1)):"]
     strided = [k for k, kind in enumerate(kinds) if kind == "B"]

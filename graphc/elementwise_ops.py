@@ -349,11 +349,17 @@ class Elementwise(Op):
                       inputs, DTypeError)
         return shape, common if fn.int_ok else dtypes.to_float(common)
 
+    def work_dtype(self, operand_dtypes) -> str:
+        """The dtype the op computes in for operands of ``operand_dtypes``: every backend's
+        kernel converts its (non-bool) arguments to it."""
+        fn = self.fn
+        numeric = [d for d, s in zip(operand_dtypes, fn.args) if s.name not in fn.bool_args]
+        common = dtypes.promote(*numeric) if numeric else "bool"
+        return self.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
+
     def evaluate(self, *arrays):
         fn = self.fn
-        numeric = [a.dtype.name for a, s in zip(arrays, fn.args) if s.name not in fn.bool_args]
-        common = dtypes.promote(*numeric) if numeric else "bool"
-        work = self.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
+        work = self.work_dtype([a.dtype.name for a in arrays])
         cast = [a if s.name in fn.bool_args else a.astype(work, copy=False)
                 for a, s in zip(arrays, fn.args)]
         with np.errstate(all="ignore"):  # unselected Piecewise branches may overflow

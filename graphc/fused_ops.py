@@ -353,6 +353,10 @@ class Fused(Op):
     def key(self) -> str:
         return f"fused({self.group.text}; output={self.output})"
 
+    def work_dtype(self, operand_dtypes=()) -> str:
+        """The dtype every step of the group computes in (operands are converted to it)."""
+        return self.group.dtype
+
     def infer(self, inputs):
         g = self.group
         if len(inputs) != g.arity:

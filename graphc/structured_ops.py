@@ -250,6 +250,9 @@ class Reshape(Op):
 
     name = "reshape"
 
+    def is_view(self):
+        return True
+
     def infer(self, inputs):
         (x,) = inputs
         if int(np.prod(self.new_shape, dtype=np.int64)) != x.size:
@@ -272,6 +275,9 @@ class Transpose(Op):
 
     name = "transpose"
 
+    def is_view(self):
+        return True
+
     def infer(self, inputs):
         (x,) = inputs
         if sorted(self.perm) != list(range(x.ndim)):
@@ -293,6 +299,9 @@ class BroadcastTo(Op):
     target: tuple[int, ...]
 
     name = "broadcast_to"
+
+    def is_view(self):
+        return True
 
     def infer(self, inputs):
         (x,) = inputs
@@ -353,6 +362,9 @@ class Index(Op):
     index: tuple
 
     name = "index"
+
+    def is_view(self):  # basic indexing; an integer array index gathers a copy
+        return not any(e[0] == "array" for e in self.index)
 
     def numpy_index(self) -> tuple:
         out = []

@@ -39,12 +39,11 @@ from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
 
 from .fusion import inline, is_member
-from .memory import is_view, nbytes
 from .rewrite import rebuild
 
 
 def _root(t: Tensor) -> Tensor:
-    while is_view(t):
+    while t.op.is_view():
         t = t.inputs[0]
     return t
 
@@ -138,5 +137,5 @@ def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph
     if log is not None:
         nodes = {id(t): t for t in graph.nodes}
         log["recomputed"] = len(chosen)
-        log["bytes_not_kept"] = sum(nbytes(nodes[k]) for k in chosen)
+        log["bytes_not_kept"] = sum(nodes[k].nbytes for k in chosen)
     return out
