@@ -49,22 +49,8 @@ from .ir import GraphError, located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
 from .numba_codegen import Unsupported, _comparison_form, comment, formula
 from .scan import Scan, StopGradient
-from .structured_ops import (
-    BroadcastTo,
-    Cast,
-    Concat,
-    Index,
-    IndexAdd,
-    LogSoftmax,
-    LogSumExp,
-    MatMul,
-    Reduce,
-    Reshape,
-    Softmax,
-    Take,
-    TakeAdd,
-    Transpose,
-)
+from .shape_ops import BroadcastTo, Cast, Concat, Index, IndexAdd, Reshape, Take, TakeAdd, Transpose
+from .structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
 
 FASTMATH = os.environ.get("GRAPHC_CUDA_FASTMATH", "") == "1"
 

@@ -390,7 +390,7 @@ class Fused(Op):
 
     def vjp(self, z, g, k):
         from . import functions as F
-        from .structured_ops import unbroadcast
+        from .shape_ops import unbroadcast
         out = self.out
         x = z.inputs[k]
         dgroup = self.group.derivative(out.step, k)

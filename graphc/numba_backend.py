@@ -53,22 +53,8 @@ from .passes.memory import best_fit
 from .scan import Scan, StopGradient, run_loop
 from .scan import instance_key as scan_key
 from .scan import siblings as scan_siblings
-from .structured_ops import (
-    BroadcastTo,
-    Cast,
-    Concat,
-    Index,
-    IndexAdd,
-    LogSoftmax,
-    LogSumExp,
-    MatMul,
-    Reduce,
-    Reshape,
-    Softmax,
-    Take,
-    TakeAdd,
-    Transpose,
-)
+from .shape_ops import BroadcastTo, Cast, Concat, Index, IndexAdd, Reshape, Take, TakeAdd, Transpose
+from .structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
 
 FOLD_LIMIT_BYTES = 8 << 20  # larger constant results are computed at run time instead
 # Measured on the reference machine (AVX-512, 2 cores; docs/codegen.md): for one

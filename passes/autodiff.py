@@ -33,7 +33,7 @@ from graphc.elementwise_ops import Elementwise
 from graphc.graph import Graph, as_outputs, node_names
 from graphc.inputs import constant
 from graphc.ir import GraphError, Tensor, iter_nodes, located
-from graphc.structured_ops import unbroadcast
+from graphc.shape_ops import unbroadcast
 
 
 @dataclass(frozen=True)

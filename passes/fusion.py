@@ -53,7 +53,8 @@ from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.interpreter import check_sizes
 from graphc.ir import Tensor
-from graphc.structured_ops import BroadcastTo, Reduce
+from graphc.shape_ops import BroadcastTo
+from graphc.structured_ops import Reduce
 
 # A group's kernel is one Numba function, and Numba's compile time grows faster than the
 # function (each inlined exp/log/tanh/erf is typed again with the whole body): one kernel of

@@ -26,7 +26,7 @@ from graphc.elementwise_ops import Elementwise
 from graphc.graph import Graph
 from graphc.inputs import Constant
 from graphc.ir import GraphError, Tensor
-from graphc.structured_ops import BroadcastTo, Reshape
+from graphc.shape_ops import BroadcastTo, Reshape
 
 
 def rebuild(graph: Graph, visit) -> Graph:

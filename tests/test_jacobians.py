@@ -27,7 +27,7 @@ import graphc as gc
 from graphc import derivation
 from graphc import elementwise_ops as ew
 from graphc.ir import Tensor
-from graphc.structured_ops import Index, IndexAdd, TakeAdd
+from graphc.shape_ops import Index, IndexAdd, TakeAdd
 
 RTOL = 1e-10
 ATOL = 1e-12
@@ -660,7 +660,7 @@ def test_pad_vjp_matches_jacobian(mode, pads):
                                 if mode == "constant" else np.pad(x, pads, mode=mode),
                                 [(3, 4)])
     if mode != "constant":
-        from graphc.structured_ops import PadAdd, pad_sources
+        from graphc.shape_ops import PadAdd, pad_sources
         g_shape = (3 + sum(pads[0]), 4 + sum(pads[1]))
 
         def scatter(g):
