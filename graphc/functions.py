@@ -716,3 +716,17 @@ Tensor.reshape = lambda self, *shape: reshape(
 Tensor.sum = sum
 Tensor.mean = mean
 Tensor.astype = cast
+
+
+def roll(x, shift, axis=None) -> Tensor:
+    """``x`` shifted by ``shift`` places along ``axis`` (an int, or None: the flattened
+    tensor, reshaped back), wrapping around, as ``numpy.roll``/``torch.roll``; the gradient
+    is rolled back."""
+    x = as_tensor(x)
+    if not _is_int(shift):
+        raise GraphError(located(f"roll: shift must be an int, got {shift!r}"))
+    if axis is None:
+        return reshape(roll(reshape(x, (x.size,)), shift, 0), x.shape)
+    axis = _one_axis(sh.Roll(0, 0), x, axis)
+    n = x.shape[axis] if x.ndim else 1
+    return Tensor.make(sh.Roll(int(shift) % n if n else 0, axis), (x,))

@@ -361,6 +361,32 @@ class PadAdd(Op):
         return Tensor.make(Pad(self.pads, self.mode), (g,))
 
 
+
+@dataclass(frozen=True)
+class Roll(Op):
+    """``x`` shifted by ``shift`` places along ``axis``, the elements pushed off one end
+    coming back at the other (``numpy.roll``); its adjoint rolls back by ``-shift``."""
+
+    shift: int
+    axis: int
+
+    name = "roll"
+
+    def infer(self, inputs):
+        (x,) = inputs
+        if not 0 <= self.axis < x.ndim:
+            self.fail(f"axis {self.axis} is out of range for a {x.ndim}-d tensor", inputs)
+        return x.shape, x.dtype
+
+    def evaluate(self, x):
+        return np.roll(x, self.shift, self.axis)
+
+    local = ("permutation",)
+    vjp_text = ("roll({g}) back",)
+
+    def vjp(self, z, g, k):
+        return _F().roll(g, -self.shift, self.axis)
+
 def _slice_text(k: slice) -> str:
     text = ":".join("" if v is None else str(v) for v in (k.start, k.stop, k.step))
     return "[" + (text[:-1] if k.step is None else text) + "]"

@@ -257,6 +257,13 @@ def test_cumsum_vjp_matches_jacobian(shape, axis):
     assert_vjp_matches_jacobian(lambda x: gc.cumsum(x, axis), sym_cumsum, [shape], seed=6)
 
 
+@pytest.mark.parametrize("shape, shift, axis", [((5,), 2, 0), ((2, 3), -1, 1), ((3, 2), 1, None)])
+def test_roll_vjp_matches_jacobian(shape, shift, axis):
+    assert_vjp_matches_jacobian(lambda x: gc.roll(x, shift, axis),
+                                lambda x: np.roll(np.asarray(x, dtype=object), shift, axis),
+                                [shape], seed=7)
+
+
 @pytest.mark.parametrize("shape, axis, keepdims", REDUCE_CASES, ids=_REDUCE_IDS)
 def test_logsumexp_vjp_matches_jacobian(shape, axis, keepdims):
     assert_vjp_matches_jacobian(lambda x: gc.logsumexp(x, axis, keepdims),
