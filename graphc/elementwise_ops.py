@@ -26,50 +26,12 @@ from sympy.printing.numpy import SciPyPrinter
 
 from . import derivation as dv
 from . import dtypes
+from .functable import FUNCTIONS, real_cbrt, rint
 from .ir import DTypeError, GraphError, Op, Tensor, located
 
 
 class ElementwiseError(GraphError, ValueError):
     """A custom elementwise op that is not well defined."""
-
-
-class rint(sp.Function):  # noqa: N801 -- named as the C and NumPy function it prints as
-    """Round half to even (``numpy.rint``, ``torch.round``); derivative 0, as PyTorch's."""
-
-    nargs = 1
-
-    @classmethod
-    def eval(cls, arg):
-        if arg.is_integer:
-            return arg
-        if arg.is_Number:
-            return sp.Integer(int(np.rint(float(arg))))
-        return None
-
-    def fdiff(self, argindex=1):
-        return sp.S.Zero
-
-
-class real_cbrt(sp.Function):  # noqa: N801
-    """The real cube root (``numpy.cbrt``); derivative 1 / (3 cbrt(x)^2), +inf at 0 (as
-    JAX; SymPy's ``cbrt`` is the principal complex root, NaN for x < 0 in NumPy)."""
-
-    nargs = 1
-
-    @classmethod
-    def eval(cls, arg):
-        if arg.is_zero:
-            return sp.S.Zero
-        return None
-
-    def fdiff(self, argindex=1):
-        return 1 / (3 * real_cbrt(self.args[0]) ** 2)
-
-    def _eval_evalf(self, prec):
-        x = self.args[0]._eval_evalf(prec)
-        if x is None or not x.is_real:
-            return None
-        return (sp.sign(x) * sp.Abs(x) ** sp.Rational(1, 3))._eval_evalf(prec)
 
 
 class _NumpyPrinter(SciPyPrinter):
@@ -87,11 +49,11 @@ class _NumpyPrinter(SciPyPrinter):
     def _print_Max(self, expr):
         return self._nested("numpy.maximum", expr.args)
 
-    def _print_rint(self, expr):
-        return f"numpy.rint({self._print(expr.args[0])})"
-
-    def _print_real_cbrt(self, expr):
-        return f"numpy.cbrt({self._print(expr.args[0])})"
+    def _print_Function(self, expr):  # graphc's own functions (rint ...): the table's name
+        fn = FUNCTIONS.get(type(expr))
+        if fn is None:
+            return super()._print_Function(expr)
+        return f"{fn.numpy}({', '.join(map(self._print, expr.args))})"
 
     def _print_Min(self, expr):
         return self._nested("numpy.minimum", expr.args)

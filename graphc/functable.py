@@ -5,9 +5,11 @@ and the CUDA simulator call), its exact scalar call in Numba CPU code (``numba``
 vectorizable helper of :mod:`graphc.fastmath` that Numba CPU code uses instead where one
 exists (``fast``, suffixed ``_f32``/``_f64``), and its numba.cuda call (``cuda``: ``math.*``,
 which numba.cuda maps to libdevice, or ``libdevice.*`` for what its ``math`` lacks, with the
-``f`` suffix in float32).  The printers of :mod:`graphc.numba_codegen` and
-:mod:`graphc.cuda_kernels` read this table and nothing else, so a new SymPy function is one
-row here.  ``Pow`` prints through the rows ``"sqrt"`` and ``"pow"``.
+``f`` suffix in float32).  The Numba and CUDA printers (:mod:`graphc.numba_codegen`,
+:mod:`graphc.cuda_kernels`) read this table and nothing else, and the NumPy printer of
+:mod:`graphc.elementwise_ops` reads it for the functions graphc defines itself (:class:`rint`,
+:class:`real_cbrt`, here too), so a new SymPy function is one row here.  ``Pow`` prints
+through the rows ``"sqrt"`` and ``"pow"``.
 
 >>> import sympy as sp
 >>> FUNCTIONS[sp.atan]
@@ -19,10 +21,48 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import exp2, expm1, log1p, log2, log10
 
-from .elementwise_ops import real_cbrt, rint
+
+class rint(sp.Function):  # noqa: N801 -- named as the C and NumPy function it prints as
+    """Round half to even (``numpy.rint``, ``torch.round``); derivative 0, as PyTorch's."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_integer:
+            return arg
+        if arg.is_Number:
+            return sp.Integer(int(np.rint(float(arg))))
+        return None
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+
+class real_cbrt(sp.Function):  # noqa: N801
+    """The real cube root (``numpy.cbrt``); derivative 1 / (3 cbrt(x)^2), +inf at 0 (as
+    JAX; SymPy's ``cbrt`` is the principal complex root, NaN for x < 0 in NumPy)."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_zero:
+            return sp.S.Zero
+        return None
+
+    def fdiff(self, argindex=1):
+        return 1 / (3 * real_cbrt(self.args[0]) ** 2)
+
+    def _eval_evalf(self, prec):
+        x = self.args[0]._eval_evalf(prec)
+        if x is None or not x.is_real:
+            return None
+        return (sp.sign(x) * sp.Abs(x) ** sp.Rational(1, 3))._eval_evalf(prec)
 
 
 @dataclass(frozen=True)
