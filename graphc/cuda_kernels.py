@@ -87,7 +87,11 @@ class _SimulatedExtraLibdevice:
     are the float32 ones; NumPy keeps float32 in float32)."""
 
     def __getattr__(self, name):
-        return numpy_function(by_cuda_name(f"libdevice.{name.removesuffix('f')}"))
+        stem = name.removesuffix("f")
+        try:
+            return numpy_function(by_cuda_name(f"libdevice.{stem}"))
+        except KeyError:  # not a table function
+            return getattr(np, stem)
 
 
 # What kernels call as ``math``: libdevice on a GPU, NumPy under the simulator.
