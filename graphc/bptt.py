@@ -21,7 +21,8 @@ from .elementwise_ops import Elementwise
 from .inputs import constant
 from .ir import Tensor, iter_nodes
 from .scan import Loop, Scan, _substitute, instance_key, placeholder
-from .structured_ops import MatMul, Reduce, Transpose
+from .shape_ops import Transpose
+from .structured_ops import MatMul, Reduce
 
 
 def scan_vjp(nodes, grads, wanted) -> list:

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from . import dtypes
 from .elementwise_ops import Elementwise
 from .errors import BackendError, FeedError, GraphError
 from .fused_ops import Fused
@@ -52,24 +51,10 @@ from .inputs import Constant, Input
 from .interpreter import check_sizes
 from .ir import located
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
-from .numba_codegen import Unsupported, _comparison_form, comment
+from .numba_codegen import Unsupported, _comparison_form, comment, formula
 from .scan import Scan, StopGradient
-from .structured_ops import (
-    BroadcastTo,
-    Cast,
-    Concat,
-    Index,
-    IndexAdd,
-    LogSoftmax,
-    LogSumExp,
-    MatMul,
-    Reduce,
-    Reshape,
-    Softmax,
-    Take,
-    TakeAdd,
-    Transpose,
-)
+from .shape_ops import BroadcastTo, Cast, Concat, Index, IndexAdd, Reshape, Take, TakeAdd, Transpose
+from .structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
 
 FASTMATH = os.environ.get("GRAPHC_CUDA_FASTMATH", "") == "1"
 
@@ -417,9 +402,7 @@ def _expression(t):
     subs = dict(zip(fn.param_symbols, (v for _, v in t.op.params)))
     subs.update(zip(fn.args, syms))
     expr = fn.stable.xreplace(subs)
-    numeric = [i.dtype for a, i in zip(fn.args, t.inputs) if a.name not in fn.bool_args]
-    common = dtypes.promote(*numeric) if numeric else "bool"
-    work = t.op.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
+    work = t.op.work_dtype([i.dtype for i in t.inputs])
     bools = {s for s, a, i in zip(syms, fn.args, t.inputs)
              if a.name in fn.bool_args or (i.dtype == "bool" and work == "bool")}
     return syms, expr, work, bools, shape
@@ -433,9 +416,7 @@ def elementwise_source(t, kinds, out_dtype) -> str:
     printer = CudaPrinter(work, {s: s.name for s in syms}, bools)
     cast = printer._cast()
     args = ", ".join(f"a{k}, s{k}" for k in range(len(kinds)))
-    params = "".join(f", {k}={v!r}" for k, v in t.op.params)
-    call = f"{t.op.name}({', '.join(s.name for s in syms)}{params})"
-    lines = [f"# {comment(call)}  [work {work}, out {out_dtype}]",
+    lines = [f"# {comment(t.op.name)}: {formula(expr)}  [work {work}, out {out_dtype}]",
              f"def kernel(out, n, ndim, shape, {args}):",
              "    for i in range(cuda.grid(1), n, cuda.gridsize(1)):"]
     strided = [k for k, kind in enumerate(kinds) if kind == "B"]

@@ -23,6 +23,7 @@ import numba
 import numpy as np
 from numba import config, cuda
 
+from .functable import by_cuda_name, numpy_function
 from .fused_ops import FusedOutput
 from .numba_codegen import ScalarPrinter, Unsupported, comment
 
@@ -40,33 +41,19 @@ def blocks_for(n: int) -> int:
 # ---------------------------------------------------------------------------------------
 # SymPy -> numba.cuda scalar code
 
-_MATH = {"np.sin": "math.sin", "np.cos": "math.cos", "np.tan": "math.tan",
-         "np.sinh": "math.sinh", "np.cosh": "math.cosh", "np.arcsin": "math.asin",
-         "np.arccos": "math.acos", "np.arctan": "math.atan", "np.arcsinh": "math.asinh",
-         "np.arccosh": "math.acosh", "np.arctanh": "math.atanh", "np.floor": "math.floor",
-         "np.ceil": "math.ceil", "np.arctan2": "math.atan2", "np.sqrt": "math.sqrt",
-         "np.power": "math.pow", "np.log2": "math.log2", "np.log10": "math.log10"}
-# Functions that numba.cuda's ``math`` lacks, from libdevice (``f`` suffix: float32)
-_LIBDEVICE = {"np.rint": "rint", "np.cbrt": "cbrt", "np.exp2": "exp2"}
-
-
 class CudaPrinter(ScalarPrinter):
-    """:class:`~graphc.numba_codegen.ScalarPrinter` emitting ``math.*`` (libdevice) calls
-    instead of the CPU backend's vectorizable helpers and NumPy scalar functions."""
+    """:class:`~graphc.numba_codegen.ScalarPrinter` calling each function by its numba.cuda
+    name in :mod:`graphc.functable` (``math.*``, which numba.cuda maps to libdevice, or
+    ``libdevice.*`` with the ``f`` suffix in float32) instead of the CPU backend's
+    vectorizable helpers and NumPy scalar functions."""
 
-    def _function_call(self, name, arg):
+    def _call(self, fn, args):
         if not self._float():
-            raise Unsupported(f"{name} in {self.dtype} code")
-        return f"math.{name}({self.numeric(arg)})", "num"
-
-    def _p(self, e):
-        text, kind = super()._p(e)
-        for old, new in _MATH.items():
-            text = text.replace(old + "(", new + "(")
-        suffix = "f" if self.dtype == "float32" else ""
-        for old, new in _LIBDEVICE.items():
-            text = text.replace(old + "(", f"libdevice.{new}{suffix}(")
-        return text, kind
+            raise Unsupported(f"{fn.cuda} in {self.dtype} code")
+        name = fn.cuda
+        if name.startswith("libdevice.") and self.dtype == "float32":
+            name += "f"
+        return f"{name}({', '.join(self.numeric(a) for a in args)})", "num"
 
 
 # NaN-propagating max/min, as np.maximum/np.minimum (and the CPU backend's helpers)
@@ -86,11 +73,10 @@ class _SimulatedLibdevice:
     ``math`` computes in double and raises instead)."""
 
     def __getattr__(self, name):
-        if name in ("erf", "erfc"):
-            from scipy import special
-            fn = getattr(special, name)
-        else:
-            fn = getattr(np, _NUMPY_NAMES.get(name, name))
+        try:
+            fn = numpy_function(by_cuda_name(f"math.{name}"))
+        except KeyError:  # not a table function: isnan, isinf ...
+            fn = getattr(np, name)
 
         def call(*args):
             with np.errstate(all="ignore"):
@@ -98,15 +84,16 @@ class _SimulatedLibdevice:
         return call
 
 
-_NUMPY_NAMES = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "asinh": "arcsinh",
-                "acosh": "arccosh", "atanh": "arctanh", "atan2": "arctan2", "pow": "power"}
-
 class _SimulatedExtraLibdevice:
     """``numba.cuda.libdevice`` as kernels see it under the simulator (the ``f`` variants
     are the float32 ones; NumPy keeps float32 in float32)."""
 
     def __getattr__(self, name):
-        return getattr(np, name[:-1] if name.endswith("f") else name)
+        stem = name.removesuffix("f")
+        try:
+            return numpy_function(by_cuda_name(f"libdevice.{stem}"))
+        except KeyError:  # not a table function
+            return getattr(np, stem)
 
 
 # What kernels call as ``math``: libdevice on a GPU, NumPy under the simulator.

@@ -27,47 +27,9 @@ from sympy.printing.numpy import SciPyPrinter
 from . import derivation as dv
 from . import dtypes
 from .errors import DTypeError, ElementwiseError
+from .functable import FUNCTIONS, real_cbrt, rint
 from .inputs import lift_all
 from .ir import Op, Tensor, located
-
-
-class rint(sp.Function):  # noqa: N801 -- named as the C and NumPy function it prints as
-    """Round half to even (``numpy.rint``, ``torch.round``); derivative 0, as PyTorch's."""
-
-    nargs = 1
-
-    @classmethod
-    def eval(cls, arg):
-        if arg.is_integer:
-            return arg
-        if arg.is_Number:
-            return sp.Integer(int(np.rint(float(arg))))
-        return None
-
-    def fdiff(self, argindex=1):
-        return sp.S.Zero
-
-
-class real_cbrt(sp.Function):  # noqa: N801
-    """The real cube root (``numpy.cbrt``); derivative 1 / (3 cbrt(x)^2), +inf at 0 (as
-    JAX; SymPy's ``cbrt`` is the principal complex root, NaN for x < 0 in NumPy)."""
-
-    nargs = 1
-
-    @classmethod
-    def eval(cls, arg):
-        if arg.is_zero:
-            return sp.S.Zero
-        return None
-
-    def fdiff(self, argindex=1):
-        return 1 / (3 * real_cbrt(self.args[0]) ** 2)
-
-    def _eval_evalf(self, prec):
-        x = self.args[0]._eval_evalf(prec)
-        if x is None or not x.is_real:
-            return None
-        return (sp.sign(x) * sp.Abs(x) ** sp.Rational(1, 3))._eval_evalf(prec)
 
 
 class _NumpyPrinter(SciPyPrinter):
@@ -85,11 +47,11 @@ class _NumpyPrinter(SciPyPrinter):
     def _print_Max(self, expr):
         return self._nested("numpy.maximum", expr.args)
 
-    def _print_rint(self, expr):
-        return f"numpy.rint({self._print(expr.args[0])})"
-
-    def _print_real_cbrt(self, expr):
-        return f"numpy.cbrt({self._print(expr.args[0])})"
+    def _print_Function(self, expr):  # graphc's own functions (rint ...): the table's name
+        fn = FUNCTIONS.get(type(expr))
+        if fn is None:
+            return super()._print_Function(expr)
+        return f"{fn.numpy}({', '.join(map(self._print, expr.args))})"
 
     def _print_Min(self, expr):
         return self._nested("numpy.minimum", expr.args)
@@ -346,11 +308,17 @@ class Elementwise(Op):
                       inputs, DTypeError)
         return shape, common if fn.int_ok else dtypes.to_float(common)
 
+    def work_dtype(self, operand_dtypes) -> str:
+        """The dtype the op computes in for operands of ``operand_dtypes``: every backend's
+        kernel converts its (non-bool) arguments to it."""
+        fn = self.fn
+        numeric = [d for d, s in zip(operand_dtypes, fn.args) if s.name not in fn.bool_args]
+        common = dtypes.promote(*numeric) if numeric else "bool"
+        return self.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
+
     def evaluate(self, *arrays):
         fn = self.fn
-        numeric = [a.dtype.name for a, s in zip(arrays, fn.args) if s.name not in fn.bool_args]
-        common = dtypes.promote(*numeric) if numeric else "bool"
-        work = self.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
+        work = self.work_dtype([a.dtype.name for a in arrays])
         cast = [a if s.name in fn.bool_args else a.astype(work, copy=False)
                 for a, s in zip(arrays, fn.args)]
         with np.errstate(all="ignore"):  # unselected Piecewise branches may overflow
@@ -466,6 +434,16 @@ def _predefined(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
     return op
 
 
+PUBLIC: dict[str, ElementwiseDef] = {}
+
+
+def _public(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
+    """A built-in op that is also the public function ``gc.<name>`` (graphc/__init__.py
+    exports every op of :data:`PUBLIC`): declaring it here is all a new op needs."""
+    op = PUBLIC[name] = _predefined(name, fn, stable=stable, **flags)
+    return op
+
+
 def _stable_sigmoid(x):
     e = sp.exp(-sp.Abs(x))  # never overflows
     return sp.Piecewise((1 / (1 + e), x >= 0), (e / (1 + e), True))
@@ -473,24 +451,24 @@ def _stable_sigmoid(x):
 
 _SQRT_2_OVER_PI = sp.sqrt(2 / sp.pi)
 
-add = _predefined("add", lambda a, b: a + b, int_ok=True)
-sub = _predefined("sub", lambda a, b: a - b, int_ok=True)
-mul = _predefined("mul", lambda a, b: a * b, int_ok=True)
-div = _predefined("div", lambda a, b: a / b)
+add = _public("add", lambda a, b: a + b, int_ok=True)
+sub = _public("sub", lambda a, b: a - b, int_ok=True)
+mul = _public("mul", lambda a, b: a * b, int_ok=True)
+div = _public("div", lambda a, b: a / b)
 pow_ = _predefined("pow", lambda a, b: a**b)
-neg = _predefined("neg", lambda x: -x, int_ok=True)
-square = _predefined("square", lambda x: x**2, int_ok=True)
-reciprocal = _predefined("reciprocal", lambda x: 1 / x)
-exp = _predefined("exp", lambda x: sp.exp(x))
-log = _predefined("log", lambda x: sp.log(x))
-sqrt = _predefined("sqrt", lambda x: sp.sqrt(x))
-abs_ = _predefined("abs", lambda x: sp.Abs(x), int_ok=True)
-sin = _predefined("sin", lambda x: sp.sin(x))
-cos = _predefined("cos", lambda x: sp.cos(x))
-tanh = _predefined("tanh", lambda x: sp.tanh(x))
-sigmoid = _predefined("sigmoid", lambda x: 1 / (1 + sp.exp(-x)), stable=_stable_sigmoid)
+neg = _public("neg", lambda x: -x, int_ok=True)
+square = _public("square", lambda x: x**2, int_ok=True)
+reciprocal = _public("reciprocal", lambda x: 1 / x)
+exp = _public("exp", lambda x: sp.exp(x))
+log = _public("log", lambda x: sp.log(x))
+sqrt = _public("sqrt", lambda x: sp.sqrt(x))
+abs_ = _public("abs", lambda x: sp.Abs(x), int_ok=True)
+sin = _public("sin", lambda x: sp.sin(x))
+cos = _public("cos", lambda x: sp.cos(x))
+tanh = _public("tanh", lambda x: sp.tanh(x))
+sigmoid = _public("sigmoid", lambda x: 1 / (1 + sp.exp(-x)), stable=_stable_sigmoid)
 # ReLU'(0) = 0: the derivative of Piecewise((x, x > 0), (0, True)) is 1 only where x > 0.
-relu = _predefined("relu", lambda x: sp.Piecewise((x, x > 0), (0, True)),
+relu = _public("relu", lambda x: sp.Piecewise((x, x > 0), (0, True)),
                    stable=lambda x: sp.Max(x, 0), int_ok=True)
 leaky_relu = _predefined("leaky_relu",
                          lambda x, alpha=0.01: sp.Piecewise((x, x > 0), (alpha * x, True)))
@@ -500,10 +478,10 @@ elu = _predefined("elu", lambda x, alpha=1.0: sp.Piecewise((x, x > 0),
 gelu_erf = _predefined("gelu", lambda x: x / 2 * (1 + sp.erf(x / sp.sqrt(2))))
 gelu_tanh = _predefined(
     "gelu_tanh", lambda x: x / 2 * (1 + sp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))))
-silu = _predefined("silu", lambda x: x / (1 + sp.exp(-x)),
+silu = _public("silu", lambda x: x / (1 + sp.exp(-x)),
                    stable=lambda x: x * _stable_sigmoid(x))
 # As torch's F.softplus: log(1 + exp(beta x)) / beta, and x itself where beta x > threshold.
-softplus = _predefined(
+softplus = _public(
     "softplus", lambda x, beta=1.0, threshold=20.0: sp.Piecewise(
         (x, beta * x > threshold), (sp.log(1 + sp.exp(beta * x)) / beta, True)),
     stable=lambda x, beta=1.0, threshold=20.0: sp.Piecewise(
@@ -513,13 +491,13 @@ softplus = _predefined(
 # NaN no comparison holds, and the last branch (NaN either way) passes the gradient to both,
 # as PyTorch does. The evaluated forms are NumPy's maximum/minimum: exact for int64,
 # NaN-propagating; on bools they are logical or/and (as torch.maximum and gc.max).
-maximum = _predefined("maximum", lambda a, b: sp.Piecewise(
+maximum = _public("maximum", lambda a, b: sp.Piecewise(
     (a, a > b), (b, a < b), ((a + b) / 2, sp.Eq(a, b)), (a + b, True)),
     stable=lambda a, b: sp.Max(a, b), int_ok=True, bool_ok=True)
-minimum = _predefined("minimum", lambda a, b: sp.Piecewise(
+minimum = _public("minimum", lambda a, b: sp.Piecewise(
     (a, a < b), (b, a > b), ((a + b) / 2, sp.Eq(a, b)), (a + b, True)),
     stable=lambda a, b: sp.Min(a, b), int_ok=True, bool_ok=True)
-prelu = _predefined("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
+prelu = _public("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
 where = _predefined("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
                     int_ok=True, bool_ok=True, bool_args=("cond",))
 
@@ -536,56 +514,57 @@ clip_max = _predefined("clip_max", lambda x, max=0.0: sp.Piecewise(  # noqa: A00
     (max, x > max), (x, True)))
 hardtanh = _predefined("hardtanh", lambda x, min_val=-1.0, max_val=1.0: sp.Piecewise(
     (min_val, x <= min_val), (max_val, x >= max_val), (x, True)))
-relu6 = _predefined("relu6", lambda x: sp.Piecewise((0, x <= 0), (6, x >= 6), (x, True)))
-hardsigmoid = _predefined("hardsigmoid", lambda x: sp.Piecewise(
+relu6 = _public("relu6", lambda x: sp.Piecewise((0, x <= 0), (6, x >= 6), (x, True)))
+hardsigmoid = _public("hardsigmoid", lambda x: sp.Piecewise(
     (0, x <= -3), (1, x >= 3), (x / 6 + sp.Rational(1, 2), True)))
-hardswish = _predefined("hardswish", lambda x: sp.Piecewise(
+hardswish = _public("hardswish", lambda x: sp.Piecewise(
     (0, x <= -3), (x, x >= 3), (x * (x + 3) / 6, True)))
-softsign = _predefined("softsign", lambda x: x / (1 + sp.Abs(x)))
-logsigmoid = _predefined("logsigmoid", lambda x: -sp.log(1 + sp.exp(-x)),
+softsign = _public("softsign", lambda x: x / (1 + sp.Abs(x)))
+logsigmoid = _public("logsigmoid", lambda x: -sp.log(1 + sp.exp(-x)),
                          stable=lambda x: sp.Min(x, 0) - log1p(sp.exp(-sp.Abs(x))))
 celu = _predefined("celu", lambda x, alpha=1.0: sp.Piecewise(
     (x, x > 0), (alpha * (sp.exp(x / alpha) - 1), True)),
     stable=lambda x, alpha=1.0: sp.Piecewise((x, x > 0), (alpha * expm1(x / alpha), True)))
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
-selu = _predefined("selu", lambda x: _SELU_SCALE * sp.Piecewise(
+selu = _public("selu", lambda x: _SELU_SCALE * sp.Piecewise(
     (x, x > 0), (_SELU_ALPHA * (sp.exp(x) - 1), True)),
     stable=lambda x: _SELU_SCALE * sp.Piecewise((x, x > 0), (_SELU_ALPHA * expm1(x), True)))
-mish = _predefined("mish", lambda x: x * sp.tanh(sp.log(1 + sp.exp(x))),
+mish = _public("mish", lambda x: x * sp.tanh(sp.log(1 + sp.exp(x))),
                    stable=lambda x: x * sp.tanh(sp.Max(x, 0) + log1p(sp.exp(-sp.Abs(x)))))
 # Steps: derivative 0 everywhere (SymPy's DiracDelta dropped), as PyTorch.  sign(NaN) is NaN
 # (as NumPy and JAX; torch.sign gives 0).
-sign = _predefined("sign", lambda x: sp.sign(x), int_ok=True)
-floor = _predefined("floor", lambda x: sp.floor(x))
-ceil = _predefined("ceil", lambda x: sp.ceiling(x))
-round_ = _predefined("round", lambda x: rint(x))
-trunc = _predefined("trunc", lambda x: sp.Piecewise((sp.ceiling(x), x < 0), (sp.floor(x), True)))
-erf = _predefined("erf", lambda x: sp.erf(x))
-erfc = _predefined("erfc", lambda x: sp.erfc(x))
-tan = _predefined("tan", lambda x: sp.tan(x))
-asin = _predefined("asin", lambda x: sp.asin(x))
-acos = _predefined("acos", lambda x: sp.acos(x))
-atan = _predefined("atan", lambda x: sp.atan(x))
+sign = _public("sign", lambda x: sp.sign(x), int_ok=True)
+floor = _public("floor", lambda x: sp.floor(x))
+ceil = _public("ceil", lambda x: sp.ceiling(x))
+round_ = _public("round", lambda x: rint(x))
+trunc = _public("trunc", lambda x: sp.Piecewise((sp.ceiling(x), x < 0), (sp.floor(x), True)))
+erf = _public("erf", lambda x: sp.erf(x))
+erfc = _public("erfc", lambda x: sp.erfc(x))
+tan = _public("tan", lambda x: sp.tan(x))
+asin = _public("asin", lambda x: sp.asin(x))
+acos = _public("acos", lambda x: sp.acos(x))
+atan = _public("atan", lambda x: sp.atan(x))
 # d atan2 = (x dy - y dx) / (x^2 + y^2), 0 at (0, 0) as PyTorch's (its value there keeps
 # the signs of zeros: the stable form is what is evaluated)
-atan2 = _predefined("atan2", lambda y, x: sp.Piecewise(
+atan2 = _public("atan2", lambda y, x: sp.Piecewise(
     (sp.atan2(y, x), sp.Ne(x**2 + y**2, 0)), (0, True)), stable=lambda y, x: sp.atan2(y, x))
-sinh = _predefined("sinh", lambda x: sp.sinh(x))
-cosh = _predefined("cosh", lambda x: sp.cosh(x))
-asinh = _predefined("asinh", lambda x: sp.asinh(x))
-acosh = _predefined("acosh", lambda x: sp.acosh(x))
-atanh = _predefined("atanh", lambda x: sp.atanh(x))
-log2 = _predefined("log2", lambda x: cf.log2(x))
-log10 = _predefined("log10", lambda x: cf.log10(x))
-exp2 = _predefined("exp2", lambda x: cf.exp2(x))
-expm1_ = _predefined("expm1", lambda x: expm1(x))
-log1p_ = _predefined("log1p", lambda x: log1p(x))
-rsqrt = _predefined("rsqrt", lambda x: 1 / sp.sqrt(x))
-cbrt = _predefined("cbrt", lambda x: real_cbrt(x))
+sinh = _public("sinh", lambda x: sp.sinh(x))
+cosh = _public("cosh", lambda x: sp.cosh(x))
+asinh = _public("asinh", lambda x: sp.asinh(x))
+acosh = _public("acosh", lambda x: sp.acosh(x))
+atanh = _public("atanh", lambda x: sp.atanh(x))
+log2 = _public("log2", lambda x: cf.log2(x))
+log10 = _public("log10", lambda x: cf.log10(x))
+exp2 = _public("exp2", lambda x: cf.exp2(x))
+expm1_ = _public("expm1", lambda x: expm1(x))
+log1p_ = _public("log1p", lambda x: log1p(x))
+rsqrt = _public("rsqrt", lambda x: 1 / sp.sqrt(x))
+cbrt = _public("cbrt", lambda x: real_cbrt(x))
+tanhshrink = _public("tanhshrink", lambda x: x - sp.tanh(x))  # as torch's F.tanhshrink
 
 
 def _comparison(name, relation):
-    return _predefined(name, lambda a, b: sp.Piecewise((1, relation(a, b)), (0, True)),
+    return _public(name, lambda a, b: sp.Piecewise((1, relation(a, b)), (0, True)),
                        out_dtype="bool", differentiable=False)
 
 

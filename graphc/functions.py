@@ -18,6 +18,7 @@ import sympy as sp
 
 from . import dtypes
 from . import elementwise_ops as ew
+from . import shape_ops as sh
 from . import structured_ops as st
 from .dynamic import defer, dynamic, is_dynamic
 from .errors import GraphError, ShapeError
@@ -111,7 +112,7 @@ def cast(x, dtype) -> Tensor:
     """``x`` converted to ``dtype``."""
     x = as_tensor(x)
     dtype = dtypes.as_dtype(dtype)
-    return x if x.dtype == dtype else Tensor.make(st.Cast(dtype), (x,))
+    return x if x.dtype == dtype else Tensor.make(sh.Cast(dtype), (x,))
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,16 +291,16 @@ def reshape(x, shape) -> Tensor:
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape) \
         if isinstance(shape, Iterable) else None
     if shape is None or not builtins.all(is_int(d) for d in shape):
-        st.Reshape(()).fail(f"the target shape must be ints, got {shape!r}", (x,))
+        sh.Reshape(()).fail(f"the target shape must be ints, got {shape!r}", (x,))
     shape = tuple(int(d) for d in shape)
     if shape.count(-1) > 1 or builtins.any(d < -1 for d in shape):
-        st.Reshape(shape).fail(f"invalid target shape {shape}", (x,))
+        sh.Reshape(shape).fail(f"invalid target shape {shape}", (x,))
     if -1 in shape:
         known = math.prod(d for d in shape if d != -1)
         if known == 0 or x.size % known:
-            st.Reshape(shape).fail(f"cannot reshape {x.size} elements into {shape}", (x,))
+            sh.Reshape(shape).fail(f"cannot reshape {x.size} elements into {shape}", (x,))
         shape = tuple(x.size // known if d == -1 else d for d in shape)
-    return x if shape == x.shape else Tensor.make(st.Reshape(shape), (x,))
+    return x if shape == x.shape else Tensor.make(sh.Reshape(shape), (x,))
 
 
 def _resolved(x, shape, pattern, fn) -> Tensor:
@@ -314,7 +315,7 @@ def _resolved(x, shape, pattern, fn) -> Tensor:
             sizes = [x.shape[j] for j, p in enumerate(pattern)
                      if p == d and (d is not None or j == i - lead)]
             if not sizes:
-                op = st.Reshape(()) if fn is reshape else st.BroadcastTo(())
+                op = sh.Reshape(()) if fn is reshape else sh.BroadcastTo(())
                 op.fail(f"the target {shape!r} has {d!r} at position {i}, which is not a "
                         f"dynamic dimension of {pattern} there", (x,))
             d = sizes[0]
@@ -327,7 +328,7 @@ def transpose(x, axes=None) -> Tensor:
     x = as_tensor(x)
     perm = tuple(reversed(range(x.ndim))) if axes is None else \
         tuple(int(a) % x.ndim if -x.ndim <= int(a) < x.ndim else int(a) for a in axes)
-    return x if perm == tuple(range(x.ndim)) else Tensor.make(st.Transpose(perm), (x,))
+    return x if perm == tuple(range(x.ndim)) else Tensor.make(sh.Transpose(perm), (x,))
 
 
 def broadcast_to(x, shape) -> Tensor:
@@ -338,10 +339,10 @@ def broadcast_to(x, shape) -> Tensor:
     if is_dynamic(x.shape):
         return defer(_resolved, (x, shape, x.shape), {"fn": broadcast_to}, "broadcast_to")
     if not isinstance(shape, Iterable) or not builtins.all(is_int(d) for d in shape):
-        st.BroadcastTo(()).fail(f"the target shape must be ints, got {shape!r} (a dynamic "
+        sh.BroadcastTo(()).fail(f"the target shape must be ints, got {shape!r} (a dynamic "
                                 "size is known only from a dynamic operand)", (x,))
     shape = tuple(int(d) for d in shape)
-    return x if shape == x.shape else Tensor.make(st.BroadcastTo(shape), (x,))
+    return x if shape == x.shape else Tensor.make(sh.BroadcastTo(shape), (x,))
 
 
 @dynamic
@@ -351,8 +352,8 @@ def concat(xs, axis=0) -> Tensor:
     if not xs:
         raise ShapeError(located("concat: needs at least one tensor"))
     if xs[0].ndim == 0:
-        st.Concat(0).fail("cannot concatenate 0-d tensors (use gc.stack)", xs)
-    op = st.Concat(_one_axis(st.Concat(0), xs[0], axis))
+        sh.Concat(0).fail("cannot concatenate 0-d tensors (use gc.stack)", xs)
+    op = sh.Concat(_one_axis(sh.Concat(0), xs[0], axis))
     return xs[0] if len(xs) == 1 else Tensor.make(op, xs)
 
 
@@ -364,11 +365,11 @@ def stack(xs, axis=0) -> Tensor:
         raise ShapeError(located("stack: needs at least one tensor"))
     ndim = xs[0].ndim + 1
     if not is_int(axis) or not -ndim <= axis < ndim:
-        st.Concat(axis).fail(f"axis {axis} is out of range for stacking {ndim - 1}-d "
+        sh.Concat(axis).fail(f"axis {axis} is out of range for stacking {ndim - 1}-d "
                              "tensors", xs)
     axis %= ndim
     if builtins.any(t.shape != xs[0].shape for t in xs):
-        st.Concat(axis).fail("stack needs tensors of one shape", xs)
+        sh.Concat(axis).fail("stack needs tensors of one shape", xs)
     return concat([reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in xs], axis)
 
 
@@ -388,20 +389,20 @@ def pad(x, pads, mode="constant", value=0.0) -> Tensor:
     pairs = [(p, p) if is_int(p) else tuple(p) if isinstance(p, Iterable) else () for p in sides]
     if not pairs and x.ndim or not builtins.all(len(p) == 2 and builtins.all(map(is_int, p))
                                                 for p in pairs):
-        st.Pad((), mode).fail(f"pads must be an int or one (before, after) pair of ints per "
+        sh.Pad((), mode).fail(f"pads must be an int or one (before, after) pair of ints per "
                               f"axis, got {pads!r}", (x,))
     pairs = tuple((int(a), int(b)) for a, b in pairs)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        st.Pad(pairs, mode).fail(f"value must be a number, got {value!r}", (x,))
+        sh.Pad(pairs, mode).fail(f"value must be a number, got {value!r}", (x,))
     if builtins.all(p == (0, 0) for p in pairs) and len(pairs) == x.ndim:
         return x
-    return Tensor.make(st.Pad(pairs, str(mode), float(value)), (x,))
+    return Tensor.make(sh.Pad(pairs, str(mode), float(value)), (x,))
 
 
 def take(x, indices) -> Tensor:
     """Rows of ``x`` picked by an integer tensor (a gather along axis 0)."""
     x, indices = as_tensor(x), as_tensor(indices)
-    return Tensor.make(st.Take(), (x, indices))
+    return Tensor.make(sh.Take(), (x, indices))
 
 
 @dynamic
@@ -410,13 +411,13 @@ def getitem(x, key) -> Tensor:
     if isinstance(key, Tensor):
         return take(x, key)
     try:
-        entries = st.static_index(key, x.shape)
+        entries = sh.static_index(key, x.shape)
     except IndexError as err:
         raise ShapeError(located(f"index: {err} (operand: {x.shape} {x.dtype})")) from None
     if builtins.all(e == ("slice", None, None, None) for e in entries) and \
             len(entries) == x.ndim:
         return x
-    return Tensor.make(st.Index(entries), (x,))
+    return Tensor.make(sh.Index(entries), (x,))
 
 
 @dynamic
@@ -424,7 +425,7 @@ def flip(x, axis=None) -> Tensor:
     """``x`` reversed along ``axis`` (an int, a tuple, or None: every axis), as
     ``numpy.flip``; the gradient is flipped back."""
     x = as_tensor(x)
-    axes = st.normalize_axes(st.Index(()), axis, x.ndim, (x,))
+    axes = st.normalize_axes(sh.Index(()), axis, x.ndim, (x,))
     return x[tuple(slice(None, None, -1) if i in axes else slice(None) for i in range(x.ndim))]
 
 
@@ -478,3 +479,17 @@ Tensor.reshape = lambda self, *shape: reshape(
 Tensor.sum = sum
 Tensor.mean = mean
 Tensor.astype = cast
+
+
+def roll(x, shift, axis=None) -> Tensor:
+    """``x`` shifted by ``shift`` places along ``axis`` (an int, or None: the flattened
+    tensor, reshaped back), wrapping around, as ``numpy.roll``/``torch.roll``; the gradient
+    is rolled back."""
+    x = as_tensor(x)
+    if not is_int(shift):
+        raise GraphError(located(f"roll: shift must be an int, got {shift!r}"))
+    if axis is None:
+        return reshape(roll(reshape(x, (x.size,)), shift, 0), x.shape)
+    axis = _one_axis(sh.Roll(0, 0), x, axis)
+    n = x.shape[axis] if x.ndim else 1
+    return Tensor.make(sh.Roll(int(shift) % n if n else 0, axis), (x,))

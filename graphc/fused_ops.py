@@ -44,7 +44,7 @@ from . import elementwise_ops as ew
 from .errors import DTypeError
 from .inputs import constant
 from .ir import Op, Tensor
-from .structured_ops import unbroadcast
+from .shape_ops import unbroadcast
 
 # A step argument: ("in", j) the group's j-th input, ("step", s) an earlier step's value,
 # ("const", value) a number in the group's dtype.
@@ -355,6 +355,10 @@ class Fused(Op):
 
     def key(self) -> str:
         return f"fused({self.group.text}; output={self.output})"
+
+    def work_dtype(self, operand_dtypes=()) -> str:
+        """The dtype every step of the group computes in (operands are converted to it)."""
+        return self.group.dtype
 
     def infer(self, inputs):
         g = self.group

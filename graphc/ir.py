@@ -111,6 +111,11 @@ class Op:
         """The NumPy reference semantics of the op."""
         raise TypeError(f"{type(self).__name__} defines no NumPy evaluation")
 
+    def is_view(self) -> bool:
+        """Whether the node's value is a view of its first operand's storage (reshape,
+        transpose, broadcast, basic slicing): passes and backends give it no buffer."""
+        return False
+
     def attrs(self) -> dict:
         """Static attributes shown by the printer."""
         return {k: v for k, v in self.__dict__.items()}
@@ -276,6 +281,11 @@ class Tensor:
             raise GraphError(located(f"{self.name} has dynamic dimensions {self.shape}: its "
                                      "size is known only when the compiled function is fed"))
         return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the node's value (``size`` times the dtype's item size)."""
+        return self.size * np.dtype(self.dtype).itemsize
 
     def __repr__(self) -> str:
         return (f"Tensor(name={self.name!r}, shape={self.shape}, dtype={self.dtype!r}, "

@@ -54,22 +54,8 @@ from .passes.memory import best_fit
 from .scan import Scan, StopGradient, run_loop
 from .scan import instance_key as scan_key
 from .scan import siblings as scan_siblings
-from .structured_ops import (
-    BroadcastTo,
-    Cast,
-    Concat,
-    Index,
-    IndexAdd,
-    LogSoftmax,
-    LogSumExp,
-    MatMul,
-    Reduce,
-    Reshape,
-    Softmax,
-    Take,
-    TakeAdd,
-    Transpose,
-)
+from .shape_ops import BroadcastTo, Cast, Concat, Index, IndexAdd, Reshape, Take, TakeAdd, Transpose
+from .structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
 
 FOLD_LIMIT_BYTES = 8 << 20  # larger constant results are computed at run time instead
 # Measured on the reference machine (AVX-512, 2 cores; docs/codegen.md): for one
@@ -480,7 +466,7 @@ def plan_memory(nodes, choices, outputs) -> MemoryPlan:
     for k, t in enumerate(nodes):
         choice = choices.get(id(t))
         if choice is not None and choice.storage == "buffer" and id(t) not in outputs:
-            need = max(t.size * np.dtype(t.dtype).itemsize, 1)
+            need = max(t.nbytes, 1)
             r = _in_place_root(t, k, choice, root, last, slot_of, nodes, handed_over)
             if r is not None:
                 handed_over.add(r)
@@ -504,7 +490,7 @@ def _in_place_root(t, k, choice, root, last, slot_of, nodes, handed_over) -> int
         r = root[id(x)]
         if nodes[r] is x and last.get(r) == dies and id(x) in slot_of and \
                 r not in handed_over and sum(i is x for i in t.inputs) == 1 and \
-                x.size * np.dtype(x.dtype).itemsize == t.size * np.dtype(t.dtype).itemsize:
+                x.nbytes == t.nbytes:
             return r
     return None
 
@@ -780,17 +766,9 @@ def rule_cast(lowering, t):
 # Elementwise ops: one ufunc, or a generated kernel
 
 
-def work_dtype(t: Tensor) -> str:
-    """The dtype an elementwise op computes in (its evaluate's ``work``)."""
-    fn = t.op.fn
-    numeric = [i.dtype for a, i in zip(fn.args, t.inputs) if a.name not in fn.bool_args]
-    common = dtypes.promote(*numeric) if numeric else "bool"
-    return t.op.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
-
-
 def rule_elementwise(lowering, t):
     fn, op = t.op.fn, t.op
-    work = work_dtype(t)
+    work = op.work_dtype([i.dtype for i in t.inputs])
     expr = fn.stable.subs(dict(zip(fn.param_symbols, (v for _, v in op.params)))) \
         if op.params else fn.stable
     bools = tuple(a.name in fn.bool_args for a in fn.args)

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
-from sympy.codegen.cfunctions import exp2, expm1, log1p, log2, log10
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.printing.str import StrPrinter
 
-from .elementwise_ops import real_cbrt, rint
 from .errors import CodegenError
+from .functable import FUNCTIONS
 
 CODEGEN_VERSION = 1
 
@@ -61,6 +62,23 @@ def comment(text) -> str:
     return "".join(ch if 32 <= ord(ch) < 127 else f"\\x{ord(ch):02x}" for ch in text)
 
 
+class _FormulaPrinter(StrPrinter):
+    """SymPy's text form with ``Piecewise`` as Python's conditional expression."""
+
+    def _print_Piecewise(self, expr):
+        *pieces, (last, cond) = expr.args
+        text = self._print(last) if cond is sp.true else \
+            f"{self._print(last)} if {self._print(cond)} else nan"
+        for value, cond in reversed(pieces):
+            text = f"{self._print(value)} if {self._print(cond)} else {text}"
+        return f"({text})"
+
+
+def formula(expr) -> str:
+    """``expr`` as a comment of generated source: ``(x if x > 0 else 0.01*x)``."""
+    return comment(_FormulaPrinter().doprint(expr))
+
+
 def identifier(text, limit: int = 40) -> str:
     """``text`` as a safe ASCII identifier fragment (letters, digits, underscore)."""
     out = re.sub(r"[^A-Za-z0-9_]", "_", str(text))[:limit]
@@ -70,16 +88,6 @@ def identifier(text, limit: int = 40) -> str:
 # ---------------------------------------------------------------------------------------
 # SymPy -> Numba scalar code
 
-# SymPy function -> (NumPy scalar function, fastmath helper name or None).  The helpers
-# exist for float32 and float64 and vectorize; the NumPy ones are scalar libm calls.
-_FASTMATH = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.erf: "erf",
-             expm1: "expm1", log1p: "log1p"}
-_NUMPY_FUNCTIONS = {sp.sin: "np.sin", sp.cos: "np.cos", sp.tan: "np.tan",
-                    sp.sinh: "np.sinh", sp.cosh: "np.cosh", sp.asin: "np.arcsin",
-                    sp.acos: "np.arccos", sp.atan: "np.arctan", sp.asinh: "np.arcsinh",
-                    sp.acosh: "np.arccosh", sp.atanh: "np.arctanh", sp.floor: "np.floor",
-                    sp.ceiling: "np.ceil", log2: "np.log2", log10: "np.log10", exp2: "np.exp2",
-                    rint: "np.rint", real_cbrt: "np.cbrt", sp.erfc: "math.erfc"}
 _RELATIONS = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
               sp.GreaterThan: ">=", sp.Eq: "==", sp.Ne: "!="}
 
@@ -194,7 +202,7 @@ class ScalarPrinter:
     def _pow(self, e):
         base, exp = e.base, e.exp
         if base == sp.E:
-            return self._function_call("exp", exp)
+            return self._call(FUNCTIONS[sp.exp], (exp,))
         b = self.numeric(base)
         if exp.is_Integer:
             n = int(exp)
@@ -206,28 +214,27 @@ class ScalarPrinter:
         if not self._float():
             raise Unsupported("non-integer power in integer code")
         if exp == sp.Rational(1, 2):
-            return f"np.sqrt({b})", "num"
+            return self._call(FUNCTIONS["sqrt"], (base,))
         if exp == sp.Rational(-1, 2):
-            return f"({self.const(1)} / np.sqrt({b}))", "num"
-        return f"np.power({b}, {self.numeric(exp)})", "num"
+            return f"({self.const(1)} / {self._call(FUNCTIONS['sqrt'], (base,))[0]})", "num"
+        return self._call(FUNCTIONS["pow"], (base, exp))
 
-    def _function_call(self, name, arg):
+    def _call(self, fn, args) -> tuple[str, str]:
+        """A call of table row ``fn`` (:mod:`graphc.functable`) on ``args``: the
+        vectorizable fastmath helper where the row has one, else its Numba name."""
         if not self._float():
-            raise Unsupported(f"{name} in {self.dtype} code")
-        helper = f"{name}_{SHORT[self.dtype]}"
-        self.helpers.add(helper)
-        return f"{helper}({self.numeric(arg)})", "num"
+            raise Unsupported(f"{fn.numba} in {self.dtype} code")
+        name = fn.numba
+        if fn.fast:
+            name = f"{fn.fast}_{SHORT[self.dtype]}"
+            self.helpers.add(name)
+        return f"{name}({', '.join(self.numeric(a) for a in args)})", "num"
 
     def _function(self, e):
         cls = type(e)
-        for sym_fn, name in _FASTMATH.items():
-            if cls is sym_fn:
-                return self._function_call(name, e.args[0])
-        for sym_fn, name in _NUMPY_FUNCTIONS.items():
-            if cls is sym_fn:
-                if not self._float():
-                    raise Unsupported(f"{cls.__name__} in {self.dtype} code")
-                return f"{name}({self.numeric(e.args[0])})", "num"
+        fn = FUNCTIONS.get(cls)
+        if fn is not None:
+            return self._call(fn, e.args)
         if cls is sp.Abs:
             return f"abs({self.numeric(e.args[0])})", "num"
         if cls is sp.sign:
@@ -240,8 +247,6 @@ class ScalarPrinter:
             one, zero = self.const(1), self.const(0)
             return (f"({one} if {x} > {zero} else ({zero} if {x} < {zero} else "
                     f"({h0} if {x} == {zero} else {x})))"), "num"
-        if cls is sp.atan2:
-            return f"np.arctan2({self.numeric(e.args[0])}, {self.numeric(e.args[1])})", "num"
         raise Unsupported(f"no Numba form for {comment(cls.__name__)}")
 
     def _minmax(self, e):
@@ -406,7 +411,7 @@ def elementwise_kernel(steps, operand_dtypes, kinds) -> KernelSpec:
               f"# operands: {', '.join(f'a{k} {operand_dtypes[k]} {_KIND_TEXT[kind]}' for k, kind in enumerate(kinds))}",  # noqa: E501
               f"# result: {steps[-1].out}"]
     for s in steps:
-        header.append(f"# {comment(s.label)}: {comment(s.expr)}")
+        header.append(f"# {comment(s.label)}: {formula(s.expr)}")
     source = _module(header, helpers, lines)
     stem = identifier("_".join(s.label for s in steps), 30) + \
         f"_{SHORT[steps[-1].out]}_{''.join(kinds)}"
@@ -462,7 +467,8 @@ def _step_lines(steps, operand_dtypes):
 PHASE_COST = 20
 TILE = 512
 CHEAP = 2  # cost up to which a value a later phase needs is computed again, not stored
-_CALL = re.compile(r"\b(?:exp|expm1|log|log1p|tanh|erf)_f(?:32|64)\(")
+_FAST_HELPERS = "|".join(sorted({fn.fast for fn in FUNCTIONS.values() if fn.fast}))
+_CALL = re.compile(rf"\b(?:{_FAST_HELPERS})_f(?:32|64)\(")
 
 # A full sum's partial sums: one per column and block of ACC_ROWS rows, added pairwise by
 # NumPy after the call (each adds at most ACC_ROWS values in turn, so the error does not
@@ -765,11 +771,14 @@ def _in_dependency_order(statements):
     return order
 
 
+_MATH_CALLS = tuple(f"{fn.numba}(" for fn in FUNCTIONS.values() if fn.numba.startswith("math."))
+
+
 def _module(header, helpers, body) -> str:
     fastmath = sorted(h for h in helpers if h not in ("maximum", "minimum"))
     generic = sorted(h for h in helpers if h in ("maximum", "minimum"))
     imports = ["import numpy as np"]
-    if any("math.erfc(" in line for line in body):  # the one libm function NumPy lacks
+    if any(name in line for line in body for name in _MATH_CALLS):  # libm, not in NumPy
         imports = ["import math", ""] + imports
     names = generic + fastmath
     if names:
@@ -987,8 +996,9 @@ def sum_kernel(kind: str, dtype: str) -> KernelSpec:
 # NumPy ufunc forms: a single-ufunc expression runs as that ufunc (same results as the
 # reference interpreter, no compile time, and as fast as a loop for one operation)
 
-_UFUNC_FUNCTIONS = {sp.exp: "exp", sp.log: "log", sp.sin: "sin", sp.cos: "cos",
-                    sp.tanh: "tanh", sp.Abs: "absolute", expm1: "expm1", log1p: "log1p"}
+_UFUNC_FUNCTIONS = {f: FUNCTIONS[f].numpy.removeprefix("numpy.")
+                    for f in (sp.exp, sp.log, sp.sin, sp.cos, sp.tanh, expm1, log1p)}
+_UFUNC_FUNCTIONS[sp.Abs] = "absolute"
 _UFUNC_RELATIONS = {sp.StrictLessThan: "less", sp.LessThan: "less_equal",
                     sp.StrictGreaterThan: "greater", sp.GreaterThan: "greater_equal",
                     sp.Eq: "equal", sp.Ne: "not_equal"}

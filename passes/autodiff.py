@@ -34,7 +34,7 @@ from graphc.errors import GraphError
 from graphc.graph import Graph, as_outputs, node_names
 from graphc.inputs import constant
 from graphc.ir import Tensor, iter_nodes, located
-from graphc.structured_ops import unbroadcast
+from graphc.shape_ops import unbroadcast
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.interpreter import check_sizes
 from graphc.ir import Tensor
-from graphc.structured_ops import BroadcastTo, Index, Reduce, Reshape, Transpose
+from graphc.shape_ops import BroadcastTo
+from graphc.structured_ops import Reduce
 
 # A group's kernel is one Numba function, and Numba's compile time grows faster than the
 # function (each inlined exp/log/tanh/erf is typed again with the whole body): one kernel of
@@ -81,20 +82,12 @@ def member_cost(t: Tensor) -> int:
     return step_cost(t.op.fn)
 
 
-def work_dtype(t: Tensor) -> str:
-    """The dtype an elementwise node computes in (its ``evaluate``'s working dtype)."""
-    fn = t.op.fn
-    numeric = [i.dtype for a, i in zip(fn.args, t.inputs) if a.name not in fn.bool_args]
-    common = dtypes.promote(*numeric) if numeric else "bool"
-    return t.op.dtype or (common if (fn.int_ok or fn.out_dtype) else dtypes.to_float(common))
-
-
 def is_member(t: Tensor) -> bool:
     """An elementwise value that can be a step of a group."""
     if isinstance(t.op, Fused):
         return t.op.out.reduce is None
     return isinstance(t.op, Elementwise) and dtypes.is_float(t.dtype) and \
-        t.op.fn.out_dtype is None and work_dtype(t) == t.dtype
+        t.op.fn.out_dtype is None and t.op.work_dtype([i.dtype for i in t.inputs]) == t.dtype
 
 
 def epilogue_axes(t: Tensor) -> int | None:
@@ -209,10 +202,10 @@ class _Grouping:
         if not any(id(i) not in members and self.order[id(i)] > last and _transient(i)
                    for i in t.inputs):
             return False
-        held = sum(_nbytes(self.nodes[i]) for i in group.ext
+        held = sum(self.nodes[i].nbytes for i in group.ext
                    if i not in members and _transient(self.nodes[i]) and
                    self.nodes[i].shape == group.shape)
-        return held > 2 * _nbytes(t)
+        return held > 2 * t.nbytes
 
     def merge(self, roots) -> bool:
         """Merge the groups ``roots`` if no operand from outside them reaches them and
@@ -278,14 +271,9 @@ _COMMUTATIVE = (ew.add, ew.mul)
 
 def _transient(t: Tensor) -> bool:
     """A value computed in the graph (not a feed or constant, seen through views)."""
-    while isinstance(t.op, (BroadcastTo, Reshape, Transpose)) or \
-            (isinstance(t.op, Index) and t.inputs):
+    while t.op.is_view():
         t = t.inputs[0]
     return not isinstance(t.op, (Input, Constant))
-
-
-def _nbytes(t: Tensor) -> int:
-    return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
 
 
 def _base(t: Tensor, members: set[int]) -> Tensor:
@@ -488,7 +476,7 @@ def _report(groups, built, replaced) -> dict:
     for group, (fused, inputs) in zip(groups, built):
         for m in group.members:
             if replaced[id(m)][1] is None:  # used only inside the group: never stored
-                saved += int(np.prod(m.shape, dtype=np.int64)) * np.dtype(m.dtype).itemsize
+                saved += m.nbytes
         details.append({"ops": fused.summary, "steps": len(fused.steps),
                         "inputs": len(inputs), "outputs": len(fused.outputs),
                         "sums": len(group.sums), "shape": group.shape})

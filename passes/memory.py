@@ -31,26 +31,12 @@ reports what it allocated as ``buffer_bytes``.
 
 from __future__ import annotations
 
-import numpy as np
-
 from graphc.elementwise_ops import Elementwise
 from graphc.fused_ops import Fused
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
 from graphc.scan import siblings
-from graphc.structured_ops import BroadcastTo, Index, Reshape, Transpose
-
-
-def is_view(t: Tensor) -> bool:
-    """A node whose value is a view of its operand's storage."""
-    if isinstance(t.op, (Reshape, Transpose, BroadcastTo)):
-        return True
-    return isinstance(t.op, Index) and not any(e[0] == "array" for e in t.op.index)
-
-
-def nbytes(t: Tensor) -> int:
-    return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
 
 
 def in_place_ok(t: Tensor, x: Tensor) -> bool:
@@ -58,7 +44,7 @@ def in_place_ok(t: Tensor, x: Tensor) -> bool:
     elementwise) node reading ``x`` at the index it writes."""
     elementwise = isinstance(t.op, Elementwise) or \
         (isinstance(t.op, Fused) and t.op.out.reduce is None)
-    return elementwise and x.shape == t.shape and nbytes(x) == nbytes(t)
+    return elementwise and x.shape == t.shape and x.nbytes == t.nbytes
 
 
 def plan(nodes, outputs, inplace: bool = True) -> dict:
@@ -66,7 +52,7 @@ def plan(nodes, outputs, inplace: bool = True) -> dict:
     index = {id(t): k for k, t in enumerate(nodes)}
     root: dict[int, int] = {}
     for k, t in enumerate(nodes):
-        root[id(t)] = root[id(t.inputs[0])] if is_view(t) else k
+        root[id(t)] = root[id(t.inputs[0])] if t.op.is_view() else k
     last: dict[int, int] = {}
     for k, t in enumerate(nodes):
         for i in t.inputs:
@@ -75,14 +61,14 @@ def plan(nodes, outputs, inplace: bool = True) -> dict:
     end = len(nodes)
     for t in outputs:
         last[root[id(t)]] = end
-    owns = [not (is_view(t) or isinstance(t.op, (Input, Constant))) for t in nodes]
+    owns = [not (t.op.is_view() or isinstance(t.op, (Input, Constant))) for t in nodes]
     slot_of: dict[int, int] = {}
     sizes: list[int] = []
     free: list[int] = []
     live = peak = naive = inplace_count = 0
     for k, t in enumerate(nodes):
         if owns[k]:
-            need = nbytes(t)
+            need = t.nbytes
             naive += need
             live += need
             peak = max(peak, live)
@@ -95,11 +81,11 @@ def plan(nodes, outputs, inplace: bool = True) -> dict:
                 slot_of[k] = slot
         for r in {root[id(i)] for i in t.inputs}:
             if last.get(r) == k and owns[r]:
-                live -= nbytes(nodes[r])
+                live -= nodes[r].nbytes
                 if r in slot_of and slot_of[r] not in free and \
                         slot_of.get(k) != slot_of[r]:
                     free.append(slot_of[r])
-    outputs_bytes = sum(nbytes(nodes[root[id(t)]]) for t in {id(t): t for t in outputs}.values()
+    outputs_bytes = sum(nodes[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
                         if owns[root[id(t)]])
     return {"planned_peak_bytes": int(sum(sizes)) + outputs_bytes,
             "naive_peak_bytes": naive, "peak_live_bytes": peak, "buffers": len(sizes),
@@ -148,11 +134,11 @@ def saved_for_backward(graph: Graph) -> tuple[int, int]:
         if id(t) in forward:
             continue
         for i in t.inputs:
-            while is_view(i):
+            while i.op.is_view():
                 i = i.inputs[0]
             if id(i) in forward and not isinstance(i.op, (Input, Constant)):
                 kept[id(i)] = i
-    return len(kept), sum(nbytes(t) for t in kept.values())
+    return len(kept), sum(t.nbytes for t in kept.values())
 
 
 def memory(graph: Graph, *, inplace: bool = True, log: dict | None = None) -> Graph:

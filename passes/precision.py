@@ -14,7 +14,7 @@ from graphc.graph import Graph, as_outputs
 from graphc.inputs import Constant, Input
 from graphc.ir import StaticArray, Tensor
 from graphc.scan import Scan
-from graphc.structured_ops import Cast
+from graphc.shape_ops import Cast
 
 
 def _retyped(op, src: str, dst: str):

@@ -49,12 +49,11 @@ from graphc.ir import Tensor
 from graphc.scan import Scan
 
 from .fusion import inline, is_member
-from .memory import is_view, nbytes
 from .rewrite import rebuild
 
 
 def _root(t: Tensor) -> Tensor:
-    while is_view(t):
+    while t.op.is_view():
         t = t.inputs[0]
     return t
 
@@ -150,7 +149,7 @@ def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph
     if log is not None:
         nodes = {id(t): t for t in graph.nodes}
         log["recomputed"] = len(chosen) + stacks
-        log["bytes_not_kept"] = sum(nbytes(nodes[k]) for k in chosen) + stack_bytes
+        log["bytes_not_kept"] = sum(nodes[k].nbytes for k in chosen) + stack_bytes
     return out
 
 
@@ -162,4 +161,4 @@ def _loops(graph: Graph) -> tuple[Graph, int, int]:
                   if isinstance(node.op, Scan) else node)
     read = {id(o): o for found in memo.values() if found for o in found[2]}
     kept = {id(t) for t in out.nodes}
-    return out, len(read), sum(nbytes(o) for k, o in read.items() if k not in kept)
+    return out, len(read), sum(o.nbytes for k, o in read.items() if k not in kept)

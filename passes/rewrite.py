@@ -27,7 +27,7 @@ from graphc.errors import GraphError
 from graphc.graph import Graph
 from graphc.inputs import Constant
 from graphc.ir import Tensor
-from graphc.structured_ops import BroadcastTo, Reshape
+from graphc.shape_ops import BroadcastTo, Reshape
 
 
 def rebuild(graph: Graph, visit) -> Graph:

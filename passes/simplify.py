@@ -38,22 +38,18 @@ from graphc.graph import Graph
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor, iter_nodes
 from graphc.scan import StopGradient
-from graphc.structured_ops import (
+from graphc.shape_ops import (
     BroadcastTo,
     Cast,
     Concat,
     Index,
     IndexAdd,
-    LogSoftmax,
-    LogSumExp,
-    MatMul,
-    Reduce,
     Reshape,
-    Softmax,
     Take,
     TakeAdd,
     Transpose,
 )
+from graphc.structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
 
 from .rewrite import ONE, ZERO, P, is_constant, match, rebuild
 

@@ -283,6 +283,7 @@ EW_SPECS: dict[str, EwSpec] = {
     "log1p": EwSpec(torch.log1p, (_pos,)),
     "rsqrt": EwSpec(torch.rsqrt, (_pos,)),
     "cbrt": EwSpec(_TorchCbrt.apply, (_away,)),
+    "tanhshrink": EwSpec(TF.tanhshrink, (_n,)),
     "std_sqrt": EwSpec(_TorchStdSqrt.apply, (_pos,)),
 }
 
@@ -380,6 +381,8 @@ case("std-axis=1", lambda x: gc.std(x, 1), lambda x: torch.std(x, 1), _CONST_ROW
 case("cumsum-axis=0", lambda x: gc.cumsum(x, 0), lambda x: torch.cumsum(x, 0), normal(3, 4))
 case("cumsum-axis=-1", lambda x: gc.cumsum(x, -1), lambda x: torch.cumsum(x, -1),
      normal(2, 3, 4))
+case("roll-axis=1", lambda x: gc.roll(x, 2, 1), lambda x: torch.roll(x, 2, 1), normal(3, 4))
+case("roll-flat", lambda x: gc.roll(x, -5), lambda x: torch.roll(x, -5), normal(2, 3, 2))
 case("sum-method", lambda x: x.sum(), lambda x: x.sum(), normal(3, 2))
 case("mean-method", lambda x: x.mean(axis=0), lambda x: x.mean(0), normal(3, 2))
 case("max-1d", gc.max, torch.amax, normal(7))

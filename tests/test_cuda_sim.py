@@ -93,7 +93,8 @@ NEW_UNARY = [gc.relu6, gc.hardsigmoid, gc.hardswish, gc.softsign, gc.logsigmoid,
              lambda v: gc.asin(0.9 * gc.tanh(v)), lambda v: gc.acos(0.9 * gc.tanh(v)),
              lambda v: gc.atanh(0.9 * gc.tanh(v)), lambda v: gc.acosh(1.5 + gc.abs(v)),
              lambda v: gc.log2(gc.abs(v) + 0.5), lambda v: gc.log10(gc.abs(v) + 0.5),
-             lambda v: gc.log1p(gc.abs(v)), lambda v: gc.rsqrt(gc.abs(v) + 0.5)]
+             lambda v: gc.log1p(gc.abs(v)), lambda v: gc.rsqrt(gc.abs(v) + 0.5),
+             gc.tanhshrink]
 
 
 @sim

@@ -27,7 +27,7 @@ import graphc as gc
 from graphc import derivation
 from graphc import elementwise_ops as ew
 from graphc.ir import Tensor
-from graphc.structured_ops import Index, IndexAdd, TakeAdd
+from graphc.shape_ops import Index, IndexAdd, TakeAdd
 
 RTOL = 1e-10
 ATOL = 1e-12
@@ -255,6 +255,13 @@ def test_cumsum_vjp_matches_jacobian(shape, axis):
                 out[idx + (j,)] = sp.Add(*moved[idx][:j + 1])
         return np.moveaxis(out, -1, axis)
     assert_vjp_matches_jacobian(lambda x: gc.cumsum(x, axis), sym_cumsum, [shape], seed=6)
+
+
+@pytest.mark.parametrize("shape, shift, axis", [((5,), 2, 0), ((2, 3), -1, 1), ((3, 2), 1, None)])
+def test_roll_vjp_matches_jacobian(shape, shift, axis):
+    assert_vjp_matches_jacobian(lambda x: gc.roll(x, shift, axis),
+                                lambda x: np.roll(np.asarray(x, dtype=object), shift, axis),
+                                [shape], seed=7)
 
 
 @pytest.mark.parametrize("shape, axis, keepdims", REDUCE_CASES, ids=_REDUCE_IDS)
@@ -660,7 +667,7 @@ def test_pad_vjp_matches_jacobian(mode, pads):
                                 if mode == "constant" else np.pad(x, pads, mode=mode),
                                 [(3, 4)])
     if mode != "constant":
-        from graphc.structured_ops import PadAdd, pad_sources
+        from graphc.shape_ops import PadAdd, pad_sources
         g_shape = (3 + sum(pads[0]), 4 + sum(pads[1]))
 
         def scatter(g):

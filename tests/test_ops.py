@@ -213,6 +213,7 @@ OPS: dict[str, OpSpec] = {
     # torch has no cbrt: its real cube root, sign(x) |x|^(1/3)
     "std_sqrt": OpSpec(np.sqrt, lambda v: torch.sqrt(v), ("positive",)),
     "cbrt": OpSpec(np.cbrt, lambda x: torch.sign(x) * torch.abs(x) ** (1 / 3), ("real",)),
+    "tanhshrink": OpSpec(lambda x: x - np.tanh(x), lambda x: F.tanhshrink(x), ("wide",)),
 }
 
 
@@ -223,7 +224,7 @@ NUMBA_GROUPED = (
     "clip", "clip_min", "clip_max", "hardtanh", "relu6", "hardsigmoid", "hardswish", "softsign",
     "logsigmoid", "celu", "selu", "mish", "sign", "floor", "ceil", "round", "trunc", "erf",
     "erfc", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh",
-    "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt", "std_sqrt")
+    "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt", "std_sqrt", "tanhshrink")
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ EXPECTED_BUILTINS = {
     "clip", "clip_min", "clip_max", "hardtanh", "relu6", "hardsigmoid", "hardswish", "softsign",
     "logsigmoid", "celu", "selu", "mish", "sign", "floor", "ceil", "round", "trunc", "erf",
     "erfc", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh",
-    "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt",
+    "log2", "log10", "exp2", "expm1", "log1p", "rsqrt", "cbrt", "tanhshrink",
 }
 
 
@@ -1066,6 +1067,10 @@ def _more_reduction_cases():
              torch_fn=lambda t: torch.cumsum(t, 1)),
         Case("cumsum-bool", lambda x: gc.cumsum(x, -1), lambda x: np.cumsum(x, -1),
              (Arg((3, 4), "bool", "bool"),), out_dtype="int64"),
+        Case("roll-axis=1", lambda x: gc.roll(x, 2, 1), lambda x: np.roll(x, 2, 1),
+             torch_fn=lambda t: torch.roll(t, 2, 1)),
+        Case("roll-flat", lambda x: gc.roll(x, -5), lambda x: np.roll(x, -5),
+             torch_fn=lambda t: torch.roll(t, -5)),
     ]
 
 

@@ -29,7 +29,7 @@ from hypothesis import given, settings
 import graphc as gc
 from graphc.elementwise_ops import REGISTRY
 from graphc.fused_ops import Fused
-from graphc.structured_ops import BroadcastTo, Reshape
+from graphc.shape_ops import BroadcastTo, Reshape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import workloads  # noqa: E402
