@@ -237,7 +237,6 @@ def format_graph(graph) -> str:
 
 
 def _node_lines(graph: Graph, names, indent: str) -> list[str]:
-    from .scan import Scan, instance_key
     lines, shown = [], set()
     for t in graph.nodes:
         if isinstance(t.op, Input) or _inlined(t, names):
@@ -249,8 +248,10 @@ def _node_lines(graph: Graph, names, indent: str) -> list[str]:
             args = ", ".join(names[id(i)] for i in t.inputs)
             body = f"{t.op.name}({args}{', ' if attrs and args else ''}{attrs})"
         lines.append(f"{indent}{names[id(t)]} = {body:<24} : {type_text(t)}")
-        if isinstance(t.op, Scan) and instance_key(t) not in shown:  # one body per run
-            shown.add(instance_key(t))
+        loop = getattr(t.op, "loop", None)  # a gc.scan node (graph.py sits below scan.py)
+        run = (loop,) + tuple(map(id, t.inputs))  # its run: scan.instance_key
+        if loop is not None and run not in shown:  # one body per run
+            shown.add(run)
             lines += _loop_lines(t, names, indent + "  ")
     return lines
 
