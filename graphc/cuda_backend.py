@@ -43,12 +43,14 @@ from . import dtypes
 from .compiler import BackendError
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
-from .graph import Graph
-from .inputs import Constant, Input
+from .graph import Graph, node_names, type_text
+from .inputs import Input
 from .interpreter import check_sizes
 from .ir import GraphError, located
+from .lowering import comment, describe, fold_constants, group_order, step_line, var_names
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
-from .numba_codegen import Unsupported, _comparison_form, comment
+from .numba_codegen import Unsupported, _comparison_form
+from .passes.memory import plan as plan_memory
 from .scan import Scan, StopGradient
 from .structured_ops import (
     BroadcastTo,
@@ -253,6 +255,8 @@ class Lowering:
         self.graph = graph
         self.device = device
         self.slot = {id(t): k for k, t in enumerate(graph.nodes)}
+        self.printed = node_names(graph)
+        self.names = var_names(graph, self.printed)
         self.nslots = len(graph.nodes)
         self.steps: list[Step] = []
         self.inputs: list = []
@@ -261,21 +265,20 @@ class Lowering:
         self.kernels: dict[str, str] = {}      # name -> source (generated) or "" (fixed)
         self.fallbacks: list[str] = []
         self.lowered: dict[str, int] = {}
+        self.calls: set[str] = {"constant"}  # the names steps call, for the source
         self.output_slots = [self.slot[id(t)] for t in graph.outputs]
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> CudaProgram:
         from numba import cuda
         check_sizes(self.graph.nodes)
-        for t in self.graph.nodes:
+        folded = fold_constants(self.graph.nodes)
+        for t in group_order(self.graph.nodes):
             k = self.slot[id(t)]
             if isinstance(t.op, Input):
                 self.inputs.append((t.op.label, k, t))
-            elif isinstance(t.op, Constant) or (t.inputs and all(
-                    id(i) in self.host for i in t.inputs)):
-                value = t.op.value.array if isinstance(t.op, Constant) else \
-                    np.asarray(t.op.evaluate(*(self.host[id(i)] for i in t.inputs)))
-                value = np.asarray(value, dtype=t.dtype, order="C")
+            elif id(t) in folded:
+                value = np.asarray(folded[id(t)], dtype=t.dtype, order="C")
                 self.host[id(t)] = value
                 self.constants[k] = cuda.to_device(value)
                 self._count("folded")
@@ -296,39 +299,52 @@ class Lowering:
         return CudaProgram(self)
 
     def _plan_frees(self):
-        keep = set(self.output_slots) | set(self.constants)
-        last = {}
-        for n, step in enumerate(self.steps):
-            for i in self.graph.nodes[step.slot].inputs:
-                last[self.slot[id(i)]] = n
-        for slot, n in last.items():
-            if slot not in keep:
-                self.steps[n].free.append(slot)
+        """Each step drops the values whose storage (with its views) the memory plan
+        frees there; outputs live to the end."""
+        nodes = self.graph.nodes
+        storage = {id(nodes[s.slot]): "view" if s.kind == "view" else "buffer"
+                   for s in self.steps}
+        storage.update((id(nodes[k]), "none") for k in self.constants)
+        plan = plan_memory(nodes, self.graph.outputs, storage=storage)
+        position = {id(t): n for n, t in enumerate(plan.order)}
+        for step in self.steps:
+            step.free = [self.slot[id(plan.order[m])]
+                         for m in plan.dead_at(position[id(nodes[step.slot])])]
 
     def _count(self, what):
         self.lowered[what] = self.lowered.get(what, 0) + 1
 
     def source(self) -> str:
-        g = self.graph
-        names = ", ".join(f"{n}: {t.dtype}{list(t.shape)}" for n, _, t in self.inputs)
+        """The program as Python-like text: one statement per step in ``run``, the
+        generated kernels after it (each under its name)."""
+        g, printed = self.graph, self.printed
+        inputs = ", ".join(f"{printed[id(t)]}: {type_text(t)}" for _, _, t in self.inputs)
+        fixed = sorted(self.calls - {name for name, src in self.kernels.items() if src})
         lines = [f"# graphc cuda backend ({comment(self.device)}): {len(g.nodes)} nodes, "
                  f"{len(self.constants)} folded into device constants",
-                 f"# inputs: {names}",
-                 f"# outputs: {', '.join(self.vname(t) for t in g.outputs)}"]
-        lines += [s.line for s in self.steps]
+                 f"# inputs: {comment(inputs) or 'none'}",
+                 f"# outputs: {comment(', '.join(printed[id(t)] for t in g.outputs))}",
+                 "# v<k>_<name> holds the node the graph printer calls <name>; k_<op>_<hash>: "
+                 "the kernels below; constant(): a value folded at compile time, on the device",
+                 f"# calls: {', '.join(fixed) or 'none'} (graphc/cuda_kernels.py; view: no "
+                 "copy, host_numpy: the op's NumPy evaluate on the host)",
+                 "def run(" + ", ".join(self.vname(t) for _, _, t in self.inputs) + "):"]
+        lines += [f"    {self.vname(g.nodes[k])} = constant()  # "
+                  f"{describe(g.nodes[k], printed)}" for k in sorted(self.constants)]
+        lines += ["    " + s.line for s in self.steps]
+        lines.append(f"    return ({', '.join(self.vname(t) for t in g.outputs)},)")
         for name, src in self.kernels.items():
-            if src:
-                lines += ["", f"# ---- kernel {name}", src.rstrip()]
+            if src:  # (compiled as ``kernel``; shown under the name the steps call)
+                lines += ["", "", f"# ---- kernel {name}",
+                          src.rstrip().replace("def kernel(", f"def {name}(", 1)]
         return "\n".join(lines) + "\n"
 
     def vname(self, t) -> str:
-        from .numba_codegen import identifier
-        return f"v{self.slot[id(t)]}_{identifier(t.op.name, 20)}"
+        return self.names[id(t)]
 
     def line(self, t, call: str) -> str:
-        args = ", ".join(self.vname(i) for i in t.inputs)
-        return f"{self.vname(t)} = {call}({args})  # {comment(t.op.name)} " \
-               f"{t.dtype}{list(t.shape)}"
+        self.calls.add(call)
+        return step_line(t, call, self.names, self.printed)
 
     # -- shared pieces --------------------------------------------------------------------
     def host_fallback(self, t):
@@ -490,8 +506,8 @@ def _compile_kernel(low: Lowering, t, source: str):
     from numba import cuda
 
     from . import cuda_kernels as ck
-    from .numba_codegen import identifier
-    name = f"k_{identifier(t.op.name, 24)}_{hashlib.sha256(source.encode()).hexdigest()[:8]}"
+    from .lowering import identifier
+    name = f"k_{identifier(t.op.name)}_{hashlib.sha256(source.encode()).hexdigest()[:8]}"
     low.kernels[name] = source
     kernel = _KERNELS.get(source)
     if kernel is None:
@@ -646,7 +662,7 @@ def rule_matmul(low: Lowering, t):
 
     def run(env):
         env[k] = fn(env[ia], env[ib])
-    return run, low.line(t, f"matmul_{t.dtype}[{ck.TILE}x{ck.TILE} tiles]"), "kernel"
+    return run, low.line(t, f"matmul_{t.dtype}") + f" [{ck.TILE}x{ck.TILE} tiles]", "kernel"
 
 
 def transpose_fn(low: Lowering, shape, perm, dtype):
@@ -764,7 +780,7 @@ def rule_max_pool(low: Lowering, t):
 
     def run(env):
         env[k] = row_max(windows(env[i])).reshape(t.shape)
-    return run, low.line(t, "window_gather + row_max"), "kernel"
+    return run, low.line(t, "window_gather_row_max"), "kernel"
 
 
 def _view(low: Lowering, t):
@@ -967,7 +983,7 @@ def rule_scan(low: Lowering, t):
                            empty=lambda shape, dtype: cuda.device_array(shape, dtype))
         for k, r in zip(slots, results):
             env[k] = r
-    return run, low.line(t, f"scan[{loop.length} steps]"), "loop"
+    return run, low.line(t, "scan") + f" [{loop.length} steps]", "loop"
 
 
 RULES = (

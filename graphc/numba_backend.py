@@ -45,11 +45,22 @@ from . import numba_codegen as cg
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
-from .inputs import Constant, Input
+from .inputs import Input
 from .interpreter import check_sizes
 from .ir import GraphError, Tensor, located
+from .lowering import (
+    broadcast_pattern,
+    comment,
+    describe,
+    fold_constants,
+    group_order,
+    instance_key,
+    split_kinds,
+    static_base_shape,
+    var_names,
+)
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d, MaxPool2dGrad
-from .passes.memory import best_fit
+from .passes.memory import plan as plan_memory
 from .scan import Scan, StopGradient, run_loop
 from .scan import instance_key as scan_key
 from .scan import siblings as scan_siblings
@@ -70,7 +81,6 @@ from .structured_ops import (
     Transpose,
 )
 
-FOLD_LIMIT_BYTES = 8 << 20  # larger constant results are computed at run time instead
 # Measured on the reference machine (AVX-512, 2 cores; docs/codegen.md): for one
 # arithmetic op (add, mul, max, compare, bias add) a generated kernel is 1.3-2x faster than
 # the NumPy ufunc from 4K to 256K elements and equal beyond; NumPy's own SIMD exp, log,
@@ -147,9 +157,6 @@ class Choice:
     emit: object  # emit(lowering, node, out_var or None) -> None; None: computed by the
     #               first output of its fused group (a follower)
     how: str = "numpy"  # "kernel", "numpy" (a NumPy call), "view" or "fallback"
-    in_place: tuple = ()  # operands whose buffer the result may take over (dying here)
-    last_reader: int | None = None  # the node index where those operands die, if later
-    #                                 (a fused group's operands die at its last output)
 
 
 class Lowering:
@@ -160,9 +167,9 @@ class Lowering:
         self.nodes = group_order(graph.nodes)
         self.index = {id(t): k for k, t in enumerate(self.nodes)}
         self.printed = node_names(graph)
+        self.names = var_names(graph, self.printed)
         self.outputs = {id(t) for t in graph.outputs}
-        self.namespace: dict = {"np": np, "_addr": _addr, "_waddr": _waddr,
-                                "_contig": np.ascontiguousarray, "_parallel": run_parallel}
+        self.namespace: dict = {}  # the values of the names the prelude defines
         self.threads = kernel_threads(any(isinstance(t.op, MatMul) for t in self.nodes))
         self.values: dict[int, Value] = {}
         self.lines: list[str] = []
@@ -180,21 +187,15 @@ class Lowering:
         self.calls = 0  # kernel calls per run
         self.scans: dict | None = None  # scan instances: their outputs (rule_scan)
         self.loop_sources: list[str] = []  # the programs of scan bodies, for f.source
+        self.prelude: list[str] = []  # the definitions of the names in namespace
 
     # -- names ----------------------------------------------------------------------------
     def var_name(self, t: Tensor) -> str:
-        """``in<k>_<name>`` for inputs, ``v<k>_<name>`` for the node the text printer calls
-        ``name`` (``fc1.matmul`` -> ``v6_fc1_matmul``): identifiers made here, never user
-        text alone."""
-        k = self.index[id(t)]
-        if isinstance(t.op, Input):
-            return f"in{k}_{cg.identifier(t.op.label, 24)}"
-        return f"v{k}_{cg.identifier(self.printed[id(t)], 24).lstrip('_')}"
+        """The node's variable (:func:`graphc.lowering.var_names`)."""
+        return self.names[id(t)]
 
     def describe(self, t: Tensor) -> str:
-        """The node as the text printer shows it, for comments."""
-        args = ", ".join(self.printed[id(i)] for i in t.inputs)
-        return cg.comment(f"{self.printed[id(t)]} = {t.op.name}({args}) : {type_text(t)}")
+        return describe(t, self.printed)
 
     # -- the pipeline -----------------------------------------------------------------------
     def run(self) -> NumbaProgram:
@@ -209,7 +210,10 @@ class Lowering:
         self.lowered = {"folded": len(folded)}
         for c in choices.values():
             self.lowered[c.how] = self.lowered.get(c.how, 0) + 1
-        plan = plan_memory(self.nodes, choices, self.outputs)
+        storage = {id(t): c.storage for t, c in zip(self.nodes, map(choices.get, map(id,
+                   self.nodes))) if c is not None}
+        storage.update((k, "none") for k in folded)
+        plan = plan_memory(self.nodes, self.graph.outputs, storage=storage)
         self.emit(choices, folded, plan)
         return self.finish(plan, folded)
 
@@ -260,31 +264,44 @@ class Lowering:
                 and self.values[id(t)].kind == "pool"]
         params = [self.var_name(t) for t in inputs] + ["_bufs", "_ptrs"]
         head = ["def run(" + ", ".join(params) + "):"]
-        if pool:
-            head += _unpack([v.var for v in pool], "_bufs")
+        # buffers read through their pointers only are not unpacked (no unused names)
+        text = "\n".join(self.lines + outs)
+        named = [v for v in pool if re.search(rf"\b{v.var}\b", text)]
+        if named:
+            head += _unpack([v.var for v in named], "_bufs")
         if self.pool_pointers:
             head += _unpack([v.pointer for v in self.pool_pointers], "_ptrs")
         body = head + self.lines + [f"    return ({', '.join(outs)},)"]
         line_nodes = {n + len(head): t for n, t in self.line_nodes.items()}
         banner = self.banner(inputs, len(folded))
+        if self.prelude:
+            banner += ["", "# names the program reads: what lowering made (_compiled), once"]
+            banner += self.prelude + [""]
         source = "\n".join(banner + body) + "\n"
         first = len(banner) + 1
         return NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
-                            inputs, pool, plan)
+                            inputs, pool, plan, [pool.index(v) for v in named])
 
     def banner(self, inputs, n_folded) -> list[str]:
         text = ", ".join(f"{self.printed[id(t)]}: {type_text(t)}" for t in inputs)
         outs = ", ".join(self.printed[id(t)] for t in self.graph.outputs)
         return [f"# graphc numba backend: {len(self.nodes)} nodes, {n_folded} folded into "
                 "constants",
-                f"# inputs: {cg.comment(text) or 'none'}",
-                f"# outputs: {cg.comment(outs)}",
+                f"# inputs: {comment(text) or 'none'}",
+                f"# outputs: {comment(outs)}",
                 "# v<k>_<name> holds the node the graph printer calls <name>; pointers p..., "
                 "kernels k_..."]
 
     # -- helpers used by the rules --------------------------------------------------------
     def line(self, text: str) -> None:
         self.lines.append("    " + text)
+
+    def define(self, name: str, value, rhs: str | None = None, note: str = "") -> None:
+        """A name the program reads (a constant, kernel, index ...), defined once in the
+        source's prelude: from ``_compiled`` (the values lowering made) or by ``rhs``."""
+        self.namespace[name] = value
+        text = f"{name} = {rhs or f'_compiled[{name!r}]'}"
+        self.prelude.append(text + (f"  # {comment(note)}" if note else ""))
 
     def value(self, t: Tensor) -> Value:
         return self.values[id(t)]
@@ -312,12 +329,13 @@ class Lowering:
             base = np.ascontiguousarray(array[tuple(slice(0, 1) if s == 0 else slice(None)
                                                     for s in array.strides)])
             base_value = Value(t, var + "_base", "const", k, True)
-            self.namespace[base_value.var] = base
-            self.namespace[var] = np.broadcast_to(base, array.shape)
+            self.define(base_value.var, base, note=self.describe(t))
+            self.define(var, np.broadcast_to(base, array.shape),
+                        f"np.broadcast_to({base_value.var}, {array.shape!r})")
             return Value(t, var, "const", k, False, base=base_value, base_shape=base.shape)
         array = np.asarray(array, order="C")  # (np.ascontiguousarray makes 0-d 1-d)
         array.setflags(write=False)
-        self.namespace[var] = array
+        self.define(var, array, note=self.describe(t))
         return Value(t, var, "const", k, True)
 
     def view(self, t: Tensor, define: str, of: Value, contiguous: bool, **extra) -> Value:
@@ -361,7 +379,7 @@ class Lowering:
             return value.pointer
         if value.kind == "const" and value.contiguous:
             value.pointer = f"p{value.var}"
-            self.namespace[value.pointer] = _addr(self.namespace[value.var])
+            self.define(value.pointer, _addr(self.namespace[value.var]), f"_addr({value.var})")
         elif value.contiguous and value.kind in ("pool", "view") and \
                 self.values[id(self.nodes[value.root])].kind == "pool":
             root = self.values[id(self.nodes[value.root])]
@@ -408,104 +426,9 @@ class Lowering:
             finally:
                 self.kernel_seconds += time.perf_counter() - start
             self.counts[outcome] += 1
-            self.namespace[name] = kernel.fn
+            self.define(name, kernel.fn, note="the kernel of that name below")
             self.kernels[name] = kernel
         return name
-
-
-# ---------------------------------------------------------------------------------------
-# Constant folding
-
-
-def fold_constants(nodes) -> dict[int, np.ndarray]:
-    """Values of the nodes that depend on no input, by the reference semantics.  Only ops
-    this backend knows to be pure are folded (an op added later, a random mask say, is
-    evaluated on every call, as the reference does)."""
-    values: dict[int, np.ndarray] = {}
-    for t in nodes:
-        if isinstance(t.op, Constant):
-            values[id(t)] = t.op.value.array
-        elif type(t.op) in RULES and t.inputs and all(id(i) in values for i in t.inputs):
-            try:
-                with np.errstate(all="ignore"):
-                    out = np.asarray(t.op.evaluate(*[values[id(i)] for i in t.inputs]))
-            except Exception:  # noqa: BLE001 -- leave it to run time, which reports it
-                continue
-            if out.dtype.name != t.dtype:
-                out = out.astype(t.dtype)
-            if out.shape != t.shape or (out.nbytes > FOLD_LIMIT_BYTES and 0 not in out.strides):
-                continue
-            values[id(t)] = out
-    return values
-
-
-# ---------------------------------------------------------------------------------------
-# Memory plan: liveness of storage roots, buffers shared between disjoint lifetimes
-
-
-@dataclass
-class MemoryPlan:
-    slot_of: dict[int, int]  # id(node) -> slot
-    slot_bytes: list[int]
-    frees: dict[int, list[int]]  # node index -> roots whose last use it is
-
-    @property
-    def bytes(self) -> int:
-        return int(sum(self.slot_bytes))
-
-
-def plan_memory(nodes, choices, outputs) -> MemoryPlan:
-    """Assign a buffer slot to every node stored in a buffer that is not an output.  A
-    slot is free again after the last use of every value that aliases it (views), and is
-    reused by the best fitting later node (growing if none fits).  An elementwise node
-    takes over the slot of an operand of its size that dies at that node (in place: a
-    kernel or ufunc reads element i before it writes element i)."""
-    root = {}
-    for k, t in enumerate(nodes):
-        choice = choices.get(id(t))
-        root[id(t)] = root[id(t.inputs[0])] if choice is not None and \
-            choice.storage == "view" else k
-    last = {}
-    for k, t in enumerate(nodes):
-        for i in t.inputs:
-            last[root[id(i)]] = k
-    for t in nodes:
-        if id(t) in outputs:
-            last[root[id(t)]] = len(nodes)
-    frees: dict[int, list[int]] = {}
-    for r, k in last.items():
-        frees.setdefault(k, []).append(r)
-    slot_of, sizes, free, handed_over = {}, [], [], set()
-    for k, t in enumerate(nodes):
-        choice = choices.get(id(t))
-        if choice is not None and choice.storage == "buffer" and id(t) not in outputs:
-            need = max(t.size * np.dtype(t.dtype).itemsize, 1)
-            r = _in_place_root(t, k, choice, root, last, slot_of, nodes, handed_over)
-            if r is not None:
-                handed_over.add(r)
-                slot = slot_of[id(nodes[r])]
-            else:
-                slot = best_fit(need, sizes, free)
-            slot_of[id(t)] = slot
-        for r in frees.get(k, ()):
-            owner = nodes[r]
-            if id(owner) in slot_of and last.get(r) == k and r not in handed_over:
-                free.append(slot_of[id(owner)])
-    return MemoryPlan(slot_of, sizes, frees)
-
-
-def _in_place_root(t, k, choice, root, last, slot_of, nodes, handed_over) -> int | None:
-    """The storage root of an operand whose buffer ``t`` may write over: not a view, in a
-    slot, of ``t``'s size, read once by ``t`` and by nothing after it."""
-    dies = k if choice.last_reader is None else choice.last_reader
-    for n in choice.in_place:
-        x = t.inputs[n]
-        r = root[id(x)]
-        if nodes[r] is x and last.get(r) == dies and id(x) in slot_of and \
-                r not in handed_over and sum(i is x for i in t.inputs) == 1 and \
-                x.size * np.dtype(x.dtype).itemsize == t.size * np.dtype(t.dtype).itemsize:
-            return r
-    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -534,7 +457,7 @@ def rule_numpy(lowering: Lowering, t: Tensor) -> Choice:
 
     def emit(L, t, out):
         name = f"op{L.index[id(t)]}"
-        L.namespace[name] = _Evaluate(t.op, t.dtype)
+        L.define(name, _Evaluate(t.op, t.dtype), note=f"{t.op.name}'s NumPy evaluate")
         L.alloc(t, f"{name}({', '.join(L.arg(i) for i in t.inputs)})", False)
     return Choice("alloc", emit, "fallback")
 
@@ -726,10 +649,10 @@ def rule_index(lowering, t):
         name = f"ix{L.index[id(t)]}"
         x = L.value(t.inputs[0])
         if advanced:
-            L.namespace[name] = t.op.numpy_index()
+            L.define(name, t.op.numpy_index(), note="the index")
             L.alloc(t, f"{L.use(x)}[{name}]", False)
         else:  # the Ellipsis keeps an all-integer index a 0-d array view, not a scalar
-            L.namespace[name] = t.op.numpy_index() + (Ellipsis,)
+            L.define(name, t.op.numpy_index() + (Ellipsis,), note="the index")
             L.view(t, f"{x.var}[{name}]", x, False)
     return Choice("alloc" if advanced else "view", emit, "numpy" if advanced else "view")
 
@@ -737,7 +660,7 @@ def rule_index(lowering, t):
 def rule_index_add(lowering, t):
     def emit(L, t, out):
         name = f"ix{L.index[id(t)]}"
-        L.namespace[name] = Index(t.op.index).numpy_index()
+        L.define(name, Index(t.op.index).numpy_index(), note="the index")
         L.line(f"{out}[...] = 0")
         g = L.arg(t.inputs[0])
         if any(e[0] == "array" for e in t.op.index):
@@ -798,8 +721,7 @@ def rule_elementwise(lowering, t):
     if form and not any(bools) and natural == t.dtype and \
             all(i.dtype == work for i in t.inputs) and \
             (form[0] in NUMPY_FASTER or t.size < KERNEL_MIN_SIZE):
-        return Choice("buffer", lambda L, t, out: _emit_ufunc(L, t, out, form),
-                      in_place=_same_shape_operands(t))
+        return Choice("buffer", lambda L, t, out: _emit_ufunc(L, t, out, form))
     step = cg.Step(fn.name, expr, fn.args, tuple(("operand", k) for k in range(fn.arity)),
                    work, t.dtype, bools)
     shapes = [static_base_shape(lowering.folded, i) for i in t.inputs]
@@ -817,13 +739,7 @@ def rule_elementwise(lowering, t):
     def emit(L, t, out):
         args = [L.operand(i, materialize, t.shape) for i, materialize in zip(t.inputs, full)]
         L.call(name, spec, [L.pointer(L.value(t))] + args, sizes, steps)
-    return Choice("buffer", emit, "kernel",
-                  in_place=tuple(n for n in _same_shape_operands(t) if not full[n]))
-
-
-def _same_shape_operands(t: Tensor) -> tuple:
-    """Operands an elementwise node reads at the index it writes (same shape)."""
-    return tuple(n for n, i in enumerate(t.inputs) if i.shape == t.shape)
+    return Choice("buffer", emit, "kernel")
 
 
 def split_steps(t: Tensor, kinds: str, sizes) -> list[int]:
@@ -832,46 +748,6 @@ def split_steps(t: Tensor, kinds: str, sizes) -> list[int]:
     per = {"F": inner, "C": 1, "R": 0, "S": 0}
     return [np.dtype(t.dtype).itemsize * inner] + \
         [np.dtype(i.dtype).itemsize * per[k] for i, k in zip(t.inputs, kinds)]
-
-
-def static_base_shape(folded, t: Tensor) -> tuple:
-    """The shape of the contiguous data behind ``t``: broadcast_to chains and folded
-    broadcast constants are read from their small base."""
-    while isinstance(t.op, BroadcastTo) and id(t) not in folded:
-        t = t.inputs[0]
-    array = folded.get(id(t))
-    if array is not None and array.ndim and array.size and 0 in array.strides:
-        return tuple(1 if s == 0 else d for s, d in zip(array.strides, array.shape))
-    return t.shape
-
-
-def broadcast_pattern(out_shape, shapes):
-    """Operand kinds (F, S, R, C) and loop sizes for an output of ``out_shape``.
-
-    Size-1 output axes are dropped and adjacent axes where every operand is either
-    broadcast or not are merged; one merged axis gives a 1-D loop (F/S), two give an
-    (outer, inner) loop (F/S/R/C).  More than two: every operand is materialized."""
-    nd = len(out_shape)
-    padded = [(1,) * (nd - len(s)) + tuple(s) for s in shapes]
-    columns, sizes = [], []
-    for d in range(nd):
-        if out_shape[d] == 1:
-            continue
-        flags = tuple("b" if p[d] == 1 else "f" for p in padded)
-        if columns and columns[-1] == flags:
-            sizes[-1] *= out_shape[d]
-        else:
-            columns.append(flags)
-            sizes.append(out_shape[d])
-    if not columns:
-        return "S" * len(shapes), [1]
-    if len(columns) == 1:
-        return "".join("F" if f == "f" else "S" for f in columns[0]), sizes
-    if len(columns) == 2:
-        table = {("f", "f"): "F", ("b", "b"): "S", ("b", "f"): "R", ("f", "b"): "C"}
-        return "".join(table[(a, b)] for a, b in zip(*columns)), sizes
-    size = int(np.prod(out_shape, dtype=np.int64))
-    return "F" * len(shapes), [size]
 
 
 def _emit_ufunc(L, t, out, form):
@@ -888,50 +764,6 @@ def _emit_ufunc(L, t, out, form):
 
 # ---------------------------------------------------------------------------------------
 # Fused groups: one kernel call computes every output of a group instance
-
-
-def instance_key(t: Tensor) -> tuple:
-    """Fused nodes with one group and the same inputs are outputs of one computation."""
-    return (t.op.group,) + tuple(map(id, t.inputs))
-
-
-def group_order(nodes) -> list[Tensor]:
-    """``nodes`` in a topological order where the outputs of each fused group instance
-    are adjacent (they share their inputs, so the first can compute them all)."""
-    members: dict[tuple, list] = {}
-    for t in nodes:
-        if isinstance(t.op, Fused):
-            members.setdefault(instance_key(t), []).append(t)
-    order, placed = [], set()
-    for t in nodes:
-        if id(t) in placed:
-            continue
-        group = members.get(instance_key(t)) if isinstance(t.op, Fused) else None
-        for m in group or (t,):
-            order.append(m)
-            placed.add(id(m))
-    return order
-
-
-def split_kinds(shape, shapes, lead: int):
-    """Operand kinds with ``shape`` seen as (prod of the first ``lead`` axes, prod of the
-    rest): F, S, R, C, or None for an operand that varies along part of a side only."""
-    nd = len(shape)
-    table = {("f", "f"): "F", ("b", "b"): "S", ("b", "f"): "R", ("f", "b"): "C"}
-    kinds = []
-    for s in shapes:
-        p = (1,) * (nd - len(s)) + tuple(s)
-
-        def side(axes, p=p):
-            dims = [d for d in axes if shape[d] != 1]
-            if all(p[d] == shape[d] for d in dims):
-                return "f"
-            return "b" if all(p[d] == 1 for d in dims) else None
-        outer, inner = side(range(lead)), side(range(lead, nd))
-        kinds.append(None if outer is None or inner is None else table[(outer, inner)])
-    sizes = [int(np.prod(shape[:lead], dtype=np.int64)),
-             int(np.prod(shape[lead:], dtype=np.int64))]
-    return kinds, sizes
 
 
 def _flat_split(n: int) -> tuple[list[int], int]:
@@ -1102,14 +934,9 @@ def rule_fused(lowering, t):
         instance = lowering.fused[key] = FusedInstance(lowering, t)
     if instance.spec is None:
         return rule_numpy(lowering, t)
-    out = t.op.out
-    in_place = () if out.reduce is not None else tuple(
-        n for n, (i, m) in enumerate(zip(instance.inputs, instance.materialize))
-        if i.shape == instance.domain and not m)
-    last = lowering.index[id(instance.members[-1])]
     if t is instance.leader:
-        return Choice("buffer", instance.emit, "kernel", in_place, last)
-    return Choice("buffer", None, "fused", in_place, last)
+        return Choice("buffer", instance.emit, "kernel")
+    return Choice("buffer", None, "fused")
 
 
 def rule_identity(lowering, t):
@@ -1137,7 +964,7 @@ def rule_scan(lowering, t):
         L.kernels.update(body.kernels)
         L.kernel_seconds += body.stats["kernel_seconds"]
         name = f"loop{L.index[id(t)]}"
-        L.namespace[name] = LoopRunner(loop, outs, body)
+        L.define(name, LoopRunner(loop, outs, body), note="the scan body below, in a loop")
         L.loop_sources.append(f"\n\n# {'=' * 88}\n# {name}: the scan body, run {loop.length} "
                               f"times (once per step)\n{body.source}")
         args = ", ".join(L.arg(i) for i in t.inputs)
@@ -1221,6 +1048,11 @@ def run_parallel(fn, threads: int, pointers, steps, sizes, chunk_steps=None) -> 
         f.result()
 
 
+# the names every program reads, besides those its prelude defines
+_GLOBALS = {"np": np, "_addr": _addr, "_waddr": _waddr, "_contig": np.ascontiguousarray,
+            "_parallel": run_parallel}
+
+
 class _Evaluate:
     """A node evaluated by its op's NumPy semantics (the default rule)."""
 
@@ -1239,7 +1071,8 @@ class NumbaProgram:
 
     _COUNTER = 0
 
-    def __init__(self, lowering: Lowering, source: str, line_nodes, inputs, pool, plan):
+    def __init__(self, lowering: Lowering, source: str, line_nodes, inputs, pool, plan,
+                 named):
         NumbaProgram._COUNTER += 1
         self.filename = f"<graphc-numba-{NumbaProgram._COUNTER}>"
         self.input_names = tuple(t.op.label for t in inputs)
@@ -1250,11 +1083,12 @@ class NumbaProgram:
         linecache.cache[self.filename] = (len(source), None, source.splitlines(True),
                                           self.filename)
         weakref.finalize(self, linecache.cache.pop, self.filename, None)
-        namespace = lowering.namespace
+        namespace = dict(_GLOBALS, _compiled=lowering.namespace)
         exec(compile(source, self.filename, "exec"), namespace)  # noqa: S102 -- our text
         self._run = namespace["run"]
         self._layout = [(plan.slot_of[id(v.node)], v.node.shape, v.node.dtype) for v in pool]
         self._pointer_of = [pool.index(v) for v in lowering.pool_pointers]
+        self._named = named  # the buffers the program reads by name
         self._slot_bytes = list(plan.slot_bytes)
         self._free: list = []
         self.source = source + "".join(lowering.loop_sources) + self._kernel_appendix()
@@ -1275,10 +1109,10 @@ class NumbaProgram:
         if not self.kernels:
             return ""
         parts = ["", "", "# " + "=" * 88,
-                 "# Kernels called above (k_<name>), compiled by Numba; files in "
-                 f"{cg.comment(kernel_cache.kernel_dir())}"]
+                 "# Kernels called above (k_<name>), compiled by Numba and kept in graphc's "
+                 "kernel cache under their name (graphc.kernel_cache)"]
         for name, kernel in sorted(self.kernels.items()):
-            parts += ["", f"# ---- {name}: {cg.comment(kernel.path)}", kernel.spec.source]
+            parts += ["", f"# ---- {name}", kernel.spec.source]
         return "\n".join(parts)
 
     def _buffers(self):
@@ -1286,13 +1120,14 @@ class NumbaProgram:
         arrays = tuple(slots[s][:int(np.prod(shape, dtype=np.int64)) * np.dtype(d).itemsize]
                        .view(d).reshape(shape) for s, shape, d in self._layout)
         pointers = tuple(_addr(arrays[k]) for k in self._pointer_of)
-        return arrays, pointers
+        return tuple(arrays[k] for k in self._named), pointers, arrays
 
     def __call__(self, arrays: dict) -> list[np.ndarray]:
         buffers = self._free.pop() if self._free else self._buffers()
         try:
             with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings
-                return list(self._run(*[arrays[n] for n in self.input_names], *buffers))
+                return list(self._run(*[arrays[n] for n in self.input_names], buffers[0],
+                                      buffers[1]))
         except (IndexError, ValueError, FloatingPointError, TypeError) as err:
             node = self._failing_node(sys.exc_info()[2])
             if node is None:
@@ -1327,7 +1162,7 @@ def compile_failure(lowering, t, spec, err) -> cg.CodegenError:
     message = (f"numba backend: cannot compile the kernel for node {lowering.printed[id(t)]} "
                f"({t.op.name}, {type_text(t)})\n  generated source: {where}\n  "
                f"numba said ({type(err).__name__}):\n    {detail}")
-    return cg.CodegenError(located(cg.comment(message).replace("\\x0a", "\n"), t.loc))
+    return cg.CodegenError(located(comment(message).replace("\\x0a", "\n"), t.loc))
 
 
 def compile_graph(graph: Graph) -> NumbaProgram:

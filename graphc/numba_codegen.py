@@ -34,6 +34,7 @@ from sympy.codegen.cfunctions import exp2, expm1, log1p, log2, log10
 
 from .elementwise_ops import real_cbrt, rint
 from .ir import GraphError
+from .lowering import comment, identifier
 
 CODEGEN_VERSION = 1
 
@@ -58,18 +59,6 @@ class CodegenError(GraphError):
 
 class Unsupported(Exception):
     """An expression the scalar printer cannot express (the node falls back to NumPy)."""
-
-
-def comment(text) -> str:
-    """``text`` made safe for a ``#`` comment: ASCII, no line breaks or control chars."""
-    text = str(text).encode("ascii", "backslashreplace").decode("ascii")
-    return "".join(ch if 32 <= ord(ch) < 127 else f"\\x{ord(ch):02x}" for ch in text)
-
-
-def identifier(text, limit: int = 40) -> str:
-    """``text`` as a safe ASCII identifier fragment (letters, digits, underscore)."""
-    out = re.sub(r"[^A-Za-z0-9_]", "_", str(text))[:limit]
-    return out if out and not out[0].isdigit() else f"_{out}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,7 +402,7 @@ def elementwise_kernel(steps, operand_dtypes, kinds) -> KernelSpec:
     for s in steps:
         header.append(f"# {comment(s.label)}: {comment(s.expr)}")
     source = _module(header, helpers, lines)
-    stem = identifier("_".join(s.label for s in steps), 30) + \
+    stem = identifier("_".join(s.label for s in steps)) + \
         f"_{SHORT[steps[-1].out]}_{''.join(kinds)}"
     params = (("ptr", steps[-1].out),) + tuple(("ptr", d) for d in operand_dtypes) + \
         (("int",),) * len(sizes)
@@ -544,7 +533,7 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
                                         for m, a in enumerate(accumulate))]
     header += [f"#   {comment(text)}" for text in steps_text]
     source = _module(header, printer.helpers, lines)
-    stem = identifier(label, 30) + f"_{SHORT[work]}_{''.join(kinds)}" + \
+    stem = identifier(label) + f"_{SHORT[work]}_{''.join(kinds)}" + \
         ("_acc" if any(accumulate) else "")
     params = tuple(("ptr", accumulator_dtype(work) if a else work) for a in accumulate) + \
         tuple(("ptr", d) for d in operand_dtypes) + \
@@ -632,11 +621,25 @@ def _phase_loops(phases, body, stores, kinds, operand_dtypes, work, printer, two
     lines = [f"for j0 in range(0, {size}, {TILE}):", f"    m = min({TILE}, {size} - j0)"]
     for p, (ks, reload) in enumerate(plans):
         keep = {name for name in slot if phase_of[name] == p}
+        last = p == len(plans) - 1
+        ks = _live(ks, body, keep | (set().union(*(s[2] for s in stores)) if last else set()))
         lines += ["    for jj in range(m):", "        j = j0 + jj"]
         lines += ["        " + line for line in _phase_body(
-            ks, body, stores if p == len(plans) - 1 else [], kinds, operand_dtypes, work,
+            ks, body, stores if last else [], kinds, operand_dtypes, work,
             printer, two_d, {n: slot[n] for n in sorted(reload, key=where.get)}, keep, slot)]
     return lines, len(crossing)
+
+
+def _live(ks, body, wanted) -> list[int]:
+    """The statements of ``ks`` (in order) a phase needs: those computing a value in
+    ``wanted`` (stored in scratch or to an output) and those a kept statement reads.  A
+    cheap value a later phase computes again is not computed here for nothing."""
+    live, kept = set(wanted), []
+    for k in reversed(ks):
+        if body[k][0] in live:
+            kept.append(k)
+            live |= set(body[k][2])
+    return kept[::-1]
 
 
 def _phase_body(ks, body, stores, kinds, operand_dtypes, work, printer, two_d, reload=(),
@@ -646,7 +649,7 @@ def _phase_body(ks, body, stores, kinds, operand_dtypes, work, printer, two_d, r
     reload = dict(reload)
     lines = [f"x{k} = {_load(k, index[kind], operand_dtypes, work, printer)}"
              for k, kind in enumerate(kinds) if kind in index and f"x{k}" in used]
-    lines += [f"{name} = t[{n * TILE} + jj]" for name, n in reload.items()]
+    lines += [f"{name} = t[{n * TILE} + jj]" for name, n in reload.items() if name in used]
     lines += [f"{body[k][0]} = {body[k][1]}" for k in ks]
     lines += [f"t[{slot[name] * TILE} + jj] = {name}" for name in sorted(keep)]
     lines += [f"{target} += {value}" if acc else f"{target} = {value}"
