@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import numba_codegen as cg
+from . import numba_kernels as nk
 from .fused_ops import Fused
 from .ir import Tensor
 from .lowering import (
@@ -79,7 +80,7 @@ class FusedInstance:
         label = "fused_" + "_".join(dict.fromkeys(s.fn.name for s in group.steps))
         steps_text = [f"s{k} = {st.text()}" for k, st in enumerate(group.steps)]
         steps_text.append("outputs: " + ", ".join(o.text() for o in self.outputs))
-        self.spec = cg.fused_kernel(label, steps_text, bound, exprs, symbols,
+        self.spec = nk.fused_kernel(label, steps_text, bound, exprs, symbols,
                                     [i.dtype for i in self.inputs], self.kinds, group.dtype,
                                     self.accumulate)
         self.name = lowering.kernel(self.leader, self.spec)
@@ -91,7 +92,7 @@ class FusedInstance:
         parallel = L.parallel(self.spec, self.sizes)
         rows = -(-self.sizes[0] // L.threads) if parallel else self.sizes[0]
         call = _Call(chunks=-(-self.sizes[0] // rows) if self.sizes[0] else 1,
-                     blocks=max(1, -(-rows // cg.ACC_ROWS)))
+                     blocks=max(1, -(-rows // nk.ACC_ROWS)))
         for m, o in zip(self.members, self.outputs):
             self.output(L, t, m, o, call, parallel)
         inner = self.sizes[1] if len(self.sizes) == 2 else 1
@@ -122,9 +123,9 @@ class FusedInstance:
 
     def output(self, L: Lowering, t: Tensor, m: Tensor, o, call: _Call, parallel: bool):
         """Define output ``m`` (the leader's own value exists already) and its pointer.
-        A sum accumulates n1 column sums (in ``cg.accumulator_dtype``): straight into a
+        A sum accumulates n1 column sums (in ``nk.accumulator_dtype``): straight into a
         column-sum output of that dtype, else into partial sums (one row per chunk of a
-        parallel call; for a full sum one row per block of ``cg.ACC_ROWS`` rows of a chunk,
+        parallel call; for a full sum one row per block of ``nk.ACC_ROWS`` rows of a chunk,
         and one for the tail) added up after the call in that dtype (a full sum by NumPy's
         pairwise sum)."""
         if m is not t:
@@ -140,7 +141,7 @@ class FusedInstance:
             call.add(L.pointer(value), item * (n1 if len(self.sizes) == 2 else 1))
             return
         column = len(o.reduce) < len(self.domain)
-        acc_dtype = cg.accumulator_dtype(self.group.dtype)
+        acc_dtype = nk.accumulator_dtype(self.group.dtype)
         if column and not parallel and acc_dtype == self.group.dtype:
             L.line(f"{L.use(value)}.fill(0)")
             call.add(L.pointer(value), 0, item * n1)

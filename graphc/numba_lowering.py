@@ -12,6 +12,7 @@ import numpy as np
 
 from . import kernel_cache
 from . import numba_codegen as cg
+from . import numba_native as native
 from .graph import Graph, node_names, type_text
 from .inputs import Input
 from .interpreter import check_sizes
@@ -332,7 +333,7 @@ class Lowering:
         if name not in self.namespace:
             start = time.perf_counter()
             try:
-                kernel, outcome = kernel_cache.load(spec, cg.compile_object)
+                kernel, outcome = kernel_cache.load(spec, native.compile_object)
             except Exception as err:  # noqa: BLE001 -- any Numba error is reported the same way
                 raise compile_failure(self, t, spec, err) from err
             finally:

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import dtypes
 from . import numba_codegen as cg
+from . import numba_kernels as nk
 from .ir import Tensor
 from .lowering import (
     broadcast_pattern,
@@ -87,7 +88,7 @@ def rule_reduce(lowering, t):
 
 def _sum_kernel(lowering, t, kind):
     (x,) = t.inputs
-    spec = cg.sum_kernel(kind, t.dtype)
+    spec = nk.sum_kernel(kind, t.dtype)
     name = lowering.kernel(t, spec)
     reduced = int(np.prod([x.shape[a] for a in t.op.axes], dtype=np.int64))
     kept = x.size // reduced
@@ -108,7 +109,7 @@ def rule_max_pool(lowering, t):
         return rule_numpy(lowering, t)
     kind = "grad" if isinstance(t.op, MaxPool2dGrad) else "forward"
     window = (*t.op.kernel, *t.op.stride) if t.op.padding == (0, 0) else None
-    name = lowering.kernel(t, cg.max_pool_kernel(kind, t.dtype, window))
+    name = lowering.kernel(t, nk.max_pool_kernel(kind, t.dtype, window))
     n, c, h, w = x.shape
     ho, wo = (t.inputs[1] if kind == "grad" else t).shape[2:]
     sizes = (n * c, h, w, ho, wo, *t.op.kernel, *t.op.stride, *t.op.padding)
@@ -143,10 +144,10 @@ def rule_conv(lowering, t):
                                 *op.dilation)))
     dtype = _np_dtype(t.dtype)
     if isinstance(op, Conv2dInputGrad):
-        col2im = lowering.kernel(t, cg.col2im_kernel(t.dtype))
+        col2im = lowering.kernel(t, nk.col2im_kernel(t.dtype))
     else:
         layout = "cols" if isinstance(op, Conv2d) else "kmajor"
-        im2col = lowering.kernel(t, cg.im2col_kernel(layout, t.dtype))
+        im2col = lowering.kernel(t, nk.im2col_kernel(layout, t.dtype))
 
     g = op.groups
     # per group: (g, o/g, k/g) kernels against (.., g, k/g, pixels) columns; g = 1 as before
@@ -197,7 +198,7 @@ def rule_rows(lowering, t):
     if x.ndim == 0 or not _trailing(axes, x.ndim) or x.dtype != t.dtype:
         return rule_numpy(lowering, t)
     kind = {Softmax: "softmax", LogSoftmax: "log_softmax", LogSumExp: "logsumexp"}[type(t.op)]
-    spec = cg.row_kernel(kind, t.dtype)
+    spec = nk.row_kernel(kind, t.dtype)
     name = lowering.kernel(t, spec)
     cols = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
     rows = x.size // cols if cols else 0
