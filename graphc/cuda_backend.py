@@ -46,8 +46,7 @@ from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
 from .inputs import Input
 from .interpreter import check_sizes
-from .ir import GraphError, located
-from .lowering import comment, describe, fold_constants, group_order, step_line, var_names
+from .lowering import comment, describe, failed, fold_constants, group_order, step_line, var_names
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
 from .numba_codegen import Unsupported, _comparison_form
 from .passes.memory import plan as plan_memory
@@ -359,8 +358,7 @@ class Lowering:
             try:
                 out = np.asarray(t.op.evaluate(*args))
             except (IndexError, ValueError, FloatingPointError) as err:
-                raise GraphError(located(f"{t.op.name} ({t.name}) failed at run time: {err}",
-                                         t.loc)) from err
+                raise failed(t, self.printed, err) from err
             env[k] = cuda.to_device(np.asarray(out, dtype=t.dtype, order="C"))
         return run, self.line(t, "host_numpy") + " [host fallback]", "host"
 
@@ -917,7 +915,7 @@ def rule_take(low: Lowering, t):
             bad = _bad_flag()
             ck.take_rows[ck.blocks_for(n), ck.THREADS](_flat(out), _flat(env[ix]),
                                                        _flat(env[ii]), inner, rows, n, bad)
-            _check_bad(bad, t, rows)
+            _check_bad(bad, t, rows, low.printed)
         env[k] = out
     return run, low.line(t, "take_rows"), "kernel"
 
@@ -940,15 +938,14 @@ def rule_take_add(low: Lowering, t):
             ck.take_add_rows[ck.blocks_for(n), ck.THREADS](_flat(out), _flat(env[ig]),
                                                            _flat(env[ii]), inner, rows, n,
                                                            bad)
-            _check_bad(bad, t, rows)
+            _check_bad(bad, t, rows, low.printed)
         env[k] = out
     return run, low.line(t, "take_add_rows"), "kernel"
 
 
-def _check_bad(bad, t, rows):
+def _check_bad(bad, t, rows, printed):
     if bad.copy_to_host()[0]:
-        raise GraphError(located(f"{t.op.name} ({t.name}) failed at run time: an index is "
-                                 f"out of range for axis 0 of size {rows}", t.loc))
+        raise failed(t, printed, f"an index is out of range for axis 0 of size {rows}")
 
 
 def rule_identity(low: Lowering, t):

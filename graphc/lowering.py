@@ -34,7 +34,7 @@ import numpy as np
 from .fused_ops import Fused
 from .graph import Graph, node_names, type_text
 from .inputs import Constant, Input
-from .ir import Tensor
+from .ir import GraphError, Tensor, located
 from .structured_ops import BroadcastTo
 
 # A constant subexpression whose (contiguous base) value is larger than this is computed
@@ -88,6 +88,13 @@ def step_line(t: Tensor, call: str, names: dict[int, str], printed: dict[int, st
     """One node as one statement: ``v3_add = call(v1_x, v2_y)  # add = add(x, y) : f32[4]``."""
     args = ", ".join(names[id(i)] for i in t.inputs)
     return f"{names[id(t)]} = {call}({args})  # {describe(t, printed)}{note}"
+
+
+def failed(t: Tensor, printed: dict[int, str], detail) -> GraphError:
+    """The error of node ``t`` failing at run time, on any backend: its op, its name as the
+    printer shows it and the user's line."""
+    return GraphError(located(f"{t.op.name} ({printed[id(t)]}) failed at run time: {detail}",
+                              t.loc))
 
 
 # ---------------------------------------------------------------------------------------

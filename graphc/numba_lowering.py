@@ -112,7 +112,7 @@ class Lowering:
 
     # -- the pipeline -----------------------------------------------------------------------
     def run(self) -> NumbaProgram:
-        check_sizes(self.nodes)
+        check_sizes(self.graph.nodes)
         folded = self.folded = fold_constants(self.nodes)
         choices = {}
         for t in self.nodes:

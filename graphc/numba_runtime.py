@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .ir import GraphError, located
+from .lowering import failed
 
 
 def _env_count(*names) -> int | None:
@@ -121,6 +121,7 @@ class NumbaProgram:
         self.filename = f"<graphc-numba-{NumbaProgram._COUNTER}>"
         self.input_names = tuple(t.op.label for t in inputs)
         self.line_nodes = line_nodes
+        self.printed = lowering.printed  # the nodes' names, for errors
         self.orchestrator = source
         self.kernels = dict(lowering.kernels)
         # tracebacks through the orchestrator show its lines; forgotten with the program
@@ -176,8 +177,7 @@ class NumbaProgram:
             node = self._failing_node(sys.exc_info()[2])
             if node is None:
                 raise
-            raise GraphError(located(f"{node.op.name} ({node.name}) failed at run time: {err}",
-                                     node.loc)) from err
+            raise failed(node, self.printed, err) from err
         finally:
             self._free.append(buffers)
 

@@ -186,3 +186,14 @@ def test_cuda_and_numba_sources_name_nodes_alike():
     program = numba_backend.compile_graph(graph)
     for t in graph.nodes:
         assert names[id(t)] in program.orchestrator
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_run_time_errors_name_the_node_as_the_printer(backend):
+    x = gc.input("x", (4, 2), "float64")
+    idx = gc.input("idx", (3,), "int32")
+    with gc.scope("embed"):
+        y = gc.take(x, idx)
+    f = gc.compile(gc.sigmoid(y), backend=backend)
+    with pytest.raises(gc.GraphError, match=r"^take \(embed\.take\) failed at run time"):
+        f(x=np.zeros((4, 2)), idx=np.array([0, 4, 1], np.int32))
