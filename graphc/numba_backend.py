@@ -3,7 +3,8 @@
 ``gc.compile(outputs, backend="numba")`` lowers the checked graph in four steps:
 
 1. **Fold constants**: nodes that depend on no input are evaluated once, by the reference
-   semantics, when compiling (the seed of a gradient and its broadcasts, for instance).
+   semantics, when compiling (the seed of a gradient and its broadcasts, for instance;
+   :func:`graphc.lowering.fold_constants`, the rule of every backend).
 2. **Choose a lowering per node** from a rule table keyed by op class, with a NumPy default:
    matmul through BLAS (``np.matmul(..., out=)``), reductions as NumPy ufunc reductions,
    the softmax family as row kernels, elementwise ops as one NumPy ufunc when the op *is*
@@ -12,10 +13,15 @@
    (:mod:`graphc.numba_codegen`), loaded through the on-disk cache
    (:mod:`graphc.kernel_cache`).  Reshape, transpose, broadcast and slicing are views.
 3. **Plan memory**: intermediate results live in preallocated buffers, shared between
-   values whose lifetimes do not overlap; graph outputs are fresh arrays on every call, so
+   values whose lifetimes do not overlap (the ``memory`` pass's
+   :func:`graphc.passes.memory.plan`); graph outputs are fresh arrays on every call, so
    they are returned without a copy.
-4. **Emit** one Python statement per node (named after the node, with a comment naming
-   its op), ``exec`` it, and keep the text as ``f.source``.
+4. **Emit** one Python statement per node (named by :func:`graphc.lowering.var_names`,
+   with a comment naming its op), ``exec`` it, and keep the text as ``f.source``.
+
+The driver is :mod:`graphc.numba_lowering`, the rules :mod:`graphc.numba_rules` and
+:mod:`graphc.numba_fused`, the runtime :mod:`graphc.numba_runtime`; this module holds the
+rule table, scans and :func:`compile_graph`.
 
 >>> import numpy as np, graphc as gc
 >>> x = gc.input("x", (3,), "float64")
