@@ -44,14 +44,24 @@ import numpy as np
 import sympy as sp
 
 from .elementwise_ops import Elementwise
-from .errors import BackendError, FeedError, GraphError
+from .errors import BackendError, FeedError
 from .fused_ops import Fused
-from .graph import Graph
-from .inputs import Constant, Input
+from .graph import Graph, node_names, type_text
+from .inputs import Input
 from .interpreter import check_sizes
-from .ir import located
+from .lowering import (
+    comment,
+    describe,
+    failed,
+    fold_constants,
+    group_order,
+    instance_key,
+    step_line,
+    var_names,
+)
 from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
-from .numba_codegen import Unsupported, _comparison_form, comment, formula
+from .numba_codegen import Unsupported, _comparison_form, formula
+from .passes.memory import plan as plan_memory
 from .scan import Scan, StopGradient
 from .shape_ops import BroadcastTo, Cast, Concat, Index, IndexAdd, Reshape, Take, TakeAdd, Transpose
 from .structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
@@ -231,6 +241,8 @@ class Lowering:
         self.graph = graph
         self.device = device
         self.slot = {id(t): k for k, t in enumerate(graph.nodes)}
+        self.printed = node_names(graph)
+        self.names = var_names(graph, self.printed)
         self.nslots = len(graph.nodes)
         self.steps: list[Step] = []
         self.inputs: list = []
@@ -240,21 +252,20 @@ class Lowering:
         self.fallbacks: list[str] = []
         self.lowered: dict[str, int] = {}
         self.fused: dict[tuple, object] = {}   # fused group instance -> its first node
+        self.calls: set[str] = {"constant"}  # the names steps call, for the source
         self.output_slots = [self.slot[id(t)] for t in graph.outputs]
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> CudaProgram:
         from numba import cuda
         check_sizes(self.graph.nodes)
-        for t in self.graph.nodes:
+        folded = fold_constants(self.graph.nodes)
+        for t in group_order(self.graph.nodes):
             k = self.slot[id(t)]
             if isinstance(t.op, Input):
                 self.inputs.append((t.op.label, k, t))
-            elif isinstance(t.op, Constant) or (t.inputs and all(
-                    id(i) in self.host for i in t.inputs)):
-                value = t.op.value.array if isinstance(t.op, Constant) else \
-                    np.asarray(t.op.evaluate(*(self.host[id(i)] for i in t.inputs)))
-                value = np.asarray(value, dtype=t.dtype, order="C")
+            elif id(t) in folded:
+                value = np.asarray(folded[id(t)], dtype=t.dtype, order="C")
                 self.host[id(t)] = value
                 self.constants[k] = cuda.to_device(value)
                 self._count("folded")
@@ -275,39 +286,52 @@ class Lowering:
         return CudaProgram(self)
 
     def _plan_frees(self):
-        keep = set(self.output_slots) | set(self.constants)
-        last = {}
-        for n, step in enumerate(self.steps):
-            for i in self.graph.nodes[step.slot].inputs:
-                last[self.slot[id(i)]] = n
-        for slot, n in last.items():
-            if slot not in keep:
-                self.steps[n].free.append(slot)
+        """Each step drops the values whose storage (with its views) the memory plan
+        frees there; outputs live to the end."""
+        nodes = self.graph.nodes
+        storage = {id(nodes[s.slot]): "view" if s.kind == "view" else "buffer"
+                   for s in self.steps}
+        storage.update((id(nodes[k]), "none") for k in self.constants)
+        plan = plan_memory(nodes, self.graph.outputs, storage=storage)
+        position = {id(t): n for n, t in enumerate(plan.order)}
+        for step in self.steps:
+            step.free = [self.slot[id(plan.order[m])]
+                         for m in plan.dead_at(position[id(nodes[step.slot])])]
 
     def _count(self, what):
         self.lowered[what] = self.lowered.get(what, 0) + 1
 
     def source(self) -> str:
-        g = self.graph
-        names = ", ".join(f"{n}: {t.dtype}{list(t.shape)}" for n, _, t in self.inputs)
+        """The program as Python-like text: one statement per step in ``run``, the
+        generated kernels after it (each under its name)."""
+        g, printed = self.graph, self.printed
+        inputs = ", ".join(f"{printed[id(t)]}: {type_text(t)}" for _, _, t in self.inputs)
+        fixed = sorted(self.calls - {name for name, src in self.kernels.items() if src})
         lines = [f"# graphc cuda backend ({comment(self.device)}): {len(g.nodes)} nodes, "
                  f"{len(self.constants)} folded into device constants",
-                 f"# inputs: {names}",
-                 f"# outputs: {', '.join(self.vname(t) for t in g.outputs)}"]
-        lines += [s.line for s in self.steps]
+                 f"# inputs: {comment(inputs) or 'none'}",
+                 f"# outputs: {comment(', '.join(printed[id(t)] for t in g.outputs))}",
+                 "# v<k>_<name> holds the node the graph printer calls <name>; k_<op>_<hash>: "
+                 "the kernels below; constant(): a value folded at compile time, on the device",
+                 f"# calls: {', '.join(fixed) or 'none'} (graphc/cuda_kernels.py; view: no "
+                 "copy, host_numpy: the op's NumPy evaluate on the host)",
+                 "def run(" + ", ".join(self.vname(t) for _, _, t in self.inputs) + "):"]
+        lines += [f"    {self.vname(g.nodes[k])} = constant()  # "
+                  f"{describe(g.nodes[k], printed)}" for k in sorted(self.constants)]
+        lines += ["    " + s.line for s in self.steps]
+        lines.append(f"    return ({', '.join(self.vname(t) for t in g.outputs)},)")
         for name, src in self.kernels.items():
-            if src:
-                lines += ["", f"# ---- kernel {name}", src.rstrip()]
+            if src:  # (compiled as ``kernel``; shown under the name the steps call)
+                lines += ["", "", f"# ---- kernel {name}",
+                          src.rstrip().replace("def kernel(", f"def {name}(", 1)]
         return "\n".join(lines) + "\n"
 
     def vname(self, t) -> str:
-        from .numba_codegen import identifier
-        return f"v{self.slot[id(t)]}_{identifier(t.op.name, 20)}"
+        return self.names[id(t)]
 
     def line(self, t, call: str) -> str:
-        args = ", ".join(self.vname(i) for i in t.inputs)
-        return f"{self.vname(t)} = {call}({args})  # {comment(t.op.name)} " \
-               f"{t.dtype}{list(t.shape)}"
+        self.calls.add(call)
+        return step_line(t, call, self.names, self.printed)
 
     # -- shared pieces --------------------------------------------------------------------
     def host_fallback(self, t):
@@ -322,8 +346,7 @@ class Lowering:
             try:
                 out = np.asarray(t.op.evaluate(*args))
             except (IndexError, ValueError, FloatingPointError) as err:
-                raise GraphError(located(f"{t.op.name} ({t.name}) failed at run time: {err}",
-                                         t.loc)) from err
+                raise failed(t, self.printed, err) from err
             env[k] = cuda.to_device(np.asarray(out, dtype=t.dtype, order="C"))
         return run, self.line(t, "host_numpy") + " [host fallback]", "host"
 
@@ -460,9 +483,9 @@ def _compile_kernel(low: Lowering, stem: str, source: str):
     from numba import cuda
 
     from . import cuda_kernels as ck
-    from .numba_codegen import identifier
+    from .lowering import identifier
     digest = hashlib.sha256(source.encode()).hexdigest()[:8]
-    name = f"k_{identifier(stem, len(stem)).lstrip('_')}_{digest}"
+    name = f"k_{identifier(stem).lstrip('_')}_{digest}"
     source = source.replace("def kernel(", f"def {name}(", 1)
     low.kernels[name] = source
     kernel = _KERNELS.get(source)
@@ -519,11 +542,6 @@ def _operand_strides(inputs, domain) -> list:
     return out
 
 
-def _instance_key(t) -> tuple:
-    """Fused nodes of one group with the same inputs are outputs of one computation."""
-    return (t.op.group, *map(id, t.inputs))
-
-
 def rule_fused(low: Lowering, t):
     """One kernel launch stores every output of a fused group instance (its nodes with the
     same inputs), each step computed once per element.  The first node met launches it
@@ -534,13 +552,13 @@ def rule_fused(low: Lowering, t):
     from numba import cuda
 
     from . import cuda_kernels as ck
-    key = _instance_key(t)
+    key = instance_key(t)
     if key in low.fused:
         return (lambda env: None), f"# {low.vname(t)}: {t.dtype}{list(t.shape)}, " \
             f"computed with {low.vname(low.fused[key])}", "fused"
     group, work = t.op.group, t.op.group.dtype
     members = [m for m in low.graph.nodes
-               if isinstance(m.op, Fused) and _instance_key(m) == key]
+               if isinstance(m.op, Fused) and instance_key(m) == key]
     domain = tuple(np.broadcast_shapes(*(i.shape for i in t.inputs)))
     stores, outputs = _fused_stores(members, domain)
     identity = tuple(range(len(domain)))
@@ -548,6 +566,7 @@ def rule_fused(low: Lowering, t):
                              [i.dtype for i in t.inputs], _operand_kinds(t.inputs, domain))
     stem = "fused_" + "_".join(dict.fromkeys(s.fn.name for s in group.steps))
     name, kernel = _compile_kernel(low, stem, source)
+    low.calls.add(name)
     shapes = [tuple(domain[a] for a in order) for _, order in stores]
     meta = [_store_strides(order, shape) for (_, order), shape in zip(stores, shapes)]
     meta += _operand_strides(t.inputs, domain)
@@ -696,7 +715,7 @@ def rule_matmul(low: Lowering, t):
 
     def run(env):
         env[k] = fn(env[ia], env[ib])
-    return run, low.line(t, f"matmul_{t.dtype}[{ck.TILE}x{ck.TILE} tiles]"), "kernel"
+    return run, low.line(t, f"matmul_{t.dtype}") + f" [{ck.TILE}x{ck.TILE} tiles]", "kernel"
 
 
 def transpose_fn(low: Lowering, shape, perm, dtype):
@@ -814,7 +833,7 @@ def rule_max_pool(low: Lowering, t):
 
     def run(env):
         env[k] = row_max(windows(env[i])).reshape(t.shape)
-    return run, low.line(t, "window_gather + row_max"), "kernel"
+    return run, low.line(t, "window_gather_row_max"), "kernel"
 
 
 def _view(low: Lowering, t):
@@ -951,7 +970,7 @@ def rule_take(low: Lowering, t):
             bad = _bad_flag()
             ck.take_rows[ck.blocks_for(n), ck.THREADS](_flat(out), _flat(env[ix]),
                                                        _flat(env[ii]), inner, rows, n, bad)
-            _check_bad(bad, t, rows)
+            _check_bad(bad, t, rows, low.printed)
         env[k] = out
     return run, low.line(t, "take_rows"), "kernel"
 
@@ -974,15 +993,14 @@ def rule_take_add(low: Lowering, t):
             ck.take_add_rows[ck.blocks_for(n), ck.THREADS](_flat(out), _flat(env[ig]),
                                                            _flat(env[ii]), inner, rows, n,
                                                            bad)
-            _check_bad(bad, t, rows)
+            _check_bad(bad, t, rows, low.printed)
         env[k] = out
     return run, low.line(t, "take_add_rows"), "kernel"
 
 
-def _check_bad(bad, t, rows):
+def _check_bad(bad, t, rows, printed):
     if bad.copy_to_host()[0]:
-        raise GraphError(located(f"{t.op.name} ({t.name}) failed at run time: an index is "
-                                 f"out of range for axis 0 of size {rows}", t.loc))
+        raise failed(t, printed, f"an index is out of range for axis 0 of size {rows}")
 
 
 def rule_identity(low: Lowering, t):
@@ -1017,7 +1035,7 @@ def rule_scan(low: Lowering, t):
                            empty=lambda shape, dtype: cuda.device_array(shape, dtype))
         for k, r in zip(slots, results):
             env[k] = r
-    return run, low.line(t, f"scan[{loop.length} steps]"), "loop"
+    return run, low.line(t, "scan") + f" [{loop.length} steps]", "loop"
 
 
 RULES = (

@@ -6,9 +6,10 @@ import numpy as np
 
 from .errors import GraphError
 from .fused_ops import Fused
-from .graph import Graph
+from .graph import Graph, node_names
 from .inputs import Constant, Input
 from .ir import located
+from .lowering import failed
 from .scan import Scan, instance_key, numpy_body, run_loop, siblings
 
 # A value (or a fused loop's domain) of more elements than this is refused before it runs:
@@ -54,9 +55,9 @@ def evaluate_graph(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarra
         elif isinstance(t.op, Constant):
             value = t.op.value.array
         elif isinstance(t.op, Scan):  # one run gives every output of the instance
-            value = _run_scan(t, [values[id(i)] for i in t.inputs], loops, values)
+            value = _run_scan(t, [values[id(i)] for i in t.inputs], loops, values, graph)
         else:
-            value = _run(t, [values[id(i)] for i in t.inputs])
+            value = _run(t, [values[id(i)] for i in t.inputs], graph)
         values[id(t)] = value
         for i in set(map(id, t.inputs)):
             if last_use[i] == k:
@@ -64,7 +65,7 @@ def evaluate_graph(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return [values[id(t)] for t in graph.outputs]
 
 
-def _run_scan(t, args, loops, values) -> np.ndarray:
+def _run_scan(t, args, loops, values, graph) -> np.ndarray:
     nodes = loops[instance_key(t)]
     if t is not nodes[0]:
         return values.pop(("scan", id(t)))
@@ -73,21 +74,20 @@ def _run_scan(t, args, loops, values) -> np.ndarray:
         with np.errstate(all="ignore"):
             results = run_loop(t.op.loop, outs, args, numpy_body(t.op.loop, outs))
     except GraphError as err:
-        raise GraphError(located(f"scan ({t.name}) failed at run time: {err}", t.loc)) from err
+        raise failed(t, node_names(graph), err) from err
     for n, r in zip(nodes[1:], results[1:]):
         values[("scan", id(n))] = r
     return results[0]
 
 
-def _run(t, args) -> np.ndarray:
+def _run(t, args, graph) -> np.ndarray:
     try:
         # IEEE results (inf, nan) without warnings, as compiled kernels give them: every
         # backend is silent alike (docs/codegen.md, "Floating-point exceptions")
         with np.errstate(all="ignore"):
             out = np.asarray(t.op.evaluate(*args))
     except (IndexError, ValueError, FloatingPointError) as err:
-        raise GraphError(located(f"{t.op.name} ({t.name}) failed at run time: {err}",
-                                 t.loc)) from err
+        raise failed(t, node_names(graph), err) from err  # (names made on failure only)
     if out.dtype.name != t.dtype:
         out = out.astype(t.dtype)
     if out.shape != t.shape:  # a broken op rule, never a user error

@@ -102,6 +102,10 @@ class Op:
     name = "op"
     fed = False  # an input or parameter: a leaf fed by its ``label``, unique in a graph
     dynamic = False  # takes operands with dynamic dimensions (None or a name; dynamic.py)
+    # evaluate is a function of the operands alone, so a node whose operands are constants
+    # may be folded (graphc.lowering.fold_constants); False for an op drawing randomness
+    # or reading state of its own
+    pure = True
 
     def infer(self, inputs: tuple[Tensor, ...]) -> tuple[tuple[int, ...], str]:
         """Output ``(shape, dtype)`` for ``inputs``; raise through :meth:`fail` if invalid."""

@@ -11,7 +11,7 @@ A kernel's file name ends in a hash of its source and signature, so a kernel is 
 by every graph and shape with the same body.  A warm load reads the object, checks its
 checksum and links it into an in-process MCJIT engine with llvmlite: Numba is not
 imported, which is what keeps a warm ``gc.compile`` fast.  On a miss the source is
-written, compiled by Numba (:func:`graphc.numba_codegen.compile_object`) and the object
+written, compiled by Numba (:func:`graphc.numba_native.compile_object`) and the object
 written.
 
 Safety: every file is written to a temporary name in the same directory and moved into
@@ -39,7 +39,8 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-from .numba_codegen import CODEGEN_VERSION, KernelSpec, NativeObject
+from .numba_codegen import CODEGEN_VERSION, KernelSpec
+from .numba_native import NativeObject
 
 FORMAT = 1
 _MAGIC = b"GRAPHC-KERNEL-OBJECT 1\n"

@@ -14,12 +14,12 @@ holds the memory plan of one call in the graph's topological order:
 - ``peak_live_bytes``: the most bytes alive at once, a lower bound for any plan without
   in-place updates;
 - for a training step (outputs = loss and gradients), ``saved_for_backward``: the forward
-  values (those the first output depends on, and the stacks a forward
-  scan keeps for its backward loop) that the backward still reads, the only forward values
-  kept past their forward use.
+  values (those the first output depends on) that the backward still reads, the only
+  forward values kept past their forward use.
 
-The Numba backend plans its buffers by the same rules (``graphc.numba_backend``) and
-reports what it allocated as ``buffer_bytes``.
+This plan is the one the backends run: the Numba backend allocates its slots (and reports
+their ``buffer_bytes``, as this pass logs them) and the CUDA backend drops each value at
+the step ``frees`` names.
 
 >>> import graphc as gc
 >>> x = gc.input("x", (1000,))
@@ -31,11 +31,14 @@ reports what it allocated as ``buffer_bytes``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from graphc.elementwise_ops import Elementwise
 from graphc.fused_ops import Fused
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
+from graphc.lowering import group_order, instance_key
 from graphc.scan import siblings
 
 
@@ -47,60 +50,123 @@ def in_place_ok(t: Tensor, x: Tensor) -> bool:
     return elementwise and x.shape == t.shape and x.nbytes == t.nbytes
 
 
-def plan(nodes, outputs, inplace: bool = True) -> dict:
-    """The memory plan of ``nodes`` run in this order (see the module docstring)."""
-    index = {id(t): k for k, t in enumerate(nodes)}
+@dataclass
+class MemoryPlan:
+    """The buffer plan of one call, by :func:`plan`: what the ``memory`` pass logs and
+    what the backends allocate and free.
+
+    ``order``: the nodes in the order planned (a fused group instance's outputs adjacent);
+    ``root[id(t)]``: the position in ``order`` of the node owning ``t``'s storage (itself,
+    or for a view the root of its operand); ``slot_of[id(t)]``: the buffer slot of a node
+    stored in a reused buffer (not outputs, which are fresh arrays per call);
+    ``slot_bytes``: each slot's size; ``frees[k]``: the storage roots whose last use (by
+    the node itself, a view of it or an output) is step ``k``; ``in_place``: the nodes
+    that write over an operand's slot."""
+
+    order: list
+    root: dict
+    slot_of: dict
+    slot_bytes: list
+    frees: dict
+    in_place: int
+    figures: dict
+    values: dict = field(default_factory=dict)  # root -> positions of it and its views
+
+    @property
+    def bytes(self) -> int:
+        """The bytes of every slot: what a backend allocates once per concurrent call."""
+        return int(sum(self.slot_bytes))
+
+    def dead_at(self, k: int) -> list[int]:
+        """Positions in ``order`` of every value (roots and their views) whose storage
+        dies at step ``k``."""
+        if not self.values:
+            for n, t in enumerate(self.order):
+                self.values.setdefault(self.root[id(t)], []).append(n)
+        return [n for r in self.frees.get(k, ()) for n in self.values[r]]
+
+
+def default_storage(t: Tensor) -> str:
+    """How ``t``'s value is stored when a backend does not say: ``view`` (of its
+    operand's storage), ``none`` (a feed or constant: not the plan's) or ``buffer``."""
+    if t.op.is_view():
+        return "view"
+    return "none" if isinstance(t.op, (Input, Constant)) else "buffer"
+
+
+def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> MemoryPlan:
+    """The memory plan of ``nodes`` run in this order (see the module docstring), fused
+    group instances made adjacent (``lowering.group_order``).  ``storage``: by ``id``, a
+    backend's own choice for a node, ``buffer``, ``view``, ``alloc`` (storage of its own
+    that the backend allocates, not a slot) or ``none`` (folded into a constant); the
+    others get :func:`default_storage`."""
+    order = group_order(nodes)
+    kind = [(storage or {}).get(id(t)) or default_storage(t) for t in order]
     root: dict[int, int] = {}
-    for k, t in enumerate(nodes):
-        root[id(t)] = root[id(t.inputs[0])] if t.op.is_view() else k
+    for k, t in enumerate(order):
+        root[id(t)] = root[id(t.inputs[0])] if kind[k] == "view" else k
     last: dict[int, int] = {}
-    for k, t in enumerate(nodes):
+    for k, t in enumerate(order):
         for i in t.inputs:
             last[root[id(i)]] = k
     out_ids = {id(t) for t in outputs}
-    end = len(nodes)
     for t in outputs:
-        last[root[id(t)]] = end
-    owns = [not (t.op.is_view() or isinstance(t.op, (Input, Constant))) for t in nodes]
+        last[root[id(t)]] = len(order)
+    frees: dict[int, list[int]] = {}
+    for r, k in last.items():
+        frees.setdefault(k, []).append(r)
+    dies = _dies_at(order)
+    owns = [c in ("buffer", "alloc") for c in kind]
     slot_of: dict[int, int] = {}
     sizes: list[int] = []
     free: list[int] = []
-    live = peak = naive = inplace_count = 0
-    for k, t in enumerate(nodes):
+    handed: set[int] = set()
+    live = peak = naive = 0
+    for k, t in enumerate(order):
         if owns[k]:
-            need = t.nbytes
-            naive += need
-            live += need
+            naive += t.nbytes
+            live += t.nbytes
             peak = max(peak, live)
-            if id(t) not in out_ids:
-                slot = _reuse(t, k, nodes, index, root, last, slot_of, inplace)
-                if slot is not None:
-                    inplace_count += 1
-                else:
-                    slot = best_fit(need, sizes, free)
-                slot_of[k] = slot
-        for r in {root[id(i)] for i in t.inputs}:
-            if last.get(r) == k and owns[r]:
-                live -= nodes[r].nbytes
-                if r in slot_of and slot_of[r] not in free and \
-                        slot_of.get(k) != slot_of[r]:
-                    free.append(slot_of[r])
-    outputs_bytes = sum(nodes[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
+        if kind[k] == "buffer" and id(t) not in out_ids:
+            r = _reuse(t, dies.get(id(t), k), order, root, last, slot_of, handed) \
+                if inplace else None
+            if r is not None:
+                handed.add(r)
+                slot_of[id(t)] = slot_of[id(order[r])]
+            else:
+                slot_of[id(t)] = best_fit(t.nbytes, sizes, free)
+        for r in frees.get(k, ()):
+            owner = order[r]
+            if owns[r]:
+                live -= owner.nbytes
+            if id(owner) in slot_of and r not in handed:
+                free.append(slot_of[id(owner)])
+    outputs_bytes = sum(order[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
                         if owns[root[id(t)]])
-    return {"planned_peak_bytes": int(sum(sizes)) + outputs_bytes,
-            "naive_peak_bytes": naive, "peak_live_bytes": peak, "buffers": len(sizes),
-            "in_place": inplace_count}
+    figures = {"planned_peak_bytes": int(sum(sizes)) + outputs_bytes,
+               "naive_peak_bytes": naive, "peak_live_bytes": peak, "buffers": len(sizes),
+               "buffer_bytes": int(sum(sizes)), "in_place": len(handed)}
+    return MemoryPlan(order, root, slot_of, sizes, frees, len(handed), figures)
 
 
-def _reuse(t, k, nodes, index, root, last, slot_of, inplace) -> int | None:
-    """An operand's slot that ``t`` can write over in place."""
-    if not inplace:
-        return None
+def _dies_at(order) -> dict[int, int]:
+    """For each fused node, the position of its instance's last output: one kernel
+    computes them all, so their operands are read until then."""
+    last: dict[tuple, int] = {}
+    for k, t in enumerate(order):
+        if isinstance(t.op, Fused):
+            last[instance_key(t)] = k
+    return {id(t): last[instance_key(t)] for t in order if isinstance(t.op, Fused)}
+
+
+def _reuse(t, dies, order, root, last, slot_of, handed) -> int | None:
+    """The storage root of an operand whose slot ``t`` can write over in place: not a
+    view, in a slot, read once by ``t`` and by nothing after ``dies``."""
     for x in t.inputs:
         r = root[id(x)]
-        if r == index.get(id(x)) and last.get(r) == k and r in slot_of and \
-                in_place_ok(t, x) and sum(i is x for i in t.inputs) == 1:
-            return slot_of[r]
+        if order[r] is x and last.get(r) == dies and id(x) in slot_of and \
+                r not in handed and in_place_ok(t, x) and sum(i is x for i in t.inputs) == 1:
+            return r
     return None
 
 
@@ -145,7 +211,7 @@ def memory(graph: Graph, *, inplace: bool = True, log: dict | None = None) -> Gr
     """Plan the memory of one call of ``graph`` (module docstring); the graph is returned
     unchanged and the plan goes to ``log``."""
     if log is not None:
-        log.update(plan(graph.nodes, graph.outputs, inplace))
+        log.update(plan(graph.nodes, graph.outputs, inplace).figures)
         count, size = saved_for_backward(graph)
         log["saved_for_backward"] = count
         log["saved_for_backward_bytes"] = size

@@ -32,32 +32,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphc import functions as F
-from graphc.elementwise_ops import Elementwise
-from graphc.fused_ops import Fused
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor, iter_nodes
+from graphc.lowering import base_of, fold_value, foldable
 from graphc.scan import StopGradient
 from graphc.shape_ops import (
     BroadcastTo,
-    Cast,
-    Concat,
-    Index,
-    IndexAdd,
     Reshape,
-    Take,
-    TakeAdd,
     Transpose,
 )
-from graphc.structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
+from graphc.structured_ops import Reduce
 
 from .rewrite import ONE, ZERO, P, is_constant, match, rebuild
-
-# Ops known to be pure functions of their operands: a node of these whose operands are
-# all constants is folded (evaluated once by the reference semantics).
-PURE = (Elementwise, Fused, MatMul, Reduce, LogSumExp, Softmax, LogSoftmax, Reshape,
-        Transpose, BroadcastTo, Concat, Index, IndexAdd, Take, TakeAdd, Cast)
-FOLD_LIMIT_BYTES = 1 << 20  # larger constant results stay computed (at run time)
 
 
 def fit(x: Tensor, node: Tensor) -> Tensor:
@@ -111,27 +98,16 @@ def _sum_of_broadcast(m):
 
 
 def _fold(m):
-    """Evaluate a node whose operands are all constants; broadcast results keep their
-    small base."""
+    """Evaluate a node whose operands are all constants (``lowering.fold_value``: one
+    purity test and size limit for every backend); broadcast results keep their small
+    base."""
     t = m["node"]
-    values = [_constant_array(i) for i in t.inputs]
-    try:
-        with np.errstate(all="ignore"):
-            out = np.asarray(t.op.evaluate(*values))
-    except Exception:  # noqa: BLE001 -- left to run time, which reports it
+    out = fold_value(t, [_constant_array(i) for i in t.inputs])
+    if out is None:
         return None
-    if out.dtype.name != t.dtype:
-        out = out.astype(t.dtype)
-    if out.shape != t.shape:
-        return None
-    if out.ndim and out.size and 0 in out.strides:
-        base = np.ascontiguousarray(out[tuple(slice(0, 1) if s == 0 else slice(None)
-                                              for s in out.strides)])
-        if base.nbytes > FOLD_LIMIT_BYTES:
-            return None
+    base = base_of(out)
+    if base is not out:
         return F.broadcast_to(constant(base, dtype=t.dtype), t.shape)
-    if out.nbytes > FOLD_LIMIT_BYTES:
-        return None
     return constant(np.array(out, order="C"), dtype=t.dtype)  # (ascontiguousarray: 0-d -> 1-d)
 
 
@@ -147,7 +123,7 @@ def _constant_array(t: Tensor) -> np.ndarray:
 
 
 def _foldable(t: Tensor, m) -> bool:
-    if not isinstance(t.op, PURE) or not t.inputs:
+    if not foldable(t):
         return False
     if isinstance(t.op, BroadcastTo) and isinstance(t.inputs[0].op, Constant):
         return False  # already canonical: a broadcast keeps its small constant base

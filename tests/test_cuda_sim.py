@@ -63,6 +63,11 @@ def check(outputs, feeds, passes=None):
     return f
 
 
+def cuda_compile_graph(graph):
+    from graphc import cuda_backend
+    return cuda_backend.compile_graph(graph)
+
+
 def normal(shape, dtype="float32"):
     return rng.standard_normal(shape).astype(dtype)
 
@@ -154,6 +159,33 @@ def launches(f, feeds) -> dict:
 
 def fused_kernels(f) -> list[str]:
     return [line for line in f.source.splitlines() if line.startswith("# ---- kernel k_fused_")]
+
+
+@sim
+def test_source_names_nodes_as_numba_and_defines_what_it_calls():
+    """One naming (graphc.lowering.var_names) in both backends' source; the CUDA listing
+    defines every name its steps read (the calls it lists in its header)."""
+    import re
+
+    from graphc.passes import pipeline
+    from test_lowering import undefined_names
+
+    from graphc import numba_backend
+    from graphc.lowering import var_names
+    x, b = gc.input("x", (4, 3)), gc.input("b", (3,))
+    y = gc.sum(gc.tanh(x + b) * 2.0)
+    graph, _ = pipeline.run(Graph([y, gc.grad(y, b)]), pipeline.DEFAULT_PIPELINE)
+    source = cuda_compile_graph(graph).source
+    numba_source = numba_backend.compile_graph(graph).orchestrator
+    names = var_names(graph)
+    ends = {names[id(t)] for t in graph.nodes if t.op.name == "input"
+            or id(t) in {id(o) for o in graph.outputs}}
+    used = set(re.findall(r"\b(?:v|in)\d+_\w+\b", source))
+    assert ends <= used <= set(names.values())  # (Numba adds names of its own: v3_acc)
+    assert ends <= set(re.findall(r"\b(?:v|in)\d+_\w+\b", numba_source))
+    calls = re.search(r"^# calls: (.*) \(graphc", source, re.M).group(1).split(", ")
+    assert undefined_names(source, {"cuda", "math", "np", *calls}) == set()
+    assert "/tmp" not in source
 
 
 @sim

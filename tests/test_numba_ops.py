@@ -39,9 +39,9 @@ def kernel_cache_dir(tmp_path_factory, monkeypatch):
 def kernels_only(monkeypatch):
     """Every elementwise op as a generated kernel, however small (by default a single
     ufunc-like op on a small array runs as the NumPy ufunc)."""
-    from graphc import numba_backend
-    monkeypatch.setattr(numba_backend, "KERNEL_MIN_SIZE", 0)
-    monkeypatch.setattr(numba_backend, "NUMPY_FASTER", set())
+    from graphc import numba_rules
+    monkeypatch.setattr(numba_rules, "KERNEL_MIN_SIZE", 0)
+    monkeypatch.setattr(numba_rules, "NUMPY_FASTER", set())
 
 
 def assert_close(got, want, dtype, what=""):
@@ -328,10 +328,10 @@ def test_source_is_readable_and_names_nodes():
 def test_big_kernels_split_over_numba_num_threads(threads, monkeypatch):
     """Kernels of a million elements that call exp/tanh/erf run in NUMBA_NUM_THREADS chunks
     (uneven ones here); everything else, and everything with one thread, runs serially."""
-    from graphc import numba_backend
+    from graphc import numba_runtime
     monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # the BLAS leaves the cores free
-    monkeypatch.setattr(numba_backend, "_cpus", lambda: 4)
+    monkeypatch.setattr(numba_runtime, "_cpus", lambda: 4)
     x = gc.input("x", (1031, 1021))
     y = gc.gelu(x, approximate="tanh") + gc.softmax(x, axis=1) + gc.relu(x)
     rng = np.random.default_rng(0)
@@ -342,18 +342,18 @@ def test_big_kernels_split_over_numba_num_threads(threads, monkeypatch):
 
 
 def test_kernels_leave_the_cores_a_multithreaded_blas_uses(monkeypatch):
-    from graphc import numba_backend
-    monkeypatch.setattr(numba_backend, "_cpus", lambda: 2)
+    from graphc import numba_runtime
+    monkeypatch.setattr(numba_runtime, "_cpus", lambda: 2)
     monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
-    assert numba_backend.kernel_threads() == 1  # BLAS on both cores: kernels stay serial
-    assert numba_backend.kernel_threads(uses_blas=False) == 2  # a graph without matmul
+    assert numba_runtime.kernel_threads() == 1  # BLAS on both cores: kernels stay serial
+    assert numba_runtime.kernel_threads(uses_blas=False) == 2  # a graph without matmul
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert numba_backend.kernel_threads() == 2
+    assert numba_runtime.kernel_threads() == 2
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
-    assert numba_backend.kernel_threads() == 1
-    assert numba_backend.kernel_threads(uses_blas=False) == 1
+    assert numba_runtime.kernel_threads() == 1
+    assert numba_runtime.kernel_threads(uses_blas=False) == 1
 
 
 # ---------------------------------------------------------------------------------------

@@ -101,9 +101,9 @@ def test_fused_sum_of_any_length_is_as_accurate_as_numpy(dtype, monkeypatch):
     relative error at 65521 where NumPy's pairwise sum has 0.  Lengths: one block of rows
     plus a tail, two blocks, and a call split over 3 threads; float32 accumulates in
     float64, so its sum is the correctly rounded exact sum."""
-    from graphc import numba_backend
+    from graphc import numba_runtime
     monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
-    monkeypatch.setattr(numba_backend, "_cpus", lambda: 4)
+    monkeypatch.setattr(numba_runtime, "_cpus", lambda: 4)
     for n, parallel in [(65521, False), (1048573, False), (2457569, True)]:
         x = gc.input("x", (n,), dtype)
         e = gc.exp(x)

@@ -571,7 +571,7 @@ def test_fused_kernels_share_powers_of_exponentials_and_reciprocals():
     # kernel makes one exp and one division fewer per element.
     import sympy as sp
 
-    from graphc.numba_codegen import _share_powers
+    from graphc.numba_kernels import _share_powers
     x = sp.Symbol("x0", real=True)
     u = sp.exp(-sp.Abs(x))
     exprs = [sp.exp(-2 * sp.Abs(x)) * 3 + u, 1 / (u + 1) + x / (u + 1) ** 2]

@@ -1,0 +1,197 @@
+"""Fused groups on the Numba backend: one kernel call computes every output of a group
+instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import numba_codegen as cg
+from . import numba_kernels as nk
+from .fused_ops import Fused
+from .ir import Tensor
+from .lowering import (
+    broadcast_pattern,
+    instance_key,
+    split_kinds,
+    static_base_shape,
+)
+from .numba_lowering import Choice, Lowering, Value
+from .numba_rules import rule_numpy
+
+# ---------------------------------------------------------------------------------------
+# Fused groups: one kernel call computes every output of a group instance
+
+
+def _flat_split(n: int) -> tuple[list[int], int]:
+    """A full sum over a flat loop of ``n`` as ``[n0, n1]`` rows of n1 columns and the
+    ``tail``, the n - n0 * n1 values after them (summed by one more call): n1 the largest
+    divisor of n from 2048 to 4096 (one row of n below that), else 4096 and a tail."""
+    for d in range(min(n, 4096), max(1, min(n, 2048)) - 1, -1):
+        if n % d == 0:
+            return [n // d, d], 0
+    return [n // 4096, 4096], n % 4096
+
+
+class FusedInstance:
+    """The outputs of one fused group applied to one set of inputs, and their kernel."""
+
+    def __init__(self, lowering: Lowering, first: Tensor):
+        key = instance_key(first)
+        self.members = [t for t in lowering.nodes if isinstance(t.op, Fused) and
+                        instance_key(t) == key]
+        self.leader = self.members[0]
+        self.group = group = first.op.group
+        self.inputs = first.inputs
+        self.outputs = [group.outputs[m.op.output] for m in self.members]
+        self.domain = tuple(np.broadcast_shapes(*(i.shape for i in self.inputs)))
+        self.spec = None
+        try:
+            self.plan(lowering)
+        except cg.Unsupported:
+            self.spec = None  # every member falls back to its NumPy evaluation
+
+    def plan(self, lowering: Lowering):
+        group, domain = self.group, self.domain
+        shapes = [static_base_shape(lowering.folded, i) for i in self.inputs]
+        self.accumulate = [None if o.reduce is None else
+                           "column" if len(o.reduce) < len(domain) else "full"
+                           for o in self.outputs]
+        leads = {len(o.reduce) for o, a in zip(self.outputs, self.accumulate) if a == "column"}
+        self.tail = 0
+        if leads:
+            kinds, sizes = split_kinds(domain, shapes, leads.pop())
+        else:
+            kinds, sizes = broadcast_pattern(domain, shapes)
+            kinds = list(kinds)
+            if any(self.accumulate) and len(sizes) == 1:
+                sizes, self.tail = _flat_split(sizes[0])
+                kinds = ["F" if k == "F" else "S" for k in kinds]
+        # an operand that varies along only part of the loop's axes (more than two
+        # broadcast patterns) is materialized at full size, as for single ops
+        size = int(np.prod(domain, dtype=np.int64))
+        self.materialize = [k is None or (k == "F" and int(np.prod(s, dtype=np.int64)) != size)
+                            for k, s in zip(kinds, shapes)]
+        self.kinds = "".join("F" if k is None else k for k in kinds)
+        self.sizes = sizes
+        symbols = group.symbols()
+        bound, exprs = group.statements(self.outputs, symbols)
+        label = "fused_" + "_".join(dict.fromkeys(s.fn.name for s in group.steps))
+        steps_text = [f"s{k} = {st.text()}" for k, st in enumerate(group.steps)]
+        steps_text.append("outputs: " + ", ".join(o.text() for o in self.outputs))
+        self.spec = nk.fused_kernel(label, steps_text, bound, exprs, symbols,
+                                    [i.dtype for i in self.inputs], self.kinds, group.dtype,
+                                    self.accumulate)
+        self.name = lowering.kernel(self.leader, self.spec)
+
+    def emit(self, L: Lowering, t: Tensor, out: str) -> None:
+        """One kernel call for every output of the instance (``t`` is the first), and one
+        more for the ``tail`` of a flat sum, as one more chunk: one row of ``tail`` values
+        after the n0 rows."""
+        parallel = L.parallel(self.spec, self.sizes)
+        rows = -(-self.sizes[0] // L.threads) if parallel else self.sizes[0]
+        call = _Call(chunks=-(-self.sizes[0] // rows) if self.sizes[0] else 1,
+                     blocks=max(1, -(-rows // nk.ACC_ROWS)))
+        for m, o in zip(self.members, self.outputs):
+            self.output(L, t, m, o, call, parallel)
+        inner = self.sizes[1] if len(self.sizes) == 2 else 1
+        for i, kind, materialize in zip(self.inputs, self.kinds, self.materialize):
+            call.add(L.operand(i, materialize, self.domain), np.dtype(i.dtype).itemsize *
+                     {"F": inner, "C": 1}.get(kind, 0))
+        dtype = self.group.dtype
+        if self.spec.scratch:  # work space for the phases of a long body, one per chunk
+            scratch = f"{L.var_name(t)}_work"
+            L.line(f"{scratch} = np.empty({(call.chunks + bool(self.tail)) * self.spec.scratch}"
+                   f", np.{dtype})")
+            L.defined.add(scratch)
+            call.add(f"_addr({scratch})", 0, np.dtype(dtype).itemsize * self.spec.scratch)
+            call.finish.append(f"del {scratch}")
+        L.calls += 1
+        if parallel:
+            L.line(f"_parallel({self.name}, {L.threads}, ({', '.join(call.pointers)},), "
+                   f"{tuple(call.steps)!r}, {tuple(self.sizes)!r}, "
+                   f"{tuple(call.chunk_steps)!r})")
+        else:
+            L.line(f"{self.name}({', '.join(call.pointers)}, "
+                   f"{', '.join(map(str, self.sizes))})")
+        if self.tail:
+            L.calls += 1
+            L.line(f"{self.name}({', '.join(call.after(self.sizes[0]))}, 1, {self.tail})")
+        for line in call.finish:
+            L.line(line)
+
+    def output(self, L: Lowering, t: Tensor, m: Tensor, o, call: _Call, parallel: bool):
+        """Define output ``m`` (the leader's own value exists already) and its pointer.
+        A sum accumulates n1 column sums (in ``nk.accumulator_dtype``): straight into a
+        column-sum output of that dtype, else into partial sums (one row per chunk of a
+        parallel call; for a full sum one row per block of ``nk.ACC_ROWS`` rows of a chunk,
+        and one for the tail) added up after the call in that dtype (a full sum by NumPy's
+        pairwise sum)."""
+        if m is not t:
+            kind = "fresh" if id(m) in L.outputs else "pool"
+            L.values[id(m)] = Value(m, L.var_name(m), kind, L.index[id(m)], True)
+            L.line(f"# {L.describe(m)}")
+            if kind == "fresh":
+                L.line(f"{L.var_name(m)} = np.empty({m.shape!r}, np.{m.dtype})")
+        value = L.value(m)
+        item = np.dtype(self.group.dtype).itemsize
+        n1 = self.sizes[-1]
+        if o.reduce is None:
+            call.add(L.pointer(value), item * (n1 if len(self.sizes) == 2 else 1))
+            return
+        column = len(o.reduce) < len(self.domain)
+        acc_dtype = nk.accumulator_dtype(self.group.dtype)
+        if column and not parallel and acc_dtype == self.group.dtype:
+            L.line(f"{L.use(value)}.fill(0)")
+            call.add(L.pointer(value), 0, item * n1)
+            return
+        acc = f"{value.var}_acc"
+        blocks = 1 if column else call.blocks
+        L.line(f"{acc} = np.zeros(({call.chunks * blocks + bool(self.tail)}, {n1}), "
+               f"np.{acc_dtype})")
+        L.defined.add(acc)
+        call.add(f"_addr({acc})", 0, np.dtype(acc_dtype).itemsize * n1 * blocks)
+        target = f"{L.use(value)}.reshape({(-1,) if column else ()!r})"
+        total = f"np.add.reduce({acc}, axis={0 if column else None}"
+        # into a float32 out=, NumPy would round each row's sum to float32
+        call.finish += [f"{total}, out={target})" if acc_dtype == self.group.dtype else
+                        f"{target}[...] = {total})", f"del {acc}"]
+
+
+@dataclass
+class _Call:
+    """The arguments of a fused kernel call: pointers, the bytes each advances per unit
+    of the first size and per chunk of a parallel call, and lines to run after it."""
+
+    chunks: int
+    blocks: int  # rows of partial sums of a full sum per chunk
+    pointers: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    chunk_steps: list = field(default_factory=list)
+    finish: list = field(default_factory=list)
+
+    def add(self, pointer: str, step: int, chunk_step: int = 0) -> None:
+        self.pointers.append(pointer)
+        self.steps.append(step)
+        self.chunk_steps.append(chunk_step)
+
+    def after(self, rows: int) -> list[str]:
+        """The pointers of one more chunk, starting after ``rows`` rows."""
+        offsets = [rows * s + self.chunks * c for s, c in zip(self.steps, self.chunk_steps)]
+        return [f"{p} + {o}" if o else p for p, o in zip(self.pointers, offsets)]
+
+
+def rule_fused(lowering, t):
+    """The first output of a group instance computes all of them in one kernel call; the
+    others are followers.  A group the kernel printer cannot express (an exotic custom op)
+    is evaluated by NumPy, output by output."""
+    key = instance_key(t)
+    instance = lowering.fused.get(key)
+    if instance is None:
+        instance = lowering.fused[key] = FusedInstance(lowering, t)
+    if instance.spec is None:
+        return rule_numpy(lowering, t)
+    if t is instance.leader:
+        return Choice("buffer", instance.emit, "kernel")
+    return Choice("buffer", None, "fused")

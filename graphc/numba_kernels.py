@@ -1,0 +1,553 @@
+"""Numba kernel families beyond one elementwise op: fused groups (one loop nest, in phases
+over tiles when long), row kernels (softmax family, sums), max pooling and im2col/col2im."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import sympy as sp
+
+from .functable import FUNCTIONS
+from .lowering import comment, identifier
+from .numba_codegen import (
+    _KIND_TEXT,
+    ELEMENTWISE_FASTMATH,
+    REDUCTION_FASTMATH,
+    SHORT,
+    KernelSpec,
+    ScalarPrinter,
+    _module,
+)
+
+# A fused loop body longer than this (in cost units: 10 per exp/log/tanh/erf call, 1 per
+# arithmetic op) is split into phases over a tile of TILE elements, each phase one inner
+# loop, values crossing phases kept in a scratch tile.  Measured on W3's fused forward and
+# backward (7 transcendental calls per element, float32, AVX-512 machine tuned for 256-bit
+# vectors): one loop 24 ns/element (the body's values do not fit the vector registers and
+# spill), phases of about 20 units 7 ns/element (tiles of 256 to 2048 elements: within 10%).
+PHASE_COST = 20
+TILE = 512
+CHEAP = 2  # cost up to which a value a later phase needs is computed again, not stored
+_FAST_HELPERS = "|".join(sorted({fn.fast for fn in FUNCTIONS.values() if fn.fast}))
+_CALL = re.compile(rf"\b(?:{_FAST_HELPERS})_f(?:32|64)\(")
+
+# A full sum's partial sums: one per column and block of ACC_ROWS rows, added pairwise by
+# NumPy after the call (each adds at most ACC_ROWS values in turn, so the error does not
+# grow with the length as one accumulator per column did: ``FusedInstance.output``).
+ACC_ROWS = 128
+
+
+def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, operand_dtypes,
+                 kinds, work: str, accumulate) -> KernelSpec:
+    """One loop nest computing every output of a fused group.
+
+    ``bound``: ``(symbol, expression)`` statements, one per step of the group in order
+    (``FusedGroup.statements``: the graph's operations in the graph's order), and ``exprs``
+    the outputs, expressions of them and of ``symbols`` (one per operand); ``sympy.cse``
+    extracts what the statements have in common, so each value is computed once per
+    element.  Operands are loaded (converted to ``work``,
+    bool operands kept bool) where a phase uses them, ``S`` operands once per call and
+    ``C`` once per row.  ``accumulate[m]``: None for an output stored per element, else
+    output ``m`` is a sum over the outer loop in ``accumulator_dtype(work)``: ``"column"``
+    adds row i into ``out[j]`` (n1 entries), ``"full"`` (partial sums of a full sum) into
+    ``out[(i // ACC_ROWS) * n1 + j]`` (one row of n1 per block of ACC_ROWS rows).  With any
+    ``R``/``C`` operand or accumulator the loop is ``(n0, n1)``, else flat over ``n``.  A
+    long body is split in phases (PHASE_COST); the kernel then takes a scratch pointer after
+    the operands, of ``spec.scratch`` elements per call.
+    """
+    two_d = any(k in "RC" for k in kinds) or any(accumulate)
+    printer = ScalarPrinter(work, {s: f"x{k}" for k, s in enumerate(symbols)},
+                            {s for s, d in zip(symbols, operand_dtypes) if d == "bool"})
+    bound, exprs = _share_powers(*_hoist_branches(bound, exprs))
+    replacements, reduced = sp.cse([e for _, e in bound] + list(exprs),
+                                   symbols=sp.numbered_symbols("c"))
+    statements = replacements + [(sym, e) for (sym, _), e in zip(bound, reduced)]
+    statements, reduced = _inline_trivial(_in_dependency_order(statements), reduced)
+    body = []  # (name, text, names used)
+    for sym, sub in statements:
+        text, kind = printer._p(sub)
+        used = {printer.names[f] for f in sub.free_symbols}
+        printer.names[sym] = str(sym)
+        if kind == "bool":
+            printer.bool_symbols.add(sym)
+        body.append((str(sym), text, used))
+    index = "base + j" if two_d else "j"
+    stores = []
+    for m, (expr, acc) in enumerate(zip(reduced[len(bound):], accumulate)):
+        target = {"column": f"out{m}[j]", "full": f"out{m}[row + j]"}.get(
+            acc, f"out{m}[{index}]")
+        stores.append((target, printer.numeric(expr),
+                       {printer.names[f] for f in expr.free_symbols}, acc))
+    phases = _phases(body, stores)
+    loops, slots = _phase_loops(phases, body, stores, kinds, operand_dtypes, work, printer,
+                                two_d)
+    outs = [f"out{m}" for m in range(len(exprs))]
+    operands = [f"a{k}" for k in range(len(kinds))]
+    sizes = ["n0", "n1"] if two_d else ["n"]
+    scratch = ["t"] if slots else []
+    lines = [f"def kernel({', '.join(outs + operands + scratch + sizes)}):"]
+    lines += [f"    x{k} = {_load(k, '[0]', operand_dtypes, work, printer)}"
+              for k, kind in enumerate(kinds) if kind == "S"]
+    if two_d:
+        lines += ["    for i in range(n0):", "        base = i * n1"]
+        if "full" in accumulate:
+            lines.append(f"        row = (i // {ACC_ROWS}) * n1")
+        lines += [f"        x{k} = {_load(k, '[i]', operand_dtypes, work, printer)}"
+                  for k, kind in enumerate(kinds) if kind == "C"]
+        lines += ["        " + line for line in loops]
+    else:
+        lines += ["    " + line for line in loops]
+    header = [f"# graphc kernel: {comment(label)} (fused group, one loop nest"
+              + (f", {len(phases)} phases over tiles of {TILE})" if len(phases) > 1 else ")"),
+              "# operands: " + ", ".join(f"a{k} {operand_dtypes[k]} {_KIND_TEXT[kind]}"
+                                         for k, kind in enumerate(kinds)),
+              "# outputs: " + ", ".join(f"out{m} {accumulator_dtype(work)} {_ACC_TEXT[a]}"
+                                        if a else f"out{m} {work} full"
+                                        for m, a in enumerate(accumulate))]
+    header += [f"#   {comment(text)}" for text in steps_text]
+    source = _module(header, printer.helpers, lines)
+    stem = identifier(label) + f"_{SHORT[work]}_{''.join(kinds)}" + \
+        ("_acc" if any(accumulate) else "")
+    params = tuple(("ptr", accumulator_dtype(work) if a else work) for a in accumulate) + \
+        tuple(("ptr", d) for d in operand_dtypes) + \
+        ((("ptr", work),) if slots else ()) + (("int",),) * len(sizes)
+    return KernelSpec(stem, source, params, ELEMENTWISE_FASTMATH,
+                      tuple(sorted(printer.helpers)), scratch=slots * TILE)
+
+
+_ACC_TEXT = {"column": "column sums", "full": f"partial sums per {ACC_ROWS} rows"}
+
+
+def accumulator_dtype(work: str) -> str:
+    """The dtype a fused sum accumulates in: float64 for float32 values.  Each of the n1
+    accumulators adds n0 values one after the other; in float32 that loses digits as
+    n0 grows (2**40 values of ~1 summed to 1.374e11 instead of 1.0995e12), in float64 the
+    error stays below NumPy's pairwise float32 sum."""
+    return "float64" if work == "float32" else work
+
+
+def _load(k, index, operand_dtypes, work, printer) -> str:
+    value = f"a{k}{index}"
+    if operand_dtypes[k] == "bool":
+        return f"({value} != 0)"
+    return value if operand_dtypes[k] == work else f"{printer._cast()}({value})"
+
+
+def _cost(text: str) -> int:
+    """About the cycles of a statement: 10 per function call, 4 per division (a vector
+    division takes several cycles), else about 1 per operation."""
+    return 10 * len(_CALL.findall(text)) + 4 * text.count(" / ") + text.count(" ") // 2 + 1
+
+
+def _phases(body, stores) -> list[list[int]]:
+    """Statements (indices into ``body``) grouped in consecutive phases of about
+    PHASE_COST; the stores go with the last phase."""
+    phases, current, cost = [], [], 0
+    for k, (_, text, _) in enumerate(body):
+        c = _cost(text)
+        if current and cost + c > PHASE_COST:
+            phases.append(current)
+            current, cost = [], 0
+        current.append(k)
+        cost += c
+    if current or not phases:
+        phases.append(current)
+    if len(phases) > 1 and sum(_cost(body[k][1]) for k in phases[-1]) + \
+            sum(_cost(s[1]) for s in stores) < PHASE_COST // 3:
+        phases[-2:] = [phases[-2] + phases[-1]]  # a tiny last phase is not worth a loop
+    return phases
+
+
+def _phase_loops(phases, body, stores, kinds, operand_dtypes, work, printer, two_d):
+    """The inner loops, one per phase, and the number of scratch slots they use.
+
+    A value a later phase needs is stored in a scratch slot (a tile of TILE elements) by
+    the phase that computes it and loaded back, unless it is cheap (no function call, a
+    few operations): then the later phase computes it again."""
+    if len(phases) == 1:
+        head = ["for j in range(n1):" if two_d else "for j in range(n):"]
+        return head + ["    " + line for line in _phase_body(
+            phases[0], body, stores, kinds, operand_dtypes, work, printer, two_d)], 0
+    where = {body[k][0]: k for k in range(len(body))}
+    phase_of = {body[k][0]: p for p, ks in enumerate(phases) for k in ks}
+    cheap = {body[k][0] for k in range(len(body)) if _cost(body[k][1]) <= CHEAP}
+    plans = []
+    for p, ks in enumerate(phases):
+        stmts = list(ks)
+        needed = set().union(*(body[k][2] for k in ks))
+        if p == len(phases) - 1:
+            needed |= set().union(*(s[2] for s in stores))
+        reload, recompute, todo = set(), [], [n for n in needed if phase_of.get(n, p) < p]
+        while todo:
+            name = todo.pop()
+            if name in reload or where[name] in recompute:
+                continue
+            if name in cheap and name in needed:  # (its own operands are loaded, not
+                recompute.append(where[name])     # recomputed: no chains of recomputation)
+                todo += [n for n in body[where[name]][2] if phase_of.get(n, p) < p]
+            else:
+                reload.add(name)
+        plans.append((sorted(recompute) + stmts, reload))
+    crossing = sorted(set().union(*(r for _, r in plans)), key=lambda n: where[n])
+    slot = {name: k for k, name in enumerate(crossing)}
+    size = "n1" if two_d else "n"
+    lines = [f"for j0 in range(0, {size}, {TILE}):", f"    m = min({TILE}, {size} - j0)"]
+    for p, (ks, reload) in enumerate(plans):
+        keep = {name for name in slot if phase_of[name] == p}
+        last = p == len(plans) - 1
+        ks = _live(ks, body, keep | (set().union(*(s[2] for s in stores)) if last else set()))
+        lines += ["    for jj in range(m):", "        j = j0 + jj"]
+        lines += ["        " + line for line in _phase_body(
+            ks, body, stores if last else [], kinds, operand_dtypes, work,
+            printer, two_d, {n: slot[n] for n in sorted(reload, key=where.get)}, keep, slot)]
+    return lines, len(crossing)
+
+
+def _live(ks, body, wanted) -> list[int]:
+    """The statements of ``ks`` (in order) a phase needs: those computing a value in
+    ``wanted`` (stored in scratch or to an output) and those a kept statement reads.  A
+    cheap value a later phase computes again is not computed here for nothing."""
+    live, kept = set(wanted), []
+    for k in reversed(ks):
+        if body[k][0] in live:
+            kept.append(k)
+            live |= set(body[k][2])
+    return kept[::-1]
+
+
+def _phase_body(ks, body, stores, kinds, operand_dtypes, work, printer, two_d, reload=(),
+                keep=(), slot=None) -> list[str]:
+    used = set().union(*(body[k][2] for k in ks), *(s[2] for s in stores))
+    index = {"F": "[base + j]", "R": "[j]"} if two_d else {"F": "[j]"}
+    reload = dict(reload)
+    lines = [f"x{k} = {_load(k, index[kind], operand_dtypes, work, printer)}"
+             for k, kind in enumerate(kinds) if kind in index and f"x{k}" in used]
+    lines += [f"{name} = t[{n * TILE} + jj]" for name, n in reload.items() if name in used]
+    lines += [f"{body[k][0]} = {body[k][1]}" for k in ks]
+    lines += [f"t[{slot[name] * TILE} + jj] = {name}" for name in sorted(keep)]
+    lines += [f"{target} += {value}" if acc else f"{target} = {value}"
+              for target, value, _, acc in stores]
+    return lines
+
+
+def _inline_trivial(statements, exprs):
+    """Statements that only name a number or another value, substituted into their uses
+    (so that no phase stores a constant or a copy in scratch)."""
+    subs, kept = {}, []
+    with sp.evaluate(False):  # substituting must not simplify: s - c with c = s is not 0
+        for sym, e in statements:
+            e = e.xreplace(subs) if subs else e
+            if e.is_Atom or e.is_number:
+                subs[sym] = e
+            else:
+                kept.append((sym, e))
+        return kept, [e.xreplace(subs) if subs else e for e in exprs]
+
+
+def _share_powers(bound, exprs):
+    """Powers of values computed anyway, as powers of one bound value: exp(n·u) as e**n
+    with e = exp(u) where exp(u) is computed too (the derivative of a stable form brings in
+    exp(-2|x|) next to the form's own exp(-|x|): silu, sigmoid), and b**-n as r**n with
+    r = 1/b where 1/b is computed too.  A multiplication instead of an exp or a division
+    (bound symbols, because SymPy folds exp(u)**2 back into exp(2u))."""
+    everything = [e for _, e in bound] + list(exprs)
+    exp_args = {a.args[0] for e in everything for a in e.atoms(sp.exp)}
+    inverses = {a.base for e in everything for a in e.atoms(sp.Pow) if a.exp == -1}
+    shared: dict = {}  # the bound value -> [(expression, power)]
+    for a in exp_args:
+        n, rest = a.as_coeff_Mul()
+        base = rest if n > 0 else -rest
+        if n.is_Integer and 2 <= abs(n) <= 4 and base in exp_args:
+            shared.setdefault(sp.exp(base), []).append((sp.exp(a), abs(int(n))))
+    for e in everything:
+        for a in e.atoms(sp.Pow):
+            if a.exp.is_Integer and -4 <= a.exp <= -2 and a.base in inverses:
+                uses = shared.setdefault(1 / a.base, [])
+                if (a, -int(a.exp)) not in uses:
+                    uses.append((a, -int(a.exp)))
+    if not shared:
+        return bound, exprs
+    bound, defined = list(bound), [sym for sym, _ in bound]
+    ordered = sorted(shared.items(), key=lambda kv: sp.default_sort_key(kv[0]))
+    for k, (value, uses) in enumerate(ordered):
+        v = sp.Symbol(f"e{k}", real=True)
+        subs = {value: v} | {x: v ** n for x, n in uses}
+        bound = [(sym, x.xreplace(subs)) for sym, x in bound]
+        exprs = [x.xreplace(subs) for x in exprs]
+        after = [i for i, sym in enumerate(defined) if sym in value.free_symbols]
+        at = max(after) + 1 if after else 0
+        bound.insert(at, (v, value))
+        defined.insert(at, v)
+    return bound, exprs
+
+
+def _hoist_branches(bound, exprs):
+    """Bind every non-trivial value of a Piecewise branch to its own statement.
+
+    A conditional expression whose branches are plain values is a select, which LLVM
+    vectorizes; a branch holding a computation (an exp) stays a branch, and one such branch
+    keeps the whole loop scalar.  Every branch is computed, as ``numpy.where`` does."""
+    memo: dict = {}
+    extra: list = []
+    names = sp.numbered_symbols("p", real=True)
+
+    def visit(e):
+        if e.is_Atom or not e.args:
+            return e
+        hit = memo.get(e)
+        if hit is not None:
+            return hit
+        args = [visit(a) for a in e.args]
+        if isinstance(e, sp.Piecewise):
+            pairs = []
+            for value, cond in args:
+                if not value.is_Atom:
+                    sym = next(names)
+                    extra.append((sym, value))
+                    value = sym
+                pairs.append((value, cond))
+            with sp.evaluate(False):
+                out = sp.Piecewise(*pairs)
+        elif all(a is b for a, b in zip(args, e.args)):
+            out = e
+        else:
+            with sp.evaluate(False):
+                out = e.func(*args)
+        memo[e] = out
+        return out
+
+    bound = [(sym, visit(e)) for sym, e in bound]
+    exprs = [visit(e) for e in exprs]
+    return extra + bound, exprs
+
+
+def _in_dependency_order(statements):
+    """``(symbol, expression)`` pairs ordered so that each comes after those it uses."""
+    defined = {sym: k for k, (sym, _) in enumerate(statements)}
+    # sorted: the source (the kernel's cache key) must not depend on set order, which
+    # follows string hashing and changes from process to process
+    deps = [sorted(defined[s] for s in e.free_symbols if s in defined) for _, e in statements]
+    order, state = [], [0] * len(statements)
+    for root in range(len(statements)):
+        stack = [root]
+        while stack:
+            k = stack[-1]
+            if state[k] == 2:
+                stack.pop()
+                continue
+            pending = [d for d in deps[k] if state[d] != 2]
+            if state[k] == 0 and pending:
+                state[k] = 1
+                stack.extend(pending)
+                continue
+            state[k] = 2
+            stack.pop()
+            order.append(statements[k])
+    return order
+
+
+# ---------------------------------------------------------------------------------------
+# Row kernels: softmax, log_softmax, logsumexp over the last (contiguous) axis
+
+
+def row_kernel(kind: str, dtype: str) -> KernelSpec:
+    """``kind`` in softmax, log_softmax, logsumexp over rows of ``cols`` contiguous values.
+
+    The formulas are the reference's: m = max (NaN propagates), e = exp(x - m),
+    softmax = e / sum(e); logsumexp shifts by m only where m is finite, and
+    log_softmax = (x - m) - log(s), which does not cancel as x - logsumexp would.
+    """
+    p = ScalarPrinter(dtype, {})
+    c, exp = p.const, f"exp_{SHORT[dtype]}"
+    lines = ["def kernel(out, x, rows, cols):",
+             "    for r in range(rows):",
+             "        base = r * cols",
+             "        m = x[base]",
+             "        for j in range(1, cols):",
+             "            m = maximum(m, x[base + j])"]
+    if kind == "softmax":
+        lines += [f"        s = {c(0)}",
+                  "        for j in range(cols):",
+                  f"            e = {exp}(x[base + j] - m)",
+                  "            out[base + j] = e",
+                  "            s += e",
+                  "        for j in range(cols):",
+                  "            out[base + j] = out[base + j] / s"]
+    else:
+        lines += [f"        m = m if abs(m) < {c(np.inf)} else {c(0)}  # no shift by inf or nan",
+                  f"        s = {c(0)}",
+                  "        for j in range(cols):",
+                  f"            s += {exp}(x[base + j] - m)",
+                  f"        ls = {p._cast()}(np.log(np.float64(s)))"]
+        if kind == "logsumexp":
+            lines.append("        out[r] = m + ls")
+        else:
+            lines += ["        for j in range(cols):",
+                      "            out[base + j] = (x[base + j] - m) - ls"]
+    header = [f"# graphc kernel: {kind} over contiguous rows, {dtype}"]
+    source = _module(header, {"maximum", exp}, lines)
+    params = (("ptr", dtype), ("ptr", dtype), ("int",), ("int",))
+    return KernelSpec(f"{kind}_{SHORT[dtype]}_rows", source, params, REDUCTION_FASTMATH,
+                      ("maximum", exp))
+
+
+def max_pool_kernel(kind: str, dtype: str, window=None) -> KernelSpec:
+    """Max pooling of ``planes`` contiguous (H, W) planes, one window geometry per call
+    (sizes, not part of the compiled code): ``"forward"`` writes each (Ho, Wo) window's
+    maximum; ``"grad"`` writes an (H, W) plane per plane: each window's g added at the
+    window's first maximum (the first NaN if the window has one), the reference's rule.
+    Positions in the padding count as -inf and are never written.
+
+    ``window=(kh, kw, sh, sw)``: a kernel for that window and no padding, with the window
+    unrolled and no bounds checks (its size arguments are then ignored), which LLVM
+    vectorizes across output columns."""
+    c = ScalarPrinter(dtype, {}).const
+    lines = ["def kernel(out, x, g, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw):"
+             if kind == "grad" else
+             "def kernel(out, x, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw):"]
+    if kind == "grad":
+        lines += ["    for k in range(planes * h * w):",
+                  f"        out[k] = {c(0)}"]
+    if window is not None:
+        return _max_pool_unrolled(kind, dtype, window, lines)
+    lines += ["    for p in range(planes):",
+              "        base = p * h * w",
+              "        for oh in range(ho):",
+              "            for ow in range(wo):",
+              f"                m = -{c(np.inf)}",
+              "                at = -1",
+              "                for i in range(kh):",
+              "                    ih = oh * sh - ph + i",
+              "                    for j in range(kw):",
+              "                        iw = ow * sw - pw + j",
+              "                        if 0 <= ih < h and 0 <= iw < w:",
+              "                            v = x[base + ih * w + iw]",
+              "                            if m == m and (v > m or v != v or at == -1):",
+              "                                m = v",
+              "                                at = ih * w + iw",
+              "                        elif at == -1:  # the padding (-inf) comes first",
+              "                            at = -2"]
+    if kind == "grad":
+        lines += ["                if at >= 0:",
+                  "                    out[base + at] += g[(p * ho + oh) * wo + ow]"]
+    else:
+        lines += ["                out[(p * ho + oh) * wo + ow] = m"]
+    header = [f"# graphc kernel: max pooling {kind} over contiguous (H, W) planes, {dtype}"]
+    source = _module(header, set(), lines)
+    params = (("ptr", dtype),) * (3 if kind == "grad" else 2) + (("int",),) * 11
+    return KernelSpec(f"max_pool_{kind}_{SHORT[dtype]}", source, params, ())
+
+
+def _max_pool_unrolled(kind, dtype, window, lines) -> KernelSpec:
+    kh, kw, sh, sw = window
+    lines = lines + ["    for p in range(planes):",
+                     "        base = p * h * w",
+                     "        for oh in range(ho):",
+                     f"            row = base + oh * {sh} * w",
+                     "            for ow in range(wo):",
+                     f"                b0 = row + ow * {sw}",
+                     "                m = x[b0]",
+                     "                at = 0"]
+    for i in range(kh):
+        for j in range(kw):
+            if i == j == 0:
+                continue
+            lines += [f"                v = x[b0 + {i} * w + {j}]",
+                      "                take = (m == m) & ((v > m) | (v != v))",
+                      "                m = v if take else m"]
+            if kind == "grad":
+                lines.append(f"                at = {i} * w + {j} if take else at")
+    if kind == "grad":
+        lines.append("                out[b0 + at] += g[(p * ho + oh) * wo + ow]")
+    else:
+        lines.append("                out[(p * ho + oh) * wo + ow] = m")
+    header = [f"# graphc kernel: max pooling {kind}, {kh}x{kw} windows, stride {sh}x{sw}, no "
+              f"padding, over contiguous (H, W) planes, {dtype}"]
+    params = (("ptr", dtype),) * (3 if kind == "grad" else 2) + (("int",),) * 11
+    return KernelSpec(f"max_pool_{kind}_{kh}x{kw}_{SHORT[dtype]}",
+                      _module(header, set(), lines), params, ())
+
+
+_CONV_SIZES = "n, c, h, w, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw"
+# The loops of im2col and col2im: batch, channel, kernel position (k), output row (ih the
+# input row it reads); the kernels add the output column loop.
+_CONV_LOOPS = ["    kk = c * kh * kw",
+               "    pp = ho * wo",
+               "    for b in range(n):",
+               "        for ci in range(c):",
+               "            base = (b * c + ci) * h",
+               "            for p in range(kh):",
+               "                for q in range(kw):",
+               "                    k = (ci * kh + p) * kw + q",
+               "                    for i in range(ho):",
+               "                        ih = i * sh - ph + p * dh"]
+
+
+def im2col_kernel(layout: str, dtype: str) -> KernelSpec:
+    """im2col of a contiguous (N, C, H, W) array for one window geometry (sizes, not part
+    of the compiled code): ``"cols"`` writes (N, K, P) (K = C*kh*kw row-major, P = Ho*Wo),
+    the right operand of ``kernel @ cols``; ``"kmajor"`` writes (K, N*P), for one GEMM
+    over the whole batch.  Positions in the padding read 0."""
+    zero = ScalarPrinter(dtype, {}).const(0)
+    store = ("cols[(b * kk + k) * pp + i * wo + j] = v" if layout == "cols" else
+             "cols[(k * n + b) * pp + i * wo + j] = v")
+    lines = [f"def kernel(cols, x, {_CONV_SIZES}):", *_CONV_LOOPS,
+             "                        for j in range(wo):",
+             "                            iw = j * sw - pw + q * dw",
+             f"                            v = {zero}",
+             "                            if 0 <= ih < h and 0 <= iw < w:",
+             "                                v = x[(base + ih) * w + iw]",
+             f"                            {store}"]
+    header = [f"# graphc kernel: im2col into {layout} layout, {dtype}"]
+    params = (("ptr", dtype), ("ptr", dtype)) + (("int",),) * 14
+    return KernelSpec(f"im2col_{layout}_{SHORT[dtype]}", _module(header, set(), lines), params,
+                      ())
+
+
+def col2im_kernel(dtype: str) -> KernelSpec:
+    """The adjoint of :func:`im2col_kernel` (``"cols"`` layout): (N, K, P) added into a
+    zeroed contiguous (N, C, H, W) array at the positions each window read."""
+    zero = ScalarPrinter(dtype, {}).const(0)
+    lines = [f"def kernel(out, cols, {_CONV_SIZES}):",
+             "    for k in range(n * c * h * w):",
+             f"        out[k] = {zero}", *_CONV_LOOPS,
+             "                        if 0 <= ih < h:",
+             "                            for j in range(wo):",
+             "                                iw = j * sw - pw + q * dw",
+             "                                if 0 <= iw < w:",
+             "                                    out[(base + ih) * w + iw] += "
+             "cols[(b * kk + k) * pp + i * wo + j]"]
+    header = [f"# graphc kernel: col2im (adjoint of im2col), {dtype}"]
+    params = (("ptr", dtype), ("ptr", dtype)) + (("int",),) * 14
+    return KernelSpec(f"col2im_{SHORT[dtype]}", _module(header, set(), lines), params, ())
+
+
+def sum_kernel(kind: str, dtype: str) -> KernelSpec:
+    """Sums of an ``(n0, n1)`` contiguous array: over rows (``"leading"``: out has n1
+    entries, added row by row in NumPy's order, so the result is the same to the bit) or
+    within rows (``"trailing"``: out has n0 entries; the inner sum is vectorized, which
+    reorders it as NumPy's pairwise sum does, differently)."""
+    zero = ScalarPrinter(dtype, {}).const(0)
+    if kind == "leading":
+        lines = ["def kernel(out, x, n0, n1):",
+                 "    for j in range(n1):",
+                 f"        out[j] = {zero}",
+                 "    for i in range(n0):",
+                 "        base = i * n1",
+                 "        for j in range(n1):",
+                 "            out[j] += x[base + j]"]
+        fastmath = ELEMENTWISE_FASTMATH
+    else:
+        lines = ["def kernel(out, x, n0, n1):",
+                 "    for i in range(n0):",
+                 "        base = i * n1",
+                 f"        s = {zero}",
+                 "        for j in range(n1):",
+                 "            s += x[base + j]",
+                 "        out[i] = s"]
+        fastmath = REDUCTION_FASTMATH
+    header = [f"# graphc kernel: sum over the {kind} axes of a contiguous array, {dtype}"]
+    source = _module(header, set(), lines)
+    params = (("ptr", dtype), ("ptr", dtype), ("int",), ("int",))
+    return KernelSpec(f"sum_{kind}_{SHORT[dtype]}", source, params, fastmath)

@@ -1,0 +1,374 @@
+"""The Numba backend's lowering driver: a node's value in the generated code (:class:`Value`),
+the rule chosen for it (:class:`Choice`) and :class:`Lowering`, which runs the rules, asks
+``passes/memory.plan`` for buffers and writes the orchestrator's text."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernel_cache
+from . import numba_codegen as cg
+from . import numba_native as native
+from .errors import CodegenError
+from .graph import Graph, node_names, type_text
+from .inputs import Input
+from .interpreter import check_sizes
+from .ir import Tensor, located
+from .lowering import (
+    comment,
+    describe,
+    fold_constants,
+    group_order,
+    var_names,
+)
+from .numba_runtime import NumbaProgram, _addr, kernel_threads
+from .passes.memory import plan as plan_memory
+from .structured_ops import MatMul
+
+# Handing work to another thread costs about 90 us here, so a kernel is split across
+# threads only where the serial time is several times that: at least PARALLEL_MIN_SIZE
+# elements of a kernel that calls exp/log/tanh/erf (1M-element tanh: 0.86 -> 0.59 ms with
+# 2 threads; memory-bound kernels gain under 10%).
+PARALLEL_MIN_SIZE = 1 << 20
+_TRANSCENDENTAL = ("exp_", "expm1_", "log_", "log1p_", "tanh_", "erf_")
+
+
+@dataclass
+class Value:
+    """How a node's value is reached in the generated code.
+
+    ``kind``: feed, const, pool (a preallocated buffer), fresh (a new array per call, for
+    outputs), view (of another value) or alloc (an array NumPy allocates).  ``root`` is the
+    graph index of the node that owns the storage; ``base``/``base_shape`` describe a
+    broadcast view by its contiguous base.
+    """
+
+    node: Tensor
+    var: str
+    kind: str
+    root: int
+    contiguous: bool
+    define: str | None = None  # for lazily emitted views
+    source: Value | None = None  # the value a view is defined from
+    base: Value | None = None
+    base_shape: tuple | None = None
+    pointer: str | None = None
+
+
+@dataclass
+class Choice:
+    """The lowering chosen for a node: where its result lives and how to emit it."""
+
+    storage: str  # "buffer" (written into a given array), "view" or "alloc"
+    emit: object  # emit(lowering, node, out_var or None) -> None; None: computed by the
+    #               first output of its fused group (a follower)
+    how: str = "numpy"  # "kernel", "numpy" (a NumPy call), "view" or "fallback"
+
+
+class Lowering:
+    """Lower one graph with ``rules`` (op class -> rule; ``default`` for the others); the
+    result is a :class:`NumbaProgram`."""
+
+    def __init__(self, graph: Graph, rules: dict, default):
+        self.graph = graph
+        self.rules, self.default = rules, default
+        self.nodes = group_order(graph.nodes)
+        self.index = {id(t): k for k, t in enumerate(self.nodes)}
+        self.printed = node_names(graph)
+        self.names = var_names(graph, self.printed)
+        self.outputs = {id(t) for t in graph.outputs}
+        self.namespace: dict = {}  # the values of the names the prelude defines
+        self.threads = kernel_threads(any(isinstance(t.op, MatMul) for t in self.nodes))
+        self.values: dict[int, Value] = {}
+        self.lines: list[str] = []
+        self.line_nodes: dict[int, Tensor] = {}
+        self.kernels: dict[str, kernel_cache.Kernel] = {}
+        self.pool_pointers: list[Value] = []
+        self.aux: dict[int, list[str]] = {}
+        self.counts = {"memory": 0, "disk": 0, "compiled": 0, "rebuilt": 0}
+        self.kernel_seconds = 0.0
+        self.fallbacks: list[str] = []
+        self.folded: dict[int, np.ndarray] = {}
+        self.defined: set[str] = set()
+        self.lowered: dict[str, int] = {}
+        self.fused: dict = {}  # fused group instances (numba_fused.FusedInstance)
+        self.calls = 0  # kernel calls per run
+        self.scans: dict | None = None  # scan instances: their outputs (rule_scan)
+        self.loop_sources: list[str] = []  # the programs of scan bodies, for f.source
+        self.prelude: list[str] = []  # the definitions of the names in namespace
+
+    # -- names ----------------------------------------------------------------------------
+    def var_name(self, t: Tensor) -> str:
+        """The node's variable (:func:`graphc.lowering.var_names`)."""
+        return self.names[id(t)]
+
+    def describe(self, t: Tensor) -> str:
+        return describe(t, self.printed)
+
+    # -- the pipeline -----------------------------------------------------------------------
+    def run(self) -> NumbaProgram:
+        check_sizes(self.graph.nodes)
+        folded = self.folded = fold_constants(self.nodes)
+        choices = {}
+        for t in self.nodes:
+            if isinstance(t.op, Input) or id(t) in folded:
+                continue
+            rule = self.rules.get(type(t.op), self.default)
+            choices[id(t)] = rule(self, t)
+        self.lowered = {"folded": len(folded)}
+        for c in choices.values():
+            self.lowered[c.how] = self.lowered.get(c.how, 0) + 1
+        storage = {id(t): c.storage for t, c in zip(self.nodes, map(choices.get, map(id,
+                   self.nodes))) if c is not None}
+        storage.update((k, "none") for k in folded)
+        plan = plan_memory(self.nodes, self.graph.outputs, storage=storage)
+        self.emit(choices, folded, plan)
+        return self.finish(plan, folded)
+
+    def emit(self, choices, folded, plan):
+        for k, t in enumerate(self.nodes):
+            if isinstance(t.op, Input):
+                self.values[id(t)] = Value(t, self.var_name(t), "feed", k, False)
+                continue
+            if id(t) in folded:
+                self.values[id(t)] = self.constant(t, folded[id(t)])
+                continue
+            choice = choices[id(t)]
+            if choice.emit is None:  # computed with the first output of its fused group
+                self.free(plan, k)
+                continue
+            self.lines.append(f"    # {self.describe(t)}")
+            start = len(self.lines)
+            var = self.var_name(t)
+            if choice.storage == "buffer":
+                kind = "fresh" if id(t) in self.outputs else "pool"
+                value = Value(t, var, kind, k, True)
+                self.values[id(t)] = value
+                if kind == "fresh":
+                    self.line(f"{var} = np.empty({t.shape!r}, np.{t.dtype})")
+                choice.emit(self, t, var)
+            else:
+                choice.emit(self, t, None)
+            for n in range(start, len(self.lines)):
+                self.line_nodes[n] = t
+            self.free(plan, k)
+
+    def free(self, plan, k):
+        for r in plan.frees.get(k, ()):
+            names = [n for n in self.aux.pop(r, []) if n in self.defined]
+            if names:
+                self.line(f"del {', '.join(names)}")
+
+    def finish(self, plan, folded) -> NumbaProgram:
+        inputs = [t for t in self.nodes if isinstance(t.op, Input)]
+        outs, seen = [], set()
+        for t in self.graph.outputs:
+            value = self.values[id(t)]
+            fresh = value.kind == "fresh" or (value.kind == "alloc" and value.contiguous)
+            text = self.use(value)
+            outs.append(text if fresh and id(t) not in seen else f"np.array({text}, copy=True)")
+            seen.add(id(t))
+        pool = [self.values[id(t)] for t in self.nodes if id(t) in plan.slot_of
+                and self.values[id(t)].kind == "pool"]
+        params = [self.var_name(t) for t in inputs] + ["_bufs", "_ptrs"]
+        head = ["def run(" + ", ".join(params) + "):"]
+        # buffers read through their pointers only are not unpacked (no unused names)
+        text = "\n".join(self.lines + outs)
+        named = [v for v in pool if re.search(rf"\b{v.var}\b", text)]
+        if named:
+            head += _unpack([v.var for v in named], "_bufs")
+        if self.pool_pointers:
+            head += _unpack([v.pointer for v in self.pool_pointers], "_ptrs")
+        body = head + self.lines + [f"    return ({', '.join(outs)},)"]
+        line_nodes = {n + len(head): t for n, t in self.line_nodes.items()}
+        banner = self.banner(inputs, len(folded))
+        if self.prelude:
+            banner += ["", "# names the program reads: what lowering made (_compiled), once"]
+            banner += self.prelude + [""]
+        source = "\n".join(banner + body) + "\n"
+        first = len(banner) + 1
+        return NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
+                            inputs, pool, plan, [pool.index(v) for v in named])
+
+    def banner(self, inputs, n_folded) -> list[str]:
+        text = ", ".join(f"{self.printed[id(t)]}: {type_text(t)}" for t in inputs)
+        outs = ", ".join(self.printed[id(t)] for t in self.graph.outputs)
+        return [f"# graphc numba backend: {len(self.nodes)} nodes, {n_folded} folded into "
+                "constants",
+                f"# inputs: {comment(text) or 'none'}",
+                f"# outputs: {comment(outs)}",
+                "# v<k>_<name> holds the node the graph printer calls <name>; pointers p..., "
+                "kernels k_..."]
+
+    # -- helpers used by the rules --------------------------------------------------------
+    def line(self, text: str) -> None:
+        self.lines.append("    " + text)
+
+    def define(self, name: str, value, rhs: str | None = None, note: str = "") -> None:
+        """A name the program reads (a constant, kernel, index ...), defined once in the
+        source's prelude: from ``_compiled`` (the values lowering made) or by ``rhs``."""
+        self.namespace[name] = value
+        text = f"{name} = {rhs or f'_compiled[{name!r}]'}"
+        self.prelude.append(text + (f"  # {comment(note)}" if note else ""))
+
+    def value(self, t: Tensor) -> Value:
+        return self.values[id(t)]
+
+    def use(self, value: Value) -> str:
+        """The variable holding ``value``, emitting its (lazy) definition first: views are
+        only materialized where something needs the array itself."""
+        if value.define is not None:
+            if value.source is not None:
+                self.use(value.source)
+            self.line(f"{value.var} = {value.define}")
+            self.defined.add(value.var)
+            value.define = None
+        return value.var
+
+    def arg(self, t: Tensor) -> str:
+        return self.use(self.value(t))
+
+    def constant(self, t: Tensor, array: np.ndarray) -> Value:
+        """A folded or literal constant, stored in the namespace.  Broadcast constants
+        (zero strides) keep their small base, which kernels read directly."""
+        k = self.index[id(t)]
+        var = self.var_name(t)
+        if array.ndim and 0 in array.strides and array.size:
+            base = np.ascontiguousarray(array[tuple(slice(0, 1) if s == 0 else slice(None)
+                                                    for s in array.strides)])
+            base_value = Value(t, var + "_base", "const", k, True)
+            self.define(base_value.var, base, note=self.describe(t))
+            self.define(var, np.broadcast_to(base, array.shape),
+                        f"np.broadcast_to({base_value.var}, {array.shape!r})")
+            return Value(t, var, "const", k, False, base=base_value, base_shape=base.shape)
+        array = np.asarray(array, order="C")  # (np.ascontiguousarray makes 0-d 1-d)
+        array.setflags(write=False)
+        self.define(var, array, note=self.describe(t))
+        return Value(t, var, "const", k, True)
+
+    def view(self, t: Tensor, define: str, of: Value, contiguous: bool, **extra) -> Value:
+        value = Value(t, self.var_name(t), "view", of.root, contiguous, define=define,
+                      source=of, **extra)
+        self.values[id(t)] = value
+        self.aux.setdefault(of.root, []).append(value.var)
+        return value
+
+    def alloc(self, t: Tensor, expr: str, contiguous: bool) -> Value:
+        k = self.index[id(t)]
+        value = Value(t, self.var_name(t), "alloc", k, contiguous)
+        self.values[id(t)] = value
+        self.line(f"{value.var} = {expr}")
+        self.defined.add(value.var)
+        if id(t) not in self.outputs:
+            self.aux.setdefault(k, []).append(value.var)
+        return value
+
+    def temp(self, of: Value, expr: str) -> Value:
+        """A contiguous temporary computed from ``of`` (freed with ``of``'s storage)."""
+        var = f"{of.var}_t{len(self.lines)}"
+        self.line(f"{var} = {expr}")
+        self.defined.add(var)
+        self.aux.setdefault(of.root, []).append(var)
+        return Value(of.node, var, "alloc", of.root, True)
+
+    def operand(self, t: Tensor, materialize: bool, shape) -> str:
+        """The pointer a kernel reads operand ``t`` through: its broadcast base (the
+        kernel broadcasts it), or a contiguous copy at ``shape`` where it cannot."""
+        value = self.value(t)
+        if materialize:
+            base = self.temp(value, f"_contig(np.broadcast_to({self.use(value)}, {shape!r}))")
+        else:
+            base = value.base if value.base is not None else value
+        return self.pointer(base)
+
+    def pointer(self, value: Value) -> str:
+        """A variable with the address of ``value``'s data, made contiguous if needed."""
+        if value.pointer is not None:
+            return value.pointer
+        if value.kind == "const" and value.contiguous:
+            value.pointer = f"p{value.var}"
+            self.define(value.pointer, _addr(self.namespace[value.var]), f"_addr({value.var})")
+        elif value.contiguous and value.kind in ("pool", "view") and \
+                self.values[id(self.nodes[value.root])].kind == "pool":
+            root = self.values[id(self.nodes[value.root])]
+            if root.pointer is None:
+                root.pointer = f"p{root.var}"
+                self.pool_pointers.append(root)
+            value.pointer = root.pointer
+        else:
+            var = self.use(value)
+            if not value.contiguous:
+                var = f"{value.var}_c"
+                self.line(f"{var} = _contig({value.var})")
+                self.defined.add(var)
+                self.aux.setdefault(value.root, []).append(var)
+            value.pointer = f"p{value.var}"
+            fast = value.kind == "fresh" and value.node.size > 0
+            self.line(f"{value.pointer} = {'_waddr' if fast else '_addr'}({var})")
+        return value.pointer
+
+    def call(self, name: str, spec: cg.KernelSpec, pointers, sizes, steps) -> None:
+        """Emit a kernel call; split over threads when it is big and expensive enough.
+        ``steps[k]``: bytes pointer k advances per unit of the first size."""
+        self.calls += 1
+        if self.parallel(spec, sizes):
+            self.line(f"_parallel({name}, {self.threads}, ({', '.join(pointers)},), "
+                      f"{tuple(steps)!r}, {tuple(sizes)!r})")
+        else:
+            self.line(f"{name}({', '.join(pointers)}, {', '.join(map(str, sizes))})")
+
+    def parallel(self, spec: cg.KernelSpec, sizes) -> bool:
+        return self.threads > 1 and int(np.prod(sizes)) >= PARALLEL_MIN_SIZE and \
+            any(h.startswith(_TRANSCENDENTAL) for h in spec.helpers)
+
+    def kernel(self, t: Tensor, spec: cg.KernelSpec) -> str:
+        """The namespace name of the loaded kernel for ``spec``; compiling it if needed.
+        A Numba failure is re-raised naming the node, the op and the kernel's line."""
+        name = f"k_{spec.name}"
+        if name not in self.namespace:
+            start = time.perf_counter()
+            try:
+                kernel, outcome = kernel_cache.load(spec, native.compile_object)
+            except Exception as err:  # noqa: BLE001 -- any Numba error is reported the same way
+                raise compile_failure(self, t, spec, err) from err
+            finally:
+                self.kernel_seconds += time.perf_counter() - start
+            self.counts[outcome] += 1
+            self.define(name, kernel.fn, note="the kernel of that name below")
+            self.kernels[name] = kernel
+        return name
+
+
+def _unpack(names, source) -> list[str]:
+    """``(a, b, ...,) = source`` wrapped at 100 columns."""
+    lines, current = [], "    ("
+    for name in names:
+        if len(current) + len(name) > 94:
+            lines.append(current.rstrip())
+            current = "     "
+        current += f"{name}, "
+    lines.append(current.rstrip() + f") = {source}")
+    return lines
+
+
+def compile_failure(lowering, t, spec, err) -> CodegenError:
+    """A CodegenError naming the node, its op and where in the kernel source it failed."""
+    text = str(err)
+    where = ""
+    path_hint = f"{spec.name}.py"
+    for m in re.finditer(r'File "([^"]+)", line (\d+)', text):
+        if m.group(1).endswith(path_hint):
+            where = f"{m.group(1)}:{m.group(2)}"
+            break
+    if not where:
+        kernel_path = f"{kernel_cache.kernel_dir()}/{spec.name}.py"
+        where = kernel_path
+    detail = "\n    ".join(line for line in text.strip().splitlines()[:12])
+    message = (f"numba backend: cannot compile the kernel for node {lowering.printed[id(t)]} "
+               f"({t.op.name}, {type_text(t)})\n  generated source: {where}\n  "
+               f"numba said ({type(err).__name__}):\n    {detail}")
+    return CodegenError(located(comment(message).replace("\\x0a", "\n"), t.loc))

@@ -1,0 +1,190 @@
+"""The Numba backend at run time: a lowered program's call, its buffers, kernel threads."""
+
+from __future__ import annotations
+
+import ctypes
+import linecache
+import os
+import sys
+import threading
+import traceback
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .lowering import failed
+
+
+def _env_count(*names) -> int | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def kernel_threads(uses_blas: bool = True) -> int:
+    """Threads for graphc's kernels: NUMBA_NUM_THREADS (default: the CPUs this process may
+    use); in a graph with matmuls, no more than the CPUs the BLAS threads leave free.
+    OpenBLAS's idle workers keep polling long after a matmul (measured: a 2-thread
+    1M-element kernel went from 0.75 to 1.27 ms once a 2-thread matmul had run; serial:
+    1.13 ms), so next to a BLAS on every core graphc's kernels stay on one thread."""
+    cpus = _cpus()
+    requested = _env_count("NUMBA_NUM_THREADS") or cpus
+    if not uses_blas:
+        return max(1, requested)
+    blas = _env_count("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") or cpus
+    return max(1, min(requested, cpus - blas + 1))
+
+
+# ---------------------------------------------------------------------------------------
+# Run time
+
+
+def _addr(a: np.ndarray) -> int:
+    """The address of ``a``'s data (about 1 us; read-only arrays need this way)."""
+    return a.__array_interface__["data"][0]
+
+
+def _waddr(a: np.ndarray) -> int:
+    """The address of a writable contiguous array's data, three times faster."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(a))
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_KEY: tuple = ()
+_POOL_LOCK = threading.Lock()
+
+
+def _workers(n: int) -> ThreadPoolExecutor:
+    """``n`` worker threads for kernel chunks (recreated after a fork)."""
+    global _POOL, _POOL_KEY
+    key = (os.getpid(), n)
+    with _POOL_LOCK:
+        if _POOL_KEY != key:
+            _POOL = ThreadPoolExecutor(n, thread_name_prefix="graphc-kernel")
+            _POOL_KEY = key
+        return _POOL
+
+
+def run_parallel(fn, threads: int, pointers, steps, sizes, chunk_steps=None) -> None:
+    """Run kernel ``fn`` over ``sizes[0]`` split in ``threads`` chunks: this thread takes
+    the first, workers the rest.  Kernels release the GIL and touch disjoint memory.
+    Pointer k advances ``steps[k]`` bytes per unit of ``sizes[0]`` and ``chunk_steps[k]``
+    per chunk (the chunk's own partial sums of a fused group's reductions)."""
+    total, rest = sizes[0], sizes[1:]
+    chunk = -(-total // threads)
+    chunk_steps = chunk_steps or (0,) * len(pointers)
+    futures = [_workers(threads - 1).submit(
+        fn, *[p + start * s + (start // chunk) * c
+              for p, s, c in zip(pointers, steps, chunk_steps)],
+        min(chunk, total - start), *rest) for start in range(chunk, total, chunk)]
+    fn(*pointers, min(chunk, total), *rest)
+    for f in futures:
+        f.result()
+
+
+# the names every program reads, besides those its prelude defines
+_GLOBALS = {"np": np, "_addr": _addr, "_waddr": _waddr, "_contig": np.ascontiguousarray,
+            "_parallel": run_parallel}
+
+
+class _Evaluate:
+    """A node evaluated by its op's NumPy semantics (the default rule)."""
+
+    def __init__(self, op, dtype):
+        self.op, self.dtype = op, dtype
+
+    def __call__(self, *args):
+        out = np.asarray(self.op.evaluate(*args))
+        return out if out.dtype.name == self.dtype else out.astype(self.dtype)
+
+
+class NumbaProgram:
+    """A lowered graph: call with ``{name: array}`` (validated feeds); returns fresh arrays.
+
+    ``source`` is the orchestrator followed by the source of every kernel it calls."""
+
+    _COUNTER = 0
+
+    def __init__(self, lowering, source: str, line_nodes, inputs, pool, plan,
+                 named):
+        NumbaProgram._COUNTER += 1
+        self.filename = f"<graphc-numba-{NumbaProgram._COUNTER}>"
+        self.input_names = tuple(t.op.label for t in inputs)
+        self.line_nodes = line_nodes
+        self.printed = lowering.printed  # the nodes' names, for errors
+        self.orchestrator = source
+        self.kernels = dict(lowering.kernels)
+        # tracebacks through the orchestrator show its lines; forgotten with the program
+        linecache.cache[self.filename] = (len(source), None, source.splitlines(True),
+                                          self.filename)
+        weakref.finalize(self, linecache.cache.pop, self.filename, None)
+        namespace = dict(_GLOBALS, _compiled=lowering.namespace)
+        exec(compile(source, self.filename, "exec"), namespace)  # noqa: S102 -- our text
+        self._run = namespace["run"]
+        self._layout = [(plan.slot_of[id(v.node)], v.node.shape, v.node.dtype) for v in pool]
+        self._pointer_of = [pool.index(v) for v in lowering.pool_pointers]
+        self._named = named  # the buffers the program reads by name
+        self._slot_bytes = list(plan.slot_bytes)
+        self._free: list = []
+        self.source = source + "".join(lowering.loop_sources) + self._kernel_appendix()
+        self.stats = {
+            "kernels": len(self.kernels),
+            "kernel_cache_hits": lowering.counts["memory"] + lowering.counts["disk"],
+            "kernel_cache_misses": lowering.counts["compiled"] + lowering.counts["rebuilt"],
+            "kernel_cache_rebuilt": lowering.counts["rebuilt"],
+            "kernel_seconds": lowering.kernel_seconds,
+            "numpy_fallbacks": list(lowering.fallbacks),
+            "buffer_bytes": plan.bytes,
+            "kernel_threads": lowering.threads,
+            "lowered": dict(lowering.lowered),
+            "kernel_calls": lowering.calls,
+        }
+
+    def _kernel_appendix(self) -> str:
+        if not self.kernels:
+            return ""
+        parts = ["", "", "# " + "=" * 88,
+                 "# Kernels called above (k_<name>), compiled by Numba and kept in graphc's "
+                 "kernel cache under their name (graphc.kernel_cache)"]
+        for name, kernel in sorted(self.kernels.items()):
+            parts += ["", f"# ---- {name}", kernel.spec.source]
+        return "\n".join(parts)
+
+    def _buffers(self):
+        slots = [np.empty(n, np.uint8) for n in self._slot_bytes]
+        arrays = tuple(slots[s][:int(np.prod(shape, dtype=np.int64)) * np.dtype(d).itemsize]
+                       .view(d).reshape(shape) for s, shape, d in self._layout)
+        pointers = tuple(_addr(arrays[k]) for k in self._pointer_of)
+        return tuple(arrays[k] for k in self._named), pointers, arrays
+
+    def __call__(self, arrays: dict) -> list[np.ndarray]:
+        buffers = self._free.pop() if self._free else self._buffers()
+        try:
+            with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings
+                return list(self._run(*[arrays[n] for n in self.input_names], buffers[0],
+                                      buffers[1]))
+        except (IndexError, ValueError, FloatingPointError, TypeError) as err:
+            node = self._failing_node(sys.exc_info()[2])
+            if node is None:
+                raise
+            raise failed(node, self.printed, err) from err
+        finally:
+            self._free.append(buffers)
+
+    def _failing_node(self, tb):
+        for frame, lineno in traceback.walk_tb(tb):
+            if frame.f_code.co_filename == self.filename:
+                node = self.line_nodes.get(lineno)
+                if node is not None:
+                    return node
+        return None
