@@ -65,13 +65,13 @@ def numba_kernels_only():
     small.  By default one ufunc-like op on fewer than ``KERNEL_MIN_SIZE`` elements runs as
     the NumPy ufunc, and the node tests' arrays are that small: Numba's code would go
     untested."""
-    from graphc import numba_backend
-    old = numba_backend.KERNEL_MIN_SIZE, numba_backend.NUMPY_FASTER
-    numba_backend.KERNEL_MIN_SIZE, numba_backend.NUMPY_FASTER = 0, set()
+    from graphc import numba_rules
+    old = numba_rules.KERNEL_MIN_SIZE, numba_rules.NUMPY_FASTER
+    numba_rules.KERNEL_MIN_SIZE, numba_rules.NUMPY_FASTER = 0, set()
     try:
         yield
     finally:
-        numba_backend.KERNEL_MIN_SIZE, numba_backend.NUMPY_FASTER = old
+        numba_rules.KERNEL_MIN_SIZE, numba_rules.NUMPY_FASTER = old
 
 
 def light_models() -> dict[str, str]:
