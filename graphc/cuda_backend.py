@@ -41,6 +41,8 @@ import numpy as np
 
 from .errors import BackendError, FeedError
 from .graph import Graph
+from .passes.pipeline import DEFAULT_PIPELINE
+from .passes.pipeline import run as run_passes
 from .scan import Scan, instance_key, run_loop, siblings
 
 SIMULATOR_HINT = ("set NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts to run "
@@ -187,8 +189,6 @@ def rule_scan(low, t):
     """A scan: the first of an instance's outputs runs the loop and gives them all.  The
     body is optimized and compiled once, as a CUDA program of its own whose kernels are
     launched every step; carries and stacked values stay on the device."""
-    from .passes.pipeline import DEFAULT_PIPELINE
-    from .passes.pipeline import run as run_passes
     members = siblings(low.graph.nodes)[instance_key(t)]
     if t is not members[0]:
         return (lambda env: None), low.line(t, "scan") + " [computed with "\
