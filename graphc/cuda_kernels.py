@@ -4,7 +4,7 @@ Every kernel here is shape-agnostic: sizes, shapes and strides are arguments, so
 compiled kernel serves every node with the same dtypes.  Kernels that need shared memory
 (row reductions, the softmax family, matmul) are made by factories per dtype, because a
 shared array's size and dtype must be compile-time constants.  Elementwise kernels are
-generated from SymPy (:func:`~graphc.cuda_backend.elementwise_source`, and
+generated from SymPy (:func:`~graphc.cuda_elementwise.elementwise_source`, and
 :func:`fused_source` for a fused group) by :class:`CudaPrinter`, the Numba
 printer of :mod:`graphc.numba_codegen` with ``math.*`` calls, which ``numba.cuda`` maps to
 libdevice (``math.exp`` on a float32 is ``__nv_expf``, accurate to 2 ulp; the ``__expf``
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numba
 import numpy as np
@@ -27,6 +28,7 @@ from .functable import by_cuda_name, numpy_function
 from .fused_ops import FusedOutput
 from .numba_codegen import ScalarPrinter, Unsupported, comment
 
+FASTMATH = os.environ.get("GRAPHC_CUDA_FASTMATH", "") == "1"  # generated kernels
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 THREADS = 8 if SIMULATOR else 256        # threads per block of 1-D and row kernels
 MAX_BLOCKS = 4 if SIMULATOR else 65535   # grid-stride loops cover the rest
@@ -200,6 +202,63 @@ def take_add_rows(out, g, idx, inner, rows, n, bad):
 ROW_KINDS = ("sum", "max", "min", "logsumexp", "softmax", "log_softmax")
 
 
+@cuda.jit(device=True)
+def block_reduce(buf, tid, op):
+    """Halve ``buf`` (THREADS values, a power of two) in shared memory: op 0 sum, 1 max,
+    2 min (NaN propagates); every thread gets the result."""
+    width = THREADS // 2
+    while width > 0:
+        if tid < width:
+            a = buf[tid]
+            b = buf[tid + width]
+            if op == 0:
+                buf[tid] = a + b
+            elif op == 1:
+                buf[tid] = a if (a > b or a != a) else b
+            else:
+                buf[tid] = a if (a < b or a != a) else b
+        cuda.syncthreads()
+        width //= 2
+    return buf[0]
+
+
+@cuda.jit(device=True)
+def row_extreme(x, base, cols, tid, buf, op):
+    """The max (op 1) or min (op 2) of the row at ``base``, NaN propagating."""
+    acc = x[base]  # every thread starts from the row's first element (cols >= 1)
+    for j in range(tid, cols, THREADS):
+        v = x[base + j]
+        if op == 1:
+            acc = acc if (acc > v or acc != acc) else v
+        else:
+            acc = acc if (acc < v or acc != acc) else v
+    buf[tid] = acc
+    cuda.syncthreads()
+    return block_reduce(buf, tid, op)
+
+
+@cuda.jit(device=True)
+def row_sum(x, base, cols, tid, buf, zero):
+    """The sum of the row at ``base``."""
+    acc = zero
+    for j in range(tid, cols, THREADS):
+        acc += x[base + j]
+    buf[tid] = acc
+    cuda.syncthreads()
+    return block_reduce(buf, tid, 0)
+
+
+@cuda.jit(device=True)
+def row_exp_sum(x, base, cols, tid, buf, zero, shift):
+    """The sum of exp(x - shift) over the row at ``base``."""
+    acc = zero
+    for j in range(tid, cols, THREADS):
+        acc += mathlib.exp(x[base + j] - shift)
+    buf[tid] = acc
+    cuda.syncthreads()
+    return block_reduce(buf, tid, 0)
+
+
 @functools.cache
 def row_kernel(kind: str, dtype: str):
     """The kernel ``(out, x, rows, cols)`` reducing each row of a (rows, cols) array:
@@ -211,36 +270,6 @@ def row_kernel(kind: str, dtype: str):
     threads = THREADS
     code = ROW_KINDS.index(kind)  # an int: the branches below fold at compile time
 
-    @cuda.jit(device=True)
-    def block_reduce(buf, tid, op):  # op: 0 sum, 1 max, 2 min
-        width = threads // 2
-        while width > 0:
-            if tid < width:
-                a = buf[tid]
-                b = buf[tid + width]
-                if op == 0:
-                    buf[tid] = a + b
-                elif op == 1:
-                    buf[tid] = a if (a > b or a != a) else b
-                else:
-                    buf[tid] = a if (a < b or a != a) else b
-            cuda.syncthreads()
-            width //= 2
-        return buf[0]
-
-    @cuda.jit(device=True)
-    def row_extreme(x, base, cols, tid, buf, op):
-        acc = x[base]  # every thread starts from the row's first element (cols >= 1)
-        for j in range(tid, cols, threads):
-            v = x[base + j]
-            if op == 1:
-                acc = acc if (acc > v or acc != acc) else v
-            else:
-                acc = acc if (acc < v or acc != acc) else v
-        buf[tid] = acc
-        cuda.syncthreads()
-        return block_reduce(buf, tid, op)
-
     @cuda.jit
     def kernel(out, x, rows, cols):
         buf = cuda.shared.array(threads, nb_dtype)
@@ -248,12 +277,7 @@ def row_kernel(kind: str, dtype: str):
         for row in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
             base = row * cols
             if code == 0:
-                acc = zero
-                for j in range(tid, cols, threads):
-                    acc += x[base + j]
-                buf[tid] = acc
-                cuda.syncthreads()
-                total = block_reduce(buf, tid, 0)
+                total = row_sum(x, base, cols, tid, buf, zero)
                 if tid == 0:
                     out[row] = total
             elif code == 1 or code == 2:
@@ -265,12 +289,7 @@ def row_kernel(kind: str, dtype: str):
                 cuda.syncthreads()
                 if code != 4 and (math.isinf(m) or math.isnan(m)):  # no shift, as the reference
                     m = zero
-                acc = zero
-                for j in range(tid, cols, threads):
-                    acc += mathlib.exp(x[base + j] - m)
-                buf[tid] = acc
-                cuda.syncthreads()
-                s = block_reduce(buf, tid, 0)
+                s = row_exp_sum(x, base, cols, tid, buf, zero, m)
                 if code == 3:
                     if tid == 0:
                         out[row] = m + mathlib.log(s)

@@ -8,8 +8,8 @@
 - **Constant folding**: :func:`fold_value` and :func:`fold_constants` with one purity test
   (``Op.pure``) and one size limit (:data:`FOLD_LIMIT_BYTES`), used by the ``simplify``
   pass and by the Numba and CUDA backends.
-- **Operand kinds**: :func:`broadcast_pattern` (and :func:`split_kinds`), how each operand
-  of an elementwise or fused node is read over the loop of its output.
+- **Operand kinds**: :func:`broadcast_pattern` (and :func:`split_kinds`, :func:`flat_kinds`),
+  how each operand of an elementwise or fused node is read over the loop of its output.
 - **Fused group instances**: :func:`instance_key` and :func:`group_order`.
 
 The buffer plan is the ``memory`` pass's :func:`graphc.passes.memory.plan`.
@@ -154,15 +154,10 @@ def fold_constants(nodes) -> dict[int, np.ndarray]:
 _PAIR = {("f", "f"): "F", ("b", "b"): "S", ("b", "f"): "R", ("f", "b"): "C"}
 
 
-def broadcast_pattern(out_shape, shapes) -> tuple[str, list[int]]:
-    """Operand kinds and loop sizes for an output of ``out_shape`` read from operands of
-    ``shapes``: F (full: read at the output's index), S (scalar), and over an (outer,
-    inner) loop R (a row: varies along the inner axes only) and C (a column: the outer).
-
-    Size-1 output axes are dropped and adjacent axes where every operand is either
-    broadcast or not are merged; one merged axis gives a 1-D loop (F/S), two an (outer,
-    inner) loop (F/S/R/C).  More than two: every operand is F over the flat output (the
-    caller materializes those that are smaller)."""
+def _columns(out_shape, shapes) -> tuple[list[tuple], list[int]]:
+    """The output's axes of size > 1, adjacent ones where every operand is either broadcast
+    or not merged: per merged axis, each operand's flag (``f`` full, ``b`` broadcast) and
+    the axis size."""
     nd = len(out_shape)
     padded = [(1,) * (nd - len(s)) + tuple(s) for s in shapes]
     columns, sizes = [], []
@@ -175,6 +170,19 @@ def broadcast_pattern(out_shape, shapes) -> tuple[str, list[int]]:
         else:
             columns.append(flags)
             sizes.append(out_shape[d])
+    return columns, sizes
+
+
+def broadcast_pattern(out_shape, shapes) -> tuple[str, list[int]]:
+    """Operand kinds and loop sizes for an output of ``out_shape`` read from operands of
+    ``shapes``: F (full: read at the output's index), S (scalar), and over an (outer,
+    inner) loop R (a row: varies along the inner axes only) and C (a column: the outer).
+
+    Size-1 output axes are dropped and adjacent axes where every operand is either
+    broadcast or not are merged; one merged axis gives a 1-D loop (F/S), two an (outer,
+    inner) loop (F/S/R/C).  More than two: every operand is F over the flat output (the
+    caller materializes those that are smaller)."""
+    columns, sizes = _columns(out_shape, shapes)
     if not columns:
         return "S" * len(shapes), [1]
     if len(columns) == 1:
@@ -183,6 +191,20 @@ def broadcast_pattern(out_shape, shapes) -> tuple[str, list[int]]:
         return "".join(_PAIR[(a, b)] for a, b in zip(*columns)), sizes
     size = int(np.prod(out_shape, dtype=np.int64))
     return "F" * len(shapes), [size]
+
+
+def flat_kinds(out_shape, shapes) -> str:
+    """Operand kinds over the flat loop of an output of ``out_shape``, for a backend that
+    reads operands through strides: F (read at the output's flat index), S (one element)
+    and B (broadcast along some axes only: read through its strides), from the merged
+    axes of :func:`broadcast_pattern`.
+
+    >>> flat_kinds((2, 3, 4), [(2, 3, 4), (3, 1), (), (1, 3, 4)])
+    'FBSB'
+    """
+    columns, _ = _columns(out_shape, shapes)
+    flags = [{c[k] for c in columns} for k in range(len(shapes))]
+    return "".join("F" if f == {"f"} else "B" if len(f) == 2 else "S" for f in flags)
 
 
 def static_base_shape(folded: dict, t: Tensor) -> tuple:

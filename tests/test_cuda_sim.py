@@ -123,6 +123,25 @@ def test_binary_broadcasting_comparisons_and_where():
 
 
 @sim
+def test_operands_are_read_by_the_kinds_of_lowering_flat_kinds():
+    """Elementwise and fused kernels read each operand as graphc.lowering.flat_kinds says:
+    at i (full), at 0 (one element) or through its strides (broadcast along some axes)."""
+    from graphc.lowering import flat_kinds
+    x, r, s = gc.input("x", (2, 1, 3)), gc.input("r", (1, 3)), gc.input("s", (1,))
+    assert flat_kinds((2, 1, 3), [(2, 1, 3), (1, 3), (1,)]) == "FBS"
+    assert flat_kinds((1, 3), [(3,), (1, 1)]) == "FS"  # size-1 axes do not make a stride
+    feeds = {"x": normal((2, 1, 3)), "r": normal((1, 3)), "s": normal(1)}
+    plain = check([gc.exp(x) * r + s], feeds, passes=())
+    assert "x1 = a1[o1]" in plain.source and "x1 = a1[0]" in plain.source
+    fused = check([gc.exp(x) * r + s], feeds)
+    assert fused.stats["kernels"] == 1
+    assert all(load in fused.source for load in ("a0[i]", "a1[a1_at]", "a2[0]"))
+    one_row = check([gc.input("v", (3,)) * 2.0 + r], {"v": normal(3), "r": normal((1, 3))},
+                    passes=())
+    assert "rem = i" not in one_row.source and "x0 = a0[i]" in one_row.source
+
+
+@sim
 def test_integer_and_nan_semantics():
     i, j = gc.input("i", (5,), "int64"), gc.input("j", (5,), "int32")
     x = gc.input("x", (5,))

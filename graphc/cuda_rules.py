@@ -1,0 +1,414 @@
+"""The CUDA backend's lowering rules, one per op class (:data:`RULES`): each turns a node
+into ``(run(env), source line, kind)`` with the fixed kernels of
+:mod:`graphc.cuda_kernels`, or raises ``Unsupported`` to leave it to the host fallback.
+The generated kernels (elementwise, fused) are :mod:`graphc.cuda_elementwise`'s; the scan
+rule is :mod:`graphc.cuda_backend`'s (its body is a program of its own).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from . import cuda_kernels as ck
+from .cuda_elementwise import rule_elementwise, rule_fused
+from .cuda_lowering import Lowering, contiguous_strides, flat, size_of, unsupported
+from .elementwise_ops import Elementwise
+from .fused_ops import Fused
+from .lowering import failed
+from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
+from .scan import StopGradient
+from .shape_ops import BroadcastTo, Cast, Concat, Index, IndexAdd, Reshape, Take, TakeAdd, Transpose
+from .structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
+
+
+def rule_reduce(low: Lowering, t):
+    op = t.op
+    (x,) = t.inputs
+    if x.dtype == "bool" and op.kind != "sum":
+        unsupported("max/min of bool")
+    if not op.axes:
+        return _view(low, t)
+    return _row_reduction(low, t, op.kind, op.axes)
+
+
+def rule_logsumexp(low: Lowering, t):
+    return _row_reduction(low, t, "logsumexp", t.op.axes)
+
+
+def _row_reduction(low: Lowering, t, kind: str, axes):
+    """``kind`` over ``axes`` of the single operand: the axes moved last, a row kernel."""
+    (x,) = t.inputs
+    fn, _, _ = low.rows_fn(kind, x.shape, axes, x.dtype, t.dtype)
+    i, k = low.slot[id(x)], low.slot[id(t)]
+
+    def run(env):
+        env[k] = fn(env[i]).reshape(t.shape)
+    return run, low.line(t, f"row_{kind}_{t.dtype}"), "kernel"
+
+
+def rule_softmax(low: Lowering, t):
+    (x,) = t.inputs
+    axis = t.op.axis % x.ndim
+    fn, perm, pshape = low.rows_fn(t.op.name, x.shape, (axis,), x.dtype, t.dtype)
+    i, k = low.slot[id(x)], low.slot[id(t)]
+    back = None
+    if perm != tuple(range(x.ndim)):
+        inverse = tuple(int(a) for a in np.argsort(perm))
+        pstrides = contiguous_strides(pshape)
+        back = low.copy_fn(t.shape, tuple(pstrides[a] for a in inverse))
+
+    def run(env):
+        y = fn(env[i])
+        if back is not None:
+            out = low.empty(t.shape, t.dtype)
+            back(flat(out), flat(y))
+            y = out
+        env[k] = y.reshape(t.shape)
+    return run, low.line(t, f"row_{t.op.name}_{t.dtype}"), "kernel"
+
+
+def matmul_fn(low: Lowering, a_shape, b_shape, dtype):
+    """``f(a, b) -> c``: ``a @ b`` of device arrays of ``dtype`` (batch axes broadcast)."""
+    if dtype == "bool":
+        unsupported("bool matmul")
+    m, kk, n = a_shape[-2], a_shape[-1], b_shape[-1]
+    batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    out_shape = batch + (m, n)
+    nb = size_of(batch)
+
+    def prepare(shape, rows, cols):
+        """(copy or None, batch stride) for an operand seen as (nb, rows, cols)."""
+        if size_of(shape[:-2]) == 1:
+            return None, 0
+        if tuple(shape[:-2]) == batch:
+            return None, rows * cols
+        full = batch + (rows, cols)
+        xs = contiguous_strides(shape)
+        strides = [0] * (len(full) - len(shape)) + [s if d != 1 else 0
+                                                    for s, d in zip(xs, shape)]
+        return (low.copy_fn(full, tuple(strides)), full), rows * cols
+
+    ca, sa = prepare(a_shape, m, kk)
+    cb, sb = prepare(b_shape, kk, n)
+    kernel = ck.matmul_kernel(dtype)
+    low.kernels.setdefault(f"matmul_{dtype}", "")
+    grid = ((n + ck.TILE - 1) // ck.TILE, (m + ck.TILE - 1) // ck.TILE, max(1, min(nb, 65535)))
+
+    def operand(x, c):
+        if c is None:
+            return flat(x)
+        copy, full = c
+        tmp = low.empty(full, dtype)
+        copy(flat(tmp), flat(x))
+        return flat(tmp)
+
+    def run(a, b):
+        out = low.empty(out_shape, dtype)
+        if out.size:
+            kernel[grid, (ck.TILE, ck.TILE)](flat(out), operand(a, ca), operand(b, cb),
+                                             m, kk, n, nb, sa, sb)
+        return out
+    return run
+
+
+def rule_matmul(low: Lowering, t):
+    a, b = t.inputs
+    if a.dtype != t.dtype or b.dtype != t.dtype:
+        unsupported("mixed-dtype matmul")  # rare: the reference converts on the host
+    fn = matmul_fn(low, a.shape, b.shape, t.dtype)
+    ia, ib, k = low.slot[id(a)], low.slot[id(b)], low.slot[id(t)]
+
+    def run(env):
+        env[k] = fn(env[ia], env[ib])
+    return run, low.line(t, f"matmul_{t.dtype}") + f" [{ck.TILE}x{ck.TILE} tiles]", "kernel"
+
+
+def transpose_fn(low: Lowering, shape, perm, dtype):
+    """``f(x) -> y``: a contiguous transposed copy."""
+    xs = contiguous_strides(shape)
+    out_shape = tuple(shape[p] for p in perm)
+    copy = low.copy_fn(out_shape, tuple(xs[p] for p in perm))
+
+    def run(x):
+        out = low.empty(out_shape, dtype)
+        copy(flat(out), flat(x))
+        return out
+    return run
+
+
+def _window_map(op, x_shape, kernel) -> np.ndarray:
+    """im2col as an index map: flat positions in x of every column entry of
+    ``op.columns(x, kernel)`` (N, G, C/G*kh*kw, Ho*Wo), -1 where padding is read."""
+    positions = np.arange(1, size_of(x_shape) + 1, dtype=np.int64).reshape(x_shape)
+    return np.ascontiguousarray(op.columns(positions, kernel)) - 1
+
+
+def gather_fn(low: Lowering, where: np.ndarray, dtype, fill=0):
+    """``f(src) -> out`` of ``where``'s shape: src.flat[where], ``fill`` where < 0."""
+    shape, n = where.shape, where.size
+    device_where = cuda.to_device(where.reshape(-1))
+    value = np.dtype(dtype).type(fill)
+    low.kernels.setdefault("gather_fill", "")
+
+    def run(src):
+        out = low.empty(shape, dtype)
+        if n:
+            ck.gather_fill[ck.blocks_for(n), ck.THREADS](flat(out), flat(src),
+                                                         device_where, n, value)
+        return out
+    return run
+
+
+def rule_conv(low: Lowering, t):
+    """conv2d and its two adjoints by im2col (a gather through a compile-time index map)
+    and the tiled matmul; col2im is an atomic scatter-add through the same map."""
+    op, dtype = t.op, t.dtype
+    if any(i.dtype != dtype for i in t.inputs):
+        unsupported("mixed-dtype convolution")
+    k = low.slot[id(t)]
+    a, b = (low.slot[id(i)] for i in t.inputs)
+    gr = op.groups
+    if isinstance(op, Conv2d):                               # x, w
+        x, w = t.inputs
+        cols = gather_fn(low, _window_map(op, x.shape, w.shape[2:]), dtype)
+        wm_shape = (gr, w.shape[0] // gr, size_of(w.shape[1:]))
+        mm = matmul_fn(low, wm_shape, cols_shape(op, x.shape, w.shape), dtype)
+
+        def run(env):
+            env[k] = mm(env[b].reshape(wm_shape), cols(env[a])).reshape(t.shape)
+    elif isinstance(op, Conv2dInputGrad):                    # g, w -> dx (col2im)
+        g, w = t.inputs
+        where = _window_map(op, t.shape, w.shape[2:])
+        wm_shape = (gr, w.shape[0] // gr, size_of(w.shape[1:]))
+        wt = transpose_fn(low, wm_shape, (0, 2, 1), dtype)
+        rows_shape = (g.shape[0], gr, g.shape[1] // gr, size_of(g.shape[2:]))
+        mm = matmul_fn(low, (gr, wm_shape[2], wm_shape[1]), rows_shape, dtype)
+        device_where = cuda.to_device(where.reshape(-1))
+        n, size = where.size, t.size
+        low.kernels.setdefault("scatter_add", "")
+
+        def run(env):
+            cols = mm(wt(env[b].reshape(wm_shape)), env[a].reshape(rows_shape))
+            out = low.empty(t.shape, dtype)
+            ck.fill[ck.blocks_for(size), ck.THREADS](flat(out), 0, size)
+            if n:
+                ck.scatter_add[ck.blocks_for(n), ck.THREADS](flat(out), flat(cols),
+                                                             device_where, n)
+            env[k] = out
+    else:                                                    # Conv2dWeightGrad: x, g -> dw
+        x, g = t.inputs
+        where = _window_map(op, x.shape, op.kernel)
+        cols = gather_fn(low, where, dtype)                  # (N, G, CgK, P)
+        ct = transpose_fn(low, where.shape, (0, 1, 3, 2), dtype)
+        rows_shape = (g.shape[0], gr, g.shape[1] // gr, size_of(g.shape[2:]))
+        ct_shape = (where.shape[0], gr, where.shape[3], where.shape[2])
+        mm = matmul_fn(low, rows_shape, ct_shape, dtype)     # (N, G, O/G, CgK)
+        summed = low.rows_fn("sum", rows_shape[:3] + (where.shape[2],), (0,), dtype,
+                             dtype)[0]
+
+        def run(env):
+            per_sample = mm(env[b].reshape(rows_shape), ct(cols(env[a])))
+            env[k] = summed(per_sample).reshape(t.shape)
+    return run, low.line(t, "im2col_gemm"), "kernel"
+
+
+def cols_shape(op, x_shape, w_shape) -> tuple:
+    ho, wo = op.out_hw(x_shape[2:], w_shape[2:])
+    return (x_shape[0], op.groups, size_of(w_shape[1:]), ho * wo)
+
+
+def rule_max_pool(low: Lowering, t):
+    """max pooling: gather each window into a row (padding reads -inf), row max."""
+    (x,) = t.inputs
+    positions = np.arange(1, x.size + 1, dtype=np.int64).reshape(x.shape)
+    views = t.op.views(positions, 0)                         # kh*kw of (N, C, Ho, Wo)
+    where = np.ascontiguousarray(np.stack(views, axis=-1)) - 1
+    windows = gather_fn(low, where, t.dtype, fill=-np.inf)
+    if x.dtype != t.dtype:
+        unsupported("max_pool2d with a dtype change")
+    row_max = low.rows_fn("max", where.shape, (4,), t.dtype, t.dtype)[0]
+    i, k = low.slot[id(x)], low.slot[id(t)]
+
+    def run(env):
+        env[k] = row_max(windows(env[i])).reshape(t.shape)
+    return run, low.line(t, "window_gather_row_max"), "kernel"
+
+
+def _view(low: Lowering, t):
+    (x,) = t.inputs
+    i, k = low.slot[id(x)], low.slot[id(t)]
+    shape = t.shape
+    if x.dtype != t.dtype:  # a reduction over no axes that changes dtype (sum of bool)
+        copy = low.copy_fn(shape, contiguous_strides(shape))
+
+        def convert(env):
+            out = low.empty(shape, t.dtype)
+            copy(flat(out), flat(env[i]))
+            env[k] = out
+        return convert, low.line(t, "convert"), "kernel"
+
+    def run(env):
+        env[k] = env[i].reshape(shape)
+    return run, low.line(t, "view"), "view"
+
+
+def rule_reshape(low: Lowering, t):
+    return _view(low, t)
+
+
+def _strided(low: Lowering, t, name, src_strides, src_off=0):
+    (x,) = t.inputs
+    copy = low.copy_fn(t.shape, src_strides, src_off)
+    i, k = low.slot[id(x)], low.slot[id(t)]
+
+    def run(env):
+        out = low.empty(t.shape, t.dtype)
+        copy(flat(out), flat(env[i]))
+        env[k] = out
+    return run, low.line(t, name), "kernel"
+
+
+def rule_transpose(low: Lowering, t):
+    xs = contiguous_strides(t.inputs[0].shape)
+    return _strided(low, t, "strided_copy", tuple(xs[p] for p in t.op.perm))
+
+
+def rule_broadcast(low: Lowering, t):
+    x = t.inputs[0]
+    xs = contiguous_strides(x.shape)
+    lead = len(t.shape) - x.ndim
+    strides = (0,) * lead + tuple(s if d != 1 else 0 for s, d in zip(xs, x.shape))
+    return _strided(low, t, "strided_copy", strides)
+
+
+def rule_cast(low: Lowering, t):
+    return _strided(low, t, "strided_copy", contiguous_strides(t.shape))
+
+
+def rule_concat(low: Lowering, t):
+    axis = t.op.axis % len(t.shape)
+    out_strides = contiguous_strides(t.shape)
+    copies, start = [], 0
+    for x in t.inputs:
+        copies.append((low.slot[id(x)], low.copy_fn(x.shape, contiguous_strides(x.shape),
+                                                    0, out_strides, start * out_strides[axis])))
+        start += x.shape[axis]
+    k = low.slot[id(t)]
+
+    def run(env):
+        out = low.empty(t.shape, t.dtype)
+        for i, copy in copies:
+            copy(flat(out), flat(env[i]))
+        env[k] = out
+    return run, low.line(t, "strided_copy"), "kernel"
+
+
+def _index_map(op: Index, shape) -> np.ndarray:
+    """Flat source positions of ``x[index]`` for x of ``shape`` (compile time)."""
+    return np.arange(size_of(shape), dtype=np.int64).reshape(shape)[op.numpy_index()]
+
+
+def rule_index(low: Lowering, t):
+    (x,) = t.inputs
+    where = cuda.to_device(np.ascontiguousarray(_index_map(t.op, x.shape)).reshape(-1))
+    n = t.size
+    i, k = low.slot[id(x)], low.slot[id(t)]
+    low.kernels.setdefault("gather", "")
+
+    def run(env):
+        out = low.empty(t.shape, t.dtype)
+        if n:
+            ck.gather[ck.blocks_for(n), ck.THREADS](flat(out), flat(env[i]), where, n)
+        env[k] = out
+    return run, low.line(t, "gather"), "kernel"
+
+
+def rule_index_add(low: Lowering, t):
+    (g,) = t.inputs
+    if t.dtype not in ("float32", "float64", "int32", "int64"):
+        unsupported("index_add of this dtype")
+    where = np.ascontiguousarray(np.broadcast_to(_index_map(Index(t.op.index), t.op.target),
+                                                 g.shape)).reshape(-1)
+    where = cuda.to_device(where)
+    n, size = g.size, t.size
+    i, k = low.slot[id(g)], low.slot[id(t)]
+    low.kernels.setdefault("scatter_add", "")
+
+    def run(env):
+        out = low.empty(t.shape, t.dtype)
+        if size:
+            ck.fill[ck.blocks_for(size), ck.THREADS](flat(out), 0, size)
+        if n:
+            ck.scatter_add[ck.blocks_for(n), ck.THREADS](flat(out), flat(env[i]), where, n)
+        env[k] = out
+    return run, low.line(t, "scatter_add"), "kernel"
+
+
+def _bad_flag():
+    return cuda.to_device(np.zeros(1, np.int32))
+
+
+def rule_take(low: Lowering, t):
+    x, idx = t.inputs
+    rows, inner, n = x.shape[0], size_of(x.shape[1:]), t.size
+    ix, ii, k = low.slot[id(x)], low.slot[id(idx)], low.slot[id(t)]
+    low.kernels.setdefault("take_rows", "")
+
+    def run(env):
+        out = low.empty(t.shape, t.dtype)
+        if n:
+            bad = _bad_flag()
+            ck.take_rows[ck.blocks_for(n), ck.THREADS](flat(out), flat(env[ix]),
+                                                       flat(env[ii]), inner, rows, n, bad)
+            _check_bad(bad, t, rows, low.printed)
+        env[k] = out
+    return run, low.line(t, "take_rows"), "kernel"
+
+
+def rule_take_add(low: Lowering, t):
+    g, idx = t.inputs
+    if t.dtype not in ("float32", "float64", "int32", "int64"):
+        unsupported("take_add of this dtype")
+    rows, inner, n, size = t.shape[0], size_of(t.shape[1:]), g.size, t.size
+    ig, ii, k = low.slot[id(g)], low.slot[id(idx)], low.slot[id(t)]
+    low.kernels.setdefault("take_add_rows", "")
+
+    def run(env):
+        out = low.empty(t.shape, t.dtype)
+        if size:
+            ck.fill[ck.blocks_for(size), ck.THREADS](flat(out), 0, size)
+        if n:
+            bad = _bad_flag()
+            ck.take_add_rows[ck.blocks_for(n), ck.THREADS](flat(out), flat(env[ig]),
+                                                           flat(env[ii]), inner, rows, n,
+                                                           bad)
+            _check_bad(bad, t, rows, low.printed)
+        env[k] = out
+    return run, low.line(t, "take_add_rows"), "kernel"
+
+
+def _check_bad(bad, t, rows, printed):
+    if bad.copy_to_host()[0]:
+        raise failed(t, printed, f"an index is out of range for axis 0 of size {rows}")
+
+
+def rule_identity(low: Lowering, t):
+    """stop_gradient: its operand itself."""
+    i, k = low.slot[id(t.inputs[0])], low.slot[id(t)]
+
+    def run(env):
+        env[k] = env[i]
+    return run, low.line(t, "view"), "view"
+
+
+RULES = (
+    (StopGradient, rule_identity),
+    (Elementwise, rule_elementwise), (Fused, rule_fused), (Reduce, rule_reduce),
+    (LogSumExp, rule_logsumexp), (Softmax, rule_softmax), (LogSoftmax, rule_softmax),
+    (MatMul, rule_matmul), (Reshape, rule_reshape), (Transpose, rule_transpose),
+    (BroadcastTo, rule_broadcast), (Cast, rule_cast), (Concat, rule_concat),
+    (Index, rule_index), (IndexAdd, rule_index_add), (Take, rule_take),
+    (TakeAdd, rule_take_add), (Conv2d, rule_conv), (Conv2dInputGrad, rule_conv),
+    (Conv2dWeightGrad, rule_conv), (MaxPool2d, rule_max_pool),
+)
