@@ -14,6 +14,8 @@ its sums of a value the loop stacks anyway (the bias's ``sum(g_t, 0)``) as one s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import dtypes
@@ -29,13 +31,55 @@ def scan_vjp(nodes, grads, wanted) -> list:
     """The gradients of the inputs of one scan instance (``nodes``: its outputs in the
     graph, ``grads``: their cotangents or None) as the outputs of a backward scan.
     ``wanted[k]``: whether input ``k`` needs a gradient.  None where there is none."""
-    from . import functions as F
-    from .passes.autodiff import backward
     loop = nodes[0].op.loop
     inputs = nodes[0].inputs
-    n_c, n_x = len(loop.carry), len(loop.xs)
     ct = {t.op.out: g for t, g in zip(nodes, grads) if g is not None}
     tag = f"scan.{loop.tag}"
+    step = _step_vjp(loop, ct, wanted, tag)
+    bwd_xs, outer_xs, fwd_w = _backward_xs(loop, step, inputs, ct, tag)
+    stacks = _Stacks(step.gc_ph, bwd_xs, outer_xs, step.gx, loop.length)
+    after = [stacks.split(g) for g in step.wgrad]  # (sum left in the loop, products after it)
+    kept_w = [k for k, (rest, _) in enumerate(after) if rest is not None]
+    new_acc = [step.acc_ph[k] + after[k][0] for k in kept_w]
+    bwd = Loop(tuple(step.gc_ph + [step.acc_ph[k] for k in kept_w]), tuple(bwd_xs),
+               tuple(loop.consts[j] for j in fwd_w), tuple(step.new_gc + new_acc),
+               tuple(step.gx + stacks.ys), loop.length, not loop.reverse)
+    init = [ct.get(("carry", i), _zeros(loop.carry[i])) for i in step.fc] + \
+        [_zeros(loop.consts[step.fw[k]]) for k in kept_w]
+    n_cx = len(loop.carry) + len(loop.xs)  # where the consts start
+    bwd_inputs = init + outer_xs + [inputs[n_cx + j] for j in fwd_w]
+    return _input_grads(loop, step, bwd, bwd_inputs, after, kept_w, wanted)
+
+
+@dataclass
+class _StepVjp:
+    """The backward body of one step.  ``fc``, ``fx``, ``fw``: the carries, xs and consts
+    that get a gradient; the placeholders it reads: the carry's gradient (``gc_ph``), the
+    cotangents of the stacked outputs ``gstack`` (``gy_ph``) and of the carries as each
+    step got them (``gcin``, ``gcin_ph``), the weight-gradient sums (``acc_ph``) and the
+    truncation mask (``keep_ph``, or None); what it computes: the carry's gradient
+    (``new_gc``), the consts' (``wgrad``) and the xs' (``gx``)."""
+    fc: list
+    fx: list
+    fw: list
+    gc_ph: list
+    gstack: list
+    gy_ph: list
+    gcin: list
+    gcin_ph: list
+    acc_ph: list
+    keep_ph: Tensor | None
+    new_gc: list
+    wgrad: list
+    gx: list
+
+
+def _step_vjp(loop: Loop, ct: dict, wanted, tag: str) -> _StepVjp:
+    """:func:`graphc.passes.autodiff.backward` of the forward body, on placeholders for the
+    cotangents (``ct``: the cotangents of the scan's outputs, by output key)."""
+    from . import functions as F
+    from .passes.autodiff import backward
+    n_c, n_x = len(loop.carry), len(loop.xs)
 
     def float_(p):
         return dtypes.is_float(p.dtype)
@@ -65,47 +109,53 @@ def scan_vjp(nodes, grads, wanted) -> list:
     new_gc = [g + cin_g[i] if i in cin_g else g for i, g in zip(fc, new_gc)]
     wgrad = [result.grad_of(loop.consts[j]) for j in fw]
     gx = [result.grad_of(loop.xs[j]) for j in fx]
+    return _StepVjp(fc, fx, fw, gc_ph, gstack, gy_ph, gcin, gcin_ph, acc_ph, keep_ph,
+                    new_gc, wgrad, gx)
+
+
+def _backward_xs(loop: Loop, step: _StepVjp, inputs, ct: dict, tag: str):
+    """What the backward loop reads per step: its ``xs`` (the forward's carries as each step
+    got them, its xs, the residuals, the cotangents of ys, ...) and the outer tensors fed to
+    them, and the indices of the forward consts it reads.  Rewrites ``step``'s gradients to
+    read the residuals."""
+    n_c = len(loop.carry)
     # the forward values the backward reads are stacked by the forward (the remat pass
     # may have the backward recompute them instead: recomputed below)
-    outs, res_ph, kept = _residuals(loop, new_gc + wgrad + gx, tag)
-    new_gc, wgrad, gx = (outs[:len(fc)], outs[len(fc):len(fc) + len(fw)],
-                         outs[len(fc) + len(fw):])
+    outs, res_ph, kept = _residuals(loop, step.new_gc + step.wgrad + step.gx, tag)
+    n_gc, n_w = len(step.fc), len(step.fw)
+    step.new_gc, step.wgrad, step.gx = (outs[:n_gc], outs[n_gc:n_gc + n_w],
+                                        outs[n_gc + n_w:])
     ys = {id(y): j for j, y in enumerate(loop.ys)}  # a y is stacked already
     res_outer = [_node(loop, ("y", ys[id(n)]) if id(n) in ys else ("node", k), inputs)
                  for k, n in ((k, loop.graph.nodes[k]) for k in kept)]
-    used = {id(t) for t in iter_nodes(new_gc + wgrad + gx)}
-
-    # the backward loop: carry (dL/dcarry, what is left of the weight-gradient sums), xs
-    # (the forward's carries as each step got them, its xs, the cotangents of ys, ...)
+    used = {id(t) for t in iter_nodes(outs)}
     fwd_c = [i for i, p in enumerate(loop.carry) if id(p) in used]
     fwd_x = [j for j, p in enumerate(loop.xs) if id(p) in used]
     fwd_w = [j for j, p in enumerate(loop.consts) if id(p) in used]
     bwd_xs = [loop.carry[i] for i in fwd_c] + [loop.xs[j] for j in fwd_x] + res_ph + \
-        gy_ph + gcin_ph
+        step.gy_ph + step.gcin_ph
     outer_xs = [_node(loop, ("cin", i), inputs) for i in fwd_c] + \
-        [inputs[n_c + j] for j in fwd_x] + res_outer + [ct[k] for k in gstack] + \
-        [ct[("cin", i)] for i in gcin]
-    if keep_ph is not None:
-        bwd_xs.append(keep_ph)
+        [inputs[n_c + j] for j in fwd_x] + res_outer + [ct[k] for k in step.gstack] + \
+        [ct[("cin", i)] for i in step.gcin]
+    if step.keep_ph is not None:
+        bwd_xs.append(step.keep_ph)
         outer_xs.append(constant(_keep_mask(loop)))
-    stacks = _Stacks(gc_ph, bwd_xs, outer_xs, gx, loop.length)
-    after = [stacks.split(g) for g in wgrad]  # (sum left in the loop, products after it)
-    kept_w = [k for k, (rest, _) in enumerate(after) if rest is not None]
-    new_acc = [acc_ph[k] + after[k][0] for k in kept_w]
-    bwd = Loop(tuple(gc_ph + [acc_ph[k] for k in kept_w]), tuple(bwd_xs),
-               tuple(loop.consts[j] for j in fwd_w), tuple(new_gc + new_acc),
-               tuple(gx + stacks.ys), loop.length, not loop.reverse)
-    init = [ct.get(("carry", i), _zeros(loop.carry[i])) for i in fc] + \
-        [_zeros(loop.consts[fw[k]]) for k in kept_w]
-    bwd_inputs = init + outer_xs + [inputs[n_c + n_x + j] for j in fwd_w]
-    out: list = [None] * len(inputs)
-    for k, i in enumerate(fc):
+    return bwd_xs, outer_xs, fwd_w
+
+
+def _input_grads(loop: Loop, step: _StepVjp, bwd: Loop, bwd_inputs, after, kept_w,
+                 wanted) -> list:
+    """The gradient of each input of the forward scan (None where there is none): outputs
+    of the backward scan ``bwd``, plus, for a weight, its products computed after it."""
+    n_c, n_x = len(loop.carry), len(loop.xs)
+    out: list = [None] * len(loop.params)
+    for k, i in enumerate(step.fc):
         if wanted[i]:
             out[i] = _node(bwd, ("carry", k), bwd_inputs)
-    for k, j in enumerate(fx):
+    for k, j in enumerate(step.fx):
         out[n_c + j] = _node(bwd, ("y", k), bwd_inputs)
-    for k, (j, (rest, products)) in enumerate(zip(fw, after)):
-        total = None if rest is None else _node(bwd, ("carry", len(fc) + kept_w.index(k)),
+    for k, (j, (rest, products)) in enumerate(zip(step.fw, after)):
+        total = None if rest is None else _node(bwd, ("carry", len(step.fc) + kept_w.index(k)),
                                                 bwd_inputs)
         for p in products:
             p = p(lambda key: _node(bwd, key, bwd_inputs))

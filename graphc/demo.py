@@ -82,12 +82,35 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     os.makedirs(out_dir, exist_ok=True)
     images, labels = datasets.load_digits()
     images = images.reshape((len(images),) + _shape(kind, 1)[1:])
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = _splits(images, labels)
+    splits = _splits(images, labels)
+    (x_train, y_train), (x_val, _), (x_test, y_test) = splits
     model = build_model(kind)
     out(f"graphc demo: a {kind.upper()} on {len(images)} handwritten digits "
         f"({len(x_train)} train, {len(x_val)} validation, {len(x_test)} test), bundled in "
         f"graphc.data\n")
+    step, compile_s = _compile_step(model, kind, out)
+    report, check_s = _check_gradients(model, kind, step, y_train, out)
+    history, test, train_s = _train_and_test(model, kind, step, splits, epochs, out)
+    files, render_s = _pictures(model, kind, step, x_test, y_test, out_dir)
+    timings = {"compile (training step)": compile_s, "gradient check": check_s,
+               "training": train_s, "rendering": render_s,
+               "total": time.perf_counter() - start}
+    index = os.path.join(out_dir, "index.html")
+    figures = {"accuracy": test["accuracy"], "test_loss": test["loss"],
+               "epochs": history.epochs, "split": (len(x_train), len(x_val), len(x_test))}
+    with open(index, "w", encoding="utf-8") as fh:
+        fh.write(report_html(kind, figures, history, report, timings, out_dir, files))
+    out(f"rendered forward and backward graphs (explorer and static) in {render_s:.2f} s")
+    out(f"\nwrote {index} (and {', '.join(files)} beside it) in "
+        f"{timings['total']:.1f} s")
+    return {"accuracy": test["accuracy"], "timings": timings, "index": index,
+            "report_ok": report.ok,
+            "files": [os.path.join(out_dir, f) for f in [*files, "index.html"]]}
 
+
+def _compile_step(model, kind: str, out):
+    """The training step (forward, backward, Adam update) on batches of 64, and its compile
+    time."""
     batch = 64
     x = input("x", _shape(kind, batch))
     y = input("y", (batch,), "int64")
@@ -100,8 +123,12 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     compile_s = time.perf_counter() - t0
     out(f"compiled the training step ({len(step.fn.graph)} nodes: forward, backward, "
         f"Adam update) with the {step.fn.backend} backend in {compile_s:.2f} s")
+    return step, compile_s
 
-    small_loss, small_logits, *_ = _graphs(model, kind, 4)
+
+def _check_gradients(model, kind: str, step, y_train, out):
+    """``check_grad`` of every parameter on 4 random inputs, and its time."""
+    small_loss, *_ = _graphs(model, kind, 4)
     # Random inputs and biases: blank pixels and zero biases put ReLUs exactly on their
     # kink and max-pool windows in ties, where finite differences are meaningless.
     rng = np.random.default_rng(0)
@@ -116,7 +143,13 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     check_s = time.perf_counter() - t0
     out(f"\ngradient check of every parameter against central differences, on 4 random "
         f"inputs ({check_s:.2f} s):\n{report}\n")
+    return report, check_s
 
+
+def _train_and_test(model, kind: str, step, splits, epochs: int, out):
+    """Train on the training split watching the validation split; evaluate on the test split.
+    Returns (history, test figures, training time)."""
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits
     eval_loss, eval_logits, _, ye = _graphs(model, kind, len(x_val))
     ev = train.make_eval_step({"loss": eval_loss, "accuracy": train.correct(eval_logits, ye)})
     t0 = time.perf_counter()
@@ -124,11 +157,15 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
                         val_data={"x": x_val, "y": y_val}, eval_step=ev)
     train_s = time.perf_counter() - t0
     test = ev.evaluate({"x": x_test, "y": y_test}, step)
-    accuracy = test["accuracy"]
     out(f"trained {history.epochs} epochs in {train_s:.1f} s: validation accuracy "
-        f"{history['val_accuracy'][-1]:.4f}; test accuracy {accuracy:.4f}, test loss "
+        f"{history['val_accuracy'][-1]:.4f}; test accuracy {test['accuracy']:.4f}, test loss "
         f"{test['loss']:.4f}")
+    return history, test, train_s
 
+
+def _pictures(model, kind: str, step, x_test, y_test, out_dir: str):
+    """The forward, backward and layer diagrams and the explorer of two test digits, written
+    in ``out_dir``; returns ({file name: what render/explore returned}, rendering time)."""
     t0 = time.perf_counter()
     picture_feeds = {"x": x_test[:2], "y": y_test[:2], **step.values}
     pic_loss, pic_logits, *_ = _graphs(model, kind, 2)
@@ -144,20 +181,7 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
         "explorer.html": explore(pic_loss, os.path.join(out_dir, "explorer.html"),
                                  values=picture_feeds),
     }
-    render_s = time.perf_counter() - t0
-    timings = {"compile (training step)": compile_s, "gradient check": check_s,
-               "training": train_s, "rendering": render_s,
-               "total": time.perf_counter() - start}
-    index = os.path.join(out_dir, "index.html")
-    figures = {"accuracy": accuracy, "test_loss": test["loss"], "epochs": history.epochs,
-               "split": (len(x_train), len(x_val), len(x_test))}
-    with open(index, "w", encoding="utf-8") as fh:
-        fh.write(report_html(kind, figures, history, report, timings, out_dir, files))
-    out(f"rendered forward and backward graphs (explorer and static) in {render_s:.2f} s")
-    out(f"\nwrote {index} (and {', '.join(files)} beside it) in "
-        f"{timings['total']:.1f} s")
-    return {"accuracy": accuracy, "timings": timings, "index": index, "report_ok": report.ok,
-            "files": [os.path.join(out_dir, f) for f in [*files, "index.html"]]}
+    return files, time.perf_counter() - t0
 
 
 def curves(history) -> dict:

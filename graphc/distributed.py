@@ -32,7 +32,7 @@ from .ir import Tensor, iter_nodes
 from .optim import LR_INPUT, STEP_INPUT
 from .passes.autodiff import grad
 from .train import EarlyStopping, History, TrainStep, load_params
-from .train_loop import _length, _progress_mode, _tqdm
+from .train_loop import _evaluate, _length, _progress_mode, _tqdm
 
 log = logging.getLogger("graphc.distributed")
 
@@ -476,22 +476,11 @@ def _loop(step, plan, pool, epochs, run, position, checkpoint, every, val_data,
                 if on_step is not None:
                     on_step(step, pool)
             metrics = {name: t / batches for name, t in totals.items()}
-            metrics["lr"] = step.optimizer.lr_at(max(step.step - 1, 0))
-            if eval_step is not None:
-                metrics.update({f"val_{k}": v
-                                for k, v in eval_step.evaluate(val_data, step).items()})
-            if eval_fn is not None:
-                metrics.update(eval_fn(step))
-            history.append(metrics)
+            history.append(_evaluate(step, metrics, val_data, eval_step, eval_fn))
             bar.epoch(epoch, metrics)
             if early_stopping is not None:
-                if early_stopping.monitor not in metrics:
-                    raise KeyError(f"early stopping monitors {early_stopping.monitor!r}, "
-                                   f"but the metrics are {sorted(metrics)}")
-                stop = early_stopping.update(metrics[early_stopping.monitor])
-                if early_stopping.best_epoch == early_stopping.epoch:
-                    history.best_epoch = epoch
-                    best = {k: v.copy() for k, v in step.values.items()}
+                stop, values = _early_stopping(early_stopping, metrics, epoch, history, step)
+                best = best if values is None else values
                 if stop:
                     history.stopped_early = True
                     break
@@ -502,6 +491,19 @@ def _loop(step, plan, pool, epochs, run, position, checkpoint, every, val_data,
     if early_stopping is not None and early_stopping.restore_best and best is not None:
         step.values.update(best)
     return history
+
+
+def _early_stopping(early_stopping, metrics, epoch, history, step):
+    """Record ``epoch`` with ``early_stopping``: (whether to stop, a copy of ``step``'s
+    values when this epoch is the best so far, else None)."""
+    if early_stopping.monitor not in metrics:
+        raise KeyError(f"early stopping monitors {early_stopping.monitor!r}, "
+                       f"but the metrics are {sorted(metrics)}")
+    stop = early_stopping.update(metrics[early_stopping.monitor])
+    if early_stopping.best_epoch != early_stopping.epoch:
+        return stop, None
+    history.best_epoch = epoch
+    return stop, {k: v.copy() for k, v in step.values.items()}
 
 
 __all__ = ["Plan", "Replica", "Workers", "connect", "fit", "load_checkpoint", "pack",

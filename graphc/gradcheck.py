@@ -227,6 +227,40 @@ def _cause(probe, name, index, analytic, eps, rtol, atol, dtype) -> str:
     return "the analytic gradient is wrong: a wrong derivative rule for an op on this path"
 
 
+def _check_tensor(probe, name: str, g, rng, eps, rtol, atol, dtype, max_elements):
+    """The report's row for input ``name`` (``g``: its analytic gradient): each element (a
+    seeded random subset of ``max_elements`` of them when that is not None and the tensor
+    has more) against central differences, then one random direction."""
+    x = probe.feeds[name]
+    flat = np.arange(x.size)
+    if max_elements is not None and x.size > max_elements:
+        flat = np.sort(rng.choice(x.size, max_elements, replace=False))
+    worst = (-np.inf, (), 0.0, 0.0)  # (badness, index, analytic, numeric)
+    max_abs, max_rel, ok = 0.0, 0.0, True
+    for i in flat:
+        index = np.unravel_index(i, x.shape)
+        a, n = float(g[index]), probe.central(name, index, eps)
+        err = abs(a - n)
+        scale = max(abs(a), abs(n))
+        rel = err / scale if scale > atol or np.isnan(err) else 0.0  # ~0: judged by atol
+        passed = _close(a, n, rtol, atol)
+        ok &= passed
+        max_abs, max_rel = _worse(max_abs, err), _worse(max_rel, rel)
+        badness = err - (atol + rtol * scale) if np.isfinite(err) else np.inf
+        if badness > worst[0]:
+            worst = (badness, tuple(int(j) for j in index), a, n)
+    v = rng.standard_normal(x.shape)
+    directional = float(np.sum(v * g))
+    numeric = (probe.loss(name, eps * v) - probe.loss(name, -eps * v)) / (2 * eps)
+    direction_err = abs(directional - numeric)
+    ok &= _close(directional, numeric, rtol, atol * np.sqrt(x.size))
+    row = TensorCheck(name, x.shape, len(flat), max_abs, max_rel, *worst[1:],
+                      direction_err, bool(ok))
+    if not row.ok:
+        row.cause = _cause(probe, name, worst[1], worst[2], eps, rtol, atol, dtype)
+    return row
+
+
 def check_grad(y, wrt, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, *, full=False,
                max_elements=64, seed=0, dtype="float64") -> GradCheckReport:
     """Check gc.grad(y, wrt) against central finite differences.
@@ -254,36 +288,9 @@ def check_grad(y, wrt, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, *, full=False,
     probe = _Probe(y, wrt, feeds, dtype)
     grads = probe.grads()
     rng = np.random.default_rng(seed)
-    rows = []
-    for name, g in zip(probe.names, grads):
-        x = probe.feeds[name]
-        flat = np.arange(x.size)
-        if not full and x.size > max_elements:
-            flat = np.sort(rng.choice(x.size, max_elements, replace=False))
-        worst = (-np.inf, (), 0.0, 0.0)  # (badness, index, analytic, numeric)
-        max_abs, max_rel, ok = 0.0, 0.0, True
-        for i in flat:
-            index = np.unravel_index(i, x.shape)
-            a, n = float(g[index]), probe.central(name, index, eps)
-            err = abs(a - n)
-            scale = max(abs(a), abs(n))
-            rel = err / scale if scale > atol or np.isnan(err) else 0.0  # ~0: judged by atol
-            passed = _close(a, n, rtol, atol)
-            ok &= passed
-            max_abs, max_rel = _worse(max_abs, err), _worse(max_rel, rel)
-            badness = err - (atol + rtol * scale) if np.isfinite(err) else np.inf
-            if badness > worst[0]:
-                worst = (badness, tuple(int(j) for j in index), a, n)
-        v = rng.standard_normal(x.shape)
-        directional = float(np.sum(v * g))
-        numeric = (probe.loss(name, eps * v) - probe.loss(name, -eps * v)) / (2 * eps)
-        direction_err = abs(directional - numeric)
-        ok &= _close(directional, numeric, rtol, atol * np.sqrt(x.size))
-        row = TensorCheck(name, x.shape, len(flat), max_abs, max_rel, *worst[1:],
-                          direction_err, bool(ok))
-        if not row.ok:
-            row.cause = _cause(probe, name, worst[1], worst[2], eps, rtol, atol, dtype)
-        rows.append(row)
+    rows = [_check_tensor(probe, name, g, rng, eps, rtol, atol, dtype,
+                          None if full else max_elements)
+            for name, g in zip(probe.names, grads)]
     report = GradCheckReport(rows, eps, rtol, atol, dtype)
     if not report.ok:  # localise: which op's derivative fails on its own?
         report.bad_edges = [e for e in check_edges(y, probe.feeds, eps, rtol, atol, seed)

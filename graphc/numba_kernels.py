@@ -59,6 +59,28 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
     two_d = any(k in "RC" for k in kinds) or any(accumulate)
     printer = ScalarPrinter(work, {s: f"x{k}" for k, s in enumerate(symbols)},
                             {s for s, d in zip(symbols, operand_dtypes) if d == "bool"})
+    body, stores = _fused_statements(printer, bound, exprs, accumulate, two_d)
+    phases = _phases(body, stores)
+    loops, slots = _phase_loops(phases, body, stores, kinds, operand_dtypes, work, printer,
+                                two_d)
+    sizes = ["n0", "n1"] if two_d else ["n"]
+    lines = _fused_loop_nest(loops, len(exprs), kinds, operand_dtypes, work, printer, sizes,
+                             bool(slots), "full" in accumulate)
+    header = _fused_header(label, steps_text, len(phases), kinds, operand_dtypes, work,
+                           accumulate)
+    source = _module(header, printer.helpers, lines)
+    stem = identifier(label) + f"_{SHORT[work]}_{''.join(kinds)}" + \
+        ("_acc" if any(accumulate) else "")
+    params = tuple(("ptr", accumulator_dtype(work) if a else work) for a in accumulate) + \
+        tuple(("ptr", d) for d in operand_dtypes) + \
+        ((("ptr", work),) if slots else ()) + (("int",),) * len(sizes)
+    return KernelSpec(stem, source, params, ELEMENTWISE_FASTMATH,
+                      tuple(sorted(printer.helpers)), scratch=slots * TILE)
+
+
+def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
+    """The group's statements after ``sympy.cse``, printed: the body ``(name, text, names
+    used)`` and the stores ``(target, text, names used, accumulate)``, one per output."""
     bound, exprs = _share_powers(*_hoist_branches(bound, exprs))
     replacements, reduced = sp.cse([e for _, e in bound] + list(exprs),
                                    symbols=sp.numbered_symbols("c"))
@@ -79,41 +101,41 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
             acc, f"out{m}[{index}]")
         stores.append((target, printer.numeric(expr),
                        {printer.names[f] for f in expr.free_symbols}, acc))
-    phases = _phases(body, stores)
-    loops, slots = _phase_loops(phases, body, stores, kinds, operand_dtypes, work, printer,
-                                two_d)
-    outs = [f"out{m}" for m in range(len(exprs))]
+    return body, stores
+
+
+def _fused_loop_nest(loops, n_outputs: int, kinds, operand_dtypes, work: str, printer,
+                     sizes, scratch: bool, full: bool) -> list[str]:
+    """The kernel's ``def`` line and its loop nest around the phases' ``loops``: ``S``
+    operands loaded once per call, ``C`` operands once per row."""
+    outs = [f"out{m}" for m in range(n_outputs)]
     operands = [f"a{k}" for k in range(len(kinds))]
-    sizes = ["n0", "n1"] if two_d else ["n"]
-    scratch = ["t"] if slots else []
-    lines = [f"def kernel({', '.join(outs + operands + scratch + sizes)}):"]
+    lines = [f"def kernel({', '.join(outs + operands + (['t'] if scratch else []) + sizes)}):"]
     lines += [f"    x{k} = {_load(k, '[0]', operand_dtypes, work, printer)}"
               for k, kind in enumerate(kinds) if kind == "S"]
-    if two_d:
+    if len(sizes) == 2:  # the (n0, n1) loop
         lines += ["    for i in range(n0):", "        base = i * n1"]
-        if "full" in accumulate:
+        if full:
             lines.append(f"        row = (i // {ACC_ROWS}) * n1")
         lines += [f"        x{k} = {_load(k, '[i]', operand_dtypes, work, printer)}"
                   for k, kind in enumerate(kinds) if kind == "C"]
         lines += ["        " + line for line in loops]
     else:
         lines += ["    " + line for line in loops]
+    return lines
+
+
+def _fused_header(label: str, steps_text, n_phases: int, kinds, operand_dtypes, work: str,
+                  accumulate) -> list[str]:
+    """The kernel's comment: what it computes, its operands, its outputs, the group's steps."""
     header = [f"# graphc kernel: {comment(label)} (fused group, one loop nest"
-              + (f", {len(phases)} phases over tiles of {TILE})" if len(phases) > 1 else ")"),
+              + (f", {n_phases} phases over tiles of {TILE})" if n_phases > 1 else ")"),
               "# operands: " + ", ".join(f"a{k} {operand_dtypes[k]} {_KIND_TEXT[kind]}"
                                          for k, kind in enumerate(kinds)),
               "# outputs: " + ", ".join(f"out{m} {accumulator_dtype(work)} {_ACC_TEXT[a]}"
                                         if a else f"out{m} {work} full"
                                         for m, a in enumerate(accumulate))]
-    header += [f"#   {comment(text)}" for text in steps_text]
-    source = _module(header, printer.helpers, lines)
-    stem = identifier(label) + f"_{SHORT[work]}_{''.join(kinds)}" + \
-        ("_acc" if any(accumulate) else "")
-    params = tuple(("ptr", accumulator_dtype(work) if a else work) for a in accumulate) + \
-        tuple(("ptr", d) for d in operand_dtypes) + \
-        ((("ptr", work),) if slots else ()) + (("int",),) * len(sizes)
-    return KernelSpec(stem, source, params, ELEMENTWISE_FASTMATH,
-                      tuple(sorted(printer.helpers)), scratch=slots * TILE)
+    return header + [f"#   {comment(text)}" for text in steps_text]
 
 
 _ACC_TEXT = {"column": "column sums", "full": f"partial sums per {ACC_ROWS} rows"}

@@ -147,12 +147,7 @@ def rule_conv(lowering, t):
 
     g = op.groups
     # per group: (g, o/g, k/g) kernels against (.., g, k/g, pixels) columns; g = 1 as before
-    kernel = f"({o}, {k})" if g == 1 else f"({g}, {o // g}, {k // g})"
-    rows = (lambda lead: f"({lead}, {o}, {pixels})") if g == 1 else \
-        (lambda lead: f"({lead}, {g}, {o // g}, {pixels})")
-    by_group = (lambda lead: f"({lead}, {k}, {pixels})") if g == 1 else \
-        (lambda lead: f"({lead}, {g}, {k // g}, {pixels})")
-    swap = ".T" if g == 1 else ".transpose(0, 2, 1)"
+    kernel, rows, by_group, swap = _group_layouts(o, k, pixels, g)
 
     def emit(L, t, out):
         cols = f"{L.var_name(t)}_cols"
@@ -181,6 +176,18 @@ def rule_conv(lowering, t):
             L.line(f"{col2im}({L.pointer(L.value(t))}, _addr({cols}), {sizes})")
         L.line(f"del {cols}")
     return Choice("buffer", emit, "kernel")
+
+
+def _group_layouts(o: int, k: int, pixels: int, g: int):
+    """The shapes (as text) of a convolution as a batch of GEMMs over its ``g`` groups: the
+    kernel ``(g, o/g, k/g)``, functions ``lead -> text`` giving the output rows
+    ``(lead, g, o/g, pixels)`` and the columns ``(lead, g, k/g, pixels)``, and the swap of
+    a kernel's last two axes; without the group axis when g = 1."""
+    if g == 1:
+        return (f"({o}, {k})", lambda lead: f"({lead}, {o}, {pixels})",
+                lambda lead: f"({lead}, {k}, {pixels})", ".T")
+    return (f"({g}, {o // g}, {k // g})", lambda lead: f"({lead}, {g}, {o // g}, {pixels})",
+            lambda lead: f"({lead}, {g}, {k // g}, {pixels})", ".transpose(0, 2, 1)")
 
 
 def _trailing(axes, ndim) -> bool:

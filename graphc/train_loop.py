@@ -211,13 +211,7 @@ def fit(step, data, epochs: int = 1, batch_size: int | None = None, *,
     for epoch in range(epochs):
         start = time.perf_counter()
         metrics = _train_epoch(step, data, n, b, rng, shuffle, bar, epoch)
-        metrics["lr"] = step.optimizer.lr_at(max(step.step - 1, 0))
-        if eval_step is not None:
-            metrics.update({f"val_{k}": v for k, v in eval_step.evaluate(val_data,
-                                                                          step).items()})
-        if eval_fn is not None:
-            metrics.update(eval_fn(step))
-        history.append(metrics)
+        history.append(_evaluate(step, metrics, val_data, eval_step, eval_fn))
         bar.end(epoch, metrics, time.perf_counter() - start)
         if early_stopping is not None:
             best = _best_values(early_stopping, metrics, epoch, history, step) or best
@@ -226,6 +220,17 @@ def fit(step, data, epochs: int = 1, batch_size: int | None = None, *,
     if early_stopping is not None and early_stopping.restore_best and best is not None:
         step.values.update(best)
     return history
+
+
+def _evaluate(step, metrics: dict, val_data, eval_step, eval_fn) -> dict:
+    """An epoch's ``metrics`` with the learning rate, ``eval_step``'s ``val_`` metrics and
+    ``eval_fn``'s added."""
+    metrics["lr"] = step.optimizer.lr_at(max(step.step - 1, 0))
+    if eval_step is not None:
+        metrics.update({f"val_{k}": v for k, v in eval_step.evaluate(val_data, step).items()})
+    if eval_fn is not None:
+        metrics.update(eval_fn(step))
+    return metrics
 
 
 def _fit_batch_size(step, batch_size) -> int:

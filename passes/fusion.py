@@ -295,7 +295,6 @@ def _build(group: _Group, users: dict[int, list], outputs: set[int]):
 
 def _build_with(group: _Group, users, outputs, look_through: bool):
     members = {id(m) for m in group.members}
-    sums = {id(s) for s in group.sums}
     inputs: list[Tensor] = []
     index: dict[int, int] = {}
     steps: list[FusedStep] = []
@@ -342,6 +341,18 @@ def _build_with(group: _Group, users, outputs, look_through: bool):
             value[id(m)] = add(FusedStep(m.op.fn, m.op.params, tuple(refs)))
         else:  # an earlier fused node: inline its steps
             value[id(m)] = inline(m.op.group, m.op.out.step, refs, add)
+    outs, stands_for = _group_outputs(group, value, users, outputs)
+    fused = FusedGroup(tuple(steps), tuple(outs), group.dtype,
+                       tuple(t.dtype for t in inputs))
+    return fused, inputs, stands_for
+
+
+def _group_outputs(group: _Group, value: dict, users, outputs):
+    """The group's outputs (``value``: the step computing each member) and the nodes they
+    stand for: each member read outside the group or an output of the graph, then each
+    sum."""
+    members = {id(m) for m in group.members}
+    sums = {id(s) for s in group.sums}
     outs, stands_for = [], []
     for m in group.members:
         if id(m) in outputs or any(id(u) not in members and id(u) not in sums
@@ -351,9 +362,7 @@ def _build_with(group: _Group, users, outputs, look_through: bool):
     for s in group.sums:
         outs.append(FusedOutput(value[id(s.inputs[0])][1], s.op.axes, s.op.keepdims))
         stands_for.append(s)
-    fused = FusedGroup(tuple(steps), tuple(outs), group.dtype,
-                       tuple(t.dtype for t in inputs))
-    return fused, inputs, stands_for
+    return outs, stands_for
 
 
 def inline(sub: FusedGroup, step: int, refs, add) -> tuple:

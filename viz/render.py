@@ -476,6 +476,32 @@ def _evaluate(tensors, feeds) -> dict[int, np.ndarray]:
     return values | {id(t): a for t, a in zip(unique, arrays)}
 
 
+def _backward(builder: _Builder, loss: Tensor, wrt):
+    """The backward graph of ``loss`` (a float scalar) w.r.t. ``wrt`` (default: every float
+    input and param), given to ``builder``, and the gradients."""
+    if loss.shape != () or not dtypes.is_float(loss.dtype):
+        raise GraphError("render(backward=...): the first output must be a float scalar "
+                         f"loss, got {loss.shape} {loss.dtype}")
+    wrt = [t for t in builder.graph.inputs if dtypes.is_float(t.dtype)] if wrt is None \
+        else list(as_outputs(wrt))
+    result = build_backward([loss], [constant(1.0, dtype=loss.dtype)], wrt)
+    grads = [result.grad_of(w) for w in wrt]
+    builder.set_backward(result)
+    return result, grads
+
+
+def _drawn(builder: _Builder, result, grads, mode) -> list[Tensor]:
+    """The tensors whose values the diagram shows: the forward graph's nodes and, with a
+    backward graph, every gradient and edge label (and the IR of the gradients)."""
+    wanted = list(builder.graph.nodes)
+    if result is not None:
+        wanted += list(result.grads.values())
+        wanted += [t for e in result.edges for t in (e.upstream, e.local, e.downstream)
+                   if t is not None]
+        wanted += list(Graph(grads).nodes) if mode == "ir" else []
+    return wanted
+
+
 def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=None,
            collapse=None, direction=None) -> Diagram:
     """Draw ``outputs`` with Graphviz; write ``path`` (.svg .png .pdf .dot) if given.
@@ -510,22 +536,9 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
     builder = _Builder(outs, None, check, collapse, direction)
     result, loss, grads = None, outs[0], []
     if mode:
-        if loss.shape != () or not dtypes.is_float(loss.dtype):
-            raise GraphError("render(backward=...): the first output must be a float scalar "
-                             f"loss, got {loss.shape} {loss.dtype}")
-        wrt = [t for t in builder.graph.inputs if dtypes.is_float(t.dtype)] if wrt is None \
-            else list(as_outputs(wrt))
-        result = build_backward([loss], [constant(1.0, dtype=loss.dtype)], wrt)
-        grads = [result.grad_of(w) for w in wrt]
-        builder.set_backward(result)
+        result, grads = _backward(builder, loss, wrt)
     if values is not None:
-        wanted = list(builder.graph.nodes)
-        if result is not None:
-            wanted += list(result.grads.values())
-            wanted += [t for e in result.edges for t in (e.upstream, e.local, e.downstream)
-                       if t is not None]
-            wanted += list(Graph(grads).nodes) if mode == "ir" else []
-        builder.values = _evaluate(wanted, values)
+        builder.values = _evaluate(_drawn(builder, result, grads, mode), values)
     if mode == "ir":
         builder.add_ir(grads, result)
     elif mode == "backward":
