@@ -42,14 +42,7 @@ def elementwise_source(t, kinds, out_dtype) -> str:
     lines = [f"# {comment(t.op.name)}: {formula(expr)}  [work {work}, out {out_dtype}]",
              f"def kernel(out, n, ndim, shape, {args}):",
              "    for i in range(cuda.grid(1), n, cuda.gridsize(1)):"]
-    strided = [k for k, kind in enumerate(kinds) if kind == "B"]
-    if strided:
-        lines.append("        rem = i")
-        lines += [f"        o{k} = 0" for k in strided]
-        lines += ["        for d in range(ndim - 1, -1, -1):",
-                  "            c = rem % shape[d]",
-                  "            rem //= shape[d]"]
-        lines += [f"            o{k} += c * s{k}[d]" for k in strided]
+    lines += ck.offset_lines([(f"o{k}", f"s{k}") for k, kind in enumerate(kinds) if kind == "B"])
     for k, (kind, s, x) in enumerate(zip(kinds, syms, t.inputs)):
         at = {"F": "i", "S": "0", "B": f"o{k}"}[kind]
         load = f"a{k}[{at}]"

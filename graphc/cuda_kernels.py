@@ -349,6 +349,19 @@ def matmul_kernel(dtype: str):
 # Fused groups: one kernel stores every output of a group instance
 
 
+def offset_lines(walk) -> list[str]:
+    """Kernel lines computing, for flat element ``i`` of ``shape``, the offset ``o`` of each
+    ``(o, strides)`` in ``walk``: the element's coordinates times those strides.  Nothing
+    when ``walk`` is empty (every operand read at ``i`` or ``0``)."""
+    if not walk:
+        return []
+    return ["        rem = i", *(f"        {o} = 0" for o, _ in walk),
+            "        for d in range(ndim - 1, -1, -1):",
+            "            c = rem % shape[d]",
+            "            rem //= shape[d]",
+            *(f"            {o} += c * {st}[d]" for o, st in walk)]
+
+
 def fused_source(group, stores, operand_dtypes, kinds) -> str:
     """The source of ``def kernel(n, ndim, shape, out0, out0_st, ..., a0, a0_st, ...)``
     computing fused ``group`` once per element of its flat domain (a grid-stride loop):
@@ -374,13 +387,7 @@ def fused_source(group, stores, operand_dtypes, kinds) -> str:
     lines = [f"# fused group in {work}: {', '.join(said)}",
              f"def kernel(n, ndim, shape, {', '.join(params)}):",
              "    for i in range(cuda.grid(1), n, cuda.gridsize(1)):"]
-    if walk:  # the element's coordinates, for strided reads and stores
-        lines.append("        rem = i")
-        lines += [f"        {a}_at = 0" for a in walk]
-        lines += ["        for d in range(ndim - 1, -1, -1):",
-                  "            c = rem % shape[d]",
-                  "            rem //= shape[d]"]
-        lines += [f"            {a}_at += c * {a}_st[d]" for a in walk]
+    lines += offset_lines([(f"{a}_at", f"{a}_st") for a in walk])
     for k, (kind, s, dtype) in enumerate(zip(kinds, symbols, operand_dtypes)):
         load = f"a{k}[{ {'F': 'i', 'S': '0', 'B': f'a{k}_at'}[kind] }]"
         if s not in bools and dtype != work:
