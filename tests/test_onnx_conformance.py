@@ -17,6 +17,7 @@ from onnx_suite import (  # noqa: E402
     light_models,
     load_node_cases,
     numba_kernels_only,
+    randomized,
 )
 
 import graphc as gc  # noqa: E402
@@ -85,6 +86,35 @@ def test_light_model_numpy(name):
                                   "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
 def test_light_model_numba(name):
     _light_run(name, "numba")
+
+
+def _random_run(name, backend):
+    """The light model with random weights (tests/onnx_suite.randomized: its shipped weights
+    are one constant, which tests little arithmetic), logits against onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    model = randomized(light_models()[name])
+    m = gc.from_onnx(model)
+    rng = np.random.default_rng(1)
+    feeds = {k: rng.standard_normal(t.shape).astype(np.float32) for k, t in m.inputs.items()}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ref,) = session.run(None, feeds)
+    (out,) = gc.compile(m.outputs, backend=backend)(
+        **{m.inputs[k].name: v for k, v in feeds.items()}, **m.weights)
+    assert np.abs(ref).max() > 1e-3  # random weights: the logits are not all one constant
+    assert np.abs(out - ref).max() <= 1e-3 * np.abs(ref).max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
+                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
+def test_random_weights_match_onnxruntime_numpy(name):
+    _random_run(name, "numpy")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet", "resnet50"])
+def test_random_weights_match_onnxruntime_numba(name):
+    _random_run(name, "numba")
 
 
 def test_light_models_are_all_listed():
