@@ -60,6 +60,10 @@ def test_numba_node_tests_run_generated_kernels():
     assert lowered == [{"folded": 0, "numpy": 1}, {"folded": 0, "kernel": 1}]
 
 
+LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
+         "squeezenet", "vgg19", "zfnet512"]  # the light zoo models the onnx wheel ships
+
+
 def _light_run(name, backend):
     from onnx import numpy_helper
     path = light_models()[name]
@@ -75,15 +79,13 @@ def _light_run(name, backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
-                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
+@pytest.mark.parametrize("name", LIGHT)
 def test_light_model_numpy(name):
     _light_run(name, "numpy")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
-                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
+@pytest.mark.parametrize("name", LIGHT)
 def test_light_model_numba(name):
     _light_run(name, "numba")
 
@@ -105,8 +107,7 @@ def _random_run(name, backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
-                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
+@pytest.mark.parametrize("name", LIGHT)
 def test_random_weights_match_onnxruntime_numpy(name):
     _random_run(name, "numpy")
 
@@ -118,6 +119,4 @@ def test_random_weights_match_onnxruntime_numba(name):
 
 
 def test_light_models_are_all_listed():
-    assert sorted(light_models()) == ["bvlc_alexnet", "densenet121", "inception_v1",
-                                      "inception_v2", "resnet50", "shufflenet", "squeezenet",
-                                      "vgg19", "zfnet512"]
+    assert sorted(light_models()) == LIGHT
