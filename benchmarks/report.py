@@ -19,7 +19,7 @@ def ms_text(ms) -> str:
 
 
 def loads_text(loads) -> str:
-    return "n/a" if loads is None else " ".join(f"{x:.2f}" for x in loads)
+    return " ".join("n/a" if x is None else f"{x:.2f}" for x in loads or [None])
 
 
 def blas_text(libraries) -> str:
@@ -165,8 +165,8 @@ def readme_table(report: dict) -> str:
     lines = [f"`graphc bench --seconds {report['seconds']:g}` on {info['date']}: {graphc}, "
              f"{info['cpu']} ({info['isa']}), {info['threads']} threads, BLAS "
              f"{blas_text(peaks.get('blas'))}{limits}; 1-minute load average "
-             f"{loads_text(info['load_average_start'][:1])} at the start, up to "
-             f"{info['load_1min_max']:.2f} during the run.", "",
+             f"{loads_text((info['load_average_start'] or [None])[:1])} at the start, up to "
+             f"{_num(info['load_1min_max'], '.2f') or 'n/a'} during the run.", "",
              "| " + " | ".join(README_COLUMNS) + " |",
              "|" + "|".join(["---"] + ["--:"] * (len(README_COLUMNS) - 1)) + "|"]
     workloads = list(dict.fromkeys(r["workload"] for r in results))

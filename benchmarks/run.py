@@ -440,7 +440,8 @@ def _as_child(args) -> None:
         raise ValueError("--only-framework and --probe need --child-json")
     if os.environ.get(MARKER) != str(args.threads):
         if any(lib in sys.modules for lib in LIBRARIES):  # too late to size their pools
-            raise ValueError("--only-framework is internal: run with thread_env(--threads)")
+            raise ValueError("--only-framework and --probe are internal: run with "
+                             "thread_env(--threads)")
         for name in SCRUBBED_ENV:
             os.environ.pop(name, None)
         os.environ.update(thread_env(args.threads))
@@ -505,6 +506,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ValueError as err:  # a user error: one line, as graphc's CLI does
+    except (ValueError, OSError) as err:  # a user error: one line, as graphc's CLI does
         print(f"graphc bench: error: {err}", file=sys.stderr)
         sys.exit(1)
