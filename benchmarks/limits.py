@@ -9,7 +9,7 @@ graphc graph, against the machine's measured GEMM peak and memory bandwidth.
 - :func:`machine_peaks` (run it in a child process with the bench's thread environment):
   the best of ``repeats`` float32 ``n x n @ n x n`` matmuls through NumPy's BLAS (what
   graphc's matmuls call), and the best of ``repeats`` float32 copies counted as STREAM does
-  (bytes read + bytes written).
+  (bytes read + bytes written), split over ``threads`` threads (NumPy releases the GIL).
 - :func:`limit_seconds`: the roofline, ``max(FLOPs / peak, bytes / bandwidth)``.
 
 >>> import graphc as gc
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -80,14 +81,19 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def machine_peaks(n: int = 1024, copy_mib: int = 64, repeats: int = 10) -> dict:
-    """The GEMM peak (FLOP/s) and copy bandwidth (bytes/s) of this process's threads."""
+def machine_peaks(threads: int = 1, n: int = 1024, copy_mib: int = 64,
+                  repeats: int = 10) -> dict:
+    """The GEMM peak (FLOP/s, with the BLAS's own threads) and the copy bandwidth (bytes/s)
+    of ``threads`` threads."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     c = np.empty((n, n), np.float32)
     gemm = _best(lambda: np.matmul(a, b, out=c), repeats)
     src = np.ones(copy_mib * 2**20 // 4, np.float32)
     dst = np.empty_like(src)
-    copy = _best(lambda: np.copyto(dst, src), repeats)
+    parts = list(zip(np.array_split(dst, threads), np.array_split(src, threads)))
+    with ThreadPoolExecutor(threads) as pool:
+        copy = _best(lambda: list(pool.map(lambda pair: np.copyto(*pair), parts)), repeats)
     return {"gemm_n": n, "gemm_flops_per_s": 2 * n**3 / gemm, "copy_bytes": src.nbytes,
-            "bandwidth_bytes_per_s": 2 * src.nbytes / copy, "repeats": repeats}
+            "copy_threads": threads, "bandwidth_bytes_per_s": 2 * src.nbytes / copy,
+            "repeats": repeats}

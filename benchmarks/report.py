@@ -59,7 +59,8 @@ def header(info: dict) -> str:
     else:
         lines.append(f"limits: sgemm {peaks['gemm_n']}^3 {peaks['gemm_flops_per_s'] / 1e9:.1f} "
                      f"GFLOP/s, float32 copy {peaks['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s "
-                     f"({peaks['copy_bytes'] // 2**20} MiB), best of {peaks['repeats']} each")
+                     f"({peaks['copy_bytes'] // 2**20} MiB, {peaks['copy_threads']} threads), "
+                     f"best of {peaks['repeats']} each")
     return "\n".join(lines)
 
 

@@ -453,7 +453,7 @@ def child_main(args) -> int:
     _as_child(args)
     if args.probe:
         import limits
-        result = {**limits.machine_peaks(), "blas": blas_info()}
+        result = {**limits.machine_peaks(args.threads), "blas": blas_info()}
     else:
         from workloads import WORKLOADS
         names = selected(args.workload)
