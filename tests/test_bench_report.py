@@ -176,3 +176,27 @@ W4 torch nn.LSTM: 5.805 ms"""
     path.write_text(json.dumps(FIXED))
     assert bench_run.main(["--readme", str(path)]) == 0
     assert capsys.readouterr().out == expected + "\n"
+
+
+def test_header_and_footer_name_the_machine_blas_and_load():
+    info = {**FIXED["machine"], "cores": 2, "usable_cores": 2, "python": "3.11.7",
+            "versions": {"graphc": "0.1.0", "jax": None},
+            "env_removed": ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],
+            "load_average_end": [2.5, 1.0, 0.5], "load_1min_max": 3.4, "busy": True}
+    info["peaks"] = {**info["peaks"], "copy_threads": 2}
+    assert report.header(info).splitlines() == [
+        "graphc bench: AMD EPYC (avx2), 2 cores (2 usable), 2 threads; python 3.11.7, "
+        "graphc 0.1.0, jax not installed; load average 0.25 0.50 0.50",
+        "children: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE removed from the environment; BLAS of "
+        "NumPy (graphc's matmuls): openblas 0.3.31 Haswell, 2 threads (numpy.libs)",
+        "limits: sgemm 1024^3 95.2 GFLOP/s, float32 copy 12.1 GB/s (64 MiB, 2 threads), "
+        "best of 10 each"]
+    rows = [{"framework": "graphc[numba]", "blas": BLAS},
+            {"framework": "torch eager", "blas": [{"internal_api": "mkl", "num_threads": 2,
+                                                   "library": "torch"}]}]
+    assert report.footer(info, rows, 1.0).splitlines() == [
+        "BLAS in each child: graphc[numba]: openblas 0.3.31 Haswell, 2 threads (numpy.libs); "
+        "torch eager: mkl, 2 threads (torch)",
+        "load average at the end: 2.50 1.00 0.50; the 1-minute one reached 3.40",
+        "warning: other work loaded the machine during the run (1-minute load average up to "
+        "3.40 with this bench's 2 thread(s), more than 1.0 over them): timings are unreliable"]
