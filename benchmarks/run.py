@@ -1,24 +1,45 @@
 """Time a training step per workload in graphc, PyTorch eager and JAX jit, one process each.
 
 Run as ``graphc bench [--workload W1,W3] [--threads 2] [--seconds 5] [--backend numba]
-[--json results.json]`` or ``python benchmarks/run.py ...`` (same options).
+[--json results.json]`` or ``python benchmarks/run.py ...`` (same options);
+``python benchmarks/run.py --readme results.json`` prints README's performance table
+from such a JSON file (:func:`report.readme_table`).
 
 Method: for every workload, each framework is prepared and timed in a fresh child Python
 process of its own, one after the other, so that no framework's threads compete with
 another's (OpenBLAS's spinning workers, used by graphc's NumPy matmuls, slowed PyTorch's
 threads several-fold when they shared a process).  The child prepares its framework
 (graphc: ``gc.grad`` + ``gc.compile`` + first call, JAX: first call of the jitted
-``value_and_grad``: their "compile s"), runs 3 untimed warm-up steps, then times steps one by
-one with ``time.perf_counter`` until it has at least ``--steps`` (50) steps and ``--seconds``
-of timed work, and hands its times back to this process.  The table gives the median
-ms/step and its ratio to PyTorch eager's median in the same run, next to the issue's target.
-A framework that is not installed, whose backend is unavailable, or whose child process
-fails gets a row with a one-line note instead.
+``value_and_grad``), runs 3 untimed warm-up steps, then times steps one by one with
+``time.perf_counter`` until it has at least ``--steps`` (50) steps and ``--seconds`` of
+timed work, and hands its times back to this process, with the BLAS libraries it had
+loaded (threadpoolctl).  Then two more children measure graphc's compile times the way
+``benchmarks/compile_time.py`` does: cold (an empty ``GRAPHC_CACHE_DIR``) and warm (a new
+process on the cache the cold one filled), ``gc.compile`` + first call each; JAX's compile
+time is its first call.  A framework that is not installed, whose backend is unavailable,
+or whose child process fails gets a row with a one-line note instead.
+
+The table gives each framework's median ms/step and its ratio to the faster peer of the
+same run (the smaller median of PyTorch eager and JAX jit; "best peer"), its ratio to
+PyTorch eager, and for graphc the issue's target and whether it is met against that peer
+(a workload may also give ``target_us``, a time per step in microseconds), the compile
+times, and the share of the physical limit it reaches: ``limits.limit_seconds`` of the
+step's matmul/conv FLOPs and bytes in and out (counted from the graphc graph) at the
+machine's sgemm peak and copy bandwidth, measured once per run in a child at the bench's
+thread count, divided by graphc's time per step.  A line under each workload gives its
+FLOPs, bytes, limit and peak memory: graphc's plan (``f.stats["planned_peak_bytes"]``)
+and PyTorch eager's (``memory_plan.torch_peak``, its profiler's records, measured in the
+torch child after timing).
 
 Threads: thread pools are sized when their library loads, so every child is started with
 ``--threads N`` applied through the environment (see :data:`THREAD_ENV` and
 :func:`thread_env`) before NumPy, Numba, PyTorch or JAX is imported; PyTorch's children
-also call ``torch.set_num_threads``.  This process only starts the children and reports.
+also call ``torch.set_num_threads``.  The children's environment also lacks
+:data:`SCRUBBED_ENV` (OpenBLAS's kernel and cache-size overrides), so that OpenBLAS picks
+its kernel for the CPU it runs on; tests and CI keep them.  This process only starts the
+children and reports; the 1-minute load average is sampled after every child, and a
+warning printed when other work (the load beyond the bench's own threads) exceeded
+:data:`BUSY_LOAD`.
 """
 
 from __future__ import annotations
@@ -34,21 +55,31 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # benchmarks/ is a folder of scripts: report, workloads ...
+    sys.path.insert(0, HERE)
+
+import report  # noqa: E402
 
 # Read when each library initializes its pool.  NPROC sizes the intra-op ("XLAEigen")
 # thread pool of jaxlib's CPU client; JAX has no documented thread setting, and the often
 # quoted XLA_FLAGS "intra_op_parallelism_threads=N" is ignored by jaxlib 0.10.
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NPROC")
+# Read by OpenBLAS when it loads: a forced kernel and cache size (tests and CI set them to
+# keep results reproducible); the benchmark times the kernel OpenBLAS picks for this CPU.
+SCRUBBED_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 MARKER = "GRAPHC_BENCH_THREADS"
 LIBRARIES = ("numpy", "numba", "torch", "jax")
 WARMUP_STEPS = 3
 BUSY_LOAD = 1.0  # 1-minute load average: one core's worth of other work
+PEERS = ("torch eager", "jax jit")  # a ratio target is met against the faster of these
 
 
 def thread_env(threads: int, env=None) -> dict[str, str]:
-    """``env`` (default: ``os.environ``) with every thread count set to ``threads``."""
-    env = dict(os.environ if env is None else env)
+    """``env`` (default: ``os.environ``) with every thread count set to ``threads`` and
+    :data:`SCRUBBED_ENV` removed."""
+    env = {k: v for k, v in (os.environ if env is None else env).items()
+           if k not in SCRUBBED_ENV}
     env.update({name: str(threads) for name in THREAD_ENV})
     if threads == 1:  # also keep XLA's matmuls and convolutions on the calling thread
         flags = env.get("XLA_FLAGS", "").replace("--xla_cpu_multi_thread_eigen=true", "")
@@ -68,10 +99,14 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None,
                    help="graphc backend (default: gc.compile's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--readme", metavar="PATH",
+                   help="print README's performance table from the JSON file PATH; run nothing")
     p.add_argument("--steps", type=int, default=50, help=argparse.SUPPRESS)  # tests: fewer
     # Internal: run as one child process, timing one framework of one workload.
     p.add_argument("--only-framework", metavar="NAME", help=argparse.SUPPRESS)
     p.add_argument("--child-json", metavar="PATH", help=argparse.SUPPRESS)
+    # Internal: run as the child process measuring the machine's GEMM peak and bandwidth.
+    p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -144,15 +179,59 @@ def prepare(workload, problem, backend, framework):
 
 def run_framework(workload, framework: str, args) -> dict:
     """In a child process: prepare and time one framework of a workload.  Returns its
-    framework name, compile s, note, step times (s) and this process's id."""
+    framework name, compile s, note, step times (s), this process's id, the BLAS libraries
+    it loaded and :func:`step_figures`."""
     import frameworks
     if framework.startswith("torch"):
         frameworks.set_torch_threads(args.threads)
-    name, step, compile_s, note = prepare(workload, workload.problem(), args.backend,
-                                          framework)
+    problem = workload.problem()
+    name, step, compile_s, note = prepare(workload, problem, args.backend, framework)
     times = measure(step, args.steps, args.seconds) if step else []
-    return {"framework": name, "compile_s": compile_s, "note": note, "times": times,
-            "pid": os.getpid()}
+    result = {"framework": name, "compile_s": compile_s, "note": note, "times": times,
+              "pid": os.getpid(), "blas": blas_info()}
+    if step is not None:
+        result.update(step_figures(workload, problem, name))
+    return result
+
+
+def step_figures(workload, problem, framework: str) -> dict:
+    """graphc: the step's matmul/conv FLOPs and bytes in and out (``limits``); PyTorch eager:
+    its peak memory (``memory_plan.torch_peak``)."""
+    if framework.startswith("graphc"):
+        import limits
+
+        import graphc as gc
+        outputs = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
+        return {"flops": limits.step_flops(outputs), "bytes": limits.step_bytes(outputs)}
+    if framework == "torch eager":
+        import memory_plan
+        return {"peak_bytes": memory_plan.torch_peak(workload, problem)}
+    return {}
+
+
+def blas_info() -> list[dict]:
+    """The BLAS libraries loaded in this process (threadpoolctl), and PyTorch's MKL, which
+    is linked into libtorch where threadpoolctl does not see it."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"internal_api": "unknown (threadpoolctl not installed)"}]
+    found = [{"internal_api": lib["internal_api"], "version": lib.get("version"),
+              "architecture": lib.get("architecture"), "num_threads": lib["num_threads"],
+              "library": _library(lib["filepath"])}
+             for lib in threadpool_info() if lib["user_api"] == "blas"]
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.backends.mkl.is_available():
+        found.append({"internal_api": "mkl", "num_threads": torch.get_num_threads(),
+                      "library": "torch"})
+    return found
+
+
+def _library(path: str) -> str:
+    """The package that ships a shared library: ``numpy.libs`` for
+    ``.../site-packages/numpy.libs/libscipy_openblas64_.so``."""
+    parts = path.replace(os.sep, "/").split("/")
+    return parts[parts.index("site-packages") + 1] if "site-packages" in parts else parts[-1]
 
 
 def last_line(text: str) -> str:
@@ -160,55 +239,147 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def run_child(workload_name: str, framework: str, args, json_path: str) -> dict:
-    """Run :func:`run_framework` in a fresh Python process with the thread environment set;
-    a child that fails gives a result with a one-line note (its last stderr line)."""
-    command = [sys.executable, os.path.abspath(__file__), f"--workload={workload_name}",
-               f"--threads={args.threads}", f"--seconds={args.seconds!r}",
-               f"--steps={args.steps}", f"--only-framework={framework}",
-               f"--child-json={json_path}"]
-    if args.backend:
-        command.append(f"--backend={args.backend}")
+def spawn(options: list[str], args, json_path: str) -> tuple[dict | None, int, str]:
+    """Run this script with ``options`` in a fresh Python process with the thread
+    environment set; ``(its JSON result or None, its pid, a one-line note when it failed:
+    its last stderr line)``."""
+    command = [sys.executable, os.path.abspath(__file__), f"--threads={args.threads}",
+               f"--child-json={json_path}", *options]
     child = subprocess.Popen(command, env=thread_env(args.threads), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     stdout, stderr = child.communicate()
     if child.returncode == 0:
         try:
             with open(json_path) as result:
-                return json.load(result)
+                return json.load(result), child.pid, ""
         except (OSError, ValueError) as err:
             stderr += f"\nno result from the child process: {err}"
-    note = (last_line(stderr) or last_line(stdout)
-            or f"child process exited with status {child.returncode}")
-    return {"framework": framework, "compile_s": None, "note": note, "times": [],
-            "pid": child.pid}
+    return None, child.pid, (last_line(stderr) or last_line(stdout)
+                             or f"child process exited with status {child.returncode}")
 
 
-def bench_workload(workload, args) -> list[dict]:
+def run_child(workload_name: str, framework: str, args, json_path: str) -> dict:
+    """:func:`run_framework` in a child process; a child that fails gives a result with a
+    one-line note."""
+    options = [f"--workload={workload_name}", f"--seconds={args.seconds!r}",
+               f"--steps={args.steps}", f"--only-framework={framework}"]
+    if args.backend:
+        options.append(f"--backend={args.backend}")
+    result, pid, note = spawn(options, args, json_path)
+    return result or {"framework": framework, "compile_s": None, "note": note, "times": [],
+                      "pid": pid}
+
+
+def measure_peaks(args, json_path: str) -> dict:
+    """``limits.machine_peaks`` and the BLAS it ran on, measured in a child process with
+    the bench's threads; ``{"note": ...}`` when the child failed."""
+    result, _, note = spawn(["--probe"], args, json_path)
+    return result or {"note": note}
+
+
+def compile_times(workload_name: str, args) -> dict:
+    """graphc's cold and warm compile seconds (``compile_time.run``: gc.compile + first
+    call in a fresh process, on an empty kernel cache and then on the one it filled) and
+    the planned peak bytes of the compiled step; a ``compile_note`` if a child failed."""
+    import compile_time
+    env = thread_env(args.threads)
+    with tempfile.TemporaryDirectory(prefix="graphc-bench-cache-") as cache:
+        try:
+            cold = compile_time.run(workload_name, cache, args.backend, env)
+            warm = compile_time.run(workload_name, cache, args.backend, env)
+        except subprocess.CalledProcessError as err:
+            return {"compile_note": last_line(err.stderr)
+                    or f"child process exited with status {err.returncode}"}
+    return {"compile_cold_s": cold["compile"], "compile_warm_s": warm["compile"],
+            "planned_peak_bytes": warm["planned_peak_bytes"]}
+
+
+def bench_workload(workload, args, peaks: dict, loads: list) -> list[dict]:
+    """Time every framework of a workload and measure graphc's compile times, each in a
+    child process; append the 1-minute load average to ``loads`` after each child."""
+    results = []
     with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:
-        results = [run_child(workload.name, framework, args, os.path.join(tmp, f"{i}.json"))
-                   for i, framework in enumerate(framework_names(workload, args.backend))]
+        for i, framework in enumerate(framework_names(workload, args.backend)):
+            results.append(run_child(workload.name, framework, args,
+                                     os.path.join(tmp, f"{i}.json")))
+            loads.append(load_average())
+    compiled = compile_times(workload.name, args)
+    loads.append(load_average())
+    return report_rows(workload, results, compiled, peaks)
+
+
+# ---------------------------------------------------------------------------------------
+# Comparing
+
+
+def best_peer(medians: dict[str, float]) -> tuple[str | None, float | None]:
+    """The faster of :data:`PEERS` that were timed, and its ms/step."""
+    timed = [(medians[name], name) for name in PEERS if medians.get(name) is not None]
+    if not timed:
+        return None, None
+    ms, name = min(timed)
+    return name, ms
+
+
+def _ratio(ms, baseline):
+    return ms / baseline if ms is not None and baseline else None
+
+
+def target_met(ms, peer_ms, target, target_us=None) -> bool | None:
+    """Whether graphc's ``ms`` per step meets its targets: ``ms / peer_ms <= target`` (a
+    ratio to the faster peer) and ``ms <= target_us`` microseconds, each where given; None
+    when that cannot be judged (graphc or, for a ratio target, every peer has no time)."""
+    if ms is None or (target is None and target_us is None):
+        return None
+    if target is not None and peer_ms is None:
+        return None
+    return ((target is None or ms / peer_ms <= target)
+            and (target_us is None or ms * 1e3 <= target_us))
+
+
+def report_rows(workload, results: list[dict], compiled: dict, peaks: dict) -> list[dict]:
+    """The table's rows from the children's ``results``: median ms/step, ratios to the best
+    peer and to PyTorch eager, quartiles; for graphc also its targets and verdict, the
+    ``compiled`` figures of :func:`compile_times` and the share of the physical limit."""
     medians = {r["framework"]: statistics.median(r["times"]) * 1e3
                for r in results if r["times"]}
-    baseline = medians.get("torch eager")
+    peer, peer_ms = best_peer(medians)
     rows = []
     for result in results:
         name, times = result["framework"], result["times"]
         ms = medians.get(name)
         row = {"workload": workload.name, "framework": name, "ms_per_step": ms,
-               "ratio": ms / baseline if ms is not None and baseline else None,
-               "target": workload.target if name.startswith("graphc") else None,
-               "compile_s": result["compile_s"], "steps": len(times), "note": result["note"],
-               "pid": result["pid"]}
+               "ratio": _ratio(ms, peer_ms), "best_peer": peer,
+               "ratio_torch": _ratio(ms, medians.get("torch eager")), "target": None,
+               "met": None, "compile_s": result["compile_s"], "steps": len(times),
+               "note": result["note"], "pid": result["pid"]}
+        row.update({k: result[k] for k in ("blas", "flops", "bytes", "peak_bytes")
+                    if k in result})
         if len(times) > 1:
             q1, _, q3 = statistics.quantiles(times, n=4)
             row.update(q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, min_ms=min(times) * 1e3)
+        if name.startswith("graphc"):
+            target_us = getattr(workload, "target_us", None)
+            row.update(target=workload.target, target_us=target_us,
+                       met=target_met(ms, peer_ms, workload.target, target_us), **compiled)
+            row.update(physical_limit(row, peaks))
         rows.append(row)
     return rows
 
 
+def physical_limit(row: dict, peaks: dict) -> dict:
+    """``limit_ms`` (``limits.limit_seconds``), what bounds it, and ``pct_of_limit``: that
+    time as a percentage of the row's ms/step."""
+    import limits
+    if row.get("flops") is None or "gemm_flops_per_s" not in peaks:
+        return {}
+    seconds, bound = limits.limit_seconds(row["flops"], row["bytes"], peaks)
+    pct = None if row["ms_per_step"] is None else 100 * seconds * 1e3 / row["ms_per_step"]
+    return {"limit_ms": seconds * 1e3, "bound": bound, "pct_of_limit": pct}
+
+
 # ---------------------------------------------------------------------------------------
-# Report
+# The machine
 
 
 def cpu_model() -> str:
@@ -222,13 +393,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def isa_level(flags: str | None = None) -> str:
+    """The widest vector ISA of the CPU (``flags``: /proc/cpuinfo's flags line): avx512f,
+    avx2, avx, or ``unknown``."""
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+        except OSError:
+            flags = ""
+    words = set(flags.split(":", 1)[-1].split())
+    return next((isa for isa in ("avx512f", "avx2", "avx") if isa in words), "unknown")
+
+
 def machine_info(threads: int, backend) -> dict:
     from frameworks import version
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     versions = {d: version(d) for d in ("graphc", "numpy", "numba", "torch", "jax", "jaxlib")}
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
-            "threads": threads, "backend": backend, "python": platform.python_version(),
-            "versions": versions, "load_average_start": load_average()}
+    return {"cpu": cpu_model(), "isa": isa_level(), "cores": os.cpu_count(),
+            "usable_cores": usable, "threads": threads, "backend": backend,
+            "python": platform.python_version(), "versions": versions,
+            "env_removed": list(SCRUBBED_ENV),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average_start": load_average()}
 
 
 def load_average() -> list[float] | None:
@@ -236,52 +423,43 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def header(info: dict) -> str:
-    versions = ", ".join(f"{name} {v or 'not installed'}" for name, v in info["versions"].items())
-    return (f"graphc bench: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} "
-            f"usable), {info['threads']} threads; python {info['python']}, {versions}; "
-            f"load average {_loads(info['load_average_start'])}")
+def busy(start: list | None, during: list, threads: int) -> bool:
+    """Whether other work loaded the machine: a 1-minute load average of :data:`BUSY_LOAD`
+    or more at the start, or more than ``threads`` (the bench's own) + BUSY_LOAD later."""
+    return bool(start and start[0] >= BUSY_LOAD) or any(
+        loads and loads[0] > threads + BUSY_LOAD for loads in during)
 
 
-def _loads(loads) -> str:
-    return "n/a" if loads is None else " ".join(f"{x:.2f}" for x in loads)
+# ---------------------------------------------------------------------------------------
+# Processes
 
 
-def _num(value, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
-
-
-COLUMNS = (f"{'workload':<9}{'framework':<16}{'ms/step':>10}{'ratio':>8}{'target':>9}"
-           f"{'compile s':>11}{'steps':>7}")
-
-
-def table_rows(title: str, rows: list[dict]) -> str:
-    """One workload's lines of the table: its title, then a line per framework."""
-    lines = [f"{rows[0]['workload']:<9}{title}"]
-    for row in rows:
-        if row["note"]:
-            lines.append(f"{'':<9}{row['framework']:<16}  {row['note']}")
-            continue
-        target = "" if row["target"] is None else f"<= {row['target']:.2f}"
-        lines.append(f"{'':<9}{row['framework']:<16}{_num(row['ms_per_step'], '10.3f')}"
-                     f"{_num(row['ratio'], '8.2f'):>8}{target:>9}"
-                     f"{_num(row['compile_s'], '11.2f'):>11}{row['steps']:>7}")
-    return "\n".join(lines)
+def _as_child(args) -> None:
+    """Size the thread pools and scrub the environment before any library loads."""
+    if not args.child_json:
+        raise ValueError("--only-framework and --probe need --child-json")
+    if os.environ.get(MARKER) != str(args.threads):
+        if any(lib in sys.modules for lib in LIBRARIES):  # too late to size their pools
+            raise ValueError("--only-framework and --probe are internal: run with "
+                             "thread_env(--threads)")
+        for name in SCRUBBED_ENV:
+            os.environ.pop(name, None)
+        os.environ.update(thread_env(args.threads))
 
 
 def child_main(args) -> int:
-    """``--only-framework``: time one framework of one workload, write the result as JSON."""
-    if not args.child_json or not args.workload:
-        raise ValueError("--only-framework needs --child-json and one --workload")
-    if os.environ.get(MARKER) != str(args.threads):
-        if any(lib in sys.modules for lib in LIBRARIES):  # too late to size their pools
-            raise ValueError("--only-framework is internal: run with thread_env(--threads)")
-        os.environ.update(thread_env(args.threads))
-    from workloads import WORKLOADS
-    names = selected(args.workload)
-    if len(names) != 1:
-        raise ValueError("--only-framework needs exactly one workload")
-    result = run_framework(WORKLOADS[names[0]], args.only_framework, args)
+    """``--only-framework``: time one framework of one workload; ``--probe``: measure the
+    machine's peaks.  Writes the result as JSON to ``--child-json``."""
+    _as_child(args)
+    if args.probe:
+        import limits
+        result = {**limits.machine_peaks(args.threads), "blas": blas_info()}
+    else:
+        from workloads import WORKLOADS
+        names = selected(args.workload)
+        if len(names) != 1:
+            raise ValueError("--only-framework needs exactly one workload")
+        result = run_framework(WORKLOADS[names[0]], args.only_framework, args)
     with open(args.child_json, "w") as out:
         json.dump(result, out)
     return 0
@@ -291,26 +469,33 @@ def main(argv=None) -> int:
     args = arg_parser().parse_args(argv)
     if args.threads < 1 or args.seconds < 0 or args.steps < 1:
         raise ValueError("--threads and --steps must be >= 1 and --seconds >= 0")
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)
-    if args.only_framework:
+    if args.readme:
+        with open(args.readme) as results:
+            print(report.readme_table(json.load(results)))
+        return 0
+    if args.only_framework or args.probe:
         return child_main(args)
     from workloads import WORKLOADS
     names = selected(args.workload)
     info = machine_info(args.threads, args.backend)
-    print(header(info), flush=True)
-    busy = info["load_average_start"]
-    if busy and busy[0] >= BUSY_LOAD:
-        print(f"warning: the machine is busy (load average {busy[0]:.2f}); timings are "
+    with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:
+        info["peaks"] = measure_peaks(args, os.path.join(tmp, "probe.json"))
+    print(report.header(info), flush=True)
+    start = info["load_average_start"]
+    if start and start[0] >= BUSY_LOAD:
+        print(f"warning: the machine is busy (load average {start[0]:.2f}); timings are "
               "unreliable, PyTorch's multi-threaded ones most of all")
-    print(COLUMNS, flush=True)
-    rows = []
+    print(report.COLUMNS, flush=True)
+    rows, during = [], []
     for name in names:
-        workload_rows = bench_workload(WORKLOADS[name], args)
-        print(table_rows(WORKLOADS[name].title, workload_rows), flush=True)
+        workload_rows = bench_workload(WORKLOADS[name], args, info["peaks"], during)
+        print(report.table_rows(WORKLOADS[name].title, workload_rows), flush=True)
         rows += workload_rows
     info["load_average_end"] = load_average()
-    print(f"load average at the end: {_loads(info['load_average_end'])}")
+    samples = [loads for loads in [start, *during, info["load_average_end"]] if loads]
+    info["load_1min_max"] = max((loads[0] for loads in samples), default=None)
+    info["busy"] = busy(start, [*during, info["load_average_end"]], args.threads)
+    print(report.footer(info, rows, BUSY_LOAD))
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"machine": info, "seconds": args.seconds, "results": rows}, out,
@@ -321,6 +506,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ValueError as err:  # a user error: one line, as graphc's CLI does
+    except (ValueError, OSError) as err:  # a user error: one line, as graphc's CLI does
         print(f"graphc bench: error: {err}", file=sys.stderr)
         sys.exit(1)

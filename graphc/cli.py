@@ -159,7 +159,7 @@ def _bench(args) -> int:
     spec.loader.exec_module(run)
     argv = [f"--workload={w}" for w in args.workload or ()]
     argv += [f"--{name}={getattr(args, name)}" for name in ("threads", "seconds", "backend",
-                                                             "json", "steps")
+                                                             "json", "readme", "steps")
              if getattr(args, name) is not None]
     return run.main(argv)
 
@@ -266,9 +266,11 @@ def _add_bench(sub):
         "bench", help="time training steps against PyTorch eager and JAX jit",
         description="Time one training step (loss and gradients, float32) of workloads W1-W5 "
                     "in graphc, PyTorch eager and JAX jit (the `bench` extra), each framework "
-                    "in its own process; print median ms/step, the ratio to PyTorch eager next "
-                    "to its target, and compile seconds. Runs benchmarks/run.py of the "
-                    "source tree.")
+                    "in its own process; print median ms/step, the ratio to the faster of "
+                    "PyTorch eager and JAX jit next to the target and whether it is met, the "
+                    "share of the machine's measured GEMM/bandwidth limit, compile seconds "
+                    "(cold, warm), peak memory, the BLAS in use and the load average. Runs "
+                    "benchmarks/run.py of the source tree.")
     p.add_argument("--workload", action="append", metavar="W",
                    help="W1, W2, W3, W4, W5 or a comma-separated list (repeatable; default: "
                         "all)")
@@ -279,6 +281,8 @@ def _add_bench(sub):
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"),
                    help="graphc backend (default: gc.compile's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--readme", metavar="PATH",
+                   help="print README's performance table from a --json file; run nothing")
     p.add_argument("--steps", type=POSITIVE_INT, help=argparse.SUPPRESS)  # tests: fewer than 50
     p.set_defaults(func=_bench)
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -137,54 +138,78 @@ def test_bench_command_prints_the_table(tmp_path):
     command = subprocess.Popen(
         [sys.executable, "-m", "graphc.cli", "bench", "--workload", "W1", "--seconds", "0",
          "--steps", "3", "--backend", "numpy", "--threads", "1", "--json", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = command.communicate(timeout=120)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OPENBLAS_CORETYPE": "Prescott"})  # the children must not get it
+    stdout, stderr = command.communicate(timeout=180)
     assert command.returncode == 0, stderr
     lines = [line for line in stdout.splitlines() if not line.startswith("warning:")]
     assert lines[0].startswith("graphc bench: ") and "1 threads" in lines[0]
-    assert lines[1].split() == ["workload", "framework", "ms/step", "ratio", "target",
-                                "compile", "s", "steps"]
-    assert lines[2].startswith("W1") and "MLP 784-256-256-10" in lines[2]
-    graphc_row = lines[3].split()
-    assert graphc_row[0] == "graphc[numpy]" and graphc_row[3:5] == ["<=", "0.80"]
-    torch_row = lines[4].split()
-    assert torch_row[:2] == ["torch", "eager"] and torch_row[3] == "1.00"
+    assert "(avx" in lines[0] or "(unknown)" in lines[0]
+    assert lines[1].startswith("children: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE removed")
+    assert lines[2].startswith("limits: sgemm 1024^3 ") and "GB/s" in lines[2]
+    assert lines[3].split() == ["workload", "framework", "ms/step", "ratio", "best", "peer",
+                                "vs", "torch", "target", "met", "compile", "s", "warm", "s",
+                                "%", "limit", "steps"]
+    assert lines[4].startswith("W1") and "MLP 784-256-256-10" in lines[4]
+    graphc_row = lines[5].split()
+    assert graphc_row[0] == "graphc[numpy]" and graphc_row[-1] == "3"
+    assert "<= 0.80" in lines[5] and graphc_row[graphc_row.index("0.80") + 1] in ("yes", "no")
+    assert lines[6].split()[:2] == ["torch", "eager"]
     jax_row = next(line for line in lines if "jax jit" in line)
     assert ("not installed" in jax_row) == (importlib.util.find_spec("jax") is None)
+    step_line = next(line for line in lines if line.strip().startswith("step:"))
+    assert "155.1 MFLOP (matmul, conv), 2.56 MB in + out; limit " in step_line
+    assert re.search(r"; peak memory planned \d+\.\d\d MB, torch eager \d+\.\d\d MB$", step_line)
+    assert any(line.startswith("BLAS in each child: graphc[numpy]: ") for line in lines)
+    if importlib.util.find_spec("threadpoolctl"):  # it reads the kernel OpenBLAS chose
+        assert "openblas" in lines[1] and "Prescott" not in stdout
     report = json.loads(out.read_text())
-    assert report["machine"]["threads"] == 1
+    machine = report["machine"]
+    assert machine["threads"] == 1 and machine["env_removed"] == ["OPENBLAS_CORETYPE",
+                                                                  "OPENBLAS_L2_SIZE"]
+    assert machine["peaks"]["gemm_flops_per_s"] > 1e8 and machine["load_1min_max"] >= 0
     rows = {r["framework"]: r for r in report["results"]}
-    assert rows["graphc[numpy]"]["steps"] >= 3 and rows["graphc[numpy]"]["ms_per_step"] > 0
-    assert rows["torch eager"]["ratio"] == 1.0
+    graphc = rows["graphc[numpy]"]
+    assert graphc["steps"] >= 3 and graphc["ms_per_step"] > 0
+    assert graphc["flops"] == 155058176 and graphc["bytes"] == 2557012
+    assert graphc["compile_cold_s"] > 0 and graphc["compile_warm_s"] > 0
+    problem = WORKLOADS["W1"].problem()
+    f = gc.compile([problem.loss, *gc.grad(problem.loss, list(problem.wrt))], backend="numpy")
+    assert graphc["planned_peak_bytes"] == f.stats["planned_peak_bytes"]
+    assert graphc["pct_of_limit"] > 0
+    assert rows["torch eager"]["ratio_torch"] == 1.0 and rows["torch eager"]["peak_bytes"] > 0
+    assert graphc["best_peer"] in ("torch eager", "jax jit")
+    assert rows[graphc["best_peer"]]["ratio"] == 1.0
     # Each framework was prepared and timed in a process of its own, not the command's.
     pids = [r["pid"] for r in report["results"]]
     assert len(set(pids)) == len(pids) == len(rows) and command.pid not in pids
 
 
 @pytest.mark.slow
-def test_missing_and_crashing_frameworks_become_note_rows(tmp_path):
+def test_missing_and_crashing_frameworks_become_note_rows(tmp_path, monkeypatch):
     # In the children: jax is not installed, torch crashes on import.
     (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["jax"] = None\n')
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text(
         'raise RuntimeError("torch is broken here")\n')
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--workload", "W1",
-         "--seconds", "0", "--steps", "2", "--backend", "numpy", "--threads", "1",
-         "--json", str(out)], capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 0, result.stderr
-    torch_line = next(line for line in result.stdout.splitlines() if "torch eager" in line)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    args = bench_run.arg_parser().parse_args(
+        ["--workload", "W1", "--seconds", "0", "--steps", "2", "--threads", "1"])
+    torch, jax = (bench_run.run_child("W1", name, args, str(tmp_path / f"{i}.json"))
+                  for i, name in enumerate(["torch eager", "jax jit"]))
+    assert torch["note"] == "RuntimeError: torch is broken here" and torch["times"] == []
+    assert jax["note"] == "not installed" and jax["times"] == []
+    timed = {"framework": "graphc[numpy]", "compile_s": 0.1, "note": "", "pid": 1,
+             "times": [0.002, 0.004, 0.003]}
+    rows = bench_run.report_rows(WORKLOADS["W1"], [timed, torch, jax], {}, {})
+    text = bench_run.report.table_rows("MLP", rows)
+    torch_line = next(line for line in text.splitlines() if "torch eager" in line)
     assert torch_line.split(None, 2)[2] == "RuntimeError: torch is broken here"
-    rows = {r["framework"]: r for r in json.loads(out.read_text())["results"]}
-    assert rows["jax jit"]["note"] == "not installed" and rows["jax jit"]["steps"] == 0
-    assert rows["torch eager"]["note"] == "RuntimeError: torch is broken here"
-    assert rows["torch eager"]["ms_per_step"] is None
-    graphc_row = rows["graphc[numpy]"]  # still timed, with no baseline to compare to
-    assert graphc_row["note"] == "" and graphc_row["ms_per_step"] > 0
-    assert graphc_row["ratio"] is None
+    graphc_row = rows[0]  # still timed, with no peer to compare to
+    assert graphc_row["ms_per_step"] == pytest.approx(3.0)
+    assert graphc_row["ratio"] is None and graphc_row["met"] is None
+    assert rows[1]["ms_per_step"] is None and rows[2]["steps"] == 0
 
 
 def test_bench_without_benchmarks_folder_is_one_line(monkeypatch, capsys):
