@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dtypes
+from . import functions as F
 from .elementwise_ops import Elementwise
 from .inputs import constant
 from .ir import Tensor, iter_nodes
@@ -27,15 +28,17 @@ from .shape_ops import Transpose
 from .structured_ops import MatMul, Reduce
 
 
-def scan_vjp(nodes, grads, wanted) -> list:
+def scan_vjp(nodes, grads, wanted, backward) -> list:
     """The gradients of the inputs of one scan instance (``nodes``: its outputs in the
     graph, ``grads``: their cotangents or None) as the outputs of a backward scan.
-    ``wanted[k]``: whether input ``k`` needs a gradient.  None where there is none."""
+    ``wanted[k]``: whether input ``k`` needs a gradient.  None where there is none.
+    ``backward``: :func:`graphc.passes.autodiff.backward`, which calls this for a scan and
+    builds the backward body with it."""
     loop = nodes[0].op.loop
     inputs = nodes[0].inputs
     ct = {t.op.out: g for t, g in zip(nodes, grads) if g is not None}
     tag = f"scan.{loop.tag}"
-    step = _step_vjp(loop, ct, wanted, tag)
+    step = _step_vjp(loop, ct, wanted, tag, backward)
     bwd_xs, outer_xs, fwd_w = _backward_xs(loop, step, inputs, ct, tag)
     stacks = _Stacks(step.gc_ph, bwd_xs, outer_xs, step.gx, loop.length)
     after = [stacks.split(g) for g in step.wgrad]  # (sum left in the loop, products after it)
@@ -74,11 +77,10 @@ class _StepVjp:
     gx: list
 
 
-def _step_vjp(loop: Loop, ct: dict, wanted, tag: str) -> _StepVjp:
-    """:func:`graphc.passes.autodiff.backward` of the forward body, on placeholders for the
-    cotangents (``ct``: the cotangents of the scan's outputs, by output key)."""
-    from . import functions as F
-    from .passes.autodiff import backward
+def _step_vjp(loop: Loop, ct: dict, wanted, tag: str, backward) -> _StepVjp:
+    """``backward`` (:func:`graphc.passes.autodiff.backward`) of the forward body, on
+    placeholders for the cotangents (``ct``: the cotangents of the scan's outputs, by output
+    key)."""
     n_c, n_x = len(loop.carry), len(loop.xs)
 
     def float_(p):
@@ -216,7 +218,6 @@ class _Stacks:
         return rest, after
 
     def _product(self, t: Tensor):
-        from . import functions as F
         T = self.length
         if isinstance(t.op, Reduce) and t.op.kind == "sum":
             v = self.stacked(t.inputs[0], add=False)
@@ -327,7 +328,6 @@ def _node(loop: Loop, out, inputs) -> Tensor:
 
 
 def _zeros(p: Tensor) -> Tensor:
-    from . import functions as F
     return F.broadcast_to(constant(0, dtype=p.dtype), p.shape)
 
 

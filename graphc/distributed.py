@@ -24,15 +24,22 @@ import time
 import numpy as np
 
 from . import nn
-from . import train as _train
 from .compiler import compile
 from .errors import CheckpointError, GraphError
 from .inputs import input
 from .ir import Tensor, iter_nodes
 from .optim import LR_INPUT, STEP_INPUT
+from .params_file import check_params, read_params, shapes_of
 from .passes.autodiff import grad
-from .train import EarlyStopping, History, TrainStep, load_params
-from .train_loop import _evaluate, _length, _progress_mode, _tqdm
+from .train_loop import (
+    EarlyStopping,
+    History,
+    _evaluate,
+    _length,
+    _progress_mode,
+    _tqdm,
+    seed_value,
+)
 
 log = logging.getLogger("graphc.distributed")
 
@@ -116,7 +123,7 @@ class Plan:
     gradient program (metrics, gradients, state updates) and the driver's update program
     (the step's optimizer fed averaged gradients as inputs)."""
 
-    def __init__(self, step: TrainStep):
+    def __init__(self, step):
         if step.carry_out:
             raise GraphError("fit(workers=...): a step with carry= (state carried between "
                              "chunks) cannot be split across replicas")
@@ -142,7 +149,7 @@ class Plan:
         m, g = len(self.metric_names), len(self.trained)
         return results[:m], results[m:m + g], results[m + g:]
 
-    def apply(self, step: TrainStep, shards) -> dict[str, float]:
+    def apply(self, step, shards) -> dict[str, float]:
         """Average the shards' results (``[(samples, results)]``), weighted by their
         sizes, apply the optimizer to ``step``'s values and return the metrics."""
         total = sum(count for count, _ in shards)
@@ -294,7 +301,7 @@ def _npz(path) -> str:
     return path if path.endswith(".npz") else path + ".npz"
 
 
-def save_checkpoint(path, step: TrainStep, position: dict) -> str:
+def save_checkpoint(path, step, position: dict) -> str:
     """Write ``step``'s values, optimizer state and step count with the fit ``position``
     (``fit_...`` arrays) to ``path`` atomically: a temporary file in the same folder,
     flushed to disk, then renamed over ``path``, so a crash leaves the old file or the
@@ -315,15 +322,15 @@ def save_checkpoint(path, step: TrainStep, position: dict) -> str:
     return path
 
 
-def load_checkpoint(path, step: TrainStep, expected: dict) -> dict:
+def load_checkpoint(path, step, expected: dict) -> dict:
     """Restore ``step`` from a checkpoint and return its ``fit_`` position; raise
     :class:`CheckpointError` when it does not match the step or ``expected`` (the run's
     samples, seed, global batch and shuffling, on which the data order depends)."""
     path = _npz(path)
-    arrays = load_params(path)
+    arrays = read_params(path)
     position = {k[len(FIT_PREFIX):]: arrays.pop(k) for k in list(arrays)
                 if k.startswith(FIT_PREFIX)}
-    _train._check_like(path, arrays, _train._expected({**step.values, **step.opt_state}), None)
+    check_params(path, arrays, shapes_of({**step.values, **step.opt_state}), None)
     problems = [f"no fit position ('fit_{k}')" for k in expected if k not in position]
     problems += [f"it was written with {k}={position[k].item()}, this fit has {k}={v}"
                  for k, v in expected.items() if k in position and position[k].item() != v]
@@ -376,12 +383,13 @@ class _Progress:
 # fit
 
 
-def fit(step: TrainStep, data, epochs: int = 1, batch_size: int | None = None, *,
+def fit(step, data, epochs: int = 1, batch_size: int | None = None, *,
         workers: int = 2, address=None, checkpoint=None, checkpoint_every: int = 100,
         resume=None, val_data=None, eval_step=None, eval_fn=None,
         early_stopping: EarlyStopping | None = None, shuffle: bool = True, seed: int = 0,
         progress=True, threads: int = 1, max_restarts: int = 3, on_step=None) -> History:
-    """Train ``step`` data-parallel on ``workers`` Ray actors; ``gc.train.fit(...,
+    """Train ``step`` (a :class:`~graphc.train.TrainStep`) data-parallel on ``workers`` Ray
+    actors; ``gc.train.fit(...,
     workers=N)`` calls this.  The step's batch size is per worker (as in PyTorch DDP), so
     one optimizer step consumes a global batch of ``workers * step.batch_size`` samples
     and equals a single-process step on that global batch (for a loss that is a batch
@@ -464,7 +472,7 @@ def _loop(step, plan, pool, epochs, run, position, checkpoint, every, val_data,
             for k in range(first, batches):
                 idx = order[k * global_batch:(k + 1) * global_batch]
                 shards = [idx[r * b:(r + 1) * b] for r in range(workers)]
-                seeds = [_train._seed_value(step.seed + 7919 * r, step.step)
+                seeds = [seed_value(step.seed + 7919 * r, step.step)
                          for r in range(workers)]
                 results = pool.gradients(step.step, step.values, seeds, shards)
                 metrics = plan.apply(step, [(len(s), r) for s, r in zip(shards, results)])

@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import GraphError, ShapeError
 from .inputs import Input
-from .ir import Op, StaticArray, Tensor, iter_nodes, located, replaying
+from .ir import Op, StaticArray, Tensor, iter_nodes, located, on_dynamic_operand, replaying
 
 # Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
 # name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes.
@@ -213,17 +213,21 @@ class Deferred(Op):
             return tuple(f"{{g}} · ({t})" for t in inner.fn.derivatives_text)
         return ("vjp of {g}",)
 
-    def vjp(self, z, g, k):
-        slots = tuple(_Slot(i) for i in range(len(z.inputs) + 1))
-        op = Deferred(_vjp_of, slots, (("k", ("value", k)), ("op", ("value", self))),
-                      f"d{self.label}", k)
-        return Tensor.make(op, (*z.inputs, g))
+    # its vjp rule is deferred_vjp, given the differentiator by autodiff (which calls it)
 
 
-def _vjp_of(*tensors, op: Deferred, k: int) -> Tensor:
+def deferred_vjp(z: Tensor, g: Tensor, k: int, vjp) -> Tensor:
+    """The gradient of deferred node ``z`` w.r.t. its ``k``-th operand given cotangent ``g``:
+    a deferred node too, whose replay differentiates the replayed call with ``vjp``
+    (:func:`graphc.passes.autodiff.vjp`, the caller of this rule)."""
+    slots = tuple(_Slot(i) for i in range(len(z.inputs) + 1))
+    kwargs = (("k", ("value", k)), ("op", ("value", z.op)), ("vjp", ("value", vjp)))
+    return Tensor.make(Deferred(_vjp_of, slots, kwargs, f"d{z.op.label}", k), (*z.inputs, g))
+
+
+def _vjp_of(*tensors, op: Deferred, k: int, vjp) -> Tensor:
     """The gradient of ``op``'s call w.r.t. its ``k``-th operand (only that use of it, even
     when the same tensor fills several slots), given the cotangent (the last tensor)."""
-    from .passes.autodiff import vjp
     xs, g = list(tensors[:-1]), tensors[-1]
     x = xs[k]
     holder = Tensor.make(Input(f"_holder{next(_HOLDERS)}", x.shape, x.dtype))
@@ -248,6 +252,9 @@ def _make(*inputs, op: Op) -> Tensor:
 def defer_make(op: Op, inputs) -> Tensor:
     """``Tensor.make(op, inputs)`` for dynamic ``inputs``: deferred."""
     return defer(_make, tuple(inputs), {"op": op}, op.name)
+
+
+on_dynamic_operand(defer_make)  # Tensor.make defers with it
 
 
 def dynamic(fn):

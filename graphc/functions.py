@@ -110,9 +110,7 @@ def where(cond, a, b) -> Tensor:
 
 def cast(x, dtype) -> Tensor:
     """``x`` converted to ``dtype``."""
-    x = as_tensor(x)
-    dtype = dtypes.as_dtype(dtype)
-    return x if x.dtype == dtype else Tensor.make(sh.Cast(dtype), (x,))
+    return sh.cast_to(as_tensor(x), dtypes.as_dtype(dtype))
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,10 +118,7 @@ def cast(x, dtype) -> Tensor:
 
 
 def _reduce(kind, x, axis, keepdims) -> Tensor:
-    x = as_tensor(x)
-    probe = st.Reduce(kind, (), keepdims)
-    return Tensor.make(st.Reduce(kind, st.normalize_axes(probe, axis, x.ndim, (x,)),
-                                 bool(keepdims)), (x,))
+    return sh.reduce(kind, as_tensor(x), axis, keepdims)
 
 
 def sum(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001
@@ -300,7 +295,7 @@ def reshape(x, shape) -> Tensor:
         if known == 0 or x.size % known:
             sh.Reshape(shape).fail(f"cannot reshape {x.size} elements into {shape}", (x,))
         shape = tuple(x.size // known if d == -1 else d for d in shape)
-    return x if shape == x.shape else Tensor.make(sh.Reshape(shape), (x,))
+    return sh.reshape_to(x, shape)
 
 
 def _resolved(x, shape, pattern, fn) -> Tensor:
@@ -328,7 +323,7 @@ def transpose(x, axes=None) -> Tensor:
     x = as_tensor(x)
     perm = tuple(reversed(range(x.ndim))) if axes is None else \
         tuple(int(a) % x.ndim if -x.ndim <= int(a) < x.ndim else int(a) for a in axes)
-    return x if perm == tuple(range(x.ndim)) else Tensor.make(sh.Transpose(perm), (x,))
+    return sh.transpose_to(x, perm)
 
 
 def broadcast_to(x, shape) -> Tensor:
@@ -341,8 +336,7 @@ def broadcast_to(x, shape) -> Tensor:
     if not isinstance(shape, Iterable) or not builtins.all(is_int(d) for d in shape):
         sh.BroadcastTo(()).fail(f"the target shape must be ints, got {shape!r} (a dynamic "
                                 "size is known only from a dynamic operand)", (x,))
-    shape = tuple(int(d) for d in shape)
-    return x if shape == x.shape else Tensor.make(sh.BroadcastTo(shape), (x,))
+    return sh.broadcast_to(x, shape)
 
 
 @dynamic

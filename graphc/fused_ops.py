@@ -44,7 +44,7 @@ from . import elementwise_ops as ew
 from .errors import DTypeError
 from .inputs import constant
 from .ir import Op, Tensor
-from .shape_ops import unbroadcast
+from .shape_ops import broadcast_to, reshape_to, unbroadcast
 
 # A step argument: ("in", j) the group's j-th input, ("step", s) an earlier step's value,
 # ("const", value) a number in the group's dtype.
@@ -392,16 +392,15 @@ class Fused(Op):
     vjp_text = ("unbroadcast({g} · ∂fused/∂{x})",)
 
     def vjp(self, z, g, k):
-        from . import functions as F
         out = self.out
         x = z.inputs[k]
         dgroup = self.group.derivative(out.step, k)
         shape = np.broadcast_shapes(*(t.shape for t in z.inputs))
         if dgroup is None:  # the output does not depend on this input
-            return F.broadcast_to(_zero(x), x.shape)
+            return broadcast_to(_zero(x), x.shape)
         local = Tensor.make(Fused(dgroup, 0), z.inputs)
         if out.reduce is not None:
-            g = F.reshape(g, reduced_shape(shape, out.reduce, True))
+            g = reshape_to(g, reduced_shape(shape, out.reduce, True))
         return unbroadcast(g * local, x.shape)
 
 

@@ -6,7 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .errors import GraphError, RenderError
+from .errors import GraphError
 from .inputs import Constant, Input
 from .ir import Tensor, iter_nodes
 
@@ -61,9 +61,7 @@ class Graph:
     def __repr__(self) -> str:
         return f"<Graph: {len(self.nodes)} nodes, {len(self.outputs)} output(s)>"
 
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        """Jupyter: the text form, and the diagram above it."""
-        return rich_display(self, repr(self))
+    # Jupyter's display (_repr_mimebundle_) is attached in viz/render.py, which draws it.
 
     def to_networkx(self):
         """The graph as a ``networkx.MultiDiGraph`` keyed by printer names.
@@ -81,29 +79,6 @@ class Graph:
             for k, i in enumerate(t.inputs):
                 g.add_edge(names[id(i)], names[id(t)], index=k)
         return g
-
-
-MAX_DRAWN = 400  # nodes; a bigger graph shows its text form only (dot would take long)
-
-
-def rich_display(graph: Graph, title: str) -> dict[str, str]:
-    """Jupyter's mime bundle for a graph: ``text/plain`` is its text form; ``text/html``
-    the diagram (scaled to the notebook's width) and the text form below it."""
-    import html
-
-    text = format_graph(graph)
-    page = (f"<details><summary><code>{html.escape(title)}</code>: text form</summary>"
-            f"<pre>{html.escape(text)}</pre></details>")
-    if len(graph) > MAX_DRAWN:
-        note = f"{len(graph)} nodes: too many to draw here; gc.render(outputs, path) draws them"
-        return {"text/plain": text, "text/html": f"<p>{note}</p>{page}"}
-    from .viz.render import html_svg, render
-    try:
-        picture = html_svg(render(graph.outputs).svg())
-    except RenderError as err:  # no Graphviz: the text form alone
-        picture = f"<p>{html.escape(str(err))}</p>"
-    return {"text/plain": text,
-            "text/html": f'<div style="max-width:100%;overflow-x:auto">{picture}</div>{page}'}
 
 
 def node_kind(t: Tensor) -> str:

@@ -10,7 +10,6 @@ from .graph import Graph, node_names
 from .inputs import Constant, Input
 from .ir import located
 from .lowering import failed
-from .scan import Scan, instance_key, numpy_body, run_loop, siblings
 
 # A value (or a fused loop's domain) of more elements than this is refused before it runs:
 # 2**34 float32 elements are 64 GiB, and a fused loop over them alone takes tens of seconds
@@ -48,14 +47,14 @@ def evaluate_graph(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     for t in graph.outputs:
         last_use[id(t)] = len(graph.nodes)
     values: dict[int, np.ndarray] = {}
-    loops = siblings(graph.nodes)
+    runs = _joint_runs(graph.nodes)
     for k, t in enumerate(graph.nodes):
         if isinstance(t.op, Input):
             value = feeds[t.op.label]
         elif isinstance(t.op, Constant):
             value = t.op.value.array
-        elif isinstance(t.op, Scan):  # one run gives every output of the instance
-            value = _run_scan(t, [values[id(i)] for i in t.inputs], loops, values, graph)
+        elif id(t) in runs:  # one run gives every output of the instance
+            value = _run_joint(t, [values[id(i)] for i in t.inputs], runs, values, graph)
         else:
             value = _run(t, [values[id(i)] for i in t.inputs], graph)
         values[id(t)] = value
@@ -65,18 +64,27 @@ def evaluate_graph(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return [values[id(t)] for t in graph.outputs]
 
 
-def _run_scan(t, args, loops, values, graph) -> np.ndarray:
-    nodes = loops[instance_key(t)]
+def _joint_runs(nodes) -> dict[int, list]:
+    """The nodes whose op evaluates several outputs in one run (``evaluate_outputs``: the
+    outputs of a scan) grouped by run: one ``op.joint_key`` and the same inputs."""
+    runs: dict[tuple, list] = {}
+    for t in nodes:
+        if hasattr(t.op, "evaluate_outputs"):
+            runs.setdefault((t.op.joint_key,) + tuple(map(id, t.inputs)), []).append(t)
+    return {id(t): run for run in runs.values() for t in run}
+
+
+def _run_joint(t, args, runs, values, graph) -> np.ndarray:
+    nodes = runs[id(t)]
     if t is not nodes[0]:
-        return values.pop(("scan", id(t)))
-    outs = [n.op.out for n in nodes]
+        return values.pop(("run", id(t)))
     try:
         with np.errstate(all="ignore"):
-            results = run_loop(t.op.loop, outs, args, numpy_body(t.op.loop, outs))
+            results = t.op.evaluate_outputs([n.op for n in nodes], args)
     except GraphError as err:
         raise failed(t, node_names(graph), err) from err
     for n, r in zip(nodes[1:], results[1:]):
-        values[("scan", id(n))] = r
+        values[("run", id(n))] = r
     return results[0]
 
 

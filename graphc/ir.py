@@ -179,6 +179,22 @@ def replaying(node: Tensor):
             _SCOPES.pop()
 
 
+def _no_deferral(op: Op, inputs):
+    raise GraphError(located(f"{op.name}: an operand has dynamic dimensions, which need "
+                             "graphc.dynamic (import graphc)"))
+
+
+_MAKE_DEFERRED = _no_deferral
+
+
+def on_dynamic_operand(make) -> None:
+    """Install ``make(op, inputs)``, how :meth:`Tensor.make` makes a node with an operand
+    of dynamic shape: graphc/dynamic.py installs its deferred nodes (replayed per feed
+    shape), which are built on this module and on the inputs and so cannot live in it."""
+    global _MAKE_DEFERRED
+    _MAKE_DEFERRED = make
+
+
 class Tensor:
     """A node of the graph: ``op`` applied to ``inputs``, with a static shape and dtype.
 
@@ -207,8 +223,7 @@ class Tensor:
         if node is not None:
             return node
         if not op.dynamic and any(t._dyn for t in inputs):
-            from .dynamic import defer_make  # a dynamic operand: replayed per feed shape
-            return defer_make(op, inputs)
+            return _MAKE_DEFERRED(op, inputs)  # replayed per feed shape (graphc/dynamic.py)
         shape, dtype = op.infer(inputs)
         leaves = _join_leaves(op, inputs)
         node = object.__new__(cls)
@@ -295,12 +310,6 @@ class Tensor:
         return (f"Tensor(name={self.name!r}, shape={self.shape}, dtype={self.dtype!r}, "
                 f"op={self.op.name})")
 
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        """Jupyter: the diagram of the graph computing this tensor, and its text form."""
-        from .graph import Graph, rich_display
-        bundle = rich_display(Graph(self), repr(self))
-        return {**bundle, "text/plain": repr(self)}
-
     def __bool__(self):
         raise TypeError("a graphc Tensor is symbolic and has no truth value; "
                         "use gc.where(cond, a, b) for data-dependent choices")
@@ -315,7 +324,8 @@ class Tensor:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    # Operators are attached in graphc/functions.py, next to the functions they call.
+    # Operators are attached in graphc/functions.py, next to the functions they call;
+    # Jupyter's display (_repr_mimebundle_) in viz/render.py, which draws it.
 
 
 _NO_LEAVES: dict = {}

@@ -58,6 +58,7 @@ from .elementwise_ops import Elementwise
 from .errors import DTypeError, GraphError, ShapeError
 from .graph import Graph
 from .inputs import Input
+from .interpreter import evaluate_graph
 from .ir import Op, Tensor, iter_nodes, located, user_location
 from .structured_ops import MatMul
 
@@ -206,22 +207,29 @@ class Scan(Op):
         return (loop.length,) + body.shape, body.dtype
 
     def evaluate(self, *arrays):
-        return run_loop(self.loop, [self.out], arrays, numpy_body(self.loop, [self.out]))[0]
+        return self.evaluate_outputs([self], arrays)[0]
+
+    # The reference interpreter runs a loop once for all the outputs of one instance (see
+    # instance_key): nodes whose ops have one joint_key, on the same inputs.
+    @property
+    def joint_key(self) -> Loop:
+        return self.loop
+
+    def evaluate_outputs(self, ops, arrays) -> list:
+        """The values of the outputs of ``ops`` (scans of this loop) on input ``arrays``,
+        from one run of the loop."""
+        outs = [op.out for op in ops]
+        return run_loop(self.loop, outs, arrays, numpy_body(self.loop, outs))
 
     local = ("∂step/∂{x}, through time",)
     vjp_text = ("reverse scan of {g}",)
 
-    def joint_vjp(self, nodes, grads, wanted):
-        """Gradients for the inputs of the instance whose outputs are ``nodes`` with
-        cotangents ``grads`` (None: none): a backward scan.  ``wanted[k]``: whether
-        input ``k`` needs one."""
-        from .bptt import scan_vjp
-        return scan_vjp(nodes, grads, wanted)
+    # its derivative, a backward scan, is built by graphc.bptt.scan_vjp (autodiff calls it)
 
 
 def instance_key(t: Tensor) -> tuple:
     """Scan nodes with one loop and the same inputs are outputs of one run."""
-    return (t.op.loop,) + tuple(map(id, t.inputs))
+    return (t.op.joint_key,) + tuple(map(id, t.inputs))
 
 
 def siblings(nodes) -> dict[tuple, list]:
@@ -239,7 +247,6 @@ def siblings(nodes) -> dict[tuple, list]:
 
 def numpy_body(loop: Loop, outs):
     """The step run by the reference interpreter: feeds by label -> outputs."""
-    from .interpreter import evaluate_graph
     graph = loop.step_graph(outs)
     return lambda feeds: evaluate_graph(graph, feeds)
 

@@ -1,5 +1,6 @@
 """Ops that move data: reshape, transpose, broadcast, concat, indexing, gather, cast, pad
-and roll.
+and roll; and the reductions sum, max and min, whose gradient is a broadcast (as a
+broadcast's is a sum).
 
 Each op declares its shape-and-dtype rule (``infer``), its NumPy reference semantics
 (``evaluate``) and its vector-Jacobian rule (``vjp``) side by side.  Reshape, transpose,
@@ -8,19 +9,15 @@ broadcast and basic indexing are views (:meth:`Op.is_view`): they get no buffer 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import dtypes
+from . import elementwise_ops as ew
 from .errors import DTypeError
 from .ir import Op, StaticArray, Tensor
-
-
-def _F():
-    """The public functions, which build these ops (imported late: they import us)."""
-    from . import functions
-    return functions
 
 
 def unbroadcast(g, shape: tuple[int, ...]):
@@ -28,11 +25,40 @@ def unbroadcast(g, shape: tuple[int, ...]):
     The one place where gradients meet broadcasting."""
     if g.shape == shape:
         return g
-    F = _F()
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
                                       if d == 1 and g.shape[lead + i] != 1)
-    return F.reshape(F.sum(g, axes) if axes else g, shape)
+    return reshape_to(reduce("sum", g, axes) if axes else g, shape)
+
+
+# Builders of these ops on concrete shapes, a no-op skipped (the vjp rules of the op modules
+# build with them; the public functions of graphc.functions check the user's arguments and
+# handle dynamic shapes, then build with them too).
+
+
+def reshape_to(x: Tensor, shape) -> Tensor:
+    shape = tuple(int(d) for d in shape)
+    return x if shape == x.shape else Tensor.make(Reshape(shape), (x,))
+
+
+def transpose_to(x: Tensor, perm) -> Tensor:
+    perm = tuple(int(a) for a in perm)
+    return x if perm == tuple(range(x.ndim)) else Tensor.make(Transpose(perm), (x,))
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    shape = tuple(int(d) for d in shape)
+    return x if shape == x.shape else Tensor.make(BroadcastTo(shape), (x,))
+
+
+def cast_to(x: Tensor, dtype: str) -> Tensor:
+    return x if x.dtype == dtype else Tensor.make(Cast(dtype), (x,))
+
+
+def reduce(kind: str, x: Tensor, axis=None, keepdims=False) -> Tensor:
+    """``kind`` (sum, max, min) of ``x`` over ``axis`` (None, an int or a sequence)."""
+    axes = normalize_axes(Reduce(kind, (), keepdims), axis, x.ndim, (x,))
+    return Tensor.make(Reduce(kind, axes, bool(keepdims)), (x,))
 
 
 @dataclass(frozen=True)
@@ -57,7 +83,7 @@ class Reshape(Op):
     vjp_text = ("reshape({g})",)
 
     def vjp(self, z, g, k):
-        return _F().reshape(g, z.inputs[0].shape)
+        return reshape_to(g, z.inputs[0].shape)
 
 
 @dataclass(frozen=True)
@@ -82,7 +108,7 @@ class Transpose(Op):
     vjp_text = ("transpose({g})",)
 
     def vjp(self, z, g, k):
-        return _F().transpose(g, tuple(np.argsort(self.perm)))
+        return transpose_to(g, np.argsort(self.perm))
 
 
 @dataclass(frozen=True)
@@ -274,7 +300,86 @@ class Cast(Op):
     vjp_text = ("cast({g})",)
 
     def vjp(self, z, g, k):
-        return _F().cast(g, z.inputs[0].dtype)
+        return cast_to(g, z.inputs[0].dtype)
+
+
+@dataclass(frozen=True)
+class Reduce(Op):
+    """``sum``, ``max`` or ``min`` over ``axes`` (normalised, sorted)."""
+
+    kind: str
+    axes: tuple[int, ...]
+    keepdims: bool = False
+
+    @property
+    def name(self):  # type: ignore[override]
+        return self.kind
+
+    def attrs(self):
+        return {"axes": self.axes, "keepdims": self.keepdims}
+
+    def infer(self, inputs):
+        (x,) = inputs
+        if self.kind != "sum" and x.size == 0 and self.axes:
+            self.fail("reduction of an empty tensor has no identity", inputs)
+        shape = tuple(1 if i in self.axes else d for i, d in enumerate(x.shape)
+                      if self.keepdims or i not in self.axes)
+        dtype = x.dtype
+        if self.kind == "sum" and dtype == "bool":
+            dtype = "int64"
+        return shape, dtype
+
+    def evaluate(self, x):
+        fn = {"sum": np.sum, "max": np.max, "min": np.min}[self.kind]
+        dtype = {"dtype": np.int64} if self.kind == "sum" and x.dtype == np.bool_ else {}
+        return np.asarray(fn(x, axis=self.axes, keepdims=self.keepdims, **dtype))
+
+    @property
+    def local(self):
+        return ("1",) if self.kind == "sum" else ("[{x} = {y}] / #ties",)
+
+    @property
+    def vjp_text(self):
+        return ("broadcast({g})",) if self.kind == "sum" else ("{g} · [{x} = {y}] / #ties",)
+
+    def vjp(self, z, g, k):
+        """sum: g broadcast back.  max/min: g to the extremal elements, split evenly among
+        ties (as torch.amax): d/dx_i = [x_i = y] / #{j: x_j = y}; where y is NaN, the
+        NaNs of x are the extremal elements."""
+        (x,) = z.inputs
+        g = kept_axes(g, x, self.axes)
+        if self.kind == "sum":
+            return broadcast_to(g, x.shape)
+        m = kept_axes(z, x, self.axes)
+        # a NaN extreme (the reduction propagates NaN) is hit by the NaNs, as torch.amax
+        hit = cast_to(ew.equal(x, m), g.dtype) + \
+            cast_to(ew.not_equal(x, x), g.dtype) * cast_to(ew.not_equal(m, m), g.dtype)
+        return hit * (g / reduce("sum", hit, self.axes, keepdims=True))
+
+
+def normalize_axes(op: Op, axis, ndim: int, inputs) -> tuple[int, ...]:
+    """``axis`` (None, an int or a sequence) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis) \
+        if isinstance(axis, Iterable) else None
+    if axes is None or not all(isinstance(a, (int, np.integer)) for a in axes):
+        op.fail(f"axis must be None, an int or a tuple of ints, got {axis!r}", inputs)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            op.fail(f"axis {a!r} is out of range for a {ndim}-d tensor", inputs)
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        op.fail(f"repeated axis in {axis!r}", inputs)
+    return tuple(sorted(out))
+
+
+
+def kept_axes(g, x, axes):
+    """``g`` of a reduction's output reshaped to keep the reduced axes as size 1."""
+    return reshape_to(g, tuple(1 if i in axes else d for i, d in enumerate(x.shape)))
+
 
 
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
@@ -386,7 +491,8 @@ class Roll(Op):
     vjp_text = ("roll({g}) back",)
 
     def vjp(self, z, g, k):
-        return _F().roll(g, -self.shift, self.axis)
+        n = g.shape[self.axis] if g.ndim else 1
+        return Tensor.make(Roll(-self.shift % n if n else 0, self.axis), (g,))
 
 def _slice_text(k: slice) -> str:
     text = ":".join("" if v is None else str(v) for v in (k.start, k.stop, k.step))

@@ -7,38 +7,22 @@ Each op declares its shape-and-dtype rule (``infer``), its NumPy reference seman
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import dtypes
+from . import elementwise_ops as ew
 from .errors import DTypeError, GraphError
 from .ir import Op, Tensor
-from .shape_ops import _F, unbroadcast
-
-
-def _kept(g, x, axes):
-    """``g`` of a reduction's output reshaped to keep the reduced axes as size 1."""
-    return _F().reshape(g, tuple(1 if i in axes else d for i, d in enumerate(x.shape)))
-
-
-def normalize_axes(op: Op, axis, ndim: int, inputs) -> tuple[int, ...]:
-    """``axis`` (None, an int or a sequence) as a sorted tuple of non-negative axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis) \
-        if isinstance(axis, Iterable) else None
-    if axes is None or not all(isinstance(a, (int, np.integer)) for a in axes):
-        op.fail(f"axis must be None, an int or a tuple of ints, got {axis!r}", inputs)
-    out = []
-    for a in axes:
-        if not -ndim <= a < ndim:
-            op.fail(f"axis {a!r} is out of range for a {ndim}-d tensor", inputs)
-        out.append(int(a) % ndim)
-    if len(set(out)) != len(out):
-        op.fail(f"repeated axis in {axis!r}", inputs)
-    return tuple(sorted(out))
+from .shape_ops import (  # noqa: F401 -- Reduce, normalize_axes: still found here
+    Reduce,  # sum, max, min: in shape_ops, with the broadcast that is a sum's gradient
+    kept_axes,
+    normalize_axes,
+    reduce,
+    transpose_to,
+    unbroadcast,
+)
 
 
 def _float_input(op: Op, inputs) -> str:
@@ -79,66 +63,12 @@ class MatMul(Op):
     vjp_text = ("{g} @ {b}ᵀ", "{a}ᵀ @ {g}")
 
     def vjp(self, z, g, k):
-        F = _F()
         a, b = z.inputs
         if k == 0:
-            return unbroadcast(F.matmul(g, F.transpose(b, _swap_last(b.ndim))), a.shape)
-        return unbroadcast(F.matmul(F.transpose(a, _swap_last(a.ndim)), g), b.shape)
-
-
-@dataclass(frozen=True)
-class Reduce(Op):
-    """``sum``, ``max`` or ``min`` over ``axes`` (normalised, sorted)."""
-
-    kind: str
-    axes: tuple[int, ...]
-    keepdims: bool = False
-
-    @property
-    def name(self):  # type: ignore[override]
-        return self.kind
-
-    def attrs(self):
-        return {"axes": self.axes, "keepdims": self.keepdims}
-
-    def infer(self, inputs):
-        (x,) = inputs
-        if self.kind != "sum" and x.size == 0 and self.axes:
-            self.fail("reduction of an empty tensor has no identity", inputs)
-        shape = tuple(1 if i in self.axes else d for i, d in enumerate(x.shape)
-                      if self.keepdims or i not in self.axes)
-        dtype = x.dtype
-        if self.kind == "sum" and dtype == "bool":
-            dtype = "int64"
-        return shape, dtype
-
-    def evaluate(self, x):
-        fn = {"sum": np.sum, "max": np.max, "min": np.min}[self.kind]
-        dtype = {"dtype": np.int64} if self.kind == "sum" and x.dtype == np.bool_ else {}
-        return np.asarray(fn(x, axis=self.axes, keepdims=self.keepdims, **dtype))
-
-    @property
-    def local(self):
-        return ("1",) if self.kind == "sum" else ("[{x} = {y}] / #ties",)
-
-    @property
-    def vjp_text(self):
-        return ("broadcast({g})",) if self.kind == "sum" else ("{g} · [{x} = {y}] / #ties",)
-
-    def vjp(self, z, g, k):
-        """sum: g broadcast back.  max/min: g to the extremal elements, split evenly among
-        ties (as torch.amax): d/dx_i = [x_i = y] / #{j: x_j = y}; where y is NaN, the
-        NaNs of x are the extremal elements."""
-        F = _F()
-        (x,) = z.inputs
-        g = _kept(g, x, self.axes)
-        if self.kind == "sum":
-            return F.broadcast_to(g, x.shape)
-        m = _kept(z, x, self.axes)
-        # a NaN extreme (the reduction propagates NaN) is hit by the NaNs, as torch.amax
-        hit = F.cast(F.equal(x, m), g.dtype) + \
-            F.cast(F.not_equal(x, x), g.dtype) * F.cast(F.not_equal(m, m), g.dtype)
-        return hit * (g / F.sum(hit, self.axes, keepdims=True))
+            return unbroadcast(Tensor.make(self, (g, transpose_to(b, _swap_last(b.ndim)))),
+                               a.shape)
+        return unbroadcast(Tensor.make(self, (transpose_to(a, _swap_last(a.ndim)), g)),
+                           b.shape)
 
 
 def _shifted_log_sum_exp(x, axes):
@@ -175,9 +105,8 @@ class LogSumExp(Op):
     vjp_text = ("{g} · exp({x} − {y})",)
 
     def vjp(self, z, g, k):
-        F = _F()
         (x,) = z.inputs
-        return _kept(g, x, self.axes) * F.exp(x - _kept(z, x, self.axes))
+        return kept_axes(g, x, self.axes) * ew.exp(x - kept_axes(z, x, self.axes))
 
 
 @dataclass(frozen=True)
@@ -201,7 +130,7 @@ class Softmax(Op):
 
     def vjp(self, z, g, k):
         """Jacobian s_i (delta_ij - s_j), applied without forming it."""
-        return z * (g - _F().sum(g * z, self.axis, keepdims=True))
+        return z * (g - reduce("sum", g * z, self.axis, keepdims=True))
 
 
 @dataclass(frozen=True)
@@ -225,8 +154,7 @@ class LogSoftmax(Op):
     vjp_text = ("{g} − exp({y}) Σ {g}",)
 
     def vjp(self, z, g, k):
-        F = _F()
-        return g - F.exp(z) * F.sum(g, self.axis, keepdims=True)
+        return g - ew.exp(z) * reduce("sum", g, self.axis, keepdims=True)
 
 
 def _reduced_shape(x, axes, keepdims) -> tuple[int, ...]:
@@ -270,7 +198,7 @@ class Prod(Op):
 
     def vjp(self, z, g, k):
         (x,) = z.inputs
-        return _kept(g, x, self.axes) * Tensor.make(ProdOthers(self.axes), (x,))
+        return kept_axes(g, x, self.axes) * Tensor.make(ProdOthers(self.axes), (x,))
 
 
 @dataclass(frozen=True)

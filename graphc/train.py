@@ -16,28 +16,27 @@ The Python side only swaps arrays: the step's outputs (new parameters, optimizer
 batch-norm running statistics) are fed back as its inputs at the next call.  Shapes are
 static, so the batch size is that of the graph's data inputs; :func:`fit` drops the last
 partial batch of each (reshuffled) epoch, and :meth:`EvalStep.evaluate` pads it (see its
-docstring).  The loop (:func:`fit`, :class:`History`, :class:`EarlyStopping`) is in
-:mod:`graphc.train_loop`.
+docstring).  The loop (:class:`History`, :class:`EarlyStopping`) is in
+:mod:`graphc.train_loop`, data-parallel training (``fit(..., workers=N)``) in
+:mod:`graphc.distributed`, reading parameter files in :mod:`graphc.params_file`.
 """
 
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
-from . import nn
+from . import distributed, nn, train_loop
 from .compiler import compile
 from .errors import CheckpointError, FeedError, GraphError
 from .graph import Graph
 from .inputs import constant, init_params, params_of
 from .ir import Tensor, located
 from .optim import LR_INPUT, STEP_INPUT, Optimizer
+from .params_file import check_params, read_params, shapes_of
 from .passes.autodiff import grad
-from .train_loop import EarlyStopping, History, _dynamic_batch, _length, fit
-
-OPTIMIZER_PREFIX = "opt_"  # optimizer state and the step count in parameter files
+from .train_loop import EarlyStopping, History, _dynamic_batch, _length, seed_value
 
 
 def _names(outputs, default: str) -> dict[str, Tensor]:
@@ -53,10 +52,6 @@ def _names(outputs, default: str) -> dict[str, Tensor]:
 def _by_name(mapping) -> dict[str, Tensor]:
     """``{input or name: tensor}`` keyed by name."""
     return {(k.op.label if isinstance(k, Tensor) else k): v for k, v in (mapping or {}).items()}
-
-
-def _seed_value(seed: int, step: int) -> np.int64:
-    return np.int64((seed * 1_000_003 + step) % (2**31 - 1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,7 +141,7 @@ class TrainStep:
         feeds[LR_INPUT] = np.asarray(self.optimizer.lr_at(self.step), dtype)
         feeds[STEP_INPUT] = np.asarray(self.step + 1, dtype)
         if nn.SEED_INPUT in wanted:
-            feeds[nn.SEED_INPUT] = _seed_value(self.seed, self.step)
+            feeds[nn.SEED_INPUT] = seed_value(self.seed, self.step)
         return {n: v for n, v in feeds.items() if n in wanted}
 
     def __call__(self, batch=None, /, **arrays) -> dict[str, float]:
@@ -315,14 +310,47 @@ def correct(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------
+# fit: the loop (graphc/train_loop.py), or data-parallel on Ray actors (graphc/distributed.py)
+
+
+def fit(step, data, epochs: int = 1, batch_size: int | None = None, *,
+        val_data=None, eval_step=None, eval_fn=None,
+        early_stopping: EarlyStopping | None = None, shuffle: bool = True, seed: int = 0,
+        progress=True, workers=None, address=None, checkpoint=None,
+        checkpoint_every: int = 100, resume=None) -> History:
+    """Train ``step`` (a :class:`~graphc.train.TrainStep`) on ``data`` (``{input name:
+    array}``, samples along axis 0).
+
+    Each epoch visits the samples in a fresh random order (``shuffle``) in batches of the
+    step's static batch size (``batch_size``, if given, must equal it; with a dynamic batch
+    dimension, ``batch_size`` is required and may be any size), dropping the last
+    partial batch (its samples are drawn in other epochs).  After each epoch,
+    ``eval_step.evaluate(val_data, step)`` adds ``val_<name>`` metrics and
+    ``eval_fn(step)`` (a function returning ``{name: float}``) adds its own;
+    ``early_stopping`` then may stop training.  ``progress``: True (a tqdm bar on a
+    terminal, else a printed line per epoch), ``"bar"``, ``"print"`` or False.
+    Returns the :class:`History`.
+
+    ``workers=N`` (or a :class:`graphc.distributed.Workers` pool) trains data-parallel on
+    N Ray actors (``address``: an existing Ray cluster; ``checkpoint``,
+    ``checkpoint_every`` and ``resume``: fault-tolerant runs); the step's batch size is then
+    per worker.  See :func:`graphc.distributed.fit` and docs/distributed.md.
+    """
+    options = dict(val_data=val_data, eval_step=eval_step, eval_fn=eval_fn,
+                   early_stopping=early_stopping, shuffle=shuffle, seed=seed,
+                   progress=progress)
+    if workers is None and address is None and checkpoint is None and resume is None:
+        return train_loop.fit(step, data, epochs, batch_size, **options)
+    if workers is None:
+        raise ValueError("fit: address=, checkpoint= and resume= belong to data-parallel "
+                         "training; give workers= too (workers=1 trains on one Ray actor)")
+    return distributed.fit(step, data, epochs, batch_size, workers=workers, address=address,
+                           checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                           resume=resume, **options)  # Ray is imported only now
+
+
+# ---------------------------------------------------------------------------------------
 # Parameter files
-
-
-def _shape_dtype(value):
-    if isinstance(value, Tensor):
-        return value.shape, np.dtype(value.dtype)
-    value = np.asarray(value)
-    return value.shape, value.dtype
 
 
 def save_params(path, params) -> str:
@@ -352,21 +380,9 @@ def load_params(path, like=None, require=None) -> dict[str, np.ndarray]:
     entries that must be present.  Every mismatch is listed in one
     :class:`CheckpointError`.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path) and os.path.exists(path + ".npz"):
-        path += ".npz"
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not hasattr(archive, "files"):
-            raise CheckpointError(f"{path}: holds a single array, not named parameters")
-        with archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"no parameter file {path!r}") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise CheckpointError(f"{path}: not a readable .npz parameter file ({err})") from None
+    arrays = read_params(path)
     if like is not None:
-        _check_like(path, arrays, _expected(like), require)
+        check_params(path, arrays, _expected(like), require)
     return arrays
 
 
@@ -377,23 +393,7 @@ def _expected(like) -> dict:
         like = {**like.parameters(), **like.state()}
     elif isinstance(like, (Tensor, list, tuple)):
         like = {t.op.label: t for t in Graph(like).params}
-    return {n: _shape_dtype(v) for n, v in like.items()}
-
-
-def _check_like(path, arrays, expected, require):
-    required = expected if require is None else require
-    problems = [f"missing {n!r}" for n in required if n not in arrays]
-    problems += [f"unexpected {n!r}" for n in arrays
-                 if n not in expected and not n.startswith(OPTIMIZER_PREFIX)]
-    for n, (shape, dtype) in expected.items():
-        if n in arrays:
-            have = arrays[n]
-            if have.shape != tuple(shape):
-                problems.append(f"{n!r} has shape {have.shape}, expected {tuple(shape)}")
-            elif have.dtype != dtype:
-                problems.append(f"{n!r} has dtype {have.dtype}, expected {dtype}")
-    if problems:
-        raise CheckpointError(f"{path} does not match the model:\n  " + "\n  ".join(problems))
+    return shapes_of(like)
 
 
 __all__ = ["CheckpointError", "EarlyStopping", "EvalStep", "History", "TrainStep", "fit",

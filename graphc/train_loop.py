@@ -14,6 +14,11 @@ import numpy as np
 from .errors import GraphError
 
 
+def seed_value(seed: int, step: int) -> np.int64:
+    """The random seed of step ``step`` of a run seeded ``seed`` (dropout's draws)."""
+    return np.int64((seed * 1_000_003 + step) % (2**31 - 1))
+
+
 def _tqdm():
     """tqdm's bar class, imported when a bar is first drawn: its notebook widget where
     ipywidgets is installed, else its text bar (``tqdm.auto`` warns in red in a notebook
@@ -166,37 +171,8 @@ def _progress_mode(progress) -> str | None:
 def fit(step, data, epochs: int = 1, batch_size: int | None = None, *,
         val_data=None, eval_step=None, eval_fn=None,
         early_stopping: EarlyStopping | None = None, shuffle: bool = True, seed: int = 0,
-        progress=True, workers=None, address=None, checkpoint=None,
-        checkpoint_every: int = 100, resume=None) -> History:
-    """Train ``step`` (a :class:`~graphc.train.TrainStep`) on ``data`` (``{input name:
-    array}``, samples along axis 0).
-
-    Each epoch visits the samples in a fresh random order (``shuffle``) in batches of the
-    step's static batch size (``batch_size``, if given, must equal it; with a dynamic batch
-    dimension, ``batch_size`` is required and may be any size), dropping the last
-    partial batch (its samples are drawn in other epochs).  After each epoch,
-    ``eval_step.evaluate(val_data, step)`` adds ``val_<name>`` metrics and
-    ``eval_fn(step)`` (a function returning ``{name: float}``) adds its own;
-    ``early_stopping`` then may stop training.  ``progress``: True (a tqdm bar on a
-    terminal, else a printed line per epoch), ``"bar"``, ``"print"`` or False.
-    Returns the :class:`History`.
-
-    ``workers=N`` (or a :class:`graphc.distributed.Workers` pool) trains data-parallel on
-    N Ray actors (``address``: an existing Ray cluster; ``checkpoint``,
-    ``checkpoint_every`` and ``resume``: fault-tolerant runs); the step's batch size is then
-    per worker.  See :func:`graphc.distributed.fit` and docs/distributed.md.
-    """
-    if workers is not None or address is not None or checkpoint is not None or \
-            resume is not None:
-        if workers is None:
-            raise ValueError("fit: address=, checkpoint= and resume= belong to data-parallel "
-                             "training; give workers= too (workers=1 trains on one Ray actor)")
-        from .distributed import fit as fit_parallel  # imports Ray only now
-        return fit_parallel(step, data, epochs, batch_size, workers=workers, address=address,
-                            checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                            resume=resume, val_data=val_data, eval_step=eval_step,
-                            eval_fn=eval_fn, early_stopping=early_stopping, shuffle=shuffle,
-                            seed=seed, progress=progress)
+        progress=True) -> History:
+    """:func:`graphc.train.fit` in this process (no ``workers``)."""
     n, b = _length(data), _fit_batch_size(step, batch_size)
     if n < b:
         raise ValueError(f"fit: {n} samples are fewer than one batch of {b}")

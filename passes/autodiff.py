@@ -11,7 +11,9 @@ sum of the contributions of its users (fan-out accumulates with ``add``).  For t
 - elementwise ops: downstream = upstream * local, with ``local`` = dz/dx an elementwise
   node built from the op's SymPy-derived derivative (sigmoid: ``y * (1 - y)``), and the
   product summed back over broadcast axes (:func:`graphc.structured_ops.unbroadcast`);
-- structured ops: their ``vjp`` rule, declared next to their shape rule.
+- structured ops: their ``vjp`` rule, declared next to their shape rule;
+- scans: one backward scan for all the outputs of a scan instance
+  (:func:`graphc.bptt.scan_vjp`, handed this module's :func:`backward` for the body).
 
 Only nodes that lie on a path from a requested input to an output get a gradient.  Every
 backward node is tagged (``t.meta``, read with :func:`provenance`) with the forward node it
@@ -21,6 +23,7 @@ through one edge).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
 
@@ -28,12 +31,14 @@ import numpy as np
 
 from graphc import dtypes
 from graphc import functions as F
-from graphc.dynamic import defer, is_dynamic
+from graphc.bptt import scan_vjp
+from graphc.dynamic import Deferred, defer, deferred_vjp, is_dynamic
 from graphc.elementwise_ops import Elementwise
 from graphc.errors import GraphError
 from graphc.graph import Graph, as_outputs, node_names
 from graphc.inputs import constant
 from graphc.ir import Tensor, iter_nodes, located
+from graphc.scan import siblings
 from graphc.shape_ops import unbroadcast
 
 
@@ -169,6 +174,8 @@ def _edge(z: Tensor, k: int, g: Tensor) -> tuple[Tensor | None, Tensor | None, s
             product = g * local
         return local, unbroadcast(product, x.shape), formula, ""
     rule = getattr(z.op, "vjp", None)
+    if isinstance(z.op, Deferred):  # replayed per feed shape, and differentiated then
+        rule = functools.partial(deferred_vjp, vjp=vjp)
     if rule is None:
         raise GraphError(f"{z.op.name} has no derivative rule")
     def text(texts):  # variadic ops (concat) give one text for every operand
@@ -214,8 +221,8 @@ def backward(ys, cotangents, wrt) -> Backward:
             # every output's gradient is complete; one rule gives all the inputs' gradients
             if z is not group[0] or all(id(m) not in out.grads for m in group):
                 continue
-            downs = z.op.joint_vjp(group, [out.grads.get(id(m)) for m in group],
-                                   [id(x) in depends for x in z.inputs])
+            downs = scan_vjp(group, [out.grads.get(id(m)) for m in group],
+                             [id(x) in depends for x in z.inputs], backward)
             g = g if g is not None else _zeros(z)
         for k, x in enumerate(z.inputs):
             if id(x) not in depends:
@@ -238,13 +245,9 @@ def backward(ys, cotangents, wrt) -> Backward:
 
 
 def _joint_groups(forward) -> dict[int, list[Tensor]]:
-    """Nodes whose op has a ``joint_vjp`` (the outputs of one scan) grouped by instance,
-    in forward order: ``{id(node): its group}``."""
-    groups: dict[tuple, list[Tensor]] = {}
-    for t in forward:
-        if getattr(t.op, "joint_vjp", None) is not None:
-            groups.setdefault((t.op.loop,) + tuple(map(id, t.inputs)), []).append(t)
-    return {id(t): members for members in groups.values() for t in members}
+    """The outputs of each scan grouped by instance (one backward scan gives the gradients
+    of them all), in forward order: ``{id(node): its group}``."""
+    return {id(t): group for group in siblings(forward).values() for t in group}
 
 
 def _as_list(wrt) -> tuple[list[Tensor], bool]:

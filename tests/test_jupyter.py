@@ -10,7 +10,8 @@ import pytest
 from graphc.viz.render import html_svg
 
 import graphc as gc
-from graphc import graph as graph_module
+
+render_module = sys.modules[html_svg.__module__]  # graphc.viz.render (the name is its function)
 
 # A notebook kernel as tqdm.autonotebook detects it, without ipywidgets installed.
 NOTEBOOK_WITHOUT_IPYWIDGETS = textwrap.dedent("""
@@ -81,7 +82,7 @@ def test_tensor_displays_the_graph_that_computes_it():
 
 
 def test_big_graph_shows_its_text_form_only(monkeypatch):
-    monkeypatch.setattr(graph_module, "MAX_DRAWN", 3)
+    monkeypatch.setattr(render_module, "MAX_DRAWN", 3)
     bundle = gc.Graph(_model())._repr_mimebundle_()
     assert "<svg" not in bundle["text/html"]
     assert "5 nodes: too many to draw here" in bundle["text/html"]

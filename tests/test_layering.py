@@ -1,7 +1,8 @@
 """The layering of the package (issue 15): the module import graph, read from the source with
-``ast`` (top-level and function-level imports alike), has no cycle; the IR, the op modules and
-``passes/`` never reach a backend; ``graphc.errors`` sits at the bottom; and ``import graphc``
-loads none of the heavy optional packages."""
+``ast`` (top-level and function-level imports alike, and ``importlib.import_module``,
+``__import__`` and ``sys.modules`` lookups of a graphc module by name), has no cycle; the IR,
+the op modules and ``passes/`` never reach a backend; ``graphc.errors`` sits at the bottom;
+and ``import graphc`` loads none of the heavy optional packages."""
 
 from __future__ import annotations
 
@@ -21,23 +22,6 @@ PACKAGES = {"graphc": ROOT / "graphc", "graphc.passes": ROOT / "passes",
 # and every backend): it is core, and so it must not reach a backend either.
 BACKEND = re.compile(r"(numba_\w*|cuda_\w*|kernel_cache|fastmath)")
 HEAVY = ("numba", "numba.cuda", "networkx", "torch", "onnx", "ray")
-# The imports that still point up the layers, each inside a function, with why.  The test
-# fails when one is gone (delete its line) and when a new one closes a cycle; an entry for a
-# module that does not exist (yet, or any more: files are being split) is skipped.  OPS
-# stands for every module that defines an op (see op_modules).
-OPS = "<op modules>"
-LATE = {
-    ("graphc.ir", "graphc.dynamic"): "Tensor.make defers a node with a dynamic operand",
-    ("graphc.ir", "graphc.graph"): "Tensor's Jupyter display is its graph's",
-    ("graphc.graph", "graphc.viz.render"): "Graph's Jupyter display draws the diagram",
-    (OPS, "graphc.functions"): "vjp rules (structured_ops, fused_ops) build with gc.* functions",
-    ("graphc.scan", "graphc.bptt"): "Scan's vjp is the backward loop bptt.py builds",
-    ("graphc.scan", "graphc.interpreter"): "a loop's NumPy evaluation runs its body graph",
-    ("graphc.dynamic", "graphc.passes.autodiff"): "a deferred node's vjp differentiates it",
-    ("graphc.train_loop", "graphc.distributed"): "fit(workers=N) hands over to distributed.fit",
-}
-
-
 def source_modules() -> dict[str, pathlib.Path]:
     """Every module of the package by dotted name (a package by its own name)."""
     found = {}
@@ -54,7 +38,9 @@ def imported(name: str, path: pathlib.Path, known, top_level=False) -> list[tupl
     """The package modules that module ``name`` imports anywhere in its source (inside
     functions too; with ``top_level``, outside every function and class only), with the
     line of each import.  ``from pkg import x`` counts as importing ``pkg.x`` when that is a
-    module, else ``pkg``; parent packages are not counted."""
+    module, else ``pkg``; parent packages are not counted.  A module named by a string
+    constant to ``importlib.import_module``, ``__import__`` or ``sys.modules`` is imported
+    too (the name may be relative to this module's package)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = _parse(path)
     found = []
@@ -62,13 +48,39 @@ def imported(name: str, path: pathlib.Path, known, top_level=False) -> list[tupl
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([node.module] if node.module else []))
+            base = _absolute(package, node.level, node.module)
             found += [(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base,
                        node.lineno) for alias in node.names]
+        elif (text := _named_import(node)) is not None:
+            level = len(text) - len(text.lstrip("."))
+            found.append((_absolute(package, level, text[level:] or None), node.lineno))
     return [(module, line) for module, line in found if module in known and module != name]
+
+
+def _absolute(package: str, level: int, module: str | None) -> str:
+    """The absolute name of ``module`` imported ``level`` dots up from ``package``."""
+    if not level:
+        return module or ""
+    parts = package.split(".")[:len(package.split(".")) - level + 1]
+    return ".".join(parts + ([module] if module else []))
+
+
+def _named_import(node) -> str | None:
+    """The string constant that ``node`` imports by name: ``importlib.import_module(s)``,
+    ``import_module(s)``, ``__import__(s)``, ``sys.modules[s]``, ``sys.modules.get(s)``."""
+    def dotted(n) -> str:
+        return f"{dotted(n.value)}.{n.attr}" if isinstance(n, ast.Attribute) else \
+            getattr(n, "id", "")
+    arg = None
+    if isinstance(node, ast.Call) and node.args:
+        if dotted(node.func).rpartition(".")[2] in ("import_module", "__import__") or \
+                dotted(node.func) == "sys.modules.get":
+            arg = node.args[0]
+    elif isinstance(node, ast.Subscript) and dotted(node.value) == "sys.modules":
+        arg = node.slice
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -174,37 +186,35 @@ def test_imports_are_read_at_every_level(tmp_path):
         ("graphc.graph", 5)]
 
 
+def test_imports_by_name_are_read_too(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import importlib, sys\n"
+                    "def f(name):\n"
+                    "    importlib.import_module('graphc.graph')\n"
+                    "    __import__('graphc.passes.fusion')\n"
+                    "    importlib.import_module('.dtypes', 'graphc')\n"
+                    "    sys.modules['graphc.ir']\n"
+                    "    sys.modules.get('graphc.viz')\n"
+                    "    importlib.import_module(name)\n"  # not a constant: unknown
+                    "    importlib.import_module('numpy')\n")
+    known = {"graphc.ir", "graphc.dtypes", "graphc.passes.fusion", "graphc.graph",
+             "graphc.viz"}
+    assert sorted(imported("graphc.m", path, known)) == [
+        ("graphc.dtypes", 5), ("graphc.graph", 3), ("graphc.ir", 6),
+        ("graphc.passes.fusion", 4), ("graphc.viz", 7)]
+
+
 def _cycle_text(graph, cycle) -> str:
     return "import cycle: " + " -> ".join(
         f"{a} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
 
 
-def _late(graph) -> list[tuple[str, str]]:
-    """The LATE imports between modules that exist, OPS expanded to the op modules that
-    import its target (or, where none does, left as it is: stale)."""
-    ops = op_modules(source_modules())
-    late = []
-    for a, b in LATE:
-        if a == OPS:
-            late += [(m, b) for m in sorted(ops) if b in graph[m]] or [(a, b)]
-        elif a in graph and b in graph:
-            late.append((a, b))
-    return late
-
-
 def test_the_import_graph_is_acyclic():
-    """Top-level imports have no cycle at all; with function-level imports too, none but
-    through the listed upward imports (LATE)."""
+    """No cycle among the top-level imports, nor with every import inside a function
+    counted too: a module never imports one that imports it, early or late."""
     top = import_graph(top_level=True)
     assert find_cycle(top) is None, _cycle_text(top, find_cycle(top))
     graph = import_graph()
-    late = _late(graph)
-    stale = [f"{a} -> {b}" for a, b in late if b not in graph.get(a, ())]
-    assert not stale, f"no longer imported: delete from LATE: {stale}"
-    early = [f"{a} -> {b} (line {top[a][b]})" for a, b in late if b in top[a]]
-    assert not early, f"a LATE import is at the top of its module: {early}"
-    for a, b in late:
-        del graph[a][b]
     cycle = find_cycle(graph)
     assert cycle is None, _cycle_text(graph, cycle)
 
@@ -218,11 +228,8 @@ def test_the_op_modules_are_found():
 
 
 def test_ir_ops_and_passes_never_reach_a_backend():
-    """Not directly, nor through other modules' imports (the LATE ones aside: through
-    Jupyter's display of a Tensor everything is reachable)."""
+    """Not directly, nor through other modules' imports (at any level)."""
     graph = import_graph()
-    for a, b in _late(graph):
-        graph.get(a, {}).pop(b, None)
     core = {"graphc.ir", "graphc.errors", "graphc.lowering"} | op_modules(source_modules())
     core |= {m for m in graph if m.startswith("graphc.passes")}
     assert len(core) > 15, sorted(core)

@@ -4,6 +4,7 @@ values are given)."""
 
 from __future__ import annotations
 
+import html
 import os
 import pathlib
 
@@ -16,7 +17,7 @@ from graphc import dtypes
 from graphc.compiler import compile
 from graphc.elementwise_ops import Elementwise
 from graphc.errors import GraphError, RenderError
-from graphc.graph import Graph, as_outputs, node_kind, node_names
+from graphc.graph import Graph, as_outputs, format_graph, node_kind, node_names
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor
 
@@ -97,6 +98,44 @@ def html_svg(svg: str) -> str:
     its HTML export."""
     start = svg.index("<svg")
     return f'<svg style="max-width:100%;height:auto"{svg[start + 4:]}'
+
+
+# ---------------------------------------------------------------------------------------
+# Jupyter's display of a Graph and a Tensor: attached here, where diagrams are drawn (the IR
+# below knows nothing of drawing), as graphc/functions.py attaches the operators.
+
+MAX_DRAWN = 400  # nodes; a bigger graph shows its text form only (dot would take long)
+
+
+def rich_display(graph: Graph, title: str) -> dict[str, str]:
+    """Jupyter's mime bundle for a graph: ``text/plain`` is its text form; ``text/html``
+    the diagram (scaled to the notebook's width) and the text form below it."""
+    text = format_graph(graph)
+    page = (f"<details><summary><code>{html.escape(title)}</code>: text form</summary>"
+            f"<pre>{html.escape(text)}</pre></details>")
+    if len(graph) > MAX_DRAWN:
+        note = f"{len(graph)} nodes: too many to draw here; gc.render(outputs, path) draws them"
+        return {"text/plain": text, "text/html": f"<p>{note}</p>{page}"}
+    try:
+        picture = html_svg(render(graph.outputs).svg())
+    except RenderError as err:  # no Graphviz: the text form alone
+        picture = f"<p>{html.escape(str(err))}</p>"
+    return {"text/plain": text,
+            "text/html": f'<div style="max-width:100%;overflow-x:auto">{picture}</div>{page}'}
+
+
+def _graph_display(self, include=None, exclude=None):
+    """Jupyter: the text form, and the diagram above it."""
+    return rich_display(self, repr(self))
+
+
+def _tensor_display(self, include=None, exclude=None):
+    """Jupyter: the diagram of the graph computing this tensor, and its text form."""
+    return {**rich_display(Graph(self), repr(self)), "text/plain": repr(self)}
+
+
+Graph._repr_mimebundle_ = _graph_display
+Tensor._repr_mimebundle_ = _tensor_display
 
 
 # ---------------------------------------------------------------------------------------
