@@ -65,6 +65,14 @@ def numpy_call(a, b, ta, tb, c):
     return lambda: np.matmul(av, bv, out=c)
 
 
+def numpy_copy_call(a, b, ta, tb, c):
+    """As ``numpy``, but a transposed operand is first copied to a contiguous array."""
+    if not (ta or tb):
+        return lambda: np.matmul(a, b, out=c)
+    return lambda: np.matmul(np.ascontiguousarray(a.T) if ta else a,
+                             np.ascontiguousarray(b.T) if tb else b, out=c)
+
+
 def torch_call(a, b, ta, tb, c):
     import torch
     at, bt, ct = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
@@ -160,8 +168,8 @@ def blis_call(a, b, ta, tb, c):
     return lambda: gemm(a, b, out=c, trans1=ta, trans2=tb, alpha=1.0, beta=0.0)
 
 
-CALLS = {"numpy": numpy_call, "scipy": scipy_call, "mkl": mkl_call, "blis": blis_call,
-         "torch": torch_call}
+CALLS = {"numpy": numpy_call, "numpy-Tcopy": numpy_copy_call, "scipy": scipy_call,
+         "mkl": mkl_call, "blis": blis_call, "torch": torch_call}
 
 
 def available(names):
@@ -177,6 +185,17 @@ def available(names):
         assert np.allclose(c, a @ b, rtol=1e-5), name
         ok.append(name)
     return ok
+
+
+def warm_up(names):
+    """What graphc does before its first GEMM (graphc.blas.ready), for NumPy's OpenBLAS
+    and, likewise, SciPy's: one small DGEMM."""
+    import graphc.blas
+    graphc.blas.ready()
+    if "scipy" in names:  # the same column-major call as NumPy's row-major product
+        from scipy.linalg.blas import dgemm
+        (m, k), (_, n) = graphc.blas.WARM_UP
+        dgemm(1.0, np.ones((n, k), order="F"), np.ones((k, m), order="F"))
 
 
 def set_threads(n):
@@ -206,7 +225,7 @@ def measure(names, rounds, ms, clock=time.perf_counter):
     rows = []
     for work, what, ashape, bshape, ta, tb in GEMMS:
         a, b, av, bv, c = _operands(rng, ashape, bshape, ta, tb)
-        expect = av.astype(np.float64) @ bv.astype(np.float64)
+        expect = av @ bv  # float32: a DGEMM here would warm OpenBLAS up (see --cold)
         calls = {n: CALLS[n](a, b, ta, tb, c) for n in names}
         for n, call in calls.items():  # warm up, and check every result
             c[...] = np.nan
@@ -248,6 +267,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--ms", type=float, default=20.0, help="milliseconds per timed round")
     p.add_argument("--blas", nargs="+", default=list(CALLS), choices=list(CALLS))
+    p.add_argument("--cold", action="store_true",
+                   help="skip the OpenBLAS warm-up graphc does (graphc.blas.ready)")
     args = p.parse_args(argv)
     # No GEMM runs before the thread count is set: OpenBLAS's speed at 1 thread depends on
     # whether a multithreaded GEMM has run in the process (docs/perf.md).
@@ -255,12 +276,15 @@ def main(argv=None):
     names = available(["numpy"] + [n for n in args.blas if n != "numpy"])
     for n in args.threads:
         set_threads(n)  # again: the libraries loaded by available()
+        if not args.cold:
+            warm_up(names)
         load = open("/proc/loadavg").read().split()[:3]
         # one thread: CPU time, which the other processes on a loaded machine do not inflate
         clock = time.process_time if n == 1 else time.perf_counter
         rows = measure(names, args.rounds, args.ms, clock)
         load2 = open("/proc/loadavg").read().split()[:3]
-        print(f"\n{n} thread(s), GFLOP/s ({clock.__name__}), median of {args.rounds} "
+        state = "cold OpenBLAS" if args.cold else "OpenBLAS warmed up as graphc does"
+        print(f"\n{n} thread(s), {state}, GFLOP/s ({clock.__name__}), median of {args.rounds} "
               "interleaved rounds; "
               f"load {' '.join(load)} -> {' '.join(load2)}\n")
         print(table(rows, names))
