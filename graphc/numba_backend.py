@@ -32,6 +32,7 @@ rule table, scans and :func:`compile_graph`.
 
 from __future__ import annotations
 
+from . import blas
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
 from .graph import Graph
@@ -121,4 +122,8 @@ RULES = {
 
 def compile_graph(graph: Graph) -> NumbaProgram:
     """Lower ``graph`` for the Numba backend."""
-    return Lowering(graph, RULES, rule_numpy).run()
+    lowering = Lowering(graph, RULES, rule_numpy)
+    program = lowering.run()
+    if "blas_ready" in lowering.namespace:  # it calls BLAS: which one (graphc/blas.py)
+        program.stats["blas"] = blas.info()
+    return program

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import dtypes
+from . import blas, dtypes
 from . import numba_codegen as cg
 from . import numba_kernels as nk
 from .ir import Tensor
@@ -51,10 +51,21 @@ def rule_numpy(lowering: Lowering, t: Tensor) -> Choice:
 
 
 def rule_matmul(lowering, t):
+    """``np.matmul`` into the node's buffer: NumPy's BLAS (chosen by measurement,
+    docs/perf.md), transposed operands as views (BLAS transpose flags, no copy)."""
     def emit(L, t, out):
         a, b = (_as_dtype(L, i, t.dtype) for i in t.inputs)
+        blas_ready(L)
         L.line(f"np.matmul({a}, {b}, out={out})")
     return Choice("buffer", emit)
+
+
+def blas_ready(L) -> None:
+    """Before a program's first BLAS call: :func:`graphc.blas.ready` (once per thread, it
+    makes NumPy's OpenBLAS 3x faster on small GEMMs; after that a flag test, ~0.1 us)."""
+    if "blas_ready" not in L.namespace:
+        L.define("blas_ready", blas.ready, note="graphc.blas.ready: OpenBLAS's buffer, once")
+        L.line("blas_ready()")
 
 
 def _as_dtype(L, t, dtype) -> str:
@@ -153,6 +164,7 @@ def rule_conv(lowering, t):
         cols = f"{L.var_name(t)}_cols"
         L.defined.add(cols)
         L.calls += 1
+        blas_ready(L)
         if isinstance(op, Conv2d):
             L.line(f"{cols} = np.empty(({n}, {k}, {pixels}), {dtype})")
             L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
