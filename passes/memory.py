@@ -1,7 +1,10 @@
-"""Memory planning: liveness, buffer reuse and in-place updates, as an analysis pass.
+"""Memory planning: a memory-aware schedule, liveness, buffer reuse and in-place updates.
 
-Before: any well-formed graph.  After: the same graph (this pass changes no node); its log
-holds the memory plan of one call in the graph's topological order:
+Before: any well-formed graph.  After: the same nodes, in the memory-aware order of
+``passes/schedule.py`` when its plan needs fewer bytes than the graph's order (this pass
+changes no node and no operand: only the order the backends run them in); its log holds
+the memory plan of one call in that order (and ``unscheduled_peak_bytes``, the planned
+peak in the order given):
 
 - every value that is not a view (reshape, transpose, broadcast, basic slicing), a feed or
   a constant needs a buffer from its node until the last use of the value or of any view
@@ -40,6 +43,8 @@ from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
 from graphc.lowering import group_order, instance_key
 from graphc.scan import siblings
+
+from .schedule import schedule
 
 
 def in_place_ok(t: Tensor, x: Tensor) -> bool:
@@ -207,11 +212,21 @@ def saved_for_backward(graph: Graph) -> tuple[int, int]:
     return len(kept), sum(t.nbytes for t in kept.values())
 
 
-def memory(graph: Graph, *, inplace: bool = True, log: dict | None = None) -> Graph:
-    """Plan the memory of one call of ``graph`` (module docstring); the graph is returned
-    unchanged and the plan goes to ``log``."""
+def memory(graph: Graph, *, inplace: bool = True, reorder: bool = True,
+           log: dict | None = None) -> Graph:
+    """Plan the memory of one call of ``graph`` (module docstring): the graph is returned
+    with the memory-aware schedule (``passes/schedule.py``) when ``reorder`` and its plan
+    needs fewer bytes than the graph's order, and the plan goes to ``log``."""
+    figures = plan(graph.nodes, graph.outputs, inplace).figures
+    unscheduled = figures["planned_peak_bytes"]
+    if reorder:
+        order = schedule(graph.nodes, graph.outputs)
+        better = plan(order, graph.outputs, inplace).figures
+        if better["planned_peak_bytes"] < unscheduled:
+            graph, figures = Graph(graph.outputs, order), better
     if log is not None:
-        log.update(plan(graph.nodes, graph.outputs, inplace).figures)
+        log.update(figures)
+        log["unscheduled_peak_bytes"] = unscheduled
         count, size = saved_for_backward(graph)
         log["saved_for_backward"] = count
         log["saved_for_backward_bytes"] = size
