@@ -34,6 +34,7 @@ the step ``frees`` names.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from graphc.elementwise_ops import Elementwise
@@ -122,9 +123,9 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> M
         frees.setdefault(k, []).append(r)
     dies = _dies_at(order)
     owns = [c in ("buffer", "alloc") for c in kind]
-    slot_of: dict[int, int] = {}
-    sizes: list[int] = []
-    free: list[int] = []
+    slotted = [c == "buffer" and id(t) not in out_ids for c, t in zip(kind, order)]
+    chains: dict[int, list[int]] = {}  # first value -> the values written over its buffer
+    first: dict[int, int] = {}
     handed: set[int] = set()
     live = peak = naive = 0
     for k, t in enumerate(order):
@@ -132,20 +133,20 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> M
             naive += t.nbytes
             live += t.nbytes
             peak = max(peak, live)
-        if kind[k] == "buffer" and id(t) not in out_ids:
-            r = _reuse(t, dies.get(id(t), k), order, root, last, slot_of, handed) \
+        if slotted[k]:
+            r = _reuse(t, dies.get(id(t), k), order, root, last, slotted, handed) \
                 if inplace else None
             if r is not None:
                 handed.add(r)
-                slot_of[id(t)] = slot_of[id(order[r])]
-            else:
-                slot_of[id(t)] = best_fit(t.nbytes, sizes, free)
+            first[k] = k if r is None else first[r]
+            chains.setdefault(first[k], []).append(k)
         for r in frees.get(k, ()):
-            owner = order[r]
             if owns[r]:
-                live -= owner.nbytes
-            if id(owner) in slot_of and r not in handed:
-                free.append(slot_of[id(owner)])
+                live -= order[r].nbytes
+    slot, sizes = min((assign_slots(chains, order, last),
+                       online_slots(chains, order, frees, first, handed)),
+                      key=lambda a: sum(a[1]))
+    slot_of = {id(order[k]): slot[first[k]] for k in first}
     outputs_bytes = sum(order[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
                         if owns[root[id(t)]])
     figures = {"planned_peak_bytes": int(sum(sizes)) + outputs_bytes,
@@ -164,15 +165,57 @@ def _dies_at(order) -> dict[int, int]:
     return {id(t): last[instance_key(t)] for t in order if isinstance(t.op, Fused)}
 
 
-def _reuse(t, dies, order, root, last, slot_of, handed) -> int | None:
+def _reuse(t, dies, order, root, last, slotted, handed) -> int | None:
     """The storage root of an operand whose slot ``t`` can write over in place: not a
     view, in a slot, read once by ``t`` and by nothing after ``dies``."""
     for x in t.inputs:
         r = root[id(x)]
-        if order[r] is x and last.get(r) == dies and id(x) in slot_of and \
+        if order[r] is x and last.get(r) == dies and slotted[r] and \
                 r not in handed and in_place_ok(t, x) and sum(i is x for i in t.inputs) == 1:
             return r
     return None
+
+
+def assign_slots(chains: dict, order, last) -> tuple[dict[int, int], list[int]]:
+    """Slots for ``chains`` (first value's position -> the positions of the values that
+    share its buffer, each written in place over the one before), ``(slot by first
+    position, slot sizes)``, greedy by size: largest buffer first, each in the smallest
+    slot no buffer alive at the same time holds, else a new slot of its size."""
+    spans = sorted((-order[k].nbytes, k, max(last.get(m, m) for m in members))
+                   for k, members in chains.items())
+    sizes: list[int] = []
+    busy: list[list[tuple[int, int]]] = []  # per slot: the (first, last) steps held, sorted
+    slot: dict[int, int] = {}
+    for need, start, end in spans:
+        free = [s for s, held in enumerate(busy) if _free_during(held, start, end)]
+        if free:
+            slot[start] = min(free, key=lambda s: sizes[s])
+        else:
+            slot[start] = len(sizes)
+            sizes.append(-need)
+            busy.append([])
+        bisect.insort(busy[slot[start]], (start, end))
+    return slot, sizes
+
+
+def _free_during(held: list[tuple[int, int]], start: int, end: int) -> bool:
+    i = bisect.bisect(held, (start, end))
+    return (i == 0 or held[i - 1][1] < start) and (i == len(held) or held[i][0] > end)
+
+
+def online_slots(chains: dict, order, frees, first, handed) -> tuple[dict[int, int], list]:
+    """Slots for ``chains`` (as :func:`assign_slots`) taken in the order run: each the
+    best fit among the slots freed so far (:func:`best_fit`)."""
+    slot: dict[int, int] = {}
+    sizes: list[int] = []
+    free: list[int] = []
+    for k, t in enumerate(order):
+        if k in chains:
+            slot[k] = best_fit(t.nbytes, sizes, free)
+        for r in frees.get(k, ()):
+            if r in first and r not in handed:
+                free.append(slot[first[r]])
+    return slot, sizes
 
 
 def best_fit(need: int, sizes: list[int], free: list[int]) -> int:
