@@ -123,6 +123,7 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> M
         frees.setdefault(k, []).append(r)
     dies = _dies_at(order)
     owns = [c in ("buffer", "alloc") for c in kind]
+    nbytes = [t.nbytes if owns[k] else 0 for k, t in enumerate(order)]
     slotted = [c == "buffer" and id(t) not in out_ids for c, t in zip(kind, order)]
     chains: dict[int, list[int]] = {}  # first value -> the values written over its buffer
     first: dict[int, int] = {}
@@ -130,8 +131,8 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> M
     live = peak = naive = 0
     for k, t in enumerate(order):
         if owns[k]:
-            naive += t.nbytes
-            live += t.nbytes
+            naive += nbytes[k]
+            live += nbytes[k]
             peak = max(peak, live)
         if slotted[k]:
             r = _reuse(t, dies.get(id(t), k), order, root, last, slotted, handed) \
@@ -142,9 +143,9 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> M
             chains.setdefault(first[k], []).append(k)
         for r in frees.get(k, ()):
             if owns[r]:
-                live -= order[r].nbytes
-    slot, sizes = min((assign_slots(chains, order, last),
-                       online_slots(chains, order, frees, first, handed)),
+                live -= nbytes[r]
+    slot, sizes = min((assign_slots(chains, nbytes, last),
+                       online_slots(chains, nbytes, frees, first, handed)),
                       key=lambda a: sum(a[1]))
     slot_of = {id(order[k]): slot[first[k]] for k in first}
     outputs_bytes = sum(order[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
@@ -176,20 +177,22 @@ def _reuse(t, dies, order, root, last, slotted, handed) -> int | None:
     return None
 
 
-def assign_slots(chains: dict, order, last) -> tuple[dict[int, int], list[int]]:
+def assign_slots(chains: dict, nbytes, last) -> tuple[dict[int, int], list[int]]:
     """Slots for ``chains`` (first value's position -> the positions of the values that
     share its buffer, each written in place over the one before), ``(slot by first
     position, slot sizes)``, greedy by size: largest buffer first, each in the smallest
     slot no buffer alive at the same time holds, else a new slot of its size."""
-    spans = sorted((-order[k].nbytes, k, max(last.get(m, m) for m in members))
+    spans = sorted((-nbytes[k], k, max(last.get(m, m) for m in members))
                    for k, members in chains.items())
     sizes: list[int] = []
     busy: list[list[tuple[int, int]]] = []  # per slot: the (first, last) steps held, sorted
     slot: dict[int, int] = {}
     for need, start, end in spans:
-        free = [s for s, held in enumerate(busy) if _free_during(held, start, end)]
-        if free:
-            slot[start] = min(free, key=lambda s: sizes[s])
+        # slots are made largest first: the smallest free one is the last one free
+        free = next((s for s in range(len(busy) - 1, -1, -1)
+                     if _free_during(busy[s], start, end)), None)
+        if free is not None:
+            slot[start] = free
         else:
             slot[start] = len(sizes)
             sizes.append(-need)
@@ -203,15 +206,15 @@ def _free_during(held: list[tuple[int, int]], start: int, end: int) -> bool:
     return (i == 0 or held[i - 1][1] < start) and (i == len(held) or held[i][0] > end)
 
 
-def online_slots(chains: dict, order, frees, first, handed) -> tuple[dict[int, int], list]:
+def online_slots(chains: dict, nbytes, frees, first, handed) -> tuple[dict[int, int], list]:
     """Slots for ``chains`` (as :func:`assign_slots`) taken in the order run: each the
     best fit among the slots freed so far (:func:`best_fit`)."""
     slot: dict[int, int] = {}
     sizes: list[int] = []
     free: list[int] = []
-    for k, t in enumerate(order):
+    for k, need in enumerate(nbytes):
         if k in chains:
-            slot[k] = best_fit(t.nbytes, sizes, free)
+            slot[k] = best_fit(need, sizes, free)
         for r in frees.get(k, ()):
             if r in first and r not in handed:
                 free.append(slot[first[r]])
