@@ -146,8 +146,9 @@ def describe(entry: dict) -> str:
                 f"(naive {_mb(entry['naive_peak_bytes'])}, live peak "
                 f"{_mb(entry['peak_live_bytes'])}), {entry['buffers']} buffers, "
                 f"{entry['in_place']} in place")
-        if entry.get("unscheduled_peak_bytes", 0) > entry["planned_peak_bytes"]:
-            text += f"; scheduled ({_mb(entry['unscheduled_peak_bytes'])} in graph order)"
+        before = entry.get("unscheduled_peak_bytes", 0)
+        if before > entry["planned_peak_bytes"]:
+            text += f"; scheduled, {1 - entry['planned_peak_bytes'] / before:.0%} below graph order"
         if entry.get("saved_for_backward"):
             text += (f"; forward keeps {entry['saved_for_backward']} values "
                      f"({_mb(entry['saved_for_backward_bytes'])}) for the backward")

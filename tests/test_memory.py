@@ -62,7 +62,8 @@ def test_the_schedule_is_a_topological_order_of_the_same_nodes():
     assert graph.inputs == Graph(graph.outputs).inputs
     memory_report = report[-1]
     assert memory_report["planned_peak_bytes"] < memory_report["unscheduled_peak_bytes"]
-    assert "scheduled (" in pipeline.describe(memory_report)
+    saved = 1 - memory_report["planned_peak_bytes"] / memory_report["unscheduled_peak_bytes"]
+    assert f"scheduled, {saved:.0%} below graph order" in pipeline.describe(memory_report)
 
 
 def test_check_graph_refuses_an_order_that_is_not_a_schedule():
@@ -83,7 +84,7 @@ def w1_step():
     return mlp_step(128, (784, 256, 256, 10))
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.slow)])
 def test_scheduled_values_are_bitwise_those_of_the_depth_first_order(w1_step, backend):
     outputs, feeds = w1_step
     f = gc.compile(outputs, backend=backend)
