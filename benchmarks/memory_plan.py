@@ -1,6 +1,6 @@
 """Peak memory of one training step: graphc's memory plan against PyTorch eager.
 
-    python benchmarks/memory_plan.py [W1 W2 ...]
+    python benchmarks/memory_plan.py [W1 W2 ...] [--no-remat]
 
 For each workload (loss and all gradients, float32): the memory pass's figures for the
 optimized graph (``planned``: buffers reused once dead and written in place, plus the
@@ -8,12 +8,15 @@ outputs; ``naive``: every value its own buffer; ``live peak``: the most bytes al
 once), the same plan for the unoptimized graph, what the Numba backend allocates (its
 buffer pool plus the outputs), the forward values kept for the backward, and PyTorch's
 peak: allocations minus frees in the order its profiler records them (op granularity),
-for the same step (``torch.autograd.grad`` of the same loss).  Feeds and parameters are
-not counted anywhere.
+for the same step (``torch.autograd.grad`` of the same loss; its allocator's own records,
+each allocation and free at its time).  ``unsched``: the planned peak in the graph's
+depth-first order, before the memory pass's schedule (``passes/schedule.py``).  Feeds and
+parameters are not counted anywhere.
 
 A second table measures rematerialization (``passes/remat.py``, off by default): the
 planned peak and the forward values kept for the backward with the default pipeline and
-with ``REMAT_PIPELINE``, and the median ms per step of each on the Numba backend.
+with ``REMAT_PIPELINE``, and the median ms per step of each on the Numba backend
+(``--no-remat``: not run).
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ import graphc as gc  # noqa: E402
 
 
 def torch_peak(workload, problem) -> int:
-    """Bytes PyTorch holds at most during one step, from its profiler's memory records."""
+    """Bytes PyTorch holds at most during one step: its CPU allocator's allocations and
+    frees, each at its own time, from the profiler's allocation records.  (An op event's
+    net ``self_cpu_memory_usage`` counts an autograd node's frees at its start, before the
+    gradients it allocates: that undercounted W1's peak by 0.13 MB.)"""
     import torch
+    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
     t = {k: torch.from_numpy(np.array(v)) for k, v in problem.feeds.items()}
     leaves = [t[n].requires_grad_(True) for n in problem.wrt_names]
@@ -45,9 +52,15 @@ def torch_peak(workload, problem) -> int:
     step()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = step()
+    sizes, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            sizes.append((event.start_time_ns, event.extra_fields.alloc_size))
+        stack.extend(event.children)
     current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.self_cpu_memory_usage
+    for _, size in sorted(sizes):
+        current += size
         peak = max(peak, current)
     del result
     return peak
@@ -61,7 +74,8 @@ def graphc_figures(problem) -> dict:
     (mem,) = [r for r in f.stats["passes"] if r["pass"] == "memory"]
     (plain_mem,) = plain.stats["passes"]
     out_bytes = sum(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize for t in outputs)
-    return {"planned": mem["planned_peak_bytes"], "naive": mem["naive_peak_bytes"],
+    return {"planned": mem["planned_peak_bytes"], "unscheduled": mem["unscheduled_peak_bytes"],
+            "naive": mem["naive_peak_bytes"],
             "live": mem["peak_live_bytes"], "unfused planned": plain_mem["planned_peak_bytes"],
             "unfused naive": plain_mem["naive_peak_bytes"],
             "numba": f.stats["buffer_bytes"] + out_bytes,
@@ -88,17 +102,23 @@ def remat_figures(problem, seconds: float = 2.0) -> dict:
     return out
 
 
-def main(names) -> None:
-    print(f"{'':6}{'planned':>10}{'naive':>10}{'live':>10}{'unfused':>10}{'unf naive':>10}"
-          f"{'numba':>10}{'numba unf':>10}{'kept fw':>10}{'torch':>10}   (MB)")
+def main(names, remat: bool = True) -> None:
+    columns = ["planned", "unsched", "naive", "live", "unfused", "unf naive", "numba",
+               "numba unf", "kept fw", "torch"]
+    print(f"{'':6}" + "".join(f"{c:>10}" for c in columns) + "   (MB)")
     for name in names:
         workload = workloads.WORKLOADS[name]
         problem = workload.problem()
         g = graphc_figures(problem)
-        row = [g["planned"], g["naive"], g["live"], g["unfused planned"], g["unfused naive"],
-               g["numba"], g["numba unfused"], g["kept for backward"],
+        row = [g["planned"], g["unscheduled"], g["naive"], g["live"], g["unfused planned"],
+               g["unfused naive"], g["numba"], g["numba unfused"], g["kept for backward"],
                torch_peak(workload, problem)]
         print(f"{name:<6}" + "".join(f"{v / 1e6:>10.2f}" for v in row))
+    if remat:
+        remat_table(names)
+
+
+def remat_table(names) -> None:
     print("\nrematerialization (MB, ms/step on the Numba backend)")
     print(f"{'':6}{'planned':>10}{'kept fw':>10}{'ms':>10}{'remat pl':>10}{'remat kept':>11}"
           f"{'remat ms':>10}")
@@ -110,4 +130,5 @@ def main(names) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["W1", "W2"])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--no-remat"] or ["W1", "W2"], "--no-remat" not in args)

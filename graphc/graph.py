@@ -35,18 +35,27 @@ class Graph:
     }
     """
 
-    def __init__(self, outputs):
+    def __init__(self, outputs, order=None):
         self.outputs = as_outputs(outputs)
+        if order is not None:  # a schedule (passes/schedule.py): every node, in this order
+            self.nodes = tuple(order)
+
+    @cached_property
+    def depth_first(self) -> tuple[Tensor, ...]:
+        """Every node, in a deterministic topological order (inputs before users): the
+        order names and inputs follow, whatever the schedule."""
+        return tuple(iter_nodes(self.outputs))  # a DFS post-order is a topological order
 
     @cached_property
     def nodes(self) -> tuple[Tensor, ...]:
-        """Every node, in a deterministic topological order (inputs before users)."""
-        return tuple(iter_nodes(self.outputs))  # a DFS post-order is a topological order
+        """Every node, in the topological order the backends run them: ``depth_first``
+        unless the graph was made with a schedule (``order``)."""
+        return self.depth_first
 
     @cached_property
     def inputs(self) -> tuple[Tensor, ...]:
         """Input and parameter leaves, in graph order."""
-        return tuple(t for t in self.nodes if isinstance(t.op, Input))
+        return tuple(t for t in self.depth_first if isinstance(t.op, Input))
 
     @property
     def params(self) -> tuple[Tensor, ...]:
@@ -103,7 +112,7 @@ def node_names(graph: Graph, known: dict[int, str] | None = None) -> dict[int, s
     >>> sorted(node_names(gc.Graph(h)).values())
     ['2', 'fc1.add', 'fc1.mul', 'fc1.tanh', 'fc1.tanh_2', 'x']
     """
-    return _names_in_order(graph.nodes, known)
+    return _names_in_order(graph.depth_first, known)
 
 
 def _names_in_order(nodes, known=None) -> dict[int, str]:
@@ -268,20 +277,23 @@ def _constant_text(a: np.ndarray) -> str:
 def check_graph(graph) -> Graph:
     """Check that a graph is well formed; raise :class:`GraphError` listing every problem.
 
-    Checks: no cycles; every node's shape and dtype are what its op infers from its
-    inputs; input names are unique; constants hold arrays of their declared type.
+    Checks: no cycles; a schedule (``Graph(outputs, order)``) runs every node once, after
+    its inputs; every node's shape and dtype are what its op infers from its inputs; input
+    names are unique; constants hold arrays of their declared type.
     Returns the :class:`Graph` so passes can write ``return check_graph(out)``.
     """
     graph = graph if isinstance(graph, Graph) else Graph(graph)
     problems = []
-    dfs = iter_nodes(graph.outputs)
+    dfs = graph.depth_first
     position = {id(t): k for k, t in enumerate(dfs)}
     for t in dfs:  # immutable nodes cannot form a cycle; a node built by hand could
         late = [i.name for i in t.inputs if position[id(i)] >= position[id(t)]]
         if late:
             problems.append(f"cycle: {t.name} is an input of its own input(s) {late}")
-    seen: dict[str, Tensor] = {}
     names = _names_in_order(dfs)
+    if graph.nodes is not dfs:
+        problems += _order_problems(graph.nodes, dfs, names)
+    seen: dict[str, Tensor] = {}
     for t in dfs:
         if isinstance(t.op, Input):
             other = seen.setdefault(t.op.label, t)
@@ -299,6 +311,17 @@ def check_graph(graph) -> Graph:
     if problems:
         raise GraphError("graph check failed:\n  " + "\n  ".join(problems))
     return graph
+
+
+def _order_problems(order, dfs, names) -> list[str]:
+    """What is wrong with a schedule ``order`` of the nodes ``dfs``: a node missing, extra
+    or repeated, or run before one of its inputs."""
+    if len(order) != len(dfs) or {id(t) for t in order} != {id(t) for t in dfs}:
+        return [f"schedule: {len(order)} nodes ({len({id(t) for t in order})} distinct) "
+                f"are not the graph's {len(dfs)} nodes"]
+    position = {id(t): k for k, t in enumerate(order)}
+    return [f"schedule: {names[id(t)]} runs before its input {names[id(i)]}" for t in order
+            for i in t.inputs if position[id(i)] >= position[id(t)]][:5]
 
 
 def to_networkx(outputs):

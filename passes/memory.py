@@ -1,7 +1,10 @@
-"""Memory planning: liveness, buffer reuse and in-place updates, as an analysis pass.
+"""Memory planning: a memory-aware schedule, liveness, buffer reuse and in-place updates.
 
-Before: any well-formed graph.  After: the same graph (this pass changes no node); its log
-holds the memory plan of one call in the graph's topological order:
+Before: any well-formed graph.  After: the same nodes, in the memory-aware order of
+``passes/schedule.py`` when its plan needs fewer bytes than the graph's order (this pass
+changes no node and no operand: only the order the backends run them in); its log holds
+the memory plan of one call in that order (and ``unscheduled_peak_bytes``, the planned
+peak in the order given):
 
 - every value that is not a view (reshape, transpose, broadcast, basic slicing), a feed or
   a constant needs a buffer from its node until the last use of the value or of any view
@@ -31,6 +34,7 @@ the step ``frees`` names.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from graphc.elementwise_ops import Elementwise
@@ -40,6 +44,8 @@ from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
 from graphc.lowering import group_order, instance_key
 from graphc.scan import siblings
+
+from .schedule import schedule
 
 
 def in_place_ok(t: Tensor, x: Tensor) -> bool:
@@ -117,30 +123,31 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> M
         frees.setdefault(k, []).append(r)
     dies = _dies_at(order)
     owns = [c in ("buffer", "alloc") for c in kind]
-    slot_of: dict[int, int] = {}
-    sizes: list[int] = []
-    free: list[int] = []
+    nbytes = [t.nbytes if owns[k] else 0 for k, t in enumerate(order)]
+    slotted = [c == "buffer" and id(t) not in out_ids for c, t in zip(kind, order)]
+    chains: dict[int, list[int]] = {}  # first value -> the values written over its buffer
+    first: dict[int, int] = {}
     handed: set[int] = set()
     live = peak = naive = 0
     for k, t in enumerate(order):
         if owns[k]:
-            naive += t.nbytes
-            live += t.nbytes
+            naive += nbytes[k]
+            live += nbytes[k]
             peak = max(peak, live)
-        if kind[k] == "buffer" and id(t) not in out_ids:
-            r = _reuse(t, dies.get(id(t), k), order, root, last, slot_of, handed) \
+        if slotted[k]:
+            r = _reuse(t, dies.get(id(t), k), order, root, last, slotted, handed) \
                 if inplace else None
             if r is not None:
                 handed.add(r)
-                slot_of[id(t)] = slot_of[id(order[r])]
-            else:
-                slot_of[id(t)] = best_fit(t.nbytes, sizes, free)
+            first[k] = k if r is None else first[r]
+            chains.setdefault(first[k], []).append(k)
         for r in frees.get(k, ()):
-            owner = order[r]
             if owns[r]:
-                live -= owner.nbytes
-            if id(owner) in slot_of and r not in handed:
-                free.append(slot_of[id(owner)])
+                live -= nbytes[r]
+    slot, sizes = min((assign_slots(chains, nbytes, last),
+                       online_slots(chains, nbytes, frees, first, handed)),
+                      key=lambda a: sum(a[1]))
+    slot_of = {id(order[k]): slot[first[k]] for k in first}
     outputs_bytes = sum(order[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
                         if owns[root[id(t)]])
     figures = {"planned_peak_bytes": int(sum(sizes)) + outputs_bytes,
@@ -159,15 +166,59 @@ def _dies_at(order) -> dict[int, int]:
     return {id(t): last[instance_key(t)] for t in order if isinstance(t.op, Fused)}
 
 
-def _reuse(t, dies, order, root, last, slot_of, handed) -> int | None:
+def _reuse(t, dies, order, root, last, slotted, handed) -> int | None:
     """The storage root of an operand whose slot ``t`` can write over in place: not a
     view, in a slot, read once by ``t`` and by nothing after ``dies``."""
     for x in t.inputs:
         r = root[id(x)]
-        if order[r] is x and last.get(r) == dies and id(x) in slot_of and \
+        if order[r] is x and last.get(r) == dies and slotted[r] and \
                 r not in handed and in_place_ok(t, x) and sum(i is x for i in t.inputs) == 1:
             return r
     return None
+
+
+def assign_slots(chains: dict, nbytes, last) -> tuple[dict[int, int], list[int]]:
+    """Slots for ``chains`` (first value's position -> the positions of the values that
+    share its buffer, each written in place over the one before), ``(slot by first
+    position, slot sizes)``, greedy by size: largest buffer first, each in the smallest
+    slot no buffer alive at the same time holds, else a new slot of its size."""
+    spans = sorted((-nbytes[k], k, max(last.get(m, m) for m in members))
+                   for k, members in chains.items())
+    sizes: list[int] = []
+    busy: list[list[tuple[int, int]]] = []  # per slot: the (first, last) steps held, sorted
+    slot: dict[int, int] = {}
+    for need, start, end in spans:
+        # slots are made largest first: the smallest free one is the last one free
+        free = next((s for s in range(len(busy) - 1, -1, -1)
+                     if _free_during(busy[s], start, end)), None)
+        if free is not None:
+            slot[start] = free
+        else:
+            slot[start] = len(sizes)
+            sizes.append(-need)
+            busy.append([])
+        bisect.insort(busy[slot[start]], (start, end))
+    return slot, sizes
+
+
+def _free_during(held: list[tuple[int, int]], start: int, end: int) -> bool:
+    i = bisect.bisect(held, (start, end))
+    return (i == 0 or held[i - 1][1] < start) and (i == len(held) or held[i][0] > end)
+
+
+def online_slots(chains: dict, nbytes, frees, first, handed) -> tuple[dict[int, int], list]:
+    """Slots for ``chains`` (as :func:`assign_slots`) taken in the order run: each the
+    best fit among the slots freed so far (:func:`best_fit`)."""
+    slot: dict[int, int] = {}
+    sizes: list[int] = []
+    free: list[int] = []
+    for k, need in enumerate(nbytes):
+        if k in chains:
+            slot[k] = best_fit(need, sizes, free)
+        for r in frees.get(k, ()):
+            if r in first and r not in handed:
+                free.append(slot[first[r]])
+    return slot, sizes
 
 
 def best_fit(need: int, sizes: list[int], free: list[int]) -> int:
@@ -207,11 +258,21 @@ def saved_for_backward(graph: Graph) -> tuple[int, int]:
     return len(kept), sum(t.nbytes for t in kept.values())
 
 
-def memory(graph: Graph, *, inplace: bool = True, log: dict | None = None) -> Graph:
-    """Plan the memory of one call of ``graph`` (module docstring); the graph is returned
-    unchanged and the plan goes to ``log``."""
+def memory(graph: Graph, *, inplace: bool = True, reorder: bool = True,
+           log: dict | None = None) -> Graph:
+    """Plan the memory of one call of ``graph`` (module docstring): the graph is returned
+    with the memory-aware schedule (``passes/schedule.py``) when ``reorder`` and its plan
+    needs fewer bytes than the graph's order, and the plan goes to ``log``."""
+    figures = plan(graph.nodes, graph.outputs, inplace).figures
+    unscheduled = figures["planned_peak_bytes"]
+    if reorder:
+        order = schedule(graph.nodes, graph.outputs)
+        better = plan(order, graph.outputs, inplace).figures
+        if better["planned_peak_bytes"] < unscheduled:
+            graph, figures = Graph(graph.outputs, order), better
     if log is not None:
-        log.update(plan(graph.nodes, graph.outputs, inplace).figures)
+        log.update(figures)
+        log["unscheduled_peak_bytes"] = unscheduled
         count, size = saved_for_backward(graph)
         log["saved_for_backward"] = count
         log["saved_for_backward_bytes"] = size

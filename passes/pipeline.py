@@ -9,7 +9,8 @@ docstring states what holds before and after it:
 2. ``cse``: commutative operands in one order, so interning merges equal expressions;
 3. ``fusion``: elementwise groups (and their sums) become fused nodes;
 4. ``dce``: fused groups pruned to the outputs and steps still used;
-5. ``memory``: liveness and the buffer plan, reported (the graph is unchanged).
+5. ``memory``: the memory-aware schedule (the order the backends run the nodes in; no node
+   changes), liveness and the buffer plan, reported.
 
 After every pass the pipeline checks that the outputs kept their shapes and dtypes, and,
 when ``check=True`` or the environment variable ``GRAPHC_CHECK_PASSES`` is set (the test
@@ -145,6 +146,9 @@ def describe(entry: dict) -> str:
                 f"(naive {_mb(entry['naive_peak_bytes'])}, live peak "
                 f"{_mb(entry['peak_live_bytes'])}), {entry['buffers']} buffers, "
                 f"{entry['in_place']} in place")
+        before = entry.get("unscheduled_peak_bytes", 0)
+        if before > entry["planned_peak_bytes"]:
+            text += f"; scheduled, {1 - entry['planned_peak_bytes'] / before:.0%} below graph order"
         if entry.get("saved_for_backward"):
             text += (f"; forward keeps {entry['saved_for_backward']} values "
                      f"({_mb(entry['saved_for_backward_bytes'])}) for the backward")

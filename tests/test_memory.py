@@ -1,0 +1,118 @@
+"""The memory-aware schedule (passes/schedule.py) that the memory pass keeps when its plan
+is smaller: a topological order of the same nodes, values bitwise unchanged on every
+backend, and a lower planned peak for a training step."""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+
+import numpy as np
+import pytest
+from graphc.passes import pipeline
+from graphc.passes.memory import memory
+
+import graphc as gc
+from graphc.errors import GraphError
+from graphc.fused_ops import Fused
+from graphc.graph import Graph, check_graph, node_names
+from graphc.lowering import instance_key
+
+# The default pipeline with the memory pass kept to the graph's depth-first order.
+UNSCHEDULED = (*pipeline.DEFAULT_PIPELINE[:-1],
+               pipeline.Pass("memory", partial(memory, reorder=False)))
+
+
+def mlp_step(batch, widths, seed=0):
+    """A training step of a ReLU MLP with softmax cross-entropy (benchmarks' W1 and W2):
+    the outputs (loss, then every parameter's gradient) and feeds."""
+    x = gc.input("x", (batch, widths[0]))
+    labels = gc.input("labels", (batch,), "int64")
+    h, params = x, []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        W, b = gc.param(f"W{i}", (fan_in, fan_out)), gc.param(f"b{i}", (fan_out,))
+        h = h @ W + b
+        h = gc.relu(h) if i < len(widths) - 1 else h
+        params += [W, b]
+    loss = gc.softmax_cross_entropy(h, labels)
+    rng = np.random.default_rng(seed)
+    feeds = {"x": rng.standard_normal((batch, widths[0])).astype(np.float32),
+             "labels": rng.integers(0, widths[-1], batch)}
+    feeds.update({p.op.label: (0.1 * rng.standard_normal(p.shape)).astype(np.float32)
+                  for p in params})
+    return [loss, *gc.grad(loss, params)], feeds
+
+
+def test_the_schedule_is_a_topological_order_of_the_same_nodes():
+    outputs, _ = mlp_step(8, (12, 10, 10, 3))
+    graph, report = pipeline.run(Graph(outputs), pipeline.DEFAULT_PIPELINE, check=True)
+    order, dfs = graph.nodes, graph.depth_first
+    assert [id(t) for t in order] != [id(t) for t in dfs]  # the schedule moved nodes
+    assert sorted(map(id, order)) == sorted(map(id, dfs)) and len(order) == len(set(order))
+    position = {id(t): k for k, t in enumerate(order)}
+    assert all(position[id(i)] < position[id(t)] for t in order for i in t.inputs)
+    instances: dict[tuple, list] = {}
+    for t in order:
+        if isinstance(t.op, Fused):
+            instances.setdefault(instance_key(t), []).append(position[id(t)])
+    assert any(len(p) > 1 for p in instances.values())
+    assert all(p == list(range(p[0], p[0] + len(p))) for p in instances.values())
+    # names and inputs follow the depth-first order, whatever the schedule
+    assert node_names(graph) == node_names(Graph(graph.outputs))
+    assert graph.inputs == Graph(graph.outputs).inputs
+    memory_report = report[-1]
+    assert memory_report["planned_peak_bytes"] < memory_report["unscheduled_peak_bytes"]
+    saved = 1 - memory_report["planned_peak_bytes"] / memory_report["unscheduled_peak_bytes"]
+    assert f"scheduled, {saved:.0%} below graph order" in pipeline.describe(memory_report)
+
+
+def test_check_graph_refuses_an_order_that_is_not_a_schedule():
+    x = gc.input("x", (3,))
+    y = gc.exp(gc.sin(x))
+    nodes = Graph(y).nodes
+    with pytest.raises(GraphError, match="schedule: exp runs before its input sin"):
+        check_graph(Graph(y, nodes[::-1]))
+    with pytest.raises(GraphError, match="schedule: 2 nodes .* not the graph's 3 nodes"):
+        check_graph(Graph(y, nodes[1:]))
+    with pytest.raises(GraphError, match=r"schedule: 4 nodes \(3 distinct\)"):
+        check_graph(Graph(y, nodes + nodes[-1:]))
+
+
+@pytest.fixture(scope="module")
+def w1_step():
+    """W1's training step (MLP 784-256-256-10, batch 128), float32."""
+    return mlp_step(128, (784, 256, 256, 10))
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.slow)])
+def test_scheduled_values_are_bitwise_those_of_the_depth_first_order(w1_step, backend):
+    outputs, feeds = w1_step
+    f = gc.compile(outputs, backend=backend)
+    g = gc.compile(outputs, backend=backend, passes=UNSCHEDULED)
+    assert [id(t) for t in f.graph.nodes] != [id(t) for t in g.graph.nodes]
+    assert sorted(map(id, f.graph.nodes)) == sorted(map(id, g.graph.nodes))
+    got, want = f(feeds), g(feeds)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    assert f.stats["planned_peak_bytes"] < g.stats["planned_peak_bytes"]
+    if backend == "numba":  # the plan is what the program allocates, and in its order
+        for h, values in ((f, got), (g, want)):
+            assert h.stats["buffer_bytes"] + sum(v.nbytes for v in values) == \
+                h.stats["planned_peak_bytes"]
+        steps = re.findall(r"^    # (\S+) = ", f.source, re.M)
+        names = node_names(f.graph)
+        position = {names[id(t)]: k for k, t in enumerate(f.graph.nodes)}
+        assert len(steps) > 10 and [position[s] for s in steps] == \
+            sorted(position[s] for s in steps)
+
+
+def test_planned_peak_of_an_mlp_training_step_is_bounded():
+    """Batch 32, widths 64-32-32-4: the backward needs at most three (32, 32) values at
+    once (the two ReLU outputs and the gradient of the second) and a few (32, 4) ones;
+    the depth-first order keeps the backward values of the weight gradients to the end."""
+    outputs, _ = mlp_step(32, (64, 32, 32, 4))
+    out_bytes = sum(t.nbytes for t in outputs)
+    bound = out_bytes + 3 * 32 * 32 * 4 + 4 * 32 * 4 * 4
+    f = gc.compile(outputs, backend="numpy")
+    g = gc.compile(outputs, backend="numpy", passes=UNSCHEDULED)
+    assert f.stats["planned_peak_bytes"] <= bound < g.stats["planned_peak_bytes"]
