@@ -91,6 +91,25 @@ def _unprintable(expr: sp.Expr) -> list[str]:
     return sorted({type(f).__name__ for f in bad if not any(g != f and f.has(g) for g in bad)})
 
 
+class _LazySciPy:
+    """``scipy`` in the namespace of the generated NumPy functions, imported on first use:
+    only a few ops (erf, erfc) print ``scipy.special`` names, and importing it (or SymPy's
+    default ``numpy``/``scipy`` namespaces, which star-import both) costs about a second
+    of every ``gc.compile`` that folds a constant."""
+
+    def __getattr__(self, name):
+        import importlib
+        return importlib.import_module(f"scipy.{name}")
+
+
+# Every name the printer writes: ``numpy.*``, ``scipy.*`` and the bare floats it prints.
+_NAMESPACE = {"numpy": np, "scipy": _LazySciPy(), "inf": math.inf, "nan": math.nan}
+
+
+def _lambdify(args, expr, **kwargs):
+    return sp.lambdify(args, expr, modules=[_NAMESPACE], printer=_NumpyPrinter, **kwargs)
+
+
 def broadcast_shapes(op: Op, inputs) -> tuple[int, ...]:
     try:
         return tuple(np.broadcast_shapes(*(t.shape for t in inputs)))
@@ -224,10 +243,8 @@ class ElementwiseDef:
         """Whether ``expr`` evaluates finite in float32 over |x| <= 1e4 where the op does."""
         probe = np.array([-1e4, -1e3, -100, -30, -1, 0, 1, 30, 100, 1e3, 1e4])
         params = dict(zip(self.param_symbols, self.params.values()))
-        f = sp.lambdify(self.args, self.stable.subs(params), modules=["scipy", "numpy"],
-                        printer=_NumpyPrinter)
-        d = sp.lambdify(self.args, expr.subs(params), modules=["scipy", "numpy"],
-                        printer=_NumpyPrinter)
+        f = _lambdify(self.args, self.stable.subs(params))
+        d = _lambdify(self.args, expr.subs(params))
         with np.errstate(all="ignore"):
             args = [probe.astype(np.float32)] * self.arity
             ok = np.isfinite(np.broadcast_to(f(*args), probe.shape))
@@ -255,8 +272,7 @@ class ElementwiseDef:
         fn = self._numpy_fns.get(params)
         if fn is None:
             expr = self.stable.subs(dict(zip(self.param_symbols, (p for _, p in params))))
-            fn = sp.lambdify(self.args, expr, modules=["scipy", "numpy"],
-                             printer=_NumpyPrinter, cse=True, docstring_limit=0)
+            fn = _lambdify(self.args, expr, cse=True, docstring_limit=0)
             self._numpy_fns[params] = fn
         return fn
 

@@ -38,9 +38,7 @@ class FusedInstance:
     """The outputs of one fused group applied to one set of inputs, and their kernel."""
 
     def __init__(self, lowering: Lowering, first: Tensor):
-        key = instance_key(first)
-        self.members = [t for t in lowering.nodes if isinstance(t.op, Fused) and
-                        instance_key(t) == key]
+        self.members = _members(lowering)[instance_key(first)]
         self.leader = self.members[0]
         self.group = group = first.op.group
         self.inputs = first.inputs
@@ -75,14 +73,21 @@ class FusedInstance:
                             for k, s in zip(kinds, shapes)]
         self.kinds = "".join("F" if k is None else k for k in kinds)
         self.sizes = sizes
-        symbols = group.symbols()
-        bound, exprs = group.statements(self.outputs, symbols)
-        label = "fused_" + "_".join(dict.fromkeys(s.fn.name for s in group.steps))
-        steps_text = [f"s{k} = {st.text()}" for k, st in enumerate(group.steps)]
-        steps_text.append("outputs: " + ", ".join(o.text() for o in self.outputs))
-        self.spec = nk.fused_kernel(label, steps_text, bound, exprs, symbols,
-                                    [i.dtype for i in self.inputs], self.kinds, group.dtype,
-                                    self.accumulate)
+        dtypes = tuple(i.dtype for i in self.inputs)
+        # the instances of one group (an unrolled loop's steps) share their kernel: its
+        # source is printed from SymPy once
+        key = (group, tuple(m.op.output for m in self.members), dtypes, self.kinds,
+               tuple(self.accumulate))
+        self.spec = lowering.fused_specs.get(key)
+        if self.spec is None:
+            symbols = group.symbols()
+            bound, exprs = group.statements(self.outputs, symbols)
+            label = "fused_" + "_".join(dict.fromkeys(s.fn.name for s in group.steps))
+            steps_text = [f"s{k} = {st.text()}" for k, st in enumerate(group.steps)]
+            steps_text.append("outputs: " + ", ".join(o.text() for o in self.outputs))
+            self.spec = lowering.fused_specs[key] = nk.fused_kernel(
+                label, steps_text, bound, exprs, symbols, list(dtypes), self.kinds,
+                group.dtype, self.accumulate)
         self.name = lowering.kernel(self.leader, self.spec)
 
     def emit(self, L: Lowering, t: Tensor, out: str) -> None:
@@ -180,6 +185,17 @@ class _Call:
         """The pointers of one more chunk, starting after ``rows`` rows."""
         offsets = [rows * s + self.chunks * c for s, c in zip(self.steps, self.chunk_steps)]
         return [f"{p} + {o}" if o else p for p, o in zip(self.pointers, offsets)]
+
+
+def _members(lowering) -> dict:
+    """The fused nodes of each group instance, in lowering order (found in one pass)."""
+    members = lowering.fused_members
+    if members is None:
+        members = lowering.fused_members = {}
+        for t in lowering.nodes:
+            if isinstance(t.op, Fused):
+                members.setdefault(instance_key(t), []).append(t)
+    return members
 
 
 def rule_fused(lowering, t):

@@ -96,6 +96,8 @@ class Lowering:
         self.defined: set[str] = set()
         self.lowered: dict[str, int] = {}
         self.fused: dict = {}  # fused group instances (numba_fused.FusedInstance)
+        self.fused_members: dict | None = None  # their nodes, by instance (numba_fused)
+        self.fused_specs: dict = {}  # their kernels, by group, outputs and operand kinds
         self.calls = 0  # kernel calls per run
         self.scans: dict | None = None  # scan instances: their outputs (rule_scan)
         self.loop_sources: list[str] = []  # the programs of scan bodies, for f.source
@@ -178,12 +180,14 @@ class Lowering:
         head = ["def run(" + ", ".join(params) + "):"]
         # buffers read through their pointers only are not unpacked (no unused names)
         text = "\n".join(self.lines + outs)
-        named = [v for v in pool if re.search(rf"\b{v.var}\b", text)]
+        words = set(re.findall(r"\w+", text))  # the names (one search, not one per buffer)
+        named = [v for v in pool if v.var in words]
         if named:
             head += _unpack([v.var for v in named], "_bufs")
         if self.pool_pointers:
             head += _unpack([v.pointer for v in self.pool_pointers], "_ptrs")
         body = head + self.lines + [f"    return ({', '.join(outs)},)"]
+        slot = {id(v): k for k, v in enumerate(pool)}
         line_nodes = {n + len(head): t for n, t in self.line_nodes.items()}
         banner = self.banner(inputs, len(folded))
         if self.prelude:
@@ -192,7 +196,7 @@ class Lowering:
         source = "\n".join(banner + body) + "\n"
         first = len(banner) + 1
         return NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
-                            inputs, pool, plan, [pool.index(v) for v in named])
+                            inputs, pool, plan, [slot[id(v)] for v in named])
 
     def banner(self, inputs, n_folded) -> list[str]:
         text = ", ".join(f"{self.printed[id(t)]}: {type_text(t)}" for t in inputs)

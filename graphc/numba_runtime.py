@@ -132,7 +132,8 @@ class NumbaProgram:
         exec(compile(source, self.filename, "exec"), namespace)  # noqa: S102 -- our text
         self._run = namespace["run"]
         self._layout = [(plan.slot_of[id(v.node)], v.node.shape, v.node.dtype) for v in pool]
-        self._pointer_of = [pool.index(v) for v in lowering.pool_pointers]
+        slot = {id(v): k for k, v in enumerate(pool)}  # not pool.index: quadratic
+        self._pointer_of = [slot[id(v)] for v in lowering.pool_pointers]
         self._named = named  # the buffers the program reads by name
         self._slot_bytes = list(plan.slot_bytes)
         self._free: list = []

@@ -369,3 +369,22 @@ def test_random_graphs_match_the_reference(program):
     inputs, nodes, loss, feeds = random_graphs.build(in_shapes, steps, seed)
     outputs = [*nodes[len(inputs):], loss, *gc.grad(loss, inputs)]
     compare(outputs, feeds, "float64", f"{steps}")
+
+
+def test_an_unrolled_loop_prints_each_fused_kernel_once(monkeypatch):
+    # 12 steps of one fused body: the lowering prints the kernel's source from SymPy once
+    # per (group, outputs, operand kinds), not once per step (quadratic on the unrolled W4)
+    from graphc import kernel_cache
+    from graphc import numba_kernels as nk
+    printed, loaded = [], []
+    fused_kernel = nk.fused_kernel
+    monkeypatch.setattr(nk, "fused_kernel",
+                        lambda *a, **k: printed.append(a[0]) or fused_kernel(*a, **k))
+    monkeypatch.setattr(kernel_cache, "load", lambda spec, compile_object: (
+        loaded.append(spec.key) or kernel_cache.Kernel(spec, None, ""), "memory"))
+    h = gc.input("h", (4, 8))
+    for k in range(12):
+        h = gc.tanh(h @ gc.param(f"w{k}", (8, 8)) + gc.param(f"b{k}", (8,)))
+    f = gc.compile(gc.sum(h))
+    assert f.stats["lowered"]["kernel"] >= 12, f.stats["lowered"]
+    assert len(printed) == len(set(loaded)) < 12
