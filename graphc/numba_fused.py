@@ -159,7 +159,10 @@ class FusedInstance:
             L.line(f"{acc} = np.zeros({shape!r}, np.{acc_dtype})")
             L.defined.add(acc)
             call.add(f"_addr({acc})", 0, step)
-        target = f"{L.use(value)}.reshape({(-1,) if column else ()!r})"
+        flat = (-1,) if column else ()
+        target = L.use(value)
+        if len(m.shape) != len(flat):
+            target += f".reshape({flat!r})"
         total = f"np.add.reduce({acc}, axis={0 if column else None}"
         # into a float32 out=, NumPy would round each row's sum to float32
         call.finish.append(f"{total}, out={target})" if acc_dtype == self.group.dtype else

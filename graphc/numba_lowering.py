@@ -195,7 +195,11 @@ class Lowering:
             value = self.values[id(t)]
             fresh = value.kind == "fresh" or (value.kind == "alloc" and value.contiguous)
             text = self.use(value)
-            outs.append(text if fresh and id(t) not in seen else f"np.array({text}, copy=True)")
+            if value.kind == "stage":
+                outs.append(f"{text}.copy()")
+            else:
+                outs.append(text if fresh and id(t) not in seen else
+                            f"np.array({text}, copy=True)")
             seen.add(id(t))
         pool = [self.values[id(t)] for t in self.nodes if id(t) in plan.slot_of
                 and self.values[id(t)].kind == "pool"]
