@@ -137,7 +137,7 @@ class NumbaProgram:
         exec(compile(source, self.filename, "exec"), namespace)  # noqa: S102 -- our text
         self._run = namespace["run"]
         # NumPy floating-point work (ufuncs, matmul, fallbacks, loops) runs under
-        # np.errstate; kernels, allocations and copies need none (it costs ~1 us a call)
+        # np.errstate; kernels, allocations and copies need none (it costs a few us a call)
         self.numpy_steps = bool(lowering.fallbacks) or "loop" in lowering.lowered or \
             _NUMPY_STEP.search(source.split("\ndef run(", 1)[1]) is not None
         # the buffers: (slot, shape, dtype) each, those read by name and through pointers
