@@ -42,13 +42,14 @@ class Problem:
 class Workload:
     name: str
     title: str
-    target: float  # graphc ms/step divided by PyTorch eager ms/step, at 2 threads
+    target: float | None  # graphc ms/step divided by PyTorch eager ms/step, at 2 threads
     sizes: dict  # the benchmark's sizes; tests pass smaller ones
     graphc: Callable  # (**sizes) -> (loss, wrt)
     data: Callable  # (rng, **sizes) -> {name: array} of the non-parameter feeds
     torch: Callable  # (tensors) -> loss
     jax: Callable  # (arrays) -> loss
     torch_extra: dict = field(default_factory=dict)  # row name -> (tensors) -> loss
+    target_us: float | None = None  # an absolute target instead: graphc us/step
 
     def problem(self, sizes: dict | None = None, seed: int = 0) -> Problem:
         sizes = {**self.sizes, **(sizes or {})}
@@ -280,6 +281,38 @@ def lenet_jax(t):
 
 
 # ---------------------------------------------------------------------------------------
+# W6: call overhead.  A 2-2-1 tanh MLP on one sample (micrograd's teaching size): loss =
+# (tanh(sum(tanh(x @ W1 + b1) * w2) + b2) - t)^2, gradients w.r.t. W1, b1, w2, b2.  The
+# arithmetic is nothing; the time is the framework's per-call cost.
+
+
+def neuron_graphc(inputs, hidden):
+    x, t = gc.input("x", (inputs,)), gc.input("t", ())
+    W1 = gc.param("W1", (inputs, hidden))
+    b1 = gc.param("b1", (hidden,), init="normal")
+    w2 = gc.param("w2", (hidden,), init="normal")
+    b2 = gc.param("b2", (), init="normal")
+    out = gc.tanh(gc.sum(gc.tanh(x @ W1 + b1) * w2) + b2)
+    return gc.square(out - t), [W1, b1, w2, b2]
+
+
+def neuron_data(rng, inputs, hidden):
+    return {"x": _normal(rng, (inputs,)), "t": np.asarray(rng.standard_normal(), np.float32)}
+
+
+def neuron_torch(t):
+    import torch
+    out = torch.tanh(torch.sum(torch.tanh(t["x"] @ t["W1"] + t["b1"]) * t["w2"]) + t["b2"])
+    return torch.square(out - t["t"])
+
+
+def neuron_jax(t):
+    import jax.numpy as jnp
+    out = jnp.tanh(jnp.sum(jnp.tanh(t["x"] @ t["W1"] + t["b1"]) * t["w2"]) + t["b2"])
+    return jnp.square(out - t["t"])
+
+
+# ---------------------------------------------------------------------------------------
 
 WORKLOADS = {w.name: w for w in [
     Workload("W1", "MLP 784-256-256-10, ReLU, softmax cross-entropy, batch 128", 0.8,
@@ -300,4 +333,7 @@ WORKLOADS = {w.name: w for w in [
                    "cross-entropy, batch 64 of 1x28x28", 1.0,
              {"batch": 64, "size": 28},
              lenet_graphc, lenet_data, lenet_torch, lenet_jax),
+    Workload("W6", "call overhead: 2-2-1 tanh MLP on one sample (10 nodes), loss and "
+                   "4 gradients", None, {"inputs": 2, "hidden": 2},
+             neuron_graphc, neuron_data, neuron_torch, neuron_jax, target_us=15),
 ]}

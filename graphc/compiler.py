@@ -168,24 +168,63 @@ class CompiledFunction:
         if self._program is not None:
             self.stats.update(self._program.stats)
 
+        # the fast path's checks, in the order the program takes its feeds: (name, shape,
+        # dtype); on the Numba backend without NumPy fallbacks feeds are passed as they are
+        # (its program only reads them), elsewhere as read-only views
+        order = self._program.input_names if self.backend == "numba" else self.input_names
+        shapes = {t.op.label: (t.shape, np.dtype(t.dtype)) for t in self.inputs}
+        self._expect = tuple((n, *shapes[n]) for n in order)
+        self._order = tuple(order)
+        self._guard = self.backend != "numba" or bool(self.stats["numpy_fallbacks"])
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(t.op.label for t in self.inputs)
+
+    def _fast(self, feeds: dict) -> list | None:
+        """The feeds in program order when every one is an array of exactly the input's
+        shape and dtype and no other name is fed (what ``_validate`` would accept as it
+        is); else None, and ``_validate`` checks them and names any mistake."""
+        if len(feeds) != len(self._expect):
+            return None
+        arrays = []
+        for name, shape, dtype in self._expect:
+            a = feeds.get(name)
+            if type(a) is not np.ndarray:
+                if not isinstance(a, np.generic):
+                    return None
+                a = np.asarray(a)  # a NumPy scalar: a new 0-d array
+            if a.dtype is not dtype or a.shape != shape:
+                return None
+            if self._guard:
+                a = a.view()
+                a.setflags(write=False)  # backends may never write into a user's array
+            arrays.append(a)
+        return arrays
 
     def __call__(self, feeds=None, /, **kwargs):
         if feeds is not None:
             if not isinstance(feeds, dict):
                 raise FeedError(f"feeds must be a dict of name -> array, got "
                                 f"{type(feeds).__name__}")
-            overlap = set(feeds) & set(kwargs)
-            if overlap:
-                raise FeedError(f"feed(s) {sorted(overlap)} given twice")
-            kwargs = {**feeds, **kwargs}
-        validate = partial(_validate, accepted=self.accepted)
-        if self.backend == "cuda":  # device arrays (gc.to_device) are taken as they are
-            arrays = _device_feeds(self.inputs, kwargs, validate)
+            if kwargs:
+                overlap = set(feeds) & set(kwargs)
+                if overlap:
+                    raise FeedError(f"feed(s) {sorted(overlap)} given twice")
+                kwargs = {**feeds, **kwargs}
+            else:
+                kwargs = feeds
+        fast = self._fast(kwargs)
+        if fast is not None and self.backend == "numba" and not self._feed_checks:
+            results = self._program.run(fast)  # fresh arrays that alias nothing
+            return results[0] if self.single else tuple(results)
+        if fast is not None:
+            arrays = dict(zip(self._order, fast))
+        elif self.backend == "cuda":  # device arrays (gc.to_device) are taken as they are
+            arrays = _device_feeds(self.inputs, kwargs, partial(_validate,
+                                                                accepted=self.accepted))
         else:
-            arrays = validate(self.inputs, kwargs)
+            arrays = _validate(self.inputs, kwargs, self.accepted)
         for check in self._feed_checks:  # host arrays only: labels in range
             check.check_feeds(arrays)
         if self._program is not None:  # returns fresh arrays that alias nothing

@@ -210,7 +210,7 @@ def initial_value(op: Input, rng: np.random.Generator) -> np.ndarray:
     else:  # he_uniform
         limit = np.sqrt(6.0 / fan_in)
         value = rng.uniform(-limit, limit, shape)
-    return np.ascontiguousarray(value, dtype=op.in_dtype)
+    return np.asarray(value, dtype=op.in_dtype, order="C")  # (ascontiguousarray makes 0-d 1-d)
 
 
 def params_of(outputs) -> list[Tensor]:

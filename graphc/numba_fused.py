@@ -17,7 +17,7 @@ from .lowering import (
     split_kinds,
     static_base_shape,
 )
-from .numba_lowering import Choice, Lowering, Value
+from .numba_lowering import STAGE_BYTES, Choice, Lowering
 from .numba_rules import rule_numpy
 
 # ---------------------------------------------------------------------------------------
@@ -107,11 +107,15 @@ class FusedInstance:
         dtype = self.group.dtype
         if self.spec.scratch:  # work space for the phases of a long body, one per chunk
             scratch = f"{L.var_name(t)}_work"
-            L.line(f"{scratch} = np.empty({(call.chunks + bool(self.tail)) * self.spec.scratch}"
-                   f", np.{dtype})")
-            L.defined.add(scratch)
-            call.add(f"_addr({scratch})", 0, np.dtype(dtype).itemsize * self.spec.scratch)
-            call.finish.append(f"del {scratch}")
+            n = (call.chunks + bool(self.tail)) * self.spec.scratch
+            step = np.dtype(dtype).itemsize * self.spec.scratch
+            if n * np.dtype(dtype).itemsize <= STAGE_BYTES:
+                call.add(L.pointer(L.stage(scratch, (n,), dtype, t)), 0, step)
+            else:
+                L.line(f"{scratch} = np.empty({n}, np.{dtype})")
+                L.defined.add(scratch)
+                call.add(f"_addr({scratch})", 0, step)
+                call.finish.append(f"del {scratch}")
         L.calls += 1
         if parallel:
             L.line(f"_parallel({self.name}, {L.threads}, ({', '.join(call.pointers)},), "
@@ -134,11 +138,8 @@ class FusedInstance:
         and one for the tail) added up after the call in that dtype (a full sum by NumPy's
         pairwise sum)."""
         if m is not t:
-            kind = "fresh" if id(m) in L.outputs else "pool"
-            L.values[id(m)] = Value(m, L.var_name(m), kind, L.index[id(m)], True)
             L.line(f"# {L.describe(m)}")
-            if kind == "fresh":
-                L.line(f"{L.var_name(m)} = np.empty({m.shape!r}, np.{m.dtype})")
+            L.result(m)
         value = L.value(m)
         item = np.dtype(self.group.dtype).itemsize
         n1 = self.sizes[-1]
@@ -153,15 +154,26 @@ class FusedInstance:
             return
         acc = f"{value.var}_acc"
         blocks = 1 if column else call.blocks
-        L.line(f"{acc} = np.zeros(({call.chunks * blocks + bool(self.tail)}, {n1}), "
-               f"np.{acc_dtype})")
-        L.defined.add(acc)
-        call.add(f"_addr({acc})", 0, np.dtype(acc_dtype).itemsize * n1 * blocks)
-        target = f"{L.use(value)}.reshape({(-1,) if column else ()!r})"
+        shape = (call.chunks * blocks + bool(self.tail), n1)
+        step = np.dtype(acc_dtype).itemsize * n1 * blocks
+        if shape[0] * n1 * np.dtype(acc_dtype).itemsize <= STAGE_BYTES:
+            staged = L.stage(acc, shape, acc_dtype, m)
+            L.line(f"{acc}.fill(0)")
+            call.add(L.pointer(staged), 0, step)
+        else:
+            L.line(f"{acc} = np.zeros({shape!r}, np.{acc_dtype})")
+            L.defined.add(acc)
+            call.add(f"_addr({acc})", 0, step)
+        flat = (-1,) if column else ()
+        target = L.use(value)
+        if len(m.shape) != len(flat):
+            target += f".reshape({flat!r})"
         total = f"np.add.reduce({acc}, axis={0 if column else None}"
         # into a float32 out=, NumPy would round each row's sum to float32
-        call.finish += [f"{total}, out={target})" if acc_dtype == self.group.dtype else
-                        f"{target}[...] = {total})", f"del {acc}"]
+        call.finish.append(f"{total}, out={target})" if acc_dtype == self.group.dtype else
+                           f"{target}[...] = {total})")
+        if acc in L.defined:
+            call.finish.append(f"del {acc}")
 
 
 @dataclass

@@ -36,13 +36,20 @@ from .structured_ops import MatMul
 PARALLEL_MIN_SIZE = 1 << 20
 _TRANSCENDENTAL = ("exp_", "expm1_", "log_", "log1p_", "tanh_", "erf_")
 
+# Per-call values of at most STAGE_BYTES (feeds a kernel reads, outputs, a sum's partial
+# sums, scratch) live in buffers of the program's own, made with the pool, whose data
+# addresses are computed then: copying a small array costs less than allocating one or
+# looking up the address of a feed (__array_interface__, several us; issue 18 item 7).
+STAGE_BYTES = 16384
+
 
 @dataclass
 class Value:
     """How a node's value is reached in the generated code.
 
-    ``kind``: feed, const, pool (a preallocated buffer), fresh (a new array per call, for
-    outputs), view (of another value) or alloc (an array NumPy allocates).  ``root`` is the
+    ``kind``: feed, const, pool (a preallocated buffer), stage (a small buffer of the
+    program's own: :meth:`Lowering.stage`), fresh (a new array per call, for outputs),
+    view (of another value) or alloc (an array NumPy allocates).  ``root`` is the
     graph index of the node that owns the storage; ``base``/``base_shape`` describe a
     broadcast view by its contiguous base.
     """
@@ -88,6 +95,7 @@ class Lowering:
         self.line_nodes: dict[int, Tensor] = {}
         self.kernels: dict[str, kernel_cache.Kernel] = {}
         self.pool_pointers: list[Value] = []
+        self.staged: list[tuple[Value, tuple, str]] = []  # (value, shape, dtype)
         self.aux: dict[int, list[str]] = {}
         self.counts = {"memory": 0, "disk": 0, "compiled": 0, "rebuilt": 0}
         self.kernel_seconds = 0.0
@@ -147,17 +155,34 @@ class Lowering:
             start = len(self.lines)
             var = self.var_name(t)
             if choice.storage == "buffer":
-                kind = "fresh" if id(t) in self.outputs else "pool"
-                value = Value(t, var, kind, k, True)
-                self.values[id(t)] = value
-                if kind == "fresh":
-                    self.line(f"{var} = np.empty({t.shape!r}, np.{t.dtype})")
+                self.result(t)
                 choice.emit(self, t, var)
             else:
                 choice.emit(self, t, None)
             for n in range(start, len(self.lines)):
                 self.line_nodes[n] = t
             self.free(plan, k)
+
+    def result(self, t: Tensor) -> Value:
+        """The value of node ``t`` computed into a buffer: a pool buffer, or for an output
+        a small staged buffer (copied on return) or a fresh array per call."""
+        var = self.var_name(t)
+        if id(t) not in self.outputs:
+            value = Value(t, var, "pool", self.index[id(t)], True)
+        elif 0 < t.size * np.dtype(t.dtype).itemsize <= STAGE_BYTES:
+            value = self.stage(var, t.shape, t.dtype, t)
+        else:
+            value = Value(t, var, "fresh", self.index[id(t)], True)
+            self.line(f"{var} = np.empty({t.shape!r}, np.{t.dtype})")
+        self.values[id(t)] = value
+        return value
+
+    def stage(self, var: str, shape, dtype: str, t: Tensor) -> Value:
+        """A buffer ``var`` of the program's own for a per-call value of node ``t`` (made
+        with the pool, its address computed then; see STAGE_BYTES)."""
+        value = Value(t, var, "stage", self.index[id(t)], True)
+        self.staged.append((value, tuple(shape), dtype))
+        return value
 
     def free(self, plan, k):
         for r in plan.frees.get(k, ()):
@@ -172,10 +197,20 @@ class Lowering:
             value = self.values[id(t)]
             fresh = value.kind == "fresh" or (value.kind == "alloc" and value.contiguous)
             text = self.use(value)
-            outs.append(text if fresh and id(t) not in seen else f"np.array({text}, copy=True)")
+            if value.kind == "stage":
+                outs.append(f"{text}.copy()")
+            else:
+                outs.append(text if fresh and id(t) not in seen else
+                            f"np.array({text}, copy=True)")
             seen.add(id(t))
         pool = [self.values[id(t)] for t in self.nodes if id(t) in plan.slot_of
                 and self.values[id(t)].kind == "pool"]
+        slot_bytes = list(plan.slot_bytes)
+        layout = [(plan.slot_of[id(v.node)], v.node.shape, v.node.dtype) for v in pool]
+        for value, shape, dtype in self.staged:  # a slot of its own each
+            layout.append((len(slot_bytes), shape, dtype))
+            slot_bytes.append(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+            pool.append(value)
         params = [self.var_name(t) for t in inputs] + ["_bufs", "_ptrs"]
         head = ["def run(" + ", ".join(params) + "):"]
         # buffers read through their pointers only are not unpacked (no unused names)
@@ -187,7 +222,6 @@ class Lowering:
         if self.pool_pointers:
             head += _unpack([v.pointer for v in self.pool_pointers], "_ptrs")
         body = head + self.lines + [f"    return ({', '.join(outs)},)"]
-        slot = {id(v): k for k, v in enumerate(pool)}
         line_nodes = {n + len(head): t for n, t in self.line_nodes.items()}
         banner = self.banner(inputs, len(folded))
         if self.prelude:
@@ -195,8 +229,10 @@ class Lowering:
             banner += self.prelude + [""]
         source = "\n".join(banner + body) + "\n"
         first = len(banner) + 1
+        at = {id(v): k for k, v in enumerate(pool)}
         return NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
-                            inputs, pool, plan, [slot[id(v)] for v in named])
+                            inputs, layout, slot_bytes, [at[id(v)] for v in named],
+                            [at[id(v)] for v in self.pool_pointers], plan.bytes)
 
     def banner(self, inputs, n_folded) -> list[str]:
         text = ", ".join(f"{self.printed[id(t)]}: {type_text(t)}" for t in inputs)
@@ -296,6 +332,9 @@ class Lowering:
         if value.kind == "const" and value.contiguous:
             value.pointer = f"p{value.var}"
             self.define(value.pointer, _addr(self.namespace[value.var]), f"_addr({value.var})")
+        elif value.kind == "stage":  # computed with the buffers
+            value.pointer = f"p{value.var}"
+            self.pool_pointers.append(value)
         elif value.contiguous and value.kind in ("pool", "view") and \
                 self.values[id(self.nodes[value.root])].kind == "pool":
             root = self.values[id(self.nodes[value.root])]
@@ -303,6 +342,14 @@ class Lowering:
                 root.pointer = f"p{root.var}"
                 self.pool_pointers.append(root)
             value.pointer = root.pointer
+        elif value.contiguous and value.kind == "view" and \
+                self.values[id(self.nodes[value.root])].kind in ("stage", "fresh"):
+            value.pointer = self.pointer(self.values[id(self.nodes[value.root])])
+        elif value.kind == "feed" and 0 < value.node.size and \
+                value.node.size * np.dtype(value.node.dtype).itemsize <= STAGE_BYTES:
+            copy = self.stage(f"{value.var}_s", value.node.shape, value.node.dtype, value.node)
+            self.line(f"{copy.var}[...] = {value.var}")
+            value.pointer = self.pointer(copy)
         else:
             var = self.use(value)
             if not value.contiguous:

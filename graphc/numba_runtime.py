@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import linecache
 import os
+import re
 import sys
 import threading
 import traceback
@@ -97,6 +98,10 @@ _GLOBALS = {"np": np, "_addr": _addr, "_waddr": _waddr, "_contig": np.ascontiguo
             "_parallel": run_parallel}
 
 
+# a NumPy call in the orchestrator that may compute (not an allocation, copy or view)
+_NUMPY_STEP = re.compile(r"\bnp\.(?!(?:empty|zeros|array|broadcast_to)\()\w")
+
+
 class _Evaluate:
     """A node evaluated by its op's NumPy semantics (the default rule)."""
 
@@ -115,8 +120,8 @@ class NumbaProgram:
 
     _COUNTER = 0
 
-    def __init__(self, lowering, source: str, line_nodes, inputs, pool, plan,
-                 named):
+    def __init__(self, lowering, source: str, line_nodes, inputs, layout, slot_bytes, named,
+                 pointer_of, buffer_bytes: int):
         NumbaProgram._COUNTER += 1
         self.filename = f"<graphc-numba-{NumbaProgram._COUNTER}>"
         self.input_names = tuple(t.op.label for t in inputs)
@@ -131,11 +136,13 @@ class NumbaProgram:
         namespace = dict(_GLOBALS, _compiled=lowering.namespace)
         exec(compile(source, self.filename, "exec"), namespace)  # noqa: S102 -- our text
         self._run = namespace["run"]
-        self._layout = [(plan.slot_of[id(v.node)], v.node.shape, v.node.dtype) for v in pool]
-        slot = {id(v): k for k, v in enumerate(pool)}  # not pool.index: quadratic
-        self._pointer_of = [slot[id(v)] for v in lowering.pool_pointers]
-        self._named = named  # the buffers the program reads by name
-        self._slot_bytes = list(plan.slot_bytes)
+        # NumPy floating-point work (ufuncs, matmul, fallbacks, loops) runs under
+        # np.errstate; kernels, allocations and copies need none (it costs a few us a call)
+        self.numpy_steps = bool(lowering.fallbacks) or "loop" in lowering.lowered or \
+            _NUMPY_STEP.search(source.split("\ndef run(", 1)[1]) is not None
+        # the buffers: (slot, shape, dtype) each, those read by name and through pointers
+        self._layout, self._named, self._pointer_of = layout, named, pointer_of
+        self._slot_bytes = slot_bytes
         self._free: list = []
         self.source = source + "".join(lowering.loop_sources) + self._kernel_appendix()
         self.stats = {
@@ -145,7 +152,8 @@ class NumbaProgram:
             "kernel_cache_rebuilt": lowering.counts["rebuilt"],
             "kernel_seconds": lowering.kernel_seconds,
             "numpy_fallbacks": list(lowering.fallbacks),
-            "buffer_bytes": plan.bytes,
+            "buffer_bytes": buffer_bytes,
+            "staged_bytes": sum(slot_bytes) - buffer_bytes,
             "kernel_threads": lowering.threads,
             "lowered": dict(lowering.lowered),
             "kernel_calls": lowering.calls,
@@ -169,11 +177,16 @@ class NumbaProgram:
         return tuple(arrays[k] for k in self._named), pointers, arrays
 
     def __call__(self, arrays: dict) -> list[np.ndarray]:
+        return list(self.run([arrays[n] for n in self.input_names]))
+
+    def run(self, feeds) -> tuple:
+        """The outputs for ``feeds``, validated arrays in the order of ``input_names``."""
         buffers = self._free.pop() if self._free else self._buffers()
         try:
+            if not self.numpy_steps:
+                return self._run(*feeds, buffers[0], buffers[1])
             with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings
-                return list(self._run(*[arrays[n] for n in self.input_names], buffers[0],
-                                      buffers[1]))
+                return self._run(*feeds, buffers[0], buffers[1])
         except (IndexError, ValueError, FloatingPointError, TypeError) as err:
             node = self._failing_node(sys.exc_info()[2])
             if node is None:

@@ -290,6 +290,16 @@ def test_init_params_returns_fresh_arrays():
     assert np.any(b["W1"] != 0)
 
 
+def test_init_params_of_a_scalar_param_is_0d():
+    # BUG (found with benchmark W6): np.ascontiguousarray made a () parameter's value (1,),
+    # which the compiled function then refused as a feed of the wrong shape.
+    for init in ("normal", "zeros", "xavier_normal"):
+        b = gc.param(f"bias_{init}", (), init=init)
+        value = gc.init_params(b * 2.0)[b.op.label]
+        assert value.shape == () and value.dtype == np.float32 and value.flags.c_contiguous
+        np.testing.assert_array_equal(compile_np(b * 2.0)(**{b.op.label: value}), value * 2)
+
+
 # ---------------------------------------------------------------------------------------
 # Initializer statistics
 
