@@ -482,9 +482,9 @@ def canonical(group: FusedGroup) -> tuple[FusedGroup, list[int], list[int]]:
     for s in order:
         st = steps[s]
         refs = list(st.args)
-        if st.fn in _COMMUTATIVE:
-            refs.sort(key=lambda r: in_key[r[1]] if r[0] == "in" else key[r[1]]
-                      if r[0] == "step" else _digest("const", repr(r[1])))
+        if st.fn in _COMMUTATIVE:  # steps, then inputs, then numbers (as fusion orders them)
+            refs.sort(key=lambda r: (1, in_key[r[1]]) if r[0] == "in" else (0, key[r[1]])
+                      if r[0] == "step" else (2, _digest("const", repr(r[1]))))
         args = []
         for r in refs:
             if r[0] == "in" and r[1] not in new_in:
