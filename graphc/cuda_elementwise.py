@@ -113,8 +113,9 @@ def rule_fused(low: Lowering, t):
         return (lambda env: None), f"# {low.vname(t)}: {t.dtype}{list(t.shape)}, " \
             f"computed with {low.vname(low.fused[key])}", "fused"
     group, work = t.op.group, t.op.group.dtype
-    members = [m for m in low.graph.nodes
-               if isinstance(m.op, Fused) and instance_key(m) == key]
+    members = sorted((m for m in low.graph.nodes  # in the group's (canonical) output order
+                      if isinstance(m.op, Fused) and instance_key(m) == key),
+                     key=lambda m: m.op.output)
     domain = tuple(np.broadcast_shapes(*(i.shape for i in t.inputs)))
     stores, outputs = _fused_stores(members, domain)
     identity = tuple(range(len(domain)))

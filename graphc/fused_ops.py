@@ -33,6 +33,7 @@ A group *is* an elementwise op whose expression is the composition of its steps:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -406,3 +407,106 @@ class Fused(Op):
 
 def _zero(x: Tensor) -> Tensor:
     return constant(0, dtype=x.dtype)
+
+
+# -- canonical form -------------------------------------------------------------------------
+def canonical(group: FusedGroup) -> tuple[FusedGroup, list[int], list[int]]:
+    """``group`` relabelled so that groups computing one DAG up to renaming come out
+    equal (an unrolled loop's steps, fused in different topological orders, then share one
+    kernel): ``(canonical group, inputs, outputs)``, where the canonical group's input j is
+    the old input ``inputs[j]`` and its output k the old output ``outputs[k]``.
+
+    Each step and input gets a key from its shape in the DAG (its op, params and
+    operands' keys, bottom-up; then its users' keys and its outputs, top-down).  Steps are
+    renumbered by a topological sort taking the smallest key first (ties keep their old
+    order), inputs by first use, outputs by step.  Only independent steps change places:
+    every output keeps its expression tree, so every value rounds as before (the operands
+    of add and mul, ordered by key, are exchanged at most, as fusion already does).
+
+    >>> import graphc as gc
+    >>> from graphc.passes.fusion import fusion
+    >>> a, b = gc.input("a", (3,)), gc.input("b", (3,))
+    >>> def group(y):
+    ...     return fusion(gc.Graph(y)).outputs[0].op.group
+    >>> one, two = group(gc.tanh(a) * gc.sigmoid(b)), group(gc.sigmoid(b) * gc.tanh(a))
+    >>> one.text == two.text, one.text
+    (True, 's0 = tanh(x0); s1 = sigmoid(x1); s2 = mul(s0, s1) -> s2 [float32]')
+    """
+    steps = group.steps
+    users: list[list] = [[] for _ in steps]
+    in_users: list[list] = [[] for _ in group.input_dtypes]
+    for s, st in enumerate(steps):
+        for pos, r in enumerate(st.args):
+            place = -1 if st.fn in _COMMUTATIVE else pos
+            if r[0] == "step":
+                users[r[1]].append((s, place))
+            elif r[0] == "in":
+                in_users[r[1]].append((s, place))
+    outs = [[] for _ in steps]
+    for o in group.outputs:
+        outs[o.step].append(repr((o.reduce, o.keepdims)))
+
+    def up(in_key):
+        key: list[str] = []
+        for st in steps:
+            args = [in_key[r[1]] if r[0] == "in" else key[r[1]] if r[0] == "step"
+                    else _digest("const", repr(r[1])) for r in st.args]
+            if st.fn in _COMMUTATIVE:
+                args.sort()
+            key.append(_digest(st.fn.name, repr(st.params), *args))
+        return key
+
+    first = up([_digest("in", d) for d in group.input_dtypes])
+    down: list[str] = [""] * len(steps)
+    for s in reversed(range(len(steps))):
+        down[s] = _digest(first[s], *sorted(f"{down[u]}{p}" for u, p in users[s]), *outs[s])
+    in_key = [_digest("in", d, *sorted(f"{down[u]}{p}" for u, p in uses))
+              for d, uses in zip(group.input_dtypes, in_users)]
+    key = [_digest(k, d) for k, d in zip(up(in_key), down)]
+    # topological sort, smallest key first
+    waiting = [sum(r[0] == "step" for r in st.args) for st in steps]
+    ready = [(key[s], s) for s in range(len(steps)) if not waiting[s]]
+    order: list[int] = []
+    while ready:
+        ready.sort()
+        _, s = ready.pop(0)
+        order.append(s)
+        for u, _ in users[s]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                ready.append((key[u], u))
+    new_step = {s: k for k, s in enumerate(order)}
+    inputs: list[int] = []
+    new_in: dict[int, int] = {}
+    new_steps = []
+    for s in order:
+        st = steps[s]
+        refs = list(st.args)
+        if st.fn in _COMMUTATIVE:  # steps, then inputs, then numbers (as fusion orders them)
+            refs.sort(key=lambda r: (1, in_key[r[1]]) if r[0] == "in" else (0, key[r[1]])
+                      if r[0] == "step" else (2, _digest("const", repr(r[1]))))
+        args = []
+        for r in refs:
+            if r[0] == "in" and r[1] not in new_in:
+                new_in[r[1]] = len(inputs)
+                inputs.append(r[1])
+            args.append(("in", new_in[r[1]]) if r[0] == "in" else
+                        ("step", new_step[r[1]]) if r[0] == "step" else r)
+        new_steps.append(FusedStep(st.fn, st.params, tuple(args)))
+    inputs += [j for j in range(group.arity) if j not in new_in]  # inputs no step reads
+    outputs = sorted(range(len(group.outputs)), key=lambda k: (
+        new_step[group.outputs[k].step], repr((group.outputs[k].reduce,
+                                                group.outputs[k].keepdims))))
+    moved = tuple(FusedOutput(new_step[group.outputs[k].step], group.outputs[k].reduce,
+                              group.outputs[k].keepdims) for k in outputs)
+    result = FusedGroup(tuple(new_steps), moved, group.dtype,
+                        tuple(group.input_dtypes[j] for j in inputs), group.tag)
+    return result, inputs, outputs
+
+
+_COMMUTATIVE = (ew.add, ew.mul)
+
+
+def _digest(*parts: str) -> str:
+    """A short digest of ``parts``, the same in every process (keys kernel sources)."""
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()

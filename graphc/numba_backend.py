@@ -82,6 +82,8 @@ def rule_scan(lowering, t):
         body = compile_graph(run(loop.step_graph(outs), DEFAULT_PIPELINE)[0])
         L.kernels.update(body.kernels)
         L.kernel_seconds += body.stats["kernel_seconds"]
+        for outcome, n in body.counts.items():  # the body's kernel loads are the graph's
+            L.counts[outcome] += n
         name = f"loop{L.index[id(t)]}"
         L.define(name, LoopRunner(loop, outs, body), note="the scan body below, in a loop")
         L.loop_sources.append(f"\n\n# {'=' * 88}\n# {name}: the scan body, run {loop.length} "

@@ -38,8 +38,11 @@ class FusedInstance:
     """The outputs of one fused group applied to one set of inputs, and their kernel."""
 
     def __init__(self, lowering: Lowering, first: Tensor):
-        self.members = _members(lowering)[instance_key(first)]
-        self.leader = self.members[0]
+        members = _members(lowering)[instance_key(first)]
+        self.leader = members[0]  # the first in lowering order computes them all
+        # the kernel's outputs in the group's order (canonical: passes.fusion), whatever
+        # order the graph gives its nodes, so that instances share it
+        self.members = sorted(members, key=lambda m: m.op.output)
         self.group = group = first.op.group
         self.inputs = first.inputs
         self.outputs = [group.outputs[m.op.output] for m in self.members]

@@ -129,6 +129,7 @@ class NumbaProgram:
         self.printed = lowering.printed  # the nodes' names, for errors
         self.orchestrator = source
         self.kernels = dict(lowering.kernels)
+        self.counts = dict(lowering.counts)  # kernel loads by outcome (kernel_cache.load)
         # tracebacks through the orchestrator show its lines; forgotten with the program
         linecache.cache[self.filename] = (len(source), None, source.splitlines(True),
                                           self.filename)

@@ -49,6 +49,7 @@ from graphc import dtypes
 from graphc import elementwise_ops as ew
 from graphc.elementwise_ops import Elementwise
 from graphc.fused_ops import Fused, FusedGroup, FusedOutput, FusedStep
+from graphc.fused_ops import canonical as canonical_form
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.interpreter import check_sizes
@@ -344,7 +345,9 @@ def _build_with(group: _Group, users, outputs, look_through: bool):
     outs, stands_for = _group_outputs(group, value, users, outputs)
     fused = FusedGroup(tuple(steps), tuple(outs), group.dtype,
                        tuple(t.dtype for t in inputs))
-    return fused, inputs, stands_for
+    # relabelled canonically: groups with one body up to renaming share one kernel
+    fused, ins, outs = canonical_form(fused)
+    return fused, [inputs[j] for j in ins], [stands_for[k] for k in outs]
 
 
 def _group_outputs(group: _Group, value: dict, users, outputs):

@@ -388,3 +388,61 @@ def test_an_unrolled_loop_prints_each_fused_kernel_once(monkeypatch):
     f = gc.compile(gc.sum(h))
     assert f.stats["lowered"]["kernel"] >= 12, f.stats["lowered"]
     assert len(printed) == len(set(loaded)) < 12
+
+
+
+def _lstm_steps(orders):
+    """LSTM cells; a cell with order True creates its gates and terms in another order, so
+    that its fused group comes out of fusion with other member and operand orders."""
+    H = 3
+    x = gc.input("x", (2, 4 * H), "float64")
+    W = gc.input("W", (H, 4 * H), "float64")
+    h, c = gc.input("h0", (2, H), "float64"), gc.input("c0", (2, H), "float64")
+    for other in orders:
+        z = x + h @ W
+        gates = [(k, z[:, k * H:(k + 1) * H]) for k in range(4)]
+        made = {k: (gc.tanh if k == 2 else gc.sigmoid)(v)
+                for k, v in (gates[2::-1] + gates[3:] if other else gates)}
+        i, f, g, o = (made[k] for k in range(4))
+        c = i * g + f * c if other else f * c + i * g
+        h = o * gc.tanh(c)
+    return h
+
+
+def test_identical_steps_in_another_order_share_one_fused_kernel(monkeypatch):
+    from graphc.passes import fusion
+
+    from graphc import kernel_cache
+    from graphc.fused_ops import Fused
+    from graphc.lowering import instance_key
+    h = _lstm_steps((False, False, True, False))
+    feeds = {"x": np.linspace(-2, 2, 24).reshape(2, 12), "h0": np.linspace(-1, 1, 6).reshape(2, 3),
+             "W": np.linspace(-1, 1, 36).reshape(3, 12), "c0": np.linspace(1, -1, 6).reshape(2, 3)}
+    names = []
+    monkeypatch.setattr(kernel_cache, "load", lambda spec, compile_object: (
+        names.append(spec.name) or kernel_cache.Kernel(spec, None, ""), "memory"))
+
+    def fused(canonical):
+        if not canonical:
+            monkeypatch.setattr(fusion, "canonical_form", lambda group: (
+                group, list(range(group.arity)), list(range(len(group.outputs)))))
+        graph = fusion.fusion(gc.Graph(h))
+        monkeypatch.setattr(fusion, "canonical_form", canonical_form)
+        groups = list({instance_key(t): t.op.group for t in graph.nodes
+                       if isinstance(t.op, Fused)}.values())  # one per step
+        names.clear()
+        f = gc.compile(graph.outputs, optimize=False)  # lowered as fused, kernels stubbed
+        return graph, groups, f, sorted(names)
+
+    canonical_form = fusion.canonical_form
+    _, before, _, names_before = fused(canonical=False)
+    graph, after, f, names_after = fused(canonical=True)
+    # the second and third steps: one group and one kernel (two before)
+    assert before[1] != before[2] and after[1] == after[2], [g.text for g in after]
+    assert len(set(after)) == len(set(before)) - 1 == 2
+    assert len(names_after) == len(names_before) - 1 == 2, (names_before, names_after)
+    assert f.stats["lowered"]["kernel"] == 4, f.stats["lowered"]  # one call per step
+    # the NumPy interpreter: the canonical groups give the unfused nodes' values exactly
+    want = gc.compile(h, backend="numpy", optimize=False)(feeds)
+    got = gc.compile(graph.outputs, backend="numpy", optimize=False)(feeds)
+    np.testing.assert_array_equal(got[0], want)

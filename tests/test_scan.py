@@ -478,3 +478,24 @@ def test_cuda_scan_in_the_simulator():
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "1 passed" in run.stdout, \
         run.stdout[-3000:]
+
+
+def test_numba_stats_count_the_scan_bodys_kernels(monkeypatch):
+    # kernel loads stubbed: every load of the program and of its loop body is counted once,
+    # as a miss on a cold compile and as a hit on a warm one (1 miss of 7 counted before)
+    from graphc import kernel_cache
+    inputs, fn, init = model("lstm", "float32", steps=3)
+    loss = loss_of(*gc.scan(fn, init, inputs[3]))
+    outputs = [loss] + gc.grad(loss, inputs[:3])
+    for outcome in ("compiled", "memory"):
+        names = []
+
+        def load(spec, compile_object, names=names, outcome=outcome):
+            names.append(spec.name)
+            return kernel_cache.Kernel(spec, None, ""), outcome
+        monkeypatch.setattr(kernel_cache, "load", load)
+        stats = gc.compile(outputs, backend="numba").stats
+        hits, misses = (0, len(names)) if outcome == "compiled" else (len(names), 0)
+        assert stats["lowered"]["loop"] >= 2 and len(names) > 2, (stats["lowered"], names)
+        assert (stats["kernel_cache_hits"], stats["kernel_cache_misses"]) == (hits, misses)
+        assert stats["kernels"] == len(set(names)), names
