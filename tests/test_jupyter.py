@@ -11,7 +11,10 @@ from graphc.viz.render import html_svg
 
 import graphc as gc
 
-render_module = sys.modules[html_svg.__module__]  # graphc.viz.render (the name is its function)
+# the module whose display function Graph calls: graphc.viz.render (the attribute is its
+# function); a doctest run imports viz/render.py a second time as viz.render, and the last
+# import's functions are the ones attached to Graph and Tensor
+render_module = sys.modules[gc.Graph._repr_mimebundle_.__module__]
 
 # A notebook kernel as tqdm.autonotebook detects it, without ipywidgets installed.
 NOTEBOOK_WITHOUT_IPYWIDGETS = textwrap.dedent("""
