@@ -494,7 +494,8 @@ def main(argv=None) -> int:
     info["load_average_end"] = load_average()
     samples = [loads for loads in [start, *during, info["load_average_end"]] if loads]
     info["load_1min_max"] = max((loads[0] for loads in samples), default=None)
-    info["busy"] = busy(start, [*during, info["load_average_end"]], args.threads)
+    # the footer is about the run itself; a busy start is the header's warning
+    info["busy"] = busy(None, [*during, info["load_average_end"]], args.threads)
     print(report.footer(info, rows, BUSY_LOAD))
     if args.json:
         with open(args.json, "w") as out:

@@ -91,7 +91,7 @@ def test_lenet_has_the_issues_shapes():
                       "conv2_b": (16,), "fc1_W": (256, 120), "fc1_b": (120,),
                       "fc2_W": (120, 84), "fc2_b": (84,), "fc3_W": (84, 10), "fc3_b": (10,)}
     assert problem.feeds["x"].shape == (64, 1, 28, 28)
-    assert WORKLOADS["W5"].target == 1.0
+    assert WORKLOADS["W5"].target == 0.8  # issue 18: <= 0.8 of the faster peer
 
 
 def test_thread_env_sets_every_library():
