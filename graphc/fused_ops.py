@@ -432,16 +432,40 @@ def canonical(group: FusedGroup) -> tuple[FusedGroup, list[int], list[int]]:
     >>> one.text == two.text, one.text
     (True, 's0 = tanh(x0); s1 = sigmoid(x1); s2 = mul(s0, s1) -> s2 [float32]')
     """
-    steps = group.steps
-    users: list[list] = [[] for _ in steps]
+    users, in_users = _uses(group)
+    key, in_key = _keys(group, users, in_users)
+    order = _smallest_key_first(group.steps, users, key)
+    new_step = {s: k for k, s in enumerate(order)}
+    new_steps, inputs = _relabel(group, order, new_step, key, in_key)
+    outputs = sorted(range(len(group.outputs)), key=lambda k: (
+        new_step[group.outputs[k].step], repr((group.outputs[k].reduce,
+                                                group.outputs[k].keepdims))))
+    moved = tuple(FusedOutput(new_step[group.outputs[k].step], group.outputs[k].reduce,
+                              group.outputs[k].keepdims) for k in outputs)
+    result = FusedGroup(tuple(new_steps), moved, group.dtype,
+                        tuple(group.input_dtypes[j] for j in inputs), group.tag)
+    return result, inputs, outputs
+
+
+def _uses(group: FusedGroup) -> tuple[list[list], list[list]]:
+    """Who reads each step and each input: ``(step, operand position)`` pairs, the
+    position -1 for an operand of a commutative op."""
+    users: list[list] = [[] for _ in group.steps]
     in_users: list[list] = [[] for _ in group.input_dtypes]
-    for s, st in enumerate(steps):
+    for s, st in enumerate(group.steps):
         for pos, r in enumerate(st.args):
             place = -1 if st.fn in _COMMUTATIVE else pos
             if r[0] == "step":
                 users[r[1]].append((s, place))
             elif r[0] == "in":
                 in_users[r[1]].append((s, place))
+    return users, in_users
+
+
+def _keys(group: FusedGroup, users, in_users) -> tuple[list[str], list[str]]:
+    """The canonical key of every step and input: bottom-up from ops and operands, then
+    top-down from users and outputs."""
+    steps = group.steps
     outs = [[] for _ in steps]
     for o in group.outputs:
         outs[o.step].append(repr((o.reduce, o.keepdims)))
@@ -462,8 +486,11 @@ def canonical(group: FusedGroup) -> tuple[FusedGroup, list[int], list[int]]:
         down[s] = _digest(first[s], *sorted(f"{down[u]}{p}" for u, p in users[s]), *outs[s])
     in_key = [_digest("in", d, *sorted(f"{down[u]}{p}" for u, p in uses))
               for d, uses in zip(group.input_dtypes, in_users)]
-    key = [_digest(k, d) for k, d in zip(up(in_key), down)]
-    # topological sort, smallest key first
+    return [_digest(k, d) for k, d in zip(up(in_key), down)], in_key
+
+
+def _smallest_key_first(steps, users, key) -> list[int]:
+    """A topological order of the steps taking the smallest key among the ready ones."""
     waiting = [sum(r[0] == "step" for r in st.args) for st in steps]
     ready = [(key[s], s) for s in range(len(steps)) if not waiting[s]]
     order: list[int] = []
@@ -475,12 +502,17 @@ def canonical(group: FusedGroup) -> tuple[FusedGroup, list[int], list[int]]:
             waiting[u] -= 1
             if not waiting[u]:
                 ready.append((key[u], u))
-    new_step = {s: k for k, s in enumerate(order)}
+    return order
+
+
+def _relabel(group: FusedGroup, order, new_step, key, in_key):
+    """The steps in ``order`` with renumbered operands (inputs by first use), and the old
+    input of each new one."""
     inputs: list[int] = []
     new_in: dict[int, int] = {}
     new_steps = []
     for s in order:
-        st = steps[s]
+        st = group.steps[s]
         refs = list(st.args)
         if st.fn in _COMMUTATIVE:  # steps, then inputs, then numbers (as fusion orders them)
             refs.sort(key=lambda r: (1, in_key[r[1]]) if r[0] == "in" else (0, key[r[1]])
@@ -494,14 +526,7 @@ def canonical(group: FusedGroup) -> tuple[FusedGroup, list[int], list[int]]:
                         ("step", new_step[r[1]]) if r[0] == "step" else r)
         new_steps.append(FusedStep(st.fn, st.params, tuple(args)))
     inputs += [j for j in range(group.arity) if j not in new_in]  # inputs no step reads
-    outputs = sorted(range(len(group.outputs)), key=lambda k: (
-        new_step[group.outputs[k].step], repr((group.outputs[k].reduce,
-                                                group.outputs[k].keepdims))))
-    moved = tuple(FusedOutput(new_step[group.outputs[k].step], group.outputs[k].reduce,
-                              group.outputs[k].keepdims) for k in outputs)
-    result = FusedGroup(tuple(new_steps), moved, group.dtype,
-                        tuple(group.input_dtypes[j] for j in inputs), group.tag)
-    return result, inputs, outputs
+    return new_steps, inputs
 
 
 _COMMUTATIVE = (ew.add, ew.mul)
