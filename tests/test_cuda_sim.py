@@ -224,7 +224,8 @@ def test_a_fused_group_is_one_kernel_computing_every_output():
     (header,) = fused_kernels(f)
     name = header.split()[-1]
     assert name == "k_fused_mul_tanh_exp_add_" + name.rsplit("_", 1)[-1]
-    assert "# fused group in float32: out0 = s3, out1 = s4, out2 = s4 (summed axes last)\n" \
+    # steps in the canonical order (fused_ops.canonical: mul before add), outputs by step
+    assert "# fused group in float32: out0 = s3 (summed axes last), out1 = s3, out2 = s4\n" \
         f"def {name}(" in f.source
     assert f.source.count("math.tanh(") == 1 and f.source.count("math.exp(") == 1
     assert f.stats["kernel_steps"] == 1 and f.stats["lowered"] == {"fused": 4}

@@ -11,10 +11,13 @@ from graphc.viz.render import html_svg
 
 import graphc as gc
 
-# the module whose display function Graph calls: graphc.viz.render (the attribute is its
-# function); a doctest run imports viz/render.py a second time as viz.render, and the last
-# import's functions are the ones attached to Graph and Tensor
-render_module = sys.modules[gc.Graph._repr_mimebundle_.__module__]
+
+def render_module():
+    """The module whose display function Graph calls now: graphc.viz.render (the attribute
+    is its function). A doctest run imports viz/render.py a second time, as viz.render, and
+    the last import's functions are the ones attached to Graph and Tensor."""
+    return sys.modules[gc.Graph._repr_mimebundle_.__module__]
+
 
 # A notebook kernel as tqdm.autonotebook detects it, without ipywidgets installed.
 NOTEBOOK_WITHOUT_IPYWIDGETS = textwrap.dedent("""
@@ -85,7 +88,7 @@ def test_tensor_displays_the_graph_that_computes_it():
 
 
 def test_big_graph_shows_its_text_form_only(monkeypatch):
-    monkeypatch.setattr(render_module, "MAX_DRAWN", 3)
+    monkeypatch.setattr(render_module(), "MAX_DRAWN", 3)
     bundle = gc.Graph(_model())._repr_mimebundle_()
     assert "<svg" not in bundle["text/html"]
     assert "5 nodes: too many to draw here" in bundle["text/html"]
