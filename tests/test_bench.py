@@ -4,28 +4,21 @@ and gradients in graphc, PyTorch eager and JAX, and the command runs end to end.
 import importlib.util
 import json
 import os
-import pathlib
 import re
 import subprocess
 import sys
 import time
 
+import bench_harness  # first: puts benchmarks/ on sys.path, loads run.py
+import frameworks
 import numpy as np
 import pytest
+from workloads import WORKLOADS
 
 import graphc as gc
 from graphc import cli
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import frameworks  # noqa: E402  -- benchmarks/ is a folder of scripts, not a package
-from workloads import WORKLOADS  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("graphc_benchmarks_run",
-                                               ROOT / "benchmarks" / "run.py")
-bench_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_run)
+bench_run = bench_harness.bench_run  # benchmarks/run.py
 
 # Small instances of every workload; a new workload needs an entry (the test fails without).
 SMALL = {

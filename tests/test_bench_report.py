@@ -2,27 +2,18 @@
 the ratio to the faster peer and the verdict, the children's environment, the console rows
 and README's table generated from a fixed JSON result."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 from types import SimpleNamespace
 
+import bench_harness  # first: puts benchmarks/ on sys.path, loads run.py
+import limits
 import pytest
+import report
+from workloads import WORKLOADS
 
 import graphc as gc
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import limits  # noqa: E402  -- benchmarks/ is a folder of scripts, not a package
-import report  # noqa: E402
-from workloads import WORKLOADS  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("graphc_benchmarks_run",
-                                               ROOT / "benchmarks" / "run.py")
-bench_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_run)
+bench_run = bench_harness.bench_run  # benchmarks/run.py
 
 
 def _step(problem):
