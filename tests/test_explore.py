@@ -336,6 +336,35 @@ def test_scan_group_draws_the_carry_and_steps_through_time(browser, tmp_path):
     assert page.errors == []
 
 
+IN_VIEW = """(sel => {  // sel's box lies inside the drawing area (not under #details)
+    const d = document.querySelector(sel).getBoundingClientRect(),
+          a = document.getElementById('svg').getBoundingClientRect();
+    return d.left >= a.left && d.right <= a.right && d.top >= a.top && d.bottom <= a.bottom; })"""
+SCALE = "+document.getElementById('vp').getAttribute('transform').match(/scale\\((.*)\\)/)[1]"
+
+
+@needs_browser
+def test_opening_or_closing_a_group_refits_the_view(browser, tmp_path):
+    ys, _ = gc.nn.LSTM(3, 4, name="lstm")(gc.input("x", (2, 6, 3)))
+    page = open_page(browser, gc.explore(gc.mean(ys)), tmp_path)
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    page.click("#collapseall")
+    assert page.evaluate(IN_VIEW, "#vp")
+    page.evaluate("graphc.groups().forEach(g => graphc.expand(g.id))")  # scripted: no fit pressed
+    assert all(g["expanded"] for g in page.evaluate("graphc.groups()"))
+    assert page.evaluate(IN_VIEW, "#vp")  # all of it, readable: refitted
+    page.click("#collapseall")
+    page.click(".hd[data-g='lstm']")  # a group's title, clicked
+    assert page.evaluate(IN_VIEW, "#vp")
+    page.set_viewport_size({"width": 1000, "height": 800})  # now all of it would be unreadable:
+    page.evaluate("graphc.expand('lstm/scan0')")  # the opened group is centred, readable
+    assert not page.evaluate(IN_VIEW, "#vp") and page.evaluate(SCALE) >= 0.35
+    assert page.evaluate(IN_VIEW, ".hd[data-g='lstm/scan0']")
+    page.evaluate("graphc.collapse('lstm')")
+    assert page.evaluate(IN_VIEW, "#vp")
+    assert page.errors == []
+
+
 @needs_browser
 def test_scripts_run_in_the_jupyter_iframe(browser):
     loss, feeds = gallery.micrograd()
