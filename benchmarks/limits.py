@@ -3,7 +3,7 @@ graphc graph, against the machine's measured GEMM peak and memory bandwidth.
 
 - :func:`step_flops`: 2 x the multiply-adds of every matmul and convolution in the graph of
   the outputs (the forward ops and the backward ones ``gc.grad`` made); elementwise ops,
-  reductions and data movement count nothing, and neither do the bodies of ``gc.scan`` loops.
+  reductions and data movement count nothing; a ``gc.scan``'s body counts once per step.
 - :func:`step_bytes`: every input and parameter read once plus every output written once,
   what any implementation must move through memory.
 - :func:`machine_peaks` (run it in a child process with the bench's thread environment):
@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import graphc as gc
+from graphc.scan import siblings as scan_siblings
 from graphc.nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad
 from graphc.structured_ops import MatMul
 
@@ -49,8 +50,12 @@ def op_flops(t: gc.Tensor) -> int:
 
 
 def step_flops(outputs) -> int:
-    """FLOPs of matmuls and convolutions in the graph of ``outputs``."""
-    return sum(op_flops(t) for t in gc.Graph(outputs).nodes)
+    """FLOPs of matmuls and convolutions in the graph of ``outputs``, a ``gc.scan``'s body
+    counted once per step (once per run of the loop, however many outputs it gives)."""
+    nodes = gc.Graph(outputs).nodes
+    loops = sum(t.op.loop.length * step_flops(list(t.op.loop.graph.outputs))
+                for t, *_ in scan_siblings(nodes).values())
+    return loops + sum(op_flops(t) for t in nodes)
 
 
 def _nbytes(t: gc.Tensor) -> int:

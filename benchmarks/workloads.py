@@ -165,6 +165,27 @@ def lstm_graphc(inputs, hidden, batch, steps):
     return gc.mean(h), [Wx, Wh, b]
 
 
+def lstm_scan_graphc(inputs, hidden, batch, steps):
+    """W4's LSTM with the time loop as one ``gc.scan`` (issue 16's form of W4)."""
+    xs = gc.input("xs", (steps, batch, inputs))
+    Wx = gc.param("Wx", (inputs, 4 * hidden))
+    Wh = gc.param("Wh", (hidden, 4 * hidden))
+    b = gc.param("b", (4 * hidden,), init="zeros")
+    H = hidden
+
+    def cell(carry, x):
+        h, c = carry
+        z = x @ Wx + h @ Wh + b
+        i, f = gc.sigmoid(z[:, :H]).named("i"), gc.sigmoid(z[:, H:2 * H]).named("f")
+        g, o = gc.tanh(z[:, 2 * H:3 * H]).named("g"), gc.sigmoid(z[:, 3 * H:]).named("o")
+        c = (f * c + i * g).named("c")  # names for the diagrams only
+        return ((o * gc.tanh(c)).named("h"), c), None
+
+    zeros = gc.constant(np.zeros((batch, hidden), np.float32))
+    (h, _), _ = gc.scan(cell, (zeros, zeros), xs)
+    return gc.mean(h), [Wx, Wh, b]
+
+
 def lstm_data(rng, inputs, hidden, batch, steps):
     return {"xs": _normal(rng, (steps, batch, inputs))}
 
@@ -211,6 +232,26 @@ def lstm_jax(t):
         g, o = jnp.tanh(z[:, 2 * H:3 * H]), jax.nn.sigmoid(z[:, 3 * H:])
         c = f * c + i * g
         h = o * jnp.tanh(c)
+    return jnp.mean(h)
+
+
+def lstm_scan_jax(t):
+    """W4 through ``jax.lax.scan`` (the form JAX users write; jit compiles the body once)."""
+    import jax
+    import jax.numpy as jnp
+    xs, Wx, Wh, b = t["xs"], t["Wx"], t["Wh"], t["b"]
+    H = Wh.shape[0]
+
+    def cell(carry, x):
+        h, c = carry
+        z = x @ Wx + h @ Wh + b
+        i, f = jax.nn.sigmoid(z[:, :H]), jax.nn.sigmoid(z[:, H:2 * H])
+        g, o = jnp.tanh(z[:, 2 * H:3 * H]), jax.nn.sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        return (o * jnp.tanh(c), c), None
+
+    zeros = jnp.zeros((xs.shape[1], H), xs.dtype)
+    (h, _), _ = jax.lax.scan(cell, (zeros, zeros), xs)
     return jnp.mean(h)
 
 
@@ -329,6 +370,10 @@ WORKLOADS = {w.name: w for w in [
     Workload("W4", "LSTM input 64, hidden 128, batch 32, 50 steps unrolled", 0.35,
              {"inputs": 64, "hidden": 128, "batch": 32, "steps": 50},
              lstm_graphc, lstm_data, lstm_torch, lstm_jax,
+             torch_extra={"torch nn.LSTM": lstm_torch_fused}),
+    Workload("W4s", "the W4 LSTM (T=50) with the time loop as gc.scan / jax.lax.scan", 0.35,
+             {"inputs": 64, "hidden": 128, "batch": 32, "steps": 50},
+             lstm_scan_graphc, lstm_data, lstm_torch, lstm_scan_jax,
              torch_extra={"torch nn.LSTM": lstm_torch_fused}),
     Workload("W5", "LeNet: conv 1-6, 6-16 5x5 + ReLU + maxpool 2, dense 256-120-84-10, "
                    "cross-entropy, batch 64 of 1x28x28", 0.8,

@@ -26,6 +26,7 @@ SMALL = {
     "W2": {"batch": 6, "widths": (9, 11, 4)},
     "W3": {"rows": 4, "cols": 16},
     "W4": {"inputs": 5, "hidden": 6, "batch": 3, "steps": 4},
+    "W4s": {"inputs": 5, "hidden": 6, "batch": 3, "steps": 4},
     "W5": {"batch": 5, "size": 20},  # conv 16, pool 8, conv 4, pool 2: dense 64-120-84-10
     "W6": {"inputs": 2, "hidden": 2},
 }

@@ -31,6 +31,16 @@ def test_flops_of_the_w1_training_step():
     assert limits.step_bytes(outputs) == 128 * 784 * 4 + 128 * 8 + 2 * params * 4 + 4
 
 
+def test_flops_of_a_scan_count_its_body_once_per_step():
+    W = gc.param("W", (4, 4))
+    h0 = gc.input("h0", (2, 4))
+    (h, _), ys = gc.scan(lambda c, x: ((gc.tanh(c[0] @ W + x), c[1] + x), c[0] @ W),
+                         (h0, h0), gc.input("xs", (5, 2, 4)))
+    body = 2 * 2 * 4 * 4  # one matmul a step (the y and the carry share it)
+    assert limits.step_flops([h]) == limits.step_flops([h, ys]) == 5 * body
+    assert limits.step_flops([h, gc.sum(ys @ W)]) == 5 * body + 2 * 5 * 2 * 4 * 4
+
+
 def test_flops_of_a_convolution_and_its_adjoints():
     x, w = gc.input("x", (2, 3, 8, 8)), gc.param("w", (4, 3, 3, 3))
     loss = gc.sum(gc.conv2d(x, w))
