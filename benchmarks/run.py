@@ -114,7 +114,9 @@ def selected(names) -> list[str]:
     from workloads import WORKLOADS
     if not names:
         return list(WORKLOADS)
-    chosen = [n.strip().upper() for spec in names for n in spec.split(",") if n.strip()]
+    by_upper = {name.upper(): name for name in WORKLOADS}  # w4s, W4S, W4s: W4s
+    chosen = [by_upper.get(n.strip().upper(), n.strip())
+              for spec in names for n in spec.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; "

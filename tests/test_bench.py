@@ -212,3 +212,10 @@ def test_bench_without_benchmarks_folder_is_one_line(monkeypatch, capsys):
     assert cli.main(["bench"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "benchmarks/ folder" in err
+
+
+def test_workloads_are_chosen_by_name_in_any_case():
+    assert bench_run.selected(["w1,W4s", "w4S"]) == ["W1", "W4s", "W4s"]
+    assert bench_run.selected([]) == list(WORKLOADS)
+    with pytest.raises(ValueError, match="unknown workload.*W7.*choose from W1"):
+        bench_run.selected(["W7"])
