@@ -116,9 +116,14 @@ def rule_max_pool(lowering, t):
         return rule_numpy(lowering, t)
     kind = "grad" if isinstance(t.op, MaxPool2dGrad) else "forward"
     window = (*t.op.kernel, *t.op.stride) if t.op.padding == (0, 0) else None
-    name = lowering.kernel(t, nk.max_pool_kernel(kind, t.dtype, window))
     n, c, h, w = x.shape
     ho, wo = (t.inputs[1] if kind == "grad" else t).shape[2:]
+    if kind == "grad" and window is not None and (h, w) == (ho * window[0], wo * window[1]) \
+            and window[:2] == window[2:]:  # the windows tile the plane
+        spec = nk.max_pool_grad_tiles_kernel(t.dtype, window[:2])
+    else:
+        spec = nk.max_pool_kernel(kind, t.dtype, window)
+    name = lowering.kernel(t, spec)
     sizes = (n * c, h, w, ho, wo, *t.op.kernel, *t.op.stride, *t.op.padding)
 
     def emit(L, t, out):
