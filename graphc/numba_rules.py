@@ -136,8 +136,12 @@ def rule_max_pool(lowering, t):
 def rule_conv(lowering, t):
     """conv2d and its two adjoints: im2col / col2im kernels around BLAS matmuls, one per
     group (grouped and depthwise convolutions: a batch of GEMMs over the groups, whose
-    channels are contiguous rows of the columns); the weight gradient is one GEMM per group
-    over the whole batch.  Other cases run the op's NumPy form (also im2col + BLAS)."""
+    channels are contiguous rows of the columns).  The weight gradient is one GEMM per
+    group over the whole batch, or, where an image has at least as many pixels as a
+    window has values (P >= K), one GEMM per image summed over the batch, as the reference
+    does: the whole-batch GEMM's (O, N*P) @ (N*P, K) is slow for small O and K (W5's first
+    layer: 3x, docs/perf.md), and the (N, O, K) products are then no larger than the
+    gradient itself.  Other cases run the op's NumPy form (also im2col + BLAS)."""
     op = t.op
     if any(i.dtype != t.dtype for i in t.inputs) or \
             not dtypes.is_float(t.dtype) or any(i.size == 0 for i in t.inputs):
@@ -155,11 +159,13 @@ def rule_conv(lowering, t):
     sizes = ", ".join(map(str, (n, c, h, wd, kh, kw, ho, wo, *op.stride, *op.padding,
                                 *op.dilation)))
     dtype = _np_dtype(t.dtype)
+    per_image = isinstance(op, Conv2dWeightGrad) and pixels >= k
     if isinstance(op, Conv2dInputGrad):
         col2im = lowering.kernel(t, nk.col2im_kernel(t.dtype))
     else:
-        layout = "cols" if isinstance(op, Conv2d) else "kmajor"
+        layout = "cols" if isinstance(op, Conv2d) or per_image else "kmajor"
         im2col = lowering.kernel(t, nk.im2col_kernel(layout, t.dtype))
+        shape = (n, k, pixels) if layout == "cols" else (k, n * pixels)
 
     g = op.groups
     # per group: (g, o/g, k/g) kernels against (.., g, k/g, pixels) columns; g = 1 as before
@@ -170,29 +176,40 @@ def rule_conv(lowering, t):
         L.defined.add(cols)
         L.calls += 1
         blas_ready(L)
-        if isinstance(op, Conv2d):
-            L.line(f"{cols} = np.empty(({n}, {k}, {pixels}), {dtype})")
+        if not isinstance(op, Conv2dInputGrad):
+            L.line(f"{cols} = np.empty({shape}, {dtype})")
             L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
+        if isinstance(op, Conv2d):
             L.line(f"np.matmul({L.arg(w)}.reshape({kernel}), {cols}.reshape({by_group(n)}), "
                    f"out={out}.reshape({rows(n)}))")
         elif isinstance(op, Conv2dWeightGrad):
-            L.line(f"{cols} = np.empty(({k}, {n * pixels}), {dtype})")
-            L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
-            dy = (f"np.ascontiguousarray({L.arg(y)}.reshape(({n}, {o}, {pixels}))"
-                  f".transpose(1, 0, 2))")
-            if g == 1:
-                L.line(f"np.matmul({dy}.reshape(({o}, {n * pixels})), {cols}.T, "
-                       f"out={out}.reshape(({o}, {k})))")
-            else:
-                L.line(f"np.matmul({dy}.reshape(({g}, {o // g}, {n * pixels})), "
-                       f"{cols}.reshape(({g}, {k // g}, {n * pixels})).transpose(0, 2, 1), "
-                       f"out={out}.reshape({kernel}))")
+            _weight_grad_gemm(L, cols, L.arg(y), out, (n, o, k, pixels, g), per_image)
         else:
             L.line(f"{cols} = np.matmul({L.arg(w)}.reshape({kernel}){swap}, "
                    f"{L.arg(y)}.reshape({rows(n)}))")
             L.line(f"{col2im}({L.pointer(L.value(t))}, _addr({cols}), {sizes})")
         L.line(f"del {cols}")
     return Choice("buffer", emit, "kernel")
+
+
+def _weight_grad_gemm(L, cols: str, dy: str, out: str, sizes, per_image: bool) -> None:
+    """The GEMMs of a weight gradient from its columns: per image (``(N, K, P)`` columns)
+    and summed over the batch, as the reference computes it, or one over the whole batch
+    (``(K, N*P)`` columns, against dy made (O, N*P))."""
+    n, o, k, pixels, g = sizes
+    kernel, rows, by_group, _ = _group_layouts(o, k, pixels, g)
+    if per_image:
+        L.line(f"np.add.reduce(np.matmul({dy}.reshape({rows(n)}), {cols}.reshape("
+               f"{by_group(n)}).swapaxes(-1, -2)), axis=0, out={out}.reshape({kernel}))")
+        return
+    dy = f"np.ascontiguousarray({dy}.reshape(({n}, {o}, {pixels})).transpose(1, 0, 2))"
+    if g == 1:
+        L.line(f"np.matmul({dy}.reshape(({o}, {n * pixels})), {cols}.T, "
+               f"out={out}.reshape(({o}, {k})))")
+    else:
+        L.line(f"np.matmul({dy}.reshape(({g}, {o // g}, {n * pixels})), "
+               f"{cols}.reshape(({g}, {k // g}, {n * pixels})).transpose(0, 2, 1), "
+               f"out={out}.reshape({kernel}))")
 
 
 def _group_layouts(o: int, k: int, pixels: int, g: int):

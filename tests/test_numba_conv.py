@@ -72,7 +72,10 @@ CONVS = [((1, 1, 9, 7), (3, 1, 3, 3), {}),
          ((2, 3, 11, 10), (16, 3, 5, 5), {"stride": 2, "padding": 2}),
          ((1, 16, 6, 7), (3, 16, 3, 2), {"padding": (1, 0), "dilation": (2, 1)}),
          ((3, 6, 12, 12), (16, 6, 5, 5), {}),
-         ((2, 4, 9, 8), (6, 2, 3, 3), {"stride": (1, 2), "groups": 2})]
+         ((2, 4, 9, 8), (6, 2, 3, 3), {"stride": (1, 2), "groups": 2}),
+         ((2, 4, 12, 11), (6, 2, 3, 3), {"padding": 1, "groups": 2})]
+# the weight gradient as one GEMM per image (P >= K pixels per window value) or over the batch
+PER_IMAGE = {(1, 1, 9, 7), (2, 4, 12, 11)}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -90,6 +93,8 @@ def test_conv_kernels_match_numpy_and_torch(xs, ws, geometry, dtype):
     f = gc.compile(outputs, backend="numba")
     assert not {"conv2d", "conv2d_input_grad", "conv2d_weight_grad"} & \
         set(f.stats["numpy_fallbacks"])
+    per_image = "np.add.reduce(np.matmul(" in f.source
+    assert per_image == (xs in PER_IMAGE), f.source
     got = f(feeds)
     want = gc.compile(outputs, backend="numpy")(feeds)
     tx, tw = (torch.tensor(feeds[n], requires_grad=True) for n in "xw")
