@@ -160,11 +160,12 @@ def rule_conv(lowering, t):
                                 *op.dilation)))
     dtype = _np_dtype(t.dtype)
     per_image = isinstance(op, Conv2dWeightGrad) and pixels >= k
+    padded = op.padding != (0, 0)
     if isinstance(op, Conv2dInputGrad):
-        col2im = lowering.kernel(t, nk.col2im_kernel(t.dtype))
+        col2im = lowering.kernel(t, nk.col2im_kernel(t.dtype, padded))
     else:
         layout = "cols" if isinstance(op, Conv2d) or per_image else "kmajor"
-        im2col = lowering.kernel(t, nk.im2col_kernel(layout, t.dtype))
+        im2col = lowering.kernel(t, nk.im2col_kernel(layout, t.dtype, padded))
         shape = (n, k, pixels) if layout == "cols" else (k, n * pixels)
 
     g = op.groups

@@ -67,13 +67,15 @@ def test_max_pool_grad_matches_torch(shape, k, stride):
 
 
 # (x shape, w shape, geometry): channel counts 1, 3, 16, batch 1, strides, padding,
-# dilation, groups, non-square kernels and planes
+# dilation, groups, non-square kernels and planes; with and without padding (the kernels
+# without bounds checks)
 CONVS = [((1, 1, 9, 7), (3, 1, 3, 3), {}),
          ((2, 3, 11, 10), (16, 3, 5, 5), {"stride": 2, "padding": 2}),
          ((1, 16, 6, 7), (3, 16, 3, 2), {"padding": (1, 0), "dilation": (2, 1)}),
          ((3, 6, 12, 12), (16, 6, 5, 5), {}),
          ((2, 4, 9, 8), (6, 2, 3, 3), {"stride": (1, 2), "groups": 2}),
-         ((2, 4, 12, 11), (6, 2, 3, 3), {"padding": 1, "groups": 2})]
+         ((2, 4, 12, 11), (6, 2, 3, 3), {"padding": 1, "groups": 2}),
+         ((2, 3, 11, 9), (4, 3, 3, 2), {"stride": (2, 3), "dilation": (2, 1)})]
 # the weight gradient as one GEMM per image (P >= K pixels per window value) or over the batch
 PER_IMAGE = {(1, 1, 9, 7), (2, 4, 12, 11)}
 
