@@ -107,3 +107,16 @@ def test_conv_kernels_match_numpy_and_torch(xs, ws, geometry, dtype):
         scale = np.abs(b).max()
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
         np.testing.assert_allclose(a, t.numpy(), rtol=tol, atol=tol * scale * 10)
+
+
+def test_node_profile_times_every_conv_and_pool_node_of_w5():
+    """benchmarks/node_profile.py (the per-node figures in docs/perf.md) runs the
+    instrumented step and names each conv and pool node it timed."""
+    import bench_harness  # noqa: F401 -- benchmarks/ on sys.path
+    import node_profile
+    figures = node_profile.profile("W5", steps=2)
+    ops = [label.split(" (")[1].rstrip(")") for label in figures]
+    for op in ("conv2d", "conv2d_weight_grad", "conv2d_input_grad", "max_pool2d",
+               "max_pool2d_grad"):
+        assert op in ops, figures
+    assert all(us >= 0 for us in figures.values())
