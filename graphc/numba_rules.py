@@ -8,6 +8,7 @@ import numpy as np
 
 from . import blas, dtypes
 from . import numba_codegen as cg
+from . import numba_conv_kernels as ck
 from . import numba_kernels as nk
 from .ir import Tensor
 from .lowering import (
@@ -120,9 +121,9 @@ def rule_max_pool(lowering, t):
     ho, wo = (t.inputs[1] if kind == "grad" else t).shape[2:]
     if kind == "grad" and window is not None and (h, w) == (ho * window[0], wo * window[1]) \
             and window[:2] == window[2:]:  # the windows tile the plane
-        spec = nk.max_pool_grad_tiles_kernel(t.dtype, window[:2])
+        spec = ck.max_pool_grad_tiles_kernel(t.dtype, window[:2])
     else:
-        spec = nk.max_pool_kernel(kind, t.dtype, window)
+        spec = ck.max_pool_kernel(kind, t.dtype, window)
     name = lowering.kernel(t, spec)
     sizes = (n * c, h, w, ho, wo, *t.op.kernel, *t.op.stride, *t.op.padding)
 
@@ -162,10 +163,10 @@ def rule_conv(lowering, t):
     per_image = isinstance(op, Conv2dWeightGrad) and pixels >= k
     padded = op.padding != (0, 0)
     if isinstance(op, Conv2dInputGrad):
-        col2im = lowering.kernel(t, nk.col2im_kernel(t.dtype, padded))
+        col2im = lowering.kernel(t, ck.col2im_kernel(t.dtype, padded))
     else:
         layout = "cols" if isinstance(op, Conv2d) or per_image else "kmajor"
-        im2col = lowering.kernel(t, nk.im2col_kernel(layout, t.dtype, padded))
+        im2col = lowering.kernel(t, ck.im2col_kernel(layout, t.dtype, padded))
         shape = (n, k, pixels) if layout == "cols" else (k, n * pixels)
 
     g = op.groups
