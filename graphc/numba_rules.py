@@ -8,6 +8,7 @@ import numpy as np
 
 from . import blas, dtypes
 from . import numba_codegen as cg
+from . import numba_conv_kernels as ck
 from . import numba_kernels as nk
 from .ir import Tensor
 from .lowering import (
@@ -116,9 +117,14 @@ def rule_max_pool(lowering, t):
         return rule_numpy(lowering, t)
     kind = "grad" if isinstance(t.op, MaxPool2dGrad) else "forward"
     window = (*t.op.kernel, *t.op.stride) if t.op.padding == (0, 0) else None
-    name = lowering.kernel(t, nk.max_pool_kernel(kind, t.dtype, window))
     n, c, h, w = x.shape
     ho, wo = (t.inputs[1] if kind == "grad" else t).shape[2:]
+    if kind == "grad" and window is not None and (h, w) == (ho * window[0], wo * window[1]) \
+            and window[:2] == window[2:]:  # the windows tile the plane
+        spec = ck.max_pool_grad_tiles_kernel(t.dtype, window[:2])
+    else:
+        spec = ck.max_pool_kernel(kind, t.dtype, window)
+    name = lowering.kernel(t, spec)
     sizes = (n * c, h, w, ho, wo, *t.op.kernel, *t.op.stride, *t.op.padding)
 
     def emit(L, t, out):
@@ -131,8 +137,12 @@ def rule_max_pool(lowering, t):
 def rule_conv(lowering, t):
     """conv2d and its two adjoints: im2col / col2im kernels around BLAS matmuls, one per
     group (grouped and depthwise convolutions: a batch of GEMMs over the groups, whose
-    channels are contiguous rows of the columns); the weight gradient is one GEMM per group
-    over the whole batch.  Other cases run the op's NumPy form (also im2col + BLAS)."""
+    channels are contiguous rows of the columns).  The weight gradient is one GEMM per
+    group over the whole batch, or, where an image has at least as many pixels as a
+    window has values (P >= K), one GEMM per image summed over the batch, as the reference
+    does: the whole-batch GEMM's (O, N*P) @ (N*P, K) is slow for small O and K (W5's first
+    layer: 3x, docs/perf.md), and the (N, O, K) products are then no larger than the
+    gradient itself.  Other cases run the op's NumPy form (also im2col + BLAS)."""
     op = t.op
     if any(i.dtype != t.dtype for i in t.inputs) or \
             not dtypes.is_float(t.dtype) or any(i.size == 0 for i in t.inputs):
@@ -150,11 +160,14 @@ def rule_conv(lowering, t):
     sizes = ", ".join(map(str, (n, c, h, wd, kh, kw, ho, wo, *op.stride, *op.padding,
                                 *op.dilation)))
     dtype = _np_dtype(t.dtype)
+    per_image = isinstance(op, Conv2dWeightGrad) and pixels >= k
+    padded = op.padding != (0, 0)
     if isinstance(op, Conv2dInputGrad):
-        col2im = lowering.kernel(t, nk.col2im_kernel(t.dtype))
+        col2im = lowering.kernel(t, ck.col2im_kernel(t.dtype, padded))
     else:
-        layout = "cols" if isinstance(op, Conv2d) else "kmajor"
-        im2col = lowering.kernel(t, nk.im2col_kernel(layout, t.dtype))
+        layout = "cols" if isinstance(op, Conv2d) or per_image else "kmajor"
+        im2col = lowering.kernel(t, ck.im2col_kernel(layout, t.dtype, padded))
+        shape = (n, k, pixels) if layout == "cols" else (k, n * pixels)
 
     g = op.groups
     # per group: (g, o/g, k/g) kernels against (.., g, k/g, pixels) columns; g = 1 as before
@@ -165,29 +178,38 @@ def rule_conv(lowering, t):
         L.defined.add(cols)
         L.calls += 1
         blas_ready(L)
-        if isinstance(op, Conv2d):
-            L.line(f"{cols} = np.empty(({n}, {k}, {pixels}), {dtype})")
+        if not isinstance(op, Conv2dInputGrad):
+            L.line(f"{cols} = np.empty({shape}, {dtype})")
             L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
+        if isinstance(op, Conv2d):
             L.line(f"np.matmul({L.arg(w)}.reshape({kernel}), {cols}.reshape({by_group(n)}), "
                    f"out={out}.reshape({rows(n)}))")
         elif isinstance(op, Conv2dWeightGrad):
-            L.line(f"{cols} = np.empty(({k}, {n * pixels}), {dtype})")
-            L.line(f"{im2col}(_addr({cols}), {L.pointer(L.value(x))}, {sizes})")
-            dy = (f"np.ascontiguousarray({L.arg(y)}.reshape(({n}, {o}, {pixels}))"
-                  f".transpose(1, 0, 2))")
-            if g == 1:
-                L.line(f"np.matmul({dy}.reshape(({o}, {n * pixels})), {cols}.T, "
-                       f"out={out}.reshape(({o}, {k})))")
-            else:
-                L.line(f"np.matmul({dy}.reshape(({g}, {o // g}, {n * pixels})), "
-                       f"{cols}.reshape(({g}, {k // g}, {n * pixels})).transpose(0, 2, 1), "
-                       f"out={out}.reshape({kernel}))")
+            _weight_grad_gemm(L, cols, L.arg(y), out, (n, o, k, pixels, g), per_image)
         else:
             L.line(f"{cols} = np.matmul({L.arg(w)}.reshape({kernel}){swap}, "
                    f"{L.arg(y)}.reshape({rows(n)}))")
             L.line(f"{col2im}({L.pointer(L.value(t))}, _addr({cols}), {sizes})")
         L.line(f"del {cols}")
     return Choice("buffer", emit, "kernel")
+
+
+def _weight_grad_gemm(L, cols: str, dy: str, out: str, sizes, per_image: bool) -> None:
+    """The GEMMs of a weight gradient from its columns: per image (``(N, K, P)`` columns)
+    and summed over the batch, as the reference computes it, or one per group over the
+    whole batch (``(K, N*P)`` columns, against dy made (O, N*P))."""
+    n, o, k, pixels, g = sizes
+    kernel, rows, by_group, _ = _group_layouts(o, k, pixels, g)
+    if per_image:
+        L.line(f"np.add.reduce(np.matmul({dy}.reshape({rows(n)}), {cols}.reshape("
+               f"{by_group(n)}).swapaxes(-1, -2)), axis=0, out={out}.reshape({kernel}))")
+        return
+    # (g, K/g, O/g) = columns @ dy^T, then transposed into out: OpenBLAS's GEMM is 2x
+    # faster this way round than dy @ columns^T for O and K of tens (docs/perf.md)
+    dy = (f"np.ascontiguousarray({dy}.reshape(({n}, {o}, {pixels})).transpose(1, 0, 2))"
+          f".reshape(({g}, {o // g}, {n * pixels}))")
+    L.line(f"np.copyto({out}.reshape({kernel}), np.matmul({cols}.reshape(({g}, {k // g}, "
+           f"{n * pixels})), {dy}.swapaxes(-1, -2)).swapaxes(-1, -2).reshape({kernel}))")
 
 
 def _group_layouts(o: int, k: int, pixels: int, g: int):
