@@ -20,6 +20,13 @@ from .numba_codegen import (
     ScalarPrinter,
     _module,
 )
+from .numba_rewrites import (
+    hoist_branches,
+    in_dependency_order,
+    inline_trivial,
+    share_powers,
+    stable_sigmoids,
+)
 
 # A fused loop body longer than this (in cost units: 10 per exp/log/tanh/erf call, 1 per
 # arithmetic op) is split into phases over a tile of TILE elements, each phase one inner
@@ -27,6 +34,8 @@ from .numba_codegen import (
 # backward (7 transcendental calls per element, float32, AVX-512 machine tuned for 256-bit
 # vectors): one loop 24 ns/element (the body's values do not fit the vector registers and
 # spill), phases of about 20 units 7 ns/element (tiles of 256 to 2048 elements: within 10%).
+# Again on a Zen 5 VM (512-bit vectors), W3 step, 1 thread, CPU ms: one loop 16.5 against
+# 5.9 in phases; PHASE_COST 14/20/30/40: 4.25/4.30/4.44/4.49; TILE 128..1024 within noise.
 PHASE_COST = 20
 TILE = 512
 CHEAP = 2  # cost up to which a value a later phase needs is computed again, not stored
@@ -82,11 +91,11 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
 def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
     """The group's statements after ``sympy.cse``, printed: the body ``(name, text, names
     used)`` and the stores ``(target, text, names used, accumulate)``, one per output."""
-    bound, exprs = _share_powers(*_hoist_branches(bound, exprs))
+    bound, exprs = share_powers(*hoist_branches(*stable_sigmoids(bound, exprs)))
     replacements, reduced = sp.cse([e for _, e in bound] + list(exprs),
                                    symbols=sp.numbered_symbols("c"))
     statements = replacements + [(sym, e) for (sym, _), e in zip(bound, reduced)]
-    statements, reduced = _inline_trivial(_in_dependency_order(statements), reduced)
+    statements, reduced = inline_trivial(in_dependency_order(statements), reduced)
     body = []  # (name, text, names used)
     for sym, sub in statements:
         text, kind = printer._p(sub)
@@ -252,122 +261,6 @@ def _phase_body(ks, body, stores, kinds, operand_dtypes, work, printer, two_d, r
     lines += [f"{target} += {value}" if acc else f"{target} = {value}"
               for target, value, _, acc in stores]
     return lines
-
-
-def _inline_trivial(statements, exprs):
-    """Statements that only name a number or another value, substituted into their uses
-    (so that no phase stores a constant or a copy in scratch)."""
-    subs, kept = {}, []
-    with sp.evaluate(False):  # substituting must not simplify: s - c with c = s is not 0
-        for sym, e in statements:
-            e = e.xreplace(subs) if subs else e
-            if e.is_Atom or e.is_number:
-                subs[sym] = e
-            else:
-                kept.append((sym, e))
-        return kept, [e.xreplace(subs) if subs else e for e in exprs]
-
-
-def _share_powers(bound, exprs):
-    """Powers of values computed anyway, as powers of one bound value: exp(n·u) as e**n
-    with e = exp(u) where exp(u) is computed too (the derivative of a stable form brings in
-    exp(-2|x|) next to the form's own exp(-|x|): silu, sigmoid), and b**-n as r**n with
-    r = 1/b where 1/b is computed too.  A multiplication instead of an exp or a division
-    (bound symbols, because SymPy folds exp(u)**2 back into exp(2u))."""
-    everything = [e for _, e in bound] + list(exprs)
-    exp_args = {a.args[0] for e in everything for a in e.atoms(sp.exp)}
-    inverses = {a.base for e in everything for a in e.atoms(sp.Pow) if a.exp == -1}
-    shared: dict = {}  # the bound value -> [(expression, power)]
-    for a in exp_args:
-        n, rest = a.as_coeff_Mul()
-        base = rest if n > 0 else -rest
-        if n.is_Integer and 2 <= abs(n) <= 4 and base in exp_args:
-            shared.setdefault(sp.exp(base), []).append((sp.exp(a), abs(int(n))))
-    for e in everything:
-        for a in e.atoms(sp.Pow):
-            if a.exp.is_Integer and -4 <= a.exp <= -2 and a.base in inverses:
-                uses = shared.setdefault(1 / a.base, [])
-                if (a, -int(a.exp)) not in uses:
-                    uses.append((a, -int(a.exp)))
-    if not shared:
-        return bound, exprs
-    bound, defined = list(bound), [sym for sym, _ in bound]
-    ordered = sorted(shared.items(), key=lambda kv: sp.default_sort_key(kv[0]))
-    for k, (value, uses) in enumerate(ordered):
-        v = sp.Symbol(f"e{k}", real=True)
-        subs = {value: v} | {x: v ** n for x, n in uses}
-        bound = [(sym, x.xreplace(subs)) for sym, x in bound]
-        exprs = [x.xreplace(subs) for x in exprs]
-        after = [i for i, sym in enumerate(defined) if sym in value.free_symbols]
-        at = max(after) + 1 if after else 0
-        bound.insert(at, (v, value))
-        defined.insert(at, v)
-    return bound, exprs
-
-
-def _hoist_branches(bound, exprs):
-    """Bind every non-trivial value of a Piecewise branch to its own statement.
-
-    A conditional expression whose branches are plain values is a select, which LLVM
-    vectorizes; a branch holding a computation (an exp) stays a branch, and one such branch
-    keeps the whole loop scalar.  Every branch is computed, as ``numpy.where`` does."""
-    memo: dict = {}
-    extra: list = []
-    names = sp.numbered_symbols("p", real=True)
-
-    def visit(e):
-        if e.is_Atom or not e.args:
-            return e
-        hit = memo.get(e)
-        if hit is not None:
-            return hit
-        args = [visit(a) for a in e.args]
-        if isinstance(e, sp.Piecewise):
-            pairs = []
-            for value, cond in args:
-                if not value.is_Atom:
-                    sym = next(names)
-                    extra.append((sym, value))
-                    value = sym
-                pairs.append((value, cond))
-            with sp.evaluate(False):
-                out = sp.Piecewise(*pairs)
-        elif all(a is b for a, b in zip(args, e.args)):
-            out = e
-        else:
-            with sp.evaluate(False):
-                out = e.func(*args)
-        memo[e] = out
-        return out
-
-    bound = [(sym, visit(e)) for sym, e in bound]
-    exprs = [visit(e) for e in exprs]
-    return extra + bound, exprs
-
-
-def _in_dependency_order(statements):
-    """``(symbol, expression)`` pairs ordered so that each comes after those it uses."""
-    defined = {sym: k for k, (sym, _) in enumerate(statements)}
-    # sorted: the source (the kernel's cache key) must not depend on set order, which
-    # follows string hashing and changes from process to process
-    deps = [sorted(defined[s] for s in e.free_symbols if s in defined) for _, e in statements]
-    order, state = [], [0] * len(statements)
-    for root in range(len(statements)):
-        stack = [root]
-        while stack:
-            k = stack[-1]
-            if state[k] == 2:
-                stack.pop()
-                continue
-            pending = [d for d in deps[k] if state[d] != 2]
-            if state[k] == 0 and pending:
-                state[k] = 1
-                stack.extend(pending)
-                continue
-            state[k] = 2
-            stack.pop()
-            order.append(statements[k])
-    return order
 
 
 # ---------------------------------------------------------------------------------------

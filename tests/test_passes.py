@@ -571,11 +571,11 @@ def test_fused_kernels_share_powers_of_exponentials_and_reciprocals():
     # kernel makes one exp and one division fewer per element.
     import sympy as sp
 
-    from graphc.numba_kernels import _share_powers
+    from graphc.numba_rewrites import share_powers
     x = sp.Symbol("x0", real=True)
     u = sp.exp(-sp.Abs(x))
     exprs = [sp.exp(-2 * sp.Abs(x)) * 3 + u, 1 / (u + 1) + x / (u + 1) ** 2]
-    bound, out = _share_powers([], exprs)
+    bound, out = share_powers([], exprs)
     assert sorted(str(sym) for sym, _ in bound) == ["e0", "e1"]  # in dependency order
     assert not any(a.args[0] == -2 * sp.Abs(x) for e in out for a in e.atoms(sp.exp))
     assert all(p.exp != -2 for e in out for p in e.atoms(sp.Pow))
@@ -584,3 +584,31 @@ def test_fused_kernels_share_powers_of_exponentials_and_reciprocals():
         out = [e.subs(dict(reversed(bound))) for e in out]
     for got, want in zip(out, exprs):
         assert abs(float((got - want).subs(values))) < 1e-12
+
+
+def test_softplus_and_its_derivative_share_one_exp_per_element():
+    # softplus' = e^x / (e^x + 1) is computed as the stable sigmoid of x, from the
+    # exp(-|x|) softplus computes itself: one exp per element instead of two (W3).
+    x = gc.input("x", (16, 8))
+    loss = gc.sum(gc.square(gc.softplus(x)))  # softplus and its derivative in one group
+    outputs = [loss, *gc.grad(loss, [x])]
+    f = gc.compile(outputs, backend="numba")
+    kernels = f.source.split("# Kernels called above", 1)[1]
+    assert kernels.count("exp_f32(") == 1, kernels
+    feeds = {"x": np.array([-100, -30, -20.5, -3, -1e-3, 0, 1e-3, 3, 19.9, 20, 20.5, 100],
+                           np.float32).repeat(11)[:128].reshape(16, 8)}
+    _, got, want = run_both(outputs, feeds, "numba")
+    assert_same(got, want, "float32")
+    # the identity e/(e + 1) = 1/(1 + exp(-u)) for u >= 0, in a branch where exp(u) is
+    # finite; unguarded (exp(u) may overflow: NaN, not 1) the plain form stays
+    import sympy as sp
+
+    from graphc.numba_rewrites import stable_sigmoids
+    u = sp.Symbol("u", real=True)
+    plain = sp.exp(2 * u) / (sp.exp(2 * u) + 1)
+    guarded = sp.Piecewise((1, 2 * u > 20), (plain, True))
+    _, (stable, kept) = stable_sigmoids([], [guarded + u, plain + u])
+    assert stable.atoms(sp.exp) == {sp.exp(-2 * sp.Abs(u))}
+    assert kept == plain + u
+    for value in (-40, -1, 0, sp.Rational(1, 3), 9, 40):
+        assert abs(float((stable - guarded - u).subs(u, value))) < 1e-15
