@@ -529,13 +529,28 @@ def _per_step(e: Tensor, loop: Loop, inputs, key):
     for p, x in zip(loop.xs, inputs[n_c:n_c + len(loop.xs)]):
         if x is e:
             return p
-    if isinstance(e.op, Transpose) and e.op.perm[0] == 0:
-        v = _per_step(e.inputs[0], loop, inputs, key)
-        return None if v is None else F.transpose(v, tuple(a - 1 for a in e.op.perm[1:]))
+    if isinstance(e.op, Transpose):
+        v, perm = _per_step(e.inputs[0], loop, inputs, key), e.op.perm
+        if v is None:  # a transpose of what an xs transposes: e = x.transpose(r)
+            v, perm = _through_xs(e.inputs[0], perm, loop, inputs)
+        if v is None or perm[0] != 0:
+            return None
+        return F.transpose(v, tuple(a - 1 for a in perm[1:]))
     if isinstance(e.op, MatMul) and all(i.ndim == e.ndim >= 3 for i in e.inputs):
         v = [_per_step(i, loop, inputs, key) for i in e.inputs]
         return None if any(x is None for x in v) else F.matmul(*v)
     return None
+
+
+def _through_xs(u: Tensor, perm, loop: Loop, inputs):
+    """(the placeholder of an ``xs`` fed ``x = transpose(u, q)``, the axes ``r`` with
+    ``transpose(u, perm) = transpose(x, r)``), or (None, perm) when there is none."""
+    n_c = len(loop.carry)
+    for p, x in zip(loop.xs, inputs[n_c:n_c + len(loop.xs)]):
+        if isinstance(x.op, Transpose) and x.inputs[0] is u:
+            inverse = [x.op.perm.index(a) for a in range(len(perm))]
+            return p, tuple(inverse[a] for a in perm)
+    return None, perm
 
 
 def with_sums(loop: Loop, inputs, terms) -> tuple:
