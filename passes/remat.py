@@ -25,12 +25,12 @@ Loops: a backward loop (backpropagation through time, :mod:`graphc.bptt`) reads 
 forward values its body needs as stacks over all steps that the forward scan keeps (its
 residuals: the gates of every step, say).  Here it recomputes them instead, each step, from
 the forward's carry as that step got it, its xs and consts
-(:func:`graphc.bptt.recomputed`).  Two more stacks over the steps go: a projection the scan
+(:func:`graphc.loop_remat.recomputed`).  Two more stacks over the steps go: a projection the scan
 hoisted out of its body (``xs @ Wx`` of all steps, one large matmul) is computed each step
-in the loops that read it, forward and backward (:func:`graphc.bptt.unhoisted`), and a sum
+in the loops that read it, forward and backward (:func:`graphc.loop_remat.unhoisted`), and a sum
 over the steps computed after a loop from its per-step values (a weight's gradient:
 ``hᵀ @ g`` over all steps, ``sum(g)``, ``xᵀ @ g``) becomes a running sum carried by the
-loop (:func:`graphc.bptt.step_sum`), so the per-step gate gradients are not stacked.  The
+loop (:func:`graphc.loop_remat.step_sum`), so the per-step gate gradients are not stacked.  The
 forward then keeps its carries only (B x H per step each: BPTT needs them), and the memory
 grows with T by those alone, at the cost of running the forward body a second time and of
 T small matmuls where there was one large one (the running sums add in another order than
@@ -48,12 +48,12 @@ that matmul: equal within float tolerance).  Such stacks count in ``recomputed``
 
 from __future__ import annotations
 
-from graphc.bptt import recomputed, step_sum, unhoisted, with_sums
 from graphc.elementwise_ops import Elementwise
 from graphc.fused_ops import Fused, FusedOutput, FusedStep, prune
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
+from graphc.loop_remat import recomputed, step_sum, unhoisted, with_sums
 from graphc.scan import Scan, instance_key
 
 from .fusion import inline, is_member
@@ -163,8 +163,8 @@ def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph
 
 def _loops(graph: Graph) -> tuple[Graph, int, int]:
     """Loops rebuilt to stack nothing over the steps but their carries: backward loops
-    recompute their residuals (:func:`graphc.bptt.recomputed`), hoisted projections are
-    computed each step (:func:`graphc.bptt.unhoisted`) and sums over the steps after a
+    recompute their residuals (:func:`graphc.loop_remat.recomputed`), hoisted projections are
+    computed each step (:func:`graphc.loop_remat.unhoisted`) and sums over the steps after a
     loop become running sums in it (:func:`_summed_in_loops`).  Returns the graph, how many
     stacks over the steps it no longer computes and their bytes."""
     memo: dict = {}
@@ -190,7 +190,7 @@ def _stacks(graph: Graph) -> list:
 
 
 def _summed_in_loops(graph: Graph) -> Graph:
-    """Each sum over the steps of a loop's per-step values (:func:`graphc.bptt.step_sum`:
+    """Each sum over the steps of a loop's per-step values (:func:`graphc.loop_remat.step_sum`:
     a weight's gradient) as one more carry of the loop, a running sum."""
     found: dict = {}  # instance -> (loop, [(sum node, term)])
     for t in graph.nodes:
