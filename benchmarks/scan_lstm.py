@@ -15,8 +15,9 @@ filled.  A child that runs over a minute is stopped and reported as such.
 
 ``--memory``: the ``scan`` form compiled with the default pipeline (the forward stacks the
 residuals its backward loop reads) and with ``REMAT_PIPELINE`` (it stacks the carries only;
-the backward recomputes each step): the memory pass's planned peak and what the forward
-keeps for the backward, the peak of one call by tracemalloc (NumPy's allocations) and the
+the backward recomputes each step, the input projection is computed per step and the
+weights' gradients are summed in the loop): the memory pass's planned peak and what the
+forward keeps for the backward, the peak of one call by tracemalloc (NumPy's allocations) and the
 process's RSS peak during it (VmHWM after clearing it; the process, libraries and the
 compiled program's buffer pool included), and the step time (median).
 """

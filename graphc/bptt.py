@@ -10,6 +10,8 @@ after it as one matmul over all T steps (``hsᵀ @ gs``, the per-step values sta
 its sums of a value the loop stacks anyway (the bias's ``sum(g_t, 0)``) as one sum
 (:class:`_Stacks`); what is left, if anything, is a running sum carried by the loop.
 ``truncate=k`` is a bool per step, ``where(keep_t, g, 0)``, at the chunk boundaries.
+
+The remat pass trades that speed for memory: :mod:`graphc.loop_remat` rebuilds these loops.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from . import functions as F
 from .elementwise_ops import Elementwise
 from .inputs import constant
 from .ir import Tensor, iter_nodes
-from .scan import Loop, Scan, _substitute, instance_key, placeholder
+from .scan import Loop, Scan, _substitute, placeholder
 from .shape_ops import Transpose
 from .structured_ops import MatMul, Reduce
 
@@ -270,57 +272,6 @@ def _residuals(loop: Loop, outs, tag):
     ph = [placeholder(f"{tag}.res{k}", t.shape, t.dtype) for k, t in enumerate(kept.values())]
     new = _substitute(outs, {i: p for i, p in zip(kept, ph)})
     return new, ph, [index[i] for i in kept]
-
-
-def recomputed(t: Tensor, memo: dict) -> Tensor:
-    """Scan node ``t`` rebuilt to recompute each step the forward values its body reads as
-    stacks of another scan (the residuals): their placeholders become the forward body's
-    nodes, computed from the forward's carry as each step got it (its ``("cin", i)``
-    stack), xs and consts.  ``t`` itself when it reads none, or where that cannot be done
-    (a forward placeholder fed otherwise).  ``memo``: per instance, the rebuilt loop, its
-    inputs and the stacks no longer read (one rebuild for all of an instance's outputs)."""
-    key = instance_key(t)
-    if key not in memo:
-        memo[key] = _recompute_loop(t.op.loop, t.inputs)
-    found = memo[key]
-    if found is None or t.op.out[0] == "node":  # a node index of the old body: keep it
-        return t
-    return _node(found[0], t.op.out, found[1])
-
-
-def _recompute_loop(loop: Loop, inputs):
-    n_c, n_x = len(loop.carry), len(loop.xs)
-    fed = {id(p): o for p, o in zip(loop.params, inputs)}
-    swap: dict[int, Tensor] = {}
-    read, more_xs, more_consts = [], [], []
-    for p, o in zip(loop.xs, inputs[n_c:n_c + n_x]):
-        if not (isinstance(o.op, Scan) and o.op.out[0] in ("y", "node")):
-            continue
-        f, fi = o.op.loop, o.inputs
-        value = f.stacked(*o.op.out)
-        needs = {id(n) for n in iter_nodes([value])}
-        fc, fx = len(f.carry), len(f.xs)
-        feeds = [(q, _node(f, ("cin", i), fi), more_xs) for i, q in enumerate(f.carry)] + \
-            [(q, fi[fc + j], more_xs) for j, q in enumerate(f.xs)] + \
-            [(q, fi[fc + fx + j], more_consts) for j, q in enumerate(f.consts)]
-        feeds = [e for e in feeds if id(e[0]) in needs]
-        if any(fed.get(id(q), outer) is not outer for q, outer, _ in feeds):
-            continue
-        for q, outer, into in feeds:
-            if id(q) not in fed:
-                fed[id(q)] = outer
-                into.append((q, outer))
-        swap[id(p)] = value
-        read.append(o)
-    if not swap:
-        return None
-    xs = [(p, o) for p, o in zip(loop.xs, inputs[n_c:n_c + n_x]) if id(p) not in swap]
-    xs += more_xs
-    consts = list(zip(loop.consts, inputs[n_c + n_x:])) + more_consts
-    body = _substitute(list(loop.new_carry + loop.ys), dict(swap))
-    new = Loop(loop.carry, tuple(p for p, _ in xs), tuple(p for p, _ in consts),
-               tuple(body[:n_c]), tuple(body[n_c:]), loop.length, loop.reverse, loop.truncate)
-    return new, list(inputs[:n_c]) + [o for _, o in xs] + [o for _, o in consts], read
 
 
 def _node(loop: Loop, out, inputs) -> Tensor:

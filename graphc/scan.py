@@ -30,8 +30,9 @@ time, :func:`graphc.bptt.scan_vjp`): its body is the body's own backward graph, 
 :func:`graphc.passes.autodiff.backward`, reading the forward values it needs as slices of
 stacks the forward keeps (residuals).  Compiled with the rematerialisation pipeline
 (``gc.compile(..., passes=pipeline.REMAT_PIPELINE)``, :mod:`graphc.passes.remat`), the
-forward keeps only its carries and the backward recomputes each step from them (less
-memory, the forward body run twice).
+forward keeps only its carries and the backward recomputes each step from them, with the
+input projection computed per step and the weights' gradients summed in the loop (memory
+grows with T by the carries only; the forward body runs twice).
 
 Work in the body that does not depend on the carry and holds a matmul (the input
 projection ``x_t @ Wx``) is lifted out of the loop at construction: one large matmul over

@@ -25,8 +25,16 @@ Loops: a backward loop (backpropagation through time, :mod:`graphc.bptt`) reads 
 forward values its body needs as stacks over all steps that the forward scan keeps (its
 residuals: the gates of every step, say).  Here it recomputes them instead, each step, from
 the forward's carry as that step got it, its xs and consts
-(:func:`graphc.bptt.recomputed`): the forward then keeps its carries only, at the cost of
-running the forward body a second time.  Such stacks count in ``recomputed`` and
+(:func:`graphc.loop_remat.recomputed`).  Two more stacks over the steps go: a projection the scan
+hoisted out of its body (``xs @ Wx`` of all steps, one large matmul) is computed each step
+in the loops that read it, forward and backward (:func:`graphc.loop_remat.unhoisted`), and a sum
+over the steps computed after a loop from its per-step values (a weight's gradient:
+``hᵀ @ g`` over all steps, ``sum(g)``, ``xᵀ @ g``) becomes a running sum carried by the
+loop (:func:`graphc.loop_remat.step_sum`), so the per-step gate gradients are not stacked.  The
+forward then keeps its carries only (B x H per step each: BPTT needs them), and the memory
+grows with T by those alone, at the cost of running the forward body a second time and of
+T small matmuls where there was one large one (the running sums add in another order than
+that matmul: equal within float tolerance).  Such stacks count in ``recomputed`` and
 ``bytes_not_kept`` as the values above do.
 
 >>> import graphc as gc
@@ -40,13 +48,13 @@ running the forward body a second time.  Such stacks count in ``recomputed`` and
 
 from __future__ import annotations
 
-from graphc.bptt import recomputed
 from graphc.elementwise_ops import Elementwise
 from graphc.fused_ops import Fused, FusedOutput, FusedStep, prune
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
-from graphc.scan import Scan
+from graphc.loop_remat import recomputed, step_sum, unhoisted, with_sums
+from graphc.scan import Scan, instance_key
 
 from .fusion import inline, is_member
 from .rewrite import rebuild
@@ -154,11 +162,59 @@ def remat(graph: Graph, *, max_steps: int = 8, log: dict | None = None) -> Graph
 
 
 def _loops(graph: Graph) -> tuple[Graph, int, int]:
-    """Backward loops rebuilt to recompute their residuals; returns the graph, how many
-    stacks they no longer read and the bytes of those the forward no longer keeps."""
+    """Loops rebuilt to stack nothing over the steps but their carries: backward loops
+    recompute their residuals (:func:`graphc.loop_remat.recomputed`), hoisted projections are
+    computed each step (:func:`graphc.loop_remat.unhoisted`) and sums over the steps after a
+    loop become running sums in it (:func:`_summed_in_loops`).  Returns the graph, how many
+    stacks over the steps it no longer computes and their bytes."""
     memo: dict = {}
     out = rebuild(graph, lambda node, old: recomputed(node, memo)
                   if isinstance(node.op, Scan) else node)
-    read = {id(o): o for found in memo.values() if found for o in found[2]}
+    hoisted: dict = {}
+    out = rebuild(out, lambda node, old: unhoisted(node, hoisted)
+                  if isinstance(node.op, Scan) else node)
+    out = _summed_in_loops(out)
     kept = {id(t) for t in out.nodes}
-    return out, len(read), sum(o.nbytes for k, o in read.items() if k not in kept)
+    gone = {id(t): t for t in _stacks(graph) if id(t) not in kept}
+    return out, len(gone), sum(t.nbytes for t in gone.values())
+
+
+def _stacks(graph: Graph) -> list:
+    """The values over all the steps of a loop: scans' stacked outputs and their xs."""
+    found = []
+    for t in graph.nodes:
+        if isinstance(t.op, Scan):
+            n_c, n_x = len(t.op.loop.carry), len(t.op.loop.xs)
+            found += t.inputs[n_c:n_c + n_x] + ((t,) if t.op.out[0] != "carry" else ())
+    return found
+
+
+def _summed_in_loops(graph: Graph) -> Graph:
+    """Each sum over the steps of a loop's per-step values (:func:`graphc.loop_remat.step_sum`:
+    a weight's gradient) as one more carry of the loop, a running sum."""
+    found: dict = {}  # instance -> (loop, [(sum node, term)])
+    for t in graph.nodes:
+        hit = step_sum(t)
+        if hit is not None:
+            found.setdefault(hit[0], (hit[1], []))[1].append((t, hit[2]))
+    if not found:
+        return graph
+    which = {id(t): (key, k) for key, (_, sums) in found.items() for k, (t, _) in
+             enumerate(sums)}
+    memo: dict = {}
+
+    def visit(node: Tensor, old: Tensor) -> Tensor:
+        if isinstance(old.op, Scan) and instance_key(old) in found:
+            key = instance_key(old)
+            if key not in memo:
+                loop, sums = found[key]
+                memo[key] = with_sums(loop, node.inputs, [v for _, v in sums])
+            loop, inputs, _, moved = memo[key]
+            kind, i = node.op.out
+            return Tensor.make(Scan(loop, (kind, moved[i] if kind == "node" else i)), inputs)
+        if id(old) in which:
+            key, k = which[id(old)]
+            loop, inputs, first, _ = memo[key]
+            return Tensor.make(Scan(loop, ("carry", first + k)), inputs)
+        return node
+    return rebuild(graph, visit)

@@ -182,6 +182,69 @@ def test_the_remat_pipeline_recomputes_the_steps_instead_of_stacking_residuals(k
     close(remat(feeds), gc.compile([loss_u] + gc.grad(loss_u, inputs), backend="numpy")(feeds))
 
 
+def carry_loss(kind, steps):
+    """A scanned cell's loss read from its final carry only (its ys unused)."""
+    if kind == "nn.LSTM":  # float32, batch first: the scan reads a transpose of the input
+        lstm = gc.nn.LSTM(D, H, name="lstm")
+        _, (h, _) = lstm(gc.input("x", (B, steps, D)))
+        return list(lstm.parameters().values()), gc.sum(gc.sin(h))
+    inputs, fn, init = model(kind, steps=steps)
+    carry, _ = gc.scan(fn, init, inputs[3])
+    return inputs, gc.sum(gc.sin(carry[0] if isinstance(carry, tuple) else carry))
+
+
+def planned_peak(f) -> int:
+    return [e for e in f.stats["passes"] if e["pass"] == "memory"][0]["planned_peak_bytes"]
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru", "nn.LSTM"])
+def test_under_remat_the_planned_peak_grows_with_the_steps_by_the_carries_only(kind):
+    # per step the remat pipeline keeps the carries (B x H each; an LSTM has h and c) and
+    # nothing else: no input projection xs @ W, no gate gradients for the weights' matmuls
+    from graphc.passes import pipeline
+    peaks = {}
+    for steps in (100, 200):
+        inputs, loss = carry_loss(kind, steps)
+        outs = [loss] + gc.grad(loss, [t for t in inputs if t.op.label != "xs"])
+        for name in ("DEFAULT", "REMAT"):
+            f = gc.compile(outs, backend="numpy", passes=getattr(pipeline, f"{name}_PIPELINE"))
+            peaks[name, steps] = planned_peak(f)
+    carries = (1 if kind in ("rnn", "gru") else 2) * B * H * (4 if kind == "nn.LSTM" else 8)
+    assert peaks["REMAT", 200] - peaks["REMAT", 100] == 100 * carries
+    assert peaks["DEFAULT", 200] - peaks["DEFAULT", 100] > 2 * 100 * carries
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("carry_only", [False, True])
+def test_remat_gradients_equal_the_default_pipelines_and_the_unrolled_graphs(kind, carry_only):
+    from graphc.passes import pipeline
+    if carry_only:
+        inputs, loss = carry_loss(kind, 5)
+        carry, _ = unroll(*model(kind, steps=5)[1:], inputs[3])
+        loss_u = gc.sum(gc.sin(carry[0] if isinstance(carry, tuple) else carry))
+    else:
+        inputs, fn, init = model(kind, steps=5)
+        loss, loss_u = loss_of(*gc.scan(fn, init, inputs[3])), loss_of(*unroll(fn, init, inputs[3]))
+    outs = [loss] + gc.grad(loss, inputs)
+    feeds = feeds_for(inputs)
+    got = gc.compile(outs, backend="numpy", passes=pipeline.REMAT_PIPELINE)(feeds)
+    close(got, gc.compile(outs, backend="numpy")(feeds), 1e-10)
+    close(got, gc.compile([loss_u] + gc.grad(loss_u, inputs), backend="numpy")(feeds), 1e-10)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def test_remat_of_hvp_and_grad_of_grad_equals_the_default_pipeline(kind):
+    # the second-order backward loop reads residuals of the first, which read the forward's
+    from graphc.passes import pipeline
+    inputs, fn, init = model(kind, steps=4)
+    W, U, xs = inputs[0], inputs[1], inputs[3]
+    loss = loss_of(*gc.scan(fn, init, xs, reverse=True))
+    second = [gc.hvp(loss, U, normal(*U.shape)), gc.grad(gc.sum(gc.grad(loss, W) ** 2), xs)]
+    feeds = feeds_for(inputs)
+    close(gc.compile(second, backend="numpy", passes=pipeline.REMAT_PIPELINE)(feeds),
+          gc.compile(second, backend="numpy")(feeds), 1e-10)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_truncate_cuts_the_carry_gradient_as_stop_gradient_does(k, reverse):
@@ -450,6 +513,20 @@ def test_numba_body_is_compiled_once_whatever_the_length(rnn32):
 # CUDA (Numba's simulator, in a subprocess as tests/test_cuda_sim.py does)
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+@pytest.mark.slow  # compiles kernels
+def test_numba_runs_the_remat_pipelines_loops_as_the_reference_does():
+    from graphc.passes import pipeline
+    inputs, fn, init = model("lstm", steps=5)
+    loss = loss_of(*gc.scan(fn, init, inputs[3]))
+    outs = [loss] + gc.grad(loss, inputs)
+    f = gc.compile(outs, backend="numba", passes=pipeline.REMAT_PIPELINE)
+    sums = [t for t in f.graph.nodes if isinstance(t.op, Scan) and t.op.loop.reverse and
+            t.op.out[0] == "carry" and t.op.out[1] >= 2]
+    assert len(sums) == 3  # W, U and b summed in the backward loop
+    feeds = feeds_for(inputs)
+    close(f(feeds), gc.compile(outs, backend="numpy")(feeds), 1e-10)
 
 
 @pytest.mark.skipif(not SIM, reason="runs under NUMBA_ENABLE_CUDASIM=1 (see the next test)")
