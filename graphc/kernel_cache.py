@@ -406,14 +406,22 @@ KERNELS_PER_WORKER = 4
 
 def compile_workers(misses: int) -> int:
     """How many worker processes compile ``misses`` kernels beside this process: one per
-    KERNELS_PER_WORKER kernels, at most one per other CPU this process may run on and at
-    most ``$GRAPHC_COMPILE_WORKERS`` (default 7; 0: this process compiles alone)."""
+    KERNELS_PER_WORKER kernels and at most one per other CPU this process may run on; at
+    most ``$GRAPHC_COMPILE_WORKERS`` if set (0: this process compiles alone), else at most
+    the CPUs the 1-minute load average leaves idle (a worker on a busy machine only adds
+    its start-up to the work)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     limit = os.environ.get("GRAPHC_COMPILE_WORKERS", "").strip()
-    cap = int(limit) if limit.isdigit() else 7
+    if limit.isdigit():
+        cap = int(limit)
+    else:
+        try:  # this process counts about 1 in the load
+            cap = round(cpus - os.getloadavg()[0])
+        except (AttributeError, OSError):  # no load average (Windows)
+            cap = cpus - 1
     return max(0, min(cpus - 1, misses // KERNELS_PER_WORKER, cap))
 
 
