@@ -7,7 +7,8 @@ warm <= 0.3 s), each measured in a fresh process.
 cold: an empty GRAPHC_CACHE_DIR, then gc.compile + the first call; warm: a new process on
 the cache the cold run filled.  `import graphc` and building the graph (gc.grad) are timed
 separately and not included.  Beside each wall time: the CPU seconds of the process and of
-its kernel-compiling workers (``cpu``), which other load on the machine inflates less.
+its kernel-compiling workers (``cpu``; ``cpu_self``: the process alone), which other load
+on the machine inflates less.
 ``--workers`` alternates settings of GRAPHC_COMPILE_WORKERS in each round (A, B, A, B ...;
 ``default``: unset).  `graphc bench` calls :func:`run` for its cold and warm columns (and
 the planned peak memory of the compiled step).
@@ -26,9 +27,8 @@ import tempfile
 
 CHILD = r"""
 import json, resource, sys, time
-def cpu():
-    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+def cpu(who=(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)):
+    return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime for w in who)
 t0 = time.perf_counter()
 import graphc as gc
 t1 = time.perf_counter()
@@ -37,11 +37,12 @@ from workloads import WORKLOADS
 params = json.loads(sys.argv[4])
 problem = WORKLOADS[sys.argv[1]].problem(*([params] if params else []))
 grads = gc.grad(problem.loss, list(problem.wrt))
-t2, c2 = time.perf_counter(), cpu()
+t2, c2, s2 = time.perf_counter(), cpu(), cpu((resource.RUSAGE_SELF,))
 f = gc.compile([problem.loss, *grads], backend=sys.argv[3] or None)
 f(problem.feeds)
-t3, c3 = time.perf_counter(), cpu()
+t3, c3, s3 = time.perf_counter(), cpu(), cpu((resource.RUSAGE_SELF,))
 print(json.dumps({"import": t1 - t0, "build": t2 - t1, "compile": t3 - t2, "cpu": c3 - c2,
+                  "cpu_self": s3 - s2,
                   "numba_loaded": "numba" in sys.modules, "backend": f.backend,
                   "kernels": f.stats.get("kernels"),
                   "planned_peak_bytes": f.stats.get("planned_peak_bytes")}))

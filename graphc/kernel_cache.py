@@ -399,9 +399,10 @@ def _missing(specs) -> list:
     return list(found.values())
 
 
-# A worker starts in about 0.5 s (Python, Numba and its first compile) and a kernel
-# compiles in 0.05-0.5 s: a worker is started for every KERNELS_PER_WORKER kernels missing.
-KERNELS_PER_WORKER = 4
+# A worker's start (Python, Numba, its first compile) costs about 0.9 s of CPU and a kernel
+# 0.05-0.5 s: a worker is started for every KERNELS_PER_WORKER kernels missing (W1's 6
+# kernels with a worker: 1.3 s CPU in the process, 1.1 s in the worker, against 1.5 s alone).
+KERNELS_PER_WORKER = 8
 
 
 def compile_workers(misses: int) -> int:
