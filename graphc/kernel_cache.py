@@ -400,30 +400,38 @@ def _missing(specs) -> list:
 
 
 # A worker's start (Python, Numba, its first compile) costs about 0.9 s of CPU and a kernel
-# 0.05-0.5 s: a worker is started for every KERNELS_PER_WORKER kernels missing (W1's 6
-# kernels with a worker: 1.3 s CPU in the process, 1.1 s in the worker, against 1.5 s alone).
-KERNELS_PER_WORKER = 8
+# 0.05-0.5 s: a worker is started for every KERNELS_PER_WORKER kernels missing.  W1's 6
+# kernels on 2 idle CPUs: 0.93-0.97 s cold with a worker, 1.19-1.23 s without; on a busy
+# machine a worker only adds its start-up, hence the cap by idle CPUs.
+KERNELS_PER_WORKER = 4
 
 
 def compile_workers(misses: int) -> int:
     """How many worker processes compile ``misses`` kernels beside this process: one per
     KERNELS_PER_WORKER kernels and at most one per other CPU this process may run on; at
     most ``$GRAPHC_COMPILE_WORKERS`` if set (0: this process compiles alone), else at most
-    the CPUs the 1-minute load average leaves idle (a worker on a busy machine only adds
-    its start-up to the work)."""
+    the CPUs that no other runnable thread is using now (:func:`busy_cpus`)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     limit = os.environ.get("GRAPHC_COMPILE_WORKERS", "").strip()
-    if limit.isdigit():
-        cap = int(limit)
-    else:
-        try:  # this process counts about 1 in the load
-            cap = round(cpus - os.getloadavg()[0])
-        except (AttributeError, OSError):  # no load average (Windows)
-            cap = cpus - 1
+    cap = int(limit) if limit.isdigit() else round(cpus - busy_cpus())
     return max(0, min(cpus - 1, misses // KERNELS_PER_WORKER, cap))
+
+
+def busy_cpus() -> float:
+    """Threads running or ready to run now, this one included (Linux: /proc/loadavg),
+    else the 1-minute load average (which lags by up to a minute), else 1."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return 1.0
 
 
 def compile_missing(specs, compile_object) -> set[str]:

@@ -351,20 +351,21 @@ def test_a_worker_compiles_without_the_rest_of_graphc(fresh_cache):
     np.testing.assert_allclose(_run_kernel(lean, x), 2 * np.exp(x), rtol=1e-6)  # LEAN
 
 
-def test_workers_are_one_per_8_kernels_and_idle_cpu_unless_set(monkeypatch):
+def test_workers_are_one_per_4_kernels_and_idle_cpu_unless_set(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("GRAPHC_COMPILE_WORKERS", raising=False)
-    load = [0.5]
-    monkeypatch.setattr(os, "getloadavg", lambda: (load[0], 0.0, 0.0))
-    assert [kernel_cache.compile_workers(n) for n in (1, 7, 8, 12, 24, 80)] == [0, 0, 1, 1, 3, 7]
-    load[0] = 5.2  # 3 of 8 CPUs idle, this process on one of them
-    assert [kernel_cache.compile_workers(n) for n in (24, 80)] == [3, 3]
-    load[0] = 7.6
-    assert kernel_cache.compile_workers(80) == 0
+    busy = [1.0]  # this process
+    monkeypatch.setattr(kernel_cache, "busy_cpus", lambda: busy[0])
+    assert [kernel_cache.compile_workers(n) for n in (1, 3, 4, 6, 12, 40)] == [0, 0, 1, 1, 3, 7]
+    busy[0] = 5.0  # 3 of 8 CPUs idle
+    assert [kernel_cache.compile_workers(n) for n in (12, 40)] == [3, 3]
+    busy[0] = 8.0
+    assert kernel_cache.compile_workers(40) == 0
     monkeypatch.setenv("GRAPHC_COMPILE_WORKERS", "2")  # set: the load is not asked
-    assert [kernel_cache.compile_workers(n) for n in (8, 80)] == [1, 2]
+    assert [kernel_cache.compile_workers(n) for n in (4, 40)] == [1, 2]
     monkeypatch.setenv("GRAPHC_COMPILE_WORKERS", "0")
-    assert kernel_cache.compile_workers(80) == 0
+    assert kernel_cache.compile_workers(40) == 0
+    assert 0 < kernel_cache.busy_cpus() < 10_000
 
 
 @pytest.mark.parametrize("worker", ["works", "cannot start", "dies"])
