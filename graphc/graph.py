@@ -118,6 +118,9 @@ def node_names(graph: Graph, known: dict[int, str] | None = None) -> dict[int, s
 def _names_in_order(nodes, known=None) -> dict[int, str]:
     names = dict(known or {})
     taken = set(names.values()) | {t.op.label for t in nodes if isinstance(t.op, Input)}
+    # per base, the k of its last name: names are only ever taken, so the first free k
+    # never decreases and the search starts there (a scan from 1 was quadratic in repeats)
+    last: dict[str, int] = {}
     for t in nodes:
         if id(t) in names:
             continue
@@ -125,11 +128,12 @@ def _names_in_order(nodes, known=None) -> dict[int, str]:
             names[id(t)] = t.op.label
             continue
         base = _own_name(t) or _derived_name(t)
-        name, k = base, 1
+        k = last.get(base, 1)
+        name = base if k == 1 else f"{base}_{k}"
         while name in taken:
             k += 1
             name = f"{base}_{k}"
-        names[id(t)] = name
+        names[id(t)], last[base] = name, k
         taken.add(name)
     return names
 

@@ -71,11 +71,25 @@ def user_location() -> SourceLoc | None:
     frame = sys._getframe(1)
     while frame is not None:
         fname = frame.f_code.co_filename
-        if not os.path.abspath(fname).startswith(internal) and not fname.startswith("<frozen"):
+        if not _is_internal(fname, internal):
             code = linecache.getline(fname, frame.f_lineno).strip()
             return SourceLoc(fname, frame.f_lineno, code)
         frame = frame.f_back
     return None
+
+
+_INTERNAL_FILES: dict[tuple, bool] = {}  # by (internal dirs, absolute file name)
+
+
+def _is_internal(fname: str, internal: tuple[str, ...]) -> bool:
+    """Whether code from file ``fname`` is graphc's own (or frozen); remembered for
+    absolute names (a relative one depends on the working directory)."""
+    known = _INTERNAL_FILES.get((internal, fname))
+    if known is None:
+        known = os.path.abspath(fname).startswith(internal) or fname.startswith("<frozen")
+        if os.path.isabs(fname):
+            _INTERNAL_FILES[(internal, fname)] = known
+    return known
 
 
 def located(message: str, loc: SourceLoc | None = None) -> str:

@@ -12,7 +12,8 @@ by every graph and shape with the same body.  A warm load reads the object, chec
 checksum and links it into an in-process MCJIT engine with llvmlite: Numba is not
 imported, which is what keeps a warm ``gc.compile`` fast.  On a miss the source is
 written, compiled by Numba (:func:`graphc.numba_native.compile_object`) and the object
-written.
+written.  :func:`compile_missing` compiles a graph's missing kernels first, in this
+process and in worker processes at once (``$GRAPHC_COMPILE_WORKERS``).
 
 Safety: every file is written to a temporary name in the same directory and moved into
 place with ``os.replace``, so two processes compiling the same kernel at once each
@@ -33,14 +34,16 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import warnings
+from collections import deque
 from dataclasses import dataclass
 
 from .numba_codegen import CODEGEN_VERSION, KernelSpec
-from .numba_native import NativeObject
+from .numba_native import NativeObject, job
 
 FORMAT = 1
 _MAGIC = b"GRAPHC-KERNEL-OBJECT 1\n"
@@ -377,3 +380,186 @@ def load(spec: KernelSpec, compile_object) -> tuple[Kernel, str]:
         kernel = Kernel(spec, proto(address), source_path)
         _MEMORY[spec.key] = kernel
         return kernel, outcome
+
+
+# ---------------------------------------------------------------------------------------
+# Compiling many kernels at once: this process and worker processes
+
+
+def _missing(specs) -> list:
+    """The distinct specs of ``specs`` that neither this process nor any cache directory
+    holds an entry for (a damaged entry is left to :func:`load`, which rebuilds it)."""
+    home = kernel_dir()
+    dirs = list(dict.fromkeys([home, _writable_dir(home)]))
+    found = {}
+    for spec in specs:
+        if spec.key not in _MEMORY and spec.key not in found and all(
+                read_entry(os.path.join(d, f"{spec.name}.o")) is None for d in dirs):
+            found[spec.key] = spec
+    return list(found.values())
+
+
+# A worker's start (Python, Numba, its first compile) costs about 0.9 s of CPU and a kernel
+# 0.05-0.5 s: a worker is started for every KERNELS_PER_WORKER kernels missing.  W1's 6
+# kernels on 2 idle CPUs: 0.93-0.97 s cold with a worker, 1.19-1.23 s without; on a busy
+# machine a worker only adds its start-up, hence the cap by idle CPUs.
+KERNELS_PER_WORKER = 4
+
+
+def compile_workers(misses: int) -> int:
+    """How many worker processes compile ``misses`` kernels beside this process: one per
+    KERNELS_PER_WORKER kernels and at most one per other CPU this process may run on; at
+    most ``$GRAPHC_COMPILE_WORKERS`` if set (0: this process compiles alone), else at most
+    the CPUs that no other runnable thread is using now (:func:`busy_cpus`)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = os.environ.get("GRAPHC_COMPILE_WORKERS", "").strip()
+    cap = int(limit) if limit.isdigit() else round(cpus - busy_cpus())
+    return max(0, min(cpus - 1, misses // KERNELS_PER_WORKER, cap))
+
+
+def busy_cpus() -> float:
+    """Threads running or ready to run now, this one included (Linux: /proc/loadavg),
+    else the 1-minute load average (which lags by up to a minute), else 1."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return 1.0
+
+
+def compile_missing(specs, compile_object) -> set[str]:
+    """Compile the kernels of ``specs`` that no cache holds and store their objects, so
+    that :func:`load` finds them on disk; return their keys.  This process compiles (with
+    ``compile_object``, largest source first) while :func:`compile_workers` worker
+    processes take kernels from the same queue.  A kernel that fails is left out: its
+    :func:`load` compiles it again and reports the error."""
+    with _LOCK:
+        misses = _missing(specs)
+        workers = compile_workers(len(misses))
+        if not workers:
+            return set()
+        home = kernel_dir()
+        pool = _Pool(sorted(((spec, _source(home, spec)) for spec in misses),
+                            key=lambda j: -len(j[0].source)), workers)
+        while (item := pool.take()) is not None:
+            spec, path = item
+            with contextlib.suppress(Exception):  # load() compiles it again, and reports
+                pool.objects[spec.key] = compile_object(spec, path)
+        pool.finish()
+        for spec in misses:
+            if spec.key in pool.objects:
+                with contextlib.suppress(OSError):
+                    _store(home, f"{spec.name}.o", encode_object(pool.objects[spec.key]))
+        return set(pool.objects)
+
+
+def _source(home: str, spec: KernelSpec) -> str:
+    """The path of the kernel's source file, written if no cache directory holds it."""
+    dirs = list(dict.fromkeys([home, _writable_dir(home)]))
+    return next((path for path in (os.path.join(d, f"{spec.name}.py") for d in dirs)
+                 if source_ok(path, spec)), None) or \
+        _store(home, f"{spec.name}.py", source_text(spec).encode())
+
+
+# A worker runs graphc's modules without graphc/__init__ (SymPy and the rest of the
+# package): the package is an empty module whose path is this directory.
+_WORKER = """
+import os, sys, types
+package = types.ModuleType("graphc")
+package.__path__ = [sys.argv[1]]
+sys.modules["graphc"] = package
+replies = os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)
+from graphc.numba_native import serve
+serve(sys.stdin.buffer, replies)
+"""
+
+
+def start_worker() -> subprocess.Popen:
+    """A compile worker process (:func:`graphc.numba_native.serve`); it writes ``ready``
+    once it has loaded Numba."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.Popen([sys.executable, "-c", _WORKER, here], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def ask(proc: subprocess.Popen, spec: KernelSpec, path: str) -> NativeObject | None:
+    """The object a ready worker compiles for ``spec`` from the source at ``path``; None if
+    it could not compile it.  A worker that died or garbled its reply raises OSError."""
+    proc.stdin.write(job(spec, path))
+    proc.stdin.flush()
+    try:
+        reply = json.loads(proc.stdout.readline() or b"{}")
+        if "error" in reply:
+            return None
+        code = proc.stdout.read(reply["size"])
+        if reply["symbol"] != spec.symbol or len(code) != reply["size"]:
+            raise ValueError("a short or another kernel's reply")
+        return NativeObject(code, spec.symbol, tuple(reply["externals"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise OSError(f"compile worker failed: {err or 'no reply'}") from err
+
+
+class _Pool:
+    """Kernels to compile, taken by this process and by worker processes (a thread each
+    hands its worker one kernel at a time and collects the object)."""
+
+    def __init__(self, jobs, workers: int):
+        self.jobs = deque(jobs)
+        self.objects: dict[str, NativeObject] = {}
+        self.procs: list = []
+        self.busy = threading.Condition()
+        self.running = 0  # kernels in workers now
+        for _ in range(workers):
+            with contextlib.suppress(OSError):  # no worker: this process does it all
+                self.procs.append(start_worker())
+                threading.Thread(target=self.drive, args=(self.procs[-1],),
+                                 daemon=True).start()
+
+    def take(self):
+        """The next (spec, source path) to compile, or None when none is left."""
+        with self.busy:
+            return self.jobs.popleft() if self.jobs else None
+
+    def drive(self, proc) -> None:
+        """Once the worker is ready, hand it kernels until none is left.  A worker that
+        dies compiles nothing more (what it did not return, load compiles)."""
+        try:
+            if proc.stdout.readline() != b"ready\n":
+                return
+            while True:
+                with self.busy:
+                    if not self.jobs:
+                        return
+                    spec, path = self.jobs.popleft()
+                    self.running += 1
+                try:
+                    obj = ask(proc, spec, path)
+                    if obj is not None:
+                        self.objects[spec.key] = obj
+                finally:
+                    with self.busy:
+                        self.running -= 1
+                        self.busy.notify_all()
+        except (OSError, ValueError):  # ValueError: finish() closed the pipes
+            return
+
+    def finish(self) -> None:
+        """Wait for the kernels in workers, then end every worker (one still starting
+        up is killed: it has nothing left to do)."""
+        with self.busy:
+            self.busy.wait_for(lambda: self.running == 0)
+        for proc in self.procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    pipe.close()

@@ -39,10 +39,6 @@ from .lowering import comment, identifier
 CODEGEN_VERSION = 1
 
 SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b"}
-# bool arrays are passed as uint8 pointers (Numba loads a boolean pointer as a raw byte);
-# kernels read them as ``a[i] != 0`` and store bools, which convert to 0/1
-NUMBA_TYPES = {"float32": "float32", "float64": "float64", "int32": "int32",
-               "int64": "int64", "bool": "uint8"}
 
 # Options every kernel is compiled with.  error_model="numpy": 1/0 is inf, never an
 # exception; "contract" lets LLVM fuse a*b+c into one FMA (a rounding change well below

@@ -99,6 +99,7 @@ class Lowering:
         self.aux: dict[int, list[str]] = {}
         self.counts = {"memory": 0, "disk": 0, "compiled": 0, "rebuilt": 0}
         self.kernel_seconds = 0.0
+        self.pending: dict = {}  # kernels to load: (node, spec) by name (load_kernels)
         self.fallbacks: list[str] = []
         self.folded: dict[int, np.ndarray] = {}
         self.defined: set[str] = set()
@@ -137,6 +138,7 @@ class Lowering:
         storage.update((k, "none") for k in folded)
         plan = plan_memory(self.nodes, self.graph.outputs, storage=storage)
         self.emit(choices, folded, plan)
+        self.load_kernels()
         return self.finish(plan, folded)
 
     def emit(self, choices, folded, plan):
@@ -377,21 +379,33 @@ class Lowering:
             any(h.startswith(_TRANSCENDENTAL) for h in spec.helpers)
 
     def kernel(self, t: Tensor, spec: cg.KernelSpec) -> str:
-        """The namespace name of the loaded kernel for ``spec``; compiling it if needed.
-        A Numba failure is re-raised naming the node, the op and the kernel's line."""
+        """The namespace name of the kernel for ``spec``, loaded with the others once every
+        rule has run (:meth:`load_kernels`)."""
         name = f"k_{spec.name}"
         if name not in self.namespace:
-            start = time.perf_counter()
-            try:
-                kernel, outcome = kernel_cache.load(spec, native.compile_object)
-            except Exception as err:  # noqa: BLE001 -- any Numba error is reported the same way
-                raise compile_failure(self, t, spec, err) from err
-            finally:
-                self.kernel_seconds += time.perf_counter() - start
-            self.counts[outcome] += 1
-            self.define(name, kernel.fn, note="the kernel of that name below")
-            self.kernels[name] = kernel
+            self.define(name, None, note="the kernel of that name below")
+            self.pending[name] = (t, spec)
         return name
+
+    def load_kernels(self) -> None:
+        """Load every kernel the rules asked for; those no cache holds are compiled first,
+        by this process and worker processes at once (:func:`kernel_cache.compile_missing`).
+        A Numba failure is re-raised naming the node, the op and the kernel's line."""
+        start = time.perf_counter()
+        try:
+            compiled = kernel_cache.compile_missing(
+                [spec for _, spec in self.pending.values()], native.compile_object)
+            for name, (t, spec) in self.pending.items():
+                try:
+                    kernel, outcome = kernel_cache.load(spec, native.compile_object)
+                except Exception as err:  # noqa: BLE001 -- any Numba error is reported the same way
+                    raise compile_failure(self, t, spec, err) from err
+                self.counts["compiled" if spec.key in compiled else outcome] += 1
+                self.namespace[name] = kernel.fn
+                self.kernels[name] = kernel
+        finally:
+            self.kernel_seconds += time.perf_counter() - start
+        self.pending.clear()
 
 
 def _unpack(names, source) -> list[str]:

@@ -4,10 +4,20 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from .errors import CodegenError
-from .numba_codegen import NUMBA_TYPES, KernelSpec
+
+if TYPE_CHECKING:
+    from .numba_codegen import KernelSpec
+
+# The Numba type of each dtype: bool arrays are passed as uint8 pointers (Numba loads a
+# boolean pointer as a raw byte); kernels read them as ``a[i] != 0`` and store bools (0/1).
+NUMBA_TYPES = {"float32": "float32", "float64": "float64", "int32": "int32",
+               "int64": "int64", "bool": "uint8"}
 
 # ---------------------------------------------------------------------------------------
 # Compiling a kernel module to a native object (needs Numba; imported only here)
@@ -118,3 +128,40 @@ def target_machine():
             opt=3, reloc="static" if target.name.startswith("x86") else "default",
             codemodel="jitdefault", jit=True)
     return _TM
+
+
+# ---------------------------------------------------------------------------------------
+# A compile worker: a process of its own compiling kernels (:func:`graphc.kernel_cache.
+# compile_missing`), started without ``graphc/__init__`` so that it loads Numba only
+
+
+def job(spec: KernelSpec, path: str) -> bytes:
+    """The request line for a worker to compile ``spec`` from its source file ``path``."""
+    return json.dumps({"name": spec.name, "symbol": spec.symbol, "path": path,
+                       "params": spec.params, "fastmath": spec.fastmath}).encode() + b"\n"
+
+
+def serve(requests, replies) -> None:
+    """A worker's loop: ``ready``, then for each request line of ``requests`` (until its
+    end) one JSON line on ``replies``: ``{"symbol", "externals", "size"}`` followed by
+    ``size`` bytes of object code, or ``{"error"}`` (the parent compiles that kernel itself
+    and reports the error)."""
+    from numba import njit
+
+    from . import fastmath  # noqa: F401 -- the helpers most kernels call
+    njit("void()")(lambda: None)  # Numba's first compile loads its registries (~0.3 s)
+    replies.write(b"ready\n")
+    replies.flush()
+    for line in requests:
+        request = json.loads(line)
+        spec = SimpleNamespace(name=request["name"], symbol=request["symbol"],
+                               params=tuple(map(tuple, request["params"])),
+                               fastmath=tuple(request["fastmath"]))
+        try:
+            obj = compile_object(spec, request["path"])
+        except Exception as err:  # noqa: BLE001 -- any failure: the parent compiles it
+            replies.write(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode() + b"\n")
+        else:
+            replies.write(json.dumps({"symbol": obj.symbol, "externals": obj.externals,
+                                      "size": len(obj.code)}).encode() + b"\n" + obj.code)
+        replies.flush()

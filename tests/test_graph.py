@@ -177,6 +177,39 @@ def test_printed_names_are_unique_with_named_constants():
         assert len(defined) == len(set(defined))
 
 
+def _names_scanning_from_1(nodes):
+    """The naming rule as first written: each repeat scans _2, _3 ... from the start."""
+    from graphc.graph import _derived_name, _own_name
+    names, taken = {}, {t.op.label for t in nodes if isinstance(t.op, gc.inputs.Input)}
+    for t in nodes:
+        base = _own_name(t) or _derived_name(t)
+        name, k = base, 1
+        while name in taken and not isinstance(t.op, gc.inputs.Input):
+            k += 1
+            name = f"{base}_{k}"
+        names[id(t)] = name
+        taken.add(name)
+    return names
+
+
+def test_repeated_names_are_numbered_as_by_a_scan_from_1():
+    # 600 tanh, adds and muls, with names that take some of their numbers ahead of them
+    # (an input "tanh_4", a node named "add_3" and one named "tanh"): the same names
+    x = gc.input("x", (2,))
+    h = gc.input("tanh_4", (2,))
+    for k in range(200):
+        h = gc.tanh(h * x + 1.0)
+        if k == 5:
+            h = (h + x).named("add_3")
+        if k == 50:
+            h = gc.exp(h).named("tanh")
+    graph = gc.Graph(h)
+    names = gc.graph.node_names(graph)
+    assert names == _names_scanning_from_1(graph.depth_first)
+    assert len(set(names.values())) == len(graph.nodes)
+    assert {"tanh_200", "tanh_201", "add_200", "mul_200"} <= set(names.values())
+
+
 # ---------------------------------------------------------------------------------------
 # check_graph
 

@@ -309,3 +309,101 @@ def test_object_format_round_trips_and_rejects_damage():
     for bad in (data[:-1], data + b"x", data.replace(b"graphc_x", b"graphc_y"), b"",
                 b"GRAPHC-KERNEL-OBJECT 1\nnot json\n"):
         assert kernel_cache.decode_object(bad) is None
+
+
+# -- compiling many kernels at once: this process and worker processes ---------------------
+
+def _spec(stem, body, dtype="float32"):
+    """A kernel ``out[i] = <body of x[i]>``; LEAN: whether the module was imported in a
+    process without SymPy and graphc's IR."""
+    from graphc.numba_codegen import KernelSpec
+    source = ("import sys\n\nimport numpy as np\n\nfrom graphc.fastmath import exp_f32\n\n"
+              'LEAN = "sympy" not in sys.modules and "graphc.ir" not in sys.modules\n'
+              "\n\ndef kernel(out, x, n):\n    for i in range(n):\n"
+              f"        out[i] = {body}\n")
+    return KernelSpec(stem, source, (("ptr", dtype), ("ptr", dtype), ("int",)))
+
+
+def _run_kernel(spec, x):
+    kernel, _ = kernel_cache.load(spec, None)  # from disk: compiling would fail
+    out = np.empty_like(x)
+    kernel.fn(out.ctypes.data, x.ctypes.data, x.size)
+    return out
+
+
+def test_a_worker_compiles_without_the_rest_of_graphc(fresh_cache):
+    # the worker loads graphc.fastmath and graphc.numba_native only (not graphc/__init__
+    # and SymPy, 0.4 s); a kernel it cannot compile does not end it
+    lean = _spec("test_lean", "np.float32(2.0) * exp_f32(x[i]) if LEAN else np.float32(-1)")
+    failing = _spec("test_failing", "undefined_name * x[i]")
+    proc = kernel_cache.start_worker()
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        home = kernel_cache.kernel_dir()
+        assert kernel_cache.ask(proc, failing, kernel_cache._source(home, failing)) is None
+        obj = kernel_cache.ask(proc, lean, kernel_cache._source(home, lean))
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert obj.symbol == lean.symbol and obj.externals == ()
+    kernel_cache._store(home, f"{lean.name}.o", kernel_cache.encode_object(obj))
+    x = np.linspace(-3, 3, 11, dtype=np.float32)
+    np.testing.assert_allclose(_run_kernel(lean, x), 2 * np.exp(x), rtol=1e-6)  # LEAN
+
+
+def test_workers_are_one_per_4_kernels_and_idle_cpu_unless_set(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("GRAPHC_COMPILE_WORKERS", raising=False)
+    busy = [1.0]  # this process
+    monkeypatch.setattr(kernel_cache, "busy_cpus", lambda: busy[0])
+    assert [kernel_cache.compile_workers(n) for n in (1, 3, 4, 6, 12, 40)] == [0, 0, 1, 1, 3, 7]
+    busy[0] = 5.0  # 3 of 8 CPUs idle
+    assert [kernel_cache.compile_workers(n) for n in (12, 40)] == [3, 3]
+    busy[0] = 8.0
+    assert kernel_cache.compile_workers(40) == 0
+    monkeypatch.setenv("GRAPHC_COMPILE_WORKERS", "2")  # set: the load is not asked
+    assert [kernel_cache.compile_workers(n) for n in (4, 40)] == [1, 2]
+    monkeypatch.setenv("GRAPHC_COMPILE_WORKERS", "0")
+    assert kernel_cache.compile_workers(40) == 0
+    assert 0 < kernel_cache.busy_cpus() < 10_000
+
+
+@pytest.mark.parametrize("worker", ["works", "cannot start", "dies"])
+def test_compile_missing_shares_the_kernels_with_workers(fresh_cache, monkeypatch, worker):
+    # whatever the worker does, every kernel that compiles is stored and a failing one is
+    # left to load(), which compiles it here and raises as before
+    from graphc import numba_native as native
+    monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 2)
+    if worker == "cannot start":
+        monkeypatch.setattr(sys, "executable", str(fresh_cache / "no-python"))
+    elif worker == "dies":
+        monkeypatch.setattr(kernel_cache, "_WORKER", "import os; os._exit(3)")
+    specs = [_spec(f"test_scale{k}", f"x[i] * {k + 1}.0", "float64") for k in range(6)]
+    bad = _spec("test_bad", "x[i] +* 1.0", "float64")
+    compiled = kernel_cache.compile_missing(specs[:3] + [bad] + specs[3:], native.compile_object)
+    assert compiled == {s.key for s in specs}
+    x = np.linspace(-1, 1, 7)
+    for k, spec in enumerate(specs):
+        np.testing.assert_array_equal(_run_kernel(spec, x), x * (k + 1))
+    with pytest.raises(SyntaxError):
+        kernel_cache.load(bad, native.compile_object)
+    assert kernel_cache.compile_missing(specs, native.compile_object) == set()  # all cached
+
+
+def test_a_cold_compile_with_workers_counts_and_computes_as_without(fresh_cache, monkeypatch):
+    monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 1)
+    x = gc.input("x", (5, 7), "float64")
+    terms = [gc.sigmoid(x), gc.softplus(x) * 2.0, gc.tanh(x) - x, gc.elu(x, alpha=0.5)]
+    y = gc.sum(terms[0] * terms[1] + terms[2] / (1.0 + gc.exp(terms[3])))
+    outputs = [y, gc.grad(y, x)]
+    feeds = {"x": np.linspace(-3, 3, 35).reshape(5, 7)}
+    f = gc.compile(outputs, backend="numba", optimize=False)
+    assert f.stats["kernels"] >= 6
+    assert f.stats["kernel_cache_misses"] == f.stats["kernels"]
+    assert len(object_files(fresh_cache)) == f.stats["kernels"]
+    want = gc.compile(outputs, backend="numpy")(feeds)
+    for got, ref in zip(f(feeds), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+    kernel_cache.clear_memory()
+    again = gc.compile(outputs, backend="numba", optimize=False)
+    assert again.stats["kernel_cache_hits"] == again.stats["kernels"] == f.stats["kernels"]
