@@ -231,9 +231,10 @@ class Lowering:
         pool = [self.values[id(t)] for t in self.nodes if id(t) in plan.slot_of
                 and self.values[id(t)].kind == "pool"]
         slot_bytes = list(plan.slot_bytes)
-        layout = [(plan.slot_of[id(v.node)], v.node.shape, v.node.dtype) for v in pool]
+        layout = [(plan.slot_of[id(v.node)], plan.offset_of.get(id(v.node), 0), v.node.shape,
+                   v.node.dtype) for v in pool]
         for value, shape, dtype in self.staged:  # a slot of its own each
-            layout.append((len(slot_bytes), shape, dtype))
+            layout.append((len(slot_bytes), 0, shape, dtype))
             slot_bytes.append(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
             pool.append(value)
         params = [self.var_name(t) for t in inputs] + ["_bufs", "_ptrs"]

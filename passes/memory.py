@@ -9,10 +9,13 @@ peak in the order given):
 - every value that is not a view (reshape, transpose, broadcast, basic slicing), a feed or
   a constant needs a buffer from its node until the last use of the value or of any view
   of it; graph outputs live to the end;
-- *planned*: buffers are slots reused best-fit once dead, and an elementwise or fused node
-  may write in place over an operand of its own size that dies at that node (the kernels
-  read element i before writing element i); ``planned_peak_bytes`` is the slots plus the
-  outputs, the memory one call really holds;
+- *planned*: an elementwise or fused node may write in place over an operand of its own
+  size that dies at that node (the kernels read element i before writing element i);
+  the other values are packed (:func:`pack`) into the fresh array of an output written
+  after they die, else into one buffer at offsets where nothing alive at the same time
+  lies (or slots reused best-fit once dead, when those need fewer bytes);
+  ``planned_peak_bytes`` is that buffer plus the outputs, the memory one call really
+  holds;
 - *naive*: every value its own buffer, nothing freed (``naive_peak_bytes``);
 - ``peak_live_bytes``: the most bytes alive at once, a lower bound for any plan without
   in-place updates;
@@ -52,8 +55,9 @@ from .schedule import schedule
 # ones in buffers of its own and returns copies: its STAGE_BYTES is this), so their storage
 # can host values that die before the output is written.
 FRESH_OUTPUT_BYTES = 16384
-# offsets of values hosted in an output are multiples of this
+# offsets of values in an output or in the one buffer are multiples of this
 HOST_ALIGN = 64
+ARENA = -1  # pack's region for values in one buffer of the call's own
 
 
 def in_place_ok(t: Tensor, x: Tensor) -> bool:
@@ -72,7 +76,8 @@ class MemoryPlan:
     ``order``: the nodes in the order planned (a fused group instance's outputs adjacent);
     ``root[id(t)]``: the position in ``order`` of the node owning ``t``'s storage (itself,
     or for a view the root of its operand); ``slot_of[id(t)]``: the buffer slot of a node
-    stored in a reused buffer (not outputs, which are fresh arrays per call);
+    stored in a reused buffer (not outputs, which are fresh arrays per call), at byte
+    ``offset_of[id(t)]`` of it;
     ``slot_bytes``: each slot's size; ``frees[k]``: the storage roots whose last use (by
     the node itself, a view of it or an output) is step ``k``; ``in_place``: the nodes
     that write over an operand's slot; ``host_of[id(t)]``: for a node stored in an
@@ -86,6 +91,7 @@ class MemoryPlan:
     in_place: int
     figures: dict
     host_of: dict = field(default_factory=dict)
+    offset_of: dict = field(default_factory=dict)
     values: dict = field(default_factory=dict)  # root -> positions of it and its views
 
     @property
@@ -117,7 +123,7 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None,
     backend's own choice for a node, ``buffer``, ``view``, ``alloc`` (storage of its own
     that the backend allocates, not a slot) or ``none`` (folded into a constant); the
     others get :func:`default_storage`.  ``host``: values may live in the storage of an
-    output written after they die (:func:`host_chains`)."""
+    output written after they die (:func:`pack`)."""
     order = group_order(nodes)
     kind = [(storage or {}).get(id(t)) or default_storage(t) for t in order]
     root: dict[int, int] = {}
@@ -156,12 +162,16 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None,
         for r in frees.get(k, ()):
             if owns[r]:
                 live -= nbytes[r]
-    hosted = host_chains(chains, nbytes, last, _hosts(order, kind, out_ids)) if host else {}
+    where = pack(chains, nbytes, last, _hosts(order, kind, out_ids) if host else {})
+    hosted = {k: w for k, w in where.items() if w[0] != ARENA}
     rest = {k: members for k, members in chains.items() if k not in hosted}
-    slot, sizes = min((assign_slots(rest, nbytes, last),
-                       online_slots(rest, nbytes, frees, first, handed)),
-                      key=lambda a: sum(a[1]))
-    slot_of = {id(order[k]): slot[first[k]] for k in first if first[k] in slot}
+    arena = ({k: (0, where[k][1]) for k in rest},
+             [max(where[k][1] + nbytes[k] for k in rest)] if rest else [])
+    place, sizes = min((arena, _at_zero(*assign_slots(rest, nbytes, last)),
+                        _at_zero(*online_slots(rest, nbytes, frees, first, handed))),
+                       key=lambda a: sum(a[1]))
+    slot_of = {id(order[k]): place[first[k]][0] for k in first if first[k] in place}
+    offset_of = {id(order[k]): place[first[k]][1] for k in first if first[k] in place}
     host_of = {id(order[k]): hosted[first[k]] for k in first if first[k] in hosted}
     outputs_bytes = sum(order[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
                         if owns[root[id(t)]])
@@ -169,7 +179,12 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None,
                "naive_peak_bytes": naive, "peak_live_bytes": peak, "buffers": len(sizes),
                "buffer_bytes": int(sum(sizes)), "in_place": len(handed),
                "hosted": len(host_of)}
-    return MemoryPlan(order, root, slot_of, sizes, frees, len(handed), figures, host_of)
+    return MemoryPlan(order, root, slot_of, sizes, frees, len(handed), figures, host_of,
+                      offset_of)
+
+
+def _at_zero(slot: dict, sizes: list) -> tuple[dict, list]:
+    return {k: (s, 0) for k, s in slot.items()}, sizes
 
 
 def _dies_at(order) -> dict[int, int]:
@@ -198,22 +213,24 @@ def _hosts(order, kind, out_ids) -> dict[int, tuple[int, int]]:
     return hosts
 
 
-def host_chains(chains: dict, nbytes, last, hosts: dict) -> dict[int, tuple[int, int]]:
-    """Chains (as :func:`assign_slots`) placed in the storage of outputs written after
-    their last use, ``{first position: (output position, byte offset)}``: largest first,
-    each at the lowest offset of the smallest output where no chain alive at the same
-    time overlaps it.  The output is a fresh array per call and is written after all it
-    hosts is dead, so nothing it returns is aliased."""
-    placed: dict[int, list[tuple[int, int, int, int]]] = {h: [] for h in hosts}
+def pack(chains: dict, nbytes, last, hosts: dict) -> dict[int, tuple[int, int]]:
+    """Where each of ``chains`` (as :func:`assign_slots`) is stored, ``{first position:
+    (region, byte offset)}``: largest first, each at the lowest offset where no chain
+    alive at the same time overlaps it, in the smallest output of ``hosts`` (see
+    :func:`_hosts`) written after its last use, else in one buffer for the whole call
+    (region ARENA).  An output is a fresh array per call written after all it hosts is
+    dead, so nothing it returns is aliased."""
+    regions = sorted(hosts, key=lambda h: hosts[h][0]) + [ARENA]
+    limits = {**hosts, ARENA: (1 << 62, 1 << 62)}  # region -> (bytes, step written)
+    placed: dict[int, list[tuple[int, int, int, int]]] = {h: [] for h in regions}
     where: dict[int, tuple[int, int]] = {}
     spans = sorted((-nbytes[k], k, max(last.get(m, m) for m in members))
                    for k, members in chains.items())
     for need, start, end in spans:
         size = -(need // HOST_ALIGN) * HOST_ALIGN  # need < 0: rounded up
-        for h in sorted(hosts, key=lambda h: hosts[h][0]):
-            if end >= hosts[h][1]:
-                continue
-            offset = _lowest_gap(placed[h], start, end, size, hosts[h][0])
+        for h in regions:
+            offset = None if end >= limits[h][1] else \
+                _lowest_gap(placed[h], start, end, size, limits[h][0])
             if offset is not None:
                 placed[h].append((start, end, offset, size))
                 where[start] = (h, offset)

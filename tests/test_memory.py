@@ -6,6 +6,7 @@ peak."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from functools import partial
@@ -163,24 +164,63 @@ def test_planned_peak_of_w1_is_its_live_peak(w1_step):
     assert figures["buffer_bytes"] == 128 * 256 * 4  # the ReLU gradient matmul_6 reads
 
 
-def unhosted(monkeypatch):
-    monkeypatch.setattr(graphc.numba_lowering, "plan_memory",
-                        partial(memory_pass.plan, host=False))
+def every_value_its_own_buffer(*args, **kwargs):
+    """The memory plan with nothing shared: no value hosted, none at an offset, none
+    written in place (each in a slot of its own)."""
+    p = memory_pass.plan(*args, **kwargs)
+    ids = [*p.slot_of, *p.host_of]
+    nbytes = {id(t): t.nbytes for t in p.order}
+    return dataclasses.replace(p, slot_of={i: k for k, i in enumerate(ids)},
+                               slot_bytes=[nbytes[i] for i in ids], host_of={}, offset_of={})
+
+
+def two_values_where_one_died():
+    """exp(x) (8000 bytes) dies into a sum; then exp(y) and sin(y) (4000 each) are alive
+    at once: one buffer holds both where exp(x) was, slots need 8000 + 4000."""
+    x, y = gc.input("x", (2000,)), gc.input("y", (1000,))
+    e = gc.exp(x)
+    s = gc.sum(e)
+    ey, sy = gc.exp(y), gc.sin(y)
+    b, c = ey * s, sy * s
+    bc = b * c
+    out = gc.sum(bc)
+    return out, [x, e, s, y, ey, b, sy, c, bc, out]
+
+
+def test_one_buffer_at_offsets_holds_what_slots_cannot():
+    out, order = two_values_where_one_died()
+    p = memory_pass.plan(order, [out])
+    assert p.figures["buffer_bytes"] == 8000 + 64 + 4 < 8000 + 4000
+    assert len(p.slot_bytes) == 1 and p.offset_of[id(order[4])] != p.offset_of[id(order[6])]
 
 
 @pytest.mark.slow
-def test_hosted_values_are_bitwise_those_of_the_buffer_pool(monkeypatch):
+def test_packed_values_are_bitwise_those_of_a_buffer_each(monkeypatch):
+    out, order = two_values_where_one_died()
+    graphs = [(mlp_step(64, (100, 80, 80, 10)), None),
+              (([out], {"x": np.linspace(-3, 1, 2000, dtype=np.float32),
+                        "y": np.linspace(0, 5, 1000, dtype=np.float32)}),
+               [lambda graph: Graph(graph.outputs, order)])]
+    for (outputs, feeds), passes in graphs:
+        f = gc.compile(outputs, backend="numba", passes=passes)
+        got = f(feeds)
+        if passes is None:  # the memory pass ran: its plan is what the program allocates
+            assert f.stats["buffer_bytes"] + sum(v.nbytes for v in got) == \
+                f.stats["planned_peak_bytes"]
+        with monkeypatch.context() as m:
+            m.setattr(graphc.numba_lowering, "plan_memory", every_value_its_own_buffer)
+            g = gc.compile(outputs, backend="numba", passes=passes)
+        assert g.stats["buffer_bytes"] > f.stats["buffer_bytes"]
+        assert ("np.ndarray(" in f.source) == (passes is None) and "np.ndarray(" not in g.source
+        for a, b in zip(got, g(feeds)):
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.slow
+def test_each_call_returns_arrays_of_its_own():
     outputs, feeds = mlp_step(64, (100, 80, 80, 10))
     f = gc.compile(outputs, backend="numba")
     got = f(feeds)
-    assert "np.ndarray(" in f.source and f.stats["buffer_bytes"] + sum(
-        v.nbytes for v in got) == f.stats["planned_peak_bytes"]
-    with monkeypatch.context() as m:
-        unhosted(m)
-        g = gc.compile(outputs, backend="numba")
-    assert "np.ndarray(" not in g.source and g.stats["buffer_bytes"] > f.stats["buffer_bytes"]
-    for a, b in zip(got, g(feeds)):
-        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
     again = f(feeds)  # a fresh array per call: the first call's results are untouched
     assert all(a.tobytes() == b.tobytes() and not np.shares_memory(a, b)
                for a, b in zip(got, again))
