@@ -215,25 +215,29 @@ def _hosts(order, kind, out_ids) -> dict[int, tuple[int, int]]:
 
 def pack(chains: dict, nbytes, last, hosts: dict) -> dict[int, tuple[int, int]]:
     """Where each of ``chains`` (as :func:`assign_slots`) is stored, ``{first position:
-    (region, byte offset)}``: largest first, each at the lowest offset where no chain
-    alive at the same time overlaps it, in the smallest output of ``hosts`` (see
-    :func:`_hosts`) written after its last use, else in one buffer for the whole call
-    (region ARENA).  An output is a fresh array per call written after all it hosts is
-    dead, so nothing it returns is aliased."""
-    regions = sorted(hosts, key=lambda h: hosts[h][0]) + [ARENA]
-    limits = {**hosts, ARENA: (1 << 62, 1 << 62)}  # region -> (bytes, step written)
-    placed: dict[int, list[tuple[int, int, int, int]]] = {h: [] for h in regions}
+    (region, byte offset)}``, each at the lowest offset where no chain alive at the same
+    time overlaps it: in one buffer for the whole call (region ARENA) if it fits in the
+    bytes that buffer has so far, else in the smallest output of ``hosts`` (see
+    :func:`_hosts`) written after its last use, else in the buffer grown.  Chains no
+    output can take are placed first, then the others, each largest first.  An output is
+    a fresh array per call written after all it hosts is dead, so nothing it returns is
+    aliased; a value in the buffer costs nothing per call, one in an output a view."""
+    regions = sorted(hosts, key=lambda h: hosts[h][0])
+    placed: dict[int, list[tuple[int, int, int, int]]] = {h: [] for h in [*regions, ARENA]}
     where: dict[int, tuple[int, int]] = {}
-    spans = sorted((-nbytes[k], k, max(last.get(m, m) for m in members))
-                   for k, members in chains.items())
-    for need, start, end in spans:
-        size = -(need // HOST_ALIGN) * HOST_ALIGN  # need < 0: rounded up
-        for h in regions:
-            offset = None if end >= limits[h][1] else \
-                _lowest_gap(placed[h], start, end, size, limits[h][0])
+    spans = [(-(-nbytes[k] // HOST_ALIGN) * HOST_ALIGN, k,
+              max(last.get(m, m) for m in members)) for k, members in chains.items()]
+    spans.sort(key=lambda s: (any(s[2] < hosts[h][1] and s[0] <= hosts[h][0]
+                                  for h in hosts), -s[0], s[1]))
+    top = 0  # the buffer's bytes so far
+    for size, start, end in spans:
+        tries = [(ARENA, top)] + [(h, hosts[h][0]) for h in regions if end < hosts[h][1]]
+        for h, capacity in [*tries, (ARENA, 1 << 62)]:
+            offset = _lowest_gap(placed[h], start, end, size, capacity)
             if offset is not None:
                 placed[h].append((start, end, offset, size))
                 where[start] = (h, offset)
+                top = max(top, offset + size) if h == ARENA else top
                 break
     return where
 

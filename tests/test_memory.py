@@ -130,24 +130,30 @@ def hosting_plan(outputs):
     return memory_pass.plan(graph.nodes, graph.outputs), graph.outputs
 
 
-def test_values_hosted_in_an_output_die_before_it_is_written_and_never_overlap():
+def test_values_sharing_storage_never_overlap_and_hosted_ones_die_before_their_output():
     p, outputs = hosting_plan(mlp_step(64, (100, 80, 80, 10))[0])
     position = {id(t): k for k, t in enumerate(p.order)}
     last = {}  # storage root -> its last step (outputs: the end)
     for k, t in enumerate(p.order):
         for i in t.inputs:
             last[p.root[id(i)]] = k
-    hosted = {}  # host position -> [(first step, last step, offset, bytes)]
+    regions = {}  # host position or ("slot", s) -> [(first step, last step, offset, bytes)]
     for t in p.order:
+        k = position[id(t)]
         if id(t) in p.host_of:
             assert id(t) not in p.slot_of and id(t) not in {id(o) for o in outputs}
             h, offset = p.host_of[id(t)]
-            host, k = p.order[h], position[id(t)]
+            host = p.order[h]
             assert any(host is o for o in outputs) and host.nbytes > 16384
             assert last[k] < h and offset % 64 == 0 and offset + t.nbytes <= host.nbytes
-            hosted.setdefault(h, []).append((k, last[k], offset, t.nbytes))
-    assert p.figures["hosted"] == sum(map(len, hosted.values())) > 5
-    for spans in hosted.values():
+            regions.setdefault(h, []).append((k, last[k], offset, t.nbytes))
+        elif id(t) in p.slot_of:
+            slot, offset = p.slot_of[id(t)], p.offset_of.get(id(t), 0)
+            assert offset + t.nbytes <= p.slot_bytes[slot]
+            regions.setdefault(("slot", slot), []).append((k, last[k], offset, t.nbytes))
+    hosted = sum(len(v) for h, v in regions.items() if isinstance(h, int))
+    assert p.figures["hosted"] == hosted > 2 and len(regions) > 2
+    for spans in regions.values():
         for a, (s1, e1, o1, n1) in enumerate(spans):
             for s2, e2, o2, n2 in spans[a + 1:]:
                 # an elementwise (or fused) node written over its operand
