@@ -180,9 +180,10 @@ class Lowering:
             if id(t) in plan.host_of:
                 h, offset = plan.host_of[id(t)]
                 host = self.result(self.nodes[h])
+                dtype = "bool_" if t.dtype == "bool" else t.dtype  # (np.bool: NumPy 2 only)
                 self.values[id(t)] = Value(
                     t, self.var_name(t), "hosted", self.index[id(t)], True, source=host,
-                    define=f"np.ndarray({t.shape!r}, np.{t.dtype}, {host.var}, {offset})",
+                    define=f"np.ndarray({t.shape!r}, np.{dtype}, {host.var}, {offset})",
                     offset=offset)
 
     def result(self, t: Tensor) -> Value:
