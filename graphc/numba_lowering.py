@@ -26,6 +26,7 @@ from .lowering import (
     var_names,
 )
 from .numba_runtime import NumbaProgram, _addr, kernel_threads
+from .passes.memory import FRESH_OUTPUT_BYTES
 from .passes.memory import plan as plan_memory
 from .structured_ops import MatMul
 
@@ -40,7 +41,8 @@ _TRANSCENDENTAL = ("exp_", "expm1_", "log_", "log1p_", "tanh_", "erf_")
 # sums, scratch) live in buffers of the program's own, made with the pool, whose data
 # addresses are computed then: copying a small array costs less than allocating one or
 # looking up the address of a feed (__array_interface__, several us; issue 18 item 7).
-STAGE_BYTES = 16384
+# Larger outputs are fresh arrays, which the memory plan lets host values that die first.
+STAGE_BYTES = FRESH_OUTPUT_BYTES
 
 
 @dataclass
@@ -49,7 +51,8 @@ class Value:
 
     ``kind``: feed, const, pool (a preallocated buffer), stage (a small buffer of the
     program's own: :meth:`Lowering.stage`), fresh (a new array per call, for outputs),
-    view (of another value) or alloc (an array NumPy allocates).  ``root`` is the
+    hosted (in the fresh array ``source`` at byte ``offset``: ``plan.host_of``), view
+    (of another value) or alloc (an array NumPy allocates).  ``root`` is the
     graph index of the node that owns the storage; ``base``/``base_shape`` describe a
     broadcast view by its contiguous base.
     """
@@ -64,6 +67,7 @@ class Value:
     base: Value | None = None
     base_shape: tuple | None = None
     pointer: str | None = None
+    offset: int = 0
 
 
 @dataclass
@@ -142,6 +146,7 @@ class Lowering:
         return self.finish(plan, folded)
 
     def emit(self, choices, folded, plan):
+        self.hosts(plan)
         for k, t in enumerate(self.nodes):
             if isinstance(t.op, Input):
                 self.values[id(t)] = Value(t, self.var_name(t), "feed", k, False)
@@ -157,18 +162,39 @@ class Lowering:
             start = len(self.lines)
             var = self.var_name(t)
             if choice.storage == "buffer":
-                self.result(t)
+                value = self.result(t)
                 choice.emit(self, t, var)
+                if value.define is not None and \
+                        any(re.search(rf"\b{var}\b", line) for line in self.lines[start:]):
+                    self.lines.insert(start, f"    {var} = {value.define}")  # the rule's out=
+                    self.defined.add(var)
+                    value.define = None
             else:
                 choice.emit(self, t, None)
             for n in range(start, len(self.lines)):
                 self.line_nodes[n] = t
             self.free(plan, k)
 
+    def hosts(self, plan) -> None:
+        """The outputs hosting values (``plan.host_of``), allocated first, and the values
+        they host: views made where first named, pointers at an offset of the output's."""
+        for t in self.nodes:
+            if id(t) in plan.host_of:
+                h, offset = plan.host_of[id(t)]
+                host = self.result(self.nodes[h])
+                dtype = "bool_" if t.dtype == "bool" else t.dtype  # (np.bool: NumPy 2 only)
+                self.values[id(t)] = Value(
+                    t, self.var_name(t), "hosted", self.index[id(t)], True, source=host,
+                    define=f"np.ndarray({t.shape!r}, np.{dtype}, {host.var}, {offset})",
+                    offset=offset)
+
     def result(self, t: Tensor) -> Value:
         """The value of node ``t`` computed into a buffer: a pool buffer, or for an output
-        a small staged buffer (copied on return) or a fresh array per call."""
+        a small staged buffer (copied on return) or a fresh array per call (allocated
+        first if it hosts values: :meth:`hosts`)."""
         var = self.var_name(t)
+        if id(t) in self.values:  # hosted, or an output hosting values
+            return self.values[id(t)]
         if id(t) not in self.outputs:
             value = Value(t, var, "pool", self.index[id(t)], True)
         elif 0 < t.size * np.dtype(t.dtype).itemsize <= STAGE_BYTES:
@@ -208,9 +234,10 @@ class Lowering:
         pool = [self.values[id(t)] for t in self.nodes if id(t) in plan.slot_of
                 and self.values[id(t)].kind == "pool"]
         slot_bytes = list(plan.slot_bytes)
-        layout = [(plan.slot_of[id(v.node)], v.node.shape, v.node.dtype) for v in pool]
+        layout = [(plan.slot_of[id(v.node)], plan.offset_of.get(id(v.node), 0), v.node.shape,
+                   v.node.dtype) for v in pool]
         for value, shape, dtype in self.staged:  # a slot of its own each
-            layout.append((len(slot_bytes), shape, dtype))
+            layout.append((len(slot_bytes), 0, shape, dtype))
             slot_bytes.append(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
             pool.append(value)
         params = [self.var_name(t) for t in inputs] + ["_bufs", "_ptrs"]
@@ -337,12 +364,16 @@ class Lowering:
         elif value.kind == "stage":  # computed with the buffers
             value.pointer = f"p{value.var}"
             self.pool_pointers.append(value)
-        elif value.contiguous and value.kind in ("pool", "view") and \
-                self.values[id(self.nodes[value.root])].kind == "pool":
+        elif value.contiguous and value.kind in ("pool", "view", "hosted") and \
+                self.values[id(self.nodes[value.root])].kind in ("pool", "hosted"):
             root = self.values[id(self.nodes[value.root])]
             if root.pointer is None:
                 root.pointer = f"p{root.var}"
-                self.pool_pointers.append(root)
+                if root.kind == "pool":
+                    self.pool_pointers.append(root)
+                else:  # computed each call, from its output's fresh array
+                    host = self.pointer(root.source)
+                    self.line(f"{root.pointer} = {host} + {root.offset}")
             value.pointer = root.pointer
         elif value.contiguous and value.kind == "view" and \
                 self.values[id(self.nodes[value.root])].kind in ("stage", "fresh"):

@@ -141,7 +141,8 @@ class NumbaProgram:
         # np.errstate; kernels, allocations and copies need none (it costs a few us a call)
         self.numpy_steps = bool(lowering.fallbacks) or "loop" in lowering.lowered or \
             _NUMPY_STEP.search(source.split("\ndef run(", 1)[1]) is not None
-        # the buffers: (slot, shape, dtype) each, those read by name and through pointers
+        # the buffers: (slot, byte offset, shape, dtype) each, those read by name and
+        # through pointers
         self._layout, self._named, self._pointer_of = layout, named, pointer_of
         self._slot_bytes = slot_bytes
         self._free: list = []
@@ -172,8 +173,8 @@ class NumbaProgram:
 
     def _buffers(self):
         slots = [np.empty(n, np.uint8) for n in self._slot_bytes]
-        arrays = tuple(slots[s][:int(np.prod(shape, dtype=np.int64)) * np.dtype(d).itemsize]
-                       .view(d).reshape(shape) for s, shape, d in self._layout)
+        arrays = tuple(slots[s][o:o + int(np.prod(shape, dtype=np.int64)) * np.dtype(d).itemsize]
+                       .view(d).reshape(shape) for s, o, shape, d in self._layout)
         pointers = tuple(_addr(arrays[k]) for k in self._pointer_of)
         return tuple(arrays[k] for k in self._named), pointers, arrays
 

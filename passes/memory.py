@@ -9,10 +9,13 @@ peak in the order given):
 - every value that is not a view (reshape, transpose, broadcast, basic slicing), a feed or
   a constant needs a buffer from its node until the last use of the value or of any view
   of it; graph outputs live to the end;
-- *planned*: buffers are slots reused best-fit once dead, and an elementwise or fused node
-  may write in place over an operand of its own size that dies at that node (the kernels
-  read element i before writing element i); ``planned_peak_bytes`` is the slots plus the
-  outputs, the memory one call really holds;
+- *planned*: an elementwise or fused node may write in place over an operand of its own
+  size that dies at that node (the kernels read element i before writing element i);
+  the other values are packed (:func:`pack`) into the fresh array of an output written
+  after they die, else into one buffer at offsets where nothing alive at the same time
+  lies (or slots reused best-fit once dead, when those need fewer bytes);
+  ``planned_peak_bytes`` is that buffer plus the outputs, the memory one call really
+  holds;
 - *naive*: every value its own buffer, nothing freed (``naive_peak_bytes``);
 - ``peak_live_bytes``: the most bytes alive at once, a lower bound for any plan without
   in-place updates;
@@ -43,9 +46,18 @@ from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
 from graphc.lowering import group_order, instance_key
-from graphc.scan import siblings
+from graphc.scan import Scan, siblings
+from graphc.scan import instance_key as scan_key
 
 from .schedule import schedule
+
+# Outputs larger than this are fresh arrays of each call (the Numba backend stages smaller
+# ones in buffers of its own and returns copies: its STAGE_BYTES is this), so their storage
+# can host values that die before the output is written.
+FRESH_OUTPUT_BYTES = 16384
+# offsets of values in an output or in the one buffer are multiples of this
+HOST_ALIGN = 64
+ARENA = -1  # pack's region for values in one buffer of the call's own
 
 
 def in_place_ok(t: Tensor, x: Tensor) -> bool:
@@ -64,10 +76,12 @@ class MemoryPlan:
     ``order``: the nodes in the order planned (a fused group instance's outputs adjacent);
     ``root[id(t)]``: the position in ``order`` of the node owning ``t``'s storage (itself,
     or for a view the root of its operand); ``slot_of[id(t)]``: the buffer slot of a node
-    stored in a reused buffer (not outputs, which are fresh arrays per call);
+    stored in a reused buffer (not outputs, which are fresh arrays per call), at byte
+    ``offset_of[id(t)]`` of it;
     ``slot_bytes``: each slot's size; ``frees[k]``: the storage roots whose last use (by
     the node itself, a view of it or an output) is step ``k``; ``in_place``: the nodes
-    that write over an operand's slot."""
+    that write over an operand's slot; ``host_of[id(t)]``: for a node stored in an
+    output's fresh array instead of a slot, ``(position of the output, byte offset)``."""
 
     order: list
     root: dict
@@ -76,6 +90,8 @@ class MemoryPlan:
     frees: dict
     in_place: int
     figures: dict
+    host_of: dict = field(default_factory=dict)
+    offset_of: dict = field(default_factory=dict)
     values: dict = field(default_factory=dict)  # root -> positions of it and its views
 
     @property
@@ -100,12 +116,14 @@ def default_storage(t: Tensor) -> str:
     return "none" if isinstance(t.op, (Input, Constant)) else "buffer"
 
 
-def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> MemoryPlan:
+def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None,
+         host: bool = True) -> MemoryPlan:
     """The memory plan of ``nodes`` run in this order (see the module docstring), fused
     group instances made adjacent (``lowering.group_order``).  ``storage``: by ``id``, a
     backend's own choice for a node, ``buffer``, ``view``, ``alloc`` (storage of its own
     that the backend allocates, not a slot) or ``none`` (folded into a constant); the
-    others get :func:`default_storage`."""
+    others get :func:`default_storage`.  ``host``: values may live in the storage of an
+    output written after they die (:func:`pack`)."""
     order = group_order(nodes)
     kind = [(storage or {}).get(id(t)) or default_storage(t) for t in order]
     root: dict[int, int] = {}
@@ -144,16 +162,29 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None) -> M
         for r in frees.get(k, ()):
             if owns[r]:
                 live -= nbytes[r]
-    slot, sizes = min((assign_slots(chains, nbytes, last),
-                       online_slots(chains, nbytes, frees, first, handed)),
-                      key=lambda a: sum(a[1]))
-    slot_of = {id(order[k]): slot[first[k]] for k in first}
+    where = pack(chains, nbytes, last, _hosts(order, kind, out_ids) if host else {})
+    hosted = {k: w for k, w in where.items() if w[0] != ARENA}
+    rest = {k: members for k, members in chains.items() if k not in hosted}
+    arena = ({k: (0, where[k][1]) for k in rest},
+             [max(where[k][1] + nbytes[k] for k in rest)] if rest else [])
+    place, sizes = min((arena, _at_zero(*assign_slots(rest, nbytes, last)),
+                        _at_zero(*online_slots(rest, nbytes, frees, first, handed))),
+                       key=lambda a: sum(a[1]))
+    slot_of = {id(order[k]): place[first[k]][0] for k in first if first[k] in place}
+    offset_of = {id(order[k]): place[first[k]][1] for k in first if first[k] in place}
+    host_of = {id(order[k]): hosted[first[k]] for k in first if first[k] in hosted}
     outputs_bytes = sum(order[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
                         if owns[root[id(t)]])
     figures = {"planned_peak_bytes": int(sum(sizes)) + outputs_bytes,
                "naive_peak_bytes": naive, "peak_live_bytes": peak, "buffers": len(sizes),
-               "buffer_bytes": int(sum(sizes)), "in_place": len(handed)}
-    return MemoryPlan(order, root, slot_of, sizes, frees, len(handed), figures)
+               "buffer_bytes": int(sum(sizes)), "in_place": len(handed),
+               "hosted": len(host_of)}
+    return MemoryPlan(order, root, slot_of, sizes, frees, len(handed), figures, host_of,
+                      offset_of)
+
+
+def _at_zero(slot: dict, sizes: list) -> tuple[dict, list]:
+    return {k: (s, 0) for k, s in slot.items()}, sizes
 
 
 def _dies_at(order) -> dict[int, int]:
@@ -164,6 +195,62 @@ def _dies_at(order) -> dict[int, int]:
         if isinstance(t.op, Fused):
             last[instance_key(t)] = k
     return {id(t): last[instance_key(t)] for t in order if isinstance(t.op, Fused)}
+
+
+def _hosts(order, kind, out_ids) -> dict[int, tuple[int, int]]:
+    """The outputs that can host values, ``{position: (bytes, step written)}``: each
+    output computed into a fresh array of its own (a buffer output over
+    FRESH_OUTPUT_BYTES), written at the first node of its fused group instance or scan
+    run (one kernel or loop writes them all)."""
+    first: dict[tuple, int] = {}
+    hosts = {}
+    for k, t in enumerate(order):
+        key = ("fused",) + instance_key(t) if isinstance(t.op, Fused) else \
+            ("scan",) + scan_key(t) if isinstance(t.op, Scan) else ("node", k)
+        first.setdefault(key, k)
+        if id(t) in out_ids and kind[k] == "buffer" and t.nbytes > FRESH_OUTPUT_BYTES:
+            hosts[k] = (t.nbytes, first[key])
+    return hosts
+
+
+def pack(chains: dict, nbytes, last, hosts: dict) -> dict[int, tuple[int, int]]:
+    """Where each of ``chains`` (as :func:`assign_slots`) is stored, ``{first position:
+    (region, byte offset)}``, each at the lowest offset where no chain alive at the same
+    time overlaps it: in one buffer for the whole call (region ARENA) if it fits in the
+    bytes that buffer has so far, else in the smallest output of ``hosts`` (see
+    :func:`_hosts`) written after its last use, else in the buffer grown.  Chains no
+    output can take are placed first, then the others, each largest first.  An output is
+    a fresh array per call written after all it hosts is dead, so nothing it returns is
+    aliased; a value in the buffer costs nothing per call, one in an output a view."""
+    regions = sorted(hosts, key=lambda h: hosts[h][0])
+    placed: dict[int, list[tuple[int, int, int, int]]] = {h: [] for h in [*regions, ARENA]}
+    where: dict[int, tuple[int, int]] = {}
+    spans = [(-(-nbytes[k] // HOST_ALIGN) * HOST_ALIGN, k,
+              max(last.get(m, m) for m in members)) for k, members in chains.items()]
+    spans.sort(key=lambda s: (any(s[2] < hosts[h][1] and s[0] <= hosts[h][0]
+                                  for h in hosts), -s[0], s[1]))
+    top = 0  # the buffer's bytes so far
+    for size, start, end in spans:
+        tries = [(ARENA, top)] + [(h, hosts[h][0]) for h in regions if end < hosts[h][1]]
+        for h, capacity in [*tries, (ARENA, 1 << 62)]:
+            offset = _lowest_gap(placed[h], start, end, size, capacity)
+            if offset is not None:
+                placed[h].append((start, end, offset, size))
+                where[start] = (h, offset)
+                top = max(top, offset + size) if h == ARENA else top
+                break
+    return where
+
+
+def _lowest_gap(placed, start: int, end: int, size: int, capacity: int) -> int | None:
+    """The lowest offset of ``size`` bytes in a region of ``capacity`` bytes that no
+    ``(start, end, offset, size)`` of ``placed`` alive during ``start..end`` overlaps."""
+    offset = 0
+    for lo, hi in sorted((o, o + n) for s, e, o, n in placed if s <= end and e >= start):
+        if lo - offset >= size:
+            break
+        offset = max(offset, hi)
+    return offset if offset + size <= capacity else None
 
 
 def _reuse(t, dies, order, root, last, slotted, handed) -> int | None:
@@ -216,7 +303,7 @@ def online_slots(chains: dict, nbytes, frees, first, handed) -> tuple[dict[int, 
         if k in chains:
             slot[k] = best_fit(need, sizes, free)
         for r in frees.get(k, ()):
-            if r in first and r not in handed:
+            if r in first and r not in handed and first[r] in slot:
                 free.append(slot[first[r]])
     return slot, sizes
 

@@ -145,7 +145,7 @@ def describe(entry: dict) -> str:
         text = (f"peak {_mb(entry['planned_peak_bytes'])} planned "
                 f"(naive {_mb(entry['naive_peak_bytes'])}, live peak "
                 f"{_mb(entry['peak_live_bytes'])}), {entry['buffers']} buffers, "
-                f"{entry['in_place']} in place")
+                f"{entry['in_place']} in place, {entry.get('hosted', 0)} in outputs")
         before = entry.get("unscheduled_peak_bytes", 0)
         if before > entry["planned_peak_bytes"]:
             text += f"; scheduled, {1 - entry['planned_peak_bytes'] / before:.0%} below graph order"
