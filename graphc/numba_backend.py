@@ -158,7 +158,7 @@ class LoopRunner:
         if kind == "const":
             return repeat(a), repeat(base)
         step = a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
-        return [a[t] for t in order], [base + t * step if reads else 0 for t in order]
+        return [a[t, ...] for t in order], [base + t * step if reads else 0 for t in order]
 
     def _output(self, key, stacks, chains, order):
         """The arrays an output is written into and their addresses, one per step."""
@@ -170,8 +170,8 @@ class LoopRunner:
             t = self.loop.stacked(*key)
             scratch = np.empty(t.shape, np.dtype(t.dtype))
             return repeat(scratch), repeat(_addr(scratch))
-        base, step = _addr(stack), stack[0].nbytes
-        return [stack[t] for t in order], [base + t * step for t in order]
+        base, step = _addr(stack), stack[0, ...].nbytes
+        return [stack[t, ...] for t in order], [base + t * step for t in order]
 
 
 def _chain(placeholder, init, cin, order) -> list:
@@ -180,10 +180,10 @@ def _chain(placeholder, init, cin, order) -> list:
     shape, dtype = placeholder.shape, np.dtype(placeholder.dtype)
     if cin is not None:
         base, step = _addr(cin), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        links = [(cin[t], base + t * step) for t in order]
+        links = [(cin[t, ...], base + t * step) for t in order]
     else:
         ring = np.empty((2,) + shape, dtype)
-        pair = [(ring[0], _addr(ring)), (ring[1], _addr(ring) + ring[0].nbytes)]
+        pair = [(ring[0, ...], _addr(ring)), (ring[1, ...], _addr(ring) + ring[0, ...].nbytes)]
         links = [pair[s % 2] for s in range(len(order))]
     final = np.empty(shape, dtype)
     links.append((final, _addr(final)))
