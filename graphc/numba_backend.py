@@ -32,6 +32,10 @@ rule table, scans and :func:`compile_graph`.
 
 from __future__ import annotations
 
+from itertools import repeat
+
+import numpy as np
+
 from . import blas
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
@@ -58,8 +62,8 @@ from .numba_rules import (
     rule_take_add,
     rule_transpose,
 )
-from .numba_runtime import NumbaProgram
-from .scan import Scan, StopGradient, run_loop
+from .numba_runtime import NumbaProgram, _addr
+from .scan import Scan, StopGradient
 from .scan import instance_key as scan_key
 from .scan import siblings as scan_siblings
 from .shape_ops import BroadcastTo, Cast, Concat, Index, IndexAdd, Reshape, Take, TakeAdd, Transpose
@@ -69,7 +73,7 @@ from .structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
 def rule_scan(lowering, t):
     """A scan: the first of an instance's outputs runs the loop and gives them all.  The
     body is optimized and compiled once, as a program of its own whose buffers every step
-    reuses; the orchestrator loops over it (:func:`graphc.scan.run_loop`)."""
+    reuses; :class:`LoopRunner` calls it once per step."""
     if lowering.scans is None:
         lowering.scans = scan_siblings(lowering.nodes)
     members = lowering.scans[scan_key(t)]
@@ -79,7 +83,7 @@ def rule_scan(lowering, t):
     def emit(L, t, out):
         from .passes.pipeline import DEFAULT_PIPELINE, run
         loop, outs = t.op.loop, [m.op.out for m in members]
-        body = compile_graph(run(loop.step_graph(outs), DEFAULT_PIPELINE)[0])
+        body = compile_graph(run(loop.step_graph(outs), DEFAULT_PIPELINE)[0], body=True)
         L.kernels.update(body.kernels)
         L.kernel_seconds += body.stats["kernel_seconds"]
         for outcome, n in body.counts.items():  # the body's kernel loads are the graph's
@@ -102,13 +106,89 @@ def rule_scan(lowering, t):
 
 
 class LoopRunner:
-    """Runs a scan's loop with a compiled body; returns the instance's outputs."""
+    """Runs a scan's loop with a body lowered with ``body=True``; returns the instance's
+    outputs.  Every step's arguments are made before the loop: the slices of the ``xs``
+    and of the stacks the outputs go to, with their addresses (a base plus the step times
+    a stride), so a step is one call.  A carry goes from step to step through the ``cin``
+    stack when the instance stacks it (step t writes it where the next step reads it),
+    else through two buffers in turn; the last step writes the final carry, a new array.
+    The first step reads the init as given (and its address from a contiguous copy)."""
 
     def __init__(self, loop, outs, body):
         self.loop, self.outs, self.body = loop, outs, body
+        roles = {p.op.label: ("carry", i) for i, p in enumerate(loop.carry)}
+        roles.update((p.op.label, ("x", j)) for j, p in enumerate(loop.xs))
+        roles.update((p.op.label, ("const", k)) for k, p in enumerate(loop.consts))
+        self.roles = [roles[name] for name in body.input_names]
+        extra = sorted({i for kind, i in outs if kind == "node"})
+        self.produced = [("carry", i) for i in range(len(loop.carry))] + \
+            [("y", j) for j in range(len(loop.ys))] + [("node", i) for i in extra]
 
     def __call__(self, *arrays):
-        return tuple(run_loop(self.loop, self.outs, arrays, self.body))
+        loop, order = self.loop, list(self.loop.time_order())
+        stacks = {}
+        for kind, i in self.outs:
+            if kind != "carry" and (kind, i) not in stacks:
+                t = loop.stacked(kind, i)
+                stacks[(kind, i)] = np.empty((loop.length,) + t.shape, np.dtype(t.dtype))
+        chains = [_chain(p, a, stacks.get(("cin", i)), order)
+                  for i, (p, a) in enumerate(zip(loop.carry, arrays))]
+        if order:
+            keep = []  # contiguous copies whose addresses the steps read
+            ins = [self._input(role, arrays, chains, order, reads, keep)
+                   for role, reads in zip(self.roles, self.body.reads_pointer)]
+            outs = [self._output(key, stacks, chains, order) for key in self.produced]
+            self.body.run_steps(zip(*[a for a, _ in ins], *[p for _, p in ins],
+                                    *[a for a, _ in outs], *[p for _, p in outs]))
+        return tuple(chains[i][-1][0] if kind == "carry" else stacks[(kind, i)]
+                     for kind, i in self.outs)
+
+    def _input(self, role, arrays, chains, order, reads, keep):
+        """The arrays and addresses an input takes, one per step (or the same each)."""
+        kind, i = role
+        if kind == "carry":
+            links = chains[i]
+            return [arrays[i]] + [a for a, _ in links[1:-1]], [p for _, p in links[:-1]]
+        n_c, n_x = len(self.loop.carry), len(self.loop.xs)
+        a = arrays[n_c + i] if kind == "x" else arrays[n_c + n_x + i]
+        base = 0
+        if reads:
+            keep.append(np.ascontiguousarray(a))
+            base = _addr(keep[-1])
+        if kind == "const":
+            return repeat(a), repeat(base)
+        step = a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
+        return [a[t, ...] for t in order], [base + t * step if reads else 0 for t in order]
+
+    def _output(self, key, stacks, chains, order):
+        """The arrays an output is written into and their addresses, one per step."""
+        if key[0] == "carry":
+            links = chains[key[1]][1:]
+            return [a for a, _ in links], [p for _, p in links]
+        stack = stacks.get(key)
+        if stack is None:  # a y no output stacks: written into one scratch array
+            t = self.loop.stacked(*key)
+            scratch = np.empty(t.shape, np.dtype(t.dtype))
+            return repeat(scratch), repeat(_addr(scratch))
+        base, step = _addr(stack), stack[0, ...].nbytes
+        return [stack[t, ...] for t in order], [base + t * step for t in order]
+
+
+def _chain(placeholder, init, cin, order) -> list:
+    """Where carry ``placeholder`` is as each step gets it, and last the final carry
+    (arrays and their addresses): the ``cin`` stack, else two buffers in turn."""
+    shape, dtype = placeholder.shape, np.dtype(placeholder.dtype)
+    if cin is not None:
+        base, step = _addr(cin), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        links = [(cin[t, ...], base + t * step) for t in order]
+    else:
+        ring = np.empty((2,) + shape, dtype)
+        pair = [(ring[0, ...], _addr(ring)), (ring[1, ...], _addr(ring) + ring[0, ...].nbytes)]
+        links = [pair[s % 2] for s in range(len(order))]
+    final = np.empty(shape, dtype)
+    links.append((final, _addr(final)))
+    links[0][0][...] = init
+    return links
 
 
 RULES = {
@@ -122,9 +202,10 @@ RULES = {
 }
 
 
-def compile_graph(graph: Graph) -> NumbaProgram:
-    """Lower ``graph`` for the Numba backend."""
-    lowering = Lowering(graph, RULES, rule_numpy)
+def compile_graph(graph: Graph, body: bool = False) -> NumbaProgram:
+    """Lower ``graph`` for the Numba backend (``body``: as a scan's body, see
+    :class:`~graphc.numba_lowering.Lowering`)."""
+    lowering = Lowering(graph, RULES, rule_numpy, body)
     program = lowering.run()
     if "blas_ready" in lowering.namespace:  # it calls BLAS: which one (graphc/blas.py)
         program.stats["blas"] = blas.info()

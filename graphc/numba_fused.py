@@ -17,7 +17,7 @@ from .lowering import (
     split_kinds,
     static_base_shape,
 )
-from .numba_lowering import STAGE_BYTES, Choice, Lowering
+from .numba_lowering import Choice, Lowering
 from .numba_rules import rule_numpy
 
 # ---------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class FusedInstance:
             scratch = f"{L.var_name(t)}_work"
             n = (call.chunks + bool(self.tail)) * self.spec.scratch
             step = np.dtype(dtype).itemsize * self.spec.scratch
-            if n * np.dtype(dtype).itemsize <= STAGE_BYTES:
+            if n * np.dtype(dtype).itemsize <= L.stage_limit:
                 call.add(L.pointer(L.stage(scratch, (n,), dtype, t)), 0, step)
             else:
                 L.line(f"{scratch} = np.empty({n}, np.{dtype})")
@@ -159,7 +159,7 @@ class FusedInstance:
         blocks = 1 if column else call.blocks
         shape = (call.chunks * blocks + bool(self.tail), n1)
         step = np.dtype(acc_dtype).itemsize * n1 * blocks
-        if shape[0] * n1 * np.dtype(acc_dtype).itemsize <= STAGE_BYTES:
+        if shape[0] * n1 * np.dtype(acc_dtype).itemsize <= L.stage_limit:
             staged = L.stage(acc, shape, acc_dtype, m)
             L.line(f"{acc}.fill(0)")
             call.add(L.pointer(staged), 0, step)

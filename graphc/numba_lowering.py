@@ -51,8 +51,9 @@ class Value:
 
     ``kind``: feed, const, pool (a preallocated buffer), stage (a small buffer of the
     program's own: :meth:`Lowering.stage`), fresh (a new array per call, for outputs),
-    hosted (in the fresh array ``source`` at byte ``offset``: ``plan.host_of``), view
-    (of another value) or alloc (an array NumPy allocates).  ``root`` is the
+    hosted (in the fresh array ``source`` at byte ``offset``: ``plan.host_of``), out (an
+    array the caller gives, for the outputs of a loop body), view (of another value) or
+    alloc (an array NumPy allocates).  ``root`` is the
     graph index of the node that owns the storage; ``base``/``base_shape`` describe a
     broadcast view by its contiguous base.
     """
@@ -82,10 +83,19 @@ class Choice:
 
 class Lowering:
     """Lower one graph with ``rules`` (op class -> rule; ``default`` for the others); the
-    result is a :class:`NumbaProgram`."""
+    result is a :class:`NumbaProgram`.
 
-    def __init__(self, graph: Graph, rules: dict, default):
+    ``body=True`` lowers a scan's body, run once per step (:class:`graphc.numba_backend.
+    LoopRunner`): ``run`` takes each input's array and the address of a contiguous copy of
+    its data (``p<name>``), then for each output an array to write it into and its address,
+    and returns nothing; no buffer is allocated and no address looked up per call."""
+
+    def __init__(self, graph: Graph, rules: dict, default, body: bool = False):
         self.graph = graph
+        self.body = body
+        # scratch, partial sums and copies a kernel reads: the program's own buffers up to
+        # this size; a body's always (allocating one per step costs more than it holds)
+        self.stage_limit = 1 << 62 if body else STAGE_BYTES
         self.rules, self.default = rules, default
         self.nodes = group_order(graph.nodes)
         self.index = {id(t): k for k, t in enumerate(self.nodes)}
@@ -197,6 +207,8 @@ class Lowering:
             return self.values[id(t)]
         if id(t) not in self.outputs:
             value = Value(t, var, "pool", self.index[id(t)], True)
+        elif self.body:
+            value = Value(t, var, "out", self.index[id(t)], True)
         elif 0 < t.size * np.dtype(t.dtype).itemsize <= STAGE_BYTES:
             value = self.stage(var, t.shape, t.dtype, t)
         else:
@@ -218,8 +230,8 @@ class Lowering:
             if names:
                 self.line(f"del {', '.join(names)}")
 
-    def finish(self, plan, folded) -> NumbaProgram:
-        inputs = [t for t in self.nodes if isinstance(t.op, Input)]
+    def returns(self) -> list[str]:
+        """The expressions of the outputs (fresh arrays; copies where they are not)."""
         outs, seen = [], set()
         for t in self.graph.outputs:
             value = self.values[id(t)]
@@ -231,6 +243,28 @@ class Lowering:
                 outs.append(text if fresh and id(t) not in seen else
                             f"np.array({text}, copy=True)")
             seen.add(id(t))
+        return outs
+
+    def body_params(self, inputs) -> list[str]:
+        """A body's parameters (see the class): the outputs computed in place are those
+        given; the others (views, feeds, constants, a repeated node) are copied in."""
+        names, seen = [], set()
+        for k, t in enumerate(self.graph.outputs):
+            value = self.values[id(t)]
+            if value.kind == "out" and id(t) not in seen:
+                names.append(value.var)
+            else:
+                names.append(f"_out{k}")
+                self.line(f"{names[-1]}[...] = {self.use(value)}")
+            seen.add(id(t))
+        arrays = [self.var_name(t) for t in inputs] + names
+        return arrays[:len(inputs)] + [f"p{n}" for n in arrays[:len(inputs)]] + \
+            arrays[len(inputs):] + [f"p{n}" for n in names]
+
+    def finish(self, plan, folded) -> NumbaProgram:
+        inputs = [t for t in self.nodes if isinstance(t.op, Input)]
+        outs = [] if self.body else self.returns()
+        given = self.body_params(inputs) if self.body else [self.var_name(t) for t in inputs]
         pool = [self.values[id(t)] for t in self.nodes if id(t) in plan.slot_of
                 and self.values[id(t)].kind == "pool"]
         slot_bytes = list(plan.slot_bytes)
@@ -240,8 +274,9 @@ class Lowering:
             layout.append((len(slot_bytes), 0, shape, dtype))
             slot_bytes.append(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
             pool.append(value)
-        params = [self.var_name(t) for t in inputs] + ["_bufs", "_ptrs"]
-        head = ["def run(" + ", ".join(params) + "):"]
+        params = given + ["_bufs", "_ptrs"]
+        head = _unpack(params, "def run", "):") if self.body else \
+            ["def run(" + ", ".join(params) + "):"]
         # buffers read through their pointers only are not unpacked (no unused names)
         text = "\n".join(self.lines + outs)
         words = set(re.findall(r"\w+", text))  # the names (one search, not one per buffer)
@@ -250,7 +285,7 @@ class Lowering:
             head += _unpack([v.var for v in named], "_bufs")
         if self.pool_pointers:
             head += _unpack([v.pointer for v in self.pool_pointers], "_ptrs")
-        body = head + self.lines + [f"    return ({', '.join(outs)},)"]
+        body = head + self.lines + ([] if self.body else [f"    return ({', '.join(outs)},)"])
         line_nodes = {n + len(head): t for n, t in self.line_nodes.items()}
         banner = self.banner(inputs, len(folded))
         if self.prelude:
@@ -259,9 +294,12 @@ class Lowering:
         source = "\n".join(banner + body) + "\n"
         first = len(banner) + 1
         at = {id(v): k for k, v in enumerate(pool)}
-        return NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
-                            inputs, layout, slot_bytes, [at[id(v)] for v in named],
-                            [at[id(v)] for v in self.pool_pointers], plan.bytes)
+        program = NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
+                               inputs, layout, slot_bytes, [at[id(v)] for v in named],
+                               [at[id(v)] for v in self.pool_pointers], plan.bytes)
+        # a body: which inputs it reads through their address (the others get 0)
+        program.reads_pointer = tuple(f"p{self.var_name(t)}" in words for t in inputs)
+        return program
 
     def banner(self, inputs, n_folded) -> list[str]:
         text = ", ".join(f"{self.printed[id(t)]}: {type_text(t)}" for t in inputs)
@@ -358,7 +396,9 @@ class Lowering:
         """A variable with the address of ``value``'s data, made contiguous if needed."""
         if value.pointer is not None:
             return value.pointer
-        if value.kind == "const" and value.contiguous:
+        if self.body and value.kind in ("feed", "out"):  # given with the array
+            value.pointer = f"p{value.var}"
+        elif value.kind == "const" and value.contiguous:
             value.pointer = f"p{value.var}"
             self.define(value.pointer, _addr(self.namespace[value.var]), f"_addr({value.var})")
         elif value.kind == "stage":  # computed with the buffers
@@ -376,12 +416,16 @@ class Lowering:
                     self.line(f"{root.pointer} = {host} + {root.offset}")
             value.pointer = root.pointer
         elif value.contiguous and value.kind == "view" and \
-                self.values[id(self.nodes[value.root])].kind in ("stage", "fresh"):
+                self.values[id(self.nodes[value.root])].kind in ("stage", "fresh", "out"):
             value.pointer = self.pointer(self.values[id(self.nodes[value.root])])
         elif value.kind == "feed" and 0 < value.node.size and \
                 value.node.size * np.dtype(value.node.dtype).itemsize <= STAGE_BYTES:
             copy = self.stage(f"{value.var}_s", value.node.shape, value.node.dtype, value.node)
             self.line(f"{copy.var}[...] = {value.var}")
+            value.pointer = self.pointer(copy)
+        elif self.body and not value.contiguous and value.node.size:
+            copy = self.stage(f"{value.var}_c", value.node.shape, value.node.dtype, value.node)
+            self.line(f"{copy.var}[...] = {self.use(value)}")
             value.pointer = self.pointer(copy)
         else:
             var = self.use(value)
@@ -439,15 +483,18 @@ class Lowering:
         self.pending.clear()
 
 
-def _unpack(names, source) -> list[str]:
-    """``(a, b, ...,) = source`` wrapped at 100 columns."""
-    lines, current = [], "    ("
+def _unpack(names, source, end=None) -> list[str]:
+    """``(a, b, ...,) = source`` wrapped at 100 columns; with ``end``, ``source(a, b, ...``
+    and ``end`` (a function's signature)."""
+    lines, current = [], f"{source}(" if end else "    ("
+    indent = " " * len(current)
     for name in names:
         if len(current) + len(name) > 94:
             lines.append(current.rstrip())
-            current = "     "
+            current = indent
         current += f"{name}, "
-    lines.append(current.rstrip() + f") = {source}")
+    lines.append(current.rstrip().rstrip(",") + end if end else
+                 current.rstrip() + f") = {source}")
     return lines
 
 

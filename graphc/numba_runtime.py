@@ -197,6 +197,23 @@ class NumbaProgram:
         finally:
             self._free.append(buffers)
 
+    def run_steps(self, steps) -> None:
+        """Run a loop body (lowered with ``body=True``) once per argument tuple of
+        ``steps``, on one set of buffers and under one ``np.errstate``."""
+        buffers = self._free.pop() if self._free else self._buffers()
+        run, named, pointers = self._run, buffers[0], buffers[1]
+        try:
+            with np.errstate(all="ignore"):
+                for args in steps:
+                    run(*args, named, pointers)
+        except (IndexError, ValueError, FloatingPointError, TypeError) as err:
+            node = self._failing_node(sys.exc_info()[2])
+            if node is None:
+                raise
+            raise failed(node, self.printed, err) from err
+        finally:
+            self._free.append(buffers)
+
     def _failing_node(self, tb):
         for frame, lineno in traceback.walk_tb(tb):
             if frame.f_code.co_filename == self.filename:

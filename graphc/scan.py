@@ -243,7 +243,7 @@ def siblings(nodes) -> dict[tuple, list]:
 
 
 # ---------------------------------------------------------------------------------------
-# Running a loop (every backend: they differ in how they run the body)
+# Running a loop (the reference interpreter and CUDA; Numba: numba_backend.LoopRunner)
 
 
 def numpy_body(loop: Loop, outs):

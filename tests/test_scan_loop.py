@@ -1,0 +1,126 @@
+"""The Numba backend's scan loop (numba_backend.LoopRunner): the body called once per step
+with every argument made before the loop, no allocation, copy or address look-up per step,
+and the results of the NumPy reference backend for every form of a scan."""
+
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+rng = np.random.default_rng(3)
+B, D, H = 2, 3, 4
+
+
+def lstm_loss(steps):
+    xs = gc.input("xs", (steps, B, D), "float32")
+    W, U = gc.input("W", (D, 4 * H), "float32"), gc.input("U", (H, 4 * H), "float32")
+
+    def cell(carry, x):
+        h, c = carry
+        z = x @ W + h @ U
+        i, f = gc.sigmoid(z[:, :H]), gc.sigmoid(z[:, H:2 * H])
+        c = f * c + i * gc.tanh(z[:, 2 * H:3 * H])
+        h = gc.sigmoid(z[:, 3 * H:]) * gc.tanh(c)
+        return (h, c), h
+
+    zeros = gc.constant(np.zeros((B, H), np.float32))
+    (h, _), hs = gc.scan(cell, (zeros, zeros), xs)
+    loss = gc.sum(h) + gc.sum(hs * hs)
+    feeds = {"xs": rng.standard_normal((steps, B, D)).astype(np.float32),
+             "W": rng.standard_normal((D, 4 * H)).astype(np.float32),
+             "U": rng.standard_normal((H, 4 * H)).astype(np.float32)}
+    return [loss] + gc.grad(loss, [W, U]), feeds
+
+
+def calls_during(f, feeds) -> Counter:
+    """The Python functions and the NumPy allocations and copies one call of ``f`` makes."""
+    seen = Counter()
+    names = {"empty", "zeros", "copy", "array", "ascontiguousarray", "empty_like"}
+
+    def profile(frame, event, arg):
+        if event == "call":
+            seen[frame.f_code.co_name] += 1
+        elif event == "c_call" and arg.__name__ in names:
+            seen["np." + arg.__name__] += 1
+    sys.setprofile(profile)
+    try:
+        f(feeds)
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+@pytest.mark.slow  # compiles kernels
+def test_a_step_is_one_call_of_the_body_and_allocates_nothing():
+    counts = []
+    for steps in (3, 9):
+        outputs, feeds = lstm_loss(steps)
+        f = gc.compile(outputs, backend="numba")
+        assert f.source.count("# loop") == 2  # the forward loop and the backward one
+        f(feeds)  # the first call makes the buffers
+        counts.append(calls_during(f, feeds))
+    per_6_steps = counts[1] - counts[0]
+    # two loops, 6 steps more each: the body's run and graphc.blas.ready (a flag test)
+    assert per_6_steps == Counter(run=12, ready=12), per_6_steps
+    assert counts[0] - counts[1] == Counter()
+
+
+def compare(outputs, feeds, rtol=2e-5):
+    got = gc.compile(outputs, backend="numba")(feeds)
+    want = gc.compile(outputs, backend="numpy")(feeds)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol)
+    return got
+
+
+@pytest.mark.slow
+def test_the_lstm_and_its_gradients_equal_the_reference():
+    compare(*lstm_loss(5))
+
+
+@pytest.mark.slow
+def test_reverse_a_carry_passed_through_views_and_repeats_as_outputs():
+    # xs transposed (not contiguous), a const W.T read by a kernel, a carry the body
+    # returns unchanged, a y that is a slice of the new carry and a y that is the carry
+    xs = gc.input("xs", (3, 6, 4), "float32")
+    W = gc.input("W", (5, 6), "float32")
+
+    def fn(carry, x):
+        h, k = carry
+        h = gc.tanh(x @ W.T + h * 0.5) + W.T[0]
+        return (h, k), (h[:, 1:3], h, k * 2.0)
+
+    init = (gc.constant(np.ones((4, 5), np.float32)), gc.input("k", (2,), "float32"))
+    (h, k), (y1, y2, y3) = gc.scan(fn, init, gc.transpose(xs, (0, 2, 1)), reverse=True)
+    loss = gc.sum(h) + gc.sum(y1 * y1) + gc.sum(gc.sin(y2))
+    feeds = {"xs": rng.standard_normal((3, 6, 4)).astype(np.float32),
+             "W": rng.standard_normal((5, 6)).astype(np.float32),
+             "k": np.float32([1.5, -2.0])}
+    got = compare([h, k, y1, y2, y3, loss] + gc.grad(loss, [xs, W]), feeds)
+    np.testing.assert_array_equal(got[4], np.broadcast_to(2 * feeds["k"], (3, 2)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("length", [0, 1, 4])
+def test_xs_none_one_step_and_no_step(length):
+    a = gc.input("a", (3,), "float64")
+    total, ys = gc.scan(lambda c, _: (gc.exp(c) * 0.5 + a, c), a, None, length=length)
+    got = compare([total, ys], {"a": np.float64([0.1, -0.3, 2.0])}, rtol=1e-12)
+    assert got[1].shape == (length, 3)
+
+
+@pytest.mark.slow
+def test_a_scan_inside_a_scan_body():
+    xs = gc.input("xs", (3, 4), "float64")
+
+    def outer(c, row):
+        inner, _ = gc.scan(lambda s, v: (s + gc.tanh(v * c), None),
+                           gc.constant(0.0, dtype="float64"), row)
+        return c + inner, inner
+
+    c, ys = gc.scan(outer, gc.constant(1.0, dtype="float64"), xs)
+    compare([c, ys] + gc.grad(c, [xs]), {"xs": rng.standard_normal((3, 4))}, rtol=1e-12)
