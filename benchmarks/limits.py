@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import graphc as gc
-from graphc.scan import siblings as scan_siblings
 from graphc.nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad
+from graphc.scan import siblings as scan_siblings
 from graphc.structured_ops import MatMul
 
 

@@ -272,8 +272,8 @@ def _add_bench(sub):
                     "(cold, warm), peak memory, the BLAS in use and the load average. Runs "
                     "benchmarks/run.py of the source tree.")
     p.add_argument("--workload", action="append", metavar="W",
-                   help="W1, W2, W3, W4, W4s, W5, W6 or a comma-separated list (repeatable; default: "
-                        "all)")
+                   help="W1, W2, W3, W4, W4s, W5, W6 or a comma-separated list (repeatable; "
+                        "default: all)")
     p.add_argument("--threads", type=POSITIVE_INT,
                    help="threads for every framework, >= 1 (default 2)")
     p.add_argument("--seconds", type=NONNEGATIVE,
