@@ -91,7 +91,6 @@ class FusedInstance:
             self.spec = lowering.fused_specs[key] = nk.fused_kernel(
                 label, steps_text, bound, exprs, symbols, list(dtypes), self.kinds,
                 group.dtype, self.accumulate)
-        self.name = lowering.kernel(self.leader, self.spec)
 
     def emit(self, L: Lowering, t: Tensor, out: str) -> None:
         """One kernel call for every output of the instance (``t`` is the first), and one
@@ -119,17 +118,18 @@ class FusedInstance:
                 L.defined.add(scratch)
                 call.add(f"_addr({scratch})", 0, step)
                 call.finish.append(f"del {scratch}")
+        name = L.in_place(self.leader, self.spec, call.pointers, call.steps, call.chunk_steps)
         L.calls += 1
         if parallel:
-            L.line(f"_parallel({self.name}, {L.threads}, ({', '.join(call.pointers)},), "
+            L.line(f"_parallel({name}, {L.threads}, ({', '.join(call.pointers)},), "
                    f"{tuple(call.steps)!r}, {tuple(self.sizes)!r}, "
                    f"{tuple(call.chunk_steps)!r})")
         else:
-            L.line(f"{self.name}({', '.join(call.pointers)}, "
+            L.line(f"{name}({', '.join(call.pointers)}, "
                    f"{', '.join(map(str, self.sizes))})")
         if self.tail:
             L.calls += 1
-            L.line(f"{self.name}({', '.join(call.after(self.sizes[0]))}, 1, {self.tail})")
+            L.line(f"{name}({', '.join(call.after(self.sizes[0]))}, 1, {self.tail})")
         for line in call.finish:
             L.line(line)
 

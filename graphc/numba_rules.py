@@ -351,7 +351,6 @@ def rule_elementwise(lowering, t):
         spec = cg.elementwise_kernel([step], [i.dtype for i in t.inputs], kinds)
     except cg.Unsupported:
         return rule_numpy(lowering, t)
-    name = lowering.kernel(t, spec)
     # more than two broadcast axes: such operands are materialized at full size
     full = [int(np.prod(shape, dtype=np.int64)) != t.size and kinds == "F" * len(kinds)
             for shape in shapes]
@@ -359,7 +358,8 @@ def rule_elementwise(lowering, t):
 
     def emit(L, t, out):
         args = [L.operand(i, materialize, t.shape) for i, materialize in zip(t.inputs, full)]
-        L.call(name, spec, [L.pointer(L.value(t))] + args, sizes, steps)
+        pointers = [L.pointer(L.value(t))] + args
+        L.call(L.in_place(t, spec, pointers, steps), spec, pointers, sizes, steps)
     return Choice("buffer", emit, "kernel")
 
 

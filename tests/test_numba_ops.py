@@ -416,6 +416,7 @@ def test_identical_steps_in_another_order_share_one_fused_kernel(monkeypatch):
     from graphc import kernel_cache
     from graphc.fused_ops import Fused
     from graphc.lowering import instance_key
+    from graphc.numba_lowering import Lowering
     h = _lstm_steps((False, False, True, False))
     feeds = {"x": np.linspace(-2, 2, 24).reshape(2, 12), "h0": np.linspace(-1, 1, 6).reshape(2, 3),
              "W": np.linspace(-1, 1, 36).reshape(3, 12), "c0": np.linspace(1, -1, 6).reshape(2, 3)}
@@ -423,6 +424,8 @@ def test_identical_steps_in_another_order_share_one_fused_kernel(monkeypatch):
     monkeypatch.setattr(kernel_cache, "load", lambda spec, compile_object: (
         names.append(spec.name) or kernel_cache.Kernel(spec, None, ""), "memory"))
     monkeypatch.setattr(kernel_cache, "compile_missing", lambda specs, build: set())
+    # one kernel per group: not its variant for calls over an operand (numba_lowering.in_place)
+    monkeypatch.setattr(Lowering, "in_place", lambda self, t, spec, *args: self.kernel(t, spec))
 
     def fused(canonical):
         if not canonical:

@@ -1,0 +1,91 @@
+"""Kernels whose output the memory plan puts over an operand's buffer (Numba backend).
+
+Writing through a second pointer to the same memory makes LLVM's overlap check fail and
+the scalar loop run (W1's bias-add-ReLU: 9 us instead of 2, docs/perf.md); the lowering
+then calls a variant of the kernel that writes the output through the operand's pointer.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.numba_lowering import Lowering
+
+
+def without_variants(monkeypatch, outputs, **options):
+    """``outputs`` compiled as before the variants: every call through two pointers."""
+    with monkeypatch.context() as m:
+        m.setattr(Lowering, "in_place", lambda self, t, spec, *args: self.kernel(t, spec))
+        return gc.compile(outputs, backend="numba", **options)
+
+
+def mlp_step(batch=16, widths=(20, 16, 16, 3)):
+    x = gc.input("x", (batch, widths[0]))
+    labels = gc.input("labels", (batch,), "int64")
+    h, params = x, []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        W, b = gc.param(f"W{i}", (fan_in, fan_out)), gc.param(f"b{i}", (fan_out,))
+        h = h @ W + b
+        h = gc.relu(h) if i < len(widths) - 1 else h
+        params += [W, b]
+    loss = gc.softmax_cross_entropy(h, labels)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((batch, widths[0])).astype(np.float32),
+             "labels": rng.integers(0, widths[-1], batch)}
+    feeds.update({p.op.label: (0.1 * rng.standard_normal(p.shape)).astype(np.float32)
+                  for p in params})
+    return [loss, *gc.grad(loss, params)], feeds
+
+
+def variants(source: str) -> list[str]:
+    """The kernels of ``source`` (f.source) that write an output through an operand."""
+    kernels = re.split(r"^# ---- ", source, flags=re.M)[1:]
+    return [k.split("\n", 1)[0] for k in kernels if in_place_lines(k)]
+
+
+def in_place_lines(source: str) -> list[str]:
+    return re.findall(r"^    (\w+ = \w+)  # in place: the same buffer$", source, re.M)
+
+
+def test_a_fused_kernel_over_its_operand_writes_through_the_operand(monkeypatch):
+    outputs, feeds = mlp_step()
+    f = gc.compile(outputs, backend="numba")
+    g = without_variants(monkeypatch, outputs)
+    # bias + ReLU over the matmul it reads; ReLU's derivative over the gradient it reads
+    assert {k.split("_f32")[0] for k in variants(f.source)} >= {"k_fused_add_relu",
+                                                                "k_fused_relu_dx_mul"}
+    assert "out0 = a0" in in_place_lines(f.source)
+    assert in_place_lines(g.source) == [] and variants(g.source) == []
+    got, want = f(feeds), g(feeds)  # the same memory, the same arithmetic: the same bits
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    reference = gc.compile(outputs, backend="numpy")(feeds)
+    for a, b in zip(got, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_an_elementwise_kernel_over_its_operand(monkeypatch, threads):
+    """Unfused: sigmoid's kernel writes over the exp it reads (split over threads with 2:
+    both pointers advance alike)."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+    x = gc.input("x", (1 << 20,))
+    y = gc.sum(gc.sigmoid(gc.exp(x * 0.5)))
+    passes = ("simplify", "cse", "dce", "memory")
+    f = gc.compile(y, backend="numba", passes=passes)
+    assert in_place_lines(f.source) == ["out = a0"]
+    feeds = {"x": np.random.default_rng(1).standard_normal(1 << 20).astype(np.float32)}
+    g = without_variants(monkeypatch, y, passes=passes)
+    assert f(feeds).tobytes() == g(feeds).tobytes()
+    np.testing.assert_allclose(f(feeds), gc.compile(y, backend="numpy")(feeds), rtol=1e-5)
+
+
+def test_no_variant_where_output_and_operand_are_different_buffers():
+    x = gc.input("x", (64, 64))
+    y = gc.sigmoid(gc.exp(x))
+    f = gc.compile([y, gc.exp(x)], backend="numba", passes=("simplify", "cse", "dce", "memory"))
+    assert in_place_lines(f.source) == []
