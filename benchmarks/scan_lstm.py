@@ -125,7 +125,7 @@ def build(steps: int, kind: str = "scan", inputs=64, hidden=128, batch=32):
 
     import graphc as gc
     sys.path.insert(0, str(HERE))
-    from workloads import WORKLOADS
+    from workloads import WORKLOADS, lstm_scan_graphc
     if kind == "unrolled":
         problem = WORKLOADS["W4"].problem({"steps": steps})
         return problem.loss, list(problem.wrt), problem.feeds
@@ -136,26 +136,10 @@ def build(steps: int, kind: str = "scan", inputs=64, hidden=128, batch=32):
         loss = gc.mean(h)
         feeds = {"x": data.transpose(1, 0, 2).copy(), **gc.init_params(loss, seed=0)}
         return loss, list(lstm.parameters().values()), feeds
-    xs = gc.input("xs", (steps, batch, inputs))
-    Wx = gc.param("Wx", (inputs, 4 * hidden))
-    Wh = gc.param("Wh", (hidden, 4 * hidden))
-    b = gc.param("b", (4 * hidden,), init="zeros")
-    H = hidden
-
-    def cell(carry, x):
-        h, c = carry
-        z = x @ Wx + h @ Wh + b
-        i, f = gc.sigmoid(z[:, :H]).named("i"), gc.sigmoid(z[:, H:2 * H]).named("f")
-        g, o = gc.tanh(z[:, 2 * H:3 * H]).named("g"), gc.sigmoid(z[:, 3 * H:]).named("o")
-        c = (f * c + i * g).named("c")  # names for the diagrams only
-        return ((o * gc.tanh(c)).named("h"), c), None
-
-    zeros = gc.constant(np.zeros((batch, hidden), np.float32))
-    (h, _), _ = gc.scan(cell, (zeros, zeros), xs)
-    loss = gc.mean(h)
+    loss, wrt = lstm_scan_graphc(inputs, hidden, batch, steps)  # W4s's graph
     feeds = {"xs": data}
     feeds.update(gc.init_params(loss, seed=0))
-    return loss, [Wx, Wh, b], feeds
+    return loss, wrt, feeds
 
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
