@@ -6,7 +6,6 @@ import ctypes
 import linecache
 import os
 import re
-import sys
 import threading
 import traceback
 import weakref
@@ -190,10 +189,7 @@ class NumbaProgram:
             with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings
                 return self._run(*feeds, buffers[0], buffers[1])
         except (IndexError, ValueError, FloatingPointError, TypeError) as err:
-            node = self._failing_node(sys.exc_info()[2])
-            if node is None:
-                raise
-            raise failed(node, self.printed, err) from err
+            self._reraise(err)
         finally:
             self._free.append(buffers)
 
@@ -207,12 +203,16 @@ class NumbaProgram:
                 for args in steps:
                     run(*args, named, pointers)
         except (IndexError, ValueError, FloatingPointError, TypeError) as err:
-            node = self._failing_node(sys.exc_info()[2])
-            if node is None:
-                raise
-            raise failed(node, self.printed, err) from err
+            self._reraise(err)
         finally:
             self._free.append(buffers)
+
+    def _reraise(self, err):
+        """Raise ``err`` again, as the error of the node whose line raised it if one did."""
+        node = self._failing_node(err.__traceback__)
+        if node is None:
+            raise err
+        raise failed(node, self.printed, err) from err
 
     def _failing_node(self, tb):
         for frame, lineno in traceback.walk_tb(tb):
