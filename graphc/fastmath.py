@@ -365,3 +365,43 @@ def maximum(a, b):
 def minimum(a, b):
     """np.minimum: NaN if either operand is NaN."""
     return a if (a <= b) | (a != a) else b
+
+
+# ---------------------------------------------------------------------------------------
+# NumPy's summation order
+
+
+@njit(error_model="numpy", nogil=True)
+def pairwise_sum(x, base, n, zero):
+    """``x[base:base + n]`` summed in NumPy's order (its pairwise sum for a contiguous
+    reduction: blocks of at most 128 values with eight interleaved accumulators, halves at
+    a multiple of eight above that), so a row sum equals ``np.add.reduce`` to the bit.
+    Recursive, so not inlined; the eight accumulators vectorize without reassociation."""
+    if n < 8:
+        res = zero
+        for i in range(n):
+            res += x[base + i]
+        return res
+    if n <= 128:
+        r0, r1, r2, r3 = x[base], x[base + 1], x[base + 2], x[base + 3]
+        r4, r5, r6, r7 = x[base + 4], x[base + 5], x[base + 6], x[base + 7]
+        i = base + 8
+        end = base + n - n % 8
+        while i < end:
+            r0 += x[i]
+            r1 += x[i + 1]
+            r2 += x[i + 2]
+            r3 += x[i + 3]
+            r4 += x[i + 4]
+            r5 += x[i + 5]
+            r6 += x[i + 6]
+            r7 += x[i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < base + n:
+            res += x[i]
+            i += 1
+        return res
+    half = n // 2
+    half -= half % 8
+    return pairwise_sum(x, base, half, zero) + pairwise_sum(x, base + half, n - half, zero)

@@ -446,8 +446,9 @@ _MATH_CALLS = tuple(f"{fn.numba}(" for fn in FUNCTIONS.values() if fn.numba.star
 
 
 def _module(header, helpers, body) -> str:
-    fastmath = sorted(h for h in helpers if h not in ("maximum", "minimum"))
-    generic = sorted(h for h in helpers if h in ("maximum", "minimum"))
+    generic_names = ("maximum", "minimum", "pairwise_sum")
+    fastmath = sorted(h for h in helpers if h not in generic_names)
+    generic = sorted(h for h in helpers if h in generic_names)
     imports = ["import numpy as np"]
     if any(name in line for line in body for name in _MATH_CALLS):  # libm, not in NumPy
         imports = ["import math", ""] + imports

@@ -311,8 +311,10 @@ def row_kernel(kind: str, dtype: str) -> KernelSpec:
 def sum_kernel(kind: str, dtype: str) -> KernelSpec:
     """Sums of an ``(n0, n1)`` contiguous array: over rows (``"leading"``: out has n1
     entries, added row by row in NumPy's order, so the result is the same to the bit) or
-    within rows (``"trailing"``: out has n0 entries; the inner sum is vectorized, which
-    reorders it as NumPy's pairwise sum does, differently)."""
+    within rows (``"trailing"``: out has n0 entries, each NumPy's pairwise sum of its row,
+    :func:`graphc.fastmath.pairwise_sum`, the same to the bit).  No reassociation: a
+    vectorized running sum (the earlier form) rounds by the machine's vector width, and
+    where a softmax follows, one ulp of a large logit is a different answer."""
     zero = ScalarPrinter(dtype, {}).const(0)
     if kind == "leading":
         lines = ["def kernel(out, x, n0, n1):",
@@ -326,13 +328,10 @@ def sum_kernel(kind: str, dtype: str) -> KernelSpec:
     else:
         lines = ["def kernel(out, x, n0, n1):",
                  "    for i in range(n0):",
-                 "        base = i * n1",
-                 f"        s = {zero}",
-                 "        for j in range(n1):",
-                 "            s += x[base + j]",
-                 "        out[i] = s"]
-        fastmath = REDUCTION_FASTMATH
+                 f"        out[i] = pairwise_sum(x, i * n1, n1, {zero})"]
+        fastmath = ELEMENTWISE_FASTMATH
     header = [f"# graphc kernel: sum over the {kind} axes of a contiguous array, {dtype}"]
-    source = _module(header, set(), lines)
+    helpers = {"pairwise_sum"} if kind == "trailing" else set()
+    source = _module(header, helpers, lines)
     params = (("ptr", dtype), ("ptr", dtype), ("int",), ("int",))
     return KernelSpec(f"sum_{kind}_{SHORT[dtype]}", source, params, fastmath)

@@ -315,12 +315,16 @@ def cross_entropy_gradients(module, x, labels, backend):
 def test_torchvision_gradients_match_autograd(name, size):
     models = torchvision_models()
     torch.manual_seed(0)
-    module = getattr(models, name)(num_classes=10).eval()
-    x, labels = torch.randn(2, 3, size, size), torch.tensor([3, 7])
+    module = getattr(models, name)(num_classes=10).eval().double()
+    x, labels = torch.randn(2, 3, size, size, dtype=torch.float64), torch.tensor([3, 7])
+    # float64 on both sides: a max pool's gradient jumps where two window values (or a value
+    # and a ReLU's zero) nearly tie, and float32 rounding flips such near-ties by machine (on
+    # an AVX-512 EPYC torch's own float32 squeezenet1_1 gradients are 1.3e-2 from its
+    # float64 ones, while graphc's are 5e-7 from them); docs/import.md
     ours, ref, errors = cross_entropy_gradients(module, x, labels, "numpy")
-    assert abs(ours - ref) < 1e-5 * abs(ref)
+    assert abs(ours - ref) < 1e-12 * abs(ref)
     worst = max(errors, key=errors.get)
-    assert errors[worst] < 1e-4, f"{name}: {worst} relative error {errors[worst]:.2e}"
+    assert errors[worst] < 1e-10, f"{name}: {worst} relative error {errors[worst]:.2e}"
 
 
 @pytest.mark.slow
