@@ -39,6 +39,8 @@ from graphc.lowering import base_of, fold_value, foldable
 from graphc.scan import StopGradient
 from graphc.shape_ops import (
     BroadcastTo,
+    Concat,
+    IndexAdd,
     Reshape,
     Transpose,
 )
@@ -111,6 +113,85 @@ def _fold(m):
     return constant(np.array(out, order="C"), dtype=t.dtype)  # (ascontiguousarray: 0-d -> 1-d)
 
 
+# The gradient of slices of one tensor (an LSTM's four gates cut from z) is a sum of
+# scatters into zeros, index_add(g_i) at disjoint blocks; two scatters into adjacent
+# blocks are one scatter of the two concatenated, and a scatter that covers its target is
+# its operand: the sum becomes one concat (each element was g + 0 + ... + 0 before, so the
+# values are the same, -0 kept as for x + 0).
+
+
+def _block(t: Tensor):
+    """``(axis, start, stop)`` if ``t`` is an index_add of a block that is contiguous along
+    one axis and whole along the others; ``(None, 0, 0)`` if it is the whole target."""
+    if not isinstance(t.op, IndexAdd) or any(e[0] != "slice" for e in t.op.index):
+        return None
+    target = t.op.target
+    if len(t.op.index) > len(target) or t.inputs[0].dtype != t.dtype:
+        return None
+    cut = []
+    for axis, n in enumerate(target):
+        entry = t.op.index[axis] if axis < len(t.op.index) else ("slice", None, None, None)
+        start, stop, step = slice(*entry[1:]).indices(n)
+        if step != 1 or stop <= start:
+            return None
+        if (start, stop) != (0, n):
+            cut.append((axis, start, stop))
+    return (None, 0, 0) if not cut else cut[0] if len(cut) == 1 else None
+
+
+def _merged(a: Tensor, b: Tensor) -> Tensor | None:
+    """One index_add for index_adds ``a`` and ``b`` of adjacent blocks, else None."""
+    ka, kb = _block(a), _block(b)
+    if ka is None or kb is None or ka[0] is None or ka[0] != kb[0] or \
+            a.op.target != b.op.target:
+        return None
+    if ka[2] != kb[1]:
+        if kb[2] != ka[1]:
+            return None
+        (a, ka), (b, kb) = (b, kb), (a, ka)
+    axis = ka[0]
+    index = tuple(("slice", ka[1], kb[2], None) if k == axis else ("slice", None, None, None)
+                  for k in range(len(a.op.target)))
+    parts = Tensor.make(Concat(axis), (a.inputs[0], b.inputs[0]))
+    return Tensor.make(IndexAdd(index, a.op.target), (parts,))
+
+
+def _add_of_scatters(m):
+    return _merged(*m["node"].inputs)
+
+
+def _add_into_sum_of_scatters(m):
+    """(x + scatter_a) + scatter_b → x + scatter_ab for adjacent blocks, in either order."""
+    inner, outer = m["node"].inputs
+    if not isinstance(outer.op, IndexAdd):
+        inner, outer = outer, inner
+    for k, term in enumerate(inner.inputs):
+        merged = _merged(term, outer) if isinstance(term.op, IndexAdd) else None
+        if merged is not None:
+            return F.add(inner.inputs[1 - k], merged)
+    return None
+
+
+def _whole_scatter(m):
+    node = m["node"]
+    block = _block(node)
+    return node.inputs[0] if block is not None and block[0] is None and \
+        node.inputs[0].shape == node.shape else None
+
+
+def _is_concat_of_concat(t: Tensor, m) -> bool:
+    return isinstance(t.op, Concat) and \
+        any(isinstance(i.op, Concat) and i.op.axis == t.op.axis for i in t.inputs)
+
+
+def _flat_concat(m):
+    node = m["node"]
+    parts = []
+    for i in node.inputs:
+        parts += i.inputs if isinstance(i.op, Concat) and i.op.axis == node.op.axis else [i]
+    return Tensor.make(Concat(node.op.axis), tuple(parts))
+
+
 def _constant_array(t: Tensor) -> np.ndarray:
     chain = []
     while not isinstance(t.op, Constant):
@@ -172,6 +253,16 @@ RULES: tuple[Rule, ...] = (
          _identity_view),
     Rule("stop-gradient", "stop_gradient(x) → x (gradients are built by now)",
          P(StopGradient, "x"), "x"),
+    Rule("scatter-merge", "index_add(a) + index_add(b) at adjacent blocks → "
+         "index_add(concat(a, b))", P("add", P(IndexAdd, None), P(IndexAdd, None)),
+         _add_of_scatters),
+    Rule("scatter-merge-sum", "(x + index_add(a)) + index_add(b) → x + index_add(concat(a, "
+         "b))", P("add", P("add", None, None), P(IndexAdd, None), commutative=True),
+         _add_into_sum_of_scatters),
+    Rule("scatter-whole", "index_add(g) covering its target → g", P(IndexAdd, None),
+         _whole_scatter),
+    Rule("concat-concat", "concat(.., concat(xs), ..) → concat(.., xs, ..)",
+         P(None, where=_is_concat_of_concat), _flat_concat),
     Rule("log-exp", "log(exp(x)) → x", P("log", P("exp", "x")), "x", ieee="overflow"),
     Rule("sum-broadcast", "sum(broadcast_to(x)) → n·sum(x)", P(Reduce, P(BroadcastTo, "x")),
          _sum_of_broadcast),
@@ -194,7 +285,9 @@ def simplify(graph: Graph, *, rules=DEFAULT_RULES, log: dict | None = None) -> G
 
     ``log`` (if given) receives ``rules_fired``: {rule name: times}."""
     fired: dict[str, int] = {}
-    done: set[int] = set()  # nodes already in simplified form
+    # nodes already in simplified form, kept alive: a set of ids alone would let a dropped
+    # intermediate's id be reused by a new node, which then passed as settled
+    done: dict[int, Tensor] = {}
 
     def settle(t: Tensor) -> Tensor:
         """``t`` rewritten to a fixed point of the rules (its inputs are settled)."""
@@ -210,7 +303,7 @@ def simplify(graph: Graph, *, rules=DEFAULT_RULES, log: dict | None = None) -> G
                     break
             else:
                 break
-        done.add(id(t))
+        done[id(t)] = t
         return t
 
     def settle_new(t: Tensor) -> Tensor:

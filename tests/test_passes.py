@@ -29,7 +29,7 @@ from hypothesis import given, settings
 import graphc as gc
 from graphc.elementwise_ops import REGISTRY
 from graphc.fused_ops import Fused
-from graphc.shape_ops import BroadcastTo, Reshape
+from graphc.shape_ops import BroadcastTo, IndexAdd, Reshape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import workloads  # noqa: E402
@@ -155,8 +155,23 @@ X = gc.input("x", (2, 3), "float64")
 Y = gc.input("y", (2, 3), "float64")
 ROW = gc.input("row", (3,), "float64")
 
+
+
+def _scatter(g, start, stop):
+    """index_add of ``g`` into columns start:stop of a (2, 3) zero (a slice's gradient)."""
+    index = (("slice", None, None, None), ("slice", start, stop, None))
+    return gc.Tensor.make(IndexAdd(index, (2, 3)), (g,))
+
+
 # rule name -> (a graph where it fires, a near miss where it must not)
 RULE_CASES = {
+    "scatter-merge": (lambda: _scatter(gc.exp(X[:, 1:]), 1, 3) + _scatter(X[:, :1], 0, 1),
+                      lambda: _scatter(gc.exp(X[:, 2:]), 2, 3) + _scatter(X[:, :1], 0, 1)),
+    "scatter-merge-sum": (lambda: (_scatter(X[:, :1], 0, 1) + Y) + _scatter(X[:, 1:2], 1, 2),
+                          lambda: (_scatter(X[:, :1], 0, 1) + Y) + _scatter(X[:, 2:], 2, 3)),
+    "scatter-whole": (lambda: _scatter(gc.exp(X), 0, 3), lambda: _scatter(X[:, 1:], 1, 3)),
+    "concat-concat": (lambda: gc.concat([gc.concat([X, Y], 1), X], 1),
+                      lambda: gc.concat([gc.exp(gc.concat([X, Y], 1)), X], 1)),
     "fold": (lambda: X + gc.exp(gc.constant(np.ones(3)) * 2.0), lambda: X + gc.exp(X)),
     "mul-one": (lambda: 1.0 * gc.exp(X), lambda: 2.0 * gc.exp(X)),
     "add-zero": (lambda: gc.exp(X) + 0.0, lambda: gc.exp(X) + 1.0),
