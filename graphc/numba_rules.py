@@ -54,10 +54,19 @@ def rule_numpy(lowering: Lowering, t: Tensor) -> Choice:
 def rule_matmul(lowering, t):
     """``np.matmul`` into the node's buffer: NumPy's BLAS (chosen by measurement,
     docs/perf.md), transposed operands as views (BLAS transpose flags, no copy)."""
+    x, w = t.inputs
+    # a batch times one matrix is one GEMM with the batch in its rows (NumPy makes one
+    # small GEMM per batch entry): a value the program made is C-contiguous unless a view
+    flat = w.ndim == 2 < x.ndim and not x.op.is_view()
+
     def emit(L, t, out):
         a, b = (_as_dtype(L, i, t.dtype) for i in t.inputs)
         blas_ready(L)
-        L.line(f"np.matmul({a}, {b}, out={out})")
+        if flat:
+            k, n = w.shape
+            L.line(f"np.matmul({a}.reshape(-1, {k}), {b}, out={out}.reshape(-1, {n}))")
+        else:
+            L.line(f"np.matmul({a}, {b}, out={out})")
     return Choice("buffer", emit)
 
 

@@ -20,6 +20,7 @@ from .shape_ops import (  # noqa: F401 -- Reduce, normalize_axes: still found he
     kept_axes,
     normalize_axes,
     reduce,
+    reshape_to,
     transpose_to,
     unbroadcast,
 )
@@ -67,6 +68,11 @@ class MatMul(Op):
         if k == 0:
             return unbroadcast(Tensor.make(self, (g, transpose_to(b, _swap_last(b.ndim)))),
                                a.shape)
+        if b.ndim == 2 < a.ndim:  # b shared by the whole batch: one GEMM, the batch in its
+            rows = a.size // a.shape[-1]  # rows (not one per batch entry and their sum)
+            flat_a = reshape_to(a, (rows, a.shape[-1]))
+            return Tensor.make(self, (transpose_to(flat_a, (1, 0)),
+                                      reshape_to(g, (rows, g.shape[-1]))))
         return unbroadcast(Tensor.make(self, (transpose_to(a, _swap_last(a.ndim)), g)),
                            b.shape)
 
