@@ -352,7 +352,8 @@ class KernelSpec:
         return f"graphc_{self.key[:32]}"
 
 
-_KIND_TEXT = {"F": "full", "S": "scalar", "R": "row (inner axis)", "C": "column (outer axes)"}
+_KIND_TEXT = {"F": "full", "S": "scalar", "R": "row (inner axis)", "C": "column (outer axes)",
+              "V": "full, rows ld apart (a column block of a wider matrix)"}
 
 
 def elementwise_kernel(steps, operand_dtypes, kinds) -> KernelSpec:

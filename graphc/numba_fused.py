@@ -19,6 +19,7 @@ from .lowering import (
 )
 from .numba_lowering import Choice, Lowering
 from .numba_rules import rule_numpy
+from .shape_ops import Index
 
 # ---------------------------------------------------------------------------------------
 # Fused groups: one kernel call computes every output of a group instance
@@ -76,6 +77,13 @@ class FusedInstance:
                             for k, s in zip(kinds, shapes)]
         self.kinds = "".join("F" if k is None else k for k in kinds)
         self.sizes = sizes
+        self.blocks = {k: b for k, (i, kind) in enumerate(zip(self.inputs, self.kinds))
+                       if kind == "F" and not self.materialize[k] and not any(self.accumulate)
+                       and len(domain) == 2 and (b := column_block(i, domain)) is not None}
+        if self.blocks:  # read where they lie, in an (n0, n1) loop
+            self.kinds = "".join("V" if k in self.blocks else kind
+                                 for k, kind in enumerate(self.kinds))
+            self.sizes = list(domain)
         dtypes = tuple(i.dtype for i in self.inputs)
         # the instances of one group (an unrolled loop's steps) share their kernel: its
         # source is printed from SymPy once
@@ -103,9 +111,16 @@ class FusedInstance:
         for m, o in zip(self.members, self.outputs):
             self.output(L, t, m, o, call, parallel)
         inner = self.sizes[1] if len(self.sizes) == 2 else 1
-        for i, kind, materialize in zip(self.inputs, self.kinds, self.materialize):
-            call.add(L.operand(i, materialize, self.domain), np.dtype(i.dtype).itemsize *
-                     {"F": inner, "C": 1}.get(kind, 0))
+        item = {i: np.dtype(i.dtype).itemsize for i in self.inputs}
+        for k, (i, kind, materialize) in enumerate(zip(self.inputs, self.kinds,
+                                                       self.materialize)):
+            if kind == "V":  # the wider matrix's pointer, moved to the block's first column
+                parent, start, ld = self.blocks[k]
+                call.add(f"{L.pointer(L.value(parent))} + {start * item[i]}", ld * item[i])
+            else:
+                call.add(L.operand(i, materialize, self.domain), item[i] *
+                         {"F": inner, "C": 1}.get(kind, 0))
+        sizes = self.sizes + [self.blocks[k][2] for k in sorted(self.blocks)]
         dtype = self.group.dtype
         if self.spec.scratch:  # work space for the phases of a long body, one per chunk
             scratch = f"{L.var_name(t)}_work"
@@ -122,11 +137,10 @@ class FusedInstance:
         L.calls += 1
         if parallel:
             L.line(f"_parallel({name}, {L.threads}, ({', '.join(call.pointers)},), "
-                   f"{tuple(call.steps)!r}, {tuple(self.sizes)!r}, "
+                   f"{tuple(call.steps)!r}, {tuple(sizes)!r}, "
                    f"{tuple(call.chunk_steps)!r})")
         else:
-            L.line(f"{name}({', '.join(call.pointers)}, "
-                   f"{', '.join(map(str, self.sizes))})")
+            L.line(f"{name}({', '.join(call.pointers)}, {', '.join(map(str, sizes))})")
         if self.tail:
             L.calls += 1
             L.line(f"{name}({', '.join(call.after(self.sizes[0]))}, 1, {self.tail})")
@@ -200,6 +214,21 @@ class _Call:
         """The pointers of one more chunk, starting after ``rows`` rows."""
         offsets = [rows * s + self.chunks * c for s, c in zip(self.steps, self.chunk_steps)]
         return [f"{p} + {o}" if o else p for p, o in zip(self.pointers, offsets)]
+
+
+def column_block(t: Tensor, domain) -> tuple | None:
+    """``(matrix, first column, row length)`` if ``t`` is every row of a column range of
+    a 2-D matrix (``z[:, a:b]``), which a ``V`` operand reads in place, else None."""
+    if not isinstance(t.op, Index) or t.shape != tuple(domain) or t.inputs[0].ndim != 2 \
+            or any(e[0] != "slice" for e in t.op.index) or len(t.op.index) != 2:
+        return None
+    (rows, cols), ((_, *r), (_, *c)) = t.inputs[0].shape, t.op.index
+    if slice(*r).indices(rows) != (0, rows, 1):
+        return None
+    start, stop, step = slice(*c).indices(cols)
+    if step != 1 or stop - start != t.shape[1] or t.shape[1] == cols:
+        return None
+    return t.inputs[0], start, cols
 
 
 def _members(lowering) -> dict:

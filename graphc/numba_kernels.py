@@ -61,12 +61,15 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
     ``C`` once per row.  ``accumulate[m]``: None for an output stored per element, else
     output ``m`` is a sum over the outer loop in ``accumulator_dtype(work)``: ``"column"``
     adds row i into ``out[j]`` (n1 entries), ``"full"`` (partial sums of a full sum) into
-    ``out[(i // ACC_ROWS) * n1 + j]`` (one row of n1 per block of ACC_ROWS rows).  With any
-    ``R``/``C`` operand or accumulator the loop is ``(n0, n1)``, else flat over ``n``.  A
+    ``out[(i // ACC_ROWS) * n1 + j]`` (one row of n1 per block of ACC_ROWS rows).  A ``V``
+    operand is full but its rows are ``ld<k>`` elements apart (a column block of a wider
+    matrix, read where it lies: the gates cut from an LSTM's z); each adds a size argument
+    ``ld<k>`` after ``n0, n1``.  With any ``R``/``C``/``V`` operand or accumulator the loop
+    is ``(n0, n1)``, else flat over ``n``.  A
     long body is split in phases (PHASE_COST); the kernel then takes a scratch pointer after
     the operands, of ``spec.scratch`` elements per call.
     """
-    two_d = any(k in "RC" for k in kinds) or any(accumulate)
+    two_d = any(k in "RCV" for k in kinds) or any(accumulate)
     printer = ScalarPrinter(work, {s: f"x{k}" for k, s in enumerate(symbols)},
                             {s for s, d in zip(symbols, operand_dtypes) if d == "bool"})
     body, stores = _fused_statements(printer, bound, exprs, accumulate, two_d)
@@ -74,6 +77,7 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
     loops, slots = _phase_loops(phases, body, stores, kinds, operand_dtypes, work, printer,
                                 two_d)
     sizes = ["n0", "n1"] if two_d else ["n"]
+    sizes += [f"ld{k}" for k, kind in enumerate(kinds) if kind == "V"]
     lines = _fused_loop_nest(loops, len(exprs), kinds, operand_dtypes, work, printer, sizes,
                              bool(slots), "full" in accumulate)
     header = _fused_header(label, steps_text, len(phases), kinds, operand_dtypes, work,
@@ -123,8 +127,9 @@ def _fused_loop_nest(loops, n_outputs: int, kinds, operand_dtypes, work: str, pr
     lines = [f"def kernel({', '.join(outs + operands + (['t'] if scratch else []) + sizes)}):"]
     lines += [f"    x{k} = {_load(k, '[0]', operand_dtypes, work, printer)}"
               for k, kind in enumerate(kinds) if kind == "S"]
-    if len(sizes) == 2:  # the (n0, n1) loop
+    if len(sizes) >= 2:  # the (n0, n1) loop
         lines += ["    for i in range(n0):", "        base = i * n1"]
+        lines += [f"        base{k} = i * ld{k}" for k, kind in enumerate(kinds) if kind == "V"]
         if full:
             lines.append(f"        row = (i // {ACC_ROWS}) * n1")
         lines += [f"        x{k} = {_load(k, '[i]', operand_dtypes, work, printer)}"
@@ -251,9 +256,9 @@ def _live(ks, body, wanted) -> list[int]:
 def _phase_body(ks, body, stores, kinds, operand_dtypes, work, printer, two_d, reload=(),
                 keep=(), slot=None) -> list[str]:
     used = set().union(*(body[k][2] for k in ks), *(s[2] for s in stores))
-    index = {"F": "[base + j]", "R": "[j]"} if two_d else {"F": "[j]"}
+    index = {"F": "[base + j]", "R": "[j]", "V": "[base{k} + j]"} if two_d else {"F": "[j]"}
     reload = dict(reload)
-    lines = [f"x{k} = {_load(k, index[kind], operand_dtypes, work, printer)}"
+    lines = [f"x{k} = {_load(k, index[kind].format(k=k), operand_dtypes, work, printer)}"
              for k, kind in enumerate(kinds) if kind in index and f"x{k}" in used]
     lines += [f"{name} = t[{n * TILE} + jj]" for name, n in reload.items() if name in used]
     lines += [f"{body[k][0]} = {body[k][1]}" for k in ks]

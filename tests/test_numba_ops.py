@@ -13,6 +13,7 @@ is compiled once; shapes are small because compile time, not data, is the cost.
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -243,6 +244,37 @@ def test_a_sum_within_rows_is_numpys_to_the_bit(dtype):
     v = rng.uniform(0, 1e10, (1, 1000, 13, 13)).astype(dtype)
     got = gc.compile(gc.sum(x, axis=(2, 3)), backend="numba")(x=v)
     np.testing.assert_array_equal(got, np.add.reduce(v, axis=(2, 3)))
+
+
+@pytest.mark.parametrize("batch", [3, 8192])  # 8192 x 32: kernels split over threads
+def test_a_kernel_reads_column_blocks_where_they_lie(batch):
+    """An LSTM's gates cut from z (z[:, a:b], rows 4H apart) are V operands: the kernel
+    reads z in place, no contiguous copy of each gate, and computes what it computes from
+    the gates given as arrays of their own, to the bit."""
+    H = 32
+    def cell(gates, c):
+        i, f, g, o = (gc.sigmoid(gates[0]), gc.sigmoid(gates[1]), gc.tanh(gates[2]),
+                      gc.sigmoid(gates[3]))
+        c2 = f * c + i * g
+        return [o * gc.tanh(c2), c2]
+    z, c = gc.input("z", (batch, 4 * H)), gc.input("c", (batch, H))
+    parts = [gc.input(f"z{k}", (batch, H)) for k in range(4)]
+    f = gc.compile(cell([z[:, k * H:(k + 1) * H] for k in range(4)], c), backend="numba")
+    g = gc.compile(cell(parts, c), backend="numba")
+    assert re.search(r"k_fused_\w+_f32_[FSRC]*V[FSRCV]*_", f.source)  # the kernel's kinds
+    assert not re.search(r"(_contig\(|_c\[\.\.\.\] = )v\d+_index", f.source)  # no copies
+    rng = np.random.default_rng(3)
+    zv = rng.standard_normal((batch, 4 * H)).astype(np.float32)
+    cv = rng.standard_normal((batch, H)).astype(np.float32)
+    got = f(z=zv, c=cv)
+    want = g(c=cv, **{f"z{k}": np.ascontiguousarray(zv[:, k * H:(k + 1) * H])
+                      for k in range(4)})
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    ref = gc.compile(cell([z[:, k * H:(k + 1) * H] for k in range(4)], c),
+                     backend="numpy")(z=zv, c=cv)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
 
 
 def test_gather_and_its_gradient():
