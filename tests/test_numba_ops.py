@@ -206,6 +206,10 @@ def _extra_cases():
         "big-elementwise": (lambda x, y: gc.maximum(x * y - 1.0, y) / (x + 3.0),
                             [(70, 90), (90,)]),
         "scalar-graph": (lambda x: gc.tanh(x) * gc.exp(x), [()]),
+        # a batch times one matrix: one GEMM over the batch's rows (a strided batch copied)
+        "batch-matmul-matrix": (lambda x, w: gc.tanh(x @ w), [(4, 3, 5), (5, 6)]),
+        "batch-first-matmul-matrix": (lambda x, w: gc.tanh(gc.transpose(x, (1, 0, 2)) @ w),
+                                      [(3, 4, 5), (5, 6)]),
     }
 
 
