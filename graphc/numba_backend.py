@@ -151,6 +151,9 @@ class LoopRunner:
             return [arrays[i]] + [a for a, _ in links[1:-1]], [p for _, p in links[:-1]]
         n_c, n_x = len(self.loop.carry), len(self.loop.xs)
         a = arrays[n_c + i] if kind == "x" else arrays[n_c + n_x + i]
+        if kind == "const" and not a.flags.c_contiguous:  # (a transposed weight) once,
+            keep.append(np.ascontiguousarray(a))          # not through BLAS's flag each step
+            a = keep[-1]
         base = 0
         if reads:
             keep.append(np.ascontiguousarray(a))
