@@ -121,6 +121,7 @@ class Lowering:
         self.lowered: dict[str, int] = {}
         self.fused: dict = {}  # fused group instances (numba_fused.FusedInstance)
         self.fused_members: dict | None = None  # their nodes, by instance (numba_fused)
+        self.matmul_reads: dict | None = None  # matmuls reading each node (numba_rules)
         self.fused_specs: dict = {}  # their kernels, by group, outputs and operand kinds
         self.calls = 0  # kernel calls per run
         self.scans: dict | None = None  # scan instances: their outputs (rule_scan)

@@ -19,7 +19,7 @@ from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2dGrad
 from .numba_lowering import Choice, Lowering
 from .numba_runtime import _Evaluate
 from .shape_ops import Index
-from .structured_ops import LogSoftmax, LogSumExp, Softmax
+from .structured_ops import LogSoftmax, LogSumExp, MatMul, Softmax
 
 # Measured on the reference machine (AVX-512, 2 cores; docs/codegen.md): for one
 # arithmetic op (add, mul, max, compare, bias add) a generated kernel is 1.3-2x faster than
@@ -266,11 +266,36 @@ def rule_reshape(lowering, t):
     return Choice("view", emit, "view")
 
 
+# A transposed matrix that this many matmuls read (an unrolled RNN's Whᵀ in each step's
+# backward) is copied once, contiguous: BLAS reads it through its transpose flag slower
+# (32x512 @ 512x128 float32: 39 us through the flag, 26 from a copy; AVX-512 EPYC), and
+# one copy is cheaper than the difference from a few reads on (a single read: 0.97-5.7x
+# slower with the copy, docs/perf.md).
+TRANSPOSE_COPY_READS = 4
+
+
 def rule_transpose(lowering, t):
+    if t.ndim == 2 and _matmul_reads(lowering).get(id(t), 0) >= TRANSPOSE_COPY_READS:
+        def copy(L, t, out):
+            L.line(f"np.copyto({out}, {L.arg(t.inputs[0])}.transpose({t.op.perm!r}))")
+        return Choice("buffer", copy)
+
     def emit(L, t, out):
         x = L.value(t.inputs[0])
         L.view(t, f"{x.var}.transpose({t.op.perm!r})", x, False)
     return Choice("view", emit, "view")
+
+
+def _matmul_reads(lowering) -> dict:
+    """How many matmuls of the graph read each node (counted once per lowering)."""
+    reads = lowering.matmul_reads
+    if reads is None:
+        reads = lowering.matmul_reads = {}
+        for node in lowering.nodes:
+            if isinstance(node.op, MatMul):
+                for i in node.inputs:
+                    reads[id(i)] = reads.get(id(i), 0) + 1
+    return reads
 
 
 def rule_broadcast_to(lowering, t):
