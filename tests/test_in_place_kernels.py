@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from test_memory import mlp_step  # a ReLU MLP's training step: outputs and feeds
 
 import graphc as gc
 from graphc.numba_lowering import Lowering
@@ -21,24 +22,6 @@ def without_variants(monkeypatch, outputs, **options):
     with monkeypatch.context() as m:
         m.setattr(Lowering, "in_place", lambda self, t, spec, *args: self.kernel(t, spec))
         return gc.compile(outputs, backend="numba", **options)
-
-
-def mlp_step(batch=16, widths=(20, 16, 16, 3)):
-    x = gc.input("x", (batch, widths[0]))
-    labels = gc.input("labels", (batch,), "int64")
-    h, params = x, []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
-        W, b = gc.param(f"W{i}", (fan_in, fan_out)), gc.param(f"b{i}", (fan_out,))
-        h = h @ W + b
-        h = gc.relu(h) if i < len(widths) - 1 else h
-        params += [W, b]
-    loss = gc.softmax_cross_entropy(h, labels)
-    rng = np.random.default_rng(0)
-    feeds = {"x": rng.standard_normal((batch, widths[0])).astype(np.float32),
-             "labels": rng.integers(0, widths[-1], batch)}
-    feeds.update({p.op.label: (0.1 * rng.standard_normal(p.shape)).astype(np.float32)
-                  for p in params})
-    return [loss, *gc.grad(loss, params)], feeds
 
 
 def variants(source: str) -> list[str]:
@@ -52,7 +35,7 @@ def in_place_lines(source: str) -> list[str]:
 
 
 def test_a_fused_kernel_over_its_operand_writes_through_the_operand(monkeypatch):
-    outputs, feeds = mlp_step()
+    outputs, feeds = mlp_step(16, (20, 16, 16, 3))
     f = gc.compile(outputs, backend="numba")
     g = without_variants(monkeypatch, outputs)
     # bias + ReLU over the matmul it reads; ReLU's derivative over the gradient it reads
