@@ -1,6 +1,7 @@
 """Peak memory of one training step: graphc's memory plan against PyTorch eager.
 
     python benchmarks/memory_plan.py [W1 W2 ...] [--no-remat]
+    python benchmarks/memory_plan.py [W1 W2 ...] --train
 
 For each workload (loss and all gradients, float32): the memory pass's figures for the
 optimized graph (``planned``: buffers reused once dead and written in place, plus the
@@ -17,6 +18,11 @@ A second table measures rematerialization (``passes/remat.py``, off by default):
 planned peak and the forward values kept for the backward with the default pipeline and
 with ``REMAT_PIPELINE``, and the median ms per step of each on the Numba backend
 (``--no-remat``: not run).
+
+``--train`` instead times whole training steps (``make_train_step`` with SGD + momentum
+and with Adam), with new arrays per step and with parameters and optimizer state updated
+in place (``in_place=True``, ``gc.compile``'s ``donate``): planned peak MB of each, and
+CPU ms per step of each in alternating rounds in one process (set OPENBLAS_NUM_THREADS=1).
 """
 
 from __future__ import annotations
@@ -129,6 +135,53 @@ def remat_table(names) -> None:
               f"{m['planned'] / 1e6:>10.2f}{m['kept'] / 1e6:>11.2f}{m['ms']:>10.3f}")
 
 
+def train_figures(problem, optimizer, rounds: int = 20) -> dict:
+    """A whole training step (``make_train_step``: loss, gradients and the optimizer's
+    update) built twice, ``in_place=False`` and ``True``: each one's planned peak, the
+    outputs written over the step's own arrays, the median CPU ms per step over
+    ``rounds`` alternating rounds of 5 steps (each of the two runs first in turn), and
+    whether their parameters and state are bitwise equal after all of them."""
+    from graphc import train
+    steps = [train.make_train_step(problem.loss, optimizer, list(problem.wrt),
+                                   backend="numba", in_place=flag) for flag in (False, True)]
+    batch = {n: v for n, v in problem.feeds.items() if n in steps[0].data_inputs}
+    times: list[list[float]] = [[], []]
+    for s in steps:
+        s(batch)
+    for r in range(rounds):
+        for k in ((0, 1) if r % 2 else (1, 0)):
+            start = time.process_time()
+            for _ in range(5):
+                steps[k](batch)
+            times[k].append((time.process_time() - start) / 5)
+    a, b = steps
+    equal = all(np.array_equal(a.values[n], b.values[n]) for n in a.values) and \
+        all(np.array_equal(a.opt_state[n], b.opt_state[n]) for n in a.opt_state)
+    return {"planned": a.fn.stats["planned_peak_bytes"],
+            "in place": b.fn.stats["planned_peak_bytes"], "donated": b.fn.stats["donated"],
+            "ms": statistics.median(times[0]) * 1e3,
+            "in place ms": statistics.median(times[1]) * 1e3, "equal": equal}
+
+
+def train_table(names) -> None:
+    """``--train``: :func:`train_figures` for SGD with momentum and Adam."""
+    from graphc import optim
+    print("whole training step, new arrays per step vs in place (MB planned, CPU ms/step)")
+    print(f"{'':12}{'planned':>10}{'in place':>10}{'donated':>9}{'ms':>9}{'in pl ms':>10}"
+          f"{'ratio':>7}  bitwise equal")
+    for name in names:
+        for label, opt in (("SGD", optim.SGD(lr=0.01, momentum=0.9)),
+                           ("Adam", optim.Adam(lr=1e-3))):
+            d = train_figures(workloads.WORKLOADS[name].problem(), opt)
+            print(f"{name + ' ' + label:<12}{d['planned'] / 1e6:>10.2f}"
+                  f"{d['in place'] / 1e6:>10.2f}{d['donated']:>9}{d['ms']:>9.3f}"
+                  f"{d['in place ms']:>10.3f}{d['in place ms'] / d['ms']:>7.3f}  {d['equal']}")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main([a for a in args if a != "--no-remat"] or ["W1", "W2"], "--no-remat" not in args)
+    names = [a for a in args if not a.startswith("--")] or ["W1", "W2"]
+    if "--train" in args:
+        train_table(names)
+    else:
+        main(names, "--no-remat" not in args)

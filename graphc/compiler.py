@@ -79,6 +79,25 @@ def _array(name: str, t, value) -> np.ndarray:
     return array
 
 
+def _donations(donate, inputs, n_outputs: int) -> dict:
+    """``compile``'s ``donate`` (a name, names, or ``{name: output position}`` of
+    ``inputs``), checked, as ``{name: output position or None}``."""
+    pairs = dict(donate) if isinstance(donate, dict) else \
+        dict.fromkeys([donate] if isinstance(donate, str) else donate)
+    known = {t.op.label for t in inputs}
+    unknown = [n for n in pairs if n not in known]
+    if unknown:
+        raise ValueError(f"compile: donate names {', '.join(map(repr, unknown))}, not an "
+                         f"input of the graph; its inputs are "
+                         f"{', '.join(map(repr, sorted(known, key=str))) or 'none'}")
+    wrong = {n: k for n, k in pairs.items() if k is not None and
+             not (isinstance(k, int) and 0 <= k < n_outputs)}
+    if wrong:
+        raise ValueError(f"compile: donate maps {wrong} to no output; the outputs are "
+                         f"positions 0 to {n_outputs - 1}")
+    return pairs
+
+
 def _np_kind_name(dtype: np.dtype) -> str:
     return {"b": "bool", "i": "int64", "u": "int64", "f": "float64"}[dtype.kind]
 
@@ -131,12 +150,13 @@ class CompiledFunction:
     labels fed to a loss are checked against its number of classes.
     """
 
-    def __init__(self, outputs, backend: str, passes=()):
+    def __init__(self, outputs, backend: str, passes=(), donate=()):
         from .passes import pipeline  # graphc.passes imports graphc: import late
         start = time.perf_counter()
         from .passes.autodiff import differentiated_from
         given = check_graph(Graph(outputs))
         self.inputs = given.inputs
+        self.donate = _donations(donate, given.inputs, len(given.outputs))
         self.accepted = differentiated_from(given.nodes)
         self._feed_checks = tuple({id(r): r for t in given.nodes for r in t.meta or ()
                                    if hasattr(r, "check_feeds")}.values())
@@ -147,7 +167,7 @@ class CompiledFunction:
         self._program = None
         if backend == "numba":  # imported here: `import graphc` does not load Numba
             from .numba_backend import compile_graph
-            self._program = compile_graph(self.graph)
+            self._program = compile_graph(self.graph, donate=self.donate)
             self.source = self._program.source
         elif backend == "cuda":
             from .cuda_backend import compile_graph as compile_cuda
@@ -245,12 +265,13 @@ class DynamicFunction:
     compiled function); ``graph``, ``source`` and ``stats`` describe the latest one
     (before the first call: the graph as given)."""
 
-    def __init__(self, outputs, backend: str, passes, given):
+    def __init__(self, outputs, backend: str, passes, given, donate=()):
         from .passes.autodiff import differentiated_from
         self.outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
         self.single = not isinstance(outputs, (list, tuple))
         self.backend, self.passes = backend, passes
         self.inputs = given.inputs
+        self.donate = _donations(donate, given.inputs, len(given.outputs))
         self.dynamic = [t for t in given.inputs if is_dynamic(t.shape)]
         self.accepted = differentiated_from(given.nodes)
         self.specialised: dict[tuple, object] = {}
@@ -297,10 +318,11 @@ class DynamicFunction:
                 fed = ", ".join(f"{n!r} {s}" for n, s in shapes.items())
                 raise FeedError(f"feeds of shapes {fed} do not fit the graph: {err}") from None
             fn = CompiledFunction(outs if not self.single else outs[0], self.backend,
-                                  self.passes)
+                                  self.passes, self.donate)
             self.specialised[key] = fn
         self._latest = fn
-        return fn({n: arrays[n] for n in fn.input_names if n in arrays})
+        return fn({n: kwargs[n] if n in self.donate else arrays[n]  # donated: as fed
+                   for n in fn.input_names if n in arrays})
 
     def _bind(self, shapes) -> None:
         seen: dict[str, tuple[int, str]] = {}
@@ -321,7 +343,7 @@ class DynamicFunction:
 
 
 def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
-            optimize: bool = True) -> CompiledFunction:
+            optimize: bool = True, donate=()) -> CompiledFunction:
     """Compile ``outputs`` (a tensor or a list of tensors) into a callable.
 
     ``backend``: ``"numpy"`` (the reference interpreter), ``"numba"`` (CPU, the default) or
@@ -332,6 +354,16 @@ def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
     ``graphc.passes.pipeline.PASSES`` or functions ``Graph -> Graph``); by default
     ``DEFAULT_PIPELINE`` (simplify, cse, fusion, dce, memory).  ``optimize=False`` runs
     none.  ``print(f.stats)`` shows what each pass did.
+
+    ``donate``: names of inputs whose fed arrays a call may write over (default none:
+    feeds are never modified), or ``{name: output position}`` to say which output should
+    take each.  On the Numba backend an output that is computed
+    elementwise from a donated input, which nothing reads afterwards, is then written
+    into that array and returned as it (``f.stats["donated"]`` counts them): a training
+    step updates its parameters and optimizer state in place.  A donated feed that is not
+    a writable, contiguous array owning its data, or that another feed views, is copied
+    first and left as it was; the other backends copy.  After a call, a donated array
+    holds either its value or an output, so keep what you need from it.
 
     >>> import graphc as gc, numpy as np
     >>> x = gc.input("x", (3,))
@@ -353,5 +385,5 @@ def compile(outputs, backend: str = "numba", *, passes=None,  # noqa: A001
     listed = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     if any(is_dynamic(leaf.shape) for t in listed if hasattr(t, "leaves")
            for leaf in t.leaves.values()):  # specialised per feed shape
-        return DynamicFunction(outputs, backend, passes, check_graph(Graph(outputs)))
-    return CompiledFunction(outputs, backend, passes)
+        return DynamicFunction(outputs, backend, passes, check_graph(Graph(outputs)), donate)
+    return CompiledFunction(outputs, backend, passes, donate)

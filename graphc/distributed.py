@@ -26,6 +26,7 @@ import numpy as np
 from . import nn
 from .compiler import compile
 from .errors import CheckpointError, GraphError
+from .graph import Graph
 from .inputs import input
 from .ir import Tensor, iter_nodes
 from .optim import LR_INPUT, STEP_INPUT
@@ -140,8 +141,10 @@ class Plan:
         update = step.optimizer.build(self.trained, grad_inputs)
         self.grad_names = [g.op.label for g in grad_inputs]
         self.slot_names = list(update.new_slots)
-        self.update_fn = compile([*update.new_params.values(), *update.new_slots.values()],
-                                 self.backend)
+        new = [*update.new_params.values(), *update.new_slots.values()]
+        inputs = {t.op.label for t in Graph(new).inputs}  # the step's arrays: updated in place
+        self.update_fn = compile(new, self.backend, donate={
+            n: k for k, n in enumerate([*update.new_params, *update.new_slots]) if n in inputs})
         self.lr_dtype = update.lr.dtype
 
     def split(self, results):

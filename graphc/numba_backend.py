@@ -205,10 +205,11 @@ RULES = {
 }
 
 
-def compile_graph(graph: Graph, body: bool = False) -> NumbaProgram:
+def compile_graph(graph: Graph, body: bool = False, donate=()) -> NumbaProgram:
     """Lower ``graph`` for the Numba backend (``body``: as a scan's body, see
-    :class:`~graphc.numba_lowering.Lowering`)."""
-    lowering = Lowering(graph, RULES, rule_numpy, body)
+    :class:`~graphc.numba_lowering.Lowering`; ``donate``: names of inputs whose fed arrays
+    outputs may be computed over, ``gc.compile``'s ``donate``)."""
+    lowering = Lowering(graph, RULES, rule_numpy, body, donate)
     program = lowering.run()
     if "blas_ready" in lowering.namespace:  # it calls BLAS: which one (graphc/blas.py)
         program.stats["blas"] = blas.info()

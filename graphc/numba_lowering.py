@@ -91,9 +91,13 @@ class Lowering:
     its data (``p<name>``), then for each output an array to write it into and its address,
     and returns nothing; no buffer is allocated and no address looked up per call."""
 
-    def __init__(self, graph: Graph, rules: dict, default, body: bool = False):
+    def __init__(self, graph: Graph, rules: dict, default, body: bool = False, donate=()):
         self.graph = graph
         self.body = body
+        # inputs (by name) the call may write over: {name: the output position meant to
+        # take it, or None}
+        self.donate = donate if isinstance(donate, dict) else dict.fromkeys(donate)
+        self.donated_to: dict = {}  # id(output) -> the donated input it is written over
         # scratch, partial sums and copies a kernel reads: the program's own buffers up to
         # this size; a body's always (allocating one per step costs more than it holds)
         self.stage_limit = 1 << 62 if body else STAGE_BYTES
@@ -154,17 +158,29 @@ class Lowering:
         storage = {id(t): c.storage for t, c in zip(self.nodes, map(choices.get, map(id,
                    self.nodes))) if c is not None}
         storage.update((k, "none") for k in folded)
-        plan = plan_memory(self.nodes, self.graph.outputs, storage=storage)
+        outputs = self.graph.outputs
+        donated = {id(t): None if self.donate[t.op.label] is None else
+                   id(outputs[self.donate[t.op.label]]) for t in self.nodes
+                   if isinstance(t.op, Input) and t.op.label in self.donate}
+        plan = plan_memory(self.nodes, self.graph.outputs, storage=storage, donated=donated)
+        self.plan_figures = plan.figures
         self.emit(choices, folded, plan)
         self.load_kernels()
         return self.finish(plan, folded)
 
     def emit(self, choices, folded, plan):
+        self.donated_to = {o: self.nodes[k] for o, k in plan.donated_to.items()}
         self.hosts(plan)
         self.slot_of, self.offset_of = plan.slot_of, plan.offset_of
+        given = {id(x) for x in self.donated_to.values()}
+        feeds = [self.var_name(t) for t in self.nodes if isinstance(t.op, Input)]
         for k, t in enumerate(self.nodes):
             if isinstance(t.op, Input):
-                self.values[id(t)] = Value(t, self.var_name(t), "feed", k, False)
+                var = self.var_name(t)
+                self.values[id(t)] = Value(t, var, "feed", k, id(t) in given)
+                if id(t) in given:  # written over by an output: its own, contiguous array
+                    others = "".join(f"{n}, " for n in feeds if n != var)
+                    self.line(f"{var} = _donated({var}, ({others}))")
                 continue
             if id(t) in folded:
                 self.values[id(t)] = self.constant(t, folded[id(t)])
@@ -212,6 +228,12 @@ class Lowering:
             return self.values[id(t)]
         if id(t) not in self.outputs:
             value = Value(t, var, "pool", self.index[id(t)], True)
+        elif id(t) in self.donated_to:  # computed in place over a donated feed's array
+            value = Value(t, var, "fresh", self.index[id(t)], True)
+            feed = self.values[id(self.donated_to[id(t)])]
+            self.line(f"{var} = {feed.var}  # donated: written in place")
+            value.pointer = self.pointer(feed)
+            self.pointer_slots[value.pointer] = ("donated", feed.var)
         elif self.body:
             value = Value(t, var, "out", self.index[id(t)], True)
         elif 0 < t.size * np.dtype(t.dtype).itemsize <= STAGE_BYTES:

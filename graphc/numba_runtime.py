@@ -92,9 +92,20 @@ def run_parallel(fn, threads: int, pointers, steps, sizes, chunk_steps=None) -> 
         f.result()
 
 
+def donated(a: np.ndarray, others) -> np.ndarray:
+    """``a``, a donated feed, when a call may write over it: a writable, aligned,
+    C-contiguous array that owns its data and that no other feed is or views; else a copy
+    of it that is (the call then leaves ``a`` as it was)."""
+    flags = a.flags
+    if a.base is None and flags.c_contiguous and flags.writeable and flags.aligned and \
+            all(b is not a and b.base is not a for b in others):
+        return a
+    return np.array(a, order="C", copy=True)
+
+
 # the names every program reads, besides those its prelude defines
 _GLOBALS = {"np": np, "_addr": _addr, "_waddr": _waddr, "_contig": np.ascontiguousarray,
-            "_parallel": run_parallel}
+            "_parallel": run_parallel, "_donated": donated}
 
 
 # a NumPy call in the orchestrator that may compute (not an allocation, copy or view)
@@ -159,6 +170,10 @@ class NumbaProgram:
             "lowered": dict(lowering.lowered),
             "kernel_calls": lowering.calls,
         }
+        if lowering.donate:  # the plan with outputs written over donated feeds
+            figures = lowering.plan_figures
+            self.stats.update({k: figures[k] for k in
+                               ("planned_peak_bytes", "donated", "donated_bytes")})
 
     def _kernel_appendix(self) -> str:
         if not self.kernels:

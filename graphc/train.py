@@ -65,10 +65,14 @@ class TrainStep:
     optimizer state, learning rate and step count, swaps in the new values and returns
     ``{"loss": float, metric: float, ...}``.  ``values`` holds every parameter and state
     array by name, ``opt_state`` the optimizer's, ``step`` the number of steps taken.
+    The step owns these arrays and, on the Numba backend, writes the new values over the
+    old ones (``gc.compile``'s ``donate``), as ``torch.optim`` updates in place: copy an
+    array of ``values`` or ``params`` to keep it past the next step.
     """
 
     def __init__(self, loss, optimizer: Optimizer, params=None, *, metrics=None, updates=None,
-                 state=None, carry=None, backend=None, seed=0, initial=None):
+                 state=None, carry=None, backend=None, seed=0, initial=None,
+                 in_place=True):
         if not isinstance(loss, Tensor) or loss.shape != ():
             raise GraphError(located("make_train_step: loss must be a scalar tensor"))
         self.optimizer, self.seed, self.step = optimizer, seed, 0
@@ -85,7 +89,13 @@ class TrainStep:
         outputs = [*self.metrics.values(), *self.update.new_params.values(),
                    *self.update.new_slots.values(), *self.updates.values(),
                    *self.carry_out.values()]
-        self.fn = compile(outputs, backend)  # the step's one compiled function
+        # the step's one compiled function, writing the new parameters and state over
+        # the arrays of the old ones where it can (compile's donate; the step owns them)
+        inputs = {t.op.label for t in Graph(outputs).inputs}
+        owned = [*self.update.new_params, *self.update.new_slots, *self.updates,
+                 *self.carry_out]  # the outputs after the metrics, each its input's update
+        self.fn = compile(outputs, backend, donate={
+            n: len(self.metrics) + k for k, n in enumerate(owned) if n in inputs and in_place})
         self._init_values(initial, state, seed)
 
     def _init_values(self, initial, state, seed):
@@ -188,7 +198,7 @@ class TrainStep:
 
 def make_train_step(loss, optimizer: Optimizer, params=None, *, metrics=None, model=None,
                     updates=None, state=None, carry=None, backend=None, seed=0,
-                    initial=None) -> TrainStep:
+                    initial=None, in_place=True) -> TrainStep:
     """Compile the forward pass, ``gc.grad(loss, params)`` and ``optimizer``'s update into
     one function.
 
@@ -203,11 +213,15 @@ def make_train_step(loss, optimizer: Optimizer, params=None, *, metrics=None, mo
       long sequence (stateful RNNs, chunked truncated BPTT).
     - ``backend``: as ``gc.compile`` (default: the fastest); ``seed`` seeds the parameter
       initialisation and the dropout masks; ``initial`` overrides initial values.
+    - ``in_place``: write the new parameters and state over the step's own arrays of the
+      old ones (``gc.compile``'s ``donate``; the same results, no new arrays per step);
+      ``False``: new arrays each step, so earlier ones stay as they were.
     """
     if model is not None:
         updates = {**model.state_updates(), **_by_name(updates)}
     return TrainStep(loss, optimizer, params, metrics=metrics, updates=updates, state=state,
-                     carry=carry, backend=backend, seed=seed, initial=initial)
+                     carry=carry, backend=backend, seed=seed, initial=initial,
+                     in_place=in_place)
 
 
 # ---------------------------------------------------------------------------------------

@@ -81,7 +81,9 @@ class MemoryPlan:
     ``slot_bytes``: each slot's size; ``frees[k]``: the storage roots whose last use (by
     the node itself, a view of it or an output) is step ``k``; ``in_place``: the nodes
     that write over an operand's slot; ``host_of[id(t)]``: for a node stored in an
-    output's fresh array instead of a slot, ``(position of the output, byte offset)``."""
+    output's fresh array instead of a slot, ``(position of the output, byte offset)``;
+    ``donated_to[id(t)]``: for an output computed in place over a donated input's array,
+    the position of that input."""
 
     order: list
     root: dict
@@ -93,6 +95,7 @@ class MemoryPlan:
     host_of: dict = field(default_factory=dict)
     offset_of: dict = field(default_factory=dict)
     values: dict = field(default_factory=dict)  # root -> positions of it and its views
+    donated_to: dict = field(default_factory=dict)  # id(output) -> position of its input
 
     @property
     def bytes(self) -> int:
@@ -117,29 +120,22 @@ def default_storage(t: Tensor) -> str:
 
 
 def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None,
-         host: bool = True) -> MemoryPlan:
+         host: bool = True, donated=()) -> MemoryPlan:
     """The memory plan of ``nodes`` run in this order (see the module docstring), fused
     group instances made adjacent (``lowering.group_order``).  ``storage``: by ``id``, a
     backend's own choice for a node, ``buffer``, ``view``, ``alloc`` (storage of its own
     that the backend allocates, not a slot) or ``none`` (folded into a constant); the
     others get :func:`default_storage`.  ``host``: values may live in the storage of an
-    output written after they die (:func:`pack`)."""
+    output written after they die (:func:`pack`).  ``donated``: ``{id(input): id(output)
+    or None}``, inputs whose fed arrays the call may write over (with the output that
+    should take each, None: any): an output is computed in place over one
+    (:func:`_donations`, ``plan.donated_to``) instead of into an array of its own."""
     order = group_order(nodes)
     kind = [(storage or {}).get(id(t)) or default_storage(t) for t in order]
-    root: dict[int, int] = {}
-    for k, t in enumerate(order):
-        root[id(t)] = root[id(t.inputs[0])] if kind[k] == "view" else k
-    last: dict[int, int] = {}
-    for k, t in enumerate(order):
-        for i in t.inputs:
-            last[root[id(i)]] = k
+    root, last, frees = _liveness(order, kind, outputs)
     out_ids = {id(t) for t in outputs}
-    for t in outputs:
-        last[root[id(t)]] = len(order)
-    frees: dict[int, list[int]] = {}
-    for r, k in last.items():
-        frees.setdefault(k, []).append(r)
     dies = _dies_at(order)
+    donated_to = _donations(order, kind, out_ids, root, last, dies, donated)
     owns = [c in ("buffer", "alloc") for c in kind]
     nbytes = [t.nbytes if owns[k] else 0 for k, t in enumerate(order)]
     slotted = [c == "buffer" and id(t) not in out_ids for c, t in zip(kind, order)]
@@ -162,7 +158,9 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None,
         for r in frees.get(k, ()):
             if owns[r]:
                 live -= nbytes[r]
-    where = pack(chains, nbytes, last, _hosts(order, kind, out_ids) if host else {})
+    hosts = _hosts(order, kind, out_ids) if host else {}
+    where = pack(chains, nbytes, last, {k: h for k, h in hosts.items()
+                                        if id(order[k]) not in donated_to})
     hosted = {k: w for k, w in where.items() if w[0] != ARENA}
     rest = {k: members for k, members in chains.items() if k not in hosted}
     arena = ({k: (0, where[k][1]) for k in rest},
@@ -174,13 +172,33 @@ def plan(nodes, outputs, inplace: bool = True, storage: dict | None = None,
     offset_of = {id(order[k]): place[first[k]][1] for k in first if first[k] in place}
     host_of = {id(order[k]): hosted[first[k]] for k in first if first[k] in hosted}
     outputs_bytes = sum(order[root[id(t)]].nbytes for t in {id(t): t for t in outputs}.values()
-                        if owns[root[id(t)]])
+                        if owns[root[id(t)]] and id(order[root[id(t)]]) not in donated_to)
     figures = {"planned_peak_bytes": int(sum(sizes)) + outputs_bytes,
                "naive_peak_bytes": naive, "peak_live_bytes": peak, "buffers": len(sizes),
                "buffer_bytes": int(sum(sizes)), "in_place": len(handed),
-               "hosted": len(host_of)}
+               "hosted": len(host_of), "donated": len(donated_to),
+               "donated_bytes": sum(order[k].nbytes for k in donated_to.values())}
     return MemoryPlan(order, root, slot_of, sizes, frees, len(handed), figures, host_of,
-                      offset_of)
+                      offset_of, donated_to=donated_to)
+
+
+def _liveness(order, kind, outputs) -> tuple[dict, dict, dict]:
+    """``(root, last, frees)``: by ``id``, the position owning each node's storage (itself,
+    or a view's operand's root); by root, the last step reading it or a view of it
+    (``len(order)`` for outputs); by step, the roots whose last use it is."""
+    root: dict[int, int] = {}
+    for k, t in enumerate(order):
+        root[id(t)] = root[id(t.inputs[0])] if kind[k] == "view" else k
+    last: dict[int, int] = {}
+    for k, t in enumerate(order):
+        for i in t.inputs:
+            last[root[id(i)]] = k
+    for t in outputs:
+        last[root[id(t)]] = len(order)
+    frees: dict[int, list[int]] = {}
+    for r, k in last.items():
+        frees.setdefault(k, []).append(r)
+    return root, last, frees
 
 
 def _at_zero(slot: dict, sizes: list) -> tuple[dict, list]:
@@ -195,6 +213,29 @@ def _dies_at(order) -> dict[int, int]:
         if isinstance(t.op, Fused):
             last[instance_key(t)] = k
     return {id(t): last[instance_key(t)] for t in order if isinstance(t.op, Fused)}
+
+
+def _donations(order, kind, out_ids, root, last, dies, donated) -> dict[int, int]:
+    """``{id(output): position of a donated input}``: each output (over FRESH_OUTPUT_BYTES,
+    stored in a buffer) that may write over the fed array of a donated input it reads once
+    at the positions it writes (:func:`in_place_ok`) and that nothing reads afterwards, the
+    view of an input included; each input given to one output at most."""
+    if not donated:
+        return {}
+    given: dict[int, int] = {}
+    taken: set[int] = set()
+    for k, t in enumerate(order):
+        if id(t) not in out_ids or kind[k] != "buffer" or t.nbytes <= FRESH_OUTPUT_BYTES:
+            continue
+        ok = [root[id(x)] for x in t.inputs if order[root[id(x)]] is x
+              and donated.get(id(x), 0) in (id(t), None) and root[id(x)] not in taken
+              and last.get(root[id(x)]) == dies.get(id(t), k) and in_place_ok(t, x)
+              and sum(i is x for i in t.inputs) == 1]
+        if ok:  # the input meant for this output first
+            r = min(ok, key=lambda r: donated[id(order[r])] is None)
+            given[id(t)] = r
+            taken.add(r)
+    return given
 
 
 def _hosts(order, kind, out_ids) -> dict[int, tuple[int, int]]:
