@@ -250,17 +250,24 @@ def instance_key(t: Tensor) -> tuple:
 
 def group_order(nodes) -> list[Tensor]:
     """``nodes`` in a topological order where the outputs of each fused group instance
-    are adjacent (they share their inputs, so the first can compute them all)."""
+    and of each scan run are adjacent (they share their inputs, so the first can compute
+    them all: one kernel, one loop)."""
+    from .scan import Scan
+    from .scan import instance_key as scan_key
+
+    def key(t):
+        return ("fused",) + instance_key(t) if isinstance(t.op, Fused) else \
+            ("scan",) + scan_key(t) if isinstance(t.op, Scan) else None
+
     members: dict[tuple, list] = {}
     for t in nodes:
-        if isinstance(t.op, Fused):
-            members.setdefault(instance_key(t), []).append(t)
+        if key(t) is not None:
+            members.setdefault(key(t), []).append(t)
     order, placed = [], set()
     for t in nodes:
         if id(t) in placed:
             continue
-        group = members.get(instance_key(t)) if isinstance(t.op, Fused) else None
-        for m in group or (t,):
+        for m in members.get(key(t)) or (t,):
             order.append(m)
             placed.add(id(m))
     return order

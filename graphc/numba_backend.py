@@ -77,8 +77,12 @@ def rule_scan(lowering, t):
     if lowering.scans is None:
         lowering.scans = scan_siblings(lowering.nodes)
     members = lowering.scans[scan_key(t)]
+    # a stacked output (ys, residuals) is a buffer of the memory plan the loop writes into
+    # (fresh per call only where it is a graph output): no per-call allocation, whose
+    # pages the OS would fault in again each call; a final carry is the loop's own array
+    storage = "alloc" if t.op.out[0] == "carry" else "buffer"
     if t is not members[0]:
-        return Choice("alloc", None, "loop")
+        return Choice(storage, None, "loop")
 
     def emit(L, t, out):
         from .passes.pipeline import DEFAULT_PIPELINE, run
@@ -92,17 +96,22 @@ def rule_scan(lowering, t):
         L.define(name, LoopRunner(loop, outs, body), note="the scan body below, in a loop")
         L.loop_sources.append(f"\n\n# {'=' * 88}\n# {name}: the scan body, run {loop.length} "
                               f"times (once per step)\n{body.source}")
-        args = ", ".join(L.arg(i) for i in t.inputs)
-        names = []
+        args = [L.arg(i) for i in t.inputs]
+        names, given = [], []
         for m in members:
+            if m.op.out[0] != "carry":  # written into the plan's buffer
+                given.append(L.use(L.result(m)))
+                names.append("_")
+                continue
             value = Value(m, L.var_name(m), "alloc", L.index[id(m)], True)
             L.values[id(m)] = value
             L.defined.add(value.var)
             if id(m) not in L.outputs:
                 L.aux.setdefault(value.root, []).append(value.var)
             names.append(value.var)
-        L.line(f"{', '.join(names)}, = {name}({args})  # {loop.length} steps")
-    return Choice("alloc", emit, "loop")
+        call = f"{name}({', '.join(args)}, out=({''.join(g + ', ' for g in given)}))"
+        L.line(f"{', '.join(names)}, = {call}  # {loop.length} steps")
+    return Choice(storage, emit, "loop")
 
 
 class LoopRunner:
@@ -124,13 +133,18 @@ class LoopRunner:
         self.produced = [("carry", i) for i in range(len(loop.carry))] + \
             [("y", j) for j in range(len(loop.ys))] + [("node", i) for i in extra]
 
-    def __call__(self, *arrays):
+    def __call__(self, *arrays, out=()):
+        """The instance's outputs for ``arrays`` (the scan's inputs); ``out``: the arrays
+        to write its stacked outputs into, in the order of ``outs`` (else new arrays)."""
         loop, order = self.loop, list(self.loop.time_order())
         stacks = {}
+        given = iter(out)
         for kind, i in self.outs:
             if kind != "carry" and (kind, i) not in stacks:
                 t = loop.stacked(kind, i)
-                stacks[(kind, i)] = np.empty((loop.length,) + t.shape, np.dtype(t.dtype))
+                stacks[(kind, i)] = next(given, None)
+                if stacks[(kind, i)] is None:
+                    stacks[(kind, i)] = np.empty((loop.length,) + t.shape, np.dtype(t.dtype))
         chains = [_chain(p, a, stacks.get(("cin", i)), order)
                   for i, (p, a) in enumerate(zip(loop.carry, arrays))]
         if order:
