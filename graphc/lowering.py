@@ -251,13 +251,14 @@ def instance_key(t: Tensor) -> tuple:
 def group_order(nodes) -> list[Tensor]:
     """``nodes`` in a topological order where the outputs of each fused group instance
     and of each scan run are adjacent (they share their inputs, so the first can compute
-    them all: one kernel, one loop)."""
-    from .scan import Scan
-    from .scan import instance_key as scan_key
-
+    them all: one kernel, one loop; a scan's outputs are known, as to the interpreter, by
+    ``evaluate_outputs`` and one ``joint_key``)."""
     def key(t):
-        return ("fused",) + instance_key(t) if isinstance(t.op, Fused) else \
-            ("scan",) + scan_key(t) if isinstance(t.op, Scan) else None
+        if isinstance(t.op, Fused):
+            return ("fused",) + instance_key(t)
+        if hasattr(t.op, "evaluate_outputs"):
+            return ("joint", t.op.joint_key) + tuple(map(id, t.inputs))
+        return None
 
     members: dict[tuple, list] = {}
     for t in nodes:
