@@ -469,9 +469,12 @@ def _source(home: str, spec: KernelSpec) -> str:
 
 
 # A worker runs graphc's modules without graphc/__init__ (SymPy and the rest of the
-# package): the package is an empty module whose path is this directory.
+# package): the package is an empty module whose path is this directory.  It blocks SciPy,
+# which Numba imports for its own BLAS check (numba.np.arraymath, about 0.15 s at every
+# start) and which no kernel needs: graphc's kernels never call BLAS inside Numba.
 _WORKER = """
 import os, sys, types
+sys.modules["scipy"] = None
 package = types.ModuleType("graphc")
 package.__path__ = [sys.argv[1]]
 sys.modules["graphc"] = package
