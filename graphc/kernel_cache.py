@@ -420,6 +420,24 @@ def compile_workers(misses: int) -> int:
     return max(0, min(cpus - 1, misses // KERNELS_PER_WORKER, cap))
 
 
+def compile_plan(misses: int) -> tuple[int, bool]:
+    """``(workers, wait)``: :func:`compile_workers`, and one more in place of this process
+    (``wait``: it compiles only what no worker took) when Numba is not loaded here yet,
+    there are kernels enough for it and ``$GRAPHC_COMPILE_WORKERS`` is not set.  Loading
+    Numba (and the SciPy its BLAS check imports) costs this process 0.3-0.5 s a worker
+    without SciPy does not pay; W1's cold compile, 8 kernels on 2 CPUs, alternating: 1.58,
+    1.58, 1.38 s with this process compiling, 1.30, 1.35, 1.22 s with two workers."""
+    workers = compile_workers(misses)
+    if workers and not _numba_loaded() and misses // KERNELS_PER_WORKER > workers \
+            and not os.environ.get("GRAPHC_COMPILE_WORKERS", "").strip():
+        return workers + 1, True
+    return workers, False
+
+
+def _numba_loaded() -> bool:
+    return "numba" in sys.modules
+
+
 def busy_cpus() -> float:
     """Threads running or ready to run now, this one included (Linux: /proc/loadavg),
     else the 1-minute load average (which lags by up to a minute), else 1."""
@@ -437,17 +455,21 @@ def busy_cpus() -> float:
 def compile_missing(specs, compile_object) -> set[str]:
     """Compile the kernels of ``specs`` that no cache holds and store their objects, so
     that :func:`load` finds them on disk; return their keys.  This process compiles (with
-    ``compile_object``, largest source first) while :func:`compile_workers` worker
-    processes take kernels from the same queue.  A kernel that fails is left out: its
-    :func:`load` compiles it again and reports the error."""
+    ``compile_object``, largest source first) while :func:`compile_plan`'s worker
+    processes take kernels from the same queue (or, told to wait, compiles only what they
+    left).  A kernel that fails is left out: its :func:`load` compiles it again and
+    reports the error."""
     with _LOCK:
         misses = _missing(specs)
-        workers = compile_workers(len(misses))
+        workers, wait = compile_plan(len(misses))
         if not workers:
             return set()
         home = kernel_dir()
         pool = _Pool(sorted(((spec, _source(home, spec)) for spec in misses),
                             key=lambda j: -len(j[0].source)), workers)
+        if wait:  # until the queue is empty and no worker holds a kernel, or none is left
+            with pool.busy:
+                pool.busy.wait_for(lambda: not pool.live or not (pool.jobs or pool.running))
         while (item := pool.take()) is not None:
             spec, path = item
             with contextlib.suppress(Exception):  # load() compiles it again, and reports
@@ -520,9 +542,12 @@ class _Pool:
         self.procs: list = []
         self.busy = threading.Condition()
         self.running = 0  # kernels in workers now
+        self.live = 0  # workers started and not ended
         for _ in range(workers):
             with contextlib.suppress(OSError):  # no worker: this process does it all
                 self.procs.append(start_worker())
+                with self.busy:
+                    self.live += 1
                 threading.Thread(target=self.drive, args=(self.procs[-1],),
                                  daemon=True).start()
 
@@ -553,6 +578,10 @@ class _Pool:
                         self.busy.notify_all()
         except (OSError, ValueError):  # ValueError: finish() closed the pipes
             return
+        finally:
+            with self.busy:
+                self.live -= 1
+                self.busy.notify_all()
 
     def finish(self) -> None:
         """Wait for the kernels in workers, then end every worker (one still starting

@@ -390,6 +390,36 @@ def test_compile_missing_shares_the_kernels_with_workers(fresh_cache, monkeypatc
     assert kernel_cache.compile_missing(specs, native.compile_object) == set()  # all cached
 
 
+@pytest.mark.parametrize("worker", ["works", "cannot start", "dies"])
+def test_a_cold_process_lets_the_workers_compile_and_takes_what_they_leave(
+        fresh_cache, monkeypatch, worker):
+    # Numba not loaded here yet and kernels enough: one more worker, this process waits,
+    # then compiles what no worker took (all of it when the workers cannot start or die)
+    from graphc import numba_native as native
+    monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 1)
+    monkeypatch.delenv("GRAPHC_COMPILE_WORKERS", raising=False)
+    assert kernel_cache.compile_plan(9) == (1, False)  # Numba is loaded in this process
+    monkeypatch.setattr(kernel_cache, "_numba_loaded", lambda: False)
+    assert [kernel_cache.compile_plan(n) for n in (7, 8, 9)] == [(1, False), (2, True),
+                                                                 (2, True)]
+    monkeypatch.setenv("GRAPHC_COMPILE_WORKERS", "1")  # set: as many as it says
+    assert kernel_cache.compile_plan(9) == (1, False)
+    monkeypatch.delenv("GRAPHC_COMPILE_WORKERS")
+    if worker == "cannot start":
+        monkeypatch.setattr(sys, "executable", str(fresh_cache / "no-python"))
+    elif worker == "dies":
+        monkeypatch.setattr(kernel_cache, "_WORKER", "import os; os._exit(3)")
+    specs = [_spec(f"test_wait{k}", f"x[i] * {k + 1}.0", "float64") for k in range(8)]
+    bad = _spec("test_wait_bad", "x[i] +* 1.0", "float64")
+    compiled = kernel_cache.compile_missing(specs[:4] + [bad] + specs[4:], native.compile_object)
+    assert compiled == {s.key for s in specs}
+    x = np.linspace(-1, 1, 7)
+    for k, spec in enumerate(specs):
+        np.testing.assert_array_equal(_run_kernel(spec, x), x * (k + 1))
+    with pytest.raises(SyntaxError):
+        kernel_cache.load(bad, native.compile_object)
+
+
 def test_a_cold_compile_with_workers_counts_and_computes_as_without(fresh_cache, monkeypatch):
     monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 1)
     x = gc.input("x", (5, 7), "float64")
