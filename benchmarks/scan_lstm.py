@@ -1,6 +1,7 @@
 """W4 (LSTM input 64, hidden 128, batch 32) written with gc.scan, against the unrolled W4
 of workloads.py: graph nodes, distinct kernels, cold and warm compile, step time (loss and
-gradients), and PyTorch eager and torch.nn.LSTM in the same run.
+gradients), and PyTorch eager and torch.nn.LSTM in the same run (with oneDNN, whose fused
+LSTM primitive nn.LSTM runs, and with oneDNN off: PyTorch's own loop of per-step GEMMs).
 
     python benchmarks/scan_lstm.py [--steps 50 500] [--repeats 20] [--unrolled] [--nn]
                                    [--threads N]
@@ -169,14 +170,19 @@ def torch_ms(steps: int, repeats: int) -> dict:
     from workloads import lstm_torch, lstm_torch_fused
     _, _, feeds = build(steps, "unrolled" if steps <= 100 else "scan")
     out = {}
-    for name, fn in (("torch eager", lstm_torch), ("torch nn.LSTM", lstm_torch_fused)):
+    for name, fn, onednn in (("torch eager", lstm_torch, True),
+                             ("torch nn.LSTM", lstm_torch_fused, True),
+                             # nn.LSTM's speed is oneDNN's fused LSTM primitive; without
+                             # it, PyTorch's own cell loop (a GEMM per step, like graphc)
+                             ("torch nn.LSTM, oneDNN off", lstm_torch_fused, False)):
         t = {k: torch.tensor(v, requires_grad=k != "xs") for k, v in feeds.items()}
         times = []
-        for _ in range(repeats + 1):
-            s = time.perf_counter()
-            loss = fn(t)
-            torch.autograd.grad(loss, [t["Wx"], t["Wh"], t["b"]])
-            times.append(time.perf_counter() - s)
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            for _ in range(repeats + 1):
+                s = time.perf_counter()
+                loss = fn(t)
+                torch.autograd.grad(loss, [t["Wx"], t["Wh"], t["b"]])
+                times.append(time.perf_counter() - s)
         out[name] = 1e3 * float(np.median(times[1:]))
     return out
 
