@@ -74,9 +74,7 @@ def rule_scan(lowering, t):
     """A scan: the first of an instance's outputs runs the loop and gives them all.  The
     body is optimized and compiled once, as a program of its own whose buffers every step
     reuses; :class:`LoopRunner` calls it once per step."""
-    if lowering.scans is None:
-        lowering.scans = scan_siblings(lowering.nodes)
-    members = lowering.scans[scan_key(t)]
+    members = lowering.once("scans", scan_siblings)[scan_key(t)]
     # a stacked output (ys, residuals) is a buffer of the memory plan the loop writes into
     # (fresh per call only where it is a graph output): no per-call allocation, whose
     # pages the OS would fault in again each call; a final carry is the loop's own array

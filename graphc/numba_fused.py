@@ -39,7 +39,7 @@ class FusedInstance:
     """The outputs of one fused group applied to one set of inputs, and their kernel."""
 
     def __init__(self, lowering: Lowering, first: Tensor):
-        members = _members(lowering)[instance_key(first)]
+        members = lowering.once("fused_members", _group_members)[instance_key(first)]
         self.leader = members[0]  # the first in lowering order computes them all
         # the kernel's outputs in the group's order (canonical: passes.fusion), whatever
         # order the graph gives its nodes, so that instances share it
@@ -231,15 +231,14 @@ def column_block(t: Tensor, domain) -> tuple | None:
     return t.inputs[0], start, cols
 
 
-def _members(lowering) -> dict:
-    """The fused nodes of each group instance, in lowering order (found in one pass)."""
-    members = lowering.fused_members
-    if members is None:
-        members = lowering.fused_members = {}
-        for t in lowering.nodes:
-            if isinstance(t.op, Fused):
-                members.setdefault(instance_key(t), []).append(t)
+def _group_members(nodes) -> dict:
+    """The fused nodes of each group instance, in lowering order."""
+    members: dict[tuple, list] = {}
+    for t in nodes:
+        if isinstance(t.op, Fused):
+            members.setdefault(instance_key(t), []).append(t)
     return members
+
 
 
 def rule_fused(lowering, t):

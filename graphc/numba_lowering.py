@@ -124,11 +124,9 @@ class Lowering:
         self.defined: set[str] = set()
         self.lowered: dict[str, int] = {}
         self.fused: dict = {}  # fused group instances (numba_fused.FusedInstance)
-        self.fused_members: dict | None = None  # their nodes, by instance (numba_fused)
-        self.matmul_reads: dict | None = None  # matmuls reading each node (numba_rules)
         self.fused_specs: dict = {}  # their kernels, by group, outputs and operand kinds
         self.calls = 0  # kernel calls per run
-        self.scans: dict | None = None  # scan instances: their outputs (rule_scan)
+        self.indexes: dict = {}  # what rules find once over the nodes (Lowering.once)
         self.loop_sources: list[str] = []  # the programs of scan bodies, for f.source
         self.prelude: list[str] = []  # the definitions of the names in namespace
         self.slot_of: dict = {}  # the memory plan's buffer of each pooled node
@@ -339,6 +337,14 @@ class Lowering:
                 "kernels k_..."]
 
     # -- helpers used by the rules --------------------------------------------------------
+    def once(self, name: str, build):
+        """``build(nodes)``, made on the first call for ``name`` and kept: an index of the
+        graph's nodes a rule looks up per node (the fused group instances' members, the
+        matmuls reading each node, the scan instances' outputs)."""
+        if name not in self.indexes:
+            self.indexes[name] = build(self.nodes)
+        return self.indexes[name]
+
     def line(self, text: str) -> None:
         self.lines.append("    " + text)
 

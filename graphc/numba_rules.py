@@ -275,7 +275,8 @@ TRANSPOSE_COPY_READS = 4
 
 
 def rule_transpose(lowering, t):
-    if t.ndim == 2 and _matmul_reads(lowering).get(id(t), 0) >= TRANSPOSE_COPY_READS:
+    reads = lowering.once("matmul_reads", _matmul_reads).get(id(t), 0)
+    if t.ndim == 2 and reads >= TRANSPOSE_COPY_READS:
         def copy(L, t, out):
             L.line(f"np.copyto({out}, {L.arg(t.inputs[0])}.transpose({t.op.perm!r}))")
         return Choice("buffer", copy)
@@ -286,15 +287,13 @@ def rule_transpose(lowering, t):
     return Choice("view", emit, "view")
 
 
-def _matmul_reads(lowering) -> dict:
-    """How many matmuls of the graph read each node (counted once per lowering)."""
-    reads = lowering.matmul_reads
-    if reads is None:
-        reads = lowering.matmul_reads = {}
-        for node in lowering.nodes:
-            if isinstance(node.op, MatMul):
-                for i in node.inputs:
-                    reads[id(i)] = reads.get(id(i), 0) + 1
+def _matmul_reads(nodes) -> dict:
+    """How many matmuls of ``nodes`` read each node, by ``id``."""
+    reads: dict[int, int] = {}
+    for node in nodes:
+        if isinstance(node.op, MatMul):
+            for i in node.inputs:
+                reads[id(i)] = reads.get(id(i), 0) + 1
     return reads
 
 
