@@ -368,25 +368,34 @@ def test_workers_are_one_per_4_kernels_and_idle_cpu_unless_set(monkeypatch):
     assert 0 < kernel_cache.busy_cpus() < 10_000
 
 
-@pytest.mark.parametrize("worker", ["works", "cannot start", "dies"])
-def test_compile_missing_shares_the_kernels_with_workers(fresh_cache, monkeypatch, worker):
-    # whatever the worker does, every kernel that compiles is stored and a failing one is
-    # left to load(), which compiles it here and raises as before
+def _compile_with(worker: str, fresh_cache, monkeypatch, kernels: int) -> list:
+    """compile_missing of ``kernels`` good kernels and a failing one with the workers
+    behaving as ``worker`` says: every good one is compiled and stored, the failing one is
+    left to load(), which compiles it here and raises as before.  Returns the specs."""
     from graphc import numba_native as native
-    monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 2)
     if worker == "cannot start":
         monkeypatch.setattr(sys, "executable", str(fresh_cache / "no-python"))
     elif worker == "dies":
         monkeypatch.setattr(kernel_cache, "_WORKER", "import os; os._exit(3)")
-    specs = [_spec(f"test_scale{k}", f"x[i] * {k + 1}.0", "float64") for k in range(6)]
+    specs = [_spec(f"test_scale{k}", f"x[i] * {k + 1}.0", "float64") for k in range(kernels)]
     bad = _spec("test_bad", "x[i] +* 1.0", "float64")
-    compiled = kernel_cache.compile_missing(specs[:3] + [bad] + specs[3:], native.compile_object)
+    half = kernels // 2
+    compiled = kernel_cache.compile_missing(specs[:half] + [bad] + specs[half:],
+                                            native.compile_object)
     assert compiled == {s.key for s in specs}
     x = np.linspace(-1, 1, 7)
     for k, spec in enumerate(specs):
         np.testing.assert_array_equal(_run_kernel(spec, x), x * (k + 1))
     with pytest.raises(SyntaxError):
         kernel_cache.load(bad, native.compile_object)
+    return specs
+
+
+@pytest.mark.parametrize("worker", ["works", "cannot start", "dies"])
+def test_compile_missing_shares_the_kernels_with_workers(fresh_cache, monkeypatch, worker):
+    from graphc import numba_native as native
+    monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 2)
+    specs = _compile_with(worker, fresh_cache, monkeypatch, 6)
     assert kernel_cache.compile_missing(specs, native.compile_object) == set()  # all cached
 
 
@@ -395,7 +404,6 @@ def test_a_cold_process_lets_the_workers_compile_and_takes_what_they_leave(
         fresh_cache, monkeypatch, worker):
     # Numba not loaded here yet and kernels enough: one more worker, this process waits,
     # then compiles what no worker took (all of it when the workers cannot start or die)
-    from graphc import numba_native as native
     monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 1)
     monkeypatch.delenv("GRAPHC_COMPILE_WORKERS", raising=False)
     assert kernel_cache.compile_plan(9) == (1, False)  # Numba is loaded in this process
@@ -405,19 +413,7 @@ def test_a_cold_process_lets_the_workers_compile_and_takes_what_they_leave(
     monkeypatch.setenv("GRAPHC_COMPILE_WORKERS", "1")  # set: as many as it says
     assert kernel_cache.compile_plan(9) == (1, False)
     monkeypatch.delenv("GRAPHC_COMPILE_WORKERS")
-    if worker == "cannot start":
-        monkeypatch.setattr(sys, "executable", str(fresh_cache / "no-python"))
-    elif worker == "dies":
-        monkeypatch.setattr(kernel_cache, "_WORKER", "import os; os._exit(3)")
-    specs = [_spec(f"test_wait{k}", f"x[i] * {k + 1}.0", "float64") for k in range(8)]
-    bad = _spec("test_wait_bad", "x[i] +* 1.0", "float64")
-    compiled = kernel_cache.compile_missing(specs[:4] + [bad] + specs[4:], native.compile_object)
-    assert compiled == {s.key for s in specs}
-    x = np.linspace(-1, 1, 7)
-    for k, spec in enumerate(specs):
-        np.testing.assert_array_equal(_run_kernel(spec, x), x * (k + 1))
-    with pytest.raises(SyntaxError):
-        kernel_cache.load(bad, native.compile_object)
+    _compile_with(worker, fresh_cache, monkeypatch, 8)
 
 
 def test_a_cold_compile_with_workers_counts_and_computes_as_without(fresh_cache, monkeypatch):
