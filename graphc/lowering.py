@@ -248,27 +248,31 @@ def instance_key(t: Tensor) -> tuple:
     return (t.op.group,) + tuple(map(id, t.inputs))
 
 
+def run_key(t: Tensor) -> tuple | None:
+    """What one computation of ``t`` gives with it: the key of its fused group instance
+    (one kernel) or of its scan run (one loop; known, as to the interpreter, by
+    ``evaluate_outputs`` and one ``joint_key``), else None."""
+    if isinstance(t.op, Fused):
+        return ("fused",) + instance_key(t)
+    if hasattr(t.op, "evaluate_outputs"):
+        return ("joint", t.op.joint_key) + tuple(map(id, t.inputs))
+    return None
+
+
 def group_order(nodes) -> list[Tensor]:
     """``nodes`` in a topological order where the outputs of each fused group instance
     and of each scan run are adjacent (they share their inputs, so the first can compute
-    them all: one kernel, one loop; a scan's outputs are known, as to the interpreter, by
-    ``evaluate_outputs`` and one ``joint_key``)."""
-    def key(t):
-        if isinstance(t.op, Fused):
-            return ("fused",) + instance_key(t)
-        if hasattr(t.op, "evaluate_outputs"):
-            return ("joint", t.op.joint_key) + tuple(map(id, t.inputs))
-        return None
-
+    them all: :func:`run_key`)."""
+    keys = {id(t): run_key(t) for t in nodes}
     members: dict[tuple, list] = {}
     for t in nodes:
-        if key(t) is not None:
-            members.setdefault(key(t), []).append(t)
+        if keys[id(t)] is not None:
+            members.setdefault(keys[id(t)], []).append(t)
     order, placed = [], set()
     for t in nodes:
         if id(t) in placed:
             continue
-        for m in members.get(key(t)) or (t,):
+        for m in members.get(keys[id(t)]) or (t,):
             order.append(m)
             placed.add(id(m))
     return order

@@ -217,10 +217,12 @@ RULES = {
 }
 
 
-def compile_graph(graph: Graph, body: bool = False, donate=()) -> NumbaProgram:
+def compile_graph(graph: Graph, body: bool = False, donate: dict | None = None
+                  ) -> NumbaProgram:
     """Lower ``graph`` for the Numba backend (``body``: as a scan's body, see
-    :class:`~graphc.numba_lowering.Lowering`; ``donate``: names of inputs whose fed arrays
-    outputs may be computed over, ``gc.compile``'s ``donate``)."""
+    :class:`~graphc.numba_lowering.Lowering`; ``donate``: ``{input name: output position
+    or None}``, the inputs whose fed arrays outputs may be computed over, ``gc.compile``'s
+    ``donate`` as checked there)."""
     lowering = Lowering(graph, RULES, rule_numpy, body, donate)
     program = lowering.run()
     if "blas_ready" in lowering.namespace:  # it calls BLAS: which one (graphc/blas.py)

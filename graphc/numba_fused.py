@@ -240,7 +240,6 @@ def _group_members(nodes) -> dict:
     return members
 
 
-
 def rule_fused(lowering, t):
     """The first output of a group instance computes all of them in one kernel call; the
     others are followers.  A group the kernel printer cannot express (an exotic custom op)

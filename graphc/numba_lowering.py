@@ -91,12 +91,13 @@ class Lowering:
     its data (``p<name>``), then for each output an array to write it into and its address,
     and returns nothing; no buffer is allocated and no address looked up per call."""
 
-    def __init__(self, graph: Graph, rules: dict, default, body: bool = False, donate=()):
+    def __init__(self, graph: Graph, rules: dict, default, body: bool = False,
+                 donate: dict | None = None):
         self.graph = graph
         self.body = body
         # inputs (by name) the call may write over: {name: the output position meant to
-        # take it, or None}
-        self.donate = donate if isinstance(donate, dict) else dict.fromkeys(donate)
+        # take it, or None} (gc.compile's donate, checked)
+        self.donate = dict(donate or {})
         self.donated_to: dict = {}  # id(output) -> the donated input it is written over
         # scratch, partial sums and copies a kernel reads: the program's own buffers up to
         # this size; a body's always (allocating one per step costs more than it holds)
@@ -160,7 +161,7 @@ class Lowering:
         donated = {id(t): None if self.donate[t.op.label] is None else
                    id(outputs[self.donate[t.op.label]]) for t in self.nodes
                    if isinstance(t.op, Input) and t.op.label in self.donate}
-        plan = plan_memory(self.nodes, self.graph.outputs, storage=storage, donated=donated)
+        plan = plan_memory(self.nodes, outputs, storage=storage, donated=donated)
         self.plan_figures = plan.figures
         self.emit(choices, folded, plan)
         self.load_kernels()

@@ -45,9 +45,8 @@ from graphc.fused_ops import Fused
 from graphc.graph import Graph
 from graphc.inputs import Constant, Input
 from graphc.ir import Tensor
-from graphc.lowering import group_order, instance_key
-from graphc.scan import Scan, siblings
-from graphc.scan import instance_key as scan_key
+from graphc.lowering import group_order, instance_key, run_key
+from graphc.scan import siblings
 
 from .schedule import schedule
 
@@ -246,8 +245,7 @@ def _hosts(order, kind, out_ids) -> dict[int, tuple[int, int]]:
     first: dict[tuple, int] = {}
     hosts = {}
     for k, t in enumerate(order):
-        key = ("fused",) + instance_key(t) if isinstance(t.op, Fused) else \
-            ("scan",) + scan_key(t) if isinstance(t.op, Scan) else ("node", k)
+        key = run_key(t) or ("node", k)
         first.setdefault(key, k)
         if id(t) in out_ids and kind[k] == "buffer" and t.nbytes > FRESH_OUTPUT_BYTES:
             hosts[k] = (t.nbytes, first[key])
