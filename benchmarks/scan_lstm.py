@@ -7,6 +7,7 @@ LSTM primitive nn.LSTM runs, and with oneDNN off: PyTorch's own loop of per-step
                                    [--threads N]
     python benchmarks/scan_lstm.py --memory [--steps 50 500] [--repeats 5] [--backend numpy]
     python benchmarks/scan_lstm.py --diagrams docs    # lstm_scan_forward/backward.svg
+    python benchmarks/scan_lstm.py --native [--steps 50 500]  # native vs Python loop
 
 Forms: ``scan`` (W4's cell written with ``gc.scan``), ``nn`` (``gc.nn.LSTM``, which runs
 on gc.scan: batch-first input, so two transposes more), ``unrolled`` (workloads.py's W4;
@@ -187,6 +188,35 @@ def torch_ms(steps: int, repeats: int) -> dict:
     return out
 
 
+def native_ab(steps: int, kind: str, rounds: int = 15, calls: int = 10) -> None:
+    """One compiled step, its loops run natively (graphc/numba_loop.py) and as Python
+    loops in turn (A, B, A, B ...: ``rounds`` rounds of ``calls`` calls), in this process."""
+    import time
+
+    import numpy as np
+
+    import graphc as gc
+    from graphc import numba_loop
+    loss, wrt, feeds = build(steps, kind)
+    f = gc.compile([loss, *gc.grad(loss, wrt)])
+    native = f.source.count("called from the native loop")
+    results, times = {}, {True: [], False: []}
+    for _ in range(rounds):
+        for flag in (True, False):
+            numba_loop.ENABLED = flag
+            results[flag] = f(feeds)
+            start = time.perf_counter()
+            for _ in range(calls):
+                f(feeds)
+            times[flag].append(1e3 * (time.perf_counter() - start) / calls)
+    numba_loop.ENABLED = True
+    same = all(np.array_equal(a, b) for a, b in zip(results[True], results[False]))
+    a, b = (float(np.median(times[k])) for k in (True, False))
+    print(f"W4 {kind}, T={steps}: {native} native loops; step {a:.2f} ms native, {b:.2f} ms "
+          f"Python loop (medians of {rounds}); native / Python {a / b:.3f}; "
+          f"{'the same bits' if same else 'RESULTS DIFFER'}")
+
+
 def diagrams(folder: str) -> None:
     """W4 with gc.scan (T = 50) drawn forward and with labelled backward edges."""
     import graphc as gc
@@ -206,6 +236,8 @@ def main(argv=None):
     p.add_argument("--unrolled", action="store_true")
     p.add_argument("--nn", action="store_true", help="also gc.nn.LSTM (on gc.scan)")
     p.add_argument("--diagrams", metavar="DIR")
+    p.add_argument("--native", action="store_true", help="the native loop against the "
+                   "Python loop, interleaved in this process (scan and nn forms)")
     p.add_argument("--memory", action="store_true", help="peak memory and step time with "
                    "and without rematerialisation (scan form only)")
     p.add_argument("--backend", default="numba", help="of --memory: numba or numpy")
@@ -218,6 +250,11 @@ def main(argv=None):
         return diagrams(args.diagrams)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
           f"{os.environ.get('OMP_NUM_THREADS', 'default')} thread(s)")
+    if args.native:
+        for steps in args.steps:
+            for kind in ("scan", "nn"):
+                native_ab(steps, kind)
+        return
     if args.memory:  # a GRAPHC_CACHE_DIR of the environment is kept between runs
         with tempfile.TemporaryDirectory() as cache:
             for steps in args.steps:

@@ -236,6 +236,28 @@ class _NativeLoader:
         return addr
 
 
+def link(symbol: str, build) -> int:
+    """The address of ``symbol``, from the object ``build()`` makes, kept in the cache as
+    ``<symbol>.o`` (a scan's native loop: its name hashes its IR); linked once a process."""
+    global _LOADER
+    with _LOCK:
+        if _LOADER is None:
+            _LOADER = _NativeLoader()
+        home = kernel_dir()
+        dirs = list(dict.fromkeys([home, _writable_dir(home)]))
+        for path in (os.path.join(d, f"{symbol}.o") for d in dirs):
+            data = read_entry(path)
+            obj = decode_object(data) if data else None
+            if obj is not None and obj.symbol == symbol:
+                with contextlib.suppress(OSError):
+                    return _LOADER.address(obj)
+        obj = build()
+        address = _LOADER.address(obj)
+        with contextlib.suppress(OSError):
+            _store(home, f"{symbol}.o", encode_object(obj))
+        return address
+
+
 def unresolved(obj: NativeObject) -> list[str]:
     """External symbols of ``obj`` (from its IR and, for ELF, its symbol table) that the
     dynamic linker cannot find in this process; linking them would crash at call time."""

@@ -36,7 +36,7 @@ from itertools import repeat
 
 import numpy as np
 
-from . import blas
+from . import blas, numba_loop
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
 from .graph import Graph
@@ -92,8 +92,11 @@ def rule_scan(lowering, t):
             L.counts[outcome] += n
         name = f"loop{L.index[id(t)]}"
         L.define(name, LoopRunner(loop, outs, body), note="the scan body below, in a loop")
+        how = f"once per step; not natively: {body.native_declined}" if body.native is None \
+            and body.native_declined else "once per step" if body.native is None else \
+            f"every step called from the native loop {body.native.symbol}, graphc.numba_loop"
         L.loop_sources.append(f"\n\n# {'=' * 88}\n# {name}: the scan body, run {loop.length} "
-                              f"times (once per step)\n{body.source}")
+                              f"times ({how})\n{body.source}")
         args = [L.arg(i) for i in t.inputs]
         names, given = [], []
         for m in members:
@@ -150,8 +153,13 @@ class LoopRunner:
             ins = [self._input(role, arrays, chains, order, reads, keep)
                    for role, reads in zip(self.roles, self.body.reads_pointer)]
             outs = [self._output(key, stacks, chains, order) for key in self.produced]
-            self.body.run_steps(zip(*[a for a, _ in ins], *[p for _, p in ins],
-                                    *[a for a, _ in outs], *[p for _, p in outs]))
+            if self.body.native is not None and numba_loop.ENABLED:
+                if self.body.native.blas:
+                    blas.ready()
+                self.body.run_native([p for _, p in ins] + [p for _, p in outs], len(order))
+            else:
+                self.body.run_steps(zip(*[a for a, _ in ins], *[p for _, p in ins],
+                                        *[a for a, _ in outs], *[p for _, p in outs]))
         return tuple(chains[i][-1][0] if kind == "carry" else stacks[(kind, i)]
                      for kind, i in self.outs)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernel_cache
+from . import kernel_cache, numba_loop
 from . import numba_codegen as cg
 from . import numba_native as native
 from .errors import CodegenError
@@ -323,8 +323,13 @@ class Lowering:
         program = NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
                                inputs, layout, slot_bytes, [at[id(v)] for v in named],
                                [at[id(v)] for v in self.pool_pointers], plan.bytes)
-        # a body: which inputs it reads through their address (the others get 0)
-        program.reads_pointer = tuple(f"p{self.var_name(t)}" in words for t in inputs)
+        # a body: which inputs it reads through their address (the others get 0); the
+        # native loop, where its lines allow one, reads them all so
+        self.native_declined = ""  # why a body's steps are not one native loop
+        program.native = numba_loop.plan(self, inputs, given, pool) if self.body else None
+        program.native_declined = self.native_declined
+        program.reads_pointer = tuple(program.native is not None or
+                                      f"p{self.var_name(t)}" in words for t in inputs)
         return program
 
     def banner(self, inputs, n_folded) -> list[str]:

@@ -222,6 +222,20 @@ class NumbaProgram:
         finally:
             self._free.append(buffers)
 
+    def run_native(self, columns, steps: int) -> None:
+        """Run a loop body's ``steps`` steps in its native loop (:mod:`graphc.numba_loop`):
+        ``columns`` holds each parameter's addresses, one per step (a list) or the same
+        each (an iterator repeating it)."""
+        table = np.array([c if isinstance(c, list) else [next(c)] * steps for c in columns],
+                         np.int64)
+        buffers = self._free.pop() if self._free else self._buffers()
+        try:
+            if len(buffers) == 3:  # the fixed table of these buffers, made once
+                buffers = (*buffers, self.native.table(buffers[2]))
+            self.native.run(steps, table, buffers[3])
+        finally:
+            self._free.append(buffers)
+
     def _reraise(self, err):
         """Raise ``err`` again, as the error of the node whose line raised it if one did."""
         node = self._failing_node(err.__traceback__)

@@ -54,19 +54,27 @@ def calls_during(f, feeds) -> Counter:
 
 
 @pytest.mark.slow  # compiles kernels
-def test_a_step_is_one_call_of_the_body_and_allocates_nothing():
+@pytest.mark.parametrize("native", [True, False])
+def test_a_step_is_one_call_of_the_body_and_allocates_nothing(monkeypatch, native):
+    from graphc import numba_loop
+    monkeypatch.setattr(numba_loop, "ENABLED", native)
     counts = []
     for steps in (3, 9):
         outputs, feeds = lstm_loss(steps)
         f = gc.compile(outputs, backend="numba")
         assert f.source.count("# loop") == 2  # the forward loop and the backward one
+        assert f.source.count("called from the native loop graphc_loop_") == 2 * native
         f(feeds)  # the first call makes the buffers
         counts.append(calls_during(f, feeds))
     per_6_steps = counts[1] - counts[0]
-    # two loops, 6 steps more each: the body's run and graphc.blas.ready (a flag test);
-    # in the backward one, np.concatenate's dispatcher (the gate gradients side by side,
-    # into their preallocated buffer: the simplify rules scatter-merge and scatter-whole)
-    assert per_6_steps == Counter(run=12, ready=12, concatenate=6), per_6_steps
+    if native:  # each loop is one native call, whatever its length: no Python per step
+        assert per_6_steps == Counter(), per_6_steps
+    else:
+        # two loops, 6 steps more each: the body's run and graphc.blas.ready (a flag
+        # test); in the backward one, np.concatenate's dispatcher (the gate gradients side
+        # by side, into their preallocated buffer: the simplify rules scatter-merge and
+        # scatter-whole)
+        assert per_6_steps == Counter(run=12, ready=12, concatenate=6), per_6_steps
     assert counts[0] - counts[1] == Counter()
 
 

@@ -1,0 +1,564 @@
+"""A scan's loop as one native function: every step's kernel calls, GEMMs and copies, called
+from compiled code instead of from Python (issue 16: about 5 us of Python a step, 10% of
+W4's step at T = 50).
+
+The body is lowered as usual (:class:`graphc.numba_lowering.Lowering` with ``body=True``);
+:func:`plan` then reads its statements back, one line each, as operations on addresses:
+
+- ``k_name(p, q + 512, 32, 128)``: a kernel call (kernels are C functions already,
+  :mod:`graphc.numba_native`);
+- ``np.matmul(a, b, out=c)``: ``cblas_?gemm`` of the BLAS NumPy itself calls, with the
+  arguments NumPy passes (row-major; a transposed operand as the transpose flag), so the
+  result is the same bits;
+- ``np.concatenate(..., out=c)`` and ``out[...] = x``: row copies;
+- transposes and reshapes of contiguous arrays (views), ``del`` and ``blas_ready()``
+  (called once before the loop).
+
+Any other line (a NumPy fallback, a kernel split over threads, a GEMM NumPy would not give
+to ``gemm``) and the body stays a Python loop.  The function's arguments: the number of
+steps, an ``int64`` table of each step's addresses (the inputs' and outputs' slices, as
+:class:`graphc.numba_backend.LoopRunner` makes them) and a table of the fixed ones (the
+kernels, the GEMM, constants, the body's buffers).  Its LLVM IR holds no address, so one
+object serves every process; llvmlite compiles it (no Numba) in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+# GRAPHC_NATIVE_LOOPS=0: scan bodies run as Python loops (for comparison and debugging)
+ENABLED = os.environ.get("GRAPHC_NATIVE_LOOPS", "1") != "0"
+
+_GEMM = {"float32": ("sgemm", "float"), "float64": ("dgemm", "double")}
+
+
+@dataclass
+class _Arr:
+    """An array a line names: where its data starts (a slot and a byte offset), its shape,
+    its strides in bytes and its dtype.  Slots: ``("s", j)`` the step table's column j,
+    ``("f", k)`` the fixed table's entry k."""
+
+    slot: tuple
+    offset: int
+    shape: tuple
+    strides: tuple
+    dtype: str
+
+
+def _c_strides(shape, itemsize) -> tuple:
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def _contiguous(a: _Arr) -> bool:
+    return a.strides == _c_strides(a.shape, np.dtype(a.dtype).itemsize)
+
+
+class _Unsupported(Exception):
+    """A line the native loop does not run: the body stays a Python loop."""
+
+
+@dataclass
+class NativeLoop:
+    """A body's steps as one native function; ``fixed`` names what each entry of the fixed
+    table holds: ``("value", int)``, or ``("buffer", k)`` (the body's k-th buffer)."""
+
+    ir: str
+    symbol: str
+    fixed: list
+    blas: bool
+    address: int = 0
+
+    def __post_init__(self):
+        if not self.address:
+            self.address = _link(self.ir, self.symbol)
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
+        self.fn = proto(self.address)
+
+    def table(self, arrays) -> np.ndarray:
+        """The fixed table for the body's buffers ``arrays`` (all of them, layout order)."""
+        return np.array([v if kind == "value" else arrays[v].__array_interface__["data"][0]
+                         for kind, v in self.fixed], np.int64)
+
+    def run(self, steps: int, table: np.ndarray, fixed: np.ndarray) -> None:
+        """Run ``steps`` steps: ``table`` is (columns, steps) int64, C-contiguous."""
+        self.fn(steps, table.ctypes.data, fixed.ctypes.data)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the body's lines
+
+
+class _Names:
+    """What each name in the body's lines stands for: arrays, addresses, kernels."""
+
+    def __init__(self):
+        self.arrays: dict[str, _Arr] = {}
+        self.pointers: dict[str, tuple] = {}  # name -> (slot, byte offset)
+        self.fixed: list = []  # the fixed table's entries
+        self._at: dict = {}
+
+    def slot(self, kind: str, value) -> tuple:
+        """The fixed table's entry holding ``(kind, value)``."""
+        if (kind, value) not in self._at:
+            self._at[(kind, value)] = len(self.fixed)
+            self.fixed.append((kind, value))
+        return ("f", self._at[(kind, value)])
+
+    def array(self, name: str) -> _Arr:
+        if name not in self.arrays:
+            raise _Unsupported(f"unknown array {name}")
+        return self.arrays[name]
+
+    def pointer(self, text: str) -> tuple:
+        m = re.fullmatch(r"(\w+)(?: \+ (\d+))?", text.strip())
+        if m is None or m[1] not in self.pointers:
+            raise _Unsupported(f"unknown pointer {text}")
+        slot, offset = self.pointers[m[1]]
+        return slot, offset + int(m[2] or 0)
+
+
+def plan(lowering, inputs, given, pool) -> NativeLoop | None:
+    """The native loop of a body lowering (after its kernels are loaded), or None where a
+    line is not one it runs.  ``given``: the body's parameters (inputs' arrays, their
+    addresses, outputs' arrays, their addresses); ``pool``: its buffers' values."""
+    if not ENABLED:
+        return None
+    names = _names(lowering, inputs, given, pool)
+    ops, blas = [], False
+    try:
+        for line in lowering.lines:
+            text = line.strip()
+            if text == "blas_ready()":
+                blas = True
+            elif text and not text.startswith(("#", "del ")):
+                ops.append(_operation(text, names, lowering))
+    except _Unsupported as why:
+        lowering.native_declined = str(why)
+        return None
+    if not ops:
+        return None
+    ir = _module(ops, names)
+    symbol = "graphc_loop_" + hashlib.sha256(ir.encode()).hexdigest()[:16]
+    return NativeLoop(ir.replace("@drive", f"@{symbol}"), symbol, names.fixed, blas)
+
+
+def _names(lowering, inputs, given, pool) -> _Names:
+    names = _Names()
+    n_in = len(inputs)
+    outputs = lowering.graph.outputs
+    for j, t in enumerate(list(inputs) + list(outputs)):
+        array, pointer = (given[j], given[n_in + j]) if j < n_in else \
+            (given[n_in + j], given[2 * n_in + len(outputs) + j - n_in])
+        names.arrays.setdefault(array, _Arr(("s", j), 0, t.shape, _c_strides(
+            t.shape, np.dtype(t.dtype).itemsize), t.dtype))
+        names.pointers.setdefault(pointer, (("s", j), 0))
+    for k, v in enumerate(pool):
+        slot = names.slot("buffer", k)
+        names.arrays[v.var] = _Arr(slot, 0, v.node.shape, _c_strides(
+            v.node.shape, np.dtype(v.node.dtype).itemsize), v.node.dtype)
+        if v.pointer is not None:
+            names.pointers[v.pointer] = (slot, 0)
+    for name, value in lowering.namespace.items():
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            names.pointers[name] = (names.slot("value", int(value)), 0)
+        elif isinstance(value, np.ndarray) and value.size and value.dtype.kind != "O":
+            names.arrays[name] = _Arr(names.slot("value", value.__array_interface__["data"][0]),
+                                      0, value.shape, value.strides, str(value.dtype))
+    return names
+
+
+_MATMUL = re.compile(r"np\.matmul\(([\w.(), -]+?), ([\w.(), -]+?), out=([\w.(), -]+)\)")
+_CONCAT = re.compile(r"np\.concatenate\(\(([\w, ]+?),?\), axis=(\d+), out=(\w+), "
+                     r"casting='unsafe'\)")
+_UFUNC = re.compile(r"np\.(add|subtract|multiply|divide|negative)\(([\w.+\-, ]+), out=(\w+)\)")
+_VIEW = re.compile(r"(\w+) = (\w+)\.(transpose|reshape)\(\(([-\d, ]*)\)\)")
+
+
+def _operation(text: str, names: _Names, lowering):
+    """One line as an operation (a tuple), after checking it can run natively."""
+    if m := re.fullmatch(r"(k_\w+)\((.*)\)", text):
+        return _kernel_call(m[1], m[2], names, lowering)
+    if m := _MATMUL.fullmatch(text):
+        return _gemm(*(_operand(m[k], names) for k in (1, 2, 3)))
+    if m := _CONCAT.fullmatch(text):
+        return _concat([names.array(n.strip()) for n in m[1].split(",")], int(m[2]),
+                       names.array(m[3]))
+    if m := re.fullmatch(r"(\w+)\[\.\.\.\] = (\w+)", text):
+        a = names.array(m[2])  # one copy if contiguous, else one per row
+        return _concat([a], 0 if _contiguous(a) else max(len(a.shape) - 1, 0),
+                       names.array(m[1]))
+    if m := _UFUNC.fullmatch(text):
+        return _arithmetic(m[1], m[2].split(", "), names.array(m[3]), names)
+    if m := _VIEW.fullmatch(text):
+        names.arrays[m[1]] = _view(names.array(m[2]), m[3], m[4])
+        return ("none",)
+    if (m := re.fullmatch(r"(\w+) = (\w+)\[(\w+)\]", text)) and m[3] in lowering.namespace:
+        names.arrays[m[1]] = _indexed(names.array(m[2]), lowering.namespace[m[3]])
+        return ("none",)
+    raise _Unsupported(text)
+
+
+def _indexed(a: _Arr, index) -> _Arr:
+    """The view ``a[index]`` for a basic index (slices, integers, an Ellipsis), found by
+    NumPy on an array of ``a``'s layout over no memory (basic indexing reads none)."""
+    if not isinstance(index, tuple) or not all(
+            isinstance(i, (slice, int, type(Ellipsis))) and not isinstance(i, bool)
+            for i in index):
+        raise _Unsupported("an advanced index")
+    base = np.zeros(1, a.dtype)
+    fake = np.lib.stride_tricks.as_strided(base, a.shape, a.strides)
+    view = fake[index]
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return _Arr(a.slot, a.offset + offset, view.shape, view.strides, a.dtype)
+
+
+def _kernel_call(name, args, names: _Names, lowering):
+    kernel = lowering.kernels.get(name)
+    if kernel is None:
+        raise _Unsupported(name)
+    texts = [a.strip() for a in args.split(",")]
+    params = kernel.spec.params
+    if len(texts) != len(params):
+        raise _Unsupported(f"{name}: {len(texts)} arguments")
+    values = []
+    for text, param in zip(texts, params):
+        if param[0] == "ptr":
+            values.append(("ptr",) + names.pointer(text))
+        elif re.fullmatch(r"-?\d+", text):
+            values.append(("i64", int(text)))
+        else:
+            raise _Unsupported(text)
+    address = ctypes.cast(kernel.fn, ctypes.c_void_p).value
+    return ("call", names.slot("value", address), values)
+
+
+def _operand(text: str, names: _Names) -> _Arr:
+    """``name`` or ``name.reshape(-1, k)`` of a contiguous array."""
+    m = re.fullmatch(r"(\w+)(?:\.reshape\(-1, (\d+)\))?", text.strip())
+    if m is None:
+        raise _Unsupported(text)
+    a = names.array(m[1])
+    if m[2] is None:
+        return a
+    return _view(a, "reshape", f"-1, {m[2]}")
+
+
+def _view(a: _Arr, how: str, args: str) -> _Arr:
+    if not _contiguous(a):
+        raise _Unsupported("a view of a strided array")
+    dims = tuple(int(x) for x in args.split(",") if x.strip())
+    if how == "transpose":
+        if sorted(dims) != list(range(len(a.shape))):
+            raise _Unsupported("transpose axes")
+        return _Arr(a.slot, a.offset, tuple(a.shape[d] for d in dims),
+                    tuple(a.strides[d] for d in dims), a.dtype)
+    size = int(np.prod(a.shape, dtype=np.int64))
+    if dims.count(-1) == 1:
+        known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+        dims = tuple(size // known if d == -1 else d for d in dims)
+    if int(np.prod(dims, dtype=np.int64)) != size:
+        raise _Unsupported("reshape")
+    return _Arr(a.slot, a.offset, dims, _c_strides(dims, np.dtype(a.dtype).itemsize), a.dtype)
+
+
+def _blas_layout(a: _Arr):
+    """NumPy's choice for a 2-D operand (numpy/_core/src/umath/matmul.c.src): row-major
+    with leading dimension ``rows stride``, else transposed, else not BLAS-able."""
+    size = np.dtype(a.dtype).itemsize
+    (s0, s1), (d0, d1) = a.strides, a.shape
+    if s1 == size and s0 % size == 0 and s0 // size >= d1:
+        return 111, s0 // size  # CblasNoTrans
+    if s0 == size and s1 % size == 0 and s1 // size >= d0:
+        return 112, s1 // size  # CblasTrans
+    raise _Unsupported("an operand NumPy would copy")
+
+
+def _gemm(a: _Arr, b: _Arr, c: _Arr):
+    """``c = a @ b`` as NumPy runs it: ``gemm`` for 2-D operands of one float dtype when
+    no dimension is 1 (NumPy calls ``gemv`` or ``dot`` then) and ``a`` is not ``b``'s
+    transpose (``syrk`` then)."""
+    if {a.dtype, b.dtype, c.dtype} != {a.dtype} or a.dtype not in _GEMM or \
+            not len(a.shape) == len(b.shape) == len(c.shape) == 2 or not _contiguous(c):
+        raise _Unsupported("gemm operands")
+    (m, k), (k2, n) = a.shape, b.shape
+    if k != k2 or c.shape != (m, n) or min(m, n, k) < 2 or gemm_function(a.dtype) is None:
+        raise _Unsupported("gemm shapes")
+    (ta, lda), (tb, ldb) = _blas_layout(a), _blas_layout(b)
+    if (a.slot, a.offset) == (b.slot, b.offset):
+        raise _Unsupported("one operand twice (NumPy may call syrk)")
+    return ("gemm", a.dtype, ta, tb, m, n, k, a, lda, b, ldb, c, n)
+
+
+_FLOAT_OPS = {"add": "fadd", "subtract": "fsub", "multiply": "fmul", "divide": "fdiv",
+              "negative": "fneg"}
+
+
+def _arithmetic(name: str, args, out: _Arr, names: _Names):
+    """``np.add(a, b, out=c)`` and the like on whole contiguous float arrays of one shape
+    and dtype, or a number (which NumPy rounds to the arrays' dtype first): IEEE
+    arithmetic, rounded once per element, so any loop gives NumPy's bits."""
+    if out.dtype not in _GEMM or not _contiguous(out) or \
+            len(args) != (1 if name == "negative" else 2):
+        raise _Unsupported(f"np.{name} operands")
+    operands = []
+    for text in args:
+        if re.fullmatch(r"-?[\d.]+(?:e[-+]?\d+)?", text):
+            number = np.dtype(out.dtype).type(float(text))
+            operands.append(("const", float(number)))
+            continue
+        a = names.array(text)
+        if a.dtype != out.dtype or not _contiguous(a):
+            raise _Unsupported(f"np.{name} operands")
+        operands.append(("arr", a, _period(a.shape, out.shape)))
+    return ("ew", _FLOAT_OPS[name], int(np.prod(out.shape, dtype=np.int64)), out, operands)
+
+
+def _period(shape, out_shape) -> int:
+    """After how many elements of the output an operand NumPy broadcasts to ``out_shape``
+    repeats: its size, where it is the output's trailing axes (leading 1s aside)."""
+    shape = tuple(shape)
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    if shape != tuple(out_shape)[len(out_shape) - len(shape):]:
+        raise _Unsupported("a broadcast over other than leading axes")
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _concat(parts, axis: int, out: _Arr):
+    """Copies of ``parts`` into the contiguous ``out`` along ``axis`` (one part: ``out[...]
+    =``): per part, ``outer`` rows of ``width`` bytes, contiguous each, ``stride`` bytes
+    apart in the part (a part may be a strided view: a slice of columns)."""
+    size = np.dtype(out.dtype).itemsize
+    if not _contiguous(out) or any(p.dtype != out.dtype for p in parts):
+        raise _Unsupported("copy operands")
+    outer = int(np.prod(out.shape[:axis], dtype=np.int64))
+    row = int(np.prod(out.shape[axis:], dtype=np.int64)) * size
+    if len(parts) == 1 and tuple(parts[0].shape) != tuple(out.shape):
+        raise _Unsupported("copy shapes")
+    copies = []
+    for p in parts:
+        if p.shape[:axis] != out.shape[:axis] or p.shape[axis + 1:] != out.shape[axis + 1:]:
+            raise _Unsupported("copy shapes")
+        width = int(np.prod(p.shape[axis:], dtype=np.int64)) * size
+        copies.append((p, width, _row_stride(p, axis, width)))
+    if sum(w for _, w, _ in copies) != row:
+        raise _Unsupported("copy shapes")
+    return ("copy", outer, row, out, copies)
+
+
+def _row_stride(a: _Arr, axis: int, width: int) -> int:
+    """The bytes between ``a``'s rows (its axes before ``axis``, as one) where each row (the
+    axes from ``axis`` on) is contiguous and the rows are evenly spaced."""
+    if a.strides[axis:] != _c_strides(a.shape[axis:], np.dtype(a.dtype).itemsize):
+        raise _Unsupported("a copy of rows that are not contiguous")
+    dims = [(n, s) for n, s in zip(a.shape[:axis], a.strides[:axis]) if n != 1]
+    if not dims:
+        return width
+    expect = dims[-1][1]
+    for n, s in reversed(dims):
+        if s != expect:
+            raise _Unsupported("a copy of unevenly spaced rows")
+        expect *= n
+    return dims[-1][1]
+
+
+# ---------------------------------------------------------------------------------------
+# The LLVM IR
+
+
+class _Builder:
+    def __init__(self, int_type: str):
+        self.lines: list[str] = []
+        self.count = 0
+        self.block = "loop"
+        self.int = int_type  # the BLAS's integer
+
+    def tmp(self) -> str:
+        self.count += 1
+        return f"%t{self.count}"
+
+    def emit(self, text: str) -> str:
+        t = self.tmp()
+        self.lines.append(f"  {t} = {text}")
+        return t
+
+    def slot(self, slot) -> str:
+        kind, j = slot
+        if kind == "s":
+            index = self.emit(f"add i64 %col{j}, %s")
+            at = self.emit(f"getelementptr i64, ptr %P, i64 {index}")
+        else:
+            at = self.emit(f"getelementptr i64, ptr %F, i64 {j}")
+        return self.emit(f"load i64, ptr {at}")
+
+    def address(self, slot, offset) -> str:
+        value = self.slot(slot)
+        if offset:
+            value = self.emit(f"add i64 {value}, {offset}")
+        return self.emit(f"inttoptr i64 {value} to ptr")
+
+    def label(self, name: str) -> None:
+        self.lines.append(f"{name}:")
+        self.block = name
+
+
+def _module(ops, names: _Names) -> str:
+    """The IR of ``void drive(i64 steps, i64* table, i64* fixed)``."""
+    gemms = {op[1] for op in ops if op[0] == "gemm"}
+    b = _Builder("i64")
+    if gemms:
+        b.int = "i64" if gemm_function(next(iter(gemms)))[1] else "i32"
+    columns = sorted({s[1] for s in _slots(ops) if s[0] == "s"})
+    head = ["define void @drive(i64 %T, ptr %P, ptr %F) {", "entry:"]
+    head += [f"  %col{j} = mul i64 %T, {j}" for j in columns]
+    head += ["  %any = icmp sgt i64 %T, 0", "  br i1 %any, label %loop, label %exit"]
+    b.lines.append("loop:")
+    b.lines.append("  %s = phi i64 [0, %entry], [%s.next, %latch]")
+    for op in ops:
+        _emit(b, op, names)
+    b.lines += ["  br label %latch", "latch:", "  %s.next = add i64 %s, 1",
+                "  %more = icmp slt i64 %s.next, %T", "  br i1 %more, label %loop, label %exit",
+                "exit:", "  ret void", "}"]
+    # the loop label of the phi is the block that ends the step
+    decl = ["declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)"]
+    return "\n".join(decl + head + b.lines) + "\n"
+
+
+def _slots(ops):
+    for op in ops:
+        if op[0] == "call":
+            yield op[1]
+            yield from (v[1] for v in op[2] if v[0] == "ptr")
+        elif op[0] == "gemm":
+            yield from (op[7].slot, op[9].slot, op[11].slot)
+        elif op[0] == "copy":
+            yield op[3].slot
+            yield from (p.slot for p, _, _ in op[4])
+        elif op[0] == "ew":
+            yield op[3].slot
+            yield from (x[1].slot for x in op[4] if x[0] == "arr")
+
+
+def _emit(b: _Builder, op, names) -> None:
+    if op[0] == "call":
+        fn = b.emit(f"inttoptr i64 {b.slot(op[1])} to ptr")
+        args = [f"ptr {b.address(v[1], v[2])}" if v[0] == "ptr" else f"i64 {v[1]}"
+                for v in op[2]]
+        b.lines.append(f"  call void {fn}({', '.join(args)})")
+    elif op[0] == "gemm":
+        _, dtype, ta, tb, m, n, k, a, lda, bb, ldb, c, ldc = op
+        fn = b.emit(f"inttoptr i64 {b.slot(names.slot('value', gemm_function(dtype)[0]))} "
+                    "to ptr")
+        real, i = _GEMM[dtype][1], b.int
+        pa, pb, pc = (b.address(x.slot, x.offset) for x in (a, bb, c))
+        b.lines.append(f"  call void {fn}(i32 101, i32 {ta}, i32 {tb}, {i} {m}, {i} {n}, "
+                       f"{i} {k}, {real} 1.0, ptr {pa}, {i} {lda}, ptr {pb}, {i} {ldb}, "
+                       f"{real} 0.0, ptr {pc}, {i} {ldc})")
+    elif op[0] == "copy":
+        _emit_copy(b, *op[1:])
+    elif op[0] == "ew":
+        _emit_arithmetic(b, *op[1:])
+
+
+def _loop(b: _Builder, n: int):
+    """Open a counted loop of ``n`` iterations; its index, and how to close it."""
+    k = b.count + 1
+    start, body, done = f"l{k}.start", f"l{k}.body", f"l{k}.done"
+    b.lines.append(f"  br label %{start}")
+    b.label(start)
+    b.lines.append(f"  br label %{body}")
+    b.label(body)
+    i = f"%i{k}"
+    b.lines.append(f"  {i} = phi i64 [0, %{start}], [{i}.next, %{body}]")
+
+    def close():
+        b.lines.append(f"  {i}.next = add i64 {i}, 1")
+        more = b.emit(f"icmp slt i64 {i}.next, {n}")
+        b.lines.append(f"  br i1 {more}, label %{body}, label %{done}")
+        b.label(done)
+    return i, close
+
+
+def _emit_arithmetic(b: _Builder, opcode: str, n: int, out: _Arr, operands) -> None:
+    real = _GEMM[out.dtype][1]
+    bases = [b.address(x[1].slot, x[1].offset) if x[0] == "arr" else None for x in operands]
+    dst = b.address(out.slot, out.offset)
+    i, close = _loop(b, n)
+    values = []
+    for x, base in zip(operands, bases):
+        if x[0] == "const":
+            values.append(f"0x{np.float64(x[1]).view(np.uint64):016X}")
+            continue
+        at = i if x[2] == n else "0" if x[2] == 1 else b.emit(f"urem i64 {i}, {x[2]}")
+        at = b.emit(f"getelementptr {real}, ptr {base}, i64 {at}")
+        values.append(b.emit(f"load {real}, ptr {at}"))
+    result = b.emit(f"{opcode} {real} {', '.join(values)}")
+    at = b.emit(f"getelementptr {real}, ptr {dst}, i64 {i}")
+    b.lines.append(f"  store {real} {result}, ptr {at}")
+    close()
+
+
+def _emit_copy(b: _Builder, outer, row, out, parts) -> None:
+    dst = b.address(out.slot, out.offset)
+    srcs = [(b.address(p.slot, p.offset), w, stride) for p, w, stride in parts]
+    r, close = (None, None) if outer == 1 else _loop(b, outer)
+    at = 0
+    for src, w, stride in srcs:
+        d, s = str(at), "0"
+        if r is not None:
+            d = b.emit(f"add i64 {b.emit(f'mul i64 {r}, {row}')}, {at}")
+            s = b.emit(f"mul i64 {r}, {stride}")
+        d = b.emit(f"getelementptr i8, ptr {dst}, i64 {d}")
+        s = b.emit(f"getelementptr i8, ptr {src}, i64 {s}")
+        b.lines.append(f"  call void @llvm.memcpy.p0.p0.i64(ptr {d}, ptr {s}, i64 {w}, i1 false)")
+        at += w
+    if close is not None:
+        close()
+
+
+# ---------------------------------------------------------------------------------------
+# The BLAS NumPy calls, and compiling
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_function(dtype: str):
+    """``(address, ilp64)`` of ``cblas_?gemm`` in the BLAS NumPy calls, or None where it
+    cannot be found (then bodies with a GEMM stay Python loops)."""
+    import threadpoolctl
+
+    name = _GEMM[dtype][0]
+    libs = [i for i in threadpoolctl.threadpool_info()
+            if i.get("user_api") == "blas" and "numpy" in i["filepath"]]  # NumPy's own only
+    for info in libs:
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+        for symbol, ilp64 in ((f"scipy_cblas_{name}64_", True), (f"cblas_{name}64_", True)):
+            fn = getattr(lib, symbol, None)
+            if fn is not None:
+                return ctypes.cast(fn, ctypes.c_void_p).value, ilp64
+    return None
+
+
+_LINKED: dict[str, int] = {}
+
+
+def _link(ir: str, symbol: str) -> int:
+    """Compile ``ir`` and link it into this process once; the address of ``symbol``."""
+    if symbol not in _LINKED:
+        from . import kernel_cache
+        from . import numba_native as native
+        _LINKED[symbol] = kernel_cache.link(symbol, lambda: native.object_from_ir(ir, symbol))
+    return _LINKED[symbol]
