@@ -238,14 +238,15 @@ class _NativeLoader:
 
 def link(symbol: str, build) -> int:
     """The address of ``symbol``, from the object ``build()`` makes, kept in the cache as
-    ``<symbol>.o`` (a scan's native loop: its name hashes its IR); linked once a process."""
+    ``<symbol>.native`` (a native loop or run of statements, graphc.numba_loop: its name
+    hashes its IR); linked once a process."""
     global _LOADER
     with _LOCK:
         if _LOADER is None:
             _LOADER = _NativeLoader()
         home = kernel_dir()
         dirs = list(dict.fromkeys([home, _writable_dir(home)]))
-        for path in (os.path.join(d, f"{symbol}.o") for d in dirs):
+        for path in (os.path.join(d, f"{symbol}.native") for d in dirs):
             data = read_entry(path)
             obj = decode_object(data) if data else None
             if obj is not None and obj.symbol == symbol:
@@ -254,7 +255,7 @@ def link(symbol: str, build) -> int:
         obj = build()
         address = _LOADER.address(obj)
         with contextlib.suppress(OSError):
-            _store(home, f"{symbol}.o", encode_object(obj))
+            _store(home, f"{symbol}.native", encode_object(obj))
         return address
 
 

@@ -121,6 +121,9 @@ class _Names:
         return self.arrays[name]
 
     def pointer(self, text: str) -> tuple:
+        if (m := re.fullmatch(r"_w?addr\((\w+)\)", text.strip())) and m[1] in self.arrays \
+                and _contiguous(self.arrays[m[1]]):  # an array's address, taken in the call
+            return self.arrays[m[1]].slot, self.arrays[m[1]].offset
         m = re.fullmatch(r"(\w+)(?: \+ (\d+))?", text.strip())
         if m is None or m[1] not in self.pointers:
             raise _Unsupported(f"unknown pointer {text}")
@@ -131,7 +134,8 @@ class _Names:
 def plan(lowering, inputs, given, pool) -> NativeLoop | None:
     """The native loop of a body lowering (after its kernels are loaded), or None where a
     line is not one it runs.  ``given``: the body's parameters (inputs' arrays, their
-    addresses, outputs' arrays, their addresses); ``pool``: its buffers' values."""
+    addresses, outputs' arrays, their addresses); ``pool``: its buffers (value, shape,
+    dtype), in the order of its buffer layout."""
     if not ENABLED:
         return None
     names = _names(lowering, inputs, given, pool)
@@ -157,16 +161,16 @@ def _names(lowering, inputs, given, pool) -> _Names:
     names = _Names()
     n_in = len(inputs)
     outputs = lowering.graph.outputs
-    for j, t in enumerate(list(inputs) + list(outputs)):
+    for j, t in enumerate(list(inputs) + list(outputs) if given else []):
         array, pointer = (given[j], given[n_in + j]) if j < n_in else \
             (given[n_in + j], given[2 * n_in + len(outputs) + j - n_in])
         names.arrays.setdefault(array, _Arr(("s", j), 0, t.shape, _c_strides(
             t.shape, np.dtype(t.dtype).itemsize), t.dtype))
         names.pointers.setdefault(pointer, (("s", j), 0))
-    for k, v in enumerate(pool):
+    for k, (v, shape, dtype) in enumerate(pool):  # (a scratch buffer: not its node's shape)
         slot = names.slot("buffer", k)
-        names.arrays[v.var] = _Arr(slot, 0, v.node.shape, _c_strides(
-            v.node.shape, np.dtype(v.node.dtype).itemsize), v.node.dtype)
+        names.arrays[v.var] = _Arr(slot, 0, tuple(shape), _c_strides(
+            shape, np.dtype(dtype).itemsize), dtype)
         if v.pointer is not None:
             names.pointers[v.pointer] = (slot, 0)
     for name, value in lowering.namespace.items():
@@ -198,6 +202,8 @@ def _operation(text: str, names: _Names, lowering):
         a = names.array(m[2])  # one copy if contiguous, else one per row
         return _concat([a], 0 if _contiguous(a) else max(len(a.shape) - 1, 0),
                        names.array(m[1]))
+    if (m := re.fullmatch(r"(\w+)\.fill\(0\)", text)) and _contiguous(names.array(m[1])):
+        return ("zero", names.array(m[1]))
     if m := _UFUNC.fullmatch(text):
         return _arithmetic(m[1], m[2].split(", "), names.array(m[3]), names)
     if m := _VIEW.fullmatch(text):
@@ -225,7 +231,7 @@ def _indexed(a: _Arr, index) -> _Arr:
 
 def _kernel_call(name, args, names: _Names, lowering):
     kernel = lowering.kernels.get(name)
-    if kernel is None:
+    if kernel is None or not isinstance(kernel.fn, ctypes._CFuncPtr):
         raise _Unsupported(name)
     texts = [a.strip() for a in args.split(",")]
     params = kernel.spec.params
@@ -383,6 +389,7 @@ class _Builder:
         self.count = 0
         self.block = "loop"
         self.int = int_type  # the BLAS's integer
+        self.percall: dict = {}  # per-call values by their Python expression: column
 
     def tmp(self) -> str:
         self.count += 1
@@ -395,6 +402,8 @@ class _Builder:
 
     def slot(self, slot) -> str:
         kind, j = slot
+        if kind == "p":  # a per-call value (graphc.numba_segments): its own column
+            kind, j = "s", self.percall.setdefault(j, len(self.percall))
         if kind == "s":
             index = self.emit(f"add i64 %col{j}, %s")
             at = self.emit(f"getelementptr i64, ptr %P, i64 {index}")
@@ -413,13 +422,19 @@ class _Builder:
         self.block = name
 
 
-def _module(ops, names: _Names) -> str:
-    """The IR of ``void drive(i64 steps, i64* table, i64* fixed)``."""
+def _module(ops, names: _Names, percall: dict | None = None) -> str:
+    """The IR of ``void drive(i64 steps, i64* table, i64* fixed)``; ``percall`` (filled in):
+    the column of each per-call value (slot ``("p", expression)``)."""
     gemms = {op[1] for op in ops if op[0] == "gemm"}
     b = _Builder("i64")
     if gemms:
         b.int = "i64" if gemm_function(next(iter(gemms)))[1] else "i32"
-    columns = sorted({s[1] for s in _slots(ops) if s[0] == "s"})
+    if percall is not None:
+        b.percall = percall
+        for s in _slots(ops):
+            if s[0] == "p":
+                percall.setdefault(s[1], len(percall))
+    columns = sorted({s[1] for s in _slots(ops) if s[0] == "s"} | set(b.percall.values()))
     head = ["define void @drive(i64 %T, ptr %P, ptr %F) {", "entry:"]
     head += [f"  %col{j} = mul i64 %T, {j}" for j in columns]
     head += ["  %any = icmp sgt i64 %T, 0", "  br i1 %any, label %loop, label %exit"]
@@ -430,8 +445,8 @@ def _module(ops, names: _Names) -> str:
     b.lines += ["  br label %latch", "latch:", "  %s.next = add i64 %s, 1",
                 "  %more = icmp slt i64 %s.next, %T", "  br i1 %more, label %loop, label %exit",
                 "exit:", "  ret void", "}"]
-    # the loop label of the phi is the block that ends the step
-    decl = ["declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)"]
+    decl = ["declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)",
+            "declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)"]
     return "\n".join(decl + head + b.lines) + "\n"
 
 
@@ -445,6 +460,8 @@ def _slots(ops):
         elif op[0] == "copy":
             yield op[3].slot
             yield from (p.slot for p, _, _ in op[4])
+        elif op[0] == "zero":
+            yield op[1].slot
         elif op[0] == "ew":
             yield op[3].slot
             yield from (x[1].slot for x in op[4] if x[0] == "arr")
@@ -469,6 +486,10 @@ def _emit(b: _Builder, op, names) -> None:
         _emit_copy(b, *op[1:])
     elif op[0] == "ew":
         _emit_arithmetic(b, *op[1:])
+    elif op[0] == "zero":
+        size = int(np.prod(op[1].shape, dtype=np.int64)) * np.dtype(op[1].dtype).itemsize
+        at = b.address(op[1].slot, op[1].offset)
+        b.lines.append(f"  call void @llvm.memset.p0.i64(ptr {at}, i8 0, i64 {size}, i1 false)")
 
 
 def _loop(b: _Builder, n: int):
@@ -555,10 +576,16 @@ def gemm_function(dtype: str):
 _LINKED: dict[str, int] = {}
 
 
+# IR longer than this (about 100 statements) is compiled without optimizing it first
+OPTIMIZE_LINES = 2000
+
+
 def _link(ir: str, symbol: str) -> int:
     """Compile ``ir`` and link it into this process once; the address of ``symbol``."""
     if symbol not in _LINKED:
         from . import kernel_cache
         from . import numba_native as native
-        _LINKED[symbol] = kernel_cache.link(symbol, lambda: native.object_from_ir(ir, symbol))
+        optimize = ir.count("\n") <= OPTIMIZE_LINES
+        _LINKED[symbol] = kernel_cache.link(
+            symbol, lambda: native.object_from_ir(ir, symbol, optimize))
     return _LINKED[symbol]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernel_cache, numba_loop
+from . import kernel_cache, numba_loop, numba_segments
 from . import numba_codegen as cg
 from . import numba_native as native
 from .errors import CodegenError
@@ -323,10 +323,16 @@ class Lowering:
         program = NumbaProgram(self, source, {first + n: t for n, t in line_nodes.items()},
                                inputs, layout, slot_bytes, [at[id(v)] for v in named],
                                [at[id(v)] for v in self.pool_pointers], plan.bytes)
+        buffers = [(v, shape, dtype) for v, (_, _, shape, dtype) in zip(pool, layout)]
+        if not self.body:  # runs of its statements as native calls, where there are any
+            made = numba_segments.variant(self, inputs, buffers, head, body[-1:])
+            if made is not None:
+                program.use_segments("\n".join(banner) + "\n" + made[0] + "\n", made[1],
+                                     self.namespace)
         # a body: which inputs it reads through their address (the others get 0); the
         # native loop, where its lines allow one, reads them all so
         self.native_declined = ""  # why a body's steps are not one native loop
-        program.native = numba_loop.plan(self, inputs, given, pool) if self.body else None
+        program.native = numba_loop.plan(self, inputs, given, buffers) if self.body else None
         program.native_declined = self.native_declined
         program.reads_pointer = tuple(program.native is not None or
                                       f"p{self.var_name(t)}" in words for t in inputs)

@@ -115,17 +115,20 @@ def emit_object(llvm_ir: str, native: str, spec: KernelSpec) -> NativeObject:
     return NativeObject(tm.emit_object(module), symbol, externals)
 
 
-def object_from_ir(ir: str, symbol: str) -> NativeObject:
-    """An object for the host CPU from LLVM IR that defines ``symbol`` (a scan's native
-    loop, :mod:`graphc.numba_loop`), optimized at -O3 (llvmlite only, no Numba)."""
+def object_from_ir(ir: str, symbol: str, optimize: bool = True) -> NativeObject:
+    """An object for the host CPU from LLVM IR that defines ``symbol`` (a native loop or run
+    of statements, :mod:`graphc.numba_loop`; llvmlite only, no Numba), its IR optimized at
+    -O3 if ``optimize`` (straight-line calls gain little from it: 20,000 lines of the
+    unrolled W4 at T=100 take 2.9 s to optimize and emit, 0.45 s to emit unoptimized)."""
     import llvmlite.binding as llvm
 
     tm = target_machine()
     module = llvm.parse_assembly(ir)
     module.triple, module.data_layout = tm.triple, str(tm.target_data)
     module.verify()
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(module, pb)
+    if optimize:
+        pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+        pb.getModulePassManager().run(module, pb)
     externals = tuple(sorted(
         f.name for f in module.functions if f.is_declaration and not f.name.startswith("llvm.")))
     return NativeObject(tm.emit_object(module), symbol, externals)

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import numba_loop
 from .lowering import failed
 
 
@@ -156,6 +157,8 @@ class NumbaProgram:
         self._layout, self._named, self._pointer_of = layout, named, pointer_of
         self._slot_bytes = slot_bytes
         self._free: list = []
+        self._run_native = self.segments = None  # use_segments
+        self.native_source = ""
         self.source = source + "".join(lowering.loop_sources) + self._kernel_appendix()
         self.stats = {
             "kernels": len(self.kernels),
@@ -195,10 +198,39 @@ class NumbaProgram:
     def __call__(self, arrays: dict) -> list[np.ndarray]:
         return list(self.run([arrays[n] for n in self.input_names]))
 
+    def use_segments(self, source: str, segments, compiled: dict) -> None:
+        """Run as ``source``'s ``run_native`` (:mod:`graphc.numba_segments`) where its feeds
+        allow; ``f.source`` ends with it."""
+        namespace = dict(_GLOBALS, _compiled=compiled)
+        for name, (fn, table_type, _) in segments.calls.items():
+            namespace[name], namespace[f"{name}_t"] = fn, table_type
+        exec(compile(source, self.filename + "-native", "exec"), namespace)  # noqa: S102
+        self._run_native, self.segments = namespace["run_native"], segments
+        # (f.source keeps the Python run, which the native one follows line for line)
+        self.native_source = source[source.index("\ndef run_native(") + 1:]
+        statements = self.native_source.count("\n    #   ")
+        self.stats["native_runs"] = {"calls": len(segments.calls), "statements": statements,
+                                     "source": self.native_source}
+        note = (f"# {statements} statements of run above run as {len(segments.calls)} native "
+                "calls (graphc.numba_segments) when the feeds they read are C-contiguous and "
+                "aligned: f.stats['native_runs']['source']\n")
+        self.source = self.source.replace(self.orchestrator, self.orchestrator + note, 1)
+
     def run(self, feeds) -> tuple:
         """The outputs for ``feeds``, validated arrays in the order of ``input_names``."""
         buffers = self._free.pop() if self._free else self._buffers()
         try:
+            native = self._native(feeds)
+            if native:
+                if len(buffers) == 3:  # the fixed table of these buffers, made once
+                    buffers = (*buffers, self.segments.table(buffers[2]))
+                try:
+                    if not self.numpy_steps:
+                        return self._run_native(*feeds, buffers[0], buffers[1], buffers[3])
+                    with np.errstate(all="ignore"):
+                        return self._run_native(*feeds, buffers[0], buffers[1], buffers[3])
+                except (IndexError, ValueError, FloatingPointError, TypeError):
+                    pass  # the Python run raises it again, naming the node
             if not self.numpy_steps:
                 return self._run(*feeds, buffers[0], buffers[1])
             with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings
@@ -207,6 +239,15 @@ class NumbaProgram:
             self._reraise(err)
         finally:
             self._free.append(buffers)
+
+    def _native(self, feeds) -> bool:
+        if self._run_native is None or not numba_loop.ENABLED:
+            return False
+        for k in self.segments.guard:
+            flags = feeds[k].flags
+            if not (flags.c_contiguous and flags.aligned):
+                return False
+        return True
 
     def run_steps(self, steps) -> None:
         """Run a loop body (lowered with ``body=True``) once per argument tuple of

@@ -191,8 +191,7 @@ def test_the_loop_object_is_kept_in_the_kernel_cache(tmp_path, monkeypatch):
         built.append(1)
         return native.object_from_ir(ir, "graphc_loop_test_cache")
     address = kernel_cache.link("graphc_loop_test_cache", build)
-    assert (tmp_path / kernel_cache.kernel_dir().split("/")[-1]).exists() or \
-        any(tmp_path.rglob("graphc_loop_test_cache.o"))
+    assert any(tmp_path.rglob("graphc_loop_test_cache.native"))
     assert kernel_cache.link("graphc_loop_test_cache", build) == address and built == [1]
     loop = numba_loop.NativeLoop(ir, "graphc_loop_test_cache", [], False, address)
     out, x = np.zeros(3, np.float32), np.float32([1.5, -2.0, 1e30])
