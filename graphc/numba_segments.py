@@ -30,8 +30,10 @@ import re
 
 from . import numba_loop as nl
 
-# a run shorter than this stays Python: a native call costs about what a statement does
-MIN_OPERATIONS = 2
+# a run shorter than this stays Python: the call and its table of addresses cost several
+# us (benchmarks/native_runs.py: W1's runs of 2-10 statements, 1.01x the Python time;
+# W6's, 1.4x; the unrolled W4's runs of hundreds, 0.86x)
+MIN_OPERATIONS = 16
 
 _ALLOC = re.compile(r"(\w+) = np\.(empty|zeros)\((\(.*?\)|\d+), np\.(\w+)\)")
 _HOSTED = re.compile(r"(\w+) = np\.ndarray\((\(.*?\)), np\.(\w+), (\w+), (\d+)\)")

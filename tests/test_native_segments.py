@@ -15,6 +15,14 @@ from graphc import numba_loop
 
 pytestmark = pytest.mark.slow  # compiles kernels
 
+
+@pytest.fixture(autouse=True)
+def short_runs_too(monkeypatch):
+    """Native calls for runs of two statements or more (the default is 16: shorter runs do
+    not gain), so that these small graphs have some."""
+    from graphc import numba_segments
+    monkeypatch.setattr(numba_segments, "MIN_OPERATIONS", 2)
+
 rng = np.random.default_rng(5)
 
 
@@ -140,3 +148,11 @@ def test_calls_from_several_threads_at_once():
     for got in results:
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
+
+
+def test_short_runs_stay_python_by_default(monkeypatch):
+    from graphc import numba_segments
+    monkeypatch.setattr(numba_segments, "MIN_OPERATIONS", 16)
+    outputs, feeds = mlp()
+    f = gc.compile(outputs, backend="numba")
+    assert "native_runs" not in f.stats and "native calls" not in f.source
