@@ -40,7 +40,7 @@ _GEMM = {"float32": ("sgemm", "float"), "float64": ("dgemm", "double")}
 
 
 @dataclass
-class _Arr:
+class Arr:
     """An array a line names: where its data starts (a slot and a byte offset), its shape,
     its strides in bytes and its dtype.  Slots: ``("s", j)`` the step table's column j,
     ``("f", k)`` the fixed table's entry k."""
@@ -52,7 +52,7 @@ class _Arr:
     dtype: str
 
 
-def _c_strides(shape, itemsize) -> tuple:
+def c_strides(shape, itemsize) -> tuple:
     strides, step = [], itemsize
     for n in reversed(shape):
         strides.append(step)
@@ -60,11 +60,11 @@ def _c_strides(shape, itemsize) -> tuple:
     return tuple(reversed(strides))
 
 
-def _contiguous(a: _Arr) -> bool:
-    return a.strides == _c_strides(a.shape, np.dtype(a.dtype).itemsize)
+def contiguous(a: Arr) -> bool:
+    return a.strides == c_strides(a.shape, np.dtype(a.dtype).itemsize)
 
 
-class _Unsupported(Exception):
+class Unsupported(Exception):
     """A line the native loop does not run: the body stays a Python loop."""
 
 
@@ -81,7 +81,7 @@ class NativeLoop:
 
     def __post_init__(self):
         if not self.address:
-            self.address = _link(self.ir, self.symbol)
+            self.address = link(self.ir, self.symbol)
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
         self.fn = proto(self.address)
 
@@ -99,11 +99,11 @@ class NativeLoop:
 # Reading the body's lines
 
 
-class _Names:
+class Names:
     """What each name in the body's lines stands for: arrays, addresses, kernels."""
 
     def __init__(self):
-        self.arrays: dict[str, _Arr] = {}
+        self.arrays: dict[str, Arr] = {}
         self.pointers: dict[str, tuple] = {}  # name -> (slot, byte offset)
         self.fixed: list = []  # the fixed table's entries
         self._at: dict = {}
@@ -115,18 +115,18 @@ class _Names:
             self.fixed.append((kind, value))
         return ("f", self._at[(kind, value)])
 
-    def array(self, name: str) -> _Arr:
+    def array(self, name: str) -> Arr:
         if name not in self.arrays:
-            raise _Unsupported(f"unknown array {name}")
+            raise Unsupported(f"unknown array {name}")
         return self.arrays[name]
 
     def pointer(self, text: str) -> tuple:
         if (m := re.fullmatch(r"_w?addr\((\w+)\)", text.strip())) and m[1] in self.arrays \
-                and _contiguous(self.arrays[m[1]]):  # an array's address, taken in the call
+                and contiguous(self.arrays[m[1]]):  # an array's address, taken in the call
             return self.arrays[m[1]].slot, self.arrays[m[1]].offset
         m = re.fullmatch(r"(\w+)(?: \+ (\d+))?", text.strip())
         if m is None or m[1] not in self.pointers:
-            raise _Unsupported(f"unknown pointer {text}")
+            raise Unsupported(f"unknown pointer {text}")
         slot, offset = self.pointers[m[1]]
         return slot, offset + int(m[2] or 0)
 
@@ -138,7 +138,7 @@ def plan(lowering, inputs, given, pool) -> NativeLoop | None:
     dtype), in the order of its buffer layout."""
     if not ENABLED:
         return None
-    names = _names(lowering, inputs, given, pool)
+    names = names_of(lowering, inputs, given, pool)
     ops, blas = [], False
     try:
         for line in lowering.lines:
@@ -146,30 +146,30 @@ def plan(lowering, inputs, given, pool) -> NativeLoop | None:
             if text == "blas_ready()":
                 blas = True
             elif text and not text.startswith(("#", "del ")):
-                ops.append(_operation(text, names, lowering))
-    except _Unsupported as why:
+                ops.append(operation(text, names, lowering))
+    except Unsupported as why:
         lowering.native_declined = str(why)
         return None
     if not ops:
         return None
-    ir = _module(ops, names)
+    ir = module_ir(ops, names)
     symbol = "graphc_loop_" + hashlib.sha256(ir.encode()).hexdigest()[:16]
     return NativeLoop(ir.replace("@drive", f"@{symbol}"), symbol, names.fixed, blas)
 
 
-def _names(lowering, inputs, given, pool) -> _Names:
-    names = _Names()
+def names_of(lowering, inputs, given, pool) -> Names:
+    names = Names()
     n_in = len(inputs)
     outputs = lowering.graph.outputs
     for j, t in enumerate(list(inputs) + list(outputs) if given else []):
         array, pointer = (given[j], given[n_in + j]) if j < n_in else \
             (given[n_in + j], given[2 * n_in + len(outputs) + j - n_in])
-        names.arrays.setdefault(array, _Arr(("s", j), 0, t.shape, _c_strides(
+        names.arrays.setdefault(array, Arr(("s", j), 0, t.shape, c_strides(
             t.shape, np.dtype(t.dtype).itemsize), t.dtype))
         names.pointers.setdefault(pointer, (("s", j), 0))
     for k, (v, shape, dtype) in enumerate(pool):  # (a scratch buffer: not its node's shape)
         slot = names.slot("buffer", k)
-        names.arrays[v.var] = _Arr(slot, 0, tuple(shape), _c_strides(
+        names.arrays[v.var] = Arr(slot, 0, tuple(shape), c_strides(
             shape, np.dtype(dtype).itemsize), dtype)
         if v.pointer is not None:
             names.pointers[v.pointer] = (slot, 0)
@@ -177,7 +177,7 @@ def _names(lowering, inputs, given, pool) -> _Names:
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             names.pointers[name] = (names.slot("value", int(value)), 0)
         elif isinstance(value, np.ndarray) and value.size and value.dtype.kind != "O":
-            names.arrays[name] = _Arr(names.slot("value", value.__array_interface__["data"][0]),
+            names.arrays[name] = Arr(names.slot("value", value.__array_interface__["data"][0]),
                                       0, value.shape, value.strides, str(value.dtype))
     return names
 
@@ -186,10 +186,10 @@ _MATMUL = re.compile(r"np\.matmul\(([\w.(), -]+?), ([\w.(), -]+?), out=([\w.(), 
 _CONCAT = re.compile(r"np\.concatenate\(\(([\w, ]+?),?\), axis=(\d+), out=(\w+), "
                      r"casting='unsafe'\)")
 _UFUNC = re.compile(r"np\.(add|subtract|multiply|divide|negative)\(([\w.+\-, ]+), out=(\w+)\)")
-_VIEW = re.compile(r"(\w+) = (\w+)\.(transpose|reshape)\(\(([-\d, ]*)\)\)")
+VIEW = re.compile(r"(\w+) = (\w+)\.(transpose|reshape)\(\(([-\d, ]*)\)\)")
 
 
-def _operation(text: str, names: _Names, lowering):
+def operation(text: str, names: Names, lowering):
     """One line as an operation (a tuple), after checking it can run natively."""
     if m := re.fullmatch(r"(k_\w+)\((.*)\)", text):
         return _kernel_call(m[1], m[2], names, lowering)
@@ -200,43 +200,43 @@ def _operation(text: str, names: _Names, lowering):
                        names.array(m[3]))
     if m := re.fullmatch(r"(\w+)\[\.\.\.\] = (\w+)", text):
         a = names.array(m[2])  # one copy if contiguous, else one per row
-        return _concat([a], 0 if _contiguous(a) else max(len(a.shape) - 1, 0),
+        return _concat([a], 0 if contiguous(a) else max(len(a.shape) - 1, 0),
                        names.array(m[1]))
-    if (m := re.fullmatch(r"(\w+)\.fill\(0\)", text)) and _contiguous(names.array(m[1])):
+    if (m := re.fullmatch(r"(\w+)\.fill\(0\)", text)) and contiguous(names.array(m[1])):
         return ("zero", names.array(m[1]))
     if m := _UFUNC.fullmatch(text):
         return _arithmetic(m[1], m[2].split(", "), names.array(m[3]), names)
-    if m := _VIEW.fullmatch(text):
-        names.arrays[m[1]] = _view(names.array(m[2]), m[3], m[4])
+    if m := VIEW.fullmatch(text):
+        names.arrays[m[1]] = view(names.array(m[2]), m[3], m[4])
         return ("none",)
     if (m := re.fullmatch(r"(\w+) = (\w+)\[(\w+)\]", text)) and m[3] in lowering.namespace:
-        names.arrays[m[1]] = _indexed(names.array(m[2]), lowering.namespace[m[3]])
+        names.arrays[m[1]] = indexed(names.array(m[2]), lowering.namespace[m[3]])
         return ("none",)
-    raise _Unsupported(text)
+    raise Unsupported(text)
 
 
-def _indexed(a: _Arr, index) -> _Arr:
+def indexed(a: Arr, index) -> Arr:
     """The view ``a[index]`` for a basic index (slices, integers, an Ellipsis), found by
     NumPy on an array of ``a``'s layout over no memory (basic indexing reads none)."""
     if not isinstance(index, tuple) or not all(
             isinstance(i, (slice, int, type(Ellipsis))) and not isinstance(i, bool)
             for i in index):
-        raise _Unsupported("an advanced index")
+        raise Unsupported("an advanced index")
     base = np.zeros(1, a.dtype)
     fake = np.lib.stride_tricks.as_strided(base, a.shape, a.strides)
     view = fake[index]
     offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-    return _Arr(a.slot, a.offset + offset, view.shape, view.strides, a.dtype)
+    return Arr(a.slot, a.offset + offset, view.shape, view.strides, a.dtype)
 
 
-def _kernel_call(name, args, names: _Names, lowering):
+def _kernel_call(name, args, names: Names, lowering):
     kernel = lowering.kernels.get(name)
     if kernel is None or not isinstance(kernel.fn, ctypes._CFuncPtr):
-        raise _Unsupported(name)
+        raise Unsupported(name)
     texts = [a.strip() for a in args.split(",")]
     params = kernel.spec.params
     if len(texts) != len(params):
-        raise _Unsupported(f"{name}: {len(texts)} arguments")
+        raise Unsupported(f"{name}: {len(texts)} arguments")
     values = []
     for text, param in zip(texts, params):
         if param[0] == "ptr":
@@ -244,41 +244,41 @@ def _kernel_call(name, args, names: _Names, lowering):
         elif re.fullmatch(r"-?\d+", text):
             values.append(("i64", int(text)))
         else:
-            raise _Unsupported(text)
+            raise Unsupported(text)
     address = ctypes.cast(kernel.fn, ctypes.c_void_p).value
     return ("call", names.slot("value", address), values)
 
 
-def _operand(text: str, names: _Names) -> _Arr:
+def _operand(text: str, names: Names) -> Arr:
     """``name`` or ``name.reshape(-1, k)`` of a contiguous array."""
     m = re.fullmatch(r"(\w+)(?:\.reshape\(-1, (\d+)\))?", text.strip())
     if m is None:
-        raise _Unsupported(text)
+        raise Unsupported(text)
     a = names.array(m[1])
     if m[2] is None:
         return a
-    return _view(a, "reshape", f"-1, {m[2]}")
+    return view(a, "reshape", f"-1, {m[2]}")
 
 
-def _view(a: _Arr, how: str, args: str) -> _Arr:
-    if not _contiguous(a):
-        raise _Unsupported("a view of a strided array")
+def view(a: Arr, how: str, args: str) -> Arr:
+    if not contiguous(a):
+        raise Unsupported("a view of a strided array")
     dims = tuple(int(x) for x in args.split(",") if x.strip())
     if how == "transpose":
         if sorted(dims) != list(range(len(a.shape))):
-            raise _Unsupported("transpose axes")
-        return _Arr(a.slot, a.offset, tuple(a.shape[d] for d in dims),
+            raise Unsupported("transpose axes")
+        return Arr(a.slot, a.offset, tuple(a.shape[d] for d in dims),
                     tuple(a.strides[d] for d in dims), a.dtype)
     size = int(np.prod(a.shape, dtype=np.int64))
     if dims.count(-1) == 1:
         known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
         dims = tuple(size // known if d == -1 else d for d in dims)
     if int(np.prod(dims, dtype=np.int64)) != size:
-        raise _Unsupported("reshape")
-    return _Arr(a.slot, a.offset, dims, _c_strides(dims, np.dtype(a.dtype).itemsize), a.dtype)
+        raise Unsupported("reshape")
+    return Arr(a.slot, a.offset, dims, c_strides(dims, np.dtype(a.dtype).itemsize), a.dtype)
 
 
-def _blas_layout(a: _Arr):
+def _blas_layout(a: Arr):
     """NumPy's choice for a 2-D operand (numpy/_core/src/umath/matmul.c.src): row-major
     with leading dimension ``rows stride``, else transposed, else not BLAS-able."""
     size = np.dtype(a.dtype).itemsize
@@ -287,22 +287,22 @@ def _blas_layout(a: _Arr):
         return 111, s0 // size  # CblasNoTrans
     if s0 == size and s1 % size == 0 and s1 // size >= d0:
         return 112, s1 // size  # CblasTrans
-    raise _Unsupported("an operand NumPy would copy")
+    raise Unsupported("an operand NumPy would copy")
 
 
-def _gemm(a: _Arr, b: _Arr, c: _Arr):
+def _gemm(a: Arr, b: Arr, c: Arr):
     """``c = a @ b`` as NumPy runs it: ``gemm`` for 2-D operands of one float dtype when
     no dimension is 1 (NumPy calls ``gemv`` or ``dot`` then) and ``a`` is not ``b``'s
     transpose (``syrk`` then)."""
     if {a.dtype, b.dtype, c.dtype} != {a.dtype} or a.dtype not in _GEMM or \
-            not len(a.shape) == len(b.shape) == len(c.shape) == 2 or not _contiguous(c):
-        raise _Unsupported("gemm operands")
+            not len(a.shape) == len(b.shape) == len(c.shape) == 2 or not contiguous(c):
+        raise Unsupported("gemm operands")
     (m, k), (k2, n) = a.shape, b.shape
     if k != k2 or c.shape != (m, n) or min(m, n, k) < 2 or gemm_function(a.dtype) is None:
-        raise _Unsupported("gemm shapes")
+        raise Unsupported("gemm shapes")
     (ta, lda), (tb, ldb) = _blas_layout(a), _blas_layout(b)
     if (a.slot, a.offset) == (b.slot, b.offset):
-        raise _Unsupported("one operand twice (NumPy may call syrk)")
+        raise Unsupported("one operand twice (NumPy may call syrk)")
     return ("gemm", a.dtype, ta, tb, m, n, k, a, lda, b, ldb, c, n)
 
 
@@ -310,13 +310,13 @@ _FLOAT_OPS = {"add": "fadd", "subtract": "fsub", "multiply": "fmul", "divide": "
               "negative": "fneg"}
 
 
-def _arithmetic(name: str, args, out: _Arr, names: _Names):
+def _arithmetic(name: str, args, out: Arr, names: Names):
     """``np.add(a, b, out=c)`` and the like on whole contiguous float arrays of one shape
     and dtype, or a number (which NumPy rounds to the arrays' dtype first): IEEE
     arithmetic, rounded once per element, so any loop gives NumPy's bits."""
-    if out.dtype not in _GEMM or not _contiguous(out) or \
+    if out.dtype not in _GEMM or not contiguous(out) or \
             len(args) != (1 if name == "negative" else 2):
-        raise _Unsupported(f"np.{name} operands")
+        raise Unsupported(f"np.{name} operands")
     operands = []
     for text in args:
         if re.fullmatch(r"-?[\d.]+(?:e[-+]?\d+)?", text):
@@ -324,8 +324,8 @@ def _arithmetic(name: str, args, out: _Arr, names: _Names):
             operands.append(("const", float(number)))
             continue
         a = names.array(text)
-        if a.dtype != out.dtype or not _contiguous(a):
-            raise _Unsupported(f"np.{name} operands")
+        if a.dtype != out.dtype or not contiguous(a):
+            raise Unsupported(f"np.{name} operands")
         operands.append(("arr", a, _period(a.shape, out.shape)))
     return ("ew", _FLOAT_OPS[name], int(np.prod(out.shape, dtype=np.int64)), out, operands)
 
@@ -337,44 +337,44 @@ def _period(shape, out_shape) -> int:
     while shape and shape[0] == 1:
         shape = shape[1:]
     if shape != tuple(out_shape)[len(out_shape) - len(shape):]:
-        raise _Unsupported("a broadcast over other than leading axes")
+        raise Unsupported("a broadcast over other than leading axes")
     return int(np.prod(shape, dtype=np.int64))
 
 
-def _concat(parts, axis: int, out: _Arr):
+def _concat(parts, axis: int, out: Arr):
     """Copies of ``parts`` into the contiguous ``out`` along ``axis`` (one part: ``out[...]
     =``): per part, ``outer`` rows of ``width`` bytes, contiguous each, ``stride`` bytes
     apart in the part (a part may be a strided view: a slice of columns)."""
     size = np.dtype(out.dtype).itemsize
-    if not _contiguous(out) or any(p.dtype != out.dtype for p in parts):
-        raise _Unsupported("copy operands")
+    if not contiguous(out) or any(p.dtype != out.dtype for p in parts):
+        raise Unsupported("copy operands")
     outer = int(np.prod(out.shape[:axis], dtype=np.int64))
     row = int(np.prod(out.shape[axis:], dtype=np.int64)) * size
     if len(parts) == 1 and tuple(parts[0].shape) != tuple(out.shape):
-        raise _Unsupported("copy shapes")
+        raise Unsupported("copy shapes")
     copies = []
     for p in parts:
         if p.shape[:axis] != out.shape[:axis] or p.shape[axis + 1:] != out.shape[axis + 1:]:
-            raise _Unsupported("copy shapes")
+            raise Unsupported("copy shapes")
         width = int(np.prod(p.shape[axis:], dtype=np.int64)) * size
         copies.append((p, width, _row_stride(p, axis, width)))
     if sum(w for _, w, _ in copies) != row:
-        raise _Unsupported("copy shapes")
+        raise Unsupported("copy shapes")
     return ("copy", outer, row, out, copies)
 
 
-def _row_stride(a: _Arr, axis: int, width: int) -> int:
+def _row_stride(a: Arr, axis: int, width: int) -> int:
     """The bytes between ``a``'s rows (its axes before ``axis``, as one) where each row (the
     axes from ``axis`` on) is contiguous and the rows are evenly spaced."""
-    if a.strides[axis:] != _c_strides(a.shape[axis:], np.dtype(a.dtype).itemsize):
-        raise _Unsupported("a copy of rows that are not contiguous")
+    if a.strides[axis:] != c_strides(a.shape[axis:], np.dtype(a.dtype).itemsize):
+        raise Unsupported("a copy of rows that are not contiguous")
     dims = [(n, s) for n, s in zip(a.shape[:axis], a.strides[:axis]) if n != 1]
     if not dims:
         return width
     expect = dims[-1][1]
     for n, s in reversed(dims):
         if s != expect:
-            raise _Unsupported("a copy of unevenly spaced rows")
+            raise Unsupported("a copy of unevenly spaced rows")
         expect *= n
     return dims[-1][1]
 
@@ -422,7 +422,7 @@ class _Builder:
         self.block = name
 
 
-def _module(ops, names: _Names, percall: dict | None = None) -> str:
+def module_ir(ops, names: Names, percall: dict | None = None) -> str:
     """The IR of ``void drive(i64 steps, i64* table, i64* fixed)``; ``percall`` (filled in):
     the column of each per-call value (slot ``("p", expression)``)."""
     gemms = {op[1] for op in ops if op[0] == "gemm"}
@@ -511,7 +511,7 @@ def _loop(b: _Builder, n: int):
     return i, close
 
 
-def _emit_arithmetic(b: _Builder, opcode: str, n: int, out: _Arr, operands) -> None:
+def _emit_arithmetic(b: _Builder, opcode: str, n: int, out: Arr, operands) -> None:
     real = _GEMM[out.dtype][1]
     bases = [b.address(x[1].slot, x[1].offset) if x[0] == "arr" else None for x in operands]
     dst = b.address(out.slot, out.offset)
@@ -580,7 +580,7 @@ _LINKED: dict[str, int] = {}
 OPTIMIZE_LINES = 2000
 
 
-def _link(ir: str, symbol: str) -> int:
+def link(ir: str, symbol: str) -> int:
     """Compile ``ir`` and link it into this process once; the address of ``symbol``."""
     if symbol not in _LINKED:
         from . import kernel_cache

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import ast
 import ctypes
+import hashlib
 import re
+
+import numpy as np
 
 from . import numba_loop as nl
 
@@ -62,11 +65,11 @@ def variant(lowering, inputs, pool, head: list[str], tail: list[str]):
     return), or None where no run of operations is long enough."""
     if not nl.ENABLED:
         return None
-    names = nl._names(lowering, [], [], pool)
+    names = nl.names_of(lowering, [], [], pool)
     for t in inputs:
         var = lowering.var_name(t)
-        names.arrays[var] = nl._Arr(("p", f"_addr({var})"), 0, t.shape, nl._c_strides(
-            t.shape, nl.np.dtype(t.dtype).itemsize), t.dtype)
+        names.arrays[var] = nl.Arr(("p", f"_addr({var})"), 0, t.shape, nl.c_strides(
+            t.shape, np.dtype(t.dtype).itemsize), t.dtype)
     out, run, calls = [], _Run(), {}
     for line in lowering.lines:
         kind, op = _kind(line.strip(), names, lowering)
@@ -98,9 +101,9 @@ class _Run:
         if len(ops) < MIN_OPERATIONS:  # as Python, in their order
             return [line for _, line, _ in items]
         percall: dict = {}
-        ir = nl._module([op for _, op in ops], names, percall)
-        symbol = "graphc_seg_" + nl.hashlib.sha256(ir.encode()).hexdigest()[:16]
-        address = nl._link(ir.replace("@drive", f"@{symbol}"), symbol)
+        ir = nl.module_ir([op for _, op in ops], names, percall)
+        symbol = "graphc_seg_" + hashlib.sha256(ir.encode()).hexdigest()[:16]
+        address = nl.link(ir.replace("@drive", f"@{symbol}"), symbol)
         name = f"_seg{len(calls)}"
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64),
                                  ctypes.POINTER(ctypes.c_int64))
@@ -121,8 +124,8 @@ def _kind(text: str, names, lowering):
             _definition(text, names, lowering):
         return "def", None
     try:
-        return "op", nl._operation(text, names, lowering)
-    except nl._Unsupported:
+        return "op", nl.operation(text, names, lowering)
+    except nl.Unsupported:
         return "barrier", None
 
 
@@ -131,20 +134,20 @@ def _definition(text: str, names, lowering) -> bool:
     if m := _ALLOC.fullmatch(text):
         shape = ast.literal_eval(m[3])
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        names.arrays[m[1]] = nl._Arr(("p", f"_waddr({m[1]})"), 0, shape, nl._c_strides(
-            shape, nl.np.dtype(m[4]).itemsize), m[4])
+        names.arrays[m[1]] = nl.Arr(("p", f"_waddr({m[1]})"), 0, shape, nl.c_strides(
+            shape, np.dtype(m[4]).itemsize), m[4])
         return True
     if m := _HOSTED.fullmatch(text):
         shape, dtype = ast.literal_eval(m[2]), "bool" if m[3] == "bool_" else m[3]
         host = names.arrays.get(m[4])
         if host is None:
             return False
-        names.arrays[m[1]] = nl._Arr(host.slot, host.offset + int(m[5]), shape,
-                                     nl._c_strides(shape, nl.np.dtype(dtype).itemsize), dtype)
+        names.arrays[m[1]] = nl.Arr(host.slot, host.offset + int(m[5]), shape,
+                                     nl.c_strides(shape, np.dtype(dtype).itemsize), dtype)
         return True
     if m := _ADDRESS.fullmatch(text):
         a = names.arrays.get(m[3])
-        if a is None or not nl._contiguous(a):
+        if a is None or not nl.contiguous(a):
             return False
         names.pointers[m[1]] = (a.slot, a.offset)
         return True
@@ -152,17 +155,17 @@ def _definition(text: str, names, lowering) -> bool:
         slot, offset = names.pointers[m[2]]
         names.pointers[m[1]] = (slot, offset + int(m[3]))
         return True
-    if (m := nl._VIEW.fullmatch(text)) and m[2] in names.arrays:
+    if (m := nl.VIEW.fullmatch(text)) and m[2] in names.arrays:
         try:
-            names.arrays[m[1]] = nl._view(names.arrays[m[2]], m[3], m[4])
-        except nl._Unsupported:
+            names.arrays[m[1]] = nl.view(names.arrays[m[2]], m[3], m[4])
+        except nl.Unsupported:
             return False
         return True
     if (m := re.fullmatch(r"(\w+) = (\w+)\[(\w+)\]", text)) and m[2] in names.arrays \
             and m[3] in lowering.namespace:
         try:
-            names.arrays[m[1]] = nl._indexed(names.arrays[m[2]], lowering.namespace[m[3]])
-        except nl._Unsupported:
+            names.arrays[m[1]] = nl.indexed(names.arrays[m[2]], lowering.namespace[m[3]])
+        except nl.Unsupported:
             return False
         return True
     return False

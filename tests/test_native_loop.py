@@ -143,7 +143,7 @@ def test_calls_from_several_threads_at_once():
 
 def _arr(shape, strides=None, slot=("s", 0), dtype="float32"):
     size = np.dtype(dtype).itemsize
-    return numba_loop._Arr(slot, 0, shape, strides or numba_loop._c_strides(shape, size),
+    return numba_loop.Arr(slot, 0, shape, strides or numba_loop.c_strides(shape, size),
                            dtype)
 
 
@@ -161,19 +161,19 @@ def test_gemm_as_numpy_calls_it():
         (_arr((4, 4)), _arr((4, 4), strides=(4, 16)), _arr((4, 4), slot=("s", 2))),  # syrk
     ]
     for operands in declined:
-        with pytest.raises(numba_loop._Unsupported):
+        with pytest.raises(numba_loop.Unsupported):
             numba_loop._gemm(*operands)
 
 
 def test_arithmetic_declines_broadcasts_and_rounds_numbers_to_the_dtype():
-    names = numba_loop._Names()
+    names = numba_loop.Names()
     names.arrays.update(a=_arr((4, 3)), b=_arr((1, 3), slot=("s", 1)),
                         c=_arr((4, 3), slot=("s", 2)), d=_arr((4, 1), slot=("s", 3)))
     op = numba_loop._arithmetic("multiply", ["a", "0.1"], names.array("c"), names)
     assert op[1:3] == ("fmul", 12) and op[4][1] == ("const", float(np.float32(0.1)))
     op = numba_loop._arithmetic("add", ["a", "b"], names.array("c"), names)
     assert [x[2] for x in op[4]] == [12, 3]  # a row repeats every 3 elements
-    with pytest.raises(numba_loop._Unsupported):  # a column: not a trailing block
+    with pytest.raises(numba_loop.Unsupported):  # a column: not a trailing block
         numba_loop._arithmetic("add", ["a", "d"], names.array("c"), names)
 
 
@@ -183,8 +183,8 @@ def test_the_loop_object_is_kept_in_the_kernel_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     ops = [("ew", "fadd", 3, _arr((3,), slot=("s", 0)),
             [("arr", _arr((3,), slot=("s", 1)), 3), ("const", 2.0)])]
-    names = numba_loop._Names()
-    ir = numba_loop._module(ops, names).replace("@drive", "@graphc_loop_test_cache")
+    names = numba_loop.Names()
+    ir = numba_loop.module_ir(ops, names).replace("@drive", "@graphc_loop_test_cache")
     built = []
 
     def build():
