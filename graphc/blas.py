@@ -75,6 +75,16 @@ def info() -> dict:
             ("internal_api", "version", "architecture", "num_threads", "threading_layer")}
 
 
+def library_path() -> str | None:
+    """The file of the BLAS NumPy calls (threadpoolctl's controller, made once), or None."""
+    info()
+    controller = _INFO[0]
+    if controller is None:
+        return None
+    libs = [i for i in controller.info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    return libs[0]["filepath"] if libs else None
+
+
 def _controller():
     try:
         import threadpoolctl

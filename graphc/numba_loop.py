@@ -556,20 +556,20 @@ def _emit_copy(b: _Builder, outer, row, out, parts) -> None:
 def gemm_function(dtype: str):
     """``(address, ilp64)`` of ``cblas_?gemm`` in the BLAS NumPy calls, or None where it
     cannot be found (then bodies with a GEMM stay Python loops)."""
-    import threadpoolctl
+    from . import blas
 
+    path = blas.library_path()  # NumPy's own BLAS only: the bits np.matmul gives
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
     name = _GEMM[dtype][0]
-    libs = [i for i in threadpoolctl.threadpool_info()
-            if i.get("user_api") == "blas" and "numpy" in i["filepath"]]  # NumPy's own only
-    for info in libs:
-        try:
-            lib = ctypes.CDLL(info["filepath"])
-        except OSError:
-            continue
-        for symbol, ilp64 in ((f"scipy_cblas_{name}64_", True), (f"cblas_{name}64_", True)):
-            fn = getattr(lib, symbol, None)
-            if fn is not None:
-                return ctypes.cast(fn, ctypes.c_void_p).value, ilp64
+    for symbol in (f"scipy_cblas_{name}64_", f"cblas_{name}64_"):  # ILP64 builds
+        fn = getattr(lib, symbol, None)
+        if fn is not None:
+            return ctypes.cast(fn, ctypes.c_void_p).value, True
     return None
 
 
