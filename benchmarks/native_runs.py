@@ -28,13 +28,10 @@ def problem(name: str):
     return outputs, p.feeds
 
 
-def measure(name: str, rounds: int, calls: int) -> str:
-    import graphc as gc
+def native_vs_python(f, feeds, rounds: int = 21, calls: int = 10) -> str:
+    """``f`` (compiled for Numba) with its native runs and loops and as Python, in turn: the
+    median ms of each, their ratio and whether the outputs are the same bits."""
     from graphc import numba_loop
-    outputs, feeds = problem(name)
-    f = gc.compile(outputs, backend="numba")
-    runs = f.stats.get("native_runs", {"calls": 0, "statements": 0})
-    loops = f.source.count("called from the native loop")
     results, times = {}, {True: [], False: []}
     for _ in range(rounds):
         for flag in (True, False):
@@ -47,9 +44,18 @@ def measure(name: str, rounds: int, calls: int) -> str:
     numba_loop.ENABLED = True
     same = all(np.array_equal(a, b) for a, b in zip(results[True], results[False]))
     a, b = (float(np.median(times[k])) for k in (True, False))
+    return (f"{a:.3f} ms native, {b:.3f} ms Python (medians of {rounds}); native / Python "
+            f"{a / b:.3f}; {'the same bits' if same else 'RESULTS DIFFER'}")
+
+
+def measure(name: str, rounds: int, calls: int) -> str:
+    import graphc as gc
+    outputs, feeds = problem(name)
+    f = gc.compile(outputs, backend="numba")
+    runs = f.stats.get("native_runs", {"calls": 0, "statements": 0})
+    loops = f.source.count("called from the native loop")
     return (f"{name}: {runs['statements']} statements in {runs['calls']} native calls, "
-            f"{loops} native loops; {a:.3f} ms native, {b:.3f} ms Python; "
-            f"native / Python {a / b:.3f}; {'the same bits' if same else 'RESULTS DIFFER'}")
+            f"{loops} native loops; {native_vs_python(f, feeds, rounds, calls)}")
 
 
 def main(argv=None):

@@ -188,33 +188,16 @@ def torch_ms(steps: int, repeats: int) -> dict:
     return out
 
 
-def native_ab(steps: int, kind: str, rounds: int = 15, calls: int = 10) -> None:
+def native_ab(steps: int, kind: str) -> None:
     """One compiled step, its loops run natively (graphc/numba_loop.py) and as Python
-    loops in turn (A, B, A, B ...: ``rounds`` rounds of ``calls`` calls), in this process."""
-    import time
-
-    import numpy as np
+    loops in turn, in this process (benchmarks/native_runs.py)."""
+    from native_runs import native_vs_python
 
     import graphc as gc
-    from graphc import numba_loop
     loss, wrt, feeds = build(steps, kind)
     f = gc.compile([loss, *gc.grad(loss, wrt)])
     native = f.source.count("called from the native loop")
-    results, times = {}, {True: [], False: []}
-    for _ in range(rounds):
-        for flag in (True, False):
-            numba_loop.ENABLED = flag
-            results[flag] = f(feeds)
-            start = time.perf_counter()
-            for _ in range(calls):
-                f(feeds)
-            times[flag].append(1e3 * (time.perf_counter() - start) / calls)
-    numba_loop.ENABLED = True
-    same = all(np.array_equal(a, b) for a, b in zip(results[True], results[False]))
-    a, b = (float(np.median(times[k])) for k in (True, False))
-    print(f"W4 {kind}, T={steps}: {native} native loops; step {a:.2f} ms native, {b:.2f} ms "
-          f"Python loop (medians of {rounds}); native / Python {a / b:.3f}; "
-          f"{'the same bits' if same else 'RESULTS DIFFER'}")
+    print(f"W4 {kind}, T={steps}: {native} native loops; {native_vs_python(f, feeds, 15)}")
 
 
 def diagrams(folder: str) -> None:

@@ -118,23 +118,28 @@ def test_switched_off_when_compiling(monkeypatch):
     assert f(feeds)[0].shape == ()
 
 
-def test_calls_from_several_threads_at_once():
-    outputs, feeds = lstm_loss(8)
-    f = gc.compile(outputs, backend="numba")
+def same_from_threads(f, feeds, threads=6, calls=20) -> None:
+    """``f(feeds)`` called ``calls`` times in each of ``threads`` threads at once gives the
+    bits of one call alone (each call takes a set of buffers of its own)."""
     want = f(feeds)
-    results = [None] * 6
+    results = [None] * threads
 
     def work(k):
-        for _ in range(20):
+        for _ in range(calls):
             results[k] = f(feeds)
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
     for got in results:
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
+
+
+def test_calls_from_several_threads_at_once():
+    outputs, feeds = lstm_loss(8)
+    same_from_threads(gc.compile(outputs, backend="numba"), feeds)
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,8 +5,6 @@ another layout, and errors, go through the Python run; calls from several thread
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -132,22 +130,9 @@ def test_a_run_time_error_still_names_the_node():
 
 
 def test_calls_from_several_threads_at_once():
+    from test_native_loop import same_from_threads
     outputs, feeds = mlp(batch=64)
-    f = gc.compile(outputs, backend="numba")
-    want = f(feeds)
-    results = [None] * 6
-
-    def work(k):
-        for _ in range(30):
-            results[k] = f(feeds)
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for got in results:
-        for a, b in zip(got, want):
-            np.testing.assert_array_equal(a, b)
+    same_from_threads(gc.compile(outputs, backend="numba"), feeds, calls=30)
 
 
 def test_short_runs_stay_python_by_default(monkeypatch):
