@@ -10,15 +10,19 @@ The body is lowered as usual (:class:`graphc.numba_lowering.Lowering` with ``bod
 - ``np.matmul(a, b, out=c)``: ``cblas_?gemm`` of the BLAS NumPy itself calls, with the
   arguments NumPy passes (row-major; a transposed operand as the transpose flag), so the
   result is the same bits;
-- ``np.concatenate(..., out=c)`` and ``out[...] = x``: row copies;
-- transposes and reshapes of contiguous arrays (views), ``del`` and ``blas_ready()``
-  (called once before the loop).
+- ``np.concatenate(..., out=c)`` and ``out[...] = x``: row copies; ``x.fill(0)``: memset;
+- ``np.add/subtract/multiply/divide/negative(..., out=c)`` on floats: IEEE loops;
+- transposes, reshapes and basic indexing (views), ``del`` and ``blas_ready()`` (called
+  once before the loop).
 
 Any other line (a NumPy fallback, a kernel split over threads, a GEMM NumPy would not give
-to ``gemm``) and the body stays a Python loop.  The function's arguments: the number of
-steps, an ``int64`` table of each step's addresses (the inputs' and outputs' slices, as
-:class:`graphc.numba_backend.LoopRunner` makes them) and a table of the fixed ones (the
-kernels, the GEMM, constants, the body's buffers).  Its LLVM IR holds no address, so one
+to ``gemm``) and the body stays a Python loop.  :mod:`graphc.numba_segments` uses the same
+reading for runs of a program's statements (slots ``("p", expression)``: per-call values).
+
+The function's arguments: the number of steps, an ``int64`` table of each step's
+addresses (the inputs' and outputs' slices, as :class:`graphc.numba_backend.LoopRunner`
+makes them) and a table of the fixed ones (the kernels, the GEMM, constants, the body's
+buffers).  Its LLVM IR holds no address, so one
 object serves every process; llvmlite compiles it (no Numba) in a few milliseconds.
 """
 
@@ -387,7 +391,6 @@ class _Builder:
     def __init__(self, int_type: str):
         self.lines: list[str] = []
         self.count = 0
-        self.block = "loop"
         self.int = int_type  # the BLAS's integer
         self.percall: dict = {}  # per-call values by their Python expression: column
 
@@ -419,7 +422,6 @@ class _Builder:
 
     def label(self, name: str) -> None:
         self.lines.append(f"{name}:")
-        self.block = name
 
 
 def module_ir(ops, names: Names, percall: dict | None = None) -> str:
