@@ -33,10 +33,12 @@ import numpy as np
 
 from . import numba_loop as nl
 
-# a run shorter than this stays Python: the call and its table of addresses cost several
-# us (benchmarks/native_runs.py: W1's runs of 2-10 statements, 1.01x the Python time;
-# W6's, 1.4x; the unrolled W4's runs of hundreds, 0.86x)
-MIN_OPERATIONS = 16
+# a run shorter than this stays Python (one statement gains nothing).  The call costs about
+# 1 us and its table of addresses 0.02 us an array (ids; the native code reads the data
+# address from the array object): benchmarks/native_runs.py, native / Python time, W1
+# (runs of 2-10 statements) 0.980-0.993, W6 0.981-0.995, W5 0.969-1.012, the unrolled W4
+# 0.859-0.904.  (With the addresses looked up in Python, 0.9 us an array: W6 1.42.)
+MIN_OPERATIONS = 2
 
 _ALLOC = re.compile(r"(\w+) = np\.(empty|zeros)\((\(.*?\)|\d+), np\.(\w+)\)")
 _HOSTED = re.compile(r"(\w+) = np\.ndarray\((\(.*?\)), np\.(\w+), (\w+), (\d+)\)")
@@ -68,7 +70,7 @@ def variant(lowering, inputs, pool, head: list[str], tail: list[str]):
     names = nl.names_of(lowering, [], [], pool)
     for t in inputs:
         var = lowering.var_name(t)
-        names.arrays[var] = nl.Arr(("p", f"_addr({var})"), 0, t.shape, nl.c_strides(
+        names.arrays[var] = nl.Arr(_by_object(var, "_addr"), 0, t.shape, nl.c_strides(
             t.shape, np.dtype(t.dtype).itemsize), t.dtype)
     out, run, calls = [], _Run(), {}
     for line in lowering.lines:
@@ -81,8 +83,9 @@ def variant(lowering, inputs, pool, head: list[str], tail: list[str]):
     out += run.close(names, calls)
     if not calls:
         return None
-    guard = sorted({k for k, t in enumerate(inputs) if any(
-        f"_addr({lowering.var_name(t)})" in values for _, _, values in calls.values())})
+    read = {v for _, _, values in calls.values() for v in values}
+    guard = sorted(k for k, t in enumerate(inputs)
+                   if {f"_addr({lowering.var_name(t)})", f"id({lowering.var_name(t)})"} & read)
     signature = head[0].replace("def run(", "def run_native(", 1)
     signature = signature[:signature.rindex(")")] + ", _fixed):"
     return "\n".join([signature] + head[1:] + out + tail), Segments(names.fixed, calls, guard)
@@ -117,6 +120,14 @@ class _Run:
         return lines + [line for kind, line, _ in items if line.strip().startswith("del ")]
 
 
+def _by_object(var: str, lookup: str) -> tuple:
+    """The per-call slot of array ``var``'s data: the array object, whose data address the
+    native code reads (``id(var)``), or where that layout was not found, its address
+    looked up by Python."""
+    return ("q", f"id({var})") if nl.ARRAY_DATA_OFFSET is not None else \
+        ("p", f"{lookup}({var})")
+
+
 def _kind(text: str, names, lowering):
     """``("op", operation)``, ``("def", None)`` (registering what it names) or
     ``("barrier", None)``."""
@@ -134,7 +145,7 @@ def _definition(text: str, names, lowering) -> bool:
     if m := _ALLOC.fullmatch(text):
         shape = ast.literal_eval(m[3])
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        names.arrays[m[1]] = nl.Arr(("p", f"_waddr({m[1]})"), 0, shape, nl.c_strides(
+        names.arrays[m[1]] = nl.Arr(_by_object(m[1], "_waddr"), 0, shape, nl.c_strides(
             shape, np.dtype(m[4]).itemsize), m[4])
         return True
     if m := _HOSTED.fullmatch(text):

@@ -13,14 +13,6 @@ from graphc import numba_loop
 
 pytestmark = pytest.mark.slow  # compiles kernels
 
-
-@pytest.fixture(autouse=True)
-def short_runs_too(monkeypatch):
-    """Native calls for runs of two statements or more (the default is 16: shorter runs do
-    not gain), so that these small graphs have some."""
-    from graphc import numba_segments
-    monkeypatch.setattr(numba_segments, "MIN_OPERATIONS", 2)
-
 rng = np.random.default_rng(5)
 
 
@@ -135,9 +127,20 @@ def test_calls_from_several_threads_at_once():
     same_from_threads(gc.compile(outputs, backend="numba"), feeds, calls=30)
 
 
-def test_short_runs_stay_python_by_default(monkeypatch):
+def test_runs_shorter_than_min_operations_stay_python(monkeypatch):
     from graphc import numba_segments
-    monkeypatch.setattr(numba_segments, "MIN_OPERATIONS", 16)
     outputs, feeds = mlp()
+    monkeypatch.setattr(numba_segments, "MIN_OPERATIONS", 1000)
     f = gc.compile(outputs, backend="numba")
     assert "native_runs" not in f.stats and "native calls" not in f.source
+    assert f(feeds)[0].shape == ()
+
+
+def test_feeds_are_read_through_their_array_objects():
+    """The per-call table holds ids; the native code reads each array's data address from
+    the object (numba_loop.ARRAY_DATA_OFFSET, checked on arrays when it is imported)."""
+    assert numba_loop.ARRAY_DATA_OFFSET == 16
+    outputs, _ = mlp()
+    f = gc.compile(outputs, backend="numba")
+    source = f.stats["native_runs"]["source"]
+    assert "id(in" in source and "_addr(in" not in source.split("def run_native(")[1]
