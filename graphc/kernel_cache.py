@@ -221,6 +221,9 @@ class _NativeLoader:
         self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
         self._addresses: dict[str, int] = {}
 
+    def engine_address(self, name: str) -> int:
+        return self._engine.get_function_address(name)
+
     def address(self, obj: NativeObject) -> int:
         addr = self._addresses.get(obj.symbol)
         if addr is None:
@@ -257,6 +260,16 @@ def link(symbol: str, build) -> int:
         with contextlib.suppress(OSError):
             _store(home, f"{symbol}.native", encode_object(obj))
         return address
+
+
+def function_address(name: str) -> int:
+    """The address of function ``name`` of an object :func:`link` linked (one object may
+    define several: a program's native runs)."""
+    with _LOCK:
+        address = _LOADER.engine_address(name) if _LOADER is not None else 0
+    if not address:
+        raise OSError(f"no linked object defines {name}")
+    return address
 
 
 def unresolved(obj: NativeObject) -> list[str]:

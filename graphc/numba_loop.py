@@ -608,12 +608,15 @@ _LINKED: dict[str, int] = {}
 OPTIMIZE_LINES = 2000
 
 
-def link(ir: str, symbol: str) -> int:
-    """Compile ``ir`` and link it into this process once; the address of ``symbol``."""
+def link(ir: str, symbol: str, optimize: bool | None = None) -> int:
+    """Compile ``ir`` and link it into this process once; the address of ``symbol``.
+    ``optimize``: run LLVM's -O3 on the IR first (default: if it is at most
+    OPTIMIZE_LINES long)."""
     if symbol not in _LINKED:
         from . import kernel_cache
         from . import numba_native as native
-        optimize = ir.count("\n") <= OPTIMIZE_LINES
+        if optimize is None:
+            optimize = ir.count("\n") <= OPTIMIZE_LINES
         _LINKED[symbol] = kernel_cache.link(
             symbol, lambda: native.object_from_ir(ir, symbol, optimize))
     return _LINKED[symbol]
