@@ -30,7 +30,8 @@ def loops(f) -> list[str]:
 
 
 def both_ways(f, feeds, monkeypatch) -> list:
-    """``f``'s outputs from the native loops, checked bit for bit against the Python loop."""
+    """``f``'s outputs from the native code (loops and runs), checked bit for bit against
+    the Python run (``numba_loop.ENABLED`` is read per call)."""
     monkeypatch.setattr(numba_loop, "ENABLED", False)
     python = f(feeds)
     monkeypatch.setattr(numba_loop, "ENABLED", True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_native_loop import both_ways, same_from_threads  # the bit-for-bit checks
 
 import graphc as gc
 from graphc import numba_loop
@@ -34,17 +35,6 @@ def native_calls(f) -> int:
     assert runs["source"].count("statements as one native call") == runs["calls"]
     assert f"run as {runs['calls']} native calls" in f.source or not runs["calls"]
     return runs["calls"]
-
-
-def both_ways(f, feeds, monkeypatch):
-    monkeypatch.setattr(numba_loop, "ENABLED", False)
-    python = f(feeds)
-    monkeypatch.setattr(numba_loop, "ENABLED", True)
-    native = f(feeds)
-    for a, b in zip(python, native):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
-    return native
 
 
 def test_an_mlp_step_has_native_runs_with_the_same_bits(monkeypatch):
@@ -122,7 +112,6 @@ def test_a_run_time_error_still_names_the_node():
 
 
 def test_calls_from_several_threads_at_once():
-    from test_native_loop import same_from_threads
     outputs, feeds = mlp(batch=64)
     same_from_threads(gc.compile(outputs, backend="numba"), feeds, calls=30)
 
