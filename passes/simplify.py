@@ -3,7 +3,8 @@
 Before: any well-formed graph.  After: the same outputs (same shapes and dtypes, the same
 values up to rounding, the same NaN and Inf results) with every enabled rule applied
 wherever its pattern matches, to a fixed point per node, and every subexpression that
-depends on no input folded into a constant.
+depends on no input folded into a constant; before the rules, products ``x[t] @ w`` of every
+slice of ``x`` with one matrix become slices of one ``x @ w`` (:func:`batch_matmuls`).
 
 A rule is data: a name, a pattern (:mod:`graphc.passes.rewrite`), a replacement (a
 capture name, or a function of the captures returning a node or None when it does not
@@ -40,11 +41,12 @@ from graphc.scan import StopGradient
 from graphc.shape_ops import (
     BroadcastTo,
     Concat,
+    Index,
     IndexAdd,
     Reshape,
     Transpose,
 )
-from graphc.structured_ops import Reduce
+from graphc.structured_ops import MatMul, Reduce
 
 from .rewrite import ONE, ZERO, P, is_constant, match, rebuild
 
@@ -285,6 +287,7 @@ def simplify(graph: Graph, *, rules=DEFAULT_RULES, log: dict | None = None) -> G
 
     ``log`` (if given) receives ``rules_fired``: {rule name: times}."""
     fired: dict[str, int] = {}
+    graph = batch_matmuls(graph, fired)
     # nodes already in simplified form, kept alive: a set of ids alone would let a dropped
     # intermediate's id be reused by a new node, which then passed as settled
     done: dict[int, Tensor] = {}
@@ -325,6 +328,45 @@ def simplify(graph: Graph, *, rules=DEFAULT_RULES, log: dict | None = None) -> G
     if log is not None:
         log["rules_fired"] = dict(sorted(fired.items()))
     return out
+
+
+def _slice_product(t: Tensor):
+    """(x, w, i) if ``t`` is ``matmul(x[i], w)`` with x of rank >= 3 and w a matrix."""
+    if not isinstance(t.op, MatMul):
+        return None
+    a, w = t.inputs
+    if not (isinstance(a.op, Index) and len(a.op.index) == 1 and a.op.index[0][0] == "int"):
+        return None
+    x = a.inputs[0]
+    if x.ndim < 3 or w.ndim != 2 or min(x.shape[-2], w.shape[1]) < 2:  # GEMMs, not GEMVs
+        return None
+    return x, w, a.op.index[0][1] % x.shape[0]
+
+
+def batch_matmuls(graph: Graph, fired: dict) -> Graph:
+    """``matmul(x[i], w)`` for every i of x's leading axis -> ``matmul(x, w)[i]``: one
+    GEMM instead of one per slice (an unrolled RNN's input projections ``x_t @ Wx``).  Each
+    element is the same dot product over the same operands, so the values are unchanged;
+    the rewrite fires only where every slice is multiplied by ``w``, so nothing extra is
+    computed."""
+    slices: dict[tuple[int, int], tuple[int, set]] = {}
+    for t in graph.nodes:
+        found = _slice_product(t)
+        if found is not None:
+            x, w, i = found
+            slices.setdefault((id(x), id(w)), (x.shape[0], set()))[1].add(i)
+    whole = {key for key, (n, seen) in slices.items() if len(seen) == n > 1}
+    if not whole:
+        return graph
+
+    def visit(node, old):
+        found = _slice_product(old)
+        if found is None or (id(found[0]), id(found[1])) not in whole:
+            return node
+        fired["matmul-batch"] = fired.get("matmul-batch", 0) + 1
+        return F.matmul(node.inputs[0].inputs[0], node.inputs[1])[found[2]]
+
+    return rebuild(graph, visit)
 
 
 def simplify_unsafe(graph: Graph, *, log: dict | None = None) -> Graph:

@@ -19,6 +19,7 @@ import pytest
 import test_ops as table
 import test_random_graphs as random_graphs
 from graphc.passes import pipeline
+from graphc.passes import simplify as simplify_module
 from graphc.passes.cse import cse
 from graphc.passes.dce import dce
 from graphc.passes.fusion import fusion
@@ -242,6 +243,60 @@ def test_the_gradient_of_an_lstms_gate_slices_is_one_concat_after_one_pass():
     feeds = {"z": np.linspace(-2, 2, 32).reshape(2, 16), "c": np.linspace(-1, 1, 8).reshape(2, 4)}
     want = gc.compile(g, backend="numpy", optimize=False)(feeds)
     np.testing.assert_array_equal(gc.compile(g, backend="numpy")(feeds), want)
+
+
+def _projections(x, w, steps):
+    """sum over t of tanh(x[t] @ w): an unrolled RNN's input projections."""
+    return sum(gc.sum(gc.tanh(x[t] @ w)) for t in steps)
+
+
+def test_products_of_every_slice_with_one_matrix_are_one_matmul():
+    x, w = gc.input("x", (4, 3, 5), "float64"), gc.input("w", (5, 6), "float64")
+    loss = _projections(x, w, [0, 1, 2, -1])
+    graphs = [loss, *gc.grad(loss, [x, w])]
+    log = {}
+    out = simplify(gc.Graph(graphs), log=log)
+    assert log["rules_fired"]["matmul-batch"] == 4
+    forward = [t for t in out.nodes if t.op.name == "matmul" and t.inputs[0] is x]
+    assert [t.shape for t in forward] == [(4, 3, 6)]
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((4, 3, 5)), "w": rng.standard_normal((5, 6))}
+    want = gc.compile(graphs, backend="numpy", optimize=False)(feeds)
+    for backend in ("numpy", "numba"):
+        got = gc.compile(graphs, backend=backend)(feeds)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", ["some slices", "two matrices", "vector rows"])
+def test_products_of_some_slices_stay_apart(case):
+    x, w = gc.input("x", (4, 3, 5), "float64"), gc.input("w", (5, 6), "float64")
+    if case == "some slices":  # x[3] is never used: batching would compute it for nothing
+        loss = _projections(x, w, [0, 1, 2])
+    elif case == "two matrices":
+        w2 = gc.input("w2", (5, 6), "float64")
+        loss = _projections(x, w, [0, 1]) + _projections(x, w2, [2, 3])
+    else:  # (1, 5) rows: BLAS may take them as GEMVs, whose sums are ordered differently
+        x = gc.input("x1", (4, 1, 5), "float64")
+        loss = _projections(x, w, range(4))
+    log = {}
+    simplify(gc.Graph(loss), log=log)
+    assert "matmul-batch" not in log["rules_fired"]
+
+
+def test_unrolled_lstm_projects_its_inputs_in_one_gemm(monkeypatch):
+    """The same dot products; OpenBLAS rounds them differently for a (4, 64) and a
+    (24, 64) operand (its small-matrix kernel), so the results agree to float32 rounding,
+    not bit for bit."""
+    problem = workloads.WORKLOADS["W4"].problem({"steps": 6, "batch": 4})
+    outs = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
+    f = gc.compile(outs, backend="numba")
+    assert f.stats["passes"][0]["rules_fired"]["matmul-batch"] == 6
+    monkeypatch.setattr(simplify_module, "batch_matmuls", lambda graph, fired: graph)
+    kept = gc.compile(outs, backend="numba")
+    assert "matmul-batch" not in kept.stats["passes"][0]["rules_fired"]
+    for a, b in zip(f(problem.feeds), kept(problem.feeds)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
 def test_nan_changing_rules_are_off_by_default():
