@@ -137,7 +137,9 @@ class LoopRunner:
     def __call__(self, *arrays, out=()):
         """The instance's outputs for ``arrays`` (the scan's inputs); ``out``: the arrays
         to write its stacked outputs into, in the order of ``outs`` (else new arrays)."""
-        loop, order = self.loop, list(self.loop.time_order())
+        loop = self.loop
+        order = np.arange(loop.length, dtype=np.int64)
+        order = order[::-1] if loop.reverse else order
         stacks = {}
         given = iter(out)
         for kind, i in self.outs:
@@ -146,29 +148,32 @@ class LoopRunner:
                 stacks[(kind, i)] = next(given, None)
                 if stacks[(kind, i)] is None:
                     stacks[(kind, i)] = np.empty((loop.length,) + t.shape, np.dtype(t.dtype))
-        chains = [_chain(p, a, stacks.get(("cin", i)), order)
+        chains = [_Chain(p, a, stacks.get(("cin", i)), order)
                   for i, (p, a) in enumerate(zip(loop.carry, arrays))]
-        if order:
+        if len(order):
             keep = []  # contiguous copies whose addresses the steps read
             ins = [self._input(role, arrays, chains, order, reads, keep)
                    for role, reads in zip(self.roles, self.body.reads_pointer)]
             outs = [self._output(key, stacks, chains, order) for key in self.produced]
+            columns = [c for c, _ in ins] + [c for c, _ in outs]
             if self.body.native is not None and numba_loop.ENABLED:
                 if self.body.native.blas:
                     blas.ready()
-                self.body.run_native([p for _, p in ins] + [p for _, p in outs], len(order))
+                self.body.run_native(np.stack(columns), len(order))
             else:
-                self.body.run_steps(zip(*[a for a, _ in ins], *[p for _, p in ins],
-                                        *[a for a, _ in outs], *[p for _, p in outs]))
-        return tuple(chains[i][-1][0] if kind == "carry" else stacks[(kind, i)]
+                self.body.run_steps(zip(*[views() for _, views in ins],
+                                        *[c.tolist() for c, _ in ins],
+                                        *[views() for _, views in outs],
+                                        *[c.tolist() for c, _ in outs]))
+        return tuple(chains[i].final if kind == "carry" else stacks[(kind, i)]
                      for kind, i in self.outs)
 
     def _input(self, role, arrays, chains, order, reads, keep):
-        """The arrays and addresses an input takes, one per step (or the same each)."""
+        """An input's addresses, one per step (int64), and a function making its arrays."""
         kind, i = role
         if kind == "carry":
-            links = chains[i]
-            return [arrays[i]] + [a for a, _ in links[1:-1]], [p for _, p in links[:-1]]
+            chain = chains[i]
+            return chain.addresses[:-1], lambda: chain.views()[:-1]
         n_c, n_x = len(self.loop.carry), len(self.loop.xs)
         a = arrays[n_c + i] if kind == "x" else arrays[n_c + n_x + i]
         if kind == "const" and not a.flags.c_contiguous:  # (a transposed weight) once,
@@ -179,39 +184,53 @@ class LoopRunner:
             keep.append(np.ascontiguousarray(a))
             base = _addr(keep[-1])
         if kind == "const":
-            return repeat(a), repeat(base)
-        step = a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64))
-        return [a[t, ...] for t in order], [base + t * step if reads else 0 for t in order]
+            return np.full(len(order), base, np.int64), lambda: repeat(a, len(order))
+        step = a.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)) if reads else 0
+        return base + order * step, lambda: [a[t, ...] for t in order]
 
     def _output(self, key, stacks, chains, order):
-        """The arrays an output is written into and their addresses, one per step."""
+        """Where an output is written, one address per step, and a function making the
+        arrays."""
         if key[0] == "carry":
-            links = chains[key[1]][1:]
-            return [a for a, _ in links], [p for _, p in links]
+            chain = chains[key[1]]
+            return chain.addresses[1:], lambda: chain.views()[1:]
         stack = stacks.get(key)
         if stack is None:  # a y no output stacks: written into one scratch array
             t = self.loop.stacked(*key)
             scratch = np.empty(t.shape, np.dtype(t.dtype))
-            return repeat(scratch), repeat(_addr(scratch))
-        base, step = _addr(stack), stack[0, ...].nbytes
-        return [stack[t, ...] for t in order], [base + t * step for t in order]
+            return (np.full(len(order), _addr(scratch), np.int64),
+                    lambda: repeat(scratch, len(order)))
+        return _addr(stack) + order * stack[0, ...].nbytes, lambda: [stack[t, ...] for t in order]
 
 
-def _chain(placeholder, init, cin, order) -> list:
-    """Where carry ``placeholder`` is as each step gets it, and last the final carry
-    (arrays and their addresses): the ``cin`` stack, else two buffers in turn."""
-    shape, dtype = placeholder.shape, np.dtype(placeholder.dtype)
-    if cin is not None:
-        base, step = _addr(cin), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        links = [(cin[t, ...], base + t * step) for t in order]
-    else:
-        ring = np.empty((2,) + shape, dtype)
-        pair = [(ring[0, ...], _addr(ring)), (ring[1, ...], _addr(ring) + ring[0, ...].nbytes)]
-        links = [pair[s % 2] for s in range(len(order))]
-    final = np.empty(shape, dtype)
-    links.append((final, _addr(final)))
-    links[0][0][...] = init
-    return links
+class _Chain:
+    """Where carry ``placeholder`` is as each step gets it, and last the final carry (its
+    addresses, int64, and :meth:`views`): the ``cin`` stack, else two buffers in turn.
+    The first holds ``init``."""
+
+    def __init__(self, placeholder, init, cin, order):
+        shape, dtype = placeholder.shape, np.dtype(placeholder.dtype)
+        self.cin, self.order = cin, order
+        self.final = np.empty(shape, dtype)
+        if cin is not None:
+            step = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            addresses = _addr(cin) + order * step
+            first = cin[order[0], ...] if len(order) else self.final
+        else:
+            self.ring = np.empty((2,) + shape, dtype)
+            pair = np.array([_addr(self.ring), _addr(self.ring) + self.ring[0, ...].nbytes])
+            addresses = pair[np.arange(len(order)) % 2]
+            first = self.ring[0, ...] if len(order) else self.final
+        self.addresses = np.append(addresses, _addr(self.final))
+        first[...] = init
+
+    def views(self) -> list:
+        """The arrays at :attr:`addresses`."""
+        if self.cin is not None:
+            steps = [self.cin[t, ...] for t in self.order]
+        else:
+            steps = [self.ring[s % 2, ...] for s in range(len(self.order))]
+        return steps + [self.final]
 
 
 RULES = {

@@ -263,12 +263,10 @@ class NumbaProgram:
         finally:
             self._free.append(buffers)
 
-    def run_native(self, columns, steps: int) -> None:
+    def run_native(self, table: np.ndarray, steps: int) -> None:
         """Run a loop body's ``steps`` steps in its native loop (:mod:`graphc.numba_loop`):
-        ``columns`` holds each parameter's addresses, one per step (a list) or the same
-        each (an iterator repeating it)."""
-        table = np.array([c if isinstance(c, list) else [next(c)] * steps for c in columns],
-                         np.int64)
+        ``table`` (int64, C-contiguous) holds a row of addresses per parameter, one per
+        step."""
         buffers = self._free.pop() if self._free else self._buffers()
         try:
             if len(buffers) == 3:  # the fixed table of these buffers, made once
