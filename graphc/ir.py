@@ -377,8 +377,10 @@ def name_clash(what: str, a: Tensor, b: Tensor):
                              f"{text(a)}, and {text(b)}; a name is unique in a graph"))
 
 
-def iter_nodes(outputs) -> list[Tensor]:
-    """All nodes reachable from ``outputs``, inputs before users (DFS post-order)."""
+def iter_nodes(outputs, known=None) -> list[Tensor]:
+    """All nodes reachable from ``outputs``, inputs before users (DFS post-order).
+    ``known`` (ids): nodes listed without their inputs (a rewrite's new nodes on a graph
+    already visited, in time proportional to the new nodes)."""
     seen: set[int] = set()
     order: list[Tensor] = []
     stack = [(t, False) for t in reversed(list(outputs))]
@@ -390,6 +392,9 @@ def iter_nodes(outputs) -> list[Tensor]:
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if known is not None and id(node) in known:
+            order.append(node)
+            continue
         stack.append((node, True))
         stack.extend((i, False) for i in reversed(node.inputs) if id(i) not in seen)
     return order

@@ -312,7 +312,7 @@ def simplify(graph: Graph, *, rules=DEFAULT_RULES, log: dict | None = None) -> G
     def settle_new(t: Tensor) -> Tensor:
         """A replacement: its new nodes are settled inputs-first, then itself."""
         mapping: dict[int, Tensor] = {}
-        for node in iter_nodes([t]):
+        for node in iter_nodes([t], known=done):  # settled nodes: not walked again
             if id(node) in done:
                 mapping[id(node)] = node
                 continue

@@ -326,3 +326,19 @@ def test_digest_differs_for_constants_of_different_dtype_or_value():
     d = gc.constant(np.float64(0.1 + 1e-12))
     assert c is not d
     assert c.digest != d.digest
+
+
+def test_iter_nodes_lists_known_nodes_without_walking_their_inputs():
+    """simplify settles each replacement's new nodes with ``known`` = the nodes already
+    settled: a walk of the new nodes only, not of the whole graph above them (which made
+    simplify quadratic: 5.9 s on the unrolled W4 at T = 100, now 0.6 s)."""
+    from graphc.ir import iter_nodes
+    x = gc.input("x", (3,))
+    deep = x
+    for _ in range(50):
+        deep = gc.exp(deep)
+    new = gc.tanh(deep) + x
+    assert len(iter_nodes([new])) == 53  # x, 50 exps, tanh, add
+    walked = iter_nodes([new], known={id(deep), id(x)})
+    assert [t.op.name for t in walked] == ["exp", "tanh", "input", "add"]
+    assert walked[0] is deep

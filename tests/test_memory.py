@@ -253,3 +253,30 @@ def test_concurrent_calls_each_host_in_their_own_outputs():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_lowest_gap_is_the_first_fit_in_offset_order():
+    """The array form of the packer's gap search against its definition: the lowest
+    offset where ``size`` bytes overlap no block alive at the same time."""
+    from graphc.passes.memory import _Placed
+
+    def reference(rows, start, end, size):
+        offset = 0
+        for lo, hi in sorted((o, o + n) for s, e, o, n in rows if s <= end and e >= start):
+            if lo - offset >= size:
+                break
+            offset = max(offset, hi)
+        return offset
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        placed, rows = _Placed(), []
+        for _ in range(int(rng.integers(0, 150))):  # past the first growth of the arrays
+            s = int(rng.integers(0, 50))
+            row = (s, s + int(rng.integers(0, 20)), int(rng.integers(0, 40)) * 64,
+                   int(rng.integers(1, 6)) * 64)
+            placed.add(*row)
+            rows.append(row)
+        start = int(rng.integers(0, 50))
+        end, size = start + int(rng.integers(0, 10)), int(rng.integers(1, 8)) * 64
+        assert placed.lowest_gap(start, end, size) == reference(rows, start, end, size)
