@@ -119,12 +119,13 @@ def rule_scan(lowering, t):
 
 class LoopRunner:
     """Runs a scan's loop with a body lowered with ``body=True``; returns the instance's
-    outputs.  Every step's arguments are made before the loop: the slices of the ``xs``
-    and of the stacks the outputs go to, with their addresses (a base plus the step times
-    a stride), so a step is one call.  A carry goes from step to step through the ``cin``
-    stack when the instance stacks it (step t writes it where the next step reads it),
-    else through two buffers in turn; the last step writes the final carry, a new array.
-    The first step reads the init as given (and its address from a contiguous copy)."""
+    outputs.  Every step's addresses are made before the loop, one int64 row per
+    parameter (a base plus the step times a stride): those of the ``xs`` slices and of the
+    stacks the outputs go to; the native loop reads only these, the Python loop also gets
+    the arrays.  A carry goes from step to step through the ``cin`` stack when the
+    instance stacks it (step t writes it where the next step reads it), else through two
+    buffers in turn; the init is copied where the first step reads it, and the last step
+    writes the final carry, a new array."""
 
     def __init__(self, loop, outs, body):
         self.loop, self.outs, self.body = loop, outs, body
