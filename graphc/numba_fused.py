@@ -117,6 +117,10 @@ class FusedInstance:
             if kind == "V":  # the wider matrix's pointer, moved to the block's first column
                 parent, start, ld = self.blocks[k]
                 call.add(f"{L.pointer(L.value(parent))} + {start * item[i]}", ld * item[i])
+            elif kind == "F" and not materialize and (block := row_block(i)) is not None \
+                    and L.value(block[0]).contiguous:
+                parent, start = block  # x[t]: where it lies in x, not a copy of the view
+                call.add(f"{L.pointer(L.value(parent))} + {start * item[i]}", item[i] * inner)
             else:
                 call.add(L.operand(i, materialize, self.domain), item[i] *
                          {"F": inner, "C": 1}.get(kind, 0))
@@ -126,8 +130,10 @@ class FusedInstance:
             scratch = f"{L.var_name(t)}_work"
             n = (call.chunks + bool(self.tail)) * self.spec.scratch
             step = np.dtype(dtype).itemsize * self.spec.scratch
-            if n * np.dtype(dtype).itemsize <= L.stage_limit:
-                call.add(L.pointer(L.stage(scratch, (n,), dtype, t)), 0, step)
+            if n * np.dtype(dtype).itemsize <= max(L.stage_limit, WORK_BYTES):
+                # kernels run one at a time: those of one size share one buffer
+                work = L.once(("work", n, dtype), lambda _: L.stage(scratch, (n,), dtype, t))
+                call.add(L.pointer(work), 0, step)
             else:
                 L.line(f"{scratch} = np.empty({n}, np.{dtype})")
                 L.defined.add(scratch)
@@ -229,6 +235,23 @@ def column_block(t: Tensor, domain) -> tuple | None:
     if step != 1 or stop - start != t.shape[1] or t.shape[1] == cols:
         return None
     return t.inputs[0], start, cols
+
+
+# A kernel's work space up to this size is a buffer of the program's own (made with the
+# pool), shared by the kernels that need that size, not an array allocated every call.
+WORK_BYTES = 1 << 20
+
+
+def row_block(t: Tensor) -> tuple | None:
+    """``(array, first element)`` if ``t`` is ``x[i]`` (leading integers only, x
+    C-ordered as the kernel reads it): a contiguous block of x, read where it lies."""
+    if not isinstance(t.op, Index) or not t.op.index or \
+            any(e[0] != "int" for e in t.op.index):
+        return None
+    x = t.inputs[0]
+    lead = x.shape[:len(t.op.index)]
+    at = [e[1] % n for e, n in zip(t.op.index, lead)]
+    return x, int(np.ravel_multi_index(at, lead)) * t.size
 
 
 def _group_members(nodes) -> dict:

@@ -352,7 +352,8 @@ class Lowering:
     def once(self, name: str, build):
         """``build(nodes)``, made on the first call for ``name`` and kept: an index of the
         graph's nodes a rule looks up per node (the fused group instances' members, the
-        matmuls reading each node, the scan instances' outputs)."""
+        matmuls reading each node, the scan instances' outputs), or a buffer the kernels
+        share (their work space of one size)."""
         if name not in self.indexes:
             self.indexes[name] = build(self.nodes)
         return self.indexes[name]

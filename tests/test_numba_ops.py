@@ -281,6 +281,31 @@ def test_a_kernel_reads_column_blocks_where_they_lie(batch):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
 
 
+def test_a_slice_along_leading_axes_is_read_where_it_lies(monkeypatch):
+    """x[t] of a contiguous x, a fused kernel's operand, is read at its offset in x (the
+    unrolled RNN's projection slices after simplify's matmul-batch), not through a
+    contiguous copy of the view and a lookup of its address: same bits either way."""
+    from graphc import numba_fused
+    T, B, N, H = 5, 3, 4, 6
+    xs, W = gc.input("xs", (T, B, N), "float64"), gc.input("W", (N, H), "float64")
+    h = gc.constant(np.zeros((B, H)))
+    for t in range(T):
+        h = gc.tanh(xs[t] @ W + 0.5 * h)  # (xs @ W)[t]
+    outputs = [gc.sum(h * h), *gc.grad(gc.sum(h * h), [xs, W])]
+    rng = np.random.default_rng(3)
+    feeds = {"xs": rng.standard_normal((T, B, N)), "W": rng.standard_normal((N, H))}
+    f = gc.compile(outputs, backend="numba")
+    assert "_contig(" not in f.source
+    assert re.search(r"pv\w+ \+ %d\b" % (3 * B * H * 8), f.source)  # (xs @ W)[3]
+    monkeypatch.setattr(numba_fused, "row_block", lambda t: None)
+    copied = gc.compile(outputs, backend="numba")
+    assert "_contig(" in copied.source
+    ref = gc.compile(outputs, backend="numpy")(feeds)
+    for a, b, r in zip(f(feeds), copied(feeds), ref):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+
+
 def test_a_transpose_many_matmuls_read_is_copied_once():
     """Whᵀ read by every step's backward matmul of an unrolled RNN is one contiguous copy,
     not a view each matmul reads through BLAS's transpose flag; a transpose read by fewer
