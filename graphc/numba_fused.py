@@ -56,7 +56,7 @@ class FusedInstance:
 
     def plan(self, lowering: Lowering):
         group, domain = self.group, self.domain
-        shapes = [static_base_shape(lowering.folded, i) for i in self.inputs]
+        shapes = base = [static_base_shape(lowering.folded, i) for i in self.inputs]
         self.accumulate = [None if o.reduce is None else
                            "column" if len(o.reduce) < len(domain) else "full"
                            for o in self.outputs]
@@ -65,6 +65,7 @@ class FusedInstance:
         if leads:
             kinds, sizes = split_kinds(domain, shapes, leads.pop())
         else:
+            shapes = _trailing_blocks(domain, shapes)
             kinds, sizes = broadcast_pattern(domain, shapes)
             kinds = list(kinds)
             if any(self.accumulate) and len(sizes) == 1:
@@ -74,7 +75,10 @@ class FusedInstance:
         # broadcast patterns) is materialized at full size, as for single ops
         size = int(np.prod(domain, dtype=np.int64))
         self.materialize = [k is None or (k == "F" and int(np.prod(s, dtype=np.int64)) != size)
-                            for k, s in zip(kinds, shapes)]
+                            or s != b for k, s, b in zip(kinds, shapes, base)]
+        # what a materialized operand is made at: the output's shape, or the trailing block
+        # _trailing_blocks chose (read as a row)
+        self.made_at = [domain if k in (None, "F") else s for k, s in zip(kinds, shapes)]
         self.kinds = "".join("F" if k is None else k for k in kinds)
         self.sizes = sizes
         self.blocks = {k: b for k, (i, kind) in enumerate(zip(self.inputs, self.kinds))
@@ -122,7 +126,7 @@ class FusedInstance:
                 parent, start = block  # x[t]: where it lies in x, not a copy of the view
                 call.add(f"{L.pointer(L.value(parent))} + {start * item[i]}", item[i] * inner)
             else:
-                call.add(L.operand(i, materialize, self.domain), item[i] *
+                call.add(L.operand(i, materialize, self.made_at[k]), item[i] *
                          {"F": inner, "C": 1}.get(kind, 0))
         sizes = self.sizes + [self.blocks[k][2] for k in sorted(self.blocks)]
         dtype = self.group.dtype
@@ -235,6 +239,24 @@ def column_block(t: Tensor, domain) -> tuple | None:
     if step != 1 or stop - start != t.shape[1] or t.shape[1] == cols:
         return None
     return t.inputs[0], start, cols
+
+
+def _trailing_blocks(domain, shapes) -> list[tuple]:
+    """``shapes``, where an operand broadcast over more than two patterns of axes (a conv
+    bias (1, C, 1, 1) added to (N, C, H, W)) is taken at the output's trailing block from its
+    first varying axis on ((1, C, H, W)), if that leaves two patterns: the operand is then
+    materialized at that block (C·H·W values, not N·C·H·W) and read as a row."""
+    if len(broadcast_pattern(domain, shapes)[1]) != 1 or len(domain) < 3:
+        return list(shapes)
+    nd = len(domain)
+    size = int(np.prod(domain, dtype=np.int64))
+    grown = []
+    for s in shapes:
+        padded = (1,) * (nd - len(s)) + tuple(s)
+        varying = [d for d in range(nd) if padded[d] != 1]
+        small = 0 < int(np.prod(s, dtype=np.int64)) < size and varying
+        grown.append((1,) * varying[0] + tuple(domain[varying[0]:]) if small else tuple(s))
+    return grown if len(broadcast_pattern(domain, grown)[1]) == 2 else list(shapes)
 
 
 # A kernel's work space up to this size is a buffer of the program's own (made with the

@@ -306,6 +306,25 @@ def test_a_slice_along_leading_axes_is_read_where_it_lies(monkeypatch):
         np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
 
 
+def test_a_channel_bias_is_made_at_its_trailing_block_not_the_whole_output():
+    """x + b.reshape(1, C, 1, 1) over (N, C, H, W): b is materialized at (1, C, H, W) and
+    read as a row of the (N, C·H·W) loop, not at the output's N·C·H·W values."""
+    from graphc.numba_fused import _trailing_blocks
+    assert _trailing_blocks((8, 3, 5, 5), [(8, 3, 5, 5), (1, 3, 1, 1)]) == \
+        [(8, 3, 5, 5), (1, 3, 5, 5)]
+    assert _trailing_blocks((8, 3, 5), [(8, 3, 5), (3, 1)]) == [(8, 3, 5), (1, 3, 5)]
+    assert _trailing_blocks((8, 3, 5), [(8, 3, 5), (8, 1, 5)]) == [(8, 3, 5), (8, 1, 5)]
+    assert _trailing_blocks((8, 3), [(8, 3), (3,)]) == [(8, 3), (3,)]  # two patterns already
+    x = gc.input("x", (8, 3, 5, 5), "float64")
+    b = gc.input("b", (3,), "float64")
+    y = gc.relu(x + gc.reshape(b, (1, 3, 1, 1))) * 2.0
+    f = gc.compile(y, backend="numba")
+    assert "(1, 3, 5, 5)))" in f.source and "(8, 3, 5, 5)))" not in f.source
+    rng = np.random.default_rng(4)
+    feeds = {"x": rng.standard_normal((8, 3, 5, 5)), "b": rng.standard_normal(3)}
+    np.testing.assert_array_equal(f(feeds), gc.compile(y, backend="numpy")(feeds))
+
+
 def test_a_transpose_many_matmuls_read_is_copied_once():
     """Whᵀ read by every step's backward matmul of an unrolled RNN is one contiguous copy,
     not a view each matmul reads through BLAS's transpose flag; a transpose read by fewer
