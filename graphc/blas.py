@@ -19,6 +19,7 @@ A small DGEMM once per thread (~1 ms) writes those pages.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 
 import numpy as np
@@ -99,29 +100,33 @@ def threads() -> int | None:
     return info()["num_threads"]
 
 
-_OMATCOPY: dict = {}
+@functools.lru_cache(maxsize=None)
+def cblas(name: str):
+    """``cblas_<name>`` of the BLAS NumPy calls (its ILP64 symbol: NumPy's OpenBLAS names
+    it ``scipy_cblas_<name>64_``), a ctypes function, or None where there is none.  NumPy's
+    own BLAS only: the bits ``np.matmul`` gives."""
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(path) if path else None
+    except OSError:
+        return None
+    return next((fn for fn in (getattr(lib, f"scipy_cblas_{name}64_", None),
+                               getattr(lib, f"cblas_{name}64_", None)) if fn is not None),
+                None) if lib else None
 
 
+@functools.lru_cache(maxsize=None)
 def _omatcopy(dtype: np.dtype):
-    """``cblas_?omatcopy`` of NumPy's OpenBLAS for ``dtype`` (float32, float64), or None."""
-    if dtype not in _OMATCOPY:
-        _OMATCOPY[dtype] = None
-        path = library_path() if dtype in (np.float32, np.float64) else None
-        try:
-            lib = ctypes.CDLL(path) if path else None
-        except OSError:
-            lib = None
-        name = "somatcopy" if dtype == np.float32 else "domatcopy"
-        fn = next((f for f in (getattr(lib, f"scipy_cblas_{name}64_", None),
-                               getattr(lib, f"cblas_{name}64_", None)) if f is not None),
-                  None) if lib else None
-        if fn is not None:  # ILP64: (order, trans, rows, cols, alpha, a, lda, b, ldb)
-            real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-            fn.restype = None
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, real,
-                           ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-            _OMATCOPY[dtype] = fn
-    return _OMATCOPY[dtype]
+    """``cblas_?omatcopy`` for ``dtype`` (float32, float64), typed, or None."""
+    if dtype not in (np.float32, np.float64):
+        return None
+    real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    fn = cblas("somatcopy" if dtype == np.float32 else "domatcopy")
+    if fn is not None:  # ILP64: (order, trans, rows, cols, alpha, a, lda, b, ldb)
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, real,
+                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+    return fn
 
 
 def transposed(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -586,19 +586,8 @@ def gemm_function(dtype: str):
     cannot be found (then bodies with a GEMM stay Python loops)."""
     from . import blas
 
-    path = blas.library_path()  # NumPy's own BLAS only: the bits np.matmul gives
-    if path is None:
-        return None
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError:
-        return None
-    name = _GEMM[dtype][0]
-    for symbol in (f"scipy_cblas_{name}64_", f"cblas_{name}64_"):  # ILP64 builds
-        fn = getattr(lib, symbol, None)
-        if fn is not None:
-            return ctypes.cast(fn, ctypes.c_void_p).value, True
-    return None
+    fn = blas.cblas(_GEMM[dtype][0])
+    return None if fn is None else (ctypes.cast(fn, ctypes.c_void_p).value, True)
 
 
 _LINKED: dict[str, int] = {}
