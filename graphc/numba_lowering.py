@@ -463,6 +463,7 @@ class Lowering:
                 else:  # computed each call, from its output's fresh array
                     host = self.pointer(root.source)
                     self.line(f"{root.pointer} = {host} + {root.offset}")
+                    self.pointer_slots[root.pointer] = (("hosted", host), root.offset)
             value.pointer = root.pointer
         elif value.contiguous and value.kind == "view" and \
                 self.values[id(self.nodes[value.root])].kind in ("stage", "fresh", "out"):

@@ -72,3 +72,41 @@ def test_no_variant_where_output_and_operand_are_different_buffers():
     y = gc.sigmoid(gc.exp(x))
     f = gc.compile([y, gc.exp(x)], backend="numba", passes=("simplify", "cse", "dce", "memory"))
     assert in_place_lines(f.source) == []
+
+
+def same_memory_calls(source: str):
+    """Each kernel call of ``source``'s ``run`` with the operands it reads at the address it
+    writes an output to, where both addresses are computed there (``p = host + offset``, a
+    buffer hosted in an output's fresh array): ``(kernel, output, operand)``."""
+    at = dict(re.findall(r"^    (p\w+) = (p\w+ \+ \d+)$", source, re.M))
+    found = []
+    for kernel, args in re.findall(r"^    (k_\w+)\(([^)]*)\)$", source, re.M):
+        params = re.search(rf"^# ---- {kernel}\n(?:.*\n)*?def kernel\(([^)]*)\)", source,
+                           re.M).group(1).split(", ")
+        named = dict(zip(params, args.split(", ")))
+        for out, p in named.items():
+            for a, q in named.items():
+                if out.startswith("out") and a.startswith("a") and p in at and \
+                        at.get(q) == at[p]:
+                    found.append((kernel, out, a))
+    return found
+
+
+def test_outputs_hosted_over_an_operand_in_a_fresh_output_write_through_the_operand():
+    """The plan may place a buffer in an output's fresh array (the W1-shaped step's first
+    weight gradient hosts the second layer): a kernel writing over its operand there is a
+    variant too, so both layers' bias-add-ReLU (and ReLU derivative) share one kernel."""
+    outputs, feeds = mlp_step(128, (784, 256, 256, 10))
+    f = gc.compile(outputs, backend="numba")
+    calls = same_memory_calls(f.source)
+    assert {c[0].split("_f32")[0] for c in calls} >= {"k_fused_add_relu",
+                                                      "k_fused_relu_dx_mul"}
+    kernels = re.findall(r"^# ---- (k_\w+)$", f.source, re.M)
+    for kernel, out, a in calls:
+        assert f"{out} = {a}" in in_place_lines(f.source.split(f"# ---- {kernel}\n")[1]
+                                                .split("# ---- ")[0]), kernel
+    stems = [k.rsplit("_", 1)[0] for k in kernels]
+    assert len(stems) == len(set(stems)) == f.stats["kernels"] == 6, kernels
+    reference = gc.compile(outputs, backend="numpy")(feeds)
+    for a, b in zip(f(feeds), reference):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
