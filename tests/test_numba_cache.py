@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -408,7 +409,7 @@ def test_a_cold_process_lets_the_workers_compile_and_takes_what_they_leave(
     monkeypatch.delenv("GRAPHC_COMPILE_WORKERS", raising=False)
     assert kernel_cache.compile_plan(9) == (1, False)  # Numba is loaded in this process
     monkeypatch.setattr(kernel_cache, "_numba_loaded", lambda: False)
-    assert [kernel_cache.compile_plan(n) for n in (7, 8, 9)] == [(1, False), (2, True),
+    assert [kernel_cache.compile_plan(n) for n in (4, 5, 9)] == [(1, False), (2, True),
                                                                  (2, True)]
     monkeypatch.setenv("GRAPHC_COMPILE_WORKERS", "1")  # set: as many as it says
     assert kernel_cache.compile_plan(9) == (1, False)
@@ -433,3 +434,32 @@ def test_a_cold_compile_with_workers_counts_and_computes_as_without(fresh_cache,
     kernel_cache.clear_memory()
     again = gc.compile(outputs, backend="numba", optimize=False)
     assert again.stats["kernel_cache_hits"] == again.stats["kernels"] == f.stats["kernels"]
+
+
+@pytest.mark.parametrize("internals", ["as expected", "missing"])
+def test_a_kernel_is_lowered_and_optimized_without_numbas_jit_engine(fresh_cache, monkeypatch,
+                                                                   internals):
+    """compile_object takes Numba's optimized IR without the JIT engine's machine code
+    (optimized_ir); where Numba's internals differ it compiles the public way, and the
+    kernels compute the same either way."""
+    from graphc import numba_native
+    monkeypatch.setenv("GRAPHC_COMPILE_WORKERS", "0")  # compiled here, where the spy is
+    made = []
+    real = numba_native.optimized_ir
+
+    def spy(dispatcher, signature):
+        if internals == "missing":
+            raise AttributeError("'_FunctionCompiler' object has no attribute 'x'")
+        made.append(real(dispatcher, signature))
+        return made[-1]
+
+    monkeypatch.setattr(numba_native, "optimized_ir", spy)
+    f, got = compile_and_run("float64")
+    assert f.stats["kernel_cache_misses"] == f.stats["kernels"] >= 1
+    assert len(made) == (f.stats["kernels"] if internals == "as expected" else 0)
+    for ir, name in made:  # the function, in a module Numba optimized (loops vectorized)
+        assert re.search(rf'^define [^@]*@"?{re.escape(name)}"?\(', ir, re.M)
+    assert any("llvm.loop.isvectorized" in ir for ir, _ in made) or not made
+    x = np.linspace(-2, 2, 6)
+    want = np.where(x > 0, x, 0.7 * np.expm1(x)) * x / (1 + np.exp(-x))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
