@@ -346,9 +346,10 @@ def _slice_product(t: Tensor):
 def batch_matmuls(graph: Graph, fired: dict) -> Graph:
     """``matmul(x[i], w)`` for every i of x's leading axis -> ``matmul(x, w)[i]``: one
     GEMM instead of one per slice (an unrolled RNN's input projections ``x_t @ Wx``).  Each
-    element is the same dot product over the same operands, so the values are unchanged;
-    the rewrite fires only where every slice is multiplied by ``w``, so nothing extra is
-    computed."""
+    element is the same dot product over the same operands, but the BLAS may round it
+    differently for the larger size (another kernel: float32 relative 1.6e-7 on the
+    unrolled W4, docs/passes.md); the rewrite fires only where every slice is multiplied
+    by ``w``, so nothing extra is computed."""
     slices: dict[tuple[int, int], tuple[int, set]] = {}
     for t in graph.nodes:
         found = _slice_product(t)
