@@ -50,8 +50,15 @@ def kernel_threads(uses_blas: bool = True) -> int:
 # Run time
 
 
+_DATA_FIELD = ctypes.c_void_p.from_address
+
+
 def _addr(a: np.ndarray) -> int:
-    """The address of ``a``'s data (about 1 us; read-only arrays need this way)."""
+    """The address of ``a``'s data: read from the array object's data field where
+    :data:`graphc.numba_loop.ARRAY_DATA_OFFSET` found it (0.09 us), else through NumPy's
+    array interface (0.8 us)."""
+    if numba_loop.ARRAY_DATA_OFFSET is not None and isinstance(a, np.ndarray):
+        return _DATA_FIELD(id(a) + numba_loop.ARRAY_DATA_OFFSET).value or 0
     return a.__array_interface__["data"][0]
 
 

@@ -115,6 +115,29 @@ def test_a_stack_that_is_an_output_is_a_new_array_each_call():
     np.testing.assert_allclose(total, first.sum(dtype=np.float64), rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles kernels
+@pytest.mark.parametrize("native", [True, False])
+def test_the_step_table_is_made_once_and_follows_new_arrays_every_call(monkeypatch, native):
+    """A loop's step table is a matrix of offsets made at the first call plus each
+    column's base address per call: calls with other arrays (here a transposed ``xs`` and
+    new weights every call) read those, and each runner stacks its offsets once."""
+    from graphc import numba_loop
+    from graphc.numba_backend import LoopRunner
+    monkeypatch.setattr(numba_loop, "ENABLED", native)
+    outputs, feeds = lstm_loss(6)
+    f = gc.compile(outputs, backend="numba")
+    reference = gc.compile(outputs, backend="numpy")
+    runners = [v for v in f._program._run.__globals__.values() if isinstance(v, LoopRunner)]
+    assert len(runners) == 2  # the forward loop and the backward one
+    for call in range(4):
+        fed = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in feeds.items()}
+        if call % 2:  # xs through a transposed view (not C-contiguous)
+            fed["xs"] = np.ascontiguousarray(fed["xs"].transpose(1, 0, 2)).transpose(1, 0, 2)
+        for got, want in zip(f(fed), reference(fed)):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    assert [len(r._matrices) for r in runners] == [1, 1]
+
+
 def compare(outputs, feeds, rtol=2e-5):
     got = gc.compile(outputs, backend="numba")(feeds)
     want = gc.compile(outputs, backend="numpy")(feeds)
