@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -287,6 +288,27 @@ def test_random_graph_gradients_match_finite_differences(program):
         want = central_differences(f, feeds, x.name)
         np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-8,
                                    err_msg=f"d loss / d {x.name} for {steps}")
+
+
+@pytest.mark.slow  # compiles the kernels of 40 graphs
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(programs(), st.booleans())
+def test_random_graphs_on_numba_equal_the_reference(program, every_node):
+    """The loss and its gradients compiled for Numba (fusion, the memory plan's shared
+    buffers, kernels written over their operands, native runs) against the NumPy
+    reference; with ``every_node`` each intermediate is an output too (a fresh array, so
+    a plan of another shape)."""
+    in_shapes, steps, seed = program
+    inputs, nodes, loss, feeds = build(in_shapes, steps, seed)
+    outputs = [loss, *gc.grad(loss, inputs)] + (nodes[len(inputs):] if every_node else [])
+    wanted = {t.name for t in gc.Graph(outputs).inputs}
+    fed = {k: v for k, v in feeds.items() if k in wanted}
+    want = gc.compile(outputs, backend="numpy")(fed)
+    got = gc.compile(outputs, backend="numba")(fed)
+    for w, g in zip(want, got, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=str(steps))
 
 
 # LIBRARY BUG (graphc/gradcheck.py, _Probe.grads): check_grad feeds *every* feed to the
