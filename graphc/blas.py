@@ -18,6 +18,7 @@ A small DGEMM once per thread (~1 ms) writes those pages.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import threading
@@ -28,7 +29,7 @@ import numpy as np
 # every W1/W2 SGEMM in a fresh process touches 1424 KB, of which the small ones 336).
 WARM_UP = ((64, 256), (256, 512))
 
-_local = threading.local()
+_ready: set[int] = set()  # the threads (native ids) ready() made ready
 _INFO: list = []
 
 
@@ -43,9 +44,10 @@ def numpy_blas() -> str:
 def ready() -> None:
     """Make NumPy's OpenBLAS fast in this thread: run one small DGEMM, once per thread
     (OpenBLAS keeps a packing buffer per thread).  Other BLAS libraries need nothing."""
-    if getattr(_local, "ready", False):
+    ident = threading.get_native_id()  # (not a threading.local: a thread C code calls
+    if ident in _ready:                 # back into Python gets a new one every call)
         return
-    _local.ready = True
+    _ready.add(ident)
     if "openblas" in numpy_blas():
         a, b = (np.ones(shape) for shape in WARM_UP)
         np.matmul(a, b)
@@ -113,6 +115,83 @@ def cblas(name: str):
     return next((fn for fn in (getattr(lib, f"scipy_cblas_{name}64_", None),
                                getattr(lib, f"cblas_{name}64_", None)) if fn is not None),
                 None) if lib else None
+
+
+@functools.lru_cache(maxsize=None)
+def _thread_count_functions():
+    """OpenBLAS's ``(get, set)`` of its thread count in the library NumPy calls (ctypes
+    functions), or None (another BLAS, or not found)."""
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(path) if path else None
+    except OSError:
+        return None
+    for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+        get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+        put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+        if get is not None and put is not None:
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            return get, put
+    return None
+
+
+def can_set_threads() -> bool:
+    """Whether :func:`one_thread` can set NumPy's BLAS to one thread."""
+    return _thread_count_functions() is not None
+
+
+_ONE_LOCK = threading.Lock()
+_one_state = {"users": 0, "before": None}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """NumPy's OpenBLAS on one thread meanwhile, then its count as before (two C calls,
+    not threadpoolctl's 74 us); gives the count before (None for another BLAS).
+    OpenBLAS's count is the process's: other threads' GEMMs meanwhile run on one thread
+    too; uses that overlap share one change, and the last to leave restores the count the
+    first found."""
+    functions = _thread_count_functions()
+    if functions is None:
+        yield None
+        return
+    get, put = functions
+    with _ONE_LOCK:
+        if _one_state["users"] == 0:
+            _one_state["before"] = get()
+            if _one_state["before"] != 1:
+                put(1)
+        _one_state["users"] += 1
+        before = _one_state["before"]
+    try:
+        yield before
+    finally:
+        with _ONE_LOCK:
+            _one_state["users"] -= 1
+            if _one_state["users"] == 0 and _one_state["before"] != 1:
+                put(_one_state["before"])
+
+
+@functools.lru_cache(maxsize=None)
+def worker_jobs():
+    """OpenBLAS's ``gotoblas_pthread(n, function, args, stride)`` in the library NumPy
+    calls (a ctypes function), or None: it runs ``function(args + i * stride)`` for i < n,
+    the first on the calling thread and the others on OpenBLAS's own worker threads, which
+    poll for work for a while after each GEMM (so one is there at once; a thread of ours
+    would share a CPU with it).  Only while OpenBLAS has workers (a thread count above 1
+    when :func:`one_thread` began) and with its count at 1 (a GEMM inside a job must not
+    hand work to the workers)."""
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(path) if path else None
+    except OSError:
+        return None
+    fn = getattr(lib, "gotoblas_pthread", None)
+    if fn is not None:
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    return fn
 
 
 @functools.lru_cache(maxsize=None)

@@ -38,7 +38,7 @@ from itertools import repeat
 
 import numpy as np
 
-from . import blas, numba_loop
+from . import blas, loop_split, numba_loop
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
 from .graph import Graph
@@ -87,16 +87,23 @@ def rule_scan(lowering, t):
     def emit(L, t, out):
         from .passes.pipeline import DEFAULT_PIPELINE, run
         loop, outs = t.op.loop, [m.op.out for m in members]
-        body = compile_graph(run(loop.step_graph(outs), DEFAULT_PIPELINE)[0], body=True)
-        L.kernels.update(body.kernels)
-        L.kernel_seconds += body.stats["kernel_seconds"]
-        for outcome, n in body.counts.items():  # the body's kernel loads are the graph's
-            L.counts[outcome] += n
+        graph = run(loop.step_graph(outs), DEFAULT_PIPELINE)[0]
+        body = compile_graph(graph, body=True)
+        runner = LoopRunner(loop, outs, body)
+        runner.half = loop_split.half_body(loop, runner.roles, graph, body, compile_graph)
+        for program in (body, runner.half[0]) if runner.half else (body,):
+            L.kernels.update(program.kernels)
+            L.kernel_seconds += program.stats["kernel_seconds"]
+            for outcome, n in program.counts.items():  # the body's kernel loads are the graph's
+                L.counts[outcome] += n
         name = f"loop{L.index[id(t)]}"
-        L.define(name, LoopRunner(loop, outs, body), note="the scan body below, in a loop")
+        L.define(name, runner, note="the scan body below, in a loop")
         how = f"once per step; not natively: {body.native_declined}" if body.native is None \
             and body.native_declined else "once per step" if body.native is None else \
             f"every step called from the native loop {body.native.symbol}, graphc.numba_loop"
+        if runner.half:
+            how += (f"; as two loops of half the rows on two threads, graphc.loop_split: "
+                    f"{runner.half[0].native.symbol}")
         L.loop_sources.append(f"\n\n# {'=' * 88}\n# {name}: the scan body, run {loop.length} "
                               f"times ({how})\n{body.source}")
         args = [L.arg(i) for i in t.inputs]
@@ -140,6 +147,7 @@ class LoopRunner:
             [("y", j) for j in range(len(loop.ys))] + [("node", i) for i in extra]
         order = np.arange(loop.length, dtype=np.int64)
         self.order = order[::-1].copy() if loop.reverse else order
+        self.half = None  # (the body for half the rows, offsets): graphc.loop_split
         self._rows: dict = {}  # (kind, stride): a row of offsets (_offsets)
         self._matrices: dict = {}  # the rows' ids: those rows stacked (_table)
         self._local = threading.local()  # per thread: the contiguous copies of transposed
@@ -168,7 +176,10 @@ class LoopRunner:
             if self.body.native is not None and numba_loop.ENABLED:
                 if self.body.native.blas:
                     blas.ready()
-                self.body.run_native(table, steps)
+                if self.half is not None and loop_split.ENABLED:
+                    loop_split.run(self.half[0], table, self.half[1], steps)
+                else:
+                    self.body.run_native(table, steps)
             else:
                 n_in = len(self.roles)
                 self.body.run_steps(zip(*[c[3]() for c in columns[:n_in]],

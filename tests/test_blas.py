@@ -80,7 +80,7 @@ def test_ready_warms_openblas_once_per_thread(monkeypatch):
         calls.append((a.shape, b.shape, a.dtype))
         return real(a, b, *args, **kwargs)
 
-    monkeypatch.setattr(blas, "_local", threading.local())
+    monkeypatch.setattr(blas, "_ready", set())
     monkeypatch.setattr(blas.np, "matmul", counting)
     monkeypatch.setattr(blas, "numpy_blas", lambda: "scipy-openblas")
     blas.ready()
@@ -90,7 +90,7 @@ def test_ready_warms_openblas_once_per_thread(monkeypatch):
     worker.start()
     worker.join()
     assert len(calls) == 2  # OpenBLAS's buffers are per thread
-    monkeypatch.setattr(blas, "_local", threading.local())
+    monkeypatch.setattr(blas, "_ready", set())
     monkeypatch.setattr(blas, "numpy_blas", lambda: "mkl")
     blas.ready()
     assert len(calls) == 2  # other BLAS libraries need nothing

@@ -1,0 +1,173 @@
+"""A scan's native loop as two loops over half the batch rows each, on two threads
+(graphc/loop_split.py): which bodies are row-wise, the same bits as one loop, BLAS's thread
+count restored, errors and concurrent calls."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc import blas, loop_split, numba_loop
+from graphc.graph import Graph
+from graphc.inputs import Input
+from graphc.ir import Tensor
+
+pytestmark = pytest.mark.skipif(loop_split.cpus() < 2 or not blas.can_set_threads(),
+                                reason="needs two CPUs and NumPy's OpenBLAS")
+
+rng = np.random.default_rng(5)
+T, B, D, H = 7, 32, 5, 16
+
+
+def lstm(reverse=False, batch=B):
+    xs = gc.input("xs", (T, batch, D), "float32")
+    W, U = gc.input("W", (D, 4 * H), "float32"), gc.input("U", (H, 4 * H), "float32")
+    b = gc.input("b", (4 * H,), "float32")
+
+    def cell(carry, x):
+        h, c = carry
+        z = x @ W + h @ U + b
+        i, f = gc.sigmoid(z[:, :H]), gc.sigmoid(z[:, H:2 * H])
+        c = f * c + i * gc.tanh(z[:, 2 * H:3 * H])
+        h = gc.sigmoid(z[:, 3 * H:]) * gc.tanh(c)
+        return (h, c), h
+
+    zeros = gc.constant(np.zeros((batch, H), np.float32))
+    (h, _), hs = gc.scan(cell, (zeros, zeros), xs, reverse=reverse)
+    loss = gc.mean(h) + gc.sum(hs * hs) / 100.0
+    feeds = {"xs": rng.standard_normal((T, batch, D)).astype(np.float32),
+             "W": rng.standard_normal((D, 4 * H)).astype(np.float32) * 0.5,
+             "U": rng.standard_normal((H, 4 * H)).astype(np.float32) * 0.5,
+             "b": rng.standard_normal(4 * H).astype(np.float32)}
+    return [loss, hs] + gc.grad(loss, [W, U, b]), feeds
+
+
+def split_and_whole(outputs, feeds, monkeypatch):
+    f = gc.compile(outputs, backend="numba")
+    split = f(feeds)
+    monkeypatch.setattr(loop_split, "ENABLED", False)
+    whole = f(feeds)
+    monkeypatch.setattr(loop_split, "ENABLED", True)
+    return f, split, whole
+
+
+@pytest.mark.slow  # compiles kernels
+@pytest.mark.parametrize("reverse", [False, True])
+def test_an_lstm_runs_in_halves_with_the_same_bits(monkeypatch, reverse):
+    outputs, feeds = lstm(reverse)
+    threads = blas.threads()
+    f, split, whole = split_and_whole(outputs, feeds, monkeypatch)
+    assert f.source.count("as two loops of half the rows on two threads") == 2
+    for a, b in zip(split, whole, strict=True):
+        np.testing.assert_array_equal(a, b)
+    want = gc.compile(outputs, backend="numpy")(feeds)
+    for a, b in zip(split, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    assert blas.threads() == threads  # one thread only meanwhile
+
+
+@pytest.mark.slow
+def test_gc_nn_gru_runs_in_halves(monkeypatch):
+    gru = gc.nn.GRU(D, H, name="gru")
+    x = gc.input("x", (B, T, D))
+    out, h = gru(x)
+    loss = gc.sum(out * out) + gc.sum(h)
+    params = list(gru.parameters().values())
+    outputs = [loss] + gc.grad(loss, params)
+    feeds = {"x": rng.standard_normal((B, T, D)).astype(np.float32),
+             **gc.init_params(loss, seed=1)}
+    f, split, whole = split_and_whole(outputs, feeds, monkeypatch)
+    assert "as two loops of half the rows" in f.source
+    for a, b in zip(split, whole, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def scan_source(cell, batch=B, width=H):
+    xs = gc.input("xs", (T, batch, width))
+    init = gc.constant(np.zeros((batch, width), np.float32))
+    carry, _ = gc.scan(cell, init, xs)
+    return gc.compile(gc.sum(carry), backend="numba").source
+
+
+@pytest.mark.parametrize("cell, why", [
+    (lambda c, x: (gc.tanh(c + x + gc.sum(x, 0, True)), None), "a sum over the rows"),
+    (lambda c, x: (gc.tanh(c[::-1] + x), None), "rows reversed"),
+    (lambda c, x: (gc.tanh((x @ gc.transpose(x)) @ c / 100.0 + c), None), "rows x rows"),
+    (lambda c, x: (gc.softmax(c + x, 0), None), "a softmax over the rows"),
+    (lambda c, x: (gc.tanh(gc.concat([c[:B // 2], x[B // 2:]], 0)), None), "rows mixed"),
+])
+def test_a_body_that_mixes_rows_runs_whole(cell, why):
+    assert "half the rows" not in scan_source(cell), why
+
+
+def test_small_and_odd_batches_run_whole():
+    def cell(c, x):
+        return gc.tanh(c + x), None
+    assert "half the rows" in scan_source(cell)
+    assert "half the rows" not in scan_source(cell, batch=2 * loop_split.MIN_ROWS - 2)
+    assert "half the rows" not in scan_source(cell, batch=B + 1)
+
+
+def test_halve_keeps_weights_whole_and_halves_rows():
+    h = Tensor.make(Input("h", (B, H), "float32"))
+    x = Tensor.make(Input("x", (B, D), "float32"))
+    w = Tensor.make(Input("w", (D, H), "float32"))
+    bias = gc.broadcast_to(gc.reshape(gc.constant(np.ones(H, np.float32)), (1, H)), (B, H))
+    out = gc.tanh(x @ w + h + bias)
+    half = loop_split.halve(Graph([out]), {"h", "x"}, B)
+    assert half is not None and half.outputs[0].shape == (B // 2, H)
+    assert {t.op.label: t.shape for t in half.inputs} == \
+        {"h": (B // 2, H), "x": (B // 2, D), "w": (D, H)}
+    assert loop_split.halve(Graph([gc.sum(out, 0)]), {"h", "x"}, B) is None
+
+
+@pytest.mark.slow
+def test_an_error_in_the_other_half_is_raised_not_lost(monkeypatch):
+    outputs, feeds = lstm()
+    f = gc.compile(outputs, backend="numba")
+    f(feeds)
+    threads = blas.threads()
+    from graphc import numba_runtime
+    real = numba_runtime.NumbaProgram.run_native
+    calls = []
+
+    def failing(self, table, steps):
+        calls.append(threading.get_native_id())
+        if len(calls) == 2:
+            raise RuntimeError("the other half failed")
+        return real(self, table, steps)
+    monkeypatch.setattr(numba_runtime.NumbaProgram, "run_native", failing)
+    with pytest.raises(RuntimeError, match="the other half failed"):
+        f(feeds)
+    monkeypatch.setattr(numba_runtime.NumbaProgram, "run_native", real)
+    assert blas.threads() == threads  # restored on the way out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("openblas_workers", [True, False])
+def test_concurrent_calls_give_each_its_own_results(monkeypatch, openblas_workers):
+    """Two threads calling two split programs at once (OpenBLAS's workers, or graphc's
+    threads where it has none): each gets what it gets alone."""
+    if not openblas_workers:
+        monkeypatch.setattr(blas, "worker_jobs", lambda: None)
+    (o1, f1), (o2, f2) = lstm(), lstm(reverse=True)
+    g1, g2 = gc.compile(o1, backend="numba"), gc.compile(o2, backend="numba")
+    alone = [g1(f1), g2(f2)]
+    got = [[], []]
+
+    def hammer(k, g, feeds):
+        for _ in range(15):
+            got[k].append(g(feeds))
+    workers = [threading.Thread(target=hammer, args=(k, g, fd))
+               for k, (g, fd) in enumerate([(g1, f1), (g2, f2)])]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for k in range(2):
+        assert len(got[k]) == 15
+        for result in got[k]:
+            for a, b in zip(result, alone[k], strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert numba_loop.ENABLED
