@@ -1,6 +1,7 @@
 """A scan's native loop as two loops over half the batch rows each, on two threads
-(graphc/loop_split.py): which bodies are row-wise, the same bits as one loop, BLAS's thread
-count restored, errors and concurrent calls."""
+(graphc/loop_split.py): which bodies are row-wise, the one loop's results (its bits where
+the BLAS computes a GEMM's rows alike in a GEMM of half the rows), BLAS's thread count
+restored, errors and concurrent calls."""
 
 import threading
 
@@ -43,6 +44,27 @@ def lstm(reverse=False, batch=B):
     return [loss, hs] + gc.grad(loss, [W, U, b]), feeds
 
 
+def rows_exact(*shapes) -> bool:
+    """Whether NumPy's BLAS gives a GEMM's rows the same bits in a GEMM of half the rows,
+    for each (m, k, n): OpenBLAS's SkylakeX kernel does; its Haswell kernel does not (nor
+    for one GEMM run on one thread and on two)."""
+    for m, k, n in shapes:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        if not np.array_equal(a @ b, np.concatenate([a[:m // 2] @ b, a[m // 2:] @ b])):
+            return False
+    return True
+
+
+def assert_same(split, whole, exact):
+    """The same bits where the BLAS splits rows exactly, else float32 rounding apart."""
+    for a, b in zip(split, whole, strict=True):
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def split_and_whole(outputs, feeds, monkeypatch):
     f = gc.compile(outputs, backend="numba")
     split = f(feeds)
@@ -54,13 +76,12 @@ def split_and_whole(outputs, feeds, monkeypatch):
 
 @pytest.mark.slow  # compiles kernels
 @pytest.mark.parametrize("reverse", [False, True])
-def test_an_lstm_runs_in_halves_with_the_same_bits(monkeypatch, reverse):
+def test_an_lstm_runs_in_halves_with_the_one_loops_results(monkeypatch, reverse):
     outputs, feeds = lstm(reverse)
     threads = blas.threads()
     f, split, whole = split_and_whole(outputs, feeds, monkeypatch)
     assert f.source.count("as two loops of half the rows on two threads") == 2
-    for a, b in zip(split, whole, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same(split, whole, rows_exact((B, H, 4 * H), (B, 4 * H, H)))
     want = gc.compile(outputs, backend="numpy")(feeds)
     for a, b in zip(split, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
@@ -79,8 +100,7 @@ def test_gc_nn_gru_runs_in_halves(monkeypatch):
              **gc.init_params(loss, seed=1)}
     f, split, whole = split_and_whole(outputs, feeds, monkeypatch)
     assert "as two loops of half the rows" in f.source
-    for a, b in zip(split, whole, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same(split, whole, rows_exact((B, H, 3 * H), (B, 3 * H, H), (B, H, H)))
 
 
 def scan_source(cell, batch=B, width=H):
