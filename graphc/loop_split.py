@@ -129,6 +129,19 @@ def _half_node(t: Tensor, inputs, split, half) -> Tensor | None:
         return None
 
 
+SMALL_GEMM = 10**6  # OpenBLAS runs an SGEMM of at most 100^3 multiply-adds with its small-
+# matrix kernel (SkylakeX: no packing of B): W4s's 16-row halves, 16x128 @ 128x512, take
+# 19.5 us as one GEMM and 14.6 us as two of 256 columns (one thread, the same bits); a K
+# above the kernel's panel (512: the backward's 16x512 @ 512x128) rounds differently
+
+
+def small_gemm() -> int | None:
+    """The column blocks of a half body's GEMMs (:data:`SMALL_GEMM`) under NumPy's
+    OpenBLAS, else None."""
+    from . import blas
+    return SMALL_GEMM if "openblas" in blas.numpy_blas() else None
+
+
 def cpus() -> int:
     """The CPUs this process may run on."""
     try:
@@ -225,7 +238,7 @@ def half_body(loop, roles, graph: Graph, body, compile_graph):
     halved = halve(graph, set(split), batch)
     if halved is None:
         return None
-    program = compile_graph(halved, body=True)
+    program = compile_graph(halved, body=True, gemm_block=small_gemm())
     if program.native is None or program.input_names != body.input_names:
         return None
     offsets = [batch // 2 * row_bytes(inputs[name].shape, inputs[name].dtype)

@@ -303,13 +303,14 @@ RULES = {
 }
 
 
-def compile_graph(graph: Graph, body: bool = False, donate: dict | None = None
-                  ) -> NumbaProgram:
+def compile_graph(graph: Graph, body: bool = False, donate: dict | None = None,
+                  gemm_block: int | None = None) -> NumbaProgram:
     """Lower ``graph`` for the Numba backend (``body``: as a scan's body, see
     :class:`~graphc.numba_lowering.Lowering`; ``donate``: ``{input name: output position
     or None}``, the inputs whose fed arrays outputs may be computed over, ``gc.compile``'s
-    ``donate`` as checked there)."""
-    lowering = Lowering(graph, RULES, rule_numpy, body, donate)
+    ``donate`` as checked there; ``gemm_block``: a body's native loop calls its GEMMs in
+    column blocks of at most that many multiply-adds, :func:`graphc.numba_loop.gemm_blocks`)."""
+    lowering = Lowering(graph, RULES, rule_numpy, body, donate, gemm_block)
     program = lowering.run()
     if "blas_ready" in lowering.namespace:  # it calls BLAS: which one (graphc/blas.py)
         program.stats["blas"] = blas.info()

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import os
 import re
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,6 +176,8 @@ def plan(lowering, inputs, given, pool) -> NativeLoop | None:
         return None
     if not ops:
         return None
+    if lowering.gemm_block:
+        ops = [block for op in ops for block in gemm_blocks(op, lowering.gemm_block)]
     ir = module_ir(ops, names)
     symbol = "graphc_loop_" + hashlib.sha256(ir.encode()).hexdigest()[:16]
     return NativeLoop(ir.replace("@drive", f"@{symbol}"), symbol, names.fixed, blas)
@@ -327,6 +330,24 @@ def _gemm(a: Arr, b: Arr, c: Arr):
     if (a.slot, a.offset) == (b.slot, b.offset):
         raise Unsupported("one operand twice (NumPy may call syrk)")
     return ("gemm", a.dtype, ta, tb, m, n, k, a, lda, b, ldb, c, n)
+
+
+def gemm_blocks(op, limit: int) -> list:
+    """``op`` as GEMMs over column blocks of at most ``limit`` multiply-adds each where it
+    has between 1 and 4 times that many (:data:`graphc.loop_split.SMALL_GEMM`), else
+    ``[op]``: the same products (each column is computed by one call)."""
+    if op[0] != "gemm":
+        return [op]
+    _, dtype, ta, tb, m, n, k, a, lda, b, ldb, c, ldc = op
+    if not limit < m * n * k <= 4 * limit:
+        return [op]
+    parts = -(-m * n * k // limit)
+    width = -(-(-(-n // parts)) // 16) * 16  # rounded up to 16 columns (a 64-byte line)
+    size = np.dtype(dtype).itemsize
+    return [("gemm", dtype, ta, tb, m, min(width, n - j), k, a, lda,
+             dataclasses.replace(b, offset=b.offset + j * size * (1 if tb == 111 else ldb)),
+             ldb, dataclasses.replace(c, offset=c.offset + j * size), ldc)
+            for j in range(0, n, width)]
 
 
 _FLOAT_OPS = {"add": "fadd", "subtract": "fsub", "multiply": "fmul", "divide": "fdiv",

@@ -92,9 +92,10 @@ class Lowering:
     and returns nothing; no buffer is allocated and no address looked up per call."""
 
     def __init__(self, graph: Graph, rules: dict, default, body: bool = False,
-                 donate: dict | None = None):
+                 donate: dict | None = None, gemm_block: int | None = None):
         self.graph = graph
         self.body = body
+        self.gemm_block = gemm_block  # a native loop's GEMMs in column blocks (numba_loop)
         # inputs (by name) the call may write over: {name: the output position meant to
         # take it, or None} (gc.compile's donate, checked)
         self.donate = dict(donate or {})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc import blas, loop_split, numba_loop
+from graphc import blas, loop_split, numba_backend, numba_loop
 from graphc.graph import Graph
 from graphc.inputs import Input
 from graphc.ir import Tensor
@@ -191,3 +191,45 @@ def test_concurrent_calls_give_each_its_own_results(monkeypatch, openblas_worker
             for a, b in zip(result, alone[k], strict=True):
                 np.testing.assert_array_equal(a, b)
     assert numba_loop.ENABLED
+
+
+def test_gemm_blocks_cover_the_columns_once():
+    from graphc.numba_loop import Arr, gemm_blocks
+    a = Arr(("f", 0), 0, (16, 128), (512, 4), "float32")
+    b = Arr(("f", 1), 8, (128, 512), (2048, 4), "float32")
+    c = Arr(("f", 2), 0, (16, 512), (2048, 4), "float32")
+    op = ("gemm", "float32", 111, 111, 16, 512, 128, a, 128, b, 512, c, 512)
+    blocks = gemm_blocks(op, 10**6)
+    assert [(x[5], x[9].offset, x[11].offset) for x in blocks] == [(256, 8, 0), (256, 1032, 1024)]
+    bt = Arr(("f", 1), 0, (512, 128), (4, 2048), "float32")  # B passed transposed
+    op = ("gemm", "float32", 111, 112, 16, 128, 512, a, 512, bt, 512, c, 128)
+    assert [(x[5], x[9].offset, x[11].offset) for x in gemm_blocks(op, 10**6)] == \
+        [(64, 0, 0), (64, 64 * 512 * 4, 256)]
+    assert gemm_blocks(op, 10**7) == [op]  # small already
+    assert gemm_blocks(op, 10**5) == [op]  # more than 4 blocks: one GEMM
+    assert gemm_blocks(("call",), 10**6) == [("call",)]
+
+
+@pytest.mark.slow
+def test_w4s_sized_halves_call_their_gemms_in_column_blocks(monkeypatch):
+    """W4's sizes (input 64, hidden 128, batch 32): each half's 16x128 @ 128x512 GEMM is
+    two calls of 256 columns (OpenBLAS's small-matrix kernel), the results those of one
+    loop to float32 rounding and of the reference."""
+    monkeypatch.setattr(loop_split, "SMALL_GEMM", 10**6)
+    monkeypatch.setitem(globals(), "D", 64)
+    monkeypatch.setitem(globals(), "H", 128)
+    outputs, feeds = lstm()
+    f = gc.compile(outputs, backend="numba")
+    runners = [v for v in f._program._run.__globals__.values()
+               if isinstance(v, numba_backend.LoopRunner)]
+    halves = [r.half[0].native for r in runners]
+    if loop_split.small_gemm():  # NumPy's OpenBLAS: two GEMM calls a step, not one
+        for native, r in zip(halves, runners):
+            assert native.ir.count("(i32 101,") == 2 * r.body.native.ir.count("(i32 101,")
+    split = f(feeds)
+    monkeypatch.setattr(loop_split, "ENABLED", False)
+    whole = f(feeds)
+    want = gc.compile(outputs, backend="numpy")(feeds)
+    for s, w, r in zip(split, whole, want, strict=True):
+        np.testing.assert_allclose(s, w, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(s, r, rtol=1e-4, atol=1e-5)
