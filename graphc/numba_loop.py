@@ -29,11 +29,11 @@ object serves every process; llvmlite compiles it (no Numba) in a few millisecon
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
 import re
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -341,8 +341,8 @@ def gemm_blocks(op, limit: int) -> list:
     _, dtype, ta, tb, m, n, k, a, lda, b, ldb, c, ldc = op
     if not limit < m * n * k <= 4 * limit:
         return [op]
-    parts = -(-m * n * k // limit)
-    width = -(-(-(-n // parts)) // 16) * 16  # rounded up to 16 columns (a 64-byte line)
+    parts = (m * n * k + limit - 1) // limit
+    width = ((n + parts - 1) // parts + 15) // 16 * 16  # up to 16 columns (a 64-byte line)
     size = np.dtype(dtype).itemsize
     return [("gemm", dtype, ta, tb, m, min(width, n - j), k, a, lda,
              dataclasses.replace(b, offset=b.offset + j * size * (1 if tb == 111 else ldb)),
