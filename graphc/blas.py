@@ -103,15 +103,21 @@ def threads() -> int | None:
 
 
 @functools.lru_cache(maxsize=None)
+def _library():
+    """The BLAS library NumPy calls, loaded with ctypes, or None."""
+    path = library_path()
+    try:
+        return ctypes.CDLL(path) if path else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
 def cblas(name: str):
     """``cblas_<name>`` of the BLAS NumPy calls (its ILP64 symbol: NumPy's OpenBLAS names
     it ``scipy_cblas_<name>64_``), a ctypes function, or None where there is none.  NumPy's
     own BLAS only: the bits ``np.matmul`` gives."""
-    path = library_path()
-    try:
-        lib = ctypes.CDLL(path) if path else None
-    except OSError:
-        return None
+    lib = _library()
     return next((fn for fn in (getattr(lib, f"scipy_cblas_{name}64_", None),
                                getattr(lib, f"cblas_{name}64_", None)) if fn is not None),
                 None) if lib else None
@@ -121,11 +127,7 @@ def cblas(name: str):
 def _thread_count_functions():
     """OpenBLAS's ``(get, set)`` of its thread count in the library NumPy calls (ctypes
     functions), or None (another BLAS, or not found)."""
-    path = library_path()
-    try:
-        lib = ctypes.CDLL(path) if path else None
-    except OSError:
-        return None
+    lib = _library()
     for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
         get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
         put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
@@ -182,12 +184,7 @@ def worker_jobs():
     would share a CPU with it).  Only while OpenBLAS has workers (a thread count above 1
     when :func:`one_thread` began) and with its count at 1 (a GEMM inside a job must not
     hand work to the workers)."""
-    path = library_path()
-    try:
-        lib = ctypes.CDLL(path) if path else None
-    except OSError:
-        return None
-    fn = getattr(lib, "gotoblas_pthread", None)
+    fn = getattr(_library(), "gotoblas_pthread", None)
     if fn is not None:
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
