@@ -14,8 +14,10 @@ from graphc.graph import Graph
 from graphc.inputs import Input
 from graphc.ir import Tensor
 
-pytestmark = pytest.mark.skipif(loop_split.cpus() < 2 or not blas.can_set_threads(),
-                                reason="needs two CPUs and NumPy's OpenBLAS")
+# where a loop is never split (one CPU, a BLAS other than NumPy's OpenBLAS) the tests of a
+# split loop have nothing to run; those of the decision and the blocks still do
+needs_split = pytest.mark.skipif(loop_split.cpus() < 2 or not blas.can_set_threads(),
+                                 reason="loops run in halves only on 2+ CPUs with OpenBLAS")
 
 rng = np.random.default_rng(5)
 T, B, D, H = 7, 32, 5, 16
@@ -74,6 +76,7 @@ def split_and_whole(outputs, feeds, monkeypatch):
     return f, split, whole
 
 
+@needs_split
 @pytest.mark.slow  # compiles kernels
 @pytest.mark.parametrize("reverse", [False, True])
 def test_an_lstm_runs_in_halves_with_the_one_loops_results(monkeypatch, reverse):
@@ -88,6 +91,7 @@ def test_an_lstm_runs_in_halves_with_the_one_loops_results(monkeypatch, reverse)
     assert blas.threads() == threads  # one thread only meanwhile
 
 
+@needs_split
 @pytest.mark.slow
 def test_gc_nn_gru_runs_in_halves(monkeypatch):
     gru = gc.nn.GRU(D, H, name="gru")
@@ -121,6 +125,7 @@ def test_a_body_that_mixes_rows_runs_whole(cell, why):
     assert "half the rows" not in scan_source(cell), why
 
 
+@needs_split
 def test_small_and_odd_batches_run_whole():
     def cell(c, x):
         return gc.tanh(c + x), None
@@ -142,6 +147,7 @@ def test_halve_keeps_weights_whole_and_halves_rows():
     assert loop_split.halve(Graph([gc.sum(out, 0)]), {"h", "x"}, B) is None
 
 
+@needs_split
 @pytest.mark.slow
 def test_an_error_in_the_other_half_is_raised_not_lost(monkeypatch):
     outputs, feeds = lstm()
@@ -164,6 +170,7 @@ def test_an_error_in_the_other_half_is_raised_not_lost(monkeypatch):
     assert blas.threads() == threads  # restored on the way out
 
 
+@needs_split
 @pytest.mark.slow
 @pytest.mark.parametrize("openblas_workers", [True, False])
 def test_concurrent_calls_give_each_its_own_results(monkeypatch, openblas_workers):
@@ -210,6 +217,7 @@ def test_gemm_blocks_cover_the_columns_once():
     assert gemm_blocks(("call",), 10**6) == [("call",)]
 
 
+@needs_split
 @pytest.mark.slow
 def test_w4s_sized_halves_call_their_gemms_in_column_blocks(monkeypatch):
     """W4's sizes (input 64, hidden 128, batch 32): each half's 16x128 @ 128x512 GEMM is
