@@ -155,16 +155,17 @@ def row_bytes(shape, dtype) -> int:
     return math.prod(shape[1:]) * np.dtype(dtype).itemsize
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple = (None, None)  # (the process id, its executor): a fork's child makes its own
 _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphc-loop")
-        return _POOL
+        if _POOL[0] != os.getpid():  # (a forked child has the parent's object, no threads)
+            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=2,
+                                                     thread_name_prefix="graphc-loop"))
+        return _POOL[1]
 
 
 # Work handed to OpenBLAS's workers (blas.worker_jobs): the job's argument is a token plus

@@ -241,3 +241,33 @@ def test_w4s_sized_halves_call_their_gemms_in_column_blocks(monkeypatch):
     for s, w, r in zip(split, whole, want, strict=True):
         np.testing.assert_allclose(s, w, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(s, r, rtol=1e-4, atol=1e-5)
+
+
+_FORKED: dict = {}
+
+
+def _run_in_child(queue) -> None:
+    queue.put(_FORKED["f"](_FORKED["feeds"]))
+
+
+@needs_split
+@pytest.mark.slow
+def test_a_forked_child_runs_split_loops_on_threads_of_its_own(monkeypatch):
+    """graphc's own thread pool (where OpenBLAS has no workers) is made again in a forked
+    child: the parent's executor object comes along without its threads."""
+    import multiprocessing
+    monkeypatch.setattr(blas, "worker_jobs", lambda: None)
+    outputs, feeds = lstm()
+    f = gc.compile(outputs, backend="numba")
+    want = f(feeds)  # the parent's pool now has threads
+    monkeypatch.setitem(_FORKED, "f", f)
+    monkeypatch.setitem(_FORKED, "feeds", feeds)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_run_in_child, args=(queue,))
+    child.start()
+    got = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
