@@ -252,11 +252,14 @@ def _run_in_child(queue) -> None:
 
 @needs_split
 @pytest.mark.slow
-def test_a_forked_child_runs_split_loops_on_threads_of_its_own(monkeypatch):
-    """graphc's own thread pool (where OpenBLAS has no workers) is made again in a forked
-    child: the parent's executor object comes along without its threads."""
+@pytest.mark.parametrize("openblas_workers", [True, False])
+def test_a_forked_child_runs_split_loops(monkeypatch, openblas_workers):
+    """In a forked child, OpenBLAS starts its workers again and graphc's own thread pool
+    (where OpenBLAS has none) is made again: the parent's executor object comes along
+    without its threads."""
     import multiprocessing
-    monkeypatch.setattr(blas, "worker_jobs", lambda: None)
+    if not openblas_workers:
+        monkeypatch.setattr(blas, "worker_jobs", lambda: None)
     outputs, feeds = lstm()
     f = gc.compile(outputs, backend="numba")
     want = f(feeds)  # the parent's pool now has threads
