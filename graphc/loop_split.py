@@ -14,8 +14,9 @@ rows, node by node, only through operations that are row-wise by their definitio
 elementwise op whose row-split operands have the output's rank, a matmul by a weight,
 slices and concatenations and reductions and softmaxes over other axes, a broadcast along
 the rows); anything else, and the body stays one loop.  The half body is compiled like the
-body; :func:`run` gives it the step table of the whole loop and, on a second thread, the
-same table moved by half the rows in each row-split column.
+body, its GEMMs of 1-4 M multiply-adds called in column blocks (:data:`SMALL_GEMM`);
+:func:`run` gives it the step table of the whole loop and, on a second thread, the same
+table moved by half the rows in each row-split column.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def run(program, table: np.ndarray, offsets: np.ndarray, steps: int) -> None:
             other.result()
 
 
-def half_body(loop, roles, graph: Graph, body, compile_graph):
+def half_body(roles, graph: Graph, body, compile_graph):
     """The body for half the rows, compiled, and each step-table column's offset to the
     second half (bytes: the inputs in ``body.input_names`` order with their ``roles``, then
     the outputs), or None where the loop runs whole: split loops off, one CPU, a BLAS whose

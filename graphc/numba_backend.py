@@ -90,7 +90,7 @@ def rule_scan(lowering, t):
         graph = run(loop.step_graph(outs), DEFAULT_PIPELINE)[0]
         body = compile_graph(graph, body=True)
         runner = LoopRunner(loop, outs, body)
-        runner.half = loop_split.half_body(loop, runner.roles, graph, body, compile_graph)
+        runner.half = loop_split.half_body(runner.roles, graph, body, compile_graph)
         for program in (body, runner.half[0]) if runner.half else (body,):
             L.kernels.update(program.kernels)
             L.kernel_seconds += program.stats["kernel_seconds"]
