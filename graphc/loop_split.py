@@ -15,13 +15,16 @@ elementwise op whose row-split operands have the output's rank, a matmul by a we
 slices and concatenations and reductions and softmaxes over other axes, a broadcast along
 the rows); anything else, and the body stays one loop.  The half body is compiled like the
 body, its GEMMs of 1-4 M multiply-adds called in column blocks (:data:`SMALL_GEMM`);
-:func:`run` gives it the step table of the whole loop and, on a second thread, the same
-table moved by half the rows in each row-split column.
+:func:`run` gives it the step table of the whole loop and, on a second thread (OpenBLAS's
+worker, which after the process's first split loop runs a native job: no Python on it),
+the same table moved by half the rows in each row-split column.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import itertools
 import math
 import os
@@ -187,37 +190,79 @@ def _job(arg) -> None:
 
 _JOB_FN = _JOB(_job)  # kept: OpenBLAS holds its address
 
+# Once this process's worker has run a half through Python (which warms its BLAS buffer,
+# blas.ready), the halves are native code: ``job(args)`` calls ``drive(steps, table,
+# fixed)`` with the four int64 at ``args``, and no Python runs on the worker, which would
+# make and drop a thread state and take the GIL every call (W4s: the second half began
+# ~160 us after the first and the call returned ~100 us after both; docs/perf.md)
+_NATIVE_JOB_IR = """define void @job(ptr %args) {
+entry:
+  %drive = load ptr, ptr %args
+  %at1 = getelementptr i64, ptr %args, i64 1
+  %table = load ptr, ptr %at1
+  %at2 = getelementptr i64, ptr %args, i64 2
+  %fixed = load ptr, ptr %at2
+  %at3 = getelementptr i64, ptr %args, i64 3
+  %steps = load i64, ptr %at3
+  call void %drive(i64 %steps, ptr %table, ptr %fixed)
+  ret void
+}
+"""
+_WARM: set[int] = set()  # the processes whose worker has run a half through Python
 
-def run(program, table: np.ndarray, offsets: np.ndarray, steps: int) -> None:
+
+@functools.lru_cache(maxsize=None)
+def _native_job() -> int:
+    from . import numba_loop
+    symbol = "graphc_half_job_" + hashlib.sha256(_NATIVE_JOB_IR.encode()).hexdigest()[:16]
+    return numba_loop.link(_NATIVE_JOB_IR.replace("@job", f"@{symbol}"), symbol)
+
+
+def run(program, table: np.ndarray, offsets: np.ndarray, steps: int) -> str:
     """Run the half body ``program`` over both halves: ``table`` and ``table`` moved by
     ``offsets`` (bytes, one per column), BLAS on one thread meanwhile.  The second half runs
     on one of OpenBLAS's workers where it has them (:func:`graphc.blas.worker_jobs`: one
-    is polling for work after the GEMM before the loop), else on a thread of graphc's."""
+    is polling for work after the GEMM before the loop), else on a thread of graphc's.
+    Gives how: ``"native"`` (both halves native jobs of OpenBLAS's), ``"python"`` (the
+    same through Python: the first time in a process) or ``"thread"``."""
     from . import blas
     tables = (table, table + offsets[:, None])
-
-    def half(k: int) -> None:
-        if k:
-            blas.ready()  # (once per thread)
-        program.run_native(tables[k], steps)
-
     with blas.one_thread() as before:
         jobs = blas.worker_jobs() if before is not None and before > 1 else None
-        if jobs is not None:
-            token, errors = next(_TOKENS), []
-            _WORK[token] = (half, errors)
-            try:
-                jobs(2, ctypes.cast(_JOB_FN, ctypes.c_void_p), token, 1)
-            finally:
-                del _WORK[token]
-            if errors:
-                raise errors[0]
-            return
-        other = _pool().submit(half, 1)
+        if jobs is None:
+            _on_threads(program, tables, steps)
+            return "thread"
+        if os.getpid() in _WARM:
+            with program.fixed_tables(2) as fixed:
+                args = np.array([(program.native.address, t.ctypes.data, x.ctypes.data, steps)
+                                 for t, x in zip(tables, fixed)], np.int64)
+                jobs(2, _native_job(), args.ctypes.data, args.strides[0])
+            return "native"
+        token, errors = next(_TOKENS), []
+        _WORK[token] = (functools.partial(_half, program, tables, steps), errors)
         try:
-            half(0)
+            jobs(2, ctypes.cast(_JOB_FN, ctypes.c_void_p), token, 1)
         finally:
-            other.result()
+            del _WORK[token]
+        if errors:
+            raise errors[0]
+        _WARM.add(os.getpid())
+        return "python"
+
+
+def _half(program, tables, steps: int, k: int) -> None:
+    from . import blas
+    if k:
+        blas.ready()  # (once per thread)
+    program.run_native(tables[k], steps)
+
+
+def _on_threads(program, tables, steps: int) -> None:
+    other = _pool().submit(_half, program, tables, steps, 1)
+    try:
+        _half(program, tables, steps, 0)
+    finally:
+        other.result()
 
 
 def half_body(roles, graph: Graph, body, compile_graph):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import linecache
 import os
@@ -274,13 +275,21 @@ class NumbaProgram:
         """Run a loop body's ``steps`` steps in its native loop (:mod:`graphc.numba_loop`):
         ``table`` (int64, C-contiguous) holds a row of addresses per parameter, one per
         step."""
-        buffers = self._free.pop() if self._free else self._buffers()
+        with self.fixed_tables(1) as (fixed,):
+            self.native.run(steps, table, fixed)
+
+    @contextlib.contextmanager
+    def fixed_tables(self, n: int):
+        """The native loop's fixed tables of ``n`` sets of this body's buffers, each set
+        taken from the free ones for the time being (a set is one run's at a time)."""
+        sets = [self._free.pop() if self._free else self._buffers() for _ in range(n)]
         try:
-            if len(buffers) == 3:  # the fixed table of these buffers, made once
-                buffers = (*buffers, self.native.table(buffers[2]))
-            self.native.run(steps, table, buffers[3])
+            for k, buffers in enumerate(sets):
+                if len(buffers) == 3:  # the fixed table of these buffers, made once
+                    sets[k] = (*buffers, self.native.table(buffers[2]))
+            yield [buffers[3] for buffers in sets]
         finally:
-            self._free.append(buffers)
+            self._free.extend(sets)
 
     def _reraise(self, err):
         """Raise ``err`` again, as the error of the node whose line raised it if one did."""

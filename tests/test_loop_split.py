@@ -149,10 +149,33 @@ def test_halve_keeps_weights_whole_and_halves_rows():
 
 @needs_split
 @pytest.mark.slow
+def test_after_the_first_split_loop_the_halves_run_as_native_jobs(monkeypatch):
+    """A process's first split loop runs its halves through Python (which warms the
+    worker's BLAS buffer); every later one as native jobs on OpenBLAS's threads, with the
+    same bits."""
+    monkeypatch.setattr(loop_split, "_WARM", set())
+    hows, real = [], loop_split.run
+    monkeypatch.setattr(loop_split, "run", lambda *args: hows.append(real(*args)))
+    outputs, feeds = lstm()
+    f = gc.compile(outputs, backend="numba")
+    first, second = f(feeds), f(feeds)
+    assert hows == ["python", "native", "native", "native"]  # forward, backward, twice
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(blas, "worker_jobs", lambda: None)
+    third = f(feeds)
+    assert hows[4:] == ["thread", "thread"]
+    for a, b in zip(first, third, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_split
+@pytest.mark.slow
 def test_an_error_in_the_other_half_is_raised_not_lost(monkeypatch):
     outputs, feeds = lstm()
     f = gc.compile(outputs, backend="numba")
     f(feeds)
+    monkeypatch.setattr(loop_split, "_WARM", set())  # the halves through Python, not native
     threads = blas.threads()
     from graphc import numba_runtime
     real = numba_runtime.NumbaProgram.run_native
