@@ -10,7 +10,8 @@ graphc graph, against the machine's measured GEMM peak and memory bandwidth.
   the best of ``repeats`` float32 ``n x n @ n x n`` matmuls through NumPy's BLAS (what
   graphc's matmuls call), and the best of ``repeats`` float32 copies counted as STREAM does
   (bytes read + bytes written), split over ``threads`` threads (NumPy releases the GIL).
-- :func:`limit_seconds`: the roofline, ``max(FLOPs / peak, bytes / bandwidth)``.
+- :func:`limit_seconds`: the roofline, ``max(FLOPs / peak, bytes / bandwidth)``;
+  :func:`best_peaks`: the best of several probes (`graphc bench` probes before each workload).
 
 >>> import graphc as gc
 >>> x, w = gc.input("x", (8, 3)), gc.param("w", (3, 5))
@@ -74,6 +75,24 @@ def limit_seconds(flops: int, nbytes: int, peaks: dict) -> tuple[float, str]:
     compute = flops / peaks["gemm_flops_per_s"]
     memory = nbytes / peaks["bandwidth_bytes_per_s"]
     return (compute, "gemm") if compute >= memory else (memory, "memory")
+
+
+def best_peaks(known: dict, probe: dict) -> dict:
+    """``known`` peaks with a new ``probe``'s: the higher GEMM FLOP/s and bandwidth of the
+    two (a virtual machine runs slower in some spells; a limit measured in one would make
+    a step look faster than the machine), and every probe's figures under ``"probes"``."""
+    if probe.get("note") or "gemm_flops_per_s" not in probe:
+        return known
+    if known.get("note") or "gemm_flops_per_s" not in known:
+        return {**probe, "probes": [_figures(probe)]}
+    probes = known.get("probes", [_figures(known)]) + [_figures(probe)]
+    return {**known, "probes": probes,
+            "gemm_flops_per_s": max(p[0] for p in probes),
+            "bandwidth_bytes_per_s": max(p[1] for p in probes)}
+
+
+def _figures(peaks: dict) -> list:
+    return [peaks["gemm_flops_per_s"], peaks["bandwidth_bytes_per_s"]]
 
 
 def _best(fn, repeats: int) -> float:

@@ -118,6 +118,12 @@ def footer(info: dict, rows: list[dict], busy_load: float) -> str:
         if row["framework"] not in blas and "blas" in row:
             blas[row["framework"]] = blas_text(row["blas"])
     lines = ["BLAS in each child: " + "; ".join(f"{k}: {v}" for k, v in blas.items())]
+    probes = info["peaks"].get("probes", [])
+    if len(probes) > 1:
+        gemm, copy = ([p[k] / 1e9 for p in probes] for k in (0, 1))
+        lines.append(f"limits: {len(probes)} probes, one before each workload: sgemm "
+                     f"{min(gemm):.1f}-{max(gemm):.1f} GFLOP/s, float32 copy {min(copy):.1f}-"
+                     f"{max(copy):.1f} GB/s; each row's % of limit is of the best probe before it")
     lines.append(f"load average at the end: {loads_text(info['load_average_end'])}; the "
                  f"1-minute one reached {_num(info['load_1min_max'], '.2f') or 'n/a'}")
     if info["busy"]:

@@ -56,6 +56,20 @@ def test_limit_is_the_roofline():
     assert limits.limit_seconds(0, 8e6, peaks) == (8e-4, "memory")
 
 
+def test_the_limit_is_the_best_of_the_probes_and_the_footer_gives_their_range():
+    first = {"gemm_n": 1024, "gemm_flops_per_s": 215e9, "bandwidth_bytes_per_s": 36e9}
+    peaks = limits.best_peaks(first, {"gemm_flops_per_s": 363e9, "bandwidth_bytes_per_s": 30e9})
+    peaks = limits.best_peaks(peaks, {"note": "child failed"})  # a failed probe: no change
+    assert (peaks["gemm_flops_per_s"], peaks["bandwidth_bytes_per_s"]) == (363e9, 36e9)
+    assert peaks["probes"] == [[215e9, 36e9], [363e9, 30e9]] and peaks["gemm_n"] == 1024
+    assert limits.best_peaks({"note": "failed"}, first)["gemm_flops_per_s"] == 215e9
+    info = {"peaks": peaks, "load_average_end": [0.5, 0.5, 0.5], "load_1min_max": 0.5,
+            "busy": False}
+    assert report.footer(info, [], 1.0).splitlines()[1] == (
+        "limits: 2 probes, one before each workload: sgemm 215.0-363.0 GFLOP/s, float32 copy "
+        "30.0-36.0 GB/s; each row's % of limit is of the best probe before it")
+
+
 def _result(framework, ms, **extra):
     return {"framework": framework, "compile_s": 0.5, "note": "", "pid": 7,
             "times": [ms / 1e3] * 3, **extra}
