@@ -5,28 +5,32 @@ Run as ``graphc bench [--workload W1,W3] [--threads 2] [--seconds 5] [--backend 
 ``python benchmarks/run.py --readme results.json`` prints README's performance table
 from such a JSON file (:func:`report.readme_table`).
 
-Method: for every workload, each framework is prepared and timed in a fresh child Python
-process of its own, one after the other, so that no framework's threads compete with
-another's (OpenBLAS's spinning workers, used by graphc's NumPy matmuls, slowed PyTorch's
-threads several-fold when they shared a process).  The child prepares its framework
+Method: for every workload, each framework is prepared and timed in a child Python process
+of its own, so that no framework's threads compete with another's in one process
+(OpenBLAS's spinning workers, used by graphc's NumPy matmuls, slowed PyTorch's threads
+several-fold when they shared a process).  The children are prepared one after the other
 (graphc: ``gc.grad`` + ``gc.compile`` + first call, JAX: first call of the jitted
-``value_and_grad``), runs 3 untimed warm-up steps, then times steps one by one with
-``time.perf_counter`` until it has at least ``--steps`` (50) steps and ``--seconds`` of
-timed work, and hands its times back to this process, with the BLAS libraries it had
-loaded (threadpoolctl).  Then two more children measure graphc's compile times the way
-``benchmarks/compile_time.py`` does: cold (an empty ``GRAPHC_CACHE_DIR``) and warm (a new
-process on the cache the cold one filled), ``gc.compile`` + first call each; JAX's compile
-time is its first call.  A framework that is not installed, whose backend is unavailable,
-or whose child process fails gets a row with a one-line note instead.
+``value_and_grad``), then timed in turns (:mod:`rounds`): 5 rounds in which each child in
+turn runs a burst of steps (3 untimed warm-up steps before its first), timed one by one
+with ``time.perf_counter``, until all its bursts have at least ``--steps`` (50) steps and
+``--seconds`` of timed work; only one child runs at a time.  They hand back their times,
+and at the end the BLAS libraries they had loaded (threadpoolctl).  Then two more children
+measure graphc's compile times the way ``benchmarks/compile_time.py`` does: cold (an empty
+``GRAPHC_CACHE_DIR``) and warm (a new process on the cache the cold one filled),
+``gc.compile`` + first call each; JAX's compile time is its first call.  A framework that
+is not installed, whose backend is unavailable, or whose child process fails gets a row
+with a one-line note instead.
 
 The table gives each framework's median ms/step and its ratio to the faster peer of the
 same run (the smaller median of PyTorch eager and JAX jit; "best peer"), its ratio to
-PyTorch eager, and for graphc the issue's target and whether it is met against that peer
-(a workload may also give ``target_us``, a time per step in microseconds), the compile
-times, and the share of the physical limit it reaches: ``limits.limit_seconds`` of the
-step's matmul/conv FLOPs and bytes in and out (counted from the graphc graph) at the
-machine's sgemm peak and copy bandwidth, measured once per run in a child at the bench's
-thread count, divided by graphc's time per step.  A line under each workload gives its
+PyTorch eager (each ratio the median over rounds of the ratio of the two bursts' medians:
+this VM changes speed for seconds to minutes at a time), and for graphc the issue's target
+and whether it is met against that peer (a workload may also give ``target_us``, a time
+per step in microseconds), the compile times, and the share of the physical limit it
+reaches: ``limits.limit_seconds`` of the step's matmul/conv FLOPs and bytes in and out
+(counted from the graphc graph) at the machine's sgemm peak and copy bandwidth (the best of
+the probes run in a child at the bench's thread count before each workload), divided by
+graphc's time per step.  A line under each workload gives its
 FLOPs, bytes, limit and peak memory: graphc's plan (``f.stats["planned_peak_bytes"]``)
 and PyTorch eager's (``memory_plan.torch_peak``, its profiler's records, measured in the
 torch child after timing).
@@ -37,7 +41,8 @@ Threads: thread pools are sized when their library loads, so every child is star
 also call ``torch.set_num_threads``.  The children's environment also lacks
 :data:`SCRUBBED_ENV` (OpenBLAS's kernel and cache-size overrides), so that OpenBLAS picks
 its kernel for the CPU it runs on; tests and CI keep them.  This process only starts the
-children and reports; the 1-minute load average is sampled after every child, and a
+children and reports; the 1-minute load average is sampled after every child's
+preparation and every round, and a
 warning printed when other work (the load beyond the bench's own threads) exceeded
 :data:`BUSY_LOAD`.
 """
@@ -59,6 +64,8 @@ if HERE not in sys.path:  # benchmarks/ is a folder of scripts: report, workload
     sys.path.insert(0, HERE)
 
 import report  # noqa: E402
+import rounds  # noqa: E402
+from rounds import last_line  # noqa: E402
 
 # Read when each library initializes its pool.  NPROC sizes the intra-op ("XLAEigen")
 # thread pool of jaxlib's CPU client; JAX has no documented thread setting, and the often
@@ -128,10 +135,10 @@ def selected(names) -> list[str]:
 # Timing
 
 
-def measure(step, min_steps: int, seconds: float) -> list[float]:
-    """Seconds per call of ``step()``, after ``WARMUP_STEPS`` untimed calls, until it has
+def measure(step, min_steps: int, seconds: float, warmup: int = WARMUP_STEPS) -> list[float]:
+    """Seconds per call of ``step()``, after ``warmup`` untimed calls, until it has
     ``min_steps`` calls and ``seconds`` of timed work."""
-    for _ in range(WARMUP_STEPS):
+    for _ in range(warmup):
         step()
     times, total = [], 0.0
     while len(times) < min_steps or total < seconds:
@@ -179,21 +186,33 @@ def prepare(workload, problem, backend, framework):
     return framework, step, compile_s, ""
 
 
-def run_framework(workload, framework: str, args) -> dict:
-    """In a child process: prepare and time one framework of a workload.  Returns its
-    framework name, compile s, note, step times (s), this process's id, the BLAS libraries
-    it loaded and :func:`step_figures`."""
+def serve_framework(workload, framework: str, args) -> int:
+    """In a child process (:mod:`rounds`' protocol on stdin and stdout): prepare one
+    framework of a workload and say so (its name, compile s, note and this process's id),
+    then time bursts of steps when asked; when told to finish, give the BLAS libraries it
+    loaded and :func:`step_figures`."""
     import frameworks
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # what the libraries print goes to stderr, not among the replies
+
+    def say(message: dict) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
     if framework.startswith("torch"):
         frameworks.set_torch_threads(args.threads)
     problem = workload.problem()
     name, step, compile_s, note = prepare(workload, problem, args.backend, framework)
-    times = measure(step, args.steps, args.seconds) if step else []
-    result = {"framework": name, "compile_s": compile_s, "note": note, "times": times,
-              "pid": os.getpid(), "blas": blas_info()}
-    if step is not None:
-        result.update(step_figures(workload, problem, name))
-    return result
+    say({"framework": name, "compile_s": compile_s, "note": note, "times": [],
+         "pid": os.getpid()})
+    warmup = WARMUP_STEPS
+    for line in sys.stdin if step is not None else []:
+        request = json.loads(line)
+        if request["do"] != "time":
+            say({"blas": blas_info(), **step_figures(workload, problem, name)})
+            break
+        say({"times": measure(step, request["steps"], request["seconds"], warmup)})
+        warmup = 0
+    return 0
 
 
 def step_figures(workload, problem, framework: str) -> dict:
@@ -236,11 +255,6 @@ def _library(path: str) -> str:
     return parts[parts.index("site-packages") + 1] if "site-packages" in parts else parts[-1]
 
 
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def spawn(options: list[str], args, json_path: str) -> tuple[dict | None, int, str]:
     """Run this script with ``options`` in a fresh Python process with the thread
     environment set; ``(its JSON result or None, its pid, a one-line note when it failed:
@@ -260,16 +274,32 @@ def spawn(options: list[str], args, json_path: str) -> tuple[dict | None, int, s
                              or f"child process exited with status {child.returncode}")
 
 
-def run_child(workload_name: str, framework: str, args, json_path: str) -> dict:
-    """:func:`run_framework` in a child process; a child that fails gives a result with a
-    one-line note."""
-    options = [f"--workload={workload_name}", f"--seconds={args.seconds!r}",
-               f"--steps={args.steps}", f"--only-framework={framework}"]
-    if args.backend:
-        options.append(f"--backend={args.backend}")
-    result, pid, note = spawn(options, args, json_path)
-    return result or {"framework": framework, "compile_s": None, "note": note, "times": [],
-                      "pid": pid}
+def time_frameworks(workload_name: str, names: list[str], args, tmp: str,
+                    loads: list) -> list[dict]:
+    """Every framework of a workload in a child process of its own (:mod:`rounds`), prepared
+    one after the other (so that compile times do not compete), then timed in turns; a
+    result per framework, with a one-line note where it could not be timed.  Appends the
+    1-minute load average to ``loads`` after each child's preparation and each round."""
+    children, results = [], []
+    backend = [f"--backend={args.backend}"] if args.backend else []
+    try:
+        for i, framework in enumerate(names):
+            command = [sys.executable, os.path.abspath(__file__), f"--threads={args.threads}",
+                       f"--workload={workload_name}", f"--only-framework={framework}",
+                       *backend]
+            child = rounds.Child(command, thread_env(args.threads),
+                                 os.path.join(tmp, f"{i}.stderr"))
+            children.append(child)
+            results.append(child.reply() or {"framework": framework, "compile_s": None,
+                                             "note": child.note, "times": [],
+                                             "pid": child.proc.pid})
+            loads.append(load_average())
+        rounds.time_in_turns(children, results, args.seconds, args.steps,
+                             lambda: loads.append(load_average()))
+    finally:
+        for child in children:
+            child.close()
+    return results
 
 
 def measure_peaks(args, json_path: str) -> dict:
@@ -299,12 +329,9 @@ def compile_times(workload_name: str, args) -> dict:
 def bench_workload(workload, args, peaks: dict, loads: list) -> list[dict]:
     """Time every framework of a workload and measure graphc's compile times, each in a
     child process; append the 1-minute load average to ``loads`` after each child."""
-    results = []
     with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:
-        for i, framework in enumerate(framework_names(workload, args.backend)):
-            results.append(run_child(workload.name, framework, args,
-                                     os.path.join(tmp, f"{i}.json")))
-            loads.append(load_average())
+        results = time_frameworks(workload.name, framework_names(workload, args.backend),
+                                  args, tmp, loads)
     compiled = compile_times(workload.name, args)
     loads.append(load_average())
     return report_rows(workload, results, compiled, peaks)
@@ -327,15 +354,18 @@ def _ratio(ms, baseline):
     return ms / baseline if ms is not None and baseline else None
 
 
-def target_met(ms, peer_ms, target, target_us=None) -> bool | None:
+def target_met(ms, peer_ms, target, target_us=None, ratio=None) -> bool | None:
     """Whether graphc's ``ms`` per step meets its targets: ``ms / peer_ms <= target`` (a
     ratio to the faster peer) and ``ms <= target_us`` microseconds, each where given; None
-    when that cannot be judged (graphc or, for a ratio target, every peer has no time)."""
+    when that cannot be judged (graphc or, for a ratio target, every peer has no time).
+    ``ratio``: graphc's ratio to the peer where it was measured otherwise (default
+    ``ms / peer_ms``)."""
     if ms is None or (target is None and target_us is None):
         return None
     if target is not None and peer_ms is None:
         return None
-    return ((target is None or ms / peer_ms <= target)
+    ratio = ms / peer_ms if ratio is None and peer_ms else ratio
+    return ((target is None or ratio <= target)
             and (target_us is None or ms * 1e3 <= target_us))
 
 
@@ -346,13 +376,18 @@ def report_rows(workload, results: list[dict], compiled: dict, peaks: dict) -> l
     medians = {r["framework"]: statistics.median(r["times"]) * 1e3
                for r in results if r["times"]}
     peer, peer_ms = best_peer(medians)
+    turns = {r["framework"]: r.get("rounds") for r in results if r["times"]}
+
+    def ratio(name, ms, to, to_ms):  # paired by round where timed in turns
+        return rounds.paired_ratio(turns.get(name), turns.get(to)) or _ratio(ms, to_ms)
     rows = []
     for result in results:
         name, times = result["framework"], result["times"]
         ms = medians.get(name)
         row = {"workload": workload.name, "framework": name, "ms_per_step": ms,
-               "ratio": _ratio(ms, peer_ms), "best_peer": peer,
-               "ratio_torch": _ratio(ms, medians.get("torch eager")), "target": None,
+               "ratio": ratio(name, ms, peer, peer_ms), "best_peer": peer,
+               "ratio_torch": ratio(name, ms, "torch eager", medians.get("torch eager")),
+               "rounds": turns.get(name), "target": None,
                "met": None, "compile_s": result["compile_s"], "steps": len(times),
                "note": result["note"], "pid": result["pid"]}
         row.update({k: result[k] for k in ("blas", "flops", "bytes", "peak_bytes")
@@ -363,7 +398,8 @@ def report_rows(workload, results: list[dict], compiled: dict, peaks: dict) -> l
         if name.startswith("graphc"):
             target_us = getattr(workload, "target_us", None)
             row.update(target=workload.target, target_us=target_us,
-                       met=target_met(ms, peer_ms, workload.target, target_us), **compiled)
+                       met=target_met(ms, peer_ms, workload.target, target_us, row["ratio"]),
+                       **compiled)
             row.update(physical_limit(row, peaks))
         rows.append(row)
     return rows
@@ -438,8 +474,8 @@ def busy(start: list | None, during: list, threads: int) -> bool:
 
 def _as_child(args) -> None:
     """Size the thread pools and scrub the environment before any library loads."""
-    if not args.child_json:
-        raise ValueError("--only-framework and --probe need --child-json")
+    if args.probe and not args.child_json:
+        raise ValueError("--probe needs --child-json")
     if os.environ.get(MARKER) != str(args.threads):
         if any(lib in sys.modules for lib in LIBRARIES):  # too late to size their pools
             raise ValueError("--only-framework and --probe are internal: run with "
@@ -453,15 +489,14 @@ def child_main(args) -> int:
     """``--only-framework``: time one framework of one workload; ``--probe``: measure the
     machine's peaks.  Writes the result as JSON to ``--child-json``."""
     _as_child(args)
-    if args.probe:
-        import limits
-        result = {**limits.machine_peaks(args.threads), "blas": blas_info()}
-    else:
+    if not args.probe:
         from workloads import WORKLOADS
         names = selected(args.workload)
         if len(names) != 1:
             raise ValueError("--only-framework needs exactly one workload")
-        result = run_framework(WORKLOADS[names[0]], args.only_framework, args)
+        return serve_framework(WORKLOADS[names[0]], args.only_framework, args)
+    import limits
+    result = {**limits.machine_peaks(args.threads), "blas": blas_info()}
     with open(args.child_json, "w") as out:
         json.dump(result, out)
     return 0

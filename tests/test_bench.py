@@ -191,8 +191,8 @@ def test_missing_and_crashing_frameworks_become_note_rows(tmp_path, monkeypatch)
         [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
     args = bench_run.arg_parser().parse_args(
         ["--workload", "W1", "--seconds", "0", "--steps", "2", "--threads", "1"])
-    torch, jax = (bench_run.run_child("W1", name, args, str(tmp_path / f"{i}.json"))
-                  for i, name in enumerate(["torch eager", "jax jit"]))
+    torch, jax = bench_run.time_frameworks("W1", ["torch eager", "jax jit"], args,
+                                           str(tmp_path), [])
     assert torch["note"] == "RuntimeError: torch is broken here" and torch["times"] == []
     assert jax["note"] == "not installed" and jax["times"] == []
     timed = {"framework": "graphc[numpy]", "compile_s": 0.1, "note": "", "pid": 1,
