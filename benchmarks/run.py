@@ -302,10 +302,11 @@ def time_frameworks(workload_name: str, names: list[str], args, tmp: str,
     return results
 
 
-def measure_peaks(args, json_path: str) -> dict:
+def measure_peaks(args) -> dict:
     """``limits.machine_peaks`` and the BLAS it ran on, measured in a child process with
     the bench's threads; ``{"note": ...}`` when the child failed."""
-    result, _, note = spawn(["--probe"], args, json_path)
+    with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:
+        result, _, note = spawn(["--probe"], args, os.path.join(tmp, "probe.json"))
     return result or {"note": note}
 
 
@@ -328,7 +329,7 @@ def compile_times(workload_name: str, args) -> dict:
 
 def bench_workload(workload, args, peaks: dict, loads: list) -> list[dict]:
     """Time every framework of a workload and measure graphc's compile times, each in a
-    child process; append the 1-minute load average to ``loads`` after each child."""
+    child process; append the 1-minute load average to ``loads`` as they go."""
     with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:
         results = time_frameworks(workload.name, framework_names(workload, args.backend),
                                   args, tmp, loads)
@@ -486,8 +487,9 @@ def _as_child(args) -> None:
 
 
 def child_main(args) -> int:
-    """``--only-framework``: time one framework of one workload; ``--probe``: measure the
-    machine's peaks.  Writes the result as JSON to ``--child-json``."""
+    """``--only-framework``: prepare and time one framework of one workload
+    (:func:`serve_framework`); ``--probe``: measure the machine's peaks and write them as
+    JSON to ``--child-json``."""
     _as_child(args)
     if not args.probe:
         from workloads import WORKLOADS
@@ -515,8 +517,7 @@ def main(argv=None) -> int:
     from workloads import WORKLOADS
     names = selected(args.workload)
     info = machine_info(args.threads, args.backend)
-    with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:
-        info["peaks"] = measure_peaks(args, os.path.join(tmp, "probe.json"))
+    info["peaks"] = measure_peaks(args)
     print(report.header(info), flush=True)
     start = info["load_average_start"]
     if start and start[0] >= BUSY_LOAD:
@@ -526,10 +527,8 @@ def main(argv=None) -> int:
     rows, during = [], []
     for k, name in enumerate(names):
         if k:  # the machine's speed changes between spells: each row's limit is the best
-            with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:  # probe yet
-                probe = measure_peaks(args, os.path.join(tmp, "probe.json"))
-            import limits
-            info["peaks"] = limits.best_peaks(info["peaks"], probe)
+            import limits  # probe yet
+            info["peaks"] = limits.best_peaks(info["peaks"], measure_peaks(args))
         workload_rows = bench_workload(WORKLOADS[name], args, info["peaks"], during)
         print(report.table_rows(WORKLOADS[name].title, workload_rows), flush=True)
         rows += workload_rows
