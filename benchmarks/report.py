@@ -91,6 +91,10 @@ def step_line(rows: list[dict]) -> str:
                      f"{graphc['bytes'] / MB:.2f} MB in + out")
     if graphc.get("limit_ms") is not None:
         parts.append(f"limit {ms_text(graphc['limit_ms'])} ms ({graphc['bound']} bound)")
+    if len(graphc.get("ratio_rounds") or []) > 1:
+        by_round = graphc["ratio_rounds"]
+        parts.append(f"ratio to {graphc['best_peer']} by round {min(by_round):.2f}-"
+                     f"{max(by_round):.2f}")
     memory = [f"{name} {row[key] / MB:.2f} MB" for name, row, key in (
         ("planned", graphc, "planned_peak_bytes"),
         ("torch eager", by_name.get("torch eager", {}), "peak_bytes")) if row.get(key)]

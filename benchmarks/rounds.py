@@ -119,9 +119,13 @@ def time_in_turns(children: list[Child], results: list[dict], seconds: float, st
             results[k].update(reply)
 
 
+def paired_ratios(rounds: list | None, peer_rounds: list | None) -> list[float]:
+    """``rounds[r] / peer_rounds[r]`` (ms per step of two frameworks' bursts in round r) for
+    every round that has both."""
+    return [a / b for a, b in zip(rounds or [], peer_rounds or []) if a is not None and b]
+
+
 def paired_ratio(rounds: list | None, peer_rounds: list | None) -> float | None:
-    """The median over rounds of ``rounds[r] / peer_rounds[r]`` (ms per step of two
-    frameworks' bursts in round r), or None where no round has both."""
-    pairs = [a / b for a, b in zip(rounds or [], peer_rounds or [])
-             if a is not None and b]
+    """The median of :func:`paired_ratios`, or None where no round has both."""
+    pairs = paired_ratios(rounds, peer_rounds)
     return statistics.median(pairs) if pairs else None

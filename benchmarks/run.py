@@ -398,6 +398,7 @@ def report_rows(workload, results: list[dict], compiled: dict, peaks: dict) -> l
             row.update(q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, min_ms=min(times) * 1e3)
         if name.startswith("graphc"):
             target_us = getattr(workload, "target_us", None)
+            row.update(ratio_rounds=rounds.paired_ratios(turns.get(name), turns.get(peer)))
             row.update(target=workload.target, target_us=target_us,
                        met=target_met(ms, peer_ms, workload.target, target_us, row["ratio"]),
                        **compiled)

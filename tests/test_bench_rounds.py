@@ -80,6 +80,9 @@ def test_ratios_are_paired_by_round_so_a_slow_spell_cancels():
     assert row["best_peer"] == "torch eager"  # ... and torch eager's too, 1.0 apart
     assert row["ratio"] == pytest.approx(0.5) and row["ratio_torch"] == pytest.approx(0.5)
     assert row["met"] is True  # W1's target, 0.8, judged on the paired ratio
+    assert row["ratio_rounds"] == [0.5, 0.5, 1.0, 0.5, 0.5]
+    rows = bench_run.report_rows(WORKLOADS["W1"], timed, {}, {})
+    assert bench_run.report.step_line(rows).endswith("ratio to torch eager by round 0.50-1.00")
 
 
 @pytest.mark.slow
