@@ -132,6 +132,28 @@ class _Evaluate:
         return out if out.dtype.name == self.dtype else out.astype(self.dtype)
 
 
+try:  # np.errstate(all="ignore") sets this context variable (NumPy >= 2) to an object it
+    # makes on every entry: 0.76 us, against 0.15 us to set it to one made once
+    from numpy._core._ufunc_config import _extobj_contextvar as _FP_STATE
+    from numpy._core._ufunc_config import _make_extobj
+    _FP_IGNORE = _make_extobj(all="ignore")
+except (ImportError, AttributeError, TypeError):  # another NumPy: np.errstate itself
+    _FP_STATE = None
+
+
+def ignoring_fp_errors(fn, *args):
+    """``fn(*args)`` with NumPy's floating-point errors ignored, as under
+    ``np.errstate(all="ignore")``: IEEE results (inf, nan) and no warnings."""
+    if _FP_STATE is None:
+        with np.errstate(all="ignore"):
+            return fn(*args)
+    token = _FP_STATE.set(_FP_IGNORE)
+    try:
+        return fn(*args)
+    finally:
+        _FP_STATE.reset(token)
+
+
 class NumbaProgram:
     """A lowered graph: call with ``{name: array}`` (validated feeds); returns fresh arrays.
 
@@ -235,14 +257,14 @@ class NumbaProgram:
                 try:
                     if not self.numpy_steps:
                         return self._run_native(*feeds, buffers[0], buffers[1], buffers[3])
-                    with np.errstate(all="ignore"):
-                        return self._run_native(*feeds, buffers[0], buffers[1], buffers[3])
+                    return ignoring_fp_errors(self._run_native, *feeds, buffers[0],
+                                              buffers[1], buffers[3])
                 except (IndexError, ValueError, FloatingPointError, TypeError):
                     pass  # the Python run raises it again, naming the node
             if not self.numpy_steps:
                 return self._run(*feeds, buffers[0], buffers[1])
-            with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings
-                return self._run(*feeds, buffers[0], buffers[1])
+            # as the reference: IEEE results, no warnings
+            return ignoring_fp_errors(self._run, *feeds, buffers[0], buffers[1])
         except (IndexError, ValueError, FloatingPointError, TypeError) as err:
             self._reraise(err)
         finally:

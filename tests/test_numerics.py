@@ -173,6 +173,29 @@ def test_backends_are_silent_on_invalid_values(backend):
     assert np.isnan(out[0][0]) and out[4][1] == np.inf
 
 
+@pytest.mark.parametrize("context_variable", [True, False])
+def test_numba_programs_numpy_steps_ignore_the_callers_fp_error_state(monkeypatch,
+                                                                       context_variable):
+    """A compiled program's NumPy steps (here a matmul that overflows) give IEEE results
+    with no warning even where the caller raises on overflow; the caller's setting holds
+    again afterwards.  Both ways of ignoring them: NumPy's context variable, np.errstate."""
+    from graphc import numba_runtime
+    if not context_variable:
+        monkeypatch.setattr(numba_runtime, "_FP_STATE", None)
+    x, w = gc.input("x", (2, 3), "float32"), gc.input("w", (3, 2), "float32")
+    f = gc.compile([x @ w], backend="numba")
+    assert f._program.numpy_steps
+    feeds = {"x": np.full((2, 3), 1e30, np.float32), "w": np.full((3, 2), 1e10, np.float32)}
+    with warnings.catch_warnings(), np.errstate(over="raise"):
+        warnings.simplefilter("error")
+        (y,) = f(feeds)
+        with pytest.raises(FloatingPointError):  # the caller's own setting, kept
+            np.matmul(feeds["x"], feeds["w"])
+    assert np.all(y == np.inf)
+    monkeypatch.setattr(numba_runtime, "ignoring_fp_errors", lambda fn, *args: fn(*args))
+    with np.errstate(over="raise"), pytest.raises(gc.GraphError, match="overflow"):
+        f(feeds)  # (what the test checks: without it, the caller's setting applies)
+
 # -- 7: inf and NaN at the edges follow PyTorch ----------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
