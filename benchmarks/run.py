@@ -102,7 +102,8 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2,
                    help="threads for every framework (default 2, the targets' setting)")
     p.add_argument("--seconds", type=float, default=5.0,
-                   help="minimum timed seconds per framework and workload (default 5)")
+                   help="minimum timed seconds per framework and workload, over all its rounds "
+                        "(default 5)")
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None,
                    help="graphc backend (default: gc.compile's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")

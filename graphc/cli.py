@@ -264,9 +264,10 @@ def _add_compile(sub):
 def _add_bench(sub):
     p = sub.add_parser(
         "bench", help="time training steps against PyTorch eager and JAX jit",
-        description="Time one training step (loss and gradients, float32) of workloads W1-W5 "
+        description="Time one training step (loss and gradients, float32) of workloads W1-W6 "
                     "in graphc, PyTorch eager and JAX jit (the `bench` extra), each framework "
-                    "in its own process; print median ms/step, the ratio to the faster of "
+                    "in its own process, the processes taking turns over 5 rounds; print "
+                    "median ms/step, the ratio (by round) to the faster of "
                     "PyTorch eager and JAX jit next to the target and whether it is met, the "
                     "share of the machine's measured GEMM/bandwidth limit, compile seconds "
                     "(cold, warm), peak memory, the BLAS in use and the load average. Runs "
@@ -277,7 +278,8 @@ def _add_bench(sub):
     p.add_argument("--threads", type=POSITIVE_INT,
                    help="threads for every framework, >= 1 (default 2)")
     p.add_argument("--seconds", type=NONNEGATIVE,
-                   help="minimum timed seconds per framework and workload (default 5)")
+                   help="minimum timed seconds per framework and workload, over all its rounds "
+                        "(default 5)")
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"),
                    help="graphc backend (default: gc.compile's default)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
