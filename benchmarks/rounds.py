@@ -23,6 +23,7 @@ times.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -74,10 +75,8 @@ class Child:
 
     def close(self) -> None:
         for pipe in (self.proc.stdin, self.proc.stdout):
-            try:
+            with contextlib.suppress(OSError):  # (a child that died: a broken pipe)
                 pipe.close()
-            except OSError:
-                pass
         self.proc.wait()
         self.err.close()
 

@@ -12,11 +12,10 @@ bench_run = bench_harness.bench_run
 
 
 class FakeChild:
-    """Answers like a framework's child: ``ms`` per step, slower by ``spell`` in the rounds
-    the machine is slow; dies at its ``die_at``-th burst."""
+    """Answers like a framework's child: ``ms`` per step; dies at its ``die_at``-th burst."""
 
-    def __init__(self, name, ms, log, spell=(), die_at=None):
-        self.name, self.ms, self.log, self.spell, self.die_at = name, ms, log, spell, die_at
+    def __init__(self, name, ms, log, die_at=None):
+        self.name, self.ms, self.log, self.die_at = name, ms, log, die_at
         self.bursts, self.note = 0, ""
 
     def ask(self, request):
@@ -27,8 +26,7 @@ class FakeChild:
         if self.bursts == self.die_at:
             self.note = "RuntimeError: died"
             return None
-        slow = 2.0 if len(self.log) in self.spell else 1.0
-        return {"times": [self.ms * slow / 1e3] * request["steps"]}
+        return {"times": [self.ms / 1e3] * request["steps"]}
 
 
 def result(name, note=""):
@@ -75,13 +73,13 @@ def test_ratios_are_paired_by_round_so_a_slow_spell_cancels():
     assert rounds.paired_ratio(None, [1.0]) is None
     timed = [dict(result(name), times=[ms / 1e3 for ms in r], rounds=r) for name, r in
              (("graphc[numba]", graphc), ("torch eager", peer), ("jax jit", [8.0] * 5))]
-    row = bench_run.report_rows(WORKLOADS["W1"], timed, {}, {})[0]
+    rows = bench_run.report_rows(WORKLOADS["W1"], timed, {}, {})
+    row = rows[0]
     assert row["ms_per_step"] == pytest.approx(2.0)  # the median of all its steps ...
     assert row["best_peer"] == "torch eager"  # ... and torch eager's too, 1.0 apart
     assert row["ratio"] == pytest.approx(0.5) and row["ratio_torch"] == pytest.approx(0.5)
     assert row["met"] is True  # W1's target, 0.8, judged on the paired ratio
     assert row["ratio_rounds"] == [0.5, 0.5, 1.0, 0.5, 0.5]
-    rows = bench_run.report_rows(WORKLOADS["W1"], timed, {}, {})
     assert bench_run.report.step_line(rows).endswith("ratio to torch eager by round 0.50-1.00")
 
 
