@@ -316,8 +316,9 @@ def row_kernel(kind: str, dtype: str) -> KernelSpec:
 def sum_kernel(kind: str, dtype: str) -> KernelSpec:
     """Sums of an ``(n0, n1)`` contiguous array: over rows (``"leading"``: out has n1
     entries, added row by row in NumPy's order, so the result is the same to the bit) or
-    within rows (``"trailing"``: out has n0 entries, each NumPy's pairwise sum of its row,
-    :func:`graphc.fastmath.pairwise_sum`, the same to the bit).  No reassociation: a
+    within rows (``"trailing"``: out has n0 entries, each NumPy's pairwise sum of its row
+    added to the identity 0, :func:`graphc.fastmath.pairwise_sum`, the same to the bit: a
+    row of -0 sums to +0).  No reassociation: a
     vectorized running sum (the earlier form) rounds by the machine's vector width, and
     where a softmax follows, one ulp of a large logit is a different answer."""
     zero = ScalarPrinter(dtype, {}).const(0)
@@ -333,7 +334,7 @@ def sum_kernel(kind: str, dtype: str) -> KernelSpec:
     else:
         lines = ["def kernel(out, x, n0, n1):",
                  "    for i in range(n0):",
-                 f"        out[i] = pairwise_sum(x, i * n1, n1, {zero})"]
+                 f"        out[i] = {zero} + pairwise_sum(x, i * n1, n1, {zero})"]
         fastmath = ELEMENTWISE_FASTMATH
     header = [f"# graphc kernel: sum over the {kind} axes of a contiguous array, {dtype}"]
     helpers = {"pairwise_sum"} if kind == "trailing" else set()

@@ -10,13 +10,15 @@ The body is lowered as usual (:class:`graphc.numba_lowering.Lowering` with ``bod
 - ``np.matmul(a, b, out=c)``: ``cblas_?gemm`` of the BLAS NumPy itself calls, with the
   arguments NumPy passes (row-major; a transposed operand as the transpose flag), so the
   result is the same bits;
+- ``np.matmul`` with a dimension of 1 and a full ``np.add.reduce``: as NumPy runs them
+  (:mod:`graphc.numba_numpy_ways`: ``gemv``, its loop without BLAS, its pairwise sum);
 - ``np.concatenate(..., out=c)`` and ``out[...] = x``: row copies; ``x.fill(0)``: memset;
 - ``np.add/subtract/multiply/divide/negative(..., out=c)`` on floats: IEEE loops;
 - transposes, reshapes and basic indexing (views), ``del`` and ``blas_ready()`` (called
   once before the loop).
 
-Any other line (a NumPy fallback, a kernel split over threads, a GEMM NumPy would not give
-to ``gemm``) and the body stays a Python loop.  :mod:`graphc.numba_segments` uses the same
+Any other line (a NumPy fallback, a kernel split over threads, a product NumPy gives to
+``dot`` or ``syrk``) and the body stays a Python loop.  :mod:`graphc.numba_segments` uses the same
 reading for runs of a program's statements (slots ``("p", expression)``: per-call values).
 
 The function's arguments: the number of steps, an ``int64`` table of each step's
@@ -37,6 +39,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import numba_numpy_ways as ways
+from .numba_numpy_ways import Unsupported, c_strides
 
 # GRAPHC_NATIVE_LOOPS=0: scan bodies run as Python loops (for comparison and debugging)
 ENABLED = os.environ.get("GRAPHC_NATIVE_LOOPS", "1") != "0"
@@ -76,20 +81,8 @@ class Arr:
     dtype: str
 
 
-def c_strides(shape, itemsize) -> tuple:
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= n
-    return tuple(reversed(strides))
-
-
 def contiguous(a: Arr) -> bool:
     return a.strides == c_strides(a.shape, np.dtype(a.dtype).itemsize)
-
-
-class Unsupported(Exception):
-    """A line the native loop does not run: the body stays a Python loop."""
 
 
 @dataclass
@@ -220,7 +213,11 @@ def operation(text: str, names: Names, lowering):
     if m := re.fullmatch(r"(k_\w+)\((.*)\)", text):
         return _kernel_call(m[1], m[2], names, lowering)
     if m := _MATMUL.fullmatch(text):
-        return _gemm(*(_operand(m[k], names) for k in (1, 2, 3)))
+        a, b, c = (_operand(m[k], names) for k in (1, 2, 3))
+        if len(a.shape) == len(b.shape) == 2 and 1 in (*a.shape, *b.shape) and contiguous(c):
+            return ways.matmul(a, b, c, blas_function("sgemv" if a.dtype == "float32"
+                                                      else "dgemv"))
+        return _gemm(a, b, c)
     if m := _CONCAT.fullmatch(text):
         return _concat([names.array(n.strip()) for n in m[1].split(",")], int(m[2]),
                        names.array(m[3]))
@@ -238,6 +235,8 @@ def operation(text: str, names: Names, lowering):
     if (m := re.fullmatch(r"(\w+) = (\w+)\[(\w+)\]", text)) and m[3] in lowering.namespace:
         names.arrays[m[1]] = indexed(names.array(m[2]), lowering.namespace[m[3]])
         return ("none",)
+    if (op := ways.total(text, names)) is not None:
+        return op
     raise Unsupported(text)
 
 
@@ -514,6 +513,8 @@ def _slots(ops):
         elif op[0] == "ew":
             yield op[3].slot
             yield from (x[1].slot for x in op[4] if x[0] == "arr")
+        elif op[0] in ways.KINDS:
+            yield from (x.slot for x in ways.arrays(op))
 
 
 def _emit(b: _Builder, op, names) -> None:
@@ -535,6 +536,8 @@ def _emit(b: _Builder, op, names) -> None:
         _emit_copy(b, *op[1:])
     elif op[0] == "ew":
         _emit_arithmetic(b, *op[1:])
+    elif op[0] in ways.KINDS:
+        ways.emit(b, op, lambda address: names.slot("value", address))
     elif op[0] == "zero":
         size = int(np.prod(op[1].shape, dtype=np.int64)) * np.dtype(op[1].dtype).itemsize
         at = b.address(op[1].slot, op[1].offset)
@@ -599,6 +602,15 @@ def _emit_copy(b: _Builder, outer, row, out, parts) -> None:
 
 # ---------------------------------------------------------------------------------------
 # The BLAS NumPy calls, and compiling
+
+
+@functools.lru_cache(maxsize=None)
+def blas_function(name: str) -> int | None:
+    """The address of ``cblas_<name>`` in the BLAS NumPy calls, or None."""
+    from . import blas
+
+    fn = blas.cblas(name)
+    return None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,13 +3,14 @@ on the hot path), the way :mod:`graphc.numba_loop` runs a scan's steps.
 
 The orchestrator's statements (:class:`graphc.numba_lowering.Lowering`) are of three kinds:
 
-- *operations* :mod:`graphc.numba_loop` runs natively: kernel calls, GEMMs, copies,
-  zero fills, IEEE ``+ - * /``;
+- *operations* :mod:`graphc.numba_loop` runs natively: kernel calls, GEMMs (and the
+  products NumPy gives to ``gemv``), copies, zero fills, IEEE ``+ - * /``, full sums of
+  up to 1,024 values in NumPy's order;
 - *definitions* that read no computed value: allocations (``np.empty``, ``np.zeros``),
   views (``np.ndarray`` over an output's memory, transposes, reshapes, basic indexing),
   addresses (``_waddr``, ``_addr``, ``p + k``), ``del`` and ``blas_ready()``;
-- anything else (a NumPy reduction, a comparison, a scan's loop, a kernel split over
-  threads, a contiguous copy): *barriers*, run by Python where they stand.
+- anything else (another NumPy reduction, a comparison, a scan's loop, a kernel split
+  over threads, a contiguous copy): *barriers*, run by Python where they stand.
 
 A maximal run of operations (with the definitions among them) becomes one native call: the
 definitions run first (they read no computed value, so moving them up changes nothing), then

@@ -31,9 +31,14 @@ def loops(f) -> list[str]:
 
 def both_ways(f, feeds, monkeypatch) -> list:
     """``f``'s outputs from the native code (loops and runs), checked bit for bit against
-    the Python run (``numba_loop.ENABLED`` is read per call)."""
+    the Python run (``numba_loop.ENABLED`` is read per call); the program's buffers are
+    filled with NaN in between, so what the native code leaves unwritten shows."""
     monkeypatch.setattr(numba_loop, "ENABLED", False)
     python = f(feeds)
+    for buffers in f._program._free:
+        for array in buffers[2]:
+            if array.dtype.kind == "f":
+                array.fill(np.nan)
     monkeypatch.setattr(numba_loop, "ENABLED", True)
     native = f(feeds)
     for a, b in zip(python, native):
