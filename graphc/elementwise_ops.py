@@ -144,6 +144,7 @@ class ElementwiseDef:
         self.bool_ok = bool_ok  # bool operands allowed (where picks between bools)
         self._numpy_fns: dict = {}
         self._local_defs: dict = {}
+        self._probed: dict = {}
 
     @classmethod
     def from_function(cls, name: str, fn, stable=None, **flags) -> ElementwiseDef:
@@ -216,39 +217,46 @@ class ElementwiseDef:
                     f"in {what}: SymPy's NumPy printer has no form for it "
                     f"({type(err).__name__})")) from err
 
-    def local_def(self, k: int) -> ElementwiseDef:
+    def local_def(self, k: int, params=()) -> ElementwiseDef:
         """The derivative w.r.t. argument ``k`` as an elementwise op of the symbols it uses
         (arguments, then the output ``out``).  Its evaluated form is the derivative of the
         stable form where the op has one and the plain derivative overflows (softplus' =
-        e^x / (e^x + 1) is NaN at x = 1e4 in float32)."""
+        e^x / (e^x + 1) is NaN at x = 1e4 in float32) for the node's ``params`` (pairs of
+        name and value; the defaults where not given: softplus with its threshold of 20
+        never reaches the overflow, with binary_cross_entropy_with_logits' 3e38 it does)."""
         expr = self.derivatives[k]
-        local = self._local_defs.get((k, expr))  # keyed by the formula, which tests replace
+        free = expr.free_symbols
+        args = [a for a in self.args if a in free] + ([self.out] if self.out in free else [])
+        stable = expr
+        if self.out not in free and self.stable is not self.expr and \
+                not self._finite_on_probe(expr, {**self.params, **dict(params)}):
+            # Kinks of the stable decomposition (max, |x|) count their one-sided
+            # average (Heaviside(0) = 1/2, sign(0) = 0): right for a smooth function.
+            stable = dv.diff(self.stable, self.args[k])
+            args += [a for a in self.args if a in stable.free_symbols and a not in args]
+        local = self._local_defs.get((k, expr, stable))  # tests replace the formula
         if local is None:
-            free = expr.free_symbols
-            args = [a for a in self.args if a in free] + ([self.out] if self.out in free else [])
-            stable = expr
-            if self.out not in free and self.stable is not self.expr and \
-                    not self._finite_on_probe(expr):
-                # Kinks of the stable decomposition (max, |x|) count their one-sided
-                # average (Heaviside(0) = 1/2, sign(0) = 0): right for a smooth function.
-                stable = dv.diff(self.stable, self.args[k])
-                args += [a for a in self.args if a in stable.free_symbols and a not in args]
             local = ElementwiseDef(f"{self.name}_d{self.args[k].name}", args, self.params, expr,
                                    stable, bool_args=[a for a in self.bool_args
                                                       if sp.Symbol(a, real=True) in args])
-            self._local_defs[k, expr] = local
+            self._local_defs[k, expr, stable] = local
         return local
 
-    def _finite_on_probe(self, expr) -> bool:
-        """Whether ``expr`` evaluates finite in float32 over |x| <= 1e4 where the op does."""
-        probe = np.array([-1e4, -1e3, -100, -30, -1, 0, 1, 30, 100, 1e3, 1e4])
-        params = dict(zip(self.param_symbols, self.params.values()))
-        f = _lambdify(self.args, self.stable.subs(params))
-        d = _lambdify(self.args, expr.subs(params))
-        with np.errstate(all="ignore"):
-            args = [probe.astype(np.float32)] * self.arity
-            ok = np.isfinite(np.broadcast_to(f(*args), probe.shape))
-            return bool(np.isfinite(np.broadcast_to(d(*args), probe.shape))[ok].all())
+    def _finite_on_probe(self, expr, params: dict) -> bool:
+        """Whether ``expr`` evaluates finite in float32 over |x| <= 1e4 where the op does,
+        with the parameters ``params`` (memoized)."""
+        key = (expr, tuple(sorted(params.items())))
+        if key not in self._probed:
+            probe = np.array([-1e4, -1e3, -100, -30, -1, 0, 1, 30, 100, 1e3, 1e4])
+            values = {sym: params[sym.name] for sym in self.param_symbols}
+            f = _lambdify(self.args, self.stable.subs(values))
+            d = _lambdify(self.args, expr.subs(values))
+            with np.errstate(all="ignore"):
+                args = [probe.astype(np.float32)] * self.arity
+                ok = np.isfinite(np.broadcast_to(f(*args), probe.shape))
+                finite = np.isfinite(np.broadcast_to(d(*args), probe.shape))[ok].all()
+            self._probed[key] = bool(finite)
+        return self._probed[key]
 
     @property
     def derivatives_text(self) -> tuple[str, ...]:

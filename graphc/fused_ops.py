@@ -285,7 +285,7 @@ class _Builder:
             return ref if ref[0] != "in" else self.step(_COPY, (), [ref])
         if expr.is_number:
             return ("const", float(expr))
-        local = fn.local_def(k)
+        local = fn.local_def(k, st.params)
         return self.step(local, st.params, [operands[a] for a in local.args])
 
     def mul(self, a: Ref, b: Ref) -> Ref:

@@ -154,7 +154,7 @@ def _local(z: Tensor, k: int) -> Tensor | None:
         return F.cast(operands[expr], z.dtype)
     if expr.is_number:
         return constant(float(expr), dtype=z.dtype)
-    local = fn.local_def(k)
+    local = fn.local_def(k, z.op.params)
     return Tensor.make(Elementwise(local, z.op.params, z.dtype),
                        [operands[a] for a in local.args])
 

@@ -215,3 +215,22 @@ def test_max_min_gradient_goes_to_the_nan(backend, kind):
                       x=np.array([[1, np.nan, 2], [0, 3, -1]], np.float32))
     assert np.isnan(value)
     np.testing.assert_array_equal(grad, [[0, 1, 0], [0, 0, 0]])  # as torch.max
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bce_with_logits_gradient_is_finite_for_large_logits(backend, dtype):
+    """Its softplus keeps log(1 + e^x) up to 3e38 (no threshold), so the plain derivative
+    e^x / (e^x + 1) was inf / inf = NaN from x = 89 (float32) or 710 (float64): the local
+    derivative's stable form is chosen with the node's own threshold, not softplus' 20."""
+    torch = pytest.importorskip("torch")
+    z, t = gc.input("z", (5,), dtype), gc.input("t", (5,), dtype)
+    loss = gc.binary_cross_entropy_with_logits(z, t)
+    zv = np.array([10.0, 100.0, 1000.0, -1000.0, 1e30], dtype)
+    tv = np.full(5, 0.3, dtype)
+    value, grad = run([loss, gc.grad(loss, z)], backend, z=zv, t=tv)
+    zt = torch.tensor(zv, requires_grad=True)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(zt, torch.tensor(tv))
+    want.backward()
+    np.testing.assert_allclose(value, want.item(), rtol=1e-6)
+    np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-6, atol=1e-7)
