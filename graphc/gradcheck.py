@@ -165,6 +165,9 @@ class _Probe:
         extra = sorted(set(feeds) - set(types))
         if extra:
             raise FeedError(f"check_grad: unknown feed(s) {extra}; y takes {sorted(types)}")
+        missing = sorted(set(types) - set(feeds))
+        if missing:
+            raise FeedError(f"check_grad: missing feed(s) {missing}; y takes {sorted(types)}")
         self.feeds = {k: np.array(v, dtype=types[k]) if dtypes.is_float(types[k]) else v
                       for k, v in feeds.items()}  # copies: perturbing never touches the user's
 

@@ -92,6 +92,12 @@ def test_wrt_must_be_float_leaves():
                       {"x": np.ones(3), "labels": np.ones(3, np.int64)})
 
 
+def test_a_missing_feed_is_a_feed_error_naming_it():
+    x, w = gc.input("x", (3,)), gc.param("w", (3,))
+    with pytest.raises(gc.FeedError, match=r"missing feed\(s\) \['w'\]"):
+        gc.check_grad(gc.sum(x * w), [w], {"x": np.ones(3)})
+
+
 def test_custom_op_gradients_check_out():
     mish = gc.elementwise("t_gradcheck_mish", lambda x: x * sp.tanh(sp.log(1 + sp.exp(x))))
     x = gc.input("x", (6,), "float64")

@@ -157,6 +157,17 @@ def test_backward_needs_a_scalar_loss():
         gc.render(gc.exp(x), backward=True)
 
 
+@pytest.mark.parametrize("draw", [gc.render, gc.explore])
+def test_values_missing_or_unknown_feeds_are_feed_errors(draw):
+    x, w = gc.input("x", (3,)), gc.param("w", (3,))
+    loss = gc.sum(gc.tanh(x * w))
+    one = np.ones(3, np.float32)
+    with pytest.raises(gc.FeedError, match="values: missing feed.*'w'"):
+        draw(loss, values={"x": one})
+    with pytest.raises(gc.FeedError, match="values: unknown feed 'q'"):
+        draw(loss, values={"x": one, "w": one, "q": one})
+
+
 def test_long_labels_are_shortened():
     x = gc.input("x_with_a_rather_long_name", (3, 4, 5, 6))
     y = gc.transpose(x, (3, 2, 1, 0))

@@ -16,7 +16,7 @@ from graphc.passes.autodiff import provenance
 from graphc import dtypes
 from graphc.compiler import compile
 from graphc.elementwise_ops import Elementwise
-from graphc.errors import GraphError, RenderError
+from graphc.errors import FeedError, GraphError, RenderError
 from graphc.graph import Graph, as_outputs, format_graph, node_kind, node_names
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor
@@ -508,10 +508,10 @@ def _evaluate(tensors, feeds) -> dict[int, np.ndarray]:
     values = {id(t): t.op.value.array for t in tensors if isinstance(t.op, Constant)}
     unique = list({id(t): t for t in tensors if id(t) not in values}.values())
     f = compile(unique, backend="numpy", optimize=False)  # values only: skip the passes
-    missing = [n for n in f.input_names if n not in feeds]
-    if missing:
-        raise GraphError(f"render: values lack feed(s) {missing}")
-    arrays = f({n: feeds[n] for n in f.input_names})
+    try:
+        arrays = f(feeds)  # FeedError for a missing, unknown or mistyped feed, named
+    except FeedError as err:
+        raise FeedError(f"values: {err}") from None
     return values | {id(t): a for t, a in zip(unique, arrays)}
 
 
