@@ -181,6 +181,63 @@ def test_decomposed_activations_and_convolutions_match_torch():
     assert_close(m, x, ours, theirs, names, "numpy", 1e-7)
 
 
+class Masks(nn.Module):
+    """Ops whose export holds a scalar tensor (aten.scalar_tensor): logsumexp, where with a
+    number, masked_fill."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        masked = torch.where(h > 0, h, 0.25) + h.masked_fill(h < -0.5, 1.5)
+        return torch.logsumexp(masked, 1, keepdim=True) * masked
+
+
+def test_scalar_tensors_of_where_masked_fill_and_logsumexp():
+    torch.manual_seed(6)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    m, ours, theirs, names = imported_gradients(Masks().double(), x)
+    assert_close(m, x, ours, theirs, names, "numpy", 1e-12)
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0, -2])
+def test_embedding_padding_row_gets_no_gradient(padding_idx):
+    torch.manual_seed(7)
+    table = nn.Embedding(6, 3, padding_idx=padding_idx).double()
+    idx = torch.tensor([[0, 1, 1], [0, 5, 4]])
+    m = gc.from_torch(table, (idx,))
+    (xin,), (out,) = m.inputs.values(), m.outputs
+    w = np.random.default_rng(2).standard_normal(out.shape)
+    grad = gc.grad(gc.sum(out * gc.constant(w)), m.params["weight"])
+    ours = gc.compile(grad, backend="numba")(**{xin.name: idx.numpy()}, **m.weights)
+    (table(idx) * torch.from_numpy(w)).sum().backward()
+    np.testing.assert_allclose(ours, table.weight.grad.numpy(), rtol=1e-12)
+    if padding_idx is not None:
+        assert not ours[padding_idx % 6].any()
+
+
+def test_embedding_gradient_scaled_by_frequency_is_refused():
+    with pytest.raises(gc.UnsupportedOpError, match="scale_grad_by_freq=True"):
+        gc.from_torch(nn.Embedding(6, 3, scale_grad_by_freq=True), (torch.tensor([[1, 1]]),))
+
+
+def test_a_shared_parameter_keeps_its_named_parameters_name():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.out = nn.Embedding(7, 4), nn.Linear(4, 7, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, i):
+            return self.out(self.emb(i))
+
+    net = Tied()
+    m = gc.from_torch(net, (torch.tensor([[1, 2, 3]]),))
+    assert list(m.params) == [n for n, _ in net.named_parameters()] == ["emb.weight"]
+
+
 def test_batch_norm_train_mode_uses_batch_statistics(net):
     module = copy.deepcopy(net).double().train()  # float64: batch norm's cancellations
     module.head[0].p = 0.0  # graphc's dropout masks are not torch's

@@ -26,6 +26,7 @@ from ..errors import GraphError, UnsupportedOpError
 from ..inputs import constant, input, param
 from ..ir import Tensor, located, scope
 from ..nn import state_input
+from ..scan import stop_gradient
 from .model import Model
 
 
@@ -54,14 +55,18 @@ def from_torch(module, example_args) -> Model:
     with warnings.catch_warnings():  # torch's own deprecation noise, not the user's
         warnings.filterwarnings("ignore", r".*treespec, LeafSpec", FutureWarning)
         program = torch.export.export(module, args).run_decompositions()
-    return _Importer(program, type(module).__name__).run()
+    first: dict[int, str] = {}  # a parameter shared by modules: named_parameters()' name
+    aliases = {name: first.setdefault(id(p), name)
+               for name, p in module.named_parameters(remove_duplicate=False)}
+    return _Importer(program, type(module).__name__, aliases).run()
 
 
 class _Importer:
     """One import: the exported program's nodes turned into graphc tensors in order."""
 
-    def __init__(self, program, source: str):
+    def __init__(self, program, source: str, aliases=None):
         self.program, self.source = program, source
+        self.aliases = aliases or {}  # torch name -> the name named_parameters() gives
         self.env: dict[str, object] = {}  # fx node name -> Tensor, tuple, or None
         self.taken: set[str] = set()
         self.values: dict[str, np.ndarray] = {}  # graphc leaf name -> value
@@ -126,6 +131,8 @@ class _Importer:
         value = value.detach().cpu().numpy().copy()
         if spec.kind == InputKind.CONSTANT_TENSOR:
             return constant(value)
+        if spec.kind == InputKind.PARAMETER:
+            target = self.aliases.get(target, target)
         with _scopes(_module_path(target.rsplit(".", 1)[0] if "." in target else "")):
             name = self.name(target, "p" if spec.kind == InputKind.PARAMETER else "b")
             if spec.kind == InputKind.PARAMETER:
@@ -433,6 +440,20 @@ def _full(im, node, size, value, **_):
     return constant(np.full(shape, value, dtype))
 
 
+def _embedding(im, node, table, indices, padding_idx=-1, scale_grad_by_freq=False,
+               sparse=False):
+    """Rows of the table; the padding row gets no gradient (its forward value is the
+    table's own, picked by ``where`` from a stopped copy)."""
+    if scale_grad_by_freq:
+        _unsupported(node, "scale_grad_by_freq=True, gradients divided by each index's "
+                           "count in the batch")
+    if padding_idx is not None and padding_idx >= 0:
+        rows = np.zeros((table.shape[0], 1), bool)
+        rows[padding_idx] = True
+        table = F.where(constant(rows), stop_gradient(table), table)
+    return NF.embedding(indices, table)
+
+
 def _dropout(im, node, x, p, train):
     """Training-mode dropout draws graphc's own mask (seeded per node), not torch's."""
     im.dropouts += 1
@@ -534,7 +555,7 @@ ATEN = {
     "aten.gt": _unary(F.greater),
     "aten.ge": _unary(F.greater_equal),
     "aten.full": _full,
-    "aten.scalar_tensor": _full,
+    "aten.scalar_tensor": lambda im, node, value, **_: _full(im, node, (), value),
     "aten.native_dropout": _dropout,
-    "aten.embedding": lambda im, node, table, indices, *_: NF.embedding(indices, table),
+    "aten.embedding": _embedding,
 }
