@@ -168,6 +168,24 @@ def test_values_missing_or_unknown_feeds_are_feed_errors(draw):
         draw(loss, values={"x": one, "w": one, "q": one})
 
 
+def test_bad_wrt_check_and_paths_are_named(tmp_path):
+    x, w = gc.input("x", (3,)), gc.param("w", (3,))
+    loss = gc.sum(gc.tanh(x * w))
+    for wrt in ("w", ["nope"], []):
+        with pytest.raises(TypeError, match="wrt must"):
+            gc.explore(loss, wrt=wrt)
+        with pytest.raises(TypeError, match="wrt must"):
+            gc.render(loss, backward=True, wrt=wrt)
+    for draw in (gc.explore, gc.render):
+        with pytest.raises(TypeError, match="check must be a gc.check_grad report, got int"):
+            draw(loss, check=123)
+    with pytest.raises(gc.RenderError, match=r"cannot write .*missing.*a\.html: No such"):
+        gc.explore(loss, tmp_path / "missing" / "a.html")
+    with pytest.raises(gc.RenderError, match=r"it is an HTML page"):
+        gc.explore(loss, tmp_path / "a.svg")
+    assert not list(tmp_path.iterdir())
+
+
 def test_long_labels_are_shortened():
     x = gc.input("x_with_a_rather_long_name", (3, 4, 5, 6))
     y = gc.transpose(x, (3, 2, 1, 0))

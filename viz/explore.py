@@ -21,12 +21,13 @@ from sympy.printing.mathml import MathMLPresentationPrinter
 
 from graphc import dtypes
 from graphc.elementwise_ops import Elementwise
+from graphc.errors import RenderError
 from graphc.graph import as_outputs, node_kind
 from graphc.inputs import Constant, Input, constant
 
-from .labels import index_text, number
+from .labels import FULL, index_text, number
 from .loops import ScanDrawing, body_labels, instances, title
-from .render import _Builder, _evaluate
+from .render import _Builder, _evaluate, wrt_tensors
 
 HIST_BINS = 16
 
@@ -52,10 +53,16 @@ class Explorer:
 
     def save(self, path) -> str:
         path = os.fspath(path)
+        if os.path.splitext(path)[1].lower() not in (".html", ".htm"):
+            raise RenderError(f"cannot save the explorer to {path!r}: it is an HTML page "
+                              "(.html)")
         tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(self._page)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(self._page)
+            os.replace(tmp, path)
+        except OSError as err:  # name the user's path, not the temporary file's
+            raise RenderError(f"cannot write {path}: {err.strerror}") from None
         self.path = path
         return path
 
@@ -100,7 +107,7 @@ class _Page:
         self.result = None
         if self.loss.shape == () and dtypes.is_float(self.loss.dtype):
             wrt = [t for t in b.graph.inputs if dtypes.is_float(t.dtype)] if wrt is None \
-                else list(as_outputs(wrt))
+                else wrt_tensors(wrt)
             self.result = build_backward([self.loss], [constant(1.0, dtype=self.loss.dtype)],
                                          wrt)
             b.set_backward(self.result)
@@ -172,7 +179,7 @@ class _Page:
         if self.values is None or t is None or id(t) not in self.values:
             return None
         a = np.asarray(self.values[id(t)])
-        return {"text": number(a), "hist": _histogram(a)}
+        return {"text": number(a, FULL), "hist": _histogram(a)}
 
     def node(self, t, ids=None, name=None, group=None) -> dict:
         """``t`` for the page; ``ids``, ``name`` and ``group`` for a scan body's nodes."""
@@ -185,7 +192,7 @@ class _Page:
         grad = self.result.grads.get(id(t)) if self.result else None
         value = self.value(t)
         if value is None and isinstance(t.op, Constant):
-            value = {"text": number(t.op.value.array), "hist": None}
+            value = {"text": number(t.op.value.array, FULL), "hist": None}
         return {"id": ids[id(t)], "name": name or b.name(t),
                 "op": t.op.name if kind == "op" else kind, "attrs": attrs, "kind": kind,
                 "group": group or t.scope or None, "shape": list(t.shape), "dtype": t.dtype,

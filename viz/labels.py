@@ -11,10 +11,13 @@ from sympy.printing.str import StrPrinter
 
 from graphc.graph import display_name, node_names, scalar_text
 
-__all__ = ["display_name", "fit", "formula", "index_text", "node_names", "number",
-           "scalar_text", "shorten", "template"]
+__all__ = ["FULL", "display_name", "fit", "formula", "index_text", "node_names", "number",
+           "scalar_text", "shorten", "template", "value_lines"]
 
 MAX_LABEL = 64
+# room for a tensor of 8 elements in full: 8 numbers of 4 significant digits (-1.234e-05),
+# their commas, brackets and shape
+FULL = 112
 
 
 def shorten(text: str, limit: int = MAX_LABEL) -> str:
@@ -87,6 +90,23 @@ def number(value, limit: int = MAX_LABEL) -> str:
     a = a.astype(np.float64)
     return fit([f"mean {_g(a.mean())}", f"norm {_g(np.linalg.norm(a.ravel()))}",
                 f"min {_g(a.min())}", f"max {_g(a.max())}"], limit)
+
+
+def value_lines(value, width: int = 48) -> list[str]:
+    """``= number`` for a node's label: a tensor of at most 8 elements in full, on as many
+    lines of at most ``width`` characters as it takes, each cut after a comma.
+
+    >>> value_lines(np.array([0.125, -2.5, 3.75, 1e-05, 6.0, -7.5, 8.25, 9.0]), 24)
+    ['= [0.125, -2.5, 3.75,', '1e-05, 6, -7.5, 8.25, 9]']
+    """
+    lines, line = [], "="
+    for word in number(value, FULL).split(" "):
+        if len(line) + 1 + len(word) > width and line != "=":
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}"
+    return lines + [line]
 
 
 class _Printer(StrPrinter):

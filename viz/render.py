@@ -17,11 +17,12 @@ from graphc import dtypes
 from graphc.compiler import compile
 from graphc.elementwise_ops import Elementwise
 from graphc.errors import FeedError, GraphError, RenderError
+from graphc.gradcheck import GradCheckReport
 from graphc.graph import Graph, as_outputs, format_graph, node_kind, node_names
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor
 
-from .labels import formula, index_text, number, shorten, template
+from .labels import formula, index_text, number, shorten, template, value_lines
 from .loops import ScanDrawing, instances, is_scan
 
 LINE = 90  # characters in an edge label's line
@@ -149,6 +150,9 @@ class _Builder:
         self.graph = Graph(outputs)
         self.names = node_names(self.graph)
         self.values = values  # id(node) -> array, or None
+        if check is not None and not isinstance(check, GradCheckReport):
+            raise TypeError(f"check must be a gc.check_grad report, got "
+                            f"{type(check).__name__}")
         self.check = check
         self.top, self.collapse = _collapse_level(self.graph, collapse)
         self.direction = direction or ("LR" if self.collapse is not None
@@ -225,10 +229,10 @@ class _Builder:
                 [] if name.rsplit(".", 1)[-1].split("_")[0] == t.op.name else [t.op.name]
             lines.append(f"{name}: {shape}")
         if self.values is not None and id(t) in self.values and kind != "constant":
-            lines.append(f"= {number(self.values[id(t)], 48)}")
+            lines += value_lines(self.values[id(t)])
         if grad is not None and self.values is not None and id(grad) in self.values:
             lines.append(f"∂{self.lname}/∂{name}")
-            lines.append(f"= {number(self.values[id(grad)], 48)}")
+            lines += value_lines(self.values[id(grad)])
         return "\\n".join(lines)
 
     def style(self, t: Tensor) -> dict:
@@ -381,7 +385,7 @@ class _Builder:
                 continue
             lines = [f"∂{self.lname}/∂{self.name(t)}", f"{_shape(t)} {t.dtype}"]
             if self.values is not None and id(g) in self.values:
-                lines.append(f"= {number(self.values[id(g)], 48)}")
+                lines += value_lines(self.values[id(g)])
             failed = isinstance(t.op, Input) and t.op.label in self.failed_inputs
             self.dot.node(f"g{self.node_ids[id(t)]}", "\\n".join(lines), shape="box",
                           style="rounded,filled", fillcolor="#fecaca" if failed else "#ffedd5",
@@ -423,7 +427,7 @@ class _Builder:
                 attrs.update(color=_ROLE_COLOR[record.role], penwidth="1.8")
                 label.append(f"{record.role} of {self.name(record.forward)}")
             if self.values is not None and id(t) in self.values and kind != "constant":
-                label.append(f"= {number(self.values[id(t)], 48)}")
+                label += value_lines(self.values[id(t)])
             self.dot.node(self.node_ids[id(t)], "\\n".join(label), **attrs)
         self.names = names  # the scans' bodies (forward and backward) name theirs after these
         for k, nodes in enumerate(instances(ir.nodes)):
@@ -515,6 +519,17 @@ def _evaluate(tensors, feeds) -> dict[int, np.ndarray]:
     return values | {id(t): a for t, a in zip(unique, arrays)}
 
 
+def wrt_tensors(wrt) -> list[Tensor]:
+    """``wrt`` (a tensor or a list of them) as a list, or a TypeError naming what it is."""
+    items = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+    bad = next((w for w in items if not isinstance(w, Tensor)), None)
+    if bad is not None or not items:
+        raise TypeError(f"wrt must be a tensor or a list of tensors (gc.input, gc.param), "
+                        f"got {bad!r} ({type(bad).__name__})" if items else
+                        "wrt must name at least one tensor")
+    return items
+
+
 def _backward(builder: _Builder, loss: Tensor, wrt):
     """The backward graph of ``loss`` (a float scalar) w.r.t. ``wrt`` (default: every float
     input and param), given to ``builder``, and the gradients."""
@@ -522,7 +537,7 @@ def _backward(builder: _Builder, loss: Tensor, wrt):
         raise GraphError("render(backward=...): the first output must be a float scalar "
                          f"loss, got {loss.shape} {loss.dtype}")
     wrt = [t for t in builder.graph.inputs if dtypes.is_float(t.dtype)] if wrt is None \
-        else list(as_outputs(wrt))
+        else wrt_tensors(wrt)
     result = build_backward([loss], [constant(1.0, dtype=loss.dtype)], wrt)
     grads = [result.grad_of(w) for w in wrt]
     builder.set_backward(result)
