@@ -73,6 +73,24 @@ def test_page_data_has_the_three_gradients_of_every_edge():
     assert len(d["edges"]) == 6
 
 
+def test_an_edge_into_a_shared_node_says_it_is_one_term():
+    """z feeds sigmoid and exp: each backward edge into z carries one term of dL/dz."""
+    z = gc.input("z", ())
+    loss = (gc.sigmoid(z) * gc.exp(z) / 3).named("L")
+    feeds = {"z": np.float32(0.5)}
+    d = page_data(gc.explore(loss, values=feeds).html())
+    names = {n["id"]: n["name"] for n in d["nodes"]}
+    into_z = [e for e in d["edges"] if names[e["to"]] == "z"]
+    assert len(into_z) == 2 and all(e["paths"] == 2 for e in into_z)
+    terms = sum(float(e["downValue"]["text"]) for e in into_z)
+    grad = next(n["grad"]["text"] for n in d["nodes"] if n["name"] == "z")
+    assert abs(terms - float(grad)) <= 1e-3 * abs(float(grad))
+    assert all(e["paths"] == 1 for e in d["edges"] if names[e["to"]] != "z")
+    lines = gc.render(loss, backward=True, values=feeds).source
+    assert "downstream ∂L/∂z via exp = " in lines and "downstream ∂L/∂z via sigmoid" in lines
+    assert "downstream ∂L/∂mul = " in lines  # one use: no "via"
+
+
 def test_histogram_counts_match_numpy():
     from graphc.viz.explore import HIST_BINS, _histogram
     a = np.random.default_rng(0).normal(size=(30, 7))

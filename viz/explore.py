@@ -210,6 +210,7 @@ class _Page:
         up, local, down = (line.split(" = ", 1)[1] for line in lines[:3])
         return {"from": ids[id(z)], "to": ids[id(x)], "operand": e.operand,
                 "up": up, "local": local, "down": down,
+                "paths": len(labels.into.get(id(x), ())),  # edges whose sum is dL/dx
                 "localMath": self.local_mathml(e, labels) if isinstance(z.op, Elementwise)
                 else None,
                 "upValue": self.value(e.upstream), "localValue": self.value(e.local),

@@ -343,9 +343,12 @@ class _Builder:
         zn, xn = self.name(z), self.name(x)
         local = self.local_formula(e)
         L = self.lname
+        # x used by several nodes: ∂L/∂x is the sum of the downstream gradients into it, and
+        # this edge's is one of them
+        via = f" via {zn}" if len(self.into.get(id(x), ())) > 1 else ""
         lines = [f"upstream ∂{L}/∂{zn} = {self.upstream_formula(z, loss)}",
                  f"local ∂{zn}/∂{xn} = {local}",
-                 f"downstream ∂{L}/∂{xn} = {self.downstream_formula(e, loss)}"]
+                 f"downstream ∂{L}/∂{xn}{via} = {self.downstream_formula(e, loss)}"]
         lines = [shorten(line, LINE) for line in lines]
         if self.values is not None:
             for i, t in enumerate((e.upstream, e.local, e.downstream)):
