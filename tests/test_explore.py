@@ -413,3 +413,18 @@ def test_w4_lstm_opens_in_3_seconds(browser, tmp_path):
     page.evaluate("graphc.select('Wh')")
     assert "∂" in page.inner_text("#details")
     assert page.evaluate(f"graphc.step({len(nodes)})")["phase"] == "backward"
+
+
+@needs_browser
+def test_a_name_that_looks_like_an_id_selects_its_node(browser, tmp_path):
+    a, b = gc.input("n2", (3,)), gc.input("n0", (3,))
+    loss = gc.sum(gc.exp(a) * b)
+    page = open_page(browser, gc.explore(loss), tmp_path)
+    nodes = page.evaluate("graphc.nodes()")
+    assert not {n["id"] for n in nodes} & {n["name"] for n in nodes}
+    page.evaluate("graphc.select('n2')")
+    assert page.inner_text("#details h3") == "n2"
+    page.evaluate("graphc.selectEdge('mul', 'n0')")
+    assert page.inner_text("#details h3") == "n0 → mul"
+    page.evaluate(f"graphc.select({nodes[0]['id']!r})")
+    assert page.inner_text("#details h3") == nodes[0]["name"]

@@ -111,7 +111,8 @@ class _Page:
             self.result = build_backward([self.loss], [constant(1.0, dtype=self.loss.dtype)],
                                          wrt)
             b.set_backward(self.result)
-        self.ids = {id(t): f"n{k}" for k, t in enumerate(b.graph.nodes)}
+        # "#k": an id no name can be (names are identifiers, dotted by scope)
+        self.ids = {id(t): f"#{k}" for k, t in enumerate(b.graph.nodes)}
         self.values = None
         if values is not None:
             wanted = list(b.graph.nodes)
@@ -141,7 +142,7 @@ class _Page:
         """A scan as a group holding one copy of its body, placed before the scan's
         outputs (which read the body's outputs) in the node list; in the edge list, the
         body's backward edges come where the backward pass reaches the scan."""
-        loop, ids = drawing.loop, dict(drawing.ids)
+        loop, ids = drawing.loop, {k: f"#{v}" for k, v in drawing.ids.items()}
         ids.update({id(p): self.ids[id(t)] for p, t in zip(loop.consts, drawing.inputs_consts)})
         scope = drawing.outputs[0].scope or None
         gid = f"{scope}/scan{drawing.index}" if scope else f"scan{drawing.index}"
