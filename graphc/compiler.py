@@ -73,8 +73,14 @@ def _array(name: str, t, value) -> np.ndarray:
         if array.min() < info.min or array.max() > info.max:
             raise FeedError(f"feed {name!r} has values outside the {t.dtype} range "
                             f"[{info.min}, {info.max}]")
-    array = array.astype(t.dtype, copy=False)
-    array = array.view()
+    with np.errstate(over="ignore"):  # a finite float64 that float32 cannot hold: below
+        converted = array.astype(t.dtype, copy=False)
+    if have.kind == "f" and have.itemsize > converted.dtype.itemsize and array.size:
+        over = np.isinf(converted) & np.isfinite(array)
+        if over.any():
+            raise FeedError(f"feed {name!r} has values outside the {t.dtype} range (e.g. "
+                            f"{array[over].flat[0]:.6g}; largest {np.finfo(t.dtype).max:.6g})")
+    array = converted.view()
     array.setflags(write=False)  # backends may never write into a user's array
     return array
 

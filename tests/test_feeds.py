@@ -107,6 +107,17 @@ def test_float64_feed_to_float32_input():
     np.testing.assert_array_equal(out, X.astype(np.float32) * np.float32(2))
 
 
+def test_float64_feed_that_float32_cannot_hold_is_named(recwarn):
+    """A finite value beyond float32's range would arrive as inf (with a NumPy warning)."""
+    f = compile_np(gc.input("x", (3,)) * 2.0)
+    with pytest.raises(gc.FeedError, match=r"feed 'x' has values outside the float32 range "
+                                           r"\(e\.g\. 1e\+300"):
+        f(x=np.array([0.1, 1e300, 2.0]))
+    out = f(x=np.array([np.inf, -1e38, np.nan]))  # infinities and NaN stay what they are
+    assert np.isposinf(out[0]) and out[1] == np.float32(-1e38) * 2 and np.isnan(out[2])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_lists_feed_like_arrays():
     x = gc.input("x", (2, 2))
     out = compile_np(x + 1.0)(x=[[1.0, 2.0], [3.0, 4.0]])
