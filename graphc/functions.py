@@ -401,9 +401,12 @@ def take(x, indices) -> Tensor:
 
 @dynamic
 def getitem(x, key) -> Tensor:
-    """``x[key]``: ints, slices, None, ``...``, integer arrays and integer tensors."""
+    """``x[key]``: ints, slices, None, ``...``, integer arrays and integer tensors (alone,
+    or at one axis with full slices before it: ``x[:, t]``)."""
     if isinstance(key, Tensor):
         return take(x, key)
+    if isinstance(key, tuple) and builtins.any(isinstance(k, Tensor) for k in key):
+        return _take_at_axis(x, key)
     try:
         entries = sh.static_index(key, x.shape)
     except IndexError as err:
@@ -412,6 +415,23 @@ def getitem(x, key) -> Tensor:
             len(entries) == x.ndim:
         return x
     return Tensor.make(sh.Index(entries), (x,))
+
+
+def _take_at_axis(x, key) -> Tensor:
+    """``x[:, ..., t]``: ``take`` along the axis of the integer tensor ``t`` (the others full
+    slices); the result has ``t``'s dimensions in place of that axis, as NumPy's."""
+    axis = next(j for j, k in enumerate(key) if isinstance(k, Tensor))
+    if len(key) > x.ndim or builtins.any(k != slice(None) for j, k in enumerate(key)
+                                         if j != axis):
+        raise ShapeError(located(
+            f"index: an integer tensor indexes one axis, with full slices before it (x[t], "
+            f"x[:, t]); got {key!r} for an operand of shape {x.shape}; index the others "
+            "separately"))
+    perm = (axis,) + tuple(d for d in range(x.ndim) if d != axis)
+    y = take(transpose(x, perm) if axis else x, key[axis])
+    r = key[axis].ndim
+    order = tuple(range(r, r + axis)) + tuple(range(r)) + tuple(range(r + axis, y.ndim))
+    return transpose(y, order) if axis else y
 
 
 @dynamic

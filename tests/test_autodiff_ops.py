@@ -476,6 +476,10 @@ case("gather-2d", lambda x, i: x[i], lambda x, i: x[i], normal(4, 2),
 case("gather-int32", lambda x, i: x[i], lambda x, i: x[i.long()], normal(4),
      np.array([3, 1, 1], np.int32))
 case("gather-take", gc.take, lambda x, i: x[i], normal(4, 2), np.array([2, 2, 0]))
+case("gather-axis-1", lambda x, i: x[:, i], lambda x, i: x[:, i], normal(3, 5, 2),
+     np.array([[0, 4], [4, 4], [2, -1]]))
+case("gather-axis-2", lambda x, i: x[:, :, i], lambda x, i: x[:, :, i], normal(2, 3, 4),
+     np.array([3, 0, 3]))
 
 # cast float32 -> float64: exactly representable points, eps 2**-6 and a quadratic, so
 # central differences in float32 are exact.

@@ -224,6 +224,20 @@ def test_indexing_with_an_integer_tensor_is_a_gather():
     np.testing.assert_array_equal(run(t, x=X, idx=np.array([3, 1])), X[[3, 1]])
 
 
+def test_an_integer_tensor_at_one_axis_takes_along_it():
+    x, idx = gc.input("x", (4, 3, 2)), gc.input("idx", (2, 2), "int64")
+    X = np.arange(24, dtype=np.float32).reshape(4, 3, 2)
+    ind = np.array([[1, 0], [1, 1]])
+    for key, want in [((slice(None), idx), X[:, ind]), ((slice(None), slice(None), idx),
+                                                       X[:, :, ind])]:
+        t = x[key]
+        assert t.shape == want.shape
+        np.testing.assert_array_equal(run(t, x=X, idx=ind), want)
+    with pytest.raises(gc.ShapeError, match=r"an integer tensor indexes one axis, with full "
+                                            r"slices before it"):
+        x[0, idx]
+
+
 def test_numpy_array_on_the_left_gives_a_tensor():
     t = gc.input("t", (3,))
     T = np.array([1.0, 2.0, 3.0], np.float32)
