@@ -320,8 +320,10 @@ class Reduce(Op):
 
     def infer(self, inputs):
         (x,) = inputs
-        if self.kind != "sum" and x.size == 0 and self.axes:
-            self.fail("reduction of an empty tensor has no identity", inputs)
+        if self.kind != "sum" and any(x.shape[a] == 0 for a in self.axes):
+            # NumPy: a max over an empty axis has no identity (an empty batch reduced over
+            # another axis is an empty result)
+            self.fail("reduction over an empty axis has no identity", inputs)
         shape = tuple(1 if i in self.axes else d for i, d in enumerate(x.shape)
                       if self.keepdims or i not in self.axes)
         dtype = x.dtype

@@ -220,3 +220,16 @@ def test_scan_over_a_dynamic_batch_equals_the_fixed_shape_scan(backend):
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
         assert np.abs(got[1]).max() > 0 and np.abs(got[2]).max() > 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_empty_batch_reduced_over_another_axis_is_empty(backend):
+    """As NumPy: max over a non-empty axis of an empty batch is an empty result; over the
+    empty axis itself it has no identity."""
+    d = gc.input("d", (None, 3), "float64")
+    f = gc.compile([gc.max(d, axis=1), gc.min(d, axis=-1, keepdims=True),
+                    gc.grad(gc.sum(gc.max(d, axis=1)), d)], backend=backend)
+    assert [a.shape for a in f(d=np.ones((0, 3)))] == [(0,), (0, 1), (0, 3)]
+    np.testing.assert_array_equal(f(d=np.arange(6.0).reshape(2, 3))[0], [2.0, 5.0])
+    with pytest.raises(gc.FeedError, match="reduction over an empty axis has no identity"):
+        gc.compile(gc.max(d, axis=0), backend=backend)(d=np.ones((0, 3)))
