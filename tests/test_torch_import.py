@@ -218,6 +218,18 @@ def test_embedding_padding_row_gets_no_gradient(padding_idx):
         assert not ours[padding_idx % 6].any()
 
 
+@pytest.mark.parametrize("fn", ["hardswish", "hardsigmoid"])
+def test_hard_activations_have_torchs_gradients_at_their_kinks(fn):
+    class Hard(nn.Module):
+        def forward(self, x):
+            return getattr(nn.functional, fn)(x)
+
+    x = torch.tensor([-4.0, -3.0, -1.0, 0.0, 2.9, 3.0, 4.0], dtype=torch.float64)
+    m, ours, theirs, names = imported_gradients(Hard(), x)
+    # 1e-7: torch's hardsigmoid backward multiplies by a float32 sixth, even in float64
+    assert_close(m, x, ours, theirs, names, "numba", 1e-15 if fn == "hardswish" else 1e-7)
+
+
 def test_embedding_gradient_scaled_by_frequency_is_refused():
     with pytest.raises(gc.UnsupportedOpError, match="scale_grad_by_freq=True"):
         gc.from_torch(nn.Embedding(6, 3, scale_grad_by_freq=True), (torch.tensor([[1, 1]]),))

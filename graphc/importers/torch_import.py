@@ -54,11 +54,33 @@ def from_torch(module, example_args) -> Model:
                  for a in args)
     with warnings.catch_warnings():  # torch's own deprecation noise, not the user's
         warnings.filterwarnings("ignore", r".*treespec, LeafSpec", FutureWarning)
-        program = torch.export.export(module, args).run_decompositions()
+        program = torch.export.export(module, args).run_decompositions(_decompositions())
     first: dict[int, str] = {}  # a parameter shared by modules: named_parameters()' name
     aliases = {name: first.setdefault(id(p), name)
                for name, p in module.named_parameters(remove_duplicate=False)}
     return _Importer(program, type(module).__name__, aliases).run()
+
+
+def _decompositions():
+    """torch.export's decompositions but for the ops graphc imports whole (their gradients
+    at the kinks are PyTorch's own backward's, not those of what they decompose into)."""
+    import torch
+
+    table = torch.export.default_decompositions()
+    for op in (torch.ops.aten.hardswish.default, torch.ops.aten.hardsigmoid.default):
+        table.pop(op)
+    return table
+
+
+def _hardswish(im, node, x):
+    """x (x + 3) / 6 between -3 and 3, 0 below, x above: PyTorch's gradient at the kinks (0
+    at -3, 1 at 3), which x * relu6(x + 3) / 6 does not give."""
+    return F.where(x <= -3.0, 0.0, F.where(x >= 3.0, x, x * (x + 3.0) / 6.0))
+
+
+def _hardsigmoid(im, node, x):
+    """(x + 3) / 6 strictly between -3 and 3, else 0 or 1 (gradient 0 at both kinks)."""
+    return F.where(x <= -3.0, 0.0, F.where(x >= 3.0, 1.0, (x + 3.0) / 6.0))
 
 
 class _Importer:
@@ -558,4 +580,6 @@ ATEN = {
     "aten.scalar_tensor": lambda im, node, value, **_: _full(im, node, (), value),
     "aten.native_dropout": _dropout,
     "aten.embedding": _embedding,
+    "aten.hardswish": _hardswish,
+    "aten.hardsigmoid": _hardsigmoid,
 }
