@@ -186,6 +186,24 @@ def test_bad_wrt_check_and_paths_are_named(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_shared_scalar_constant_is_drawn_beside_each_user():
+    """Interned, the 0.5 of every residual block is one node: drawn once it was wired across
+    the whole picture; the explorer puts it in the scope that holds all its users."""
+    h = gc.input("x", (2, 3))
+    with gc.scope("net"):
+        for i in range(3):
+            with gc.scope(f"blk{i}"):
+                h = gc.tanh(h @ gc.param(f"W{i}", (3, 3))) * 0.5 + h
+    loss = gc.sum(h * h)
+    source = gc.render(loss, backward=True, collapse=False).source
+    copies = re.findall(r'(n\d+_n\d+) \[label="const 0.5', source)
+    assert len(copies) == 3
+    assert all(source.count(f"{c} -> ") == 1 for c in copies)
+    from test_explore import page_data
+    nodes = page_data(gc.explore(loss).html())["nodes"]
+    assert [n["group"] for n in nodes if n["op"] == "constant"] == ["net"]
+
+
 def test_long_labels_are_shortened():
     x = gc.input("x_with_a_rather_long_name", (3, 4, 5, 6))
     y = gc.transpose(x, (3, 2, 1, 0))

@@ -113,6 +113,7 @@ class _Page:
             b.set_backward(self.result)
         # "#k": an id no name can be (names are identifiers, dotted by scope)
         self.ids = {id(t): f"#{k}" for k, t in enumerate(b.graph.nodes)}
+        self._users = None  # id(node) -> the scopes of its users (shared_scope)
         self.values = None
         if values is not None:
             wanted = list(b.graph.nodes)
@@ -191,6 +192,8 @@ class _Page:
         if t.op.name == "index":
             attrs = index_text(t.op.index)
         grad = self.result.grads.get(id(t)) if self.result else None
+        if group is None and isinstance(t.op, Constant):
+            group = self.shared_scope(t)
         value = self.value(t)
         if value is None and isinstance(t.op, Constant):
             value = {"text": number(t.op.value.array, FULL), "hist": None}
@@ -201,6 +204,23 @@ class _Page:
                 "failed": isinstance(t.op, Input) and t.op.label in b.failed_inputs,
                 "loc": str(t.loc) if t.loc else None,
                 "value": value, "grad": self.value(grad)}
+
+    def shared_scope(self, t) -> str | None:
+        """A constant's group: the innermost scope holding all its users (an interned 2
+        that every layer uses belongs to none of them, so closing one layer hides no
+        operand of another); None at the top."""
+        if self._users is None:
+            self._users = {}
+            for z in self.builder.graph.nodes:
+                for x in z.inputs:
+                    self._users.setdefault(id(x), []).append(z.scope or "")
+        scopes = [s.split("/") for s in self._users.get(id(t), [t.scope or ""])]
+        common = []
+        for parts in zip(*scopes):
+            if len(set(parts)) > 1:
+                break
+            common.append(parts[0])
+        return "/".join(common) or None
 
     def edge(self, e, labels=None, ids=None) -> dict:
         """A backward edge; ``labels`` (a builder) and ``ids`` for a scan body's edges."""

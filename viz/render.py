@@ -243,9 +243,10 @@ class _Builder:
         for k, t in enumerate(self.graph.nodes):
             self.node_ids[id(t)] = f"n{k}"
         groups: dict[str, list[Tensor]] = {}
+        copied = self._copied_constants()
         for t in self.graph.nodes:
             g = self.group(t)
-            if self.hidden(t):
+            if self.hidden(t) or id(t) in copied:
                 continue
             if g:
                 groups.setdefault(g, []).append(t)
@@ -272,6 +273,12 @@ class _Builder:
         for drawing in self.scans:
             scope = drawing.outputs[0].scope
             drawing.draw(self._cluster(clusters, scope) if scope else self.dot)
+        for t in self.graph.nodes:  # a copied constant: a box beside each user, in its box
+            for x in {id(x): x for x in t.inputs if id(x) in copied}.values():
+                target = self._cluster(clusters, t.scope) if t.scope and \
+                    not self.group(t) else self.dot
+                target.node(f"{self.dot_id(x)}_{self.dot_id(t)}", self.node_label(x),
+                            **_STYLE["constant"])
         for parent, sub in sorted(clusters.items(), key=lambda kv: -kv[0].count("/")):
             self._attach(clusters, parent, sub)
         seen = set()
@@ -283,9 +290,25 @@ class _Builder:
                 if a == b or (a, b, k) in seen or self.hidden(x):
                     continue
                 seen.add((a, b, k))
+                if id(x) in copied:  # its own copy beside each user (drawn above)
+                    a = f"{a}_{b}"
                 attrs = {"color": _FAIL, "penwidth": "2"} \
                     if (id(t), k) in self.failed_edges and not grads else {}
                 self.dot.edge(a, b, **attrs)
+
+    def _copied_constants(self) -> set[int]:
+        """The scalar constants drawn once beside each user: interned, one of them (a 0.5
+        in every layer) would be one box wired across the whole picture.  Not those a
+        scan's drawn body reads (it draws its own edges)."""
+        users: dict[int, int] = {}
+        scanned = set()
+        for t in self.graph.nodes:
+            for x in t.inputs:
+                users[id(x)] = users.get(id(x), 0) + 1
+                if is_scan(t):
+                    scanned.add(id(x))
+        return {id(t) for t in self.graph.nodes if isinstance(t.op, Constant) and
+                not t.shape and users.get(id(t), 0) > 1 and id(t) not in scanned}
 
     def _cluster(self, clusters, scope: str) -> graphviz.Digraph:
         if scope not in clusters:
