@@ -214,8 +214,9 @@ def _add_render(sub):
                     "its graph: every backward edge labelled with its upstream, local and "
                     "downstream gradient, with numbers from the feeds. Needs Graphviz's dot.")
     _model_file(p)
-    p.add_argument("-o", "--output", help="output path: .svg .png .pdf .dot "
-                                          "(default: FILE.svg in the current folder)")
+    p.add_argument("-o", "--output", type=_output(".svg", ".png", ".pdf", ".dot"),
+                   help="output path: .svg .png .pdf .dot (default: FILE.svg in the current "
+                        "folder)")
     p.add_argument("--view", choices=("combined", "backward", "ir"), default="combined",
                    help="combined (default): forward graph with labelled backward edges; "
                         "backward: gradients only; ir: the backward graph's IR nodes")
@@ -232,6 +233,16 @@ def _add_render(sub):
     p.set_defaults(func=_render)
 
 
+def _output(*suffixes):
+    """An argparse type: a path ending in one of ``suffixes`` (else a usage error, before
+    the model is built)."""
+    def path(text: str) -> str:
+        if os.path.splitext(text)[1].lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r} must end in {' '.join(suffixes)}")
+        return text
+    return path
+
+
 def _add_explore(sub):
     p = sub.add_parser(
         "explore", help="write a model's graph as an interactive HTML page",
@@ -240,8 +251,8 @@ def _add_explore(sub):
                     "browser: groups that expand and collapse, values, gradients, the "
                     "upstream, local and downstream gradient of every edge, a step mode.")
     _model_file(p)
-    p.add_argument("-o", "--output", help="output path (default: FILE.html in the current "
-                                          "folder)")
+    p.add_argument("-o", "--output", type=_output(".html", ".htm"),
+                   help="output path (default: FILE.html in the current folder)")
     p.add_argument("--no-values", action="store_true", help="formulas only, no numbers")
     p.add_argument("--check", action="store_true",
                    help="run check_grad, colour what fails and exit 1 if it fails")

@@ -144,6 +144,9 @@ def test_error_inside_graphc_says_so_and_how_to_report_it(monkeypatch, capsys):
     (["check", "m.py", "--seed", "-3"], "argument --seed: must be >= 0, got -3"),
     (["bench", "--threads", "0"], "argument --threads: must be >= 1, got 0"),
     (["bench", "--seconds", "-1"], "argument --seconds: must be >= 0, got -1"),
+    (["render", "m.py", "-o", "m.jpg"],
+     "argument -o/--output: 'm.jpg' must end in .svg .png .pdf .dot"),
+    (["explore", "m.py", "-o", "m.svg"], "argument -o/--output: 'm.svg' must end in .html .htm"),
 ])
 def test_numeric_options_are_validated_by_the_parser(args, message, capsys):
     with pytest.raises(SystemExit) as stop:
