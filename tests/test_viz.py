@@ -199,6 +199,7 @@ def test_a_shared_scalar_constant_is_drawn_beside_each_user():
     copies = re.findall(r'(n\d+_n\d+) \[label="const 0.5', source)
     assert len(copies) == 3
     assert all(source.count(f"{c} -> ") == 1 for c in copies)
+    assert "const 0.5" not in gc.render(loss, collapse=True).source  # not drawn collapsed
     from test_explore import page_data
     nodes = page_data(gc.explore(loss).html())["nodes"]
     assert [n["group"] for n in nodes if n["op"] == "constant"] == ["net"]

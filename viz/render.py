@@ -299,7 +299,10 @@ class _Builder:
     def _copied_constants(self) -> set[int]:
         """The scalar constants drawn once beside each user: interned, one of them (a 0.5
         in every layer) would be one box wired across the whole picture.  Not those a
-        scan's drawn body reads (it draws its own edges)."""
+        scan's drawn body reads (it draws its own edges); none when collapsing (scalar
+        constants are not drawn then, :meth:`hidden`)."""
+        if self.collapse is not None:
+            return set()
         users: dict[int, int] = {}
         scanned = set()
         for t in self.graph.nodes:

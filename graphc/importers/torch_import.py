@@ -68,7 +68,8 @@ def _decompositions():
 
     table = torch.export.default_decompositions()
     for op in (torch.ops.aten.hardswish.default, torch.ops.aten.hardsigmoid.default):
-        table.pop(op)
+        if op in table:
+            del table[op]
     return table
 
 
