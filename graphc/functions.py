@@ -421,8 +421,8 @@ def _take_at_axis(x, key) -> Tensor:
     """``x[:, ..., t]``: ``take`` along the axis of the integer tensor ``t`` (the others full
     slices); the result has ``t``'s dimensions in place of that axis, as NumPy's."""
     axis = next(j for j, k in enumerate(key) if isinstance(k, Tensor))
-    if len(key) > x.ndim or builtins.any(k != slice(None) for j, k in enumerate(key)
-                                         if j != axis):
+    if len(key) > x.ndim or not builtins.all(isinstance(k, slice) and k == slice(None)
+                                             for j, k in enumerate(key) if j != axis):
         raise ShapeError(located(
             f"index: an integer tensor indexes one axis, with full slices before it (x[t], "
             f"x[:, t]); got {key!r} for an operand of shape {x.shape}; index the others "

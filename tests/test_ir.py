@@ -233,9 +233,10 @@ def test_an_integer_tensor_at_one_axis_takes_along_it():
         t = x[key]
         assert t.shape == want.shape
         np.testing.assert_array_equal(run(t, x=X, idx=ind), want)
-    with pytest.raises(gc.ShapeError, match=r"an integer tensor indexes one axis, with full "
-                                            r"slices before it"):
-        x[0, idx]
+    for key in [(0, idx), (idx, idx), (Ellipsis, idx)]:
+        with pytest.raises(gc.ShapeError, match=r"an integer tensor indexes one axis, with "
+                                                r"full slices before it"):
+            x[key]
 
 
 def test_numpy_array_on_the_left_gives_a_tensor():
