@@ -428,3 +428,17 @@ def test_a_name_that_looks_like_an_id_selects_its_node(browser, tmp_path):
     assert page.inner_text("#details h3") == "n0 → mul"
     page.evaluate(f"graphc.select({nodes[0]['id']!r})")
     assert page.inner_text("#details h3") == nodes[0]["name"]
+
+
+@needs_browser
+def test_a_backward_step_names_the_operand(browser, tmp_path):
+    """h * h has two backward edges to h: step() tells them apart by operand."""
+    x = gc.input("x", (3,))
+    h = gc.tanh(x)
+    page = open_page(browser, gc.explore(gc.sum(h * h + h)), tmp_path)
+    steps = page.evaluate("graphc.steps()")
+    walk = [page.evaluate(f"graphc.step({k})") for k in range(1, steps + 1)]
+    names = {n["id"]: n["name"] for n in page.evaluate("graphc.nodes()")}
+    into_h = [s["operand"] for s in walk if s["edge"] and names[s["edge"][0]] == "mul"]
+    assert sorted(into_h) == [0, 1]
+    assert all("operand" not in s for s in walk if s["phase"] == "forward")
