@@ -442,3 +442,25 @@ def test_a_backward_step_names_the_operand(browser, tmp_path):
     into_h = [s["operand"] for s in walk if s["edge"] and names[s["edge"][0]] == "mul"]
     assert sorted(into_h) == [0, 1]
     assert all("operand" not in s for s in walk if s["phase"] == "forward")
+
+
+@needs_browser
+def test_a_small_but_wide_graph_opens_readable_at_its_inputs(browser, tmp_path):
+    """An MLP with its cross-entropy spelled out: whole, its labels were 4 px (scale 0.385);
+    it opens at 0.6 on the inputs, groups open, and fit still shows all of it."""
+    x, labels = gc.input("x", (4, 3)), gc.input("lab", (4,), "int64")
+    with gc.scope("mlp"):
+        with gc.scope("fc1"):
+            h = gc.relu(x @ gc.param("W1", (3, 5)) + gc.param("b1", (5,)))
+        with gc.scope("fc2"):
+            o = h @ gc.param("W2", (5, 2)) + gc.param("b2", (2,))
+    page = open_page(browser, gc.explore(gc.softmax_cross_entropy(o, labels)), tmp_path)
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.reload()
+    page.wait_for_function("window.graphc && window.graphc.ready === true")
+    assert page.evaluate(SCALE) == pytest.approx(0.6)
+    assert all(g["expanded"] for g in page.evaluate("graphc.groups()"))
+    x_id = next(n["id"] for n in page.evaluate("graphc.nodes()") if n["name"] == "x")
+    assert page.evaluate(IN_VIEW, f'[data-n="{x_id}"]') and not page.evaluate(IN_VIEW, "#vp")
+    page.click("#fit")
+    assert page.evaluate(IN_VIEW, "#vp") and page.evaluate(SCALE) < 0.6
