@@ -525,13 +525,11 @@ def _emit(b: _Builder, op, names) -> None:
         b.lines.append(f"  call void {fn}({', '.join(args)})")
     elif op[0] == "gemm":
         _, dtype, ta, tb, m, n, k, a, lda, bb, ldb, c, ldc = op
-        fn = b.emit(f"inttoptr i64 {b.slot(names.slot('value', gemm_function(dtype)[0]))} "
-                    "to ptr")
         real, i = _GEMM[dtype][1], b.int
-        pa, pb, pc = (b.address(x.slot, x.offset) for x in (a, bb, c))
-        b.lines.append(f"  call void {fn}(i32 101, i32 {ta}, i32 {tb}, {i} {m}, {i} {n}, "
-                       f"{i} {k}, {real} 1.0, ptr {pa}, {i} {lda}, ptr {pb}, {i} {ldb}, "
-                       f"{real} 0.0, ptr {pc}, {i} {ldc})")
+        ways.cblas_call(b, names.slot("value", gemm_function(dtype)[0]), [
+            ("i32", ways.ROW_MAJOR), ("i32", ta), ("i32", tb), (i, m), (i, n), (i, k),
+            (real, "1.0"), ("ptr", a), (i, lda), ("ptr", bb), (i, ldb), (real, "0.0"),
+            ("ptr", c), (i, ldc)])
     elif op[0] == "copy":
         _emit_copy(b, *op[1:])
     elif op[0] == "ew":

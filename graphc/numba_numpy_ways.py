@@ -120,15 +120,21 @@ def emit(b, op, slot_of) -> None:
     if op[0] == "gemv":
         _, dtype, address, order, n, m, a, lda, x, incx, y, incy = op
         real, i = _REAL[dtype], b.int
-        fn = b.emit(f"inttoptr i64 {b.slot(slot_of(address))} to ptr")
-        pa, px, py = (b.address(v.slot, v.offset) for v in (a, x, y))
-        b.lines.append(f"  call void {fn}(i32 {order}, i32 {TRANS}, {i} {n}, {i} {m}, "
-                       f"{real} 1.0, ptr {pa}, {i} {lda}, ptr {px}, {i} {incx}, "
-                       f"{real} 0.0, ptr {py}, {i} {incy})")
+        cblas_call(b, slot_of(address), [
+            ("i32", order), ("i32", TRANS), (i, n), (i, m), (real, "1.0"), ("ptr", a),
+            (i, lda), ("ptr", x), (i, incx), (real, "0.0"), ("ptr", y), (i, incy)])
     elif op[0] == "outer":
         _outer(b, *op[1:])
     else:
         _total(b, *op[1:])
+
+
+def cblas_call(b, slot, args) -> None:
+    """A call of the CBLAS function whose address is in fixed-table ``slot``, with
+    ``args``: (LLVM type, value) pairs, an ``Arr`` for each ``ptr`` (its address)."""
+    fn = b.emit(f"inttoptr i64 {b.slot(slot)} to ptr")
+    values = [(t, b.address(v.slot, v.offset) if t == "ptr" else v) for t, v in args]
+    b.lines.append(f"  call void {fn}({', '.join(f'{t} {v}' for t, v in values)})")
 
 
 def _load(b, real: str, base: str, byte: int) -> str:

@@ -113,7 +113,6 @@ class _Page:
             b.set_backward(self.result)
         # "#k": an id no name can be (names are identifiers, dotted by scope)
         self.ids = {id(t): f"#{k}" for k, t in enumerate(b.graph.nodes)}
-        self._users = None  # id(node) -> the scopes of its users (shared_scope)
         self.values = None
         if values is not None:
             wanted = list(b.graph.nodes)
@@ -209,12 +208,8 @@ class _Page:
         """A constant's group: the innermost scope holding all its users (an interned 2
         that every layer uses belongs to none of them, so closing one layer hides no
         operand of another); None at the top."""
-        if self._users is None:
-            self._users = {}
-            for z in self.builder.graph.nodes:
-                for x in z.inputs:
-                    self._users.setdefault(id(x), []).append(z.scope or "")
-        scopes = [s.split("/") for s in self._users.get(id(t), [t.scope or ""])]
+        users = self.builder.users().get(id(t), [t])
+        scopes = [(z.scope or "").split("/") for z in users]
         common = []
         for parts in zip(*scopes):
             if len(set(parts)) > 1:

@@ -173,6 +173,7 @@ class _Builder:
         self.node_ids: dict[int, str] = {}
         self.scans: list[ScanDrawing] = []  # the scans drawn as clusters (add_forward)
         self.into: dict[int, list] = {}  # id(x) -> backward edges arriving at x
+        self._users: dict[int, list] | None = None  # users()
         self.lname = outputs[0].display or "L"  # the differentiated output, in labels
 
     def set_backward(self, result):
@@ -303,15 +304,19 @@ class _Builder:
         constants are not drawn then, :meth:`hidden`)."""
         if self.collapse is not None:
             return set()
-        users: dict[int, int] = {}
-        scanned = set()
-        for t in self.graph.nodes:
-            for x in t.inputs:
-                users[id(x)] = users.get(id(x), 0) + 1
-                if is_scan(t):
-                    scanned.add(id(x))
+        users = self.users()
         return {id(t) for t in self.graph.nodes if isinstance(t.op, Constant) and
-                not t.shape and users.get(id(t), 0) > 1 and id(t) not in scanned}
+                not t.shape and len(users.get(id(t), ())) > 1 and
+                not any(is_scan(z) for z in users[id(t)])}
+
+    def users(self) -> dict[int, list[Tensor]]:
+        """id(node) -> the nodes that read it (once per operand), made once."""
+        if self._users is None:
+            self._users = {}
+            for z in self.graph.nodes:
+                for x in z.inputs:
+                    self._users.setdefault(id(x), []).append(z)
+        return self._users
 
     def _cluster(self, clusters, scope: str) -> graphviz.Digraph:
         if scope not in clusters:
