@@ -105,6 +105,9 @@ class BackwardEdge:
     local_formula: str       # dz/dx as text: SymPy formula, or a template ({x}, {y}, {g})
     downstream: Tensor       # dL/dx through this edge
     vjp_text: str = ""       # structured ops: dL/dx as a template in {g}; "" = local * g
+    # an op with several outputs (a scan instance): ((output, dL/doutput), ...) of its other
+    # outputs that have gradients, all of which ``downstream`` also carries back
+    siblings: tuple = ()
 
 
 @dataclass
@@ -210,7 +213,7 @@ def backward(ys, cotangents, wrt) -> Backward:
         group = joint.get(id(z))
         if not parts and group is None:
             continue
-        g = None
+        g, others = None, ()
         if parts:
             g = parts[0]
             for p in parts[1:]:
@@ -224,6 +227,7 @@ def backward(ys, cotangents, wrt) -> Backward:
             downs = scan_vjp(group, [out.grads.get(id(m)) for m in group],
                              [id(x) in depends for x in z.inputs], backward)
             g = g if g is not None else _zeros(z)
+            others = tuple((m, out.grads[id(m)]) for m in group[1:] if id(m) in out.grads)
         for k, x in enumerate(z.inputs):
             if id(x) not in depends:
                 continue
@@ -239,7 +243,7 @@ def backward(ys, cotangents, wrt) -> Backward:
             if down.dtype != x.dtype:
                 down = F.cast(down, x.dtype)
             _tag(down, done, GradMeta(weakref.ref(z), "downstream", k))
-            out.edges.append(BackwardEdge(z, k, g, local, formula, down, vjp_text))
+            out.edges.append(BackwardEdge(z, k, g, local, formula, down, vjp_text, others))
             pending.setdefault(id(x), []).append(down)
     return out
 

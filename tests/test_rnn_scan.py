@@ -6,6 +6,8 @@ diagrams of a scan (one copy of the body, the carry as a back edge labelled with
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -240,7 +242,6 @@ def test_render_draws_one_body_with_the_carry_as_a_back_edge():
 
 
 def test_explorer_shows_the_scan_as_a_group_with_its_body():
-    import json
     page = gc.explore(_lstm_loss(5)).html()
     start = page.index("application/json\">") + len("application/json\">")
     data = json.loads(page[start:page.index("</script>", start)].replace("<\\/", "</"))
@@ -255,3 +256,41 @@ def test_explorer_shows_the_scan_as_a_group_with_its_body():
         assert all(ids.index(x) < ids.index(n["id"]) for x in n["inputs"])
     ups = {e["up"] for e in data["edges"] if e["from"] == body["h"]["id"]}
     assert ups == {"∂L/∂h_prev of step t+1 + ∂L/∂ys0[t]"}
+
+
+def _two_output_scan():
+    """A loss reading both outputs of one scan: its ys and its final carry."""
+    xs, h0 = gc.input("xs", (4, 2), "float64"), gc.input("h0", (2,), "float64")
+    W = gc.param("W", (2, 2), dtype="float64")
+
+    def step(h, x):
+        hn = gc.tanh(h @ W + x)
+        return hn, hn
+
+    hT, ys = gc.scan(step, h0, xs)
+    loss = gc.sum(ys * ys) + gc.sum(hT)
+    rng = np.random.default_rng(1)
+    feeds = {"xs": rng.normal(size=(4, 2)), "h0": np.array([0.1, -0.2]),
+             **gc.init_params(loss, seed=1)}
+    return loss, (h0, W), feeds
+
+
+def test_a_loop_edge_names_the_gradients_of_every_output_of_the_loop():
+    # the final carry's gradient flows into h0 through the same reverse scan as the ys'
+    # gradient: the edge into h0 must show both upstreams, or its formula does not give
+    # its number
+    loss, (h0, W), feeds = _two_output_scan()
+    src = gc.render(loss, backward=True, values=feeds).source
+    (into_h0,) = [line for line in src.splitlines() if "downstream ∂L/∂h0" in line]
+    assert "upstream ∂L/∂scan_2 = " in into_h0 and "[1, 1]" in into_h0
+    assert "reverse scan of (∂L/∂scan, ∂L/∂scan_2)" in into_h0
+    total = gc.compile(gc.grad(loss, h0), backend="numpy")(feeds)
+    assert f"[{total[0]:.4g}, {total[1]:.4g}]" in into_h0
+    page = gc.explore(loss, values=feeds).html()
+    start = page.index("application/json\">") + len("application/json\">")
+    data = json.loads(page[start:page.index("</script>", start)].replace("<\\/", "</"))
+    names = {n["id"]: n["name"] for n in data["nodes"]}
+    (edge,) = [e for e in data["edges"] if names[e["to"]] == "h0"]
+    assert edge["down"].startswith("reverse scan of (∂L/∂scan, ∂L/∂scan_2)")
+    (sib,) = edge["also"]
+    assert sib["name"] == "scan_2" and sib["upValue"]["text"] == "[1, 1]"

@@ -223,9 +223,12 @@ class _Page:
         labels, ids = labels or b, ids or self.ids
         x = z.inputs[e.operand]
         lines = labels.edge_label(e, None if labels is not b else self.loss)
-        up, local, down = (line.split(" = ", 1)[1] for line in lines[:3])
+        n = len(e.siblings)  # upstream, one upstream per other output of a loop, local, down
+        up, local, down = (lines[k].split(" = ", 1)[1] for k in (0, n + 1, n + 2))
+        also = [{"name": labels.name(m), "up": line.split(" = ", 1)[1],
+                 "upValue": self.value(g)} for (m, g), line in zip(e.siblings, lines[1:])]
         return {"from": ids[id(z)], "to": ids[id(x)], "operand": e.operand,
-                "up": up, "local": local, "down": down,
+                "up": up, "local": local, "down": down, "also": also,
                 "paths": len(labels.into.get(id(x), ())),  # edges whose sum is dL/dx
                 "localMath": self.local_mathml(e, labels) if isinstance(z.op, Elementwise)
                 else None,

@@ -357,7 +357,11 @@ class _Builder:
                 local = f"({local})" if " " in local else local
             down = f"{local} · {self.upstream_name(z, loss)}"
             return f"Σ over broadcast axes of ({down})" if x.shape != z.shape else down
-        return template(e.vjp_text, **self._names(z, x, loss))
+        names = self._names(z, x, loss)
+        if e.siblings:  # a loop's outputs: one reverse scan carries all their gradients back
+            gs = [names["g"]] + [self.upstream_name(m, loss) for m, _ in e.siblings]
+            names["g"] = f"({', '.join(gs)})"
+        return template(e.vjp_text, **names)
 
     def _names(self, z, x, loss) -> dict:
         return dict(g=self.upstream_name(z, loss), x=self.name(x), y=self.name(z),
@@ -377,21 +381,24 @@ class _Builder:
         # x used by several nodes: ∂L/∂x is the sum of the downstream gradients into it, and
         # this edge's is one of them
         via = f" via {zn}" if len(self.into.get(id(x), ())) > 1 else ""
-        lines = [f"upstream ∂{L}/∂{zn} = {self.upstream_formula(z, loss)}",
-                 f"local ∂{zn}/∂{xn} = {local}",
-                 f"downstream ∂{L}/∂{xn}{via} = {self.downstream_formula(e, loss)}"]
-        lines = [shorten(line, LINE) for line in lines]
-        if self.values is not None:
-            for i, t in enumerate((e.upstream, e.local, e.downstream)):
-                if t is None or id(t) not in self.values:
-                    continue
-                if i == 1 and _is_number(local) or i == 0 and z is loss:
-                    continue  # "local ∂d/∂e = 1" needs no "= 1" after it
+        # (line, its tensor, whether its formula is already its number: "local ∂d/∂e = 1")
+        rows = [(f"upstream ∂{L}/∂{zn} = {self.upstream_formula(z, loss)}", e.upstream,
+                 z is loss)]
+        rows += [(f"upstream ∂{L}/∂{self.name(m)} = {self.upstream_formula(m, loss)}", g,
+                  m is loss) for m, g in e.siblings]  # a loop's other outputs
+        rows += [(f"local ∂{zn}/∂{xn} = {local}", e.local, _is_number(local)),
+                 (f"downstream ∂{L}/∂{xn}{via} = {self.downstream_formula(e, loss)}",
+                  e.downstream, False)]
+        lines = []
+        for line, t, bare in rows:
+            line = shorten(line, LINE)
+            if self.values is not None and t is not None and id(t) in self.values and not bare:
                 text = number(self.values[id(t)], LINE - 4)
-                if len(lines[i]) + 3 + len(text) <= LINE:
-                    lines[i] += f" = {text}"
+                if len(line) + 3 + len(text) <= LINE:
+                    line += f" = {text}"
                 else:  # a long formula: its numbers on a line of their own
-                    lines[i] += f"\\l    = {text}"
+                    line += f"\\l    = {text}"
+            lines.append(line)
         if (id(z), e.operand) in self.failed_edges:
             lines.append("✗ this derivative fails gradient checking")
         return lines
