@@ -2,6 +2,7 @@
 formulas and numbers, node styles, formats, Jupyter display, the check overlay, clusters."""
 
 import html
+import json
 import pathlib
 import re
 import subprocess
@@ -55,6 +56,21 @@ def test_softmax_edge_shows_its_jacobian():
     loss, feeds = gallery.softmax_cross_entropy()
     lines = texts(gc.render(loss, backward=True, values=feeds).svg())
     assert any(t.startswith("local ∂p/∂z = p_i (δ_ij − p_j)") for t in lines), lines
+
+
+def test_a_matmul_edge_shows_the_numbers_of_its_local_derivative():
+    # local ∂z/∂W = xᵀ: with values, the numbers of xᵀ (x transposed), in render and explore
+    x, W = gc.input("x", (1, 2), "float64"), gc.param("W", (2, 3), dtype="float64")
+    loss = gc.sum(x @ W)
+    feeds = {"x": np.array([[0.5, -2.0]]), "W": np.arange(6.0).reshape(2, 3)}
+    lines = texts(gc.render(loss, backward=True, values=feeds).svg())
+    assert "local ∂matmul/∂W = xᵀ = [0.5, -2] (2×1)" in lines, lines
+    assert "local ∂matmul/∂x = Wᵀ = [0, 3, 1, 4, 2, 5] (3×2)" in lines, lines
+    page = gc.explore(loss, values=feeds).html()
+    start = page.index("application/json\">") + len("application/json\">")
+    data = json.loads(page[start:page.index("</script>", start)].replace("<\\/", "</"))
+    (edge,) = [e for e in data["edges"] if e["local"] == "xᵀ"]
+    assert edge["localValue"]["text"] == "[0.5, -2] (2×1)"
 
 
 def test_symbolic_labels_without_values():

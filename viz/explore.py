@@ -27,7 +27,7 @@ from graphc.inputs import Constant, Input, constant
 
 from .labels import FULL, index_text, number
 from .loops import ScanDrawing, body_labels, instances, title
-from .render import _Builder, _evaluate, wrt_tensors
+from .render import _Builder, _evaluate, local_value, wrt_tensors
 
 HIST_BINS = 16
 
@@ -179,7 +179,14 @@ class _Page:
     def value(self, t) -> dict | None:
         if self.values is None or t is None or id(t) not in self.values:
             return None
-        a = np.asarray(self.values[id(t)])
+        return self.shown(self.values[id(t)])
+
+    @staticmethod
+    def shown(a) -> dict | None:
+        """Numbers for the page: in full, with a histogram; None for no numbers."""
+        if a is None:
+            return None
+        a = np.asarray(a)
         return {"text": number(a, FULL), "hist": _histogram(a)}
 
     def node(self, t, ids=None, name=None, group=None) -> dict:
@@ -232,7 +239,8 @@ class _Page:
                 "paths": len(labels.into.get(id(x), ())),  # edges whose sum is dL/dx
                 "localMath": self.local_mathml(e, labels) if isinstance(z.op, Elementwise)
                 else None,
-                "upValue": self.value(e.upstream), "localValue": self.value(e.local),
+                "upValue": self.value(e.upstream),
+                "localValue": self.shown(local_value(e, self.values or {})),
                 "downValue": self.value(e.downstream),
                 "failed": (id(z), e.operand) in b.failed_edges}
 

@@ -21,6 +21,7 @@ from graphc.gradcheck import GradCheckReport
 from graphc.graph import Graph, as_outputs, format_graph, node_kind, node_names
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor
+from graphc.structured_ops import MatMul
 
 from .labels import formula, index_text, number, shorten, template, value_lines
 from .loops import ScanDrawing, instances, is_scan
@@ -381,19 +382,20 @@ class _Builder:
         # x used by several nodes: ∂L/∂x is the sum of the downstream gradients into it, and
         # this edge's is one of them
         via = f" via {zn}" if len(self.into.get(id(x), ())) > 1 else ""
-        # (line, its tensor, whether its formula is already its number: "local ∂d/∂e = 1")
-        rows = [(f"upstream ∂{L}/∂{zn} = {self.upstream_formula(z, loss)}", e.upstream,
-                 z is loss)]
-        rows += [(f"upstream ∂{L}/∂{self.name(m)} = {self.upstream_formula(m, loss)}", g,
-                  m is loss) for m, g in e.siblings]  # a loop's other outputs
-        rows += [(f"local ∂{zn}/∂{xn} = {local}", e.local, _is_number(local)),
+        values = self.values or {}
+        # (line, its numbers, whether its formula is already its number: "local ∂d/∂e = 1")
+        rows = [(f"upstream ∂{L}/∂{zn} = {self.upstream_formula(z, loss)}",
+                 values.get(id(e.upstream)), z is loss)]
+        rows += [(f"upstream ∂{L}/∂{self.name(m)} = {self.upstream_formula(m, loss)}",
+                  values.get(id(g)), m is loss) for m, g in e.siblings]  # a loop's outputs
+        rows += [(f"local ∂{zn}/∂{xn} = {local}", local_value(e, values), _is_number(local)),
                  (f"downstream ∂{L}/∂{xn}{via} = {self.downstream_formula(e, loss)}",
-                  e.downstream, False)]
+                  values.get(id(e.downstream)), False)]
         lines = []
-        for line, t, bare in rows:
+        for line, a, bare in rows:
             line = shorten(line, LINE)
-            if self.values is not None and t is not None and id(t) in self.values and not bare:
-                text = number(self.values[id(t)], LINE - 4)
+            if a is not None and not bare:
+                text = number(a, LINE - 4)
                 if len(line) + 3 + len(text) <= LINE:
                     line += f" = {text}"
                 else:  # a long formula: its numbers on a line of their own
@@ -595,6 +597,17 @@ def _drawn(builder: _Builder, result, grads, mode) -> list[Tensor]:
                    if t is not None]
         wanted += list(Graph(grads).nodes) if mode == "ir" else []
     return wanted
+
+
+def local_value(e, values: dict):
+    """The numbers of edge ``e``'s local derivative dz/dx: its local node's value, or a
+    matmul's other operand transposed (the formula's ``{b}ᵀ`` / ``{a}ᵀ``); None if
+    ``values`` (id(tensor) -> array) does not have it."""
+    if e.local is not None:
+        return values.get(id(e.local))
+    z = e.forward
+    other = values.get(id(z.inputs[1 - e.operand])) if isinstance(z.op, MatMul) else None
+    return None if other is None else np.swapaxes(other, -1, -2)
 
 
 def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=None,
