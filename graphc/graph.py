@@ -13,10 +13,15 @@ from .ir import Tensor, iter_nodes
 
 def as_outputs(outputs) -> tuple[Tensor, ...]:
     """``outputs`` (a tensor or a sequence of them) as a tuple, checking the types."""
-    outs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
+    try:
+        outs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
+    except TypeError:  # not iterable: 3.0, None
+        raise TypeError("graph outputs must be a graphc Tensor or a sequence of them, got "
+                        f"{type(outputs).__name__}") from None
     for t in outs:
         if not isinstance(t, Tensor):
-            raise TypeError(f"graph outputs must be graphc Tensors, got {type(t).__name__}")
+            raise TypeError("graph outputs must be a graphc Tensor or a sequence of them, got "
+                            f"a {type(t).__name__} among them")
     if not outs:
         raise GraphError("a graph needs at least one output")
     return outs

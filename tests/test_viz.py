@@ -184,6 +184,14 @@ def test_values_missing_or_unknown_feeds_are_feed_errors(draw):
         draw(loss, values={"x": one, "w": one, "q": one})
 
 
+@pytest.mark.parametrize("call", [gc.render, gc.explore, gc.compile, gc.Graph])
+@pytest.mark.parametrize("outputs", [3.0, None, [gc.constant(1.0), 2.0]])
+def test_outputs_that_are_not_tensors_are_named(call, outputs):
+    with pytest.raises(TypeError, match=r"graph outputs must be a graphc Tensor.*got "
+                                        r"(a )?(float|NoneType)"):
+        call(outputs)
+
+
 def test_bad_wrt_check_and_paths_are_named(tmp_path):
     x, w = gc.input("x", (3,)), gc.param("w", (3,))
     loss = gc.sum(gc.tanh(x * w))
