@@ -328,11 +328,19 @@ def test_forward_only_graph(browser, tmp_path):
     y = gc.tanh(x).named("y")
     page = open_page(browser, gc.explore([y * 2.0], values={"x": np.ones(2, np.float32)}),
                      tmp_path)
+    # the page says why it has no gradients
+    assert "Forward graph only: the first output, mul (2 float32), is not a float scalar " \
+        "loss" in page.inner_text("#details")
     assert page.evaluate("graphc.step(2)") == {"phase": "forward", "node": page.evaluate(
         "graphc.nodes().at(-1).id"), "edge": None}
     assert page.evaluate("graphc.step(3)") is None
     page.evaluate("graphc.selectEdge('x', 'y')")
     assert "No backward edge" in page.inner_text("#details")
+    # asking for gradients without a scalar loss first is an error, as in render
+    with pytest.raises(gc.GraphError, match=r"explore\(wrt=...\): gradients need a float "
+                                            r"scalar loss as the first output, got mul: 2 "
+                                            "float32"):
+        gc.explore([y * 2.0], wrt=[x])
 
 
 @needs_browser

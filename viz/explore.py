@@ -21,13 +21,13 @@ from sympy.printing.mathml import MathMLPresentationPrinter
 
 from graphc import dtypes
 from graphc.elementwise_ops import Elementwise
-from graphc.errors import RenderError
+from graphc.errors import GraphError, RenderError
 from graphc.graph import as_outputs, node_kind
 from graphc.inputs import Constant, Input, constant
 
 from .labels import FULL, index_text, number
 from .loops import ScanDrawing, body_labels, instances, title
-from .render import _Builder, _evaluate, local_value, wrt_tensors
+from .render import _Builder, _evaluate, _shape, local_value, wrt_tensors
 
 HIST_BINS = 16
 
@@ -79,7 +79,8 @@ def explore(outputs, path=None, values=None, wrt=None, check=None) -> Explorer:
     """An interactive page for ``outputs``; written to ``path`` (.html) if given.
 
     As :func:`gc.render`: the loss is the first output (when it is a float scalar, the
-    backward pass is shown too, w.r.t. ``wrt``, default every float input and param);
+    backward pass is shown too, w.r.t. ``wrt``, default every float input and param;
+    otherwise the page shows the forward graph and says why, and ``wrt`` is a GraphError);
     ``values`` (the feeds) adds numbers, histograms and gradients; ``check`` (a
     ``gc.check_grad`` report) marks failing tensors and derivatives red.  Each
     ``gc.scope`` is a group that expands and collapses.  The page defines
@@ -104,8 +105,16 @@ class _Page:
     def __init__(self, outs, values, wrt, check):
         self.builder = b = _Builder(outs, None, check, collapse=False, direction="LR")
         self.loss = outs[0]
-        self.result = None
-        if self.loss.shape == () and dtypes.is_float(self.loss.dtype):
+        self.result, self.note = None, None
+        if self.loss.shape != () or not dtypes.is_float(self.loss.dtype):
+            what = f"{b.name(self.loss)}: {_shape(self.loss)} {self.loss.dtype}"
+            if wrt is not None:
+                raise GraphError("explore(wrt=...): gradients need a float scalar loss as "
+                                 f"the first output, got {what}")
+            self.note = (f"Forward graph only: the first output, {b.name(self.loss)} "
+                         f"({_shape(self.loss)} {self.loss.dtype}), is not a float scalar "
+                         "loss, so there are no gradients to show.")
+        else:
             wrt = [t for t in b.graph.inputs if dtypes.is_float(t.dtype)] if wrt is None \
                 else wrt_tensors(wrt)
             self.result = build_backward([self.loss], [constant(1.0, dtype=self.loss.dtype)],
@@ -135,7 +144,7 @@ class _Page:
             self.add_scan(ScanDrawing(b, outs, k), nodes, groups, edges)
         return {"loss": self.ids[id(self.loss)] if self.result is not None else None,
                 "lossName": b.lname, "values": self.values is not None,
-                "outputs": [self.ids[id(t)] for t in b.outputs],
+                "outputs": [self.ids[id(t)] for t in b.outputs], "note": self.note,
                 "nodes": nodes, "groups": groups, "edges": edges}
 
     def add_scan(self, drawing, nodes, groups, edges) -> None:
