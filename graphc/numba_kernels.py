@@ -96,9 +96,14 @@ def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
     """The group's statements after ``sympy.cse``, printed: the body ``(name, text, names
     used)`` and the stores ``(target, text, names used, accumulate)``, one per output."""
     bound, exprs = share_powers(*hoist_branches(*stable_sigmoids(bound, exprs)))
+    # a step reading one value twice is built unevaluated (s - s stays s - s), and SymPy's
+    # cse takes an unevaluated x*x for 2*x (it gives cse([x*x, 2*x]) as [x*x, x**2]): such
+    # statements are kept as built, out of its reach
+    kept = [(sym, e) for sym, e in bound if _repeats(e)]
+    bound = [(sym, e) for sym, e in bound if not _repeats(e)]
     replacements, reduced = sp.cse([e for _, e in bound] + list(exprs),
                                    symbols=sp.numbered_symbols("c"))
-    statements = replacements + [(sym, e) for (sym, _), e in zip(bound, reduced)]
+    statements = replacements + [(sym, e) for (sym, _), e in zip(bound, reduced)] + kept
     statements, reduced = inline_trivial(in_dependency_order(statements), reduced)
     body = []  # (name, text, names used)
     for sym, sub in statements:
@@ -116,6 +121,13 @@ def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
         stores.append((target, printer.numeric(expr),
                        {printer.names[f] for f in expr.free_symbols}, acc))
     return body, stores
+
+
+def _repeats(e) -> bool:
+    """Whether ``e`` has a sum or product with a repeated term (``x*x``, ``s - s``): one
+    SymPy builds only unevaluated."""
+    return any((a.is_Add or a.is_Mul) and len(set(a.args)) < len(a.args)
+               for a in sp.preorder_traversal(e))
 
 
 def _fused_loop_nest(loops, n_outputs: int, kinds, operand_dtypes, work: str, printer,

@@ -498,6 +498,36 @@ def test_random_graphs_match_the_reference(program):
     compare(outputs, feeds, "float64", f"{steps}")
 
 
+def _same_tensor_twice_cases():
+    """Fused groups with a step that reads one value twice (``a * a``: built unevaluated, so
+    that ``s - s`` stays NaN for an infinite ``s``) beside a step of ``2 * a``: SymPy's cse
+    took the two for one another (``sp.cse([Mul(x, x, evaluate=False), 2*x])`` gives
+    ``[x*x, x**2]``), so the kernel computed ``a**2`` where the graph said ``2a``."""
+    a = gc.input("a", (3,), "float64")
+    b = gc.input("b", (3,), "float64")
+    twice = gc.elementwise("t_twice_zz", lambda x: 2 * x)
+    sq_plus = gc.elementwise("t_sq_plus_xy", lambda x, y: x**2 + x * y)
+    t = gc.tanh(a)
+    return {
+        "exp(-a a) a^2": gc.grad(gc.sum(gc.exp(-(a * a)) * a**2), a),
+        "square(a) / (a a)": gc.grad(gc.sum(gc.square(a) / (a * a)), a),
+        "sqrt(a a + 1) + a^2": gc.grad(gc.sum(gc.sqrt(a * a + 1)) + gc.sum(a**2), a),
+        "(a-b)(a-b) + l2": gc.grad(gc.sum((a - b) * (a - b)) + gc.l2(a - b), a),
+        "tanh(2a) + sin(a a)": gc.tanh(twice(a)) + gc.sin(a * a),
+        "op(a, a)": gc.grad(gc.sum(sq_plus(a, a) + gc.tanh(a)), a),
+        "hvp t t t": gc.hvp(gc.sum(t * t * t), a, b),
+    }
+
+
+@pytest.mark.usefixtures("kernels_only")
+@pytest.mark.parametrize("case", list(_same_tensor_twice_cases()))
+def test_a_step_reading_one_value_twice_is_not_taken_for_another(case):
+    y = _same_tensor_twice_cases()[case]
+    values = {"a": np.array([0.5, -1.0, 2.0]), "b": np.array([0.3, 1.2, -0.7])}
+    feeds = {t.op.label: values[t.op.label] for t in gc.Graph(y).inputs}
+    compare(y, feeds, "float64", case)
+
+
 def test_an_unrolled_loop_prints_each_fused_kernel_once(monkeypatch):
     # 12 steps of one fused body: the lowering prints the kernel's source from SymPy once
     # per (group, outputs, operand kinds), not once per step (quadratic on the unrolled W4)
