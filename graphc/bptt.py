@@ -9,7 +9,9 @@ products of per-step values (``h_{t-1}ᵀ @ g_t``) are not summed in the loop bu
 after it as one matmul over all T steps (``hsᵀ @ gs``, the per-step values stacked), and
 its sums of a value the loop stacks anyway (the bias's ``sum(g_t, 0)``) as one sum
 (:class:`_Stacks`); what is left, if anything, is a running sum carried by the loop.
-``truncate=k`` is a bool per step, ``where(keep_t, g, 0)``, at the chunk boundaries.
+``truncate=k`` is a bool per step, ``where(keep_t, g, 0)``, at the chunk boundaries, on
+the carry's whole gradient: with the cotangent of the carry as the step got it (a residual
+the backward reads, so a second derivative's), as ``gc.stop_gradient`` on the carry.
 
 The remat pass trades that speed for memory: :mod:`graphc.loop_remat` rebuilds these loops.
 """
@@ -129,12 +131,12 @@ def _step_vjp(loop: Loop, ct: dict, wanted, tag: str, backward) -> _StepVjp:
     result = backward([loop.new_carry[i] for i in fc] + [loop.stacked(*k) for k in gstack],
                       gc_ph + gy_ph, wrt)
     new_gc = [result.grad_of(loop.carry[i]) for i in fc]
+    cin_g = dict(zip(gcin, gcin_ph))
+    new_gc = [g + cin_g[i] if i in cin_g else g for i, g in zip(fc, new_gc)]
     keep_ph = None
     if loop.truncate is not None and fc:
         keep_ph = placeholder(f"{tag}.keep", (), "bool")
         new_gc = [F.where(keep_ph, g, 0.0) for g in new_gc]
-    cin_g = dict(zip(gcin, gcin_ph))
-    new_gc = [g + cin_g[i] if i in cin_g else g for i, g in zip(fc, new_gc)]
     wgrad = [result.grad_of(loop.consts[j]) for j in fw]
     gx = [result.grad_of(loop.xs[j]) for j in fx]
     return _StepVjp(fc, fx, fw, gc_ph, gstack, gy_ph, gcin, gcin_ph, acc_ph, keep_ph,

@@ -260,6 +260,26 @@ def test_truncate_cuts_the_carry_gradient_as_stop_gradient_does(k, reverse):
     assert not np.allclose(got[1], full[1])  # the cut changes dL/dU
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("k", [1, 2])
+def test_second_derivatives_through_truncate_are_those_of_stop_gradient(k, reverse):
+    # the backward loop reads the carry each step got (a residual); differentiated again,
+    # the residual's gradient is the carry's and is cut at the same steps: it was added
+    # after the cut, so grad of grad and hvp were neither stop_gradient's nor the truth
+    inputs, fn, init = model("rnn", steps=5)
+    W, U, xs = inputs[0], inputs[1], inputs[3]
+    cut = lambda s: s > 0 and s % k == 0  # noqa: E731
+    losses = [loss_of(*gc.scan(fn, init, xs, reverse=reverse, truncate=k)),
+              loss_of(*unroll(fn, init, xs, reverse, cut=cut))]
+    v = normal(*U.shape)
+    second = [[gc.hvp(loss, U, v), gc.grad(gc.sum(gc.grad(loss, W) ** 2), xs)]
+              for loss in losses]
+    feeds = feeds_for(inputs)
+    for backend in ("numpy", "numba"):
+        close(gc.compile(second[0], backend=backend)(feeds),
+              gc.compile(second[1], backend="numpy")(feeds), 1e-9)
+
+
 # ---------------------------------------------------------------------------------------
 # Forms of the call: reverse, xs=None, tuples, closures, int carries and xs
 
