@@ -108,7 +108,10 @@ _huber_elementwise = ew._predefined(
         (d**2 / 2, sp.Abs(d) <= delta), (delta * (sp.Abs(d) - delta / 2), True)))
 
 
-def _labels_one_hot(name, scores, labels, ignore_index=None) -> Tensor:
+def _labels_hit(name, scores, labels, ignore_index=None) -> Tensor:
+    """(N, C) bool: True at each sample's label (checked: in range or ``ignore_index``).
+    Losses select with it (``where``), not multiply by a one-hot: a class masked with -inf
+    would make 0 * -inf = nan."""
     scores, labels = as_tensor(scores), as_tensor(labels)
     if scores.ndim != 2:
         raise ShapeError(located(f"{name}: scores must be (N, C), got {scores.shape}"))
@@ -118,7 +121,7 @@ def _labels_one_hot(name, scores, labels, ignore_index=None) -> Tensor:
     hit, check = _hits(name, labels, scores.shape[1], ignore_index)
     if check:
         hit.tag(check)
-    return where(hit, constant(1, dtype=scores.dtype), constant(0, dtype=scores.dtype))
+    return hit
 
 
 def _hits(name, labels, classes, ignore_index=None, what="a loss"):
@@ -187,8 +190,9 @@ def softmax_cross_entropy(logits, labels, reduction="mean", ignore_index=None) -
     if ignore_index is not None and not is_int(ignore_index):
         raise GraphError(located(f"softmax_cross_entropy: ignore_index must be an int, got "
                                  f"{ignore_index!r}"))
-    one_hot = _labels_one_hot("softmax_cross_entropy", logits, labels, ignore_index)
-    nll = -sum(one_hot * log_softmax(logits, axis=1), axis=1)
+    hit = _labels_hit("softmax_cross_entropy", logits, labels, ignore_index)
+    zero = constant(0, dtype=dtypes.to_float(logits.dtype))
+    nll = -sum(where(hit, log_softmax(logits, axis=1), zero), axis=1)
     if ignore_index is None or reduction != "mean":
         return _reduce_loss(nll, reduction)
     kept = cast(not_equal(labels, constant(ignore_index, dtype=labels.dtype)), nll.dtype)
@@ -201,9 +205,10 @@ def hinge(scores, labels, reduction="mean") -> Tensor:
     batch (``reduction="mean"``), summed ("sum") or not ("none")."""
     scores = as_tensor(scores)
     reduction = _reduction("hinge", reduction)
-    one_hot = _labels_one_hot("hinge", scores, labels)
-    correct = sum(scores * one_hot, axis=1, keepdims=True)
-    return _reduce_loss(sum(relu(scores - correct + 1.0) * (1.0 - one_hot), axis=1), reduction)
+    hit = _labels_hit("hinge", scores, labels)
+    zero = constant(0, dtype=scores.dtype)
+    correct = sum(where(hit, scores, zero), axis=1, keepdims=True)
+    return _reduce_loss(sum(where(hit, zero, relu(scores - correct + 1.0)), axis=1), reduction)
 
 
 @dynamic

@@ -160,6 +160,21 @@ def test_softmax_cross_entropy_is_accurate(backend):
     assert abs(float(loss) - exact) / exact < 2e-3, float(loss)  # was 0.8 % off
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_masked_class_of_minus_inf_leaves_the_losses_finite(backend):
+    # a class masked out with -inf (not the label): PyTorch's cross_entropy gives 0.8604338
+    # and the hinge sum (2 + 0) / 2; the one-hot product made 0 * -inf = nan in both
+    z, lab = gc.input("z", (2, 3), "float64"), gc.input("l", (2,), "int64")
+    Z, L = np.array([[-np.inf, 0.0, 1.0], [0.0, 1.0, 2.0]]), np.array([1, 2])
+    ce, hinge = gc.softmax_cross_entropy(z, lab), gc.hinge(z, lab)
+    got = run([ce, hinge, gc.grad(ce, z), gc.grad(hinge, z)], backend, z=Z, l=L)
+    np.testing.assert_allclose(got[0], 0.8604338, rtol=1e-6)
+    np.testing.assert_allclose(got[1], 1.0, rtol=1e-12)
+    p = np.exp(Z - np.log(np.exp(Z).sum(1, keepdims=True)))
+    np.testing.assert_allclose(got[2], (p - np.eye(3)[L]) / 2, rtol=1e-12)
+    np.testing.assert_array_equal(got[3], [[0, -0.5, 0.5], [0, 0, 0]])  # relu'(0) = 0
+
+
 # -- 6: no backend warns ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
