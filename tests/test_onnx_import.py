@@ -257,6 +257,20 @@ def test_gemm_with_transposes_alpha_and_beta_checks_its_gradient():
     assert report.ok, report
 
 
+def test_a_scalar_initializer_keeps_its_shape():
+    # (np.ascontiguousarray made the 0-d param, its weight and the output (1,))
+    from onnx import numpy_helper
+    model = _model([helper.make_node("ReduceSum", ["X"], ["s"], keepdims=0),
+                    helper.make_node("Mul", ["s", "P"], ["Y"])],
+                   [_vi("X", [3, 4])], [_vi("Y", [])],
+                   [numpy_helper.from_array(np.array(2.0, np.float32), "P")])
+    m = gc.from_onnx(model)
+    assert m.params["P"].shape == m.weights[m.params["P"].name].shape == () == \
+        m.outputs[0].shape
+    (y,) = gc.compile(m.outputs, backend="numpy")(X=np.ones((3, 4), np.float32), **m.weights)
+    assert y.shape == () and y == 24.0
+
+
 def test_docs_list_exactly_the_supported_ops():
     import pathlib
     import re

@@ -147,7 +147,7 @@ class _Importer:
             value = self.initial[name]
             dtype = graphc_dtype(value.dtype, f"initializer {name!r}")
             if dtypes.is_float(dtype):
-                value = np.ascontiguousarray(value, dtype)
+                value = np.array(value, dtype, order="C")  # 0-d stays 0-d
                 t = param(self.unique(name), value.shape, init=OnnxInitializer(value),
                           dtype=dtype)
                 self.params[name] = t
