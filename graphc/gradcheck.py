@@ -8,6 +8,7 @@ import numpy as np
 
 from . import dtypes
 from .compiler import compile
+from .dynamic import is_dynamic, matches, specialise
 from .errors import FeedError, GraphError
 from .graph import Graph, node_names
 from .inputs import Input, constant, input
@@ -152,6 +153,14 @@ class _Probe:
     def __init__(self, y, wrt, feeds, dtype):
         from graphc.passes.autodiff import grad
         from graphc.passes.precision import with_float_dtype
+        # dynamic dimensions at the feeds' sizes first: a deferred op (a scan over them)
+        # replayed on the float64 copy would trace its body again, reading the float32
+        # tensors it closes over
+        shapes = {t.op.label: np.shape(feeds[t.op.label]) for t in Graph(y).inputs
+                  if is_dynamic(t.shape) and t.op.label in feeds
+                  and matches(np.shape(feeds[t.op.label]), t.shape)}
+        if shapes:
+            y, *wrt = specialise([y, *wrt], shapes)
         if dtype == "float64":
             (y,), mapping = with_float_dtype([y], "float64", "float32")
             wrt = [mapping.get(id(w), w) for w in wrt]

@@ -155,3 +155,16 @@ def test_correct_graph_has_no_bad_edges_and_edges_all_pass():
     assert gc.check_grad(loss, wrt, feeds).bad_edges == []
     checks = check_edges(loss, feeds)
     assert len(checks) > 20 and all(c.ok for c in checks)
+
+
+def test_a_float32_scan_with_a_dynamic_dimension_and_a_closed_over_weight():
+    # the float64 copy of the graph replayed the deferred scan, whose body still read the
+    # float32 weight: "scan: input 2 is (1,) float64, the body takes (1,) float32"
+    xs = gc.input("xs", (3, None))
+    h0, W = gc.param("h0", (1,)), gc.param("W", (1,))
+    _, ys = gc.scan(lambda h, x: (h * x * W,) * 2, h0 * xs[0], xs)
+    rng = np.random.default_rng(0)
+    feeds = {"xs": rng.uniform(0.5, 1.5, (3, 4)).astype(np.float32),
+             "h0": np.ones(1, np.float32), "W": np.full(1, 0.9, np.float32)}
+    report = gc.check_grad(gc.sum(ys), [W, h0], feeds)
+    assert report.ok, report
