@@ -25,9 +25,9 @@ from graphc.errors import GraphError, RenderError
 from graphc.graph import as_outputs, node_kind
 from graphc.inputs import Constant, Input, constant
 
-from .labels import FULL, index_text, number
+from .labels import FULL, index_text, local_value, number
 from .loops import ScanDrawing, body_labels, instances, title
-from .render import _Builder, _evaluate, _shape, local_value, wrt_tensors
+from .render import _Builder, _evaluate, _shape, wrt_tensors
 
 HIST_BINS = 16
 

@@ -10,9 +10,10 @@ import sympy as sp
 from sympy.printing.str import StrPrinter
 
 from graphc.graph import display_name, node_names, scalar_text
+from graphc.structured_ops import MatMul
 
-__all__ = ["FULL", "display_name", "fit", "formula", "index_text", "node_names", "number",
-           "scalar_text", "shorten", "template", "value_lines"]
+__all__ = ["FULL", "display_name", "fit", "formula", "index_text", "is_number", "local_value",
+           "node_names", "number", "scalar_text", "shorten", "template", "value_lines"]
 
 MAX_LABEL = 64
 # room for a tensor of 8 elements in full: 8 numbers of 4 significant digits (-1.234e-05),
@@ -149,3 +150,23 @@ def formula(expr: sp.Expr, names: dict) -> str:
 def template(text: str, **names) -> str:
     """A structured op's formula template (``{g} @ {b}ᵀ``) with names filled in."""
     return text.format(**names)
+
+
+def is_number(text: str) -> bool:
+    """Whether a formula is a number already (``1``, ``−1``): its label needs no "= 1"."""
+    try:
+        float(text.replace("−", "-"))
+    except ValueError:
+        return False
+    return True
+
+
+def local_value(e, values: dict):
+    """The numbers of edge ``e``'s local derivative dz/dx: its local node's value, or a
+    matmul's other operand transposed (the formula's ``{b}ᵀ`` / ``{a}ᵀ``); None if
+    ``values`` (id(tensor) -> array) does not have it."""
+    if e.local is not None:
+        return values.get(id(e.local))
+    z = e.forward
+    other = values.get(id(z.inputs[1 - e.operand])) if isinstance(z.op, MatMul) else None
+    return None if other is None else np.swapaxes(other, -1, -2)

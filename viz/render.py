@@ -21,8 +21,8 @@ from graphc.gradcheck import GradCheckReport
 from graphc.graph import Graph, as_outputs, format_graph, node_kind, node_names
 from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor
-from graphc.structured_ops import MatMul
 
+from . import labels
 from .labels import formula, index_text, number, shorten, template, value_lines
 from .loops import ScanDrawing, instances, is_scan
 
@@ -388,7 +388,8 @@ class _Builder:
                  values.get(id(e.upstream)), z is loss)]
         rows += [(f"upstream ∂{L}/∂{self.name(m)} = {self.upstream_formula(m, loss)}",
                   values.get(id(g)), m is loss) for m, g in e.siblings]  # a loop's outputs
-        rows += [(f"local ∂{zn}/∂{xn} = {local}", local_value(e, values), _is_number(local)),
+        rows += [(f"local ∂{zn}/∂{xn} = {local}", labels.local_value(e, values),
+                  labels.is_number(local)),
                  (f"downstream ∂{L}/∂{xn}{via} = {self.downstream_formula(e, loss)}",
                   values.get(id(e.downstream)), False)]
         lines = []
@@ -487,14 +488,6 @@ def _unique(name: str, taken: set) -> str:
         k += 1
         out = f"{name}_{k}"
     return out
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text.replace("−", "-"))
-    except ValueError:
-        return False
-    return True
 
 
 def _direction(graph: Graph) -> str:
@@ -597,17 +590,6 @@ def _drawn(builder: _Builder, result, grads, mode) -> list[Tensor]:
                    if t is not None]
         wanted += list(Graph(grads).nodes) if mode == "ir" else []
     return wanted
-
-
-def local_value(e, values: dict):
-    """The numbers of edge ``e``'s local derivative dz/dx: its local node's value, or a
-    matmul's other operand transposed (the formula's ``{b}ᵀ`` / ``{a}ᵀ``); None if
-    ``values`` (id(tensor) -> array) does not have it."""
-    if e.local is not None:
-        return values.get(id(e.local))
-    z = e.forward
-    other = values.get(id(z.inputs[1 - e.operand])) if isinstance(z.op, MatMul) else None
-    return None if other is None else np.swapaxes(other, -1, -2)
 
 
 def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=None,
