@@ -159,7 +159,7 @@ def _fit_on_output(f, d, x, y):
         except (TypeError, ValueError, ArithmeticError):  # outside the domain of f or d
             continue
         if fv.imag or dv.imag or not (math.isfinite(fv.real) and math.isfinite(dv.real)) \
-                or fv.real == 0:
+                or fv.real == 0 or abs(fv.real) > 1e150:  # (its square would overflow)
             continue
         rows.append([1.0, fv.real, fv.real ** 2, 1.0 / fv.real])
         rhs.append(dv.real)

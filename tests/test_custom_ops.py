@@ -343,3 +343,16 @@ def test_name_clash_with_a_built_in():
     with pytest.raises(gc.ElementwiseError, match="add"):
         gc.elementwise("add", lambda a, b: a * b)
     assert gc.elementwise("exp", lambda x: sp.exp(x)) is gc.exp
+
+
+@pytest.mark.parametrize("name, fn", [("t_exp200", lambda x: sp.exp(200 * x)),
+                                      ("t_pow1000", lambda x: x**1000),
+                                      ("t_sinh200", lambda x: sp.sinh(200 * x))])
+def test_an_op_with_huge_values_is_differentiated(name, fn):
+    # the search for a derivative written in the output squared values near 1e295 at its
+    # sample points: an OverflowError, reported as "SymPy cannot differentiate"
+    op = gc.elementwise(name, fn)
+    x = sp.Symbol("x", real=True)
+    (d,) = op.derivatives
+    assert sp.simplify(d.subs(op.args[0], x) - sp.diff(fn(x), x)) == 0 or \
+        sp.simplify(d.subs({op.args[0]: x, op.out: fn(x)}) - sp.diff(fn(x), x)) == 0
