@@ -271,6 +271,24 @@ def test_a_scalar_initializer_keeps_its_shape():
     assert y.shape == () and y == 24.0
 
 
+def test_layer_normalization_as_torch_exports_it():
+    # torch.onnx.export (opset 17+) writes nn.LayerNorm as one LayerNormalization node
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.GELU(),
+                              torch.nn.LayerNorm([8], elementwise_affine=False)).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    buf = io.BytesIO()
+    torch.onnx.export(net, (x,), buf, opset_version=17, dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    assert b"LayerNormalization" in buf.getvalue()
+    m = gc.from_onnx(onnx.load_from_string(buf.getvalue()))
+    (y,) = gc.compile(m.outputs, backend="numpy")(x=x.numpy(), **m.weights)
+    np.testing.assert_allclose(y, net(x).detach().numpy(), rtol=1e-10, atol=1e-12)
+    loss = gc.sum(gc.tanh(m.outputs[0]))
+    report = gc.check_grad(loss, [m.inputs["x"], *m.params.values()],
+                           {"x": x.numpy(), **m.weights})
+    assert report.ok, report
+
+
 def test_docs_list_exactly_the_supported_ops():
     import pathlib
     import re

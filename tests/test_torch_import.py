@@ -202,6 +202,17 @@ def test_scalar_tensors_of_where_masked_fill_and_logsumexp():
     assert_close(m, x, ours, theirs, names, "numpy", 1e-12)
 
 
+def test_a_transformer_encoder_layer_matches_torch():
+    # nn.MultiheadAttention (need_weights=False inside the layer) makes its mask with
+    # logical_not and full_like: the layer did not import
+    torch.manual_seed(8)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0,
+                                       batch_first=True).double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    m, ours, theirs, names = imported_gradients(layer, x)
+    assert_close(m, x, ours, theirs, names, "numpy", 1e-10, 1e-12)
+
+
 @pytest.mark.parametrize("padding_idx", [None, 0, -2])
 def test_embedding_padding_row_gets_no_gradient(padding_idx):
     torch.manual_seed(7)

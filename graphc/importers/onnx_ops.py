@@ -347,6 +347,18 @@ def _batch_norm(c: Call):
             var * momentum + F.reshape(v, channels) * (1 - momentum))
 
 
+@onnx_op("LayerNormalization")
+def _layer_normalization(c: Call):
+    """Over the axes from ``axis`` on (as torch exports nn.LayerNorm, opset 17+); its
+    optional outputs Mean and InvStdDev are the statistics it normalised with."""
+    x = c.x(0)
+    axes = tuple(range(_axis(c.attr("axis", -1), x.ndim), x.ndim))
+    eps = c.attr("epsilon", 1e-5)
+    m = F.mean(x, axes, keepdims=True)
+    inv = F.reciprocal(F.sqrt(F.mean(F.square(x - m), axes, keepdims=True) + eps))
+    return nf.layer_norm(x, c.x(1), c.x(2), axes, eps), m, inv
+
+
 @onnx_op("LRN")
 def _lrn(c: Call):
     size = c.attr("size")

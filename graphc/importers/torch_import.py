@@ -458,6 +458,13 @@ def _unary(fn):
     return lambda im, node, x, *args, **kwargs: fn(x, *args, **kwargs)
 
 
+def _logical_not(im, node, x):
+    """``x == 0`` (bool): torch.logical_not, and bitwise_not of a bool mask (``~mask``)."""
+    if node.target.__name__.startswith("bitwise") and x.dtype != "bool":
+        _unsupported(node, f"bitwise_not of {x.dtype}")
+    return F.equal(x, constant(0, dtype=x.dtype) if x.dtype != "bool" else constant(False))
+
+
 def _full(im, node, size, value, **_):
     shape, dtype = _meta(node)
     return constant(np.full(shape, value, dtype))
@@ -572,12 +579,15 @@ ATEN = {
     "aten.minimum": _unary(F.minimum),
     "aten.where": _unary(F.where),
     "aten.eq": _unary(F.equal),
+    "aten.logical_not": _logical_not,
+    "aten.bitwise_not": _logical_not,
     "aten.ne": _unary(F.not_equal),
     "aten.lt": _unary(F.less),
     "aten.le": _unary(F.less_equal),
     "aten.gt": _unary(F.greater),
     "aten.ge": _unary(F.greater_equal),
     "aten.full": _full,
+    "aten.full_like": lambda im, node, x, value, **_: _full(im, node, None, value),
     "aten.scalar_tensor": lambda im, node, value, **_: _full(im, node, (), value),
     "aten.native_dropout": _dropout,
     "aten.embedding": _embedding,
