@@ -71,7 +71,8 @@ def load_model(path: str):
     """Run a model file and call its ``build()``; returns what ``build()`` returns."""
     import runpy
     if not os.path.isfile(path):
-        raise OSError(f"no such model file: {path}")
+        raise OSError(f"{path} is not a file" if os.path.exists(path) else
+                      f"no such model file: {path}")
     namespace = runpy.run_path(path, run_name="graphc_model")
     build = namespace.get("build")
     if not callable(build):
@@ -357,9 +358,14 @@ def _user_location(err: BaseException) -> tuple[str | None, bool]:
     return where, raised_in_graphc
 
 
-def report_error(err: BaseException, command: str) -> int:
-    """Print ``err`` as one line; return the exit status (1: the user's, 3: graphc's)."""
+def report_error(err: BaseException, command: str, model: str | None = None) -> int:
+    """Print ``err`` as one line; return the exit status (1: the user's, 3: graphc's).
+    ``model``: the model file the command read, named when the error has no line of the
+    user's (a feed that does not fit, found after ``build()`` returned), not for a file
+    it cannot read or write (the message names that one)."""
     where, in_graphc = _user_location(err)
+    if not isinstance(err, (OSError, RenderError)):
+        where = where or model
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, SyntaxError):
         message = err.msg
@@ -390,7 +396,7 @@ def main(argv=None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        return report_error(err, args.command)
+        return report_error(err, args.command, getattr(args, "file", None))
 
 
 if __name__ == "__main__":

@@ -115,8 +115,27 @@ def test_graphc_error_raised_later_names_the_users_line(tmp_path, capsys):
                      "    return gc.sum(gc.exp(x)), x, {'x': np.ones(4)}\n")
     assert cli.main(["check", str(model)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == ("graphc check: error: feed 'x' has shape (4,), expected (3,) "
+    assert err == (f"graphc check: error: {model}: feed 'x' has shape (4,), expected (3,) "
                    "(--debug shows the traceback)")
+
+
+@pytest.mark.parametrize("command", ["check", "render", "explore"])
+def test_errors_after_build_name_the_model_file(command, tmp_path, capsys):
+    model = tmp_path / "nonscalar.py"
+    model.write_text("import numpy as np\nimport graphc as gc\n\n\ndef build(n):\n"
+                     "    x = gc.input('x', (3,), 'float64')\n"
+                     "    return gc.exp(x), x, {'x': np.ones(3)}\n")
+    assert cli.main([command, str(model)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"graphc {command}: error: {model}: build() missing 1 required "
+                          "positional argument: 'n'"), err
+    model.write_text(model.read_text().replace("build(n)", "build()"))
+    assert cli.main([command, str(model)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"graphc {command}: error: {model}: "), err
+    assert "scalar" in err, err
+    assert cli.main([command, str(tmp_path)]) == 1
+    assert f"{tmp_path} is not a file" in capsys.readouterr().err
 
 
 def test_error_inside_graphc_says_so_and_how_to_report_it(monkeypatch, capsys):
