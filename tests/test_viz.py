@@ -104,7 +104,7 @@ def test_collapse_draws_each_scope_as_one_node():
     source = gc.render(loss, collapse=True).source
     assert "cluster_" not in source
     assert 'scope_hidden [label="hidden\\n12 params\\n2 ops"' in source, source
-    assert 'scope_output [label="output\\n8 params\\n1 ops"' in source, source
+    assert 'scope_output [label="output\\n8 params\\n1 op"' in source, source
 
 
 @pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".png", b"\x89PNG"),

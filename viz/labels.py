@@ -12,8 +12,9 @@ from sympy.printing.str import StrPrinter
 from graphc.graph import display_name, node_names, scalar_text
 from graphc.structured_ops import MatMul
 
-__all__ = ["FULL", "display_name", "fit", "formula", "index_text", "is_number", "local_value",
-           "node_names", "number", "scalar_text", "shorten", "template", "value_lines"]
+__all__ = ["FULL", "count", "display_name", "fit", "formula", "index_text", "is_number",
+           "local_value", "node_names", "number", "scalar_text", "shorten", "template",
+           "value_lines"]
 
 MAX_LABEL = 64
 # room for a tensor of 8 elements in full: 8 numbers of 4 significant digits (-1.234e-05),
@@ -170,3 +171,8 @@ def local_value(e, values: dict):
     z = e.forward
     other = values.get(id(z.inputs[1 - e.operand])) if isinstance(z.op, MatMul) else None
     return None if other is None else np.swapaxes(other, -1, -2)
+
+
+def count(n: int, word: str) -> str:
+    """``1 param``, ``4,160 params``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -23,7 +23,7 @@ from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor
 
 from . import labels
-from .labels import formula, index_text, number, shorten, template, value_lines
+from .labels import count, formula, index_text, number, shorten, template, value_lines
 from .loops import ScanDrawing, instances, is_scan
 
 LINE = 90  # characters in an edge label's line
@@ -218,7 +218,7 @@ class _Builder:
         elif kind in ("input", "param"):
             lines = [f"{kind} {name}", shape]
             if kind == "param":
-                lines.append(f"{t.size:,} params")
+                lines.append(count(t.size, "param"))
         elif kind == "constant":
             lines = [f"const {number(t.op.value.array, 40)}", shape]
         elif t.op.name == "index":  # lstm.add[:, 12:16]
@@ -268,7 +268,8 @@ class _Builder:
         for g, members in groups.items():
             params = sum(t.size for t in members if node_kind(t) == "param")
             ops = sum(1 for t in members if node_kind(t) == "op")
-            self.dot.node(f"scope_{g}", f"{g.rsplit('/', 1)[-1]}\\n{params:,} params\\n{ops} ops",
+            self.dot.node(f"scope_{g}", f"{g.rsplit('/', 1)[-1]}\\n{count(params, 'param')}\\n"
+                          f"{count(ops, 'op')}",
                           shape="box3d", style="filled", fillcolor="#ede9fe", color="#6d28d9")
         self.scans = [ScanDrawing(self, nodes, k) for k, nodes in
                       enumerate(instances(self.graph.nodes)) if not self.group(nodes[0])]
