@@ -472,3 +472,27 @@ def test_a_small_but_wide_graph_opens_readable_at_its_inputs(browser, tmp_path):
     assert page.evaluate(IN_VIEW, f'[data-n="{x_id}"]') and not page.evaluate(IN_VIEW, "#vp")
     page.click("#fit")
     assert page.evaluate(IN_VIEW, "#vp") and page.evaluate(SCALE) < 0.6
+
+
+@needs_browser
+def test_select_select_edge_and_step_bring_what_they_show_into_view(browser, tmp_path):
+    """After `fit` a long graph's labels are ~3 px and a node the details panel describes
+    may be off screen: select, selectEdge and step pan to it at a readable scale."""
+    h = gc.input("x", (2, 4))
+    for k in range(12):
+        h = gc.tanh(h @ gc.param(f"W{k}", (4, 4)))
+    page = open_page(browser, gc.explore(gc.sum(h)), tmp_path)
+    page.set_viewport_size({"width": 1000, "height": 700})
+    page.click("#fit")
+    assert page.evaluate(SCALE) < 0.35
+    ids = {n["name"]: n["id"] for n in page.evaluate("graphc.nodes()")}
+    page.evaluate("graphc.select('W0')")
+    assert page.evaluate(IN_VIEW, f'[data-n="{ids["W0"]}"]') and page.evaluate(SCALE) >= 0.6
+    page.evaluate("graphc.select('W11')")  # the other end of the chain
+    assert page.evaluate(IN_VIEW, f'[data-n="{ids["W11"]}"]')
+    page.click("#fit")
+    s = page.evaluate("graphc.step(graphc.steps())")  # the last backward edge
+    assert all(page.evaluate(IN_VIEW, f'[data-n="{i}"]') for i in s["edge"])
+    page.click("#fit")
+    page.evaluate("graphc.selectEdge('W5', 'matmul_6')")
+    assert page.evaluate(IN_VIEW, f'[data-n="{ids["W5"]}"]')
