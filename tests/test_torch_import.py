@@ -336,6 +336,34 @@ def test_names_are_torch_names_and_scopes_are_module_paths():
     assert blocks.count('"scope_blocks/blocks.0" -> "scope_blocks/blocks.1"') == 1
 
 
+class TwicePooled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+
+    def forward(self, x):
+        h = self.pool(self.c2(self.pool(self.c1(x)))).flatten(1)
+        return self.head(self.head(h))
+
+
+def test_a_module_called_twice_is_a_group_per_call():
+    # one group holding both calls' nodes was drawn as a loop (relu_2 back into pool);
+    # torch.export names the second call 'pool@1', and so does graphc's scope
+    net = TwicePooled().eval()
+    m = gc.from_torch(net, (torch.zeros(1, 1, 10, 10),))
+    scopes = {t.scope for t in gc.Graph(m.outputs).nodes if t.op.name in ("max_pool2d",
+                                                                          "relu", "matmul")}
+    assert scopes == {"pool", "pool@1", "head/head.0", "head/head.1", "head@1/head@1.0",
+                      "head@1/head@1.1"}, scopes
+    assert sorted(m.params) == ["c1.bias", "c1.weight", "c2.bias", "c2.weight",
+                                "head.0.bias", "head.0.weight"]  # one weight, used twice
+    x = torch.randn(1, 1, 10, 10)
+    (y,) = gc.compile(m.outputs, backend="numpy")(x=x.numpy(), **m.weights)
+    np.testing.assert_allclose(y, net(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_unsupported_op_names_op_node_and_supported_set():
     class Remainder(nn.Module):
         def forward(self, x):

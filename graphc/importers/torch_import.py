@@ -178,7 +178,7 @@ class _Importer:
         rule = ATEN.get(_op_name(node))
         if rule is None:
             _unsupported(node)
-        with _scopes(_module_path(_node_module(node)[0])):
+        with _scopes(_call_scopes(node)):
             try:
                 return rule(self, node, *args, **kwargs)
             except UnsupportedOpError:
@@ -252,6 +252,23 @@ def _module_path(path: str) -> list[str]:
     """Scopes of a module path: ``layer1.0.conv1`` -> layer1, layer1.0, layer1.0.conv1."""
     parts = path.split(".") if path else []
     return [".".join(parts[:k + 1]) for k in range(len(parts))]
+
+
+def _call_scopes(node) -> list[str]:
+    """The scopes of the module calls a node was made in, outermost first: each module's
+    path (``layer1``, ``layer1.0``), a module's second call marked as torch.export marks it
+    (``pool@1``; its children ``head@1.0``), so that each call is a group of its own."""
+    scopes, parent, parent_scope = [], "", ""
+    for key, (path, _) in (node.meta.get("nn_module_stack") or {}).items():
+        if not path:  # the root module
+            continue
+        if parent and path.startswith(parent + ".") and parent_scope != parent:
+            scope = parent_scope + path[len(parent):]  # inside a renamed call: named by it
+        else:
+            scope = path + ("@" + key.rsplit("@", 1)[1] if "@" in key else "")
+        scopes.append(scope)
+        parent, parent_scope = path, scope
+    return scopes
 
 
 def _node_module(node) -> tuple[str, str]:
