@@ -73,6 +73,15 @@ def test_a_matmul_edge_shows_the_numbers_of_its_local_derivative():
     assert edge["localValue"]["text"] == "[0.5, -2] (2×1)"
 
 
+def test_an_op_box_shows_its_attributes_whole():
+    # (shortened to 40 characters, max_pool2d's read "stride=(2 …")
+    x, w = gc.input("x", (1, 2, 8, 8)), gc.param("w", (3, 2, 3, 3))
+    y = gc.max_pool2d(gc.conv2d(x, w, padding=1), 2)
+    source = gc.render(gc.sum(y)).source
+    assert "max_pool2d(kernel=(2, 2), stride=(2, 2),\\n  padding=(0, 0))" in source, source
+    assert "conv2d(stride=(1, 1), padding=(1, 1),\\n  dilation=(1, 1), groups=1)" in source
+
+
 def test_symbolic_labels_without_values():
     loss, _ = gallery.micrograd()
     lines = texts(gc.render(loss, backward=True).svg())

@@ -12,9 +12,9 @@ from sympy.printing.str import StrPrinter
 from graphc.graph import display_name, node_names, scalar_text
 from graphc.structured_ops import MatMul
 
-__all__ = ["FULL", "count", "display_name", "fit", "formula", "index_text", "is_number",
-           "local_value", "node_names", "number", "scalar_text", "shorten", "template",
-           "value_lines"]
+__all__ = ["FULL", "call_lines", "count", "display_name", "fit", "formula", "index_text",
+           "is_number", "local_value", "node_names", "number", "scalar_text", "shorten",
+           "template", "value_lines"]
 
 MAX_LABEL = 64
 # room for a tensor of 8 elements in full: 8 numbers of 4 significant digits (-1.234e-05),
@@ -63,6 +63,25 @@ def fit(fields, limit: int, sep: str = ", ") -> str:
             return (out + sep + "…") if out else "…"
         out = joined
     return out
+
+
+def call_lines(op: str, fields, limit: int = 40, most: int = 2) -> list[str]:
+    """``op(field, field, ...)`` on at most ``most`` lines of about ``limit`` characters,
+    each field whole (``stride=(2, 2)`` is never cut), ``…`` for those left out.
+
+    >>> call_lines("max_pool2d", ["kernel=(2, 2)", "stride=(2, 2)", "padding=(0, 0)"])
+    ['max_pool2d(kernel=(2, 2), stride=(2, 2),', '  padding=(0, 0))']
+    """
+    lines, line = [], f"{op}("
+    for f in fields:
+        if not line.endswith("(") and len(line) + 2 + len(f) > limit:
+            if len(lines) + 1 == most:
+                return lines + [line + ", …)"]
+            lines.append(line + ",")
+            line = "  " + f
+        else:
+            line += ("" if line.endswith("(") else ", ") + f
+    return lines + [line + ")"]
 
 
 def _g(v) -> str:

@@ -23,7 +23,7 @@ from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor
 
 from . import labels
-from .labels import count, formula, index_text, number, shorten, template, value_lines
+from .labels import call_lines, count, formula, index_text, number, shorten, template, value_lines
 from .loops import ScanDrawing, instances, is_scan
 
 LINE = 90  # characters in an edge label's line
@@ -226,8 +226,8 @@ class _Builder:
             lines = [shorten(names.get(id(x), x.name) + index_text(t.op.index), 40),
                      f"{name}: {shape}"]
         else:
-            attrs = ", ".join(f"{k}={v}" for k, v in t.op.attrs().items() if k != "dtype")
-            lines = [shorten(f"{t.op.name}({attrs})", 40)] if attrs else \
+            attrs = [f"{k}={v}" for k, v in t.op.attrs().items() if k != "dtype"]
+            lines = call_lines(t.op.name, attrs) if attrs else \
                 [] if name.rsplit(".", 1)[-1].split("_")[0] == t.op.name else [t.op.name]
             lines.append(f"{name}: {shape}")
         if self.values is not None and id(t) in self.values and kind != "constant":
