@@ -240,7 +240,7 @@ def _node_lines(graph: Graph, names, indent: str) -> list[str]:
             attrs = ", ".join(f"{k}={_attr_text(v)}" for k, v in t.op.attrs().items())
             args = ", ".join(names[id(i)] for i in t.inputs)
             body = f"{t.op.name}({args}{', ' if attrs and args else ''}{attrs})"
-        lines.append(f"{indent}{names[id(t)]} = {body:<24} : {type_text(t)}")
+        lines.append(f"{indent}{names[id(t)] + ' = ' + body:<29} : {type_text(t)}")
         loop = getattr(t.op, "loop", None)  # a gc.scan node (graph.py sits below scan.py)
         run = (loop,) + tuple(map(id, t.inputs))  # its run: scan.instance_key
         if loop is not None and run not in shown:  # one body per run

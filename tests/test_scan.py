@@ -421,7 +421,7 @@ def test_the_text_form_prints_each_body_once_indented_with_its_inputs_and_output
         "          x scan1.x0: f64[] = scan.x0[t]",
         "          const scan1.const0: f64[] = scan.carry0",
         "          mul = mul(scan1.x0, scan1.const0) : f64[]",
-        "          add = add(scan1.carry0, mul)   : f64[]",
+        "          add = add(scan1.carry0, mul)  : f64[]",
         "          return carry add; ys ()",
         "        }"]
     assert "      return carry add; ys scan\n    }\n  scan_2 = scan(1, xs, out=y0" in text
