@@ -67,7 +67,8 @@ def _array(name: str, t, value) -> np.ndarray:
     have = array.dtype
     if have.kind not in "biuf" or dtypes.kind(_np_kind_name(have)) != dtypes.kind(t.dtype):
         raise FeedError(f"feed {name!r} has dtype {have}, expected {t.dtype} "
-                        f"(a {dtypes.kind(t.dtype)} array)")
+                        f"({'an' if dtypes.kind(t.dtype) == 'int' else 'a'} "
+                        f"{dtypes.kind(t.dtype)} array)")
     if have.kind in "iu" and array.size and have != np.dtype(t.dtype):
         info = np.iinfo(t.dtype)
         if array.min() < info.min or array.max() > info.max:
