@@ -369,12 +369,16 @@ def _join_leaves(op: Op, inputs) -> dict:
 
 def name_clash(what: str, a: Tensor, b: Tensor):
     """Raise the error for two different leaves ``a`` and ``b`` with one name."""
-    def text(t):
-        kind = "param" if getattr(t.op, "init", None) is not None else "input"
+    inits = [getattr(t.op, "init", None) for t in (a, b)]
+
+    def text(t, init):
+        kind = "param" if init is not None else "input"
+        shown = f" init={init!r}" if kind == "param" and inits[0] != inits[1] else ""
         where = f" made at {t.loc}" if t.loc else ""
-        return f"{kind} {t.shape} {t.dtype}{where}"
+        return f"{kind} {t.shape} {t.dtype}{shown}{where}"
     raise GraphError(located(f"{what}: two different inputs are named {a.op.label!r}: "
-                             f"{text(a)}, and {text(b)}; a name is unique in a graph"))
+                             f"{text(a, inits[0])}, and {text(b, inits[1])}; a name is unique "
+                             "in a graph"))
 
 
 def iter_nodes(outputs, known=None) -> list[Tensor]:
