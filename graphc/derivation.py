@@ -41,10 +41,13 @@ def _is_step_derivative(e) -> bool:
 
 def _singular_factor(f) -> bool:
     """A factor that is infinite or NaN somewhere finite: a power with a variable base and
-    a non-integer exponent (b * a**(b - 1) at a = 0), or a logarithm."""
+    a non-integer exponent (b * a**(b - 1) at a = 0), or a logarithm; not one whose base
+    SymPy knows is positive (1/sqrt(x**2 + 1) is finite everywhere: guarding x/sqrt(x**2 + 1)
+    at x = 0 made its own derivative there 0, not 1)."""
     if isinstance(f, sp.log):
-        return True
-    return isinstance(f, sp.Pow) and bool(f.base.free_symbols) and not f.exp.is_integer
+        return f.args[0].is_positive is not True
+    return isinstance(f, sp.Pow) and bool(f.base.free_symbols) and not f.exp.is_integer \
+        and f.base.is_positive is not True
 
 
 def strong_zeros(d: sp.Expr) -> sp.Expr:

@@ -356,3 +356,16 @@ def test_an_op_with_huge_values_is_differentiated(name, fn):
     (d,) = op.derivatives
     assert sp.simplify(d.subs(op.args[0], x) - sp.diff(fn(x), x)) == 0 or \
         sp.simplify(d.subs({op.args[0]: x, op.out: fn(x)}) - sp.diff(fn(x), x)) == 0
+
+
+def test_a_derivative_is_not_guarded_where_nothing_is_singular():
+    # x / sqrt(x**2 + 1) was guarded as Piecewise((0, Eq(x, 0)), ...) as if 1/sqrt(...) could
+    # be infinite; differentiated again, the guard made f''(0) = 0 where it is 1
+    f = gc.elementwise("t_sqrt_x2_plus_1", lambda x: sp.sqrt(x * x + 1))
+    assert not f.derivatives[0].has(sp.Piecewise)
+    x = gc.input("x", (3,), "float64")
+    second = gc.grad(gc.sum(gc.grad(gc.sum(f(x)), x)), x)
+    X = np.array([0.0, 1e-8, 0.5])
+    for backend in ("numpy", "numba"):
+        np.testing.assert_allclose(gc.compile(second, backend=backend)(x=X),
+                                   (X * X + 1) ** -1.5, rtol=1e-14)
