@@ -321,6 +321,9 @@ class Step:
     bool_args: tuple = ()
 
 
+STEM_MAX = 96  # characters of a kernel's readable name (file names: 255 bytes at most)
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """A kernel module: its source text and its C signature.
@@ -343,8 +346,12 @@ class KernelSpec:
 
     @property
     def name(self) -> str:
-        """A readable identifier, unique per body: ``sigmoid_f32_F_3fa2c1d09e``."""
-        return f"{self.stem}_{self.key[:10]}"
+        """A readable identifier, unique per body: ``sigmoid_f32_F_3fa2c1d09e``; a stem
+        over STEM_MAX characters (a long fused chain's op names) keeps its start and its
+        dtype and operand kinds, so that the cache's file names stay short."""
+        stem = self.stem if len(self.stem) <= STEM_MAX else \
+            f"{self.stem[:STEM_MAX - 24]}_{self.stem[-23:]}"
+        return f"{stem}_{self.key[:10]}"
 
     @property
     def symbol(self) -> str:

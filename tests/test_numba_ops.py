@@ -528,6 +528,19 @@ def test_a_step_reading_one_value_twice_is_not_taken_for_another(case):
     compare(y, feeds, "float64", case)
 
 
+@pytest.mark.usefixtures("kernels_only")
+def test_a_long_fused_chain_compiles_with_a_short_file_name():
+    # its name listed every op of the group: "File name too long" from the kernel cache
+    x = gc.input("x", (8,), "float64")
+    y = x
+    for fn in (gc.hardswish, gc.softsign, gc.relu6, gc.hardsigmoid, gc.square, gc.reciprocal,
+               gc.abs, gc.sin, gc.atan, gc.selu, gc.celu, gc.tanhshrink, gc.softplus):
+        y = fn(y) + 0.5
+    f = compare(gc.grad(gc.sum(y), x), {"x": np.linspace(-1, 1, 8)}, "float64", "chain")
+    names = re.findall(r"^# ---- (k_\w+)$", f.source, re.M)
+    assert names and max(map(len, names)) <= 2 + 96 + 11, names
+
+
 def test_an_unrolled_loop_prints_each_fused_kernel_once(monkeypatch):
     # 12 steps of one fused body: the lowering prints the kernel's source from SymPy once
     # per (group, outputs, operand kinds), not once per step (quadratic on the unrolled W4)
