@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from .functable import FUNCTIONS
 from .lowering import comment, identifier
@@ -97,8 +98,8 @@ def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
     used)`` and the stores ``(target, text, names used, accumulate)``, one per output."""
     bound, exprs = share_powers(*hoist_branches(*stable_sigmoids(bound, exprs)))
     # a step reading one value twice is built unevaluated (s - s stays s - s), and SymPy's
-    # cse takes an unevaluated x*x for 2*x (it gives cse([x*x, 2*x]) as [x*x, x**2]): such
-    # statements are kept as built, out of its reach
+    # cse simplifies it (x*x + y - x*x to y) or takes an unevaluated x*x for 2*x (it gives
+    # cse([x*x, 2*x]) as [x*x, x**2]): such statements are kept as built, out of its reach
     kept = [(sym, e) for sym, e in bound if _repeats(e)]
     bound = [(sym, e) for sym, e in bound if not _repeats(e)]
     replacements, reduced = sp.cse([e for _, e in bound] + list(exprs),
@@ -124,10 +125,11 @@ def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
 
 
 def _repeats(e) -> bool:
-    """Whether ``e`` has a sum or product with a repeated term (``x*x``, ``s - s``): one
-    SymPy builds only unevaluated."""
-    return any((a.is_Add or a.is_Mul) and len(set(a.args)) < len(a.args)
-               for a in sp.preorder_traversal(e))
+    """Whether ``e`` holds a node SymPy would simplify if it built it (``x*x``, ``s - s``,
+    a custom op's ``x*x + y - z*z`` given one value as x and z): built unevaluated, so that
+    what the graph computes is computed, and cse would simplify it."""
+    return any(a.args and not isinstance(a, (sp.Piecewise, ExprCondPair))
+               and a.func(*a.args) != a for a in sp.preorder_traversal(e))
 
 
 def _fused_loop_nest(loops, n_outputs: int, kinds, operand_dtypes, work: str, printer,

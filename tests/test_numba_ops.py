@@ -507,6 +507,7 @@ def _same_tensor_twice_cases():
     b = gc.input("b", (3,), "float64")
     twice = gc.elementwise("t_twice_zz", lambda x: 2 * x)
     sq_plus = gc.elementwise("t_sq_plus_xy", lambda x, y: x**2 + x * y)
+    cancel = gc.elementwise("t_cancel_xyz", lambda x, y, z: x * x + y - z * z)
     t = gc.tanh(a)
     return {
         "exp(-a a) a^2": gc.grad(gc.sum(gc.exp(-(a * a)) * a**2), a),
@@ -516,6 +517,8 @@ def _same_tensor_twice_cases():
         "tanh(2a) + sin(a a)": gc.tanh(twice(a)) + gc.sin(a * a),
         "op(a, a)": gc.grad(gc.sum(sq_plus(a, a) + gc.tanh(a)), a),
         "hvp t t t": gc.hvp(gc.sum(t * t * t), a, b),
+        # x*x + y - z*z given a as x and z: cse simplified it to y (1e8 + b - 1e8 rounds)
+        "op(a, b, a)": cancel(a * 1e4, b, a * 1e4) * 2.0,
     }
 
 
