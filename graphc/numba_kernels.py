@@ -100,8 +100,9 @@ def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
     # a step reading one value twice is built unevaluated (s - s stays s - s), and SymPy's
     # cse simplifies it (x*x + y - x*x to y) or takes an unevaluated x*x for 2*x (it gives
     # cse([x*x, 2*x]) as [x*x, x**2]): such statements are kept as built, out of its reach
-    kept = [(sym, e) for sym, e in bound if _repeats(e)]
-    bound = [(sym, e) for sym, e in bound if not _repeats(e)]
+    built = [_unevaluated(e) for _, e in bound]
+    kept = [b for b, keep in zip(bound, built) if keep]
+    bound = [b for b, keep in zip(bound, built) if not keep]
     replacements, reduced = sp.cse([e for _, e in bound] + list(exprs),
                                    symbols=sp.numbered_symbols("c"))
     statements = replacements + [(sym, e) for (sym, _), e in zip(bound, reduced)] + kept
@@ -124,7 +125,7 @@ def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
     return body, stores
 
 
-def _repeats(e) -> bool:
+def _unevaluated(e) -> bool:
     """Whether ``e`` holds a node SymPy would simplify if it built it (``x*x``, ``s - s``,
     a custom op's ``x*x + y - z*z`` given one value as x and z): built unevaluated, so that
     what the graph computes is computed, and cse would simplify it."""
