@@ -348,6 +348,17 @@ class TwicePooled(nn.Module):
         return self.head(self.head(h))
 
 
+def test_a_negated_bool_mask_imports():
+    class Masked(nn.Module):
+        def forward(self, x):
+            return torch.where(~(x > 0), x * 2, x) + torch.logical_not(x).double()
+
+    x = torch.tensor([[1.0, -1.0, 0.0], [-3.0, 0.5, 4.0]], dtype=torch.float64)
+    m = gc.from_torch(Masked(), (x,))
+    (y,) = gc.compile(m.outputs, backend="numpy")(**{m.inputs["x"].name: x.numpy()})
+    np.testing.assert_array_equal(y, Masked()(x).numpy())
+
+
 def test_a_module_called_twice_is_a_group_per_call():
     # one group holding both calls' nodes was drawn as a loop (relu_2 back into pool);
     # torch.export names the second call 'pool@1', and so does graphc's scope
