@@ -25,7 +25,7 @@ from graphc.errors import GraphError, RenderError
 from graphc.graph import as_outputs, node_kind
 from graphc.inputs import Constant, Input, constant
 
-from .labels import FULL, index_text, local_value, number
+from .labels import FULL, index_text, is_number, local_value, number
 from .loops import ScanDrawing, body_labels, instances, title
 from .render import _Builder, _evaluate, _shape, wrt_tensors
 
@@ -245,6 +245,7 @@ class _Page:
                  "upValue": self.value(g)} for (m, g), line in zip(e.siblings, lines[1:])]
         return {"from": ids[id(z)], "to": ids[id(x)], "operand": e.operand,
                 "up": up, "local": local, "down": down, "also": also,
+                "localIsNumber": is_number(local),
                 "paths": len(labels.into.get(id(x), ())),  # edges whose sum is dL/dx
                 "localMath": self.local_mathml(e, labels) if isinstance(z.op, Elementwise)
                 else None,
