@@ -337,10 +337,12 @@ def _run(op: Deferred, inputs, sizes) -> Tensor:
 # Specialisation
 
 
-def substitute(outputs, mapping: dict) -> list[Tensor]:
+def substitute(outputs, mapping: dict, memo: dict | None = None) -> list[Tensor]:
     """``outputs`` rebuilt with the nodes in ``mapping`` (by id) replaced, every
-    :class:`Deferred` node replayed on its new operands."""
-    new = dict(mapping)
+    :class:`Deferred` node replayed on its new operands; ``memo``, if given, receives each
+    old node's id -> its new node."""
+    new = memo if memo is not None else {}
+    new.update(mapping)
     for t in iter_nodes(outputs):
         if id(t) in new:
             continue
@@ -366,12 +368,13 @@ def _replay(t: Tensor, inputs) -> Tensor:
         raise ShapeError(f"{t.op.label} on operands of shapes {shapes}: {err}") from None
 
 
-def specialise(outputs, shapes: dict) -> list[Tensor]:
-    """``outputs`` with every dynamic input replaced by one of shape ``shapes[label]``."""
+def specialise(outputs, shapes: dict, memo: dict | None = None) -> list[Tensor]:
+    """``outputs`` with every dynamic input replaced by one of shape ``shapes[label]``
+    (``memo``: as :func:`substitute`'s)."""
     mapping = {}
     for t in iter_nodes(outputs):
         if isinstance(t.op, Input) and t.op.label in shapes:
             op = Input(t.op.label, tuple(shapes[t.op.label]), t.op.in_dtype, t.op.init,
                        t.op.state)
             mapping[id(t)] = Tensor.make(op)
-    return substitute(outputs, mapping)
+    return substitute(outputs, mapping, memo)

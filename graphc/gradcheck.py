@@ -115,8 +115,11 @@ def check_edges(y, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, seed=0) -> list[EdgeCh
     that sits on a kink).  Nodes in the result are those of ``y``'s own graph."""
     from graphc.passes.autodiff import vjp
     from graphc.passes.precision import with_float_dtype
-    (y64,), mapping = with_float_dtype([y], "float64", "float32")
-    original = {id(new): old for old in Graph(y).nodes for new in [mapping[id(old)]]}
+    memo: dict = {}  # y's nodes -> at the feeds' sizes, each checked at those
+    (ys,) = specialise([y], _feed_shapes(y, feeds), memo)
+    (y64,), mapping = with_float_dtype([ys], "float64", "float32")
+    original = {id(mapping[id(memo.get(id(old), old))]): old for old in Graph(y).nodes
+                if id(memo.get(id(old), old)) in mapping}
     names = node_names(Graph(y))
     nodes = Graph(y64).nodes
     run = compile(list(nodes), backend="numpy")
@@ -124,8 +127,8 @@ def check_edges(y, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, seed=0) -> list[EdgeCh
     rng = np.random.default_rng(seed)
     checks = []
     for z in nodes:
-        if not z.inputs or not dtypes.is_float(z.dtype):
-            continue
+        if not z.inputs or not dtypes.is_float(z.dtype) or id(z) not in original:
+            continue  # (not in original: a node of a dynamic call's replay)
         holders = [input(f"p{i}", t.shape, t.dtype) for i, t in enumerate(z.inputs)]
         alone = Tensor.make(z.op, holders)
         at = {h.op.label: values[id(t)] for h, t in zip(holders, z.inputs)}
@@ -147,6 +150,13 @@ def check_edges(y, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, seed=0) -> list[EdgeCh
     return checks
 
 
+def _feed_shapes(y, feeds) -> dict:
+    """The sizes ``feeds`` give the dynamic inputs of ``y`` (those that match)."""
+    return {t.op.label: np.shape(feeds[t.op.label]) for t in Graph(y).inputs
+            if is_dynamic(t.shape) and t.op.label in feeds
+            and matches(np.shape(feeds[t.op.label]), t.shape)}
+
+
 class _Probe:
     """Evaluates the loss and its gradients at perturbed feeds, in the check's dtype."""
 
@@ -156,9 +166,7 @@ class _Probe:
         # dynamic dimensions at the feeds' sizes first: a deferred op (a scan over them)
         # replayed on the float64 copy would trace its body again, reading the float32
         # tensors it closes over
-        shapes = {t.op.label: np.shape(feeds[t.op.label]) for t in Graph(y).inputs
-                  if is_dynamic(t.shape) and t.op.label in feeds
-                  and matches(np.shape(feeds[t.op.label]), t.shape)}
+        shapes = _feed_shapes(y, feeds)
         if shapes:
             y, *wrt = specialise([y, *wrt], shapes)
         if dtype == "float64":

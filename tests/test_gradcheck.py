@@ -168,3 +168,18 @@ def test_a_float32_scan_with_a_dynamic_dimension_and_a_closed_over_weight():
              "h0": np.ones(1, np.float32), "W": np.full(1, 0.9, np.float32)}
     report = gc.check_grad(gc.sum(ys), [W, h0], feeds)
     assert report.ok, report
+
+
+@pytest.mark.parametrize("batch", [None, "N"])
+def test_a_failing_check_on_a_dynamic_dimension_is_localised(batch):
+    # localising the failure built each op's check at the graph's shape, (None, 3):
+    # "TypeError: 'NoneType' object cannot be interpreted as an integer"
+    x = gc.input("x", (batch, 3), "float64")
+    W = gc.param("W", (3, 2), dtype="float64")
+    rep = gc.check_grad(gc.sum(gc.relu(x @ W) * 2.0), [x, W],
+                        {"x": np.array([[1.0, -1.0, 0.0], [0.5, 0.5, 1.0]]),
+                         "W": np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])})
+    assert rep.ok is False
+    assert [(e.names, e.operand) for e in rep.bad_edges] == [(("relu", "matmul"), 0)]
+    tied = gc.check_grad(gc.max(x), x, {"x": np.ones((2, 3))})
+    assert tied.ok is False and [e.names for e in tied.bad_edges] == [("max", "x")]
