@@ -36,8 +36,10 @@ from .inputs import Input
 from .ir import Op, StaticArray, Tensor, iter_nodes, located, on_dynamic_operand, replaying
 
 # Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
-# name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes.
+# name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes; where
+# a call fails at those, every name stands for 2520 * (1 + run), then 1009 + 2 * run.
 _BASE = 1009
+_DIVISIBLE = 2520  # the least multiple of 1, 2, ..., 10: the stand-in size a reshape needs
 _HOLDERS = itertools.count()
 
 
@@ -285,20 +287,22 @@ def has_dynamic(values) -> bool:
 def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
     symbols = list(dict.fromkeys(d for t in inputs for d in t.shape
                                  if d is None or isinstance(d, str)))
-    runs = []
+
+    def runs(size):  # the call built at sizes size(run, i) of the i-th name, runs 0 and 1
+        sizes = [{s: size(run, i) for i, s in enumerate(symbols)} for run in (0, 1)]
+        return [(z, _run(op, inputs, z)) for z in sizes]
+
     try:  # each name its own size: names are told apart
-        for run in (0, 1):
-            sizes = {s: _BASE + 2 * run + 10 * i for i, s in enumerate(symbols)}
-            runs.append((sizes, _run(op, inputs, sizes)))
-    except GraphError:  # one size for all: None and names may stand for one another
-        runs = []
-        for size in (_BASE, _BASE + 2):
-            sizes = dict.fromkeys(symbols, size)
+        runs = runs(lambda run, i: _BASE + 2 * run + 10 * i)
+    except GraphError:
+        try:  # sizes with many divisors: a reshape regrouping a dynamic dimension, (N, 6)
+            runs = runs(lambda run, i: _DIVISIBLE * (1 + run))  # to (-1, 4)
+        except GraphError:  # one size for all: None and names may stand for one another
             try:
-                runs.append((sizes, _run(op, inputs, sizes)))
+                runs = runs(lambda run, i: _BASE + 2 * run)
             except GraphError as err:
                 only = symbols[0] if len(symbols) == 1 else None
-                text = re.sub(rf"\b{size}\b", repr(only), str(err))
+                text = re.sub(rf"\b{_BASE}\b|\b{_BASE + 2}\b", repr(only), str(err))
                 raise type(err)(text) from None
     (sizes_a, a), (sizes_b, b) = runs
     shape = []

@@ -111,6 +111,22 @@ def test_reshape_keeps_none_and_unreached_gradients_are_zeros():
         gc.compile(gc.reshape(x, ("M", -1)), backend="numpy")(x=X)
 
 
+def test_a_reshape_regrouping_a_dynamic_dimension_is_checked_at_call_time():
+    # probing built it at a stand-in size of 1009 rows: "cannot reshape 6054 elements"
+    y = gc.input("y", (None, 6), "float64")
+    regrouped = {(-1, 4): (None, 4), (4, -1): (4, None), (-1, 3, 4): (None, 3, 4)}
+    for target, shape in regrouped.items():
+        assert gc.reshape(y, target).shape == shape
+    z = gc.reshape(y, (-1, 4))
+    f = gc.compile([z, gc.grad(gc.sum(z * z), y)], backend="numpy")
+    Y = np.arange(60.0).reshape(10, 6)
+    got, grad = f(y=Y)
+    np.testing.assert_array_equal(got, Y.reshape(15, 4))
+    np.testing.assert_array_equal(grad, 2 * Y)
+    with pytest.raises(gc.FeedError, match=r"'y' \(3, 6\).*cannot reshape 18 elements"):
+        f(y=np.ones((3, 6)))
+
+
 def test_feed_errors_name_the_input_and_the_pattern():
     f = gc.compile(mlp(None)[0], backend="numpy")
     good = feeds(3)
