@@ -5,6 +5,8 @@
 - :func:`simplify`: ``sympy.simplify``, bounded in the size of what it is given;
 - :func:`strong_zeros`: a product that is exactly 0 stays 0 at the singular points of its
   other factors (d/da a**b = 0 where b = 0, as ``torch.pow``);
+- :func:`at_kinks`: the derivative of a stable form takes the derivative's own value at
+  the kinks of the form's pieces (silu'' at 0 is 1/2: silu is evaluated with exp(-|x|));
 - :func:`in_terms_of_output`: the derivative written on the op's output y (sigmoid' =
   y(1 - y), ReLU' = [y > 0]), accepted only when SymPy proves it (:func:`proves_on_output`).
 
@@ -29,6 +31,31 @@ def diff(expr: sp.Expr, x: sp.Symbol) -> sp.Expr:
     d = sp.diff(expr, x).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
     d = d.replace(lambda e: isinstance(e, sp.Subs) and _is_step_derivative(e.expr), _zero)
     return d.replace(_is_step_derivative, _zero)
+
+
+def at_kinks(stable: sp.Expr, expr: sp.Expr, x: sp.Symbol) -> sp.Expr:
+    """``stable``, the derivative of an op's stable form (the evaluated form of the
+    derivative ``expr``), with ``expr``'s own value at each point where a kink of the
+    stable form's pieces (|u|, sign(u), max(u, 0), a branch at u >= 0) makes the two
+    differ: differentiated there, the pieces count one-sided averages (sign(0) = 0), which
+    is the limit for a first derivative but not for a second (silu'' at 0 was 0, not 1/2)."""
+    kinks = [e.args[0] for e in stable.atoms(sp.Abs, sp.sign, sp.Heaviside)]
+    kinks += [e.args[0] - e.args[1] for e in stable.atoms(sp.Max, sp.Min) if len(e.args) == 2]
+    kinks += [c.lhs - c.rhs for pw in stable.atoms(sp.Piecewise) for _, c in pw.args
+              if isinstance(c, sp.core.relational.Relational)]
+    guards = []
+    for u in dict.fromkeys(k for k in kinks if x in k.free_symbols):
+        try:
+            points = sp.solve(u, x)
+        except (NotImplementedError, ValueError, TypeError):
+            continue
+        for p in points:
+            value = expr.subs(x, p)
+            if p.has(x) or p.is_real is False or value.has(sp.nan, sp.zoo, sp.oo, -sp.oo) \
+                    or (value - stable.subs(x, p)).equals(0):
+                continue
+            guards.append((value, sp.Eq(x, p)))
+    return sp.Piecewise(*guards, (stable, True)) if guards else stable
 
 
 def _zero(*args):

@@ -232,7 +232,7 @@ class ElementwiseDef:
                 not self._finite_on_probe(expr, {**self.params, **dict(params)}):
             # Kinks of the stable decomposition (max, |x|) count their one-sided
             # average (Heaviside(0) = 1/2, sign(0) = 0): right for a smooth function.
-            stable = dv.diff(self.stable, self.args[k])
+            stable = dv.at_kinks(dv.diff(self.stable, self.args[k]), expr, self.args[k])
             args += [a for a in self.args if a in stable.free_symbols and a not in args]
         local = self._local_defs.get((k, expr, stable))  # tests replace the formula
         if local is None:

@@ -248,3 +248,47 @@ def test_maximum_minimum_gradient_at_nan_matches_torch(backend, name):
     np.testing.assert_array_equal(got[0], ta.grad.numpy())
     np.testing.assert_array_equal(got[1], tb.grad.numpy())
     np.testing.assert_array_equal(got[0], [1, 1, 0.5, 1])
+
+
+# ---------------------------------------------------------------------------------------
+# Higher derivatives at the kinks of a stable form (silu's exp(-|x|)) of a smooth op
+
+
+def torch_derivatives(fn, x: np.ndarray, order: int) -> np.ndarray:
+    """The ``order``-th derivative of ``fn`` at each element of ``x``, by torch autograd."""
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    y = fn(t).sum()
+    for _ in range(order - 1):
+        (y,) = torch.autograd.grad(y, t, create_graph=True)
+        y = y.sum()
+    (g,) = torch.autograd.grad(y, t)
+    return g.detach().numpy()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name, order, reference", [
+    ("silu", 1, torch.nn.functional.silu), ("mish", 2, torch.nn.functional.mish),
+    ("softplus", 2, torch.nn.functional.softplus), ("sigmoid", 2, torch.sigmoid)])
+def test_higher_derivatives_of_smooth_ops_at_their_stable_forms_kinks(backend, name, order,
+                                                                       reference):
+    # silu'' at 0 was 0, not 1/2: silu is evaluated as x * sigmoid with exp(-|x|), whose
+    # second derivative carries sign(x), 0 at x = 0, where the true value is the limit
+    op = {"mish": gc.elementwise("t_mish_kinks", lambda x: x * sp.tanh(sp.log(1 + sp.exp(x))),
+                                 stable=lambda x: x * sp.tanh(sp.Max(x, 0) + sp.log(
+                                     1 + sp.exp(-sp.Abs(x)))))}.get(name, getattr(gc, name))
+    x = gc.input("x", (5,), "float64")
+    d = gc.sum(op(x))
+    for _ in range(order):
+        d = gc.sum(gc.grad(d, x))
+    X = np.array([0.0, -0.0, 1e-300, -0.5, 2.0])
+    got = gc.compile(gc.grad(d, x), backend=backend)(x=X)
+    np.testing.assert_allclose(got, torch_derivatives(reference, X, order + 1), rtol=1e-12,
+                               atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hvp_through_silu_at_zero_weights(backend):
+    x = np.array([1.0, 2.0])
+    w = gc.input("w", (2,), "float64")
+    hv = gc.hvp(gc.sum(gc.silu(w * x)), w, gc.constant(np.ones(2)))
+    np.testing.assert_allclose(gc.compile(hv, backend=backend)(w=np.zeros(2)), 0.5 * x ** 2)
