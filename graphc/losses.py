@@ -5,7 +5,7 @@ for them; ``gc.mse``, ``gc.softmax_cross_entropy`` ... are these functions.
 
 from __future__ import annotations
 
-import builtins
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +70,11 @@ def mse(pred, target, reduction="mean") -> Tensor:
         d = cast(d, dtypes.DEFAULT_FLOAT)
     if reduction == "none":
         return _scaled_square(d, scale=1.0)
-    return sum(_scaled_square(d, scale=1.0 / builtins.max(d.size, 1) if reduction == "mean"
-                              else 1.0))
+    if reduction == "sum":
+        return sum(_scaled_square(d, scale=1.0))
+    if d.size == 0:  # the mean of no elements is NaN, as PyTorch's
+        return sum(_scaled_square(d, scale=1.0)) * math.nan
+    return sum(_scaled_square(d, scale=1.0 / d.size))
 
 
 _scaled_square = ew._predefined("scaled_square", lambda d, scale=1.0: scale * d**2)

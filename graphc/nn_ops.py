@@ -131,7 +131,8 @@ class _ConvGeometry(Op):
         """im2col: (N, groups, C/groups*kh*kw, Ho*Wo), one column per output position,
         laid out so that kernel @ columns is already NCHW."""
         win = _windows(_pad(x, self.padding), kernel, self.stride, self.dilation)
-        return win.reshape(x.shape[0], self.groups, -1, win.shape[-2] * win.shape[-1])
+        per_group = int(np.prod(win.shape[1:-2])) // self.groups  # no -1: N may be 0
+        return win.reshape(x.shape[0], self.groups, per_group, win.shape[-2] * win.shape[-1])
 
     def kernel_matrix(self, w: np.ndarray) -> np.ndarray:
         """w (O, C/groups, kh, kw) as (groups, O/groups, C/groups*kh*kw)."""
@@ -201,7 +202,7 @@ class Conv2dInputGrad(_ConvGeometry):
     def evaluate(self, g, w):
         g, w = _common(g, w)
         n, (o, cg, kh, kw), gr = g.shape[0], w.shape, self.groups
-        rows = g.reshape(n, gr, o // gr, -1)                          # (N, G, O/G, Ho*Wo)
+        rows = g.reshape(n, gr, o // gr, g.shape[2] * g.shape[3])     # (N, G, O/G, Ho*Wo)
         cols = self.kernel_matrix(w).transpose(0, 2, 1) @ rows        # (N, G, Cg*kh*kw, ..)
         cols = cols.reshape(n, gr * cg, kh, kw, *g.shape[2:])
         return _scatter_windows(cols, (n, gr * cg, *self.in_hw), self.stride, self.padding,
@@ -241,7 +242,7 @@ class Conv2dWeightGrad(_ConvGeometry):
         x, g = _common(x, g)
         n, o, gr = g.shape[0], g.shape[1], self.groups
         cols = self.columns(x, self.kernel)                           # (N, G, Cg*kh*kw, P)
-        rows = g.reshape(n, gr, o // gr, -1)                          # (N, G, O/G, P)
+        rows = g.reshape(n, gr, o // gr, g.shape[2] * g.shape[3])     # (N, G, O/G, P)
         dw = np.matmul(rows, cols.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, O/G, Cg*kh*kw)
         return dw.reshape(o, x.shape[1] // gr, *self.kernel)
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import graphc as gc
 
@@ -249,3 +250,28 @@ def test_an_empty_batch_reduced_over_another_axis_is_empty(backend):
     np.testing.assert_array_equal(f(d=np.arange(6.0).reshape(2, 3))[0], [2.0, 5.0])
     with pytest.raises(gc.FeedError, match="reduction over an empty axis has no identity"):
         gc.compile(gc.max(d, axis=0), backend=backend)(d=np.ones((0, 3)))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_empty_batch_through_convolution_pooling_and_the_mean_losses(backend):
+    # conv2d and avg_pool2d reshaped with -1 ("cannot reshape array of size 0"); mse of no
+    # elements was 0, where torch's mean (and graphc's other mean losses) give NaN
+    x = gc.input("x", (None, 2, 5, 5), "float64")
+    w = gc.input("w", (3, 2, 3, 3), "float64")
+    h = gc.avg_pool2d(gc.conv2d(x, w, stride=2, padding=1), 2) + gc.max_pool2d(
+        gc.conv2d(x, w, padding=1), 3)
+    loss = gc.mse(h, h * 0.0)
+    f = gc.compile([h, loss, *gc.grad(gc.sum(h), [x, w])], backend=backend)
+    out, mse, dx, dw = f(x=np.ones((0, 2, 5, 5)), w=np.ones((3, 2, 3, 3)))
+    assert out.shape == (0, 3, 1, 1) and dx.shape == (0, 2, 5, 5)
+    assert np.isnan(mse) and np.array_equal(dw, np.zeros((3, 2, 3, 3)))
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
+    xt, wt = (torch.tensor(a, requires_grad=True) for a in (X, W))
+    F = torch.nn.functional
+    ht = F.avg_pool2d(F.conv2d(xt, wt, stride=2, padding=1), 2) + F.max_pool2d(
+        F.conv2d(xt, wt, padding=1), 3)
+    ht.sum().backward()
+    got = f(x=X, w=W)
+    for a, b in zip((got[0], got[2], got[3]), (ht, xt.grad, wt.grad)):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-12)
