@@ -241,6 +241,43 @@ def test_hard_activations_have_torchs_gradients_at_their_kinks(fn):
     assert_close(m, x, ours, theirs, names, "numba", 1e-15 if fn == "hardswish" else 1e-7)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("fn", ["softplus", "mish", "selu", "celu"])
+def test_activations_decomposed_into_where_keep_a_finite_gradient(fn, backend):
+    # torch.export decomposed softplus into where(x > 20, x, log1p(exp(x))) (selu, celu,
+    # mish alike): at x >= 89 in float32 exp overflows in the branch not taken, and its
+    # gradient there, 0 * inf, made the input's gradient NaN; torch gives 1 (selu 1.0507)
+    class Act(nn.Module):
+        def forward(self, x):
+            return getattr(nn.functional, fn)(x)
+
+    for x, rtol in ((torch.tensor([-90.0, -3.0, 0.0, 0.7, 10.0, 89.0, 100.0]), 1e-6),
+                    (torch.tensor([-800.0, -2.0, 0.0, 1e-3, 25.0, 710.0], dtype=torch.float64),
+                     1e-14)):
+        m, ours, theirs, names = imported_gradients(Act(), x)
+        assert_close(m, x, ours, theirs, names, backend, rtol)
+
+
+def test_clamped_indices_stay_integers():
+    # clamp imported as gc.clip, float32: 16777217 came back 16777216.0, and an embedding
+    # of clamped indices was refused ("take: indices must be int32 or int64, got float32")
+    class Clamped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(5, 2, dtype=torch.float64)
+
+        def forward(self, idx):
+            return self.table(idx.clamp(0, 4)), idx.clamp(max=16777217)
+
+    module, idx = Clamped(), torch.tensor([[0, 7, -1], [3, 16777219, 16777217]])
+    m = gc.from_torch(module, (idx,))
+    (xin,) = m.inputs.values()
+    got = gc.compile(m.outputs, backend="numpy")(**{xin.name: idx.numpy()}, **m.weights)
+    for ours, theirs in zip(got, module(idx)):
+        assert ours.dtype == theirs.detach().numpy().dtype
+        np.testing.assert_array_equal(ours, theirs.detach().numpy())
+
+
 def test_embedding_gradient_scaled_by_frequency_is_refused():
     with pytest.raises(gc.UnsupportedOpError, match="scale_grad_by_freq=True"):
         gc.from_torch(nn.Embedding(6, 3, scale_grad_by_freq=True), (torch.tensor([[1, 1]]),))

@@ -62,14 +62,18 @@ def from_torch(module, example_args) -> Model:
 
 
 def _decompositions():
-    """torch.export's decompositions but for the ops graphc imports whole (their gradients
-    at the kinks are PyTorch's own backward's, not those of what they decompose into)."""
+    """torch.export's decompositions but for the ops graphc imports whole: hardswish and
+    hardsigmoid (their gradients at the kinks are PyTorch's own backward's, not those of
+    what they decompose into) and softplus, mish, selu and celu (decomposed, each is a
+    ``where`` whose branch not taken overflows, exp(x) at x = 89 in float32, and its
+    gradient there, 0 * inf, made the input's gradient NaN)."""
     import torch
 
+    aten = torch.ops.aten
     table = torch.export.default_decompositions()
-    for op in (torch.ops.aten.hardswish.default, torch.ops.aten.hardsigmoid.default):
-        if op in table:
-            del table[op]
+    for op in (aten.hardswish.default, aten.hardsigmoid.default, aten.softplus.default,
+               aten.mish.default, aten.selu.default, aten.celu.default):
+        table.pop(op, None)
     return table
 
 
@@ -448,6 +452,11 @@ def _clamp(im, node, x, low=None, high=None):
     """clamp.default as gc.clip; clamp.Tensor (tensor bounds) as where: gradient 1 on the
     closed interval, as PyTorch's; NaN stays NaN."""
     if not isinstance(low, Tensor) and not isinstance(high, Tensor):
+        if x.dtype in ("int32", "int64") and all(isinstance(b, (int, type(None)))
+                                                 for b in (low, high)):
+            # an integer tensor stays one (clip is float: 16777217 came back 16777216.0)
+            x = x if low is None else F.maximum(x, low)
+            return x if high is None else F.minimum(x, high)
         return F.clip(x, low, high)
     if low is not None:
         x = F.where(F.less(x, low), low, x)
@@ -610,4 +619,9 @@ ATEN = {
     "aten.embedding": _embedding,
     "aten.hardswish": _hardswish,
     "aten.hardsigmoid": _hardsigmoid,
+    "aten.softplus": lambda im, node, x, beta=1.0, threshold=20.0: F.softplus(
+        x, beta=beta, threshold=threshold),
+    "aten.mish": _unary(F.mish),
+    "aten.selu": _unary(F.selu),
+    "aten.celu": _unary(F.celu),
 }
