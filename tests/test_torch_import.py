@@ -278,6 +278,16 @@ def test_clamped_indices_stay_integers():
         np.testing.assert_array_equal(ours, theirs.detach().numpy())
 
 
+def test_an_output_that_is_not_a_tensor_is_named():
+    # (x * 2, None): a KeyError('') from inside the importer
+    class NoneOut(nn.Module):
+        def forward(self, x):
+            return x * 2, None
+
+    with pytest.raises(gc.GraphError, match="output 1 of NoneOut is None, not a tensor"):
+        gc.from_torch(NoneOut(), (torch.ones(2),))
+
+
 def test_embedding_gradient_scaled_by_frequency_is_refused():
     with pytest.raises(gc.UnsupportedOpError, match="scale_grad_by_freq=True"):
         gc.from_torch(nn.Embedding(6, 3, scale_grad_by_freq=True), (torch.tensor([[1, 1]]),))

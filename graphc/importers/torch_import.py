@@ -108,7 +108,7 @@ class _Importer:
         outs = [spec.arg for spec in self.program.graph_signature.output_specs
                 if spec.kind == OutputKind.USER_OUTPUT]
         nodes = {n.name: n for n in self.program.graph.nodes}
-        needed = _needed([nodes[a.name] for a in outs if hasattr(a, "name")])
+        needed = _needed([nodes[a.name] for a in outs if getattr(a, "name", None) in nodes])
         for spec in sorted(kinds.values(), key=lambda s: s.kind != InputKind.USER_INPUT):
             if spec.arg.name in needed:  # user inputs first: they keep their own names
                 self.env[spec.arg.name] = self.leaf(spec, nodes[spec.arg.name])
@@ -116,11 +116,12 @@ class _Importer:
             if node.op == "call_function" and node.name in needed:
                 self.env[node.name] = self.call(node)
         outputs = []
-        for a in outs:
+        for k, a in enumerate(outs):
             value = self.env.get(getattr(a, "name", None))
             if not isinstance(value, Tensor):
-                raise GraphError(located(f"from_torch: output {a} of {self.source} is not a "
-                                         "tensor"))
+                what = getattr(a, "value", a) if not getattr(a, "name", None) else a
+                raise GraphError(located(f"from_torch: output {k} of {self.source} is "
+                                         f"{what!r}, not a tensor"))
             outputs.append(value)
         used = {}
         for t in outputs:
