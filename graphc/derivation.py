@@ -7,6 +7,7 @@
   other factors (d/da a**b = 0 where b = 0, as ``torch.pow``);
 - :func:`at_kinks`: the derivative of a stable form takes the derivative's own value at
   the kinks of the form's pieces (silu'' at 0 is 1/2: silu is evaluated with exp(-|x|));
+- :func:`cse`: ``sympy.cse`` that leaves a quotient a division (:func:`keep_divisions`);
 - :func:`in_terms_of_output`: the derivative written on the op's output y (sigmoid' =
   y(1 - y), ReLU' = [y > 0]), accepted only when SymPy proves it (:func:`proves_on_output`).
 
@@ -56,6 +57,53 @@ def at_kinks(stable: sp.Expr, expr: sp.Expr, x: sp.Symbol) -> sp.Expr:
                 continue
             guards.append((value, sp.Eq(x, p)))
     return sp.Piecewise(*guards, (stable, True)) if guards else stable
+
+
+def cse(exprs, symbols=None, bound=()):
+    """``sympy.cse(exprs)`` (one expression or a list) as :func:`keep_divisions` leaves it:
+    what the NumPy reference (``lambdify``) and the Numba kernels evaluate."""
+    single = isinstance(exprs, sp.Basic)
+    replacements, reduced = sp.cse([exprs] if single else list(exprs),
+                                   **({"symbols": symbols} if symbols is not None else {}))
+    replacements, reduced = keep_divisions(replacements, reduced, bound)
+    return replacements, (reduced[0] if single else reduced)
+
+
+def keep_divisions(replacements, exprs, bound=()):
+    """``sympy.cse``'s result with each reciprocal it named (c = 1/b) written back as a
+    division where it is a factor of a product: a/b stays a division, not a * c (at a
+    subnormal b, 0 * (1/b) is 0 * inf = NaN where 0/b is 0).  c stays where it is raised
+    to a power (c**2 for b**-2), and where b is a stable sigmoid's 1 + exp(-|u|) (from the
+    statements ``bound`` and ``replacements``): in [1, 2], so a * c has a/b's NaN and inf
+    (only its last bit can differ, as with FMA contraction) and the sigmoid's two branches
+    1/(1 + d) and d/(1 + d) share one division."""
+    defs = dict(bound) | dict(replacements)
+    inverses = {c: e for c, e in replacements
+                if e.is_Pow and e.exp == -1 and not one_plus_exp_minus_abs(e.base, defs)}
+    if not inverses:
+        return replacements, exprs
+
+    def divide(e):
+        if not e.is_Mul or not any(a in inverses for a in e.args):
+            return e
+        return sp.Mul(*[sp.Pow(inverses[a].base, -1, evaluate=False) if a in inverses
+                        else a for a in e.args], evaluate=False)
+
+    replacements = [(c, e.replace(lambda x: x.is_Mul, divide)) for c, e in replacements]
+    exprs = [e.replace(lambda x: x.is_Mul, divide) for e in exprs]
+    used = set().union(*(e.free_symbols for _, e in replacements), *(e.free_symbols
+                                                                     for e in exprs))
+    return [(c, e) for c, e in replacements if c not in inverses or c in used], exprs
+
+
+def one_plus_exp_minus_abs(b, defs) -> bool:
+    """Whether ``b`` is 1 + exp(-k|u|), k > 0 (exp(...) itself or a statement of ``defs``)."""
+    rest = b - 1
+    rest = defs.get(rest, rest)
+    if not isinstance(rest, sp.exp):
+        return False
+    k, u = (-rest.args[0]).as_coeff_Mul()
+    return bool(k > 0) and isinstance(u, sp.Abs)
 
 
 def _zero(*args):

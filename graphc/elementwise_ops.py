@@ -280,7 +280,7 @@ class ElementwiseDef:
         fn = self._numpy_fns.get(params)
         if fn is None:
             expr = self.stable.subs(dict(zip(self.param_symbols, (p for _, p in params))))
-            fn = _lambdify(self.args, expr, cse=True, docstring_limit=0)
+            fn = _lambdify(self.args, expr, cse=dv.cse, docstring_limit=0)
             self._numpy_fns[params] = fn
         return fn
 

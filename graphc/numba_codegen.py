@@ -33,6 +33,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 from sympy.printing.str import StrPrinter
 
+from .derivation import cse
 from .functable import FUNCTIONS
 from .lowering import comment, identifier
 
@@ -430,8 +431,8 @@ def _step_lines(steps, operand_dtypes):
             names[a] = var
         printer = ScalarPrinter(s.work, names, bools)
         cond = _comparison_form(s.expr) if s.out == "bool" else None
-        replacements, (reduced,) = sp.cse(cond if cond is not None else s.expr,
-                                          symbols=sp.numbered_symbols(f"c{j}_"))
+        replacements, reduced = cse(cond if cond is not None else s.expr,
+                                    sp.numbered_symbols(f"c{j}_"))
         for sym, sub in replacements:
             text, kind = printer._p(sub)
             printer.names[sym] = str(sym)

@@ -10,6 +10,7 @@ import numpy as np
 import sympy as sp
 from sympy.functions.elementary.piecewise import ExprCondPair
 
+from .derivation import cse
 from .functable import FUNCTIONS
 from .lowering import comment, identifier
 from .numba_codegen import (
@@ -103,8 +104,8 @@ def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
     built = [_unevaluated(e) for _, e in bound]
     kept = [b for b, keep in zip(bound, built) if keep]
     bound = [b for b, keep in zip(bound, built) if not keep]
-    replacements, reduced = sp.cse([e for _, e in bound] + list(exprs),
-                                   symbols=sp.numbered_symbols("c"))
+    replacements, reduced = cse([e for _, e in bound] + list(exprs),
+                                sp.numbered_symbols("c"), bound)
     statements = replacements + [(sym, e) for (sym, _), e in zip(bound, reduced)] + kept
     statements, reduced = inline_trivial(in_dependency_order(statements), reduced)
     body = []  # (name, text, names used)

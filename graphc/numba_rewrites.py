@@ -1,11 +1,14 @@
 """SymPy rewrites of a fused group's statements before the Numba printer prints them
 (``numba_kernels.fused_kernel``): branches bound to their own statements so that every
 Piecewise is a select, shared exponentials and reciprocals, softplus' sigmoid in the stable
-form, trivial statements inlined, and statements in dependency order."""
+form, trivial statements inlined, and statements in dependency order (``sympy.cse`` runs
+through :func:`graphc.derivation.cse`)."""
 
 from __future__ import annotations
 
 import sympy as sp
+
+from .derivation import one_plus_exp_minus_abs
 
 
 def inline_trivial(statements, exprs):
@@ -68,7 +71,9 @@ def share_powers(bound, exprs):
     with e = exp(u) where exp(u) is computed too (the derivative of a stable form brings in
     exp(-2|x|) next to the form's own exp(-|x|): silu, sigmoid), and b**-n as r**n with
     r = 1/b where 1/b is computed too.  A multiplication instead of an exp or a division
-    (bound symbols, because SymPy folds exp(u)**2 back into exp(2u))."""
+    (bound symbols, because SymPy folds exp(u)**2 back into exp(2u)).  A quotient a/b stays
+    a division, not a * r (:func:`graphc.derivation.cse`), but where b is a stable sigmoid's
+    1 + exp(-|u|)."""
     everything = [e for _, e in bound] + list(exprs)
     exp_args = {a.args[0] for e in everything for a in e.atoms(sp.exp)}
     inverses = {a.base for e in everything for a in e.atoms(sp.Pow) if a.exp == -1}
@@ -90,7 +95,9 @@ def share_powers(bound, exprs):
     ordered = sorted(shared.items(), key=lambda kv: sp.default_sort_key(kv[0]))
     for k, (value, uses) in enumerate(ordered):
         v = sp.Symbol(f"e{k}", real=True)
-        subs = {value: v} | {x: v ** n for x, n in uses}
+        keep = isinstance(value, sp.Pow) and not one_plus_exp_minus_abs(value.base,
+                                                                         dict(bound))
+        subs = ({} if keep else {value: v}) | {x: v ** n for x, n in uses}
         bound = [(sym, x.xreplace(subs)) for sym, x in bound]
         exprs = [x.xreplace(subs) for x in exprs]
         after = [i for i, sym in enumerate(defined) if sym in value.free_symbols]

@@ -18,6 +18,7 @@ import threading
 
 import numpy as np
 import pytest
+import sympy as sp
 import test_ops as table  # the op table and structured cases: one table for all backends
 import test_random_graphs as random_graphs  # and the random-graph strategy
 
@@ -529,6 +530,22 @@ def test_a_step_reading_one_value_twice_is_not_taken_for_another(case):
     values = {"a": np.array([0.5, -1.0, 2.0]), "b": np.array([0.3, 1.2, -0.7])}
     feeds = {t.op.label: values[t.op.label] for t in gc.Graph(y).inputs}
     compare(y, feeds, "float64", case)
+
+
+@pytest.mark.usefixtures("kernels_only")
+def test_a_quotient_stays_a_division_where_its_reciprocal_is_shared():
+    # 1/b, shared by a/b and the derivative's b**-2, made a/b the product a * (1/b): at a
+    # subnormal b, 0 * inf = NaN where 0/b is 0; the NumPy reference's lambdify did the
+    # same inside one op (a/b + exp(a)/b as (a + exp(a)) ... * (1/b) gave NaN, not inf)
+    a, b = gc.input("a", (4,), "float64"), gc.input("b", (4,), "float64")
+    quotients = gc.elementwise("t_two_quotients", lambda x, y: x / y + sp.exp(x) / y)
+    outputs = [gc.square(a) / b, quotients(a, b), gc.grad(gc.sum(gc.square(a) / b), b)]
+    feeds = {"a": np.array([0.0, 1.0, -3.0, 0.0]), "b": np.array([1e-310, 3.0, 7.0, -5e-324])}
+    f = compare(outputs, feeds, "float64", "quotients")
+    got = f(feeds)
+    np.testing.assert_array_equal(got[0], [0.0, 1 / 3, 9 / 7, -0.0])
+    np.testing.assert_allclose(got[1], [np.inf, 1 / 3 + np.e / 3, -3 / 7 + np.exp(-3) / 7,
+                                        -np.inf], rtol=1e-15)
 
 
 @pytest.mark.usefixtures("kernels_only")
