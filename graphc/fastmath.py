@@ -2,8 +2,8 @@
 
 This llvmlite has no SVML, so ``math.exp`` inside a Numba loop is a scalar call to libm and
 the loop cannot be vectorized.  The functions here are branch-free arithmetic (polynomials,
-bit manipulation, and selects written as conditional expressions), so after Numba inlines
-them LLVM vectorizes the loop that calls them.
+bit manipulation, and selects written as conditional expressions), so once LLVM inlines
+them it vectorizes the loop that calls them.
 
 Accuracy, measured by ``tests/test_numba_fastmath.py`` against 80-bit long double (mpmath
 for float64 erf) over wide ranges (+-large, subnormals, NaN and +-inf), in ulps of the
@@ -32,11 +32,16 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-# inline="always": Numba inlines the helpers into the calling loop at its IR level; left to
-# LLVM's inliner, tanh_f64 and erf_* stay calls (too big for its threshold) and the loop
-# that calls them is not vectorized.
-_OPTIONS = {"error_model": "numpy", "fastmath": {"contract"}, "nogil": True,
-            "inline": "always"}
+# Each helper is compiled once per process and linked into the kernels that call it, which
+# mark it ``alwaysinline`` for LLVM (graphc.numba_native.inline_helpers): left to LLVM's
+# inliner's own threshold, tanh_f64 and erf_* stay calls and the loop that calls them is
+# not vectorized.
+_OPTIONS = {"error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
+# The parts of a helper (argument reduction, polynomials) and the two-line maximum/minimum
+# are inlined by Numba, once into each helper that uses them: each separately compiled
+# function costs a compile of its own (W1's cold compile: 0.94-0.97 s with everything
+# inlined by Numba, 1.07-1.11 s with everything compiled on its own).
+_INLINE = {**_OPTIONS, "inline": "always"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,7 +103,7 @@ def polynomial(name: str, coefs):
     for k in range(1, len(coefs)):
         expr = f"({expr} * x + c{k})"
     exec(f"def {name}(x):\n    return {expr}\n", namespace)  # noqa: S102 -- numbers only
-    return njit(**_OPTIONS)(namespace[name])
+    return njit(**_INLINE)(namespace[name])
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ _F64_EXPM1 = tuple(1.0 / float(np.prod(np.arange(1, k + 1, dtype=np.float64)))
 _expm1_poly_f64 = polynomial("_expm1_poly_f64", _F64_EXPM1)
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINE)
 def _reduce_f64(x):
     """(n, r, s1, s2): x = n ln2 + r with |r| <= ln2/2 and 2^n = s1 * s2 (two factors, so
     that results near overflow and in the subnormal range are formed without overflow)."""
@@ -242,7 +247,7 @@ _expm1_poly_f32 = polynomial("_expm1_poly_f32", _F32_EXPM1)
 _F32_ONE, _F32_TWO, _F32_HALF, _F32_ZERO = _F32(1.0), _F32(2.0), _F32(0.5), _F32(0.0)
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINE)
 def _reduce_f32(x):
     xc = x if x < _F32(88.8) else _F32(88.8)
     xc = xc if xc > _F32(-104.0) else _F32(-104.0)
@@ -355,13 +360,13 @@ def erf_f32(x):
 # Dtype-generic helpers with NumPy's NaN semantics
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINE)
 def maximum(a, b):
     """np.maximum: NaN if either operand is NaN."""
     return a if (a >= b) | (a != a) else b
 
 
-@njit(**_OPTIONS)
+@njit(**_INLINE)
 def minimum(a, b):
     """np.minimum: NaN if either operand is NaN."""
     return a if (a <= b) | (a != a) else b
