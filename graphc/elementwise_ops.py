@@ -230,8 +230,9 @@ class ElementwiseDef:
         stable = expr
         if self.out not in free and self.stable is not self.expr and \
                 not self._finite_on_probe(expr, {**self.params, **dict(params)}):
-            # Kinks of the stable decomposition (max, |x|) count their one-sided
-            # average (Heaviside(0) = 1/2, sign(0) = 0): right for a smooth function.
+            # Differentiated, the kinks of the stable decomposition (max, |x|) count
+            # one-sided averages (sign(0) = 0); at_kinks puts the plain derivative's own
+            # value there where the two differ (silu'' at 0).
             stable = dv.at_kinks(dv.diff(self.stable, self.args[k]), expr, self.args[k])
             args += [a for a in self.args if a in stable.free_symbols and a not in args]
         local = self._local_defs.get((k, expr, stable))  # tests replace the formula
