@@ -278,6 +278,29 @@ def test_clamped_indices_stay_integers():
         np.testing.assert_array_equal(ours, theirs.detach().numpy())
 
 
+def test_sums_accumulate_in_the_dtype_torch_gives_them():
+    # dtype= was dropped (float32 summed in float32) and an int32 sum stayed int32 (it
+    # wrapped at 2**31, torch sums integers in int64)
+    class Sums(nn.Module):
+        def forward(self, x, i):
+            return (x.sum(1, dtype=torch.float64), x.mean(0, dtype=torch.float64),
+                    x.cumsum(1, dtype=torch.float64), i.sum(), i.sum(0))
+
+    x = torch.tensor([[1e8, 1.0, -1e8, 3.0], [0.5, 0.25, 2.0, -1.0]])
+    i = torch.tensor([[2**30, 2**30], [2**30, 1]], dtype=torch.int32)
+    m = gc.from_torch(Sums(), (x, i))
+    names = [t.name for t in m.inputs.values()]
+    f = gc.compile([*m.outputs, gc.grad(gc.sum(m.outputs[0] * m.outputs[0]), m.inputs["x"])],
+                   backend="numba")
+    *got, dx = f(**dict(zip(names, (x.numpy(), i.numpy()))))
+    for ours, theirs in zip(got, Sums()(x, i)):
+        assert ours.dtype == theirs.numpy().dtype
+        np.testing.assert_array_equal(ours, theirs.numpy())
+    xt = x.clone().requires_grad_()
+    (xt.sum(1, dtype=torch.float64) ** 2).sum().backward()
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+
+
 def test_an_output_that_is_not_a_tensor_is_named():
     # (x * 2, None): a KeyError('') from inside the importer
     class NoneOut(nn.Module):

@@ -437,11 +437,21 @@ def _split(im, node, x, size, dim=0):
     return _split_with_sizes(im, node, x, [min(size, n - a) for a in range(0, n, size)], dim)
 
 
-def _reduction(fn):
+def _reduction(fn, accumulates=False):
     def rule(im, node, x, dim=None, keepdim=False, **_):
         dim = tuple(dim) if isinstance(dim, (list, tuple)) else dim
+        if accumulates:
+            x = _as_result(node, x)
         return fn(x, dim if dim not in ((), []) else None, keepdim)
     return rule
+
+
+def _as_result(node, x):
+    """``x`` in the dtype of ``node``'s result, as torch's sum, mean, prod and cumsum
+    compute: in their ``dtype=`` (float32 summed in float64 was summed in float32) and an
+    integer sum in int64 (an int32 sum wrapped at 2**31)."""
+    dtype = _meta(node)[1]
+    return x if dtype == x.dtype else F.cast(x, dtype)
 
 
 def _var(im, node, x, dim=None, *, correction=None, keepdim=False):
@@ -545,16 +555,16 @@ ATEN = {
     "aten.select": _select,
     "aten.split_with_sizes": _split_with_sizes,
     "aten.split": _split,
-    "aten.mean": _reduction(F.mean),
-    "aten.prod": _reduction(F.prod),
+    "aten.mean": _reduction(F.mean, accumulates=True),
+    "aten.prod": _reduction(F.prod, accumulates=True),
     "aten.var": _var,
     "aten.argmax": _reduction(F.argmax),
     "aten.argmin": _reduction(F.argmin),
     "aten.any": _reduction(F.any),
     "aten.all": _reduction(F.all),
-    "aten.cumsum": lambda im, node, x, dim, **_: F.cumsum(x, dim),
+    "aten.cumsum": lambda im, node, x, dim, **_: F.cumsum(_as_result(node, x), dim),
     "aten.flip": lambda im, node, x, dims: F.flip(x, tuple(dims)),
-    "aten.sum": _reduction(F.sum),
+    "aten.sum": _reduction(F.sum, accumulates=True),
     "aten.amax": _reduction(F.max),
     "aten.amin": _reduction(F.min),
     "aten._softmax": lambda im, node, x, dim, half=False: F.softmax(x, dim),
