@@ -329,3 +329,23 @@ def test_pad_errors_name_the_op_and_the_shapes():
     with pytest.raises(gc.ShapeError, match=r"reflect padding by \(3, 0\) needs an axis longer"):
         gc.pad(x, ((0, 0), (3, 0)), mode="reflect")
     assert gc.pad(x, 1).shape == (4, 5) and gc.pad(x, 0) is x
+
+
+@pytest.mark.parametrize("batch", ["N", 2])
+def test_weights_are_exactly_those_the_outputs_use_with_a_symbolic_dimension(batch):
+    # with a symbolic dimension every float initializer became a param of every output:
+    # an unused one was in m.params and m.weights (API.md: exactly what m.outputs use)
+    from onnx import numpy_helper
+    W = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2), "W")
+    unused = numpy_helper.from_array(np.ones(2, np.float32), "U")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [W, unused])
+    m = gc.from_onnx(helper.make_model(graph))
+    assert sorted(m.params) == ["W"] and sorted(m.weights) == [m.params["W"].name]
+    X = np.ones((2, 3), np.float32)
+    y, dW = gc.compile([m.outputs[0], gc.grad(gc.sum(m.outputs[0]), m.params["W"])],
+                       backend="numpy")(**{m.inputs["x"].name: X}, **m.weights)
+    np.testing.assert_array_equal(y, X @ np.arange(6, dtype=np.float32).reshape(3, 2))
+    np.testing.assert_array_equal(dW, np.full((3, 2), 2.0, np.float32))

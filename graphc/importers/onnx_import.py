@@ -201,14 +201,29 @@ class _Importer:
     def deferred(self) -> list[Tensor]:
         """The outputs of a model with dynamic inputs: each one deferred call that imports
         the model on the inputs of the fed shapes (gc.compile replays it per shape)."""
+        used = self.reachable()
         for name, value in self.initial.items():
-            if value.dtype.kind == "f":
+            if value.dtype.kind == "f" and (used is None or name in used):
                 self.tensor(name)  # the params, shared by every replay
         names = tuple(self.values)
         tensors = tuple(self.values[n] for n in names)
         return [defer(_replayed_output, tensors,
                       {"model": self.model, "names": names, "k": k}, label=v.name)
                 for k, v in enumerate(self.graph.output)]
+
+    def reachable(self) -> set[str] | None:
+        """The names of the values the model's outputs depend on, through its nodes' inputs
+        (None where a node holds a subgraph, which may read any value of the model)."""
+        producer = {out: node for node in self.graph.node for out in node.output}
+        if any(a.type in (5, 10) for node in self.graph.node for a in node.attribute):
+            return None  # AttributeProto.GRAPH, GRAPHS
+        seen, todo = set(), [v.name for v in self.graph.output]
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += [i for i in getattr(producer.get(name), "input", ()) if i]
+        return seen
 
     def check_supported(self) -> None:
         for node in self.graph.node:
