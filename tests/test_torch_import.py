@@ -301,6 +301,20 @@ def test_sums_accumulate_in_the_dtype_torch_gives_them():
     np.testing.assert_array_equal(dx, xt.grad.numpy())
 
 
+@pytest.mark.parametrize("power", [0, 1, 3, 7])
+def test_an_integer_power_of_an_integer_tensor_stays_an_integer(power):
+    # gc.power is float: 300001 ** 3 came back 2.7000271e16, not 27000270000900001
+    class Power(nn.Module):
+        def forward(self, i):
+            return i ** power
+
+    i = torch.tensor([3, -7, 300001])
+    m = gc.from_torch(Power(), (i,))
+    (got,) = gc.compile(m.outputs, backend="numba")(**{m.inputs["i"].name: i.numpy()})
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, (i ** power).numpy())  # wrapping as torch's at 7
+
+
 def test_an_output_that_is_not_a_tensor_is_named():
     # (x * 2, None): a KeyError('') from inside the importer
     class NoneOut(nn.Module):

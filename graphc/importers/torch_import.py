@@ -474,6 +474,20 @@ def _clamp(im, node, x, low=None, high=None):
     return F.where(F.greater(x, high), high, x) if high is not None else x
 
 
+def _pow(im, node, x, e):
+    """pow; an integer tensor to a non-negative integer power as products, so that it stays
+    an integer as torch's (gc.power is float: 300001 ** 3 came back 2.7000271e16)."""
+    if isinstance(x, Tensor) and x.dtype in ("int32", "int64") and type(e) is int and e >= 0:
+        result, square = None, x
+        while e:
+            if e & 1:
+                result = square if result is None else result * square
+            e >>= 1
+            square = square * square if e else square
+        return result if result is not None else x * 0 + 1
+    return F.power(x, e)
+
+
 def _elu(im, node, x, alpha=1.0, scale=1.0, input_scale=1.0):
     """elu, and selu/celu as PyTorch decomposes them: scale * elu(x) with the negative
     side alpha * (exp(input_scale * x) - 1)."""
@@ -611,7 +625,7 @@ ATEN = {
     "aten.sub": _binary(F.sub),
     "aten.mul": _binary(F.mul),
     "aten.div": _binary(F.div),
-    "aten.pow": _unary(F.power),
+    "aten.pow": _pow,
     "aten.maximum": _unary(F.maximum),
     "aten.minimum": _unary(F.minimum),
     "aten.where": _unary(F.where),
