@@ -63,12 +63,9 @@ def from_torch(module, example_args) -> Model:
 
 def _decompositions():
     """torch.export's decompositions but for the ops graphc imports whole: hardswish and
-    hardsigmoid (their gradients at the kinks are PyTorch's own backward's, not those of
-    what they decompose into) and softplus, mish, selu and celu (decomposed, each is a
-    ``where`` whose branch not taken overflows, exp(x) at x = 89 in float32, and its
-    gradient there, 0 * inf, made the input's gradient NaN)."""
+    hardsigmoid (PyTorch's gradients at their kinks), softplus, mish, selu and celu (each a
+    ``where`` whose branch not taken overflows, 0 * inf in its gradient: NaN at x = 89)."""
     import torch
-
     aten = torch.ops.aten
     table = torch.export.default_decompositions()
     for op in (aten.hardswish.default, aten.hardsigmoid.default, aten.softplus.default,
