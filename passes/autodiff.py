@@ -61,16 +61,29 @@ class GradMeta:
         return self.forward_ref() is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GradientOf:
     """Tagged on every tensor :func:`vjp` (so ``gc.grad``, ``gc.hvp``) returns: the inputs,
     by name, of the graph it is a gradient of and of the graphs that one was differentiated
     from.  ``gc.compile`` accepts feeds for them even where the gradient no longer needs
-    them.  Held strongly (inputs are small leaves): the forward graph itself may be gone."""
+    them.  Held weakly, as the inputs the user holds: a gradient can be an interned node
+    that other graphs share (the constant 1 of ``grad(1 + z, z)``), which held strongly
+    accepted the inputs of every graph that ever had it for a gradient ('_holder4', an
+    input of a dynamic call's replay, or another test's 'zeta')."""
 
-    inputs: dict
+    refs: tuple  # (name, weakref to the input)
 
-    alive = True
+    @classmethod
+    def of(cls, inputs: dict) -> GradientOf:
+        return cls(tuple((name, weakref.ref(leaf)) for name, leaf in inputs.items()))
+
+    @property
+    def inputs(self) -> dict:
+        return {name: leaf for name, ref in self.refs if (leaf := ref()) is not None}
+
+    @property
+    def alive(self) -> bool:
+        return any(ref() is not None for _, ref in self.refs)
 
 
 def differentiated_from(nodes) -> dict[str, Tensor]:
@@ -281,7 +294,7 @@ def vjp(y, wrt, cotangent):
     wrt, single = _as_list(wrt)
     result = backward([y], [ct], wrt)
     grads = [result.grad_of(w) for w in wrt]
-    origin = GradientOf({**differentiated_from(iter_nodes([y])), **y.leaves})
+    origin = GradientOf.of({**differentiated_from(iter_nodes([y])), **y.leaves})
     for g in grads:  # a gradient that no longer depends on y's inputs may still be fed them
         g.tag(origin)
     return grads[0] if single else grads

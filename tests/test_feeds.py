@@ -426,3 +426,21 @@ def test_default_backend_runs():
     np.testing.assert_array_equal(f(x=np.ones(2, np.float32)), [2.0, 2.0])
     assert isinstance(f.source, str) and "mul" in f.source
     assert isinstance(f.graph, gc.Graph)
+
+
+def test_a_gradient_node_other_graphs_share_accepts_only_the_inputs_still_held():
+    # grad(1 + z, z) is the interned constant 1, the gradient of every such graph: it
+    # accepted the inputs of every graph that had ever had it for a gradient ('_holder4',
+    # another test's 'zeta'), so an unknown feed's error listed them and they were accepted
+    import gc as collector
+    zeta = gc.input("zeta_t", (), "float64")
+    one = gc.grad(1 + zeta, zeta)
+    del zeta
+    collector.collect()
+    z = gc.input("z_t", (), "float64")
+    g = gc.grad(1 + z, z)
+    assert g is one  # the same node
+    f = gc.compile(g, backend="numpy")
+    assert float(f(z_t=np.float64(3.0))) == 1.0
+    with pytest.raises(gc.FeedError, match=r"accepts 'z_t' \(inputs of the graph it was"):
+        f(zeta_t=np.float64(3.0))
