@@ -49,7 +49,7 @@ def at_kinks(stable: sp.Expr, expr: sp.Expr, x: sp.Symbol) -> sp.Expr:
         try:
             points = sp.solve(u, x)
         except (NotImplementedError, ValueError, TypeError):
-            continue
+            continue  # SymPy cannot solve u = 0 for x: that kink stays as it was
         for p in points:
             value = expr.subs(x, p)
             if p.has(x) or p.is_real is False or value.has(sp.nan, sp.zoo, sp.oo, -sp.oo) \

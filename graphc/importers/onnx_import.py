@@ -214,9 +214,12 @@ class _Importer:
     def reachable(self) -> set[str] | None:
         """The names of the values the model's outputs depend on, through its nodes' inputs
         (None where a node holds a subgraph, which may read any value of the model)."""
+        from onnx import AttributeProto
+
+        subgraph = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+        if any(a.type in subgraph for node in self.graph.node for a in node.attribute):
+            return None
         producer = {out: node for node in self.graph.node for out in node.output}
-        if any(a.type in (5, 10) for node in self.graph.node for a in node.attribute):
-            return None  # AttributeProto.GRAPH, GRAPHS
         seen, todo = set(), [v.name for v in self.graph.output]
         while todo:
             name = todo.pop()
