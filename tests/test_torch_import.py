@@ -460,14 +460,14 @@ def test_a_module_called_twice_is_a_group_per_call():
 
 
 def test_unsupported_op_names_op_node_and_supported_set():
-    class Remainder(nn.Module):
+    class Cumprod(nn.Module):
         def forward(self, x):
-            return torch.remainder(torch.relu(x), 2.0)
+            return torch.cumprod(torch.relu(x), 1)
 
     with pytest.raises(gc.UnsupportedOpError) as info:
-        gc.from_torch(Remainder(), (torch.zeros(2, 3),))
+        gc.from_torch(Cumprod(), (torch.zeros(2, 3),))
     text = str(info.value)
-    assert text.startswith("ATen op aten.remainder.Scalar (node 'remainder' in Remainder) is "
+    assert text.startswith("ATen op aten.cumprod.default (node 'cumprod' in Cumprod) is "
                            "not supported by gc.from_torch; the supported ops are: "
                            "aten._adaptive_avg_pool2d, ")
     assert "aten.convolution" in text and "aten.relu" in text

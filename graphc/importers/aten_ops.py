@@ -11,7 +11,9 @@ import numpy as np
 from .. import functions as F
 from .. import nn_functions as NF
 from ..errors import UnsupportedOpError
+from ..graph import Graph
 from ..inputs import constant
+from ..interpreter import evaluate_graph
 from ..ir import Tensor, located
 from ..scan import stop_gradient
 
@@ -245,9 +247,32 @@ def _elu(im, node, x, alpha=1.0, scale=1.0, input_scale=1.0):
 def _binary(fn):
     def rule(im, node, a, b, alpha=1, rounding_mode=None):
         if rounding_mode is not None:
-            _unsupported(node, f"rounding_mode={rounding_mode!r}")
+            return _rounded(node, a, b, rounding_mode, "quotient")
         return fn(a, b * alpha if alpha != 1 else b)
     return rule
+
+
+_FOLD = {("floor", "quotient"): np.floor_divide, ("floor", "remainder"): np.mod,
+         ("trunc", "remainder"): np.fmod,
+         ("trunc", "quotient"): lambda p, q: np.trunc(p / q) if p.dtype.kind == "f" else
+         np.sign(p) * np.sign(q) * (np.abs(p) // np.abs(q))}
+
+
+def _rounded(node, a, b, mode: str, part: str):
+    """div with rounding_mode, remainder (floor) and fmod (trunc): folded with NumPy when
+    both operands are constants (index arithmetic: roll's positions); of float tensors
+    a/b rounded, and a - q * b (within rounding of torch's exact remainder)."""
+    if mode not in ("floor", "trunc"):
+        _unsupported(node, f"rounding_mode={mode!r}")
+    p, q = (np.asarray(t) if not isinstance(t, Tensor) else _static(t) for t in (a, b))
+    dtype = _meta(node)[1]
+    if p is not None and q is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return constant(np.asarray(_FOLD[mode, part](p, q)).astype(dtype))
+    if dtype not in ("float32", "float64"):
+        _unsupported(node, f"{mode} division of {dtype} tensors computed from inputs")
+    quotient = (F.floor if mode == "floor" else F.trunc)(F.div(a, b))
+    return quotient if part == "quotient" else a - quotient * b
 
 
 def _unary(fn):
@@ -295,6 +320,16 @@ def _hardswish(im, node, x):
 def _hardsigmoid(im, node, x):
     """(x + 3) / 6 strictly between -3 and 3, else 0 or 1 (gradient 0 at both kinks)."""
     return F.where(x <= -3.0, 0.0, F.where(x >= 3.0, 1.0, (x + 3.0) / 6.0))
+
+
+
+
+def _static(t) -> np.ndarray | None:
+    """The value of ``t`` when it depends on no input or param (a constant mask or index
+    made inside the module), else None."""
+    if not isinstance(t, Tensor) or t.leaves:
+        return None
+    return evaluate_graph(Graph([t]), {})[0]
 
 
 ATEN = {
@@ -405,4 +440,9 @@ ATEN = {
     "aten.mish": _unary(F.mish),
     "aten.selu": _unary(F.selu),
     "aten.celu": _unary(F.celu),
+    "aten.var_mean": lambda im, node, x, dim=None, **kw: (
+        _var(im, node, x, dim, **kw), F.mean(x, tuple(dim) if dim else None,
+                                             kw.get("keepdim", False))),
+    "aten.remainder": lambda im, node, a, b: _rounded(node, a, b, "floor", "remainder"),
+    "aten.fmod": lambda im, node, a, b: _rounded(node, a, b, "trunc", "remainder"),
 }

@@ -2,12 +2,13 @@
 
 The module is exported in the mode it is in (``eval()`` or ``train()``) and decomposed to
 the core ATen opset (``run_decompositions()``); each ATen node becomes graphc functions
-(``aten_ops.ATEN``, one short rule per op).  Parameters become ``gc.param`` leaves (initialised
-to the module's values) and buffers state inputs (``gc.nn.state_input``, which
-``gc.train`` steps carry), both named after their torch names made identifiers
-(``layer1.0.conv1.weight`` -> ``layer1_0_conv1_weight``); every node is built inside the
-``gc.scope`` of its ``nn.Module`` path (``layer1`` / ``layer1.0`` / ``layer1.0.conv1``), so
-diagrams group and collapse by module.  torch is imported only when ``from_torch`` runs.
+(``aten_ops.ATEN``, with ``aten_index``'s rules added: one short rule per op).  Parameters
+become ``gc.param`` leaves (initialised to the module's values) and buffers state inputs
+(``gc.nn.state_input``, which ``gc.train`` steps carry), both named after their torch names
+made identifiers (``layer1.0.conv1.weight`` -> ``layer1_0_conv1_weight``); every node is
+built inside the ``gc.scope`` of its ``nn.Module`` path (``layer1`` / ``layer1.0`` /
+``layer1.0.conv1``), so diagrams group and collapse by module.  torch is imported only when
+``from_torch`` runs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ..errors import GraphError, UnsupportedOpError
 from ..inputs import constant, input, param
 from ..ir import Tensor, located, scope
 from ..nn import state_input
-from .aten_ops import ATEN, _meta, _unsupported
+from .aten_index import ATEN  # the table of aten_ops, with the indexing rules added
+from .aten_ops import _meta, _unsupported
 from .model import Model
 
 
