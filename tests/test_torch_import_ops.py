@@ -162,3 +162,60 @@ def test_integer_floor_division_of_a_fed_tensor_is_refused():
     with pytest.raises(gc.UnsupportedOpError,
                        match=r"floor division of int64 tensors computed from inputs"):
         gc.from_torch(Halve(), (torch.tensor([3, 4]),))
+
+
+class TinyGPT(nn.Module):
+    """Embeddings with positions from arange, causal self-attention, an MLP and the
+    cross-entropy loss, all inside the module."""
+
+    def __init__(self, d=16, heads=2, steps=6, vocab=11):
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, d), nn.Embedding(steps, d)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.head = nn.Linear(d, vocab)
+        self.register_buffer("mask", torch.triu(torch.ones(steps, steps, dtype=torch.bool), 1))
+
+    def forward(self, idx, targets):
+        x = self.emb(idx) + self.pos(torch.arange(idx.shape[1]))
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=self.mask, need_weights=False)[0]
+        logits = self.head(x + self.mlp(self.ln2(x)))
+        return Fn.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+class TinyUNet(nn.Module):
+    """Group norms, a strided convolution, nearest upsampling, a skip and F.normalize."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.g1 = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8)
+        self.c2, self.g2 = nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.GroupNorm(2, 8)
+        self.c3 = nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x):
+        a = Fn.silu(self.g1(self.c1(x)))
+        up = Fn.interpolate(Fn.silu(self.g2(self.c2(a))), scale_factor=2)
+        return Fn.normalize(self.c3(torch.cat([a, up], 1)).flatten(1), dim=1).sum()
+
+
+@pytest.mark.parametrize("model", ["gpt", "unet"])
+def test_small_models_with_a_loss_inside_match_autograd_on_numba(model):
+    torch.manual_seed(0)
+    module = (TinyGPT() if model == "gpt" else TinyUNet()).eval()
+    args = ((torch.randint(0, 11, (2, 6)), torch.randint(0, 11, (2, 6))) if model == "gpt"
+            else (torch.randn(2, 3, 8, 8),))
+    m = gc.from_torch(module, args)
+    (loss,) = m.outputs
+    names = list(m.params)
+    f = gc.compile([loss, *gc.grad(loss, [m.params[k] for k in names])])
+    ours = f(**{m.inputs[k].name: a.numpy() for k, a in zip(m.inputs, args)}, **m.weights)
+    params = dict(module.named_parameters())
+    value = module(*args)
+    theirs = torch.autograd.grad(value, [params[k] for k in names])
+    assert len(names) == (16 if model == "gpt" else 10)
+    np.testing.assert_allclose(ours[0], value.detach().numpy(), rtol=1e-5)
+    for name, a, b in zip(names, ours[1:], theirs):
+        err = np.linalg.norm(a - b.numpy()) / np.linalg.norm(b.numpy())
+        assert err < 1e-5, f"{name}: relative error {err:.2e}"
