@@ -243,6 +243,27 @@ class ElementwiseDef:
             self._local_defs[k, expr, stable] = local
         return local
 
+    def masked_product(self) -> ElementwiseDef | None:
+        """For a derivative that is piecewise with a branch that is exactly 0 (relu's,
+        where's, clip's), its product with the upstream gradient ``g`` as one op of
+        ``(local, *args, g)``: 0 on the 0 branches whatever ``g`` holds (inf, NaN), as
+        PyTorch masks these gradients, ``local * g`` on the others.  None for any other
+        derivative.  Equal to ``local * g`` for finite ``g``, and so are its derivatives
+        (on a 0 branch ``local`` is 0 and so is its own derivative there)."""
+        expr = self.expr
+        if not isinstance(expr, sp.Piecewise) or not any(e == 0 for e, _ in expr.args):
+            return None
+        if "masked" not in self._local_defs:
+            taken = {a.name for a in self.args} | set(self.params)
+            local, g = (sp.Symbol(next(n + "_" * k for k in range(4) if n + "_" * k
+                                       not in taken), real=True) for n in ("local", "g"))
+            masked = sp.Piecewise(*[(sp.S.Zero if e == 0 else local * g, c)
+                                    for e, c in expr.args])
+            self._local_defs["masked"] = ElementwiseDef(
+                "masked_mul", (local, *self.args, g), self.params, masked,
+                bool_args=self.bool_args)
+        return self._local_defs["masked"]
+
     def _finite_on_probe(self, expr, params: dict) -> bool:
         """Whether ``expr`` evaluates finite in float32 over |x| <= 1e4 where the op does,
         with the parameters ``params`` (memoized)."""
@@ -525,8 +546,6 @@ minimum = _public("minimum", lambda a, b: sp.Piecewise(
 prelu = _public("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, True)))
 where = _predefined("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
                     int_ok=True, bool_ok=True, bool_args=("cond",))
-
-
 
 # Clipping, PyTorch's conventions: torch.clamp passes the gradient on [min, max] (bounds
 # included; min > max gives max everywhere, gradient 0); hardtanh, relu6 and hardsigmoid

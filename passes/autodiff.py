@@ -184,8 +184,12 @@ def _edge(z: Tensor, k: int, g: Tensor) -> tuple[Tensor | None, Tensor | None, s
         if local is None:
             return None, None, "0", ""
         formula = z.op.fn.derivatives_text[k]
+        masked = local.op.fn.masked_product() if isinstance(local.op, Elementwise) else None
         if local.op == constant(1.0, dtype=z.dtype).op:
             product = g
+        elif masked is not None:  # 0 where local is on a 0 branch, even at g = inf
+            product = Tensor.make(Elementwise(masked, local.op.params, z.dtype),
+                                  [local, *local.inputs, g])
         else:
             product = g * local
         return local, unbroadcast(product, x.shape), formula, ""

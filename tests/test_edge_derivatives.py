@@ -292,3 +292,46 @@ def test_hvp_through_silu_at_zero_weights(backend):
     w = gc.input("w", (2,), "float64")
     hv = gc.hvp(gc.sum(gc.silu(w * x)), w, gc.constant(np.ones(2)))
     np.testing.assert_allclose(gc.compile(hv, backend=backend)(w=np.zeros(2)), 0.5 * x ** 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Masked gradients: a 0 branch of a piecewise derivative gives 0 whatever the upstream
+
+
+MASKED = {
+    "relu": (gc.relu, torch.relu),
+    "where": (lambda x: gc.where(x > 0, x, -x), lambda x: torch.where(x > 0, x, -x)),
+    "clip": (lambda x: gc.clip(x, -1.0, 1.0), lambda x: torch.clamp(x, -1.0, 1.0)),
+    "hardtanh": (gc.hardtanh, torch.nn.functional.hardtanh),
+    "leaky_relu": (lambda x: gc.leaky_relu(x, 0.1),
+                   lambda x: torch.nn.functional.leaky_relu(x, 0.1)),
+    "abs": (gc.abs, torch.abs),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(MASKED))
+def test_an_infinite_or_nan_upstream_stays_out_of_a_zero_branch(name, backend):
+    # relu's gradient at x < 0 with an inf upstream was 0 * inf = NaN; torch gives 0 (it
+    # masks, it does not multiply), and where() gave NaN even for the branch it took
+    ours, theirs = MASKED[name]
+    x, u = gc.input("x", (6,), "float64"), gc.input("u", (6,), "float64")
+    X = np.array([-1.0, 0.0, 2.0, -3.0, 0.5, 1.0])
+    U = np.array([np.inf, np.inf, 1.0, np.nan, -np.inf, np.nan])
+    (dx,) = gc.compile(gc.vjp(ours(x), [x], u), backend=backend)(x=X, u=U)
+    t = torch.tensor(X, requires_grad=True)
+    expected = torch.autograd.grad(theirs(t), t, torch.tensor(U))[0].numpy()
+    np.testing.assert_array_equal(dx, expected)
+
+
+def test_the_masked_product_is_the_local_derivative_times_the_upstream():
+    ops = gc.elementwise_ops
+    for op, k in ((ops.relu, 0), (ops.where, 1), (ops.clip, 0), (ops.pow_, 0)):
+        local = op.local_def(k)
+        masked = local.masked_product()
+        value, *args, g = masked.args
+        assert tuple(args) == local.args
+        # on each branch: local * g, with local's own value substituted, is the product
+        assert sp.piecewise_fold(masked.expr.subs(value, local.expr) - local.expr * g
+                                 ).simplify() == 0, op.name
+    assert ops.tanh.local_def(0).masked_product() is None  # no 0 branch: g * local

@@ -40,7 +40,7 @@ def test_a_fused_kernel_over_its_operand_writes_through_the_operand(monkeypatch)
     g = without_variants(monkeypatch, outputs)
     # bias + ReLU over the matmul it reads; ReLU's derivative over the gradient it reads
     assert {k.split("_f32")[0] for k in variants(f.source)} >= {"k_fused_add_relu",
-                                                                "k_fused_relu_dx_mul"}
+                                                                "k_fused_relu_dx_masked_mul"}
     assert "out0 = a0" in in_place_lines(f.source)
     assert in_place_lines(g.source) == [] and variants(g.source) == []
     got, want = f(feeds), g(feeds)  # the same memory, the same arithmetic: the same bits
@@ -100,7 +100,7 @@ def test_outputs_hosted_over_an_operand_in_a_fresh_output_write_through_the_oper
     f = gc.compile(outputs, backend="numba")
     calls = same_memory_calls(f.source)
     assert {c[0].split("_f32")[0] for c in calls} >= {"k_fused_add_relu",
-                                                      "k_fused_relu_dx_mul"}
+                                                      "k_fused_relu_dx_masked_mul"}
     kernels = re.findall(r"^# ---- (k_\w+)$", f.source, re.M)
     for kernel, out, a in calls:
         assert f"{out} = {a}" in in_place_lines(f.source.split(f"# ---- {kernel}\n")[1]
