@@ -2,6 +2,7 @@
 added to graphc (pad, local response norm, pooling with ceil mode) against PyTorch.
 ONNX's own conformance suite is tests/test_onnx_conformance.py."""
 
+import contextlib
 import io
 import subprocess
 import sys
@@ -13,6 +14,7 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper  # noqa: E402
+from onnx_suite import numba_kernels_only  # noqa: E402
 
 import graphc as gc  # noqa: E402
 from graphc.nn_functions import avg_pool2d, max_pool2d  # noqa: E402
@@ -349,3 +351,107 @@ def test_weights_are_exactly_those_the_outputs_use_with_a_symbolic_dimension(bat
                        backend="numpy")(**{m.inputs["x"].name: X}, **m.weights)
     np.testing.assert_array_equal(y, X @ np.arange(6, dtype=np.float32).reshape(3, 2))
     np.testing.assert_array_equal(dW, np.full((3, 2), 2.0, np.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# Mod, Range, Not, And, Or, Xor (their ONNX node tests run in
+# tests/test_onnx_conformance.py)
+
+_ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+         np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
+         np.dtype(np.bool_): TensorProto.BOOL}
+
+
+def _one_node(op, arrays, backend="numpy", **attrs):
+    """The output of one ``op`` node fed ``arrays`` (graph inputs a, b, ...) and the model."""
+    names = "abc"[:len(arrays)]
+    model = _model([helper.make_node(op, list(names), ["y"], **attrs)],
+                   [_vi(n, list(a.shape), _ELEM[a.dtype]) for n, a in zip(names, arrays)],
+                   [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)])
+    m = gc.from_onnx(model)
+    return gc.compile(m.outputs, backend=backend)(**dict(zip(names, arrays)))[0], m
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", ["int32", "int64", "float32", "float64"])
+@pytest.mark.parametrize("fmod", [0, 1])
+def test_mod_matches_numpy_for_negative_operands(fmod, dtype, backend):
+    rng = np.random.default_rng(fmod)
+    a = (rng.standard_normal((4, 30)) * 40).astype(dtype)
+    b = (rng.choice([-1, 1], 30) * rng.uniform(1, 9, 30)).astype(dtype)  # b broadcasts
+    if dtype == "int64":  # exact where a float64 quotient rounds to the next integer
+        a[0, :4] = [2**52 + 3, -(2**52) - 5, 3 * 2**50, 2**40 + 7]
+        b[:4] = [7, 7, 2**50 - 1, -(2**20) - 1]
+    ref = np.fmod(a, b) if fmod else np.mod(a, b)
+    with numba_kernels_only() if backend == "numba" else contextlib.nullcontext():
+        y, _ = _one_node("Mod", [a, b], backend, fmod=fmod)
+    assert y.dtype == dtype
+    if dtype == "float64":  # a - q * b: q * b rounds
+        np.testing.assert_allclose(y, ref, rtol=0, atol=1e-13)
+    else:  # exact (float32: computed in float64)
+        np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize("fmod, torch_fn", [(0, torch.remainder), (1, torch.fmod)])
+def test_mod_gradients_match_torch(fmod, torch_fn):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, 3, 5)) * 5
+    _, m = _one_node("Mod", [a, b], fmod=fmod)
+    y = m.outputs[0]
+    w = rng.standard_normal(y.shape)
+    da, db = gc.grad(gc.sum(y * gc.constant(w)), [m.inputs["a"], m.inputs["b"]])
+    out = gc.compile([y, da, db], backend="numpy")(a=a, b=b)
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    ty = torch_fn(ta, tb)
+    (ty * torch.tensor(w)).sum().backward()
+    for ours, ref in zip(out, (ty.detach(), ta.grad, tb.grad)):
+        np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_mod_of_constants_is_folded():
+    ints = [helper.make_tensor("p", TensorProto.INT64, [3], [7, -7, 9]),
+            helper.make_tensor("q", TensorProto.INT64, [3], [-3, 3, 4])]
+    model = _model([helper.make_node("Mod", ["p", "q"], ["r"]),
+                    helper.make_node("Mod", ["p", "q"], ["s"], fmod=1)],
+                   [], [_vi("r", [3], TensorProto.INT64), _vi("s", [3], TensorProto.INT64)], ints)
+    r, s = gc.from_onnx(model).outputs
+    assert isinstance(r.op, gc.inputs.Constant) and isinstance(s.op, gc.inputs.Constant)
+    np.testing.assert_array_equal(r.op.value.array, [-2, 2, 1])
+    np.testing.assert_array_equal(s.op.value.array, [1, -1, 1])
+
+
+@pytest.mark.parametrize("start, limit, delta", [(0, 10, 3), (10, -3, -4), (5, 5, 1),
+                                                 (1.5, 4.0, 0.5), (2.0, -1.0, -0.75)])
+def test_range_of_constants_is_folded_as_numpy_arange(start, limit, delta):
+    kind = TensorProto.INT64 if isinstance(start, int) else TensorProto.FLOAT
+    inits = [helper.make_tensor(n, kind, [], [v]) for n, v in zip("slt", (start, limit, delta))]
+    model = _model([helper.make_node("Range", ["s", "l", "t"], ["y"])], [],
+                   [_vi("y", [None], kind)], inits)
+    (y,) = gc.from_onnx(model).outputs
+    ref = np.arange(start, limit, delta).astype(np.int64 if kind == TensorProto.INT64 else
+                                                np.float32)
+    assert isinstance(y.op, gc.inputs.Constant) and y.dtype == ref.dtype
+    np.testing.assert_array_equal(y.op.value.array, ref)
+
+
+def test_range_of_a_fed_input_is_refused_naming_it():
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("s", 0), ("t", 1))]
+    model = _model([helper.make_node("Range", ["s", "limit", "t"], ["y"], name="r")],
+                   [_vi("limit", [], TensorProto.FLOAT)], [_vi("y", [None])], inits)
+    with pytest.raises(gc.UnsupportedOpError, match=r"ONNX op 'Range' \(node 'r'\): input "
+                                                    r"'limit' must be constant"):
+        gc.from_onnx(model)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_not_and_or_xor_broadcast_as_numpy(backend):
+    a = np.array([[True, False, True], [False, False, True]])
+    b = np.array([True, False, False])
+    with numba_kernels_only() if backend == "numba" else contextlib.nullcontext():
+        y, _ = _one_node("Not", [a], backend)
+        np.testing.assert_array_equal(y, ~a)
+        for op, ref in (("And", a & b), ("Or", a | b), ("Xor", a ^ b)):
+            y, _ = _one_node(op, [a, b], backend)
+            assert y.dtype == bool
+            np.testing.assert_array_equal(y, ref, err_msg=op)
+

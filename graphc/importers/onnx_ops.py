@@ -140,6 +140,56 @@ def _cast(c: Call):
     return F.cast(c.x(0), onnx_dtype(c.attr("to"), f"{c.describe()}: to"))
 
 
+@onnx_op("Mod")
+def _mod(c: Call):
+    """The remainder of a / b with the divisor's sign (``fmod`` 0, Python's ``%``) or the
+    dividend's (``fmod`` 1, C's ``fmod``).  Constant operands (the shape arithmetic of
+    exported attention) are folded with NumPy."""
+    a, b = c.x(0), c.x(1)
+    fmod = bool(c.attr("fmod", 0))
+    if not a.leaves and not b.leaves:
+        p, q = c.const(0), c.const(1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # b = 0: NumPy's 0 or nan
+            return constant(np.asarray((np.fmod if fmod else np.mod)(p, q)).astype(p.dtype))
+    return _remainder(a, b, fmod)
+
+
+def _remainder(a: Tensor, b: Tensor, fmod: bool) -> Tensor:
+    """a - q * b, q = floor(a / b) (trunc with ``fmod``), of a's dtype.  The quotient is
+    taken in float64 and may round to the wrong side of an integer, leaving r one step
+    (``b``, or ``|b|`` towards a's sign with ``fmod``) outside the range it must be in;
+    one correction (either way) mends it: an integer result is exact for |a|, |b| < 2**53.
+    Floats are computed in float64 (float32 operands: q * b and r exact while
+    |a / b| < 2**29), r is a where q is 0 (an infinite b: NumPy's 3 % inf is 3, -3 % inf
+    inf), and the gradient is that of torch.remainder / torch.fmod: 1 for a, -q for b.
+    An integer b of 0 gives an unspecified value (ONNX does not define it)."""
+    dtype = a.dtype
+    wide = dtype if dtype in dtypes.INTS else "float64"
+    a, b = F.cast(a, wide), F.cast(b, wide)
+    ratio = F.cast(a, "float64") / F.cast(b, "float64")
+    q = F.cast(F.trunc(ratio) if fmod else F.floor(ratio), wide)
+    r = a - q * b if wide in dtypes.INTS else F.where(F.equal(q, 0), a, a - q * b)
+    step = F.sign(a) * F.abs(b) if fmod else b  # the sign r must have (or be 0)
+    wrong_sign = F.sign(r) * F.sign(step) < 0  # (r * step overflows int64)
+    r = F.where(wrong_sign, r + step, F.where(F.abs(r) >= F.abs(b), r - step, r))
+    return F.cast(r, dtype)
+
+
+@onnx_op("Not")
+def _not(c: Call):
+    return F.where(c.x(0), False, True)
+
+
+@onnx_op("And", "Or", "Xor")
+def _logical(c: Call):
+    a, b = c.x(0), c.x(1)
+    if c.op_type == "And":
+        return F.where(a, b, False)
+    if c.op_type == "Or":
+        return F.where(a, True, b)
+    return F.where(a, F.where(b, False, True), b)
+
+
 # ---------------------------------------------------------------------------------------
 # Reductions
 
@@ -237,6 +287,17 @@ def _shape(c: Call):
 @onnx_op("Size")
 def _size(c: Call):
     return constant(np.int64(c.x(0).size))
+
+
+@onnx_op("Range")
+def _range(c: Call):
+    """start, start + delta, ... up to limit (excluded), folded at import: its length
+    depends on the values of its inputs, so they must be constant (in exported models they
+    come from shapes); a fed one is refused, named."""
+    start, limit, delta = (np.asarray(c.const(i)).reshape(()) for i in range(3))
+    if delta == 0:
+        c.unsupported("a delta of 0")
+    return constant(np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype))
 
 
 @onnx_op("Reshape")
