@@ -354,7 +354,7 @@ def test_weights_are_exactly_those_the_outputs_use_with_a_symbolic_dimension(bat
 
 
 # ---------------------------------------------------------------------------------------
-# Mod, Range, Not, And, Or, Xor (their ONNX node tests run in
+# Mod, Range, Not, And, Or, Xor, InstanceNormalization (their ONNX node tests run in
 # tests/test_onnx_conformance.py)
 
 _ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
@@ -455,3 +455,18 @@ def test_not_and_or_xor_broadcast_as_numpy(backend):
             assert y.dtype == bool
             np.testing.assert_array_equal(y, ref, err_msg=op)
 
+
+@pytest.mark.parametrize("shape", [(2, 3, 7), (2, 3, 4, 5), (1, 2, 3, 2, 4)])
+def test_instance_normalization_matches_numpy_and_checks_its_gradient(shape):
+    rng = np.random.default_rng(4)
+    x, scale, bias = rng.standard_normal(shape), rng.standard_normal(3), rng.standard_normal(3)
+    scale, bias = scale[:shape[1]], bias[:shape[1]]
+    y, m = _one_node("InstanceNormalization", [x, scale, bias], epsilon=0.01)
+    axes = tuple(range(2, x.ndim))
+    c = (1, -1) + (1,) * (x.ndim - 2)
+    eps = float(np.float32(0.01))  # ONNX float attributes are float32
+    ref = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
+    np.testing.assert_allclose(y, ref * scale.reshape(c) + bias.reshape(c), rtol=1e-12)
+    loss = gc.sum(gc.tanh(m.outputs[0]))
+    report = gc.check_grad(loss, list(m.inputs.values()), {"a": x, "b": scale, "c": bias})
+    assert report.ok, report

@@ -177,6 +177,18 @@ def _layer_normalization(c: Call):
     return nf.layer_norm(x, c.x(1), c.x(2), axes, eps), m, inv
 
 
+@onnx_op("InstanceNormalization")
+def _instance_normalization(c: Call):
+    """Each sample's channels normalised over the spatial axes (biased variance), then
+    ``scale`` and ``B`` per channel (as torch exports nn.InstanceNorm1d/2d/3d)."""
+    x, scale, bias = c.x(0), c.x(1), c.x(2)
+    if x.ndim < 3:
+        c.unsupported(f"an input of shape {x.shape} (it needs spatial axes)")
+    y = nf.layer_norm(x, axis=tuple(range(2, x.ndim)), eps=c.attr("epsilon", 1e-5))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return y * F.reshape(scale, shape) + F.reshape(bias, shape)
+
+
 @onnx_op("LRN")
 def _lrn(c: Call):
     size = c.attr("size")
