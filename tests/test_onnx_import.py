@@ -354,6 +354,112 @@ def test_weights_are_exactly_those_the_outputs_use_with_a_symbolic_dimension(bat
 
 
 # ---------------------------------------------------------------------------------------
+# Attention, a transformer encoder layer and instance norm as torch.onnx exports them
+# (TorchScript exporter: the default one, dynamo, needs onnxscript), against onnxruntime,
+# torch and torch's autograd, on both backends
+
+
+class _Attention(torch.nn.Module):
+    """nn.MultiheadAttention called as nn.TransformerEncoderLayer calls it: its export
+    (scaled_dot_product_attention) has a Mod in its shape arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+class _Encoder(torch.nn.Module):
+    """nn.TransformerEncoderLayer called with x alone: exporting the layer itself fails in
+    torch 2.13 (scaled_dot_product_attention(): argument 'is_causal' must be bool, not
+    Tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+# name: (module, input shape, the op of its export that from_onnx lacked)
+_LAYERS = {"attention": (_Attention, (2, 5, 8), "Mod"), "encoder": (_Encoder, (2, 5, 8), "Mod"),
+           "instance_norm": (lambda: torch.nn.InstanceNorm2d(3, affine=True), (2, 3, 4, 5),
+                             "InstanceNormalization")}
+
+
+def _exported(name, dynamic):
+    """The module, its parameters random (the exporter merges initializers of equal value,
+    as a new layer's zero biases, leaving a torch parameter without an ONNX one), and its
+    ONNX model."""
+    make, shape, _ = _LAYERS[name]
+    torch.manual_seed(0)
+    net = make().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape) * 0.5)
+    buf = io.BytesIO()
+    axes = {"x": {0: "N"}, "y": {0: "N"}} if dynamic else None
+    torch.onnx.export(net, (torch.zeros(shape),), buf, dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes=axes)
+    return net, onnx.load_from_string(buf.getvalue())
+
+
+def _torch_grads(net, m, x, w):
+    """torch's y, dx and the gradient of each ONNX param: a torch parameter by name, or one
+    the exporter folded into a transposed MatMul operand ('onnx::MatMul_165') by value."""
+    net.zero_grad()
+    t = torch.tensor(x, requires_grad=True)
+    y = net(t)
+    (y * torch.tensor(w)).sum().backward()
+    params, found = dict(net.named_parameters()), {}
+    for name in sorted(m.params):
+        if name in params:
+            found[name] = params[name].grad.numpy()
+            continue
+        value = m.weights[m.params[name].name]
+        (match,) = [k for k, p in params.items() if p.ndim == 2 and p.T.shape == value.shape
+                    and np.array_equal(p.detach().numpy().T, value)]
+        found[name] = params[match].grad.numpy().T
+    return y.detach().numpy(), t.grad.numpy(), found
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic_batch"])
+@pytest.mark.parametrize("name", list(_LAYERS))
+def test_exported_attention_encoder_and_instance_norm_match_torch(name, dynamic, backend):
+    """On Numba every elementwise op is a generated kernel, however small."""
+    ort = pytest.importorskip("onnxruntime")
+    net, model = _exported(name, dynamic)
+    assert _LAYERS[name][2] in {node.op_type for node in model.graph.node}
+    m = gc.from_onnx(model)
+    y = m.outputs[0]
+    assert m.inputs["x"].shape[0] == ("N" if dynamic else 2)
+    seed = gc.input("w", y.shape, "float32")
+    names = sorted(m.params)
+    grads = gc.grad(gc.sum(y * seed), [m.inputs["x"], *(m.params[k] for k in names)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    with numba_kernels_only() if backend == "numba" else contextlib.nullcontext():
+        f = gc.compile([y, *grads], backend=backend)
+        for n in (2, 3) if dynamic else (2,):
+            x, w = rng.standard_normal((2, n) + _LAYERS[name][1][1:]).astype(np.float32)
+            out, dx, *gs = f(x=x, w=w, **m.weights)
+            ref_y, ref_dx, ref = _torch_grads(net, m, x, w)  # (y has the shape of x)
+            np.testing.assert_allclose(out, session.run(None, {"x": x})[0], rtol=1e-5,
+                                       atol=1e-5)
+            np.testing.assert_allclose(out, ref_y, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+            for k, g in zip(names, gs):
+                np.testing.assert_allclose(g, ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert len(names) == len(list(net.parameters()))  # every torch parameter compared
+    if backend == "numba":
+        assert f.stats["lowered"].get("kernel")
+
+
+# ---------------------------------------------------------------------------------------
 # Mod, Range, Not, And, Or, Xor, InstanceNormalization (their ONNX node tests run in
 # tests/test_onnx_conformance.py)
 
