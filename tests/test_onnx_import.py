@@ -2,6 +2,7 @@
 added to graphc (pad, local response norm, pooling with ceil mode) against PyTorch.
 ONNX's own conformance suite is tests/test_onnx_conformance.py."""
 
+import contextlib
 import io
 import subprocess
 import sys
@@ -13,6 +14,7 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper  # noqa: E402
+from onnx_suite import numba_kernels_only  # noqa: E402
 
 import graphc as gc  # noqa: E402
 from graphc.nn_functions import avg_pool2d, max_pool2d  # noqa: E402
@@ -349,3 +351,228 @@ def test_weights_are_exactly_those_the_outputs_use_with_a_symbolic_dimension(bat
                        backend="numpy")(**{m.inputs["x"].name: X}, **m.weights)
     np.testing.assert_array_equal(y, X @ np.arange(6, dtype=np.float32).reshape(3, 2))
     np.testing.assert_array_equal(dW, np.full((3, 2), 2.0, np.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# Attention, a transformer encoder layer and instance norm as torch.onnx exports them
+# (TorchScript exporter: the default one, dynamo, needs onnxscript), against onnxruntime,
+# torch and torch's autograd, on both backends
+
+
+class _Attention(torch.nn.Module):
+    """nn.MultiheadAttention called as nn.TransformerEncoderLayer calls it: its export
+    (scaled_dot_product_attention) has a Mod in its shape arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+class _Encoder(torch.nn.Module):
+    """nn.TransformerEncoderLayer called with x alone: exporting the layer itself fails in
+    torch 2.13 (scaled_dot_product_attention(): argument 'is_causal' must be bool, not
+    Tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+# name: (module, input shape, the op of its export that from_onnx lacked)
+_LAYERS = {"attention": (_Attention, (2, 5, 8), "Mod"), "encoder": (_Encoder, (2, 5, 8), "Mod"),
+           "instance_norm": (lambda: torch.nn.InstanceNorm2d(3, affine=True), (2, 3, 4, 5),
+                             "InstanceNormalization")}
+
+
+def _exported(name, dynamic):
+    """The module, its parameters random (the exporter merges initializers of equal value,
+    as a new layer's zero biases, leaving a torch parameter without an ONNX one), and its
+    ONNX model."""
+    make, shape, _ = _LAYERS[name]
+    torch.manual_seed(0)
+    net = make().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape) * 0.5)
+    buf = io.BytesIO()
+    axes = {"x": {0: "N"}, "y": {0: "N"}} if dynamic else None
+    torch.onnx.export(net, (torch.zeros(shape),), buf, dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes=axes)
+    return net, onnx.load_from_string(buf.getvalue())
+
+
+def _torch_grads(net, m, x, w):
+    """torch's y, dx and the gradient of each ONNX param: a torch parameter by name, or one
+    the exporter folded into a transposed MatMul operand ('onnx::MatMul_165') by value."""
+    net.zero_grad()
+    t = torch.tensor(x, requires_grad=True)
+    y = net(t)
+    (y * torch.tensor(w)).sum().backward()
+    params, found = dict(net.named_parameters()), {}
+    for name in sorted(m.params):
+        if name in params:
+            found[name] = params[name].grad.numpy()
+            continue
+        value = m.weights[m.params[name].name]
+        (match,) = [k for k, p in params.items() if p.ndim == 2 and p.T.shape == value.shape
+                    and np.array_equal(p.detach().numpy().T, value)]
+        found[name] = params[match].grad.numpy().T
+    return y.detach().numpy(), t.grad.numpy(), found
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic_batch"])
+@pytest.mark.parametrize("name", list(_LAYERS))
+def test_exported_attention_encoder_and_instance_norm_match_torch(name, dynamic, backend):
+    """On Numba every elementwise op is a generated kernel, however small."""
+    ort = pytest.importorskip("onnxruntime")
+    net, model = _exported(name, dynamic)
+    assert _LAYERS[name][2] in {node.op_type for node in model.graph.node}
+    m = gc.from_onnx(model)
+    y = m.outputs[0]
+    assert m.inputs["x"].shape[0] == ("N" if dynamic else 2)
+    seed = gc.input("w", y.shape, "float32")
+    names = sorted(m.params)
+    grads = gc.grad(gc.sum(y * seed), [m.inputs["x"], *(m.params[k] for k in names)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    with numba_kernels_only() if backend == "numba" else contextlib.nullcontext():
+        f = gc.compile([y, *grads], backend=backend)
+        for n in (2, 3) if dynamic else (2,):
+            x, w = rng.standard_normal((2, n) + _LAYERS[name][1][1:]).astype(np.float32)
+            out, dx, *gs = f(x=x, w=w, **m.weights)
+            ref_y, ref_dx, ref = _torch_grads(net, m, x, w)  # (y has the shape of x)
+            np.testing.assert_allclose(out, session.run(None, {"x": x})[0], rtol=1e-5,
+                                       atol=1e-5)
+            np.testing.assert_allclose(out, ref_y, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+            for k, g in zip(names, gs):
+                np.testing.assert_allclose(g, ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert len(names) == len(list(net.parameters()))  # every torch parameter compared
+    if backend == "numba":
+        assert f.stats["lowered"].get("kernel")
+
+
+# ---------------------------------------------------------------------------------------
+# Mod, Range, Not, And, Or, Xor, InstanceNormalization (their ONNX node tests run in
+# tests/test_onnx_conformance.py)
+
+_ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+         np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
+         np.dtype(np.bool_): TensorProto.BOOL}
+
+
+def _one_node(op, arrays, backend="numpy", **attrs):
+    """The output of one ``op`` node fed ``arrays`` (graph inputs a, b, ...) and the model."""
+    names = "abc"[:len(arrays)]
+    model = _model([helper.make_node(op, list(names), ["y"], **attrs)],
+                   [_vi(n, list(a.shape), _ELEM[a.dtype]) for n, a in zip(names, arrays)],
+                   [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)])
+    m = gc.from_onnx(model)
+    return gc.compile(m.outputs, backend=backend)(**dict(zip(names, arrays)))[0], m
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", ["int32", "int64", "float32", "float64"])
+@pytest.mark.parametrize("fmod", [0, 1])
+def test_mod_matches_numpy_for_negative_operands(fmod, dtype, backend):
+    rng = np.random.default_rng(fmod)
+    a = (rng.standard_normal((4, 30)) * 40).astype(dtype)
+    b = (rng.choice([-1, 1], 30) * rng.uniform(1, 9, 30)).astype(dtype)  # b broadcasts
+    if dtype == "int64":  # exact where a float64 quotient rounds to the next integer
+        a[0, :4] = [2**52 + 3, -(2**52) - 5, 3 * 2**50, 2**40 + 7]
+        b[:4] = [7, 7, 2**50 - 1, -(2**20) - 1]
+    ref = np.fmod(a, b) if fmod else np.mod(a, b)
+    with numba_kernels_only() if backend == "numba" else contextlib.nullcontext():
+        y, _ = _one_node("Mod", [a, b], backend, fmod=fmod)
+    assert y.dtype == dtype
+    if dtype == "float64":  # a - q * b: q * b rounds
+        np.testing.assert_allclose(y, ref, rtol=0, atol=1e-13)
+    else:  # exact (float32: computed in float64)
+        np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize("fmod, torch_fn", [(0, torch.remainder), (1, torch.fmod)])
+def test_mod_gradients_match_torch(fmod, torch_fn):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, 3, 5)) * 5
+    _, m = _one_node("Mod", [a, b], fmod=fmod)
+    y = m.outputs[0]
+    w = rng.standard_normal(y.shape)
+    da, db = gc.grad(gc.sum(y * gc.constant(w)), [m.inputs["a"], m.inputs["b"]])
+    out = gc.compile([y, da, db], backend="numpy")(a=a, b=b)
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    ty = torch_fn(ta, tb)
+    (ty * torch.tensor(w)).sum().backward()
+    for ours, ref in zip(out, (ty.detach(), ta.grad, tb.grad)):
+        np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_mod_of_constants_is_folded():
+    ints = [helper.make_tensor("p", TensorProto.INT64, [3], [7, -7, 9]),
+            helper.make_tensor("q", TensorProto.INT64, [3], [-3, 3, 4])]
+    model = _model([helper.make_node("Mod", ["p", "q"], ["r"]),
+                    helper.make_node("Mod", ["p", "q"], ["s"], fmod=1)],
+                   [], [_vi("r", [3], TensorProto.INT64), _vi("s", [3], TensorProto.INT64)], ints)
+    r, s = gc.from_onnx(model).outputs
+    assert isinstance(r.op, gc.inputs.Constant) and isinstance(s.op, gc.inputs.Constant)
+    np.testing.assert_array_equal(r.op.value.array, [-2, 2, 1])
+    np.testing.assert_array_equal(s.op.value.array, [1, -1, 1])
+
+
+@pytest.mark.parametrize("start, limit, delta", [(0, 10, 3), (10, -3, -4), (5, 5, 1),
+                                                 (1.5, 4.0, 0.5), (2.0, -1.0, -0.75)])
+def test_range_of_constants_is_folded_as_numpy_arange(start, limit, delta):
+    kind = TensorProto.INT64 if isinstance(start, int) else TensorProto.FLOAT
+    inits = [helper.make_tensor(n, kind, [], [v]) for n, v in zip("slt", (start, limit, delta))]
+    model = _model([helper.make_node("Range", ["s", "l", "t"], ["y"])], [],
+                   [_vi("y", [None], kind)], inits)
+    (y,) = gc.from_onnx(model).outputs
+    ref = np.arange(start, limit, delta).astype(np.int64 if kind == TensorProto.INT64 else
+                                                np.float32)
+    assert isinstance(y.op, gc.inputs.Constant) and y.dtype == ref.dtype
+    np.testing.assert_array_equal(y.op.value.array, ref)
+
+
+def test_range_of_a_fed_input_is_refused_naming_it():
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("s", 0), ("t", 1))]
+    model = _model([helper.make_node("Range", ["s", "limit", "t"], ["y"], name="r")],
+                   [_vi("limit", [], TensorProto.FLOAT)], [_vi("y", [None])], inits)
+    with pytest.raises(gc.UnsupportedOpError, match=r"ONNX op 'Range' \(node 'r'\): input "
+                                                    r"'limit' must be constant"):
+        gc.from_onnx(model)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_not_and_or_xor_broadcast_as_numpy(backend):
+    a = np.array([[True, False, True], [False, False, True]])
+    b = np.array([True, False, False])
+    with numba_kernels_only() if backend == "numba" else contextlib.nullcontext():
+        y, _ = _one_node("Not", [a], backend)
+        np.testing.assert_array_equal(y, ~a)
+        for op, ref in (("And", a & b), ("Or", a | b), ("Xor", a ^ b)):
+            y, _ = _one_node(op, [a, b], backend)
+            assert y.dtype == bool
+            np.testing.assert_array_equal(y, ref, err_msg=op)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7), (2, 3, 4, 5), (1, 2, 3, 2, 4)])
+def test_instance_normalization_matches_numpy_and_checks_its_gradient(shape):
+    rng = np.random.default_rng(4)
+    x, scale, bias = rng.standard_normal(shape), rng.standard_normal(3), rng.standard_normal(3)
+    scale, bias = scale[:shape[1]], bias[:shape[1]]
+    y, m = _one_node("InstanceNormalization", [x, scale, bias], epsilon=0.01)
+    axes = tuple(range(2, x.ndim))
+    c = (1, -1) + (1,) * (x.ndim - 2)
+    eps = float(np.float32(0.01))  # ONNX float attributes are float32
+    ref = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
+    np.testing.assert_allclose(y, ref * scale.reshape(c) + bias.reshape(c), rtol=1e-12)
+    loss = gc.sum(gc.tanh(m.outputs[0]))
+    report = gc.check_grad(loss, list(m.inputs.values()), {"a": x, "b": scale, "c": bias})
+    assert report.ok, report

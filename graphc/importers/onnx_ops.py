@@ -3,8 +3,11 @@ tensors built with the public functions (so none needs a derivative rule of its 
 
 ``SUPPORTED`` maps each ONNX op type (default domain) to its function; a function gets a
 :class:`Call` (the node, its attributes, its inputs as tensors or constants) and returns
-the node's outputs.  Semantics follow the ONNX operator specification; the ONNX backend
-test suite checks them (tests/test_onnx_conformance.py).
+the node's outputs.  The table and ``Call`` are in :mod:`graphc.importers.onnx_op_table`;
+this module holds the elementwise, reduction and shape ops and imports
+:mod:`graphc.importers.onnx_ops_nn` (matrix products, convolution, pooling,
+normalisation), which registers its own.  Semantics follow the ONNX operator
+specification; the ONNX backend test suite checks them (tests/test_onnx_conformance.py).
 """
 
 from __future__ import annotations
@@ -15,69 +18,11 @@ import numpy as np
 
 from .. import dtypes
 from .. import functions as F
-from .. import nn_functions as nf
-from ..errors import UnsupportedOpError
 from ..inputs import constant
-from ..ir import Tensor, located
+from ..ir import Tensor
+from . import onnx_ops_nn  # noqa: F401 -- registers the nn ops in SUPPORTED
 from .onnx_dtypes import graphc_dtype, onnx_dtype
-
-SUPPORTED: dict = {}
-
-
-def onnx_op(*op_types):
-    """Register the decorated function as the import of ``op_types``."""
-    def register(fn):
-        for op_type in op_types:
-            SUPPORTED[op_type] = fn
-        return fn
-    return register
-
-
-class Call:
-    """One ONNX node being imported: its attributes and its inputs."""
-
-    def __init__(self, importer, node, attrs: dict):
-        self.importer, self.node, self.attrs = importer, node, attrs
-        self.op_type, self.opset = node.op_type, importer.opset
-
-    def attr(self, name, default=None):
-        value = self.attrs.get(name, default)
-        return value.decode() if isinstance(value, bytes) else value
-
-    def has(self, i: int) -> bool:
-        return i < len(self.node.input) and bool(self.node.input[i])
-
-    def x(self, i: int = 0) -> Tensor | None:
-        """Input ``i`` as a tensor (None when the optional input is absent)."""
-        return self.importer.tensor(self.node.input[i]) if self.has(i) else None
-
-    def xs(self) -> list[Tensor]:
-        return [self.importer.tensor(n) for n in self.node.input if n]
-
-    def const(self, i: int, default=None):
-        """Input ``i`` as a constant NumPy array (``default`` when absent)."""
-        if not self.has(i):
-            return default
-        return self.importer.static(self.node.input[i], self.describe())
-
-    def ints(self, i: int, attr: str, default=None):
-        """An int list given as attribute ``attr`` (older opsets) or as input ``i``."""
-        if attr in self.attrs:
-            return [int(v) for v in self.attrs[attr]]
-        value = self.const(i)
-        return default if value is None else [int(v) for v in np.asarray(value).ravel()]
-
-    def describe(self) -> str:
-        return f"ONNX op {self.op_type!r} (node {self.node.name or self.node.output[0]!r})"
-
-    def unsupported(self, detail: str):
-        raise UnsupportedOpError(located(f"{self.describe()}: {detail} is not supported by "
-                                         "gc.from_onnx"))
-
-
-def _axis(axis: int, ndim: int) -> int:
-    return int(axis) % ndim if ndim else 0
-
+from .onnx_op_table import SUPPORTED, Call, axis_index, onnx_op  # noqa: F401 (SUPPORTED: the table)
 
 # ---------------------------------------------------------------------------------------
 # Elementwise
@@ -195,197 +140,54 @@ def _cast(c: Call):
     return F.cast(c.x(0), onnx_dtype(c.attr("to"), f"{c.describe()}: to"))
 
 
-# ---------------------------------------------------------------------------------------
-# Matrix products, convolution, pooling, normalisation
+@onnx_op("Mod")
+def _mod(c: Call):
+    """The remainder of a / b with the divisor's sign (``fmod`` 0, Python's ``%``) or the
+    dividend's (``fmod`` 1, C's ``fmod``).  Constant operands (the shape arithmetic of
+    exported attention) are folded with NumPy."""
+    a, b = c.x(0), c.x(1)
+    fmod = bool(c.attr("fmod", 0))
+    if not a.leaves and not b.leaves:
+        p, q = c.const(0), c.const(1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # b = 0: NumPy's 0 or nan
+            return constant(np.asarray((np.fmod if fmod else np.mod)(p, q)).astype(p.dtype))
+    return _remainder(a, b, fmod)
 
 
-@onnx_op("MatMul")
-def _matmul(c: Call):
-    return F.matmul(c.x(0), c.x(1))
+def _remainder(a: Tensor, b: Tensor, fmod: bool) -> Tensor:
+    """a - q * b, q = floor(a / b) (trunc with ``fmod``), of a's dtype.  The quotient is
+    taken in float64 and may round to the wrong side of an integer, leaving r one step
+    (``b``, or ``|b|`` towards a's sign with ``fmod``) outside the range it must be in;
+    one correction (either way) mends it: an integer result is exact for |a|, |b| < 2**53.
+    Floats are computed in float64 (float32 operands: q * b and r exact while
+    |a / b| < 2**29), r is a where q is 0 (an infinite b: NumPy's 3 % inf is 3, -3 % inf
+    inf), and the gradient is that of torch.remainder / torch.fmod: 1 for a, -q for b.
+    An integer b of 0 gives an unspecified value (ONNX does not define it)."""
+    dtype = a.dtype
+    wide = dtype if dtype in dtypes.INTS else "float64"
+    a, b = F.cast(a, wide), F.cast(b, wide)
+    ratio = F.cast(a, "float64") / F.cast(b, "float64")
+    q = F.cast(F.trunc(ratio) if fmod else F.floor(ratio), wide)
+    r = a - q * b if wide in dtypes.INTS else F.where(F.equal(q, 0), a, a - q * b)
+    step = F.sign(a) * F.abs(b) if fmod else b  # the sign r must have (or be 0)
+    wrong_sign = F.sign(r) * F.sign(step) < 0  # (r * step overflows int64)
+    r = F.where(wrong_sign, r + step, F.where(F.abs(r) >= F.abs(b), r - step, r))
+    return F.cast(r, dtype)
 
 
-@onnx_op("Gemm")
-def _gemm(c: Call):
-    a, b, bias = c.x(0), c.x(1), c.x(2)
-    a = F.transpose(a) if c.attr("transA", 0) else a
-    b = F.transpose(b) if c.attr("transB", 0) else b
-    alpha, beta = c.attr("alpha", 1.0), c.attr("beta", 1.0)
-    y = F.matmul(a, b)
-    y = y * alpha if alpha != 1.0 else y
-    if bias is None or beta == 0.0:
-        return y
-    return y + (bias * beta if beta != 1.0 else bias)
+@onnx_op("Not")
+def _not(c: Call):
+    return F.where(c.x(0), False, True)
 
 
-def _spatial(c: Call, x: Tensor, kernel) -> tuple:
-    """(strides, dilations, pads as (before, after) pairs) of a conv or pool node, the
-    pads resolved from ``auto_pad``."""
-    n = len(kernel)
-    strides = tuple(c.attr("strides", [1] * n))
-    dilations = tuple(c.attr("dilations", [1] * n))
-    auto = c.attr("auto_pad", "NOTSET")
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
-        for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations):
-            total = max(0, (math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size)
-            small = total // 2
-            pads.append((small, total - small) if auto == "SAME_UPPER" else
-                        (total - small, small))
-        return strides, dilations, tuple(pads)
-    if auto == "VALID":
-        return strides, dilations, ((0, 0),) * n
-    flat = c.attr("pads", [0] * (2 * n))
-    return strides, dilations, tuple(zip(flat[:n], flat[n:]))
-
-
-def _as_2d(c: Call, x: Tensor) -> Tensor:
-    """A 1-D (N, C, L) operand as (N, C, 1, L); 2-D ones as they are."""
-    if x.ndim == 3:
-        return F.reshape(x, x.shape[:2] + (1,) + x.shape[2:])
-    if x.ndim != 4:
-        c.unsupported(f"a {x.ndim - 2}-D input {x.shape}")
-    return x
-
-
-def _lift(values, one_d: bool, fill):
-    return ((fill,) + tuple(values)) if one_d else tuple(values)
-
-
-@onnx_op("Conv")
-def _conv(c: Call):
-    x, w, bias = c.x(0), c.x(1), c.x(2)
-    one_d = x.ndim == 3
-    strides, dilations, pads = _spatial(c, x, w.shape[2:])
-    x2, w2 = _as_2d(c, x), _as_2d(c, w)
-    strides, dilations = _lift(strides, one_d, 1), _lift(dilations, one_d, 1)
-    pads = _lift(pads, one_d, (0, 0))
-    if any(b != a for b, a in pads):
-        x2, pads = F.pad(x2, ((0, 0), (0, 0)) + pads), ((0, 0), (0, 0))
-    y = nf.conv2d(x2, w2, strides, tuple(b for b, _ in pads), dilation=dilations,
-                  groups=c.attr("group", 1), bias=bias)
-    return F.reshape(y, y.shape[:2] + y.shape[3:]) if one_d else y
-
-
-@onnx_op("ConvTranspose")
-def _conv_transpose(c: Call):
-    x, w, bias = c.x(0), c.x(1), c.x(2)
-    if x.ndim != 4:
-        c.unsupported(f"a {x.ndim - 2}-D input {x.shape}")
-    strides = tuple(c.attr("strides", [1, 1]))
-    dilations = tuple(c.attr("dilations", [1, 1]))
-    out_pad = tuple(c.attr("output_padding", [0, 0]))
-    if "output_shape" in c.attrs or c.attr("auto_pad", "NOTSET") != "NOTSET":
-        c.unsupported("output_shape or auto_pad")
-    flat = c.attr("pads", [0] * 4)
-    pads = tuple(zip(flat[:2], flat[2:]))
-    y = nf.conv_transpose2d(x, w, strides, 0, out_pad, c.attr("group", 1), dilations, bias)
-    # pads crop the full transposed convolution (asymmetric ones too)
-    return y[(slice(None), slice(None)) + tuple(slice(b, y.shape[2 + i] - a)
-                                                for i, (b, a) in enumerate(pads))] \
-        if any(b or a for b, a in pads) else y
-
-
-def _pool(c: Call, kind: str):
-    x = c.x(0)
-    kernel = tuple(c.attr("kernel_shape"))
-    if len(c.node.output) > 1 and c.node.output[1]:
-        c.unsupported("the Indices output")
-    strides, dilations, pads = _spatial(c, x, kernel)
-    if any(d != 1 for d in dilations):
-        c.unsupported(f"dilations {dilations}")
-    one_d = x.ndim == 3
-    x2 = _as_2d(c, x)
-    kernel, strides = _lift(kernel, one_d, 1), _lift(strides, one_d, 1)
-    pads, ceil = _lift(pads, one_d, (0, 0)), bool(c.attr("ceil_mode", 0))
-    if kind == "max" and not ceil and all(b == a and 2 * b <= k for (b, a), k in
-                                          zip(pads, kernel)):
-        y = nf.max_pool2d(x2, kernel, strides, tuple(b for b, _ in pads))
-    else:
-        y = nf.pool2d(kind, x2, kernel, strides, pads, ceil_mode=ceil,
-                      count_include_pad=bool(c.attr("count_include_pad", 0)))
-    return F.reshape(y, y.shape[:2] + y.shape[3:]) if one_d else y
-
-
-@onnx_op("MaxPool")
-def _max_pool(c: Call):
-    return _pool(c, "max")
-
-
-@onnx_op("AveragePool")
-def _avg_pool(c: Call):
-    return _pool(c, "avg")
-
-
-@onnx_op("GlobalAveragePool")
-def _global_avg_pool(c: Call):
-    x = c.x(0)
-    return F.mean(x, tuple(range(2, x.ndim)), keepdims=True)
-
-
-@onnx_op("GlobalMaxPool")
-def _global_max_pool(c: Call):
-    x = c.x(0)
-    return F.max(x, tuple(range(2, x.ndim)), keepdims=True)
-
-
-@onnx_op("BatchNormalization")
-def _batch_norm(c: Call):
-    x, scale, bias, mean, var = (c.x(i) for i in range(5))
-    eps = c.attr("epsilon", 1e-5)
-    if not c.attr("training_mode", 0):
-        return nf.batch_norm(x, scale, bias, mean, var, training=False, eps=eps)
-    # training: batch statistics (biased variance, as ONNX); the running statistics are
-    # outputs, input * momentum + batch statistic * (1 - momentum)
-    axes = (0,) + tuple(range(2, x.ndim))
-    m = F.mean(x, axes, keepdims=True)
-    v = F.mean(F.square(x - m), axes, keepdims=True)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    y = (x - m) / F.sqrt(v + eps) * F.reshape(scale, shape) + F.reshape(bias, shape)
-    momentum = c.attr("momentum", 0.9)
-    channels = (x.shape[1],)
-    return (y, mean * momentum + F.reshape(m, channels) * (1 - momentum),
-            var * momentum + F.reshape(v, channels) * (1 - momentum))
-
-
-@onnx_op("LayerNormalization")
-def _layer_normalization(c: Call):
-    """Over the axes from ``axis`` on (as torch exports nn.LayerNorm, opset 17+); its
-    optional outputs Mean and InvStdDev are the statistics it normalised with."""
-    x = c.x(0)
-    axes = tuple(range(_axis(c.attr("axis", -1), x.ndim), x.ndim))
-    eps = c.attr("epsilon", 1e-5)
-    m = F.mean(x, axes, keepdims=True)
-    inv = F.reciprocal(F.sqrt(F.mean(F.square(x - m), axes, keepdims=True) + eps))
-    return nf.layer_norm(x, c.x(1), c.x(2), axes, eps), m, inv
-
-
-@onnx_op("LRN")
-def _lrn(c: Call):
-    size = c.attr("size")
-    before = (size - 1) // 2
-    return nf.lrn(c.x(0), size, before, size - 1 - before, c.attr("alpha", 1e-4),
-                  c.attr("beta", 0.75), c.attr("bias", 1.0))
-
-
-@onnx_op("Dropout")
-def _dropout(c: Call):
-    training = c.const(2, np.array(False))
-    if c.opset < 7 and not c.attr("is_test", 0) or bool(training):
-        c.unsupported("training-mode dropout")
-    x = c.x(0)
-    return x, F.broadcast_to(constant(True), x.shape)
-
-
-@onnx_op("Softmax", "LogSoftmax")
-def _softmax(c: Call):
-    x = c.x(0)
-    fn = F.softmax if c.op_type == "Softmax" else F.log_softmax
-    axis = c.attr("axis", 1 if c.opset < 13 else -1)
-    if c.opset >= 13 or x.ndim == 0:
-        return fn(x, axis)
-    axis = _axis(axis, x.ndim)  # before opset 13: over the flattened axes from ``axis`` on
-    rows = F.reshape(x, (math.prod(x.shape[:axis]), math.prod(x.shape[axis:])))
-    return F.reshape(fn(rows, 1), x.shape)
+@onnx_op("And", "Or", "Xor")
+def _logical(c: Call):
+    a, b = c.x(0), c.x(1)
+    if c.op_type == "And":
+        return F.where(a, b, False)
+    if c.op_type == "Or":
+        return F.where(a, True, b)
+    return F.where(a, F.where(b, False, True), b)
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,7 +206,7 @@ def _reduce(c: Call):
         if c.attr("noop_with_empty_axes", 0):
             return x
         axes = None
-    axes = None if axes is None else tuple(_axis(a, x.ndim) for a in axes)
+    axes = None if axes is None else tuple(axis_index(a, x.ndim) for a in axes)
     keep = bool(c.attr("keepdims", 1))
     if c.op_type in _REDUCE:
         return _REDUCE[c.op_type](x, axes, keepdims=keep)
@@ -420,7 +222,7 @@ def _reduce(c: Call):
 @onnx_op("ArgMax", "ArgMin")
 def _arg_reduce(c: Call):
     x = c.x(0)
-    axis = _axis(c.attr("axis", 0), x.ndim)
+    axis = axis_index(c.attr("axis", 0), x.ndim)
     keep = bool(c.attr("keepdims", 1))
     if not c.attr("select_last_index", 0):
         return (F.argmax if c.op_type == "ArgMax" else F.argmin)(x, axis, keepdims=keep)
@@ -433,7 +235,7 @@ def _arg_reduce(c: Call):
 @onnx_op("CumSum")
 def _cumsum(c: Call):
     x = c.x(0)
-    axis = _axis(int(np.asarray(c.const(1)).reshape(())), x.ndim)
+    axis = axis_index(int(np.asarray(c.const(1)).reshape(())), x.ndim)
     reverse, exclusive = c.attr("reverse", 0), c.attr("exclusive", 0)
     y = F.flip(x, axis) if reverse else x
     y = F.cumsum(y, axis)
@@ -487,6 +289,17 @@ def _size(c: Call):
     return constant(np.int64(c.x(0).size))
 
 
+@onnx_op("Range")
+def _range(c: Call):
+    """start, start + delta, ... up to limit (excluded), folded at import: its length
+    depends on the values of its inputs, so they must be constant (in exported models they
+    come from shapes); a fed one is refused, named."""
+    start, limit, delta = (np.asarray(c.const(i)).reshape(()) for i in range(3))
+    if delta == 0:
+        c.unsupported("a delta of 0")
+    return constant(np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype))
+
+
 @onnx_op("Reshape")
 def _reshape(c: Call):
     x = c.x(0)
@@ -508,7 +321,7 @@ def _flatten(c: Call):
 def _squeeze(c: Call):
     x = c.x(0)
     axes = c.ints(1, "axes")
-    axes = {_axis(a, x.ndim) for a in axes} if axes else \
+    axes = {axis_index(a, x.ndim) for a in axes} if axes else \
         {i for i, d in enumerate(x.shape) if d == 1}
     return F.reshape(x, tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
@@ -518,7 +331,7 @@ def _unsqueeze(c: Call):
     x = c.x(0)
     axes = c.ints(1, "axes")
     ndim = x.ndim + len(axes)
-    axes = {_axis(a, ndim) for a in axes}
+    axes = {axis_index(a, ndim) for a in axes}
     dims = iter(x.shape)
     return F.reshape(x, tuple(1 if i in axes else next(dims) for i in range(ndim)))
 
@@ -531,7 +344,7 @@ def _transpose(c: Call):
 @onnx_op("Concat")
 def _concat(c: Call):
     xs = c.xs()
-    return F.concat(xs, _axis(c.attr("axis"), xs[0].ndim))
+    return F.concat(xs, axis_index(c.attr("axis"), xs[0].ndim))
 
 
 @onnx_op("Expand")
@@ -554,14 +367,14 @@ def _slice(c: Call):
     steps = [1] * len(starts) if steps is None else steps
     key = [slice(None)] * x.ndim
     for a, b, e, s in zip(axes, starts, ends, steps):
-        key[_axis(a, x.ndim)] = slice(b, e, s)
+        key[axis_index(a, x.ndim)] = slice(b, e, s)
     return x[tuple(key)]
 
 
 @onnx_op("Split")
 def _split(c: Call):
     x = c.x(0)
-    axis = _axis(c.attr("axis", 0), x.ndim)
+    axis = axis_index(c.attr("axis", 0), x.ndim)
     sizes = c.ints(1, "split")
     n = len(c.node.output)
     if sizes is None:
@@ -576,7 +389,7 @@ def _split(c: Call):
 @onnx_op("Gather")
 def _gather(c: Call):
     x = c.x(0)
-    axis = _axis(c.attr("axis", 0), x.ndim)
+    axis = axis_index(c.attr("axis", 0), x.ndim)
     lead = (slice(None),) * axis
     name = c.node.input[1]
     index = c.x(1)
@@ -610,7 +423,7 @@ def _pad(c: Call):
     else:
         flat = [int(v) for v in c.const(1)]
         value = c.x(2) if c.has(2) else 0.0
-    axes = [_axis(a, x.ndim) for a in c.ints(3, "", list(range(x.ndim)))]
+    axes = [axis_index(a, x.ndim) for a in c.ints(3, "", list(range(x.ndim)))]
     n = len(axes)
     pads = [(0, 0)] * x.ndim
     for a, b, e in zip(axes, flat[:n], flat[n:]):
