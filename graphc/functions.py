@@ -507,3 +507,48 @@ def roll(x, shift, axis=None) -> Tensor:
     axis = _one_axis(sh.Roll(0, 0), x, axis)
     n = x.shape[axis] if x.ndim else 1
     return Tensor.make(sh.Roll(int(shift) % n if n else 0, axis), (x,))
+
+
+def remainder(a, b) -> Tensor:
+    """The remainder of ``a / b`` with the divisor's sign, as ``torch.remainder``,
+    ``numpy.mod`` and Python's ``%``; the gradient is 1 for ``a`` and ``-floor(a / b)`` for
+    ``b`` (as torch's).
+
+    >>> import numpy as np, graphc as gc
+    >>> x = gc.input("x", (4,), "float64")
+    >>> gc.compile(gc.remainder(x, 0.75), backend="numpy")(x=np.array([-1.0, 0.5, 2.0, 3.0]))
+    array([0.5, 0.5, 0.5, 0. ])
+    """
+    return _remainder(a, b, trunc=False)
+
+
+def fmod(a, b) -> Tensor:
+    """The remainder of ``a / b`` with the dividend's sign, as ``torch.fmod``,
+    ``numpy.fmod`` and C's ``fmod``; the gradient is 1 for ``a`` and ``-trunc(a / b)`` for
+    ``b``."""
+    return _remainder(a, b, trunc=True)
+
+
+def _remainder(a, b, trunc: bool) -> Tensor:
+    """a - q * b, q = floor(a / b) (trunc(a / b) for fmod), in a's dtype.  The quotient is
+    taken in float64 and may round to the wrong side of an integer, leaving r one step
+    (``b``, or ``|b|`` towards a's sign for fmod) outside the range it must be in; one
+    correction, either way, mends it, so an integer result is exact for |a|, |b| < 2**53.
+    Floats are computed in float64 (float32 operands: q * b and r exact while
+    |a / b| < 2**29); r is a where q is 0 (an infinite b: NumPy's 3 % inf is 3).  An integer
+    b of 0 gives an unspecified value."""
+    a, b = lift_all([a, b], "fmod" if trunc else "remainder")
+    if a.dtype == "bool" or b.dtype == "bool":
+        raise GraphError(located(f"{'fmod' if trunc else 'remainder'}: does not take bool "
+                                 f"operands ({a.shape} {a.dtype}, {b.shape} {b.dtype})"))
+    dtype = np.result_type(a.dtype, b.dtype).name
+    wide = dtype if dtype in dtypes.INTS else "float64"
+    a, b = cast(a, wide), cast(b, wide)
+    ratio = cast(a, "float64") / cast(b, "float64")
+    q = cast(ew.trunc(ratio) if trunc else ew.floor(ratio), wide)
+    r = a - q * b if wide in dtypes.INTS else where(ew.equal(q, 0), a, a - q * b)
+    step = ew.sign(a) * ew.abs_(b) if trunc else b  # the sign r must have (or be 0)
+    wrong_sign = ew.sign(r) * ew.sign(step) < 0  # (r * step overflows int64)
+    r = where(wrong_sign, r + step, where(ew.abs_(r) >= ew.abs_(b), r - step, r))
+    return cast(r, dtype)
+

@@ -335,3 +335,19 @@ def test_the_masked_product_is_the_local_derivative_times_the_upstream():
         assert sp.piecewise_fold(masked.expr.subs(value, local.expr) - local.expr * g
                                  ).simplify() == 0, op.name
     assert ops.tanh.local_def(0).masked_product() is None  # no 0 branch: g * local
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["remainder", "fmod"])
+def test_remainders_match_torch_values_and_gradients(name, backend):
+    X = np.array([-3.5, 2.25, 7.0, -0.1, 1e10 + 0.3, 3.0, -3.0, 0.7 * 3])
+    Y = np.array([2.0, -0.7, 0.7, 0.3, 1.0, np.inf, np.inf, 0.7])
+    x, y = gc.input("x", (8,), "float64"), gc.input("y", (8,), "float64")
+    r = getattr(gc, name)(x, y)
+    value, dx, dy = gc.compile([r, *gc.grad(gc.sum(r), [x, y])], backend=backend)(x=X, y=Y)
+    tx, ty = (torch.tensor(a, requires_grad=True) for a in (X, Y))
+    want = getattr(torch, name)(tx, ty)
+    np.testing.assert_allclose(value, want.detach().numpy(), rtol=0, atol=1e-15)
+    gx, gy = torch.autograd.grad(want.sum(), [tx, ty])
+    np.testing.assert_array_equal(dx, gx.numpy())
+    np.testing.assert_array_equal(dy[:5], gy.numpy()[:5])  # torch: -q = -0 at an inf b

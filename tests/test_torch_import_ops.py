@@ -154,14 +154,20 @@ def test_a_norm_of_order_zero_is_refused_at_import():
         gc.from_torch(Past(), (torch.zeros(2, 3),))
 
 
-def test_integer_floor_division_of_a_fed_tensor_is_refused():
-    class Halve(nn.Module):
-        def forward(self, i):
-            return i // 2
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_integer_division_and_remainders_of_fed_tensors_are_exact(backend):
+    class Divide(nn.Module):
+        def forward(self, i, j):
+            return torch.stack([i // j, torch.div(i, j, rounding_mode="trunc"),
+                                torch.remainder(i, j), torch.fmod(i, j), i % 7])
 
-    with pytest.raises(gc.UnsupportedOpError,
-                       match=r"floor division of int64 tensors computed from inputs"):
-        gc.from_torch(Halve(), (torch.tensor([3, 4]),))
+    i = torch.tensor([7, -7, 7, -7, 2**50 + 3, -(2**50) - 3, 0])
+    j = torch.tensor([2, 2, -2, -2, 3, 3, -5])
+    m = gc.from_torch(Divide(), (i, j))
+    f = gc.compile(m.outputs, backend=backend)
+    (out,) = f(**{m.inputs[k].name: a.numpy() for k, a in zip(m.inputs, (i, j))})
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, Divide()(i, j).numpy())
 
 
 class TinyGPT(nn.Module):

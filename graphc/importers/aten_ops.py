@@ -260,8 +260,8 @@ _FOLD = {("floor", "quotient"): np.floor_divide, ("floor", "remainder"): np.mod,
 
 def _rounded(node, a, b, mode: str, part: str):
     """div with rounding_mode, remainder (floor) and fmod (trunc): folded with NumPy when
-    both operands are constants (index arithmetic: roll's positions); of float tensors
-    a/b rounded, and a - q * b (within rounding of torch's exact remainder)."""
+    both operands are constants (index arithmetic: roll's positions); else gc.remainder /
+    gc.fmod, a float quotient rounded, an integer one (a - r) / b, exact below 2**53."""
     if mode not in ("floor", "trunc"):
         _unsupported(node, f"rounding_mode={mode!r}")
     p, q = (np.asarray(t) if not isinstance(t, Tensor) else _static(t) for t in (a, b))
@@ -269,10 +269,12 @@ def _rounded(node, a, b, mode: str, part: str):
     if p is not None and q is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             return constant(np.asarray(_FOLD[mode, part](p, q)).astype(dtype))
-    if dtype not in ("float32", "float64"):
-        _unsupported(node, f"{mode} division of {dtype} tensors computed from inputs")
-    quotient = (F.floor if mode == "floor" else F.trunc)(F.div(a, b))
-    return quotient if part == "quotient" else a - quotient * b
+    r = F.remainder(a, b) if mode == "floor" else F.fmod(a, b)
+    if part == "remainder":
+        return r
+    if dtype in ("float32", "float64"):
+        return (F.floor if mode == "floor" else F.trunc)(F.div(a, b))
+    return F.cast(F.div(F.cast(a - r, "float64"), F.cast(b, "float64")), dtype)
 
 
 def _unary(fn):

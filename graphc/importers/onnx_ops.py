@@ -151,28 +151,7 @@ def _mod(c: Call):
         p, q = c.const(0), c.const(1)
         with np.errstate(divide="ignore", invalid="ignore"):  # b = 0: NumPy's 0 or nan
             return constant(np.asarray((np.fmod if fmod else np.mod)(p, q)).astype(p.dtype))
-    return _remainder(a, b, fmod)
-
-
-def _remainder(a: Tensor, b: Tensor, fmod: bool) -> Tensor:
-    """a - q * b, q = floor(a / b) (trunc with ``fmod``), of a's dtype.  The quotient is
-    taken in float64 and may round to the wrong side of an integer, leaving r one step
-    (``b``, or ``|b|`` towards a's sign with ``fmod``) outside the range it must be in;
-    one correction (either way) mends it: an integer result is exact for |a|, |b| < 2**53.
-    Floats are computed in float64 (float32 operands: q * b and r exact while
-    |a / b| < 2**29), r is a where q is 0 (an infinite b: NumPy's 3 % inf is 3, -3 % inf
-    inf), and the gradient is that of torch.remainder / torch.fmod: 1 for a, -q for b.
-    An integer b of 0 gives an unspecified value (ONNX does not define it)."""
-    dtype = a.dtype
-    wide = dtype if dtype in dtypes.INTS else "float64"
-    a, b = F.cast(a, wide), F.cast(b, wide)
-    ratio = F.cast(a, "float64") / F.cast(b, "float64")
-    q = F.cast(F.trunc(ratio) if fmod else F.floor(ratio), wide)
-    r = a - q * b if wide in dtypes.INTS else F.where(F.equal(q, 0), a, a - q * b)
-    step = F.sign(a) * F.abs(b) if fmod else b  # the sign r must have (or be 0)
-    wrong_sign = F.sign(r) * F.sign(step) < 0  # (r * step overflows int64)
-    r = F.where(wrong_sign, r + step, F.where(F.abs(r) >= F.abs(b), r - step, r))
-    return F.cast(r, dtype)
+    return F.fmod(a, b) if fmod else F.remainder(a, b)
 
 
 @onnx_op("Not")
