@@ -384,8 +384,22 @@ class _Encoder(torch.nn.Module):
         return self.layer(x)
 
 
+class _Causal(torch.nn.Module):
+    """Causal self-attention (a decoder's): its export builds the mask with Trilu."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(8, 24)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).reshape(x.shape[0], 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return y.transpose(1, 2).reshape(x.shape)
+
+
 # name: (module, input shape, the op of its export that from_onnx lacked)
 _LAYERS = {"attention": (_Attention, (2, 5, 8), "Mod"), "encoder": (_Encoder, (2, 5, 8), "Mod"),
+           "causal": (_Causal, (2, 5, 8), "Trilu"),
            "instance_norm": (lambda: torch.nn.InstanceNorm2d(3, affine=True), (2, 3, 4, 5),
                              "InstanceNormalization")}
 

@@ -393,6 +393,18 @@ def _tile(c: Call):
     return F.tile(c.x(0), [int(r) for r in c.const(1)])
 
 
+@onnx_op("Trilu")
+def _trilu(c: Call):
+    """The upper (``upper`` = 1) or lower triangle of the last two axes from diagonal ``k``,
+    the rest 0: ``where`` with a constant mask (causal attention masks)."""
+    x = c.x(0)
+    k = int(np.asarray(c.const(1, 0)).reshape(()))
+    rows, cols = x.shape[-2:]
+    tri = np.triu if c.attr("upper", 1) else np.tril
+    keep = tri(np.ones((rows, cols), bool), k)
+    return F.where(constant(keep), x, constant(np.zeros((), x.dtype)))
+
+
 @onnx_op("Pad")
 def _pad(c: Call):
     x = c.x(0)
