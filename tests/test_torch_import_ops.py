@@ -25,6 +25,25 @@ def _r(*shape):
     return torch.randn(*shape, dtype=torch.float64)
 
 
+def _slice_assign(m, x):
+    y = x.clone()
+    y[:, 1:3] = x[:, :2] * 2.0
+    y[:, 0] = x[:, 3] ** 2
+    return y
+
+
+def _constant_mask(m, x):
+    mask = x.new_zeros(4, 4)
+    mask[:2, 2:] = 1.0  # copy of a constant into a slice (swin's shifted-window mask)
+    return x * mask + x
+
+
+def _zeroed_bias(m, x):
+    b = m.sub.bias.clone()
+    b[2:4].zero_()  # swin v2's qkv bias: the zeroed slice gets no gradient
+    return x @ m.sub.weight.T + b
+
+
 IDX = torch.tensor([[0, 3], [2, 1], [1, 1]])
 LABELS = torch.tensor([0, 3, 4, 1])
 
@@ -71,6 +90,12 @@ CASES = {
     "index_select": (lambda m, x: torch.index_select(x, 1, torch.tensor([3, 0, 0])),
                      (_r(3, 4),)),
     "index_select_fed": (lambda m, x, i: torch.index_select(x, 0, i[:, 0]), (_r(3, 4), IDX)),
+    # assignment into slices, and a change of memory layout only
+    "slice_assign": (_slice_assign, (_r(3, 4),)),
+    "constant_mask": (_constant_mask, (_r(2, 4, 4),)),
+    "zeroed_bias": (_zeroed_bias, (_r(3, 6),), lambda: nn.Linear(6, 6)),
+    "channels_last_pool": (lambda m, x: Fn.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 1),
+                           (_r(2, 4, 4, 3),)),
     # padding, repeat, norms, statistics
     "pad": (lambda m, x: Fn.pad(x, (1, 2, 0, 1), value=0.25), (_r(3, 4),)),
     "pad_crop": (lambda m, x: Fn.pad(x, (-1, 2)), (_r(3, 4),)),

@@ -194,6 +194,53 @@ def _logical(kind):
     return rule
 
 
+
+def _as_strided(im, node, x, size, stride, storage_offset=None):
+    """A change of memory layout only (adaptive_avg_pool2d's 1 x 1 output of a
+    channels-last input): the same shape, and the input's strides on every axis longer
+    than 1.  graphc tensors have no strides; any other view is refused."""
+    before = node.args[0].meta["val"].stride()
+    if tuple(size) != x.shape or storage_offset not in (None, 0) or any(
+            n > 1 and a != b for n, a, b in zip(size, stride, before)):
+        _unsupported(node, f"a strided view (size {list(size)}, stride {list(stride)}) "
+                           "other than a change of layout")
+    return x
+
+
+def _copy(im, node, dst, src, non_blocking=False):
+    """dst's values replaced by src's (in dst's dtype, broadcast): what assignment into a
+    slice exports to, before slice_scatter puts the slice back."""
+    return F.broadcast_to(F.cast(src, dst.dtype) if src.dtype != dst.dtype else src,
+                          dst.shape)
+
+
+def _pieces(base, middle, dim, start, stop):
+    """base with [start, stop) along dim replaced by middle (a concat of what is left)."""
+    lead = (slice(None),) * dim
+    parts = [base[lead + (slice(0, start),)]] if start > 0 else []
+    parts.append(F.cast(middle, base.dtype) if middle.dtype != base.dtype else middle)
+    if stop < base.shape[dim]:
+        parts.append(base[lead + (slice(stop, base.shape[dim]),)])
+    return F.concat(parts, dim) if len(parts) > 1 else parts[0]
+
+
+def _slice_scatter(im, node, base, src, dim=0, start=None, end=None, step=1):
+    """base with the slice [start:end] along dim replaced by src (``x[2:4] = ...``); the
+    slice's old values get no gradient, as in torch."""
+    dim %= base.ndim
+    start, stop, step = slice(start, end, step).indices(base.shape[dim])
+    if step != 1:
+        _unsupported(node, f"a slice with step {step}")
+    return _pieces(base, src, dim, start, max(stop, start))
+
+
+def _select_scatter(im, node, base, src, dim, index):
+    """base with position ``index`` along dim replaced by src (``x[:, 0] = ...``)."""
+    dim %= base.ndim
+    index %= base.shape[dim]
+    shape = base.shape[:dim] + (1,) + base.shape[dim + 1:]
+    return _pieces(base, F.reshape(src, shape), dim, index, index + 1)
+
 ATEN.update({
     "aten.arange": _arange,
     "aten.gather": _gather,
@@ -210,6 +257,10 @@ ATEN.update({
     "aten.upsample_bilinear2d": _upsample_bilinear,
     "aten.isnan": lambda im, node, x: F.not_equal(x, x),
     "aten.isinf": lambda im, node, x: F.equal(F.abs(x), float("inf")),
+    "aten.as_strided": _as_strided,
+    "aten.copy": _copy,
+    "aten.slice_scatter": _slice_scatter,
+    "aten.select_scatter": _select_scatter,
     "aten.repeat": lambda im, node, x, repeats: F.tile(x, tuple(repeats)),
     "aten.logical_and": _logical("and"),
     "aten.logical_or": _logical("or"),
