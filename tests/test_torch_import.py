@@ -530,6 +530,36 @@ def test_torchvision_gradients_match_autograd(name, size):
     assert errors[worst] < 1e-10, f"{name}: {worst} relative error {errors[worst]:.2e}"
 
 
+def _small_transformers(models):
+    """Small configurations of torchvision's Swin v2 (shifted windows: masks assigned into
+    slices, a zeroed bias slice, rolls) and ConvNeXt (channels-last global pooling)."""
+    swin = importlib.import_module("torchvision.models.swin_transformer")
+    convnext = importlib.import_module("torchvision.models.convnext")
+    return {"swin_v2": swin.SwinTransformer(
+                patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                window_size=[4, 4], num_classes=10, block=swin.SwinTransformerBlockV2,
+                downsample_layer=swin.PatchMergingV2),
+            "convnext": convnext.ConvNeXt([convnext.CNBlockConfig(16, 32, 1),
+                                           convnext.CNBlockConfig(32, None, 1)],
+                                          num_classes=10)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["swin_v2", "convnext"])
+def test_swin_and_convnext_gradients_match_autograd(name):
+    torch.manual_seed(0)
+    module = _small_transformers(torchvision_models())[name].eval().double()
+    with torch.no_grad():  # layer norms and zero-initialised vectors that are not trivial
+        for p in module.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    x, labels = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([3, 7])
+    ours, ref, errors = cross_entropy_gradients(module, x, labels, "numpy")
+    assert abs(ours - ref) < 1e-12 * abs(ref)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-10, f"{name}: {worst} relative error {errors[worst]:.2e}"
+
+
 @pytest.mark.slow
 def test_resnet18_finetune_example(tmp_path):
     """examples/resnet18_finetune.py, 3 steps, in a fresh process (as run by hand)."""
