@@ -207,6 +207,13 @@ def test_step_walks_forward_then_backward(browser, tmp_path):
     assert "d = add(e, c)" in page.inner_text("#details")
     assert page.evaluate("graphc.step(10)") is None
     assert page.errors == []
+    # a step that is not a number is refused, and the walk stays where it was ('abc' left
+    # it at step NaN: the next arrow key showed "NaN / 9" and threw in the page)
+    with pytest.raises(Exception, match="graphc.step: k must be a number of steps"):
+        page.evaluate("graphc.step('abc')")
+    page.keyboard.press("ArrowRight")
+    assert "step 3 of 9: forward pass" in page.inner_text("#details")
+    assert page.errors == []
 
 
 @needs_browser
