@@ -1,6 +1,7 @@
 """The table of ONNX ops ``gc.from_onnx`` imports and the :class:`Call` each op's function
 gets: the node, its attributes and its inputs.  The ops themselves are registered by
-:mod:`graphc.importers.onnx_ops` and the modules it imports (``onnx_ops_nn``)."""
+:mod:`graphc.importers.onnx_ops` and the modules it imports (``onnx_ops_nn``,
+``onnx_ops_rnn``)."""
 
 from __future__ import annotations
 

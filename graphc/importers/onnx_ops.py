@@ -6,7 +6,8 @@ tensors built with the public functions (so none needs a derivative rule of its 
 the node's outputs.  The table and ``Call`` are in :mod:`graphc.importers.onnx_op_table`;
 this module holds the elementwise, reduction and shape ops and imports
 :mod:`graphc.importers.onnx_ops_nn` (matrix products, convolution, pooling,
-normalisation), which registers its own.  Semantics follow the ONNX operator
+normalisation) and :mod:`graphc.importers.onnx_ops_rnn` (LSTM, GRU, RNN), which register
+their own.  Semantics follow the ONNX operator
 specification; the ONNX backend test suite checks them (tests/test_onnx_conformance.py).
 """
 
@@ -20,7 +21,7 @@ from .. import dtypes
 from .. import functions as F
 from ..inputs import constant
 from ..ir import Tensor
-from . import onnx_ops_nn  # noqa: F401 -- registers the nn ops in SUPPORTED
+from . import onnx_ops_nn, onnx_ops_rnn  # noqa: F401 -- register their ops in SUPPORTED
 from .onnx_dtypes import graphc_dtype, onnx_dtype
 from .onnx_op_table import SUPPORTED, Call, axis_index, onnx_op  # noqa: F401 (SUPPORTED: the table)
 
