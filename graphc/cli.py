@@ -73,7 +73,12 @@ def load_model(path: str):
     if not os.path.isfile(path):
         raise OSError(f"{path} is not a file" if os.path.exists(path) else
                       f"no such model file: {path}")
-    namespace = runpy.run_path(path, run_name="graphc_model")
+    folder = os.path.dirname(os.path.abspath(path))  # its own modules import, as with
+    sys.path.insert(0, folder)                        # `python FILE.py`
+    try:
+        namespace = runpy.run_path(path, run_name="graphc_model")
+    finally:
+        sys.path.remove(folder)
     build = namespace.get("build")
     if not callable(build):
         raise ValueError(f"{path} defines no build() function; see `graphc check --help`")

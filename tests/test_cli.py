@@ -239,6 +239,24 @@ def test_explore_check_exits_like_check_when_the_check_fails(tmp_path, capsys):
     assert "window.graphc" in out.read_text()
 
 
+def test_a_model_file_imports_the_modules_beside_it(tmp_path, capsys):
+    # as `python FILE.py` does: `graphc explore` failed with ModuleNotFoundError
+    (tmp_path / "layers_for_test.py").write_text(
+        "import graphc as gc\n"
+        "def block(x):\n    return gc.tanh(x @ gc.param('W', (3, 2), dtype='float64'))\n")
+    model = tmp_path / "uses_helper.py"
+    model.write_text("import numpy as np\nimport graphc as gc\n"
+                     "from layers_for_test import block\n"
+                     "def build():\n    x = gc.input('x', (4, 3), 'float64')\n"
+                     "    loss = gc.mean(gc.square(block(x)))\n"
+                     "    return loss, x, {'x': np.ones((4, 3)), **gc.init_params(loss)}\n")
+    out = tmp_path / "uses_helper.html"
+    assert cli.main(["explore", str(model), "-o", str(out)]) == 0
+    assert "window.graphc" in out.read_text()
+    assert str(tmp_path) not in sys.path  # not left behind
+    sys.modules.pop("layers_for_test", None)
+
+
 # -- python -m graphc, --version -----------------------------------------------------------------
 def test_python_m_graphc_and_version():
     result = graphc("--version")

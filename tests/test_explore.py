@@ -213,6 +213,7 @@ def test_step_walks_forward_then_backward(browser, tmp_path):
         page.evaluate("graphc.step('abc')")
     page.keyboard.press("ArrowRight")
     assert "step 3 of 9: forward pass" in page.inner_text("#details")
+    assert page.evaluate("graphc.step(Infinity)") is None  # past the end, as step(10)
     assert page.errors == []
 
 

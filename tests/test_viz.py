@@ -271,7 +271,8 @@ def test_demo_mlp_backward_diagram_is_legible(demo_mlp):
     svg = gc.render(loss, backward=True, values=feeds).svg()
     lines = texts(svg)
     assert not [t for t in lines if re.search(r"%\d", t)]  # no bare %N
-    assert not [t for t in lines if "Piecewise" in t]
+    assert not [t for t in lines if "Piecewise" in t or "Ne(" in t or "Eq(" in t]
+    assert any("= [" in t and " ≠ 0]" in t for t in lines), lines  # where's local, not Ne()
     assert not [t for t in lines if re.search(r"[\w.\-+]…|…[\w.\-+]", t)]  # none cut mid-token
     assert not [t for t in lines if re.search(r"(?<![\w.])-0(?![\w.])", t)]  # no "-0"
     assert any(t.startswith("local ∂fc1.relu/∂fc1.add = [fc1.relu > 0] = mean 0.42")

@@ -150,6 +150,13 @@ class _Printer(StrPrinter):
     def _print_Float(self, expr):
         return _g(expr)
 
+    def _print_Relational(self, expr):  # Ne(c, 0) as c ≠ 0 (where's derivative), not SymPy's
+        if isinstance(expr, sp.Ne):
+            return f"{self._print(expr.lhs)} ≠ {self._print(expr.rhs)}"
+        if isinstance(expr, sp.Eq):
+            return f"{self._print(expr.lhs)} = {self._print(expr.rhs)}"
+        return super()._print_Relational(expr)
+
 
 def formula(expr: sp.Expr, names: dict) -> str:
     """A SymPy expression with its symbols renamed (``names``: symbol -> text), written the
