@@ -145,6 +145,17 @@ def test_missing_dot_says_how_to_install(monkeypatch, tmp_path):
         gc.render(loss, tmp_path / "g.svg")
 
 
+def test_a_layout_graphviz_cannot_finish_in_time_is_a_clear_error(monkeypatch, tmp_path):
+    # dot ran for over 600 s on 100 scoped layers sharing one W, and gc.render with it
+    from graphc.viz import layout
+    monkeypatch.setattr(layout, "LAYOUT_SECONDS", 1e-4)
+    loss, _ = gallery.micrograd()
+    with pytest.raises(gc.RenderError, match=r"did not lay this diagram out in 0.0001 s; "
+                                             r"draw less of it \(gc.render\(..., collapse"):
+        gc.render(loss, tmp_path / "g.svg")
+    assert not (tmp_path / "g.svg").exists()
+
+
 def test_check_overlay_marks_the_wrong_derivative():
     wrong = gc.elementwise("t_viz_wrong_square", lambda x: x**2)
     wrong.__dict__["derivatives"] = (3 * wrong.args[0],)

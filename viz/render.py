@@ -24,15 +24,12 @@ from graphc.ir import Tensor
 
 from . import labels
 from .labels import call_lines, count, formula, index_text, number, shorten, template, value_lines
+from .layout import layout
 from .loops import ScanDrawing, instances, is_scan
 
 LINE = 90  # characters in an edge label's line
 AUTO_COLLAPSE = 100  # nodes above which render(collapse=None) draws each layer as one box
 FORMATS = (".svg", ".png", ".pdf", ".dot")
-INSTALL_DOT = ("Graphviz's `dot` program was not found on PATH; install it: Debian/Ubuntu "
-               "`apt-get install graphviz`, macOS `brew install graphviz`, conda "
-               "`conda install graphviz`")
-
 _STYLE = {  # kind -> node attributes
     "input": dict(shape="box", style="rounded,filled", fillcolor="#dbeafe", color="#1d4ed8"),
     "param": dict(shape="box", style="filled", fillcolor="#fef3c7", color="#b45309"),
@@ -57,12 +54,7 @@ class Diagram:
         return self.dot.source
 
     def pipe(self, fmt: str) -> bytes:
-        try:
-            return self.dot.pipe(format=fmt)
-        except graphviz.ExecutableNotFound:
-            raise RenderError(INSTALL_DOT) from None
-        except graphviz.CalledProcessError as err:
-            raise RenderError(f"dot failed: {err.stderr.decode(errors='replace')}") from None
+        return layout(self.dot.engine, self.source, fmt)
 
     def svg(self) -> str:
         return self.pipe("svg").decode()
