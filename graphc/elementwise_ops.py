@@ -547,6 +547,7 @@ prelu = _public("prelu", lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * x, T
 where = _predefined("where", lambda cond, a, b: sp.Piecewise((a, sp.Ne(cond, 0)), (b, True)),
                     int_ok=True, bool_ok=True, bool_args=("cond",))
 
+
 # Clipping, PyTorch's conventions: torch.clamp passes the gradient on [min, max] (bounds
 # included; min > max gives max everywhere, gradient 0); hardtanh, relu6 and hardsigmoid
 # pass it only strictly inside their range.

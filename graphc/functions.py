@@ -551,4 +551,3 @@ def _remainder(a, b, trunc: bool) -> Tensor:
     wrong_sign = ew.sign(r) * ew.sign(step) < 0  # (r * step overflows int64)
     r = where(wrong_sign, r + step, where(ew.abs_(r) >= ew.abs_(b), r - step, r))
     return cast(r, dtype)
-

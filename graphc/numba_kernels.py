@@ -276,8 +276,9 @@ def _phase_body(ks, body, stores, kinds, operand_dtypes, work, printer, two_d, r
     reload = dict(reload)
     lines = [f"x{k} = {_load(k, index[kind].format(k=k), operand_dtypes, work, printer)}"
              for k, kind in enumerate(kinds) if kind in index and f"x{k}" in used]
-    bools = {str(b) for b in printer.bool_symbols}  # a condition comes back from its float
-    lines += [f"{name} = t[{n * TILE} + jj]" + (" != 0" if name in bools else "")  # slot
+    # a condition comes back from its float scratch slot as a bool (c0 | c1 needs bools)
+    bools = {str(b) for b in printer.bool_symbols}
+    lines += [f"{name} = t[{n * TILE} + jj]" + (" != 0" if name in bools else "")
               for name, n in reload.items() if name in used]
     lines += [f"{body[k][0]} = {body[k][1]}" for k in ks]
     lines += [f"t[{slot[name] * TILE} + jj] = {name}" for name in sorted(keep)]

@@ -30,6 +30,7 @@ from .loops import ScanDrawing, instances, is_scan
 LINE = 90  # characters in an edge label's line
 AUTO_COLLAPSE = 100  # nodes above which render(collapse=None) draws each layer as one box
 FORMATS = (".svg", ".png", ".pdf", ".dot")
+
 _STYLE = {  # kind -> node attributes
     "input": dict(shape="box", style="rounded,filled", fillcolor="#dbeafe", color="#1d4ed8"),
     "param": dict(shape="box", style="filled", fillcolor="#fef3c7", color="#b45309"),
