@@ -45,10 +45,17 @@ def met_text(met) -> str:
     return {True: "yes", False: "no", None: "n/a"}[met]
 
 
+def cpu_text(info: dict) -> str:
+    """``AMD EPYC (znver4, family 25 model 17; avx512f)``: the CPU, its core (older JSON
+    files have none) and its vector ISA."""
+    core = f"{info['core']}; " if info.get("core") else ""
+    return f"{info['cpu']} ({core}{info['isa']})"
+
+
 def header(info: dict) -> str:
     """The machine, the children's environment and BLAS, and its measured limits."""
     versions = ", ".join(f"{name} {v or 'not installed'}" for name, v in info["versions"].items())
-    lines = [f"graphc bench: {info['cpu']} ({info['isa']}), {info['cores']} cores "
+    lines = [f"graphc bench: {cpu_text(info)}, {info['cores']} cores "
              f"({info['usable_cores']} usable), {info['threads']} threads; python "
              f"{info['python']}, {versions}; load average {loads_text(info['load_average_start'])}",
              f"children: {'/'.join(info['env_removed'])} removed from the environment; "
@@ -174,7 +181,7 @@ def readme_table(report: dict) -> str:
               f"; sgemm peak {peaks['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s, float32 copy "
               f"{peaks['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
     lines = [f"`graphc bench --seconds {report['seconds']:g}` on {info['date']}: {graphc}, "
-             f"{info['cpu']} ({info['isa']}), {info['threads']} threads, BLAS "
+             f"{cpu_text(info)}, {info['threads']} threads, BLAS "
              f"{blas_text(peaks.get('blas'))}{limits}; 1-minute load average "
              f"{loads_text((info['load_average_start'] or [None])[:1])} at the start, up to "
              f"{_num(info['load_1min_max'], '.2f') or 'n/a'} during the run.", "",

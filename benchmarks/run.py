@@ -53,6 +53,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -447,11 +448,35 @@ def isa_level(flags: str | None = None) -> str:
     return next((isa for isa in ("avx512f", "avx2", "avx") if isa in words), "unknown")
 
 
+def cpu_core(cpuinfo: str | None = None) -> str:
+    """The core's microarchitecture as LLVM names it (the code Numba generates is tuned
+    for it) with /proc/cpuinfo's family and model (``cpuinfo``: its text): a virtual
+    machine that names its CPU only "AMD EPYC" may run on Zen 4 one day and Zen 5 the
+    next (Zen 4 runs a 512-bit FMA as two 256-bit halves; this VM's sgemm probe gave
+    104-200 GFLOP/s on znver4, 416 in its fastest run, whose core was not recorded)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields = dict(re.findall(r"^(cpu family|model)\s*:\s*(\S+)", cpuinfo, re.M))
+    where = (f"family {fields['cpu family']} model {fields['model']}"
+             if len(fields) == 2 else "")
+    try:
+        import llvmlite.binding as llvm
+        name = llvm.get_host_cpu_name()
+    except (ImportError, OSError):
+        name = ""
+    return ", ".join(x for x in (name, where) if x) or "unknown"
+
+
 def machine_info(threads: int, backend) -> dict:
     from frameworks import version
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     versions = {d: version(d) for d in ("graphc", "numpy", "numba", "torch", "jax", "jaxlib")}
-    return {"cpu": cpu_model(), "isa": isa_level(), "cores": os.cpu_count(),
+    return {"cpu": cpu_model(), "core": cpu_core(), "isa": isa_level(),
+            "cores": os.cpu_count(),
             "usable_cores": usable, "threads": threads, "backend": backend,
             "python": platform.python_version(), "versions": versions,
             "env_removed": list(SCRUBBED_ENV),

@@ -134,6 +134,15 @@ def test_isa_level_and_busy_machine():
     assert not bench_run.busy(None, [None], 2)
 
 
+def test_the_header_names_the_core_and_its_family_and_model():
+    info = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    assert bench_run.cpu_core(info).endswith("family 25 model 17")
+    assert "family" not in bench_run.cpu_core("")
+    machine = {"cpu": "AMD EPYC", "isa": "avx512f", "core": "znver4, family 25 model 17"}
+    assert report.cpu_text(machine) == "AMD EPYC (znver4, family 25 model 17; avx512f)"
+    assert report.cpu_text({"cpu": "AMD EPYC", "isa": "avx2"}) == "AMD EPYC (avx2)"
+
+
 def test_rows_print_targets_in_microseconds():
     row = {"workload": "W6", "framework": "graphc[numba]", "ms_per_step": 0.00412,
            "ratio": 0.5, "best_peer": "torch eager", "ratio_torch": 0.5, "target": None,
