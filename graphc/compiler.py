@@ -161,6 +161,9 @@ class CompiledFunction:
         from .passes import pipeline  # graphc.passes imports graphc: import late
         start = time.perf_counter()
         from .passes.autodiff import differentiated_from
+        if backend == "numba":  # on a first run, compile workers start loading Numba now
+            from .kernel_cache import prestart
+            prestart()
         given = check_graph(Graph(outputs))
         self.inputs = given.inputs
         self.donate = _donations(donate, given.inputs, len(given.outputs))

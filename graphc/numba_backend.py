@@ -38,7 +38,7 @@ from itertools import repeat
 
 import numpy as np
 
-from . import blas, loop_split, numba_loop
+from . import blas, kernel_cache, loop_split, numba_loop
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
 from .graph import Graph
@@ -310,8 +310,14 @@ def compile_graph(graph: Graph, body: bool = False, donate: dict | None = None,
     or None}``, the inputs whose fed arrays outputs may be computed over, ``gc.compile``'s
     ``donate`` as checked there; ``gemm_block``: a body's native loop calls its GEMMs in
     column blocks of at most that many multiply-adds, :func:`graphc.numba_loop.gemm_blocks`)."""
+    if not body:  # a scan's body is lowered within its graph's lowering
+        kernel_cache.prestart()  # gc.compile may have started them before its passes
     lowering = Lowering(graph, RULES, rule_numpy, body, donate, gemm_block)
-    program = lowering.run()
+    try:
+        program = lowering.run()
+    finally:
+        if not body:
+            kernel_cache.end_prestarted()
     if "blas_ready" in lowering.namespace:  # it calls BLAS: which one (graphc/blas.py)
         program.stats["blas"] = blas.info()
     return program

@@ -16,12 +16,13 @@ import subprocess
 import sys
 import threading
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import graphc as gc
-from graphc import kernel_cache
+from graphc import kernel_cache, numba_workers
 
 SCRIPT = r"""
 import json, sys
@@ -337,12 +338,12 @@ def test_a_worker_compiles_without_the_rest_of_graphc(fresh_cache):
     # and SymPy, 0.4 s); a kernel it cannot compile does not end it
     lean = _spec("test_lean", "np.float32(2.0) * exp_f32(x[i]) if LEAN else np.float32(-1)")
     failing = _spec("test_failing", "undefined_name * x[i]")
-    proc = kernel_cache.start_worker()
+    proc = numba_workers.start_worker()
     try:
         assert proc.stdout.readline() == b"ready\n"
         home = kernel_cache.kernel_dir()
-        assert kernel_cache.ask(proc, failing, kernel_cache._source(home, failing)) is None
-        obj = kernel_cache.ask(proc, lean, kernel_cache._source(home, lean))
+        assert numba_workers.ask(proc, failing, kernel_cache._source(home, failing)) is None
+        obj = numba_workers.ask(proc, lean, kernel_cache._source(home, lean))
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)
@@ -377,7 +378,7 @@ def _compile_with(worker: str, fresh_cache, monkeypatch, kernels: int) -> list:
     if worker == "cannot start":
         monkeypatch.setattr(sys, "executable", str(fresh_cache / "no-python"))
     elif worker == "dies":
-        monkeypatch.setattr(kernel_cache, "_WORKER", "import os; os._exit(3)")
+        monkeypatch.setattr(numba_workers, "_WORKER", "import os; os._exit(3)")
     specs = [_spec(f"test_scale{k}", f"x[i] * {k + 1}.0", "float64") for k in range(kernels)]
     bad = _spec("test_bad", "x[i] +* 1.0", "float64")
     half = kernels // 2
@@ -407,6 +408,7 @@ def test_a_cold_process_lets_the_workers_compile_and_takes_what_they_leave(
     # then compiles what no worker took (all of it when the workers cannot start or die)
     monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 1)
     monkeypatch.delenv("GRAPHC_COMPILE_WORKERS", raising=False)
+    monkeypatch.setattr(kernel_cache, "_numba_loaded", lambda: True)
     assert kernel_cache.compile_plan(9) == (1, False)  # Numba is loaded in this process
     monkeypatch.setattr(kernel_cache, "_numba_loaded", lambda: False)
     assert [kernel_cache.compile_plan(n) for n in (4, 5, 9)] == [(1, False), (2, True),
@@ -463,3 +465,54 @@ def test_a_kernel_is_lowered_and_optimized_without_numbas_jit_engine(fresh_cache
     x = np.linspace(-2, 2, 6)
     want = np.where(x > 0, x, 0.7 * np.expm1(x)) * x / (1 + np.exp(-x))
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_kernels_that_call_the_same_helper_gather_in_one_compiler():
+    # W1's case: two kernels call exp_f32, the others no helper.  The first compiler to ask
+    # takes the dearest (a kernel with exp_f32); the second leaves the other exp_f32
+    # kernel to it while anything else is left, and ends rather than compile exp_f32 again
+    # for a kernel that short; the owner takes it.
+    def spec(stem, helper, length):
+        source = (f"from graphc.fastmath import {helper}\n" if helper else "") + "#" * length
+        return SimpleNamespace(key=stem, source=source)
+    jobs = [(spec("exp_a", "maximum, exp_f32", 600), "a"), (spec("exp_b", "exp_f32", 700), "b"),
+            (spec("plain_c", "", 735), "c"), (spec("plain_d", "maximum", 400), "d")]
+    pool = numba_workers.Pool(jobs, workers=0)
+    assert pool.calls["exp_a"] == {"exp_f32"} and pool.calls["plain_d"] == set()
+    first, second = object(), object()
+    have_first, have_second = set(), set()
+    assert pool.take(first, have_first, last_resort=False)[1] == "b"
+    assert have_first == {"exp_f32"} and pool.owner == {"exp_f32": first}
+    assert pool.take(second, have_second, last_resort=False)[1] == "c"
+    assert pool.take(second, have_second, last_resort=False)[1] == "d"
+    assert pool.take(second, have_second, last_resort=False) is None  # exp_a is first's
+    assert pool.take(second, have_second)[1] == "a"  # unless it is the last resort
+    assert pool.take(first, have_first) is None
+    # a long backlog is shared even if it costs a second compile of the helper
+    pool = numba_workers.Pool([(spec(f"e{k}", "exp_f32", 700), k) for k in range(8)], 0)
+    assert pool.take(first, set(), last_resort=False) is not None
+    assert pool.take(second, set(), last_resort=False) is not None
+    assert numba_workers.helpers("import numpy as np\n") == frozenset()
+
+
+def test_a_first_run_starts_its_workers_before_lowering(fresh_cache, monkeypatch):
+    # an empty kernel directory: gc.compile starts the workers before its passes, and
+    # compile_missing hands them the kernels; none is left running after.  Once the
+    # directory holds objects, no worker is started before lowering asks for kernels.
+    monkeypatch.setattr(kernel_cache, "compile_workers", lambda misses: 1)
+    started, pools = [], []
+    real_start, real_pool = kernel_cache.start_worker, kernel_cache.Pool
+    monkeypatch.setattr(kernel_cache, "start_worker",
+                        lambda: started.append(real_start()) or started[-1])
+    monkeypatch.setattr(kernel_cache, "Pool", lambda jobs, workers, given=():
+                        pools.append(list(given)) or real_pool(jobs, workers, given))
+    f, out = compile_and_run()
+    x = np.linspace(-2, 2, 6)
+    np.testing.assert_allclose(out, (np.where(x > 0, x, 0.7 * np.expm1(x)) * x
+                                     / (1 + np.exp(-x))), rtol=1e-6)
+    assert len(started) == 1 and pools == [started]
+    assert started[0].poll() is not None and kernel_cache._STARTED == []
+    kernel_cache.clear_memory()
+    kernel_cache.prestart()
+    assert len(started) == 1 and kernel_cache._STARTED == []
+    kernel_cache.end_prestarted()
