@@ -294,3 +294,34 @@ def test_a_loop_edge_names_the_gradients_of_every_output_of_the_loop():
     assert edge["down"].startswith("reverse scan of (∂L/∂scan, ∂L/∂scan_2)")
     (sib,) = edge["also"]
     assert sib["name"] == "scan_2" and sib["upValue"]["text"] == "[1, 1]"
+
+
+def _page_data(page: str) -> dict:
+    start = page.index("application/json\">") + len("application/json\">")
+    return json.loads(page[start:page.index("</script>", start)].replace("<\\/", "</"))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_diagrams_show_the_body_values_of_the_loops_first_step(reverse):
+    # one copy of the body is drawn, so its nodes show the numbers of the step the loop
+    # runs first (t = 0, or t = T - 1 for a reverse scan), and the loop's box says which
+    xs, h0 = gc.input("xs", (4, 2), "float64"), gc.input("h0", (2,), "float64")
+    W = gc.param("W", (2, 2), dtype="float64")
+    hT, ys = gc.scan(lambda h, x: (gc.tanh(h @ W + x).named("hn"),) * 2, h0, xs,
+                     reverse=reverse)
+    loss = gc.sum(ys * ys)
+    feeds = {"xs": np.array([[0.5, -1.0], [2.0, 0.25], [1.5, 1.0], [-0.5, 0.75]]),
+             "h0": np.array([0.125, -0.25]), "W": np.array([[0.5, -1.0], [0.25, 2.0]])}
+    t = 3 if reverse else 0
+    first = np.tanh(feeds["h0"] @ feeds["W"] + feeds["xs"][t])
+    text = f"[{first[0]:.4g}, {first[1]:.4g}]"
+    src = gc.render(loss, values=feeds).source
+    assert f"one copy of the step; values of step t={t})" in src
+    (hn,) = [line for line in src.splitlines() if "hn: 2 float64" in line]
+    assert text in hn
+    (x_t,) = [line for line in src.splitlines() if "x_t: 2 float64" in line]
+    assert f"[{feeds['xs'][t][0]:.4g}, {feeds['xs'][t][1]:.4g}]" in x_t
+    assert "values of step" not in gc.render(loss).source  # no values, no claim
+    data = _page_data(gc.explore(loss, values=feeds).html())
+    (node,) = [n for n in data["nodes"] if n["name"] == "hn"]
+    assert node["step"] == t and node["value"]["text"] == text

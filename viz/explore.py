@@ -26,7 +26,7 @@ from graphc.graph import as_outputs, node_kind
 from graphc.inputs import Constant, Input, constant
 
 from .labels import FULL, index_text, is_number, local_value, number
-from .loops import ScanDrawing, body_labels, instances, title
+from .loops import ScanDrawing, body_labels, body_values, first_step, instances, title
 from .render import _Builder, _evaluate, _shape, wrt_tensors
 
 HIST_BINS = 16
@@ -130,6 +130,7 @@ class _Page:
                 wanted += [t for e in self.result.edges
                            for t in (e.upstream, e.local, e.downstream) if t is not None]
             self.values = _evaluate(wanted, values)
+            self.values |= body_values(b.graph.nodes, self.values)
 
     def data(self) -> dict:
         b = self.builder
@@ -166,6 +167,8 @@ class _Page:
             if id(t) in drawing.outer:
                 continue
             n = self.node(t, ids=ids, name=drawing.names[id(t)], group=gid)
+            if n["value"] is not None:
+                n["step"] = first_step(loop)  # the numbers are of this step
             if id(t) in outer_in:
                 n["inputs"] = [outer_in[id(t)]]
             body.append(n)

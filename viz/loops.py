@@ -13,6 +13,8 @@ import graphviz
 from graphc.graph import node_names
 from graphc.scan import Scan, placeholder, siblings
 
+from .labels import value_lines
+
 CARRY = "#0e7490"  # the loop's colour: its box, the carry edges, the placeholders
 _PLACEHOLDER = dict(shape="box", style="rounded,filled", fillcolor="#cffafe", color=CARRY)
 
@@ -37,10 +39,44 @@ def role(loop, t) -> str | None:
     return None
 
 
-def title(loop) -> str:
+def title(loop, values: bool = False) -> str:
+    """The loop's box title; with ``values``, which step its numbers are of."""
     way = "reverse scan" if loop.reverse else "scan"
     extra = f", gradient cut every {loop.truncate} steps" if loop.truncate else ""
-    return f"{way} over T={loop.length} steps (one copy of the step){extra}"
+    shown = f"; values of step t={first_step(loop)}" if values else ""
+    return f"{way} over T={loop.length} steps (one copy of the step{shown}){extra}"
+
+
+def first_step(loop) -> int:
+    """The step a loop runs first: t = 0, or t = T - 1 for a reverse scan."""
+    return loop.length - 1 if loop.reverse else 0
+
+
+def body_values(nodes, values: dict) -> dict:
+    """The values of the body nodes of each scan among ``nodes`` at the loop's first step
+    (:func:`first_step`), for diagrams and the explorer, which draw one copy of the body:
+    the carry placeholders take the initial carry, the xs placeholders the first step's
+    slice and the consts their outer tensors' values, from ``values`` (the outer graph's,
+    by node id).  A loop of no steps, or one whose inputs have no values, is left out."""
+    from graphc.compiler import compile as compile_graph
+    from graphc.graph import Graph
+    from graphc.inputs import Constant
+
+    found = {}
+    for outs in instances(nodes):
+        loop, inputs = outs[0].op.loop, outs[0].inputs
+        if loop.length < 1 or any(id(x) not in values for x in inputs):
+            continue
+        n_c, n_x, k = len(loop.carry), len(loop.xs), first_step(loop)
+        given = {p.op.label: values[id(x)] for p, x in zip(loop.carry + loop.consts,
+                                                           inputs[:n_c] + inputs[n_c + n_x:])}
+        given |= {p.op.label: values[id(x)][k] for p, x in zip(loop.xs, inputs[n_c:])}
+        body = [t for t in loop.graph.nodes if not isinstance(t.op, Constant)]
+        needed = {t.op.label for t in Graph(body).inputs}
+        arrays = compile_graph(body, backend="numpy", optimize=False)(
+            {name: a for name, a in given.items() if name in needed})
+        found |= {id(t): a for t, a in zip(body, arrays)}
+    return found
 
 
 class ScanDrawing:
@@ -77,13 +113,16 @@ class ScanDrawing:
         name = self.names[id(t)]
         kind = role(self.loop, t)
         if kind is not None:
-            return f"{kind}\\n{name}: {_shape(t)} {t.dtype}"
+            values = self.b.values or {}
+            shown = value_lines(values[id(t)]) if id(t) in values else []
+            return "\\n".join([kind, f"{name}: {_shape(t)} {t.dtype}", *shown])
         return self.b.node_label(t, names=self.names)
 
     def draw(self, parent: graphviz.Digraph) -> None:
         loop, b = self.loop, self.b
+        shown = b.values is not None and any(id(t) in b.values for t in loop.graph.nodes)
         box = graphviz.Digraph(f"cluster_{self.ids[id(loop.graph.nodes[0])]}", graph_attr=dict(
-            label=title(loop), style="rounded,bold", color=CARRY, fontcolor=CARRY,
+            label=title(loop, shown), style="rounded,bold", color=CARRY, fontcolor=CARRY,
             penwidth="1.6"))
         placeholders = {id(p) for p in loop.carry + loop.xs}
         for t in loop.graph.nodes:
@@ -164,4 +203,5 @@ def _shape(t) -> str:
     return "scalar" if not t.shape else "×".join(map(str, t.shape))
 
 
-__all__ = ["CARRY", "ScanDrawing", "instances", "is_scan", "role", "title"]
+__all__ = ["CARRY", "ScanDrawing", "body_values", "first_step", "instances", "is_scan", "role",
+           "title"]

@@ -25,7 +25,7 @@ from graphc.ir import Tensor
 from . import labels
 from .labels import call_lines, count, formula, index_text, number, shorten, template, value_lines
 from .layout import layout
-from .loops import ScanDrawing, instances, is_scan
+from .loops import ScanDrawing, body_values, instances, is_scan
 
 LINE = 90  # characters in an edge label's line
 AUTO_COLLAPSE = 100  # nodes above which render(collapse=None) draws each layer as one box
@@ -623,6 +623,7 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
         result, grads = _backward(builder, loss, wrt)
     if values is not None:
         builder.values = _evaluate(_drawn(builder, result, grads, mode), values)
+        builder.values |= body_values(builder.graph.nodes, builder.values)
     if mode == "ir":
         builder.add_ir(grads, result)
     elif mode == "backward":
