@@ -325,3 +325,17 @@ def test_diagrams_show_the_body_values_of_the_loops_first_step(reverse):
     data = _page_data(gc.explore(loss, values=feeds).html())
     (node,) = [n for n in data["nodes"] if n["name"] == "hn"]
     assert node["step"] == t and node["value"]["text"] == text
+
+
+def test_an_explorer_id_is_never_a_nodes_name():
+    # a display name may be anything, "#0" too: the ids then start with "##", so
+    # select("#0") finds the node so named and not the first node
+    x = gc.input("x", (2,), "float64")
+    h = gc.tanh(x).named("#0")
+    hT, ys = gc.scan(lambda c, xt: ((c + xt).named("#s0_1"),) * 2, x, gc.input("xs", (3, 2),
+                     "float64"))
+    data = _page_data(gc.explore(gc.sum(h * hT)).html())
+    ids = {n["id"] for n in data["nodes"]}
+    names = {n["name"] for n in data["nodes"]}
+    assert "#0" in names and "#s0_1" in names and not ids & names
+    assert all(i.startswith("##") for i in ids)

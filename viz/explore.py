@@ -120,8 +120,13 @@ class _Page:
             self.result = build_backward([self.loss], [constant(1.0, dtype=self.loss.dtype)],
                                          wrt)
             b.set_backward(self.result)
-        # "#k": an id no name can be (names are identifiers, dotted by scope)
-        self.ids = {id(t): f"#{k}" for k, t in enumerate(b.graph.nodes)}
+        # "#k": an id no name is (a name given with .named() may start with "#": then "##k")
+        names = [b.name(t) for t in b.graph.nodes] + [name for k, outs in enumerate(
+            instances(b.graph.nodes)) for name in ScanDrawing(b, outs, k).names.values()]
+        self.mark = "#"
+        while any(name.startswith(self.mark) for name in names):
+            self.mark += "#"
+        self.ids = {id(t): f"{self.mark}{k}" for k, t in enumerate(b.graph.nodes)}
         self.values = None
         if values is not None:
             wanted = list(b.graph.nodes)
@@ -152,7 +157,7 @@ class _Page:
         """A scan as a group holding one copy of its body, placed before the scan's
         outputs (which read the body's outputs) in the node list; in the edge list, the
         body's backward edges come where the backward pass reaches the scan."""
-        loop, ids = drawing.loop, {k: f"#{v}" for k, v in drawing.ids.items()}
+        loop, ids = drawing.loop, {k: f"{self.mark}{v}" for k, v in drawing.ids.items()}
         ids.update({id(p): self.ids[id(t)] for p, t in zip(loop.consts, drawing.inputs_consts)})
         scope = drawing.outputs[0].scope or None
         gid = f"{scope}/scan{drawing.index}" if scope else f"scan{drawing.index}"
