@@ -124,6 +124,9 @@ CASES = {
         x, scale_factor=2, mode="bilinear", align_corners=True), (_r(1, 2, 3, 4),)),
     "adaptive_max": (lambda m, x: Fn.adaptive_max_pool2d(x, (2, 3)), (_r(1, 2, 4, 6),)),
     "adaptive_max_uneven": (lambda m, x: Fn.adaptive_max_pool2d(x, (2, 3)), (_r(1, 2, 5, 7),)),
+    # sinc: 1 at 0 with gradient 0 there, as torch (decomposed, its gradient was NaN)
+    "sinc": (lambda m, x: torch.sinc(x), (torch.tensor([[0.0, 1e-3, -0.5], [1.0, 2.5, 0.0]],
+                                                       dtype=torch.float64),)),
     # remainders, rounding division, NaN tests and logical ops
     "remainder": (lambda m, x: torch.remainder(x, 0.75) + torch.fmod(x, -0.75), (_r(3, 4),)),
     "remainder_tensor": (lambda m, x, y: torch.remainder(x, y.abs() + 0.5), (_r(3, 4),

@@ -241,7 +241,18 @@ def _select_scatter(im, node, base, src, dim, index):
     shape = base.shape[:dim] + (1,) + base.shape[dim + 1:]
     return _pieces(base, F.reshape(src, shape), dim, index, index + 1)
 
+def _sinc(im, node, x):
+    """sin(pi x) / (pi x), 1 at 0, as torch decomposes it, but with the argument of the
+    branch not taken at 0 replaced by 1, so that the gradient there is 0 (torch's), not
+    the 0 * NaN of that branch's derivative at 0."""
+    m = x * np.pi
+    at_zero = F.equal(m, 0.0)
+    safe = F.where(at_zero, 1.0, m)
+    return F.where(at_zero, 1.0, F.sin(safe) / safe)
+
+
 ATEN.update({
+    "aten.sinc": _sinc,
     "aten.arange": _arange,
     "aten.gather": _gather,
     "aten.max": _extremum(F.max, "max"),

@@ -64,12 +64,13 @@ def from_torch(module, example_args) -> Model:
 def _decompositions():
     """torch.export's decompositions but for the ops graphc imports whole: hardswish and
     hardsigmoid (PyTorch's gradients at their kinks), softplus, mish, selu and celu (each a
-    ``where`` whose branch not taken overflows, 0 * inf in its gradient: NaN at x = 89)."""
+    ``where`` whose branch not taken overflows, 0 * inf in its gradient: NaN at x = 89),
+    and sinc (its branch not taken at 0 is 0 / 0: a NaN gradient where torch's is 0)."""
     import torch
     aten = torch.ops.aten
     table = torch.export.default_decompositions()
     for op in (aten.hardswish.default, aten.hardsigmoid.default, aten.softplus.default,
-               aten.mish.default, aten.selu.default, aten.celu.default):
+               aten.mish.default, aten.selu.default, aten.celu.default, aten.sinc.default):
         table.pop(op, None)
     return table
 
