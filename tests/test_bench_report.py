@@ -6,6 +6,7 @@ import json
 from types import SimpleNamespace
 
 import bench_harness  # first: puts benchmarks/ on sys.path, loads run.py
+import gemm_floor
 import limits
 import pytest
 import report
@@ -224,3 +225,17 @@ def test_header_and_footer_name_the_machine_blas_and_load():
         "load average at the end: 2.50 1.00 0.50; the 1-minute one reached 3.40",
         "warning: other work loaded the machine during the run (1-minute load average up to "
         "3.40 with this bench's 2 thread(s), more than 1.0 over them): timings are unreliable"]
+
+
+def test_gemm_floor_times_every_matmul_of_the_step(capsys):
+    # W1: 3 forward GEMMs, 3 weight gradients, 2 input gradients (x's is not needed)
+    shapes = gemm_floor.gemm_shapes("W1")
+    assert sorted(shapes) == sorted([(128, 784, 256), (128, 256, 256), (128, 256, 10),
+                                     (784, 128, 256), (256, 128, 256), (256, 128, 10),
+                                     (128, 10, 256), (128, 256, 256)])
+    problem = WORKLOADS["W1"].problem()
+    step = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
+    assert sum(2 * m * k * n for m, k, n in shapes) == limits.step_flops(step)
+    gemm_floor.main(["--workload", "W6", "--no-jax", "--jax-step-ms", "0.01"])
+    out = capsys.readouterr().out
+    assert out.startswith("W6: ") and "sum: numpy " in out and "no ratio target" in out
