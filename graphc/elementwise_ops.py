@@ -68,6 +68,12 @@ class _NumpyPrinter(SciPyPrinter):
             text = f"{fn}({text}, {self._print(a)})"
         return text
 
+    def _print_Heaviside(self, expr):
+        """NumPy's heaviside (NaN at NaN, as the Numba and CUDA printers), not SymPy's
+        nested ``where``, which gave 1 at NaN."""
+        h0 = expr.args[1] if len(expr.args) > 1 else sp.S.Half
+        return f"numpy.heaviside({self._print(expr.args[0])}, {self._print(h0)})"
+
     def _print_Piecewise(self, expr):
         *pieces, (last, cond) = expr.args
         text = self._print(last) if cond is sp.true else \

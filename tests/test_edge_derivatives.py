@@ -351,3 +351,18 @@ def test_remainders_match_torch_values_and_gradients(name, backend):
     gx, gy = torch.autograd.grad(want.sum(), [tx, ty])
     np.testing.assert_array_equal(dx, gx.numpy())
     np.testing.assert_array_equal(dy[:5], gy.numpy()[:5])  # torch: -q = -0 at an inf b
+
+
+@pytest.mark.parametrize("name, expr", [("max0", lambda x: sp.Max(x, 0)),
+                                        ("min1", lambda x: sp.Min(x, 1)),
+                                        ("step_x", lambda x: sp.Heaviside(x) * x)])
+def test_a_heaviside_derivative_is_nan_at_nan_on_every_backend(name, expr):
+    # SymPy writes these derivatives with Heaviside; NumPy's printer gave 1 at NaN (its
+    # nested where), the Numba kernel NaN: the same graph differed by backend
+    op = gc.elementwise(f"heaviside_{name}", expr)
+    x = gc.input("x", (4,), "float64")
+    X = np.array([np.nan, -1.0, 2.0, 0.0])
+    results = [gc.compile(gc.grad(gc.sum(op(x)), x), backend=b)(x=X)
+               for b in ("numpy", "numba")]
+    np.testing.assert_array_equal(results[0], results[1])
+    assert np.isnan(results[0][0]) and not np.isnan(results[0][1:]).any()
