@@ -183,3 +183,23 @@ def test_a_failing_check_on_a_dynamic_dimension_is_localised(batch):
     assert [(e.names, e.operand) for e in rep.bad_edges] == [(("relu", "matmul"), 0)]
     tied = gc.check_grad(gc.max(x), x, {"x": np.ones((2, 3))})
     assert tied.ok is False and [e.names for e in tied.bad_edges] == [("max", "x")]
+
+
+def test_a_wrong_entry_that_no_sampled_element_holds_is_named_as_such():
+    # the derivative is wrong only where x >= 3, at one element of 400 that the 64 sampled
+    # elements miss: the directional check fails, and the report says so, not that the
+    # worst sampled element (which agrees) has an eps problem
+    wrong = gc.elementwise("wrong_above_3", lambda x: sp.Piecewise((x, x < 3), (2 * x - 3, True)))
+    wrong.__dict__["derivatives"] = (sp.Integer(1),)  # 2 above 3, deliberately not
+    big = gc.input("big", (20, 20), "float64")
+    B = np.random.default_rng(0).normal(size=(20, 20))
+    B[7, 11] = 5.0
+    rep = gc.check_grad(gc.sum(wrong(big)), [big], {"big": B})
+    (row,) = rep.rows
+    assert not rep.ok and (7, 11) != row.worst_index and row.directional_only
+    text = str(rep)
+    assert "big: the 64 elements checked agree, but the derivative along a random direction" \
+        in text and "a wrong entry among the 336 not checked" in text
+    assert "likely cause" not in text
+    assert gc.check_grad(gc.sum(wrong(big)), [big], {"big": B}, full=True).rows[0].worst_index \
+        == (7, 11)
