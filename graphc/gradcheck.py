@@ -56,6 +56,7 @@ class GradCheckReport:
     atol: float
     dtype: str
     bad_edges: list[EdgeCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -94,7 +95,7 @@ class GradCheckReport:
             lines.append(f"where: the derivative of {e.node.op.name} node {e.names[0]!r} with "
                          f"respect to operand {e.operand} ({e.names[1]!r}) fails on its own "
                          f"(u.J.v analytic {e.analytic:.6g}, numeric {e.numeric:.6g})")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
     __repr__ = __str__
 
@@ -324,4 +325,16 @@ def check_grad(y, wrt, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, *, full=False,
     if not report.ok:  # localise: which op's derivative fails on its own?
         report.bad_edges = [e for e in check_edges(y, probe.feeds, eps, rtol, atol, seed)
                             if not e.ok]
+        report.notes = _truncations(y)
     return report
+
+
+def _truncations(y) -> list[str]:
+    """Why a gradient through a truncated scan differs from finite differences by design."""
+    from .scan import Scan
+    names = node_names(Graph([y]))
+    loops = {id(t.op.loop): t for t in Graph([y]).nodes
+             if isinstance(t.op, Scan) and t.op.loop.truncate}
+    return [f"scan node {names[id(t)]!r} truncates backpropagation through time "
+            f"(truncate={t.op.loop.truncate}): its gradient is not the derivative that finite "
+            "differences measure" for t in loops.values()]

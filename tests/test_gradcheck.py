@@ -203,3 +203,18 @@ def test_a_wrong_entry_that_no_sampled_element_holds_is_named_as_such():
     assert "likely cause" not in text
     assert gc.check_grad(gc.sum(wrong(big)), [big], {"big": B}, full=True).rows[0].worst_index \
         == (7, 11)
+
+
+def test_a_truncated_scan_is_named_as_the_reason_finite_differences_disagree():
+    W = gc.param("W", (2, 2), dtype="float64")
+    xs = gc.input("xs", (6, 2), "float64")
+    hT, _ = gc.scan(lambda h, x: (gc.tanh(h @ W + x),) * 2, gc.constant(np.zeros(2)), xs,
+                    truncate=2)
+    feeds = {"xs": np.random.default_rng(0).normal(size=(6, 2)),
+             "W": np.array([[0.9, -0.4], [0.3, 0.8]])}
+    rep = gc.check_grad(gc.sum(hT), W, feeds)
+    assert not rep.ok
+    assert "note: scan node 'scan' truncates backpropagation through time (truncate=2)" \
+        in str(rep)
+    full = gc.scan(lambda h, x: (gc.tanh(h @ W + x),) * 2, gc.constant(np.zeros(2)), xs)[0]
+    assert gc.check_grad(gc.sum(full), W, feeds).notes == []
