@@ -198,11 +198,17 @@ class ScalarPrinter:
             return f"({self.const(1)} / {b if n == -1 else f'({b} ** {-n})'})", "num"
         if not self._float():
             raise Unsupported("non-integer power in integer code")
-        if exp == sp.Rational(1, 2):
-            return self._call(FUNCTIONS["sqrt"], (base,))
-        if exp == sp.Rational(-1, 2):
+        if exp in (sp.Rational(1, 2), sp.Float(0.5)):  # as NumPy's printer: sqrt, which
+            return self._call(FUNCTIONS["sqrt"], (base,))  # is NaN at -inf (pow gives inf)
+        if exp in (sp.Rational(-1, 2), sp.Float(-0.5)):
             return f"({self.const(1)} / {self._call(FUNCTIONS['sqrt'], (base,))[0]})", "num"
-        return self._call(FUNCTIONS["pow"], (base, exp))
+        power = self._call(FUNCTIONS["pow"], (base, exp))
+        if exp.is_number:
+            return power
+        # an exponent known only at run time: NumPy's power takes sqrt for 0.5 (NaN at
+        # -inf, -0 at -0, where C's pow gives inf and 0), so the kernels do too
+        root = self._call(FUNCTIONS["sqrt"], (base,))[0]
+        return f"({root} if {self.numeric(exp)} == {self.const(0.5)} else {power[0]})", "num"
 
     def _call(self, fn, args) -> tuple[str, str]:
         """A call of table row ``fn`` (:mod:`graphc.functable`) on ``args``: the
