@@ -298,7 +298,8 @@ def vjp(y, wrt, cotangent):
     wrt, single = _as_list(wrt)
     result = backward([y], [ct], wrt)
     grads = [result.grad_of(w) for w in wrt]
-    origin = GradientOf.of({**differentiated_from(iter_nodes([y])), **y.leaves})
+    unused = {k: v for w in wrt for k, v in w.leaves.items()}  # wrt y may not read: fed too
+    origin = GradientOf.of({**unused, **differentiated_from(iter_nodes([y])), **y.leaves})
     for g in grads:  # a gradient that no longer depends on y's inputs may still be fed them
         g.tag(origin)
     return grads[0] if single else grads

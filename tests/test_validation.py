@@ -83,6 +83,18 @@ def test_a_gradient_that_simplifies_to_a_constant_accepts_its_input():
     assert f() == (1.0,)  # and it needs no feed
 
 
+def test_a_wrt_the_loss_does_not_read_may_be_fed_to_its_gradient():
+    # feeding every wrt is what users do: 'a' was an unknown feed (probe)
+    a, b = gc.input("a", (3,), "float64"), gc.input("b", (3,), "float64")
+    ga, gb = gc.grad(gc.sum(b * 2.0), [a, b])
+    for backend in ("numpy", "numba"):
+        f = gc.compile([ga, gb], backend=backend)
+        out = f(a=np.ones(3), b=np.ones(3))
+        np.testing.assert_array_equal(out[0], np.zeros(3))
+        with pytest.raises(gc.FeedError, match="feed 'a' has shape"):
+            f(a=np.ones(4))
+
+
 def test_a_typo_is_still_unknown_and_a_close_name_is_suggested():
     z = gc.input("zeta", (), "float64")
     f = gc.compile(gc.grad(1 + z, z), backend="numpy")
