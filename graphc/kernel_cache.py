@@ -521,11 +521,11 @@ def busy_cpus() -> float:
 def compile_missing(specs, compile_object) -> set[str]:
     """Compile the kernels of ``specs`` that no cache holds and store their objects, so
     that :func:`load` finds them on disk; return their keys.  This process compiles (with
-    ``compile_object``, the kernel that costs it most first: :meth:`graphc.numba_workers.
-    Pool.take`) while :func:`compile_plan`'s worker
-    processes take kernels from the same queue (or, told to wait, compiles only what they
-    left).  A kernel that fails is left out: its :func:`load` compiles it again and
-    reports the error."""
+    ``compile_object``) while :func:`compile_plan`'s worker processes (those
+    :func:`prestart` started first) take kernels from the same queue, each the one that
+    costs it most (:meth:`graphc.numba_workers.Pool.take`), or, told to wait, compiles only
+    what they left.  A kernel that fails is left out: its :func:`load` compiles it again
+    and reports the error."""
     with _LOCK:
         started, _STARTED[:] = list(_STARTED), []
         misses = _missing(specs)

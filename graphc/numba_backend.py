@@ -310,13 +310,11 @@ def compile_graph(graph: Graph, body: bool = False, donate: dict | None = None,
     or None}``, the inputs whose fed arrays outputs may be computed over, ``gc.compile``'s
     ``donate`` as checked there; ``gemm_block``: a body's native loop calls its GEMMs in
     column blocks of at most that many multiply-adds, :func:`graphc.numba_loop.gemm_blocks`)."""
-    if not body:  # a scan's body is lowered within its graph's lowering
-        kernel_cache.prestart()  # gc.compile may have started them before its passes
     lowering = Lowering(graph, RULES, rule_numpy, body, donate, gemm_block)
     try:
         program = lowering.run()
-    finally:
-        if not body:
+    finally:  # gc.compile's kernel_cache.prestart() workers that no kernel needed
+        if not body:  # (a scan's body is lowered within its graph's lowering)
             kernel_cache.end_prestarted()
     if "blas_ready" in lowering.namespace:  # it calls BLAS: which one (graphc/blas.py)
         program.stats["blas"] = blas.info()

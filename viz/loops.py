@@ -70,7 +70,8 @@ def body_values(nodes, values: dict) -> dict:
         n_c, n_x, k = len(loop.carry), len(loop.xs), first_step(loop)
         given = {p.op.label: values[id(x)] for p, x in zip(loop.carry + loop.consts,
                                                            inputs[:n_c] + inputs[n_c + n_x:])}
-        given |= {p.op.label: values[id(x)][k] for p, x in zip(loop.xs, inputs[n_c:])}
+        given |= {p.op.label: values[id(x)][k] for p, x in zip(loop.xs,
+                                                               inputs[n_c:n_c + n_x])}
         body = [t for t in loop.graph.nodes if not isinstance(t.op, Constant)]
         needed = {t.op.label for t in Graph(body).inputs}
         arrays = compile_graph(body, backend="numpy", optimize=False)(

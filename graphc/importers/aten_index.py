@@ -241,6 +241,7 @@ def _select_scatter(im, node, base, src, dim, index):
     shape = base.shape[:dim] + (1,) + base.shape[dim + 1:]
     return _pieces(base, F.reshape(src, shape), dim, index, index + 1)
 
+
 def _sinc(im, node, x):
     """sin(pi x) / (pi x), 1 at 0, as torch decomposes it, but with the argument of the
     branch not taken at 0 replaced by 1, so that the gradient there is 0 (torch's), not
