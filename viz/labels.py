@@ -86,17 +86,19 @@ def call_lines(op: str, fields, limit: int = 40, most: int = 2) -> list[str]:
 
 def _g(v) -> str:
     """One number to 4 significant digits, ``-0`` written ``0``; the trailing zeros kept
-    where rounding changed the value (in its own precision), so that a rounded number
-    never reads as exact.
+    where rounding changed the value by more than its own precision's noise (16 units in
+    the last place), so that a rounded number never reads as exact.
 
-    >>> _g(2.0004), _g(2.0), _g(np.float32(0.1)), _g(1 / 3), _g(-0.0), _g(123456.0)
-    ('2.000', '2', '0.1', '0.3333', '0', '1.235e+05')
+    >>> _g(2.0004), _g(2.0), _g(np.float32(0.1)), _g(0.1 * 0.5), _g(1 / 3), _g(-0.0)
+    ('2.000', '2', '0.1', '0.05', '0.3333', '0')
     """
     x = float(v) + 0.0
     text = f"{x:.4g}"
     kind = np.asarray(v).dtype
     kind = kind if kind.kind == "f" else np.dtype(np.float64)
-    return text if not np.isfinite(x) or kind.type(text) == kind.type(v) else f"{x:#.4g}"
+    shown = float(kind.type(text))
+    exact = not np.isfinite(x) or abs(shown - x) <= 16 * np.finfo(kind).eps * abs(x)
+    return text if exact else f"{x:#.4g}"
 
 
 def number(value, limit: int = MAX_LABEL) -> str:
