@@ -318,8 +318,9 @@ COMPILE_REPEATS = 3
 def compile_times(workload_name: str, args) -> dict:
     """graphc's cold and warm compile seconds (``compile_time.run``: gc.compile + first
     call in a fresh process, on an empty kernel cache and then on the one it filled), each
-    the median of COMPILE_REPEATS such pairs (the first cold compile after the timing ran
-    up to 0.4 s slower than the next: W1 1.32 s in one bench, 0.89-0.94 s after it), and
+    the median of COMPILE_REPEATS such pairs (one cold compile read W1 1.32 s in a bench,
+    five just after it 0.89-0.94 s, and the same command 1.31-1.55 s half an hour later:
+    this VM changes speed), and
     the planned peak bytes of the compiled step; a ``compile_note`` if a child failed."""
     import compile_time
     env = thread_env(args.threads)
