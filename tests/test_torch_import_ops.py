@@ -124,6 +124,12 @@ CASES = {
         x, scale_factor=2, mode="bilinear", align_corners=True), (_r(1, 2, 3, 4),)),
     "adaptive_max": (lambda m, x: Fn.adaptive_max_pool2d(x, (2, 3)), (_r(1, 2, 4, 6),)),
     "adaptive_max_uneven": (lambda m, x: Fn.adaptive_max_pool2d(x, (2, 3)), (_r(1, 2, 5, 7),)),
+    # diagonal (torch.diag of a matrix, torch.trace): any plane, offsets both ways
+    "diagonal": (lambda m, x: torch.cat([torch.diagonal(x, 1, 0, 1), torch.diag(x[:, :4]),
+                                         torch.trace(x[:, :4]).reshape(1), x.diagonal(-1),
+                                         torch.diagonal(x, 0, 1, 0)]), (_r(4, 5),)),
+    "diagonal_3d": (lambda m, x: torch.diagonal(x, -1, -1, 0) * 2
+                    + torch.diagonal(x, 0, -2, -1)[:, :2], (_r(3, 3, 3),)),
     # sinc: 1 at 0 with gradient 0 there, as torch (decomposed, its gradient was NaN)
     "sinc": (lambda m, x: torch.sinc(x), (torch.tensor([[0.0, 1e-3, -0.5], [1.0, 2.5, 0.0]],
                                                        dtype=torch.float64),)),

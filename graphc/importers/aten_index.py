@@ -242,6 +242,24 @@ def _select_scatter(im, node, base, src, dim, index):
     return _pieces(base, F.reshape(src, shape), dim, index, index + 1)
 
 
+def _diagonal(im, node, x, offset=0, dim1=0, dim2=1):
+    """torch.diagonal (and torch.diag of a matrix, torch.trace): the diagonal of the plane
+    (dim1, dim2) as a new last axis; a take of constant flat positions of that plane, whose
+    gradient scatter-adds."""
+    d1, d2 = dim1 % x.ndim, dim2 % x.ndim
+    rest = [a for a in range(x.ndim) if a not in (d1, d2)]
+    n1, n2 = x.shape[d1], x.shape[d2]
+    first1, first2 = max(-offset, 0), max(offset, 0)
+    length = max(0, min(n1 - first1, n2 - first2))
+    if length == 0:
+        _unsupported(node, f"an empty diagonal (offset {offset} of a {n1} x {n2} plane)")
+    plane = F.reshape(F.transpose(x, (d1, d2, *rest)), (n1 * n2,) + tuple(x.shape[a]
+                                                                       for a in rest))
+    positions = (np.arange(length) + first1) * n2 + np.arange(length) + first2
+    y = F.take(plane, constant(positions))
+    return F.transpose(y, tuple(range(1, y.ndim)) + (0,))
+
+
 def _sinc(im, node, x):
     """sin(pi x) / (pi x), 1 at 0, as torch decomposes it, but with the argument of the
     branch not taken at 0 replaced by 1, so that the gradient there is 0 (torch's), not
@@ -254,6 +272,7 @@ def _sinc(im, node, x):
 
 ATEN.update({
     "aten.sinc": _sinc,
+    "aten.diagonal": _diagonal,
     "aten.arange": _arange,
     "aten.gather": _gather,
     "aten.max": _extremum(F.max, "max"),
