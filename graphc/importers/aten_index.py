@@ -244,8 +244,8 @@ def _select_scatter(im, node, base, src, dim, index):
 
 def _diagonal(im, node, x, offset=0, dim1=0, dim2=1):
     """torch.diagonal (and torch.diag of a matrix, torch.trace): the diagonal of the plane
-    (dim1, dim2) as a new last axis; a take of constant flat positions of that plane, whose
-    gradient scatter-adds."""
+    (dim1, dim2) as a new last axis, ``x[..., rows, cols]`` with constant positions
+    (:func:`_index`, whose gradient scatter-adds)."""
     d1, d2 = dim1 % x.ndim, dim2 % x.ndim
     rest = [a for a in range(x.ndim) if a not in (d1, d2)]
     n1, n2 = x.shape[d1], x.shape[d2]
@@ -253,11 +253,9 @@ def _diagonal(im, node, x, offset=0, dim1=0, dim2=1):
     length = max(0, min(n1 - first1, n2 - first2))
     if length == 0:
         _unsupported(node, f"an empty diagonal (offset {offset} of a {n1} x {n2} plane)")
-    plane = F.reshape(F.transpose(x, (d1, d2, *rest)), (n1 * n2,) + tuple(x.shape[a]
-                                                                       for a in rest))
-    positions = (np.arange(length) + first1) * n2 + np.arange(length) + first2
-    y = F.take(plane, constant(positions))
-    return F.transpose(y, tuple(range(1, y.ndim)) + (0,))
+    steps = np.arange(length)
+    return _index(im, node, F.transpose(x, (*rest, d1, d2)),
+                  [None] * len(rest) + [constant(steps + first1), constant(steps + first2)])
 
 
 def _sinc(im, node, x):
