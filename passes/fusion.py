@@ -197,11 +197,16 @@ class _Grouping:
         members (the next term of a running sum: ``((a + b) + c) + d`` with a, b, c, d
         from matmuls far apart) postpones the group, and every value it reads stays alive
         until then.  Joining is refused when those values (computed, full-size operands)
-        hold more than twice the bytes of ``t``, which joining would save."""
+        hold more than twice the bytes of ``t``, which joining would save.  Only a late
+        operand that no group computes counts (a matmul's, a reduction's, a slice of one):
+        an elementwise one would be refused by how much the group holds so far, which
+        grows as the group does, so identical steps of an unrolled loop were cut at drifting
+        places into different groups (the unrolled W4: 29 group bodies for 50 steps, 11
+        this way, with the same planned peak on every workload)."""
         last = max(self.order[id(m)] for m in group.members)
         members = {id(m) for m in group.members}
         if not any(id(i) not in members and self.order[id(i)] > last and _transient(i)
-                   for i in t.inputs):
+                   and not is_member(i) for i in t.inputs):
             return False
         held = sum(self.nodes[i].nbytes for i in group.ext
                    if i not in members and _transient(self.nodes[i]) and
