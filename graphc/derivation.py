@@ -215,6 +215,28 @@ def in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp
     return candidate if proves_on_output(f, d, x, y, candidate) else d
 
 
+def ratio_to_output(f: sp.Expr, d: sp.Expr, y: sp.Symbol) -> sp.Expr:
+    """d, a derivative of an op of several arguments, as ``(d / f) * y`` with y = f when
+    that is cheaper, SymPy proves the two equal, and the new form divides by nothing
+    that f itself does not divide by (so it is singular only where f is undefined); else
+    d.  For a / b: d/db = -a/b**2 becomes -y/b, which neither overflows nor underflows
+    where a/b is finite (b**2 does: b = 1e20 in float32, b = 1e-40 with a = 0 gave NaN);
+    a * b or a ** b keep theirs (y/a would divide by a)."""
+    if not simplifiable(d) or not d.free_symbols or isinstance(d, sp.Piecewise):
+        return d
+    try:
+        candidate = sp.factor(sp.cancel(d / f)) * y
+        below = sp.fraction(sp.together(candidate))[1]
+        allowed = sp.fraction(sp.together(f))[1]
+        if cost(candidate) >= cost(d) or sp.cancel(allowed / below).as_numer_denom()[1] \
+                .free_symbols or sp.simplify(candidate.subs(y, f) - d) != 0:
+            return d
+    except (TypeError, ValueError, NotImplementedError, ArithmeticError,
+            sp.PolynomialError):
+        return d
+    return candidate
+
+
 def _refuted(f, d, x, y, candidate) -> bool:
     """Whether d(x) != candidate(f(x)) at a sample point (a cheap way to reject a fit;
     only a proof accepts one)."""

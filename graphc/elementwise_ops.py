@@ -191,8 +191,10 @@ class ElementwiseDef:
     @cached_property
     def derivatives(self) -> tuple[sp.Expr, ...]:
         """The local derivatives, in terms of the output ``out`` where that is cheaper."""
-        if self.arity != 1 or self.params:
+        if self.params:
             return self.derivatives_x
+        if self.arity != 1:
+            return tuple(dv.ratio_to_output(self.expr, d, self.out) for d in self.derivatives_x)
         return (dv.in_terms_of_output(self.expr, self.derivatives_x[0], self.args[0], self.out),)
 
     def check(self) -> None:
