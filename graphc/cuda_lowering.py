@@ -228,8 +228,9 @@ class Lowering:
             if rows and cols:
                 kernel[min(rows, ck.MAX_BLOCKS), ck.THREADS](flat(out), flat(x),
                                                                   rows, cols)
-            elif rows and kind == "sum":
-                ck.fill[ck.blocks_for(rows), ck.THREADS](out, 0, rows)
+            elif rows and kind in ("sum", "logsumexp"):  # empty rows: 0, log 0 = -inf
+                ck.fill[ck.blocks_for(rows), ck.THREADS](out, 0 if kind == "sum" else -np.inf,
+                                                         rows)
             return out
         return run, perm, pshape
 

@@ -29,6 +29,7 @@ from .lowering import (
 from .numba_runtime import NumbaProgram, _addr, kernel_threads
 from .passes.memory import FRESH_OUTPUT_BYTES
 from .passes.memory import plan as plan_memory
+from .shape_ops import BroadcastTo
 from .structured_ops import MatMul
 
 # Handing work to another thread costs about 90 us here, so a kernel is split across
@@ -431,10 +432,16 @@ class Lowering:
 
     def operand(self, t: Tensor, materialize: bool, shape) -> str:
         """The pointer a kernel reads operand ``t`` through: its broadcast base (the
-        kernel broadcasts it), or a contiguous copy at ``shape`` where it cannot."""
+        kernel broadcasts it), or a contiguous copy at ``shape`` where it cannot: made from
+        the operand's source before any broadcast_to (``shape`` may keep an axis that the
+        broadcast made longer at 1: a (1, 3, 5) row of ``broadcast_to(x, (4, 3, 5))``)."""
         value = self.value(t)
         if materialize:
-            base = self.temp(value, f"_contig(np.broadcast_to({self.use(value)}, {shape!r}))")
+            source = t
+            while isinstance(source.op, BroadcastTo) and id(source) not in self.folded:
+                source = source.inputs[0]
+            base = self.temp(value, f"_contig(np.broadcast_to("
+                                    f"{self.use(self.value(source))}, {shape!r}))")
         else:
             base = value.base if value.base is not None else value
         return self.pointer(base)

@@ -243,7 +243,8 @@ def rule_rows(lowering, t):
     """softmax / log_softmax / logsumexp over trailing axes: a row kernel."""
     (x,) = t.inputs
     axes = (t.op.axis,) if isinstance(t.op, (Softmax, LogSoftmax)) else t.op.axes
-    if x.ndim == 0 or not _trailing(axes, x.ndim) or x.dtype != t.dtype:
+    if x.ndim == 0 or not _trailing(axes, x.ndim) or x.dtype != t.dtype or \
+            0 in (x.shape[a] for a in axes):  # empty rows (logsumexp: -inf): NumPy's
         return rule_numpy(lowering, t)
     kind = {Softmax: "softmax", LogSoftmax: "log_softmax", LogSumExp: "logsumexp"}[type(t.op)]
     spec = nk.row_kernel(kind, t.dtype)

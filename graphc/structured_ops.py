@@ -79,9 +79,9 @@ class MatMul(Op):
 
 def _shifted_log_sum_exp(x, axes):
     """``(m, log(sum(exp(x - m))))`` over ``axes`` (kept), ``m`` the maximum where it is
-    finite, else 0 (a row of -inf or inf is not shifted)."""
+    finite, else 0 (a row of -inf or inf is not shifted; an empty one sums to 0: -inf)."""
     x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
-    m = np.max(x, axis=axes, keepdims=True)
+    m = np.max(x, axis=axes, keepdims=True, initial=-np.inf)
     m = np.where(np.isfinite(m), m, 0).astype(x.dtype)
     with np.errstate(all="ignore"):
         return m, np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True))

@@ -458,3 +458,11 @@ def test_simulator_cases_in_a_subprocess():
                           f"{__file__}::test_without_a_gpu_compile_raises_a_clear_error"],
                          env=_env(True), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@sim
+def test_logsumexp_of_empty_rows_is_minus_infinity():
+    # log of an empty sum, as torch.logsumexp (rows of 0 values left the output unwritten)
+    for shape, axis in [((3, 0), 1), ((0, 3), None)]:
+        x = gc.input("x", shape)
+        check([gc.logsumexp(x, axis=axis)], {"x": np.zeros(shape, np.float32)}, passes=())

@@ -400,3 +400,28 @@ def test_the_divisor_gradient_is_finite_where_the_quotient_is(backend, dtype, a,
     (ta / tb).sum().backward()
     np.testing.assert_array_equal(got, tb.grad.numpy())
     assert np.isfinite(got).all() and np.signbit(got).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logsumexp_of_empty_rows_is_minus_infinity(backend):
+    # torch's log(0); the NumPy backend raised and the Numba one left the output unwritten
+    for shape, axis in [((3, 0), 1), ((0,), None), ((0, 3), None)]:
+        x = gc.input("x", shape, "float64")
+        got = gc.compile(gc.logsumexp(x, axis=axis), backend=backend)(x=np.zeros(shape))
+        dims = (axis,) if axis is not None else tuple(range(len(shape)))
+        want = torch.logsumexp(torch.zeros(shape, dtype=torch.float64), dim=dims).numpy()
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("axis,keepdims", [(-1, False), ((0, 2), False), ((1, 2), True)])
+def test_logsumexp_gradient_through_a_broadcast_of_rank_three(backend, axis, keepdims):
+    # the fused backward read a (1, 3, 5) row of broadcast_to(x, (4, 3, 5)) by broadcasting
+    # the (4, 3, 5) array down to it: "operands could not be broadcast" at run time
+    x = gc.input("x", (3, 1), "float64")
+    y = gc.logsumexp(gc.broadcast_to(x, (4, 3, 5)), axis=axis, keepdims=keepdims)
+    X = np.arange(3.0).reshape(3, 1)
+    (got,) = gc.compile([gc.grad(gc.sum(y * y), x)], backend=backend)(x=X)
+    (want,) = torch_grads(lambda t: torch.logsumexp(
+        t.broadcast_to(4, 3, 5), axis, keepdim=keepdims) ** 2, X)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
