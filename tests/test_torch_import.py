@@ -577,3 +577,30 @@ def test_resnet18_finetune_example(tmp_path):
     labels = svg.read_text()
     assert all(f">layer{k}.{j}</text>" in labels for k in range(1, 5) for j in (0, 1))
     assert ">layer1.0.conv1</text>" not in labels and "upstream ∂L/∂" in labels
+
+
+class StraightThrough(nn.Module):
+    """A straight-through rounding (``h + (round(h) - h).detach()``) scaled by a statistic
+    computed under ``torch.no_grad()``: neither passes a gradient in torch."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.3, -1.2, 2.0, 0.7], dtype=torch.float64))
+
+    def forward(self, x):
+        h = x * self.w
+        q = h + (torch.round(h) - h).detach()
+        with torch.no_grad():
+            scale = (h * h).sum()
+        return q * scale
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_detach_and_no_grad_stop_the_gradient_as_in_torch(backend):
+    # the decompositions turned .detach() into an alias and inlined the no_grad block, and
+    # the gradient flowed through both: [2.4, -38.4, 144, ...] instead of torch's
+    x = torch.tensor([[1.0, 2.0, 3.0, -1.5]], dtype=torch.float64)
+    m, ours, theirs, names = imported_gradients(StraightThrough(), x)
+    assert names == ["w"]
+    assert_close(m, x, ours, theirs, names, backend, 1e-12)
+    assert "stop_gradient" in {t.op.name for t in gc.Graph(m.outputs).nodes}

@@ -144,6 +144,12 @@ CASES = {
     "logical": (lambda m, x: ((x > 0) & (x < 1)) * x + ((x > 0) | (x < -1)) * 2.0
                 + (x > 0).logical_xor(x > 1) * 3.0 + torch.logical_and(x > 0, x < 1) * x,
                 (_r(3, 4),)),
+    # one (C, H, W) sample, which torch's 2-D poolings take (a bare ValueError before)
+    "pools_unbatched": (lambda m, x: Fn.max_pool2d(x, 2).sum(0) + Fn.avg_pool2d(x, 2).mean(0)
+                        + Fn.adaptive_avg_pool2d(x, (3, 4)).amax(0)
+                        + Fn.adaptive_max_pool2d(x, (3, 4)).sum(0), (_r(2, 7, 9),)),
+    "round_decimals": (lambda m, x: torch.round(x * 7, decimals=2) * x
+                       + torch.round(x * 300, decimals=-1), (_r(3, 4),)),
 }
 
 

@@ -12,7 +12,7 @@ from .. import functions as F
 from .. import nn_functions as NF
 from ..inputs import constant
 from ..ir import Tensor
-from .aten_ops import ATEN, _meta, _pair, _static, _unsupported
+from .aten_ops import ATEN, _meta, _pair, _static, _unsupported, unbatched
 
 
 def _arange(im, node, *args, **_):
@@ -280,7 +280,7 @@ ATEN.update({
                                                           + (index,)],
     "aten.constant_pad_nd": _constant_pad,
     "aten.native_group_norm": _group_norm,
-    "aten.adaptive_max_pool2d": _adaptive_max_pool,
+    "aten.adaptive_max_pool2d": unbatched(_adaptive_max_pool),
     "aten.linalg_vector_norm": _vector_norm,
     "aten.upsample_nearest2d": _upsample_nearest,
     "aten.upsample_bilinear2d": _upsample_bilinear,

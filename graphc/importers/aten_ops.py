@@ -98,9 +98,22 @@ def _layer_norm(im, node, x, shape, w=None, b=None, eps=1e-5):
 def _ceil_extra(node, x, kernel, stride, padding):
     """Rows and columns a ceil_mode pooling reads past the floor-mode end."""
     val = node.meta["val"]
-    out = (val[0] if isinstance(val, (tuple, list)) else val).shape[2:]
+    out = (val[0] if isinstance(val, (tuple, list)) else val).shape[-2:]
     return [(o - 1) * s + k - (n + 2 * p) for o, s, k, n, p in
-            zip(out, stride, kernel, x.shape[2:], padding)]
+            zip(out, stride, kernel, x.shape[-2:], padding)]
+
+
+def unbatched(rule):
+    """``rule`` of a 2-D pooling, which also takes one (C, H, W) sample, as torch does:
+    pooled as (1, C, H, W) and the batch axis dropped again."""
+    def pool(im, node, x, *args, **kwargs):
+        if x.ndim != 3:
+            return rule(im, node, x, *args, **kwargs)
+        out = rule(im, node, F.reshape(x, (1, *x.shape)), *args, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(o if o is None else F.reshape(o, o.shape[1:]) for o in out)
+        return F.reshape(out, out.shape[1:])
+    return pool
 
 
 def _max_pool(im, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
@@ -144,6 +157,15 @@ def _adaptive_avg_pool(im, node, x, size):
         return F.mean(x, (2, 3), keepdims=True)
     rows = F.matmul(constant(_adaptive_matrix(h, oh, x.dtype)), x)
     return F.matmul(rows, constant(_adaptive_matrix(w, ow, x.dtype).T.copy()))
+
+
+def _round(im, node, x, decimals=0):
+    """``torch.round(x, decimals=d)`` as torch computes it: round(x * 10^d) / 10^d, and
+    round(x / 10^-d) * 10^-d for d < 0."""
+    if not decimals:
+        return F.round(x)
+    scale = 10.0 ** abs(decimals)
+    return F.round(x * scale) / scale if decimals > 0 else F.round(x / scale) * scale
 
 
 def _addmm(im, node, bias, a, b, beta=1, alpha=1):
@@ -341,9 +363,9 @@ ATEN = {
     "aten._native_batch_norm_legit": lambda im, node, *a: (
         _bn_no_stats(im, node, *a) if len(a) == 6 else _bn(im, node, *a)),
     "aten.native_layer_norm": _layer_norm,
-    "aten.max_pool2d_with_indices": _max_pool,
-    "aten.avg_pool2d": _avg_pool,
-    "aten._adaptive_avg_pool2d": _adaptive_avg_pool,
+    "aten.max_pool2d_with_indices": unbatched(_max_pool),
+    "aten.avg_pool2d": unbatched(_avg_pool),
+    "aten._adaptive_avg_pool2d": unbatched(_adaptive_avg_pool),
     "aten.addmm": _addmm,
     "aten.mm": _unary(F.matmul),
     "aten.bmm": _unary(F.matmul),
@@ -356,6 +378,7 @@ ATEN = {
     "aten.expand": lambda im, node, x, *_: F.broadcast_to(x, _meta(node)[0]),
     "aten.clone": _same,
     "aten.alias": _same,
+    "graphc.stop_gradient": lambda im, node, x: stop_gradient(x),  # .detach(), no_grad
     "aten._to_copy": _to_copy,
     "aten.cat": lambda im, node, xs, dim=0: F.concat(xs, dim),
     "aten.slice": _slice,
@@ -394,7 +417,7 @@ ATEN = {
     "aten.sign": _unary(F.sign),
     "aten.floor": _unary(F.floor),
     "aten.ceil": _unary(F.ceil),
-    "aten.round": _unary(F.round),
+    "aten.round": _round,
     "aten.trunc": _unary(F.trunc),
     "aten.tan": _unary(F.tan),
     "aten.asin": _unary(F.asin),

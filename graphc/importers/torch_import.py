@@ -14,6 +14,7 @@ built inside the ``gc.scope`` of its ``nn.Module`` path (``layer1`` / ``layer1.0
 from __future__ import annotations
 
 import contextlib
+import functools
 import keyword
 import operator
 import re
@@ -54,11 +55,54 @@ def from_torch(module, example_args) -> Model:
                  for a in args)
     with warnings.catch_warnings():  # torch's own deprecation noise, not the user's
         warnings.filterwarnings("ignore", r".*treespec, LeafSpec", FutureWarning)
-        program = torch.export.export(module, args).run_decompositions(_decompositions())
+        program = _stop_gradients(torch.export.export(module, args))
+        program = program.run_decompositions(_decompositions())
     first: dict[int, str] = {}  # a parameter shared by modules: named_parameters()' name
     aliases = {name: first.setdefault(id(p), name)
                for name, p in module.named_parameters(remove_duplicate=False)}
     return _Importer(program, type(module).__name__, aliases).run()
+
+
+@functools.cache
+def _stop_gradient_op():
+    """``graphc::stop_gradient``, a torch op of graphc's own (registered once, when a first
+    module is imported): the decompositions keep it, and it imports as gc.stop_gradient."""
+    import torch
+
+    @torch.library.custom_op("graphc::stop_gradient", mutates_args=(),
+                             schema="(Tensor x) -> Tensor")
+    def stop_gradient(x):
+        return x.clone()
+
+    @stop_gradient.register_fake
+    def _(x):
+        return torch.empty_like(x)
+    return torch.ops.graphc.stop_gradient.default
+
+
+def _stop_gradients(program):
+    """``program`` with its ``.detach()`` calls and the results of its ``torch.no_grad()``
+    blocks marked as graphc::stop_gradient.  The decompositions forget both (detach becomes
+    aten.alias, a no_grad block is inlined), and their gradients then flowed: a
+    straight-through estimator's ``h + (round(h) - h).detach()`` had the gradient of
+    round(h), 0, instead of 1."""
+    import torch
+
+    graph, changed = program.graph_module.graph, False
+    for node in list(graph.nodes):
+        if node.target is torch.ops.aten.detach.default:
+            node.target, changed = _stop_gradient_op(), True
+        elif node.target is torch.ops.higher_order.wrap_with_set_grad_enabled and \
+                node.args[0] is False:
+            for user in list(node.users):  # its outputs (getitem)
+                with graph.inserting_after(user):
+                    stopped = graph.call_function(_stop_gradient_op(), (user,))
+                stopped.meta = dict(user.meta)
+                user.replace_all_uses_with(stopped, delete_user_cb=lambda n, s=stopped: n is not s)
+                changed = True
+    if changed:
+        program.graph_module.recompile()
+    return program
 
 
 def _decompositions():
@@ -223,7 +267,9 @@ def _op_name(node) -> str:
     """``aten.relu`` for ``aten.relu.default``: rules are per op, overloads by arguments."""
     target = node.target
     packet = getattr(target, "_overloadpacket", None)
-    return f"aten.{packet.__name__}" if packet is not None else str(target)
+    if packet is None:
+        return str(target)
+    return f"{packet._qualified_op_name.split('::')[0]}.{packet.__name__}"
 
 
 def _module_path(path: str) -> list[str]:
