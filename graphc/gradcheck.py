@@ -266,7 +266,7 @@ def _check_tensor(probe, name: str, g, rng, eps, rtol, atol, dtype, max_elements
         a, n = float(g[index]), probe.central(name, index, eps)
         err = abs(a - n)
         scale = max(abs(a), abs(n))
-        rel = err / scale if scale > atol or np.isnan(err) else 0.0  # ~0: judged by atol
+        rel = np.nan if np.isnan(err) else err / scale if scale > atol else 0.0  # ~0: by atol
         passed = _close(a, n, rtol, atol)
         ok &= passed
         max_abs, max_rel = _worse(max_abs, err), _worse(max_rel, rel)

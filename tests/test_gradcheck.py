@@ -218,3 +218,11 @@ def test_a_truncated_scan_is_named_as_the_reason_finite_differences_disagree():
         in str(rep)
     full = gc.scan(lambda h, x: (gc.tanh(h @ W + x),) * 2, gc.constant(np.zeros(2)), xs)[0]
     assert gc.check_grad(gc.sum(full), W, feeds).notes == []
+
+
+def test_a_nan_loss_gives_a_failing_report_not_an_exception():
+    # the analytic 0 at x[0] against the numeric NaN divided by a scale of 0
+    x = gc.input("x", (3,), "float64")
+    rep = gc.check_grad(gc.sum(x * x), x, {"x": np.array([0.0, -2.0, np.nan])})
+    assert rep.ok is False and np.isnan(rep.max_rel_error)
+    assert "not finite" in str(rep)
