@@ -590,3 +590,12 @@ def test_instance_normalization_matches_numpy_and_checks_its_gradient(shape):
     loss = gc.sum(gc.tanh(m.outputs[0]))
     report = gc.check_grad(loss, list(m.inputs.values()), {"a": x, "b": scale, "c": bias})
     assert report.ok, report
+
+
+def test_an_input_of_unknown_rank_is_refused_at_import():
+    # it was imported as a 0-d input, and every real feed was then refused
+    model = _model([helper.make_node("Relu", ["x"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(gc.ShapeError, match="input 'x' has no shape"):
+        gc.from_onnx(model)

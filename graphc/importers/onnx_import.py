@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import dtypes
 from ..dynamic import defer, is_dynamic
-from ..errors import GraphError, UnsupportedOpError
+from ..errors import GraphError, ShapeError, UnsupportedOpError
 from ..graph import Graph
 from ..inputs import Constant, constant, input, param
 from ..interpreter import evaluate_graph
@@ -239,6 +239,11 @@ class _Importer:
                     f"{', '.join(sorted(self.ops.SUPPORTED))}"))
 
     def input_shape(self, v) -> tuple[int, ...]:
+        if not v.type.tensor_type.HasField("shape"):  # not a scalar: a rank ONNX leaves open
+            raise ShapeError(located(
+                f"from_onnx: input {v.name!r} has no shape (its rank is unknown); graphc "
+                "needs each input's rank: give the input a shape in the model (dimensions "
+                "may be symbolic, e.g. onnx.tools.update_model_dims)"))
         shape = []
         for axis, d in enumerate(v.type.tensor_type.shape.dim):
             if d.HasField("dim_value"):
