@@ -327,13 +327,14 @@ class Reduce(Op):
         shape = tuple(1 if i in self.axes else d for i, d in enumerate(x.shape)
                       if self.keepdims or i not in self.axes)
         dtype = x.dtype
-        if self.kind == "sum" and dtype == "bool":
-            dtype = "int64"
+        if self.kind == "sum" and dtype in ("bool", "int32"):  # as NumPy and torch: no
+            dtype = "int64"  # int32 wrap-around (four 2e9 summed to -589934592)
         return shape, dtype
 
     def evaluate(self, x):
         fn = {"sum": np.sum, "max": np.max, "min": np.min}[self.kind]
-        dtype = {"dtype": np.int64} if self.kind == "sum" and x.dtype == np.bool_ else {}
+        dtype = {"dtype": np.int64} if self.kind == "sum" and x.dtype in (np.bool_, np.int32) \
+            else {}
         return np.asarray(fn(x, axis=self.axes, keepdims=self.keepdims, **dtype))
 
     @property

@@ -188,8 +188,18 @@ def test_polynomial_ops_keep_integer_dtypes(dtype):
     x, y = leaf(dtype, "x"), leaf(dtype, "y")
     c = leaf("bool", "c")
     for t in [x + y, x - y, x * y, -x, gc.square(x), gc.abs(x), gc.relu(x),
-              gc.maximum(x, y), gc.minimum(x, y), gc.where(c, x, y), gc.sum(x), gc.max(x)]:
+              gc.maximum(x, y), gc.minimum(x, y), gc.where(c, x, y), gc.max(x)]:
         assert t.dtype == dtype, t.op.name
+    assert gc.sum(x).dtype == "int64"  # as NumPy and torch: an int32 sum does not wrap
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_an_int32_sum_is_int64_and_does_not_wrap(backend):
+    i = leaf("int32", "i")
+    X = np.full(3, 2_000_000_000, np.int32)
+    for t in (gc.sum(i), gc.sum(i, axis=0, keepdims=True)):
+        got = gc.compile(t, backend=backend)(i=X)
+        assert got.dtype == np.int64 and int(got.sum()) == 6_000_000_000 == int(np.sum(X))
 
 
 def test_sum_of_bool_counts():

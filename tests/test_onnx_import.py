@@ -599,3 +599,23 @@ def test_an_input_of_unknown_rank_is_refused_at_import():
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     with pytest.raises(gc.ShapeError, match="input 'x' has no shape"):
         gc.from_onnx(model)
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2",
+                                "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
+                                "ReduceSumSquare"])
+@pytest.mark.parametrize("elem,dtype", [(TensorProto.INT64, np.int64),
+                                        (TensorProto.INT32, np.int32)])
+def test_integer_reductions_keep_the_input_type_as_onnxruntime(op, elem, dtype):
+    # a mean, norm or log of integers came back float32, an int32 product int64
+    ort = pytest.importorskip("onnxruntime")
+    model = _model([helper.make_node(op, ["x"], ["y"], axes=[1], keepdims=0)],
+                   [_vi("x", [3, 4], elem)], [_vi("y", [3], elem)], opset=11)
+    x = np.array([[1, 2, 2, 2], [3, 3, 5, 4], [7, 7, 7, 8]], dtype)
+    if op not in ("ReduceLogSum", "ReduceL2", "ReduceLogSumExp"):
+        x[0, 1], x[1, 2] = -2, -3
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    for backend in ("numpy", "numba"):
+        (got,) = gc.compile(gc.from_onnx(model).outputs, backend=backend)(x=x)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)

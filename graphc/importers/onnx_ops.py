@@ -188,15 +188,24 @@ def _reduce(c: Call):
         axes = None
     axes = None if axes is None else tuple(axis_index(a, x.ndim) for a in axes)
     keep = bool(c.attr("keepdims", 1))
+    # ONNX keeps an integer input's type (onnxruntime: integer sums and products wrap, a
+    # mean, norm or log is truncated): computed as graphc does (int64 sums; float64 where
+    # it divides or takes a root or log, exact below 2^53), then cast to the input's type
+    given = x.dtype
+    if not dtypes.is_float(given) and c.op_type in ("ReduceMean", "ReduceL2", "ReduceLogSum",
+                                                    "ReduceLogSumExp"):
+        x = F.cast(x, "float64")
     if c.op_type in _REDUCE:
-        return _REDUCE[c.op_type](x, axes, keepdims=keep)
-    if c.op_type == "ReduceSumSquare":
-        return F.sum(F.square(x), axes, keepdims=keep)
-    if c.op_type == "ReduceL1":
-        return F.sum(F.abs(x), axes, keepdims=keep)
-    if c.op_type == "ReduceL2":
-        return F.sqrt(F.sum(F.square(x), axes, keepdims=keep))
-    return F.log(F.sum(x, axes, keepdims=keep))
+        out = _REDUCE[c.op_type](x, axes, keepdims=keep)
+    elif c.op_type == "ReduceSumSquare":
+        out = F.sum(F.square(x), axes, keepdims=keep)
+    elif c.op_type == "ReduceL1":
+        out = F.sum(F.abs(x), axes, keepdims=keep)
+    elif c.op_type == "ReduceL2":
+        out = F.sqrt(F.sum(F.square(x), axes, keepdims=keep))
+    else:
+        out = F.log(F.sum(x, axes, keepdims=keep))
+    return out if out.dtype == given or dtypes.is_float(given) else F.cast(out, given)
 
 
 @onnx_op("ArgMax", "ArgMin")
