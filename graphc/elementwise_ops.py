@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -275,6 +276,10 @@ class ElementwiseDef:
     def _finite_on_probe(self, expr, params: dict) -> bool:
         """Whether ``expr`` evaluates finite in float32 over |x| <= 1e4 where the op does,
         with the parameters ``params`` (memoized)."""
+        return not self._not_finite(expr, params)
+
+    def _not_finite(self, expr, params: dict) -> tuple[float, ...]:
+        """The points of |x| <= 1e4 where the op is finite in float32 and ``expr`` is not."""
         key = (expr, tuple(sorted(params.items())))
         if key not in self._probed:
             probe = np.array([-1e4, -1e3, -100, -30, -1, 0, 1, 30, 100, 1e3, 1e4])
@@ -284,9 +289,25 @@ class ElementwiseDef:
             with np.errstate(all="ignore"):
                 args = [probe.astype(np.float32)] * self.arity
                 ok = np.isfinite(np.broadcast_to(f(*args), probe.shape))
-                finite = np.isfinite(np.broadcast_to(d(*args), probe.shape))[ok].all()
-            self._probed[key] = bool(finite)
+                finite = np.isfinite(np.broadcast_to(d(*args), probe.shape))
+            self._probed[key] = tuple(float(v) for v in probe[ok & ~finite])
         return self._probed[key]
+
+    def warn_overflow(self) -> None:
+        """Warn (at declaration) when a derivative of a one-argument op with no ``stable``
+        form overflows in float32 where the op does not: there is no other form to
+        evaluate it by (x / (1 + exp(-x)): SymPy's (x + e^x + 1) / (4 cosh(x/2)^2) is inf at
+        x = 89)."""
+        if self.arity != 1 or self.stable is not self.expr or self.params:
+            return
+        d = self.derivatives_x[0]
+        bad = () if d.is_number else self._not_finite(d, {})
+        if bad:
+            warnings.warn(
+                f"elementwise {self.name!r}: its derivative {d} is not finite in float32 at "
+                f"x = {', '.join(f'{v:g}' for v in bad)}, where the op is; give "
+                f"gc.elementwise(..., stable=...) a form that does not overflow (its "
+                f"derivative is then evaluated there)", RuntimeWarning, stacklevel=3)
 
     @property
     def derivatives_text(self) -> tuple[str, ...]:
@@ -476,6 +497,7 @@ def elementwise(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
             f"an elementwise op named {name!r} is already registered as {old.expr}; "
             "choose another name"))
     op.check()
+    op.warn_overflow()
     REGISTRY[name] = op
     return op
 

@@ -425,3 +425,14 @@ def test_logsumexp_gradient_through_a_broadcast_of_rank_three(backend, axis, kee
     (want,) = torch_grads(lambda t: torch.logsumexp(
         t.broadcast_to(4, 3, 5), axis, keepdim=keepdims) ** 2, X)
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_a_custom_op_whose_derivative_overflows_is_warned_about_at_declaration():
+    # x / (1 + exp(-x)) is finite everywhere; SymPy's derivative, with no stable form to
+    # fall back on, is inf at x = 89 and NaN above in float32: said where it is declared
+    with pytest.warns(RuntimeWarning, match=r"'t_edge_swish'.*x = 100, 1000, 10000.*stable="):
+        gc.elementwise("t_edge_swish", lambda x: x / (1 + sp.exp(-x)))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gc.elementwise("t_edge_cube", lambda x: x ** 3 - x)  # finite: no warning
