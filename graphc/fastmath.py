@@ -152,7 +152,7 @@ def expm1_f64(x):
     small = s * q + (s - 1.0)  # exact scaling, one rounding: accurate for small n
     large = s1 * (s2 * (q + 1.0)) - 1.0  # near overflow s alone would be inf
     res = small if n < 60.0 else large
-    return x if x != x else res
+    return x if (x != x) | (x == 0.0) else res  # NaN, and -0 keeps its sign (as NumPy)
 
 
 _F64_LG = (1.479819860511658591e-01, 1.531383769920937332e-01, 1.818357216161805012e-01,
@@ -278,7 +278,7 @@ def expm1_f32(x):
     small = s * q + (s - _F32_ONE)
     large = s1 * (s2 * (q + _F32_ONE)) - _F32_ONE
     res = small if n < _F32(30.0) else large
-    return x if x != x else res
+    return x if (x != x) | (x == _F32(0.0)) else res  # NaN, and -0 keeps its sign
 
 
 _F32_LG = (_F32(float.fromhex("0xf89e26.0p-26")), _F32(float.fromhex("0x91e9ee.0p-25")),
@@ -362,14 +362,15 @@ def erf_f32(x):
 
 @njit(**_INLINE)
 def maximum(a, b):
-    """np.maximum: NaN if either operand is NaN."""
-    return a if (a >= b) | (a != a) else b
+    """np.maximum: NaN if either operand is NaN, else the second operand at a tie (as NumPy
+    and the CUDA backend: maximum(-0.0, 0.0) is 0.0, maximum(0.0, -0.0) is -0.0)."""
+    return a if (a > b) | (a != a) else b
 
 
 @njit(**_INLINE)
 def minimum(a, b):
-    """np.minimum: NaN if either operand is NaN."""
-    return a if (a <= b) | (a != a) else b
+    """np.minimum: NaN if either operand is NaN, else the second operand at a tie."""
+    return a if (a < b) | (a != a) else b
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ made equal.  What is left is equality up to the order of a commutative op's oper
 ``a * b`` and ``b * a`` are two nodes until the operands are put in one order.
 
 Before: any well-formed graph.  After: the same values, with the operands of every
-commutative elementwise op (add, mul, maximum, minimum, equal, not_equal) sorted by their
+commutative elementwise op (add, mul, equal, not_equal) sorted by their
 structural digest, so that structurally equal expressions up to commutativity are one
 node.
 
@@ -24,9 +24,11 @@ from graphc.ir import Tensor
 
 from .rewrite import rebuild
 
-# IEEE addition and multiplication commute exactly, NaN-propagating max/min and the
-# equality tests too; so do their derivatives (ties split evenly).
-COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "equal", "not_equal"})
+# IEEE addition and multiplication commute exactly, the equality tests too.  maximum and
+# minimum do not: at a tie they return their first operand, as NumPy and torch, and
+# maximum(-0.0, 0.0) is -0.0 where maximum(0.0, -0.0) is 0.0 (1/maximum(x, 0) at x = -0:
+# -inf, not inf).
+COMMUTATIVE = frozenset({"add", "mul", "equal", "not_equal"})
 
 
 def cse(graph: Graph, *, log: dict | None = None) -> Graph:

@@ -436,3 +436,22 @@ def test_a_custom_op_whose_derivative_overflows_is_warned_about_at_declaration()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gc.elementwise("t_edge_cube", lambda x: x ** 3 - x)  # finite: no warning
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_signed_zeros_of_maximum_minimum_and_elu_follow_numpy(backend, dtype):
+    # the Numba kernels returned the first operand at a tie and CSE swapped the operands
+    # (maximum is not commutative at -0 vs 0), and expm1(-0) was +0: 1/maximum(x, 0) and
+    # 1/elu(x) at x = -0 were +inf on one backend, -inf on the other
+    vals = np.array([-0.0, 0.0, 1.0, np.nan, -np.inf])
+    A, B = (v.astype(dtype) for v in np.meshgrid(vals, vals))
+    a, b = gc.input("a", A.shape, dtype), gc.input("b", B.shape, dtype)
+    with np.errstate(divide="ignore"):
+        for fn, ref in ((gc.maximum, np.maximum), (gc.minimum, np.minimum)):
+            got = gc.compile([1 / fn(a, b), 1 / fn(b, a)], backend=backend)(a=A, b=B)
+            np.testing.assert_array_equal(got[0], 1 / ref(A, B))
+            np.testing.assert_array_equal(got[1], 1 / ref(B, A))
+        x = gc.input("x", (2,), dtype)
+        got = gc.compile(1 / gc.elu(x), backend=backend)(x=np.array([-0.0, 0.0], dtype))
+    np.testing.assert_array_equal(got, [-np.inf, np.inf])  # torch's elu too
