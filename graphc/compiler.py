@@ -25,10 +25,11 @@ def _validate(inputs, feeds: dict, accepted=None) -> dict[str, np.ndarray]:
     wanted = {t.op.label: t for t in inputs}
     accepted = {k: t for k, t in (accepted or {}).items() if k not in wanted}
     missing = [n for n in wanted if n not in feeds]
-    if missing:
-        raise FeedError(f"missing feed(s) for {', '.join(repr(n) for n in missing)}; "
-                        f"the graph needs {_describe(wanted.values())}")
     unknown = sorted((n for n in feeds if n not in wanted and n not in accepted), key=str)
+    if missing:  # with the unknown ones, which are often the missing ones misspelled
+        raise FeedError(f"missing feed(s) for {', '.join(repr(n) for n in missing)}; "
+                        f"the graph needs {_describe(wanted.values())}" +
+                        (f"; and {_unknown(unknown, wanted, accepted)}" if unknown else ""))
     if unknown:
         raise FeedError(_unknown(unknown, wanted, accepted))
     for name, t in accepted.items():

@@ -238,7 +238,7 @@ class ElementwiseDef:
         args = [a for a in self.args if a in free] + ([self.out] if self.out in free else [])
         stable = expr
         if self.out not in free and self.stable is not self.expr and \
-                not self._finite_on_probe(expr, {**self.params, **dict(params)}):
+                self._not_finite(expr, {**self.params, **dict(params)}):
             # Differentiated, the kinks of the stable decomposition (max, |x|) count
             # one-sided averages (sign(0) = 0); at_kinks puts the plain derivative's own
             # value there where the two differ (silu'' at 0).
@@ -273,13 +273,9 @@ class ElementwiseDef:
                 bool_args=self.bool_args)
         return self._local_defs["masked"]
 
-    def _finite_on_probe(self, expr, params: dict) -> bool:
-        """Whether ``expr`` evaluates finite in float32 over |x| <= 1e4 where the op does,
-        with the parameters ``params`` (memoized)."""
-        return not self._not_finite(expr, params)
-
     def _not_finite(self, expr, params: dict) -> tuple[float, ...]:
-        """The points of |x| <= 1e4 where the op is finite in float32 and ``expr`` is not."""
+        """The points of |x| <= 1e4 where the op is finite in float32 and ``expr`` is not,
+        with the parameters ``params`` (memoized)."""
         key = (expr, tuple(sorted(params.items())))
         if key not in self._probed:
             probe = np.array([-1e4, -1e3, -100, -30, -1, 0, 1, 30, 100, 1e3, 1e4])

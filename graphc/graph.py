@@ -6,9 +6,9 @@ from functools import cached_property
 
 import numpy as np
 
-from .errors import GraphError
+from .errors import DTypeError, GraphError
 from .inputs import Constant, Input
-from .ir import Tensor, iter_nodes
+from .ir import Tensor, iter_nodes, located
 
 
 def as_outputs(outputs) -> tuple[Tensor, ...]:
@@ -16,12 +16,12 @@ def as_outputs(outputs) -> tuple[Tensor, ...]:
     try:
         outs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
     except TypeError:  # not iterable: 3.0, None
-        raise TypeError("graph outputs must be a graphc Tensor or a sequence of them, got "
-                        f"{type(outputs).__name__}") from None
+        raise DTypeError(located("graph outputs must be a graphc Tensor or a sequence of them, "
+                                 f"got {type(outputs).__name__}")) from None
     for t in outs:
         if not isinstance(t, Tensor):
-            raise TypeError("graph outputs must be a graphc Tensor or a sequence of them, got "
-                            f"a {type(t).__name__} among them")
+            raise DTypeError(located("graph outputs must be a graphc Tensor or a sequence of "
+                                     f"them, got a {type(t).__name__} among them"))
     if not outs:
         raise GraphError("a graph needs at least one output")
     return outs

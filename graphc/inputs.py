@@ -192,8 +192,8 @@ def initial_value(op: Input, rng: np.random.Generator) -> np.ndarray:
     if callable(init):
         value = np.asarray(init(shape, rng))
         if value.shape != shape:
-            raise GraphError(f"param {op.label!r}: init returned shape {value.shape}, "
-                             f"expected {shape}")
+            raise GraphError(located(f"param {op.label!r}: init returned shape "
+                                     f"{value.shape}, expected {shape}"))
     elif init == "zeros":
         value = np.zeros(shape)
     elif init == "ones":
@@ -246,6 +246,11 @@ def _is_weak(value) -> bool:
 def lift_all(args, op_name: str = "op") -> list[Tensor]:
     """``args`` as tensors.  Python and NumPy scalars take the dtype of the tensors they
     meet (weak typing); NumPy arrays keep their own dtype."""
+    for a in args:
+        if not (isinstance(a, Tensor) or _is_weak(a) or _numeric_array(a)):
+            raise DTypeError(located(f"{op_name}: cannot use {type(a).__name__} {a!r:.60} as "
+                                     "an operand; use a graphc Tensor, a number or a numeric "
+                                     "array"))
     tensors = [a for a in args if isinstance(a, Tensor)]
     strong = [a.dtype for a in tensors if a.dtype != "bool"]
     strong += [dtypes.as_dtype(np.asarray(a).dtype) for a in args
@@ -262,11 +267,19 @@ def lift_all(args, op_name: str = "op") -> list[Tensor]:
                 raise DTypeError(located(f"{op_name}: the Python int {a} does not fit the "
                                          f"{dtype} operand; cast the tensor to int64"))
             out.append(constant(a, dtype=dtype))
-        elif isinstance(a, (list, tuple, np.ndarray)):
-            out.append(constant(np.asarray(a)) if isinstance(a, np.ndarray) else constant(a))
         else:
-            raise GraphError(located(f"cannot use {type(a).__name__} {a!r} in a graph"))
+            out.append(constant(np.asarray(a)) if isinstance(a, np.ndarray) else constant(a))
     return out
+
+
+def _numeric_array(a) -> bool:
+    """A list, tuple or array of numbers or bools (not strings, objects or ragged lists)."""
+    if not isinstance(a, (list, tuple, np.ndarray)):
+        return False
+    try:
+        return np.asarray(a).dtype.kind in "biuf"
+    except ValueError:  # ragged
+        return False
 
 
 def as_tensor(x) -> Tensor:

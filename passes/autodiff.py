@@ -34,7 +34,7 @@ from graphc import functions as F
 from graphc.bptt import scan_vjp
 from graphc.dynamic import Deferred, defer, deferred_vjp, is_dynamic
 from graphc.elementwise_ops import Elementwise
-from graphc.errors import GraphError
+from graphc.errors import DTypeError, GraphError
 from graphc.graph import Graph, as_outputs, node_names
 from graphc.inputs import constant
 from graphc.ir import Tensor, iter_nodes, located
@@ -277,7 +277,8 @@ def _as_list(wrt) -> tuple[list[Tensor], bool]:
     wrt = list(wrt)
     for w in wrt:
         if not isinstance(w, Tensor):
-            raise TypeError(f"wrt must hold graphc Tensors, got {type(w).__name__}")
+            raise DTypeError(located(f"wrt must hold graphc Tensors, got "
+                                     f"{type(w).__name__}"))
     return wrt, False
 
 
@@ -288,7 +289,7 @@ def vjp(y, wrt, cotangent):
     (a single tensor when ``wrt`` is one tensor).
     """
     if not isinstance(y, Tensor):
-        raise TypeError(f"vjp: y must be a graphc Tensor, got {type(y).__name__}")
+        raise DTypeError(located(f"vjp: y must be a graphc Tensor, got {type(y).__name__}"))
     ct = cotangent if isinstance(cotangent, Tensor) else \
         constant(np.asarray(cotangent), dtype=y.dtype)
     if ct.shape != y.shape:
@@ -318,7 +319,7 @@ def grad(y, wrt):
     (3,)
     """
     if not isinstance(y, Tensor):
-        raise TypeError(f"grad: y must be a graphc Tensor, got {type(y).__name__}")
+        raise DTypeError(located(f"grad: y must be a graphc Tensor, got {type(y).__name__}"))
     if y.shape != ():
         raise GraphError(located(f"grad: y must be a scalar, got shape {y.shape}; use "
                                  "gc.vjp(y, wrt, cotangent) for non-scalar outputs"))

@@ -339,3 +339,27 @@ def test_constant_of_a_tensor():
     with pytest.raises(gc.GraphError) as info:
         gc.constant(x)
     assert_located(info, "Tensor")
+
+
+def test_non_tensor_arguments_are_graphc_errors_at_the_users_line():
+    # plain TypeErrors from inside graphc before, without the op or the user's line
+    a = gc.input("a", (3,))
+    cases = [(lambda: a + "x", r"add: cannot use str 'x' as an operand"),
+             (lambda: a * None, r"mul: cannot use NoneType None as an operand"),
+             (lambda: gc.grad(gc.sum(a), np.ones(3)), r"wrt must hold graphc Tensors"),
+             (lambda: gc.grad(3.0, a), r"grad: y must be a graphc Tensor, got float"),
+             (lambda: gc.compile([a, 3.0]), r"graph outputs must be a graphc Tensor")]
+    for make, message in cases:
+        with pytest.raises(gc.DTypeError, match=message) as err:
+            make()
+        assert isinstance(err.value, TypeError) and __file__ in str(err.value), str(err.value)
+    p = gc.param("w", (2, 3), init=lambda shape, rng: np.ones((3, 2)))
+    with pytest.raises(gc.GraphError, match=r"init returned shape \(3, 2\)") as err:
+        gc.init_params([p])
+    assert __file__ in str(err.value)
+
+
+def test_a_misspelled_feed_is_named_with_the_missing_one():
+    f = gc.compile(gc.input("x", (3,)) * 2, backend="numpy")
+    with pytest.raises(gc.FeedError, match=r"missing feed\(s\) for 'x'.*unknown feed 'X'"):
+        f(X=np.ones(3, np.float32))
