@@ -504,3 +504,59 @@ def test_select_select_edge_and_step_bring_what_they_show_into_view(browser, tmp
     page.click("#fit")
     page.evaluate("graphc.selectEdge('W5', 'matmul_6')")
     assert page.evaluate(IN_VIEW, f'[data-n="{ids["W5"]}"]')
+
+
+@needs_browser
+def test_every_incoming_edge_shows_its_local_derivative(browser, tmp_path):
+    # only edges on a gradient path did: not x's with wrt=W, none on a forward-only page
+    x, W = gc.input("x", (2, 3)), gc.param("W", (3, 2))
+    h = (x @ W).named("h")
+    feeds = {"x": np.ones((2, 3), np.float32), "W": np.ones((3, 2), np.float32)}
+    for k, ex in enumerate([gc.explore(gc.sum(gc.tanh(h)), values=feeds, wrt=W),
+                            gc.explore(gc.tanh(h), values=feeds)]):
+        page = open_page(browser, ex, tmp_path, f"locals{k}.html")
+        page.evaluate("graphc.select('h')")
+        text = page.inner_text("#details")
+        assert "← x local ∂h/∂x = Wᵀ" in text and "← W local ∂h/∂W = xᵀ" in text, text
+        assert not page.errors
+
+
+@needs_browser
+def test_scan_groups_and_placeholders_do_not_take_the_users_ids_and_names(browser, tmp_path):
+    # a gc.scope("scan0") and the first scan's group were both "scan0"; the body's slice
+    # placeholder was named x_t like the user's input, and select('x_t') chose it
+    x_t = gc.input("x_t", (3, 2))
+    with gc.scope("scan0"):
+        y = gc.tanh(x_t) * 2.0
+    _, ys = gc.scan(lambda c, xt: (c + xt, c * xt), gc.input("c0", (2,)), y)
+    page = open_page(browser, gc.explore(gc.sum(ys), values={
+        "x_t": np.ones((3, 2), np.float32), "c0": np.zeros(2, np.float32)}), tmp_path)
+    ids = [g["id"] for g in page.evaluate("graphc.groups()")]
+    names = [n["name"] for n in page.evaluate("graphc.nodes()")]
+    assert len(ids) == len(set(ids)) == 2 and len(names) == len(set(names)), (ids, names)
+    page.evaluate("graphc.select('x_t')")
+    assert "3 × 2" in page.inner_text("#details")
+    # expanding a group inside a closed one opens both, so its nodes are drawn
+    page.evaluate("graphc.collapse('scan0')")
+    assert not any(n["visible"] for n in page.evaluate("graphc.nodes()")
+                   if n["group"] == "scan0")
+    assert not page.errors
+
+
+@needs_browser
+def test_expanding_a_group_inside_a_closed_one_opens_its_parents(browser, tmp_path):
+    with gc.scope("elsewhere"):  # 3.0 interned here first: its scope made an empty group
+        gc.input("w", (2,)) * 3.0
+    x = gc.input("x", (2,))
+    with gc.scope("outer"):
+        with gc.scope("inner"):
+            y = gc.tanh(x)
+        z = y * 3.0
+    page = open_page(browser, gc.explore(gc.sum(z), values={"x": np.ones(2, np.float32)}),
+                     tmp_path)
+    page.evaluate("graphc.collapse('outer')")
+    page.evaluate("graphc.expand('outer/inner')")
+    groups = {g["id"]: g["expanded"] for g in page.evaluate("graphc.groups()")}
+    assert groups == {"outer": True, "outer/inner": True}
+    assert all(n["visible"] for n in page.evaluate("graphc.nodes()")
+               if n["group"] == "outer/inner")

@@ -12,6 +12,7 @@ import html
 import json
 import os
 from importlib import resources
+from types import SimpleNamespace
 from xml.dom.minidom import parseString
 
 import numpy as np
@@ -139,7 +140,9 @@ class _Page:
 
     def data(self) -> dict:
         b = self.builder
-        scopes = {t.scope for t in b.graph.nodes if t.scope}
+        # (not a constant's own: an interned 2.0 keeps the scope it was first made in, maybe
+        # another graph's; its group is the one its users share, shared_scope)
+        scopes = {t.scope for t in b.graph.nodes if t.scope and not isinstance(t.op, Constant)}
         paths = sorted({"/".join(s.split("/")[:k + 1]) for s in scopes
                         for k in range(s.count("/") + 1)})
         groups = [{"id": p, "name": p.rsplit("/", 1)[-1],
@@ -160,7 +163,10 @@ class _Page:
         loop, ids = drawing.loop, {k: f"{self.mark}{v}" for k, v in drawing.ids.items()}
         ids.update({id(p): self.ids[id(t)] for p, t in zip(loop.consts, drawing.inputs_consts)})
         scope = drawing.outputs[0].scope or None
-        gid = f"{scope}/scan{drawing.index}" if scope else f"scan{drawing.index}"
+        gid = base = f"{scope}/scan{drawing.index}" if scope else f"scan{drawing.index}"
+        taken, k = {g["id"] for g in groups}, 2
+        while gid in taken:  # a gc.scope("scan0") of the user's
+            gid, k = f"{base}_{k}", k + 1
         groups.append({"id": gid, "name": title(loop).split(" (")[0], "parent": scope,
                        "length": loop.length, "reverse": loop.reverse,
                        "carry": [[ids[id(new)], ids[id(p)], f"carry ×T={loop.length}"]
@@ -226,7 +232,20 @@ class _Page:
                 "inputs": [ids[id(x)] for x in t.inputs],
                 "failed": isinstance(t.op, Input) and t.op.label in b.failed_inputs,
                 "loc": str(t.loc) if t.loc else None,
-                "value": value, "grad": self.value(grad)}
+                "value": value, "grad": self.value(grad),
+                "locals": self.local_formulas(t) if kind == "op" and name is None else []}
+
+    def local_formulas(self, z) -> list:
+        """dz/dx of each float operand as text, None where there is none: the details show
+        them for the edges the backward pass does not take too (a constant's, an input's
+        not in ``wrt``, every edge of a forward-only page)."""
+        local = getattr(z.op, "local", None)
+        if not dtypes.is_float(z.dtype) or not (isinstance(z.op, Elementwise) or local):
+            return [None] * len(z.inputs)
+        return [self.builder.local_formula(SimpleNamespace(
+            forward=z, operand=k, local_formula=None if isinstance(z.op, Elementwise) else
+            local[min(k, len(local) - 1)])) if dtypes.is_float(x.dtype) else None
+            for k, x in enumerate(z.inputs)]
 
     def shared_scope(self, t) -> str | None:
         """A constant's group: the innermost scope holding all its users (an interned 2

@@ -99,10 +99,18 @@ class ScanDrawing:
         loop, b = self.loop, self.b
         names = dict(b.names)  # reserved: body nodes get names of their own (lstm.matmul_2)
         names.update({id(p): b.name(t) for p, t in zip(loop.consts, self.inputs_consts)})
+        taken = set(b.names.values())
+
+        def free(name):  # not a name of the graph's own (a user's input named x_t)
+            k, out = 2, name
+            while out in taken:
+                out, k = f"{name}_{k}", k + 1
+            taken.add(out)
+            return out
         for i, (p, new) in enumerate(zip(loop.carry, loop.new_carry)):
-            names[id(p)] = f"{new.display or f'carry{i}'}_prev"
+            names[id(p)] = free(f"{new.display or f'carry{i}'}_prev")
         for j, p in enumerate(loop.xs):
-            names[id(p)] = "x_t" if len(loop.xs) == 1 else f"x{j}_t"
+            names[id(p)] = free("x_t" if len(loop.xs) == 1 else f"x{j}_t")
         return names
 
     def src(self, t) -> str:
