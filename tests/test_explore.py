@@ -560,3 +560,25 @@ def test_expanding_a_group_inside_a_closed_one_opens_its_parents(browser, tmp_pa
     assert groups == {"outer": True, "outer/inner": True}
     assert all(n["visible"] for n in page.evaluate("graphc.nodes()")
                if n["group"] == "outer/inner")
+
+
+def test_piecewise_derivatives_are_written_as_cases_in_the_page():
+    # SymPy's MathML of a piece (&InvisibleTimes;, a < b) was parsed as XML: gc.explore of
+    # any graph with pow, maximum, elu or huber raised ExpatError
+    x, y = gc.input("x", (3,)), gc.input("y", (3,))
+    for loss in (gc.sum(x ** 3.0), gc.sum(gc.maximum(x, y)), gc.sum(gc.elu(x)),
+                 gc.huber(x, y), gc.sum(gc.minimum(x, y) * gc.softplus(x))):
+        data = page_data(gc.explore(loss).html())
+        cases = [e["localMath"] for e in data["edges"] if "<mtable" in (e["localMath"] or "")]
+        assert cases and all("otherwise" in m or "if" in m for m in cases)
+
+
+@needs_browser
+def test_the_numbers_of_a_broadcast_operand_say_they_are_summed(browser, tmp_path):
+    x, s = gc.input("x", (3,)), gc.input("s", ())
+    page = open_page(browser, gc.explore(gc.sum(x * s), values={
+        "x": np.array([1., 2., 3.], np.float32), "s": np.float32(2.0)}), tmp_path)
+    page.evaluate("graphc.selectEdge('s', 'mul')")
+    line = page.evaluate("[...document.querySelectorAll('#details .chain .num')]"
+                         ".map(e => e.textContent)")
+    assert line == ["6 = Σ over broadcast axes of [1, 2, 3] × [1, 1, 1]"]

@@ -226,3 +226,23 @@ def test_a_nan_loss_gives_a_failing_report_not_an_exception():
     rep = gc.check_grad(gc.sum(x * x), x, {"x": np.array([0.0, -2.0, np.nan])})
     assert rep.ok is False and np.isnan(rep.max_rel_error)
     assert "not finite" in str(rep)
+
+
+def test_a_wrong_rule_is_not_called_a_kink_at_a_large_eps():
+    # one-sided slopes 1e-3 apart differ by about eps * f'' at a smooth point: x^3 at 0.5
+    # with a wrong derivative was reported as "a kink" at eps=1e-3
+    cube = gc.elementwise("t_gc_cube_wrong", lambda x: x ** 3)
+    cube.__dict__["derivatives"] = (2 * cube.args[0] ** 2,)
+    x = gc.input("x", (1,), "float64")
+    for eps in (1e-6, 1e-3):
+        rep = gc.check_grad(gc.sum(cube(x)), x, {"x": np.array([0.5])}, eps=eps)
+        assert not rep.ok and rep.rows[0].cause.startswith("the analytic gradient is wrong")
+    relu = gc.check_grad(gc.sum(gc.relu(x)), x, {"x": np.array([0.0])}, eps=1e-3)
+    assert relu.rows[0].cause.startswith("a kink"), relu.rows[0].cause  # a real one still is
+
+
+def test_eps_and_tolerances_are_checked():
+    x = gc.input("x", (2,), "float64")
+    for bad in ({"eps": 0.0}, {"eps": -1e-6}, {"rtol": -1.0}, {"eps": float("nan")}):
+        with pytest.raises(ValueError, match="eps must be > 0"):
+            gc.check_grad(gc.sum(x * x), x, {"x": np.ones(2)}, **bad)

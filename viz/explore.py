@@ -13,7 +13,6 @@ import json
 import os
 from importlib import resources
 from types import SimpleNamespace
-from xml.dom.minidom import parseString
 
 import numpy as np
 import sympy as sp
@@ -296,16 +295,23 @@ class _MathML(MathMLPresentationPrinter):
     """SymPy's presentation MathML, with piecewise functions written as cases."""
 
     def _print_Piecewise(self, expr):
-        rows = []
-        for value, cond in expr.args:
-            if cond is sp.true:
-                when = "<mtext>otherwise</mtext>"
-            else:
-                when = f"<mrow><mtext>if&#xA0;</mtext>{self.doprint(cond)}</mrow>"
-            rows.append(f"<mtr><mtd>{self.doprint(value)}</mtd><mtd>{when}</mtd></mtr>")
-        table = "".join(rows)
-        return parseString(f'<mrow><mo>{{</mo><mtable columnalign="left">{table}'
-                           "</mtable></mrow>").documentElement
+        """Built as elements, not parsed from text: SymPy's text of a piece holds entities
+        (&InvisibleTimes;) and relations (a < b) that an XML parser refuses, and every
+        piecewise derivative (pow, maximum, elu, huber) failed the page."""
+        def element(tag, *children, text=None):
+            node = self.dom.createElement(tag)
+            if text is not None:
+                node.appendChild(self.dom.createTextNode(text))
+            for child in children:
+                node.appendChild(child)
+            return node
+        rows = [element("mtr", element("mtd", self._print(value)), element(
+            "mtd", element("mtext", text="otherwise") if cond is sp.true else
+            element("mrow", element("mtext", text="if\u00a0"), self._print(cond))))
+            for value, cond in expr.args]
+        table = element("mtable", *rows)
+        table.setAttribute("columnalign", "left")
+        return element("mrow", element("mo", text="{"), table)
 
 
 def _histogram(a: np.ndarray) -> dict | None:
