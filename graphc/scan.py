@@ -351,6 +351,9 @@ def scan(fn, init, xs=None, length=None, reverse=False, truncate=None):
     ((3,), (5, 3))
     """
     loc = user_location()
+    if not callable(fn):
+        raise DTypeError(located(f"scan: fn must be a function (carry, x) -> (carry, y), got "
+                                 f"{type(fn).__name__}"))
     init_list, init_single = _tensors(init, "init")
     xs_list, xs_single = _tensors(xs, "xs", allow_none=True)
     if has_dynamic(init_list + xs_list):  # replayed per fed shape: see graphc/dynamic.py

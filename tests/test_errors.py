@@ -363,3 +363,9 @@ def test_a_misspelled_feed_is_named_with_the_missing_one():
     f = gc.compile(gc.input("x", (3,)) * 2, backend="numpy")
     with pytest.raises(gc.FeedError, match=r"missing feed\(s\) for 'x'.*unknown feed 'X'"):
         f(X=np.ones(3, np.float32))
+
+
+def test_scan_of_something_that_is_not_a_function_names_it():
+    with pytest.raises(gc.DTypeError, match="scan: fn must be a function") as err:
+        gc.scan(None, gc.input("h0", (2,)), gc.input("xs", (3, 2)))
+    assert __file__ in str(err.value)
