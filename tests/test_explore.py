@@ -145,7 +145,10 @@ def open_page(browser, ex, tmp_path, name="g.html"):
                                       route.continue_() if route.request.url.startswith("file:")
                                       else route.abort()))
     page.goto(pathlib.Path(path).as_uri())
-    page.wait_for_function("window.graphc && window.graphc.ready === true", timeout=20000)
+    try:  # (60 s: a 2-core CI machine running the suite on both cores once took over 20 s)
+        page.wait_for_function("window.graphc && window.graphc.ready === true", timeout=60000)
+    except Exception as err:  # noqa: BLE001 -- say why: a script error, or only slow
+        raise AssertionError(f"the page was not ready; its script errors: {errors}") from err
     page.errors, page.requests = errors, requests
     return page
 
@@ -420,7 +423,8 @@ def test_w4_lstm_opens_in_3_seconds(browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     start = time.perf_counter()
     page.goto(pathlib.Path(path).as_uri())
-    page.wait_for_function("window.graphc && window.graphc.ready === true", timeout=20000)
+    # (60 s: a 2-core CI machine running the suite on both cores once took over 20 s)
+    page.wait_for_function("window.graphc && window.graphc.ready === true", timeout=60000)
     wall = time.perf_counter() - start
     ready_ms = page.evaluate("graphc.loadMs")  # from navigation start to ready
     assert ready_ms <= 3000, f"ready after {ready_ms:.0f} ms (wall {wall:.2f} s)"
