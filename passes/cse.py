@@ -25,9 +25,9 @@ from graphc.ir import Tensor
 from .rewrite import rebuild
 
 # IEEE addition and multiplication commute exactly, the equality tests too.  maximum and
-# minimum do not: at a tie they return their first operand, as NumPy and torch, and
-# maximum(-0.0, 0.0) is -0.0 where maximum(0.0, -0.0) is 0.0 (1/maximum(x, 0) at x = -0:
-# -inf, not inf).
+# minimum do not: at a tie they return one operand of the two (NumPy's and graphc's the
+# second, torch's the first), so maximum(-0.0, 0.0) is 0.0 where maximum(0.0, -0.0) is
+# -0.0 (1/maximum(x, 0) at x = -0: inf, 1/maximum(0, x): -inf).
 COMMUTATIVE = frozenset({"add", "mul", "equal", "not_equal"})
 
 

@@ -25,7 +25,7 @@ from graphc.errors import GraphError, RenderError
 from graphc.graph import as_outputs, node_kind
 from graphc.inputs import Constant, Input, constant
 
-from .labels import FULL, index_text, is_number, local_value, number
+from .labels import FULL, index_text, is_number, local_value, number, unique
 from .loops import ScanDrawing, body_labels, body_values, first_step, instances, title
 from .render import _Builder, _evaluate, _shape, wrt_tensors
 
@@ -162,10 +162,8 @@ class _Page:
         loop, ids = drawing.loop, {k: f"{self.mark}{v}" for k, v in drawing.ids.items()}
         ids.update({id(p): self.ids[id(t)] for p, t in zip(loop.consts, drawing.inputs_consts)})
         scope = drawing.outputs[0].scope or None
-        gid = base = f"{scope}/scan{drawing.index}" if scope else f"scan{drawing.index}"
-        taken, k = {g["id"] for g in groups}, 2
-        while gid in taken:  # a gc.scope("scan0") of the user's
-            gid, k = f"{base}_{k}", k + 1
+        gid = unique(f"{scope}/scan{drawing.index}" if scope else f"scan{drawing.index}",
+                     {g["id"] for g in groups})  # not a gc.scope("scan0") of the user's
         groups.append({"id": gid, "name": title(loop).split(" (")[0], "parent": scope,
                        "length": loop.length, "reverse": loop.reverse,
                        "carry": [[ids[id(new)], ids[id(p)], f"carry ×T={loop.length}"]

@@ -211,6 +211,15 @@ def local_value(e, values: dict):
     return None if other is None else np.swapaxes(other, -1, -2)
 
 
+def unique(name: str, taken) -> str:
+    """``name``, or ``name_2``, ``name_3`` ... : the first that ``taken`` does not hold."""
+    out, k = name, 1
+    while out in taken:
+        k += 1
+        out = f"{name}_{k}"
+    return out
+
+
 def count(n: int, word: str) -> str:
     """``1 param``, ``4,160 params``."""
     return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -13,7 +13,7 @@ import graphviz
 from graphc.graph import node_names
 from graphc.scan import Scan, placeholder, siblings
 
-from .labels import value_lines
+from .labels import unique, value_lines
 
 CARRY = "#0e7490"  # the loop's colour: its box, the carry edges, the placeholders
 _PLACEHOLDER = dict(shape="box", style="rounded,filled", fillcolor="#cffafe", color=CARRY)
@@ -99,18 +99,13 @@ class ScanDrawing:
         loop, b = self.loop, self.b
         names = dict(b.names)  # reserved: body nodes get names of their own (lstm.matmul_2)
         names.update({id(p): b.name(t) for p, t in zip(loop.consts, self.inputs_consts)})
-        taken = set(b.names.values())
-
-        def free(name):  # not a name of the graph's own (a user's input named x_t)
-            k, out = 2, name
-            while out in taken:
-                out, k = f"{name}_{k}", k + 1
-            taken.add(out)
-            return out
-        for i, (p, new) in enumerate(zip(loop.carry, loop.new_carry)):
-            names[id(p)] = free(f"{new.display or f'carry{i}'}_prev")
+        taken = set(b.names.values())  # a placeholder takes no name of the graph's own
+        for i, (p, new) in enumerate(zip(loop.carry, loop.new_carry)):  # (a user's x_t)
+            names[id(p)] = unique(f"{new.display or f'carry{i}'}_prev", taken)
+            taken.add(names[id(p)])
         for j, p in enumerate(loop.xs):
-            names[id(p)] = free("x_t" if len(loop.xs) == 1 else f"x{j}_t")
+            names[id(p)] = unique("x_t" if len(loop.xs) == 1 else f"x{j}_t", taken)
+            taken.add(names[id(p)])
         return names
 
     def src(self, t) -> str:

@@ -23,7 +23,17 @@ from graphc.inputs import Constant, Input, constant
 from graphc.ir import Tensor
 
 from . import labels
-from .labels import call_lines, count, formula, index_text, number, shorten, template, value_lines
+from .labels import (
+    call_lines,
+    count,
+    formula,
+    index_text,
+    number,
+    shorten,
+    template,
+    unique,
+    value_lines,
+)
 from .layout import layout
 from .loops import ScanDrawing, body_values, instances, is_scan
 
@@ -450,7 +460,7 @@ class _Builder:
                   for e in result.edges if e.local is not None and e.forward is not loss]
         for t, name in named:
             if id(t) in in_ir and id(t) not in known:
-                known[id(t)] = _unique(name, set(known.values()))
+                known[id(t)] = unique(name, set(known.values()))
         names = node_names(ir, known)
         for k, t in enumerate(ir.nodes):
             self.node_ids.setdefault(id(t), f"b{k}")
@@ -474,14 +484,6 @@ class _Builder:
             if not is_scan(t):
                 for x in t.inputs:
                     self.dot.edge(self.node_ids[id(x)], self.node_ids[id(t)])
-
-
-def _unique(name: str, taken: set) -> str:
-    out, k = name, 1
-    while out in taken:
-        k += 1
-        out = f"{name}_{k}"
-    return out
 
 
 def _direction(graph: Graph) -> str:
