@@ -35,11 +35,18 @@ from .errors import GraphError, ShapeError
 from .inputs import Input
 from .ir import Op, StaticArray, Tensor, iter_nodes, located, on_dynamic_operand, replaying
 
-# Stand-in sizes for dynamic dimensions while probing, run 0 and run 1: the i-th distinct
-# name (None is one name) stands for 1009 + 2 * run + 10 * i, sizes no model fixes; where
-# a call fails at those, every name stands for 2520 * (1 + run), then 1009 + 2 * run.
-_BASE = 1009
-_DIVISIBLE = 2520  # the least multiple of 1, 2, ..., 10: the stand-in size a reshape needs
+# Stand-in sizes for dynamic dimensions while probing, run 0 and run 1.  First the i-th
+# distinct name (None is one name) stands for 1009 + 10 * i and 1083 + 12 * i: sizes no
+# model fixes, a step between the runs (74 + 2 * i) that no name shares, so that a
+# dimension derived from a name (T - 10, T // 4) is neither taken for another name nor
+# found fixed.  Where a call fails at those, every name stands for 2520 and 5040, then
+# 443520 and 887040 (a reshape to (-1, 16) needs a multiple of 16), then 1009 and 1083,
+# then 2 and 3 (a model valid only for short lengths: positions of a 6-row embedding).
+# A dimension the same in both runs is fixed unless it differs where every name is 0
+# (else 2): a bounded slice x[:3] of a dynamic axis is min(n, 3) long.
+_BASE, _STEP = 1009, 74
+_DIVISIBLE = (2520, 443520)  # multiples of 1, ..., 10 and of 1, ..., 12, 16, 32, 64, 128
+_SMALL = (0, 2)
 _HOLDERS = itertools.count()
 
 
@@ -292,19 +299,20 @@ def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
         sizes = [{s: size(run, i) for i, s in enumerate(symbols)} for run in (0, 1)]
         return [(z, _run(op, inputs, z)) for z in sizes]
 
-    try:  # each name its own size: names are told apart
-        runs = runs(lambda run, i: _BASE + 2 * run + 10 * i)
-    except GraphError:
-        try:  # sizes with many divisors: a reshape regrouping a dynamic dimension, (N, 6)
-            runs = runs(lambda run, i: _DIVISIBLE * (1 + run))  # to (-1, 4)
-        except GraphError:  # one size for all: None and names may stand for one another
-            try:
-                runs = runs(lambda run, i: _BASE + 2 * run)
-            except GraphError as err:
-                only = symbols[0] if len(symbols) == 1 else None
-                text = re.sub(rf"\b{_BASE}\b|\b{_BASE + 2}\b", repr(only), str(err))
-                raise type(err)(text) from None
-    (sizes_a, a), (sizes_b, b) = runs
+    tries = [lambda run, i: _BASE + 10 * i + run * (_STEP + 2 * i),
+             *(lambda run, i, d=d: d * (1 + run) for d in _DIVISIBLE),
+             lambda run, i: _BASE + run * _STEP, lambda run, i: 2 + run]
+    first = None
+    for size in tries:
+        try:
+            (sizes_a, a), (sizes_b, b) = runs(size)
+            break
+        except GraphError as err:
+            first = first or err
+    else:
+        only = symbols[0] if len(symbols) == 1 else None
+        text = re.sub(rf"\b{_BASE}\b|\b{_BASE + _STEP}\b", repr(only), str(first))
+        raise type(first)(text) from None
     shape = []
     for da, db in zip(a.shape, b.shape):
         if da == db:
@@ -312,7 +320,22 @@ def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
             continue
         names = [s for s in symbols if sizes_a[s] == da and sizes_b[s] == db]
         shape.append(names[0] if len(names) == 1 else None)
-    return tuple(shape), a.dtype
+    return _bounded(op, inputs, symbols, tuple(shape)), a.dtype
+
+
+def _bounded(op: Deferred, inputs, symbols, shape: tuple) -> tuple:
+    """``shape`` with None where a dimension that probing found fixed differs at the small
+    sizes :data:`_SMALL` (a call that fails there tells nothing)."""
+    if not any(isinstance(d, int) for d in shape):
+        return shape
+    for size in _SMALL:
+        try:
+            small = _run(op, inputs, dict.fromkeys(symbols, size)).shape
+        except Exception:  # noqa: BLE001 -- e.g. a max over an empty axis: try the next
+            continue
+        return tuple(None if isinstance(d, int) and d != s else d
+                     for d, s in zip(shape, small))
+    return shape
 
 
 def stand_ins(value, size: int = _BASE):

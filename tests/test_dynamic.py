@@ -275,3 +275,63 @@ def test_an_empty_batch_through_convolution_pooling_and_the_mean_losses(backend)
     got = f(x=X, w=W)
     for a, b in zip((got[0], got[2], got[3]), (ht, xt.grad, wt.grad)):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("index", [slice(None, 3), slice(-3, None), slice(1, 3)])
+def test_a_bounded_slice_of_a_dynamic_axis_is_dynamic(backend, index):
+    """x[:3] of an (n, 3) input is min(n, 3) rows: a mean divides by what it gets and the
+    gradient has the fed shape, also when n is below the slice's bound."""
+    x = gc.input("x", (None, 3))
+    part = x[index]
+    assert part.shape == (None, 3)
+    f = gc.compile([gc.mean(part), *gc.grad(gc.sum(part * part), [x])], backend=backend)
+    for n in (2, 1, 5):
+        X = np.arange(3.0 * n, dtype=np.float32).reshape(n, 3) + 1
+        mean, dx = f(x=X)
+        assert mean == pytest.approx(X[index].mean() if n > 1 or index.start != 1 else np.nan,
+                                     nan_ok=True)
+        want = np.zeros_like(X)
+        want[index] = 2 * X[index]
+        np.testing.assert_allclose(dx, want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_roll_along_a_dynamic_or_named_axis(backend):
+    X = np.arange(8, dtype=np.float32).reshape(4, 2)
+    for shape in ((None, 2), ("N", 2)):
+        x = gc.input("x", shape)
+        f = gc.compile([gc.roll(x, 1, axis=0), gc.roll(x, 3)], backend=backend)
+        along, flat = f(x=X)
+        np.testing.assert_array_equal(along, np.roll(X, 1, 0))
+        np.testing.assert_array_equal(flat, np.roll(X, 3))
+
+
+@pytest.mark.parametrize("shape, to, n", [((None,), (-1, 16), 64), ((None,), (-1, 32), 64),
+                                          ((None,), (-1, 11), 22), ((None, 3), (-1, 16), 16)])
+def test_reshape_of_a_dynamic_axis_into_rows_of_16_32_or_11(shape, to, n):
+    x = gc.input("x", shape)
+    X = np.arange(n * int(np.prod([d or 1 for d in shape])), dtype=np.float32)
+    X = X.reshape((n, *shape[1:]))
+    out = gc.compile(gc.reshape(x, to), backend="numpy")(x=X)
+    np.testing.assert_array_equal(out, X.reshape(to))
+
+
+def test_a_length_derived_from_a_named_dimension_is_neither_fixed_nor_another_name():
+    """A stride-2 convolution then a 2-wide pool over T (its probe sizes used to floor to one
+    length, taken as fixed), and T - 10 after an 11-wide kernel (which used to land on N's
+    probe sizes, tying the length to the batch)."""
+    x = gc.input("x", ("N", 3, 1, "T"))
+    pooled = gc.max_pool2d(gc.conv2d(x, gc.param("w", (4, 3, 1, 3)), stride=2), (1, 2))
+    shorter = gc.conv2d(x, gc.param("w2", (4, 3, 1, 11)))
+    assert pooled.shape[:3] == ("N", 4, 1) and not isinstance(pooled.shape[3], int)
+    assert shorter.shape[:3] == ("N", 4, 1) and shorter.shape[3] not in ("N", "T") and \
+        not isinstance(shorter.shape[3], int)
+    target = gc.input("target", shorter.shape)
+    loss = gc.sum((shorter - target) ** 2) + gc.sum(pooled)
+    params = gc.init_params(loss, seed=0)
+    X = np.random.default_rng(0).standard_normal((2, 3, 1, 13)).astype(np.float32)
+    out = gc.compile(loss, backend="numpy")(x=X, target=np.zeros((2, 4, 1, 3), np.float32),
+                                            **params)
+    assert np.isfinite(out)
+

@@ -619,3 +619,32 @@ def test_integer_reductions_keep_the_input_type_as_onnxruntime(op, elem, dtype):
         (got,) = gc.compile(gc.from_onnx(model).outputs, backend=backend)(x=x)
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
+
+
+class _PositionsLM(torch.nn.Module):
+    """Token and position embeddings: valid for sequences of at most 6 tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.pos = torch.nn.Embedding(11, 8), torch.nn.Embedding(6, 8)
+        self.fc = torch.nn.Linear(8, 11)
+
+    def forward(self, tok):
+        return self.fc(self.emb(tok) + self.pos(torch.arange(tok.shape[1])))
+
+
+def test_a_model_valid_only_for_short_sequences_imports_with_a_dynamic_length():
+    """The shape probe used to replay it at lengths of 1009 and more only, where the
+    position table's 6 rows are out of range, and the import failed."""
+    torch.manual_seed(0)
+    net, buffer = _PositionsLM().eval(), io.BytesIO()
+    torch.onnx.export(net, (torch.tensor([[1, 2, 3, 0, 0]]),), buffer, dynamo=False,
+                      input_names=["tok"], output_names=["y"], opset_version=17,
+                      dynamic_axes={"tok": {0: "N", 1: "T"}, "y": {0: "N", 1: "T"}})
+    m = gc.from_onnx(onnx.load_from_string(buffer.getvalue()))
+    f = gc.compile(m.outputs, backend="numpy")
+    for shape in ((2, 5), (3, 3)):
+        tok = np.random.default_rng(0).integers(0, 11, shape)
+        (y,) = f(tok=tok, **m.weights)
+        np.testing.assert_allclose(y, net(torch.from_numpy(tok)).detach().numpy(),
+                                   rtol=1e-5, atol=1e-5)

@@ -207,9 +207,17 @@ class _Importer:
                 self.tensor(name)  # the params, shared by every replay
         names = tuple(self.values)
         tensors = tuple(self.values[n] for n in names)
-        return [defer(_replayed_output, tensors,
-                      {"model": self.model, "names": names, "k": k}, label=v.name)
-                for k, v in enumerate(self.graph.output)]
+        try:
+            return [defer(_replayed_output, tensors,
+                          {"model": self.model, "names": names, "k": k}, label=v.name)
+                    for k, v in enumerate(self.graph.output)]
+        except ShapeError as err:  # e.g. a Reshape to a size the exporter baked in
+            symbols = sorted({d for t in tensors for d in t.shape if isinstance(d, str)})
+            raise ShapeError(f"{err}\nthe model does not run at every size of its symbolic "
+                             f"dimensions {symbols}; where it holds a fixed size for one "
+                             f"(a Reshape the exporter wrote with a traced length), import "
+                             f"it with that size fixed: gc.from_onnx(..., dims={{name: size}})"
+                             ) from None
 
     def reachable(self) -> set[str] | None:
         """The names of the values the model's outputs depend on, through its nodes' inputs
