@@ -12,7 +12,7 @@ from .dynamic import is_dynamic, matches, specialise
 from .errors import FeedError, GraphError
 from .graph import Graph, node_names
 from .inputs import Input, constant, input
-from .ir import Tensor
+from .ir import Tensor, located
 
 
 @dataclass
@@ -165,11 +165,15 @@ class _Probe:
     """Evaluates the loss and its gradients at perturbed feeds, in the check's dtype."""
 
     def __init__(self, y, wrt, feeds, dtype):
-        from graphc.passes.autodiff import grad
+        from graphc.passes.autodiff import differentiated_from, grad
         from graphc.passes.precision import with_float_dtype
         # dynamic dimensions at the feeds' sizes first: a deferred op (a scan over them)
         # replayed on the float64 copy would trace its body again, reading the float32
         # tensors it closes over
+        # inputs of the graphs y is a gradient of: gc.compile takes feeds for them, and y's
+        # derivative with respect to one it no longer reads is 0 (a constant Hessian)
+        also = {k: dtype if dtypes.is_float(t.dtype) else t.dtype
+                for k, t in differentiated_from(Graph(y).nodes).items()}
         shapes = _feed_shapes(y, feeds)
         if shapes:
             y, *wrt = specialise([y, *wrt], shapes)
@@ -180,15 +184,22 @@ class _Probe:
         self.f = compile(y, backend="numpy")
         self.g = compile(grad(y, wrt), backend="numpy")
         types = {t.op.label: t.dtype for t in Graph(y).inputs}
-        unknown = sorted(set(self.names) - set(types))
+        also = {k: v for k, v in also.items() if k not in types}
+        unknown = sorted(set(self.names) - set(types) - set(also))
         if unknown:
-            raise GraphError(f"check_grad: y does not depend on {unknown}")
-        extra = sorted(set(feeds) - set(types))
+            raise GraphError(located(f"check_grad: y does not depend on {unknown}"))
+        extra = sorted(set(feeds) - set(types) - set(also))
         if extra:
-            raise FeedError(f"check_grad: unknown feed(s) {extra}; y takes {sorted(types)}")
+            raise FeedError(located(f"check_grad: unknown feed(s) {extra}; y takes "
+                                    f"{sorted(types)}"))
         missing = sorted(set(types) - set(feeds))
         if missing:
-            raise FeedError(f"check_grad: missing feed(s) {missing}; y takes {sorted(types)}")
+            raise FeedError(located(f"check_grad: missing feed(s) {missing}; y takes "
+                                    f"{sorted(types)}"))
+        unfed = sorted(set(self.names) - set(feeds))
+        if unfed:
+            raise FeedError(located(f"check_grad: no feed for wrt {unfed}"))
+        types |= also
         self.feeds = {k: np.array(v, dtype=types[k]) if dtypes.is_float(types[k]) else v
                       for k, v in feeds.items()}  # copies: perturbing never touches the user's
 

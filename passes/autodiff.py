@@ -32,11 +32,11 @@ import numpy as np
 from graphc import dtypes
 from graphc import functions as F
 from graphc.bptt import scan_vjp
-from graphc.dynamic import Deferred, defer, deferred_vjp, is_dynamic
+from graphc.dynamic import Deferred, defer, deferred_vjp, is_dynamic, substitute
 from graphc.elementwise_ops import Elementwise
 from graphc.errors import DTypeError, GraphError
 from graphc.graph import Graph, as_outputs, node_names
-from graphc.inputs import constant
+from graphc.inputs import Input, constant
 from graphc.ir import Tensor, iter_nodes, located
 from graphc.scan import siblings
 from graphc.shape_ops import unbroadcast
@@ -271,9 +271,15 @@ def _joint_groups(forward) -> dict[int, list[Tensor]]:
     return {id(t): group for group in siblings(forward).values() for t in group}
 
 
-def _as_list(wrt) -> tuple[list[Tensor], bool]:
+def _as_list(wrt, op: str = "grad") -> tuple[list[Tensor], bool]:
     if isinstance(wrt, Tensor):
         return [wrt], True
+    if not isinstance(wrt, (list, tuple)):
+        raise DTypeError(located(f"{op}: wrt must be a graphc Tensor or a list of them, got "
+                                 f"{type(wrt).__name__} {wrt!r:.40}"))
+    if not wrt:
+        raise GraphError(located(f"{op}: wrt is empty; name the tensors to differentiate "
+                                 "with respect to"))
     wrt = list(wrt)
     for w in wrt:
         if not isinstance(w, Tensor):
@@ -291,12 +297,12 @@ def vjp(y, wrt, cotangent):
     if not isinstance(y, Tensor):
         raise DTypeError(located(f"vjp: y must be a graphc Tensor, got {type(y).__name__}"))
     ct = cotangent if isinstance(cotangent, Tensor) else \
-        constant(np.asarray(cotangent), dtype=y.dtype)
+        _array("vjp", "cotangent", cotangent, y.dtype)
     if ct.shape != y.shape:
         raise GraphError(located(f"vjp: cotangent shape {ct.shape} differs from y {y.shape}"))
     if ct.dtype != y.dtype:
         ct = F.cast(ct, y.dtype)
-    wrt, single = _as_list(wrt)
+    wrt, single = _as_list(wrt, "vjp")
     result = backward([y], [ct], wrt)
     grads = [result.grad_of(w) for w in wrt]
     unused = {k: v for w in wrt for k, v in w.leaves.items()}  # wrt y may not read: fed too
@@ -325,6 +331,7 @@ def grad(y, wrt):
                                  "gc.vjp(y, wrt, cotangent) for non-scalar outputs"))
     if not dtypes.is_float(y.dtype):
         raise GraphError(located(f"grad: y must be a float tensor, got {y.dtype}"))
+    _as_list(wrt, "grad")
     return vjp(y, wrt, constant(1.0, dtype=y.dtype))
 
 
@@ -335,17 +342,35 @@ def hvp(y, wrt, v):
     is never formed.  ``v`` matches ``wrt`` (a tensor, or a list of them; arrays are made
     constants).
     """
-    wrt_list, single = _as_list(wrt)
+    wrt_list, single = _as_list(wrt, "hvp")
+    if not single and not isinstance(v, (list, tuple)):
+        raise DTypeError(located(f"hvp: v must be a list of {len(wrt_list)} tensor(s) or "
+                                 f"arrays, one per wrt, got {type(v).__name__}"))
     vs = [v] if single else list(v)
     if len(vs) != len(wrt_list):
         raise GraphError(located(f"hvp: got {len(vs)} vector(s) for {len(wrt_list)} wrt"))
     grads = grad(y, wrt_list)
-    total = None
+    total, held = None, {}
+    ids = {id(w) for w in wrt_list}
     for g, w, vec in zip(grads, wrt_list, vs):
-        vec = vec if isinstance(vec, Tensor) else constant(np.asarray(vec), dtype=w.dtype)
+        vec = vec if isinstance(vec, Tensor) else _array("hvp", "v", vec, w.dtype)
         if vec.shape != w.shape:
             raise GraphError(located(f"hvp: v shape {vec.shape} differs from {w.shape}"))
+        if any(id(t) in ids for t in iter_nodes([vec])):  # H v, not d<grad y, v(x)>/dx:
+            holder = Tensor.make(Input(f"_hvp_v{len(held)}", vec.shape, vec.dtype))
+            held[id(holder)], vec = vec, holder  # v enters as an input, put back after
         term = F.sum(g * vec)
         total = term if total is None else total + term
     result = grad(total, wrt_list)
+    if held:
+        result = substitute(result, held)
     return result[0] if single else result
+
+
+def _array(op: str, what: str, value, dtype) -> Tensor:
+    """``value`` (an array or number) as a constant of ``dtype``, or a DTypeError."""
+    try:
+        return constant(np.asarray(value), dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise DTypeError(located(f"{op}: {what} must be a graphc Tensor or a numeric array, "
+                                 f"got {type(value).__name__} {value!r:.40} ({err})")) from None

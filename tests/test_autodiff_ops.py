@@ -1153,3 +1153,16 @@ def test_float32_grads_are_float32_and_close_to_float64(case_id):
         assert t.dtype == "float32" and g32.dtype == np.float32, (name, t.dtype, g32.dtype)
         scale = max(1.0, float(np.max(np.abs(g64), initial=0.0)))
         np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+
+
+def test_hvp_with_a_vector_that_depends_on_wrt_is_h_times_v():
+    """v = x and v = grad y (power iteration): H v, not the gradient of <grad y, v(x)>;
+    the product still differentiates through v (sum(H x) = sum(6 x^2) for y = sum(x^3))."""
+    x = gc.input("x", (3,), "float64")
+    y = gc.sum(x ** 3)
+    X = np.array([0.5, -1.0, 2.0])
+    hx, hg = gc.hvp(y, x, x), gc.hvp(y, [x], [gc.grad(y, x)])[0]
+    third = gc.grad(gc.sum(hx), x)
+    got = gc.compile([hx, hg, third], backend="numpy")(x=X)
+    for a, b in zip(got, (6 * X * X, 6 * X * 3 * X * X, 12 * X)):
+        np.testing.assert_allclose(a, b)

@@ -369,3 +369,17 @@ def test_scan_of_something_that_is_not_a_function_names_it():
     with pytest.raises(gc.DTypeError, match="scan: fn must be a function") as err:
         gc.scan(None, gc.input("h0", (2,)), gc.input("xs", (3, 2)))
     assert __file__ in str(err.value)
+
+
+@pytest.mark.parametrize("call, error, text", [
+    (lambda y, x: gc.grad(y, None), gc.DTypeError, "grad: wrt must be a graphc Tensor"),
+    (lambda y, x: gc.grad(y, 3.0), gc.DTypeError, "grad: wrt must be a graphc Tensor"),
+    (lambda y, x: gc.grad(y, []), gc.GraphError, "grad: wrt is empty"),
+    (lambda y, x: gc.hvp(y, [x], None), gc.DTypeError, "hvp: v must be a list"),
+    (lambda y, x: gc.vjp(x * 2, x, "a"), gc.DTypeError, "vjp: cotangent must be"),
+])
+def test_bad_wrt_v_or_cotangent_is_a_graphc_error_at_the_users_line(call, error, text):
+    x = gc.input("x", (2,))
+    with pytest.raises(error, match=text) as info:
+        call(gc.sum(x * x), x)
+    assert "test_errors.py" in str(info.value)

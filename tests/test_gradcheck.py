@@ -246,3 +246,17 @@ def test_eps_and_tolerances_are_checked():
     for bad in ({"eps": 0.0}, {"eps": -1e-6}, {"rtol": -1.0}, {"eps": float("nan")}):
         with pytest.raises(ValueError, match="eps must be > 0"):
             gc.check_grad(gc.sum(x * x), x, {"x": np.ones(2)}, **bad)
+
+
+def test_check_grad_takes_the_feeds_compile_takes_for_a_second_order_graph():
+    """grad(sum(x*x*w), w) no longer reads w, and a quadratic's Hessian reads no x: compile
+    takes both feeds, and so does check_grad (the derivative w.r.t. an unread input is 0)."""
+    x, w = gc.input("x", (1, 3), "float64"), gc.input("w", (1, 3), "float64")
+    X, W = np.array([[0.5, -1.0, 2.0]]), np.array([[1.5, 0.3, -0.7]])
+    g = gc.grad(gc.sum(x * x * w), w)
+    assert gc.check_grad(gc.sum(g * g), [x, w], {"x": X, "w": W}).ok
+    hessian = gc.hvp(gc.sum((x * 3.0 - 1.0) ** 2), x, np.ones((1, 3)))
+    assert gc.check_grad(gc.sum(hessian), [x], {"x": X}).ok
+    with pytest.raises(gc.FeedError, match=r"unknown feed\(s\) \['z'\]") as info:
+        gc.check_grad(gc.sum(g * g), [x], {"x": X, "z": W})
+    assert "test_gradcheck.py" in str(info.value)
