@@ -21,7 +21,7 @@ from . import elementwise_ops as ew
 from . import shape_ops as sh
 from . import structured_ops as st
 from .dynamic import defer, dynamic, is_dynamic
-from .errors import GraphError, ShapeError
+from .errors import DTypeError, GraphError, ShapeError
 from .inputs import as_tensor, lift_all
 from .ir import Tensor, located
 
@@ -66,11 +66,20 @@ def _number(name, key, value):
     return float(value)
 
 
+def _is_int_bound(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def clip(x, min=None, max=None) -> Tensor:  # noqa: A002
     """``x`` limited to [min, max] (either bound may be None), as ``torch.clamp``: the
     gradient is 1 on [min, max], bounds included, else 0; where min > max the result is max."""
     if min is None and max is None:
         raise GraphError(located("clip: at least one of min and max must be a number"))
+    x = as_tensor(x)
+    if x.dtype in dtypes.INTS and builtins.all(b is None or _is_int_bound(b) for b in (min, max)):
+        if min is not None:  # integer bounds keep an integer tensor's dtype (torch.clamp)
+            x = ew.maximum(x, min)
+        return x if max is None else ew.minimum(x, max)
     if max is None:
         return ew.clip_min(x, min=_number("clip", "min", min))
     if min is None:
@@ -110,7 +119,11 @@ def where(cond, a, b) -> Tensor:
 
 def cast(x, dtype) -> Tensor:
     """``x`` converted to ``dtype``."""
-    return sh.cast_to(as_tensor(x), dtypes.as_dtype(dtype))
+    try:
+        dtype = dtypes.as_dtype(dtype)
+    except TypeError as err:
+        raise DTypeError(located(f"cast: {err}")) from None
+    return sh.cast_to(as_tensor(x), dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -495,6 +508,7 @@ Tensor.mean = mean
 Tensor.astype = cast
 
 
+@dynamic
 def roll(x, shift, axis=None) -> Tensor:
     """``x`` shifted by ``shift`` places along ``axis`` (an int, or None: the flattened
     tensor, reshaped back), wrapping around, as ``numpy.roll``/``torch.roll``; the gradient
@@ -539,9 +553,9 @@ def _remainder(a, b, trunc: bool) -> Tensor:
     b of 0 gives an unspecified value."""
     a, b = lift_all([a, b], "fmod" if trunc else "remainder")
     if a.dtype == "bool" or b.dtype == "bool":
-        raise GraphError(located(f"{'fmod' if trunc else 'remainder'}: does not take bool "
+        raise DTypeError(located(f"{'fmod' if trunc else 'remainder'}: does not take bool "
                                  f"operands ({a.shape} {a.dtype}, {b.shape} {b.dtype})"))
-    dtype = np.result_type(a.dtype, b.dtype).name
+    dtype = dtypes.promote(a.dtype, b.dtype)
     wide = dtype if dtype in dtypes.INTS else "float64"
     a, b = cast(a, wide), cast(b, wide)
     ratio = cast(a, "float64") / cast(b, "float64")

@@ -253,7 +253,7 @@ def lift_all(args, op_name: str = "op") -> list[Tensor]:
                                      "array"))
     tensors = [a for a in args if isinstance(a, Tensor)]
     strong = [a.dtype for a in tensors if a.dtype != "bool"]
-    strong += [dtypes.as_dtype(np.asarray(a).dtype) for a in args
+    strong += [_dtype(np.asarray(a).dtype, f"{op_name}: an array operand") for a in args
                if not isinstance(a, Tensor) and not _is_weak(a)]
     partner = dtypes.promote(*strong) if strong else None
     out = []
@@ -264,8 +264,10 @@ def lift_all(args, op_name: str = "op") -> list[Tensor]:
             dtype = dtypes.scalar_dtype(a, partner)
             if dtype in dtypes.INTS and not isinstance(a, (bool, np.bool_)) and \
                     not np.iinfo(dtype).min <= a <= np.iinfo(dtype).max:
+                fix = "cast the tensor to int64" if dtype == "int32" else \
+                    f"it is outside int64's range [{np.iinfo(dtype).min}, {np.iinfo(dtype).max}]"
                 raise DTypeError(located(f"{op_name}: the Python int {a} does not fit the "
-                                         f"{dtype} operand; cast the tensor to int64"))
+                                         f"{dtype} operand; {fix}"))
             out.append(constant(a, dtype=dtype))
         else:
             out.append(constant(np.asarray(a)) if isinstance(a, np.ndarray) else constant(a))

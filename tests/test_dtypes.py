@@ -225,3 +225,40 @@ def test_cast():
     assert x.astype("float64").dtype == "float64"
     got = run(gc.cast(x, "int32"), x=np.array([1.7, -2.5, 3.0], np.float32))
     np.testing.assert_array_equal(got, np.array([1, -2, 3], np.int32))
+
+
+@pytest.mark.parametrize("make", [
+    lambda i, f: gc.remainder(i, 2.5), lambda i, f: gc.fmod(i, 2.5),
+    lambda i, f: gc.remainder(2.5, i), lambda i, f: gc.remainder(i, f),
+    lambda i, f: gc.fmod(f, i)])
+def test_remainder_and_fmod_promote_as_graphc_does(make):
+    """int with float32 gives float32 (docs/dtypes.md), not NumPy's float64."""
+    i, f = gc.input("i", (3,), "int32"), gc.input("f", (3,))
+    out = make(i, f)
+    assert out.dtype == "float32"
+    got = gc.compile(out, backend="numpy")(**{k: v for k, v in (
+        ("i", np.array([5, -7, 9], np.int32)), ("f", np.array([2.5, 3.0, -4.0], np.float32)))
+        if k in {t.name for t in gc.Graph([out]).inputs}})
+    assert got.dtype == np.float32
+
+
+def test_clip_of_an_integer_tensor_with_integer_bounds_keeps_its_dtype():
+    x = gc.input("x", (4,), "int32")
+    v = np.array([3, -7, 0, 12], np.int32)
+    for out, want in ((gc.clip(x, -1, 2), np.clip(v, -1, 2)),
+                      (gc.clip(x, min=0), np.clip(v, 0, None)),
+                      (gc.clip(x, max=1), np.clip(v, None, 1)),
+                      (gc.clip(x, 2, -1), np.full(4, -1))):
+        assert out.dtype == "int32"
+        np.testing.assert_array_equal(gc.compile(out, backend="numpy")(x=v), want)
+    assert gc.clip(x, -0.5, 2).dtype == "float32"  # a float bound promotes, as torch.clamp
+
+
+def test_unsupported_dtypes_are_dtype_errors_at_the_users_line():
+    x = gc.input("x", (2,))
+    for make, op in ((lambda: x * np.ones(2, np.float16), "mul"),
+                     (lambda: gc.cast(x, "uint8"), "cast"),
+                     (lambda: gc.remainder(gc.input("b", (2,), "bool"), 2), "remainder")):
+        with pytest.raises(gc.DTypeError, match=op) as info:
+            make()
+        assert "test_dtypes.py" in str(info.value)
