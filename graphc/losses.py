@@ -30,8 +30,8 @@ from .functions import (
     sum,
     where,
 )
-from .inputs import Constant, as_tensor, constant, lift_all
-from .ir import Tensor, located
+from .inputs import Constant, Input, as_tensor, constant, lift_all
+from .ir import Tensor, iter_nodes, located
 
 
 def _pair(name, pred, target):
@@ -143,8 +143,9 @@ def _hits(name, labels, classes, ignore_index=None, what="a loss"):
               constant(-1, dtype=labels.dtype))  # -1: no class
     hit = equal(reshape(safe, labels.shape + (1,)),
                 constant(np.arange(classes, dtype=labels.dtype)))
-    fed = getattr(labels.op, "fed", False)  # checked when fed: gc.compile runs check_feeds
-    return hit, LabelRange(labels.op.label, classes, ignore_index, what) if fed else None
+    if getattr(labels.op, "fed", False):  # checked when fed: gc.compile runs check_feeds
+        return hit, LabelRange(labels.op.label, classes, ignore_index, what)
+    return hit, LabelsComputed.of(labels, classes, ignore_index, what)
 
 
 def _label_error(labels: np.ndarray, classes: int, ignore_index=None,
@@ -180,6 +181,47 @@ class LabelRange:
             problem = _label_error(labels, self.classes, self.ignore_index, self.what)
             if problem:
                 raise FeedError(f"feed {self.label!r} holds {problem}")
+
+
+@dataclass(frozen=True)
+class LabelsComputed:
+    """Tagged like :class:`LabelRange` where the labels are computed from fed integers
+    (``y[:, 0]``) by integer nodes of fixed shape (index ops and integer arithmetic, no
+    float model): the compiled function computes them again from the feeds at call time
+    and checks them.  ``steps``: the nodes, ``(op, positions of its operands)``, the last
+    the labels (ops pickle; graph nodes do not, and records travel with gc.distributed)."""
+
+    steps: tuple
+    classes: int
+    ignore_index: int | None = None
+    what: str = "a loss"
+
+    alive = True
+
+    @classmethod
+    def of(cls, labels: Tensor, *args) -> LabelsComputed | None:
+        """The record for ``labels``, or None where they are not computed that way."""
+        nodes = iter_nodes([labels])
+        if not any(isinstance(t.op, Input) for t in nodes) or any(
+                t.dtype not in (*dtypes.INTS, "bool") or not all(
+                    isinstance(d, int) for d in t.shape) for t in nodes):
+            return None
+        where = {id(t): k for k, t in enumerate(nodes)}
+        return cls(tuple((t.op, tuple(where[id(i)] for i in t.inputs)) for t in nodes), *args)
+
+    def check_feeds(self, arrays) -> None:
+        values = []
+        for op, operands in self.steps:
+            if isinstance(op, Input):
+                if not isinstance(arrays.get(op.label), np.ndarray):
+                    return  # device arrays are not copied to check them
+                values.append(arrays[op.label])
+            else:
+                values.append(np.asarray(op.evaluate(*(values[k] for k in operands))))
+        problem = _label_error(values[-1], self.classes, self.ignore_index, self.what)
+        if problem:
+            fed = [op.label for op, _ in self.steps if isinstance(op, Input)]
+            raise FeedError(f"the labels computed from feed(s) {fed} hold {problem}")
 
 
 @dynamic

@@ -128,6 +128,10 @@ def avg_pool2d(x, k, stride=None, padding=0, count_include_pad=True, ceil_mode=F
     if any(2 * p > q for p, q in zip(padding, kernel)):
         raise ShapeError(located(f"avg_pool2d: padding {padding} must be at most half the "
                                  f"window {kernel} (operand: {x.shape} {x.dtype})"))
+    padded = tuple(n + 2 * p for n, p in zip(x.shape[-2:], padding))
+    if any(k > n for k, n in zip(kernel, padded)):
+        raise ShapeError(located(f"avg_pool2d: the window {kernel} is larger than the "
+                                 f"padded input {padded} (operand: {x.shape} {x.dtype})"))
     return pool2d("avg", x, kernel, stride, tuple((p, p) for p in padding),
                   count_include_pad=count_include_pad, ceil_mode=ceil_mode)
 

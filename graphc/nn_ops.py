@@ -295,8 +295,10 @@ class _PoolGeometry(Op):
 
     def argmax(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each window's maximum and its position (row-major index in the window): the
-        first maximum (PyTorch's choice), or the first NaN, which max propagates."""
+        first maximum among the positions inside x (PyTorch's choice: padding, -inf, is
+        never chosen, even where x is -inf), or the first NaN, which max propagates."""
         views = self.views(x, -np.inf)
+        inside = self.views(np.ones(x.shape, bool), False) if any(self.padding) else None
         best = views[0].copy()
         for v in views[1:]:
             np.maximum(best, v, out=best)
@@ -306,6 +308,8 @@ class _PoolGeometry(Op):
             hit = views[i] == best
             if nan:
                 hit |= np.isnan(views[i])
+            if inside is not None:
+                hit &= inside[i]
             np.copyto(index, i, where=hit)
         return best, index
 

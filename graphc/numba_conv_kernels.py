@@ -14,7 +14,7 @@ def max_pool_kernel(kind: str, dtype: str, window=None) -> KernelSpec:
     (sizes, not part of the compiled code): ``"forward"`` writes each (Ho, Wo) window's
     maximum; ``"grad"`` writes an (H, W) plane per plane: each window's g added at the
     window's first maximum (the first NaN if the window has one), the reference's rule.
-    Positions in the padding count as -inf and are never written.
+    Positions in the padding count as -inf and are never chosen (as PyTorch).
 
     ``window=(kh, kw, sh, sw)``: a kernel for that window and no padding, with the window
     unrolled and no bounds checks (its size arguments are then ignored), which LLVM
@@ -42,9 +42,7 @@ def max_pool_kernel(kind: str, dtype: str, window=None) -> KernelSpec:
               "                            v = x[base + ih * w + iw]",
               "                            if m == m and (v > m or v != v or at == -1):",
               "                                m = v",
-              "                                at = ih * w + iw",
-              "                        elif at == -1:  # the padding (-inf) comes first",
-              "                            at = -2"]
+              "                                at = ih * w + iw"]  # padding is never the maximum
     if kind == "grad":
         lines += ["                if at >= 0:",
                   "                    out[base + at] += g[(p * ho + oh) * wo + ow]"]

@@ -598,3 +598,24 @@ def test_numba_conv_kernels_agree_with_numpy(dtype, geometry):
     tol = {"float32": (1e-5, 1e-5), "float64": (1e-12, 1e-12)}[dtype]
     for a, b in zip(f(feeds), want):
         np.testing.assert_allclose(a, b, rtol=tol[0], atol=tol[1] * np.abs(b).max())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_max_pool_padding_never_takes_the_gradient_of_a_window_of_minus_inf(backend):
+    """A padded window whose values inside x are all -inf routes its gradient to the first
+    of them, as PyTorch (the padding, -inf too, used to come first and drop it)."""
+    x = gc.input("x", (1, 1, 4, 4), "float64")
+    X = np.arange(16.0).reshape(1, 1, 4, 4)
+    X[0, 0, 0, 0] = -np.inf
+    (dx,) = gc.compile(gc.grad(gc.sum(gc.max_pool2d(x, 2, 2, 1)), [x]), backend=backend)(x=X)
+    want = np.zeros(16)
+    want[[0, 2, 3, 8, 10, 11, 12, 14, 15]] = 1  # torch.nn.functional.max_pool2d's gradient
+    np.testing.assert_array_equal(dx.ravel(), want)
+
+
+def test_avg_pool_window_larger_than_the_input_names_avg_pool():
+    x = gc.input("x", (1, 3, 5, 5))
+    with pytest.raises(gc.ShapeError, match=r"avg_pool2d: the window \(6, 6\) is larger than "
+                       r"the padded input \(5, 5\) \(operand: \(1, 3, 5, 5\)") as info:
+        gc.avg_pool2d(x, 6)
+    assert "test_nn_ops.py" in str(info.value)

@@ -270,3 +270,15 @@ def test_check_grad_reports_a_nan_gradient_where_it_is():
     assert row.worst_index == (2,) and np.isnan(row.max_abs_error)
     text = str(rep)
     assert "x[2]: analytic nan" in text and "not finite" in text
+
+
+@pytest.mark.parametrize("loss", [gc.softmax_cross_entropy, gc.hinge])
+def test_labels_computed_from_a_feed_are_checked_at_call_time(loss):
+    """y[:, 0] of a fed int tensor holding 7 over 4 classes: PyTorch raises; graphc used
+    to count no class for that sample."""
+    logits, y = gc.input("logits", (2, 4)), gc.input("y", (2, 2), "int64")
+    f = gc.compile(loss(logits, y[:, 0] + 0), backend="numpy")
+    L = np.zeros((2, 4), np.float32)
+    assert np.isfinite(f(logits=L, y=np.array([[1, 0], [3, 5]])))
+    with pytest.raises(gc.FeedError, match=r"computed from feed\(s\) \['y'\] hold label 7"):
+        f(logits=L, y=np.array([[1, 0], [7, 5]]))
