@@ -81,7 +81,7 @@ def load_model(path: str):
         sys.path.remove(folder)
     build = namespace.get("build")
     if not callable(build):
-        raise ValueError(f"{path} defines no build() function; see `graphc check --help`")
+        raise ValueError("the file defines no build() function; see `graphc check --help`")
     return build()
 
 
@@ -93,7 +93,7 @@ def _build_model(path: str):
         return build_from_file(path)
     built = load_model(path)
     if not (isinstance(built, tuple) and len(built) == 3):
-        raise ValueError(f"{path}: build() must return (loss, wrt, feeds)")
+        raise ValueError("build() must return (loss, wrt, feeds)")
     return built
 
 
@@ -374,6 +374,8 @@ def report_error(err: BaseException, command: str, model: str | None = None) -> 
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, SyntaxError):
         message = err.msg
+    if where and message.startswith(where):  # the message names the file already
+        where = None
     ours = isinstance(err, USER_ERRORS) or (in_graphc and isinstance(err, (ValueError,
                                                                          TypeError)))
     if in_graphc and not ours:

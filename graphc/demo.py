@@ -79,6 +79,8 @@ def run(out_dir: str = "graphc-demo", kind: str = "mlp", epochs: int | None = No
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     start = time.perf_counter()
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"--out {out_dir} is a file; the demo writes a folder of pages")
     os.makedirs(out_dir, exist_ok=True)
     images, labels = datasets.load_digits()
     images = images.reshape((len(images),) + _shape(kind, 1)[1:])
@@ -157,9 +159,9 @@ def _train_and_test(model, kind: str, step, splits, epochs: int, out):
                         val_data={"x": x_val, "y": y_val}, eval_step=ev)
     train_s = time.perf_counter() - t0
     test = ev.evaluate({"x": x_test, "y": y_test}, step)
-    out(f"trained {history.epochs} epochs in {train_s:.1f} s: validation accuracy "
-        f"{history['val_accuracy'][-1]:.4f}; test accuracy {test['accuracy']:.4f}, test loss "
-        f"{test['loss']:.4f}")
+    out(f"trained {history.epochs} epoch{'s' * (history.epochs != 1)} in {train_s:.1f} s: "
+        f"validation accuracy {history['val_accuracy'][-1]:.4f}; test accuracy "
+        f"{test['accuracy']:.4f}, test loss {test['loss']:.4f}")
     return history, test, train_s
 
 

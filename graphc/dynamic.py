@@ -207,11 +207,13 @@ class Deferred(Op):
 
     @property
     def local(self):
-        """The wrapped op's local derivative texts (diagrams), else a generic one."""
+        """The wrapped op's local derivative texts (diagrams), else one saying that it is
+        known at the fed shapes (a call such as ``mean`` is ops of its own then: drawn
+        with ``values``, the graph is specialised to the feeds' shapes first)."""
         inner = self._inner()
         texts = getattr(inner, "local", None) or \
             getattr(getattr(inner, "fn", None), "derivatives_text", None)
-        return tuple(texts) if texts else ("∂{y}/∂{x}",)
+        return tuple(texts) if texts else ("(at the fed shapes)",)
 
     @property
     def vjp_text(self):
@@ -393,6 +395,34 @@ def _replay(t: Tensor, inputs) -> Tensor:
     except GraphError as err:
         shapes = ", ".join(str(i.shape) for i in inputs)
         raise ShapeError(f"{t.op.label} on operands of shapes {shapes}: {err}") from None
+
+
+def feed_shapes(outputs, feeds) -> dict:
+    """The sizes ``feeds`` (by input name) give the dynamic inputs of ``outputs`` (those
+    that match their patterns)."""
+    return {t.op.label: np.shape(feeds[t.op.label]) for t in iter_nodes(as_list(outputs))
+            if isinstance(t.op, Input) and is_dynamic(t.shape) and t.op.label in feeds
+            and matches(np.shape(feeds[t.op.label]), t.shape)}
+
+
+def at_feed_shapes(outputs: list, feeds, wrt=None):
+    """``(outputs, wrt)`` specialised to the shapes ``feeds`` give their dynamic inputs (as
+    they are where there are none): diagrams and the explorer of a dynamic graph given
+    values draw the graph the compiled function runs, with its names and formulas."""
+    shapes = feed_shapes(outputs, feeds) if feeds else {}
+    if not shapes:
+        return outputs, wrt
+    memo: dict = {}
+    outputs = specialise(outputs, shapes, memo)
+    if isinstance(wrt, Tensor):
+        wrt = memo.get(id(wrt), wrt)
+    elif isinstance(wrt, (list, tuple)):
+        wrt = [memo.get(id(w), w) for w in wrt]
+    return outputs, wrt
+
+
+def as_list(outputs) -> list:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 def specialise(outputs, shapes: dict, memo: dict | None = None) -> list[Tensor]:

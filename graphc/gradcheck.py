@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dtypes
+from .compiler import _array as feed_array
 from .compiler import compile
-from .dynamic import is_dynamic, matches, specialise
+from .dynamic import feed_shapes, specialise
 from .errors import FeedError, GraphError
 from .graph import Graph, node_names
 from .inputs import Input, constant, input
@@ -120,7 +121,7 @@ def check_edges(y, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, seed=0) -> list[EdgeCh
     from graphc.passes.autodiff import vjp
     from graphc.passes.precision import with_float_dtype
     memo: dict = {}  # y's nodes -> at the feeds' sizes, each checked at those
-    (ys,) = specialise([y], _feed_shapes(y, feeds), memo)
+    (ys,) = specialise([y], feed_shapes(y, feeds), memo)
     (y64,), mapping = with_float_dtype([ys], "float64", "float32")
     original = {id(mapping[id(memo.get(id(old), old))]): old for old in Graph(y).nodes
                 if id(memo.get(id(old), old)) in mapping}
@@ -154,27 +155,21 @@ def check_edges(y, feeds, eps=1e-6, rtol=1e-5, atol=1e-8, seed=0) -> list[EdgeCh
     return checks
 
 
-def _feed_shapes(y, feeds) -> dict:
-    """The sizes ``feeds`` give the dynamic inputs of ``y`` (those that match)."""
-    return {t.op.label: np.shape(feeds[t.op.label]) for t in Graph(y).inputs
-            if is_dynamic(t.shape) and t.op.label in feeds
-            and matches(np.shape(feeds[t.op.label]), t.shape)}
-
-
 class _Probe:
     """Evaluates the loss and its gradients at perturbed feeds, in the check's dtype."""
 
     def __init__(self, y, wrt, feeds, dtype):
         from graphc.passes.autodiff import differentiated_from, grad
         from graphc.passes.precision import with_float_dtype
+        # inputs of the graphs y is a gradient of: gc.compile takes feeds for them, and y's
+        # derivative with respect to one it no longer reads is 0 (a constant Hessian)
+        given = {**differentiated_from(Graph(y).nodes),
+                 **{t.op.label: t for t in Graph(y).inputs}}  # to check the feeds against
+        also = {k: dtype if dtypes.is_float(t.dtype) else t.dtype for k, t in given.items()}
         # dynamic dimensions at the feeds' sizes first: a deferred op (a scan over them)
         # replayed on the float64 copy would trace its body again, reading the float32
         # tensors it closes over
-        # inputs of the graphs y is a gradient of: gc.compile takes feeds for them, and y's
-        # derivative with respect to one it no longer reads is 0 (a constant Hessian)
-        also = {k: dtype if dtypes.is_float(t.dtype) else t.dtype
-                for k, t in differentiated_from(Graph(y).nodes).items()}
-        shapes = _feed_shapes(y, feeds)
+        shapes = feed_shapes(y, feeds)
         if shapes:
             y, *wrt = specialise([y, *wrt], shapes)
         if dtype == "float64":
@@ -200,6 +195,8 @@ class _Probe:
         if unfed:
             raise FeedError(located(f"check_grad: no feed for wrt {unfed}"))
         types |= also
+        for k, v in feeds.items():  # a FeedError for a feed gc.compile would refuse
+            feed_array(k, given[k], v)
         self.feeds = {k: np.array(v, dtype=types[k]) if dtypes.is_float(types[k]) else v
                       for k, v in feeds.items()}  # copies: perturbing never touches the user's
 

@@ -152,6 +152,8 @@ def display_name(t: Tensor, graph: Graph | None = None) -> str:
 def _own_name(t: Tensor) -> str | None:
     if isinstance(t.op, Input):
         return t.op.label
+    if getattr(t.op, "dynamic", False):  # a deferred call's label names its op, not it
+        return t.display
     return t.display or getattr(t.op, "label", None)
 
 

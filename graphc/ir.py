@@ -71,7 +71,7 @@ def user_location() -> SourceLoc | None:
     frame = sys._getframe(1)
     while frame is not None:
         fname = frame.f_code.co_filename
-        if not _is_internal(fname, internal):
+        if not _is_internal(fname, internal) and not _launcher(frame):
             code = linecache.getline(fname, frame.f_lineno).strip()
             return SourceLoc(fname, frame.f_lineno, code)
         frame = frame.f_back
@@ -79,6 +79,14 @@ def user_location() -> SourceLoc | None:
 
 
 _INTERNAL_FILES: dict[tuple, bool] = {}  # by (internal dirs, absolute file name)
+
+
+def _launcher(frame) -> bool:
+    """Whether ``frame`` runs the ``graphc`` console script (``from graphc.cli import
+    main``), which is graphc's too: an error of a call the command line makes is not
+    located in the launcher."""
+    return getattr(frame.f_globals.get("main"), "__module__", None) == "graphc.cli" and \
+        frame.f_globals.get("__name__") == "__main__"
 
 
 def _is_internal(fname: str, internal: tuple[str, ...]) -> bool:

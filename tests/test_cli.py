@@ -4,6 +4,7 @@ line naming the user's file:line (exit 1) or option (exit 2); an error inside gr
 
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -271,3 +272,30 @@ def test_no_command_prints_the_help(capsys):
 def test_version_is_the_installed_distributions():
     from importlib.metadata import version
     assert gc.__version__ == version("graphc")
+
+
+def test_a_check_error_names_the_model_file_not_the_launcher(tmp_path):
+    """An error of a call the command line makes (check_grad's missing feed) used to be
+    located at the console script's line (bin/graphc:8)."""
+    model = tmp_path / "missing.py"
+    model.write_text("import graphc as gc\n"
+                     "def build():\n"
+                     "    x, W = gc.input('x', (2,)), gc.param('W', (2,))\n"
+                     "    return gc.sum(x * W), [W], {'W': [1.0, 2.0]}\n")
+    launcher = shutil.which("graphc")
+    if launcher is None:
+        pytest.skip("no graphc console script on PATH")
+    out = subprocess.run([launcher, "check", str(model)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "missing.py: check_grad: missing feed(s) ['x']" in out.stderr
+    assert "bin/graphc" not in out.stderr
+
+
+@pytest.mark.parametrize("content, text", [(b"garbage\n", "is not an ONNX model"),
+                                           (b"", "an ONNX model with no outputs")])
+def test_a_corrupt_or_empty_onnx_file_is_a_users_error(tmp_path, content, text):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    out = subprocess.run([sys.executable, "-m", "graphc", "check", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and text in out.stderr and "internal error" not in out.stderr

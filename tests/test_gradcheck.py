@@ -260,3 +260,12 @@ def test_check_grad_takes_the_feeds_compile_takes_for_a_second_order_graph():
     with pytest.raises(gc.FeedError, match=r"unknown feed\(s\) \['z'\]") as info:
         gc.check_grad(gc.sum(g * g), [x], {"x": X, "z": W})
     assert "test_gradcheck.py" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [np.array([1 + 5j, 2, 3]), np.array(["a", "b", "c"])])
+def test_check_grad_refuses_the_feeds_compile_refuses(value):
+    """A complex feed's imaginary part used to be dropped (ok=True), a string one raised a
+    bare ValueError."""
+    x = gc.input("x", (3,), "float64")
+    with pytest.raises(gc.FeedError, match="feed 'x' has dtype"):
+        gc.check_grad(gc.sum(gc.tanh(x)), x, {"x": value})

@@ -369,3 +369,35 @@ def test_errors_name_nodes_as_the_diagrams_do():
         mask = x > 0.0
     with pytest.raises(gc.GraphError, match="with respect to 'fc1.greater': it is bool"):
         gc.grad(gc.sum(x * gc.cast(mask, "float32")), mask)
+
+
+def test_the_ir_view_draws_a_scan_and_its_reverse_scan():
+    """backward="ir" of gc.nn.LSTM and of a plain scan: the reverse scan's residual outputs
+    (its ("node", k) outputs) and the placeholders it does not read used to raise KeyError."""
+    ys, _ = gc.nn.LSTM(3, 4, name="lstm")(gc.input("x", (2, 5, 3)))
+    x, c0 = gc.input("x", (4, 3)), gc.input("c0", (3,))
+    carry, _ = gc.scan(lambda c, xt: (gc.tanh(c * xt), c), c0, x)
+    for loss in (gc.mean(ys), gc.sum(carry)):
+        source = gc.render(loss, backward="ir").source
+        assert "reverse scan over T=" in source and "stacked ×T=" in source
+
+
+def test_a_dynamic_graph_draws_as_the_fixed_one_at_the_feeds_shapes():
+    """With values, render and explore specialise a graph of dynamic dimensions to the
+    feeds' shapes: the same names and local formulas (with numbers) as the fixed graph;
+    without, nodes keep their scopes and no label defines itself."""
+    def build(shape):
+        x = gc.input("x", shape)
+        with gc.scope("inner"):
+            h = gc.relu(x @ gc.param("W", (3, 2)))
+        return gc.mean(gc.log(gc.tanh(h) + 2.0))
+    feeds = {"x": np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3),
+             "W": np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2)}
+    fixed, dynamic = build((5, 3)), build((None, 3))
+    labels = [sorted(set(re.findall(r"local [^\\\n]*", gc.render(
+        loss, backward=True, values=feeds).source))) for loss in (fixed, dynamic)]
+    assert labels[0] == labels[1] and any("∂inner.matmul/∂x = Wᵀ = " in t for t in labels[1])
+    page = gc.explore(dynamic, values=feeds).html()
+    assert "inner.matmul" in page
+    bare = gc.render(dynamic, backward=True).source
+    assert "inner.relu" in bare and "∂mean/∂log = ∂mean/∂log" not in bare

@@ -20,6 +20,7 @@ from graphc.passes.autodiff import backward as build_backward
 from sympy.printing.mathml import MathMLPresentationPrinter
 
 from graphc import dtypes
+from graphc.dynamic import at_feed_shapes
 from graphc.elementwise_ops import Elementwise
 from graphc.errors import GraphError, RenderError
 from graphc.graph import as_outputs, node_kind
@@ -87,7 +88,7 @@ def explore(outputs, path=None, values=None, wrt=None, check=None) -> Explorer:
     ``window.graphc`` (``ready``, ``nodes()``, ``groups()``, ``expand``, ``collapse``,
     ``select``, ``selectEdge``, ``step``) for scripts and tests.
     """
-    outs = as_outputs(outputs)
+    outs, wrt = at_feed_shapes(as_outputs(outputs), values, wrt)
     data = _Page(outs, values, wrt, check).data()
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     text = text.replace("</", "<\\/").replace("<!--", "<\\!--")

@@ -140,15 +140,20 @@ class ScanDrawing:
                 b.dot.edge(self.src(x), self.ids[id(t)])
         steps = f"×T={loop.length}"
         for p, init, new in zip(loop.carry, self.init, loop.new_carry):
+            if id(p) not in self.ids:  # a placeholder the body does not read (a reverse
+                continue               # scan's): not drawn
             b.dot.edge(b.dot_id(init), self.ids[id(p)], label="init", color=CARRY,
                        fontcolor=CARRY)
             b.dot.edge(self.src(new), self.ids[id(p)], label=f"carry {steps}", color=CARRY,
                        fontcolor=CARRY, penwidth="2.4", style="bold", constraint="false")
         for p, xs in zip(loop.xs, self.xs):
+            if id(p) not in self.ids:
+                continue
             b.dot.edge(b.dot_id(xs), self.ids[id(p)], label="[t]", color=CARRY, fontcolor=CARRY)
         for out in self.outputs:
             kind, i = out.op.out
-            body = {"carry": loop.new_carry, "y": loop.ys, "cin": loop.carry}[kind][i]
+            body = {"carry": loop.new_carry, "y": loop.ys, "cin": loop.carry,
+                    "node": loop.graph.nodes}[kind][i]  # "node": a residual the reverse reads
             text = "after the last step" if kind == "carry" else f"stacked {steps}"
             b.dot.edge(self.src(body), b.dot_id(out), label=text, color=CARRY,
                        fontcolor=CARRY)

@@ -15,6 +15,7 @@ from graphc.passes.autodiff import provenance
 
 from graphc import dtypes
 from graphc.compiler import compile
+from graphc.dynamic import at_feed_shapes
 from graphc.elementwise_ops import Elementwise
 from graphc.errors import FeedError, GraphError, RenderError
 from graphc.gradcheck import GradCheckReport
@@ -344,11 +345,12 @@ class _Builder:
 
     def local_formula(self, e) -> str:
         z, x = e.forward, e.forward.inputs[e.operand]
-        if isinstance(z.op, Elementwise):
-            fn = z.op.fn
+        op = z.op._inner() if getattr(z.op, "dynamic", False) else z.op  # (a deferred op's)
+        if isinstance(op, Elementwise):
+            fn = op.fn
             syms = {a: self.name(t) for a, t in zip(fn.args, z.inputs)}
             syms.update({fn.out: self.name(z)} | {s: str(v) for s, (_, v) in
-                                                   zip(fn.param_symbols, z.op.params)})
+                                                   zip(fn.param_symbols, op.params)})
             return formula(fn.derivatives[e.operand], syms)
         return template(e.local_formula, **self._names(z, x, self.outputs[0]))
 
@@ -612,7 +614,7 @@ def render(outputs, path=None, *, backward=False, values=None, check=None, wrt=N
     >>> "local ∂" in d.source
     True
     """
-    outs = as_outputs(outputs)
+    outs, wrt = at_feed_shapes(as_outputs(outputs), values, wrt)
     mode = {False: None, None: None, True: "combined"}.get(backward, backward)
     if mode not in (None, "combined", "backward", "ir"):
         raise ValueError(f"backward must be False, True, 'combined', 'backward' or 'ir', "

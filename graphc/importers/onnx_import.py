@@ -74,11 +74,25 @@ def from_onnx(model, dims: dict | None = None) -> Model:
     source = ""
     if isinstance(model, (str, os.PathLike)):
         source = os.path.basename(os.fspath(model))
-        model = onnx.load(os.fspath(model))
+        model = load(os.fspath(model))
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"from_onnx takes a file path or an onnx.ModelProto, got "
                         f"{type(model).__name__}")
+    if not model.graph.output:
+        raise GraphError(f"the ONNX model {source or model.graph.name!r} has no outputs "
+                         "(an empty or truncated file?)")
     return _Importer(model, dict(dims or {})).run(source or model.graph.name)
+
+
+def load(path: str):
+    """``onnx.load(path)``, or a GraphError saying the file is not an ONNX model."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(path)
+    except DecodeError as err:
+        raise GraphError(f"{path} is not an ONNX model (it does not parse: {err})") from None
 
 
 def build_from_file(path: str, seed: int = 0):
@@ -87,9 +101,9 @@ def build_from_file(path: str, seed: int = 0):
     (the gradient of every output element, seeded with ones), ``wrt`` the params (or the
     float inputs when the weights are not initializers), the feeds random inputs (symbolic
     dimensions of size 1) and the model's weights."""
-    import onnx
-
-    model = onnx.load(path)
+    model = load(path)
+    if not model.graph.output:
+        raise GraphError(f"{path}: an ONNX model with no outputs (an empty or truncated file?)")
     inits = {t.name for t in model.graph.initializer}
     dims = {d.dim_param or f"{v.name}:{axis}": 1 for v in model.graph.input
             if v.name not in inits
