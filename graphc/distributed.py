@@ -30,11 +30,12 @@ from .graph import Graph
 from .inputs import input
 from .ir import Tensor, iter_nodes
 from .optim import LR_INPUT, STEP_INPUT
-from .params_file import check_params, read_params, shapes_of
+from .params_file import check_params, read_params, shapes_of, write_params
 from .passes.autodiff import grad
 from .train_loop import (
     EarlyStopping,
     History,
+    _dynamic_batch,
     _evaluate,
     _length,
     _progress_mode,
@@ -315,7 +316,7 @@ def save_checkpoint(path, step, position: dict) -> str:
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write_params(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -331,8 +332,8 @@ def load_checkpoint(path, step, expected: dict) -> dict:
     samples, seed, global batch and shuffling, on which the data order depends)."""
     path = _npz(path)
     arrays = read_params(path)
-    position = {k[len(FIT_PREFIX):]: arrays.pop(k) for k in list(arrays)
-                if k.startswith(FIT_PREFIX)}
+    position = {k[len(FIT_PREFIX):]: arrays.pop(k) for k in list(arrays)  # (a param named
+                if k.startswith(FIT_PREFIX) and k not in step.values}     # fit_W is a param)
     check_params(path, arrays, shapes_of({**step.values, **step.opt_state}), None)
     problems = [f"no fit position ('fit_{k}')" for k in expected if k not in position]
     problems += [f"it was written with {k}={position[k].item()}, this fit has {k}={v}"
@@ -401,14 +402,21 @@ def fit(step, data, epochs: int = 1, batch_size: int | None = None, *,
     called after each applied step (``workers``: the :class:`Workers`).  Other arguments
     as :func:`graphc.train.fit`.  Returns the :class:`~graphc.train.History`.
     """
-    b = step.batch_size
-    if b is None:
-        raise GraphError("fit: the step's data inputs do not share one batch size")
     pool = workers if isinstance(workers, Workers) else None
     workers = len(pool) if pool is not None else workers
     if not (isinstance(workers, int) and workers >= 1):
         raise ValueError(f"fit: workers must be a positive int or a Workers pool, got "
                          f"{workers!r}")
+    b = step.batch_size
+    if b is None and _dynamic_batch(step.data_inputs):  # batch_size: the global batch, as
+        if not (isinstance(batch_size, int) and batch_size >= workers  # one process's
+                and batch_size % workers == 0):
+            raise ValueError(f"fit: the step's batch dimension is dynamic: give batch_size, "
+                             f"the global batch, a multiple of the {workers} workers (got "
+                             f"{batch_size!r})")
+        b = batch_size // workers
+    if b is None:
+        raise GraphError("fit: the step's data inputs do not share one batch size")
     global_batch = workers * b
     if batch_size is not None and batch_size not in (b, global_batch):
         raise ValueError(f"fit: the step was built for batches of {b} per worker "
@@ -454,7 +462,7 @@ def _loop(step, plan, pool, epochs, run, position, checkpoint, every, val_data,
     rng = np.random.default_rng(run["seed"])
     bar = _Progress(mode, epochs * batches, start_epoch * batches + start_batch, workers,
                     epochs)
-    best, epoch = None, start_epoch - 1
+    best, epoch, ran = None, start_epoch - 1, False
     if early_stopping is not None:
         early_stopping.reset()
 
@@ -469,7 +477,7 @@ def _loop(step, plan, pool, epochs, run, position, checkpoint, every, val_data,
             order = rng.permutation(n) if run["shuffle"] else np.arange(n)
             if epoch < start_epoch:
                 continue  # the data order of the epochs before the checkpoint
-            first = start_batch if epoch == start_epoch else 0
+            first, ran = (start_batch if epoch == start_epoch else 0), True
             totals = {k[len("total_"):]: float(v) for k, v in position.items()
                       if k.startswith("total_")} if epoch == start_epoch else {}
             for k in range(first, batches):
@@ -495,7 +503,7 @@ def _loop(step, plan, pool, epochs, run, position, checkpoint, every, val_data,
                 if stop:
                     history.stopped_early = True
                     break
-        if checkpoint is not None:
+        if checkpoint is not None and ran:  # (epochs the checkpoint has passed: left as is)
             save(epoch + 1, 0, {})
     finally:
         bar.close()

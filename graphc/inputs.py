@@ -190,10 +190,13 @@ def initial_value(op: Input, rng: np.random.Generator) -> np.ndarray:
     shape, init = op.in_shape, op.init
     fan_in, fan_out = _fans(shape)
     if callable(init):
-        value = np.asarray(init(shape, rng))
+        value = np.array(init(shape, rng))  # a copy: training writes over it, not the user's
         if value.shape != shape:
             raise GraphError(located(f"param {op.label!r}: init returned shape "
                                      f"{value.shape}, expected {shape}"))
+        if value.dtype.kind not in "biuf":
+            raise DTypeError(located(f"param {op.label!r}: init returned {value.dtype} "
+                                     f"values, expected real numbers"))
     elif init == "zeros":
         value = np.zeros(shape)
     elif init == "ones":

@@ -49,7 +49,8 @@ def get_activation(spec):
 def default_init(act) -> str:
     """He initialisation (sigma = sqrt(2 / fan_in)) before ReLU-like activations, Xavier
     (sigma = sqrt(2 / (fan_in + fan_out))) otherwise."""
-    return "he_normal" if act in _RELU_LIKE else "xavier_normal"
+    relu_like = act in _RELU_LIKE or any(act is ACTIVATIONS[name] for name in _RELU_LIKE)
+    return "he_normal" if relu_like else "xavier_normal"
 
 
 def orthogonal(shape, rng) -> np.ndarray:

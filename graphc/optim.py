@@ -82,6 +82,9 @@ class Optimizer:
     slots: tuple[str, ...] = ()
 
     def __init__(self, lr, weight_decay: float = 0.0, clip_norm: float | None = None):
+        if isinstance(lr, (np.generic, np.ndarray)) and np.ndim(lr) == 0 and \
+                np.asarray(lr).dtype.kind in "iuf":  # np.float32(0.01), np.array(0.01)
+            lr = float(lr)
         if not callable(lr) and not (isinstance(lr, (int, float)) and lr >= 0):
             raise GraphError(located(f"lr must be a non-negative number or a schedule, got "
                                      f"{lr!r}"))
@@ -357,8 +360,16 @@ def constant(lr: float) -> Constant:
     return Constant(lr)
 
 
+def _steps(schedule: str, what: str, n) -> int:
+    """``n`` as a count of steps of at least 1, or a GraphError at the user's line."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise GraphError(located(f"{schedule}: {what} must be an int of at least 1, got "
+                                 f"{n!r}"))
+    return int(n)
+
+
 def step_decay(lr: float, step_size: int, gamma: float = 0.1) -> StepDecay:
-    return StepDecay(lr, step_size, gamma)
+    return StepDecay(lr, _steps("step_decay", "step_size", step_size), gamma)
 
 
 def exponential(lr: float, gamma: float) -> Exponential:
@@ -366,11 +377,11 @@ def exponential(lr: float, gamma: float) -> Exponential:
 
 
 def cosine(lr: float, total_steps: int, min_lr: float = 0.0) -> Cosine:
-    return Cosine(lr, total_steps, min_lr)
+    return Cosine(lr, _steps("cosine", "total_steps", total_steps), min_lr)
 
 
 def warmup(base, steps: int, start_factor: float = 0.0) -> Warmup:
-    return Warmup(base, steps, start_factor)
+    return Warmup(base, _steps("warmup", "steps", steps), start_factor)
 
 
 __all__ = [

@@ -34,6 +34,16 @@ def read_params(path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def write_params(file, arrays: dict) -> None:
+    """Write ``{name: array}`` to ``file`` (a path or a binary file) as ``.npz``, as
+    ``np.savez`` does, for any names (``np.savez(file, **arrays)`` takes a param named
+    ``file`` or ``allow_pickle`` for its own argument)."""
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
 def shapes_of(like) -> dict:
     """``{name: (shape, dtype)}`` of ``{name: array or Tensor}``."""
     return {n: _shape_dtype(v) for n, v in like.items()}

@@ -34,7 +34,7 @@ from .graph import Graph
 from .inputs import constant, init_params, params_of
 from .ir import Tensor, located
 from .optim import LR_INPUT, STEP_INPUT, Optimizer
-from .params_file import check_params, read_params, shapes_of
+from .params_file import check_params, read_params, shapes_of, write_params
 from .passes.autodiff import grad
 from .train_loop import EarlyStopping, History, _dynamic_batch, _length, seed_value
 
@@ -186,7 +186,13 @@ class TrainStep:
         shapes and dtypes; an optimizer state in the file is restored too."""
         like = {**self.values, **self.opt_state}
         arrays = load_params(path, like=like, require=self.values)
-        if "opt_step" in arrays:
+        if "opt_step" in arrays:  # the optimizer's state, all of it and only it
+            problems = [f"missing {n!r}" for n in self.opt_state if n not in arrays]
+            problems += [f"{n!r} is not state of {type(self.optimizer).__name__}" for n in arrays
+                         if n.startswith("opt_") and n != "opt_step" and n not in like]
+            if problems:
+                raise CheckpointError(f"{path}: its optimizer state is not this step's (another"
+                                      f" optimizer?):\n  " + "\n  ".join(problems))
             self.step = int(arrays.pop("opt_step"))
         for n, v in arrays.items():
             (self.values if n in self.values else self.opt_state)[n] = v
@@ -381,7 +387,7 @@ def save_params(path, params) -> str:
             raise CheckpointError(f"save_params: {name!r} is a symbolic Tensor; save arrays "
                                   "(step.values or gc.init_params(...))")
         arrays[name] = np.asarray(value)
-    np.savez(path, **arrays)
+    write_params(path, arrays)
     return path
 
 
@@ -392,7 +398,9 @@ def load_params(path, like=None, require=None) -> dict[str, np.ndarray]:
     every array must have the expected shape and dtype and no name may be unknown (except
     optimizer state, named ``opt_...``); ``require`` (default: all of ``like``) names the
     entries that must be present.  Every mismatch is listed in one
-    :class:`CheckpointError`.
+    :class:`CheckpointError`.  Graph outputs expect the params and state inputs (batch-norm
+    running statistics) they read: a training-mode loss reads no running statistics, so
+    for a file a training step saved pass its Module or TrainStep instead.
     """
     arrays = read_params(path)
     if like is not None:
@@ -405,8 +413,9 @@ def _expected(like) -> dict:
         like = like.values
     elif isinstance(like, nn.Module):
         like = {**like.parameters(), **like.state()}
-    elif isinstance(like, (Tensor, list, tuple)):
-        like = {t.op.label: t for t in Graph(like).params}
+    elif isinstance(like, (Tensor, list, tuple)):  # params and state (running statistics)
+        like = {t.op.label: t for t in Graph(like).inputs if t.op.init is not None or
+                t.op.is_state}
     return shapes_of(like)
 
 

@@ -255,3 +255,39 @@ def test_workers_without_ray_says_what_to_install(monkeypatch, data):
         gc.train.fit(make_step(8), data, workers=2)
     with pytest.raises(ValueError, match="give workers= too"):
         gc.train.fit(make_step(8), data, resume="run.npz")
+
+
+def test_resuming_a_finished_run_leaves_its_checkpoint_as_it_is(pool, data, tmp_path):
+    """fit(epochs=E, resume=ck) with E at or below the checkpoint's epoch trains nothing; it
+    used to rewrite the position as (E, batch 0) and clear the running totals."""
+    path = tmp_path / "run.npz"
+    dist.fit(make_step(GLOBAL_BATCH // 2), data, epochs=2, workers=pool, progress=False,
+             checkpoint=path)
+    before = dict(np.load(path))
+    step = make_step(GLOBAL_BATCH // 2)
+    dist.fit(step, data, epochs=1, workers=pool, progress=False, checkpoint=path,
+             resume=path)
+    after = dict(np.load(path))
+    assert before.keys() == after.keys() and step.step == 10
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v)
+
+
+def test_a_module_named_fit_resumes_and_a_dynamic_batch_trains_on_workers(pool, data,
+                                                                          tmp_path):
+    """Params fit_W, fit_b were taken for the run's position (``fit_...``); a step with a
+    dynamic batch dimension was refused with workers ("do not share one batch size")."""
+    x, y = gc.input("x", (None, FEATURES)), gc.input("y", (None,), "int64")
+    loss = gc.softmax_cross_entropy(gc.nn.Dense(FEATURES, CLASSES, name="fit")(x), y)
+    step = gc.train.make_train_step(loss, gc.optim.SGD(lr=0.1), backend="numpy")
+    path = tmp_path / "fit.npz"
+    dist.fit(step, data, epochs=1, batch_size=GLOBAL_BATCH, workers=pool, progress=False,
+             checkpoint=path)
+    assert step.step == N // GLOBAL_BATCH
+    again = gc.train.make_train_step(loss, gc.optim.SGD(lr=0.1), backend="numpy")
+    dist.fit(again, data, epochs=1, batch_size=GLOBAL_BATCH, workers=pool, progress=False,
+             resume=path)
+    for k, v in step.values.items():
+        np.testing.assert_array_equal(again.values[k], v)
+    with pytest.raises(ValueError, match="dynamic: give batch_size, the global batch"):
+        dist.fit(step, data, epochs=1, batch_size=15, workers=pool, progress=False)

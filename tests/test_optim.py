@@ -206,3 +206,15 @@ def test_update_is_part_of_one_compiled_step():
     for _ in range(200):
         step()
     np.testing.assert_allclose(step.params["W_fused"], 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("lr", [np.float32(0.01), np.int64(1), np.array(0.01)])
+def test_a_numpy_scalar_learning_rate_is_a_number(lr):
+    assert optim.SGD(lr=lr).lr == float(lr)
+
+
+@pytest.mark.parametrize("make", [lambda: optim.warmup(0.1, 0), lambda: optim.cosine(0.1, 0),
+                                  lambda: optim.step_decay(0.1, 0)])
+def test_schedules_of_no_steps_are_refused_when_built(make):
+    with pytest.raises(gc.GraphError, match="must be an int of at least 1"):
+        make()

@@ -327,3 +327,43 @@ def test_numba_train_step_matches_numpy():
         a, b = (s(batch) for s in steps)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
     np.testing.assert_allclose(steps[0].values["nb_W"], steps[1].values["nb_W"], rtol=1e-9)
+
+
+def test_training_never_writes_into_the_array_a_callable_init_returned():
+    pretrained = np.ones((64, 80), np.float32)  # over 16 KiB: trained in place
+    x, y = gc.input("x", (4, 64)), gc.input("y", (4,), "int64")
+    W = gc.param("W", (64, 80), init=lambda shape, rng: pretrained)
+    loss = gc.softmax_cross_entropy(x @ W, y)
+    assert gc.init_params(loss)["W"] is not pretrained
+    step = gc.train.make_train_step(loss, gc.optim.SGD(lr=0.1))
+    step({"x": np.ones((4, 64), np.float32), "y": np.arange(4)})
+    assert (pretrained == 1).all()
+
+
+@pytest.mark.parametrize("name", ["file", "allow_pickle"])
+def test_params_named_like_savez_arguments_round_trip(tmp_path, name):
+    saved = {name: np.arange(3.0), "b": np.ones(2)}
+    path = gc.train.save_params(tmp_path / "p", saved)
+    loaded = gc.train.load_params(path)
+    assert sorted(loaded) == sorted(saved)
+    np.testing.assert_array_equal(loaded[name], saved[name])
+
+
+def test_loading_another_optimizers_state_is_a_checkpoint_error(tmp_path):
+    x, y = gc.input("x", (4, 3)), gc.input("y", (4,), "int64")
+    loss = gc.softmax_cross_entropy(gc.nn.Dense(3, 2, name="d")(x), y)
+    sgd = gc.train.make_train_step(loss, gc.optim.SGD(lr=0.1, momentum=0.9), backend="numpy")
+    sgd({"x": np.ones((4, 3), np.float32), "y": np.arange(4) % 2})
+    path = sgd.save(tmp_path / "sgd", include_optimizer=True)
+    adam = gc.train.make_train_step(loss, gc.optim.Adam(lr=0.1), backend="numpy")
+    with pytest.raises(gc.train.CheckpointError, match="is not state of Adam"):
+        adam.load(path)
+
+
+def test_a_relu_given_as_a_function_gets_he_init_as_its_name_does():
+    stds = [float(np.std(gc.init_params(gc.sum(gc.nn.Dense(400, 600, activation=act,
+                                                           name=f"d{k}")(
+        gc.input("x", (1, 400)))), seed=0)[f"d{k}_W"])) for k, act in enumerate(("relu",
+                                                                                 gc.relu))]
+    assert stds[0] == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+    assert stds[1] == pytest.approx(stds[0], rel=0.02)
