@@ -285,6 +285,9 @@ class EvalStep:
         parts: dict[str, list] = {n: [] for n in self.outputs}
         for batch, real in self._batches(data):
             for n, v in self(batch, values).items():
+                if np.ndim(v) == 0:
+                    raise GraphError(f"predict: output {n!r} is a scalar (a batch mean), not "
+                                     "one value per sample; use evaluate for it")
                 parts[n].append(v[:real])
         return {n: np.concatenate(p) for n, p in parts.items()}
 

@@ -367,3 +367,12 @@ def test_a_relu_given_as_a_function_gets_he_init_as_its_name_does():
                                                                                  gc.relu))]
     assert stds[0] == pytest.approx(np.sqrt(2 / 400), rel=0.02)
     assert stds[1] == pytest.approx(stds[0], rel=0.02)
+
+
+def test_predict_of_a_scalar_output_says_to_use_evaluate():
+    x, y = gc.input("x", (4, 3)), gc.input("y", (4,), "int64")
+    loss = gc.softmax_cross_entropy(nn.Dense(3, 2, name="d")(x), y)
+    ev = train.make_eval_step({"loss": loss}, backend="numpy")
+    with pytest.raises(gc.GraphError, match="'loss' is a scalar"):
+        ev.predict({"x": np.ones((8, 3), np.float32), "y": np.zeros(8, np.int64)},
+                   gc.init_params(loss))
