@@ -32,10 +32,24 @@ def _validate(inputs, feeds: dict, accepted=None) -> dict[str, np.ndarray]:
                         (f"; and {_unknown(unknown, wanted, accepted)}" if unknown else ""))
     if unknown:
         raise FeedError(_unknown(unknown, wanted, accepted))
-    for name, t in accepted.items():
+    for name, ts in accepted.items():
         if name in feeds:
-            _array(name, t, feeds[name])
+            accepted_array(name, ts, feeds[name])
     return {name: _array(name, t, feeds[name]) for name, t in wanted.items()}
+
+
+def accepted_array(name: str, inputs, value) -> None:
+    """Check the feed ``value`` of an input the outputs were differentiated from: it must
+    fit one of ``inputs``, those of that name (:func:`~graphc.passes.autodiff.
+    differentiated_from` with ``every``), or raise the first one's FeedError."""
+    errors = []
+    for t in inputs:
+        try:
+            _array(name, t, value)
+            return
+        except FeedError as err:
+            errors.append(err)
+    raise errors[0]
 
 
 def _unknown(names, wanted, accepted) -> str:
@@ -168,7 +182,7 @@ class CompiledFunction:
         given = check_graph(Graph(outputs))
         self.inputs = given.inputs
         self.donate = _donations(donate, given.inputs, len(given.outputs))
-        self.accepted = differentiated_from(given.nodes)
+        self.accepted = differentiated_from(given.nodes, every=True)
         self._feed_checks = tuple({id(r): r for t in given.nodes for r in t.meta or ()
                                    if hasattr(r, "check_feeds")}.values())
         self.graph, report = pipeline.run(given, passes)
@@ -284,7 +298,7 @@ class DynamicFunction:
         self.inputs = given.inputs
         self.donate = _donations(donate, given.inputs, len(given.outputs))
         self.dynamic = [t for t in given.inputs if is_dynamic(t.shape)]
-        self.accepted = differentiated_from(given.nodes)
+        self.accepted = differentiated_from(given.nodes, every=True)
         self.specialised: dict[tuple, object] = {}
         self._latest = None
         self._given = given

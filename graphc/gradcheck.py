@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dtypes
-from .compiler import _array as feed_array
-from .compiler import compile
+from .compiler import accepted_array, compile
 from .dynamic import feed_shapes, specialise
 from .errors import FeedError, GraphError
 from .graph import Graph, node_names
@@ -163,9 +162,10 @@ class _Probe:
         from graphc.passes.precision import with_float_dtype
         # inputs of the graphs y is a gradient of: gc.compile takes feeds for them, and y's
         # derivative with respect to one it no longer reads is 0 (a constant Hessian)
-        given = {**differentiated_from(Graph(y).nodes),
-                 **{t.op.label: t for t in Graph(y).inputs}}  # to check the feeds against
-        also = {k: dtype if dtypes.is_float(t.dtype) else t.dtype for k, t in given.items()}
+        given = {**differentiated_from(Graph(y).nodes, every=True),
+                 **{t.op.label: (t,) for t in Graph(y).inputs}}  # to check the feeds against
+        also = {k: dtype if dtypes.is_float(t[0].dtype) else t[0].dtype
+                for k, t in given.items()}
         # dynamic dimensions at the feeds' sizes first: a deferred op (a scan over them)
         # replayed on the float64 copy would trace its body again, reading the float32
         # tensors it closes over
@@ -196,7 +196,7 @@ class _Probe:
             raise FeedError(located(f"check_grad: no feed for wrt {unfed}"))
         types |= also
         for k, v in feeds.items():  # a FeedError for a feed gc.compile would refuse
-            feed_array(k, given[k], v)
+            accepted_array(k, given[k], v)
         self.feeds = {k: np.array(v, dtype=types[k]) if dtypes.is_float(types[k]) else v
                       for k, v in feeds.items()}  # copies: perturbing never touches the user's
 

@@ -97,13 +97,14 @@ def fused_kernel(label: str, steps_text: list[str], bound, exprs, symbols, opera
 def _fused_statements(printer, bound, exprs, accumulate, two_d: bool):
     """The group's statements after ``sympy.cse``, printed: the body ``(name, text, names
     used)`` and the stores ``(target, text, names used, accumulate)``, one per output."""
-    bound, exprs = share_powers(*hoist_branches(*stable_sigmoids(bound, exprs)))
-    # a step reading one value twice is built unevaluated (s - s stays s - s), and SymPy's
-    # cse simplifies it (x*x + y - x*x to y) or takes an unevaluated x*x for 2*x (it gives
-    # cse([x*x, 2*x]) as [x*x, x**2]): such statements are kept as built, out of its reach
+    # a step reading one value twice is built unevaluated (s - s stays s - s; maximum(a, a)'s
+    # Eq(x0, x0), False at NaN), and SymPy's rewrites and cse simplify it (x*x + y - x*x to
+    # y; the Piecewise to 1/2) or take an unevaluated x*x for 2*x (cse([x*x, 2*x]) gives
+    # [x*x, x**2]): such statements are kept as built, out of their reach
     built = [_unevaluated(e) for _, e in bound]
     kept = [b for b, keep in zip(bound, built) if keep]
     bound = [b for b, keep in zip(bound, built) if not keep]
+    bound, exprs = share_powers(*hoist_branches(*stable_sigmoids(bound, exprs)))
     replacements, reduced = cse([e for _, e in bound] + list(exprs),
                                 sp.numbered_symbols("c"), bound)
     statements = replacements + [(sym, e) for (sym, _), e in zip(bound, reduced)] + kept

@@ -5,8 +5,8 @@
   (numpy/_core/src/umath/matmul.c.src): a vector times a matrix or a matrix times a vector
   is ``cblas_?gemv`` of NumPy's BLAS with the arguments NumPy passes (its order flag, its
   leading dimension); a product over an inner dimension of 1 is NumPy's loop without BLAS,
-  ``0 + a * b`` for each element.  A row times a column (NumPy's ``dot``) and a loop over a
-  longer inner dimension are declined.
+  ``0 + a * b`` for each element, up to :data:`OUTER_MAX` of them.  A row times a column
+  (NumPy's ``dot``) and a loop over a longer inner dimension are declined.
 - ``out[...] = np.add.reduce(acc, axis=None)`` (or ``out=``) of a contiguous float array of
   at most :data:`TOTAL_MAX` values: NumPy's pairwise sum (blocks of at most 128 values with
   eight interleaved accumulators, halves at a multiple of eight above that) added to the
@@ -28,6 +28,9 @@ ROW_MAJOR, COL_MAJOR, TRANS = 101, 102, 112
 _REAL = {"float32": "float", "float64": "double"}
 # a full sum of more values stays a NumPy call (its additions are written out one by one)
 TOTAL_MAX = 1024
+# an outer product (an inner dimension of 1) is written out one value at a time: at most
+# this many (a (1024, 1) @ (1, 8) took 17 s of LLVM, 51k lines of IR, before the cap)
+OUTER_MAX = 1024
 
 _REDUCE = re.compile(r"(?:(\w+)\[\.\.\.\] = np\.add\.reduce\((\w+), axis=None\)|"
                      r"np\.add\.reduce\((\w+), axis=None, out=(\w+)\))")
@@ -70,6 +73,8 @@ def matmul(a, b, c, gemv_address):
     b_ok = blasable(is2_n, is2_p, k, n, size) or blasable(is2_p, is2_n, n, k, size)
     if m == 1 and n == 1:
         raise Unsupported("a row times a column (NumPy's dot)")
+    if k == 1 and m * n > OUTER_MAX:  # written out value by value: LLVM's time grows with it
+        raise Unsupported(f"an outer product of more than {OUTER_MAX} values")
     if k == 1 and 1 in (m, n):  # NumPy: a (1, 1) times a vector, without BLAS
         return ("outer", a, b, c)
     if m == 1 and b_ok and blasable(is1_n, size, k, 1, size) and gemv_address:

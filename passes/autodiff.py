@@ -86,15 +86,19 @@ class GradientOf:
         return any(ref() is not None for _, ref in self.refs)
 
 
-def differentiated_from(nodes) -> dict[str, Tensor]:
-    """The inputs, by name, of the graphs that gradients among ``nodes`` were taken of."""
-    found: dict[str, Tensor] = {}
+def differentiated_from(nodes, every: bool = False) -> dict:
+    """The inputs, by name, of the graphs that gradients among ``nodes`` were taken of;
+    ``every``: by name, a tuple of every such input (an interned gradient, the zeros of a
+    shape, can carry the tags of two graphs whose inputs share a name)."""
+    found: dict[str, list] = {}
     for t in nodes:
         for r in t.meta or ():
             if isinstance(r, GradientOf):
                 for name, leaf in r.inputs.items():
-                    found.setdefault(name, leaf)
-    return found
+                    leaves = found.setdefault(name, [])
+                    if not any(leaf is seen for seen in leaves):
+                        leaves.append(leaf)
+    return {name: tuple(leaves) if every else leaves[0] for name, leaves in found.items()}
 
 
 def provenance(t: Tensor, forward) -> GradMeta | None:

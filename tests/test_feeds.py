@@ -444,3 +444,15 @@ def test_a_gradient_node_other_graphs_share_accepts_only_the_inputs_still_held()
     assert float(f(z_t=np.float64(3.0))) == 1.0
     with pytest.raises(gc.FeedError, match=r"accepts 'z_t' \(inputs of the graph it was"):
         f(zeta_t=np.float64(3.0))
+
+
+def test_an_input_another_graph_shares_a_gradient_node_with_is_fed_at_its_own_shape():
+    """Two graphs' zero gradients of shape (4, 5) are one interned node carrying both
+    graphs' inputs; B's own unused input u (4, 5) was checked against A's u (1, 5)."""
+    ua, wa, p = gc.input("u", (1, 5)), gc.input("w", (4, 5)), gc.input("p", ())
+    kept = gc.grad(p * 2.0, [ua, wa, p])  # noqa: F841 -- graph A stays alive
+    ub, q = gc.input("u", (4, 5)), gc.input("q", ())
+    loss = q * 3.0
+    f = gc.compile([loss, *gc.grad(loss, [ub, q])], backend="numpy")
+    out = f(u=np.ones((4, 5), np.float32), q=np.float32(1))
+    assert [np.shape(o) for o in out] == [(), (4, 5), ()]

@@ -114,3 +114,14 @@ def test_the_teaching_graph_is_one_native_call(monkeypatch):
     want = gc.compile([loss, *gc.grad(loss, [W1, b1, w2, b2])], backend="numpy")(feeds)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_an_outer_product_of_more_than_outer_max_values_stays_a_numpy_call():
+    """Written out value by value, a (1024, 1) @ (1, 8) product was 51k lines of IR and 17 s
+    of LLVM: above OUTER_MAX values the native run declines it (NumPy runs it)."""
+    def arr(shape):
+        return numba_loop.Arr(("s", 0), 0, shape, numba_loop.c_strides(shape, 4), "float32")
+    small = ways.matmul(arr((32, 1)), arr((1, 8)), arr((32, 8)), None)
+    assert small[0] == "outer"
+    with pytest.raises(ways.Unsupported, match="outer product of more than 1024"):
+        ways.matmul(arr((1024, 1)), arr((1, 8)), arr((1024, 8)), None)

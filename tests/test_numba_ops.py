@@ -641,3 +641,15 @@ def test_identical_steps_in_another_order_share_one_fused_kernel(monkeypatch):
     want = gc.compile(h, backend="numpy", optimize=False)(feeds)
     got = gc.compile(graph.outputs, backend="numpy", optimize=False)(feeds)
     np.testing.assert_array_equal(got[0], want)
+
+
+@pytest.mark.parametrize("op", [gc.maximum, gc.minimum])
+def test_the_gradient_of_an_op_of_one_tensor_twice_keeps_its_nan_branch(op):
+    """maximum(a, a)'s derivative holds Eq(a, a), False at NaN: the fused kernel's rewrites
+    folded it to True (1/2 + 1/2 = 1 where NumPy and torch give 2)."""
+    a = gc.input("a", (5,))
+    A = np.array([1.0, np.nan, np.nan, 2.0, 3.0], np.float32)
+    (want,), (got,) = (gc.compile(gc.grad(gc.sum(op(a, a)), [a]), backend=b)(a=A)
+                       for b in ("numpy", "numba"))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, [1, 2, 2, 1, 1])  # torch's
