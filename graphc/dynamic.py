@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import GraphError, ShapeError
+from .graph import as_outputs
 from .inputs import Input
 from .ir import Op, StaticArray, Tensor, iter_nodes, located, on_dynamic_operand, replaying
 
@@ -400,7 +401,7 @@ def _replay(t: Tensor, inputs) -> Tensor:
 def feed_shapes(outputs, feeds) -> dict:
     """The sizes ``feeds`` (by input name) give the dynamic inputs of ``outputs`` (those
     that match their patterns)."""
-    return {t.op.label: np.shape(feeds[t.op.label]) for t in iter_nodes(as_list(outputs))
+    return {t.op.label: np.shape(feeds[t.op.label]) for t in iter_nodes(as_outputs(outputs))
             if isinstance(t.op, Input) and is_dynamic(t.shape) and t.op.label in feeds
             and matches(np.shape(feeds[t.op.label]), t.shape)}
 
@@ -419,10 +420,6 @@ def at_feed_shapes(outputs: list, feeds, wrt=None):
     elif isinstance(wrt, (list, tuple)):
         wrt = [memo.get(id(w), w) for w in wrt]
     return outputs, wrt
-
-
-def as_list(outputs) -> list:
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 def specialise(outputs, shapes: dict, memo: dict | None = None) -> list[Tensor]:

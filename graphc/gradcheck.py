@@ -162,8 +162,9 @@ class _Probe:
         from graphc.passes.precision import with_float_dtype
         # inputs of the graphs y is a gradient of: gc.compile takes feeds for them, and y's
         # derivative with respect to one it no longer reads is 0 (a constant Hessian)
-        given = {**differentiated_from(Graph(y).nodes, every=True),
-                 **{t.op.label: (t,) for t in Graph(y).inputs}}  # to check the feeds against
+        graph = Graph(y)
+        given = {**differentiated_from(graph.nodes, every=True),
+                 **{t.op.label: (t,) for t in graph.inputs}}  # to check the feeds against
         also = {k: dtype if dtypes.is_float(t[0].dtype) else t[0].dtype
                 for k, t in given.items()}
         # dynamic dimensions at the feeds' sizes first: a deferred op (a scan over them)

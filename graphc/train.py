@@ -34,7 +34,13 @@ from .graph import Graph
 from .inputs import constant, init_params, params_of
 from .ir import Tensor, located
 from .optim import LR_INPUT, STEP_INPUT, Optimizer
-from .params_file import check_params, read_params, shapes_of, write_params
+from .params_file import (
+    OPTIMIZER_PREFIX,
+    check_params,
+    read_params,
+    shapes_of,
+    write_params,
+)
 from .passes.autodiff import grad
 from .train_loop import EarlyStopping, History, _dynamic_batch, _length, seed_value
 
@@ -189,7 +195,7 @@ class TrainStep:
         if "opt_step" in arrays:  # the optimizer's state, all of it and only it
             problems = [f"missing {n!r}" for n in self.opt_state if n not in arrays]
             problems += [f"{n!r} is not state of {type(self.optimizer).__name__}" for n in arrays
-                         if n.startswith("opt_") and n != "opt_step" and n not in like]
+                         if n.startswith(OPTIMIZER_PREFIX) and n != "opt_step" and n not in like]
             if problems:
                 raise CheckpointError(f"{path}: its optimizer state is not this step's (another"
                                       f" optimizer?):\n  " + "\n  ".join(problems))
@@ -417,8 +423,7 @@ def _expected(like) -> dict:
     elif isinstance(like, nn.Module):
         like = {**like.parameters(), **like.state()}
     elif isinstance(like, (Tensor, list, tuple)):  # params and state (running statistics)
-        like = {t.op.label: t for t in Graph(like).inputs if t.op.init is not None or
-                t.op.is_state}
+        like = {t.op.label: t for t in Graph(like).inputs if t.op.is_param or t.op.is_state}
     return shapes_of(like)
 
 

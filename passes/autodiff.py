@@ -344,7 +344,9 @@ def hvp(y, wrt, v):
 
     Reverse-over-reverse: the gradient of <grad y, v> with respect to ``wrt``; the Hessian
     is never formed.  ``v`` matches ``wrt`` (a tensor, or a list of them; arrays are made
-    constants).
+    constants).  A ``v`` computed from ``wrt`` (``v = x``, ``v = grad(y, x)``) is held
+    fixed while differentiating, as ``torch.autograd.functional.hvp`` does: the result is
+    H v, and it still differentiates through ``v`` afterwards.
     """
     wrt_list, single = _as_list(wrt, "hvp")
     if not single and not isinstance(v, (list, tuple)):

@@ -78,9 +78,8 @@ def from_onnx(model, dims: dict | None = None) -> Model:
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"from_onnx takes a file path or an onnx.ModelProto, got "
                         f"{type(model).__name__}")
-    if not model.graph.output:
-        raise GraphError(f"the ONNX model {source or model.graph.name!r} has no outputs "
-                         "(an empty or truncated file?)")
+    if not model.graph.output:  # (a file's: load says so)
+        raise GraphError(f"the ONNX model {model.graph.name!r} has no outputs")
     return _Importer(model, dict(dims or {})).run(source or model.graph.name)
 
 
@@ -90,9 +89,12 @@ def load(path: str):
     from google.protobuf.message import DecodeError
 
     try:
-        return onnx.load(path)
+        model = onnx.load(path)
     except DecodeError as err:
         raise GraphError(f"{path} is not an ONNX model (it does not parse: {err})") from None
+    if not model.graph.output:
+        raise GraphError(f"{path}: an ONNX model with no outputs (an empty or truncated file?)")
+    return model
 
 
 def build_from_file(path: str, seed: int = 0):
@@ -102,8 +104,6 @@ def build_from_file(path: str, seed: int = 0):
     float inputs when the weights are not initializers), the feeds random inputs (symbolic
     dimensions of size 1) and the model's weights."""
     model = load(path)
-    if not model.graph.output:
-        raise GraphError(f"{path}: an ONNX model with no outputs (an empty or truncated file?)")
     inits = {t.name for t in model.graph.initializer}
     dims = {d.dim_param or f"{v.name}:{axis}": 1 for v in model.graph.input
             if v.name not in inits
