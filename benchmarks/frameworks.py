@@ -42,25 +42,44 @@ def graphc_step(problem, backend: str | None = None):
     start = time.perf_counter()
     grads = gc.grad(problem.loss, list(problem.wrt))
     f = gc.compile([problem.loss, *grads], backend=backend)
-    feeds = problem.feeds
-
-    def step():
-        return f(feeds)
-
+    step = device_step(f, problem.feeds) if f.backend == "cuda" else (
+        lambda feeds=problem.feeds: f(feeds))
     step()
     return step, time.perf_counter() - start, f.backend
 
 
-def torch_step(problem, loss_fn):
-    """PyTorch eager: ``loss_fn`` on tensors, gradients from ``torch.autograd.grad``."""
+def device_step(f, feeds: dict):
+    """A step of ``f`` (backend "cuda") with every feed resident on the GPU and the results
+    left there, each step waited for: as the peers' steps on a GPU."""
+    from numba import cuda
+
+    from graphc import cuda_backend
+    feeds, run = cuda_backend.device_feeds(feeds), f._program.run_device
+
+    def step():
+        out = run(feeds)
+        cuda.synchronize()
+        return out
+    return step
+
+
+def torch_step(problem, loss_fn, device: str = "cpu"):
+    """PyTorch eager: ``loss_fn`` on tensors, gradients from ``torch.autograd.grad``; on
+    ``device`` ("cuda": the GPU, each step waited for)."""
     _require("torch")
     import torch
-    tensors = {name: torch.from_numpy(np.array(value)) for name, value in problem.feeds.items()}
+    if device == "cuda" and not torch.cuda.is_available():
+        raise gc.BackendError(f"torch {torch.__version__} has no CUDA GPU here")
+    tensors = {name: torch.from_numpy(np.array(value)).to(device)
+               for name, value in problem.feeds.items()}
     leaves = [tensors[name].requires_grad_(True) for name in problem.wrt_names]
+    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step():
         loss = loss_fn(tensors)
-        return (loss, *torch.autograd.grad(loss, leaves))
+        result = (loss, *torch.autograd.grad(loss, leaves))
+        wait()
+        return result
 
     return step, 0.0
 
@@ -93,7 +112,8 @@ def _jax_dtype(value: np.ndarray) -> np.ndarray:
 
 def as_numpy(result) -> tuple[float, list[np.ndarray]]:
     """``(loss, [grad, ...])`` as NumPy values from any ``step()`` result."""
-    arrays = [np.asarray(r.detach() if hasattr(r, "detach") else r) for r in result]
+    arrays = [np.asarray(r.detach().cpu() if hasattr(r, "detach") else
+                         r.copy_to_host() if hasattr(r, "copy_to_host") else r) for r in result]
     return float(arrays[0]), arrays[1:]
 
 

@@ -81,14 +81,18 @@ LIBRARIES = ("numpy", "numba", "torch", "jax")
 WARMUP_STEPS = 3
 BUSY_LOAD = 1.0  # 1-minute load average: one core's worth of other work
 PEERS = ("torch eager", "jax jit")  # a ratio target is met against the faster of these
+COMPILE_REPEATS = 3  # cold/warm pairs per workload (--compile-repeats)
 
 
-def thread_env(threads: int, env=None) -> dict[str, str]:
+def thread_env(threads: int, env=None, backend=None) -> dict[str, str]:
     """``env`` (default: ``os.environ``) with every thread count set to ``threads`` and
-    :data:`SCRUBBED_ENV` removed."""
+    :data:`SCRUBBED_ENV` removed; JAX kept on the CPU unless ``backend`` is "cuda" (JAX
+    with a CUDA plugin would otherwise take the GPU in a CPU bench)."""
     env = {k: v for k, v in (os.environ if env is None else env).items()
            if k not in SCRUBBED_ENV}
     env.update({name: str(threads) for name in THREAD_ENV})
+    if backend != "cuda":
+        env.setdefault("JAX_PLATFORMS", "cpu")
     if threads == 1:  # also keep XLA's matmuls and convolutions on the calling thread
         flags = env.get("XLA_FLAGS", "").replace("--xla_cpu_multi_thread_eigen=true", "")
         env["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
@@ -106,7 +110,11 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="minimum timed seconds per framework and workload, over all its rounds "
                         "(default 5)")
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"), default=None,
-                   help="graphc backend (default: gc.compile's default)")
+                   help="graphc backend (default: gc.compile's default); with cuda, PyTorch "
+                        "and JAX run on the GPU too")
+    p.add_argument("--compile-repeats", type=int, default=COMPILE_REPEATS, metavar="N",
+                   help=f"cold/warm compile pairs per workload, medians (default "
+                        f"{COMPILE_REPEATS}; 0: none)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--readme", metavar="PATH",
                    help="print README's performance table from the JSON file PATH; run nothing")
@@ -155,9 +163,10 @@ def attempts(workload, backend) -> list[tuple]:
     """``[(framework, make)]`` for every framework of a workload, in table order;
     ``make(problem)`` returns ``(step, compile s[, backend used])``."""
     import frameworks as fw
+    device = "cuda" if backend == "cuda" else "cpu"  # the peers run where graphc runs
     made = [(f"graphc[{backend or 'default'}]", lambda problem: fw.graphc_step(problem, backend)),
-            ("torch eager", lambda problem: fw.torch_step(problem, workload.torch))]
-    made += [(name, lambda problem, fn=fn: fw.torch_step(problem, fn))
+            ("torch eager", lambda problem: fw.torch_step(problem, workload.torch, device))]
+    made += [(name, lambda problem, fn=fn: fw.torch_step(problem, fn, device))
              for name, fn in workload.torch_extra.items()]
     made.append(("jax jit", lambda problem: fw.jax_step(problem, workload.jax)))
     return made
@@ -210,16 +219,19 @@ def serve_framework(workload, framework: str, args) -> int:
     for line in sys.stdin if step is not None else []:
         request = json.loads(line)
         if request["do"] != "time":
-            say({"blas": blas_info(), **step_figures(workload, problem, name)})
+            say({"blas": blas_info(), **step_figures(workload, problem, name, args.backend)})
             break
         say({"times": measure(step, request["steps"], request["seconds"], warmup)})
         warmup = 0
     return 0
 
 
-def step_figures(workload, problem, framework: str) -> dict:
+def step_figures(workload, problem, framework: str, backend=None) -> dict:
     """graphc: the step's matmul/conv FLOPs and bytes in and out (``limits``); PyTorch eager:
-    its peak memory (``memory_plan.torch_peak``)."""
+    its peak memory (``memory_plan.torch_peak``, on the CPU).  None on a GPU: the limits
+    and the memory are the CPU's."""
+    if backend == "cuda":
+        return {}
     if framework.startswith("graphc"):
         import limits
 
@@ -263,8 +275,8 @@ def spawn(options: list[str], args, json_path: str) -> tuple[dict | None, int, s
     its last stderr line)``."""
     command = [sys.executable, os.path.abspath(__file__), f"--threads={args.threads}",
                f"--child-json={json_path}", *options]
-    child = subprocess.Popen(command, env=thread_env(args.threads), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, env=thread_env(args.threads, backend=args.backend),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = child.communicate()
     if child.returncode == 0:
         try:
@@ -289,7 +301,7 @@ def time_frameworks(workload_name: str, names: list[str], args, tmp: str,
             command = [sys.executable, os.path.abspath(__file__), f"--threads={args.threads}",
                        f"--workload={workload_name}", f"--only-framework={framework}",
                        *backend]
-            child = rounds.Child(command, thread_env(args.threads),
+            child = rounds.Child(command, thread_env(args.threads, backend=args.backend),
                                  os.path.join(tmp, f"{i}.stderr"))
             children.append(child)
             results.append(child.reply() or {"framework": framework, "compile_s": None,
@@ -306,27 +318,29 @@ def time_frameworks(workload_name: str, names: list[str], args, tmp: str,
 
 def measure_peaks(args) -> dict:
     """``limits.machine_peaks`` and the BLAS it ran on, measured in a child process with
-    the bench's threads; ``{"note": ...}`` when the child failed."""
+    the bench's threads; ``{"note": ...}`` when the child failed, or on a GPU."""
+    if args.backend == "cuda":
+        from graphc import cuda_backend
+        return {"note": f"{cuda_backend.available()[1]}; the probes measure the CPU"}
     with tempfile.TemporaryDirectory(prefix="graphc-bench-") as tmp:
         result, _, note = spawn(["--probe"], args, os.path.join(tmp, "probe.json"))
     return result or {"note": note}
 
 
-COMPILE_REPEATS = 3
-
-
 def compile_times(workload_name: str, args) -> dict:
     """graphc's cold and warm compile seconds (``compile_time.run``: gc.compile + first
     call in a fresh process, on an empty kernel cache and then on the one it filled), each
-    the median of COMPILE_REPEATS such pairs (one cold compile read W1 1.32 s in a bench,
+    the median of ``--compile-repeats`` (3) such pairs (one cold compile read W1 1.32 s in a bench,
     five just after it 0.89-0.94 s, and the same command 1.31-1.55 s half an hour later:
     this VM changes speed), and
     the planned peak bytes of the compiled step; a ``compile_note`` if a child failed."""
     import compile_time
-    env = thread_env(args.threads)
+    env = thread_env(args.threads, backend=args.backend)
     colds, warms = [], []
+    if not args.compile_repeats:
+        return {}
     try:
-        for _ in range(COMPILE_REPEATS):
+        for _ in range(args.compile_repeats):
             with tempfile.TemporaryDirectory(prefix="graphc-bench-cache-") as cache:
                 colds.append(compile_time.run(workload_name, cache, args.backend, env))
                 warms.append(compile_time.run(workload_name, cache, args.backend, env))
@@ -543,8 +557,9 @@ def child_main(args) -> int:
 
 def main(argv=None) -> int:
     args = arg_parser().parse_args(argv)
-    if args.threads < 1 or args.seconds < 0 or args.steps < 1:
-        raise ValueError("--threads and --steps must be >= 1 and --seconds >= 0")
+    if args.threads < 1 or args.seconds < 0 or args.steps < 1 or args.compile_repeats < 0:
+        raise ValueError("--threads and --steps must be >= 1, --seconds and "
+                         "--compile-repeats >= 0")
     if args.readme:
         with open(args.readme) as results:
             print(report.readme_table(json.load(results)))

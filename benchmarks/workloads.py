@@ -194,7 +194,7 @@ def lstm_torch(t):
     import torch
     xs, Wx, Wh, b = t["xs"], t["Wx"], t["Wh"], t["b"]
     H = Wh.shape[0]
-    h = c = torch.zeros(xs.shape[1], H)
+    h = c = torch.zeros(xs.shape[1], H, device=xs.device)
     for x in xs:
         z = x @ Wx + h @ Wh + b
         i, f = torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H:2 * H])
@@ -213,9 +213,11 @@ def lstm_torch_fused(t):
     xs, Wx, Wh, b = t["xs"], t["Wx"], t["Wh"], t["b"]
     key = (Wx.shape[0], Wh.shape[0])
     if key not in _FUSED_LSTMS:
-        _FUSED_LSTMS[key] = torch.nn.LSTM(*key)
+        _FUSED_LSTMS[key] = torch.nn.LSTM(*key).to(xs.device)
     weights = {"weight_ih_l0": Wx.T, "weight_hh_l0": Wh.T, "bias_ih_l0": b,
                "bias_hh_l0": torch.zeros_like(b)}
+    if xs.is_cuda:  # cuDNN's LSTM takes contiguous weights
+        weights = {name: w.contiguous() for name, w in weights.items()}
     _, (h, _) = torch.func.functional_call(_FUSED_LSTMS[key], weights, (xs,))
     return h[-1].mean()
 

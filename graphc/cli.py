@@ -164,9 +164,9 @@ def _bench(args) -> int:
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
     argv = [f"--workload={w}" for w in args.workload or ()]
-    argv += [f"--{name}={getattr(args, name)}" for name in ("threads", "seconds", "backend",
-                                                             "json", "readme", "steps")
-             if getattr(args, name) is not None]
+    argv += [f"--{name.replace('_', '-')}={getattr(args, name)}"
+             for name in ("threads", "seconds", "backend", "compile_repeats", "json",
+                          "readme", "steps") if getattr(args, name) is not None]
     return run.main(argv)
 
 
@@ -298,7 +298,10 @@ def _add_bench(sub):
                    help="minimum timed seconds per framework and workload, over all its rounds "
                         "(default 5)")
     p.add_argument("--backend", choices=("numpy", "numba", "cuda"),
-                   help="graphc backend (default: gc.compile's default)")
+                   help="graphc backend (default: gc.compile's default); with cuda, PyTorch "
+                        "and JAX run on the GPU too")
+    p.add_argument("--compile-repeats", type=NONNEGATIVE_INT, metavar="N",
+                   help="cold/warm compile pairs per workload, medians (default 3; 0: none)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--readme", metavar="PATH",
                    help="print README's performance table from a --json file; run nothing")

@@ -37,6 +37,8 @@ Nodes that depend on no input are folded at compile time by the reference semant
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .errors import BackendError, FeedError
@@ -45,6 +47,9 @@ from .passes.pipeline import DEFAULT_PIPELINE
 from .passes.pipeline import run as run_passes
 from .scan import Scan, instance_key, run_loop, siblings
 
+# numba-cuda's NumbaPerformanceWarning at each launch of fewer blocks than it likes (a small
+# tensor's kernel); on an H200 every step of a small graph printed it
+LOW_OCCUPANCY = r".*Grid size \d+ will likely result in GPU under-utilization"
 SIMULATOR_HINT = ("set NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts to run "
                   "the kernels under Numba's CUDA simulator (slow, for tests), or use "
                   "backend='numba'")
@@ -62,6 +67,7 @@ def available() -> tuple[bool, str]:
         from numba import cuda
     except ImportError as err:  # pragma: no cover -- numba is a dependency
         return False, f"numba.cuda cannot be imported ({err})"
+    _restore_row_stack()
     if numba.config.ENABLE_CUDASIM:
         return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): correct but slow"
     try:
@@ -72,6 +78,15 @@ def available() -> tuple[bool, str]:
     except Exception as err:  # noqa: BLE001 -- any driver failure means "not usable"
         return False, f"no usable CUDA GPU ({type(err).__name__}: {err}); {SIMULATOR_HINT}"
     return False, f"no CUDA GPU or driver found on this machine; {SIMULATOR_HINT}"
+
+
+def _restore_row_stack() -> None:
+    """numba-cuda 0.30.4 overloads ``np.row_stack`` when it compiles its first kernel, and
+    NumPy 2.5 removed that alias of ``np.vstack``: every kernel then failed with
+    AttributeError (NVIDIA/numba-cuda#907, seen on an H200 with NumPy 2.5.2).  Put the
+    alias back, as it was in NumPy < 2.5."""
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
 
 
 def require() -> str:
@@ -165,10 +180,12 @@ class CudaProgram:
                 env[slot] = value
             else:
                 env[slot] = cuda.to_device(np.asarray(value, order="C"))
-        for step in self.steps:
-            step.run(env)
-            for s in step.free:
-                env[s] = None
+        with warnings.catch_warnings():  # about graphc's launches, which users cannot change
+            warnings.filterwarnings("ignore", message=LOW_OCCUPANCY)
+            for step in self.steps:
+                step.run(env)
+                for s in step.free:
+                    env[s] = None
         return [env[s] for s in self.output_slots]
 
     def __call__(self, feeds: dict) -> list[np.ndarray]:

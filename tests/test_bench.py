@@ -98,6 +98,13 @@ def test_thread_env_sets_every_library():
     assert one["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false" and one["NPROC"] == "1"
 
 
+def test_jax_runs_where_graphc_runs():
+    # a JAX with a CUDA plugin takes the GPU unless told: CPU benches keep it on the CPU
+    assert bench_run.thread_env(2, {})["JAX_PLATFORMS"] == "cpu"
+    assert "JAX_PLATFORMS" not in bench_run.thread_env(2, {}, backend="cuda")
+    assert bench_run.thread_env(2, {"JAX_PLATFORMS": "cuda"})["JAX_PLATFORMS"] == "cuda"
+
+
 def test_measure_warms_up_then_honours_min_steps_and_seconds():
     calls = []
     times = bench_run.measure(lambda: calls.append(1), min_steps=4, seconds=0.0)
@@ -124,7 +131,15 @@ def test_missing_framework_and_backend_errors_become_rows(monkeypatch):
     assert list(rows) == ["graphc[cuda]", "torch eager", "jax jit"]
     assert rows["jax jit"] == (None, "not installed")
     assert rows["graphc[cuda]"] == (None, "backend 'cuda' cannot run here")
-    assert rows["torch eager"][0] is not None
+    import torch
+    if torch.cuda.is_available():  # the peers run on the GPU with graphc's cuda backend
+        assert rows["torch eager"][0] is not None
+    else:
+        assert rows["torch eager"] == (None, f"torch {torch.__version__} has no CUDA GPU here")
+    rows = {name: step for name, step, _, _ in
+            (bench_run.prepare(workload, problem, "numpy", framework)
+             for framework in bench_run.framework_names(workload, "numpy"))}
+    assert rows["torch eager"] is not None  # on the CPU
 
 
 @pytest.mark.slow

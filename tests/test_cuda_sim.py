@@ -1,10 +1,12 @@
-"""The CUDA backend checked against the NumPy reference under Numba's CUDA simulator.
+"""The CUDA backend checked against the NumPy reference under Numba's CUDA simulator, and
+on a CUDA GPU where there is one.
 
 ``NUMBA_ENABLE_CUDASIM=1`` must be set before Numba is first imported, and it makes the
-whole process simulate CUDA.  So a plain ``pytest`` run leaves its own process alone: the
-cases below are skipped there and ``test_simulator_cases_in_a_subprocess`` runs this file
-again in a fresh interpreter with the variable set (the CI path).  With the variable set by
-hand (``NUMBA_ENABLE_CUDASIM=1 pytest tests/test_cuda_sim.py``) they run in-process, one
+whole process simulate CUDA.  So a plain ``pytest`` run on a machine without a GPU leaves
+its own process alone: the cases below are skipped there and
+``test_simulator_cases_in_a_subprocess`` runs this file again in a fresh interpreter with
+the variable set (the CI path).  With the variable set by hand (``NUMBA_ENABLE_CUDASIM=1
+pytest tests/test_cuda_sim.py``), or on a machine with a CUDA GPU, they run in-process, one
 pytest item each.  Shapes are tiny: every simulated thread is a Python thread.
 """
 
@@ -20,10 +22,21 @@ import sympy as sp
 import graphc as gc
 from graphc.graph import Graph
 
-IN_PROCESS = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and (
-    "numba" not in sys.modules or bool(sys.modules["numba"].config.ENABLE_CUDASIM))
-sim = pytest.mark.skipif(not IN_PROCESS, reason="needs NUMBA_ENABLE_CUDASIM=1 at start-up; "
-                         "test_simulator_cases_in_a_subprocess runs these cases")
+
+def _kernels_run_here() -> str | None:
+    """"simulator" or "gpu" where this process runs CUDA kernels: under Numba's simulator
+    (NUMBA_ENABLE_CUDASIM=1 before Numba loaded) or on a CUDA GPU; else None."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        loaded = sys.modules.get("numba")
+        return "simulator" if loaded is None or loaded.config.ENABLE_CUDASIM else None
+    from graphc import cuda_backend
+    return "gpu" if cuda_backend.available()[0] else None
+
+
+KERNELS = _kernels_run_here()
+IN_PROCESS = KERNELS is not None
+sim = pytest.mark.skipif(not IN_PROCESS, reason="needs NUMBA_ENABLE_CUDASIM=1 at start-up "
+                         "or a CUDA GPU; test_simulator_cases_in_a_subprocess runs these cases")
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 rng = np.random.default_rng(0)
 
@@ -164,15 +177,19 @@ def launches(f, feeds) -> dict:
     """``{kernel name: launches}`` of one call ``f(**feeds)``, counted where the simulator
     configures a launch (``kernel[grid, block]``); the row and matmul kernels are all
     named ``kernel``, the generated ones by their own names."""
-    from numba.cuda.simulator import kernel as simulated
+    if KERNELS == "simulator":
+        from numba.cuda.simulator.kernel import FakeCUDAKernel as Kernel
+    else:
+        from numba.cuda.dispatcher import CUDADispatcher as Kernel
     counts: dict = {}
-    configure = simulated.FakeCUDAKernel.__getitem__
+    configure = Kernel.__getitem__
 
     def counting(self, config):
-        counts[self.fn.__name__] = counts.get(self.fn.__name__, 0) + 1
+        name = (self.fn if KERNELS == "simulator" else self.py_func).__name__
+        counts[name] = counts.get(name, 0) + 1
         return configure(self, config)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(simulated.FakeCUDAKernel, "__getitem__", counting)
+        mp.setattr(Kernel, "__getitem__", counting)
         f(**feeds)
     return counts
 
@@ -405,14 +422,75 @@ def test_device_resident_feeds_are_used_without_copies():
 
 
 @sim
-def test_available_reports_the_simulator():
+def test_launches_warn_the_user_of_nothing():
+    """numba-cuda warns (NumbaPerformanceWarning) at each launch of a small grid; on an H200
+    every call of a small graph printed one per kernel.  The user cannot act on it: a call
+    shows none (the simulator does not warn, so a launch here warns as numba-cuda does)."""
+    import warnings
+    if KERNELS == "simulator":
+        from numba.cuda.simulator.kernel import FakeCUDAKernel as Kernel
+    else:
+        from numba.cuda.dispatcher import CUDADispatcher as Kernel
+    configure = Kernel.__getitem__
+
+    def warning(self, config):
+        warnings.warn("\x1b[1mGrid size 1 will likely result in GPU under-utilization due "
+                      "to low occupancy.\x1b[0m", RuntimeWarning, stacklevel=2)
+        return configure(self, config)
+    x = gc.input("x", (3,))
+    f = cuda_compile(gc.exp(x) * 2.0)
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mp.setattr(Kernel, "__getitem__", warning)
+        f(x=np.ones(3, np.float32))
+        assert seen == []
+        warnings.warn("Grid size 1 will likely result in GPU under-utilization", stacklevel=1)
+    assert len(seen) == 1  # the user's own warnings of the same text are theirs
+
+
+@sim
+def test_available_reports_the_simulator_or_the_gpu():
     from graphc import cuda_backend
     ok, why = cuda_backend.available()
-    assert ok and "simulator" in why
+    assert ok and ("simulator" in why if KERNELS == "simulator" else why.startswith("CUDA GPU"))
+
+
+# ---------------------------------------------------------------------------------------
+# On a GPU: the benchmark's workloads at full size
+
+
+@pytest.mark.skipif(KERNELS != "gpu", reason="full-size workloads: needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["W1", "W2", "W3", "W4s", "W5", "W6", "W4"])
+def test_the_benchmark_workloads_match_numba_on_a_gpu(name):
+    """``graphc bench --backend cuda``'s training steps (loss and every gradient) against
+    the Numba backend's, float32: sums and dot products add in another order, so within
+    1e-3 of each result's largest magnitude."""
+    import bench_harness  # noqa: F401 -- puts benchmarks/ on sys.path
+    from workloads import WORKLOADS
+    problem = WORKLOADS[name].problem()
+    outs = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
+    f = gc.compile(outs, backend="cuda")
+    got, want = f(problem.feeds), gc.compile(outs, backend="numba")(problem.feeds)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-3 * np.abs(w).max(initial=1.0))
+    print(name, f.stats["kernels"], "kernels", f.stats["kernel_steps"], "steps",
+          "host fallbacks", f.stats["host_fallbacks"])
 
 
 # ---------------------------------------------------------------------------------------
 # Runs without the simulator
+
+
+def test_a_numpy_without_row_stack_gets_the_alias_numba_cuda_needs(monkeypatch):
+    """NumPy 2.5 removed ``np.row_stack``, which numba-cuda 0.30.4 overloads when it compiles
+    its first kernel: on an H200 with NumPy 2.5.2 every kernel failed with AttributeError
+    until graphc put the alias back (``cuda_backend.available`` runs before any kernel)."""
+    from graphc import cuda_backend
+    monkeypatch.delattr(np, "row_stack", raising=False)
+    assert not hasattr(np, "row_stack")
+    cuda_backend.available()
+    assert np.row_stack is np.vstack
 
 
 _NO_GPU = """

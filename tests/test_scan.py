@@ -535,6 +535,11 @@ def test_numba_body_is_compiled_once_whatever_the_length(rnn32):
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
+def _gpu() -> bool:
+    from graphc import cuda_backend
+    return not SIM and cuda_backend.available()[0]
+
+
 @pytest.mark.slow  # compiles kernels
 def test_numba_runs_the_remat_pipelines_loops_as_the_reference_does():
     from graphc.passes import pipeline
@@ -549,7 +554,8 @@ def test_numba_runs_the_remat_pipelines_loops_as_the_reference_does():
     close(f(feeds), gc.compile(outs, backend="numpy")(feeds), 1e-10)
 
 
-@pytest.mark.skipif(not SIM, reason="runs under NUMBA_ENABLE_CUDASIM=1 (see the next test)")
+@pytest.mark.skipif(not SIM and not _gpu(),
+                    reason="runs under NUMBA_ENABLE_CUDASIM=1 (see the next test) or on a GPU")
 def test_cuda_scan_matches_numpy():
     from graphc.passes import pipeline
 

@@ -1,0 +1,97 @@
+"""Where a graphc[cuda] training step's host time goes, on a machine with a CUDA GPU.
+
+    python benchmarks/cuda_profile.py [--steps 200] [--floor 2000] [W6 W1 W3 ...]
+
+Prints the floors numba-cuda sets on the host (one launch of a 3-argument kernel, one
+``cuda.device_array`` of 4 KB and of 4 MB: microseconds each, the mean of ``--floor``
+calls), then for each workload of ``benchmarks/workloads.py`` its step (every feed on the
+device, as ``graphc bench --backend cuda`` times it) in microseconds, its kernel steps,
+and the top of a cProfile of ``--steps`` steps sorted by own time.  docs/cuda.md ("On a
+GPU") has one run on an H200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from frameworks import device_step  # noqa: E402
+from numba import cuda  # noqa: E402
+from workloads import WORKLOADS  # noqa: E402
+
+import graphc as gc  # noqa: E402
+from graphc import cuda_backend  # noqa: E402
+
+
+def mean_us(fn, n: int) -> float:
+    """Microseconds per call of ``fn`` (after one untimed call), the GPU waited for."""
+    fn()
+    cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    cuda.synchronize()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+@cuda.jit  # compiled at its first launch, after cuda_backend.available()
+def add(a, b, c):
+    i = cuda.grid(1)
+    if i < c.size:
+        c[i] = a[i] + b[i]
+
+
+def floors(n: int) -> dict[str, float]:
+    a = cuda.to_device(np.ones(1024, np.float32))
+    b, c = cuda.device_array_like(a), cuda.device_array_like(a)
+    return {"launch of a 3-argument kernel": mean_us(lambda: add[4, 256](a, b, c), n),
+            "cuda.device_array, 4 KB": mean_us(lambda: cuda.device_array(1024, np.float32), n),
+            "cuda.device_array, 4 MB": mean_us(
+                lambda: cuda.device_array(1 << 20, np.float32), n)}
+
+
+def profile(name: str, steps: int) -> str:
+    problem = WORKLOADS[name].problem()
+    outputs = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
+    f = gc.compile(outputs, backend="cuda")
+    step = device_step(f, problem.feeds)
+    lines = [f"{name}: {mean_us(step, steps):.1f} us a step, {f.stats['kernel_steps']} kernel "
+             f"steps, {f.stats['kernels']} kernels"]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    return "\n".join(lines + [text.getvalue()])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("workloads", nargs="*", default=["W6", "W1", "W3"])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--floor", type=int, default=2000)
+    args = p.parse_args(argv)
+    ok, why = cuda_backend.available()  # also readies numba-cuda under NumPy 2.5
+    if not ok:
+        print(f"cuda_profile: {why}", file=sys.stderr)
+        return 1
+    print(why)
+    for what, us in floors(args.floor).items():
+        print(f"floor: {what}: {us:.1f} us")
+    for name in args.workloads:
+        print(profile(name, args.steps))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
