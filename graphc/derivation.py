@@ -75,7 +75,7 @@ def keep_divisions(replacements, exprs, bound=()):
     subnormal b, 0 * (1/b) is 0 * inf = NaN where 0/b is 0).  c stays where it is raised
     to a power (c**2 for b**-2), and where b is a stable sigmoid's 1 + exp(-|u|) (from the
     statements ``bound`` and ``replacements``): in [1, 2], so a * c has a/b's NaN and inf
-    (only its last bit can differ, as with FMA contraction) and the sigmoid's two branches
+    (only its last bit can differ) and the sigmoid's two branches
     1/(1 + d) and d/(1 + d) share one division."""
     defs = dict(bound) | dict(replacements)
     inverses = {c: e for c, e in replacements

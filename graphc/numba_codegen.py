@@ -42,11 +42,12 @@ CODEGEN_VERSION = 1
 SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b"}
 
 # Options every kernel is compiled with.  error_model="numpy": 1/0 is inf, never an
-# exception; "contract" lets LLVM fuse a*b+c into one FMA (a rounding change well below
-# float32's 1e-5 and float64's 1e-12 tolerances).  Row reductions add "reassoc" so their
-# sums vectorize.  No "nnan"/"ninf": NaN and inf keep their IEEE meaning.
-ELEMENTWISE_FASTMATH = ("contract",)
-REDUCTION_FASTMATH = ("contract", "reassoc")
+# exception.  No "contract": an FMA rounds a*b+c once where NumPy rounds twice, and
+# w*1e300 - w*1e300 was then 1.17e283 (inf in float32) where NumPy gives 0; the helpers of
+# graphc.fastmath keep it inside their own polynomials.  Row reductions add "reassoc" so
+# their sums vectorize.  No "nnan"/"ninf": NaN and inf keep their IEEE meaning.
+ELEMENTWISE_FASTMATH = ()
+REDUCTION_FASTMATH = ("reassoc",)
 
 
 class Unsupported(Exception):

@@ -175,6 +175,22 @@ def test_a_masked_class_of_minus_inf_leaves_the_losses_finite(backend):
     np.testing.assert_array_equal(got[3], [[0, -0.5, 0.5], [0, 0, 0]])  # relu'(0) = 0
 
 
+def test_numba_rounds_each_product_as_numpy_does():
+    """No FMA contraction in generated kernels: ``w*a + w*b`` with ``a = -b = 1e300`` is 0
+    in NumPy (each product rounded, then they cancel), and an FMA (one rounding) left the
+    product's rounding error, 1.17e283, which a float32 cast makes inf (a random-graph
+    fuzzer's gradient: inf where NumPy gave 0)."""
+    w = 0.20149390399456024
+    X = np.array([[-1e300, 1.0], [-0.66, 2.0], [-0.0, 3.0], [1e300, 4.0]])
+    x = gc.input("x", (4, 2), "float64")
+    for y in [gc.sum(x * w, axis=0), gc.cast(gc.sum(x * w, axis=0), "float32"),
+              x[0] * w + x[3] * w, gc.sum(x[:, 0] * w) * gc.sum(x)]:
+        got = gc.compile(y, backend="numba")(x=X)
+        want = gc.compile(y, backend="numpy")(x=X)
+        np.testing.assert_array_equal(got, want)
+    assert gc.compile(gc.sum(x * w, axis=0), backend="numba")(x=X)[0] == 0.0
+
+
 # -- 6: no backend warns ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
