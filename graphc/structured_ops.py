@@ -128,7 +128,8 @@ class Softmax(Op):
 
     def evaluate(self, x):
         x = x.astype(dtypes.to_float(x.dtype.name), copy=False)
-        e = np.exp(x - np.max(x, axis=self.axis, keepdims=True))
+        # initial: an empty axis has no maximum (torch gives an empty softmax)
+        e = np.exp(x - np.max(x, axis=self.axis, keepdims=True, initial=-np.inf))
         return e / np.sum(e, axis=self.axis, keepdims=True)
 
     local = ("{y}_i (δ_ij − {y}_j)",)

@@ -191,6 +191,23 @@ def test_numba_rounds_each_product_as_numpy_does():
     assert gc.compile(gc.sum(x * w, axis=0), backend="numba")(x=X)[0] == 0.0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_softmax_family_over_an_empty_axis(backend):
+    """As torch: softmax of an empty axis is empty (it raised "zero-size array to reduction
+    operation maximum"), logsumexp of one is -inf; their gradients are empty or zero."""
+    torch = pytest.importorskip("torch")
+    for shape, axis in [((3, 0), 1), ((0, 3), 0)]:
+        x = gc.input("x", shape)
+        zeros = np.zeros(shape, np.float32)
+        for fn, ref in [(gc.softmax, torch.softmax), (gc.log_softmax, torch.log_softmax),
+                        (gc.logsumexp, torch.logsumexp)]:
+            y = fn(x, axis=axis)
+            value, grad = gc.compile([y, gc.grad(gc.sum(y), x)], backend=backend)(x=zeros)
+            want = ref(torch.zeros(shape), axis).numpy()
+            assert value.shape == want.shape and grad.shape == shape
+            np.testing.assert_array_equal(value, want)
+
+
 # -- 6: no backend warns ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
