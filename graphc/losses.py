@@ -32,6 +32,8 @@ from .functions import (
 )
 from .inputs import Constant, Input, as_tensor, constant, lift_all
 from .ir import Tensor, iter_nodes, located
+from .shape_ops import BroadcastTo, Cast, Concat, Index, Pad, Reduce, Reshape, Roll, Take, Transpose
+from .structured_ops import ArgReduce, BoolReduce
 
 
 def _pair(name, pred, target):
@@ -183,13 +185,20 @@ class LabelRange:
                 raise FeedError(f"feed {self.label!r} holds {problem}")
 
 
+# What labels may be computed with and still be checked at call time: elementwise, shape
+# and reduction ops (cast(y), y[:, 0], argmax(one_hot)); a matmul, convolution or loop
+# would be a model run twice, and a dropout mask is random
+CHEAP = (Input, Constant, ew.Elementwise, Cast, Reshape, Transpose, BroadcastTo, Concat,
+         Index, Take, Reduce, Pad, Roll, ArgReduce, BoolReduce)
+
+
 @dataclass(frozen=True)
 class LabelsComputed:
-    """Tagged like :class:`LabelRange` where the labels are computed from fed integers
-    (``y[:, 0]``) by integer nodes of fixed shape (index ops and integer arithmetic, no
-    float model): the compiled function computes them again from the feeds at call time
-    and checks them.  ``steps``: the nodes, ``(op, positions of its operands)``, the last
-    the labels (ops pickle; graph nodes do not, and records travel with gc.distributed)."""
+    """Tagged like :class:`LabelRange` where the labels are computed from feeds (``y[:, 0]``,
+    ``cast(y_float, "int64")``) by :data:`CHEAP` nodes of fixed shape (no model): the
+    compiled function computes them again from the feeds at call time and checks them.
+    ``steps``: the nodes, ``(op, positions of its operands)``, the last the labels (ops
+    pickle; graph nodes do not, and records travel with gc.distributed)."""
 
     steps: tuple
     classes: int
@@ -203,8 +212,8 @@ class LabelsComputed:
         """The record for ``labels``, or None where they are not computed that way."""
         nodes = iter_nodes([labels])
         if not any(isinstance(t.op, Input) for t in nodes) or any(
-                t.dtype not in (*dtypes.INTS, "bool") or not all(
-                    isinstance(d, int) for d in t.shape) for t in nodes):
+                not isinstance(t.op, CHEAP) or not all(isinstance(d, int) for d in t.shape)
+                for t in nodes):
             return None
         where = {id(t): k for k, t in enumerate(nodes)}
         return cls(tuple((t.op, tuple(where[id(i)] for i in t.inputs)) for t in nodes), *args)

@@ -282,3 +282,22 @@ def test_labels_computed_from_a_feed_are_checked_at_call_time(loss):
     assert np.isfinite(f(logits=L, y=np.array([[1, 0], [3, 5]])))
     with pytest.raises(gc.FeedError, match=r"computed from feed\(s\) \['y'\] hold label 7"):
         f(logits=L, y=np.array([[1, 0], [7, 5]]))
+
+
+def test_labels_computed_from_a_float_feed_are_checked_and_from_a_model_are_not():
+    """cast(y) of a float32 feed holding 7.0 (class indices stored as floats): checked as
+    integer labels are (it counted no class).  Labels a model computes (argmax of a
+    matmul) are not computed twice to be checked."""
+    logits, y = gc.input("logits", (2, 4)), gc.input("y", (2,))
+    L = np.zeros((2, 4), np.float32)
+    for backend in ("numpy", "numba"):
+        f = gc.compile(gc.softmax_cross_entropy(logits, gc.cast(y, "int64")), backend=backend)
+        assert np.isfinite(f(logits=L, y=np.array([1.0, 3.0], np.float32)))
+        with pytest.raises(gc.FeedError, match=r"feed\(s\) \['y'\] hold label 7 "):
+            f(logits=L, y=np.array([1.0, 7.0], np.float32))
+    def checks(loss):
+        return [r for t in gc.Graph(loss).nodes for r in t.meta or ()
+                if isinstance(r, gc.losses.LabelsComputed)]
+    assert len(checks(gc.softmax_cross_entropy(logits, gc.cast(y, "int64")))) == 1
+    W = gc.input("W", (4, 4))
+    assert checks(gc.softmax_cross_entropy(logits, gc.argmax(logits @ W, axis=1))) == []
