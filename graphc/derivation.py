@@ -189,10 +189,46 @@ def simplifiable(expr: sp.Expr) -> bool:
 
 
 def simplify(expr: sp.Expr) -> sp.Expr:
+    """``sympy.simplify(expr)`` where it is no costlier and, with its :func:`strong_zeros`
+    (which the derivatives get next), :func:`evaluates_alike`."""
     if not simplifiable(expr):
         return expr
     simpler = sp.simplify(expr)
-    return simpler if cost(simpler) <= cost(expr) else expr
+    return simpler if cost(simpler) <= cost(expr) and evaluates_alike(
+        expr, strong_zeros(simpler)) else expr
+
+
+_PROBES = (0.0, 0.5, -0.5, 2.0, -2.0, 1e19, -1e19, 1e30, -1e30)
+
+
+def evaluates_alike(expr: sp.Expr, candidate: sp.Expr) -> bool:
+    """Whether ``candidate``, a form SymPy holds equal to ``expr``, also evaluates like it
+    in NumPy's arithmetic: at every combination of probe points of up to three symbols (0,
+    both signs of 0.5, 2, 1e19 and 1e30), finite wherever ``expr`` is, in float32
+    and float64, and equal to it in float64 to 1e-6 (in float32 it may be the more exact
+    of the two: a**(b - 1) b where a**b b / a underflows).  SymPy's equality is over the complex
+    numbers: d/dx sqrt(|x|) became x / (2 |x**(3/2)|), NaN for every x < 0 on the reals,
+    and b**2 / (a + b)**2 overflows at b = 2e19 in float32 where the derivative of
+    a b / (a + b) does not.  A form that cannot be evaluated is not taken."""
+    symbols = sorted(expr.free_symbols | candidate.free_symbols, key=str)
+    if len(symbols) > 3:
+        return False
+    grid = np.meshgrid(*[np.array(_PROBES)] * len(symbols), indexing="ij")
+    try:
+        f, g = (sp.lambdify(symbols, e, modules=["numpy", "scipy"]) for e in (expr, candidate))
+        for dtype in (np.float32, np.float64):
+            args = [a.ravel().astype(dtype) for a in grid]
+            shape = args[0].shape if args else ()
+            with np.errstate(all="ignore"):
+                want, got = (np.broadcast_to(np.asarray(h(*args), np.float64), shape).ravel()
+                             for h in (f, g))
+            want, got = want[np.isfinite(want)], got[np.isfinite(want)]
+            if not np.isfinite(got).all() or dtype == np.float64 and not np.all(
+                    np.abs(got - want) <= 1e-6 * np.abs(want) + 1e-300):
+                return False
+    except Exception:  # noqa: BLE001 -- SymPy's or NumPy's: any failure keeps expr
+        return False
+    return True
 
 
 _SAMPLES = (-2.3, -1.7, -1.1, -0.6, -0.25, 0.3, 0.7, 1.2, 1.9, 2.6, 3.4)

@@ -221,6 +221,30 @@ def test_relu_derivative_at_zero_is_zero():
         sp.Rational(1, 2)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_simplified_derivatives_evaluate_on_the_reals(backend):
+    """sympy.simplify's forms are equal over the complex numbers: d/dx sqrt(|x|) became
+    x / (2 |x**(3/2)|), NaN for every x < 0 in real arithmetic, and d/da of a b / (a + b)
+    became b**2 / (a + b)**2, NaN at b = 2e19 in float32.  Such a form is not taken."""
+    torch = pytest.importorskip("torch")
+    X = np.array([-4.0, -1.0, 1.0, 4.0])
+    for name, fn, ref in [
+            ("sqrt_abs_t", lambda a: sp.sqrt(sp.Abs(a)), lambda t: t.abs().sqrt()),
+            ("abs_pow_t", lambda a: sp.Abs(a) ** sp.Rational(3, 2), lambda t: t.abs() ** 1.5),
+            ("signed_sqrt_t", lambda a: a * sp.sqrt(sp.Abs(a)), lambda t: t * t.abs().sqrt())]:
+        x = gc.input("x", (4,), "float64")
+        got = gc.compile(gc.grad(gc.sum(gc.elementwise(name, fn)(x)), x), backend=backend)(x=X)
+        t = torch.tensor(X, requires_grad=True)
+        ref(t).sum().backward()
+        np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12)
+    harm = gc.elementwise("harm_t", lambda a, b: a * b / (a + b))
+    a, b = gc.input("a", (2,)), gc.input("b", (2,))
+    ga, gb = gc.compile(gc.grad(gc.sum(harm(a, b)), [a, b]), backend=backend)(
+        a=np.array([0.0, 1.0], np.float32), b=np.array([2e19, 3e19], np.float32))
+    np.testing.assert_allclose(ga, [1.0, 1.0])  # torch: 1, 1 (was NaN, NaN)
+    assert np.isfinite(gb).all()
+
+
 def test_derivative_text_and_latex():
     for op in [cube, hypot, fma, leaky, gc.sigmoid, gc.relu]:
         assert isinstance(op.derivatives_text, tuple) and len(op.derivatives_text) == op.arity
