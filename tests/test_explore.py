@@ -135,10 +135,10 @@ def browser():
         b.close()
 
 
-def open_page(browser, ex, tmp_path, name="g.html"):
+def open_page(browser, ex, tmp_path, name="g.html", size=(1280, 800)):
     """Load an explorer from a file with the network cut off; fail on any script error."""
     path = ex.save(tmp_path / name)
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
     errors, requests = [], []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.route("**/*", lambda route: (requests.append(route.request.url),
@@ -448,6 +448,60 @@ def test_a_name_that_looks_like_an_id_selects_its_node(browser, tmp_path):
     assert page.inner_text("#details h3") == "n0 → mul"
     page.evaluate(f"graphc.select({nodes[0]['id']!r})")
     assert page.inner_text("#details h3") == nodes[0]["name"]
+
+
+@needs_browser
+def test_long_names_and_a_comment_opener_in_a_name(browser, tmp_path):
+    """Names of 22 characters made the edge labels render cuts to 90 characters lose their
+    " = " (IndexError in gc.explore), and the page showed formulas cut short: the page
+    takes them whole.  A name holding "<!--" was escaped as "<\\!--", not JSON: the
+    page never loaded."""
+    x = gc.input("x", (3,))
+    h = gc.tanh(x).named("hidden_activation_0001" + "_" * 40)
+    e = gc.exp(h).named("exp_of_hidden_acts_0001")
+    loss = gc.sum(e + h * 2.0 + gc.sin(h)).named("a<!--b")
+    ex = gc.explore(loss, values={"x": np.ones(3, np.float32)})
+    assert "<!--" not in ex.html()
+    page = open_page(browser, ex, tmp_path)
+    assert "a<!--b" in {n["name"] for n in page.evaluate("graphc.nodes()")}
+    page.evaluate(f"graphc.selectEdge('exp_of_hidden_acts_0001', {h.name!r})")
+    text = page.inner_text("#details")
+    assert f"∂exp_of_hidden_acts_0001/∂{h.name} · ∂a<!--b/∂exp_of_hidden_acts_0001" in text
+    assert "…" not in text
+    assert page.errors == []
+
+
+@needs_browser
+def test_a_shared_constant_is_at_the_top_and_a_click_after_fit_does_not_pan(browser,
+                                                                            tmp_path):
+    """0.9 used by three layers was put in layer0's group (closing layer0 hid an operand of
+    layer1); a click on the leftmost node just after fit() panned the view (its box was
+    19.99999999999994 px from the edge, not 20)."""
+    x, w = gc.input("x", (4,)), gc.param("w", (4,))
+    h = x * w
+    for i in range(3):
+        with gc.scope(f"layer{i}"):
+            h = gc.tanh(h * 0.9)
+    ex = gc.explore(gc.sum(h).named("loss"), values={"x": np.ones(4, np.float32),
+                                                     "w": np.ones(4, np.float32)})
+    groups = {n["name"]: n["group"] for n in page_data(ex.html())["nodes"]}
+    assert groups["0.9"] is None and groups["layer1.mul"] == "layer1"
+    page = open_page(browser, ex, tmp_path)
+    page.evaluate("graphc.collapse('layer0')")
+    assert {n["name"]: n["visible"] for n in page.evaluate("graphc.nodes()")}["0.9"]
+    assert page.errors == []
+    x, w = gc.input("x", (4,)), gc.param("w", (4,))  # the graph the pan was seen on
+    with gc.scope("layer"):
+        h = gc.relu(x * w)
+    page = open_page(browser, gc.explore(gc.sum(h * 2.0).named("loss"), values={
+        "x": np.array([0.0, 1.0, -1.0, 2.0]), "w": np.array([1.0, 2.0, 3.0, 0.5])}), tmp_path,
+        size=(1400, 850))
+    transform = "document.getElementById('vp').getAttribute('transform')"
+    before = page.evaluate(transform)
+    for name in ("x", "loss"):
+        node = page.evaluate(f"graphc.nodes().find(n => n.name === {name!r}).id")
+        page.click(f'.node[data-n="{node}"]')
+        assert page.evaluate(transform) == before
 
 
 @needs_browser

@@ -91,7 +91,8 @@ def explore(outputs, path=None, values=None, wrt=None, check=None) -> Explorer:
     outs, wrt = at_feed_shapes(as_outputs(outputs), values, wrt)
     data = _Page(outs, values, wrt, check).data()
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    text = text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    # inside <script>: neither "</" nor "<!--" may appear; both escapes are valid JSON
+    text = text.replace("</", "<\\/").replace("<!--", "<\\u0021--")
     template = resources.files("graphc.viz").joinpath("explore.html").read_text("utf-8")
     page = template.replace("/*GRAPHC_DATA*/null", text, 1)
     ex = Explorer(page)
@@ -219,14 +220,14 @@ class _Page:
         if t.op.name == "index":
             attrs = index_text(t.op.index)
         grad = self.result.grads.get(id(t)) if self.result else None
-        if group is None and isinstance(t.op, Constant):
-            group = self.shared_scope(t)
+        if group is None:  # a constant: where its users meet (not where it was first made)
+            group = self.shared_scope(t) if isinstance(t.op, Constant) else t.scope
         value = self.value(t)
         if value is None and isinstance(t.op, Constant):
             value = {"text": number(t.op.value.array, FULL), "hist": None}
         return {"id": ids[id(t)], "name": name or b.name(t),
                 "op": t.op.name if kind == "op" else kind, "attrs": attrs, "kind": kind,
-                "group": group or t.scope or None, "shape": list(t.shape), "dtype": t.dtype,
+                "group": group or None, "shape": list(t.shape), "dtype": t.dtype,
                 "inputs": [ids[id(x)] for x in t.inputs],
                 "failed": isinstance(t.op, Input) and t.op.label in b.failed_inputs,
                 "loc": str(t.loc) if t.loc else None,
@@ -263,7 +264,7 @@ class _Page:
         b, z = self.builder, e.forward
         labels, ids = labels or b, ids or self.ids
         x = z.inputs[e.operand]
-        lines = labels.edge_label(e, None if labels is not b else self.loss)
+        lines = labels.edge_label(e, None if labels is not b else self.loss, limit=None)
         n = len(e.siblings)  # upstream, one upstream per other output of a loop, local, down
         up, local, down = (lines[k].split(" = ", 1)[1] for k in (0, n + 1, n + 2))
         also = [{"name": labels.name(m), "up": line.split(" = ", 1)[1],

@@ -192,8 +192,8 @@ def body_labels(loop, names, lname, builder_cls):
                     parts.append(f"∂{self.lname}/∂ys{j}[t]")
             return " + ".join(parts)
 
-        def edge_label(self, e, loss):
-            lines = super().edge_label(e, loss)
+        def edge_label(self, e, loss, **limit):
+            lines = super().edge_label(e, loss, **limit)
             if any(e.forward.inputs[e.operand] is p for p in loop.consts):
                 lines[2] += " (summed over t)"  # a weight: every step adds its share
             return lines

@@ -380,7 +380,8 @@ class _Builder:
             return "1"
         return " + ".join(self.downstream_formula(e, loss) for e in self.into.get(id(z), ()))
 
-    def edge_label(self, e, loss) -> list[str]:
+    def edge_label(self, e, loss, limit=LINE) -> list[str]:
+        """The lines of a backward edge's label, each cut to ``limit`` (None: uncut)."""
         z, x = e.forward, e.forward.inputs[e.operand]
         zn, xn = self.name(z), self.name(x)
         local = self.local_formula(e)
@@ -400,7 +401,7 @@ class _Builder:
                   values.get(id(e.downstream)), False)]
         lines = []
         for line, a, bare in rows:
-            line = shorten(line, LINE)
+            line = shorten(line, limit) if limit else line
             if a is not None and not bare:
                 text = number(a, LINE - 4)
                 if len(line) + 3 + len(text) <= LINE:
