@@ -18,6 +18,8 @@ True
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,15 +76,22 @@ def is_constant(t: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Const:
-    """Matches a constant whose elements all equal ``value`` (NaN never matches)."""
+    """Matches a constant whose elements all equal ``value`` (NaN never matches); with
+    ``signed``, a zero only of the same sign (-0.0 is not 0.0)."""
 
     value: float
+    signed: bool = False
+
+    def matches(self, value) -> bool:
+        return value is not None and value == self.value and not (
+            self.signed and math.copysign(1, value) != math.copysign(1, self.value))
 
     def __repr__(self):
         return repr(self.value)
 
 
-ONE, ZERO = Const(1.0), Const(0.0)
+# x + (-0.0) and x - 0.0 are x for every x; x + 0.0 is 0.0, not x, at x = -0.0
+ONE, ZERO, MINUS_ZERO, PLUS_ZERO = Const(1.0), Const(0.0), Const(-0.0, True), Const(0.0, True)
 
 
 @dataclass(frozen=True)
@@ -121,8 +130,7 @@ def _match(pattern, t: Tensor, captures: dict) -> dict | None:
             return {**captures, pattern: t}
         return captures if bound is t else None
     if isinstance(pattern, Const):
-        value = constant_value(t)
-        return captures if value is not None and value == pattern.value else None
+        return captures if pattern.matches(constant_value(t)) else None
     if pattern.op is None:  # any op: the predicate decides
         return captures if pattern.where is None or pattern.where(t, captures) else None
     if op_key(t) != pattern.op or len(t.inputs) != len(pattern.args):

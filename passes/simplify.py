@@ -10,12 +10,12 @@ A rule is data: a name, a pattern (:mod:`graphc.passes.rewrite`), a replacement 
 capture name, or a function of the captures returning a node or None when it does not
 apply) and its floating-point class:
 
-- ``exact``: the same results for every input, NaN and Inf included, up to rounding (a
-  product in place of a sum of equal terms) and the sign of a zero result (x + 0 keeps -0);
-- ``overflow``: differs only where the original overflowed, giving the exact value
-  instead (log(exp(x)) is x, not inf, for x > 88 in float32);
+- ``exact``: the same results for every input, NaN, Inf and the sign of a zero included,
+  up to rounding (a product in place of a sum of equal terms): x + (−0) is x, x + 0 is
+  not (at x = −0 it is +0, and 1/x flips from −inf to inf);
 - ``unsafe``: may turn a NaN or Inf into a number (x·0 is NaN for x = inf, x − x and x/x
-  for x = inf or NaN, exp(log x) = NaN for x < 0).  Off by default: enable with
+  for x = inf or NaN, exp(log x) = NaN for x < 0, log(exp(x)) = inf for x > 88 and -inf
+  for x < −103 in float32).  Off by default: enable with
   ``simplify(graph, rules=RULES)`` or ``gc.compile(..., passes=["simplify-unsafe", ...])``.
 
 >>> import graphc as gc
@@ -48,7 +48,7 @@ from graphc.shape_ops import (
 )
 from graphc.structured_ops import MatMul, Reduce
 
-from .rewrite import ONE, ZERO, P, is_constant, match, rebuild
+from .rewrite import MINUS_ZERO, ONE, PLUS_ZERO, ZERO, P, is_constant, match, rebuild
 
 
 def fit(x: Tensor, node: Tensor) -> Tensor:
@@ -95,6 +95,8 @@ def _sum_of_broadcast(m):
     if real:
         r = F.sum(r, real, keepdims=True)
     count = math.prod(target[a] for a in stretched)
+    if r.dtype != node.dtype:  # int32 sums to int64: multiply there (2**30 * 4 overflowed)
+        r = F.cast(r, node.dtype)
     if count != 1:
         r = F.mul(r, constant(count, dtype=r.dtype))
     kept = tuple(1 if a in axes else d for a, d in enumerate(target))
@@ -240,8 +242,8 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule("fold", "op(constants) → constant", P(None, where=_foldable), _fold),
     Rule("mul-one", "x·1 → x", P("mul", "x", ONE, commutative=True), "x"),
-    Rule("add-zero", "x + 0 → x", P("add", "x", ZERO, commutative=True), "x"),
-    Rule("sub-zero", "x − 0 → x", P("sub", "x", ZERO), "x"),
+    Rule("add-zero", "x + (−0) → x", P("add", "x", MINUS_ZERO, commutative=True), "x"),
+    Rule("sub-zero", "x − (+0) → x", P("sub", "x", PLUS_ZERO), "x"),
     Rule("div-one", "x / 1 → x", P("div", "x", ONE), "x"),
     Rule("neg-neg", "−(−x) → x", P("neg", P("neg", "x")), "x"),
     Rule("sub-neg", "x − (−y) → x + y", P("sub", "x", P("neg", "y")),
@@ -265,7 +267,6 @@ RULES: tuple[Rule, ...] = (
          _whole_scatter),
     Rule("concat-concat", "concat(.., concat(xs), ..) → concat(.., xs, ..)",
          P(None, where=_is_concat_of_concat), _flat_concat),
-    Rule("log-exp", "log(exp(x)) → x", P("log", P("exp", "x")), "x", ieee="overflow"),
     Rule("sum-broadcast", "sum(broadcast_to(x)) → n·sum(x)", P(Reduce, P(BroadcastTo, "x")),
          _sum_of_broadcast),
     # unsafe: off by default
@@ -276,6 +277,7 @@ RULES: tuple[Rule, ...] = (
     Rule("div-self", "x / x → 1", P("div", "x", "x"), lambda m: filled(m["node"], 1),
          ieee="unsafe"),
     Rule("exp-log", "exp(log(x)) → x", P("exp", P("log", "x")), "x", ieee="unsafe"),
+    Rule("log-exp", "log(exp(x)) → x", P("log", P("exp", "x")), "x", ieee="unsafe"),
 )
 DEFAULT_RULES = tuple(r for r in RULES if r.default)
 MAX_REWRITES_PER_NODE = 32

@@ -87,7 +87,7 @@ def test_default_pipeline_is_explicit_ordered_and_documented():
 
 def test_optimize_false_runs_no_pass_and_passes_selects_them():
     x = gc.input("x", (4,), "float64")
-    y = gc.exp(x * 1.0) + 0.0
+    y = gc.exp(x * 1.0) - 0.0
     f = gc.compile(y, backend="numpy", optimize=False)
     assert f.stats["passes"] == [] and f.stats["nodes"] == len(gc.Graph(y).nodes) == 6
     f = gc.compile(y, backend="numpy", passes=["simplify"])
@@ -175,8 +175,8 @@ RULE_CASES = {
                       lambda: gc.concat([gc.exp(gc.concat([X, Y], 1)), X], 1)),
     "fold": (lambda: X + gc.exp(gc.constant(np.ones(3)) * 2.0), lambda: X + gc.exp(X)),
     "mul-one": (lambda: 1.0 * gc.exp(X), lambda: 2.0 * gc.exp(X)),
-    "add-zero": (lambda: gc.exp(X) + 0.0, lambda: gc.exp(X) + 1.0),
-    "sub-zero": (lambda: gc.exp(X) - 0.0, lambda: 0.0 - gc.exp(X)),
+    "add-zero": (lambda: gc.exp(X) + (-0.0), lambda: gc.exp(X) + 0.0),  # x + 0 is +0 at -0
+    "sub-zero": (lambda: gc.exp(X) - 0.0, lambda: gc.exp(X) - (-0.0)),
     "div-one": (lambda: gc.exp(X) / 1.0, lambda: 1.0 / gc.exp(X)),
     "neg-neg": (lambda: gc.neg(gc.neg(gc.exp(X))), lambda: gc.neg(gc.exp(gc.neg(X)))),
     "sub-neg": (lambda: X - (-Y), lambda: X - Y),
@@ -201,7 +201,7 @@ RULE_CASES = {
 def test_every_rule_has_a_case():
     assert set(RULE_CASES) == {r.name for r in RULES}
     assert {r.name for r in RULES if r.ieee == "unsafe"} == \
-        {"mul-zero", "sub-self", "div-self", "exp-log"}
+        {"mul-zero", "sub-self", "div-self", "exp-log", "log-exp"}
     assert {r.name for r in DEFAULT_RULES} == {r.name for r in RULES if r.ieee != "unsafe"}
 
 
@@ -311,6 +311,22 @@ def test_nan_changing_rules_are_off_by_default():
     g = gc.compile(y, backend="numpy", passes=["simplify-unsafe"])
     assert g.stats["passes"][0]["rules_fired"]["mul-zero"] == 1
     np.testing.assert_array_equal(g(x=X_), [0.0, 0.0, 0.0])  # what IEEE says is NaN
+
+
+def test_default_rules_keep_infinities_signed_zeros_and_integer_sums():
+    """x + 0 at x = -0 is +0 (1/(x + 0) is inf, 1/x -inf); log(exp(x)) is -inf where exp
+    underflows; an int32 row broadcast 4 times sums to int64 (multiplied in int32 first,
+    2**30 * 4 was 0)."""
+    x, i = gc.input("x", (3,)), gc.input("i", (3,), "int32")
+    X = np.array([-0.0, -200.0, 2.0], np.float32)
+    for y, feeds in [(1.0 / (x + 0.0), {"x": X}), (1.0 / (x - (-0.0)), {"x": X}),
+                     (gc.log(gc.exp(x)), {"x": X}),
+                     (gc.sum(gc.broadcast_to(i, (4, 3)), axis=0),
+                      {"i": np.array([2**30, 2**30, 1], np.int32)})]:
+        for backend in ("numpy", "numba"):
+            want = gc.compile(y, backend=backend, optimize=False)(**feeds)
+            np.testing.assert_array_equal(gc.compile(y, backend=backend)(**feeds), want)
+    assert gc.compile(1.0 / (x + 0.0), backend="numpy")(x=X)[0] == np.inf
 
 
 def test_sum_of_broadcast_becomes_a_product_and_bias_gradients_shrink():
