@@ -8,6 +8,7 @@ import contextlib
 import numpy as np
 
 from . import functions as F
+from .dynamic import dynamic
 from .errors import GraphError, ShapeError
 from .inputs import constant
 from .ir import Tensor, located, scope
@@ -119,8 +120,7 @@ class _Recurrent(Module):
         if self.unroll:
             return self._unrolled(proj, state, w, reverse, truncate)
         if state is None:
-            zeros = constant(np.zeros((xs.shape[1], self.hidden_size), self.dtype))
-            state = (zeros,) * self.state_count
+            state = (_zero_state(xs, self.hidden_size, self.dtype),) * self.state_count
 
         def step(carry, xp):
             carry = self.cell(xp, carry, w)
@@ -130,6 +130,10 @@ class _Recurrent(Module):
         return ys, tuple(last)
 
     def _unrolled(self, proj, state, w, reverse, truncate):
+        if not isinstance(proj.shape[0], int):
+            raise ShapeError(located(f"{self.name}: unroll=True needs a fixed sequence "
+                                     f"length, and this input's is dynamic "
+                                     f"({proj.shape[0]!r}); use the scan form (unroll=False)"))
         order = range(proj.shape[0])[::-1] if reverse else range(proj.shape[0])
         state = (None,) * self.state_count if state is None else state
         outputs = {}
@@ -149,6 +153,12 @@ class _Recurrent(Module):
             (", bidirectional" if self.bidirectional else "") + \
             (f", truncate={self.truncate}" if self.truncate else "") + \
             (", unrolled" if self.unroll else "")
+
+
+@dynamic
+def _zero_state(xs, hidden: int, dtype: str) -> Tensor:
+    """Zeros (N, hidden) for a (T, N, F) sequence: made at the fed N where N is dynamic."""
+    return constant(np.zeros((xs.shape[1], hidden), dtype))
 
 
 def _sequence(ys, as_list):

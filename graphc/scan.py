@@ -356,6 +356,8 @@ def scan(fn, init, xs=None, length=None, reverse=False, truncate=None):
                                  f"{type(fn).__name__}"))
     init_list, init_single = _tensors(init, "init")
     xs_list, xs_single = _tensors(xs, "xs", allow_none=True)
+    if not isinstance(reverse, (bool, np.bool_)):  # bool("False") would run it backwards
+        raise GraphError(located(f"scan: reverse must be True or False, got {reverse!r}"))
     if has_dynamic(init_list + xs_list):  # replayed per fed shape: see graphc/dynamic.py
         return _dynamic_scan(fn, init, xs, init_single, dict(
             length=length, reverse=reverse, truncate=truncate))

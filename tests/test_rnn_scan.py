@@ -150,6 +150,28 @@ def test_zero_initial_state_and_list_input():
     np.testing.assert_allclose(np.stack(yl, 1), y, rtol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_a_dynamic_batch_starts_from_zeros_of_the_fed_batch(kind):
+    """The zero state of a (None, T, F) input was np.zeros((None, H)): a bare TypeError.
+    unroll=True with a dynamic T is refused, naming the layer."""
+    layer = getattr(nn, kind)(3, 4, dtype=F64)
+    x = gc.input("x", (None, 5, 3), F64)
+    ys, h = layer(x)
+    feeds = {**gc.init_params(ys), "x": np.random.default_rng(1).standard_normal((2, 5, 3))}
+    fixed = gc.input("x", (2, 5, 3), F64)
+    for backend in ("numpy", "numba"):
+        got = gc.compile([ys, gc.grad(gc.sum(ys * ys), x)], backend=backend)(feeds)
+        want = gc.compile([layer(fixed)[0], gc.grad(gc.sum(layer(fixed)[0] ** 2), fixed)],
+                          backend=backend)(feeds)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+    with pytest.raises(gc.ShapeError, match="unroll=True needs a fixed sequence length"):
+        getattr(nn, kind)(3, 4, unroll=True, dtype=F64)(gc.input("x", (2, None, 3), F64))
+    with pytest.raises(gc.GraphError, match="reverse must be True or False, got 'False'"):
+        gc.scan(lambda c, x: (c + x, c), gc.input("h", (3,)), gc.input("xs", (4, 3)),
+                reverse="False")
+
+
 def test_bidirectional_returns_and_errors():
     lstm = nn.LSTM(3, 5, bidirectional=True, name="bi")
     ys, (h, c) = lstm(gc.input("seq", (2, 6, 3)))
