@@ -20,7 +20,7 @@ into comments only through :func:`comment`, which escapes it.
 >>> import sympy as sp
 >>> x = sp.Symbol("x", real=True)
 >>> ScalarPrinter("float32", {x: "x0"}).print(sp.Max(x, 0) + 2 * x)
-'((np.float32(2.0) * x0) + maximum(x0, np.float32(0.0)))'
+'((np.float32(2.0) * x0) + maximum(np.float32(0.0), x0))'
 """
 
 from __future__ import annotations
@@ -232,7 +232,9 @@ class ScalarPrinter:
         if cls is sp.sign:
             x = self.numeric(e.args[0])
             one, zero = self.const(1), self.const(0)
-            return f"({one} if {x} > {zero} else (-{one} if {x} < {zero} else {x}))", "num"
+            # 0 + x: sign(-0) is 0 (as NumPy and torch), sign(NaN) NaN
+            return (f"({one} if {x} > {zero} else (-{one} if {x} < {zero} else "
+                    f"({zero} + {x})))"), "num"
         if cls is sp.Heaviside:
             x = self.numeric(e.args[0])
             h0 = self.numeric(e.args[1]) if len(e.args) > 1 else self.const(0.5)
@@ -244,8 +246,8 @@ class ScalarPrinter:
     def _minmax(self, e):
         helper = "maximum" if isinstance(e, sp.Max) else "minimum"
         self.helpers.add(helper)
-        args = sorted(e.args, key=lambda a: (a.is_number, sp.default_sort_key(a)))
-        text = self.numeric(args[0])
+        args = e.args  # SymPy's order, as the reference's numpy.maximum: at a tie the second
+        text = self.numeric(args[0])  # operand (relu(-0) = Max(0, -0) is -0, as torch's)
         for a in args[1:]:
             text = f"{helper}({text}, {self.numeric(a)})"
         return text, "num"
@@ -492,7 +494,7 @@ def ufunc_form(expr, args):
 
     >>> a, b = sp.symbols("a b", real=True)
     >>> ufunc_form(sp.Max(0, a), (a,))
-    ('maximum', (('arg', 0), ('num', 0)))
+    ('maximum', (('num', 0), ('arg', 0)))
     >>> ufunc_form(a - b, (a, b))
     ('subtract', (('arg', 0), ('arg', 1)))
     """
@@ -515,7 +517,7 @@ def ufunc_form(expr, args):
     if type(expr) in _UFUNC_FUNCTIONS:
         return pack(_UFUNC_FUNCTIONS[type(expr)], expr.args[0])
     if isinstance(expr, (sp.Max, sp.Min)) and len(expr.args) == 2:
-        a, b = sorted(expr.args, key=lambda e: e.is_number)
+        a, b = expr.args  # in SymPy's order, as the reference (a tie gives b)
         return pack("maximum" if isinstance(expr, sp.Max) else "minimum", a, b)
     if isinstance(expr, sp.Pow):
         if expr.exp == 2:

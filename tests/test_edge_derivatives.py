@@ -456,4 +456,9 @@ def test_signed_zeros_of_maximum_minimum_and_elu_follow_numpy(backend, dtype):
             np.testing.assert_array_equal(got[1], 1 / ref(B, A))
         x = gc.input("x", (2,), dtype)
         got = gc.compile(1 / gc.elu(x), backend=backend)(x=np.array([-0.0, 0.0], dtype))
+        # relu(-0) is -0 and sign(-0) 0, as torch (the Numba kernels gave 0 and -0)
+        relu, sign = gc.compile([1 / gc.relu(x), 1 / gc.sign(x)], backend=backend,
+                                optimize=False)(x=np.array([-0.0, 0.0], dtype))
     np.testing.assert_array_equal(got, [-np.inf, np.inf])  # torch's elu too
+    np.testing.assert_array_equal(relu, [-np.inf, np.inf])
+    np.testing.assert_array_equal(sign, [np.inf, np.inf])
