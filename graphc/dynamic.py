@@ -385,6 +385,8 @@ def substitute(outputs, mapping: dict, memo: dict | None = None) -> list[Tensor]
             node = Tensor.make(t.op, inputs)
             for record in t.meta or ():
                 node.tag(record)
+        if node is not t and getattr(t, "display", None):  # its .named() name, kept
+            node.named(t.display)
         new[id(t)] = node
     return [new[id(o)] for o in outputs]
 

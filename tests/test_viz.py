@@ -401,3 +401,24 @@ def test_a_dynamic_graph_draws_as_the_fixed_one_at_the_feeds_shapes():
     assert "inner.matmul" in page
     bare = gc.render(dynamic, backward=True).source
     assert "inner.relu" in bare and "∂mean/∂log = ∂mean/∂log" not in bare
+
+
+def test_a_dynamic_graph_keeps_its_names_and_chain_rule_text():
+    """y = mean(tanh(x)).named("y") of a (None, 3) x was drawn as div, its loss as L; an
+    elementwise edge's downstream read "∂y/∂tanh · (1 - y**2)" (SymPy's text, and y the
+    op's output symbol) where the fixed graph reads "∂tanh/∂x · ∂y/∂tanh"."""
+    feeds = {"x": np.ones((4, 3), np.float32)}
+    texts = []
+    for shape in ((4, 3), (None, 3)):
+        x = gc.input("x", shape)
+        y = gc.mean(gc.tanh(x)).named("y")
+        for values in (feeds, None):
+            texts.append(re.findall(r"(?:downstream|upstream|local) [^\\\n]*",
+                                    gc.render(y, backward=True, values=values).source))
+        page = json.loads(re.search(r'application/json">(.*?)</script>',
+                                    gc.explore(y, values=feeds).html(), re.S).group(1))
+        assert page["lossName"] == "y" and "y" in {n["name"] for n in page["nodes"]}
+        tanh_edge = [e for e in page["edges"] if "∂tanh/∂x" in e["down"]]
+        assert tanh_edge and tanh_edge[0]["localMath"]
+    assert texts[0] == texts[2] and "downstream ∂y/∂x = ∂tanh/∂x · ∂y/∂tanh" in texts[0]
+    assert "downstream ∂y/∂x = ∂tanh/∂x · ∂y/∂tanh" in texts[3]

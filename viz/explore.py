@@ -21,12 +21,11 @@ from sympy.printing.mathml import MathMLPresentationPrinter
 
 from graphc import dtypes
 from graphc.dynamic import at_feed_shapes
-from graphc.elementwise_ops import Elementwise
 from graphc.errors import GraphError, RenderError
 from graphc.graph import as_outputs, node_kind
 from graphc.inputs import Constant, Input, constant
 
-from .labels import FULL, index_text, is_number, local_value, number, unique
+from .labels import FULL, elementwise_op, index_text, is_number, local_value, number, unique
 from .loops import ScanDrawing, body_labels, body_values, first_step, instances, title
 from .render import _Builder, _evaluate, _shape, wrt_tensors
 
@@ -238,11 +237,11 @@ class _Page:
         """dz/dx of each float operand as text, None where there is none: the details show
         them for the edges the backward pass does not take too (a constant's, an input's
         not in ``wrt``, every edge of a forward-only page)."""
-        local = getattr(z.op, "local", None)
-        if not dtypes.is_float(z.dtype) or not (isinstance(z.op, Elementwise) or local):
+        local, ew = getattr(z.op, "local", None), elementwise_op(z) is not None
+        if not dtypes.is_float(z.dtype) or not (ew or local):
             return [None] * len(z.inputs)
         return [self.builder.local_formula(SimpleNamespace(
-            forward=z, operand=k, local_formula=None if isinstance(z.op, Elementwise) else
+            forward=z, operand=k, local_formula=None if ew else
             local[min(k, len(local) - 1)])) if dtypes.is_float(x.dtype) else None
             for k, x in enumerate(z.inputs)]
 
@@ -273,8 +272,7 @@ class _Page:
                 "up": up, "local": local, "down": down, "also": also,
                 "localIsNumber": is_number(local),
                 "paths": len(labels.into.get(id(x), ())),  # edges whose sum is dL/dx
-                "localMath": self.local_mathml(e, labels) if isinstance(z.op, Elementwise)
-                else None,
+                "localMath": self.local_mathml(e, labels) if elementwise_op(z) else None,
                 "upValue": self.value(e.upstream),
                 "localValue": self.shown(local_value(e, self.values or {})),
                 "downValue": self.value(e.downstream),
@@ -282,10 +280,11 @@ class _Page:
 
     def local_mathml(self, e, labels=None) -> str:
         """dz/dx of an elementwise op as presentation MathML, symbols named as in the graph."""
-        z, fn, labels = e.forward, e.forward.op.fn, labels or self.builder
+        z, op, labels = e.forward, elementwise_op(e.forward), labels or self.builder
+        fn = op.fn
         names = {a: labels.name(t) for a, t in zip(fn.args, z.inputs)}
         names[fn.out] = labels.name(z)
-        names.update({s: str(v) for s, (_, v) in zip(fn.param_symbols, z.op.params)})
+        names.update({s: str(v) for s, (_, v) in zip(fn.param_symbols, op.params)})
         expr = fn.derivatives[e.operand]
         expr = expr.xreplace({s: sp.Symbol(names[s]) for s in expr.free_symbols if s in names})
         return _MathML().doprint(expr)

@@ -9,6 +9,7 @@ import numpy as np
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
+from graphc.elementwise_ops import Elementwise
 from graphc.graph import display_name, node_names, scalar_text
 from graphc.structured_ops import MatMul
 
@@ -20,6 +21,12 @@ MAX_LABEL = 64
 # room for a tensor of 8 elements in full: 8 numbers of 4 significant digits (-1.234e-05),
 # their commas, brackets and shape
 FULL = 112
+
+
+def elementwise_op(t) -> Elementwise | None:
+    """``t``'s elementwise op, also where a deferred node (a dynamic shape) wraps it."""
+    op = t.op._inner() if getattr(t.op, "dynamic", False) else t.op
+    return op if isinstance(op, Elementwise) else None
 
 
 def shorten(text: str, limit: int = MAX_LABEL) -> str:

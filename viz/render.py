@@ -16,7 +16,6 @@ from graphc.passes.autodiff import provenance
 from graphc import dtypes
 from graphc.compiler import compile
 from graphc.dynamic import at_feed_shapes
-from graphc.elementwise_ops import Elementwise
 from graphc.errors import FeedError, GraphError, RenderError
 from graphc.gradcheck import GradCheckReport
 from graphc.graph import Graph, as_outputs, format_graph, node_kind, node_names
@@ -345,8 +344,8 @@ class _Builder:
 
     def local_formula(self, e) -> str:
         z, x = e.forward, e.forward.inputs[e.operand]
-        op = z.op._inner() if getattr(z.op, "dynamic", False) else z.op  # (a deferred op's)
-        if isinstance(op, Elementwise):
+        op = labels.elementwise_op(z)
+        if op is not None:
             fn = op.fn
             syms = {a: self.name(t) for a, t in zip(fn.args, z.inputs)}
             syms.update({fn.out: self.name(z)} | {s: str(v) for s, (_, v) in
@@ -357,7 +356,7 @@ class _Builder:
     def downstream_formula(self, e, loss) -> str:
         """dL/dx through edge ``e`` as a formula (the chain rule, local × upstream)."""
         z, x = e.forward, e.forward.inputs[e.operand]
-        if isinstance(z.op, Elementwise):
+        if labels.elementwise_op(z) is not None:
             local = f"∂{self.name(z)}/∂{self.name(x)}"
             if z is loss:  # ∂L/∂x = ∂L/∂x · 1 would read as defining itself
                 local = self.local_formula(e)
