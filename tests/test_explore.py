@@ -505,6 +505,34 @@ def test_a_shared_constant_is_at_the_top_and_a_click_after_fit_does_not_pan(brow
 
 
 @needs_browser
+def test_step_mode_says_which_time_step_a_bodys_numbers_are_of(browser, tmp_path):
+    """A running sum over 4 steps: steps 2-4 showed the body's t = 0 value [0, 1] as if it
+    were theirs ([2, 4], [6, 9], [12, 16])."""
+    xs = gc.input("xs", (4, 2))
+    acc, _ = gc.scan(lambda c, x: (c + x, c + x), gc.input("a0", (2,)), xs)
+    page = open_page(browser, gc.explore(gc.sum(acc), values={
+        "xs": np.arange(8.0, dtype=np.float32).reshape(4, 2), "a0": np.zeros(2, np.float32)}),
+        tmp_path)
+    texts = []
+    for k in range(1, 5):
+        page.evaluate(f"graphc.step({k})")
+        texts.append(page.inner_text("#details"))
+    assert "time step t = 0, not" not in texts[0] and "[0, 1]" in texts[0]
+    assert all(f"those of time step t = 0, not t = {k}" in texts[k] for k in (1, 2, 3))
+    assert page.errors == []
+
+
+def test_the_bodies_of_two_scans_have_names_of_their_own():
+    """Interned body nodes of two scans took the same names (carry0_prev, mul twice):
+    select('mul') reached only one of them."""
+    x = gc.input("x", (3,))
+    c1, _ = gc.scan(lambda c, _: (c * 0.5, None), x, None, length=3)
+    c2, _ = gc.scan(lambda c, _: (gc.sin(c) * 3.0, None), c1, None, length=2)
+    names = [n["name"] for n in page_data(gc.explore(gc.sum(c2)).html())["nodes"]]
+    assert len(names) == len(set(names)) and {"carry0_prev", "carry0_prev_2"} <= set(names)
+
+
+@needs_browser
 def test_a_backward_step_names_the_operand(browser, tmp_path):
     """h * h has two backward edges to h: step() tells them apart by operand."""
     x = gc.input("x", (3,))

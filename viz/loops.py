@@ -90,16 +90,26 @@ class ScanDrawing:
         self.init, self.xs = inputs[:n_c], inputs[n_c:n_c + n_x]
         self.inputs_consts = inputs[n_c + n_x:]
         self.outer = {id(p): t for p, t in zip(loop.consts, self.inputs_consts)}
-        self.names = node_names(loop.graph, self.known_names())
+        # names unique across the graph's scans too: two scans' bodies can hold the same
+        # (interned) nodes, which took the same names (select('mul') reached one of them)
+        earlier = builder.__dict__.setdefault("scan_names", {})
+        if index not in earlier:
+            before = {("scan", j, k): name for j, names in earlier.items() if j < index
+                      for k, name in names.items()}
+            known = self.known_names(set(before.values())) | before
+            earlier[index] = {k: v for k, v in node_names(loop.graph, known).items()
+                              if not isinstance(k, tuple)}
+        self.names = earlier[index]
         self.ids = {id(t): f"s{index}_{k}" for k, t in enumerate(loop.graph.nodes)}
 
-    def known_names(self) -> dict:
+    def known_names(self, taken_before=frozenset()) -> dict:
         """The placeholders' names: a const is its outer tensor (``lstm_W_h``), a carry
         ``h_prev`` (after the body output it becomes), a step's slice ``x_t``."""
         loop, b = self.loop, self.b
         names = dict(b.names)  # reserved: body nodes get names of their own (lstm.matmul_2)
         names.update({id(p): b.name(t) for p, t in zip(loop.consts, self.inputs_consts)})
-        taken = set(b.names.values())  # a placeholder takes no name of the graph's own
+        taken = set(b.names.values()) | taken_before  # a placeholder takes no name of the
+        # graph's own, nor of an earlier scan's body
         for i, (p, new) in enumerate(zip(loop.carry, loop.new_carry)):  # (a user's x_t)
             names[id(p)] = unique(f"{new.display or f'carry{i}'}_prev", taken)
             taken.add(names[id(p)])
