@@ -198,6 +198,19 @@ def simplify(expr: sp.Expr) -> sp.Expr:
         expr, strong_zeros(simpler)) else expr
 
 
+def check_stable(name: str, expr: sp.Expr, stable: sp.Expr, params: dict) -> None:
+    """Refuse a ``stable=`` form that does not evaluate as ``expr`` (at its ``params``'
+    defaults) where ``expr`` is finite (:func:`evaluates_alike`): ``stable`` is what every
+    backend computes, so a wrong one was taken silently (x**3 for x**2: values x**3,
+    gradients 2x)."""
+    if stable is not expr and not evaluates_alike(expr.subs(params), stable.subs(params)):
+        from .errors import ElementwiseError
+        from .ir import located
+        raise ElementwiseError(located(
+            f"elementwise {name!r}: stable={stable} does not evaluate as {expr} (compared in "
+            f"float32 and float64 at 0, ±0.5, ±2, ±1e19 and ±1e30 where {expr} is finite)"))
+
+
 _PROBES = (0.0, 0.5, -0.5, 2.0, -2.0, 1e19, -1e19, 1e30, -1e30)
 
 

@@ -274,19 +274,21 @@ class ElementwiseDef:
         return self._local_defs["masked"]
 
     def _not_finite(self, expr, params: dict) -> tuple[float, ...]:
-        """The points of |x| <= 1e4 where the op is finite in float32 and ``expr`` is not,
-        with the parameters ``params`` (memoized)."""
+        """The first arguments of |x| <= 1e4 where the op is finite in float32 and ``expr``
+        is not, at ``params`` (memoized), over all combinations for three arguments or less."""
         key = (expr, tuple(sorted(params.items())))
         if key not in self._probed:
             probe = np.array([-1e4, -1e3, -100, -30, -1, 0, 1, 30, 100, 1e3, 1e4])
             values = {sym: params[sym.name] for sym in self.param_symbols}
             f = _lambdify(self.args, self.stable.subs(values))
             d = _lambdify(self.args, expr.subs(values))
+            grid = np.meshgrid(*[probe] * self.arity, indexing="ij") if self.arity <= 3 \
+                else [probe] * self.arity
             with np.errstate(all="ignore"):
-                args = [probe.astype(np.float32)] * self.arity
-                ok = np.isfinite(np.broadcast_to(f(*args), probe.shape))
-                finite = np.isfinite(np.broadcast_to(d(*args), probe.shape))
-            self._probed[key] = tuple(float(v) for v in probe[ok & ~finite])
+                args = [a.ravel().astype(np.float32) for a in grid]
+                ok = np.isfinite(np.broadcast_to(f(*args), args[0].shape))
+                finite = np.isfinite(np.broadcast_to(d(*args), args[0].shape))
+            self._probed[key] = tuple(sorted({float(v) for v in args[0][ok & ~finite]}))
         return self._probed[key]
 
     def warn_overflow(self) -> None:
@@ -493,6 +495,7 @@ def elementwise(name: str, fn, *, stable=None, **flags) -> ElementwiseDef:
             f"an elementwise op named {name!r} is already registered as {old.expr}; "
             "choose another name"))
     op.check()
+    dv.check_stable(name, op.expr, op.stable, dict(zip(op.param_symbols, op.params.values())))
     op.warn_overflow()
     REGISTRY[name] = op
     return op
