@@ -238,7 +238,7 @@ class FusedGroup:
                 local = b.local(s, k)
                 if local is None:
                     continue
-                part = b.mul(upstream, local)
+                part = b.product(upstream, local)
                 if ref[0] == "in":
                     total = part if total is None else b.add(total, part)
                 else:
@@ -294,6 +294,15 @@ class _Builder:
         if b == ("const", 1.0):
             return a
         return self.step(ew.mul, (), [a, b])
+
+    def product(self, g: Ref, local: Ref) -> Ref:
+        """``g * local``, as autodiff's: 0 on a 0 branch of a piecewise local (clip's at
+        |x| > 1) whatever ``g`` holds, inf included (``masked_product``)."""
+        st = self.steps[local[1]] if local[0] == "step" else None
+        masked = st.fn.masked_product() if st is not None else None
+        if masked is None:
+            return self.mul(g, local)
+        return self.step(masked, st.params, [local, *st.args, g])
 
     def add(self, a: Ref, b: Ref) -> Ref:
         return self.step(ew.add, (), [a, b])

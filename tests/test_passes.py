@@ -538,6 +538,19 @@ def test_fusing_before_autodiff_gives_the_same_gradients():
     assert gc.check_grad(fused_loss, [x, a], feeds).ok
 
 
+def test_a_fused_groups_gradient_masks_zero_branches_as_autodiff_does():
+    """clip(x, -1, 1) * x at x = +-inf: autodiff's gradient is [1, -1] (clip's 0 branch
+    masks the inf upstream, as torch); the fused group's chain rule multiplied 0 * inf."""
+    x = gc.input("x", (3,), "float64")
+    y = gc.clip(x, -1.0, 1.0) * x
+    (fused,) = fusion(gc.Graph(y)).outputs
+    assert isinstance(fused.op, Fused)
+    X = np.array([np.inf, -np.inf, 0.5])
+    for backend in ("numpy", "numba"):
+        got = gc.compile(gc.grad(gc.sum(fused), x), backend=backend)(x=X)
+        np.testing.assert_array_equal(got, [1.0, -1.0, 1.0])
+
+
 def test_a_fused_group_is_a_sympy_expression_of_stable_forms():
     x = gc.input("x", (4,))
     y = gc.softplus(gc.sigmoid(x) * 200.0 - 100.0 + x)
