@@ -19,7 +19,7 @@ suite sets it), runs :func:`graphc.check_graph` on the result.  What each pass d
 
 >>> import graphc as gc
 >>> x = gc.input("x", (4,))
->>> g, report = run(gc.Graph(gc.exp(x * 1.0) + 0.0), DEFAULT_PIPELINE)
+>>> g, report = run(gc.Graph(gc.exp(x * 1.0) - 0.0), DEFAULT_PIPELINE)
 >>> [(r["pass"], r["nodes_before"], r["nodes_after"]) for r in report]   # doctest: +ELLIPSIS
 [('simplify', 6, 2), ('cse', 2, 2), ('fusion', 2, 2), ('dce', 2, 2), ('memory', 2, 2)]
 """
