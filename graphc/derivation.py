@@ -228,19 +228,29 @@ def evaluates_alike(expr: sp.Expr, candidate: sp.Expr) -> bool:
         return False
     grid = np.meshgrid(*[np.array(_PROBES)] * len(symbols), indexing="ij")
     try:
-        f, g = (sp.lambdify(symbols, e, modules=["numpy", "scipy"]) for e in (expr, candidate))
-        for dtype in (np.float32, np.float64):
-            args = [a.ravel().astype(dtype) for a in grid]
-            shape = args[0].shape if args else ()
-            with np.errstate(all="ignore"):
-                want, got = (np.broadcast_to(np.asarray(h(*args), np.float64), shape).ravel()
-                             for h in (f, g))
-            want, got = want[np.isfinite(want)], got[np.isfinite(want)]
-            if not np.isfinite(got).all() or dtype == np.float64 and not np.all(
-                    np.abs(got - want) <= 1e-6 * np.abs(want) + 1e-300):
-                return False
-    except Exception:  # noqa: BLE001 -- SymPy's or NumPy's: any failure keeps expr
+        return _alike(symbols, grid, expr, candidate, ["numpy"])
+    except NameError:  # a function NumPy lacks (erf): SciPy's, imported only for those
+        try:
+            return _alike(symbols, grid, expr, candidate, ["numpy", "scipy"])
+        except Exception:  # noqa: BLE001 -- SymPy's or NumPy's: any failure keeps expr
+            return False
+    except Exception:  # noqa: BLE001
         return False
+
+
+def _alike(symbols, grid, expr, candidate, modules) -> bool:
+    """:func:`evaluates_alike` with ``lambdify``'s ``modules``."""
+    f, g = (sp.lambdify(symbols, e, modules=modules) for e in (expr, candidate))
+    for dtype in (np.float32, np.float64):
+        args = [a.ravel().astype(dtype) for a in grid]
+        shape = args[0].shape if args else ()
+        with np.errstate(all="ignore"):
+            want, got = (np.broadcast_to(np.asarray(h(*args), np.float64), shape).ravel()
+                         for h in (f, g))
+        want, got = want[np.isfinite(want)], got[np.isfinite(want)]
+        if not np.isfinite(got).all() or dtype == np.float64 and not np.all(
+                np.abs(got - want) <= 1e-6 * np.abs(want) + 1e-300):
+            return False
     return True
 
 
