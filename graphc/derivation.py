@@ -24,6 +24,9 @@ import math
 import numpy as np
 import sympy as sp
 
+from .errors import ElementwiseError
+from .ir import located
+
 
 def diff(expr: sp.Expr, x: sp.Symbol) -> sp.Expr:
     """d expr / dx with the conventions of PyTorch at points where the derivative has no
@@ -204,8 +207,6 @@ def check_stable(name: str, expr: sp.Expr, stable: sp.Expr, params: dict) -> Non
     backend computes, so a wrong one was taken silently (x**3 for x**2: values x**3,
     gradients 2x)."""
     if stable is not expr and not evaluates_alike(expr.subs(params), stable.subs(params)):
-        from .errors import ElementwiseError
-        from .ir import located
         raise ElementwiseError(located(
             f"elementwise {name!r}: stable={stable} does not evaluate as {expr} (compared in "
             f"float32 and float64 at 0, ±0.5, ±2, ±1e19 and ±1e30 where {expr} is finite)"))
@@ -227,15 +228,14 @@ def evaluates_alike(expr: sp.Expr, candidate: sp.Expr) -> bool:
     if len(symbols) > 3:
         return False
     grid = np.meshgrid(*[np.array(_PROBES)] * len(symbols), indexing="ij")
-    try:
-        return _alike(symbols, grid, expr, candidate, ["numpy"])
-    except NameError:  # a function NumPy lacks (erf): SciPy's, imported only for those
+    for modules in (["numpy"], ["numpy", "scipy"]):  # SciPy only for what NumPy lacks (erf)
         try:
-            return _alike(symbols, grid, expr, candidate, ["numpy", "scipy"])
+            return _alike(symbols, grid, expr, candidate, modules)
+        except NameError:
+            continue
         except Exception:  # noqa: BLE001 -- SymPy's or NumPy's: any failure keeps expr
             return False
-    except Exception:  # noqa: BLE001
-        return False
+    return False
 
 
 def _alike(symbols, grid, expr, candidate, modules) -> bool:

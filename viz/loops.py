@@ -92,7 +92,7 @@ class ScanDrawing:
         self.outer = {id(p): t for p, t in zip(loop.consts, self.inputs_consts)}
         # names unique across the graph's scans too: two scans' bodies can hold the same
         # (interned) nodes, which took the same names (select('mul') reached one of them)
-        earlier = builder.__dict__.setdefault("scan_names", {})
+        earlier = builder.scan_names  # {scan index: its body's names}, made in order
         if index not in earlier:
             before = {("scan", j, k): name for j, names in earlier.items() if j < index
                       for k, name in names.items()}

@@ -153,6 +153,7 @@ class _Builder:
         self.outputs = outputs
         self.graph = Graph(outputs)
         self.names = node_names(self.graph)
+        self.scan_names: dict = {}  # each scan body's names (loops.ScanDrawing)
         self.values = values  # id(node) -> array, or None
         if check is not None and not isinstance(check, GradCheckReport):
             raise TypeError(f"check must be a gc.check_grad report, got "
