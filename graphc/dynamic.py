@@ -24,6 +24,7 @@ shared through the kernel cache.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import re
@@ -33,7 +34,7 @@ import numpy as np
 
 from .errors import GraphError, ShapeError
 from .graph import as_outputs
-from .inputs import Input
+from .inputs import Input, Traced
 from .ir import Op, StaticArray, Tensor, iter_nodes, located, on_dynamic_operand, replaying
 
 # Stand-in sizes for dynamic dimensions while probing, run 0 and run 1.  First the i-th
@@ -49,6 +50,30 @@ _BASE, _STEP = 1009, 74
 _DIVISIBLE = (2520, 443520)  # multiples of 1, ..., 10 and of 1, ..., 12, 16, 32, 64, 128
 _SMALL = (0, 2)
 _HOLDERS = itertools.count()
+_PINNED: list[dict] = []  # the sizes of dynamic dimensions while a scan body is traced
+
+
+@contextlib.contextmanager
+def pinned(olds, news):
+    """While a scan's body is traced at concrete shapes (``news``, stand-ins for or the
+    fed shapes of the dynamic tensors ``olds``), a call on a tensor of those dynamic
+    dimensions that fn closes over has the shape it has at those sizes where it also reads
+    the body's placeholders (``h + B``, ``h`` of batch 1009 and ``B`` of batch None; ``B * 2``
+    keeps its dynamic batch): see :func:`graphc.scan.scan`."""
+    sizes = dict(_PINNED[-1]) if _PINNED else {}
+    sizes.update((d, n) for a, b in zip(olds, news) for d, n in zip(a.shape, b.shape)
+                 if d is None or isinstance(d, str))
+    _PINNED.append(sizes)
+    try:
+        yield
+    finally:
+        _PINNED.pop()
+
+
+def pin(shape) -> tuple:
+    """``shape`` at the pinned sizes (as it is where none are pinned)."""
+    return tuple(_PINNED[-1].get(d, d) if _PINNED and (d is None or isinstance(d, str))
+                 else d for d in shape)
 
 
 def is_dynamic(shape) -> bool:
@@ -297,6 +322,10 @@ def has_dynamic(values) -> bool:
 def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
     symbols = list(dict.fromkeys(d for t in inputs for d in t.shape
                                  if d is None or isinstance(d, str)))
+    if _PINNED and all(s in _PINNED[-1] for s in symbols) and any(
+            isinstance(leaf.op, Traced) for t in inputs for leaf in t.leaves.values()):
+        out = _run(op, inputs, _PINNED[-1])
+        return out.shape, out.dtype
 
     def runs(size):  # the call built at sizes size(run, i) of the i-th name, runs 0 and 1
         sizes = [{s: size(run, i) for i, s in enumerate(symbols)} for run in (0, 1)]
@@ -341,12 +370,13 @@ def _bounded(op: Deferred, inputs, symbols, shape: tuple) -> tuple:
     return shape
 
 
-def stand_ins(value, size: int = _BASE):
-    """``value`` (a tensor or nested tuples of them) with every dynamic tensor replaced by
-    an input of the same dtype whose dynamic dimensions are ``size``."""
+def stand_ins(value, size: int = _BASE, every: bool = False):
+    """``value`` (a tensor or nested tuples of them) with every dynamic tensor (``every``:
+    every tensor) replaced by an input of the same dtype whose dynamic dimensions are
+    ``size``."""
     if isinstance(value, (list, tuple)):
-        return type(value)(stand_ins(v, size) for v in value)
-    if isinstance(value, Tensor) and is_dynamic(value.shape):
+        return type(value)(stand_ins(v, size, every) for v in value)
+    if isinstance(value, Tensor) and (every or is_dynamic(value.shape)):
         shape = tuple(size if d is None or isinstance(d, str) else d for d in value.shape)
         return Tensor.make(Input(f"_probe{next(_HOLDERS)}", shape, value.dtype))
     return value
@@ -378,7 +408,7 @@ def substitute(outputs, mapping: dict, memo: dict | None = None) -> list[Tensor]
             continue
         inputs = tuple(new[id(i)] for i in t.inputs)
         if isinstance(t.op, Deferred):
-            node = _replay(t, inputs)
+            node = replay(t, inputs)
         elif all(a is b for a, b in zip(inputs, t.inputs)):
             node = t
         else:
@@ -391,7 +421,8 @@ def substitute(outputs, mapping: dict, memo: dict | None = None) -> list[Tensor]
     return [new[id(o)] for o in outputs]
 
 
-def _replay(t: Tensor, inputs) -> Tensor:
+def replay(t: Tensor, inputs) -> Tensor:
+    """Deferred node ``t``'s call made on ``inputs``."""
     try:
         with replaying(t):  # errors and new nodes name the user's line and scope
             return t.op.build(inputs)

@@ -7,7 +7,7 @@ from functools import cached_property
 import numpy as np
 
 from .errors import DTypeError, GraphError
-from .inputs import Constant, Input
+from .inputs import Constant, Input, Traced
 from .ir import Tensor, iter_nodes, located
 
 
@@ -306,6 +306,10 @@ def check_graph(graph) -> Graph:
         problems += _order_problems(graph.nodes, dfs, names)
     seen: dict[str, Tensor] = {}
     for t in dfs:
+        if isinstance(t.op, Traced):
+            problems.append(f"{names[id(t)]} is made inside the body of a scan (the scan at "
+                            f"{t.loc}) and was kept after it returned; a body's tensors "
+                            "exist only inside it: return it as a carry or y of that scan")
         if isinstance(t.op, Input):
             other = seen.setdefault(t.op.label, t)
             if other is not t:

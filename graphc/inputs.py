@@ -87,6 +87,15 @@ class Input(Op):
 
 
 @dataclass(frozen=True)
+class Traced(Input):
+    """A scan body's placeholder while ``fn`` is traced, one per trace (``serial``): a
+    tensor of a body kept after its scan returned is told from the next body's (the body
+    itself is rebuilt on :class:`Input` placeholders, see :mod:`graphc.scan`)."""
+
+    serial: int = 0
+
+
+@dataclass(frozen=True)
 class Constant(Op):
     """A constant array, stored read-only inside the graph."""
 

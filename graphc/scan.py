@@ -49,16 +49,17 @@ array([1., 2., 3., 4.])
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from .dynamic import has_dynamic
+from .dynamic import has_dynamic, is_dynamic, pin, pinned, replay, stand_ins
 from .elementwise_ops import Elementwise
 from .errors import DTypeError, GraphError, ShapeError
 from .graph import Graph
-from .inputs import Input
+from .inputs import Input, Traced
 from .interpreter import evaluate_graph
 from .ir import Op, Tensor, iter_nodes, located, user_location
 from .structured_ops import MatMul
@@ -286,15 +287,24 @@ def run_loop(loop: Loop, outs, arrays, body, empty=np.empty) -> list:
 # Building a scan: trace the body once
 
 
-_DEPTH = [0]  # scans being traced: a body's placeholders are named by their depth
+_LIVE: list[int] = []  # the serials of the scans being traced, outermost first
+_SWAPS: list[tuple] = []  # (depth, {id(outer): fed}) while a dynamic scan is replayed
+_STOOD: dict[int, tuple] = {}  # id(stand-in) -> (it, the dynamic outer tensor it is for)
+_SERIALS = itertools.count(1)
 
 
-def _prefix() -> str:
-    return "scan" if _DEPTH[0] == 0 else f"scan{_DEPTH[0]}"
+def _prefix() -> str:  # a body's placeholders are named by its depth: scan., scan1., ...
+    return "scan" if not _LIVE else f"scan{len(_LIVE)}"
 
 
 def placeholder(label: str, shape, dtype: str) -> Tensor:
     return Tensor.make(Input(label, tuple(shape), dtype))
+
+
+def _traced(placeholders, serial: int) -> list:
+    """What ``fn`` is traced on: ``placeholders`` unique to this trace (see :func:`_close`)."""
+    return [Tensor.make(Traced(f"{p.op.label}~{serial}", p.shape, p.dtype, serial=serial))
+            for p in placeholders]
 
 
 def _tensors(value, what: str, allow_none=False):
@@ -366,17 +376,21 @@ def scan(fn, init, xs=None, length=None, reverse=False, truncate=None):
                                  isinstance(truncate, bool) or truncate < 1):
         raise GraphError(located(f"scan: truncate must be a positive int, got {truncate!r}"))
     prefix = _prefix()
+    swap = _SWAPS[-1][1] if _SWAPS and _SWAPS[-1][0] == len(_LIVE) else {}
     carry_ph = [placeholder(f"{prefix}.carry{i}", c.shape, c.dtype)
                 for i, c in enumerate(init_list)]
     x_ph = [placeholder(f"{prefix}.x{i}", x.shape[1:], x.dtype) for i, x in enumerate(xs_list)]
-    _DEPTH[0] += 1
+    serial = next(_SERIALS)
+    carry_t, x_t = _traced(carry_ph, serial), _traced(x_ph, serial)
+    _LIVE.append(serial)
     try:
-        out = fn(carry_ph[0] if init_single else tuple(carry_ph),
-                 None if xs_single is None else x_ph[0] if xs_single else tuple(x_ph))
+        out = fn(carry_t[0] if init_single else tuple(carry_t),
+                 None if xs_single is None else x_t[0] if xs_single else tuple(x_t))
     finally:
-        _DEPTH[0] -= 1
+        _LIVE.pop()
     new_carry, ys, y_single = _returns(out, init_list, init_single, loc)
-    consts, body = _close(carry_ph + x_ph, new_carry + ys, prefix)
+    consts, body = _close(dict(zip(map(id, carry_t + x_t), carry_ph + x_ph)),
+                          new_carry + ys, prefix, loc, swap)
     more_ph, more_xs, body = _hoist(carry_ph, x_ph, xs_list, consts, body, prefix)
     used = {id(t) for t in iter_nodes(body)}  # what hoisting left unread is no input
     xs_used = [(p, x) for p, x in zip(x_ph + more_ph, xs_list + more_xs) if id(p) in used]
@@ -407,10 +421,13 @@ class _Closed:
 def _scan_output(init, xs, closed_now, *, fn, index, closed, **kwargs) -> Tensor:
     """Output ``index`` of the scan, with what ``fn`` closes over replaced by
     ``closed_now`` (so that a gradient w.r.t. a closed-over weight reaches it)."""
-    from .dynamic import substitute
-    out = _flat(*scan(fn, init, xs, **kwargs))[index]
     swap = {id(a): b for a, b in zip(closed.tensors, closed_now) if a is not b}
-    return substitute([out], swap)[0] if swap else out
+    _SWAPS.append((len(_LIVE), swap))
+    try:
+        with pinned(closed.tensors, closed_now):
+            return _flat(*scan(fn, init, xs, **kwargs))[index]
+    finally:
+        _SWAPS.pop()
 
 
 def _frontier(outputs, leaves) -> list:
@@ -428,13 +445,14 @@ def _dynamic_scan(fn, init, xs, init_single, kwargs):
     """:func:`scan` on operands with dynamic dimensions: one deferred node per output, each
     replaying the whole scan on the fed shapes (the replays hash-cons to one loop).  The
     outer tensors ``fn`` closes over are operands of those nodes, so gradients reach them."""
-    from .dynamic import defer, stand_ins
+    from .dynamic import defer
     n_carry = 1 if init_single else len(init)
-    probe = stand_ins((init, xs))
-    carry, ys = scan(fn, *probe, **kwargs)  # what fn returns, and its errors, once
+    probe = stand_ins((init, xs), every=True)  # what fn closes over is all but these
+    with pinned(list(_leaves((init, xs))), list(_leaves(probe))):
+        carry, ys = scan(fn, *probe, **kwargs)  # what fn returns, and its errors, once
     flat = _flat(carry, ys)
     leaves = [t for t in iter_nodes(list(_leaves(probe))) if isinstance(t.op, Input)]
-    closed = tuple(_frontier(flat, leaves))
+    closed = tuple(_STOOD.pop(id(t), (t, t))[1] for t in _frontier(flat, leaves))
     outs = [defer(_scan_output, (init, xs, closed),
                   dict(kwargs, fn=fn, index=i, closed=_Closed(closed)), "scan")
             for i in range(len(flat))]
@@ -501,16 +519,23 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-def _close(params, outputs, prefix):
+def _close(params: dict, outputs, prefix, loc, swap):
     """The closed-over outer tensors of a traced body, as ``[(placeholder, outer)]``, and
-    the body outputs rebuilt on those placeholders.  An outer tensor is a node that
-    depends on no placeholder but on some input or parameter (a node that depends on
-    constants alone stays in the body)."""
-    inner = {id(p) for p in params}
+    the body outputs rebuilt on those placeholders and on ``params`` (the traced
+    placeholders' ids -> the body's).  An outer tensor is a node that depends on no
+    placeholder but on some input or parameter (a node that depends on constants alone
+    stays in the body).  A tensor of another body, already returned, is an error.  When a
+    dynamic scan is replayed, ``swap`` gives the outer tensors at the fed shapes."""
+    inner = set(params)
     nodes = iter_nodes(outputs)
     for t in nodes:
         if id(t) not in inner and any(id(i) in inner for i in t.inputs):
             inner.add(id(t))
+        elif isinstance(t.op, Traced) and t.op.serial not in _LIVE and id(t) not in inner:
+            raise GraphError(located(
+                "scan: fn uses a tensor made inside the body of another scan (the scan at "
+                f"{t.loc}) after that scan returned; a body's tensors exist only inside it: "
+                "return it as a carry or y of that scan", loc))
 
     def outer(t):
         return id(t) not in inner and bool(t.leaves)
@@ -520,9 +545,26 @@ def _close(params, outputs, prefix):
         if id(t) in inner:
             frontier.update((id(i), i) for i in t.inputs if outer(i))
     frontier.update((id(o), o) for o in outputs if outer(o))
+    outer_now = [_stand_in(t, swap) for t in frontier.values()]
     consts = [(placeholder(f"{prefix}.const{j}", t.shape, t.dtype), t)
-              for j, t in enumerate(frontier.values())]
-    return consts, _substitute(outputs, {id(t): p for p, t in consts})
+              for j, t in enumerate(outer_now)]
+    return consts, _substitute(outputs, {k: p for k, (p, _) in zip(frontier, consts)} | params)
+
+
+def _stand_in(t: Tensor, swap: dict) -> Tensor:
+    """Outer tensor ``t`` as a body reads it: at the fed shapes where a dynamic scan is
+    replayed (``swap``), else a dynamic one as an input of its shape at the pinned sizes
+    (probing a dynamic scan: what fn returns and closes over), else itself."""
+    stood, outer = _STOOD.get(id(t), (None, t))
+    if stood is not t:
+        outer = t
+    if id(outer) in swap:
+        return swap[id(outer)]
+    if not is_dynamic(t.shape) or is_dynamic(pin(t.shape)):
+        return t
+    new = Tensor.make(Input(f"_closed{next(_SERIALS)}", pin(t.shape), t.dtype))
+    _STOOD[id(new)] = (new, t)
+    return new
 
 
 def _substitute(outputs, mapping) -> list:
@@ -531,7 +573,8 @@ def _substitute(outputs, mapping) -> list:
         if id(t) not in mapping:
             new_inputs = tuple(mapping.get(id(i), i) for i in t.inputs)
             if any(a is not b for a, b in zip(new_inputs, t.inputs)):
-                new = t.replace(inputs=new_inputs)
+                new = replay(t, new_inputs) if t.op.dynamic and not has_dynamic(
+                    new_inputs) else t.replace(inputs=new_inputs)
                 if new.loc is None or new.loc != t.loc:  # the line in fn, not scan's
                     object.__setattr__(new, "loc", t.loc)
                 if t.display and not new.display:

@@ -336,3 +336,58 @@ def test_a_length_derived_from_a_named_dimension_is_neither_fixed_nor_another_na
                                             **params)
     assert np.isfinite(out)
 
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_dynamic_length_scan_closes_over_a_tensor_computed_from_its_xs(backend):
+    # mean(xs) closed over by the body of a scan over xs (None, 3): the replay at the fed
+    # length met the unfed dynamic xs inside its body ("two different inputs are named
+    # 'xs'"); and q = h0 / 2 of the init h0 was no operand of the scan's nodes, so the
+    # gradient w.r.t. h0 lost its path through q
+    xs = gc.input("xs", (None, 3), "float64")
+    h0 = gc.input("h0", (3,), "float64")
+    m, q = gc.mean(xs, axis=0), h0 * 0.5
+    h, hs = gc.scan(lambda h, x: (h + x * m + q,) * 2, h0, xs)
+    loss = gc.sum(hs * hs)
+    f = gc.compile([h, hs, *gc.grad(loss, [xs, h0])], backend=backend)
+    for n in (4, 2):
+        X, H = np.arange(3.0 * n).reshape(n, 3) - 2.0, np.linspace(-1, 1, 3)
+        xt, ht = torch.tensor(X, requires_grad=True), torch.tensor(H, requires_grad=True)
+        hst = ht + torch.cumsum(xt * xt.mean(0) + ht / 2, 0)
+        torch.sum(hst * hst).backward()
+        got = f(xs=X, h0=H)
+        want = [hst[-1].detach().numpy(), hst.detach().numpy(), xt.grad, ht.grad]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("closure", ["another input", "the init itself", "the init * 2"])
+def test_a_dynamic_batch_scan_closes_over_tensors_of_the_same_dynamic_batch(closure):
+    # h + x + B with h of batch None and B another (None, 3) input: the probe traced the
+    # body at a stand-in batch of 1009 and B's None could not be told to match it
+    hd = gc.input("hd", (None, 3), "float64")
+    B = gc.input("B", (None, 3), "float64")
+    xs = gc.input("xs3", (4, 3), "float64")
+    outer = {"another input": B, "the init itself": hd, "the init * 2": hd * 2.0}[closure]
+    c, ys = gc.scan(lambda h, x: (h + x + outer,) * 2, hd, xs)
+    assert c.shape == (None, 3) and ys.shape == (4, None, 3)
+    grads = gc.grad(gc.sum(ys * ys), [hd, B] if closure == "another input" else [hd])
+    f = gc.compile([c, ys, *grads], backend="numpy")
+    rng = np.random.default_rng(0)
+    for n in (2, 5):
+        feeds = {"hd": rng.standard_normal((n, 3)), "B": rng.standard_normal((n, 3)),
+                 "xs3": rng.standard_normal((4, 3))}
+        t = {k: torch.tensor(v, requires_grad=True) for k, v in feeds.items()}
+        o = {"another input": t["B"], "the init itself": t["hd"],
+             "the init * 2": t["hd"] * 2.0}[closure]
+        h, hs = t["hd"], []
+        for x in t["xs3"]:
+            h = h + x + o
+            hs.append(h)
+        hs = torch.stack(hs)
+        torch.sum(hs * hs).backward()
+        want = [h.detach().numpy(), hs.detach().numpy(), t["hd"].grad.numpy()]
+        want += [t["B"].grad.numpy()] if closure == "another input" else []
+        got = f(**{k: v for k, v in feeds.items() if closure == "another input" or k != "B"})
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -603,3 +603,30 @@ def test_numba_stats_count_the_scan_bodys_kernels(monkeypatch):
         assert stats["lowered"]["loop"] >= 2 and len(names) > 2, (stats["lowered"], names)
         assert (stats["kernel_cache_hits"], stats["kernel_cache_misses"]) == (hits, misses)
         assert stats["kernels"] == len(set(names)), names
+
+
+def test_a_tensor_leaked_out_of_one_body_into_another_is_an_error():
+    # the carry placeholder kept from scan A's body was scan B's own carry placeholder (both
+    # were interned as "scan.carry0"), so B silently added its carry to itself
+    leak = []
+    gc.scan(lambda c, x: (leak.append(c) or c + x, c), H0, XS)
+    q0 = gc.input("q0", (B, H), "float64")
+    with pytest.raises(gc.GraphError, match=r"scan: fn uses a tensor made inside the body "
+                       r"of another scan .*test_scan.py:\d+") as info:
+        gc.scan(lambda c, x: (c + leak[0], c), q0, XS)
+    assert "gc.scan(lambda c, x: (c + leak[0], c)" in str(info.value)
+    with pytest.raises(gc.GraphError, match="made inside the body of a scan"):
+        gc.compile(leak[0] * 2.0, backend="numpy")
+    nested = []  # a tensor of the enclosing body, used by a nested scan's body: fine
+
+    def outer(h, x):
+        c, _ = gc.scan(lambda g, y: (g + y * h, None), h, x[None])
+        nested.append(c)
+        return c, None
+    c, _ = gc.scan(outer, H0, XS)
+    X = np.random.default_rng(0).standard_normal((T, B, H))
+    got = gc.compile(c, backend="numpy")(h0=np.ones((B, H)), xs=X)
+    want = np.ones((B, H))
+    for x in X:
+        want = want + x * want
+    np.testing.assert_allclose(got, want, rtol=1e-12)
