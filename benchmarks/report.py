@@ -59,7 +59,8 @@ def header(info: dict) -> str:
              f"({info['usable_cores']} usable), {info['threads']} threads; python "
              f"{info['python']}, {versions}; load average {loads_text(info['load_average_start'])}",
              f"children: {'/'.join(info['env_removed'])} removed from the environment; "
-             f"BLAS of NumPy (graphc's matmuls): {blas_text(info['peaks'].get('blas'))}"]
+             f"BLAS of NumPy (graphc's matmuls): {blas_text(info['peaks'].get('blas'))}"
+             + (f"; {info['bytecode']}" if info.get("bytecode") else "")]
     peaks = info["peaks"]
     if peaks.get("note"):
         lines.append(f"limits: not measured ({peaks['note']})")

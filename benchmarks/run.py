@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import platform
 import re
 import statistics
@@ -503,9 +504,25 @@ def machine_info(threads: int, backend) -> dict:
             "cores": os.cpu_count(),
             "usable_cores": usable, "threads": threads, "backend": backend,
             "python": platform.python_version(), "versions": versions,
-            "env_removed": list(SCRUBBED_ENV),
+            "env_removed": list(SCRUBBED_ENV), "bytecode": bytecode_state(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_start": load_average()}
+
+
+def bytecode_state() -> str:
+    """Whether graphc's modules load from Python's bytecode cache: where this machine sets
+    PYTHONDONTWRITEBYTECODE and no ``__pycache__`` was written, every process (the cold
+    compile's included) compiles graphc's sources first; a pip install writes the cache."""
+    import importlib.util
+
+    import graphc
+    here = pathlib.Path(graphc.__file__).parent
+    sources = sorted(here.glob("*.py"))
+    cached = sum(pathlib.Path(importlib.util.cache_from_source(str(p))).exists()
+                 for p in sources)
+    flag = " (PYTHONDONTWRITEBYTECODE set)" if os.environ.get("PYTHONDONTWRITEBYTECODE") \
+        else ""
+    return f"graphc's bytecode cached for {cached} of {len(sources)} modules{flag}"
 
 
 def load_average() -> list[float] | None:
