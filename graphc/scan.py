@@ -559,6 +559,8 @@ def _stand_in(t: Tensor, swap: dict) -> Tensor:
     if stood is not t:
         outer = t
     if id(outer) in swap:
+        if stood is t:  # a nested body's stand-in, now resolved
+            del _STOOD[id(t)]
         return swap[id(outer)]
     if not is_dynamic(t.shape) or is_dynamic(pin(t.shape)):
         return t
