@@ -27,7 +27,8 @@ from . import functions as F
 from .elementwise_ops import Elementwise
 from .inputs import constant
 from .ir import Tensor, iter_nodes
-from .scan import Loop, Scan, _substitute, placeholder
+from .scan import Loop, Scan
+from .scan_body import placeholder, substitute
 from .shape_ops import Transpose
 from .structured_ops import MatMul, Reduce
 
@@ -79,7 +80,7 @@ def _transposed_consts(consts, outer, outputs, tag):
             outer.append(Tensor.make(t.op, (outer[k],)))
     if not mapping:
         return consts, outer, list(outputs)
-    return consts, outer, _substitute(list(outputs), mapping)
+    return consts, outer, substitute(list(outputs), mapping)
 
 
 @dataclass
@@ -296,7 +297,7 @@ def _residuals(loop: Loop, outs, tag):
             kept.update((id(i), i) for i in t.inputs if residual(i))
     kept.update((id(o), o) for o in outs if residual(o))
     ph = [placeholder(f"{tag}.res{k}", t.shape, t.dtype) for k, t in enumerate(kept.values())]
-    new = _substitute(outs, {i: p for i, p in zip(kept, ph)})
+    new = substitute(outs, {i: p for i, p in zip(kept, ph)})
     return new, ph, [index[i] for i in kept]
 
 

@@ -50,17 +50,33 @@ _BASE, _STEP = 1009, 74
 _DIVISIBLE = (2520, 443520)  # multiples of 1, ..., 10 and of 1, ..., 12, 16, 32, 64, 128
 _SMALL = (0, 2)
 _HOLDERS = itertools.count()
-_PINNED: list[dict] = []  # the sizes of dynamic dimensions while a scan body is traced
+class _Pins(dict):
+    """The sizes dynamic dimensions (by name; None is one name) stand for while a scan's
+    body is traced; ``probe``: probing a dynamic scan, where a name met for the first time
+    gets a stand-in size of its own."""
+
+    def __init__(self, sizes, probe: bool):
+        super().__init__(sizes)
+        self.probe = probe
+
+    def size(self, d):
+        if d not in self and self.probe:
+            self[d] = _BASE + 10 * (len(self) + 1)
+        return self.get(d)
+
+
+_PINNED: list[_Pins] = []
 
 
 @contextlib.contextmanager
-def pinned(olds, news):
+def pinned(olds, news, probe: bool = False):
     """While a scan's body is traced at concrete shapes (``news``, stand-ins for or the
     fed shapes of the dynamic tensors ``olds``), a call on a tensor of those dynamic
     dimensions that fn closes over has the shape it has at those sizes where it also reads
     the body's placeholders (``h + B``, ``h`` of batch 1009 and ``B`` of batch None; ``B * 2``
     keeps its dynamic batch): see :func:`graphc.scan.scan`."""
-    sizes = dict(_PINNED[-1]) if _PINNED else {}
+    outer = _PINNED[-1] if _PINNED else _Pins({}, False)
+    sizes = _Pins(outer, probe or outer.probe)
     sizes.update((d, n) for a, b in zip(olds, news) for d, n in zip(a.shape, b.shape)
                  if d is None or isinstance(d, str))
     _PINNED.append(sizes)
@@ -72,8 +88,15 @@ def pinned(olds, news):
 
 def pin(shape) -> tuple:
     """``shape`` at the pinned sizes (as it is where none are pinned)."""
-    return tuple(_PINNED[-1].get(d, d) if _PINNED and (d is None or isinstance(d, str))
-                 else d for d in shape)
+    if not _PINNED:
+        return tuple(shape)
+    sizes = [_PINNED[-1].size(d) if d is None or isinstance(d, str) else None for d in shape]
+    return tuple(d if n is None else n for d, n in zip(shape, sizes))
+
+
+def probing() -> bool:
+    """Whether a dynamic scan is being probed (not replayed at fed shapes)."""
+    return bool(_PINNED) and _PINNED[-1].probe
 
 
 def is_dynamic(shape) -> bool:
@@ -322,7 +345,7 @@ def has_dynamic(values) -> bool:
 def _probe(op: Deferred, inputs) -> tuple[tuple, str]:
     symbols = list(dict.fromkeys(d for t in inputs for d in t.shape
                                  if d is None or isinstance(d, str)))
-    if _PINNED and all(s in _PINNED[-1] for s in symbols) and any(
+    if _PINNED and all(_PINNED[-1].size(s) is not None for s in symbols) and any(
             isinstance(leaf.op, Traced) for t in inputs for leaf in t.leaves.values()):
         out = _run(op, inputs, _PINNED[-1])
         return out.shape, out.dtype
@@ -373,11 +396,12 @@ def _bounded(op: Deferred, inputs, symbols, shape: tuple) -> tuple:
 def stand_ins(value, size: int = _BASE, every: bool = False):
     """``value`` (a tensor or nested tuples of them) with every dynamic tensor (``every``:
     every tensor) replaced by an input of the same dtype whose dynamic dimensions are
-    ``size``."""
+    ``size`` (their pinned sizes where a scan body is being traced)."""
     if isinstance(value, (list, tuple)):
         return type(value)(stand_ins(v, size, every) for v in value)
     if isinstance(value, Tensor) and (every or is_dynamic(value.shape)):
-        shape = tuple(size if d is None or isinstance(d, str) else d for d in value.shape)
+        shape = tuple(size if d is None or isinstance(d, str) else d
+                      for d in pin(value.shape))
         return Tensor.make(Input(f"_probe{next(_HOLDERS)}", shape, value.dtype))
     return value
 

@@ -17,7 +17,8 @@ from . import functions as F
 from .bptt import _node, _zeros
 from .elementwise_ops import Elementwise
 from .ir import Tensor, iter_nodes
-from .scan import Loop, Scan, _substitute, instance_key, placeholder
+from .scan import Loop, Scan, instance_key
+from .scan_body import placeholder, substitute
 from .shape_ops import Transpose
 from .structured_ops import MatMul, Reduce
 
@@ -67,7 +68,7 @@ def _recompute_loop(loop: Loop, inputs):
     xs = [(p, o) for p, o in zip(loop.xs, inputs[n_c:n_c + n_x]) if id(p) not in swap]
     xs += more_xs
     consts = list(zip(loop.consts, inputs[n_c + n_x:])) + more_consts
-    body = _substitute(list(loop.new_carry + loop.ys), _resolved(swap))
+    body = substitute(list(loop.new_carry + loop.ys), _resolved(swap))
     new = Loop(loop.carry, tuple(p for p, _ in xs), tuple(p for p, _ in consts),
                tuple(body[:n_c]), tuple(body[n_c:]), loop.length, loop.reverse, loop.truncate)
     return new, list(inputs[:n_c]) + [o for _, o in xs] + [o for _, o in consts], read
@@ -77,7 +78,7 @@ def _resolved(swap: dict) -> dict:
     """``swap`` with the placeholders it replaces replaced in its values too (a second
     order backward reads a residual of the first one, which reads one of the forward)."""
     for _ in range(len(swap)):
-        values = _substitute(list(swap.values()), dict(swap))
+        values = substitute(list(swap.values()), dict(swap))
         if all(a is b for a, b in zip(values, swap.values())):
             break
         swap = dict(zip(swap, values))
@@ -117,7 +118,7 @@ def _unhoist_loop(loop: Loop, inputs):
         return None
     xs = [(p, o) for p, o in xs if id(p) not in swap]
     mapping = dict(swap)
-    body = _substitute(list(loop.new_carry + loop.ys), mapping)
+    body = substitute(list(loop.new_carry + loop.ys), mapping)
     new = Loop(loop.carry, tuple(p for p, _ in xs), tuple(p for p, _ in consts),
                tuple(body[:n_c]), tuple(body[n_c:]), loop.length, loop.reverse, loop.truncate)
     return new, list(inputs[:n_c]) + [o for _, o in xs] + [o for _, o in consts], \

@@ -36,7 +36,7 @@ grows with T by the carries only; the forward body runs twice).
 
 Work in the body that does not depend on the carry and holds a matmul (the input
 projection ``x_t @ Wx``) is lifted out of the loop at construction: one large matmul over
-all steps before the loop, read by the body as one more slice (:func:`_hoist`).
+all steps before the loop, read by the body as one more slice (:func:`graphc.scan_body.hoist`).
 
 >>> import numpy as np, graphc as gc
 >>> xs = gc.input("xs", (4, 2), "float64")
@@ -55,14 +55,13 @@ from functools import cached_property
 
 import numpy as np
 
-from .dynamic import has_dynamic, is_dynamic, pin, pinned, replay, stand_ins
-from .elementwise_ops import Elementwise
+from .dynamic import has_dynamic, is_dynamic, pin, pinned, probing, stand_ins
 from .errors import DTypeError, GraphError, ShapeError
 from .graph import Graph
 from .inputs import Input, Traced
 from .interpreter import evaluate_graph
 from .ir import Op, Tensor, iter_nodes, located, user_location
-from .structured_ops import MatMul
+from .scan_body import hoist, placeholder, substitute
 
 # ---------------------------------------------------------------------------------------
 # stop_gradient
@@ -297,10 +296,6 @@ def _prefix() -> str:  # a body's placeholders are named by its depth: scan., sc
     return "scan" if not _LIVE else f"scan{len(_LIVE)}"
 
 
-def placeholder(label: str, shape, dtype: str) -> Tensor:
-    return Tensor.make(Input(label, tuple(shape), dtype))
-
-
 def _traced(placeholders, serial: int) -> list:
     """What ``fn`` is traced on: ``placeholders`` unique to this trace (see :func:`_close`)."""
     return [Tensor.make(Traced(f"{p.op.label}~{serial}", p.shape, p.dtype, serial=serial))
@@ -383,15 +378,18 @@ def scan(fn, init, xs=None, length=None, reverse=False, truncate=None):
     serial = next(_SERIALS)
     carry_t, x_t = _traced(carry_ph, serial), _traced(x_ph, serial)
     _LIVE.append(serial)
-    try:
+    try:  # live until closed: a nested dynamic scan is replayed on its placeholders then
         out = fn(carry_t[0] if init_single else tuple(carry_t),
                  None if xs_single is None else x_t[0] if xs_single else tuple(x_t))
+        new_carry, ys, y_single = _returns(out, init_list, init_single, loc)
+        consts, body = _close(dict(zip(map(id, carry_t + x_t), carry_ph + x_ph)),
+                              new_carry + ys, prefix, loc, swap)
     finally:
         _LIVE.pop()
-    new_carry, ys, y_single = _returns(out, init_list, init_single, loc)
-    consts, body = _close(dict(zip(map(id, carry_t + x_t), carry_ph + x_ph)),
-                          new_carry + ys, prefix, loc, swap)
-    more_ph, more_xs, body = _hoist(carry_ph, x_ph, xs_list, consts, body, prefix)
+    if any(is_dynamic(t.shape) for _, t in consts):  # fn closes over a dynamic tensor
+        return _dynamic_scan(fn, init, xs, init_single, dict(
+            length=length, reverse=reverse, truncate=truncate))
+    more_ph, more_xs, body = hoist(carry_ph, x_ph, xs_list, consts, body, prefix)
     used = {id(t) for t in iter_nodes(body)}  # what hoisting left unread is no input
     xs_used = [(p, x) for p, x in zip(x_ph + more_ph, xs_list + more_xs) if id(p) in used]
     consts = [(p, c) for p, c in consts if id(p) in used]
@@ -409,6 +407,40 @@ def _flat(carry, ys) -> list:
     """The outputs of :func:`scan` as one list: the carry, then the ys."""
     flat = [carry] if isinstance(carry, Tensor) else list(carry)
     return flat + ([] if ys is None else [ys] if isinstance(ys, Tensor) else list(ys))
+
+
+class _Body:
+    """A scan's ``fn`` in a deferred node's key: equal to another function of the same code
+    closing over the same objects (a body made anew by each trace of an enclosing ``fn``,
+    a lambda say, is one deferred node across traces)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def _parts(self):
+        fn = self.fn
+        if not hasattr(fn, "__code__"):
+            return (id(fn),)
+        cells = [_contents(c) for c in fn.__closure__ or ()]
+        return (fn.__code__, id(fn.__globals__), fn.__defaults__,
+                *(c if isinstance(c, (int, float, str, bool, type(None))) else id(c)
+                  for c in cells))
+
+    def __eq__(self, other):
+        return isinstance(other, _Body) and self._parts() == other._parts()
+
+    def __hash__(self):
+        return hash(self._parts()[0])
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not yet filled
+        return _Body
 
 
 @dataclass(frozen=True)
@@ -448,13 +480,13 @@ def _dynamic_scan(fn, init, xs, init_single, kwargs):
     from .dynamic import defer
     n_carry = 1 if init_single else len(init)
     probe = stand_ins((init, xs), every=True)  # what fn closes over is all but these
-    with pinned(list(_leaves((init, xs))), list(_leaves(probe))):
+    with pinned(list(_leaves((init, xs))), list(_leaves(probe)), probe=True):
         carry, ys = scan(fn, *probe, **kwargs)  # what fn returns, and its errors, once
     flat = _flat(carry, ys)
     leaves = [t for t in iter_nodes(list(_leaves(probe))) if isinstance(t.op, Input)]
     closed = tuple(_STOOD.pop(id(t), (t, t))[1] for t in _frontier(flat, leaves))
     outs = [defer(_scan_output, (init, xs, closed),
-                  dict(kwargs, fn=fn, index=i, closed=_Closed(closed)), "scan")
+                  dict(kwargs, fn=_Body(fn), index=i, closed=_Closed(closed)), "scan")
             for i in range(len(flat))]
     new_carry = outs[0] if init_single else tuple(outs[:n_carry])
     if ys is None:
@@ -548,7 +580,7 @@ def _close(params: dict, outputs, prefix, loc, swap):
     outer_now = [_stand_in(t, swap) for t in frontier.values()]
     consts = [(placeholder(f"{prefix}.const{j}", t.shape, t.dtype), t)
               for j, t in enumerate(outer_now)]
-    return consts, _substitute(outputs, {k: p for k, (p, _) in zip(frontier, consts)} | params)
+    return consts, substitute(outputs, {k: p for k, (p, _) in zip(frontier, consts)} | params)
 
 
 def _stand_in(t: Tensor, swap: dict) -> Tensor:
@@ -564,83 +596,15 @@ def _stand_in(t: Tensor, swap: dict) -> Tensor:
         return swap[id(outer)]
     if not is_dynamic(t.shape) or is_dynamic(pin(t.shape)):
         return t
+    if not probing():
+        where = f" (made at {t.loc})" if t.loc else ""
+        raise GraphError(located(f"scan: fn reads a tensor of shape {t.shape}{where} that has "
+                                 "dynamic dimensions and depends on neither the carry nor x, "
+                                 "made anew by every trace of fn; make it before gc.scan"))
     new = Tensor.make(Input(f"_closed{next(_SERIALS)}", pin(t.shape), t.dtype))
     _STOOD[id(new)] = (new, t)
     return new
 
-
-def _substitute(outputs, mapping) -> list:
-    """``outputs`` rebuilt with the nodes ``mapping`` names replaced."""
-    for t in iter_nodes(outputs):
-        if id(t) not in mapping:
-            new_inputs = tuple(mapping.get(id(i), i) for i in t.inputs)
-            if any(a is not b for a, b in zip(new_inputs, t.inputs)):
-                new = replay(t, new_inputs) if t.op.dynamic and not has_dynamic(
-                    new_inputs) else t.replace(inputs=new_inputs)
-                if new.loc is None or new.loc != t.loc:  # the line in fn, not scan's
-                    object.__setattr__(new, "loc", t.loc)
-                if t.display and not new.display:
-                    new.named(t.display)
-                mapping[id(t)] = new
-    return [mapping.get(id(o), o) for o in outputs]
-
-
-def _hoist(carry_ph, x_ph, xs, consts, outputs, prefix):
-    """Loop-invariant projections moved before the loop: a body node that depends on the
-    step's slices and consts but not on the carry, and that holds a matmul (``x @ Wx``),
-    is computed for all steps at once (``xs @ Wx``, one large matmul) and read as one
-    more slice.  Lifted are elementwise ops whose sliced operands have the result's rank
-    and matmuls of a sliced operand with a 2-d invariant one.  Returns the new
-    placeholders, their outer tensors and the rebuilt outputs."""
-    outer = {id(p): x for p, x in zip(x_ph, xs)}
-    outer.update((id(p), t) for p, t in consts)
-    lifted: dict[int, Tensor] = {id(p): x for p, x in zip(x_ph, xs)}
-    varying = {id(p) for p in carry_ph}
-    has_matmul: dict[int, bool] = {}
-    nodes = iter_nodes(outputs)
-    for t in nodes:
-        if id(t) in lifted or id(t) in outer or not t.inputs:
-            continue
-        if any(id(i) in varying for i in t.inputs):
-            varying.add(id(t))
-            continue
-        new = _lift(t, lifted, outer)
-        if new is None:
-            varying.add(id(t))
-        elif new is not t:
-            lifted[id(t)] = new
-            has_matmul[id(t)] = isinstance(t.op, MatMul) or any(
-                has_matmul.get(id(i), False) for i in t.inputs)
-    users = {id(i) for t in nodes if id(t) in varying for i in t.inputs}
-    users.update(id(o) for o in outputs)
-    hoisted = [t for t in nodes if has_matmul.get(id(t)) and id(t) in users]
-    new_ph = [placeholder(f"{prefix}.x{len(x_ph) + k}", t.shape, t.dtype)
-              for k, t in enumerate(hoisted)]
-    body = _substitute(outputs, {id(t): p for t, p in zip(hoisted, new_ph)})
-    return new_ph, [lifted[id(t)] for t in hoisted], body
-
-
-def _lift(t: Tensor, lifted, outer) -> Tensor | None:
-    """``t`` for all steps at once (a leading axis of steps), ``t`` itself when it varies
-    with nothing, or None when it cannot be lifted."""
-    if not any(id(i) in lifted for i in t.inputs):
-        return t if all(id(i) in outer or not i.leaves for i in t.inputs) else None
-    args = []
-    for k, i in enumerate(t.inputs):
-        if id(i) in lifted:
-            if isinstance(t.op, MatMul) and (i.ndim < 2 or t.inputs[1 - k].ndim != 2):
-                return None
-            if isinstance(t.op, Elementwise) and i.ndim != t.ndim:
-                return None
-            args.append(lifted[id(i)])
-        elif id(i) in outer or not i.leaves:
-            args.append(outer.get(id(i), i))
-        else:
-            return None
-    if not isinstance(t.op, (MatMul, Elementwise)):
-        return None
-    new = Tensor.make(t.op, args)
-    return new if new.shape[1:] == t.shape and new.dtype == t.dtype else None
 
 
 __all__ = ["Loop", "Scan", "StopGradient", "scan", "stop_gradient", "run_loop"]

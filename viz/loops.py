@@ -11,7 +11,8 @@ from __future__ import annotations
 import graphviz
 
 from graphc.graph import node_names
-from graphc.scan import Scan, placeholder, siblings
+from graphc.scan import Scan, siblings
+from graphc.scan_body import placeholder
 
 from .labels import unique, value_lines
 
