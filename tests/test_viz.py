@@ -258,6 +258,24 @@ def test_long_labels_are_shortened():
     assert all(len(part) <= 90 for label in labels for part in label.split("\\n"))
 
 
+def test_backslashes_in_names_are_drawn_as_they_are():
+    r"""A name or scope holding a backslash (``a\lb\nc``) was read by dot as its escapes:
+    the name drawn on three lines, left-aligned in part, in every view."""
+    x = gc.input("x", (3,))
+    with gc.scope("g\\rp"):
+        h = gc.tanh(x).named("a\\lb\\nc")
+    loss = gc.sum(h * h).named("loss")
+    feeds = {"x": np.ones(3, np.float32)}
+    for view in (False, True, "backward", "ir"):
+        lines = texts(gc.render(loss, backward=view, values=feeds).svg())
+        assert not {"a", "b", "c", "g", "rp"} & set(lines), view
+        assert any("a\\lb\\nc" in line for line in lines), view
+    lines = texts(gc.render(loss, backward=True, values=feeds).svg())
+    assert "g\\rp" in lines and "local ∂a\\lb\\nc/∂x = 1 − a\\lb\\nc^2 = [0.4200, 0.4200, " \
+        "0.4200]" in lines
+    assert "g\\rp" in texts(gc.render(loss, collapse=True).svg())  # the collapsed layer
+
+
 def test_cli_render(tmp_path):
     out = tmp_path / "mlp.svg"
     result = subprocess.run([sys.executable, "-m", "graphc.cli", "render",

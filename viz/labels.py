@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import graphviz
 import numpy as np
 import sympy as sp
 from sympy.printing.str import StrPrinter
@@ -13,9 +14,9 @@ from graphc.elementwise_ops import Elementwise
 from graphc.graph import display_name, node_names, scalar_text
 from graphc.structured_ops import MatMul
 
-__all__ = ["FULL", "call_lines", "count", "display_name", "fit", "formula", "index_text",
-           "is_number", "local_value", "node_names", "number", "scalar_text", "shorten",
-           "template", "value_lines"]
+__all__ = ["FULL", "call_lines", "count", "display_name", "dot_text", "fit", "formula",
+           "index_text", "is_number", "local_value", "node_names", "number", "scalar_text",
+           "shorten", "template", "value_lines"]
 
 MAX_LABEL = 64
 # room for a tensor of 8 elements in full: 8 numbers of 4 significant digits (-1.234e-05),
@@ -40,6 +41,19 @@ def shorten(text: str, limit: int = MAX_LABEL) -> str:
         return text
     cut = text.rfind(" ", 0, limit - 1)
     return (text[:cut] if cut > 0 else text[:limit - 2]).rstrip(" ,+·=") + " …"
+
+
+def dot_text(lines, end: str = "") -> str:
+    r"""``lines`` as one Graphviz label: joined by ``\n`` (centred), or each ended by ``end``
+    (``\l``: left-aligned).  Backslashes in the text are doubled, so that dot draws a name
+    such as ``a\nb`` as it is instead of reading escapes (``\n``, ``\l``) in it, and the
+    label is never taken for HTML (a scope named ``<b>``).
+
+    >>> print(dot_text(["tanh", "a\\nb: 3 float32"]))
+    tanh\na\\nb: 3 float32
+    """
+    lines = [line.replace("\\", "\\\\") for line in lines]
+    return graphviz.nohtml("".join(line + end for line in lines) if end else "\\n".join(lines))
 
 
 def index_text(index) -> str:

@@ -14,7 +14,7 @@ from graphc.graph import node_names
 from graphc.scan import Scan, siblings
 from graphc.scan_body import placeholder
 
-from .labels import unique, value_lines
+from .labels import dot_text, unique, value_lines
 
 CARRY = "#0e7490"  # the loop's colour: its box, the carry edges, the placeholders
 _PLACEHOLDER = dict(shape="box", style="rounded,filled", fillcolor="#cffafe", color=CARRY)
@@ -130,7 +130,7 @@ class ScanDrawing:
         if kind is not None:
             values = self.b.values or {}
             shown = value_lines(values[id(t)]) if id(t) in values else []
-            return "\\n".join([kind, f"{name}: {_shape(t)} {t.dtype}", *shown])
+            return dot_text([kind, f"{name}: {_shape(t)} {t.dtype}", *shown])
         return self.b.node_label(t, names=self.names)
 
     def draw(self, parent: graphviz.Digraph) -> None:
@@ -175,7 +175,7 @@ class ScanDrawing:
         labels = body_labels(self.loop, self.names, self.b.lname, builder_cls)
         for e in labels.result.edges:
             x = e.forward.inputs[e.operand]
-            text = "".join(line + "\\l" for line in labels.edge_label(e, None))
+            text = dot_text(labels.edge_label(e, None), "\\l")
             self.b.dot.edge(self.src(e.forward), self.src(x), label=text, color="#c2410c",
                             fontcolor="#c2410c", style="dashed", constraint="false",
                             penwidth="1.2", arrowhead="vee")

@@ -239,7 +239,7 @@ class _Builder:
         if grad is not None and self.values is not None and id(grad) in self.values:
             lines.append(f"∂{self.lname}/∂{name}")
             lines += value_lines(self.values[id(grad)])
-        return "\\n".join(lines)
+        return labels.dot_text(lines)
 
     def style(self, t: Tensor) -> dict:
         return dict(_STYLE[node_kind(t)])
@@ -272,9 +272,9 @@ class _Builder:
         for g, members in groups.items():
             params = sum(t.size for t in members if node_kind(t) == "param")
             ops = sum(1 for t in members if node_kind(t) == "op")
-            self.dot.node(f"scope_{g}", f"{g.rsplit('/', 1)[-1]}\\n{count(params, 'param')}\\n"
-                          f"{count(ops, 'op')}",
-                          shape="box3d", style="filled", fillcolor="#ede9fe", color="#6d28d9")
+            text = labels.dot_text([g.rsplit("/", 1)[-1], count(params, "param"), count(ops, "op")])
+            self.dot.node(f"scope_{g}", text, shape="box3d", style="filled", fillcolor="#ede9fe",
+                          color="#6d28d9")
         self.scans = [ScanDrawing(self, nodes, k) for k, nodes in
                       enumerate(instances(self.graph.nodes)) if not self.group(nodes[0])]
         for drawing in self.scans:
@@ -328,8 +328,8 @@ class _Builder:
         if scope not in clusters:
             clusters[scope] = graphviz.Digraph(
                 f"cluster_{len(clusters)}", graph_attr=dict(
-                    label=scope.split("/")[-1], style="rounded,dashed", color="#7c3aed",
-                    fontcolor="#6d28d9"))
+                    label=labels.dot_text([scope.split("/")[-1]]), style="rounded,dashed",
+                    color="#7c3aed", fontcolor="#6d28d9"))
             if "/" in scope:
                 self._cluster(clusters, scope.rsplit("/", 1)[0])
         return clusters[scope]
@@ -407,7 +407,7 @@ class _Builder:
                 if len(line) + 3 + len(text) <= LINE:
                     line += f" = {text}"
                 else:  # a long formula: its numbers on a line of their own
-                    line += f"\\l    = {text}"
+                    lines, line = lines + [line], f"    = {text}"
             lines.append(line)
         if (id(z), e.operand) in self.failed_edges:
             lines.append("✗ this derivative fails gradient checking")
@@ -421,7 +421,7 @@ class _Builder:
                 continue
             failed = (id(e.forward), e.operand) in self.failed_edges
             color = _FAIL if failed else "#c2410c"
-            label = "".join(line + "\\l" for line in self.edge_label(e, loss))
+            label = labels.dot_text(self.edge_label(e, loss), "\\l")
             self.dot.edge(a, b, label=label, color=color, fontcolor=color, style="dashed",
                           constraint="false", penwidth="2.2" if failed else "1.2",
                           arrowhead="vee")
@@ -438,7 +438,7 @@ class _Builder:
             if self.values is not None and id(g) in self.values:
                 lines += value_lines(self.values[id(g)])
             failed = isinstance(t.op, Input) and t.op.label in self.failed_inputs
-            self.dot.node(f"g{self.node_ids[id(t)]}", "\\n".join(lines), shape="box",
+            self.dot.node(f"g{self.node_ids[id(t)]}", labels.dot_text(lines), shape="box",
                           style="rounded,filled", fillcolor="#fecaca" if failed else "#ffedd5",
                           color=_FAIL if failed else "#c2410c")
         for e in result.edges:
@@ -446,7 +446,7 @@ class _Builder:
             color = _FAIL if failed else "#c2410c"
             self.dot.edge(f"g{self.node_ids[id(e.forward)]}",
                           f"g{self.node_ids[id(e.forward.inputs[e.operand])]}",
-                          label="".join(line + "\\l" for line in self.edge_label(e, loss)),
+                          label=labels.dot_text(self.edge_label(e, loss), "\\l"),
                           color=color, fontcolor=color, penwidth="2.2" if failed else "1.2")
 
     def add_ir(self, grads, result):
@@ -479,7 +479,7 @@ class _Builder:
                 label.append(f"{record.role} of {self.name(record.forward)}")
             if self.values is not None and id(t) in self.values and kind != "constant":
                 label += value_lines(self.values[id(t)])
-            self.dot.node(self.node_ids[id(t)], "\\n".join(label), **attrs)
+            self.dot.node(self.node_ids[id(t)], labels.dot_text(label), **attrs)
         self.names = names  # the scans' bodies (forward and backward) name theirs after these
         for k, nodes in enumerate(instances(ir.nodes)):
             ScanDrawing(self, nodes, k).draw(self.dot)
