@@ -668,3 +668,36 @@ def test_the_numbers_of_a_broadcast_operand_say_they_are_summed(browser, tmp_pat
     line = page.evaluate("[...document.querySelectorAll('#details .chain .num')]"
                          ".map(e => e.textContent)")
     assert line == ["6 = Σ over broadcast axes of [1, 2, 3] × [1, 1, 1]"]
+
+
+# what each node's box says, and how far its widest text reaches past the box (px, < 0: in)
+NODE_TEXT = """() => [...document.querySelectorAll('#vp .node')].map(g => {
+  const box = g.querySelector('rect').getBoundingClientRect();
+  const texts = [...g.querySelectorAll('text')];
+  return [texts.map(t => t.textContent),
+          Math.max(...texts.map(t => t.getBoundingClientRect().right)) - box.right]; })"""
+
+
+@needs_browser
+def test_a_long_label_loses_whole_tokens_not_part_of_one(browser, tmp_path):
+    """Node lines were cut at 33 characters wherever that fell: padding=(1,… and
+    keepdims=F… cut a field, aaa… a name.  An op keeps its whole first fields, a name its
+    first and last tokens; a name of one token keeps both its ends."""
+    x = gc.input("x", (1, 3, 8, 8))
+    w = gc.param("w", (4, 3, 3, 3))
+    with gc.scope("enc"):
+        h = gc.tanh(gc.conv2d(x, w, stride=2, padding=1)).named(
+            "hidden_activation_after_the_first_convolution_0002")
+    y = gc.sum(gc.exp(h).named("a" * 50)).named("loss")
+    page = open_page(browser, gc.explore(y), tmp_path, size=(1400, 850))
+    page.evaluate("graphc.expand('enc')")
+    page.wait_for_function("!document.querySelector('#vp .node:not(.lab)')")  # text drawn
+    shown = page.evaluate(NODE_TEXT)
+    lines = [line for texts, _ in shown for line in texts]
+    assert "conv2d(stride=(2, 2), …)" in lines
+    assert "sum(axes=(0, 1, 2, 3), …)" in lines
+    assert "hidden_activation_after_the…_0002" in lines
+    assert "a" * 17 + "…" + "a" * 16 in lines
+    assert all(len(line) <= 34 for line in lines)
+    assert all(over <= 0 for _, over in shown), shown
+    assert page.errors == []
