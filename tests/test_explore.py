@@ -701,3 +701,24 @@ def test_a_long_label_loses_whole_tokens_not_part_of_one(browser, tmp_path):
     assert all(len(line) <= 34 for line in lines)
     assert all(over <= 0 for _, over in shown), shown
     assert page.errors == []
+
+
+@needs_browser
+def test_a_groups_marker_is_inside_its_box(browser, tmp_path):
+    """A closed group's box was sized to its name, and "  ▸" added after: the marker stuck
+    out of the box."""
+    x = gc.input("x", (3,))
+    with gc.scope("a_rather_long_group_name"):
+        h = gc.tanh(x)
+    page = open_page(browser, gc.explore(gc.sum(h).named("y")), tmp_path, size=(1400, 850))
+    overhang = """() => [...document.querySelectorAll('#vp .grp')].map(g => {
+      const box = g.querySelector('rect').getBoundingClientRect();
+      return [...g.querySelectorAll(':scope > .hd > text')].map(t => [t.textContent,
+        box.right - t.getBoundingClientRect().right]); }).flat()"""
+    for action in ("collapse", "expand"):
+        page.evaluate(f"graphc.{action}('a_rather_long_group_name')")
+        texts = page.evaluate(overhang)
+        assert texts[0][0] == "a_rather_long_group_name  " + ("▸" if action == "collapse"
+                                                                  else "▾")
+        assert all(room >= 4 for _, room in texts), texts  # 8 px at scale 1
+    assert page.errors == []
