@@ -722,3 +722,23 @@ def test_a_groups_marker_is_inside_its_box(browser, tmp_path):
                                                                   else "▾")
         assert all(room >= 4 for _, room in texts), texts  # 8 px at scale 1
     assert page.errors == []
+
+
+@needs_browser
+def test_the_forward_only_note_stays_after_a_click(browser, tmp_path):
+    """The note saying why a page has no gradients was one paragraph of the details, which
+    every click, selection or step replaced: gone after the first click on a node."""
+    x = gc.input("x", (3,))
+    h = gc.tanh(x * 2.0).named("h")
+    page = open_page(browser, gc.explore([h, gc.sum(h)], values={"x": np.ones(3, np.float32)}),
+                     tmp_path, size=(1400, 850))
+    note = "Forward graph only: the first output, h (3 float32), is not a float scalar loss"
+    h_id = next(n["id"] for n in page.evaluate("graphc.nodes()") if n["name"] == "h")
+    page.click(f'.node[data-n="{h_id}"]')
+    assert page.inner_text("#details h3") == "h" and note in page.inner_text("#details")
+    for action in ("graphc.selectEdge('x', 'mul')", "graphc.step(1)", "graphc.step(0)"):
+        page.evaluate(action)
+        assert note in page.inner_text("#details"), action
+    page.click("#sexit")
+    assert page.inner_text("#details").strip().startswith(note)
+    assert page.errors == []
