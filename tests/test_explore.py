@@ -742,3 +742,28 @@ def test_the_forward_only_note_stays_after_a_click(browser, tmp_path):
     page.click("#sexit")
     assert page.inner_text("#details").strip().startswith(note)
     assert page.errors == []
+
+
+@needs_browser
+def test_a_long_chain_rule_stays_inside_the_details_panel(browser, tmp_path):
+    """MathML does not break lines: the chain rule of two long names was one 784 px line in
+    the 380 px panel.  Its factors wrap between them, and a formula still too wide scrolls in
+    its own box."""
+    x = gc.input("x", (3,))
+    h = gc.tanh(x).named("hidden_activation_after_the_first_layer")
+    e = gc.exp(h).named("exponential_of_the_hidden_activation")
+    page = open_page(browser, gc.explore(gc.sum(e * e).named("loss"),
+                                         values={"x": np.ones(3, np.float32)}),
+                     tmp_path, size=(1400, 850))
+    page.evaluate(f"graphc.selectEdge({e.name!r}, {h.name!r})")
+    widths = page.evaluate("""() => { const d = document.getElementById('details');
+      const right = d.getBoundingClientRect().right;
+      return [d.scrollWidth - d.clientWidth,
+              [...d.querySelectorAll('.formula')].map(f => f.getBoundingClientRect().right - right),
+              [...d.querySelectorAll('.terms math')].map(m =>
+                m.getBoundingClientRect().right - right)];
+    }""")
+    over, formulas, terms = widths
+    assert over == 0 and all(r <= 0 for r in formulas), widths
+    assert len(terms) == 3 and all(r <= 0 for r in terms), widths  # each factor seen whole
+    assert page.errors == []
