@@ -285,6 +285,15 @@ def _constant_text(a: np.ndarray) -> str:
     return f"<{a.size} values, mean {a.mean():.4g}>"
 
 
+def leaked(nodes) -> list[str]:
+    """What is wrong with each node of ``nodes`` made inside a scan's body and kept after
+    the scan returned (a placeholder fn was traced on)."""
+    return [f"{t.op.label.split('~')[0]} is made inside the body of a scan (the scan at "
+            f"{t.loc}) and was kept after it returned; a body's tensors exist only inside "
+            "it: return it as a carry or y of that scan"
+            for t in nodes if isinstance(t.op, Traced)]
+
+
 def check_graph(graph) -> Graph:
     """Check that a graph is well formed; raise :class:`GraphError` listing every problem.
 
@@ -306,10 +315,7 @@ def check_graph(graph) -> Graph:
         problems += _order_problems(graph.nodes, dfs, names)
     seen: dict[str, Tensor] = {}
     for t in dfs:
-        if isinstance(t.op, Traced):
-            problems.append(f"{names[id(t)]} is made inside the body of a scan (the scan at "
-                            f"{t.loc}) and was kept after it returned; a body's tensors "
-                            "exist only inside it: return it as a carry or y of that scan")
+        problems += leaked([t])
         if isinstance(t.op, Input):
             other = seen.setdefault(t.op.label, t)
             if other is not t:

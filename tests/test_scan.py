@@ -615,8 +615,9 @@ def test_a_tensor_leaked_out_of_one_body_into_another_is_an_error():
                        r"of another scan .*test_scan.py:\d+") as info:
         gc.scan(lambda c, x: (c + leak[0], c), q0, XS)
     assert "gc.scan(lambda c, x: (c + leak[0], c)" in str(info.value)
-    with pytest.raises(gc.GraphError, match="made inside the body of a scan"):
-        gc.compile(leak[0] * 2.0, backend="numpy")
+    for use in (lambda t: gc.compile(t, backend="numpy"), gc.render, gc.explore):
+        with pytest.raises(gc.GraphError, match="made inside the body of a scan"):
+            use(gc.sum(leak[0] * 2.0))
     nested = []  # a tensor of the enclosing body, used by a nested scan's body: fine
 
     def outer(h, x):
@@ -630,3 +631,16 @@ def test_a_tensor_leaked_out_of_one_body_into_another_is_an_error():
     for x in X:
         want = want + x * want
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_the_gradient_of_a_nested_scan_is_drawn():
+    # render labelled the backward's per-step residual outputs by a table that lacked them
+    # (KeyError: 'node')
+    W = gc.input("W", (2, 2), "float64")
+
+    def outer(h, x):
+        g, _ = gc.scan(lambda g, _: (gc.tanh(g @ W + x),) * 2, h, length=1)
+        return g, g
+    _, ys = gc.scan(outer, gc.input("h0", (2,), "float64"), gc.input("xs", (4, 2), "float64"))
+    source = gc.render([gc.grad(gc.sum(ys), W)]).source
+    assert "per step: body node" in source

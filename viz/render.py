@@ -18,9 +18,9 @@ from graphc.compiler import compile
 from graphc.dynamic import at_feed_shapes
 from graphc.errors import FeedError, GraphError, RenderError
 from graphc.gradcheck import GradCheckReport
-from graphc.graph import Graph, as_outputs, format_graph, node_kind, node_names
+from graphc.graph import Graph, as_outputs, format_graph, leaked, node_kind, node_names
 from graphc.inputs import Constant, Input, constant
-from graphc.ir import Tensor
+from graphc.ir import Tensor, located
 
 from . import labels
 from .labels import (
@@ -152,6 +152,8 @@ class _Builder:
     def __init__(self, outputs, values, check, collapse, direction=None):
         self.outputs = outputs
         self.graph = Graph(outputs)
+        if leaked(self.graph.nodes):
+            raise GraphError(located(leaked(self.graph.nodes)[0]))
         self.names = node_names(self.graph)
         self.scan_names: dict = {}  # each scan body's names (loops.ScanDrawing)
         self.values = values  # id(node) -> array, or None
@@ -217,7 +219,8 @@ class _Builder:
         name = names.get(id(t), t.name)
         if is_scan(t):
             kind_, i = t.op.out
-            what = {"carry": "final carry", "y": "ys", "cin": "carries in"}[kind_]
+            what = {"carry": "final carry", "y": "ys", "cin": "carries in",
+                    "node": "per step: body node"}[kind_]
             lines = [f"scan: {what} {i}", f"{name}: {shape}"]
         elif kind in ("input", "param"):
             lines = [f"{kind} {name}", shape]
