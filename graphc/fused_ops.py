@@ -46,6 +46,7 @@ from .errors import DTypeError
 from .inputs import constant
 from .ir import Op, Tensor
 from .shape_ops import broadcast_to, reshape_to, unbroadcast
+from .upstream_product import product_op
 
 # A step argument: ("in", j) the group's j-th input, ("step", s) an earlier step's value,
 # ("const", value) a number in the group's dtype.
@@ -216,15 +217,18 @@ class FusedGroup:
         return bound, [values[o.step] for o in outputs]
 
     # -- derivatives ------------------------------------------------------------------------
-    def derivative(self, step: int, j: int) -> FusedGroup | None:
+    def derivative(self, step: int, j: int, seeded: bool = False) -> FusedGroup | None:
         """d(step) / d(input j) as a one-output group over the same inputs, or None if it
         is zero.  Reverse-mode chain rule over the steps, each step's local derivative
-        being its op's SymPy-derived ``local_def`` (as autodiff builds for unfused ops)."""
+        being its op's SymPy-derived ``local_def`` (as autodiff builds for unfused ops).
+        ``seeded``: the group takes one more input, the upstream gradient g, and
+        gives g · d(step)/d(input j) with g entering the chain at ``step``: each local
+        meets it as in autodiff (g / x for log' = 1/x, finite at a subnormal x)."""
         depends = self._depends_on(j)
         if step not in depends:
             return None
         b = _Builder(list(self.steps))
-        adjoint: dict[int, Ref] = {step: ("const", 1.0)}
+        adjoint: dict[int, Ref] = {step: ("in", self.arity) if seeded else ("const", 1.0)}
         total = None
         for s in sorted(self.needed((step,)), reverse=True):
             upstream = adjoint.pop(s, None)
@@ -246,7 +250,7 @@ class FusedGroup:
                     adjoint[ref[1]] = part if old is None else b.add(old, part)
         if total is None:
             return None
-        return b.group(total, self.dtype, self.input_dtypes)
+        return b.group(total, self.dtype, self.input_dtypes + (self.dtype,) * seeded)
 
     def _depends_on(self, j: int) -> set[int]:
         out = set()
@@ -296,13 +300,15 @@ class _Builder:
         return self.step(ew.mul, (), [a, b])
 
     def product(self, g: Ref, local: Ref) -> Ref:
-        """``g * local``, as autodiff's: 0 on a 0 branch of a piecewise local (clip's at
-        |x| > 1) whatever ``g`` holds, inf included (``masked_product``)."""
+        """``g * local``, as autodiff's (:func:`graphc.upstream_product.product_op`): 0 on a
+        0 branch of a piecewise local (clip's at |x| > 1) whatever ``g`` holds, inf
+        included, and ``(g n) / d`` for a quotient n/d (log' = 1/x)."""
         st = self.steps[local[1]] if local[0] == "step" else None
-        masked = st.fn.masked_product() if st is not None else None
-        if masked is None:
+        rule = product_op(st.fn) if st is not None else None
+        if rule is None:
             return self.mul(g, local)
-        return self.step(masked, st.params, [local, *st.args, g])
+        op, reads_local = rule
+        return self.step(op, st.params, [local] * reads_local + [*st.args, g])
 
     def add(self, a: Ref, b: Ref) -> Ref:
         return self.step(ew.add, (), [a, b])
@@ -404,14 +410,13 @@ class Fused(Op):
     def vjp(self, z, g, k):
         out = self.out
         x = z.inputs[k]
-        dgroup = self.group.derivative(out.step, k)
+        dgroup = self.group.derivative(out.step, k, seeded=True)
         shape = np.broadcast_shapes(*(t.shape for t in z.inputs))
         if dgroup is None:  # the output does not depend on this input
             return broadcast_to(_zero(x), x.shape)
-        local = Tensor.make(Fused(dgroup, 0), z.inputs)
         if out.reduce is not None:
             g = reshape_to(g, reduced_shape(shape, out.reduce, True))
-        return unbroadcast(g * local, x.shape)
+        return unbroadcast(Tensor.make(Fused(dgroup, 0), [*z.inputs, g]), x.shape)
 
 
 def _zero(x: Tensor) -> Tensor:

@@ -10,7 +10,9 @@ sum of the contributions of its users (fan-out accumulates with ``add``).  For t
 
 - elementwise ops: downstream = upstream * local, with ``local`` = dz/dx an elementwise
   node built from the op's SymPy-derived derivative (sigmoid: ``y * (1 - y)``), and the
-  product summed back over broadcast axes (:func:`graphc.structured_ops.unbroadcast`);
+  product (masked on a 0 branch, ``(g n) / d`` for a quotient:
+  :mod:`graphc.upstream_product`) summed back over broadcast axes
+  (:func:`graphc.structured_ops.unbroadcast`);
 - structured ops: their ``vjp`` rule, declared next to their shape rule;
 - scans: one backward scan for all the outputs of a scan instance
   (:func:`graphc.bptt.scan_vjp`, handed this module's :func:`backward` for the body).
@@ -40,6 +42,7 @@ from graphc.inputs import Input, constant
 from graphc.ir import Tensor, iter_nodes, located
 from graphc.scan import siblings
 from graphc.shape_ops import unbroadcast
+from graphc.upstream_product import product_op
 
 
 @dataclass(frozen=True)
@@ -188,12 +191,13 @@ def _edge(z: Tensor, k: int, g: Tensor) -> tuple[Tensor | None, Tensor | None, s
         if local is None:
             return None, None, "0", ""
         formula = z.op.fn.derivatives_text[k]
-        masked = local.op.fn.masked_product() if isinstance(local.op, Elementwise) else None
+        rule = product_op(local.op.fn) if isinstance(local.op, Elementwise) else None
         if local.op == constant(1.0, dtype=z.dtype).op:
             product = g
-        elif masked is not None:  # 0 where local is on a 0 branch, even at g = inf
-            product = Tensor.make(Elementwise(masked, local.op.params, z.dtype),
-                                  [local, *local.inputs, g])
+        elif rule is not None:  # masked (0 on a 0 branch, even at g = inf) or (g n) / d
+            op, reads_local = rule
+            product = Tensor.make(Elementwise(op, local.op.params, z.dtype),
+                                  [local] * reads_local + [*local.inputs, g])
         else:
             product = g * local
         return local, unbroadcast(product, x.shape), formula, ""

@@ -462,3 +462,34 @@ def test_signed_zeros_of_maximum_minimum_and_elu_follow_numpy(backend, dtype):
     np.testing.assert_array_equal(got, [-np.inf, np.inf])  # torch's elu too
     np.testing.assert_array_equal(relu, [-np.inf, np.inf])
     np.testing.assert_array_equal(sign, [np.inf, np.inf])
+
+
+QUOTIENTS = {  # ops whose local derivative is a quotient, and a float32 subnormal x where
+    # 1/x overflows but the gradient 0.25 * local does not
+    "log": (gc.log, torch.log, lambda x: 1 / x, 1e-39),
+    "log2": (gc.log2, torch.log2, lambda x: 1 / (x * np.log(2)), 1.5e-39),
+    "log10": (gc.log10, torch.log10, lambda x: 1 / (x * np.log(10)), 1e-39),
+    "div_a": (lambda x: x / 1e-39, lambda x: x / 1e-39, lambda x: 1 / 1e-39 + 0 * x, 1.0),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("name", list(QUOTIENTS))
+def test_a_quotient_derivative_meets_the_upstream_before_its_division(name, fused, backend):
+    # g * (1/x) at x = 1e-39 in float32 is 0.25 * inf = inf; torch divides, g / x, which is
+    # 2.5e38 and finite: a local derivative n/d is applied as (g * n) / d
+    ours, theirs, exact, tiny = QUOTIENTS[name]
+    X = np.array([tiny, 2e-39, 1.0, 3.0], np.float32)
+    x = gc.input("x", (4,))
+    y = gc.mean(ours(x))
+    if fused:  # fusing before autodiff: the fused group's derivative takes the same rule
+        from graphc.passes.fusion import fusion
+        y = fusion(gc.Graph(y)).outputs[0]
+    got = gc.compile(gc.grad(y, x), backend=backend)(x=X)
+    t = torch.tensor(X, requires_grad=True)
+    theirs(t).mean().backward()
+    want = exact(X.astype(np.float64)) / 4
+    assert np.isfinite(want).all() and np.isfinite(t.grad.numpy()).all()
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
