@@ -9,7 +9,8 @@
   the kinks of the form's pieces (silu'' at 0 is 1/2: silu is evaluated with exp(-|x|));
 - :func:`cse`: ``sympy.cse`` that leaves a quotient a division (:func:`keep_divisions`);
 - :func:`in_terms_of_output`: the derivative written on the op's output y (sigmoid' =
-  y(1 - y), ReLU' = [y > 0]), accepted only when SymPy proves it (:func:`proves_on_output`).
+  y(1 - y), ReLU' = [y > 0]), accepted only when SymPy proves it (:func:`proves_on_output`)
+  and it evaluates alike, y computed in float32 and float64 (:func:`evaluates_alike`).
 
 >>> import sympy as sp
 >>> a, b = sp.symbols("a b", real=True)
@@ -213,9 +214,16 @@ def check_stable(name: str, expr: sp.Expr, stable: sp.Expr, params: dict) -> Non
 
 
 _PROBES = (0.0, 0.5, -0.5, 2.0, -2.0, 1e19, -1e19, 1e30, -1e30)
+# and, for a form written on the op's output, tiny values: float32 subnormals (1e-40, 1e-45)
+# and float64 ones (1e-310, 5e-324, 0 in float32), where an output that underflows changes
+# the form's value (half_relu' as [y > 0] is 0 at x = 5e-324, where y = x/2 is 0, and not
+# the derivative's 1/2).  Not for forms in the arguments alone: there pow's a**(b - 1) b
+# would be refused (inf at a = 1e-310, b = 1e-30, where a**b b / a is finite), and a**b b / a
+# is inf wherever a**b overflows (x**2 at x = 1e20 in float32, where 2x is finite).
+_TINY = (1e-30, -1e-30, 1e-40, -1e-40, 1e-45, -1e-45, 1e-310, -1e-310, 5e-324, -5e-324)
 
 
-def evaluates_alike(expr: sp.Expr, candidate: sp.Expr) -> bool:
+def evaluates_alike(expr: sp.Expr, candidate: sp.Expr, output=None) -> bool:
     """Whether ``candidate``, a form SymPy holds equal to ``expr``, also evaluates like it
     in NumPy's arithmetic: at every combination of probe points of up to three symbols (0,
     both signs of 0.5, 2, 1e19 and 1e30), finite wherever ``expr`` is, in float32
@@ -223,14 +231,20 @@ def evaluates_alike(expr: sp.Expr, candidate: sp.Expr) -> bool:
     of the two: a**(b - 1) b where a**b b / a underflows).  SymPy's equality is over the complex
     numbers: d/dx sqrt(|x|) became x / (2 |x**(3/2)|), NaN for every x < 0 on the reals,
     and b**2 / (a + b)**2 overflows at b = 2e19 in float32 where the derivative of
-    a b / (a + b) does not.  A form that cannot be evaluated is not taken."""
-    symbols = sorted(expr.free_symbols | candidate.free_symbols, key=str)
+    a b / (a + b) does not.  ``output``, a pair (y, f): ``candidate`` is written on the
+    op's output y = f(symbols), fed f's value in the same dtype, as a backend does (the
+    rounding of y counts: (1 - y)**2 for (x / (1 + x))' is 0 at x = 1e19, where y is 1),
+    and the probes include both signs of the tiny 1e-30, 1e-40, 1e-45, 1e-310 and 5e-324.
+    A form that cannot be evaluated is not taken."""
+    y = output[0] if output is not None else None
+    symbols = sorted((expr.free_symbols | candidate.free_symbols) - {y}, key=str)
     if len(symbols) > 3:
         return False
-    grid = np.meshgrid(*[np.array(_PROBES)] * len(symbols), indexing="ij")
+    probes = _PROBES + (_TINY if output is not None else ())
+    grid = np.meshgrid(*[np.array(probes)] * len(symbols), indexing="ij")
     for modules in (["numpy"], ["numpy", "scipy"]):  # SciPy only for what NumPy lacks (erf)
         try:
-            return _alike(symbols, grid, expr, candidate, modules)
+            return _alike(symbols, grid, expr, candidate, modules, output)
         except NameError:
             continue
         except Exception:  # noqa: BLE001 -- SymPy's or NumPy's: any failure keeps expr
@@ -238,9 +252,16 @@ def evaluates_alike(expr: sp.Expr, candidate: sp.Expr) -> bool:
     return False
 
 
-def _alike(symbols, grid, expr, candidate, modules) -> bool:
+def _alike(symbols, grid, expr, candidate, modules, output=None) -> bool:
     """:func:`evaluates_alike` with ``lambdify``'s ``modules``."""
     f, g = (sp.lambdify(symbols, e, modules=modules) for e in (expr, candidate))
+    if output is not None:  # candidate(symbols, y), with y = output's f(symbols)
+        on_y = sp.lambdify([*symbols, output[0]], candidate, modules=modules)
+        value = sp.lambdify(symbols, output[1], modules=modules)
+
+        def g(*args):
+            y = np.broadcast_to(np.asarray(value(*args)), args[0].shape if args else ())
+            return on_y(*args, y.astype(args[0].dtype if args else np.float64))
     for dtype in (np.float32, np.float64):
         args = [a.ravel().astype(dtype) for a in grid]
         shape = args[0].shape if args else ()
@@ -258,8 +279,10 @@ _SAMPLES = (-2.3, -1.7, -1.1, -0.6, -0.25, 0.3, 0.7, 1.2, 1.9, 2.6, 3.4)
 
 
 def in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp.Expr:
-    """d(x) rewritten as P(y) with y = f(x), when that is cheaper and SymPy proves
-    d(x) = P(f(x)) on the whole real line (:func:`proves_on_output`); else d(x).  P is
+    """d(x) rewritten as P(y) with y = f(x), when that is cheaper, SymPy proves
+    d(x) = P(f(x)) on the whole real line (:func:`proves_on_output`) and P(y) evaluates
+    like d(x) with y rounded to float32 and float64 (:func:`evaluates_alike`); else d(x).
+    P is
     found by least squares over span{1, y, y^2, 1/y} (sigmoid' = y(1 - y)), or, for a
     piecewise-constant derivative, by reading its conditions on y (ReLU' = [y > 0])."""
     if d.free_symbols != {x} or not simplifiable(d):
@@ -271,13 +294,15 @@ def in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp
         if candidate is None or cost(candidate) >= cost(d) or \
                 _refuted(f, d, x, y, candidate):
             return d
-    return candidate if proves_on_output(f, d, x, y, candidate) else d
+    return candidate if proves_on_output(f, d, x, y, candidate) and \
+        evaluates_alike(d, candidate, (y, f)) else d
 
 
 def ratio_to_output(f: sp.Expr, d: sp.Expr, y: sp.Symbol) -> sp.Expr:
     """d, a derivative of an op of several arguments, as ``(d / f) * y`` with y = f when
-    that is cheaper, SymPy proves the two equal, and the new form divides by nothing
-    that f itself does not divide by (so it is singular only where f is undefined); else
+    that is cheaper, SymPy proves the two equal, the new form divides by nothing
+    that f itself does not divide by (so it is singular only where f is undefined), and
+    it evaluates alike with y rounded (:func:`evaluates_alike`); else
     d.  For a / b: d/db = -a/b**2 becomes -y/b, which neither overflows nor underflows
     where a/b is finite (b**2 does: b = 1e20 in float32, b = 1e-40 with a = 0 gave NaN);
     a * b or a ** b keep theirs (y/a would divide by a)."""
@@ -288,7 +313,8 @@ def ratio_to_output(f: sp.Expr, d: sp.Expr, y: sp.Symbol) -> sp.Expr:
         below = sp.fraction(sp.together(candidate))[1]
         allowed = sp.fraction(sp.together(f))[1]
         if cost(candidate) >= cost(d) or sp.cancel(allowed / below).as_numer_denom()[1] \
-                .free_symbols or sp.simplify(candidate.subs(y, f) - d) != 0:
+                .free_symbols or sp.simplify(candidate.subs(y, f) - d) != 0 or \
+                not evaluates_alike(d, candidate, (y, f)):
             return d
     except (TypeError, ValueError, NotImplementedError, ArithmeticError,
             sp.PolynomialError):

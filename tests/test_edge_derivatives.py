@@ -166,6 +166,30 @@ def test_rewrite_on_the_output_needs_a_proof():
     assert gc.relu.derivatives == (sp.Piecewise((1, gc.relu.out > 0), (0, True)),)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_output_form_must_also_evaluate_where_the_output_underflows(backend, dtype):
+    # proven over the reals, half_relu' = [y > 0] is wrong where y = x/2 underflows: at the
+    # smallest subnormal x, y = 0 and the gradient was 0 where torch and the exact value are
+    # 1/2.  The output form is now also evaluated at tiny probes, with y rounded, and refused
+    half = gc.elementwise("t_edge_half_relu", lambda a: sp.Piecewise((a / 2, a > 0), (0, True)))
+    tiny = np.finfo(dtype).smallest_subnormal
+    X = np.array([tiny, 10 * tiny, 1.0, -1.0], dtype)
+    x = gc.input("x", (4,), dtype)
+    got = gc.compile(gc.grad(gc.sum(half(x)), x), backend=backend)(x=X)
+    (want,) = torch_grads(lambda t: torch.relu(t) / 2, X.astype(np.float64))
+    np.testing.assert_array_equal(got, want.astype(dtype))
+    np.testing.assert_array_equal(got, [0.5, 0.5, 0.5, 0.0])
+    assert half.out not in half.derivatives[0].free_symbols
+    (a,) = half.args
+    d = half.derivatives[0]
+    assert not derivation.evaluates_alike(d, d.subs(a, half.out), (half.out, half.expr))
+    # the built-ins keep the output forms they had (proven, and alike at the tiny probes)
+    for name in ("sigmoid", "tanh", "exp", "expm1", "relu", "relu6", "sqrt", "reciprocal",
+                 "tan", "div"):
+        op = ew.REGISTRY[name]
+        assert op.out in op.derivatives[-1].free_symbols, name
+
 # ---------------------------------------------------------------------------------------
 # 4. declaration: bounded simplification, refusals, floor/ceiling
 
