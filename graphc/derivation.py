@@ -282,17 +282,22 @@ def in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp
     """d(x) rewritten as P(y) with y = f(x), when that is cheaper, SymPy proves
     d(x) = P(f(x)) on the whole real line (:func:`proves_on_output`) and P(y) evaluates
     like d(x) with y rounded to float32 and float64 (:func:`evaluates_alike`); else d(x).
-    P is
-    found by least squares over span{1, y, y^2, 1/y} (sigmoid' = y(1 - y)), or, for a
-    piecewise-constant derivative, by reading its conditions on y (ReLU' = [y > 0])."""
+    P is found by least squares over span{1, y, y^2, 1/y} (sigmoid' = y(1 - y)), then, if
+    that gives none, with y^3 too (rsqrt' = -y^3/2, NaN wherever rsqrt is: -1/(2 x^(3/2))
+    is -0 at x = -inf), or, for a piecewise-constant derivative, by reading its conditions
+    on y (ReLU' = [y > 0])."""
     if d.free_symbols != {x} or not simplifiable(d):
         return d
     if isinstance(d, sp.Piecewise):
         candidate = d.xreplace({x: y})
     else:
-        candidate = _fit_on_output(f, d, x, y)
-        if candidate is None or cost(candidate) >= cost(d) or \
-                _refuted(f, d, x, y, candidate):
+        for cubic in (False, True):  # y^3 only where the smaller basis fits nothing: the
+            # larger one fits exp(2x)' = 2y with noise, which a sample then refutes
+            candidate = _fit_on_output(f, d, x, y, cubic)
+            if candidate is not None and cost(candidate) < cost(d) and \
+                    not _refuted(f, d, x, y, candidate):
+                break
+        else:
             return d
     return candidate if proves_on_output(f, d, x, y, candidate) and \
         evaluates_alike(d, candidate, (y, f)) else d
@@ -335,8 +340,8 @@ def _refuted(f, d, x, y, candidate) -> bool:
     return False
 
 
-def _fit_on_output(f, d, x, y):
-    basis = (sp.S.One, y, y**2, 1 / y)
+def _fit_on_output(f, d, x, y, cubic=False):
+    basis = (sp.S.One, y, y**2, 1 / y) + ((y**3,) if cubic else ())
     rows, rhs = [], []
     for v in _SAMPLES:
         try:
@@ -344,9 +349,9 @@ def _fit_on_output(f, d, x, y):
         except (TypeError, ValueError, ArithmeticError):  # outside the domain of f or d
             continue
         if fv.imag or dv.imag or not (math.isfinite(fv.real) and math.isfinite(dv.real)) \
-                or fv.real == 0 or abs(fv.real) > 1e150:  # (its square would overflow)
+                or fv.real == 0 or abs(fv.real) > 1e100:  # (its cube would overflow)
             continue
-        rows.append([1.0, fv.real, fv.real ** 2, 1.0 / fv.real])
+        rows.append([1.0, fv.real, fv.real ** 2, 1.0 / fv.real] + [fv.real ** 3] * cubic)
         rhs.append(dv.real)
     if len(rows) < 6:
         return None

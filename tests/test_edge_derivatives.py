@@ -517,3 +517,19 @@ def test_a_quotient_derivative_meets_the_upstream_before_its_division(name, fuse
     assert np.isfinite(want).all() and np.isfinite(t.grad.numpy()).all()
     np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-6)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rsqrt_gradient_is_nan_where_its_value_is(backend, dtype):
+    # rsqrt' = -1/(2 x**1.5) was -0 at x = -inf, where rsqrt is NaN (pow(-inf, 1.5) is inf):
+    # written on the output, -y**3/2 (torch's formula), it is NaN there as the value is
+    assert ew.rsqrt.derivatives == (-ew.rsqrt.out ** 3 / 2,)
+    X = np.array([-np.inf, -4.0, -0.0, 0.0, 1e-30, 4.0, np.inf], dtype)
+    x = gc.input("x", X.shape, dtype)
+    y = gc.rsqrt(x)
+    value, got = gc.compile([y, gc.grad(gc.sum(y), x)], backend=backend)(x=X)
+    t = torch.tensor(X, requires_grad=True)
+    torch.rsqrt(t).sum().backward()
+    np.testing.assert_array_equal(got, t.grad.numpy())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(value))
