@@ -50,6 +50,8 @@ _BASE, _STEP = 1009, 74
 _DIVISIBLE = (2520, 443520)  # multiples of 1, ..., 10 and of 1, ..., 12, 16, 32, 64, 128
 _SMALL = (0, 2)
 _HOLDERS = itertools.count()
+
+
 class _Pins(dict):
     """The sizes dynamic dimensions (by name; None is one name) stand for while a scan's
     body is traced; ``probe``: probing a dynamic scan, where a name met for the first time

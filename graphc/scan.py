@@ -55,7 +55,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .dynamic import has_dynamic, is_dynamic, pin, pinned, probing, stand_ins
+from .dynamic import defer, has_dynamic, is_dynamic, pin, pinned, probing, stand_ins
 from .errors import DTypeError, GraphError, ShapeError
 from .graph import Graph
 from .inputs import Input, Traced
@@ -477,7 +477,6 @@ def _dynamic_scan(fn, init, xs, init_single, kwargs):
     """:func:`scan` on operands with dynamic dimensions: one deferred node per output, each
     replaying the whole scan on the fed shapes (the replays hash-cons to one loop).  The
     outer tensors ``fn`` closes over are operands of those nodes, so gradients reach them."""
-    from .dynamic import defer
     n_carry = 1 if init_single else len(init)
     probe = stand_ins((init, xs), every=True)  # what fn closes over is all but these
     with pinned(list(_leaves((init, xs))), list(_leaves(probe)), probe=True):
