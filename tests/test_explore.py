@@ -733,6 +733,7 @@ def test_the_forward_only_note_stays_after_a_click(browser, tmp_path):
     page = open_page(browser, gc.explore([h, gc.sum(h)], values={"x": np.ones(3, np.float32)}),
                      tmp_path, size=(1400, 850))
     note = "Forward graph only: the first output, h (3 float32), is not a float scalar loss"
+    assert "orange" not in page.inner_text("#details")  # it has no backward edges
     h_id = next(n["id"] for n in page.evaluate("graphc.nodes()") if n["name"] == "h")
     page.click(f'.node[data-n="{h_id}"]')
     assert page.inner_text("#details h3") == "h" and note in page.inner_text("#details")
@@ -767,3 +768,13 @@ def test_a_long_chain_rule_stays_inside_the_details_panel(browser, tmp_path):
     assert over == 0 and all(r <= 0 for r in formulas), widths
     assert len(terms) == 3 and all(r <= 0 for r in terms), widths  # each factor seen whole
     assert page.errors == []
+
+
+def test_the_local_derivative_names_each_symbol_as_the_graph_does():
+    # SymPy's MathML set hidden_activation as "hidden" with a subscript "activation"
+    x = gc.input("x", (3,))
+    h = gc.tanh(x).named("hidden_activation")
+    e = gc.exp(h).named("e2")
+    page = gc.explore(gc.sum(e).named("loss"), values={"x": np.ones(3, np.float32)}).html()
+    assert r"<mi>hidden_activation<\/mi>" in page and r"<mi>e2<\/mi>" in page
+    assert "<msub>" not in page

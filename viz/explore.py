@@ -291,7 +291,14 @@ class _Page:
 
 
 class _MathML(MathMLPresentationPrinter):
-    """SymPy's presentation MathML, with piecewise functions written as cases."""
+    """SymPy's presentation MathML, with piecewise functions written as cases and each
+    symbol named as in the graph (SymPy would set ``hidden_act`` as hidden with a subscript
+    act, and ``h2`` as h with a subscript 2)."""
+
+    def _print_Symbol(self, sym, style="plain"):
+        node = self.dom.createElement("mi")
+        node.appendChild(self.dom.createTextNode(sym.name))
+        return node
 
     def _print_Piecewise(self, expr):
         """Built as elements, not parsed from text: SymPy's text of a piece holds entities
