@@ -291,9 +291,10 @@ def in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp
     if isinstance(d, sp.Piecewise):
         candidate = d.xreplace({x: y})
     else:
+        samples = _samples_on_output(f, d, x)
         for cubic in (False, True):  # y^3 only where the smaller basis fits nothing: the
             # larger one fits exp(2x)' = 2y with noise, which a sample then refutes
-            candidate = _fit_on_output(f, d, x, y, cubic)
+            candidate = _fit_on_output(samples, y, cubic)
             if candidate is not None and cost(candidate) < cost(d) and \
                     not _refuted(f, d, x, y, candidate):
                 break
@@ -340,22 +341,29 @@ def _refuted(f, d, x, y, candidate) -> bool:
     return False
 
 
-def _fit_on_output(f, d, x, y, cubic=False):
-    basis = (sp.S.One, y, y**2, 1 / y) + ((y**3,) if cubic else ())
-    rows, rhs = [], []
+def _samples_on_output(f, d, x) -> list[tuple[float, float]]:
+    """(f(v), d(v)) at the sample points where both are real, finite and f is neither 0
+    nor so large that its cube would overflow."""
+    out = []
     for v in _SAMPLES:
         try:
             fv, dv = complex(f.subs(x, v).evalf()), complex(d.subs(x, v).evalf())
         except (TypeError, ValueError, ArithmeticError):  # outside the domain of f or d
             continue
         if fv.imag or dv.imag or not (math.isfinite(fv.real) and math.isfinite(dv.real)) \
-                or fv.real == 0 or abs(fv.real) > 1e100:  # (its cube would overflow)
+                or fv.real == 0 or abs(fv.real) > 1e100:
             continue
-        rows.append([1.0, fv.real, fv.real ** 2, 1.0 / fv.real] + [fv.real ** 3] * cubic)
-        rhs.append(dv.real)
-    if len(rows) < 6:
+        out.append((fv.real, dv.real))
+    return out
+
+
+def _fit_on_output(samples, y, cubic=False):
+    basis = (sp.S.One, y, y**2, 1 / y) + ((y**3,) if cubic else ())
+    if len(samples) < 6:
         return None
-    coef = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
+    rows = [[1.0, fv, fv ** 2, 1.0 / fv] + [fv ** 3] * cubic for fv, _ in samples]
+    coef = np.linalg.lstsq(np.array(rows), np.array([dv for _, dv in samples]),
+                           rcond=None)[0]
     candidate = sum(sp.nsimplify(round(c, 9), rational=True) * b for c, b in zip(coef, basis))
     try:  # Horner form: y*(1 - y) rather than -y**2 + y
         return min((candidate, sp.horner(candidate)), key=cost)
