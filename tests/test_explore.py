@@ -778,3 +778,66 @@ def test_the_local_derivative_names_each_symbol_as_the_graph_does():
     page = gc.explore(gc.sum(e).named("loss"), values={"x": np.ones(3, np.float32)}).html()
     assert r"<mi>hidden_activation<\/mi>" in page and r"<mi>e2<\/mi>" in page
     assert "<msub>" not in page
+
+
+@needs_browser
+def test_a_small_tensor_is_shown_element_by_element(browser, tmp_path):
+    """A 3 x 3 weight showed only its mean, norm, min and max (full values stopped at 8
+    elements); up to 64 elements the details list every one, a row of the last axis a line."""
+    P = gc.param("P", (3, 3))
+    p = np.random.default_rng(9).normal(size=(3, 3)).astype(np.float32)
+    g = 1 - np.tanh(p.astype(np.float64)) ** 2
+    page = open_page(browser, gc.explore(gc.sum(gc.tanh(P)), values={"P": p}), tmp_path)
+    page.evaluate("graphc.select('P')")
+    lines = [line for el in page.query_selector_all("#details .num.all")
+             for line in el.inner_text().split("\n")]
+    assert len(lines) == 2 * 3  # the value's rows, then the gradient's
+    for row, text in zip(np.concatenate([p, g]), lines):
+        assert [float(v) for v in text.strip("[]").split(", ")] == pytest.approx(row, rel=5e-4)
+    big = gc.input("big", (65,))
+    page = open_page(browser, gc.explore(gc.sum(big * 2.0), values={"big": np.ones(65)}),
+                     tmp_path)
+    page.evaluate("graphc.select('big')")
+    assert "mean 1" in page.inner_text("#details") and page.query_selector(".num.all") is None
+    assert page.errors == []
+
+
+@needs_browser
+def test_a_scans_details_list_its_operands_with_their_local_derivatives(browser, tmp_path):
+    """select() on a scan listed only the body output it is drawn from, with the local
+    derivative of the scan's first operand under that name; now h0, xs and Wh, each with its
+    edge's, and the body output apart."""
+    xs, h0, Wh = gc.input("xs", (5, 2)), gc.input("h0", (2,)), gc.param("Wh", (2, 2))
+    _, ys = gc.scan(lambda h, xt: (gc.tanh(h @ Wh + xt),) * 2, h0, xs)
+    feeds = {"xs": np.ones((5, 2), np.float32), "h0": np.zeros(2, np.float32),
+             "Wh": np.eye(2, dtype=np.float32)}
+    page = open_page(browser, gc.explore(gc.sum(ys), values=feeds), tmp_path)
+    scan = page.evaluate("graphc.nodes().find(n => n.op === 'scan').id")
+    page.evaluate(f"graphc.select({scan!r})")
+    text = page.inner_text("#details")
+    for name in ("h0", "xs", "Wh"):
+        assert re.search(rf"← {name} local ∂\S+/∂{name} = ", text), text
+    assert "from the body\ttanh" in text
+    page.evaluate(f"graphc.selectEdge('tanh', {scan!r})")
+    assert "not a float scalar loss" not in page.inner_text("#details")
+    assert page.errors == []
+
+
+@needs_browser
+def test_step_zero_shows_no_computed_values(browser, tmp_path):
+    """At step 0 ("nothing computed yet") the ops' values were drawn, greyed; an op's value
+    appears at the step that computes it, the inputs' from the start."""
+    w, x, b = (gc.input(n, ()) for n in "wxb")
+    y = gc.tanh(w * x + b)
+    page = open_page(browser, gc.explore(y, values={"w": 0.5, "x": 2.0, "b": 0.1}), tmp_path)
+    ids = {n["name"]: n["id"] for n in page.evaluate("graphc.nodes()")}
+    shown = ("id => getComputedStyle(document.querySelector("
+             "`.node[data-n=\"${CSS.escape(id)}\"] text.t4`)).visibility")
+    page.evaluate("graphc.step(0)")
+    assert page.evaluate(shown, ids["w"]) == "visible"
+    assert {page.evaluate(shown, ids[n]) for n in ("mul", "add", "tanh")} == {"hidden"}
+    page.evaluate("graphc.step(1)")
+    assert [page.evaluate(shown, ids[n]) for n in ("mul", "add")] == ["visible", "hidden"]
+    page.evaluate("graphc.step(3)")
+    assert page.evaluate(shown, ids["tanh"]) == "visible"
+    assert page.errors == []

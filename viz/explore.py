@@ -30,6 +30,9 @@ from .loops import ScanDrawing, body_labels, body_values, first_step, instances,
 from .render import _Builder, _evaluate, _shape, wrt_tensors
 
 HIST_BINS = 16
+# The details show every element of a tensor of up to this many (a 3 x 3 weight, a row of 10
+# logits), beside its summary; diagram labels stop at 8 (labels.number)
+ALL_SHOWN = 64
 
 
 class Explorer:
@@ -186,8 +189,10 @@ class _Page:
         for t in drawing.outputs:
             kind, i = t.op.out
             src = {"carry": loop.new_carry, "y": loop.ys, "cin": loop.carry}[kind][i]
-            nodes[next(k for k, n in enumerate(nodes) if n["id"] == self.ids[id(t)])][
-                "inputs"] = [ids[id(src)]]
+            node = nodes[next(k for k, n in enumerate(nodes) if n["id"] == self.ids[id(t)])]
+            # drawn from the body's output; the details list the scan's operands, each edge
+            # with its local derivative
+            node["operands"], node["inputs"] = node["inputs"], [ids[id(src)]]
         nodes[first:first] = body
         if self.result is None:
             return
@@ -208,7 +213,7 @@ class _Page:
         if a is None:
             return None
         a = np.asarray(a)
-        return {"text": number(a, FULL), "hist": _histogram(a)}
+        return {"text": number(a, FULL), "hist": _histogram(a), "all": _elements(a)}
 
     def node(self, t, ids=None, name=None, group=None) -> dict:
         """``t`` for the page; ``ids``, ``name`` and ``group`` for a scan body's nodes."""
@@ -223,7 +228,8 @@ class _Page:
             group = self.shared_scope(t) if isinstance(t.op, Constant) else t.scope
         value = self.value(t)
         if value is None and isinstance(t.op, Constant):
-            value = {"text": number(t.op.value.array, FULL), "hist": None}
+            array = np.asarray(t.op.value.array)
+            value = {"text": number(array, FULL), "hist": None, "all": _elements(array)}
         return {"id": ids[id(t)], "name": name or b.name(t),
                 "op": t.op.name if kind == "op" else kind, "attrs": attrs, "kind": kind,
                 "group": group or None, "shape": list(t.shape), "dtype": t.dtype,
@@ -318,6 +324,20 @@ class _MathML(MathMLPresentationPrinter):
         table = element("mtable", *rows)
         table.setAttribute("columnalign", "left")
         return element("mrow", element("mo", text="{"), table)
+
+
+def _elements(a: np.ndarray) -> list[str] | None:
+    """Every element of a tensor of 9 to ALL_SHOWN elements to 4 significant digits, one
+    line per row of its last axis (``[0.5, -1, 2]``); None for others (a tensor of at most
+    8 is in its summary text already).
+
+    >>> _elements(np.arange(12.0).reshape(3, 4) / 3)
+    ['[0, 0.3333, 0.6667, 1]', '[1.333, 1.667, 2, 2.333]', '[2.667, 3, 3.333, 3.667]']
+    """
+    if not 8 < a.size <= ALL_SHOWN:
+        return None
+    rows = a.reshape(-1, a.shape[-1])
+    return ["[" + ", ".join(number(v) for v in row) + "]" for row in rows]
 
 
 def _histogram(a: np.ndarray) -> dict | None:
