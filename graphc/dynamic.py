@@ -83,9 +83,21 @@ def pinned(olds, news, probe: bool = False):
                  if d is None or isinstance(d, str))
     _PINNED.append(sizes)
     try:
-        yield
+        yield sizes
     finally:
         _PINNED.pop()
+
+
+def unpinned(err: GraphError, sizes: dict) -> GraphError:
+    """``err``, raised while probing at stand-in ``sizes`` ({name: size}; None is one
+    name), with each stand-in size in a shape or a length said as the user wrote it:
+    ``xs[0] (None, 2)``, not ``(1009, 2)``, a size nobody fed."""
+    names = {n: d for d, n in sizes.items()}
+    said = lambda m: repr(names[int(m[0])]) if int(m[0]) in names else m[0]  # noqa: E731
+    text = re.sub(r"\((?:\d+, )*\d+,?\)",
+                  lambda shape: re.sub(r"\d+", said, shape[0]), str(err))
+    text = re.sub(r"(?<=length )\d+", said, text)
+    return err if text == str(err) else type(err)(text)
 
 
 def pin(shape) -> tuple:

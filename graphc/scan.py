@@ -55,7 +55,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .dynamic import defer, has_dynamic, is_dynamic, pin, pinned, probing, stand_ins
+from .dynamic import defer, has_dynamic, is_dynamic, pin, pinned, probing, stand_ins, unpinned
 from .errors import DTypeError, GraphError, ShapeError
 from .graph import Graph
 from .inputs import Input, Traced
@@ -479,8 +479,11 @@ def _dynamic_scan(fn, init, xs, init_single, kwargs):
     outer tensors ``fn`` closes over are operands of those nodes, so gradients reach them."""
     n_carry = 1 if init_single else len(init)
     probe = stand_ins((init, xs), every=True)  # what fn closes over is all but these
-    with pinned(list(_leaves((init, xs))), list(_leaves(probe)), probe=True):
-        carry, ys = scan(fn, *probe, **kwargs)  # what fn returns, and its errors, once
+    with pinned(list(_leaves((init, xs))), list(_leaves(probe)), probe=True) as sizes:
+        try:
+            carry, ys = scan(fn, *probe, **kwargs)  # what fn returns, and its errors, once
+        except GraphError as err:  # said at the user's shapes, not the stand-ins'
+            raise unpinned(err, sizes) from None
     flat = _flat(carry, ys)
     leaves = [t for t in iter_nodes(list(_leaves(probe))) if isinstance(t.op, Input)]
     closed = tuple(_STOOD.pop(id(t), (t, t))[1] for t in _frontier(flat, leaves))

@@ -433,3 +433,22 @@ def _nested(kind):
 def test_scans_close_over_tensors_with_dynamic_dimensions(kind, backend):
     out, feeds, want = _nested(kind)
     np.testing.assert_allclose(gc.compile(out, backend=backend)(**feeds), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("call, said", [
+    (lambda a, b: gc.scan(lambda c, x: (c + x[0] * x[1], c), gc.constant(np.zeros(2)), (a, b)),
+     "xs have unequal lengths along axis 0 (xs[0] (None, 2), xs[1] (4,))"),
+    (lambda a, b: gc.scan(lambda c, x: (c + x, c), gc.constant(np.zeros(2)), a, length=5),
+     "length=5 but xs have length None"),
+    (lambda a, b: gc.scan(lambda c, x: (gc.sum(c, axis=0) + x[0], x), a, a),
+     "fn changes the shape of carry from (None, 2) to (2,)"),
+    (lambda a, b: gc.scan(lambda c, x: (c + x, c), gc.constant(np.zeros(2)),
+                          gc.input("t", ("T", 2), "float64"), length=5),
+     "length=5 but xs have length 'T'"),
+])
+def test_a_dynamic_scans_errors_give_the_users_shapes(call, said):
+    """They gave the probe's stand-in size, 1009, which no one fed: 'xs have length 1009'."""
+    a, b = gc.input("a", (None, 2), "float64"), gc.input("b", (4,), "float64")
+    with pytest.raises(gc.ShapeError) as err:
+        call(a, b)
+    assert said in str(err.value) and "1009" not in str(err.value)
