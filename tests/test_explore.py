@@ -841,3 +841,25 @@ def test_step_zero_shows_no_computed_values(browser, tmp_path):
     page.evaluate("graphc.step(3)")
     assert page.evaluate(shown, ids["tanh"]) == "visible"
     assert page.errors == []
+
+
+@needs_browser
+def test_a_group_is_drawn_after_the_groups_that_feed_it(browser, tmp_path):
+    """The loss group, whose first node (equal(labels)) comes before the layers in the
+    graph, was drawn in the first column, above layer1, with layer3's edges running back to
+    it across the drawing; it comes after layer3 now."""
+    x, labels = gc.input("x", (5, 6)), gc.input("labels", (5,), "int64")
+    h = x
+    for i, n in enumerate((8, 8, 3), start=1):
+        with gc.scope(f"layer{i}"):
+            h = h @ gc.param(f"W{i}", (h.shape[1], n)) + gc.param(f"b{i}", (n,))
+            h = gc.relu(h) if i < 3 else h
+    with gc.scope("loss"):
+        loss = gc.softmax_cross_entropy(h, labels)
+    page = open_page(browser, gc.explore(loss), tmp_path)
+    page.evaluate("graphc.groups().forEach(g => graphc.expand(g.id))")
+    left = ("g => Number(document.querySelector(`.grp[data-g=\"${g}\"]`)"
+            ".getAttribute('transform').match(/translate\\(([-\\d.e]+)/)[1])")
+    xs = [page.evaluate(left, g) for g in ("layer1", "layer2", "layer3", "loss")]
+    assert xs == sorted(xs) and xs[3] > xs[2], xs
+    assert page.errors == []
