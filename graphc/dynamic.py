@@ -93,7 +93,9 @@ def unpinned(err: GraphError, sizes: dict) -> GraphError:
     name), with each stand-in size in a shape or a length said as the user wrote it:
     ``xs[0] (None, 2)``, not ``(1009, 2)``, a size nobody fed."""
     names = {n: d for d, n in sizes.items()}
-    said = lambda m: repr(names[int(m[0])]) if int(m[0]) in names else m[0]  # noqa: E731
+
+    def said(m):
+        return repr(names[int(m[0])]) if int(m[0]) in names else m[0]
     text = re.sub(r"\((?:\d+, )*\d+,?\)",
                   lambda shape: re.sub(r"\d+", said, shape[0]), str(err))
     text = re.sub(r"(?<=length )\d+", said, text)

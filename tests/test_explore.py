@@ -863,3 +863,22 @@ def test_a_group_is_drawn_after_the_groups_that_feed_it(browser, tmp_path):
     xs = [page.evaluate(left, g) for g in ("layer1", "layer2", "layer3", "loss")]
     assert xs == sorted(xs) and xs[3] > xs[2], xs
     assert page.errors == []
+
+
+@needs_browser
+def test_groups_that_feed_each_other_are_still_laid_out(browser, tmp_path):
+    """A scope entered twice (a -> b -> a) makes a cycle of groups: the order falls back on
+    the first nodes there, and every group is drawn."""
+    x = gc.input("x", (3,))
+    with gc.scope("a"):
+        h = gc.tanh(x)
+    with gc.scope("b"):
+        h = gc.exp(h)
+    with gc.scope("a"):
+        h = gc.sin(h)
+    page = open_page(browser, gc.explore(gc.sum(h), values={"x": np.ones(3)}), tmp_path)
+    page.evaluate("graphc.groups().forEach(g => graphc.expand(g.id))")
+    assert page.evaluate("[...document.querySelectorAll('.grp')].map(g => g.dataset.g)"
+                         ".sort()") == ["a", "b"]
+    assert all(n["visible"] for n in page.evaluate("graphc.nodes()"))
+    assert page.errors == []

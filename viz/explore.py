@@ -228,8 +228,7 @@ class _Page:
             group = self.shared_scope(t) if isinstance(t.op, Constant) else t.scope
         value = self.value(t)
         if value is None and isinstance(t.op, Constant):
-            array = np.asarray(t.op.value.array)
-            value = {"text": number(array, FULL), "hist": None, "all": _elements(array)}
+            value = dict(self.shown(t.op.value.array), hist=None)
         return {"id": ids[id(t)], "name": name or b.name(t),
                 "op": t.op.name if kind == "op" else kind, "attrs": attrs, "kind": kind,
                 "group": group or None, "shape": list(t.shape), "dtype": t.dtype,
