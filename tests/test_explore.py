@@ -882,3 +882,53 @@ def test_groups_that_feed_each_other_are_still_laid_out(browser, tmp_path):
                          ".sort()") == ["a", "b"]
     assert all(n["visible"] for n in page.evaluate("graphc.nodes()"))
     assert page.errors == []
+
+
+@needs_browser
+def test_every_output_of_a_loop_reaches_the_edges_to_its_operands(browser, tmp_path):
+    """A scan's outputs share one backward edge per operand, held by one of them: the final
+    carry's details listed edges that selectEdge then refused ('no edge between h0 and
+    scan_2'), and a nested scan's ys said no gradient reached its operands."""
+    xs, h0, Wh = gc.input("xs", (5, 2)), gc.input("h0", (2,)), gc.param("Wh", (2, 2))
+    hT, ys = gc.scan(lambda h, x: (gc.tanh(h @ Wh + x),) * 2, h0, xs)
+    page = open_page(browser, gc.explore(gc.sum(ys) + gc.sum(hT), values={
+        "xs": np.ones((5, 2), np.float32), "h0": np.zeros(2, np.float32),
+        "Wh": np.eye(2, dtype=np.float32)}), tmp_path)
+    scans = [n["id"] for n in page.evaluate("graphc.nodes()") if n["op"] == "scan"]
+    assert len(scans) == 2
+    for scan in scans:
+        for x in ("h0", "xs", "Wh"):
+            page.evaluate(f"graphc.selectEdge({x!r}, {scan!r})")
+            assert "downstream = local × upstream" in page.inner_text("#details")
+    X, a, c0 = gc.input("X", (3, 4)), gc.param("a", ()), gc.input("c0", ())
+
+    def outer(c, row):
+        cin, inner_ys = gc.scan(lambda ci, x: (ci * a + x,) * 2, c, row)
+        return gc.tanh(cin), gc.sum(inner_ys)
+    _, outs = gc.scan(outer, c0, X)
+    page = open_page(browser, gc.explore(gc.sum(outs), values={
+        "X": np.ones((3, 4), np.float32), "a": np.float32(0.7), "c0": np.float32(0.3)}),
+        tmp_path)
+    inner = [n["id"] for n in page.evaluate("graphc.nodes()")
+             if n["op"] == "scan" and n["group"] is not None]
+    assert len(inner) == 2
+    for scan in inner:
+        page.evaluate(f"graphc.select({scan!r})")
+        assert re.search(r"← a local ∂\S+/∂a = ", page.inner_text("#details"))
+        page.evaluate(f"graphc.selectEdge('a', {scan!r})")
+        assert "No backward edge" not in page.inner_text("#details")
+    assert page.errors == []
+
+
+@needs_browser
+def test_select_takes_a_tensors_own_name(browser, tmp_path):
+    """An op made without .named() is tanh on the page and tanh_8de2cd as a Tensor: select
+    refused the Tensor's name."""
+    x = gc.input("x", (3,))
+    y = gc.tanh(x)
+    page = open_page(browser, gc.explore(gc.sum(y * 2.0), values={"x": np.ones(3)}), tmp_path)
+    assert y.name != "tanh"
+    assert page.evaluate(f"graphc.select({y.name!r}).name") == "tanh"
+    page.evaluate(f"graphc.selectEdge('x', {y.name!r})")
+    assert "downstream = local × upstream" in page.inner_text("#details")
+    assert page.errors == []

@@ -229,7 +229,7 @@ class _Page:
         value = self.value(t)
         if value is None and isinstance(t.op, Constant):
             value = dict(self.shown(t.op.value.array), hist=None)
-        return {"id": ids[id(t)], "name": name or b.name(t),
+        return {"id": ids[id(t)], "name": name or b.name(t), "tensor": t.name,
                 "op": t.op.name if kind == "op" else kind, "attrs": attrs, "kind": kind,
                 "group": group or None, "shape": list(t.shape), "dtype": t.dtype,
                 "inputs": [ids[id(x)] for x in t.inputs],
@@ -271,7 +271,7 @@ class _Page:
         lines = labels.edge_label(e, None if labels is not b else self.loss, limit=None)
         n = len(e.siblings)  # upstream, one upstream per other output of a loop, local, down
         up, local, down = (lines[k].split(" = ", 1)[1] for k in (0, n + 1, n + 2))
-        also = [{"name": labels.name(m), "up": line.split(" = ", 1)[1],
+        also = [{"name": labels.name(m), "id": ids.get(id(m)), "up": line.split(" = ", 1)[1],
                  "upValue": self.value(g)} for (m, g), line in zip(e.siblings, lines[1:])]
         return {"from": ids[id(z)], "to": ids[id(x)], "operand": e.operand,
                 "up": up, "local": local, "down": down, "also": also,
