@@ -95,6 +95,10 @@ def test_number_formats():
     assert number(np.arange(9.0)) == "mean 4, norm 14.28, min 0, max 8"
     assert number(np.array([-0.0, -1e-30 * 0])) == "[0, 0]" and number(-0.0) == "0"
     assert number(np.arange(9.0), 20) == "mean 4, …"  # whole fields, never half a number
+    # a NaN made every field nan ("mean nan, norm nan, min nan, max nan"): say how many are
+    # not finite, then the finite ones' range
+    assert number(np.r_[np.arange(9.0), np.nan]) == "1 nan, finite: mean 4, min 0, max 8"
+    assert number(np.r_[np.full(9, -np.inf), np.nan]) == "1 nan, 9 -inf"
 
 
 def test_node_styles_and_parameter_counts():

@@ -125,12 +125,15 @@ def _g(v) -> str:
 def number(value, limit: int = MAX_LABEL) -> str:
     """A value for a label in at most ``limit`` characters: scalars to 4 significant
     digits, tensors of at most 8 elements in full, larger tensors as mean, norm, min and
-    max; whole fields are dropped (``…``) to fit.  Never ``-0``.
+    max (with NaN or inf among them: how many, then the finite ones' mean, min and max);
+    whole fields are dropped (``…``) to fit.  Never ``-0``.
 
     >>> number(np.array([-0.0, 1.5]))
     '[0, 1.5]'
     >>> number(np.arange(-4.0, 16.0), 30)
     'mean 5.5, norm 35.64, …'
+    >>> number(np.r_[np.arange(10.0), np.nan, np.nan, np.inf])
+    '2 nan, 1 inf, finite: mean 4.5, min 0, max 9'
     """
     a = np.asarray(value)
     if a.dtype == np.bool_:
@@ -142,6 +145,13 @@ def number(value, limit: int = MAX_LABEL) -> str:
         text = fit(items, limit - 2)
         return f"[{text}]" if a.ndim == 1 else f"[{text}] ({'×'.join(map(str, a.shape))})"
     a = a.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():  # how many are not finite first, then the finite ones' range
+        counts = [f"{int(n)} {what}" for n, what in ((np.isnan(a).sum(), "nan"),
+                  (np.isposinf(a).sum(), "inf"), (np.isneginf(a).sum(), "-inf")) if n]
+        f = a[finite]
+        return fit(counts + ([f"finite: mean {_g(f.mean())}", f"min {_g(f.min())}",
+                              f"max {_g(f.max())}"] if f.size else []), limit)
     return fit([f"mean {_g(a.mean())}", f"norm {_g(np.linalg.norm(a.ravel()))}",
                 f"min {_g(a.min())}", f"max {_g(a.max())}"], limit)
 
