@@ -82,6 +82,17 @@ def test_torch_exported_resnet_matches_torch_and_keeps_its_structure(resnet):
     np.testing.assert_array_equal(gc.init_params(m.outputs)["fc_weight"], m.weights["fc_weight"])
 
 
+def test_an_imported_models_params_sit_in_the_groups_of_their_layers(resnet):
+    """With its batch left dynamic, the model's params were made before any node, outside
+    every group (the explorer drew layers of 0 params); each is in the scope of the first
+    node that reads it, as with the batch fixed."""
+    _, _, model = resnet
+    for dims in ({}, {"N": 2}):
+        m = gc.from_onnx(model, dims=dims)
+        assert m.params["layer1.0.conv1.weight"].scope == "layer1/layer1.0/conv1", dims
+        assert m.params["fc.weight"].scope == "fc", dims
+
+
 def test_gradients_of_an_imported_model_agree_with_torch_autograd(resnet):
     net, x, model = resnet
     m = gc.from_onnx(model, dims={"N": 2})

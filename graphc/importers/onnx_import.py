@@ -140,6 +140,7 @@ class _Importer:
         self.values: dict[str, Tensor] = {}
         self.params: dict[str, Tensor] = {}
         self.taken: set[str] = set()
+        self.prefix: int | None = None  # name parts every node shares (group_of)
 
     # -- names --------------------------------------------------------------------------
     def unique(self, name: str) -> str:
@@ -204,21 +205,34 @@ class _Importer:
 
     def build(self) -> list[Tensor]:
         """Import every node (inside the groups of its name); the model's outputs."""
-        prefix = _common_prefix([_scope_parts(n) for n in self.graph.node])
         for node in self.graph.node:
-            with contextlib.ExitStack() as stack:
-                for part in _scope_parts(node)[prefix:]:
-                    stack.enter_context(scope(part))
+            with self.group_of(node):
                 self.import_node(node)
         return [self.tensor(v.name) for v in self.graph.output]
+
+    @contextlib.contextmanager
+    def group_of(self, node):
+        """Inside the gc.scopes of ``node``'s name (``/layer1/conv1/Conv``: layer1, conv1),
+        less the part every node's name shares; none for ``node`` None."""
+        if self.prefix is None:
+            self.prefix = _common_prefix([_scope_parts(n) for n in self.graph.node])
+        with contextlib.ExitStack() as stack:
+            for part in (_scope_parts(node)[self.prefix:] if node is not None else []):
+                stack.enter_context(scope(part))
+            yield
 
     def deferred(self) -> list[Tensor]:
         """The outputs of a model with dynamic inputs: each one deferred call that imports
         the model on the inputs of the fed shapes (gc.compile replays it per shape)."""
         used = self.reachable()
+        readers = {}  # each value's first reader: its param goes in that node's group
+        for node in self.graph.node:
+            for name in node.input:
+                readers.setdefault(name, node)
         for name, value in self.initial.items():
             if value.dtype.kind == "f" and (used is None or name in used):
-                self.tensor(name)  # the params, shared by every replay
+                with self.group_of(readers.get(name)):
+                    self.tensor(name)  # the params, shared by every replay
         names = tuple(self.values)
         tensors = tuple(self.values[n] for n in names)
         try:
