@@ -140,7 +140,8 @@ class _Importer:
         self.values: dict[str, Tensor] = {}
         self.params: dict[str, Tensor] = {}
         self.taken: set[str] = set()
-        self.prefix: int | None = None  # name parts every node shares (group_of)
+        # how many parts of its name every node shares: dropped from groups (group_of)
+        self.prefix = _common_prefix([_scope_parts(n) for n in self.graph.node])
 
     # -- names --------------------------------------------------------------------------
     def unique(self, name: str) -> str:
@@ -214,8 +215,6 @@ class _Importer:
     def group_of(self, node):
         """Inside the gc.scopes of ``node``'s name (``/layer1/conv1/Conv``: layer1, conv1),
         less the part every node's name shares; none for ``node`` None."""
-        if self.prefix is None:
-            self.prefix = _common_prefix([_scope_parts(n) for n in self.graph.node])
         with contextlib.ExitStack() as stack:
             for part in (_scope_parts(node)[self.prefix:] if node is not None else []):
                 stack.enter_context(scope(part))
