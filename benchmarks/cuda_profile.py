@@ -1,6 +1,7 @@
 """Where a graphc[cuda] training step's host time goes, on a machine with a CUDA GPU.
 
-    python benchmarks/cuda_profile.py [--steps 200] [--floor 2000] [W6 W1 W3 ...]
+    python benchmarks/cuda_profile.py [--steps 200] [--floor 2000] [--modes steps,replay,graph]
+                                      [W6 W1 W3 ...]
 
 Prints the floors numba-cuda sets on the host (one launch of a 3-argument kernel, one
 ``cuda.device_array`` of 4 KB and of 4 MB: microseconds each, the mean of ``--floor``
@@ -58,20 +59,33 @@ def floors(n: int) -> dict[str, float]:
                 lambda: cuda.device_array(1 << 20, np.float32), n)}
 
 
-def profile(name: str, steps: int) -> str:
+MODES = {  # how a program's later calls run (graphc.cuda_replay)
+    "steps": dict(ENABLED=False, GRAPHS=False),   # every step's Python, as before replaying
+    "replay": dict(ENABLED=True, GRAPHS=False),   # the first call's launches, prepared
+    "graph": dict(ENABLED=True, GRAPHS=True),     # those launches as one CUDA graph
+}
+
+
+def profile(name: str, steps: int, mode: str = "replay") -> str:
+    from graphc import cuda_replay
+    for key, value in MODES[mode].items():
+        setattr(cuda_replay, key, value)
     problem = WORKLOADS[name].problem()
     outputs = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
     f = gc.compile(outputs, backend="cuda")
     step = device_step(f, problem.feeds)
-    lines = [f"{name}: {mean_us(step, steps):.1f} us a step, {f.stats['kernel_steps']} kernel "
-             f"steps, {f.stats['kernels']} kernels"]
+    lines = [f"{name} [{mode}]: {mean_us(step, steps):.1f} us a step, "
+             f"{f.stats['kernel_steps']} kernel steps, {f.stats['kernels']} kernels"]
+    replay = f._program.replay
+    if replay is not None:
+        lines.append(f"  replay: {replay.stats}, launches {replay.how}, graph: {replay.graph}")
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(steps):
         step()
     profiler.disable()
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(8)
     return "\n".join(lines + [text.getvalue()])
 
 
@@ -80,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("workloads", nargs="*", default=["W6", "W1", "W3"])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--floor", type=int, default=2000)
+    p.add_argument("--modes", default="steps,replay,graph",
+                   help="comma-separated: " + ", ".join(MODES))
     args = p.parse_args(argv)
     ok, why = cuda_backend.available()  # also readies numba-cuda under NumPy 2.5
     if not ok:
@@ -89,7 +105,8 @@ def main(argv=None) -> int:
     for what, us in floors(args.floor).items():
         print(f"floor: {what}: {us:.1f} us")
     for name in args.workloads:
-        print(profile(name, args.steps))
+        for mode in args.modes.split(","):
+            print(profile(name, args.steps, mode), flush=True)
     return 0
 
 

@@ -150,15 +150,22 @@ def check_device_feed(name: str, value, tensor) -> None:
 
 class CudaProgram:
     """A lowered graph.  ``program(feeds)`` returns fresh host arrays, one per output;
-    ``program.run_device(feeds)`` returns the device arrays (no copy back)."""
+    ``program.run_device(feeds)`` returns the device arrays (no copy back).  A program of
+    device kernels alone records its first call and replays its launches after that
+    (:mod:`graphc.cuda_replay`): its device outputs are then its own buffers, valid until
+    its next call."""
 
     def __init__(self, lowering):  # a cuda_lowering.Lowering that has run
+        from .cuda_replay import ENABLED, Replay
+        self.lowering = lowering
         self.steps = lowering.steps
         self.inputs = lowering.inputs            # (name, slot, tensor)
         self.output_slots = lowering.output_slots
         self.constants = lowering.constants      # slot -> device array
         self.nslots = lowering.nslots
         self.source = lowering.source()
+        replayable = all(s.kind not in ("host", "loop") for s in self.steps)
+        self.replay = Replay(self) if ENABLED and replayable else None
         self.stats = {
             "device": lowering.device,
             "kernels": len(lowering.kernels),
@@ -166,27 +173,49 @@ class CudaProgram:
             "host_fallbacks": list(lowering.fallbacks),
             "lowered": dict(lowering.lowered),
             "cuda_fastmath": lowering.fastmath,
+            "replayed": self.replay is not None,
         }
 
     def run_device(self, feeds: dict) -> list:
+        if self.replay is not None:
+            return self.replay(feeds)
         from numba import cuda  # here, not at import: `import graphc` loads no numba.cuda
         env = [None] * self.nslots
         for slot, value in self.constants.items():
             env[slot] = value
         for name, slot, t in self.inputs:
             value = feeds[name]
-            if is_device_array(value):
-                check_device_feed(name, value, t)
-                env[slot] = value
-            else:
-                env[slot] = cuda.to_device(np.asarray(value, order="C"))
-        with warnings.catch_warnings():  # about graphc's launches, which users cannot change
-            warnings.filterwarnings("ignore", message=LOW_OCCUPANCY)
-            for step in self.steps:
-                step.run(env)
-                for s in step.free:
-                    env[s] = None
+            on_device = self.device_feed(name, value, t)
+            env[slot] = value if on_device else cuda.to_device(np.asarray(value, order="C"))
+        self.run_steps(env)
         return [env[s] for s in self.output_slots]
+
+    @staticmethod
+    def device_feed(name: str, value, tensor) -> bool:
+        """Whether feed ``value`` is a device array (checked against ``tensor``: raise
+        ``gc.FeedError`` on another shape or dtype) rather than a host array."""
+        if not is_device_array(value):
+            return False
+        check_device_feed(name, value, tensor)
+        return True
+
+    def run_steps(self, env: list, runtime=None) -> None:
+        """Run every step on ``env`` (slot -> device value), each value dropped where the
+        memory plan frees it; ``runtime``: what steps launch and allocate through."""
+        from .cuda_lowering import DIRECT
+        low = self.lowering
+        low.runtime = DIRECT if runtime is None else runtime
+        try:
+            with warnings.catch_warnings():  # about graphc's launches, which users cannot change
+                warnings.filterwarnings("ignore", message=LOW_OCCUPANCY)
+                for step in self.steps:
+                    step.run(env)
+                    low.runtime.hold(env[step.slot])
+                    for s in step.free:
+                        low.runtime.drop(env[s])
+                        env[s] = None
+        finally:
+            low.runtime = DIRECT
 
     def __call__(self, feeds: dict) -> list[np.ndarray]:
         with np.errstate(all="ignore"):  # as the reference: IEEE results, no warnings

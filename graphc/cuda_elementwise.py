@@ -84,7 +84,7 @@ def rule_elementwise(low: Lowering, t):
             args = []
             for j, i in enumerate(ins):
                 args += [flat(env[i]), meta[j + 1]]
-            kernel[ck.blocks_for(n), ck.THREADS](flat(out), n, ndim, meta[0], *args)
+            low.launch(kernel, ck.blocks_for(n), ck.THREADS, flat(out), n, ndim, meta[0], *args)
         env[k] = out.reshape(t.shape)
     return run, low.line(t, name), "kernel"
 
@@ -140,7 +140,7 @@ def rule_fused(low: Lowering, t):
         arrays = [low.empty(s, work) for s in shapes] + [env[i] for i in ins]
         if n:
             args = [a for array, st in zip(arrays, meta) for a in (flat(array), st)]
-            kernel[ck.blocks_for(n), ck.THREADS](n, ndim, shape, *args)
+            low.launch(kernel, ck.blocks_for(n), ck.THREADS, n, ndim, shape, *args)
         for slot, store, out_shape, summed in plan:
             value = arrays[store] if summed is None else summed(arrays[store])
             env[slot] = value.reshape(out_shape)

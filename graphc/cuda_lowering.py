@@ -67,6 +67,33 @@ def unsupported(what):
 _KERNELS: dict = {}  # generated source -> compiled kernel, shared by every program
 
 
+class Direct:
+    """What a step's ``run`` calls at run time, done as it comes: each launch goes through
+    numba-cuda's dispatcher, each buffer is a new device array.  While a program's first
+    call is recorded, a :class:`graphc.cuda_replay.Recorder` stands in."""
+
+    @staticmethod
+    def launch(kernel, grid, block, args):
+        kernel[grid, block](*args)
+
+    @staticmethod
+    def empty(shape, dtype):
+        return cuda.device_array(shape, np.dtype(dtype))
+
+    @staticmethod
+    def check(fn):
+        fn()
+
+    @staticmethod
+    def hold(value):
+        pass
+
+    drop = hold
+
+
+DIRECT = Direct()
+
+
 class Lowering:
     """The lowering of ``graph`` for ``device`` by ``rules`` (``(op class, rule)`` pairs; a
     rule returns ``(run(env), source line, kind)`` or raises ``Unsupported``)."""
@@ -90,6 +117,7 @@ class Lowering:
         self.fused: dict[tuple, object] = {}   # fused group instance -> its first node
         self.calls: set[str] = {"constant"}  # the names steps call, for the source
         self.output_slots = [self.slot[id(t)] for t in graph.outputs]
+        self.runtime = DIRECT
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> Lowering:
@@ -197,12 +225,23 @@ class Lowering:
 
         def copy(dst, src):
             if n:
-                ck.strided_copy[blocks, ck.THREADS](dst, dst_off, meta[2], src, src_off,
-                                                    meta[1], meta[0], ndim, n)
+                self.launch(ck.strided_copy, blocks, ck.THREADS, dst, dst_off, meta[2], src,
+                            src_off, meta[1], meta[0], ndim, n)
         return copy
 
+    # what steps call at run time: the runtime's (Direct, or a replay's Recorder)
+    def launch(self, kernel, grid, block, *args):
+        """``kernel[grid, block](*args)``."""
+        self.runtime.launch(kernel, grid, block, args)
+
     def empty(self, shape, dtype):
-        return cuda.device_array(shape, np.dtype(dtype))
+        """A new device array (its values undefined)."""
+        return self.runtime.empty(shape, dtype)
+
+    def check(self, fn):
+        """``fn()``, which reads a device value back and may raise (an index out of range),
+        each call, in order with the launches."""
+        self.runtime.check(fn)
 
     def rows_fn(self, kind: str, in_shape, axes, in_dtype, dtype):
         """``f(x) -> y`` with y of shape (rows,) or (rows, cols): the row kernel ``kind``
@@ -226,11 +265,11 @@ class Lowering:
                 x = tmp
             out = self.empty((rows, cols) if whole else (rows,), dtype)
             if rows and cols:
-                kernel[min(rows, ck.MAX_BLOCKS), ck.THREADS](flat(out), flat(x),
-                                                                  rows, cols)
+                self.launch(kernel, min(rows, ck.MAX_BLOCKS), ck.THREADS, flat(out), flat(x),
+                            rows, cols)
             elif rows and kind in ("sum", "logsumexp"):  # empty rows: 0, log 0 = -inf
-                ck.fill[ck.blocks_for(rows), ck.THREADS](out, 0 if kind == "sum" else -np.inf,
-                                                         rows)
+                self.launch(ck.fill, ck.blocks_for(rows), ck.THREADS, out,
+                            0 if kind == "sum" else -np.inf, rows)
             return out
         return run, perm, pshape
 

@@ -106,8 +106,8 @@ def matmul_fn(low: Lowering, a_shape, b_shape, dtype):
     def run(a, b):
         out = low.empty(out_shape, dtype)
         if out.size:
-            kernel[grid, (ck.TILE, ck.TILE)](flat(out), operand(a, ca), operand(b, cb),
-                                             m, kk, n, nb, sa, sb)
+            low.launch(kernel, grid, (ck.TILE, ck.TILE), flat(out), operand(a, ca),
+                       operand(b, cb), m, kk, n, nb, sa, sb)
         return out
     return run
 
@@ -154,8 +154,8 @@ def gather_fn(low: Lowering, where: np.ndarray, dtype, fill=0):
     def run(src):
         out = low.empty(shape, dtype)
         if n:
-            ck.gather_fill[ck.blocks_for(n), ck.THREADS](flat(out), flat(src),
-                                                         device_where, n, value)
+            low.launch(ck.gather_fill, ck.blocks_for(n), ck.THREADS, flat(out), flat(src),
+                       device_where, n, value)
         return out
     return run
 
@@ -191,10 +191,10 @@ def rule_conv(low: Lowering, t):
         def run(env):
             cols = mm(wt(env[b].reshape(wm_shape)), env[a].reshape(rows_shape))
             out = low.empty(t.shape, dtype)
-            ck.fill[ck.blocks_for(size), ck.THREADS](flat(out), 0, size)
+            low.launch(ck.fill, ck.blocks_for(size), ck.THREADS, flat(out), 0, size)
             if n:
-                ck.scatter_add[ck.blocks_for(n), ck.THREADS](flat(out), flat(cols),
-                                                             device_where, n)
+                low.launch(ck.scatter_add, ck.blocks_for(n), ck.THREADS, flat(out),
+                           flat(cols), device_where, n)
             env[k] = out
     else:                                                    # Conv2dWeightGrad: x, g -> dw
         x, g = t.inputs
@@ -319,7 +319,8 @@ def rule_index(low: Lowering, t):
     def run(env):
         out = low.empty(t.shape, t.dtype)
         if n:
-            ck.gather[ck.blocks_for(n), ck.THREADS](flat(out), flat(env[i]), where, n)
+            low.launch(ck.gather, ck.blocks_for(n), ck.THREADS, flat(out), flat(env[i]),
+                       where, n)
         env[k] = out
     return run, low.line(t, "gather"), "kernel"
 
@@ -338,15 +339,19 @@ def rule_index_add(low: Lowering, t):
     def run(env):
         out = low.empty(t.shape, t.dtype)
         if size:
-            ck.fill[ck.blocks_for(size), ck.THREADS](flat(out), 0, size)
+            low.launch(ck.fill, ck.blocks_for(size), ck.THREADS, flat(out), 0, size)
         if n:
-            ck.scatter_add[ck.blocks_for(n), ck.THREADS](flat(out), flat(env[i]), where, n)
+            low.launch(ck.scatter_add, ck.blocks_for(n), ck.THREADS, flat(out),
+                       flat(env[i]), where, n)
         env[k] = out
     return run, low.line(t, "scatter_add"), "kernel"
 
 
-def _bad_flag():
-    return cuda.to_device(np.zeros(1, np.int32))
+def _bad_flag(low: Lowering):
+    """A device int32 set to 0, which a kernel sets to 1 on an index out of range."""
+    bad = low.empty((1,), "int32")
+    low.launch(ck.fill, 1, ck.THREADS, bad, 0, 1)
+    return bad
 
 
 def rule_take(low: Lowering, t):
@@ -358,10 +363,10 @@ def rule_take(low: Lowering, t):
     def run(env):
         out = low.empty(t.shape, t.dtype)
         if n:
-            bad = _bad_flag()
-            ck.take_rows[ck.blocks_for(n), ck.THREADS](flat(out), flat(env[ix]),
-                                                       flat(env[ii]), inner, rows, n, bad)
-            _check_bad(bad, t, rows, low.printed)
+            bad = _bad_flag(low)
+            low.launch(ck.take_rows, ck.blocks_for(n), ck.THREADS, flat(out), flat(env[ix]),
+                       flat(env[ii]), inner, rows, n, bad)
+            low.check(lambda: _check_bad(bad, t, rows, low.printed))
         env[k] = out
     return run, low.line(t, "take_rows"), "kernel"
 
@@ -377,13 +382,12 @@ def rule_take_add(low: Lowering, t):
     def run(env):
         out = low.empty(t.shape, t.dtype)
         if size:
-            ck.fill[ck.blocks_for(size), ck.THREADS](flat(out), 0, size)
+            low.launch(ck.fill, ck.blocks_for(size), ck.THREADS, flat(out), 0, size)
         if n:
-            bad = _bad_flag()
-            ck.take_add_rows[ck.blocks_for(n), ck.THREADS](flat(out), flat(env[ig]),
-                                                           flat(env[ii]), inner, rows, n,
-                                                           bad)
-            _check_bad(bad, t, rows, low.printed)
+            bad = _bad_flag(low)
+            low.launch(ck.take_add_rows, ck.blocks_for(n), ck.THREADS, flat(out),
+                       flat(env[ig]), flat(env[ii]), inner, rows, n, bad)
+            low.check(lambda: _check_bad(bad, t, rows, low.printed))
         env[k] = out
     return run, low.line(t, "take_add_rows"), "kernel"
 

@@ -176,7 +176,10 @@ def test_custom_sympy_op_and_its_derivative():
 def launches(f, feeds) -> dict:
     """``{kernel name: launches}`` of one call ``f(**feeds)``, counted where the simulator
     configures a launch (``kernel[grid, block]``); the row and matmul kernels are all
-    named ``kernel``, the generated ones by their own names."""
+    named ``kernel``, the generated ones by their own names.  A replayed program records
+    that call again, which configures each of its launches once."""
+    if f._program.replay is not None:
+        f._program.replay.items = None
     if KERNELS == "simulator":
         from numba.cuda.simulator.kernel import FakeCUDAKernel as Kernel
     else:
@@ -422,6 +425,71 @@ def test_device_resident_feeds_are_used_without_copies():
 
 
 @sim
+def test_later_calls_replay_the_first_calls_launches_with_new_feed_values():
+    """The first call is recorded, later ones replay its launches: fresh host values reach
+    the kernels (copied into the program's own buffers), a device feed updated in place is
+    read as it is now, another device array is taken (the launches recorded again, once),
+    and buffers whose storage the memory plan frees serve later values."""
+    from graphc import cuda_backend
+    outs, feeds = _mlp()
+    f = cuda_compile(outs)
+    program = getattr(f, "program", None) or f._program
+    reference = gc.compile(outs, backend="numpy")
+    W1 = cuda_backend.to_device(feeds["W1"])
+    for call in range(4):
+        feeds = {**feeds, "x": normal((4, 5)), "labels": rng.integers(0, 3, 4)}
+        if call == 2:  # the bound W1 changed in place: read, not a stale copy
+            feeds["W1"] = normal((5, 6))
+            W1.copy_to_device(feeds["W1"])
+        if call == 3:  # another device array for W1
+            W1 = cuda_backend.to_device(normal((5, 6)))
+            feeds["W1"] = W1.copy_to_host()
+        for g, w in zip(program({**feeds, "W1": W1}), reference(**feeds)):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert program.stats["replayed"]
+    assert program.replay.stats == {"recordings": 2, "replays": 2}
+    assert "W1" in program.replay.copied and "W2" in program.replay.copied  # host feeds
+    recorder = program.replay.recorder
+    assert len(recorder.owned) < sum(1 for s in program.steps if s.kind == "kernel")
+
+
+@sim
+def test_a_programs_outputs_fed_back_and_a_failed_check_do_not_upset_its_replay():
+    """A replayed program's device outputs are its own buffers: fed back as inputs (a
+    scan's carry) they are copied in before they are overwritten.  An index out of range
+    raises on a replayed call as on the first, and the next call is right again."""
+    h, w = gc.input("h", (3, 4)), gc.input("w", (4, 4))
+    table, idx = gc.input("table", (5, 4)), gc.input("idx", (3,), "int64")
+    out = gc.tanh(h @ w) + gc.take(table, idx)
+    f = cuda_compile(out)
+    program = getattr(f, "program", None) or f._program
+    feeds = {"h": normal((3, 4)), "w": normal((4, 4)), "table": normal((5, 4)),
+             "idx": np.array([0, 4, 2])}
+    reference = gc.compile(out, backend="numpy")
+    state, want = program.run_device(feeds)[0], reference(**feeds)
+    for _ in range(3):
+        want = reference(**{**feeds, "h": want})
+        state = program.run_device({**feeds, "h": state})[0]
+        np.testing.assert_allclose(state.copy_to_host(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(gc.GraphError, match="out of range"):
+        program({**feeds, "idx": np.array([0, 5, 0])})
+    np.testing.assert_allclose(program(feeds)[0], reference(**feeds), rtol=1e-5, atol=1e-6)
+    assert program.replay.stats["replays"] >= 3
+
+
+@sim
+def test_replaying_can_be_turned_off(monkeypatch):
+    from graphc import cuda_replay
+    monkeypatch.setattr(cuda_replay, "ENABLED", False)
+    outs, feeds = _mlp()
+    f = cuda_compile(outs)
+    program = getattr(f, "program", None) or f._program
+    assert program.replay is None and not program.stats["replayed"]
+    for g, w in zip(program(feeds), gc.compile(outs, backend="numpy")(**feeds)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@sim
 def test_launches_warn_the_user_of_nothing():
     """numba-cuda warns (NumbaPerformanceWarning) at each launch of a small grid; on an H200
     every call of a small graph printed one per kernel.  The user cannot act on it: a call
@@ -470,12 +538,16 @@ def test_the_benchmark_workloads_match_numba_on_a_gpu(name):
     problem = WORKLOADS[name].problem()
     outs = [problem.loss, *gc.grad(problem.loss, list(problem.wrt))]
     f = gc.compile(outs, backend="cuda")
-    got, want = f(problem.feeds), gc.compile(outs, backend="numba")(problem.feeds)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-3 * np.abs(w).max(initial=1.0))
+    want = gc.compile(outs, backend="numba")(problem.feeds)
+    for _ in range(3):  # recorded, then replayed (where the program has no host step)
+        for g, w in zip(f(problem.feeds), want):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_allclose(g, w, rtol=1e-3,
+                                       atol=1e-3 * np.abs(w).max(initial=1.0))
+    replay = f._program.replay
     print(name, f.stats["kernels"], "kernels", f.stats["kernel_steps"], "steps",
-          "host fallbacks", f.stats["host_fallbacks"])
+          "host fallbacks", f.stats["host_fallbacks"], "replay",
+          replay and (replay.stats, replay.how, replay.graph))
 
 
 # ---------------------------------------------------------------------------------------
