@@ -163,6 +163,26 @@ def scatter_add(out, g, where, n):
 
 
 @cuda.jit
+def max_pool_grad(out, x, g, where, k, windows):
+    """out[first maximum of window w in x] += g[w]: window w's k positions in x are
+    where[w*k:(w+1)*k] (-1: padding, never chosen); the first NaN wins, as max propagates
+    it (``MaxPool2dGrad.evaluate``); overlapping windows accumulate with atomics."""
+    for w in range(cuda.grid(1), windows, cuda.gridsize(1)):
+        best = -1
+        for j in range(k):
+            at = where[w * k + j]
+            if at >= 0:
+                if best < 0:
+                    best = at
+                else:
+                    v, b = x[at], x[best]
+                    if b == b and (v > b or v != v):
+                        best = at
+        if best >= 0:
+            cuda.atomic.add(out, best, g[w])
+
+
+@cuda.jit
 def take_rows(out, x, idx, inner, rows, n, bad):
     """out[i, j] = x[idx[i], j] (negative indices wrap); an index out of range sets
     ``bad[0]`` and writes 0."""

@@ -16,7 +16,7 @@ from .cuda_lowering import Lowering, contiguous_strides, flat, size_of, unsuppor
 from .elementwise_ops import Elementwise
 from .fused_ops import Fused
 from .lowering import failed
-from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d
+from .nn_ops import Conv2d, Conv2dInputGrad, Conv2dWeightGrad, MaxPool2d, MaxPool2dGrad
 from .scan import StopGradient
 from .shape_ops import BroadcastTo, Cast, Concat, Index, IndexAdd, Reshape, Take, TakeAdd, Transpose
 from .structured_ops import LogSoftmax, LogSumExp, MatMul, Reduce, Softmax
@@ -218,12 +218,17 @@ def cols_shape(op, x_shape, w_shape) -> tuple:
     return (x_shape[0], op.groups, size_of(w_shape[1:]), ho * wo)
 
 
+def _pool_windows(op, x_shape) -> np.ndarray:
+    """(N, C, Ho, Wo, kh*kw): the flat position in x of each window's entries, -1 where
+    the window reads padding."""
+    positions = np.arange(1, size_of(x_shape) + 1, dtype=np.int64).reshape(x_shape)
+    return np.ascontiguousarray(np.stack(op.views(positions, 0), axis=-1)) - 1
+
+
 def rule_max_pool(low: Lowering, t):
     """max pooling: gather each window into a row (padding reads -inf), row max."""
     (x,) = t.inputs
-    positions = np.arange(1, x.size + 1, dtype=np.int64).reshape(x.shape)
-    views = t.op.views(positions, 0)                         # kh*kw of (N, C, Ho, Wo)
-    where = np.ascontiguousarray(np.stack(views, axis=-1)) - 1
+    where = _pool_windows(t.op, x.shape)
     windows = gather_fn(low, where, t.dtype, fill=-np.inf)
     if x.dtype != t.dtype:
         unsupported("max_pool2d with a dtype change")
@@ -233,6 +238,29 @@ def rule_max_pool(low: Lowering, t):
     def run(env):
         env[k] = row_max(windows(env[i])).reshape(t.shape)
     return run, low.line(t, "window_gather_row_max"), "kernel"
+
+
+def rule_max_pool_grad(low: Lowering, t):
+    """The adjoint of max pooling: each window's upstream value added (atomically) at the
+    window's first maximum in x."""
+    x, g = t.inputs
+    if x.dtype != t.dtype or g.dtype != t.dtype or t.dtype not in ("float32", "float64"):
+        unsupported("max_pool2d_grad with a dtype change")
+    where = _pool_windows(t.op, x.shape)
+    device_where = cuda.to_device(where.reshape(-1))
+    k, windows, size = where.shape[-1], g.size, t.size
+    ix, ig, slot = low.slot[id(x)], low.slot[id(g)], low.slot[id(t)]
+    low.kernels.setdefault("max_pool_grad", "")
+
+    def run(env):
+        out = low.empty(t.shape, t.dtype)
+        if size:
+            low.launch(ck.fill, ck.blocks_for(size), ck.THREADS, flat(out), 0, size)
+        if windows:
+            low.launch(ck.max_pool_grad, ck.blocks_for(windows), ck.THREADS, flat(out),
+                       flat(env[ix]), flat(env[ig]), device_where, k, windows)
+        env[slot] = out
+    return run, low.line(t, "max_pool_grad"), "kernel"
 
 
 def _view(low: Lowering, t):
@@ -415,4 +443,5 @@ RULES = (
     (Index, rule_index), (IndexAdd, rule_index_add), (Take, rule_take),
     (TakeAdd, rule_take_add), (Conv2d, rule_conv), (Conv2dInputGrad, rule_conv),
     (Conv2dWeightGrad, rule_conv), (MaxPool2d, rule_max_pool),
+    (MaxPool2dGrad, rule_max_pool_grad),
 )
