@@ -7,7 +7,8 @@ Prints the floors numba-cuda sets on the host (one launch of a 3-argument kernel
 ``cuda.device_array`` of 4 KB and of 4 MB: microseconds each, the mean of ``--floor``
 calls), then for each workload of ``benchmarks/workloads.py`` its step (every feed on the
 device, as ``graphc bench --backend cuda`` times it) in microseconds, its kernel steps,
-and the top of a cProfile of ``--steps`` steps sorted by own time.  docs/cuda.md ("On a
+the launches of a replayed step one at a time by kernel (each waited for), and the top
+of a cProfile of ``--steps`` steps sorted by own time.  docs/cuda.md ("On a
 GPU") has one run on an H200.
 """
 
@@ -66,6 +67,30 @@ MODES = {  # how a program's later calls run (graphc.cuda_replay)
 }
 
 
+def per_launch(recorder, repeats: int, top: int = 8) -> list[str]:
+    """The recorded launches one at a time, each waited for, by kernel: microseconds a
+    launch (the GPU's time plus one launch's and one wait's host cost: see the floor of an
+    empty launch, also waited for, on the first line)."""
+    empty = cuda.device_array(1, np.float32)
+    floor = mean_us(lambda: (add[1, 32](empty, empty, empty), cuda.synchronize()), repeats)
+    total: dict[str, list] = {}
+    for _ in range(repeats):
+        for name, item in zip(recorder.names, recorder.items):
+            start = time.perf_counter()
+            item()
+            cuda.synchronize()
+            spent = total.setdefault(name, [0.0, 0])
+            spent[0] += time.perf_counter() - start
+            spent[1] += 1
+    lines = [f"  launches one at a time, each waited for ({repeats} rounds; an empty one "
+             f"{floor:.1f} us): kernel, launches a step, us each, us a step"]
+    ranked = sorted(total.items(), key=lambda kv: -kv[1][0])
+    for name, (seconds, calls) in ranked[:top]:
+        lines.append(f"    {name:40s} {calls // repeats:4d} {seconds / calls * 1e6:9.1f} "
+                     f"{seconds / repeats * 1e6:9.1f}")
+    return lines
+
+
 def profile(name: str, steps: int, mode: str = "replay") -> str:
     from graphc import cuda_replay
     for key, value in MODES[mode].items():
@@ -79,6 +104,7 @@ def profile(name: str, steps: int, mode: str = "replay") -> str:
     replay = f._program.replay
     if replay is not None:
         lines.append(f"  replay: {replay.stats}, launches {replay.how}, graph: {replay.graph}")
+        lines += per_launch(replay.recorder, max(1, steps // 10))
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(steps):

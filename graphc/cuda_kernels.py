@@ -36,8 +36,22 @@ TILE = 4 if SIMULATOR else 16            # matmul tile edge (16x16 on a GPU)
 MAX_DIMS = 8                             # rank limit of strided kernels (local arrays)
 
 
+FEW_ROWS = 4 if SIMULATOR else 256      # fewer rows than this leave most of a GPU idle
+PIECE = 16 if SIMULATOR else 4096        # ... so their long rows are reduced in pieces
+
+
 def blocks_for(n: int) -> int:
     return max(1, min(MAX_BLOCKS, (n + THREADS - 1) // THREADS))
+
+
+def row_pieces(rows: int, cols: int) -> int:
+    """In how many equal pieces each row is reduced first (1: whole rows, one block
+    each): a few long rows (a full sum of a 256x4096 tensor is one row of 2**20) would
+    otherwise run on a few blocks of the whole GPU.  The largest divisor of ``cols`` that
+    leaves pieces of at least ``PIECE``."""
+    if rows >= FEW_ROWS or cols < 2 * PIECE:
+        return 1
+    return next(d for d in range(cols // PIECE, 0, -1) if cols % d == 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -322,6 +336,7 @@ def row_kernel(kind: str, dtype: str):
                         out[base + j] = mathlib.exp(x[base + j] - m) / s
             cuda.syncthreads()  # buf is reused by the next row
 
+    kernel.graphc_name = f"row_{kind}_{dtype}"  # (what a profile calls it)
     return kernel
 
 
@@ -362,6 +377,7 @@ def matmul_kernel(dtype: str):
             if row < m and col < n:
                 c[z * m * n + row * n + col] = acc
 
+    kernel.graphc_name = f"matmul_{dtype}"
     return kernel
 
 

@@ -257,6 +257,8 @@ class Lowering:
         kernel = ck.row_kernel(kind, dtype)
         self.kernels.setdefault(f"row_{kind}_{dtype}", "")
         whole = kind in ("softmax", "log_softmax")
+        # sum, max, min of a few long rows: first of pieces of each row, then of those
+        pieces = ck.row_pieces(rows, cols) if kind in ("sum", "max", "min") else 1
 
         def run(x):
             if copy is not None:
@@ -264,7 +266,13 @@ class Lowering:
                 copy(flat(tmp), flat(x))
                 x = tmp
             out = self.empty((rows, cols) if whole else (rows,), dtype)
-            if rows and cols:
+            if rows and cols and pieces > 1:
+                part = self.empty((rows * pieces,), dtype)
+                self.launch(kernel, min(rows * pieces, ck.MAX_BLOCKS), ck.THREADS, part,
+                            flat(x), rows * pieces, cols // pieces)
+                self.launch(kernel, min(rows, ck.MAX_BLOCKS), ck.THREADS, flat(out), part,
+                            rows, pieces)
+            elif rows and cols:
                 self.launch(kernel, min(rows, ck.MAX_BLOCKS), ck.THREADS, flat(out), flat(x),
                             rows, cols)
             elif rows and kind in ("sum", "logsumexp"):  # empty rows: 0, log 0 = -inf

@@ -130,6 +130,7 @@ class Recorder:
     def __init__(self):
         self.items: list = []          # launch() or a check, in call order
         self.args: list = []           # every launch's arguments, kept alive with it
+        self.names: list[str] = []     # each item's kernel ("check": a value read back)
         self.how: dict[str, int] = {}  # "prepared" / why not -> launches
         self.owned: dict[int, tuple] = {}   # address -> (bytes, buffer of bytes)
         self.free: dict[int, list] = {}     # bytes -> buffers whose storage is dead
@@ -176,11 +177,14 @@ class Recorder:
         run()
         self.items.append(run)
         self.args.append(args)
+        self.names.append(getattr(kernel, "graphc_name", None)
+                          or (getattr(kernel, "py_func", None) or kernel.fn).__name__)
         self.how[how] = self.how.get(how, 0) + 1
 
     def check(self, fn) -> None:
         fn()
         self.items.append(fn)
+        self.names.append("check")
 
 
 class Replay:

@@ -250,7 +250,8 @@ def test_a_fused_group_is_one_kernel_computing_every_output():
         f"def {name}(" in f.source
     assert f.source.count("math.tanh(") == 1 and f.source.count("math.exp(") == 1
     assert f.stats["kernel_steps"] == 1 and f.stats["lowered"] == {"fused": 4}
-    assert launches(f, feeds) == {name: 1, "kernel": 2}  # + two row sums, no copy
+    # + two row sums (the full one of 40 elements in two pieces of 20, then of those)
+    assert launches(f, feeds) == {name: 1, "kernel": 3}  # no copy
 
 
 @sim
@@ -614,6 +615,24 @@ def test_simulator_cases_in_a_subprocess():
                           f"{__file__}::test_without_a_gpu_compile_raises_a_clear_error"],
                          env=_env(True), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@sim
+def test_a_few_long_rows_are_reduced_in_pieces_first():
+    """sum, max and min of fewer rows than keep a GPU busy, each long: each row's pieces
+    first (many blocks), then the pieces; max and min still propagate a NaN in any
+    piece.  The simulator's thresholds are small (4 rows, pieces of 16)."""
+    from graphc import cuda_kernels as ck
+    assert ck.row_pieces(1, 40) == 2 and ck.row_pieces(2, 64) == 4
+    assert ck.row_pieces(1, 31) == 1 and ck.row_pieces(ck.FEW_ROWS, 1 << 12) == 1
+    assert ck.row_pieces(1, 37) == 1  # a prime: no equal pieces
+    x = gc.input("x", (2, 64))
+    value = normal((2, 64))
+    value[1, 50] = np.nan
+    outs = [gc.sum(x, axis=1), gc.max(x, axis=1), gc.min(x, axis=1), gc.sum(x),
+            gc.sum(x[:, :37], axis=1)]
+    f = check(outs, {"x": value})
+    assert launches(f, {"x": value})["kernel"] == 2 * 4 + 1
 
 
 @sim
