@@ -314,6 +314,10 @@ def test_matmul_2d_batched_and_broadcast():
              "j": np.arange(6).reshape(3, 2) - 3}
     check([a @ w, gc.matmul(a, bb), gc.matmul(c, bb), gc.matmul(c, w), i @ j], feeds,
           passes=())
+    # larger than a block's tile of c in both directions, k not a multiple of its depth
+    p, q = gc.input("p", (17, 9), "float64"), gc.input("q", (2, 9, 13), "float64")
+    check([p @ q, gc.matmul(gc.reshape(p, (1, 17, 9)), q)],
+          {"p": rng.standard_normal((17, 9)), "q": rng.standard_normal((2, 9, 13))}, passes=())
 
 
 @sim
