@@ -11,7 +11,7 @@ libdevice (``math.exp`` on a float32 is ``__nv_expf``, accurate to 2 ulp; the ``
 fast intrinsics are used only with ``GRAPHC_CUDA_FASTMATH=1``).
 
 Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) every thread is a Python thread,
-so blocks are kept small there (:data:`THREADS`, :data:`BM`...); the kernels are the same.
+so blocks are kept small there (:data:`THREADS`, :data:`TILE`); the kernels are the same.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ FASTMATH = os.environ.get("GRAPHC_CUDA_FASTMATH", "") == "1"  # generated kernel
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 THREADS = 8 if SIMULATOR else 256        # threads per block of 1-D and row kernels
 MAX_BLOCKS = 4 if SIMULATOR else 65535   # grid-stride loops cover the rest
-# matmul: a block's tile of c (BM x BN), the depth of a step (BK), a thread's piece (TM x TN)
-BM, BN, BK, TM, TN = (8, 8, 4, 2, 2) if SIMULATOR else (64, 64, 16, 4, 4)
+TILE = 4 if SIMULATOR else 16            # matmul tile edge (16x16 on a GPU)
 MAX_DIMS = 8                             # rank limit of strided kernels (local arrays)
 
 
@@ -345,71 +344,38 @@ def row_kernel(kind: str, dtype: str):
 # Matmul: 16x16 shared-memory tiles (4x4 under the simulator), batched through grid z
 
 
-def matmul_launch(m: int, n: int, batch: int) -> tuple:
-    """``(grid, block)`` of :func:`matmul_kernel` for c (batch, m, n): a block computes a
-    BM x BN tile of c, each of its threads a TM x TN piece of that tile."""
-    return (((n + BN - 1) // BN, (m + BM - 1) // BM, max(1, min(batch, 65535))),
-            (BN // TN, BM // TM))
-
-
 @functools.cache
 def matmul_kernel(dtype: str):
     """``(c, a, b, m, k, n, batch, a_batch_stride, b_batch_stride)``: c[z] = a[z] @ b[z]
-    for flat row-major a (m, k), b (k, n), c (m, n); a batch stride 0 broadcasts.  Tiles
-    of a (BM x BK) and b (BK x BN) go through shared memory (read along rows: coalesced);
-    each thread keeps its TM x TN sums in registers and reads TM + TN shared values per
-    step of k for TM * TN products (a 16x16 tile of threads one product each read two)."""
+    for flat row-major a (m, k), b (k, n), c (m, n); a batch stride 0 broadcasts."""
     nb_dtype = getattr(numba, dtype)
     zero = getattr(np, dtype)(0)
-    bm, bn, bk, tm, tn = BM, BN, BK, TM, TN
-    across = bn // tn                 # threads along a row of the block
-    threads = across * (bm // tm)
+    tile = TILE
 
     @cuda.jit
     def kernel(c, a, b, m, k, n, batch, sa, sb):
-        ta = cuda.shared.array((bk, bm), nb_dtype)   # the a tile, transposed
-        tb = cuda.shared.array((bk, bn), nb_dtype)
-        acc = cuda.local.array((tm, tn), nb_dtype)
-        ra = cuda.local.array(tm, nb_dtype)
-        rb = cuda.local.array(tn, nb_dtype)
+        ta = cuda.shared.array((tile, tile), nb_dtype)
+        tb = cuda.shared.array((tile, tile), nb_dtype)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        tid = ty * across + tx
-        row0 = cuda.blockIdx.y * bm
-        col0 = cuda.blockIdx.x * bn
+        col = cuda.blockIdx.x * tile + tx
+        row = cuda.blockIdx.y * tile + ty
         for z in range(cuda.blockIdx.z, batch, cuda.gridDim.z):
             a0 = z * sa
             b0 = z * sb
-            for i in range(tm):
-                for j in range(tn):
-                    acc[i, j] = zero
-            for k0 in range(0, k, bk):
-                for e in range(tid, bm * bk, threads):
-                    r = e // bk
-                    q = e - r * bk
-                    ta[q, r] = a[a0 + (row0 + r) * k + k0 + q] \
-                        if (row0 + r < m and k0 + q < k) else zero
-                for e in range(tid, bk * bn, threads):
-                    q = e // bn
-                    j = e - q * bn
-                    tb[q, j] = b[b0 + (k0 + q) * n + col0 + j] \
-                        if (k0 + q < k and col0 + j < n) else zero
+            acc = zero
+            for t in range((k + tile - 1) // tile):
+                kk = t * tile
+                ta[ty, tx] = a[a0 + row * k + kk + tx] if (row < m and kk + tx < k) \
+                    else zero
+                tb[ty, tx] = b[b0 + (kk + ty) * n + col] if (col < n and kk + ty < k) \
+                    else zero
                 cuda.syncthreads()
-                for q in range(bk):
-                    for i in range(tm):
-                        ra[i] = ta[q, ty * tm + i]
-                    for j in range(tn):
-                        rb[j] = tb[q, tx * tn + j]
-                    for i in range(tm):
-                        for j in range(tn):
-                            acc[i, j] += ra[i] * rb[j]
+                for q in range(tile):
+                    acc += ta[ty, q] * tb[q, tx]
                 cuda.syncthreads()
-            for i in range(tm):
-                r = row0 + ty * tm + i
-                for j in range(tn):
-                    col = col0 + tx * tn + j
-                    if r < m and col < n:
-                        c[z * m * n + r * n + col] = acc[i, j]
+            if row < m and col < n:
+                c[z * m * n + row * n + col] = acc
 
     kernel.graphc_name = f"matmul_{dtype}"
     return kernel

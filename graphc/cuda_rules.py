@@ -93,7 +93,7 @@ def matmul_fn(low: Lowering, a_shape, b_shape, dtype):
     cb, sb = prepare(b_shape, kk, n)
     kernel = ck.matmul_kernel(dtype)
     low.kernels.setdefault(f"matmul_{dtype}", "")
-    grid, block = ck.matmul_launch(m, n, nb)
+    grid = ((n + ck.TILE - 1) // ck.TILE, (m + ck.TILE - 1) // ck.TILE, max(1, min(nb, 65535)))
 
     def operand(x, c):
         if c is None:
@@ -106,7 +106,7 @@ def matmul_fn(low: Lowering, a_shape, b_shape, dtype):
     def run(a, b):
         out = low.empty(out_shape, dtype)
         if out.size:
-            low.launch(kernel, grid, block, flat(out), operand(a, ca),
+            low.launch(kernel, grid, (ck.TILE, ck.TILE), flat(out), operand(a, ca),
                        operand(b, cb), m, kk, n, nb, sa, sb)
         return out
     return run
@@ -121,7 +121,7 @@ def rule_matmul(low: Lowering, t):
 
     def run(env):
         env[k] = fn(env[ia], env[ib])
-    return run, low.line(t, f"matmul_{t.dtype}") + f" [{ck.BM}x{ck.BN} tiles]", "kernel"
+    return run, low.line(t, f"matmul_{t.dtype}") + f" [{ck.TILE}x{ck.TILE} tiles]", "kernel"
 
 
 def transpose_fn(low: Lowering, shape, perm, dtype):
