@@ -16,7 +16,8 @@ fused groups                           one generated kernel per group instance s
                                        a sum output: its values stored with the summed
                                        axes last, then a row kernel
 sum / max / min                        permute reduced axes last, then a row kernel
-                                       (block tree reduction in shared memory)
+                                       (block tree reduction in shared memory; a few
+                                       long rows: in pieces first)
 softmax, log_softmax, logsumexp        row kernels on the (moved) last axes
 matmul (2-D, batched)                  tiled shared-memory kernel
 transpose, broadcast_to, concat, cast  strided copy kernel; reshape is a view
@@ -26,7 +27,9 @@ take / take_add                        row gather / atomic row scatter-add
 conv2d and both its gradients          im2col (a gather through a compile-time index
                                        map) + the matmul kernel; col2im by atomics
 max_pool2d                             window gather (padding -inf) + row max
-pooling gradients, dropout mask, ...   the op's NumPy ``evaluate`` on the host, with
+max_pool2d_grad                        each window's first maximum gets its upstream value
+                                       (atomics)
+max_pool2d_select, dropout mask, ...   the op's NumPy ``evaluate`` on the host, with
                                        explicit copies: ``stats["host_fallbacks"]``
 =====================================  ===========================================
 
