@@ -238,6 +238,13 @@ class Lowering:
         """A new device array (its values undefined)."""
         return self.runtime.empty(shape, dtype)
 
+    def zeros(self, shape, dtype):
+        """A new device array of zeros (filled by a kernel at each call)."""
+        out, n = self.empty(shape, dtype), size_of(shape)
+        if n:
+            self.launch(ck.fill, ck.blocks_for(n), ck.THREADS, flat(out), 0, n)
+        return out
+
     def check(self, fn):
         """``fn()``, which reads a device value back and may raise (an index out of range),
         each call, in order with the launches."""

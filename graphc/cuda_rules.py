@@ -185,13 +185,12 @@ def rule_conv(low: Lowering, t):
         rows_shape = (g.shape[0], gr, g.shape[1] // gr, size_of(g.shape[2:]))
         mm = matmul_fn(low, (gr, wm_shape[2], wm_shape[1]), rows_shape, dtype)
         device_where = cuda.to_device(where.reshape(-1))
-        n, size = where.size, t.size
+        n = where.size
         low.kernels.setdefault("scatter_add", "")
 
         def run(env):
             cols = mm(wt(env[b].reshape(wm_shape)), env[a].reshape(rows_shape))
-            out = low.empty(t.shape, dtype)
-            low.launch(ck.fill, ck.blocks_for(size), ck.THREADS, flat(out), 0, size)
+            out = low.zeros(t.shape, dtype)
             if n:
                 low.launch(ck.scatter_add, ck.blocks_for(n), ck.THREADS, flat(out),
                            flat(cols), device_where, n)
@@ -248,14 +247,12 @@ def rule_max_pool_grad(low: Lowering, t):
         unsupported("max_pool2d_grad with a dtype change")
     where = _pool_windows(t.op, x.shape)
     device_where = cuda.to_device(where.reshape(-1))
-    k, windows, size = where.shape[-1], g.size, t.size
+    k, windows = where.shape[-1], g.size
     ix, ig, slot = low.slot[id(x)], low.slot[id(g)], low.slot[id(t)]
     low.kernels.setdefault("max_pool_grad", "")
 
     def run(env):
-        out = low.empty(t.shape, t.dtype)
-        if size:
-            low.launch(ck.fill, ck.blocks_for(size), ck.THREADS, flat(out), 0, size)
+        out = low.zeros(t.shape, t.dtype)
         if windows:
             low.launch(ck.max_pool_grad, ck.blocks_for(windows), ck.THREADS, flat(out),
                        flat(env[ix]), flat(env[ig]), device_where, k, windows)
@@ -360,26 +357,17 @@ def rule_index_add(low: Lowering, t):
     where = np.ascontiguousarray(np.broadcast_to(_index_map(Index(t.op.index), t.op.target),
                                                  g.shape)).reshape(-1)
     where = cuda.to_device(where)
-    n, size = g.size, t.size
+    n = g.size
     i, k = low.slot[id(g)], low.slot[id(t)]
     low.kernels.setdefault("scatter_add", "")
 
     def run(env):
-        out = low.empty(t.shape, t.dtype)
-        if size:
-            low.launch(ck.fill, ck.blocks_for(size), ck.THREADS, flat(out), 0, size)
+        out = low.zeros(t.shape, t.dtype)
         if n:
             low.launch(ck.scatter_add, ck.blocks_for(n), ck.THREADS, flat(out),
                        flat(env[i]), where, n)
         env[k] = out
     return run, low.line(t, "scatter_add"), "kernel"
-
-
-def _bad_flag(low: Lowering):
-    """A device int32 set to 0, which a kernel sets to 1 on an index out of range."""
-    bad = low.empty((1,), "int32")
-    low.launch(ck.fill, 1, ck.THREADS, bad, 0, 1)
-    return bad
 
 
 def rule_take(low: Lowering, t):
@@ -391,7 +379,7 @@ def rule_take(low: Lowering, t):
     def run(env):
         out = low.empty(t.shape, t.dtype)
         if n:
-            bad = _bad_flag(low)
+            bad = low.zeros((1,), "int32")  # set to 1 on an index out of range
             low.launch(ck.take_rows, ck.blocks_for(n), ck.THREADS, flat(out), flat(env[ix]),
                        flat(env[ii]), inner, rows, n, bad)
             low.check(lambda: _check_bad(bad, t, rows, low.printed))
@@ -403,16 +391,14 @@ def rule_take_add(low: Lowering, t):
     g, idx = t.inputs
     if t.dtype not in ("float32", "float64", "int32", "int64"):
         unsupported("take_add of this dtype")
-    rows, inner, n, size = t.shape[0], size_of(t.shape[1:]), g.size, t.size
+    rows, inner, n = t.shape[0], size_of(t.shape[1:]), g.size
     ig, ii, k = low.slot[id(g)], low.slot[id(idx)], low.slot[id(t)]
     low.kernels.setdefault("take_add_rows", "")
 
     def run(env):
-        out = low.empty(t.shape, t.dtype)
-        if size:
-            low.launch(ck.fill, ck.blocks_for(size), ck.THREADS, flat(out), 0, size)
+        out = low.zeros(t.shape, t.dtype)
         if n:
-            bad = _bad_flag(low)
+            bad = low.zeros((1,), "int32")  # set to 1 on an index out of range
             low.launch(ck.take_add_rows, ck.blocks_for(n), ck.THREADS, flat(out),
                        flat(env[ig]), flat(env[ii]), inner, rows, n, bad)
             low.check(lambda: _check_bad(bad, t, rows, low.printed))
