@@ -566,9 +566,13 @@ def test_cuda_scan_matches_numpy():
     outs = [loss] + gc.grad(loss, inputs)
     graph, _ = pipeline.run(Graph(outs), pipeline.DEFAULT_PIPELINE)
     program = cuda_backend.compile_graph(graph)
-    feeds = feeds_for(inputs, "float32")
-    for g, w in zip(program(feeds), gc.compile(outs, backend="numpy")(feeds)):
-        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
+    reference = gc.compile(outs, backend="numpy")
+    first = feeds_for(inputs, "float32")
+    # a second call with other values: the loop bodies replay their recorded launches,
+    # the carry and each step's slice of xs copied in (graphc.cuda_replay)
+    for feeds in (first, {k: np.asarray(v) * 0.5 for k, v in first.items()}):
+        for g, w in zip(program(feeds), reference(feeds)):
+            np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
     assert program.stats["host_fallbacks"] == [] and program.stats["lowered"]["loop"] >= 2
 
 
