@@ -199,6 +199,7 @@ class Replay:
         self.mine: set[int] = set()       # addresses of every buffer recorded so far
         self.recorder: Recorder | None = None
         self.graph = "off"  # or "graph", or why the launches are not one graph
+        self.how: dict[str, int] = {}  # the recorded launches: "prepared" / why not -> count
         self.stats = {"recordings": 0, "replays": 0}
 
     def __call__(self, feeds: dict) -> list:
