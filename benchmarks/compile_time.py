@@ -5,10 +5,11 @@ warm <= 0.3 s), each measured in a fresh process.
         [--backend numba] [--workers 0 default]
 
 cold: an empty GRAPHC_CACHE_DIR, then gc.compile + the first call; warm: a new process on
-the cache the cold run filled.  `import graphc` and building the graph (gc.grad) are timed
-separately and not included.  Beside each wall time: the CPU seconds of the process and of
-its kernel-compiling workers (``cpu``; ``cpu_self``: the process alone), which other load
-on the machine inflates less.
+the cache the cold run filled.  graphc's own sources are byte-compiled first
+(``run.write_bytecode``), as a pip install leaves them.  `import graphc` and building the
+graph (gc.grad) are timed separately and not included.  Beside each wall time: the CPU
+seconds of the process and of its kernel-compiling workers (``cpu``; ``cpu_self``: the
+process alone), which other load on the machine inflates less.
 ``--workers`` alternates settings of GRAPHC_COMPILE_WORKERS in each round (A, B, A, B ...;
 ``default``: unset).  `graphc bench` calls :func:`run` for its cold and warm columns (and
 the planned peak memory of the compiled step).
@@ -90,6 +91,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     params = {"steps": args.steps} if args.steps else None
     runs = {w: ([], []) for w in args.workers}
+    from run import write_bytecode
+    write_bytecode()  # as graphc bench does: a user's install has its bytecode cache
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     for _ in range(args.repeats):
         for workers, (cold, warm) in runs.items():

@@ -1,12 +1,13 @@
 """CPU time per graph node of a workload's training step on the Numba backend.
 
-    python benchmarks/node_profile.py --workload W5 [--steps 300] [--min-us 10]
+    python benchmarks/node_profile.py --workload W5 [--steps 300] [--min-us 10] [--wall]
 
 The compiled step's orchestrator (``f.source``: one comment line ``# name = op(...)`` before
 each node's statements) is executed again with a clock read at every such line, so each
 node's figure covers its statements: kernel calls, GEMMs, allocations.  Medians over
 ``--steps`` calls, in microseconds of this process's CPU time (steadier than wall time on a
-shared machine; set OPENBLAS_NUM_THREADS=1 so that a BLAS worker's spinning is not counted).
+shared machine; set OPENBLAS_NUM_THREADS=1 so that a BLAS worker's spinning is not counted),
+or of wall time with ``--wall``.
 The clock reads add about 1 us a node, so small nodes read high.
 """
 
@@ -45,13 +46,13 @@ def instrumented(program, mark):
     return namespace["run"]
 
 
-def profile(name: str, steps: int) -> dict[str, float]:
+def profile(name: str, steps: int, clock=time.process_time) -> dict[str, float]:
     problem = WORKLOADS[name].problem()
     f = gc.compile([problem.loss, *gc.grad(problem.loss, list(problem.wrt))], backend="numba")
     times: dict[str, list[float]] = {}
     last = [None, 0.0]
 
-    def mark(label, clock=time.process_time):
+    def mark(label):
         now = clock()
         if last[0] is not None:
             times.setdefault(last[0], []).append(now - last[1])
@@ -72,8 +73,12 @@ def main() -> None:
     p.add_argument("--workload", default="W5", choices=sorted(WORKLOADS))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--min-us", type=float, default=0.0, help="hide nodes below this")
+    p.add_argument("--wall", action="store_true",
+                   help="wall time (perf_counter) instead of the process's CPU time: with "
+                        "BLAS threads, CPU time also counts a worker spinning between GEMMs")
     args = p.parse_args()
-    figures = profile(args.workload, args.steps)
+    figures = profile(args.workload, args.steps,
+                      time.perf_counter if args.wall else time.process_time)
     for label, us in figures.items():
         if us >= args.min_us:
             print(f"{us:9.1f} us  {label}")
