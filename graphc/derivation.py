@@ -25,6 +25,7 @@ import math
 import numpy as np
 import sympy as sp
 
+from .disk_cache import remembered
 from .errors import ElementwiseError
 from .ir import located
 
@@ -192,6 +193,7 @@ def simplifiable(expr: sp.Expr) -> bool:
         len(expr.atoms(sp.Function)) <= SIMPLIFY_MAX_FUNCTIONS
 
 
+@remembered
 def simplify(expr: sp.Expr) -> sp.Expr:
     """``sympy.simplify(expr)`` where it is no costlier and, with its :func:`strong_zeros`
     (which the derivatives get next), :func:`evaluates_alike`."""
@@ -278,6 +280,7 @@ def _alike(symbols, grid, expr, candidate, modules, output=None) -> bool:
 _SAMPLES = (-2.3, -1.7, -1.1, -0.6, -0.25, 0.3, 0.7, 1.2, 1.9, 2.6, 3.4)
 
 
+@remembered
 def in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp.Expr:
     """d(x) rewritten as P(y) with y = f(x), when that is cheaper, SymPy proves
     d(x) = P(f(x)) on the whole real line (:func:`proves_on_output`) and P(y) evaluates
@@ -304,6 +307,7 @@ def in_terms_of_output(f: sp.Expr, d: sp.Expr, x: sp.Symbol, y: sp.Symbol) -> sp
         evaluates_alike(d, candidate, (y, f)) else d
 
 
+@remembered
 def ratio_to_output(f: sp.Expr, d: sp.Expr, y: sp.Symbol) -> sp.Expr:
     """d, a derivative of an op of several arguments, as ``(d / f) * y`` with y = f when
     that is cheaper, SymPy proves the two equal, the new form divides by nothing

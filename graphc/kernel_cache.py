@@ -1,6 +1,7 @@
 """The on-disk kernel cache, and loading native kernels into this process.
 
-Layout (``$GRAPHC_CACHE_DIR``, else the platform's user cache directory + ``graphc``)::
+Layout (``$GRAPHC_CACHE_DIR``, else the platform's user cache directory + ``graphc``:
+:func:`graphc.disk_cache.cache_root`, which also holds the derived formulas)::
 
     kernels-<environment tag>/      one directory per (graphc codegen, Numba, llvmlite,
                                      host CPU and features, fastmath.py) combination
@@ -40,6 +41,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+from .disk_cache import atomic_write, cache_root
 from .numba_codegen import CODEGEN_VERSION, KernelSpec
 from .numba_native import NativeObject
 from .numba_workers import Pool, compiled_here, end_workers, start_worker
@@ -50,21 +52,6 @@ _SOURCE_TAG = "# graphc-kernel sha256="
 # Environment variables that change what Numba generates, so they are part of the tag.
 _NUMBA_ENV = ("NUMBA_OPT", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_LOOP_VECTORIZE",
               "NUMBA_SLP_VECTORIZE", "NUMBA_ENABLE_AVX", "NUMBA_BOUNDSCHECK")
-
-
-def cache_root() -> str:
-    """``$GRAPHC_CACHE_DIR``, else the platform's per-user cache directory for graphc."""
-    env = os.environ.get("GRAPHC_CACHE_DIR")
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    home = os.path.expanduser("~")
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-        return os.path.join(base, "graphc", "Cache")
-    if sys.platform == "darwin":
-        return os.path.join(home, "Library", "Caches", "graphc")
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"),
-                        "graphc")
 
 
 _TAG: str | None = None
@@ -109,22 +96,6 @@ def kernel_dir() -> str:
 
 # ---------------------------------------------------------------------------------------
 # Files
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that no reader ever sees a partial file."""
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def source_text(spec: KernelSpec) -> str:
