@@ -341,43 +341,110 @@ def row_kernel(kind: str, dtype: str):
 
 
 # ---------------------------------------------------------------------------------------
-# Matmul: 16x16 shared-memory tiles (4x4 under the simulator), batched through grid z
+# Matmul: shared-memory tiles, batched through grid z, operands read as stored or transposed
+
+
+def matmul_per_thread() -> int:
+    """Elements of c each thread of :func:`matmul_kernel` computes along each side: 1, or
+    2 with ``GRAPHC_CUDA_MATMUL=2`` (blocks of c of ``2 TILE`` on a side, half the
+    shared-memory reads per multiply-add, a quarter as many blocks).  The 2x2 kernel has
+    run only under the simulator (docs/cuda.md, "Matmul"), so it is not the default."""
+    return 2 if os.environ.get("GRAPHC_CUDA_MATMUL", "").strip() == "2" else 1
 
 
 @functools.cache
-def matmul_kernel(dtype: str):
+def _tile_loader(dtype: str, trans_a: bool, trans_b: bool, per_thread: int):
+    """The device function that loads a block's tiles of a and b for depth ``kk``
+    (:func:`matmul_kernel`): ``per_thread`` rows of a and columns of b a thread, zero
+    outside the matrices, read so that neighbouring threads read neighbouring addresses."""
+    zero = getattr(np, dtype)(0)
+    t = TILE
+
+    @cuda.jit(device=True)
+    def load(ta, tb, a, b, a0, b0, r0, c0, kk, m, k, n, tx, ty):
+        for s in range(per_thread):
+            if trans_a:  # stored (k, m): neighbours along m
+                i = r0 + tx + s * t
+                ta[tx + s * t, ty] = a[a0 + (kk + ty) * m + i] \
+                    if (i < m and kk + ty < k) else zero
+            else:
+                i = r0 + ty + s * t
+                ta[ty + s * t, tx] = a[a0 + i * k + kk + tx] if (i < m and kk + tx < k) \
+                    else zero
+            if trans_b:  # stored (n, k): neighbours along k
+                j = c0 + ty + s * t
+                tb[tx, ty + s * t] = b[b0 + j * k + kk + tx] if (j < n and kk + tx < k) \
+                    else zero
+            else:
+                j = c0 + tx + s * t
+                tb[ty, tx + s * t] = b[b0 + (kk + ty) * n + j] \
+                    if (j < n and kk + ty < k) else zero
+    return load
+
+
+@functools.cache
+def matmul_kernel(dtype: str, trans_a: bool = False, trans_b: bool = False,
+                  per_thread: int = 1):
     """``(c, a, b, m, k, n, batch, a_batch_stride, b_batch_stride)``: c[z] = a[z] @ b[z]
-    for flat row-major a (m, k), b (k, n), c (m, n); a batch stride 0 broadcasts."""
+    for flat row-major c (m, n); a is stored (m, k), or (k, m) with ``trans_a`` (a view's
+    transpose, read in place of a copy); b (k, n), or (n, k) with ``trans_b``; a batch
+    stride 0 broadcasts.  A block of TILE x TILE threads computes a block of c of
+    ``per_thread`` (1 or 2) times TILE on a side, each thread ``per_thread`` squared
+    elements; every element is the same sum over k in the same order either way, so the
+    results are the same bits.  Tiles are loaded so that neighbouring threads read
+    neighbouring addresses whichever way an operand is stored (padded by one column
+    against bank conflicts)."""
     nb_dtype = getattr(numba, dtype)
     zero = getattr(np, dtype)(0)
-    tile = TILE
+    t = TILE
+    e = t * per_thread  # the block's edge in c
+    two = per_thread == 2
+    load = _tile_loader(dtype, trans_a, trans_b, per_thread)
 
     @cuda.jit
     def kernel(c, a, b, m, k, n, batch, sa, sb):
-        ta = cuda.shared.array((tile, tile), nb_dtype)
-        tb = cuda.shared.array((tile, tile), nb_dtype)
+        ta = cuda.shared.array((e, t + 1), nb_dtype)  # a[row, kk + j]
+        tb = cuda.shared.array((t, e + 1), nb_dtype)  # b[kk + j, col]
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        col = cuda.blockIdx.x * tile + tx
-        row = cuda.blockIdx.y * tile + ty
+        r0 = cuda.blockIdx.y * e
+        c0 = cuda.blockIdx.x * e
         for z in range(cuda.blockIdx.z, batch, cuda.gridDim.z):
             a0 = z * sa
             b0 = z * sb
-            acc = zero
-            for t in range((k + tile - 1) // tile):
-                kk = t * tile
-                ta[ty, tx] = a[a0 + row * k + kk + tx] if (row < m and kk + tx < k) \
-                    else zero
-                tb[ty, tx] = b[b0 + (kk + ty) * n + col] if (col < n and kk + ty < k) \
-                    else zero
+            acc00 = zero
+            acc01 = zero
+            acc10 = zero
+            acc11 = zero
+            for kt in range((k + t - 1) // t):
+                load(ta, tb, a, b, a0, b0, r0, c0, kt * t, m, k, n, tx, ty)
                 cuda.syncthreads()
-                for q in range(tile):
-                    acc += ta[ty, q] * tb[q, tx]
+                for q in range(t):
+                    x0 = ta[ty, q]
+                    y0 = tb[q, tx]
+                    acc00 += x0 * y0
+                    if two:
+                        x1 = ta[ty + t, q]
+                        y1 = tb[q, tx + t]
+                        acc01 += x0 * y1
+                        acc10 += x1 * y0
+                        acc11 += x1 * y1
                 cuda.syncthreads()
+            row = r0 + ty
+            col = c0 + tx
+            out = z * m * n
             if row < m and col < n:
-                c[z * m * n + row * n + col] = acc
+                c[out + row * n + col] = acc00
+            if two:
+                if row < m and col + t < n:
+                    c[out + row * n + col + t] = acc01
+                if row + t < m and col < n:
+                    c[out + (row + t) * n + col] = acc10
+                if row + t < m and col + t < n:
+                    c[out + (row + t) * n + col + t] = acc11
 
-    kernel.graphc_name = f"matmul_{dtype}"
+    kernel.graphc_name = f"matmul_{dtype}" + "_at" * trans_a + "_bt" * trans_b + \
+        f"_{e}x{e}"
     return kernel
 
 

@@ -117,6 +117,10 @@ class Lowering:
         self.fused: dict[tuple, object] = {}   # fused group instance -> its first node
         self.calls: set[str] = {"constant"}  # the names steps call, for the source
         self.output_slots = [self.slot[id(t)] for t in graph.outputs]
+        self.users: dict[int, list] = {}  # id(node) -> the nodes that read it
+        for t in graph.nodes:
+            for x in t.inputs:
+                self.users.setdefault(id(x), []).append(t)
         self.runtime = DIRECT
 
     # -- driver ---------------------------------------------------------------------------

@@ -68,8 +68,10 @@ def rule_softmax(low: Lowering, t):
     return run, low.line(t, f"row_{t.op.name}_{t.dtype}"), "kernel"
 
 
-def matmul_fn(low: Lowering, a_shape, b_shape, dtype):
-    """``f(a, b) -> c``: ``a @ b`` of device arrays of ``dtype`` (batch axes broadcast)."""
+def matmul_fn(low: Lowering, a_shape, b_shape, dtype, trans_a=False, trans_b=False):
+    """``f(a, b) -> c``: ``a @ b`` of device arrays of ``dtype`` (batch axes broadcast).
+    With ``trans_a`` (``trans_b``) the operand is passed as stored, its last two axes
+    swapped (the input of a transpose, read in place of a copy of it)."""
     if dtype == "bool":
         unsupported("bool matmul")
     m, kk, n = a_shape[-2], a_shape[-1], b_shape[-1]
@@ -77,23 +79,28 @@ def matmul_fn(low: Lowering, a_shape, b_shape, dtype):
     out_shape = batch + (m, n)
     nb = size_of(batch)
 
-    def prepare(shape, rows, cols):
-        """(copy or None, batch stride) for an operand seen as (nb, rows, cols)."""
+    def prepare(shape, rows, cols, trans):
+        """(copy or None, batch stride, read transposed) for an operand seen as (nb, rows,
+        cols); a broadcast copy is made in that (untransposed) order."""
         if size_of(shape[:-2]) == 1:
-            return None, 0
+            return None, 0, trans
         if tuple(shape[:-2]) == batch:
-            return None, rows * cols
+            return None, rows * cols, trans
         full = batch + (rows, cols)
-        xs = contiguous_strides(shape)
+        xs = list(contiguous_strides(shape[:-2] + ((cols, rows) if trans else (rows, cols))))
+        if trans:
+            xs[-2:] = xs[-1], xs[-2]
         strides = [0] * (len(full) - len(shape)) + [s if d != 1 else 0
                                                     for s, d in zip(xs, shape)]
-        return (low.copy_fn(full, tuple(strides)), full), rows * cols
+        return (low.copy_fn(full, tuple(strides)), full), rows * cols, False
 
-    ca, sa = prepare(a_shape, m, kk)
-    cb, sb = prepare(b_shape, kk, n)
-    kernel = ck.matmul_kernel(dtype)
-    low.kernels.setdefault(f"matmul_{dtype}", "")
-    grid = ((n + ck.TILE - 1) // ck.TILE, (m + ck.TILE - 1) // ck.TILE, max(1, min(nb, 65535)))
+    ca, sa, trans_a = prepare(a_shape, m, kk, trans_a)
+    cb, sb, trans_b = prepare(b_shape, kk, n, trans_b)
+    per_thread = ck.matmul_per_thread()
+    kernel = ck.matmul_kernel(dtype, trans_a, trans_b, per_thread)
+    low.kernels.setdefault(kernel.graphc_name, "")
+    edge = ck.TILE * per_thread
+    grid = ((n + edge - 1) // edge, (m + edge - 1) // edge, max(1, min(nb, 65535)))
 
     def operand(x, c):
         if c is None:
@@ -109,32 +116,34 @@ def matmul_fn(low: Lowering, a_shape, b_shape, dtype):
             low.launch(kernel, grid, (ck.TILE, ck.TILE), flat(out), operand(a, ca),
                        operand(b, cb), m, kk, n, nb, sa, sb)
         return out
+    run.kernel = kernel
     return run
+
+
+def read_transposed(low: Lowering, t) -> bool:
+    """Whether node ``t`` is a transpose of the last two axes that only matmuls of its
+    dtype read (not an output, not folded): :func:`rule_matmul` then reads its input as
+    stored, and no transposed copy is made."""
+    if not isinstance(t.op, Transpose) or t.ndim < 2 or id(t) in low.host or \
+            t.op.perm != (*range(t.ndim - 2), t.ndim - 1, t.ndim - 2) or \
+            any(o is t for o in low.graph.outputs) or t.dtype == "bool":
+        return False
+    users = low.users.get(id(t), [])
+    return bool(users) and all(isinstance(u.op, MatMul) and u.dtype == t.dtype and
+                               all(i.dtype == t.dtype for i in u.inputs) for u in users)
 
 
 def rule_matmul(low: Lowering, t):
     a, b = t.inputs
     if a.dtype != t.dtype or b.dtype != t.dtype:
         unsupported("mixed-dtype matmul")  # rare: the reference converts on the host
-    fn = matmul_fn(low, a.shape, b.shape, t.dtype)
+    ta, tb = read_transposed(low, a), read_transposed(low, b)
+    fn = matmul_fn(low, a.shape, b.shape, t.dtype, ta, tb)
     ia, ib, k = low.slot[id(a)], low.slot[id(b)], low.slot[id(t)]
 
     def run(env):
         env[k] = fn(env[ia], env[ib])
-    return run, low.line(t, f"matmul_{t.dtype}") + f" [{ck.TILE}x{ck.TILE} tiles]", "kernel"
-
-
-def transpose_fn(low: Lowering, shape, perm, dtype):
-    """``f(x) -> y``: a contiguous transposed copy."""
-    xs = contiguous_strides(shape)
-    out_shape = tuple(shape[p] for p in perm)
-    copy = low.copy_fn(out_shape, tuple(xs[p] for p in perm))
-
-    def run(x):
-        out = low.empty(out_shape, dtype)
-        copy(flat(out), flat(x))
-        return out
-    return run
+    return run, low.line(t, fn.kernel.graphc_name), "kernel"
 
 
 def _window_map(op, x_shape, kernel) -> np.ndarray:
@@ -181,15 +190,14 @@ def rule_conv(low: Lowering, t):
         g, w = t.inputs
         where = _window_map(op, t.shape, w.shape[2:])
         wm_shape = (gr, w.shape[0] // gr, size_of(w.shape[1:]))
-        wt = transpose_fn(low, wm_shape, (0, 2, 1), dtype)
         rows_shape = (g.shape[0], gr, g.shape[1] // gr, size_of(g.shape[2:]))
-        mm = matmul_fn(low, (gr, wm_shape[2], wm_shape[1]), rows_shape, dtype)
+        mm = matmul_fn(low, (gr, wm_shape[2], wm_shape[1]), rows_shape, dtype, trans_a=True)
         device_where = cuda.to_device(where.reshape(-1))
         n = where.size
         low.kernels.setdefault("scatter_add", "")
 
         def run(env):
-            cols = mm(wt(env[b].reshape(wm_shape)), env[a].reshape(rows_shape))
+            cols = mm(env[b].reshape(wm_shape), env[a].reshape(rows_shape))
             out = low.zeros(t.shape, dtype)
             if n:
                 low.launch(ck.scatter_add, ck.blocks_for(n), ck.THREADS, flat(out),
@@ -199,15 +207,14 @@ def rule_conv(low: Lowering, t):
         x, g = t.inputs
         where = _window_map(op, x.shape, op.kernel)
         cols = gather_fn(low, where, dtype)                  # (N, G, CgK, P)
-        ct = transpose_fn(low, where.shape, (0, 1, 3, 2), dtype)
         rows_shape = (g.shape[0], gr, g.shape[1] // gr, size_of(g.shape[2:]))
         ct_shape = (where.shape[0], gr, where.shape[3], where.shape[2])
-        mm = matmul_fn(low, rows_shape, ct_shape, dtype)     # (N, G, O/G, CgK)
+        mm = matmul_fn(low, rows_shape, ct_shape, dtype, trans_b=True)  # (N, G, O/G, CgK)
         summed = low.rows_fn("sum", rows_shape[:3] + (where.shape[2],), (0,), dtype,
                              dtype)[0]
 
         def run(env):
-            per_sample = mm(env[b].reshape(rows_shape), ct(cols(env[a])))
+            per_sample = mm(env[b].reshape(rows_shape), cols(env[a]))
             env[k] = summed(per_sample).reshape(t.shape)
     return run, low.line(t, "im2col_gemm"), "kernel"
 
@@ -295,6 +302,12 @@ def _strided(low: Lowering, t, name, src_strides, src_off=0):
 
 
 def rule_transpose(low: Lowering, t):
+    if read_transposed(low, t):  # its matmuls read the input as stored
+        i, k = low.slot[id(t.inputs[0])], low.slot[id(t)]
+
+        def run(env):
+            env[k] = env[i]
+        return run, low.line(t, "view") + " [read transposed by its matmuls]", "view"
     xs = contiguous_strides(t.inputs[0].shape)
     return _strided(low, t, "strided_copy", tuple(xs[p] for p in t.op.perm))
 

@@ -323,6 +323,39 @@ def test_matmul_2d_batched_and_broadcast():
 
 
 @sim
+def test_transposes_read_in_place_by_matmuls(monkeypatch):
+    """A transpose (of the last two axes) that only matmuls read is not copied: they read
+    its input as stored.  One that anything else reads, or that is an output, is copied.
+    The two kernels (1x1 and 2x2 elements a thread, the default and GRAPHC_CUDA_MATMUL=2)
+    give the same bits, transposed or not."""
+    x, w = gc.input("x", (11, 7)), gc.input("w", (13, 7))
+    h, g = gc.input("h", (2, 7, 9)), gc.input("g", (2, 5, 9))
+    z, v = gc.input("z", (7, 6)), gc.input("v", (11, 3))
+    used_twice = gc.transpose(z)  # (6, 7): read by a matmul and by an elementwise op
+    outs = [gc.matmul(gc.transpose(x), v),                                  # xᵀ
+            x @ gc.transpose(w),                                      # wᵀ
+            gc.matmul(gc.transpose(h, (0, 2, 1)), gc.transpose(x)),   # batched aᵀ, bᵀ
+            gc.matmul(g, gc.transpose(h, (0, 2, 1))),                 # batched, bᵀ
+            gc.matmul(gc.transpose(z), x.T), used_twice @ z, used_twice * 2.0,
+            gc.transpose(x)]                                          # an output
+    feeds = {"x": normal((11, 7)), "w": normal((13, 7)), "h": normal((2, 7, 9)),
+             "g": normal((2, 5, 9)), "z": normal((7, 6)), "v": normal((11, 3))}
+    results = {}
+    for per_thread in ("1", "2"):
+        monkeypatch.setenv("GRAPHC_CUDA_MATMUL", per_thread)
+        f = check(outs, feeds, passes=())
+        results[per_thread] = f(**feeds)
+        lines = f.source.splitlines()
+        # wᵀ and hᵀ are read in place; xᵀ (an output) and zᵀ (read by a product) are copied
+        assert sum("[read transposed by its matmuls]" in line for line in lines) == 2
+        assert sum(" = strided_copy(" in line for line in lines) == 2
+        assert any(f"_{4 * int(per_thread)}x{4 * int(per_thread)}" in line for line in lines
+                   if "matmul" in line) or KERNELS == "gpu"
+    for a, b in zip(*results.values()):
+        np.testing.assert_array_equal(a, b)
+
+
+@sim
 def test_data_movement():
     a, c = gc.input("a", (3, 5)), gc.input("c", (2, 3, 5))
     outs = [gc.transpose(c, (2, 0, 1)), gc.reshape(c, (6, 5)), gc.broadcast_to(a, (2, 3, 5)),
