@@ -103,6 +103,9 @@ def step_line(rows: list[dict]) -> str:
         by_round = graphc["ratio_rounds"]
         parts.append(f"ratio to {graphc['best_peer']} by round {min(by_round):.2f}-"
                      f"{max(by_round):.2f}")
+    if graphc.get("grad_cold_s") is not None:
+        parts.append(f"graph + gc.grad {graphc['grad_cold_s']:.2f} s cold, "
+                     f"{graphc['grad_warm_s']:.3f} s warm (before the compile)")
     memory = [f"{name} {row[key] / MB:.2f} MB" for name, row, key in (
         ("planned", graphc, "planned_peak_bytes"),
         ("torch eager", by_name.get("torch eager", {}), "peak_bytes")) if row.get(key)]

@@ -333,7 +333,8 @@ def measure_peaks(args) -> dict:
 
 def compile_times(workload_name: str, args) -> dict:
     """graphc's cold and warm compile seconds (``compile_time.run``: gc.compile + first
-    call in a fresh process, on an empty kernel cache and then on the one it filled), each
+    call in a fresh process, on an empty kernel cache and then on the one it filled; and,
+    beside them, building the graph and its gc.grad in the same processes), each
     the median of ``--compile-repeats`` (3) such pairs (one cold compile read W1 1.32 s in a bench,
     five just after it 0.89-0.94 s, and the same command 1.31-1.55 s half an hour later:
     this VM changes speed), and
@@ -354,6 +355,9 @@ def compile_times(workload_name: str, args) -> dict:
     return {"compile_cold_s": statistics.median(c["compile"] for c in colds),
             "compile_warm_s": statistics.median(w["compile"] for w in warms),
             "compile_cold_all_s": [c["compile"] for c in colds],
+            # building the graph and gc.grad: SymPy's derivations, kept in the cache dir
+            "grad_cold_s": statistics.median(c["build"] for c in colds),
+            "grad_warm_s": statistics.median(w["build"] for w in warms),
             "planned_peak_bytes": warms[-1]["planned_peak_bytes"]}
 
 

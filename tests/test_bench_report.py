@@ -170,6 +170,9 @@ def test_rows_print_targets_in_microseconds():
     line = report.table_rows("tiny graph", [row]).splitlines()[1].split()
     assert line == ["graphc[numba]", "0.00412", "0.50", "torch", "eager", "0.50", "<=",
                     "5", "us", "yes", "0.30", "0.050", "1000"]
+    step = report.table_rows("tiny graph", [{**row, "grad_cold_s": 0.261,
+                                             "grad_warm_s": 0.029}]).splitlines()[-1]
+    assert "graph + gc.grad 0.26 s cold, 0.029 s warm" in step
 
 
 BLAS = [{"internal_api": "openblas", "version": "0.3.31", "architecture": "Haswell",
