@@ -69,7 +69,10 @@ def atomic_write(path: str, data: bytes) -> None:
 def _version_of(module: str) -> str:
     """A module's version without importing it (SciPy costs 0.2 s): the hash of its
     ``version.py`` or ``_version.py``, '' when it is not installed."""
-    spec = importlib.util.find_spec(module)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # blocked in sys.modules (None), as compile workers do
+        return ""
     if spec is None or not spec.origin:
         return ""
     folder = os.path.dirname(spec.origin)
