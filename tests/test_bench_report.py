@@ -143,6 +143,7 @@ def test_the_bench_writes_graphcs_bytecode_first(tmp_path, monkeypatch):
     assert pathlib.Path(cached).exists()
     assert bench_run.bytecode_state().startswith("graphc's bytecode cached for 1 of 1 ")
 
+
 def test_isa_level_and_busy_machine():
     assert bench_run.isa_level("flags\t: fpu sse avx avx2 avx512f") == "avx512f"
     assert bench_run.isa_level("flags\t: fpu sse avx avx2") == "avx2"
